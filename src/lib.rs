@@ -1,0 +1,17 @@
+//! tickmesh: a service-mesh data plane for latency-critical systems.
+//!
+//! The crate is the daemon and the operator's CLI in one binary. One folder a concern:
+//! `config` (operator input), `route` (the immutable runtime snapshot), `cluster` (load
+//! balancing), `engine` (worker threads and I/O), `control` (control socket,
+//! persistence), `telemetry` (counters), `net` (socket set-up), `cli` (commands).
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod engine;
+pub mod net;
+pub mod route;
+pub mod telemetry;

@@ -1,0 +1,171 @@
+//! Socket set-up shared by the engines: listener sockets sharded with `SO_REUSEPORT`,
+//! one per worker, bound by the control plane so that a bind failure rejects an apply
+//! before anything is swapped.
+//!
+//! Owns only set-up; never reads or writes data. Sockets are non-blocking.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::config::Protocol;
+
+/// Listen backlog for TCP listeners; the kernel caps it at `net.core.somaxconn`.
+pub const BACKLOG: i32 = 4096;
+
+/// The `SO_REUSEPORT` group for one listener: socket `i` belongs to worker `i`.
+#[derive(Debug)]
+pub struct ListenerSockets {
+    pub address: SocketAddr,
+    pub protocol: Protocol,
+    fds: Box<[OwnedFd]>,
+}
+
+impl ListenerSockets {
+    /// Bind `workers` sockets to `address`. All or nothing: on error none stay bound.
+    pub fn bind(address: SocketAddr, protocol: Protocol, workers: usize) -> io::Result<Self> {
+        let first = bind_one(address, protocol)?;
+        // With port 0 the first bind picks the port; the rest join that port's group.
+        let address = local_addr(&first)?;
+        let mut fds = vec![first];
+        for _ in 1..workers.max(1) {
+            fds.push(bind_one(address, protocol)?);
+        }
+        let fds = fds.into_boxed_slice();
+        Ok(ListenerSockets {
+            address,
+            protocol,
+            fds,
+        })
+    }
+
+    /// The socket worker `worker` serves.
+    pub fn fd(&self, worker: usize) -> BorrowedFd<'_> {
+        self.fds[worker % self.fds.len()].as_fd()
+    }
+
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fds.is_empty()
+    }
+}
+
+fn domain(addr: &SocketAddr) -> Domain {
+    if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn bind_one(address: SocketAddr, protocol: Protocol) -> io::Result<OwnedFd> {
+    let ty = match protocol {
+        Protocol::Tcp => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let s = Socket::new(domain(&address), ty.nonblocking().cloexec(), None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&address.into())?;
+    if protocol == Protocol::Tcp {
+        s.listen(BACKLOG)?;
+    }
+    Ok(s.into())
+}
+
+/// A non-blocking, close-on-exec TCP socket for an upstream connect, with `TCP_NODELAY`.
+pub fn upstream_tcp_socket(peer: &SocketAddr) -> io::Result<OwnedFd> {
+    let s = Socket::new(domain(peer), Type::STREAM.nonblocking().cloexec(), None)?;
+    s.set_tcp_nodelay(true)?;
+    Ok(s.into())
+}
+
+/// A non-blocking UDP socket connected to `peer` (one per client session).
+pub fn upstream_udp_socket(peer: &SocketAddr) -> io::Result<OwnedFd> {
+    let s = Socket::new(domain(peer), Type::DGRAM.nonblocking().cloexec(), None)?;
+    s.connect(&(*peer).into())?;
+    Ok(s.into())
+}
+
+/// `TCP_NODELAY` on an accepted socket.
+pub fn set_nodelay(fd: &impl AsFd) -> io::Result<()> {
+    SockRef::from(fd).set_tcp_nodelay(true)
+}
+
+pub fn local_addr(fd: &impl AsFd) -> io::Result<SocketAddr> {
+    inet(SockRef::from(fd).local_addr()?)
+}
+
+pub fn peer_addr(fd: &impl AsFd) -> io::Result<SocketAddr> {
+    inet(SockRef::from(fd).peer_addr()?)
+}
+
+fn inet(a: socket2::SockAddr) -> io::Result<SocketAddr> {
+    a.as_socket()
+        .ok_or_else(|| io::Error::other("not an inet socket"))
+}
+
+/// The pending error of a socket (`SO_ERROR`), e.g. after a non-blocking connect.
+pub fn take_error(fd: &impl AsFd) -> io::Result<Option<io::Error>> {
+    SockRef::from(fd).take_error()
+}
+
+/// Keeps listener sockets bound across applies: a listener whose protocol and address
+/// are unchanged keeps its sockets (and its accept queue) through a route-table swap.
+pub struct SocketPool {
+    workers: usize,
+    bound: HashMap<(Protocol, SocketAddr), Arc<ListenerSockets>>,
+    /// Port-0 requests and the address they resolved to.
+    aliases: HashMap<(Protocol, SocketAddr), SocketAddr>,
+}
+
+impl SocketPool {
+    pub fn new(workers: usize) -> Self {
+        SocketPool {
+            workers: workers.max(1),
+            bound: HashMap::new(),
+            aliases: HashMap::new(),
+        }
+    }
+
+    /// The sockets for `address`, binding them if this pool has none yet.
+    pub fn get_or_bind(
+        &mut self,
+        address: SocketAddr,
+        protocol: Protocol,
+    ) -> io::Result<Arc<ListenerSockets>> {
+        let resolved = self
+            .aliases
+            .get(&(protocol, address))
+            .copied()
+            .unwrap_or(address);
+        if let Some(s) = self.bound.get(&(protocol, resolved)) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(ListenerSockets::bind(address, protocol, self.workers)?);
+        if s.address != address {
+            self.aliases.insert((protocol, address), s.address);
+        }
+        self.bound.insert((protocol, s.address), s.clone());
+        Ok(s)
+    }
+
+    /// Drop the pool's reference to sockets no table uses any more; they close once the
+    /// last worker lets go of the old table.
+    pub fn prune(&mut self) {
+        self.bound.retain(|_, s| Arc::strong_count(s) > 1);
+        let bound = &self.bound;
+        self.aliases
+            .retain(|(p, _), a| bound.contains_key(&(*p, *a)));
+    }
+}

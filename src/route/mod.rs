@@ -1,0 +1,318 @@
+//! The routing snapshot: an immutable, precompiled [`RouteTable`] that the control plane
+//! publishes with one atomic pointer swap and workers read once per event batch.
+//!
+//! Owns compilation (config → table, including binding listener sockets so that a bind
+//! failure rejects the apply) and publication. A table never changes after it is built;
+//! the hot path finds no `String` to parse and no map to hash — listeners and clusters are
+//! addressed by index. Established connections keep the `Arc`s they took; new connections
+//! see the new table as soon as their worker starts its next batch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::cluster::{cumulative, weighted, Balancer, LbState};
+use crate::config::{Config, ConfigError, Problem, Protocol};
+use crate::net::{ListenerSockets, SocketPool};
+use crate::telemetry::{ListenerStats, StatsRegistry, UpstreamStats};
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One compiled generation of the whole data-plane config.
+#[derive(Debug)]
+pub struct RouteTable {
+    pub generation: u64,
+    pub listeners: Box<[ListenerEntry]>,
+    pub clusters: Box<[ClusterEntry]>,
+}
+
+#[derive(Debug)]
+pub struct ListenerEntry {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub sockets: Arc<ListenerSockets>,
+    pub target: Target,
+    /// 0 means unlimited.
+    pub max_connections: u32,
+    pub idle_timeout: Duration,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// Where a listener's connections go (its L4 route).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Cluster(u32),
+    /// Cumulative weights and the cluster index for each band.
+    Weighted {
+        cumulative: Box<[u32]>,
+        clusters: Box<[u32]>,
+    },
+}
+
+impl Target {
+    /// The cluster index for a new connection. `r` is a random number (unused for a
+    /// single cluster).
+    #[inline]
+    pub fn pick(&self, r: u32) -> usize {
+        match self {
+            Target::Cluster(c) => *c as usize,
+            Target::Weighted {
+                cumulative,
+                clusters,
+            } => clusters[weighted(cumulative, r)] as usize,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ClusterEntry {
+    pub name: Arc<str>,
+    pub endpoints: Box<[EndpointEntry]>,
+    pub balancer: Balancer,
+    pub connect_timeout: Duration,
+    pub max_connect_attempts: u32,
+    pub stats: Arc<UpstreamStats>,
+}
+
+#[derive(Debug)]
+pub struct EndpointEntry {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub stats: Arc<UpstreamStats>,
+}
+
+impl ClusterEntry {
+    /// The endpoint for connect attempt `attempt` (0 first): the balancer's choice, then
+    /// the following endpoints in order so a retry never repeats the one that failed.
+    #[inline]
+    pub fn pick(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        attempt: u32,
+        worker: usize,
+    ) -> usize {
+        let first = self.balancer.pick(st, cursor, source, |i| {
+            use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
+            let s = &self.endpoints[i].stats;
+            // Only this worker's slot: approximate, but local and lock-free.
+            s.get_worker(worker, CxTotal as usize)
+                .saturating_sub(s.get_worker(worker, CxClosed as usize))
+        });
+        (first + attempt as usize) % self.endpoints.len()
+    }
+}
+
+impl RouteTable {
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            generation: 0,
+            listeners: Box::new([]),
+            clusters: Box::new([]),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<(usize, &ListenerEntry)> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .find(|(_, l)| &*l.name == name)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<(usize, &ClusterEntry)> {
+        self.clusters
+            .iter()
+            .enumerate()
+            .find(|(_, c)| &*c.name == name)
+    }
+}
+
+/// Compile a validated config. Binds any listener sockets `pool` does not hold yet; on
+/// error nothing is kept bound that was not bound before.
+pub fn compile(
+    cfg: &Config,
+    generation: u64,
+    stats: &StatsRegistry,
+    pool: &mut SocketPool,
+) -> Result<RouteTable, ConfigError> {
+    crate::config::validate(cfg)?;
+    let mut index = HashMap::new();
+    let clusters: Box<[ClusterEntry]> = cfg
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            index.insert(c.name.as_str(), i as u32);
+            let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.address).collect();
+            let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
+            ClusterEntry {
+                name: c.name.as_str().into(),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointEntry {
+                        address: e.address,
+                        weight: e.weight,
+                        stats: stats.endpoint(&c.name, e.address),
+                    })
+                    .collect(),
+                balancer: Balancer::build(c.lb_policy, &addrs, &weights),
+                connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+                stats: stats.cluster(&c.name),
+            }
+        })
+        .collect();
+
+    let mut problems = Vec::new();
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        // validate() guaranteed every reference resolves.
+        let target = match &l.cluster {
+            Some(c) => Target::Cluster(index[c.as_str()]),
+            None => Target::Weighted {
+                cumulative: cumulative(
+                    &l.weighted_clusters
+                        .iter()
+                        .map(|w| w.weight)
+                        .collect::<Vec<_>>(),
+                ),
+                clusters: l
+                    .weighted_clusters
+                    .iter()
+                    .map(|w| index[w.cluster.as_str()])
+                    .collect(),
+            },
+        };
+        let sockets = match pool.get_or_bind(l.address, l.protocol) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Problem {
+                    path: format!("listeners[{i}].address"),
+                    line: None,
+                    message: format!("cannot bind {} {}: {e}", l.protocol, l.address),
+                });
+                continue;
+            }
+        };
+        listeners.push(ListenerEntry {
+            name: l.name.as_str().into(),
+            protocol: l.protocol,
+            sockets,
+            target,
+            max_connections: l.max_connections.unwrap_or(0),
+            idle_timeout: l.idle_timeout.unwrap_or(match l.protocol {
+                Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
+                Protocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
+            }),
+            stats: stats.listener(&l.name),
+        });
+    }
+    if !problems.is_empty() {
+        drop(listeners);
+        pool.prune();
+        return Err(ConfigError { problems });
+    }
+    Ok(RouteTable {
+        generation,
+        listeners: listeners.into_boxed_slice(),
+        clusters,
+    })
+}
+
+/// The published snapshot: workers `load()` it once per batch; the control plane
+/// `store()`s a new one. Readers never block writers or each other.
+pub struct Routes(ArcSwap<RouteTable>);
+
+impl Routes {
+    pub fn new(t: RouteTable) -> Self {
+        Routes(ArcSwap::from_pointee(t))
+    }
+
+    /// A cheap guard for the current table (no refcount bump on the fast path).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.0.load()
+    }
+
+    /// An owned reference, for state that outlives one batch.
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, t: RouteTable) {
+        self.0.store(Arc::new(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Format};
+
+    fn cfg(port: u16) -> Config {
+        parse(
+            &format!(
+                r#"
+listeners:
+  - {{name: l, address: "127.0.0.1:{port}", weighted_clusters: [{{cluster: a, weight: 95}}, {{cluster: b, weight: 5}}]}}
+clusters:
+  - {{name: a, endpoints: ["127.0.0.1:1", {{address: "127.0.0.1:2", weight: 3}}]}}
+  - {{name: b, lb_policy: maglev, endpoints: ["127.0.0.1:3"]}}
+"#
+            ),
+            Format::Yaml,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn compiles_weighted_targets_and_keeps_sockets_across_generations() {
+        let stats = StatsRegistry::new(2);
+        let mut pool = SocketPool::new(2);
+        let t1 = compile(&cfg(0), 1, &stats, &mut pool).unwrap();
+        let port = t1.listeners[0].sockets.address.port();
+        assert_eq!(t1.listeners[0].sockets.len(), 2);
+        let mut counts = [0; 2];
+        for r in 0..100 {
+            counts[t1.listeners[0].target.pick(r)] += 1;
+        }
+        assert_eq!(counts, [95, 5]);
+        let t2 = compile(&cfg(port), 2, &stats, &mut pool).unwrap();
+        assert!(Arc::ptr_eq(
+            &t1.listeners[0].sockets,
+            &t2.listeners[0].sockets
+        ));
+        assert!(Arc::ptr_eq(&t1.clusters[0].stats, &t2.clusters[0].stats));
+    }
+
+    #[test]
+    fn bind_failure_is_a_config_error_naming_the_listener() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let stats = StatsRegistry::new(1);
+        let e = compile(&cfg(port), 1, &stats, &mut SocketPool::new(1)).unwrap_err();
+        assert_eq!(e.problems[0].path, "listeners[0].address");
+        assert!(e.to_string().contains("cannot bind"), "{e}");
+    }
+
+    #[test]
+    fn connect_retries_walk_to_the_next_endpoint() {
+        let stats = StatsRegistry::new(1);
+        let t = compile(&cfg(0), 1, &stats, &mut SocketPool::new(1)).unwrap();
+        let c = &t.clusters[0];
+        let mut st = LbState::new(1);
+        let mut cur = 0;
+        let first = c.pick(&mut st, &mut cur, None, 0, 0);
+        cur = 0;
+        let second = c.pick(&mut st, &mut cur, None, 1, 0);
+        assert_ne!(first, second);
+    }
+}

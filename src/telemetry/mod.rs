@@ -1,0 +1,262 @@
+//! Counters for listeners, clusters and endpoints, written by workers without sharing.
+//!
+//! Each counter block has one cache-line-padded slot per worker. A worker only ever writes
+//! its own slot (a relaxed load + store: single writer, so no read-modify-write and no
+//! contended line); the control plane sums slots when asked. Blocks outlive route-table
+//! swaps: the [`StatsRegistry`] hands the same block to every table that names the same
+//! resource, so counts continue across applies. Never allocates on the data path.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// A fixed set of counter names.
+pub trait CounterSet: Copy {
+    const NAMES: &'static [&'static str];
+    fn index(self) -> usize;
+}
+
+macro_rules! counter_set {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident => $text:literal,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum $name { $($(#[$fm])* $field,)* }
+        impl CounterSet for $name {
+            const NAMES: &'static [&'static str] = &[$($text,)*];
+            #[inline]
+            fn index(self) -> usize { self as usize }
+        }
+    };
+}
+
+counter_set! {
+    /// Per listener.
+    ListenerCounter {
+        CxTotal => "cx_total",
+        CxClosed => "cx_closed",
+        /// Closed at accept because the listener was at `max_connections`.
+        CxOverflow => "cx_overflow",
+        /// No cluster or endpoint could take the connection.
+        NoUpstream => "no_upstream",
+        BytesFromDownstream => "bytes_from_downstream",
+        BytesToDownstream => "bytes_to_downstream",
+        IdleTimeouts => "idle_timeouts",
+        DownstreamResets => "downstream_resets",
+        UdpSessionsTotal => "udp_sessions_total",
+        UdpSessionsExpired => "udp_sessions_expired",
+        DatagramsIn => "datagrams_in",
+        DatagramsOut => "datagrams_out",
+        Errors => "errors",
+    }
+}
+
+counter_set! {
+    /// Per cluster and per endpoint (the same names, summed differently).
+    UpstreamCounter {
+        CxTotal => "cx_total",
+        CxClosed => "cx_closed",
+        ConnectFail => "connect_fail",
+        ConnectTimeout => "connect_timeout",
+        BytesSent => "bytes_sent",
+        BytesReceived => "bytes_received",
+        UpstreamResets => "upstream_resets",
+        Errors => "errors",
+    }
+}
+
+const SLOT_WORDS: usize = 16; // 128 bytes: two cache lines, so adjacent prefetch can't share.
+
+/// One block of counters: `workers` slots of `K::NAMES.len()` words, each slot padded.
+pub struct Counters<K: CounterSet> {
+    words: Box<[AtomicU64]>,
+    stride: usize,
+    workers: usize,
+    _k: PhantomData<K>,
+}
+
+impl<K: CounterSet> Counters<K> {
+    pub fn new(workers: usize) -> Self {
+        let workers = workers.max(1);
+        let stride = K::NAMES.len().div_ceil(SLOT_WORDS) * SLOT_WORDS;
+        let words = (0..stride * workers).map(|_| AtomicU64::new(0)).collect();
+        Counters {
+            words,
+            stride,
+            workers,
+            _k: PhantomData,
+        }
+    }
+
+    /// Add `n` to counter `k` in `worker`'s slot. Only that worker may call this with that
+    /// index: the load + store is not atomic as a whole.
+    #[inline]
+    pub fn add(&self, worker: usize, k: K, n: u64) {
+        debug_assert!(worker < self.workers, "worker {worker} has no stats slot");
+        let w = &self.words[worker * self.stride + k.index()];
+        w.store(w.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self, worker: usize, k: K) {
+        self.add(worker, k, 1)
+    }
+
+    pub fn get(&self, k: K) -> u64 {
+        (0..self.workers)
+            .map(|w| self.words[w * self.stride + k.index()].load(Relaxed))
+            .sum()
+    }
+
+    pub fn get_worker(&self, worker: usize, k: usize) -> u64 {
+        self.words[worker * self.stride + k].load(Relaxed)
+    }
+
+    /// All counters as (name, total, per-worker values).
+    pub fn report(&self) -> CounterReport {
+        let mut totals = Vec::with_capacity(K::NAMES.len());
+        let mut per_worker = Vec::with_capacity(self.workers);
+        for w in 0..self.workers {
+            per_worker.push(
+                (0..K::NAMES.len())
+                    .map(|k| self.get_worker(w, k))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        for (k, name) in K::NAMES.iter().enumerate() {
+            totals.push((name.to_string(), per_worker.iter().map(|v| v[k]).sum()));
+        }
+        CounterReport {
+            totals,
+            per_worker,
+            names: K::NAMES,
+        }
+    }
+}
+
+impl<K: CounterSet> std::fmt::Debug for Counters<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, name) in K::NAMES.iter().enumerate() {
+            m.entry(
+                name,
+                &(0..self.workers)
+                    .map(|w| self.get_worker(w, k))
+                    .sum::<u64>(),
+            );
+        }
+        m.finish()
+    }
+}
+
+/// A point-in-time copy of one counter block.
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterReport {
+    pub totals: Vec<(String, u64)>,
+    pub per_worker: Vec<Vec<u64>>,
+    #[serde(skip)]
+    pub names: &'static [&'static str],
+}
+
+impl CounterReport {
+    pub fn get(&self, name: &str) -> u64 {
+        self.totals
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+pub type ListenerStats = Counters<ListenerCounter>;
+pub type UpstreamStats = Counters<UpstreamCounter>;
+
+/// Hands out counter blocks by resource name so that they survive config changes.
+/// Control-plane only.
+pub struct StatsRegistry {
+    workers: usize,
+    // Only the control plane touches the registry, never a worker.
+    inner: Mutex<RegistryMaps>,
+}
+
+#[derive(Default)]
+struct RegistryMaps {
+    listeners: HashMap<String, Arc<ListenerStats>>,
+    clusters: HashMap<String, Arc<UpstreamStats>>,
+    endpoints: HashMap<(String, std::net::SocketAddr), Arc<UpstreamStats>>,
+}
+
+impl StatsRegistry {
+    pub fn new(workers: usize) -> Self {
+        StatsRegistry {
+            workers: workers.max(1),
+            inner: Mutex::default(),
+        }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.listeners
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    pub fn cluster(&self, name: &str) -> Arc<UpstreamStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.clusters
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    pub fn endpoint(&self, cluster: &str, addr: std::net::SocketAddr) -> Arc<UpstreamStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.endpoints
+            .entry((cluster.to_string(), addr))
+            .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// Forget blocks that no table refers to any more (called after a swap).
+    pub fn prune(&self) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.listeners.retain(|_, v| Arc::strong_count(v) > 1);
+        m.clusters.retain(|_, v| Arc::strong_count(v) > 1);
+        m.endpoints.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_summed_and_padded() {
+        let c: ListenerStats = Counters::new(3);
+        c.inc(0, ListenerCounter::CxTotal);
+        c.add(2, ListenerCounter::CxTotal, 4);
+        c.add(1, ListenerCounter::BytesFromDownstream, 100);
+        assert_eq!(c.get(ListenerCounter::CxTotal), 5);
+        assert_eq!(c.report().get("bytes_from_downstream"), 100);
+        assert_eq!(c.stride % SLOT_WORDS, 0);
+        assert!(c.stride >= ListenerCounter::NAMES.len());
+    }
+
+    #[test]
+    fn registry_reuses_blocks_by_name() {
+        let r = StatsRegistry::new(2);
+        let a = r.cluster("x");
+        a.inc(1, UpstreamCounter::CxTotal);
+        assert_eq!(r.cluster("x").get(UpstreamCounter::CxTotal), 1);
+        drop(a);
+        r.prune();
+        assert_eq!(r.cluster("x").get(UpstreamCounter::CxTotal), 0);
+    }
+}
