@@ -1,0 +1,128 @@
+//! `tickmesh nic`: the host's NIC tuning in ethtool's vocabulary — offload features,
+//! channels, rings, coalescing, RSS, ntuple steering, IRQ affinity, XPS/RPS, busy polling,
+//! hugepages and vfio-pci binding — shown, set one at a time, or applied from a
+//! declarative profile with a dry-run diff and transactional rollback.
+//!
+//! It talks to the kernel only: the ethtool generic netlink family (`genl`), the classic
+//! `SIOCETHTOOL` ioctl where netlink has no command (`sys`: driver info, RSS, ntuple), and
+//! sysfs/procfs (`host`). It never shells out to `ethtool`, never runs on a worker thread,
+//! and never leaves a change half-made: every change is a `plan::Step` whose previous value
+//! is recorded before it is written and restored, newest first, when a later step fails.
+//! The DPDK port side of the issue (ports owned by the DPDK engine) is not here yet.
+
+pub mod cli;
+pub mod features;
+pub mod genl;
+pub mod host;
+pub mod plan;
+pub mod profile;
+pub mod show;
+pub mod sys;
+
+pub use cli::{run, NicArgs};
+
+/// What went wrong talking to the kernel, with the item it concerns named by the caller.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NicError {
+    #[error("{0}")]
+    Io(String),
+    #[error("{}", kernel_text(*errno, detail.as_deref()))]
+    Kernel { errno: i32, detail: Option<String> },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl NicError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NicError::Kernel { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+    /// Whether the driver simply lacks the operation (so `show` prints "not supported").
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, NicError::Unsupported(_))
+            || matches!(self.errno(), Some(libc::EOPNOTSUPP))
+    }
+    pub fn from_io(what: &str, e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(errno) => NicError::Kernel {
+                errno,
+                detail: Some(what.to_string()),
+            },
+            None => NicError::Io(format!("{what}: {e}")),
+        }
+    }
+}
+
+fn kernel_text(errno: i32, detail: Option<&str>) -> String {
+    let base = match errno {
+        libc::EPERM | libc::EACCES => {
+            "insufficient privilege: this needs CAP_NET_ADMIN (run as root)".to_string()
+        }
+        libc::EOPNOTSUPP => "the driver does not support this".to_string(),
+        libc::ENODEV => "no such device".to_string(),
+        libc::EINVAL => "the kernel rejected the value (invalid or out of range)".to_string(),
+        libc::EBUSY => "the device is busy".to_string(),
+        _ => std::io::Error::from_raw_os_error(errno).to_string(),
+    };
+    match detail {
+        Some(d) if !d.is_empty() => format!("{base}: {d}"),
+        _ => base,
+    }
+}
+
+/// Interface names as the kernel accepts them: 1–15 bytes, no '/', ':' or whitespace.
+pub fn check_ifname(dev: &str) -> Result<(), NicError> {
+    let ok = !dev.is_empty()
+        && dev.len() < 16
+        && dev != "."
+        && dev != ".."
+        && !dev.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(NicError::Invalid(format!(
+            "`{dev}` is not a valid interface name"
+        )))
+    }
+}
+
+/// The device must exist in this network namespace.
+pub fn require_device(dev: &str) -> Result<(), NicError> {
+    check_ifname(dev)?;
+    if std::path::Path::new("/sys/class/net").join(dev).exists() {
+        Ok(())
+    } else {
+        Err(NicError::Invalid(format!(
+            "unknown device `{dev}` (see `ip link` for the devices in this network namespace)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        for bad in ["", "a/b", "x y", "sixteen-chars-xx", "..", "a:1"] {
+            assert!(check_ifname(bad).is_err(), "{bad:?}");
+        }
+        for good in ["eth0", "veth-a", "enp3s0f1np1"] {
+            assert!(check_ifname(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn privilege_errors_say_what_to_do() {
+        let e = NicError::Kernel {
+            errno: libc::EPERM,
+            detail: None,
+        };
+        assert!(e.to_string().contains("CAP_NET_ADMIN"));
+    }
+}
