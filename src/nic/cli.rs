@@ -94,18 +94,31 @@ pub fn run(args: &NicArgs) -> anyhow::Result<()> {
         }
         NicCommand::BusyPoll { usecs, read } => {
             let steps = vec![
-                Step::Sysctl { which: Sysctl::BusyPoll, value: *usecs },
-                Step::Sysctl { which: Sysctl::BusyRead, value: read.unwrap_or(*usecs) },
+                Step::Sysctl {
+                    which: Sysctl::BusyPoll,
+                    value: *usecs,
+                },
+                Step::Sysctl {
+                    which: Sysctl::BusyRead,
+                    value: read.unwrap_or(*usecs),
+                },
             ];
             report(plan::apply(&steps, &mut cx)?);
         }
         NicCommand::Hugepages { count, size } => {
             let kb = host::parse_page_size(size)?;
-            report(plan::apply(&[Step::Hugepages { kb, count: *count }], &mut cx)?);
+            report(plan::apply(
+                &[Step::Hugepages { kb, count: *count }],
+                &mut cx,
+            )?);
         }
         NicCommand::Bind { target, driver } => println!("{}", host::bind(target, driver)?),
         NicCommand::Unbind { target } => println!("{}", host::unbind(target)?),
-        NicCommand::Apply { file, dry_run, devs } => {
+        NicCommand::Apply {
+            file,
+            dry_run,
+            devs,
+        } => {
             let p = profile::load(file)?;
             let steps = p.steps(devs)?;
             if *dry_run {
@@ -120,7 +133,9 @@ pub fn run(args: &NicArgs) -> anyhow::Result<()> {
             let (_, text) = profile::SHIPPED
                 .iter()
                 .find(|(n, _)| n == name)
-                .ok_or_else(|| anyhow::anyhow!("no shipped profile `{name}` (there is: low-latency)"))?;
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no shipped profile `{name}` (there is: low-latency)")
+                })?;
             print!("{text}");
         }
     }
@@ -152,10 +167,9 @@ fn flow(dev: &str, words: &[String]) -> anyhow::Result<()> {
             println!("{dev}: added ntuple rule at location {loc} (delete: tickmesh nic set {dev} flow del {loc})");
         }
         Some("del") => {
-            let loc: u32 = words
-                .get(1)
-                .and_then(|w| w.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("flow del needs a rule location (see `tickmesh nic show {dev}`)"))?;
+            let loc: u32 = words.get(1).and_then(|w| w.parse().ok()).ok_or_else(|| {
+                anyhow::anyhow!("flow del needs a rule location (see `tickmesh nic show {dev}`)")
+            })?;
             sys::flow_del(dev, loc).map_err(nt)?;
             println!("{dev}: deleted ntuple rule {loc}");
         }
@@ -195,14 +209,21 @@ fn counts(verb: &str, names: &[&str; 4], words: &[String]) -> Result<[Option<u32
     let mut out = [None; 4];
     for (k, v) in pairs(words)? {
         let i = names.iter().position(|n| *n == k).ok_or_else(|| {
-            NicError::Invalid(format!("{verb}: unknown kind `{k}` (one of {})", names.join(", ")))
+            NicError::Invalid(format!(
+                "{verb}: unknown kind `{k}` (one of {})",
+                names.join(", ")
+            ))
         })?;
         out[i] = Some(num(&k, &v)?);
     }
     Ok(out)
 }
 
-fn queue_cpus(dev: &str, words: &[String], mk: impl Fn(u32, host::Cpus) -> Step) -> Result<Vec<Step>, NicError> {
+fn queue_cpus(
+    dev: &str,
+    words: &[String],
+    mk: impl Fn(u32, host::Cpus) -> Step,
+) -> Result<Vec<Step>, NicError> {
     pairs(words)?
         .into_iter()
         .map(|(q, c)| {
@@ -221,8 +242,14 @@ pub fn parse_set(dev: &str, words: &[String]) -> Result<Vec<Step>, NicError> {
     let rest = &words[1.min(words.len())..];
     Ok(match words.first().map(String::as_str) {
         None => return Err(NicError::Invalid("nothing to set".into())),
-        Some("channels") => vec![Step::Channels { dev: d(), want: counts("channels", &CHANNEL_NAMES, rest)? }],
-        Some("rings") => vec![Step::Rings { dev: d(), want: counts("rings", &RING_NAMES, rest)? }],
+        Some("channels") => vec![Step::Channels {
+            dev: d(),
+            want: counts("channels", &CHANNEL_NAMES, rest)?,
+        }],
+        Some("rings") => vec![Step::Rings {
+            dev: d(),
+            want: counts("rings", &RING_NAMES, rest)?,
+        }],
         Some("coalesce") => {
             let mut want = Vec::new();
             for (k, v) in pairs(rest)? {
@@ -242,18 +269,41 @@ pub fn parse_set(dev: &str, words: &[String]) -> Result<Vec<Step>, NicError> {
         }
         Some("rss") => {
             let want = match rest.first().map(String::as_str) {
-                Some("equal") => RssWant::Equal(num("rss equal", rest.get(1).map_or("", String::as_str))?),
+                Some("equal") => {
+                    RssWant::Equal(num("rss equal", rest.get(1).map_or("", String::as_str))?)
+                }
                 Some("weights") if rest.len() > 1 => RssWant::Weights(
-                    rest[1..].iter().map(|w| num("rss weight", w)).collect::<Result<_, _>>()?,
+                    rest[1..]
+                        .iter()
+                        .map(|w| num("rss weight", w))
+                        .collect::<Result<_, _>>()?,
                 ),
                 Some("default") => RssWant::Default,
-                _ => return Err(NicError::Invalid("write `rss equal N`, `rss weights W0 W1 ...` or `rss default`".into())),
+                _ => {
+                    return Err(NicError::Invalid(
+                        "write `rss equal N`, `rss weights W0 W1 ...` or `rss default`".into(),
+                    ))
+                }
             };
             vec![Step::Rss { dev: d(), want }]
         }
-        Some("irq-affinity") => queue_cpus(dev, rest, |queue, cpus| Step::IrqAffinity { dev: d(), queue, cpus })?,
-        Some("rps") => queue_cpus(dev, rest, |queue, cpus| Step::Queue { dev: d(), kind: QueueMask::Rps, queue, cpus })?,
-        Some("xps") => queue_cpus(dev, rest, |queue, cpus| Step::Queue { dev: d(), kind: QueueMask::Xps, queue, cpus })?,
+        Some("irq-affinity") => queue_cpus(dev, rest, |queue, cpus| Step::IrqAffinity {
+            dev: d(),
+            queue,
+            cpus,
+        })?,
+        Some("rps") => queue_cpus(dev, rest, |queue, cpus| Step::Queue {
+            dev: d(),
+            kind: QueueMask::Rps,
+            queue,
+            cpus,
+        })?,
+        Some("xps") => queue_cpus(dev, rest, |queue, cpus| Step::Queue {
+            dev: d(),
+            kind: QueueMask::Xps,
+            queue,
+            cpus,
+        })?,
         Some(_) => pairs(words)?
             .into_iter()
             .map(|(k, v)| {
@@ -278,14 +328,29 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert!(matches!(&s[1], Step::Feature { name, on: true, .. } if name == "tso"));
         let s = parse_set("v0", &w("channels rx=2 tx 3")).unwrap();
-        assert_eq!(s, vec![Step::Channels { dev: "v0".into(), want: [Some(2), Some(3), None, None] }]);
+        assert_eq!(
+            s,
+            vec![Step::Channels {
+                dev: "v0".into(),
+                want: [Some(2), Some(3), None, None]
+            }]
+        );
         let s = parse_set("v0", &w("coalesce adaptive-rx off rx-usecs 0")).unwrap();
         assert_eq!(
             s,
-            vec![Step::Coalesce { dev: "v0".into(), want: vec![("adaptive-rx".into(), 0), ("rx-usecs".into(), 0)] }]
+            vec![Step::Coalesce {
+                dev: "v0".into(),
+                want: vec![("adaptive-rx".into(), 0), ("rx-usecs".into(), 0)]
+            }]
         );
         let s = parse_set("v0", &w("rss weights 1 2")).unwrap();
-        assert_eq!(s, vec![Step::Rss { dev: "v0".into(), want: RssWant::Weights(vec![1, 2]) }]);
+        assert_eq!(
+            s,
+            vec![Step::Rss {
+                dev: "v0".into(),
+                want: RssWant::Weights(vec![1, 2])
+            }]
+        );
         let s = parse_set("v0", &w("rps 0=0-1 1=1")).unwrap();
         assert_eq!(s.len(), 2);
     }

@@ -15,7 +15,11 @@ pub const GROUPS: &[(&str, &str, &str)] = &[
     ("sg", "scatter-gather", "tx-scatter-gather*"),
     ("tso", "tcp-segmentation-offload", "tx-tcp*-segmentation"),
     ("ufo", "udp-fragmentation-offload", "tx-udp-fragmentation"),
-    ("gso", "generic-segmentation-offload", "tx-generic-segmentation"),
+    (
+        "gso",
+        "generic-segmentation-offload",
+        "tx-generic-segmentation",
+    ),
     ("gro", "generic-receive-offload", "rx-gro"),
     ("lro", "large-receive-offload", "rx-lro"),
     ("rxvlan", "rx-vlan-offload", "rx-vlan-hw-parse"),
@@ -41,7 +45,11 @@ pub fn glob(pattern: &str, name: &str) -> bool {
 /// The kernel bits a name stands for on this device: itself when the device has a feature
 /// of that exact name, else the members of the group it names. An unknown name is an error
 /// naming it.
-pub fn resolve<'a>(dev: &str, name: &str, feats: &'a [Feature]) -> Result<Vec<&'a Feature>, NicError> {
+pub fn resolve<'a>(
+    dev: &str,
+    name: &str,
+    feats: &'a [Feature],
+) -> Result<Vec<&'a Feature>, NicError> {
     if let Some(f) = feats.iter().find(|f| f.name == name) {
         return Ok(vec![f]);
     }
@@ -75,7 +83,11 @@ pub fn bits_to_set(dev: &str, name: &str, feats: &[Feature]) -> Result<Vec<Strin
         .map(|f| f.name.clone())
         .collect();
     if bits.is_empty() {
-        let state = if members.iter().any(|f| f.active) { "on" } else { "off" };
+        let state = if members.iter().any(|f| f.active) {
+            "on"
+        } else {
+            "off"
+        };
         return Err(NicError::Invalid(format!(
             "{dev}: feature `{name}` is fixed ({state} [fixed]): the driver cannot change it"
         )));
@@ -88,11 +100,12 @@ pub fn parse_toggle(s: &str) -> Result<(String, bool), NicError> {
     let (name, val) = s
         .split_once('=')
         .ok_or_else(|| NicError::Invalid(format!("`{s}`: write FEATURE=on or FEATURE=off")))?;
-    let on = parse_on_off(val).ok_or_else(|| {
-        NicError::Invalid(format!("`{s}`: `{val}` is not on or off"))
-    })?;
+    let on = parse_on_off(val)
+        .ok_or_else(|| NicError::Invalid(format!("`{s}`: `{val}` is not on or off")))?;
     if name.is_empty() {
-        return Err(NicError::Invalid(format!("`{s}`: the feature name is missing")));
+        return Err(NicError::Invalid(format!(
+            "`{s}`: the feature name is missing"
+        )));
     }
     Ok((name.to_string(), on))
 }
@@ -146,18 +159,27 @@ mod tests {
     fn abbreviations_long_names_and_kernel_names_resolve() {
         let v = veth_like();
         assert_eq!(bits_to_set("v", "gro", &v).unwrap(), vec!["rx-gro"]);
-        assert_eq!(bits_to_set("v", "generic-receive-offload", &v).unwrap(), vec!["rx-gro"]);
+        assert_eq!(
+            bits_to_set("v", "generic-receive-offload", &v).unwrap(),
+            vec!["rx-gro"]
+        );
         assert_eq!(bits_to_set("v", "rx-gro", &v).unwrap(), vec!["rx-gro"]);
         assert_eq!(bits_to_set("v", "tso", &v).unwrap().len(), 3);
         // tx skips the fixed ipv4 bit.
-        assert_eq!(bits_to_set("v", "tx", &v).unwrap(), vec!["tx-checksum-ip-generic"]);
+        assert_eq!(
+            bits_to_set("v", "tx", &v).unwrap(),
+            vec!["tx-checksum-ip-generic"]
+        );
     }
 
     #[test]
     fn unknown_and_fixed_features_are_named() {
         let v = veth_like();
         let e = bits_to_set("v", "rx-grox", &v).unwrap_err().to_string();
-        assert!(e.contains("`rx-grox`") && e.contains("did you mean `rx-gro`"), "{e}");
+        assert!(
+            e.contains("`rx-grox`") && e.contains("did you mean `rx-gro`"),
+            "{e}"
+        );
         let e = bits_to_set("v", "lro", &v).unwrap_err().to_string();
         assert!(e.contains("fixed") && e.contains("`lro`"), "{e}");
         let e = bits_to_set("v", "ntuple", &v).unwrap_err().to_string();

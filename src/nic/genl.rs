@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use netlink_packet_core::{
-    DecodeError, Emitable, Nla, NlaBuffer, NlasIterator, NetlinkMessage, NetlinkPayload,
+    DecodeError, Emitable, NetlinkMessage, NetlinkPayload, Nla, NlaBuffer, NlasIterator,
     ParseableParametrized, NLA_F_NESTED, NLM_F_ACK, NLM_F_CAPPED, NLM_F_REQUEST,
 };
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
@@ -355,7 +355,9 @@ impl Ethtool {
             ),
             e => e,
         })?;
-        id.ok_or_else(|| NicError::Io("ethtool family id missing from the controller's reply".into()))
+        id.ok_or_else(|| {
+            NicError::Io("ethtool family id missing from the controller's reply".into())
+        })
     }
 
     fn send(&self, buf: &[u8]) -> Result<(), NicError> {
@@ -450,12 +452,16 @@ impl Ethtool {
         let mut names = BTreeMap::new();
         for r in &raw {
             let top = Attrs::parse(r);
-            let Some(sets) = top.nest(STRSET_STRINGSETS) else { continue };
+            let Some(sets) = top.nest(STRSET_STRINGSETS) else {
+                continue;
+            };
             for set in sets.all(STRINGSETS_STRINGSET).map(Attrs::parse) {
                 if set.u32(STRINGSET_ID) != Some(ETH_SS_FEATURES) {
                     continue;
                 }
-                let Some(strings) = set.nest(STRINGSET_STRINGS) else { continue };
+                let Some(strings) = set.nest(STRINGSET_STRINGS) else {
+                    continue;
+                };
                 for s in strings.all(STRINGS_STRING).map(Attrs::parse) {
                     if let (Some(i), Some(v)) = (s.u32(STRING_INDEX), s.str(STRING_VALUE)) {
                         names.insert(i, v);
@@ -576,10 +582,10 @@ impl Ethtool {
     pub fn set_coalesce(&mut self, dev: &str, values: &[(String, u32)]) -> Result<(), NicError> {
         let mut attrs = vec![header(dev)];
         for (name, v) in values {
-            let (_, kind, is_u8) = COALESCE
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .ok_or_else(|| NicError::Invalid(format!("unknown coalescing parameter `{name}`")))?;
+            let (_, kind, is_u8) =
+                COALESCE.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
+                    NicError::Invalid(format!("unknown coalescing parameter `{name}`"))
+                })?;
             attrs.push(if *is_u8 {
                 Attr::U8(*kind, u8::from(*v != 0))
             } else {
@@ -620,7 +626,9 @@ fn extack_message(payload: &[u8], capped: bool) -> Option<String> {
         u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize
     };
     let tlvs = payload.get((echoed + 3) & !3..)?;
-    Attrs::parse(tlvs).str(NLMSGERR_ATTR_MSG).filter(|s| !s.is_empty())
+    Attrs::parse(tlvs)
+        .str(NLMSGERR_ATTR_MSG)
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -647,7 +655,12 @@ mod tests {
 
     #[test]
     fn malformed_attribute_bytes_are_cut_short_not_a_panic() {
-        for junk in [&[0xffu8, 0xff, 1, 0][..], &[8, 0, 1, 0, 1][..], &[3, 0][..], &[][..]] {
+        for junk in [
+            &[0xffu8, 0xff, 1, 0][..],
+            &[8, 0, 1, 0, 1][..],
+            &[3, 0][..],
+            &[][..],
+        ] {
             let a = Attrs::parse(junk);
             assert!(a.u32(1).is_none());
             assert!(a.str(1).is_none() || junk.len() >= 4);

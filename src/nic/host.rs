@@ -36,7 +36,10 @@ pub fn parse_cpu_list(s: &str) -> Result<Cpus, NicError> {
             Some((a, b)) => (a, b),
             None => (part, part),
         };
-        let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+        let (a, b): (u32, u32) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
         if a > b || b >= 8192 {
             return Err(bad());
         }
@@ -54,7 +57,11 @@ pub fn format_cpu_list(c: &Cpus) -> String {
             end += 1;
             it.next();
         }
-        out.push(if start == end { start.to_string() } else { format!("{start}-{end}") });
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
     }
     out.join(",")
 }
@@ -189,7 +196,11 @@ fn irq_names() -> Vec<(u32, String)> {
 }
 
 fn trailing_index(name: &str) -> Option<u32> {
-    let digits: String = name.chars().rev().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = name
+        .chars()
+        .rev()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     if digits.is_empty() || digits.len() == name.len() {
         return None;
     }
@@ -223,7 +234,9 @@ pub fn irqs(dev: &str) -> Vec<Irq> {
             Irq {
                 irq,
                 queue: trailing_index(&name),
-                affinity: read_irq_affinity(irq).map(|c| format_cpu_list(&c)).unwrap_or_default(),
+                affinity: read_irq_affinity(irq)
+                    .map(|c| format_cpu_list(&c))
+                    .unwrap_or_default(),
                 name,
             }
         })
@@ -238,7 +251,11 @@ pub fn queue_irqs(dev: &str, q: u32) -> Result<Vec<u32>, NicError> {
             "{dev} has no MSI interrupts of its own (a virtual device?): no IRQ affinity to set"
         )));
     }
-    let v: Vec<u32> = all.iter().filter(|i| i.queue == Some(q)).map(|i| i.irq).collect();
+    let v: Vec<u32> = all
+        .iter()
+        .filter(|i| i.queue == Some(q))
+        .map(|i| i.irq)
+        .collect();
     if v.is_empty() {
         return Err(NicError::Invalid(format!("{dev} has no IRQ for queue {q}")));
     }
@@ -246,7 +263,9 @@ pub fn queue_irqs(dev: &str, q: u32) -> Result<Vec<u32>, NicError> {
 }
 
 pub fn read_irq_affinity(irq: u32) -> Result<Cpus, NicError> {
-    parse_cpu_list(&read_trim(&PathBuf::from(format!("/proc/irq/{irq}/smp_affinity_list")))?)
+    parse_cpu_list(&read_trim(&PathBuf::from(format!(
+        "/proc/irq/{irq}/smp_affinity_list"
+    )))?)
 }
 
 pub fn write_irq_affinity(irq: u32, c: &Cpus) -> Result<(), NicError> {
@@ -341,7 +360,10 @@ pub fn hugepage_sizes() -> Vec<u64> {
             d.filter_map(Result::ok)
                 .filter_map(|e| {
                     let n = e.file_name().to_string_lossy().into_owned();
-                    n.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()
+                    n.strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()
                 })
                 .collect()
         })
@@ -410,13 +432,17 @@ const PCI: &str = "/sys/bus/pci/devices";
 pub fn pci_address(dev: &str) -> Result<String, NicError> {
     let link = Path::new("/sys/class/net").join(dev).join("device");
     let real = fs::canonicalize(&link).map_err(|_| {
-        NicError::Invalid(format!("{dev} is not backed by a PCI device (virtual device?)"))
+        NicError::Invalid(format!(
+            "{dev} is not backed by a PCI device (virtual device?)"
+        ))
     })?;
     let sub = fs::canonicalize(real.join("subsystem")).unwrap_or_default();
     if !sub.ends_with("bus/pci") {
         return Err(NicError::Invalid(format!(
             "{dev} sits on {} rather than PCI: it cannot be bound to vfio-pci",
-            sub.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "no bus".into())
+            sub.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "no bus".into())
         )));
     }
     Ok(real
@@ -438,7 +464,9 @@ pub fn check_pci(addr: &str) -> Result<(), NicError> {
     } else if ok {
         Err(NicError::Invalid(format!("no PCI device {addr}")))
     } else {
-        Err(NicError::Invalid(format!("`{addr}` is not a PCI address like 0000:03:00.0")))
+        Err(NicError::Invalid(format!(
+            "`{addr}` is not a PCI address like 0000:03:00.0"
+        )))
     }
 }
 
@@ -491,12 +519,14 @@ pub fn load_state(p: &Path) -> Result<BindState, NicError> {
 
 pub fn save_state(p: &Path, s: &BindState) -> Result<(), NicError> {
     if let Some(dir) = p.parent() {
-        fs::create_dir_all(dir).map_err(|e| NicError::from_io(&format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| NicError::from_io(&format!("creating {}", dir.display()), e))?;
     }
     let tmp = p.with_extension("tmp");
     // serde_json cannot fail on this plain map of strings.
     let text = serde_json::to_string_pretty(s).unwrap_or_default();
-    fs::write(&tmp, text).map_err(|e| NicError::from_io(&format!("writing {}", tmp.display()), e))?;
+    fs::write(&tmp, text)
+        .map_err(|e| NicError::from_io(&format!("writing {}", tmp.display()), e))?;
     fs::rename(&tmp, p).map_err(|e| NicError::from_io(&format!("renaming to {}", p.display()), e))
 }
 
@@ -540,7 +570,10 @@ pub fn bind(target: &str, driver: &str) -> Result<String, NicError> {
         // Put the device back where it was before reporting.
         let _ = write(&d.join("driver_override"), "\n");
         if let Some(prev) = &now.driver {
-            let _ = write(&Path::new("/sys/bus/pci/drivers").join(prev).join("bind"), &pci);
+            let _ = write(
+                &Path::new("/sys/bus/pci/drivers").join(prev).join("bind"),
+                &pci,
+            );
         }
         return Err(e);
     }
@@ -569,14 +602,22 @@ pub fn unbind(target: &str) -> Result<String, NicError> {
             })?
     };
     let prev = st.devices.get(&pci).cloned().ok_or_else(|| {
-        NicError::Invalid(format!("no previous driver remembered for {pci} in {}", sp.display()))
+        NicError::Invalid(format!(
+            "no previous driver remembered for {pci} in {}",
+            sp.display()
+        ))
     })?;
     let d = Path::new(PCI).join(&pci);
     write(&d.join("driver_override"), "\n")?;
     if d.join("driver").exists() {
         write(&d.join("driver/unbind"), &pci)?;
     }
-    write(&Path::new("/sys/bus/pci/drivers").join(&prev.driver).join("bind"), &pci)?;
+    write(
+        &Path::new("/sys/bus/pci/drivers")
+            .join(&prev.driver)
+            .join("bind"),
+        &pci,
+    )?;
     st.devices.remove(&pci);
     save_state(&sp, &st)?;
     Ok(format!("{pci} returned to {}", prev.driver))
@@ -626,7 +667,13 @@ mod tests {
     #[test]
     fn pci_addresses_are_checked() {
         for bad in ["", "03:00.0", "0000:03:00:0", "zzzz:03:00.0"] {
-            assert!(check_pci(bad).unwrap_err().to_string().contains("not a PCI address"), "{bad:?}");
+            assert!(
+                check_pci(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not a PCI address"),
+                "{bad:?}"
+            );
         }
     }
 

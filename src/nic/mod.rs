@@ -44,8 +44,7 @@ impl NicError {
     }
     /// Whether the driver simply lacks the operation (so `show` prints "not supported").
     pub fn is_unsupported(&self) -> bool {
-        matches!(self, NicError::Unsupported(_))
-            || matches!(self.errno(), Some(libc::EOPNOTSUPP))
+        matches!(self, NicError::Unsupported(_)) || matches!(self.errno(), Some(libc::EOPNOTSUPP))
     }
     pub fn from_io(what: &str, e: std::io::Error) -> Self {
         match e.raw_os_error() {
@@ -81,7 +80,9 @@ pub fn check_ifname(dev: &str) -> Result<(), NicError> {
         && dev.len() < 16
         && dev != "."
         && dev != ".."
-        && !dev.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+        && !dev
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
     if ok {
         Ok(())
     } else {

@@ -41,15 +41,46 @@ pub enum RssWant {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    Feature { dev: String, name: String, on: bool },
-    Channels { dev: String, want: [Option<u32>; 4] },
-    Rings { dev: String, want: [Option<u32>; 4] },
-    Coalesce { dev: String, want: Vec<(String, u32)> },
-    Rss { dev: String, want: RssWant },
-    Queue { dev: String, kind: QueueMask, queue: u32, cpus: Cpus },
-    IrqAffinity { dev: String, queue: u32, cpus: Cpus },
-    Sysctl { which: Sysctl, value: u32 },
-    Hugepages { kb: u64, count: u64 },
+    Feature {
+        dev: String,
+        name: String,
+        on: bool,
+    },
+    Channels {
+        dev: String,
+        want: [Option<u32>; 4],
+    },
+    Rings {
+        dev: String,
+        want: [Option<u32>; 4],
+    },
+    Coalesce {
+        dev: String,
+        want: Vec<(String, u32)>,
+    },
+    Rss {
+        dev: String,
+        want: RssWant,
+    },
+    Queue {
+        dev: String,
+        kind: QueueMask,
+        queue: u32,
+        cpus: Cpus,
+    },
+    IrqAffinity {
+        dev: String,
+        queue: u32,
+        cpus: Cpus,
+    },
+    Sysctl {
+        which: Sysctl,
+        value: u32,
+    },
+    Hugepages {
+        kb: u64,
+        count: u64,
+    },
 }
 
 /// What a step replaced, enough to put it back.
@@ -68,7 +99,13 @@ pub enum Prev {
 fn counts_text(names: &[&str; 4], v: &[Option<u32>; 4], only: &[Option<u32>; 4]) -> String {
     (0..4)
         .filter(|&i| only[i].is_some())
-        .map(|i| format!("{}={}", names[i], v[i].map_or("n/a".into(), |x| x.to_string())))
+        .map(|i| {
+            format!(
+                "{}={}",
+                names[i],
+                v[i].map_or("n/a".into(), |x| x.to_string())
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -86,21 +123,42 @@ impl Step {
     pub fn label(&self) -> String {
         match self {
             Step::Feature { dev, name, on } => format!("{dev} feature {name}={}", on_off(*on)),
-            Step::Channels { dev, want } => format!("{dev} channels {}", counts_text(&CHANNEL_NAMES, want, want)),
-            Step::Rings { dev, want } => format!("{dev} rings {}", counts_text(&RING_NAMES, want, want)),
+            Step::Channels { dev, want } => {
+                format!("{dev} channels {}", counts_text(&CHANNEL_NAMES, want, want))
+            }
+            Step::Rings { dev, want } => {
+                format!("{dev} rings {}", counts_text(&RING_NAMES, want, want))
+            }
             Step::Coalesce { dev, want } => format!(
                 "{dev} coalesce {}",
-                want.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+                want.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
             Step::Rss { dev, want } => format!("{dev} rss {}", rss_text(want)),
-            Step::Queue { dev, kind, queue, cpus } => {
-                format!("{dev} {} queue {queue} cpus={}", kind.name(), format_cpu_list(cpus))
+            Step::Queue {
+                dev,
+                kind,
+                queue,
+                cpus,
+            } => {
+                format!(
+                    "{dev} {} queue {queue} cpus={}",
+                    kind.name(),
+                    format_cpu_list(cpus)
+                )
             }
             Step::IrqAffinity { dev, queue, cpus } => {
-                format!("{dev} irq-affinity queue {queue} cpus={}", format_cpu_list(cpus))
+                format!(
+                    "{dev} irq-affinity queue {queue} cpus={}",
+                    format_cpu_list(cpus)
+                )
             }
             Step::Sysctl { which, value } => format!("host {}={value}", which.name()),
-            Step::Hugepages { kb, count } => format!("host hugepages {}={count}", host::page_size_name(*kb)),
+            Step::Hugepages { kb, count } => {
+                format!("host hugepages {}={count}", host::page_size_name(*kb))
+            }
         }
     }
 
@@ -127,20 +185,32 @@ impl Step {
                 let f = cx.et()?.features(dev)?;
                 // A fixed feature already in the asked state is fine; otherwise it must
                 // have changeable bits.
-                if !features::resolve(dev, name, &f)?.iter().all(|m| m.active == *on) {
+                if !features::resolve(dev, name, &f)?
+                    .iter()
+                    .all(|m| m.active == *on)
+                {
                     features::bits_to_set(dev, name, &f)?;
                 }
             }
             Step::Channels { dev, want } => {
-                let c = cx.et()?.channels(dev).map_err(|e| unsupported(dev, "channels", e))?;
+                let c = cx
+                    .et()?
+                    .channels(dev)
+                    .map_err(|e| unsupported(dev, "channels", e))?;
                 check_counts(dev, "channels", &CHANNEL_NAMES, want, &c.max)?;
             }
             Step::Rings { dev, want } => {
-                let r = cx.et()?.rings(dev).map_err(|e| unsupported(dev, "ring sizes", e))?;
+                let r = cx
+                    .et()?
+                    .rings(dev)
+                    .map_err(|e| unsupported(dev, "ring sizes", e))?;
                 check_counts(dev, "rings", &RING_NAMES, want, &r.max)?;
             }
             Step::Coalesce { dev, want } => {
-                let have = cx.et()?.coalesce(dev).map_err(|e| unsupported(dev, "interrupt coalescing", e))?;
+                let have = cx
+                    .et()?
+                    .coalesce(dev)
+                    .map_err(|e| unsupported(dev, "interrupt coalescing", e))?;
                 for (k, _) in want {
                     if !have.contains_key(k) {
                         return Err(NicError::Invalid(format!(
@@ -164,10 +234,17 @@ impl Step {
                     )));
                 }
                 if matches!(want, RssWant::Equal(0)) {
-                    return Err(NicError::Invalid(format!("{dev}: rss equal needs at least 1 queue")));
+                    return Err(NicError::Invalid(format!(
+                        "{dev}: rss equal needs at least 1 queue"
+                    )));
                 }
             }
-            Step::Queue { dev, kind, queue, cpus } => {
+            Step::Queue {
+                dev,
+                kind,
+                queue,
+                cpus,
+            } => {
                 host::read_queue_mask(dev, *kind, *queue)?;
                 host::check_cpus(cpus)?;
             }
@@ -195,7 +272,11 @@ impl Step {
                 let f = cx.et()?.features(dev)?;
                 let all = features::resolve(dev, name, &f)?;
                 let changeable: Vec<_> = all.iter().copied().filter(|x| x.changeable).collect();
-                let members = if changeable.is_empty() { all } else { changeable };
+                let members = if changeable.is_empty() {
+                    all
+                } else {
+                    changeable
+                };
                 let on = members.iter().filter(|x| x.active).count();
                 let text = if on == members.len() {
                     "on"
@@ -211,11 +292,17 @@ impl Step {
             }
             Step::Channels { dev, want } => {
                 let c = cx.et()?.channels(dev)?;
-                (Prev::Counts(c.count), counts_text(&CHANNEL_NAMES, &c.count, want))
+                (
+                    Prev::Counts(c.count),
+                    counts_text(&CHANNEL_NAMES, &c.count, want),
+                )
             }
             Step::Rings { dev, want } => {
                 let r = cx.et()?.rings(dev)?;
-                (Prev::Counts(r.count), counts_text(&RING_NAMES, &r.count, want))
+                (
+                    Prev::Counts(r.count),
+                    counts_text(&RING_NAMES, &r.count, want),
+                )
             }
             Step::Coalesce { dev, want } => {
                 let have = cx.et()?.coalesce(dev)?;
@@ -223,7 +310,11 @@ impl Step {
                     .iter()
                     .filter_map(|(k, _)| have.get(k).map(|v| (k.clone(), *v)))
                     .collect();
-                let text = prev.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+                let text = prev
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 (Prev::Coalesce(prev), text)
             }
             Step::Rss { dev, .. } => {
@@ -231,7 +322,9 @@ impl Step {
                 let text = summarize_table(&r.indirection);
                 (Prev::Rss(r.indirection), text)
             }
-            Step::Queue { dev, kind, queue, .. } => {
+            Step::Queue {
+                dev, kind, queue, ..
+            } => {
                 let c = host::read_queue_mask(dev, *kind, *queue)?;
                 let text = format!("cpus={}", format_cpu_list(&c));
                 (Prev::Cpus(c), text)
@@ -264,14 +357,17 @@ impl Step {
         Ok(match (self, prev) {
             (Step::Feature { dev, on, .. }, Prev::Features(bits)) => {
                 let f = cx.et()?.features(dev)?;
-                bits.iter().all(|(n, _)| f.iter().any(|x| &x.name == n && x.active == *on))
+                bits.iter()
+                    .all(|(n, _)| f.iter().any(|x| &x.name == n && x.active == *on))
             }
             (Step::Channels { want, .. } | Step::Rings { want, .. }, Prev::Counts(c)) => {
                 (0..4).all(|i| want[i].is_none() || want[i] == c[i])
             }
-            (Step::Coalesce { want, .. }, Prev::Coalesce(c)) => want
-                .iter()
-                .all(|(k, v)| c.iter().any(|(k2, v2)| k == k2 && (v == v2 || is_bool_param(k) && (*v != 0) == (*v2 != 0)))),
+            (Step::Coalesce { want, .. }, Prev::Coalesce(c)) => want.iter().all(|(k, v)| {
+                c.iter().any(|(k2, v2)| {
+                    k == k2 && (v == v2 || is_bool_param(k) && (*v != 0) == (*v2 != 0))
+                })
+            }),
             (Step::Rss { dev, want }, Prev::Rss(t)) => match want {
                 RssWant::Default => false,
                 w => desired_table(dev, w, t.len())? == *t,
@@ -290,9 +386,15 @@ impl Step {
             Step::Feature { on, .. } => on_off(*on).into(),
             Step::Channels { want, .. } => counts_text(&CHANNEL_NAMES, want, want),
             Step::Rings { want, .. } => counts_text(&RING_NAMES, want, want),
-            Step::Coalesce { want, .. } => want.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            Step::Coalesce { want, .. } => want
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             Step::Rss { want, .. } => rss_text(want),
-            Step::Queue { cpus, .. } | Step::IrqAffinity { cpus, .. } => format!("cpus={}", format_cpu_list(cpus)),
+            Step::Queue { cpus, .. } | Step::IrqAffinity { cpus, .. } => {
+                format!("cpus={}", format_cpu_list(cpus))
+            }
             Step::Sysctl { value, .. } => value.to_string(),
             Step::Hugepages { count, .. } => count.to_string(),
         }
@@ -320,7 +422,12 @@ impl Step {
                 };
                 sys::set_rss_indirection(dev, &table)
             }
-            Step::Queue { dev, kind, queue, cpus } => host::write_queue_mask(dev, *kind, *queue, cpus),
+            Step::Queue {
+                dev,
+                kind,
+                queue,
+                cpus,
+            } => host::write_queue_mask(dev, *kind, *queue, cpus),
             Step::IrqAffinity { dev, queue, cpus } => {
                 for irq in host::queue_irqs(dev, *queue)? {
                     host::write_irq_affinity(irq, cpus)?;
@@ -334,7 +441,13 @@ impl Step {
 
     /// Read back after a write; a value the kernel did not take is an error.
     pub fn verify(&self, cx: &mut Ctx) -> Result<(), NicError> {
-        if matches!(self, Step::Rss { want: RssWant::Default, .. }) {
+        if matches!(
+            self,
+            Step::Rss {
+                want: RssWant::Default,
+                ..
+            }
+        ) {
             return Ok(());
         }
         let (now, text) = self.read(cx)?;
@@ -356,11 +469,18 @@ impl Step {
     pub fn restore(&self, cx: &mut Ctx, prev: &Prev) -> Result<(), NicError> {
         match (self, prev) {
             (Step::Feature { dev, .. }, Prev::Features(bits)) => cx.et()?.set_features(dev, bits),
-            (Step::Channels { dev, want }, Prev::Counts(c)) => cx.et()?.set_channels(dev, only(want, c)),
+            (Step::Channels { dev, want }, Prev::Counts(c)) => {
+                cx.et()?.set_channels(dev, only(want, c))
+            }
             (Step::Rings { dev, want }, Prev::Counts(c)) => cx.et()?.set_rings(dev, only(want, c)),
             (Step::Coalesce { dev, .. }, Prev::Coalesce(c)) => cx.et()?.set_coalesce(dev, c),
             (Step::Rss { dev, .. }, Prev::Rss(t)) => sys::set_rss_indirection(dev, t),
-            (Step::Queue { dev, kind, queue, .. }, Prev::Cpus(c)) => host::write_queue_mask(dev, *kind, *queue, c),
+            (
+                Step::Queue {
+                    dev, kind, queue, ..
+                },
+                Prev::Cpus(c),
+            ) => host::write_queue_mask(dev, *kind, *queue, c),
             (Step::IrqAffinity { .. }, Prev::Irqs(v)) => {
                 for (irq, c) in v {
                     host::write_irq_affinity(*irq, c)?;
@@ -369,7 +489,10 @@ impl Step {
             }
             (Step::Sysctl { which, .. }, Prev::Num(n)) => which.write(*n as u32),
             (Step::Hugepages { kb, .. }, Prev::Num(n)) => host::write_hugepages(*kb, *n),
-            _ => Err(NicError::Io(format!("{}: recorded value of the wrong kind", self.label()))),
+            _ => Err(NicError::Io(format!(
+                "{}: recorded value of the wrong kind",
+                self.label()
+            ))),
         }
     }
 }
@@ -390,7 +513,9 @@ fn is_bool_param(k: &str) -> bool {
 
 fn unsupported(dev: &str, what: &str, e: NicError) -> NicError {
     if e.is_unsupported() {
-        NicError::Unsupported(format!("{dev}: the driver does not support changing {what}"))
+        NicError::Unsupported(format!(
+            "{dev}: the driver does not support changing {what}"
+        ))
     } else {
         e
     }
@@ -432,7 +557,10 @@ fn check_counts(
 fn rss_text(w: &RssWant) -> String {
     match w {
         RssWant::Equal(n) => format!("equal {n}"),
-        RssWant::Weights(v) => format!("weights {}", v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")),
+        RssWant::Weights(v) => format!(
+            "weights {}",
+            v.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        ),
         RssWant::Default => "default".into(),
     }
 }
@@ -452,7 +580,10 @@ pub fn summarize_table(t: &[u32]) -> String {
     for q in t {
         *per.entry(*q).or_default() += 1;
     }
-    per.iter().map(|(q, n)| format!("q{q}:{n}")).collect::<Vec<_>>().join(" ")
+    per.iter()
+        .map(|(q, n)| format!("q{q}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // === running a plan ===
@@ -482,8 +613,13 @@ pub fn diff(steps: &[Step], cx: &mut Ctx) -> (String, usize) {
 pub fn apply(steps: &[Step], cx: &mut Ctx) -> anyhow::Result<Vec<String>> {
     let n = steps.len();
     for (i, s) in steps.iter().enumerate() {
-        s.check(cx)
-            .map_err(|e| anyhow::anyhow!("step {} of {n} ({}): {e}; nothing was changed", i + 1, s.label()))?;
+        s.check(cx).map_err(|e| {
+            anyhow::anyhow!(
+                "step {} of {n} ({}): {e}; nothing was changed",
+                i + 1,
+                s.label()
+            )
+        })?;
     }
     let mut done: Vec<(usize, Prev)> = Vec::new();
     let mut log = Vec::new();
@@ -497,14 +633,22 @@ pub fn apply(steps: &[Step], cx: &mut Ctx) -> anyhow::Result<Vec<String>> {
             done.push((i, prev));
             s.write(cx)?;
             s.verify(cx)?;
-            Ok(Some(format!("{}: {now} -> {}", s.label(), s.desired_text())))
+            Ok(Some(format!(
+                "{}: {now} -> {}",
+                s.label(),
+                s.desired_text()
+            )))
         })();
         match result {
             Ok(Some(line)) => log.push(line),
             Ok(None) => {}
             Err(e) => {
                 let undone = rollback(steps, &done, cx);
-                anyhow::bail!("step {} of {n} ({}) failed: {e}; {undone}", i + 1, s.label());
+                anyhow::bail!(
+                    "step {} of {n} ({}) failed: {e}; {undone}",
+                    i + 1,
+                    s.label()
+                );
             }
         }
     }
@@ -536,21 +680,43 @@ mod tests {
     #[test]
     fn counts_are_range_checked_with_the_item_named() {
         let max = [Some(4), Some(4), None, None];
-        let e = check_counts("v0", "channels", &CHANNEL_NAMES, &[Some(64), None, None, None], &max)
-            .unwrap_err()
-            .to_string();
+        let e = check_counts(
+            "v0",
+            "channels",
+            &CHANNEL_NAMES,
+            &[Some(64), None, None, None],
+            &max,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("rx=64") && e.contains("maximum 4"), "{e}");
-        let e = check_counts("v0", "channels", &CHANNEL_NAMES, &[None, None, None, Some(2)], &max)
-            .unwrap_err()
-            .to_string();
+        let e = check_counts(
+            "v0",
+            "channels",
+            &CHANNEL_NAMES,
+            &[None, None, None, Some(2)],
+            &max,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("`combined`") && e.contains("rx, tx"), "{e}");
-        assert!(check_counts("v0", "channels", &CHANNEL_NAMES, &[Some(2), Some(4), None, None], &max).is_ok());
+        assert!(check_counts(
+            "v0",
+            "channels",
+            &CHANNEL_NAMES,
+            &[Some(2), Some(4), None, None],
+            &max
+        )
+        .is_ok());
     }
 
     #[test]
     fn restore_touches_only_the_kinds_the_step_set() {
         assert_eq!(
-            only(&[Some(1), None, None, None], &[Some(4), Some(4), None, None]),
+            only(
+                &[Some(1), None, None, None],
+                &[Some(4), Some(4), None, None]
+            ),
             [Some(4), None, None, None]
         );
     }

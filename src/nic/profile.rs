@@ -19,7 +19,10 @@ use super::plan::{RssWant, Step};
 use super::NicError;
 
 /// The shipped profiles, by name.
-pub const SHIPPED: &[(&str, &str)] = &[("low-latency", include_str!("../../profiles/low-latency.yaml"))];
+pub const SHIPPED: &[(&str, &str)] = &[(
+    "low-latency",
+    include_str!("../../profiles/low-latency.yaml"),
+)];
 
 /// A map that keeps the order of its keys as written.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +46,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
                 let mut v = Vec::new();
                 while let Some((k, val)) = m.next_entry::<Key, V>()? {
                     if v.iter().any(|(k2, _): &(String, V)| *k2 == k.0) {
-                        return Err(serde::de::Error::custom(format!("`{}` is given twice", k.0)));
+                        return Err(serde::de::Error::custom(format!(
+                            "`{}` is given twice",
+                            k.0
+                        )));
                     }
                     v.push((k.0, val));
                 }
@@ -150,12 +156,13 @@ pub struct Device {
     pub irq_affinity: Ordered<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum Rss {
-    Equal(u32),
-    Weights(Vec<u32>),
-    Default(bool),
+/// Exactly one of: `equal: N`, `weights: [W0, W1, ...]`, `default: true`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rss {
+    pub equal: Option<u32>,
+    pub weights: Option<Vec<u32>>,
+    pub default: Option<bool>,
 }
 
 /// Parse profile text; errors carry the field path and line.
@@ -175,7 +182,12 @@ pub fn load(path: &str) -> Result<Profile, NicError> {
     parse(&text).map_err(|e| NicError::Invalid(format!("{path}: {e}")))
 }
 
-fn counts(dev: &str, what: &str, names: &[&str; 4], m: &Ordered<u32>) -> Result<[Option<u32>; 4], NicError> {
+fn counts(
+    dev: &str,
+    what: &str,
+    names: &[&str; 4],
+    m: &Ordered<u32>,
+) -> Result<[Option<u32>; 4], NicError> {
     let mut out = [None; 4];
     for (k, v) in &m.0 {
         let i = names.iter().position(|n| n == k).ok_or_else(|| {
@@ -189,13 +201,18 @@ fn counts(dev: &str, what: &str, names: &[&str; 4], m: &Ordered<u32>) -> Result<
     Ok(out)
 }
 
-fn queue_map(dev: &str, what: &str, m: &Ordered<String>) -> Result<Vec<(u32, host::Cpus)>, NicError> {
+fn queue_map(
+    dev: &str,
+    what: &str,
+    m: &Ordered<String>,
+) -> Result<Vec<(u32, host::Cpus)>, NicError> {
     m.0.iter()
         .map(|(q, cpus)| {
-            let qi: u32 = q
-                .parse()
-                .map_err(|_| NicError::Invalid(format!("devices.{dev}.{what}: `{q}` is not a queue number")))?;
-            let c = parse_cpu_list(cpus).map_err(|e| NicError::Invalid(format!("devices.{dev}.{what}.{q}: {e}")))?;
+            let qi: u32 = q.parse().map_err(|_| {
+                NicError::Invalid(format!("devices.{dev}.{what}: `{q}` is not a queue number"))
+            })?;
+            let c = parse_cpu_list(cpus)
+                .map_err(|e| NicError::Invalid(format!("devices.{dev}.{what}.{q}: {e}")))?;
             Ok((qi, c))
         })
         .collect()
@@ -206,14 +223,21 @@ impl Profile {
     pub fn steps(&self, devs: &[String]) -> Result<Vec<Step>, NicError> {
         let mut out = Vec::new();
         for (size, n) in &self.host.hugepages.0 {
-            let kb = host::parse_page_size(size).map_err(|e| NicError::Invalid(format!("host.hugepages: {e}")))?;
+            let kb = host::parse_page_size(size)
+                .map_err(|e| NicError::Invalid(format!("host.hugepages: {e}")))?;
             out.push(Step::Hugepages { kb, count: *n });
         }
         if let Some(v) = self.host.busy_poll {
-            out.push(Step::Sysctl { which: Sysctl::BusyPoll, value: v });
+            out.push(Step::Sysctl {
+                which: Sysctl::BusyPoll,
+                value: v,
+            });
         }
         if let Some(v) = self.host.busy_read {
-            out.push(Step::Sysctl { which: Sysctl::BusyRead, value: v });
+            out.push(Step::Sysctl {
+                which: Sysctl::BusyRead,
+                value: v,
+            });
         }
         for (name, d) in &self.devices.0 {
             let targets: Vec<String> = if name == "*" {
@@ -239,11 +263,17 @@ impl Device {
     fn push_steps(&self, dev: &str, out: &mut Vec<Step>) -> Result<(), NicError> {
         if !self.channels.0.is_empty() {
             let want = counts(dev, "channels", &CHANNEL_NAMES, &self.channels)?;
-            out.push(Step::Channels { dev: dev.into(), want });
+            out.push(Step::Channels {
+                dev: dev.into(),
+                want,
+            });
         }
         if !self.rings.0.is_empty() {
             let want = counts(dev, "rings", &RING_NAMES, &self.rings)?;
-            out.push(Step::Rings { dev: dev.into(), want });
+            out.push(Step::Rings {
+                dev: dev.into(),
+                want,
+            });
         }
         if !self.coalesce.0.is_empty() {
             let mut want = Vec::new();
@@ -255,30 +285,51 @@ impl Device {
                 }
                 want.push((k.clone(), v.u32(&format!("devices.{dev}.coalesce.{k}"))?));
             }
-            out.push(Step::Coalesce { dev: dev.into(), want });
+            out.push(Step::Coalesce {
+                dev: dev.into(),
+                want,
+            });
         }
         for (k, v) in &self.features.0 {
             let on = v.on_off(&format!("devices.{dev}.features.{k}"))?;
-            out.push(Step::Feature { dev: dev.into(), name: k.clone(), on });
+            out.push(Step::Feature {
+                dev: dev.into(),
+                name: k.clone(),
+                on,
+            });
         }
         if let Some(r) = &self.rss {
-            let want = match r {
-                Rss::Equal(n) => RssWant::Equal(*n),
-                Rss::Weights(w) => RssWant::Weights(w.clone()),
-                Rss::Default(true) => RssWant::Default,
-                Rss::Default(false) => {
-                    return Err(NicError::Invalid(format!("devices.{dev}.rss: `default: false` means nothing; leave rss out")))
+            let want = match (r.equal, &r.weights, r.default) {
+                (Some(n), None, None) => RssWant::Equal(n),
+                (None, Some(w), None) => RssWant::Weights(w.clone()),
+                (None, None, Some(true)) => RssWant::Default,
+                _ => {
+                    return Err(NicError::Invalid(format!(
+                        "devices.{dev}.rss: give exactly one of `equal: N`, `weights: [..]`, `default: true`"
+                    )))
                 }
             };
-            out.push(Step::Rss { dev: dev.into(), want });
+            out.push(Step::Rss {
+                dev: dev.into(),
+                want,
+            });
         }
         for (kind, m) in [(QueueMask::Rps, &self.rps), (QueueMask::Xps, &self.xps)] {
             for (queue, cpus) in queue_map(dev, kind.name(), m)? {
-                out.push(Step::Queue { dev: dev.into(), kind, queue, cpus });
+                out.push(Step::Queue {
+                    dev: dev.into(),
+                    kind,
+                    queue,
+                    cpus,
+                });
             }
         }
         for (queue, cpus) in queue_map(dev, "irq_affinity", &self.irq_affinity)? {
-            out.push(Step::IrqAffinity { dev: dev.into(), queue, cpus });
+            out.push(Step::IrqAffinity {
+                dev: dev.into(),
+                queue,
+                cpus,
+            });
         }
         Ok(())
     }
@@ -292,7 +343,13 @@ mod tests {
     fn the_shipped_low_latency_profile_parses_and_compiles() {
         let p = parse(SHIPPED[0].1).unwrap();
         let steps = p.steps(&["eth0".into()]).unwrap();
-        assert!(steps.iter().any(|s| matches!(s, Step::Sysctl { which: Sysctl::BusyPoll, value: 50 })));
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            Step::Sysctl {
+                which: Sysctl::BusyPoll,
+                value: 50
+            }
+        )));
         assert!(steps
             .iter()
             .any(|s| matches!(s, Step::Feature { name, on: false, .. } if name == "gro")));
@@ -317,12 +374,20 @@ mod tests {
     #[test]
     fn typos_and_bad_values_are_named_with_their_line() {
         for (text, needles) in [
-            ("devices:\n  v0:\n    featurs: {gro: off}\n", &["unknown field `featurs`", "line 3"][..]),
-            ("host:\n  busy_pol: 50\n", &["unknown field `busy_pol`", "line 2"]),
+            (
+                "devices:\n  v0:\n    featurs: {gro: off}\n",
+                &["unknown field `featurs`", "line 3"][..],
+            ),
+            (
+                "host:\n  busy_pol: 50\n",
+                &["unknown field `busy_pol`", "line 2"],
+            ),
             ("hots: {}\n", &["unknown field `hots`"]),
             ("host:\n  busy_poll: -1\n", &["busy_poll", "line 2"]),
-            ("devices:\n  v0:\n    rss: {equal: 2, weights: [1]}\n", &["rss"]),
-            ("devices:\n  v0:\n    features: {gro: off, gro: on}\n", &["given twice"]),
+            (
+                "devices:\n  v0:\n    features: {gro: off, gro: on}\n",
+                &["given twice"],
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             for n in needles {
@@ -330,15 +395,37 @@ mod tests {
             }
         }
         for (text, needle) in [
-            ("devices:\n  v0:\n    channels: {rxx: 2}\n", "unknown field `rxx`"),
-            ("devices:\n  v0:\n    coalesce: {rx-usec: 0}\n", "unknown parameter `rx-usec`"),
-            ("devices:\n  v0:\n    features: {gro: maybe}\n", "`maybe` is not on or off"),
+            (
+                "devices:\n  v0:\n    channels: {rxx: 2}\n",
+                "unknown field `rxx`",
+            ),
+            (
+                "devices:\n  v0:\n    coalesce: {rx-usec: 0}\n",
+                "unknown parameter `rx-usec`",
+            ),
+            (
+                "devices:\n  v0:\n    features: {gro: maybe}\n",
+                "`maybe` is not on or off",
+            ),
             ("devices:\n  v0:\n    rps: {0: \"0-x\"}\n", "rps.0"),
-            ("devices:\n  v0:\n    rps: {a: \"0\"}\n", "`a` is not a queue number"),
+            (
+                "devices:\n  v0:\n    rps: {a: \"0\"}\n",
+                "`a` is not a queue number",
+            ),
             ("host:\n  hugepages: {3T: 1}\n", "host.hugepages"),
-            ("devices:\n  \"bad/name\": {}\n", "not a valid interface name"),
+            (
+                "devices:\n  \"bad/name\": {}\n",
+                "not a valid interface name",
+            ),
+            (
+                "devices:\n  v0:\n    rss: {equal: 2, weights: [1]}\n",
+                "exactly one of",
+            ),
         ] {
-            let e = parse(text).and_then(|p| p.steps(&[])).unwrap_err().to_string();
+            let e = parse(text)
+                .and_then(|p| p.steps(&[]))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }

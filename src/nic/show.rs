@@ -245,7 +245,11 @@ pub fn text(r: &Report) -> String {
         o.push('\n');
         match &d.channels {
             Part::Value(c) => {
-                let _ = writeln!(o, "  channels (current/max): {}", counts_line(&CHANNEL_NAMES, &c.max, &c.count));
+                let _ = writeln!(
+                    o,
+                    "  channels (current/max): {}",
+                    counts_line(&CHANNEL_NAMES, &c.max, &c.count)
+                );
             }
             Part::Missing { unavailable } => {
                 let _ = writeln!(o, "  channels: {unavailable}");
@@ -253,7 +257,11 @@ pub fn text(r: &Report) -> String {
         }
         match &d.rings {
             Part::Value(r) => {
-                let _ = writeln!(o, "  rings (current/max): {}", counts_line(&RING_NAMES, &r.max, &r.count));
+                let _ = writeln!(
+                    o,
+                    "  rings (current/max): {}",
+                    counts_line(&RING_NAMES, &r.max, &r.count)
+                );
             }
             Part::Missing { unavailable } => {
                 let _ = writeln!(o, "  rings: {unavailable}");
@@ -276,7 +284,11 @@ pub fn text(r: &Report) -> String {
                     r.rx_rings,
                     r.indirection.len(),
                     summarize_table(&r.indirection),
-                    if r.hash_key.is_empty() { "-" } else { &r.hash_key }
+                    if r.hash_key.is_empty() {
+                        "-"
+                    } else {
+                        &r.hash_key
+                    }
                 );
             }
             Part::Missing { unavailable } => {
@@ -323,7 +335,13 @@ pub fn text(r: &Report) -> String {
         for (name, v) in [("rps", &d.rps), ("xps", &d.xps)] {
             let s: Vec<String> = v
                 .iter()
-                .map(|q| format!("{}:{}", q.queue, if q.cpus.is_empty() { "-" } else { &q.cpus }))
+                .map(|q| {
+                    format!(
+                        "{}:{}",
+                        q.queue,
+                        if q.cpus.is_empty() { "-" } else { &q.cpus }
+                    )
+                })
                 .collect();
             let _ = writeln!(o, "  {name} (queue:cpus): {}", s.join(" "));
         }
@@ -348,7 +366,10 @@ pub fn text(r: &Report) -> String {
     }
     let h = &r.host;
     o.push_str("host:\n");
-    for (name, p) in [("net.core.busy_poll", &h.busy_poll), ("net.core.busy_read", &h.busy_read)] {
+    for (name, p) in [
+        ("net.core.busy_poll", &h.busy_poll),
+        ("net.core.busy_read", &h.busy_read),
+    ] {
         match p {
             Part::Value(v) => {
                 let _ = writeln!(o, "  {name} = {v}");
@@ -364,7 +385,11 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(
         o,
         "  vfio-pci: {}",
-        if h.vfio_pci_loaded { "loaded" } else { "not loaded" }
+        if h.vfio_pci_loaded {
+            "loaded"
+        } else {
+            "not loaded"
+        }
     );
     for b in &h.vfio_pci_devices {
         let _ = writeln!(o, "    {} bound to vfio-pci", b.pci);

@@ -56,7 +56,10 @@ fn socket() -> Result<OwnedFd, NicError> {
     // SAFETY: plain socket(2) call; on success we own the returned descriptor exactly once.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(NicError::from_io("socket for SIOCETHTOOL", std::io::Error::last_os_error()));
+        return Err(NicError::from_io(
+            "socket for SIOCETHTOOL",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `fd` is a fresh, valid descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -158,7 +161,9 @@ pub fn rss(dev: &str) -> Result<Rss, NicError> {
     let (n, k) = (get_u32(&head, 8) as usize, get_u32(&head, 12) as usize);
     // Bounded by what any NIC has (indirection tables are ≤ 2048 entries, keys ≤ 256 B).
     if n > 65536 || k > 4096 {
-        return Err(NicError::Io(format!("{dev}: implausible RSS sizes ({n}, {k})")));
+        return Err(NicError::Io(format!(
+            "{dev}: implausible RSS sizes ({n}, {k})"
+        )));
     }
     let mut b = vec![0u8; RXFH_LEN + 4 * n + k];
     put_u32(&mut b, 0, ETHTOOL_GRSSH);
@@ -273,7 +278,11 @@ impl FlowRule {
             Some("udp4") => FlowType::Udp4,
             Some("tcp6") => FlowType::Tcp6,
             Some("udp6") => FlowType::Udp6,
-            Some(o) => return Err(bad(format!("flow type `{o}` is not tcp4, udp4, tcp6 or udp6"))),
+            Some(o) => {
+                return Err(bad(format!(
+                    "flow type `{o}` is not tcp4, udp4, tcp6 or udp6"
+                )))
+            }
             None => return Err(bad("missing flow type (tcp4, udp4, tcp6, udp6)".into())),
         };
         let mut r = FlowRule {
@@ -287,15 +296,22 @@ impl FlowRule {
         };
         let mut action = false;
         while let Some(k) = it.next() {
-            let v = it.next().ok_or_else(|| bad(format!("`{k}` needs a value")))?;
+            let v = it
+                .next()
+                .ok_or_else(|| bad(format!("`{k}` needs a value")))?;
             let ip = |v: &str| -> Result<IpAddr, NicError> {
-                let a: IpAddr = v.parse().map_err(|_| bad(format!("`{v}` is not an IP address")))?;
+                let a: IpAddr = v
+                    .parse()
+                    .map_err(|_| bad(format!("`{v}` is not an IP address")))?;
                 if a.is_ipv6() != ft.v6() {
                     return Err(bad(format!("`{v}` does not match flow type {ft:?}")));
                 }
                 Ok(a)
             };
-            let port = |v: &str| v.parse::<u16>().map_err(|_| bad(format!("`{v}` is not a port (0-65535)")));
+            let port = |v: &str| {
+                v.parse::<u16>()
+                    .map_err(|_| bad(format!("`{v}` is not a port (0-65535)")))
+            };
             match k {
                 "src-ip" => r.src_ip = Some(ip(v)?),
                 "dst-ip" => r.dst_ip = Some(ip(v)?),
@@ -306,14 +322,23 @@ impl FlowRule {
                     r.queue = if v == "-1" || v == "drop" {
                         None
                     } else {
-                        Some(v.parse().map_err(|_| bad(format!("queue `{v}` is not a number")))?)
+                        Some(
+                            v.parse()
+                                .map_err(|_| bad(format!("queue `{v}` is not a number")))?,
+                        )
                     }
                 }
                 "loc" => {
-                    r.location =
-                        Some(v.parse().map_err(|_| bad(format!("location `{v}` is not a number")))?)
+                    r.location = Some(
+                        v.parse()
+                            .map_err(|_| bad(format!("location `{v}` is not a number")))?,
+                    )
                 }
-                o => return Err(bad(format!("unknown word `{o}` (src-ip, dst-ip, src-port, dst-port, action, loc)"))),
+                o => {
+                    return Err(bad(format!(
+                        "unknown word `{o}` (src-ip, dst-ip, src-port, dst-port, action, loc)"
+                    )))
+                }
             }
         }
         if !action {
@@ -327,7 +352,11 @@ impl FlowRule {
         let fs = RXNFC_FS;
         put_u32(b, fs + FS_FLOW_TYPE, self.flow_type.code());
         let (h, m) = (fs + FS_H_U, fs + FS_M_U);
-        let (src, dst, sport, dport) = if self.flow_type.v6() { (0, 16, 32, 34) } else { (0, 4, 8, 10) };
+        let (src, dst, sport, dport) = if self.flow_type.v6() {
+            (0, 16, 32, 34)
+        } else {
+            (0, 4, 8, 10)
+        };
         let mut ip = |at: usize, a: &Option<IpAddr>| match a {
             Some(IpAddr::V4(v)) => {
                 b[h + at..h + at + 4].copy_from_slice(&v.octets());
@@ -347,7 +376,11 @@ impl FlowRule {
                 b[m + at..m + at + 2].fill(0xff);
             }
         }
-        put_u64(b, fs + FS_RING_COOKIE, self.queue.unwrap_or(RX_CLS_FLOW_DISC));
+        put_u64(
+            b,
+            fs + FS_RING_COOKIE,
+            self.queue.unwrap_or(RX_CLS_FLOW_DISC),
+        );
         put_u32(b, fs + FS_LOCATION, self.location.unwrap_or(RX_CLS_LOC_ANY));
     }
 
@@ -355,16 +388,26 @@ impl FlowRule {
         let fs = RXNFC_FS;
         let ft = FlowType::from_code(get_u32(b, fs + FS_FLOW_TYPE))?;
         let (h, m) = (fs + FS_H_U, fs + FS_M_U);
-        let (src, dst, sport, dport) = if ft.v6() { (0, 16, 32, 34) } else { (0, 4, 8, 10) };
+        let (src, dst, sport, dport) = if ft.v6() {
+            (0, 16, 32, 34)
+        } else {
+            (0, 4, 8, 10)
+        };
         let ip = |at: usize| -> Option<IpAddr> {
             if ft.v6() {
                 let mut o = [0u8; 16];
                 o.copy_from_slice(&b[h + at..h + at + 16]);
-                b[m + at..m + at + 16].iter().any(|&x| x != 0).then(|| IpAddr::from(o))
+                b[m + at..m + at + 16]
+                    .iter()
+                    .any(|&x| x != 0)
+                    .then(|| IpAddr::from(o))
             } else {
                 let mut o = [0u8; 4];
                 o.copy_from_slice(&b[h + at..h + at + 4]);
-                b[m + at..m + at + 4].iter().any(|&x| x != 0).then(|| IpAddr::from(o))
+                b[m + at..m + at + 4]
+                    .iter()
+                    .any(|&x| x != 0)
+                    .then(|| IpAddr::from(o))
             }
         };
         let port = |at: usize| -> Option<u16> {
@@ -402,7 +445,9 @@ pub fn flows(dev: &str) -> Result<Vec<FlowRule>, NicError> {
     ethtool_ioctl(dev, &mut b)?;
     let n = get_u32(&b, RXNFC_RULE_CNT) as usize;
     if n > 65536 {
-        return Err(NicError::Io(format!("{dev}: implausible ntuple rule count {n}")));
+        return Err(NicError::Io(format!(
+            "{dev}: implausible ntuple rule count {n}"
+        )));
     }
     let mut all = vec![0u8; (RXNFC_RULE_LOCS + 4 * n).max(RXNFC_LEN)];
     put_u32(&mut all, 0, ETHTOOL_GRXCLSRLALL);
@@ -435,12 +480,19 @@ mod tests {
 
     #[test]
     fn flow_rules_parse_and_round_trip_through_the_uapi_layout() {
-        let r = FlowRule::parse(&w("flow-type tcp4 dst-ip 10.0.0.2 dst-port 443 action 3")).unwrap();
+        let r =
+            FlowRule::parse(&w("flow-type tcp4 dst-ip 10.0.0.2 dst-port 443 action 3")).unwrap();
         let mut b = rxnfc(ETHTOOL_SRXCLSRLINS);
         r.encode(&mut b);
         // dst-ip sits 4 bytes into h_u and is big-endian on the wire.
-        assert_eq!(&b[RXNFC_FS + FS_H_U + 4..RXNFC_FS + FS_H_U + 8], &[10, 0, 0, 2]);
-        assert_eq!(&b[RXNFC_FS + FS_H_U + 10..RXNFC_FS + FS_H_U + 12], &443u16.to_be_bytes());
+        assert_eq!(
+            &b[RXNFC_FS + FS_H_U + 4..RXNFC_FS + FS_H_U + 8],
+            &[10, 0, 0, 2]
+        );
+        assert_eq!(
+            &b[RXNFC_FS + FS_H_U + 10..RXNFC_FS + FS_H_U + 12],
+            &443u16.to_be_bytes()
+        );
         let back = FlowRule::decode(&b).unwrap();
         assert_eq!(back.dst_ip, r.dst_ip);
         assert_eq!(back.dst_port, Some(443));
@@ -476,8 +528,14 @@ mod tests {
 
     #[test]
     fn weighted_tables_follow_the_weights() {
-        assert_eq!(weighted_table(8, &[1, 1]).unwrap(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
-        assert_eq!(weighted_table(8, &[3, 1]).unwrap(), vec![0, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(
+            weighted_table(8, &[1, 1]).unwrap(),
+            vec![0, 0, 0, 0, 1, 1, 1, 1]
+        );
+        assert_eq!(
+            weighted_table(8, &[3, 1]).unwrap(),
+            vec![0, 0, 0, 0, 0, 0, 1, 1]
+        );
         assert_eq!(weighted_table(4, &[0, 1]).unwrap(), vec![1, 1, 1, 1]);
         assert!(weighted_table(4, &[0, 0]).is_err());
     }
