@@ -21,6 +21,25 @@ pub mod sys;
 
 pub use cli::{run, NicArgs};
 
+/// For the daemon: apply a profile (a file or a shipped name) at start, transactionally.
+/// Returns a line per change made.
+pub fn apply_profile(path: &str, devs: &[String]) -> anyhow::Result<Vec<String>> {
+    let steps = profile::load(path)?.steps(devs)?;
+    plan::apply(&steps, &mut plan::Ctx::default())
+}
+
+/// For the daemon: where the host differs from a profile now (drift), one line per
+/// setting (`~` differs, `!` cannot be read). Empty when the host matches. Read-only.
+pub fn drift(path: &str, devs: &[String]) -> anyhow::Result<Vec<String>> {
+    let steps = profile::load(path)?.steps(devs)?;
+    let (text, _) = plan::diff(&steps, &mut plan::Ctx::default());
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('='))
+        .map(String::from)
+        .collect())
+}
+
 /// What went wrong talking to the kernel, with the item it concerns named by the caller.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

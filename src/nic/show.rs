@@ -278,18 +278,22 @@ pub fn text(r: &Report) -> String {
         }
         match &d.rss {
             Part::Value(r) => {
-                let _ = writeln!(
-                    o,
-                    "  rss: {} rx rings, indirection table {} entries ({}), hash key {}",
-                    r.rx_rings,
-                    r.indirection.len(),
-                    summarize_table(&r.indirection),
-                    if r.hash_key.is_empty() {
-                        "-"
-                    } else {
-                        &r.hash_key
-                    }
-                );
+                if r.indirection.is_empty() {
+                    let _ = writeln!(o, "  rss: {} rx rings, no indirection table", r.rx_rings);
+                } else {
+                    let _ = writeln!(
+                        o,
+                        "  rss: {} rx rings, indirection table {} entries ({}), hash key {}",
+                        r.rx_rings,
+                        r.indirection.len(),
+                        summarize_table(&r.indirection),
+                        if r.hash_key.is_empty() {
+                            "-"
+                        } else {
+                            &r.hash_key
+                        }
+                    );
+                }
             }
             Part::Missing { unavailable } => {
                 let _ = writeln!(o, "  rss: {unavailable}");
@@ -343,7 +347,12 @@ pub fn text(r: &Report) -> String {
                     )
                 })
                 .collect();
-            let _ = writeln!(o, "  {name} (queue:cpus): {}", s.join(" "));
+            let s = if s.is_empty() {
+                "unavailable".to_string()
+            } else {
+                s.join(" ")
+            };
+            let _ = writeln!(o, "  {name} (queue:cpus): {s}");
         }
         if let Some(b) = &d.pci {
             let _ = writeln!(
