@@ -44,14 +44,23 @@ impl BufPool {
         unsafe { self.base.as_ptr().add(b as usize * BUF_SIZE) }
     }
 
-    /// Buffer `b` as a slice, for engines that read and write it themselves.
+    /// Buffer `b`, writable, for engines that fill it themselves.
     ///
     /// # Safety
-    /// No other live reference to buffer `b` may exist, and the kernel must not be
-    /// writing into it (it is not posted to a provided-buffer ring).
+    /// The kernel must not be writing into buffer `b` (it is not posted to a
+    /// provided-buffer ring).
     #[inline]
-    pub unsafe fn slice_mut(&self, b: BufId) -> &mut [u8] {
+    pub unsafe fn slice_mut(&mut self, b: BufId) -> &mut [u8] {
         std::slice::from_raw_parts_mut(self.ptr(b), BUF_SIZE)
+    }
+
+    /// Buffer `b`, readable.
+    ///
+    /// # Safety
+    /// As for [`slice_mut`](Self::slice_mut).
+    #[inline]
+    pub unsafe fn slice(&self, b: BufId) -> &[u8] {
+        std::slice::from_raw_parts(self.ptr(b), BUF_SIZE)
     }
 }
 

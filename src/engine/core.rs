@@ -81,7 +81,7 @@ impl Token {
     pub const NOTHING: u64 = 0;
 
     #[inline]
-    pub fn new(kind: Kind, aux: u8, gen: u16, slot: u32) -> u64 {
+    pub fn encode(kind: Kind, aux: u8, gen: u16, slot: u32) -> u64 {
         (kind as u64) << 56 | (aux as u64) << 48 | (gen as u64) << 32 | slot as u64
     }
 

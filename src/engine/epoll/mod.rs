@@ -55,7 +55,7 @@ pub(crate) struct Epoll {
 }
 
 fn sock_token(c: ConnRef, side: Side, epoch: u8) -> u64 {
-    Token::new(Kind::Sock, side as u8 | (epoch << 1), c.gen, c.slot)
+    Token::encode(Kind::Sock, side as u8 | (epoch << 1), c.gen, c.slot)
 }
 
 impl Epoll {
@@ -150,7 +150,7 @@ impl Epoll {
                     // SAFETY: the buffer belongs to this connection's queue until the
                     // send completes; off + len ≤ BUF_SIZE.
                     let data =
-                        unsafe { &self.pool.slice_mut(b)[off as usize..(off + len) as usize] };
+                        unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
                     let n = sys::send(o.fds[dst], data);
                     if n == -libc::EAGAIN {
                         o.writable[dst] = false;
@@ -278,8 +278,8 @@ impl Io for Epoll {
 
 fn watch_token(w: Watch) -> u64 {
     match w {
-        Watch::Listener(l) => Token::new(Kind::UdpListener, 0, 0, l),
-        Watch::Session(s, g) => Token::new(Kind::UdpSession, 0, g, s),
+        Watch::Listener(l) => Token::encode(Kind::UdpListener, 0, 0, l),
+        Watch::Session(s, g) => Token::encode(Kind::UdpSession, 0, g, s),
     }
 }
 
@@ -290,7 +290,7 @@ impl Driver for Epoll {
             libc::EPOLL_CTL_ADD,
             fd,
             ev,
-            Token::new(Kind::Accept, 0, 0, l),
+            Token::encode(Kind::Accept, 0, 0, l),
         ) {
             tracing::warn!("epoll_ctl(ADD) for a listener failed: {e}");
         }

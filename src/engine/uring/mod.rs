@@ -236,14 +236,14 @@ impl Io for Uring {
         let (ss, len) = &self.addrs[slot];
         let e = opcode::Connect::new(Fd(fd), (ss as *const libc::sockaddr_storage).cast(), *len)
             .build()
-            .user_data(Token::new(Kind::Connect, 0, c.gen, c.slot));
+            .user_data(Token::encode(Kind::Connect, 0, c.gen, c.slot));
         // SAFETY: addrs[slot] is not touched again until this slot's connect completes
         // (one connect in flight per connection) and lives as long as the ring.
         unsafe { self.push(e) }
     }
 
     fn cancel_connect(&mut self, c: ConnRef, _fd: RawFd) -> bool {
-        let e = opcode::AsyncCancel::new(Token::new(Kind::Connect, 0, c.gen, c.slot))
+        let e = opcode::AsyncCancel::new(Token::encode(Kind::Connect, 0, c.gen, c.slot))
             .build()
             .user_data(Token::NOTHING);
         // SAFETY: no pointers.
@@ -257,7 +257,7 @@ impl Io for Uring {
             .buf_group(BGID)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
-            .user_data(Token::new(Kind::Recv, side as u8, c.gen, c.slot));
+            .user_data(Token::encode(Kind::Recv, side as u8, c.gen, c.slot));
         // SAFETY: the kernel picks the buffer from the ring, whose memory outlives it.
         unsafe { self.push(e) }
     }
@@ -269,7 +269,7 @@ impl Io for Uring {
         let e = opcode::Send::new(Fd(fd), p, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(Token::new(Kind::Send, from as u8, c.gen, c.slot));
+            .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
         // SAFETY: the buffer stays in the connection's queue (not in the kernel's ring)
         // until this send completes.
         unsafe { self.push(e) }
@@ -318,8 +318,8 @@ impl Io for Uring {
 
 fn watch_token(w: Watch) -> u64 {
     match w {
-        Watch::Listener(l) => Token::new(Kind::UdpListener, 0, 0, l),
-        Watch::Session(s, g) => Token::new(Kind::UdpSession, 0, g, s),
+        Watch::Listener(l) => Token::encode(Kind::UdpListener, 0, 0, l),
+        Watch::Session(s, g) => Token::encode(Kind::UdpSession, 0, g, s),
     }
 }
 
@@ -328,13 +328,13 @@ impl Driver for Uring {
         let e = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
-            .user_data(Token::new(Kind::Accept, 0, 0, l));
+            .user_data(Token::encode(Kind::Accept, 0, 0, l));
         // SAFETY: no pointers (no peer address requested).
         unsafe { self.push(e) }
     }
 
     fn disarm_accept(&mut self, l: u32, _fd: RawFd) -> bool {
-        let e = opcode::AsyncCancel::new(Token::new(Kind::Accept, 0, 0, l))
+        let e = opcode::AsyncCancel::new(Token::encode(Kind::Accept, 0, 0, l))
             .build()
             .user_data(Token::NOTHING);
         // SAFETY: no pointers.
