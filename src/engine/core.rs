@@ -187,7 +187,7 @@ impl Core {
     /// Start of every event batch: the clock, the routing table, the accept switch,
     /// timers, and receives starved of buffers.
     pub fn begin_batch(&mut self, io: &mut impl Driver) {
-        self.now_ms = self.clock.elapsed().as_millis() as u64;
+        self.update_clock();
         let current = self.routes.load();
         if current.generation != self.table.generation || !Arc::ptr_eq(&current, &self.table) {
             let t = arc_swap::Guard::into_inner(current);
@@ -213,10 +213,22 @@ impl Core {
             }
         }
         self.udp_again(io);
+    }
+
+    /// End of an event batch: publish the open-connection count for drain.
+    #[inline]
+    pub fn end_batch(&mut self) {
         if self.open != self.published_open {
             self.published_open = self.open;
             self.shared.open[self.worker].store(self.open, Ordering::Relaxed);
         }
+    }
+
+    /// Read the clock; engines call this after waiting, before dispatching what the
+    /// wait returned (activity must be stamped with the time it happened).
+    #[inline]
+    pub fn update_clock(&mut self) {
+        self.now_ms = self.clock.elapsed().as_millis() as u64;
     }
 
     /// A new table: keep the listeners it still has, arm the new ones, disarm and

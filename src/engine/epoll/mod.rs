@@ -149,8 +149,7 @@ impl Epoll {
                 if o.writable[dst] {
                     // SAFETY: the buffer belongs to this connection's queue until the
                     // send completes; off + len ≤ BUF_SIZE.
-                    let data =
-                        unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
+                    let data = unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
                     let n = sys::send(o.fds[dst], data);
                     if n == -libc::EAGAIN {
                         o.writable[dst] = false;
@@ -368,6 +367,37 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
     let mut last_work = Instant::now();
     let mut stop_deadline: Option<Instant> = None;
     loop {
+        let timeout = if !io.ready.is_empty() || !io.done.is_empty() {
+            0
+        } else {
+            match opts.idle {
+                Idle::Spin => 0,
+                Idle::Adaptive if last_work.elapsed() < opts.spin => 0,
+                _ => TICK_MS as i32,
+            }
+        };
+        // SAFETY: `events` is valid for EVENTS entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                io.ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                timeout,
+            )
+        };
+        let n = if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+            0
+        } else {
+            n as usize
+        };
+        if n > 0 && opts.idle == Idle::Adaptive {
+            last_work = Instant::now();
+        }
+        // After the wait: what it returned is handled with the newest table.
         core.begin_batch(io);
         flush(core, io);
         if core.stopping() {
@@ -381,31 +411,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
                 return Ok(());
             }
         }
-        let timeout = match opts.idle {
-            Idle::Spin => 0,
-            Idle::Adaptive if last_work.elapsed() < opts.spin => 0,
-            _ => TICK_MS as i32,
-        };
-        // SAFETY: `events` is valid for EVENTS entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                io.ep.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS as i32,
-                timeout,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 && opts.idle == Idle::Adaptive {
-            last_work = Instant::now();
-        }
-        for ev in &events[..n as usize] {
+        for ev in &events[..n] {
             let (bits, token) = (ev.events, ev.u64);
             let t = Token::decode(token);
             match t.kind {
@@ -434,5 +440,6 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
             }
         }
         flush(core, io);
+        core.end_batch();
     }
 }

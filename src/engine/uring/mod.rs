@@ -45,7 +45,20 @@ fn builder() -> io_uring::Builder {
 
 /// Can this process run the engine? (io_uring_setup may be blocked by seccomp or
 /// `kernel.io_uring_disabled`, and the buffer ring needs kernel ≥ 5.19.)
+///
+/// Runs on a throw-away thread: tearing a ring down queues task work on the thread that
+/// created it, which interrupts that thread's next blocking socket call that has a
+/// timeout with `EINTR` — the caller (the daemon's main thread, a test) must not see it.
 pub(crate) fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("tickmesh-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot spawn the io_uring probe thread: {e}"))?
+        .join()
+        .map_err(|_| "the io_uring probe panicked".to_string())?
+}
+
+fn probe_here() -> Result<(), String> {
     let ring = builder()
         .build(8)
         .map_err(|e| format!("io_uring_setup with SINGLE_ISSUER|DEFER_TASKRUN failed: {e}"))?;
@@ -352,17 +365,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     let tick = Duration::from_millis(TICK_MS);
     let mut stop_deadline: Option<Instant> = None;
     loop {
-        core.begin_batch(io);
-        if core.stopping() {
-            let now = Instant::now();
-            let deadline = *stop_deadline.get_or_insert_with(|| {
-                core.abort_all(io);
-                now + Duration::from_secs(2)
-            });
-            if core.idle() || now >= deadline {
-                return Ok(());
-            }
-        }
+        // Submit what the last batch queued, then wait or poll for completions.
         let ready = !io.ring.completion().is_empty();
         let idle_wait = match opts.idle {
             Idle::Spin => false,
@@ -373,6 +376,18 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
             io.wait(tick)?;
         } else {
             io.poll()?;
+        }
+        // After the wait: what it returned is handled with the newest table.
+        core.begin_batch(io);
+        if core.stopping() {
+            let now = Instant::now();
+            let deadline = *stop_deadline.get_or_insert_with(|| {
+                core.abort_all(io);
+                now + Duration::from_secs(2)
+            });
+            if core.idle() || now >= deadline {
+                return Ok(());
+            }
         }
         cqes.clear();
         cqes.extend(
@@ -387,6 +402,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         for &(ud, res, flags) in &cqes {
             dispatch(core, io, ud, res, flags);
         }
+        core.end_batch();
     }
 }
 
