@@ -1,0 +1,560 @@
+//! The control plane's state: the running [`Config`], its generation, the published
+//! [`Routes`], the [`StatsRegistry`], the [`SocketPool`] and the state directory, and the
+//! four operations on them.
+//!
+//! Every change follows one path: merge → validate the whole resulting config → compile
+//! (which binds new listener sockets) → persist → swap. Any failure before the swap
+//! changes nothing: the running table, config, generation and persisted file stay as
+//! they were, and the caller gets every problem with its field path (and line, where
+//! the applied text has one). Changes are serialized by one mutex; the data plane never
+//! takes it — workers only `load()` the published table.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::cli::GetWhat;
+use crate::config::{self, Config, ConfigError, Format, Kind, Problem};
+use crate::net::SocketPool;
+use crate::route::{self, RouteTable, Routes, Target};
+use crate::telemetry::{CounterReport, StatsRegistry};
+
+use super::persist::StateDir;
+use super::protocol::{
+    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointStatsView, GetResult,
+    ListenerStatsView, RouteTarget, RouteView, StatsResult,
+};
+
+/// A refused request: what to tell the operator, and each config problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub message: String,
+    pub problems: Vec<Problem>,
+}
+
+impl Rejected {
+    fn new(message: impl Into<String>) -> Rejected {
+        Rejected {
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn config(message: impl Into<String>, e: ConfigError) -> Rejected {
+        Rejected {
+            message: message.into(),
+            problems: e.problems,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+struct State {
+    config: Config,
+    generation: u64,
+    pool: SocketPool,
+    store: Option<StateDir>,
+}
+
+/// The control plane of one daemon. Cheap to share (`Arc`); every method is safe to call
+/// from any thread.
+pub struct ControlPlane {
+    state: Mutex<State>,
+    routes: Arc<Routes>,
+    stats: Arc<StatsRegistry>,
+}
+
+impl ControlPlane {
+    /// Compile `config` as `generation` and publish it. With `persist`, store it in
+    /// `store` first (an explicit `--config` is persisted; a resumed or default one is
+    /// not rewritten).
+    pub fn new(
+        workers: usize,
+        config: Config,
+        generation: u64,
+        store: Option<StateDir>,
+        persist: bool,
+    ) -> Result<ControlPlane, Rejected> {
+        let stats = Arc::new(StatsRegistry::new(workers));
+        let mut pool = SocketPool::new(workers);
+        let table = route::compile(&config, generation, &stats, &mut pool)
+            .map_err(|e| Rejected::config("the config cannot be served", e))?;
+        if persist {
+            if let Some(s) = &store {
+                s.store(generation, &config).map_err(|e| {
+                    Rejected::new(format!(
+                        "cannot persist the config in {}: {e}",
+                        s.path().display()
+                    ))
+                })?;
+            }
+        }
+        Ok(ControlPlane {
+            state: Mutex::new(State {
+                config,
+                generation,
+                pool,
+                store,
+            }),
+            routes: Arc::new(Routes::new(table)),
+            stats,
+        })
+    }
+
+    /// What the engine's workers read.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated: every field is
+        // assigned only after all fallible steps succeeded.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `kubectl apply`: upsert every resource in `text` (with `prune`: make it the whole
+    /// config). A config equal to the running one is a no-op that keeps the generation.
+    pub fn apply(&self, text: &str, format: Format, prune: bool) -> Result<ChangeResult, Rejected> {
+        let patch = config::parse_only(text, format)
+            .map_err(|e| Rejected::config("the config does not parse", e))?;
+        duplicates_in(&patch, text, format)
+            .map_err(|e| Rejected::config("the config names a resource twice", e))?;
+        let mut st = self.lock();
+        let next = st.config.applied(&patch, prune);
+        let mut changes = Vec::new();
+        for l in &patch.listeners {
+            let was = st.config.listeners.iter().find(|x| x.name == l.name);
+            changes.push(change(Kind::Listener, &l.name, was.map(|w| w == l)));
+        }
+        for c in &patch.clusters {
+            let was = st.config.clusters.iter().find(|x| x.name == c.name);
+            changes.push(change(Kind::Cluster, &c.name, was.map(|w| w == c)));
+        }
+        if prune {
+            for l in &st.config.listeners {
+                if !next.listeners.iter().any(|x| x.name == l.name) {
+                    changes.push(pruned(Kind::Listener, &l.name));
+                }
+            }
+            for c in &st.config.clusters {
+                if !next.clusters.iter().any(|x| x.name == c.name) {
+                    changes.push(pruned(Kind::Cluster, &c.name));
+                }
+            }
+        }
+        if next == st.config {
+            return Ok(ChangeResult {
+                generation: st.generation,
+                changes,
+            });
+        }
+        let relocate = |e: ConfigError| ConfigError {
+            problems: e
+                .problems
+                .into_iter()
+                .map(|p| relocate(p, &next, &patch, text, format))
+                .collect(),
+        };
+        config::validate(&next).map_err(|e| {
+            Rejected::config(
+                "the config this apply would produce is invalid; nothing was changed",
+                relocate(e),
+            )
+        })?;
+        let generation = self.commit(&mut st, &next).map_err(|r| Rejected {
+            problems: relocate(ConfigError {
+                problems: r.problems,
+            })
+            .problems,
+            ..r
+        })?;
+        Ok(ChangeResult {
+            generation,
+            changes,
+        })
+    }
+
+    /// Remove one resource. A cluster that a listener still routes to is not removed: the
+    /// error names the listener.
+    pub fn delete(&self, kind: Kind, name: &str) -> Result<ChangeResult, Rejected> {
+        let mut st = self.lock();
+        let Some(next) = st.config.without(kind, name) else {
+            return Err(Rejected::new(format!(
+                "there is no {} named `{name}`; `tickmesh get` lists what is running",
+                kind_name(kind)
+            )));
+        };
+        if kind == Kind::Cluster {
+            let mut problems = Vec::new();
+            for (i, l) in st.config.listeners.iter().enumerate() {
+                if l.cluster.as_deref() == Some(name) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}].cluster"),
+                        line: None,
+                        message: format!("listener `{}` routes to cluster `{name}`", l.name),
+                    });
+                }
+                for (j, w) in l.weighted_clusters.iter().enumerate() {
+                    if w.cluster == name {
+                        problems.push(Problem {
+                            path: format!("listeners[{i}].weighted_clusters[{j}].cluster"),
+                            line: None,
+                            message: format!(
+                                "listener `{}` sends weight {} to cluster `{name}`",
+                                l.name, w.weight
+                            ),
+                        });
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                return Err(Rejected {
+                    message: format!(
+                        "cluster `{name}` is still in use; route its listeners elsewhere (or delete them) first"
+                    ),
+                    problems,
+                });
+            }
+        }
+        config::validate(&next).map_err(|e| {
+            Rejected::config(
+                "the config without it would be invalid; nothing was changed",
+                e,
+            )
+        })?;
+        let generation = self.commit(&mut st, &next)?;
+        Ok(ChangeResult {
+            generation,
+            changes: vec![Change {
+                kind,
+                name: name.to_string(),
+                action: Action::Deleted,
+            }],
+        })
+    }
+
+    /// Compile `next` as the next generation, persist it, swap it in. Nothing changes
+    /// unless every step succeeds.
+    fn commit(&self, st: &mut State, next: &Config) -> Result<u64, Rejected> {
+        let generation = st.generation + 1;
+        let table = route::compile(next, generation, &self.stats, &mut st.pool).map_err(|e| {
+            Rejected::config(
+                "the config cannot be served (compiling it failed); nothing was changed",
+                e,
+            )
+        })?;
+        if let Some(store) = &st.store {
+            if let Err(e) = store.store(generation, next) {
+                drop(table);
+                st.pool.prune();
+                return Err(Rejected::new(format!(
+                    "cannot persist the config in {} ({e}); nothing was changed",
+                    store.path().display()
+                )));
+            }
+        }
+        self.routes.store(table);
+        st.config = next.clone();
+        st.generation = generation;
+        // Blocks and sockets that only the old table used go once the last worker lets
+        // go of it; these drop the registry's and pool's own references.
+        self.stats.prune();
+        st.pool.prune();
+        Ok(generation)
+    }
+
+    pub fn get(&self, what: Option<GetWhat>) -> GetResult {
+        let st = self.lock();
+        let table = self.routes.load_full();
+        let mut config = None;
+        let mut routes = None;
+        match what {
+            None => {
+                config = Some(st.config.clone());
+                routes = Some(route_views(&st.config, &table));
+            }
+            Some(GetWhat::Listeners) => {
+                config = Some(Config {
+                    listeners: st.config.listeners.clone(),
+                    ..Config::default()
+                })
+            }
+            Some(GetWhat::Clusters) => {
+                config = Some(Config {
+                    clusters: st.config.clusters.clone(),
+                    ..Config::default()
+                })
+            }
+            Some(GetWhat::Routes) => routes = Some(route_views(&st.config, &table)),
+        }
+        GetResult {
+            generation: st.generation,
+            config,
+            routes,
+        }
+    }
+
+    /// Counters of everything in the running table. Reads the workers' slots without
+    /// stopping them: each number is exact, the set is not one instant.
+    pub fn stats(&self) -> StatsResult {
+        let table = self.routes.load_full();
+        StatsResult {
+            generation: table.generation,
+            workers: self.stats.workers(),
+            listeners: table
+                .listeners
+                .iter()
+                .map(|l| {
+                    let r = l.stats.report();
+                    let active = match l.protocol {
+                        config::Protocol::Tcp => {
+                            r.get("cx_total").saturating_sub(r.get("cx_closed"))
+                        }
+                        config::Protocol::Udp => r
+                            .get("udp_sessions_total")
+                            .saturating_sub(r.get("udp_sessions_expired")),
+                    };
+                    ListenerStatsView {
+                        name: l.name.to_string(),
+                        protocol: l.protocol,
+                        address: l.sockets.address,
+                        active,
+                        counters: totals(&r),
+                        per_worker: per_worker(&r),
+                    }
+                })
+                .collect(),
+            clusters: table
+                .clusters
+                .iter()
+                .map(|c| {
+                    let r = c.stats.report();
+                    ClusterStatsView {
+                        name: c.name.to_string(),
+                        active: upstream_active(&r),
+                        counters: totals(&r),
+                        per_worker: per_worker(&r),
+                        endpoints: c
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let r = e.stats.report();
+                                EndpointStatsView {
+                                    address: e.address,
+                                    active: upstream_active(&r),
+                                    counters: totals(&r),
+                                    per_worker: per_worker(&r),
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Listener => "listener",
+        Kind::Cluster => "cluster",
+    }
+}
+
+fn change(kind: Kind, name: &str, same: Option<bool>) -> Change {
+    Change {
+        kind,
+        name: name.to_string(),
+        action: match same {
+            None => Action::Created,
+            Some(true) => Action::Unchanged,
+            Some(false) => Action::Configured,
+        },
+    }
+}
+
+fn pruned(kind: Kind, name: &str) -> Change {
+    Change {
+        kind,
+        name: name.to_string(),
+        action: Action::Pruned,
+    }
+}
+
+/// A patch naming one resource twice would silently keep only the last: refuse it.
+fn duplicates_in(patch: &Config, text: &str, format: Format) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    let mut check = |kind: &str, names: Vec<&str>| {
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                let path = format!("{kind}s[{i}].name");
+                problems.push(Problem {
+                    line: config::locate(text, format, &path),
+                    path,
+                    message: format!("duplicate {kind} name `{n}`"),
+                });
+            }
+        }
+    };
+    check(
+        "listener",
+        patch.listeners.iter().map(|l| l.name.as_str()).collect(),
+    );
+    check(
+        "cluster",
+        patch.clusters.iter().map(|c| c.name.as_str()).collect(),
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Validation speaks in indices of the merged config; the operator wrote the patch. Point
+/// each problem at the patch (path and line) when the resource is in it, else say which
+/// running resource it is.
+fn relocate(p: Problem, merged: &Config, patch: &Config, text: &str, format: Format) -> Problem {
+    let Some((kind, index, rest)) = split_path(&p.path) else {
+        return p;
+    };
+    let (name, in_patch) = match kind {
+        Kind::Listener => {
+            let Some(l) = merged.listeners.get(index) else {
+                return p;
+            };
+            (
+                l.name.as_str(),
+                patch.listeners.iter().position(|x| x.name == l.name),
+            )
+        }
+        Kind::Cluster => {
+            let Some(c) = merged.clusters.get(index) else {
+                return p;
+            };
+            (
+                c.name.as_str(),
+                patch.clusters.iter().position(|x| x.name == c.name),
+            )
+        }
+    };
+    match in_patch {
+        Some(j) => {
+            let path = format!("{}s[{j}]{rest}", kind_name(kind));
+            Problem {
+                line: config::locate(text, format, &path),
+                path,
+                message: p.message,
+            }
+        }
+        None => Problem {
+            message: format!(
+                "running {} `{name}` (not in this file): {}",
+                kind_name(kind),
+                p.message
+            ),
+            ..p
+        },
+    }
+}
+
+/// `listeners[3].cluster` → (Listener, 3, ".cluster").
+fn split_path(path: &str) -> Option<(Kind, usize, &str)> {
+    let (kind, rest) = if let Some(r) = path.strip_prefix("listeners[") {
+        (Kind::Listener, r)
+    } else if let Some(r) = path.strip_prefix("clusters[") {
+        (Kind::Cluster, r)
+    } else {
+        return None;
+    };
+    let close = rest.find(']')?;
+    Some((kind, rest[..close].parse().ok()?, &rest[close + 1..]))
+}
+
+fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
+    let endpoints = |name: &str| {
+        table
+            .cluster(name)
+            .map(|(_, c)| c.endpoints.iter().map(|e| e.address).collect())
+            .unwrap_or_default()
+    };
+    table
+        .listeners
+        .iter()
+        .map(|l| {
+            let clusters = match &l.target {
+                Target::Cluster(c) => {
+                    let name = table.clusters[*c as usize].name.to_string();
+                    vec![RouteTarget {
+                        endpoints: endpoints(&name),
+                        cluster: name,
+                        weight: 1,
+                    }]
+                }
+                Target::Weighted { .. } => cfg
+                    .listeners
+                    .iter()
+                    .find(|x| *x.name == *l.name)
+                    .map(|x| {
+                        x.weighted_clusters
+                            .iter()
+                            .map(|w| RouteTarget {
+                                cluster: w.cluster.clone(),
+                                weight: w.weight,
+                                endpoints: endpoints(&w.cluster),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            RouteView {
+                listener: l.name.to_string(),
+                protocol: l.protocol,
+                address: l.sockets.address,
+                clusters,
+            }
+        })
+        .collect()
+}
+
+fn totals(r: &CounterReport) -> CounterMap {
+    r.totals.iter().cloned().collect()
+}
+
+fn per_worker(r: &CounterReport) -> Vec<CounterMap> {
+    r.per_worker
+        .iter()
+        .map(|v| {
+            r.names
+                .iter()
+                .zip(v)
+                .map(|(n, v)| (n.to_string(), *v))
+                .collect()
+        })
+        .collect()
+}
+
+fn upstream_active(r: &CounterReport) -> u64 {
+    r.get("cx_total").saturating_sub(r.get("cx_closed"))
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
