@@ -14,5 +14,5 @@ mod server;
 mod state;
 
 pub use persist::StateDir;
-pub use server::ControlServer;
+pub use server::{ControlServer, ControlSocket};
 pub use state::{ControlPlane, Rejected};

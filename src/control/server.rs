@@ -36,35 +36,86 @@ pub struct ControlServer {
     thread: Option<JoinHandle<()>>,
 }
 
-impl ControlServer {
-    /// Create the socket at `path` (mode 0600; its directory, mode 0700, if missing) and
-    /// serve `plane` on it. A stale socket file is replaced only when nothing listens on it.
-    pub fn start(path: &Path, plane: Arc<ControlPlane>) -> anyhow::Result<ControlServer> {
+/// A claimed control socket path, bound but not serving yet: the daemon claims it first
+/// so that a second daemon on the same path fails before binding any listener.
+pub struct ControlSocket {
+    listener: Option<std::os::unix::net::UnixListener>,
+    path: PathBuf,
+    inode: (u64, u64),
+    /// The daemon's uid: the owner of the socket file it created.
+    owner: u32,
+}
+
+impl ControlSocket {
+    /// Create the socket at `path` (mode 0600; its directory, mode 0700, if missing). A
+    /// stale socket file is replaced only when nothing listens on it.
+    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         let listener = bind(path)?;
         let meta = fs::metadata(path).with_context(|| format!("stat {}", path.display()))?;
-        // The file is created with our effective uid: that is "the daemon's uid".
-        let owner = meta.uid();
-        let inode = (meta.dev(), meta.ino());
+        Ok(ControlSocket {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+            // The file is created with our effective uid: that is "the daemon's uid".
+            owner: meta.uid(),
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serve `plane` on this socket from the control thread.
+    pub fn serve(mut self, plane: Arc<ControlPlane>) -> anyhow::Result<ControlServer> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the control socket's runtime")?;
         let listener = {
             let _in_runtime = rt.enter();
-            listener.set_nonblocking(true)?;
-            UnixListener::from_std(listener)?
+            // Taken once: `serve` consumes self.
+            let l = self
+                .listener
+                .take()
+                .expect("an unserved socket has its listener");
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)?
         };
         let (stop, stopped) = oneshot::channel();
+        let owner = self.owner;
         let thread = std::thread::Builder::new()
             .name("tickmesh-control".into())
             .spawn(move || rt.block_on(serve(listener, plane, owner, stopped)))
             .context("spawning the control thread")?;
         Ok(ControlServer {
-            path: path.to_path_buf(),
-            inode,
+            path: std::mem::take(&mut self.path),
+            inode: self.inode,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            remove_if_ours(&self.path, self.inode);
+        }
+    }
+}
+
+fn remove_if_ours(path: &Path, inode: (u64, u64)) {
+    if let Ok(m) = fs::symlink_metadata(path) {
+        if (m.dev(), m.ino()) == inode {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl ControlServer {
+    /// [`ControlSocket::bind`] then [`ControlSocket::serve`].
+    pub fn start(path: &Path, plane: Arc<ControlPlane>) -> anyhow::Result<ControlServer> {
+        ControlSocket::bind(path)?.serve(plane)
     }
 
     pub fn path(&self) -> &Path {
@@ -85,11 +136,7 @@ impl ControlServer {
                 tracing::error!("the control thread panicked");
             }
         }
-        if let Ok(m) = fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.inode {
-                let _ = fs::remove_file(&self.path);
-            }
-        }
+        remove_if_ours(&self.path, self.inode);
     }
 }
 
