@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cluster::{cumulative, weighted, Balancer, LbState};
-use crate::config::{Config, ConfigError, Problem, Protocol};
+use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
+use crate::config::{Config, ConfigError, EndpointAddress, Problem, Protocol};
 use crate::net::{ListenerSockets, SocketPool};
 use crate::telemetry::{ListenerStats, StatsRegistry, UpstreamStats};
 
@@ -98,7 +98,10 @@ impl ClusterEntry {
         source: Option<SocketAddr>,
         attempt: u32,
         worker: usize,
-    ) -> usize {
+    ) -> Option<usize> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
         let first = self.balancer.pick(st, cursor, source, |i| {
             use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
             let s = &self.endpoints[i].stats;
@@ -106,7 +109,7 @@ impl ClusterEntry {
             s.get_worker(worker, CxTotal as usize)
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
         });
-        (first + attempt as usize) % self.endpoints.len()
+        Some((first + attempt as usize) % self.endpoints.len())
     }
 }
 
@@ -150,17 +153,29 @@ pub fn compile(
         .enumerate()
         .map(|(i, c)| {
             index.insert(c.name.as_str(), i as u32);
-            let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.address).collect();
-            let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
+            // A name stands for every address it resolved to (STRICT_DNS), each with the
+            // name's weight; until the resolver has an answer it stands for none.
+            let resolved: Vec<(SocketAddr, u32)> = c
+                .endpoints
+                .iter()
+                .flat_map(|e| match &e.address {
+                    EndpointAddress::Ip(a) => vec![(*a, e.weight)],
+                    EndpointAddress::Dns { host, port } => dns::cached(host, *port)
+                        .into_iter()
+                        .map(|a| (a, e.weight))
+                        .collect(),
+                })
+                .collect();
+            let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _)| *a).collect();
+            let weights: Vec<u32> = resolved.iter().map(|(_, w)| *w).collect();
             ClusterEntry {
                 name: c.name.as_str().into(),
-                endpoints: c
-                    .endpoints
+                endpoints: resolved
                     .iter()
-                    .map(|e| EndpointEntry {
-                        address: e.address,
-                        weight: e.weight,
-                        stats: stats.endpoint(&c.name, e.address),
+                    .map(|&(address, weight)| EndpointEntry {
+                        address,
+                        weight,
+                        stats: stats.endpoint(&c.name, address),
                     })
                     .collect(),
                 balancer: Balancer::build(c.lb_policy, &addrs, &weights),
@@ -209,7 +224,7 @@ pub fn compile(
             target,
             max_connections: l.max_connections.unwrap_or(0),
             idle_timeout: l.idle_timeout.unwrap_or(match l.protocol {
-                Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
+                Protocol::Tcp | Protocol::Http => DEFAULT_TCP_IDLE_TIMEOUT,
                 Protocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
             }),
             stats: stats.listener(&l.name),
@@ -310,9 +325,9 @@ clusters:
         let c = &t.clusters[0];
         let mut st = LbState::new(1);
         let mut cur = 0;
-        let first = c.pick(&mut st, &mut cur, None, 0, 0);
+        let first = c.pick(&mut st, &mut cur, None, 0, 0).unwrap();
         cur = 0;
-        let second = c.pick(&mut st, &mut cur, None, 1, 0);
+        let second = c.pick(&mut st, &mut cur, None, 1, 0).unwrap();
         assert_ne!(first, second);
     }
 }
