@@ -214,8 +214,8 @@ pub fn stats_table(s: &StatsResult) -> String {
     for l in &s.listeners {
         let m = &l.counters;
         let total = match l.protocol {
-            Protocol::Tcp => c(m, "cx_total"),
             Protocol::Udp => c(m, "udp_sessions_total"),
+            _ => c(m, "cx_total"),
         };
         t.push(vec![
             l.name.clone(),
@@ -276,8 +276,8 @@ pub fn stats_table(s: &StatsResult) -> String {
         };
         for l in &s.listeners {
             let key = match l.protocol {
-                Protocol::Tcp => "cx_total",
                 Protocol::Udp => "udp_sessions_total",
+                _ => "cx_total",
             };
             t.push(per(l.name.clone(), &l.per_worker, key));
         }

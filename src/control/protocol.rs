@@ -144,10 +144,7 @@ pub enum Action {
 
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match self.kind {
-            Kind::Listener => "listener",
-            Kind::Cluster => "cluster",
-        };
+        let kind = super::state::kind_label(self.kind);
         let action = match self.action {
             Action::Created => "created",
             Action::Configured => "configured",

@@ -138,24 +138,31 @@ impl ControlPlane {
             .map_err(|e| Rejected::config("the config names a resource twice", e))?;
         let mut st = self.lock();
         let next = st.config.applied(&patch, prune);
-        let mut changes = Vec::new();
-        for l in &patch.listeners {
-            let was = st.config.listeners.iter().find(|x| x.name == l.name);
-            changes.push(change(Kind::Listener, &l.name, was.map(|w| w == l)));
-        }
-        for c in &patch.clusters {
-            let was = st.config.clusters.iter().find(|x| x.name == c.name);
-            changes.push(change(Kind::Cluster, &c.name, was.map(|w| w == c)));
-        }
-        if prune {
-            for l in &st.config.listeners {
-                if !next.listeners.iter().any(|x| x.name == l.name) {
-                    changes.push(pruned(Kind::Listener, &l.name));
+        let before = resources(&st.config);
+        let mut changes: Vec<Change> = resources(&patch)
+            .into_iter()
+            .map(|r| {
+                let action = match before.iter().find(|b| b.kind == r.kind && b.name == r.name) {
+                    None => Action::Created,
+                    Some(b) if b.value == r.value => Action::Unchanged,
+                    Some(_) => Action::Configured,
+                };
+                Change {
+                    kind: r.kind,
+                    name: r.name,
+                    action,
                 }
-            }
-            for c in &st.config.clusters {
-                if !next.clusters.iter().any(|x| x.name == c.name) {
-                    changes.push(pruned(Kind::Cluster, &c.name));
+            })
+            .collect();
+        if prune {
+            let after = resources(&next);
+            for b in before {
+                if !after.iter().any(|r| r.kind == b.kind && r.name == b.name) {
+                    changes.push(Change {
+                        kind: b.kind,
+                        name: b.name,
+                        action: Action::Pruned,
+                    });
                 }
             }
         }
@@ -198,7 +205,7 @@ impl ControlPlane {
         let Some(next) = st.config.without(kind, name) else {
             return Err(Rejected::new(format!(
                 "there is no {} named `{name}`; `tickmesh get` lists what is running",
-                kind_name(kind)
+                kind_label(kind)
             )));
         };
         if kind == Kind::Cluster {
@@ -324,12 +331,10 @@ impl ControlPlane {
                 .map(|l| {
                     let r = l.stats.report();
                     let active = match l.protocol {
-                        config::Protocol::Tcp => {
-                            r.get("cx_total").saturating_sub(r.get("cx_closed"))
-                        }
                         config::Protocol::Udp => r
                             .get("udp_sessions_total")
                             .saturating_sub(r.get("udp_sessions_expired")),
+                        _ => r.get("cx_total").saturating_sub(r.get("cx_closed")),
                     };
                     ListenerStatsView {
                         name: l.name.to_string(),
@@ -371,56 +376,23 @@ impl ControlPlane {
     }
 }
 
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::Listener => "listener",
-        Kind::Cluster => "cluster",
-    }
-}
-
-fn change(kind: Kind, name: &str, same: Option<bool>) -> Change {
-    Change {
-        kind,
-        name: name.to_string(),
-        action: match same {
-            None => Action::Created,
-            Some(true) => Action::Unchanged,
-            Some(false) => Action::Configured,
-        },
-    }
-}
-
-fn pruned(kind: Kind, name: &str) -> Change {
-    Change {
-        kind,
-        name: name.to_string(),
-        action: Action::Pruned,
-    }
-}
-
 /// A patch naming one resource twice would silently keep only the last: refuse it.
 fn duplicates_in(patch: &Config, text: &str, format: Format) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
-    let mut check = |kind: &str, names: Vec<&str>| {
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                let path = format!("{kind}s[{i}].name");
-                problems.push(Problem {
-                    line: config::locate(text, format, &path),
-                    path,
-                    message: format!("duplicate {kind} name `{n}`"),
-                });
-            }
+    let all = resources(patch);
+    for (i, r) in all.iter().enumerate() {
+        if all[..i]
+            .iter()
+            .any(|x| x.kind == r.kind && x.name == r.name)
+        {
+            let path = format!("{}[{}].{}", field_of(r.kind), r.index, name_field(r.kind));
+            problems.push(Problem {
+                line: config::locate(text, format, &path),
+                path,
+                message: format!("duplicate {} name `{}`", kind_label(r.kind), r.name),
+            });
         }
-    };
-    check(
-        "listener",
-        patch.listeners.iter().map(|l| l.name.as_str()).collect(),
-    );
-    check(
-        "cluster",
-        patch.clusters.iter().map(|c| c.name.as_str()).collect(),
-    );
+    }
     if problems.is_empty() {
         Ok(())
     } else {
@@ -435,29 +407,16 @@ fn relocate(p: Problem, merged: &Config, patch: &Config, text: &str, format: For
     let Some((kind, index, rest)) = split_path(&p.path) else {
         return p;
     };
-    let (name, in_patch) = match kind {
-        Kind::Listener => {
-            let Some(l) = merged.listeners.get(index) else {
-                return p;
-            };
-            (
-                l.name.as_str(),
-                patch.listeners.iter().position(|x| x.name == l.name),
-            )
-        }
-        Kind::Cluster => {
-            let Some(c) = merged.clusters.get(index) else {
-                return p;
-            };
-            (
-                c.name.as_str(),
-                patch.clusters.iter().position(|x| x.name == c.name),
-            )
-        }
+    let merged = resources(merged);
+    let Some(r) = merged.iter().find(|r| r.kind == kind && r.index == index) else {
+        return p;
     };
-    match in_patch {
-        Some(j) => {
-            let path = format!("{}s[{j}]{rest}", kind_name(kind));
+    match resources(patch)
+        .iter()
+        .find(|x| x.kind == kind && x.name == r.name)
+    {
+        Some(x) => {
+            let path = format!("{}[{}]{rest}", field_of(kind), x.index);
             Problem {
                 line: config::locate(text, format, &path),
                 path,
@@ -466,8 +425,9 @@ fn relocate(p: Problem, merged: &Config, patch: &Config, text: &str, format: For
         }
         None => Problem {
             message: format!(
-                "running {} `{name}` (not in this file): {}",
-                kind_name(kind),
+                "running {} `{}` (not in this file): {}",
+                kind_label(kind),
+                r.name,
                 p.message
             ),
             ..p
@@ -477,15 +437,81 @@ fn relocate(p: Problem, merged: &Config, patch: &Config, text: &str, format: For
 
 /// `listeners[3].cluster` → (Listener, 3, ".cluster").
 fn split_path(path: &str) -> Option<(Kind, usize, &str)> {
-    let (kind, rest) = if let Some(r) = path.strip_prefix("listeners[") {
-        (Kind::Listener, r)
-    } else if let Some(r) = path.strip_prefix("clusters[") {
-        (Kind::Cluster, r)
-    } else {
-        return None;
+    KINDS.iter().find_map(|&(kind, field)| {
+        let rest = path.strip_prefix(field)?.strip_prefix('[')?;
+        let close = rest.find(']')?;
+        Some((kind, rest[..close].parse().ok()?, &rest[close + 1..]))
+    })
+}
+
+/// Every kind of named resource, with its field in [`Config`].
+const KINDS: &[(Kind, &str)] = &[
+    (Kind::Listener, "listeners"),
+    (Kind::Cluster, "clusters"),
+    (Kind::RouteConfig, "route_configs"),
+    (Kind::VirtualService, "virtual_services"),
+    (Kind::DestinationRule, "destination_rules"),
+    (Kind::PeerAuthentication, "peer_authentications"),
+];
+
+fn field_of(kind: Kind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("resources", |(_, f)| f)
+}
+
+/// Where a resource of `kind` keeps its name.
+fn name_field(kind: Kind) -> &'static str {
+    match kind {
+        Kind::VirtualService | Kind::DestinationRule | Kind::PeerAuthentication => "metadata.name",
+        _ => "name",
+    }
+}
+
+/// How the operator names a kind (`tickmesh delete KIND`).
+pub(crate) fn kind_label(kind: Kind) -> String {
+    use clap::ValueEnum;
+    kind.to_possible_value()
+        .map_or_else(|| format!("{kind:?}"), |v| v.get_name().to_string())
+}
+
+/// One named resource of a config, in a shape that compares by value.
+struct Resource {
+    kind: Kind,
+    name: String,
+    /// Position among the resources of its kind.
+    index: usize,
+    value: serde_json::Value,
+}
+
+/// Every named resource of `cfg`, kind by kind, in config order. Going through JSON keeps
+/// this one function for every kind (resource types differ; their JSON does not).
+fn resources(cfg: &Config) -> Vec<Resource> {
+    let Ok(v) = serde_json::to_value(cfg) else {
+        return Vec::new(); // a Config is plain data; encoding it does not fail
     };
-    let close = rest.find(']')?;
-    Some((kind, rest[..close].parse().ok()?, &rest[close + 1..]))
+    let mut out = Vec::new();
+    for &(kind, field) in KINDS {
+        let Some(items) = v.get(field).and_then(|a| a.as_array()) else {
+            continue;
+        };
+        for (index, item) in items.iter().enumerate() {
+            let name = item
+                .get("name")
+                .or_else(|| item.get("metadata").and_then(|m| m.get("name")))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            out.push(Resource {
+                kind,
+                name,
+                index,
+                value: item.clone(),
+            });
+        }
+    }
+    out
 }
 
 fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {

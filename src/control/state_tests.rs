@@ -283,3 +283,26 @@ fn stats_report_every_resource_per_worker() {
     .unwrap();
     assert_eq!(p.stats().listeners[0].counters["cx_total"], 5);
 }
+
+#[test]
+fn istio_and_envoy_resources_apply_and_delete_by_kind() {
+    let p = plane(None);
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop}\nspec:\n  hosts: [shop]\n  http:\n  - route:\n    - destination: {host: a}\n---\nname: r\nroutes:\n- match: {prefix: /}\n  route: {cluster: b}\n";
+    let r = p.apply(vs, Format::Yaml, false).unwrap();
+    let shown: Vec<String> = r.changes.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["route-config/r created", "virtual-service/shop created"]
+    );
+    assert_eq!(p.get(None).config.unwrap().virtual_services.len(), 1);
+    let again = p.apply(vs, Format::Yaml, false).unwrap();
+    assert_eq!(again.generation, r.generation, "unchanged: {again:?}");
+    let d = p.delete(Kind::VirtualService, "shop").unwrap();
+    assert_eq!(d.changes[0].to_string(), "virtual-service/shop deleted");
+    assert!(p.get(None).config.unwrap().virtual_services.is_empty());
+    let e = p.delete(Kind::DestinationRule, "shop").unwrap_err();
+    assert!(
+        e.message.contains("no destination-rule named `shop`"),
+        "{e}"
+    );
+}
