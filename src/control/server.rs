@@ -201,9 +201,19 @@ async fn serve(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    // strict_dns re-resolution, off this thread (the resolver blocks); one at a time.
+    let mut dns_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dns_job: Option<tokio::task::JoinHandle<bool>> = None;
     loop {
         tokio::select! {
             _ = &mut stopped => return,
+            _ = dns_tick.tick() => {
+                if !matches!(&dns_job, Some(j) if !j.is_finished()) {
+                    let plane = plane.clone();
+                    dns_job = Some(tokio::task::spawn_blocking(move || plane.refresh_dns()));
+                }
+            }
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     let slot = slots.clone().try_acquire_owned().ok();

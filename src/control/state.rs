@@ -9,10 +9,13 @@
 //! the applied text has one). Changes are serialized by one mutex; the data plane never
 //! takes it — workers only `load()` the published table.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::cli::GetWhat;
-use crate::config::{self, Config, ConfigError, Format, Kind, Problem};
+use crate::cluster::dns;
+use crate::config::{self, Config, ConfigError, Discovery, EndpointAddress, Format, Kind, Problem};
 use crate::net::SocketPool;
 use crate::route::{self, RouteTable, Routes, Target};
 use crate::telemetry::{CounterReport, StatsRegistry};
@@ -71,6 +74,8 @@ pub struct ControlPlane {
     state: Mutex<State>,
     routes: Arc<Routes>,
     stats: Arc<StatsRegistry>,
+    /// When each `strict_dns` name is next due for resolution.
+    dns_due: Mutex<HashMap<(String, u16), Instant>>,
 }
 
 impl ControlPlane {
@@ -86,6 +91,8 @@ impl ControlPlane {
     ) -> Result<ControlPlane, Rejected> {
         let stats = Arc::new(StatsRegistry::new(workers));
         let mut pool = SocketPool::new(workers);
+        let dns_due = Mutex::new(HashMap::new());
+        resolve_names(&config, &dns_due);
         let table = route::compile(&config, generation, &stats, &mut pool)
             .map_err(|e| Rejected::config("the config cannot be served", e))?;
         if persist {
@@ -107,6 +114,7 @@ impl ControlPlane {
             }),
             routes: Arc::new(Routes::new(table)),
             stats,
+            dns_due,
         })
     }
 
@@ -136,6 +144,8 @@ impl ControlPlane {
             .map_err(|e| Rejected::config("the config does not parse", e))?;
         duplicates_in(&patch, text, format)
             .map_err(|e| Rejected::config("the config names a resource twice", e))?;
+        // Before taking the lock: a slow resolver delays this apply, not other requests.
+        resolve_names(&patch, &self.dns_due);
         let mut st = self.lock();
         let next = st.config.applied(&patch, prune);
         let before = resources(&st.config);
@@ -285,6 +295,66 @@ impl ControlPlane {
         self.stats.prune();
         st.pool.prune();
         Ok(generation)
+    }
+
+    /// Resolve again the `strict_dns` names whose refresh interval has passed, and when an
+    /// answer changed, recompile the running config (same generation) so new connections
+    /// see the new addresses. Blocking (the system resolver): call it off the request
+    /// path. Returns whether the table was swapped.
+    pub fn refresh_dns(&self) -> bool {
+        let names = dns_names(&self.lock().config);
+        if names.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut changed = false;
+        for (host, port, every) in names {
+            let key = (host, port);
+            let due = self
+                .dns_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied();
+            if due.is_some_and(|d| d > now) {
+                continue;
+            }
+            match dns::refresh(&key.0, key.1) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::warn!(
+                    "resolving {}:{} failed ({e}); keeping its last answer",
+                    key.0,
+                    key.1
+                ),
+            }
+            self.dns_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, now + every);
+        }
+        if !changed {
+            return false;
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        match route::compile(&st.config, st.generation, &self.stats, &mut st.pool) {
+            Ok(table) => {
+                self.routes.store(table);
+                self.stats.prune();
+                st.pool.prune();
+                tracing::info!(
+                    "DNS answers changed; routes recompiled (generation {})",
+                    st.generation
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "DNS answers changed but recompiling failed; keeping the old routes: {e}"
+                );
+                false
+            }
+        }
     }
 
     pub fn get(&self, what: Option<GetWhat>) -> GetResult {
@@ -513,6 +583,43 @@ fn resources(cfg: &Config) -> Vec<Resource> {
     }
     out
 }
+
+/// Every `strict_dns` name in `cfg` with its refresh interval.
+fn dns_names(cfg: &Config) -> Vec<(String, u16, Duration)> {
+    let mut out = Vec::new();
+    for c in &cfg.clusters {
+        if c.discovery != Discovery::StrictDns {
+            continue;
+        }
+        let every = c.dns_refresh_rate.unwrap_or(DEFAULT_DNS_REFRESH);
+        for e in &c.endpoints {
+            if let EndpointAddress::Dns { host, port } = &e.address {
+                out.push((host.clone(), *port, every));
+            }
+        }
+    }
+    out
+}
+
+/// Resolve the `strict_dns` names of `cfg` that have no answer yet, so that a compile
+/// right after sees them. A name that does not resolve leaves its cluster without those
+/// endpoints until a later refresh succeeds (Envoy's STRICT_DNS behaviour).
+fn resolve_names(cfg: &Config, due: &Mutex<HashMap<(String, u16), Instant>>) {
+    for (host, port, every) in dns_names(cfg) {
+        if !dns::cached(&host, port).is_empty() {
+            continue;
+        }
+        if let Err(e) = dns::refresh(&host, port) {
+            tracing::warn!("resolving {host}:{port} failed ({e}); its cluster has no endpoints for it until it resolves");
+        }
+        due.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((host, port), Instant::now() + every);
+    }
+}
+
+/// `strict_dns` clusters without `dns_refresh_rate` resolve again this often.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
     let endpoints = |name: &str| {

@@ -306,3 +306,26 @@ fn istio_and_envoy_resources_apply_and_delete_by_kind() {
         "{e}"
     );
 }
+
+#[test]
+fn strict_dns_names_are_resolved_before_the_compile() {
+    let p = plane(None);
+    p.apply(
+        "clusters:\n  - {name: named, type: strict_dns, dns_refresh_rate: 1h, endpoints: [\"localhost:9\"]}\n",
+        Format::Yaml,
+        false,
+    )
+    .unwrap();
+    let t = p.routes().load_full();
+    let (_, c) = t.cluster("named").unwrap();
+    assert!(
+        c.endpoints
+            .iter()
+            .any(|e| e.address == "127.0.0.1:9".parse().unwrap()),
+        "{:?}",
+        c.endpoints
+    );
+    // Not due again for an hour: nothing is resolved, nothing swapped.
+    assert!(!p.refresh_dns());
+    assert!(Arc::ptr_eq(&t, &p.routes().load_full()));
+}
