@@ -262,6 +262,47 @@ fn bad_feature_input_is_named_and_changes_nothing() {
 }
 
 #[test]
+fn without_privilege_the_error_says_so_and_nothing_changes() {
+    let ns = netns_or_skip!();
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIP unprivileged run: no setpriv (util-linux)");
+        return;
+    }
+    let before = ns.ethtool(&["-k", "va"]);
+    let as_nobody = |args: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "nic",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let e = fails(as_nobody(&["set", "va", "gro=on", "tso=off"]));
+    assert!(
+        e.contains("insufficient privilege") && e.contains("CAP_NET_ADMIN"),
+        "{e}"
+    );
+    assert!(e.contains("nothing was changed"), "{e}");
+    let e = fails(as_nobody(&["set", "va", "rps", "0=1"]));
+    assert!(
+        e.contains("permission denied") && e.contains("nothing was changed"),
+        "{e}"
+    );
+    assert_eq!(ns.ethtool(&["-k", "va"]), before);
+    // Reading needs no privilege.
+    ok(as_nobody(&["show", "va"]));
+}
+
+#[test]
 fn channels_change_on_veth_and_out_of_range_is_refused() {
     let ns = netns_or_skip!();
     assert_eq!(ns.channels("va"), ("4".into(), "4".into()));

@@ -78,9 +78,8 @@ impl NicError {
 
 fn kernel_text(errno: i32, detail: Option<&str>) -> String {
     let base = match errno {
-        libc::EPERM | libc::EACCES => {
-            "insufficient privilege: this needs CAP_NET_ADMIN (run as root)".to_string()
-        }
+        libc::EPERM => "insufficient privilege: this needs CAP_NET_ADMIN (run as root)".to_string(),
+        libc::EACCES => "permission denied: this needs root".to_string(),
         libc::EOPNOTSUPP => "the driver does not support this".to_string(),
         libc::ENODEV => "no such device".to_string(),
         libc::EINVAL => "the kernel rejected the value (invalid or out of range)".to_string(),

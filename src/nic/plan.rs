@@ -631,7 +631,14 @@ pub fn apply(steps: &[Step], cx: &mut Ctx) -> anyhow::Result<Vec<String>> {
             }
             // Recorded before the write: a write that fails halfway is undone too.
             done.push((i, prev));
-            s.write(cx)?;
+            if let Err(e) = s.write(cx) {
+                // A write the kernel refused outright (e.g. no privilege) changed nothing:
+                // nothing of this step to restore.
+                if matches!(s.read(cx), Ok((now, _)) if Some(&now) == done.last().map(|(_, p)| p)) {
+                    done.pop();
+                }
+                return Err(e);
+            }
             s.verify(cx)?;
             Ok(Some(format!(
                 "{}: {now} -> {}",
@@ -663,7 +670,9 @@ fn rollback(steps: &[Step], done: &[(usize, Prev)], cx: &mut Ctx) -> String {
             let _ = write!(failed, "; could not restore {}: {e}", steps[*i].label());
         }
     }
-    if failed.is_empty() {
+    if done.is_empty() {
+        "nothing was changed".into()
+    } else if failed.is_empty() {
         format!(
             "rolled back {} change(s); the previous settings are restored",
             done.len()
