@@ -680,4 +680,27 @@ mod tests {
         );
         assert_eq!(extack_message(&p[..10], true), None);
     }
+
+    #[test]
+    fn random_reply_bytes_never_panic() {
+        let mut rng = crate::nic::TestRng(0x5eed_0000_0000_0003);
+        let good = {
+            let a = vec![
+                header("veth0"),
+                Attr::Nest(3, vec![Attr::U32(1, 7), Attr::Flag(3)]),
+            ];
+            let mut buf = vec![0u8; a.as_slice().buffer_len()];
+            a.as_slice().emit(&mut buf);
+            buf
+        };
+        for _ in 0..5000 {
+            let b = rng.mutate(&good);
+            let a = Attrs::parse(&b);
+            if let Some(n) = a.nest(3) {
+                let _ = (n.u32(1), n.str(2), n.u8(3), bitset_indices(&n));
+            }
+            let _ = a.nest(A_HEADER).and_then(|h| h.str(HEADER_DEV_NAME));
+            let _ = extack_message(&b, rng.below(2) == 0);
+        }
+    }
 }

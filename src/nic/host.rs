@@ -696,4 +696,21 @@ mod tests {
         fs::write(&p, "{\"devices\": {}, \"extra\": 1}").unwrap();
         assert!(load_state(&p).unwrap_err().to_string().contains("corrupt"));
     }
+
+    #[test]
+    fn random_cpu_lists_and_masks_never_panic_and_round_trip() {
+        let mut rng = crate::nic::TestRng(0x5eed_0000_0000_0005);
+        let alphabet = b"0123456789abcdef,-x ";
+        for _ in 0..5000 {
+            let s: String = (0..rng.below(12))
+                .map(|_| alphabet[rng.below(alphabet.len())] as char)
+                .collect();
+            if let Ok(c) = parse_cpu_list(&s) {
+                assert_eq!(parse_cpu_list(&format_cpu_list(&c)).unwrap(), c, "{s:?}");
+                assert_eq!(parse_cpu_mask(&format_cpu_mask(&c)).unwrap(), c, "{s:?}");
+            }
+            let _ = parse_cpu_mask(&s);
+            let _ = parse_page_size(&s);
+        }
+    }
 }

@@ -122,6 +122,40 @@ pub fn require_device(dev: &str) -> Result<(), NicError> {
     }
 }
 
+/// A seeded xorshift generator for the malformed-input tests (no wall clock, no crate).
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl TestRng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// `base` with a few bytes replaced, inserted or deleted.
+    pub fn mutate(&mut self, base: &[u8]) -> Vec<u8> {
+        let mut v = base.to_vec();
+        for _ in 0..1 + self.below(4) {
+            let at = self.below(v.len() + 1);
+            let b = self.next() as u8;
+            match self.below(3) {
+                0 if at < v.len() => v[at] = b,
+                1 => v.insert(at, b),
+                _ if at < v.len() => {
+                    v.remove(at);
+                }
+                _ => v.push(b),
+            }
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

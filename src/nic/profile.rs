@@ -429,4 +429,16 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
+
+    #[test]
+    fn mutated_profiles_never_panic() {
+        let mut rng = crate::nic::TestRng(0x5eed_1234_abcd_0001);
+        let base = SHIPPED[0].1.as_bytes();
+        for _ in 0..2000 {
+            let text = String::from_utf8_lossy(&rng.mutate(base)).into_owned();
+            if let Ok(p) = parse(&text) {
+                let _ = p.steps(&["eth0".into()]);
+            }
+        }
+    }
 }

@@ -539,4 +539,42 @@ mod tests {
         assert_eq!(weighted_table(4, &[0, 1]).unwrap(), vec![1, 1, 1, 1]);
         assert!(weighted_table(4, &[0, 0]).is_err());
     }
+
+    #[test]
+    fn random_flow_words_and_rule_bytes_never_panic() {
+        let mut rng = crate::nic::TestRng(0x5eed_0000_0000_0007);
+        let vocab = [
+            "flow-type",
+            "tcp4",
+            "udp6",
+            "src-ip",
+            "dst-ip",
+            "10.0.0.1",
+            "::1",
+            "src-port",
+            "dst-port",
+            "80",
+            "70000",
+            "action",
+            "-1",
+            "loc",
+            "x",
+            "",
+        ];
+        for _ in 0..2000 {
+            let words: Vec<String> = (0..rng.below(9))
+                .map(|_| vocab[rng.below(vocab.len())].to_string())
+                .collect();
+            if let Ok(r) = FlowRule::parse(&words) {
+                let mut b = rxnfc(ETHTOOL_SRXCLSRLINS);
+                r.encode(&mut b);
+                assert_eq!(FlowRule::decode(&b).map(|d| d.flow_type), Some(r.flow_type));
+            }
+            let mut b = vec![0u8; RXNFC_LEN];
+            for x in b.iter_mut() {
+                *x = rng.next() as u8;
+            }
+            let _ = FlowRule::decode(&b);
+        }
+    }
 }
