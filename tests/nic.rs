@@ -556,6 +556,32 @@ fn profile_errors_name_the_item_and_change_nothing() {
 }
 
 #[test]
+fn shipped_low_latency_profile_applies_to_veth_leaving_out_what_veth_lacks() {
+    let ns = netns_or_skip!();
+    let shipped = String::from_utf8(ok_raw(ns.nic(&["profile", "low-latency"]))).unwrap();
+    // The host part (busy_poll) is host-wide and invisible inside a namespace: keep the
+    // device part only.
+    let devices = &shipped[shipped.find("\ndevices:").expect("devices section")..];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ll.yaml");
+    std::fs::write(&path, devices).unwrap();
+    let p = path.to_str().unwrap();
+    ok(ns.nic(&["set", "va", "gro=on"]));
+    let d = ok(ns.nic(&["apply", "-f", p, "--dev", "va", "--dry-run"]));
+    assert!(d.contains("skipped va coalesce") && d.contains("~ va feature gro=off: on -> off"), "{d}");
+    assert!(d.contains("= va feature lro=off (already)"), "{d}");
+    let out = ok(ns.nic(&["apply", "-f", p, "--dev", "va"]));
+    assert!(out.contains("changed va feature gro=off"), "{out}");
+    assert_eq!(ns.feature("va", "generic-receive-offload"), "off");
+    assert_eq!(ns.feature("va", "large-receive-offload"), "off");
+}
+
+fn ok_raw(o: Output) -> Vec<u8> {
+    assert!(o.status.success(), "expected success:\n{}", text(&o));
+    o.stdout
+}
+
+#[test]
 fn host_busy_poll_and_hugepages_set_and_restored() {
     if !is_root() {
         eprintln!("SKIP host_busy_poll_and_hugepages: not root");

@@ -120,7 +120,10 @@ pub fn run(args: &NicArgs) -> anyhow::Result<()> {
             devs,
         } => {
             let p = profile::load(file)?;
-            let steps = p.steps(devs)?;
+            let (steps, notes) = plan::drop_unsupported(p.plan(devs)?, &mut cx);
+            for n in notes {
+                println!("{n}");
+            }
             if *dry_run {
                 let (text, n) = plan::diff(&steps, &mut cx);
                 print!("{text}");

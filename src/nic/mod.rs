@@ -24,15 +24,18 @@ pub use cli::{run, NicArgs};
 /// For the daemon: apply a profile (a file or a shipped name) at start, transactionally.
 /// Returns a line per change made.
 pub fn apply_profile(path: &str, devs: &[String]) -> anyhow::Result<Vec<String>> {
-    let steps = profile::load(path)?.steps(devs)?;
-    plan::apply(&steps, &mut plan::Ctx::default())
+    let mut cx = plan::Ctx::default();
+    let (steps, mut notes) = plan::drop_unsupported(profile::load(path)?.plan(devs)?, &mut cx);
+    notes.extend(plan::apply(&steps, &mut cx)?);
+    Ok(notes)
 }
 
 /// For the daemon: where the host differs from a profile now (drift), one line per
 /// setting (`~` differs, `!` cannot be read). Empty when the host matches. Read-only.
 pub fn drift(path: &str, devs: &[String]) -> anyhow::Result<Vec<String>> {
-    let steps = profile::load(path)?.steps(devs)?;
-    let (text, _) = plan::diff(&steps, &mut plan::Ctx::default());
+    let mut cx = plan::Ctx::default();
+    let (steps, _) = plan::drop_unsupported(profile::load(path)?.plan(devs)?, &mut cx);
+    let (text, _) = plan::diff(&steps, &mut cx);
     Ok(text
         .lines()
         .filter(|l| !l.starts_with('='))

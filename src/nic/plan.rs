@@ -588,6 +588,23 @@ pub fn summarize_table(t: &[u32]) -> String {
 
 // === running a plan ===
 
+/// Leave out the optional steps whose driver lacks the operation altogether; the notes
+/// say what was left out. Any other check failure stays for `apply`/`diff` to report.
+pub fn drop_unsupported(items: Vec<(Step, bool)>, cx: &mut Ctx) -> (Vec<Step>, Vec<String>) {
+    let mut keep = Vec::new();
+    let mut notes = Vec::new();
+    for (s, optional) in items {
+        if optional {
+            if let Err(e @ NicError::Unsupported(_)) = s.check(cx) {
+                notes.push(format!("skipped {}: {e}", s.label()));
+                continue;
+            }
+        }
+        keep.push(s);
+    }
+    (keep, notes)
+}
+
 /// The diff a dry run prints: `~` will change, `=` already so, `!` cannot be read.
 pub fn diff(steps: &[Step], cx: &mut Ctx) -> (String, usize) {
     let mut out = String::new();

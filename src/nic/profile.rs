@@ -136,6 +136,10 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Device {
+    /// Leave out (and say so) settings this device's driver does not support at all —
+    /// e.g. coalescing on veth — instead of failing. Bad values still fail.
+    #[serde(default)]
+    pub skip_unsupported: bool,
     #[serde(default)]
     pub channels: Ordered<u32>,
     #[serde(default)]
@@ -221,23 +225,34 @@ fn queue_map(
 impl Profile {
     /// The steps, in order. `devs` replaces a `"*"` device entry.
     pub fn steps(&self, devs: &[String]) -> Result<Vec<Step>, NicError> {
+        Ok(self.plan(devs)?.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// The steps, each with whether it may be left out when the driver lacks it.
+    pub fn plan(&self, devs: &[String]) -> Result<Vec<(Step, bool)>, NicError> {
         let mut out = Vec::new();
         for (size, n) in &self.host.hugepages.0 {
             let kb = host::parse_page_size(size)
                 .map_err(|e| NicError::Invalid(format!("host.hugepages: {e}")))?;
-            out.push(Step::Hugepages { kb, count: *n });
+            out.push((Step::Hugepages { kb, count: *n }, false));
         }
         if let Some(v) = self.host.busy_poll {
-            out.push(Step::Sysctl {
-                which: Sysctl::BusyPoll,
-                value: v,
-            });
+            out.push((
+                Step::Sysctl {
+                    which: Sysctl::BusyPoll,
+                    value: v,
+                },
+                false,
+            ));
         }
         if let Some(v) = self.host.busy_read {
-            out.push(Step::Sysctl {
-                which: Sysctl::BusyRead,
-                value: v,
-            });
+            out.push((
+                Step::Sysctl {
+                    which: Sysctl::BusyRead,
+                    value: v,
+                },
+                false,
+            ));
         }
         for (name, d) in &self.devices.0 {
             let targets: Vec<String> = if name == "*" {
@@ -252,7 +267,9 @@ impl Profile {
             };
             for dev in &targets {
                 super::check_ifname(dev)?;
-                d.push_steps(dev, &mut out)?;
+                let mut steps = Vec::new();
+                d.push_steps(dev, &mut steps)?;
+                out.extend(steps.into_iter().map(|s| (s, d.skip_unsupported)));
             }
         }
         Ok(out)
