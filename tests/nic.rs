@@ -254,6 +254,17 @@ fn bad_feature_input_is_named_and_changes_nothing() {
     assert!(e.contains("`maybe`"), "{e}");
     let e = fails(ns.nic(&["set", "nosuch0", "gro=on"]));
     assert!(e.contains("unknown device `nosuch0`"), "{e}");
+    // veth has no RSS and no ntuple table: said so, by name.
+    let e = fails(ns.nic(&["set", "va", "rss", "equal", "2"]));
+    assert!(e.contains("does not support changing RSS"), "{e}");
+    let e = fails(ns.nic(&[
+        "set", "va", "flow", "add", "tcp4", "dst-port", "443", "action", "1",
+    ]));
+    assert!(e.contains("does not support ntuple"), "{e}");
+    let e = fails(ns.nic(&[
+        "set", "va", "flow", "add", "tcp4", "dst-port", "99999", "action", "1",
+    ]));
+    assert!(e.contains("`99999` is not a port"), "{e}");
     assert_eq!(
         ns.ethtool(&["-k", "va"]),
         before,
@@ -568,7 +579,10 @@ fn shipped_low_latency_profile_applies_to_veth_leaving_out_what_veth_lacks() {
     let p = path.to_str().unwrap();
     ok(ns.nic(&["set", "va", "gro=on"]));
     let d = ok(ns.nic(&["apply", "-f", p, "--dev", "va", "--dry-run"]));
-    assert!(d.contains("skipped va coalesce") && d.contains("~ va feature gro=off: on -> off"), "{d}");
+    assert!(
+        d.contains("skipped va coalesce") && d.contains("~ va feature gro=off: on -> off"),
+        "{d}"
+    );
     assert!(d.contains("= va feature lro=off (already)"), "{d}");
     let out = ok(ns.nic(&["apply", "-f", p, "--dev", "va"]));
     assert!(out.contains("changed va feature gro=off"), "{out}");
