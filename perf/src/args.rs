@@ -114,7 +114,7 @@ pub enum Scenario {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Rate {
     /// Requests per second.
     PerSecond(f64),

@@ -213,18 +213,25 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
 
     loop {
         let now = clock.now_ns();
-        let sending = now < end;
-        if !sending && conns.iter().all(|c| !c.in_flight) {
+        // Closed loop stops sending at the end; open loop still owes every slot scheduled
+        // before the end (skipping them would hide a stall: coordinated omission).
+        let owed = |c: &Conn| match &c.schedule {
+            None => now < end,
+            Some(s) => s.next_intended() < end,
+        };
+        if conns.iter().all(|c| !c.in_flight && (c.sock.is_none() || !owed(c))) {
             break;
         }
         if now >= drain_end {
-            for c in conns.iter_mut().filter(|c| c.in_flight) {
-                c.in_flight = false;
-                tally.fail(
-                    c.measured,
-                    |e| &mut e.timeouts,
-                    "requests still unanswered when the run ended".into(),
-                );
+            for c in conns.iter_mut() {
+                if c.in_flight {
+                    c.in_flight = false;
+                    tally.fail(
+                        c.measured,
+                        |e| &mut e.timeouts,
+                        "requests still unanswered when the run ended".into(),
+                    );
+                }
             }
             break;
         }
@@ -252,13 +259,10 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
                 }
                 continue;
             }
-            if !sending {
-                continue;
-            }
             let intended = match &mut c.schedule {
-                None => now,
-                Some(s) if s.next_intended() <= now => s.take(),
-                Some(_) => continue,
+                None if now < end => now,
+                Some(s) if s.next_intended() <= now && s.next_intended() < end => s.take(),
+                _ => continue,
             };
             send(spec, c, intended, now, warm_end, end, &mut tally, &ep, i);
             busy = true;
@@ -283,6 +287,22 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             let _ = nix::sched::sched_yield();
         } else if !busy {
             std::hint::spin_loop();
+        }
+    }
+    // Open loop: slots never sent (the target stalled, or the connection died and could
+    // not be replaced) are requests lost, not requests that never existed.
+    for c in conns.iter_mut() {
+        if let Some(s) = &mut c.schedule {
+            while s.next_intended() < end {
+                if s.take() >= warm_end {
+                    tally.sent += 1;
+                    tally.fail(
+                        true,
+                        |e| &mut e.timeouts,
+                        "requests could not be sent before the run ended".into(),
+                    );
+                }
+            }
         }
     }
     let window = Duration::from_nanos(end - warm_end);
@@ -516,5 +536,106 @@ pub fn probe(
     match wire::check(workload, &buf[..len], size, 1) {
         Response::Done => Ok(()),
         other => anyhow::bail!("unexpected reply: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn spec(target: SocketAddr, connections: usize, mode: Mode) -> LoadSpec {
+        LoadSpec {
+            workload: Workload::TcpEcho,
+            size: 64,
+            method: HttpMethod::Get,
+            target,
+            connections,
+            mode,
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(300),
+            timeout: Duration::from_millis(200),
+            yield_when_idle: true,
+        }
+    }
+
+    /// An echo server that answers `per_conn` requests per connection, then reads the next
+    /// one and closes without answering: a proxy dropping connections mid-run.
+    fn dropping_server(per_conn: usize) -> (SocketAddr, Arc<AtomicBool>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    let mut buf = [0u8; 64];
+                    let mut served = 0;
+                    while !st.load(Ordering::Relaxed) {
+                        match s.read_exact(&mut buf) {
+                            Ok(()) if served < per_conn => {
+                                s.write_all(&buf).unwrap();
+                                served += 1;
+                            }
+                            Ok(()) => return, // drop with the request unanswered
+                            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => continue,
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, stop)
+    }
+
+    #[test]
+    fn closed_loop_against_a_healthy_backend_accounts_every_request() {
+        let b = crate::backend::Backend::start(Workload::TcpEcho, 64, "127.0.0.1:0".parse().unwrap(), &[0]).unwrap();
+        let r = run(&spec(b.addr, 2, Mode::Closed)).unwrap();
+        assert!(r.received > 10, "{r:?}");
+        assert_eq!(r.errors.total(), 0, "{r:?}");
+        assert_eq!(r.sent, r.received);
+        assert_eq!(r.hist.len(), r.received);
+    }
+
+    #[test]
+    fn open_loop_offers_the_rate_it_was_given() {
+        let b = crate::backend::Backend::start(Workload::UdpEcho, 64, "127.0.0.1:0".parse().unwrap(), &[0]).unwrap();
+        let mut s = spec(b.addr, 2, Mode::Open { rate: 2_000.0 });
+        s.workload = Workload::UdpEcho;
+        let r = run(&s).unwrap();
+        // 2000/s over 300 ms = 600 requests intended in the window, ± one per connection
+        // at the edges.
+        assert!((598..=602).contains(&r.sent), "sent {}", r.sent);
+        assert_eq!(r.sent, r.received + r.errors.total());
+    }
+
+    #[test]
+    fn dropped_connections_are_counted_and_replaced() {
+        let (addr, stop) = dropping_server(20);
+        let r = run(&spec(addr, 2, Mode::Closed)).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert!(r.errors.closed > 0, "{r:?}");
+        assert!(r.reconnects > 0, "{r:?}");
+        assert!(r.received > 0);
+        assert_eq!(r.sent, r.received + r.errors.total(), "{r:?}");
+        assert!(r.first_error.as_deref().unwrap().contains("lost"), "{:?}", r.first_error);
+    }
+
+    #[test]
+    fn nobody_listening_is_a_clear_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let e = run(&spec(port, 1, Mode::Closed)).unwrap_err();
+        assert!(e.to_string().contains("connection 1 of 1"), "{e}");
     }
 }

@@ -99,6 +99,7 @@ where
     let mut chart = ChartBuilder::on(&area)
         .caption(title, ("sans-serif", 22))
         .margin(16)
+        .margin_right(40)
         .x_label_area_size(44)
         .y_label_area_size(64)
         .build_cartesian_2d((1f64..x_max).log_scale(), (lo..hi).log_scale())

@@ -134,9 +134,14 @@ pub fn machine() -> Machine {
                 .map(|v| v.trim_matches('"').to_owned())
         })
         .unwrap_or_else(|| "unknown".into());
+    // Online CPUs of the machine, not of our (pinned) affinity mask.
+    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .map_or_else(nproc, |n| n as usize);
     Machine {
         cpu_model,
-        nproc: nproc(),
+        nproc: online,
         kernel,
         memory_kib: status_kib(&meminfo, "MemTotal:"),
         os,
