@@ -28,7 +28,11 @@ fn bench(dir: &Path, args: &[&str]) -> (bool, String, Value) {
     );
     let json = std::fs::read_to_string(dir.join("report.json"))
         .unwrap_or_else(|e| panic!("no report.json ({e}); output:\n{text}"));
-    (out.status.success(), text, serde_json::from_str(&json).expect("report.json is JSON"))
+    (
+        out.status.success(),
+        text,
+        serde_json::from_str(&json).expect("report.json is JSON"),
+    )
 }
 
 fn target<'a>(scenario: &'a Value, name: &str) -> &'a Value {
@@ -46,11 +50,16 @@ fn tiny_bench_reports_every_request_and_the_schema() {
     let (ok, text, r) = bench(
         dir.path(),
         &[
-            "--targets", "direct,floor",
-            "--scenarios", "closed:1,closed:2,open:2@50%",
-            "--runs", "1",
-            "--duration", "700ms",
-            "--warmup", "100ms",
+            "--targets",
+            "direct,floor",
+            "--scenarios",
+            "closed:1,closed:2,open:2@50%",
+            "--runs",
+            "1",
+            "--duration",
+            "700ms",
+            "--warmup",
+            "100ms",
         ],
     );
     assert!(ok, "{text}");
@@ -61,7 +70,10 @@ fn tiny_bench_reports_every_request_and_the_schema() {
     assert_eq!(r["settings"]["workload"], "tcp-echo");
     assert_eq!(r["settings"]["size"], 64);
     assert!(r["peers"]["floor"]["settings"].as_array().unwrap().len() >= 2);
-    assert!(r["peers"]["floor"]["command"].as_str().unwrap().contains("--internal-floor"));
+    assert!(r["peers"]["floor"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("--internal-floor"));
     let scenarios = r["scenarios"].as_array().unwrap();
     assert_eq!(scenarios.len(), 3);
     for s in scenarios {
@@ -105,10 +117,22 @@ fn tiny_bench_reports_every_request_and_the_schema() {
         assert!(target(s, "direct")["runs"][0]["proxy_cpu_s"].is_null());
     }
     // Open loop ran at half of closed:2's rate.
-    let closed = target(&scenarios[1], "direct")["runs"][0]["throughput_rps"].as_f64().unwrap();
-    let offered = target(&scenarios[2], "direct")["runs"][0]["offered_rps"].as_f64().unwrap();
-    assert!((offered - closed / 2.0).abs() < 1.0, "{offered} vs {closed}");
-    for f in ["report.md", "latency-closed-1.svg", "latency-closed-1.png", "latency-open-2-at-50pct.svg"] {
+    let closed = target(&scenarios[1], "direct")["runs"][0]["throughput_rps"]
+        .as_f64()
+        .unwrap();
+    let offered = target(&scenarios[2], "direct")["runs"][0]["offered_rps"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (offered - closed / 2.0).abs() < 1.0,
+        "{offered} vs {closed}"
+    );
+    for f in [
+        "report.md",
+        "latency-closed-1.svg",
+        "latency-closed-1.png",
+        "latency-open-2-at-50pct.svg",
+    ] {
         assert!(dir.path().join(f).is_file(), "{f} missing");
     }
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
@@ -123,12 +147,18 @@ fn a_target_that_cannot_start_is_reported_and_the_others_still_measured() {
     let (ok, text, r) = bench(
         dir.path(),
         &[
-            "--targets", "direct,tickmesh-epoll",
-            "--tickmesh-bin", "/bin/false",
-            "--scenarios", "closed:1",
-            "--runs", "1",
-            "--duration", "300ms",
-            "--warmup", "50ms",
+            "--targets",
+            "direct,tickmesh-epoll",
+            "--tickmesh-bin",
+            "/bin/false",
+            "--scenarios",
+            "closed:1",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "50ms",
         ],
     );
     assert!(ok, "direct was measured, so the bench succeeds: {text}");
@@ -159,12 +189,18 @@ fn a_port_in_use_is_named_and_the_others_still_measured() {
     let (ok, text, r) = bench(
         dir.path(),
         &[
-            "--targets", "direct,floor",
-            "--base-port", &base.to_string(),
-            "--scenarios", "closed:1",
-            "--runs", "1",
-            "--duration", "300ms",
-            "--warmup", "50ms",
+            "--targets",
+            "direct,floor",
+            "--base-port",
+            &base.to_string(),
+            "--scenarios",
+            "closed:1",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "50ms",
         ],
     );
     assert!(ok, "{text}");

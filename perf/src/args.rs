@@ -292,7 +292,11 @@ pub struct BenchArgs {
     pub http_method: HttpMethod,
     /// Scenarios, comma-separated: closed:C, open:C@RATE or open:C@P% (P% of closed:C's
     /// throughput measured just before in the same run; list closed:C first).
-    #[arg(long, value_delimiter = ',', default_value = "closed:1,closed:16,open:16@50%")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "closed:1,closed:16,open:16@50%"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Repeats; targets are interleaved within each.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -358,7 +362,10 @@ pub struct Settings {
 }
 
 mod secs {
-    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
     }
 }
@@ -394,9 +401,11 @@ impl Settings {
                 rate: Rate::PercentOfMax(_),
             } = s
             {
-                let has_closed = a.scenarios[..i]
-                    .iter()
-                    .any(|p| *p == Scenario::Closed { connections: *connections });
+                let has_closed = a.scenarios[..i].iter().any(|p| {
+                    *p == Scenario::Closed {
+                        connections: *connections,
+                    }
+                });
                 if !has_closed {
                     return Err(format!(
                         "scenario `{s}` is a percent of closed:{connections}'s rate: list closed:{connections} before it"
@@ -452,8 +461,16 @@ mod tests {
     #[test]
     fn malformed_scenarios_are_refused_with_the_syntax() {
         for bad in [
-            "", "closed", "closed:0", "closed:x", "open:16", "open:16@0%", "open:16@150%",
-            "open:16@-3", "burst:3", "open:0@10",
+            "",
+            "closed",
+            "closed:0",
+            "closed:x",
+            "open:16",
+            "open:16@0%",
+            "open:16@150%",
+            "open:16@-3",
+            "burst:3",
+            "open:0@10",
         ] {
             let e = bad.parse::<Scenario>().unwrap_err();
             assert!(e.contains("closed:C"), "{bad}: {e}");
@@ -465,12 +482,18 @@ mod tests {
         let p: CpuPlan = "gen=0,backend=0,proxy=1+2".parse().unwrap();
         assert_eq!(p.proxy, vec![1, 2]);
         assert_eq!(p.max_cpu(), 2);
-        assert!("gen=0,backend=0".parse::<CpuPlan>().unwrap_err().contains("proxy"));
+        assert!("gen=0,backend=0"
+            .parse::<CpuPlan>()
+            .unwrap_err()
+            .contains("proxy"));
         assert!("gen=0,backend=0,proxy=x"
             .parse::<CpuPlan>()
             .unwrap_err()
             .contains("not a CPU"));
-        assert!("gpu=0".parse::<CpuPlan>().unwrap_err().contains("unknown role"));
+        assert!("gpu=0"
+            .parse::<CpuPlan>()
+            .unwrap_err()
+            .contains("unknown role"));
         assert_eq!(
             CpuPlan::default_for(Layout::Shared, 2),
             "gen=0,backend=0,proxy=0".parse().unwrap()

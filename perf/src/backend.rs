@@ -31,7 +31,12 @@ pub struct Backend {
 
 impl Backend {
     /// Bind `addr` (port 0 = a free port) and serve `workload` on a thread pinned to `cpus`.
-    pub fn start(workload: Workload, size: usize, addr: SocketAddr, cpus: &[usize]) -> anyhow::Result<Backend> {
+    pub fn start(
+        workload: Workload,
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+    ) -> anyhow::Result<Backend> {
         let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let (sock, bound) = if workload.is_udp() {
             let s = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
@@ -162,7 +167,10 @@ fn accept_all(l: &TcpListener, ep: &Epoll, conns: &mut Vec<Option<Conn>>) {
             conns.len() - 1
         });
         if ep
-            .add(stream.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+            .add(
+                stream.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
+            )
             .is_err()
         {
             continue;
@@ -249,16 +257,21 @@ fn answer_http(buf: &[u8], size: usize, get_body: &[u8], out: &mut Vec<u8>) -> H
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return HttpStep::NeedMore,
         Err(_) => {
-            out.extend_from_slice(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            out.extend_from_slice(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             return HttpStep::Rejected;
         }
     };
-    let chunked = req.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-    });
+    let chunked = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     if chunked {
         // The generator never sends chunked bodies; proxies forward what they get.
-        out.extend_from_slice(b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        out.extend_from_slice(
+            b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
         return HttpStep::Rejected;
     }
     let body_len = wire::content_length(req.headers).unwrap_or(0);
@@ -275,11 +288,17 @@ fn answer_http(buf: &[u8], size: usize, get_body: &[u8], out: &mut Vec<u8>) -> H
         &get_body[..size]
     };
     // No allocation beyond `out`'s reused capacity: the header is written piecewise.
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ");
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ",
+    );
     let mut num = itoa_buf(body.len());
     out.extend_from_slice(num.as_bytes());
     num.clear();
-    out.extend_from_slice(if close { b"\r\nConnection: close\r\n\r\n" as &[u8] } else { b"\r\n\r\n" });
+    out.extend_from_slice(if close {
+        b"\r\nConnection: close\r\n\r\n" as &[u8]
+    } else {
+        b"\r\n\r\n"
+    });
     out.extend_from_slice(body);
     HttpStep::Answered {
         consumed: head + body_len,
@@ -362,12 +381,16 @@ mod tests {
     fn http_answers_get_post_pipelined_and_rejects_garbage() {
         let body = vec![b'x'; 4];
         let mut out = Vec::new();
-        let two = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let two =
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
         let HttpStep::Answered { consumed, close } = answer_http(two, 4, &body, &mut out) else {
             panic!()
         };
         assert!(!close);
-        assert_eq!(wire::check(Workload::Http1, &out, 4, 0), wire::Response::Done);
+        assert_eq!(
+            wire::check(Workload::Http1, &out, 4, 0),
+            wire::Response::Done
+        );
         out.clear();
         assert_eq!(
             answer_http(&two[consumed..], 3, &body, &mut out),
@@ -378,15 +401,26 @@ mod tests {
         );
         assert!(out.ends_with(b"\r\n\r\nabc"));
         assert_eq!(
-            answer_http(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\na", 3, &body, &mut out),
+            answer_http(
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\na",
+                3,
+                &body,
+                &mut out
+            ),
             HttpStep::NeedMore
         );
         out.clear();
-        assert_eq!(answer_http(b"\x01\x02 nonsense\r\n\r\n", 4, &body, &mut out), HttpStep::Rejected);
+        assert_eq!(
+            answer_http(b"\x01\x02 nonsense\r\n\r\n", 4, &body, &mut out),
+            HttpStep::Rejected
+        );
         assert!(out.starts_with(b"HTTP/1.1 400"));
-        let HttpStep::Answered { close, .. } =
-            answer_http(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 4, &body, &mut Vec::new())
-        else {
+        let HttpStep::Answered { close, .. } = answer_http(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            4,
+            &body,
+            &mut Vec::new(),
+        ) else {
             panic!()
         };
         assert!(close);
@@ -411,7 +445,9 @@ mod tests {
     #[test]
     fn a_port_in_use_is_named() {
         let b = Backend::start(Workload::TcpEcho, 64, local(), &[0]).unwrap();
-        let e = Backend::start(Workload::TcpEcho, 64, b.addr, &[0]).err().unwrap();
+        let e = Backend::start(Workload::TcpEcho, 64, b.addr, &[0])
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("in use"), "{e}");
     }
 }

@@ -35,7 +35,11 @@ impl FloorSpec {
             if self.udp { "udp" } else { "tcp" },
             self.listen,
             self.upstream,
-            if self.yield_when_idle { "yield" } else { "spin" }
+            if self.yield_when_idle {
+                "yield"
+            } else {
+                "spin"
+            }
         )
     }
 
@@ -89,8 +93,8 @@ struct Pair {
 }
 
 fn serve_tcp(spec: &FloorSpec, stop: &AtomicBool) -> anyhow::Result<()> {
-    let l = TcpListener::bind(spec.listen)
-        .map_err(|e| crate::backend::bind_error(spec.listen, e))?;
+    let l =
+        TcpListener::bind(spec.listen).map_err(|e| crate::backend::bind_error(spec.listen, e))?;
     l.set_nonblocking(true)?;
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     ep.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
@@ -152,8 +156,12 @@ fn accept_all(l: &TcpListener, upstream: SocketAddr, ep: &Epoll, pairs: &mut Vec
             pairs.len() - 1
         });
         let t = (i as u64) * 2;
-        if ep.add(down.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, t)).is_err()
-            || ep.add(up.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, t + 1)).is_err()
+        if ep
+            .add(down.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, t))
+            .is_err()
+            || ep
+                .add(up.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, t + 1))
+                .is_err()
         {
             continue;
         }
@@ -214,10 +222,14 @@ fn flush_pending(p: &mut Pair) -> bool {
 }
 
 fn serve_udp(spec: &FloorSpec, stop: &AtomicBool) -> anyhow::Result<()> {
-    let front = UdpSocket::bind(spec.listen).map_err(|e| crate::backend::bind_error(spec.listen, e))?;
+    let front =
+        UdpSocket::bind(spec.listen).map_err(|e| crate::backend::bind_error(spec.listen, e))?;
     front.set_nonblocking(true)?;
     let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    ep.add(front.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+    ep.add(
+        front.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, LISTENER),
+    )?;
     // (client address, its upstream socket); a handful of clients in a benchmark.
     let mut sessions: Vec<(SocketAddr, UdpSocket)> = Vec::new();
     let mut events = vec![EpollEvent::empty(); 64];
@@ -290,12 +302,19 @@ mod tests {
         use crate::args::{HttpMethod, Workload};
         use std::time::Duration;
         for w in [Workload::TcpEcho, Workload::UdpEcho, Workload::Http1] {
-            let b = crate::backend::Backend::start(w, 64, "127.0.0.1:0".parse().unwrap(), &[0]).unwrap();
+            let b = crate::backend::Backend::start(w, 64, "127.0.0.1:0".parse().unwrap(), &[0])
+                .unwrap();
             // A free port for the relay: bind, read, release.
             let port = if w.is_udp() {
-                UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+                UdpSocket::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
             } else {
-                TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+                TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
             };
             let spec = FloorSpec {
                 udp: w.is_udp(),
@@ -308,7 +327,9 @@ mod tests {
             let relay = std::thread::spawn(move || serve(&spec, &st));
             let mut ok = false;
             for _ in 0..50 {
-                if crate::loadgen::probe(w, 64, HttpMethod::Get, port, Duration::from_millis(200)).is_ok() {
+                if crate::loadgen::probe(w, 64, HttpMethod::Get, port, Duration::from_millis(200))
+                    .is_ok()
+                {
                     ok = true;
                     break;
                 }

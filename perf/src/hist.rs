@@ -254,7 +254,10 @@ mod tests {
         assert_eq!(s.at(99.0), Some(s.p99_ns));
         assert_eq!(s.at(42.0), None);
         // The distribution climbs monotonically and ends at 100% = max.
-        assert!(s.distribution.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert!(s
+            .distribution
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
         let last = s.distribution.last().unwrap();
         assert_eq!(last.0, 100.0);
         assert_eq!(last.1, s.max_ns);

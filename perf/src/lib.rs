@@ -116,9 +116,16 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
                     let msg = format!("{e:#}");
                     bar.println(format!("✗ {target} (run {}): {msg}", run + 1));
                     for (i, _) in s.scenarios.iter().enumerate() {
-                        cell(&mut cells, i, target).runs.push(RunRecord::failed(run, msg.clone()));
+                        cell(&mut cells, i, target)
+                            .runs
+                            .push(RunRecord::failed(run, msg.clone()));
                     }
-                    failures.push(Failure { target, run, scenario: None, error: msg });
+                    failures.push(Failure {
+                        target,
+                        run,
+                        scenario: None,
+                        error: msg,
+                    });
                     bar.inc(s.scenarios.len() as u64);
                     continue;
                 }
@@ -142,7 +149,8 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
                     }
                 }
                 if let Some(err) = rec.error.clone().or_else(|| {
-                    (rec.errors_total > 0).then(|| format!("{} request(s) failed", rec.errors_total))
+                    (rec.errors_total > 0)
+                        .then(|| format!("{} request(s) failed", rec.errors_total))
                 }) {
                     bar.println(format!("✗ {target} {sc} (run {}): {err}", run + 1));
                     failures.push(Failure {
@@ -210,7 +218,9 @@ fn cell(cells: &mut HashMap<(usize, Target), Cell>, i: usize, t: Target) -> &mut
 fn peer_version(target: Target, binary: Option<&str>, tickmesh_version: &str) -> Option<String> {
     match target {
         Target::Direct => None,
-        Target::Floor => Some(format!("tickmesh-perf floor relay (tickmesh {tickmesh_version})")),
+        Target::Floor => Some(format!(
+            "tickmesh-perf floor relay (tickmesh {tickmesh_version})"
+        )),
         Target::TickmeshUring | Target::TickmeshEpoll => {
             binary.and_then(|b| peers::version_of(Path::new(b), &["--version"]))
         }
@@ -351,7 +361,11 @@ pub fn write_report(r: &Report, dir: &Path) -> anyhow::Result<()> {
             r.settings.size,
             sc.scenario
         );
-        plot::write(&dir.join(format!("latency-{}", sc.spec.slug())), &title, &curves)?;
+        plot::write(
+            &dir.join(format!("latency-{}", sc.spec.slug())),
+            &title,
+            &curves,
+        )?;
     }
     Ok(())
 }

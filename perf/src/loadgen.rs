@@ -30,7 +30,9 @@ use crate::wire::{self, Response};
 pub enum Mode {
     Closed,
     /// Total requests per second across all connections.
-    Open { rate: f64 },
+    Open {
+        rate: f64,
+    },
 }
 
 /// One measurement's parameters.
@@ -219,7 +221,10 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             None => now < end,
             Some(s) => s.next_intended() < end,
         };
-        if conns.iter().all(|c| !c.in_flight && (c.sock.is_none() || !owed(c))) {
+        if conns
+            .iter()
+            .all(|c| !c.in_flight && (c.sock.is_none() || !owed(c)))
+        {
             break;
         }
         if now >= drain_end {
@@ -273,12 +278,23 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         for ev in &events[..n] {
             let i = ev.data() as usize;
             busy = true;
-            receive(spec, &mut conns[i], &clock, warm_end, end, &mut tally, &ep, i);
+            receive(
+                spec,
+                &mut conns[i],
+                &clock,
+                warm_end,
+                end,
+                &mut tally,
+                &ep,
+                i,
+            );
         }
 
         let now_alive = conns.iter().filter(|c| c.sock.is_some()).count();
         if now_alive == 0 && alive > 0 {
-            tally.first_error.get_or_insert_with(|| "every connection was lost".into());
+            tally
+                .first_error
+                .get_or_insert_with(|| "every connection was lost".into());
             break;
         }
         alive = now_alive;
@@ -578,7 +594,8 @@ mod tests {
                 let st = st.clone();
                 std::thread::spawn(move || {
                     s.set_nonblocking(false).unwrap();
-                    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+                    s.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
                     let mut buf = [0u8; 64];
                     let mut served = 0;
                     while !st.load(Ordering::Relaxed) {
@@ -588,7 +605,12 @@ mod tests {
                                 served += 1;
                             }
                             Ok(()) => return, // drop with the request unanswered
-                            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => continue,
+                            Err(e)
+                                if e.kind() == ErrorKind::WouldBlock
+                                    || e.kind() == ErrorKind::TimedOut =>
+                            {
+                                continue
+                            }
                             Err(_) => return,
                         }
                     }
@@ -600,7 +622,13 @@ mod tests {
 
     #[test]
     fn closed_loop_against_a_healthy_backend_accounts_every_request() {
-        let b = crate::backend::Backend::start(Workload::TcpEcho, 64, "127.0.0.1:0".parse().unwrap(), &[0]).unwrap();
+        let b = crate::backend::Backend::start(
+            Workload::TcpEcho,
+            64,
+            "127.0.0.1:0".parse().unwrap(),
+            &[0],
+        )
+        .unwrap();
         let r = run(&spec(b.addr, 2, Mode::Closed)).unwrap();
         assert!(r.received > 10, "{r:?}");
         assert_eq!(r.errors.total(), 0, "{r:?}");
@@ -610,7 +638,13 @@ mod tests {
 
     #[test]
     fn open_loop_offers_the_rate_it_was_given() {
-        let b = crate::backend::Backend::start(Workload::UdpEcho, 64, "127.0.0.1:0".parse().unwrap(), &[0]).unwrap();
+        let b = crate::backend::Backend::start(
+            Workload::UdpEcho,
+            64,
+            "127.0.0.1:0".parse().unwrap(),
+            &[0],
+        )
+        .unwrap();
         let mut s = spec(b.addr, 2, Mode::Open { rate: 2_000.0 });
         s.workload = Workload::UdpEcho;
         let r = run(&s).unwrap();
@@ -629,12 +663,19 @@ mod tests {
         assert!(r.reconnects > 0, "{r:?}");
         assert!(r.received > 0);
         assert_eq!(r.sent, r.received + r.errors.total(), "{r:?}");
-        assert!(r.first_error.as_deref().unwrap().contains("lost"), "{:?}", r.first_error);
+        assert!(
+            r.first_error.as_deref().unwrap().contains("lost"),
+            "{:?}",
+            r.first_error
+        );
     }
 
     #[test]
     fn nobody_listening_is_a_clear_error() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let e = run(&spec(port, 1, Mode::Closed)).unwrap_err();
         assert!(e.to_string().contains("connection 1 of 1"), "{e}");
     }

@@ -152,7 +152,10 @@ pub fn locate_tickmesh(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(me);
     }
     let dir = me.parent().map(Path::to_path_buf).unwrap_or_default();
-    for d in [Some(dir.clone()), dir.parent().map(Path::to_path_buf)].into_iter().flatten() {
+    for d in [Some(dir.clone()), dir.parent().map(Path::to_path_buf)]
+        .into_iter()
+        .flatten()
+    {
         let p = d.join("tickmesh");
         if p.is_file() {
             return Ok(p);
@@ -166,7 +169,9 @@ pub fn locate_tickmesh(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 fn need_binary(name: &str) -> anyhow::Result<PathBuf> {
     sys::find_binary(name).ok_or_else(|| {
-        anyhow::anyhow!("{name} is not installed (looked on PATH and in /usr/sbin): run scripts/setup --bench")
+        anyhow::anyhow!(
+            "{name} is not installed (looked on PATH and in /usr/sbin): run scripts/setup --bench"
+        )
     })
 }
 
@@ -223,19 +228,28 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 settings: vec![
                     "one thread; epoll_wait(timeout 0) + non-blocking recv/send".into(),
                     format!("idle: {}", if spinning { "spin" } else { "sched_yield" }),
-                    "TCP_NODELAY on both sides; one upstream connection per client connection".into(),
+                    "TCP_NODELAY on both sides; one upstream connection per client connection"
+                        .into(),
                     "single-threaded by design (ignores --proxy-workers)".into(),
                 ],
                 ..PeerInfo::default()
             };
-            (bin, vec!["bench".into(), "--internal-floor".into(), spec.to_arg()], info)
+            (
+                bin,
+                vec!["bench".into(), "--internal-floor".into(), spec.to_arg()],
+                info,
+            )
         }
         Target::TickmeshUring | Target::TickmeshEpoll => {
             if s.workload == Workload::Http1 {
                 bail!("tickmesh has no HTTP proxy yet (it lands with the HTTP proxy issue): run http1 against direct, floor, haproxy, nginx");
             }
             let bin = locate_tickmesh(env.tickmesh_bin.as_deref())?;
-            let engine = if target == Target::TickmeshUring { "uring" } else { "epoll" };
+            let engine = if target == Target::TickmeshUring {
+                "uring"
+            } else {
+                "epoll"
+            };
             let idle = if spinning { "spin" } else { "park" };
             let config = tickmesh_config(listen, env.backend, udp);
             let cfg_path = dir.join("tickmesh.yaml");
@@ -270,7 +284,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 bail!("HAProxy does not proxy UDP (its UDP support is limited to syslog/DNS frontends): udp-echo skips it");
             }
             let bin = need_binary("haproxy")?;
-            let (config, settings) = haproxy_config(listen, env.backend, s.workload, workers, spinning);
+            let (config, settings) =
+                haproxy_config(listen, env.backend, s.workload, workers, spinning);
             let cfg_path = dir.join("haproxy.cfg");
             fs::write(&cfg_path, &config)?;
             let info = PeerInfo {
@@ -278,7 +293,11 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 config: Some(config),
                 ..PeerInfo::default()
             };
-            (bin, vec!["-db".into(), "-f".into(), cfg_path.display().to_string()], info)
+            (
+                bin,
+                vec!["-db".into(), "-f".into(), cfg_path.display().to_string()],
+                info,
+            )
         }
         Target::Nginx => {
             let bin = need_binary("nginx")?;
@@ -415,7 +434,9 @@ pub fn haproxy_config(
     c += "\ndefaults\n";
     if http {
         c += "    mode http\n    option http-keep-alive\n    option http-no-delay\n    http-reuse always\n    timeout http-keep-alive 60s\n";
-        settings.push("mode http, keep-alive both sides, http-reuse always, option http-no-delay".into());
+        settings.push(
+            "mode http, keep-alive both sides, http-reuse always, option http-no-delay".into(),
+        );
     } else {
         c += "    mode tcp\n";
         settings.push("mode tcp".into());
@@ -475,7 +496,11 @@ mod tests {
         let l: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:9000".parse().unwrap();
         let (h, s) = haproxy_config(l, b, Workload::TcpEcho, 2, true);
-        assert!(h.contains("busy-polling") && h.contains("nbthread 2") && h.contains("bind 127.0.0.1:7000"));
+        assert!(
+            h.contains("busy-polling")
+                && h.contains("nbthread 2")
+                && h.contains("bind 127.0.0.1:7000")
+        );
         assert!(h.contains("server backend 127.0.0.1:9000") && h.contains("mode tcp"));
         assert!(s.iter().any(|l| l.contains("busy-polling")));
         let (h, _) = haproxy_config(l, b, Workload::Http1, 1, false);

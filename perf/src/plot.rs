@@ -70,7 +70,11 @@ pub fn percent_label(x: f64) -> String {
     format!("{p:.decimals$}%")
 }
 
-fn draw<DB: DrawingBackend>(area: DrawingArea<DB, plotters::coord::Shift>, title: &str, curves: &[Curve]) -> anyhow::Result<()>
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    curves: &[Curve],
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -124,7 +128,9 @@ where
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(err)?
             .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -143,10 +149,18 @@ pub fn write(stem: &Path, title: &str, curves: &[Curve]) -> anyhow::Result<()> {
     ensure_font()?;
     let svg = stem.with_extension("svg");
     let png = stem.with_extension("png");
-    draw(SVGBackend::new(&svg, (1000, 600)).into_drawing_area(), title, curves)
-        .with_context(|| format!("writing {}", svg.display()))?;
-    draw(BitMapBackend::new(&png, (1000, 600)).into_drawing_area(), title, curves)
-        .with_context(|| format!("writing {}", png.display()))?;
+    draw(
+        SVGBackend::new(&svg, (1000, 600)).into_drawing_area(),
+        title,
+        curves,
+    )
+    .with_context(|| format!("writing {}", svg.display()))?;
+    draw(
+        BitMapBackend::new(&png, (1000, 600)).into_drawing_area(),
+        title,
+        curves,
+    )
+    .with_context(|| format!("writing {}", png.display()))?;
     Ok(())
 }
 
@@ -174,11 +188,28 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let a = [(0.0, 10_000), (50.0, 12_000), (99.0, 30_000), (99.9, 80_000), (100.0, 120_000)];
-        let b = [(0.0, 30_000), (50.0, 38_000), (99.0, 90_000), (100.0, 400_000)];
+        let a = [
+            (0.0, 10_000),
+            (50.0, 12_000),
+            (99.0, 30_000),
+            (99.9, 80_000),
+            (100.0, 120_000),
+        ];
+        let b = [
+            (0.0, 30_000),
+            (50.0, 38_000),
+            (99.0, 90_000),
+            (100.0, 400_000),
+        ];
         let curves = [
-            Curve { label: "direct".into(), points: &a },
-            Curve { label: "floor".into(), points: &b },
+            Curve {
+                label: "direct".into(),
+                points: &a,
+            },
+            Curve {
+                label: "floor".into(),
+                points: &b,
+            },
         ];
         let stem = dir.path().join("latency-closed-1");
         write(&stem, "closed:1", &curves).unwrap();

@@ -182,9 +182,7 @@ impl TargetResult {
         let (median, spread) = if clean.is_empty() {
             (None, None)
         } else {
-            let lat = |p: f64| {
-                med(&clean, |r| r.latency.at(p).map(|v| v as f64)).unwrap_or(0.0)
-            };
+            let lat = |p: f64| med(&clean, |r| r.latency.at(p).map(|v| v as f64)).unwrap_or(0.0);
             let figures = Figures {
                 p50_ns: lat(50.0),
                 p99_ns: lat(99.0),
@@ -307,8 +305,19 @@ fn x(v: Option<f64>) -> String {
 /// One row per target: the terminal table and the markdown table share it.
 fn rows(s: &ScenarioReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let head = vec![
-        "target", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "req/s", "CPU ms/1k req",
-        "RSS MiB", "+p50 µs vs direct", "p50 ×floor", "p99.9 ×floor", "clean runs", "errors",
+        "target",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "req/s",
+        "CPU ms/1k req",
+        "RSS MiB",
+        "+p50 µs vs direct",
+        "p50 ×floor",
+        "p99.9 ×floor",
+        "clean runs",
+        "errors",
     ];
     let mut out = Vec::new();
     for t in &s.targets {
@@ -322,7 +331,7 @@ fn rows(s: &ScenarioReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
         let runs = format!("{}/{}", t.clean_runs, t.runs.len());
         let Some(m) = &t.median else {
             let mut row = vec![t.target.to_string()];
-            row.extend(std::iter::repeat("–".to_string()).take(head.len() - 3));
+            row.resize(head.len() - 2, "–".to_string());
             row.push(runs);
             row.push(err_cell);
             out.push(row);
@@ -337,7 +346,8 @@ fn rows(s: &ScenarioReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
             format!("{:.0}", m.throughput_rps),
             m.cpu_s_per_1k_requests
                 .map_or("–".into(), |v| format!("{:.3}", v * 1000.0)),
-            m.rss_kib.map_or("–".into(), |v| format!("{:.1}", v / 1024.0)),
+            m.rss_kib
+                .map_or("–".into(), |v| format!("{:.1}", v / 1024.0)),
             t.added_latency_ns
                 .as_ref()
                 .and_then(|a| a.first())
@@ -394,7 +404,11 @@ pub fn table(r: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("  ")
         };
-        let _ = writeln!(out, "{}", line(head.iter().map(|h| h.to_string()).collect()));
+        let _ = writeln!(
+            out,
+            "{}",
+            line(head.iter().map(|h| h.to_string()).collect())
+        );
         for row in body {
             let _ = writeln!(out, "{}", line(row));
         }
@@ -407,7 +421,9 @@ pub fn table(r: &Report) -> String {
                 "  {} run {}{}: {}",
                 f.target,
                 f.run,
-                f.scenario.as_ref().map_or(String::new(), |s| format!(" {s}")),
+                f.scenario
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" {s}")),
                 f.error
             );
         }
@@ -439,15 +455,25 @@ pub fn markdown(r: &Report) -> String {
     );
     for s in &r.scenarios {
         let _ = writeln!(md, "## {}\n", scenario_title(r, s));
-        let _ = writeln!(md, "![latency by percentile](latency-{}.svg)\n", s.spec.slug());
+        let _ = writeln!(
+            md,
+            "![latency by percentile](latency-{}.svg)\n",
+            s.spec.slug()
+        );
         let (head, body) = rows(s);
         let _ = writeln!(md, "| {} |", head.join(" | "));
         let _ = writeln!(md, "|{}", "---|".repeat(head.len()));
         for row in body {
             let _ = writeln!(md, "| {} |", row.join(" | "));
         }
-        let _ = writeln!(md, "\nRatios (p50 / p99 / p99.9 / max; throughput; CPU per request):\n");
-        let _ = writeln!(md, "| target | to direct | to floor | to tickmesh | spread p50 µs | spread p99.9 µs |");
+        let _ = writeln!(
+            md,
+            "\nRatios (p50 / p99 / p99.9 / max; throughput; CPU per request):\n"
+        );
+        let _ = writeln!(
+            md,
+            "| target | to direct | to floor | to tickmesh | spread p50 µs | spread p99.9 µs |"
+        );
         let _ = writeln!(md, "|---|---|---|---|---|---|");
         for t in &s.targets {
             let f = |r: &Option<Ratios>| match r {
@@ -462,7 +488,9 @@ pub fn markdown(r: &Report) -> String {
                 ),
                 None => "–".into(),
             };
-            let sp = |a: Option<[f64; 2]>| a.map_or("–".into(), |[lo, hi]| format!("{}–{}", us(lo), us(hi)));
+            let sp = |a: Option<[f64; 2]>| {
+                a.map_or("–".into(), |[lo, hi]| format!("{}–{}", us(lo), us(hi)))
+            };
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -478,7 +506,11 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(md, "## Peers\n");
     for (name, p) in &r.peers {
-        let _ = writeln!(md, "- **{name}**: {}", p.version.as_deref().unwrap_or("(version unknown)"));
+        let _ = writeln!(
+            md,
+            "- **{name}**: {}",
+            p.version.as_deref().unwrap_or("(version unknown)")
+        );
         for s in &p.settings {
             let _ = writeln!(md, "  - {s}");
         }
@@ -491,7 +523,9 @@ pub fn markdown(r: &Report) -> String {
                 "- {} run {}{}: {}",
                 f.target,
                 f.run,
-                f.scenario.as_ref().map_or(String::new(), |s| format!(" {s}")),
+                f.scenario
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" {s}")),
                 f.error.replace('\n', " ")
             );
         }

@@ -31,7 +31,9 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(pp) = stat_fields(&format!("/proc/{p}/stat")).and_then(|f| f.get(1).and_then(|s| s.parse().ok())) {
+            if let Some(pp) = stat_fields(&format!("/proc/{p}/stat"))
+                .and_then(|f| f.get(1).and_then(|s| s.parse().ok()))
+            {
                 parent_of.push((p, pp));
             }
         }
@@ -40,7 +42,12 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < tree.len() {
         let cur = tree[i];
-        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        tree.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree
@@ -65,10 +72,11 @@ pub fn cpu_ns(pids: &[u32]) -> u64 {
         };
         for t in rd.flatten() {
             let p = t.path().join("schedstat");
-            if let Some(ns) = fs::read_to_string(&p)
-                .ok()
-                .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
-            {
+            if let Some(ns) = fs::read_to_string(&p).ok().and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+            }) {
                 total += ns;
             }
         }
@@ -158,7 +166,11 @@ pub fn nproc() -> usize {
 pub fn find_binary(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].iter().map(Into::into))
+        .chain(
+            ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+                .iter()
+                .map(Into::into),
+        )
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
 }

@@ -24,7 +24,9 @@ pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
             v
         }
         Workload::Http1 => match method {
-            HttpMethod::Get => format!("GET /bench HTTP/1.1\r\nHost: {HTTP_HOST}\r\n\r\n").into_bytes(),
+            HttpMethod::Get => {
+                format!("GET /bench HTTP/1.1\r\nHost: {HTTP_HOST}\r\n\r\n").into_bytes()
+            }
             HttpMethod::Post => {
                 let mut v = format!(
                     "POST /bench HTTP/1.1\r\nHost: {HTTP_HOST}\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
@@ -148,11 +150,20 @@ mod tests {
         );
         let mut long = r.clone();
         long.push(0);
-        assert!(matches!(check(Workload::TcpEcho, &long, 64, 7), Response::Bad(_)));
+        assert!(matches!(
+            check(Workload::TcpEcho, &long, 64, 7),
+            Response::Bad(_)
+        ));
         assert_eq!(check(Workload::UdpEcho, &r, 64, 6), Response::Stale);
-        assert!(matches!(check(Workload::UdpEcho, &r[..5], 64, 7), Response::Bad(_)));
+        assert!(matches!(
+            check(Workload::UdpEcho, &r[..5], 64, 7),
+            Response::Bad(_)
+        ));
         // Sizes below the sequence number are padded up to it.
-        assert_eq!(request(Workload::UdpEcho, 4, HttpMethod::Get).len(), SEQ_LEN);
+        assert_eq!(
+            request(Workload::UdpEcho, 4, HttpMethod::Get).len(),
+            SEQ_LEN
+        );
     }
 
     #[test]
@@ -160,7 +171,10 @@ mod tests {
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nabcd";
         assert_eq!(check(Workload::Http1, ok, 4, 0), Response::Done);
         assert_eq!(check(Workload::Http1, &ok[..20], 4, 0), Response::Partial);
-        assert_eq!(check(Workload::Http1, &ok[..ok.len() - 1], 4, 0), Response::Partial);
+        assert_eq!(
+            check(Workload::Http1, &ok[..ok.len() - 1], 4, 0),
+            Response::Partial
+        );
         assert!(matches!(check(Workload::Http1, ok, 5, 0), Response::Bad(_)));
         let e = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nabcd";
         assert_eq!(
@@ -168,8 +182,14 @@ mod tests {
             Response::Bad("HTTP status is not 200")
         );
         let no_len = b"HTTP/1.1 200 OK\r\n\r\n";
-        assert!(matches!(check(Workload::Http1, no_len, 4, 0), Response::Bad(_)));
-        assert!(matches!(check(Workload::Http1, b"\x00garbage\r\n\r\n", 4, 0), Response::Bad(_)));
+        assert!(matches!(
+            check(Workload::Http1, no_len, 4, 0),
+            Response::Bad(_)
+        ));
+        assert!(matches!(
+            check(Workload::Http1, b"\x00garbage\r\n\r\n", 4, 0),
+            Response::Bad(_)
+        ));
         let post = request(Workload::Http1, 16, HttpMethod::Post);
         assert!(post.ends_with(b"\r\n\r\nabcdefghijklmnop"));
     }
