@@ -170,7 +170,7 @@ impl Udp {
         io: &mut impl Io,
     ) -> Option<u32> {
         let le = &table.listeners[entry];
-        let ci = le.target.pick(lb.next_u32());
+        let ci = le.target.as_ref()?.pick(lb.next_u32());
         let cl = &table.clusters[ci];
         let mut scratch = 0;
         let cur = super::cursor(cursors, &mut scratch, ci);
@@ -178,7 +178,7 @@ impl Udp {
         if n == 0 {
             return None;
         }
-        let first = cl.pick(lb, cur, Some(client), 0, worker);
+        let first = cl.pick(lb, cur, Some(client), 0, worker)?;
         // A socket that cannot be created or connected moves on to the next endpoint.
         let (ep, up) = (0..cl.max_connect_attempts.max(1) as usize).find_map(|a| {
             let ep = (first + a) % n;
