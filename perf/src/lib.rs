@@ -114,7 +114,7 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
                 Ok(p) => p,
                 Err(e) => {
                     let msg = format!("{e:#}");
-                    bar.println(format!("✗ {target} (run {}): {msg}", run + 1));
+                    note(&bar, format!("✗ {target} (run {}): {msg}", run + 1));
                     for (i, _) in s.scenarios.iter().enumerate() {
                         cell(&mut cells, i, target)
                             .runs
@@ -152,7 +152,7 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
                     (rec.errors_total > 0)
                         .then(|| format!("{} request(s) failed", rec.errors_total))
                 }) {
-                    bar.println(format!("✗ {target} {sc} (run {}): {err}", run + 1));
+                    note(&bar, format!("✗ {target} {sc} (run {}): {err}", run + 1));
                     failures.push(Failure {
                         target,
                         run,
@@ -206,6 +206,16 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
         scenarios,
         failures,
     })
+}
+
+/// A problem, as it happens: above the progress bar, or on stderr when there is none
+/// (not a terminal).
+fn note(bar: &ProgressBar, msg: String) {
+    if bar.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
 }
 
 fn cell(cells: &mut HashMap<(usize, Target), Cell>, i: usize, t: Target) -> &mut Cell {
