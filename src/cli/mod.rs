@@ -38,6 +38,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show and tune the NIC: offloads, queues, coalescing, RSS, IRQs, busy polling, hugepages, vfio.
     Nic(crate::nic::NicArgs),
+    /// Measure latency/throughput through tickmesh, HAProxy, nginx and the floor, side by side.
+    Bench(tickmesh_perf::BenchArgs),
 }
 
 /// Where the control socket is: `$XDG_RUNTIME_DIR/tickmesh/control.sock`, else
@@ -230,5 +232,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Validate(a) => validate(&a),
         Command::Demo(a) => crate::demo::run(&a),
         Command::Nic(a) => crate::nic::run(&a),
+        Command::Bench(a) => tickmesh_perf::run(&a, env!("CARGO_PKG_VERSION")),
     }
 }
