@@ -162,6 +162,18 @@ impl Step {
         }
     }
 
+    /// The error's text without a leading `DEV: ` that the label already says.
+    fn unprefixed(&self, e: &NicError) -> String {
+        let t = e.to_string();
+        match self.dev() {
+            Some(d) => t
+                .strip_prefix(&format!("{d}: "))
+                .map(String::from)
+                .unwrap_or(t),
+            None => t,
+        }
+    }
+
     fn dev(&self) -> Option<&str> {
         match self {
             Step::Feature { dev, .. }
@@ -632,9 +644,10 @@ pub fn apply(steps: &[Step], cx: &mut Ctx) -> anyhow::Result<Vec<String>> {
     for (i, s) in steps.iter().enumerate() {
         s.check(cx).map_err(|e| {
             anyhow::anyhow!(
-                "step {} of {n} ({}): {e}; nothing was changed",
+                "step {} of {n} ({}): {}; nothing was changed",
                 i + 1,
-                s.label()
+                s.label(),
+                s.unprefixed(&e)
             )
         })?;
     }
@@ -669,9 +682,10 @@ pub fn apply(steps: &[Step], cx: &mut Ctx) -> anyhow::Result<Vec<String>> {
             Err(e) => {
                 let undone = rollback(steps, &done, cx);
                 anyhow::bail!(
-                    "step {} of {n} ({}) failed: {e}; {undone}",
+                    "step {} of {n} ({}) failed: {}; {undone}",
                     i + 1,
-                    s.label()
+                    s.label(),
+                    s.unprefixed(&e)
                 );
             }
         }
