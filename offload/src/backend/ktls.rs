@@ -10,8 +10,10 @@
 //! Record format note: for TLS 1.3 and ChaCha20-Poly1305 the kernel builds the same
 //! nonces as [`crate::record`], so its records are byte-identical to ours. For TLS 1.2
 //! AES-GCM the kernel starts the explicit nonce at the IV we hand it and increments it
-//! per record, where rustls (and we) XOR the sequence number in; both are valid (the
-//! peer reads the explicit nonce from the record) but only the first record matches.
+//! per record, where rustls (and we) XOR the sequence number in. We hand it our next
+//! record's explicit nonce, so the first kernel record matches ours and later ones may
+//! differ in the explicit nonce only; both are valid (the peer reads the explicit nonce
+//! from the record, and each stays unique per key).
 
 use std::io;
 use std::os::fd::RawFd;
@@ -128,7 +130,16 @@ pub fn install_keys(
         Direction::Tx => libc::TLS_TX,
         Direction::Rx => libc::TLS_RX,
     };
-    // Salt = the IV's first 4 bytes, iv = the other 8 (for GCM); ChaCha takes all 12.
+    // GCM: salt = the IV's first 4 bytes; iv = the other 8 — for TLS 1.3 as they are (the
+    // kernel XORs the sequence number in), for TLS 1.2 the next explicit nonce (the kernel
+    // increments it per record). ChaCha takes all 12 and XORs the sequence number.
+    let mut gcm_iv = [0u8; 8];
+    gcm_iv.copy_from_slice(&keys.iv[4..]);
+    if version == TlsVersion::Tls12 {
+        for (b, s) in gcm_iv.iter_mut().zip(seq) {
+            *b ^= s;
+        }
+    }
     let rc = match suite {
         CipherSuite::Aes128Gcm => {
             let mut c = libc::tls12_crypto_info_aes_gcm_128 {
@@ -139,7 +150,7 @@ pub fn install_keys(
                 rec_seq: seq,
             };
             c.salt.copy_from_slice(&keys.iv[..4]);
-            c.iv.copy_from_slice(&keys.iv[4..]);
+            c.iv = gcm_iv;
             c.key.copy_from_slice(keys.key());
             let rc = setsockopt_tls(fd, opt, &c);
             wipe(&mut c.key);
@@ -154,7 +165,7 @@ pub fn install_keys(
                 rec_seq: seq,
             };
             c.salt.copy_from_slice(&keys.iv[..4]);
-            c.iv.copy_from_slice(&keys.iv[4..]);
+            c.iv = gcm_iv;
             c.key.copy_from_slice(keys.key());
             let rc = setsockopt_tls(fd, opt, &c);
             wipe(&mut c.key);
