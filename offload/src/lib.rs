@@ -40,7 +40,7 @@ mod suite;
 
 pub use backend::ktls;
 pub use backend::{BackendChoice, BackendError, BackendKind};
-pub use engine::{Engine, EngineConfig, EngineError, EngineStats};
+pub use engine::{calibrate, Engine, EngineConfig, EngineError, EngineStats};
 pub use error::{JobError, SubmitError};
 pub use job::{Completion, Job, Op, Output, SessionId};
 pub use record::{ContentType, MAX_PLAINTEXT, MAX_RECORD};

@@ -402,3 +402,14 @@ fn backend_selection_is_explained() {
         .unwrap_err()
         .contains("expected auto"));
 }
+
+#[test]
+fn calibration_measures_software_backends() {
+    for choice in [
+        BackendChoice::Software,
+        BackendChoice::SoftwareThreaded { cpu: None },
+    ] {
+        let ns = calibrate(choice, 1024, 256).unwrap();
+        assert!(ns.is_finite() && ns > 0.0, "{choice:?}: {ns}");
+    }
+}
