@@ -5,18 +5,21 @@
 //! dedicated crypto thread through two bounded lock-free SPSC queues (crossbeam
 //! `ArrayQueue`): the worker never waits for it. The crypto thread spins, then yields,
 //! then parks briefly when idle; the worker wakes it (one `unpark`) only if it parked.
+//! If the crypto thread makes no progress for [`STALL_POLLS`] polls while jobs wait (it
+//! was descheduled on an oversubscribed host), the worker runs one batch itself — the
+//! queue is multi-consumer — so a missing crypto core costs throughput, never a stall.
 //!
 //! Never allocates per job: queue capacities equal the engine's slot count, so a push
 //! that the engine could make never fails for lack of room.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use crossbeam_utils::Backoff;
+use crossbeam_utils::{Backoff, CachePadded};
 
 use super::{Backend, BackendKind};
 use crate::job::Job;
@@ -66,11 +69,16 @@ impl Backend for Inline {
 
 // === impl Threaded ===
 
+/// Polls without crypto-thread progress (while jobs wait) before the worker helps.
+pub const STALL_POLLS: u32 = 1024;
+
 struct Shared {
     submit: ArrayQueue<Box<Job>>,
     complete: ArrayQueue<Box<Job>>,
     stop: AtomicBool,
     parked: AtomicBool,
+    /// Jobs the crypto thread finished, ever (its heartbeat).
+    progress: CachePadded<AtomicU64>,
 }
 
 /// Jobs run on a dedicated crypto thread.
@@ -78,6 +86,9 @@ pub struct Threaded {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     in_device: usize,
+    last_progress: u64,
+    stalled_polls: u32,
+    helped: u64,
 }
 
 impl Threaded {
@@ -89,6 +100,7 @@ impl Threaded {
             complete: ArrayQueue::new(slots),
             stop: AtomicBool::new(false),
             parked: AtomicBool::new(false),
+            progress: CachePadded::new(AtomicU64::new(0)),
         });
         let theirs = Arc::clone(&shared);
         let batch = batch.max(1);
@@ -104,7 +116,15 @@ impl Threaded {
             shared,
             thread: Some(thread),
             in_device: 0,
+            last_progress: 0,
+            stalled_polls: 0,
+            helped: 0,
         })
+    }
+
+    /// Jobs the worker ran itself because the crypto thread had stalled.
+    pub fn helped(&self) -> u64 {
+        self.helped
     }
 }
 
@@ -127,6 +147,7 @@ fn crypto_loop(shared: &Shared, batch: usize) {
             done += 1;
         }
         if done > 0 {
+            shared.progress.fetch_add(done as u64, Ordering::Release);
             backoff.reset();
             continue;
         }
@@ -199,6 +220,30 @@ impl Backend for Threaded {
             cq.push_back(job);
             n += 1;
         }
+        if n == 0 && self.in_device > 0 {
+            let progress = self.shared.progress.load(Ordering::Acquire);
+            if progress != self.last_progress {
+                self.last_progress = progress;
+                self.stalled_polls = 0;
+            } else {
+                self.stalled_polls += 1;
+                if self.stalled_polls >= STALL_POLLS {
+                    // The crypto thread is not running: do one batch here.
+                    self.stalled_polls = 0;
+                    while n < max {
+                        let Some(mut job) = self.shared.submit.pop() else {
+                            break;
+                        };
+                        job.run_software();
+                        cq.push_back(job);
+                        n += 1;
+                    }
+                    self.helped += n as u64;
+                }
+            }
+        } else {
+            self.stalled_polls = 0;
+        }
         self.in_device -= n;
         n
     }
@@ -217,5 +262,56 @@ impl Drop for Threaded {
                 tracing::error!("the crypto thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ContentType, RecordKey};
+    use crate::suite::{CipherSuite, TlsVersion, TrafficKeys};
+
+    fn seal_job(key: &Arc<RecordKey>, seq: u64) -> Box<Job> {
+        let mut job = Job::new_slot();
+        job.key = Some(Arc::clone(key));
+        job.seq = seq;
+        job.content_type = ContentType::ApplicationData;
+        job.input_len = 100;
+        job
+    }
+
+    /// A crypto thread that never runs (as on a host where it never gets a CPU): the
+    /// worker must still complete every job by itself, after `STALL_POLLS` empty polls.
+    #[test]
+    fn worker_helps_when_the_crypto_thread_stalls() {
+        let keys = TrafficKeys::new(CipherSuite::Aes128Gcm, &[1; 16], [2; 12], 0).unwrap();
+        let key =
+            Arc::new(RecordKey::new(CipherSuite::Aes128Gcm, TlsVersion::Tls13, &keys).unwrap());
+        let mut t = Threaded {
+            shared: Arc::new(Shared {
+                submit: ArrayQueue::new(8),
+                complete: ArrayQueue::new(8),
+                stop: AtomicBool::new(false),
+                parked: AtomicBool::new(false),
+                progress: CachePadded::new(AtomicU64::new(0)),
+            }),
+            thread: None,
+            in_device: 0,
+            last_progress: 0,
+            stalled_polls: 0,
+            helped: 0,
+        };
+        let mut sq: VecDeque<Box<Job>> = (0..8).map(|i| seal_job(&key, i)).collect();
+        assert_eq!(t.enqueue(&mut sq), 8);
+        let mut cq = VecDeque::new();
+        let mut polls = 0;
+        while cq.len() < 8 {
+            t.dequeue(&mut cq, 4);
+            polls += 1;
+            assert!(polls <= 4 * STALL_POLLS, "worker never helped");
+        }
+        assert_eq!(t.helped(), 8);
+        assert_eq!(t.in_device(), 0);
+        assert!(cq.iter().all(|j| j.result.is_ok()));
     }
 }
