@@ -95,6 +95,9 @@ pub struct Engine {
     cfg: EngineConfig,
     sessions: Vec<SessionSlot>,
     free_sessions: Vec<u32>,
+    // Boxed on purpose: a job moves between rings and threads as one pointer, and its
+    // 16 KiB buffer never moves.
+    #[allow(clippy::vec_box)]
     free: Vec<Box<Job>>,
     sq: VecDeque<Box<Job>>,
     cq: VecDeque<Box<Job>>,

@@ -28,9 +28,20 @@ fuzz_target!(|data: &[u8]| {
     let body = &data[9..];
     let keys = TrafficKeys::new(suite, &[0x42; 32][..suite.key_len()], [0x24; 12], seq).unwrap();
     let key = RecordKey::new(suite, version, &keys).unwrap();
-    let mut engine = Engine::new(EngineConfig { backend: BackendChoice::Software, slots: 2, ..Default::default() }).unwrap();
+    let mut engine = Engine::new(EngineConfig {
+        backend: BackendChoice::Software,
+        slots: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let id = engine
-        .create_session(&SessionParams { suite, version, tx: keys.clone(), rx: keys, in_flight_limit: 0 })
+        .create_session(&SessionParams {
+            suite,
+            version,
+            tx: keys.clone(),
+            rx: keys,
+            in_flight_limit: 0,
+        })
         .unwrap();
 
     let mut buf = vec![0u8; MAX_RECORD];
@@ -41,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
         let Ok(len) = key.seal_in_place(seq, ContentType::Handshake, &mut buf, n) else {
             return;
         };
-        let (ct, range) = key.open_in_place(seq, &mut buf, len).expect("own record opens");
+        let (ct, range) = key
+            .open_in_place(seq, &mut buf, len)
+            .expect("own record opens");
         assert_eq!(ct, ContentType::Handshake);
         assert_eq!(&buf[range], &body[..n]);
         return;
@@ -49,11 +62,10 @@ fuzz_target!(|data: &[u8]| {
 
     let direct = if body.len() <= MAX_RECORD {
         buf[..body.len()].copy_from_slice(body);
-        key.open_in_place(seq, &mut buf, body.len())
-            .map(|(ct, r)| {
-                assert!(r.len() <= MAX_PLAINTEXT && r.end <= buf.len());
-                (ct, buf[r].to_vec())
-            })
+        key.open_in_place(seq, &mut buf, body.len()).map(|(ct, r)| {
+            assert!(r.len() <= MAX_PLAINTEXT && r.end <= buf.len());
+            (ct, buf[r].to_vec())
+        })
     } else {
         Err(JobError::RecordOverflow)
     };
@@ -63,6 +75,8 @@ fuzz_target!(|data: &[u8]| {
     engine.submit_open(id, 1, body).unwrap();
     engine.poll_until_idle(16);
     let mut via_engine = None;
-    engine.reap(4, |c| via_engine = Some(c.result.map(|o| (o.content_type, o.data.to_vec()))));
+    engine.reap(4, |c| {
+        via_engine = Some(c.result.map(|o| (o.content_type, o.data.to_vec())))
+    });
     assert_eq!(via_engine, Some(direct));
 });

@@ -137,7 +137,6 @@ fn crypto_loop(shared: &Shared, batch: usize) {
                 break;
             };
             job.run_software();
-            let mut job = job;
             // The completion queue holds as many jobs as exist, so this push only fails if
             // that invariant is broken; retrying (instead of dropping) never loses a job.
             while let Err(back) = shared.complete.push(job) {
