@@ -65,7 +65,8 @@ pub struct RunArgs {
     /// Config file (YAML or TOML). Without it: the persisted config, else the embedded default.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where accepted configs are persisted [default: next to the control socket]
+    /// Where accepted configs are persisted [default: the --control socket's directory when
+    /// --control is given; else /var/lib/tickmesh as root, ~/.local/state/tickmesh otherwise]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
