@@ -36,6 +36,8 @@ mod engine;
 mod error;
 mod job;
 pub mod record;
+#[cfg(feature = "rustls")]
+pub mod rustls_keys;
 mod suite;
 
 pub use backend::ktls;
