@@ -197,8 +197,9 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                 let mut best: Option<(BackendChoice, f64)> = None;
                 for hw in hardware {
                     if let Ok(ns) = crate::calibrate(hw, CALIBRATION_RECORD, CALIBRATION_JOBS) {
-                        if best.map_or(true, |(_, b)| ns < b) {
-                            best = Some((hw, ns));
+                        match best {
+                            Some((_, b)) if b <= ns => {}
+                            _ => best = Some((hw, ns)),
                         }
                     }
                 }
