@@ -505,3 +505,24 @@ pub fn calibrate(
     }
     Ok(start.elapsed().as_nanos() as f64 / done as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection state must not creep (STYLE: assert the size of per-connection state).
+    #[test]
+    fn per_session_state_stays_small() {
+        assert!(
+            std::mem::size_of::<SessionSlot>() <= 64,
+            "{}",
+            std::mem::size_of::<SessionSlot>()
+        );
+        // A job slot is its header plus one MAX_RECORD buffer, allocated once.
+        assert!(
+            std::mem::size_of::<Job>() <= 128,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
+    }
+}
