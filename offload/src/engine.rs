@@ -199,8 +199,12 @@ impl Engine {
     /// submitted under); new submissions for it are refused.
     pub fn destroy_session(&mut self, id: SessionId) -> Result<(), SessionError> {
         let slot = self.slot_mut(id).ok_or(SessionError::UnknownSession)?;
-        slot.session = None;
+        let old = slot.session.take();
         slot.generation = slot.generation.wrapping_add(1);
+        if let Some(old) = old {
+            self.forget_key(&old.tx);
+            self.forget_key(&old.rx);
+        }
         self.free_sessions.push(id.index);
         self.stats.sessions -= 1;
         Ok(())
@@ -216,16 +220,17 @@ impl Engine {
     ) -> Result<(), SessionError> {
         let s = self.session_mut(id).ok_or(SessionError::UnknownSession)?;
         let key = Arc::new(RecordKey::new(s.suite, s.version, keys)?);
-        match dir {
+        let old = match dir {
             Direction::Tx => {
-                s.tx = key;
                 s.tx_seq = keys.seq;
+                std::mem::replace(&mut s.tx, key)
             }
             Direction::Rx => {
-                s.rx = key;
                 s.rx_seq = keys.seq;
+                std::mem::replace(&mut s.rx, key)
             }
-        }
+        };
+        self.forget_key(&old);
         Ok(())
     }
 
@@ -248,7 +253,17 @@ impl Engine {
     }
 
     fn session_mut(&mut self, id: SessionId) -> Option<&mut Session> {
-        self.slot_mut(id).and_then(|s| s.session.as_mut())
+        lookup(&mut self.sessions, id)
+    }
+
+    /// Drop cached references to `key` from free slots, so a replaced or destroyed key is
+    /// freed now (control side: O(slots)). In-flight jobs keep theirs until reaped.
+    fn forget_key(&mut self, key: &Arc<RecordKey>) {
+        for job in &mut self.free {
+            if job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, key)) {
+                job.key = None;
+            }
+        }
     }
 
     // === data side: submission ===
@@ -278,11 +293,7 @@ impl Engine {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), SubmitError> {
-        let mut job = self.take_slot(id)?;
-        // `take_slot` checked the session exists.
-        let Some(s) = self.session_mut(id) else {
-            unreachable!("take_slot verified the session")
-        };
+        let (mut job, s) = self.take_slot(id)?;
         job.op = Op::Seal;
         job.tag = tag;
         job.session = id;
@@ -308,7 +319,7 @@ impl Engine {
             None => {
                 s.tx_seq += 1;
                 let off = s.tx.payload_offset();
-                job.key = Some(Arc::clone(&s.tx));
+                set_key(&mut job, &s.tx);
                 fill(&mut job.buf[off..off + len]);
                 self.sq.push_back(job);
             }
@@ -324,10 +335,7 @@ impl Engine {
         tag: u64,
         record: &[u8],
     ) -> Result<(), SubmitError> {
-        let mut job = self.take_slot(id)?;
-        let Some(s) = self.session_mut(id) else {
-            unreachable!("take_slot verified the session")
-        };
+        let (mut job, s) = self.take_slot(id)?;
         job.op = Op::Open;
         job.tag = tag;
         job.session = id;
@@ -348,7 +356,7 @@ impl Engine {
             }
             None => {
                 s.rx_seq += 1;
-                job.key = Some(Arc::clone(&s.rx));
+                set_key(&mut job, &s.rx);
                 job.buf[..record.len()].copy_from_slice(record);
                 self.sq.push_back(job);
             }
@@ -356,24 +364,22 @@ impl Engine {
         Ok(())
     }
 
-    fn take_slot(&mut self, id: SessionId) -> Result<Box<Job>, SubmitError> {
-        let free = !self.free.is_empty();
-        let Some(s) = self.session_mut(id) else {
+    /// Check the session and its budget and take a free slot. Returns the slot and the
+    /// session (one lookup; disjoint fields of `self`).
+    fn take_slot(&mut self, id: SessionId) -> Result<(Box<Job>, &mut Session), SubmitError> {
+        let Some(s) = lookup(&mut self.sessions, id) else {
             return Err(SubmitError::UnknownSession);
         };
         if s.in_flight >= s.limit {
             self.stats.submit_refused += 1;
             return Err(SubmitError::InFlightLimit);
         }
-        if !free {
+        let Some(job) = self.free.pop() else {
             self.stats.submit_refused += 1;
             return Err(SubmitError::RingFull);
-        }
+        };
         s.in_flight += 1;
-        match self.free.pop() {
-            Some(job) => Ok(job),
-            None => unreachable!("checked non-empty above"),
-        }
+        Ok((job, s))
     }
 
     // === data side: progress and completion ===
@@ -429,12 +435,21 @@ impl Engine {
                 seq: job.seq,
                 result,
             });
-            let sid = job.session;
-            if let Some(s) = self.session_mut(sid) {
-                s.in_flight -= 1;
+            match lookup(&mut self.sessions, job.session) {
+                Some(s) => {
+                    s.in_flight -= 1;
+                    let current = match job.op {
+                        Op::Seal => &s.tx,
+                        Op::Open => &s.rx,
+                    };
+                    if !job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, current)) {
+                        job.key = None; // replaced by a key update: let it go now
+                    }
+                }
+                None => job.key = None, // session destroyed
             }
-            // Drop the key reference now so a replaced key is freed promptly.
-            job.key = None;
+            // The slot keeps its key reference: the next job of the same session reuses it
+            // without touching the reference count (`forget_key` clears stale ones).
             job.result = Err(JobError::Crypto);
             self.free.push(job);
             n += 1;
@@ -453,6 +468,21 @@ impl Engine {
             std::hint::spin_loop();
         }
         self.cq.len()
+    }
+}
+
+fn lookup(sessions: &mut [SessionSlot], id: SessionId) -> Option<&mut Session> {
+    sessions
+        .get_mut(id.index as usize)
+        .filter(|s| s.generation == id.generation)
+        .and_then(|s| s.session.as_mut())
+}
+
+/// Point the job at `key`, reusing the slot's cached reference when it is the same key
+/// (no atomic reference-count traffic on the steady path).
+fn set_key(job: &mut Job, key: &Arc<RecordKey>) {
+    if !job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, key)) {
+        job.key = Some(Arc::clone(key));
     }
 }
 
@@ -524,5 +554,48 @@ mod tests {
             "{}",
             std::mem::size_of::<Job>()
         );
+    }
+
+    /// Free slots cache the key of their last job; a replaced or destroyed key must not
+    /// stay alive in them.
+    #[test]
+    fn replaced_and_destroyed_keys_are_released() {
+        let mut e = Engine::new(EngineConfig {
+            backend: BackendChoice::Software,
+            slots: 8,
+            ..Default::default()
+        })
+        .unwrap();
+        let keys = TrafficKeys::new(CipherSuite::Aes128Gcm, &[1; 16], [2; 12], 0).unwrap();
+        let p = SessionParams {
+            suite: CipherSuite::Aes128Gcm,
+            version: TlsVersion::Tls13,
+            tx: keys.clone(),
+            rx: keys.clone(),
+            in_flight_limit: 0,
+        };
+        let id = e.create_session(&p).unwrap();
+        for tag in 0..4 {
+            e.submit_seal(id, tag, ContentType::ApplicationData, b"x")
+                .unwrap();
+        }
+        let old = Arc::clone(&e.session(id).unwrap().tx);
+        e.update_keys(id, Direction::Tx, &keys).unwrap();
+        e.poll_until_idle(100);
+        assert_eq!(e.reap(8, |c| assert!(c.result.is_ok())), 4);
+        assert_eq!(Arc::strong_count(&old), 1, "old key still referenced");
+        // Steady state: slots reuse the current key; destroying the session releases it.
+        e.submit_seal(id, 9, ContentType::ApplicationData, b"y")
+            .unwrap();
+        e.poll_until_idle(100);
+        e.reap(8, |_| {});
+        let current = Arc::clone(&e.session(id).unwrap().tx);
+        assert_eq!(
+            Arc::strong_count(&current),
+            3,
+            "session + cached slot + this test"
+        );
+        e.destroy_session(id).unwrap();
+        assert_eq!(Arc::strong_count(&current), 1);
     }
 }
