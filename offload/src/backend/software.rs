@@ -46,8 +46,13 @@ impl Backend for Inline {
 
     fn enqueue(&mut self, sq: &mut VecDeque<Box<Job>>) -> usize {
         let n = sq.len();
-        // Capacity equals the slot count, so this never reallocates.
-        self.pending.extend(sq.drain(..));
+        if self.pending.is_empty() {
+            // The common case: take the whole burst by swapping the (equal-capacity) rings.
+            std::mem::swap(&mut self.pending, sq);
+        } else {
+            // Capacity equals the slot count, so this never reallocates.
+            self.pending.extend(sq.drain(..));
+        }
         n
     }
 
