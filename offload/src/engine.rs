@@ -598,4 +598,11 @@ mod tests {
         e.destroy_session(id).unwrap();
         assert_eq!(Arc::strong_count(&current), 1);
     }
+
+    /// An engine moves to its worker thread at start-up.
+    #[test]
+    fn engine_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Engine>();
+    }
 }
