@@ -577,4 +577,67 @@ mod tests {
             let _ = FlowRule::decode(&b);
         }
     }
+
+    /// The offsets above against the system's own `<linux/ethtool.h>`, compiled with the C
+    /// compiler; skipped with a message where there is none.
+    #[test]
+    fn layout_matches_the_kernel_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("layout.c");
+        std::fs::write(
+            &c,
+            r#"#include <stdio.h>
+#include <stddef.h>
+#include <net/if.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+int main(void) {
+  printf("%zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %d\n",
+    sizeof(struct ethtool_drvinfo), sizeof(struct ethtool_rxnfc), offsetof(struct ethtool_rxnfc, data),
+    offsetof(struct ethtool_rxnfc, fs), offsetof(struct ethtool_rx_flow_spec, h_u),
+    offsetof(struct ethtool_rx_flow_spec, m_u), offsetof(struct ethtool_rx_flow_spec, ring_cookie),
+    offsetof(struct ethtool_rx_flow_spec, location), offsetof(struct ethtool_rxnfc, rule_cnt),
+    offsetof(struct ethtool_rxnfc, rule_locs), sizeof(struct ethtool_rxfh),
+    offsetof(struct ethtool_drvinfo, bus_info), sizeof(struct ifreq), SIOCETHTOOL);
+  return 0;
+}
+"#,
+        )
+        .unwrap();
+        let exe = dir.path().join("layout");
+        match std::process::Command::new("cc")
+            .arg(&c)
+            .arg("-o")
+            .arg(&exe)
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            other => {
+                eprintln!("SKIP layout check: no C compiler or kernel headers ({other:?})");
+                return;
+            }
+        }
+        let out = std::process::Command::new(&exe).output().unwrap();
+        let got: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        let want = [
+            DRVINFO_LEN,
+            RXNFC_LEN,
+            RXNFC_DATA,
+            RXNFC_FS,
+            FS_H_U,
+            FS_M_U,
+            FS_RING_COOKIE,
+            FS_LOCATION,
+            RXNFC_RULE_CNT,
+            RXNFC_RULE_LOCS,
+            RXFH_LEN,
+            100,
+            std::mem::size_of::<IfReq>(),
+            SIOCETHTOOL as usize,
+        ];
+        assert_eq!(got, want);
+    }
 }
