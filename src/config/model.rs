@@ -63,6 +63,18 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// `http` listeners: the longest a client may take to send a request head (408 and
+    /// close after it). Default 10 s.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_header_timeout: Option<Duration>,
+    /// `http` listeners: largest request body accepted, in bytes (413 beyond it).
+    /// Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -7,3 +7,4 @@
 
 pub mod http;
 pub mod l4;
+pub mod slot;

@@ -50,6 +50,9 @@ pub struct ListenerEntry {
     pub stats: Arc<ListenerStats>,
     /// `http` listeners: their virtual hosts and routes.
     pub http: Option<Arc<http::HttpRoutes>>,
+    /// `http` listeners: request head deadline and body limit.
+    pub request_header_timeout: Duration,
+    pub max_request_body: u64,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -226,6 +229,10 @@ pub fn compile(
             }),
             stats: stats.listener(&l.name),
             http,
+            request_header_timeout: l
+                .request_header_timeout
+                .unwrap_or(Duration::from_secs(10)),
+            max_request_body: l.max_request_body.unwrap_or(1 << 30),
         });
     }
     if !problems.is_empty() {

@@ -5,3 +5,4 @@
 //! buffers), and never trust a peer's framing it did not validate.
 
 pub mod codec;
+pub mod conn;

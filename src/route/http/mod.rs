@@ -320,6 +320,15 @@ impl HttpRoute {
     pub fn matches(&self, req: &RequestView) -> bool {
         self.matcher.matches(req)
     }
+
+    /// The path prefix this route matches on, if it is a prefix route (what a
+    /// `prefix_rewrite` replaces).
+    pub fn path_prefix(&self) -> Option<&[u8]> {
+        match &self.matcher.path {
+            PathCond::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
