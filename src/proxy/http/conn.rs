@@ -1717,9 +1717,21 @@ fn check_partial(side: Side, data: &[u8]) -> Result<(), HttpError> {
 /// A random version-4 UUID for `x-request-id`, from the worker's generator.
 fn new_request_id(cx: &mut Ctx) -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    thread_local! {
+        // Per worker thread, once: the balancer's generator is seeded the same in every
+        // run, request ids must not repeat across restarts.
+        static SALT: u64 = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x7469_636b);
+            h.finish()
+        };
+    }
+    let salt = SALT.with(|s| *s);
     let mut r = [0u8; 16];
-    for c in r.chunks_mut(4) {
-        c.copy_from_slice(&cx.lb.next_u32().to_le_bytes());
+    for (i, c) in r.chunks_mut(4).enumerate() {
+        let x = cx.lb.next_u32() ^ (salt >> ((i & 1) * 32)) as u32;
+        c.copy_from_slice(&x.to_le_bytes());
     }
     r[6] = (r[6] & 0x0f) | 0x40;
     r[8] = (r[8] & 0x3f) | 0x80;
