@@ -279,9 +279,11 @@ fn curl(args: &[&str]) -> String {
 }
 
 fn open_zero(p: &Proxy) {
-    wait_until("HTTP connections to be freed", Duration::from_secs(5), || {
-        p.engine().open_connections() == 0
-    });
+    wait_until(
+        "HTTP connections to be freed",
+        Duration::from_secs(5),
+        || p.engine().open_connections() == 0,
+    );
 }
 
 // === tests (each runs per engine, see the bottom) ===
@@ -296,7 +298,10 @@ fn binary_with_curl(kind: EngineKind) {
     };
     let dir = tempfile::tempdir().unwrap();
     let routes = [
-        route("/direct", "direct_response: {status: 200, body: {inline_string: \"hi\\n\"}}"),
+        route(
+            "/direct",
+            "direct_response: {status: 200, body: {inline_string: \"hi\\n\"}}",
+        ),
         route(
             "/old",
             "redirect: {host_redirect: \"example.com\", path_redirect: \"/new\"}",
@@ -306,7 +311,10 @@ fn binary_with_curl(kind: EngineKind) {
     ]
     .concat();
     let cfg = http_config(port, &cluster_yaml("a", &[a.addr], ""), &routes, "");
-    let cfg = cfg.replace("domains: [\"*\"]", "domains: [\"svc.local\", \"127.0.0.1\"]");
+    let cfg = cfg.replace(
+        "domains: [\"*\"]",
+        "domains: [\"svc.local\", \"127.0.0.1\"]",
+    );
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, cfg).unwrap();
     let engine = match kind {
@@ -350,11 +358,17 @@ fn binary_with_curl(kind: EngineKind) {
     assert_eq!(out, "a /hello?q=1");
     let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("get /hello?q=1 http/1.1\r\n"), "{seen}");
-    assert!(seen.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"),
+        "{seen}"
+    );
     assert!(seen.contains("x-forwarded-proto: http\r\n"), "{seen}");
     assert!(seen.contains("x-request-id: "), "{seen}");
     for hop in ["x-secret", "keep-alive", "connection"] {
-        assert!(!seen.contains(&format!("{hop}:")), "{hop} forwarded: {seen}");
+        assert!(
+            !seen.contains(&format!("{hop}:")),
+            "{hop} forwarded: {seen}"
+        );
     }
     // A request id the client set is kept.
     curl(&["-H", "x-request-id: abc", &format!("{base}/id")]);
@@ -364,7 +378,10 @@ fn binary_with_curl(kind: EngineKind) {
     let f = dir.path().join("body");
     std::fs::write(&f, &big).unwrap();
     let fa = format!("@{}", f.display());
-    assert_eq!(curl(&["--data-binary", &fa, &format!("{base}/up")]), "a /up 200000");
+    assert_eq!(
+        curl(&["--data-binary", &fa, &format!("{base}/up")]),
+        "a /up 200000"
+    );
     assert_eq!(
         curl(&[
             "-H",
@@ -390,16 +407,40 @@ fn binary_with_curl(kind: EngineKind) {
     );
     // Local answers and rewriting.
     assert_eq!(curl(&[&format!("{base}/direct")]), "hi\n");
-    let redirect = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("{base}/old")]);
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &format!("{base}/old"),
+    ]);
     assert_eq!(redirect, "301 http://example.com/new");
     assert_eq!(curl(&[&format!("{base}/api/items")]), "a /v2/items");
-    let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: other.example", &format!("{base}/")]);
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: other.example",
+        &format!("{base}/"),
+    ]);
     assert_eq!(code, "404");
     // Keep-alive: curl reuses its connection, the proxy reuses the upstream one.
     let before = a.accepted();
-    let out = curl(&["-w", " %{num_connects}\n", &format!("{base}/k1"), &format!("{base}/k2"), &format!("{base}/k3")]);
+    let out = curl(&[
+        "-w",
+        " %{num_connects}\n",
+        &format!("{base}/k1"),
+        &format!("{base}/k2"),
+        &format!("{base}/k3"),
+    ]);
     assert_eq!(out, "a /k1 1\na /k2 0\na /k3 0\n");
-    assert_eq!(a.accepted() - before, 1, "one upstream connection for three requests");
+    assert_eq!(
+        a.accepted() - before,
+        1,
+        "one upstream connection for three requests"
+    );
 }
 
 /// Pipelined requests on one connection are answered in order; the upstream
@@ -408,7 +449,12 @@ fn pipelining(kind: EngineKind) {
     let a = Backend::start("a");
     let p = Proxy::start(
         kind,
-        &http_config(0, &cluster_yaml("a", &[a.addr], ""), &route("/", "route: {cluster: a}"), ""),
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            "",
+        ),
     );
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
@@ -416,7 +462,8 @@ fn pipelining(kind: EngineKind) {
     for i in 0..20 {
         if i % 3 == 0 {
             batch.extend_from_slice(
-                format!("POST /p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").as_bytes(),
+                format!("POST /p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+                    .as_bytes(),
             );
         } else if i % 3 == 1 {
             batch.extend_from_slice(
@@ -501,7 +548,10 @@ fn bad_input(kind: EngineKind) {
     let ls = p.stats.listener("l");
     assert_eq!(ls.get(L::HttpBadRequest), cases.len() as u64);
     // Still serving.
-    assert_eq!(status_of(addr, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+    assert_eq!(
+        status_of(addr, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n"),
+        200
+    );
     open_zero(&p);
 }
 
@@ -517,11 +567,24 @@ fn upstream_errors(kind: EngineKind) {
     let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("dead", &[dead_addr()], "");
     let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
     let addr = p.listener("l");
-    assert_eq!(status_of(addr, b"GET /garbage HTTP/1.1\r\nHost: x\r\n\r\n"), 502);
+    assert_eq!(
+        status_of(addr, b"GET /garbage HTTP/1.1\r\nHost: x\r\n\r\n"),
+        502
+    );
     let t = Instant::now();
-    assert_eq!(status_of(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"), 504);
-    assert!(t.elapsed() < Duration::from_secs(2), "504 after {:?}", t.elapsed());
-    assert_eq!(status_of(addr, b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n"), 503);
+    assert_eq!(
+        status_of(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"),
+        504
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "504 after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        status_of(addr, b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n"),
+        503
+    );
     let ls = p.stats.listener("l");
     assert_eq!(ls.get(L::HttpBadGateway), 1);
     assert_eq!(ls.get(L::HttpUpstreamTimeout), 1);
@@ -535,7 +598,8 @@ fn weighted_split(kind: EngineKind) {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("b", &[b.addr], "");
-    let action = "route: {weighted_clusters: {clusters: [{name: a, weight: 30}, {name: b, weight: 70}]}}";
+    let action =
+        "route: {weighted_clusters: {clusters: [{name: a, weight: 30}, {name: b, weight: 70}]}}";
     let p = Proxy::start(kind, &http_config(0, &clusters, &route("/", action), ""));
     let addr = p.listener("l");
     const N: usize = 10_000;
@@ -570,7 +634,10 @@ fn weighted_split(kind: EngineKind) {
         }
     });
     let share = hits_a as f64 / N as f64;
-    assert!((share - 0.30).abs() <= 0.02, "cluster a got {share:.4} of requests, want 0.30 ± 0.02");
+    assert!(
+        (share - 0.30).abs() <= 0.02,
+        "cluster a got {share:.4} of requests, want 0.30 ± 0.02"
+    );
     assert_eq!(a.log.all().len() + b.log.all().len(), N);
     open_zero(&p);
 }
@@ -583,7 +650,12 @@ fn sniff_fallback(kind: EngineKind) {
     let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("tcp", &[echo.addr], "");
     let p = Proxy::start(
         kind,
-        &http_config(0, &clusters, &route("/", "route: {cluster: a}"), ", cluster: tcp"),
+        &http_config(
+            0,
+            &clusters,
+            &route("/", "route: {cluster: a}"),
+            ", cluster: tcp",
+        ),
     );
     let addr = p.listener("l");
     for first in [
@@ -605,17 +677,27 @@ fn upgrade_tunnel(kind: EngineKind) {
     let a = Backend::start("a");
     let p = Proxy::start(
         kind,
-        &http_config(0, &cluster_yaml("a", &[a.addr], ""), &route("/", "route: {cluster: a}"), ""),
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            "",
+        ),
     );
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
-    s.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
     let resp = read_resp(&mut r).unwrap();
     assert_eq!(resp.status, 101);
     assert_eq!(resp.header("upgrade"), Some("echo"));
     let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
-    assert!(seen.contains("upgrade: echo") && seen.contains("connection: upgrade"), "{seen}");
+    assert!(
+        seen.contains("upgrade: echo") && seen.contains("connection: upgrade"),
+        "{seen}"
+    );
     for msg in [&b"ping"[..], b"pong pong"] {
         s.write_all(msg).unwrap();
         let mut got = vec![0; msg.len()];

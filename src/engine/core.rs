@@ -18,9 +18,9 @@ use crossbeam::utils::CachePadded;
 use crate::cluster::LbState;
 use crate::config::Protocol;
 use crate::net::ListenerSockets;
-use crate::proxy::slot::Slot as Conn;
 use crate::proxy::l4::udp::{Udp, UdpListener};
 use crate::proxy::l4::{BufId, Ctx, Io, Side, Step, Watch};
+use crate::proxy::slot::Slot as Conn;
 use crate::route::{RouteTable, Routes};
 use crate::telemetry::ListenerCounter as L;
 

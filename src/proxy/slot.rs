@@ -123,7 +123,14 @@ impl Slot {
         self.after(slot, step, cx, io)
     }
 
-    pub fn on_send(&mut self, slot: u32, from: Side, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+    pub fn on_send(
+        &mut self,
+        slot: u32,
+        from: Side,
+        res: i32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
         each!(self, c => c.on_send(slot, from, res, cx, io))
     }
 

@@ -229,9 +229,7 @@ pub fn compile(
             }),
             stats: stats.listener(&l.name),
             http,
-            request_header_timeout: l
-                .request_header_timeout
-                .unwrap_or(Duration::from_secs(10)),
+            request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
             max_request_body: l.max_request_body.unwrap_or(1 << 30),
         });
     }

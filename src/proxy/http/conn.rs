@@ -257,9 +257,16 @@ impl Writer {
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards. `Transfer-Encoding`
 /// is not among them here: bodies are forwarded with their framing unchanged.
 fn hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Whether a `Connection` header of `headers` names `name` (those are hop-by-hop too).
@@ -535,8 +542,7 @@ impl Conn {
         let table = self.table.take()?;
         let data = self.pend[Side::Down.idx()].take();
         self.lcount(cx.worker, L::SniffedTcp, 1);
-        // The relay counts the connection open and closed from here.
-        *cx.open -= 1;
+        // The worker's open count stays: the relay closes (and uncounts) it.
         let listener = self.listener as usize;
         self.lstats = None;
         self.phase = Phase::Free;
@@ -1034,7 +1040,10 @@ impl Conn {
             .or_else(|| target.strip_prefix(b"https://"))
         {
             let i = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
-            (Some(&rest[..i]), if i < rest.len() { &rest[i..] } else { b"/" })
+            (
+                Some(&rest[..i]),
+                if i < rest.len() { &rest[i..] } else { b"/" },
+            )
         } else if target == b"*" {
             (None, target)
         } else {
@@ -1071,7 +1080,11 @@ impl Conn {
         };
         match &route.action {
             Action::Direct { status, body } => self.respond(slot, *status, body, cx, io),
-            Action::Redirect { status, host: h, path: p } => {
+            Action::Redirect {
+                status,
+                host: h,
+                path: p,
+            } => {
                 let host = h.as_deref().map_or(host, str::as_bytes);
                 let path = p.as_deref().map_or(path_query, str::as_bytes);
                 self.redirect(slot, *status, host, path, cx, io)
@@ -1172,10 +1185,9 @@ impl Conn {
                     xff = Some(h.value);
                     continue;
                 }
-                if hop_by_hop(n)
-                    && !(self.upgrade_req && n.eq_ignore_ascii_case("upgrade"))
+                let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
+                if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
-                    || connection_listed(req.headers, n)
                 {
                     continue;
                 }
@@ -1429,9 +1441,8 @@ impl Conn {
             w.put(q, io, b"\r\n")?;
             for h in res.headers {
                 let n = h.name;
-                if (hop_by_hop(n) && !(tunnel && n.eq_ignore_ascii_case("upgrade")))
-                    || connection_listed(res.headers, n)
-                {
+                let keep_upgrade = tunnel && n.eq_ignore_ascii_case("upgrade");
+                if (hop_by_hop(n) || connection_listed(res.headers, n)) && !keep_upgrade {
                     continue;
                 }
                 w.header(q, io, n.as_bytes(), h.value)?;

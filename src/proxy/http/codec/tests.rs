@@ -36,17 +36,27 @@ fn partial_head_waits() {
 
 #[test]
 fn bodies_and_persistence() {
-    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.body, Body::Length(5));
-    let r = req(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+    let r = req(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.body, Body::Chunked);
-    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n").unwrap().unwrap();
+    let r = req(b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.body, Body::Length(5));
     let r = req(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
     assert!(!r.keep_alive);
-    let r = req(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+    let r = req(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert!(r.keep_alive);
-    let r = req(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+    let r = req(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap()
+        .unwrap();
     assert!(!r.keep_alive);
     let r = req(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .unwrap()
@@ -78,7 +88,10 @@ fn malformed_request_lines() {
 #[test]
 fn http09_is_refused() {
     assert_eq!(req_err(b"GET /\r\n"), HttpError::BadRequestLine);
-    assert_eq!(req_err(b"GET /index.html\r\n\r\n"), HttpError::BadRequestLine);
+    assert_eq!(
+        req_err(b"GET /index.html\r\n\r\n"),
+        HttpError::BadRequestLine
+    );
 }
 
 #[test]
@@ -176,7 +189,12 @@ fn smuggling_defences() {
         ),
     ];
     for (bytes, want) in cases {
-        assert_eq!(req_err(bytes), *want, "{:?}", String::from_utf8_lossy(bytes));
+        assert_eq!(
+            req_err(bytes),
+            *want,
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
         assert_eq!(want.status(), 400);
     }
 }
@@ -243,9 +261,13 @@ fn chunk_size_encoding_round_trips() {
 #[test]
 fn responses() {
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", &mut h, false)
-        .unwrap()
-        .unwrap();
+    let r = parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        &mut h,
+        false,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.repr.body, Body::Length(3));
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -254,9 +276,13 @@ fn responses() {
         .unwrap();
     assert_eq!(r.repr.body, Body::UntilClose);
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", &mut h, true)
-        .unwrap()
-        .unwrap();
+    let r = parse_response(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+        &mut h,
+        true,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(r.repr.body, Body::None, "HEAD responses have no body");
     let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", &mut h, false)
