@@ -615,3 +615,55 @@ fn restart_resumes_the_persisted_config_and_config_replaces_it() {
     assert_eq!(exchange(front, "t"), "a:t");
     drop(d);
 }
+
+#[test]
+fn a_daemon_runs_in_process_and_shuts_down() {
+    use tickmesh::control::{client, protocol::Request};
+    use tickmesh::daemon::{ConfigSource, Daemon, DaemonOptions};
+    use tickmesh::engine::{EngineKind, EngineOptions, Idle};
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = Dir::new();
+    let port = free_port();
+    let front: SocketAddr = ([127, 0, 0, 1], port).into();
+    let d = Daemon::start(DaemonOptions {
+        engine: EngineOptions {
+            kind: EngineKind::Auto,
+            workers: 1,
+            pin: false,
+            idle: Idle::Park,
+            spin: Duration::ZERO,
+        },
+        control: dir.sock(),
+        state_dir: dir.state(),
+        config: ConfigSource::Text {
+            text: config(port, a.addr, b.addr),
+            format: tickmesh::config::Format::Yaml,
+            origin: "the test's config".into(),
+        },
+        drain_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    assert_ne!(d.engine_kind(), EngineKind::Auto);
+    assert_eq!(exchange(front, "x"), "a:x");
+    // Over the socket, as another process would.
+    let r = client::request(
+        d.control_path(),
+        &Request::Apply {
+            config: config(port, b.addr, a.addr),
+            format: tickmesh::config::Format::Yaml,
+            prune: false,
+        },
+    )
+    .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(exchange(front, "y"), "b:y");
+    // In-process, the same operations.
+    let g = d.control_plane().get(None);
+    assert_eq!(g.generation, 2);
+    d.shutdown();
+    assert!(!dir.sock().exists());
+    assert!(
+        TcpStream::connect_timeout(&front, Duration::from_secs(1)).is_err(),
+        "the listener is closed after shutdown"
+    );
+}
