@@ -633,7 +633,9 @@ fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
         .iter()
         .map(|l| {
             let clusters = match &l.target {
-                Target::Cluster(c) => {
+                // An http listener without TCP fallback: its routes are HTTP routes.
+                None => Vec::new(),
+                Some(Target::Cluster(c)) => {
                     let name = table.clusters[*c as usize].name.to_string();
                     vec![RouteTarget {
                         endpoints: endpoints(&name),
@@ -641,7 +643,7 @@ fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
                         weight: 1,
                     }]
                 }
-                Target::Weighted { .. } => cfg
+                Some(Target::Weighted { .. }) => cfg
                     .listeners
                     .iter()
                     .find(|x| *x.name == *l.name)
