@@ -182,6 +182,7 @@ impl Daemon {
         match self.engine.take() {
             Some(e) => {
                 e.stop_accepting();
+                self.plane.close_listeners();
                 e.shutdown(drain)
             }
             None => ShutdownReport::default(),

@@ -159,22 +159,38 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Dir, config: Option<&Path>) -> Daemon {
-        let d = Daemon::spawn(dir, config);
+        Daemon::start_with(dir, config, "auto")
+    }
+
+    fn start_with(dir: &Dir, config: Option<&Path>, engine: &str) -> Daemon {
+        let d = Daemon::spawn_with(dir, config, engine);
         d.wait_ready(dir)
     }
 
     fn spawn(dir: &Dir, config: Option<&Path>) -> Daemon {
+        Daemon::spawn_with(dir, config, "auto")
+    }
+
+    fn spawn_with(dir: &Dir, config: Option<&Path>, engine: &str) -> Daemon {
         let stderr = dir.tmp.path().join(format!("daemon-{}.log", free_port()));
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--workers", "2", "--drain-timeout", "2s"])
-            .arg("--control")
-            .arg(dir.sock())
-            .arg("--state-dir")
-            .arg(dir.state())
-            .env("TICKMESH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
+        cmd.args([
+            "run",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "2s",
+            "--engine",
+            engine,
+        ])
+        .arg("--control")
+        .arg(dir.sock())
+        .arg("--state-dir")
+        .arg(dir.state())
+        .env("TICKMESH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -208,6 +224,22 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "the daemon did not serve its control socket in 20s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) for the process to exit.
+    fn stop_wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit in {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -666,4 +698,54 @@ fn a_daemon_runs_in_process_and_shuts_down() {
         TcpStream::connect_timeout(&front, Duration::from_secs(1)).is_err(),
         "the listener is closed after shutdown"
     );
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_0_epoll() {
+    sigterm_drains("epoll");
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_0_uring() {
+    if let Err(e) = tickmesh::engine::uring_available() {
+        eprintln!("SKIP sigterm_drains_open_connections_then_exits_0_uring: io_uring unavailable here: {e}");
+        return;
+    }
+    sigterm_drains("uring");
+}
+
+fn sigterm_drains(engine: &str) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = Dir::new();
+    let port = free_port();
+    let front: SocketAddr = ([127, 0, 0, 1], port).into();
+    let file = dir.file("base.yaml", &config(port, a.addr, b.addr));
+    let mut d = Daemon::start_with(&dir, Some(&file), engine);
+    assert!(d.log().contains(&format!("engine {engine}")), "{}", d.log());
+    let mut open = TcpStream::connect(front).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    open.write_all(b"1").unwrap();
+    assert_eq!(open.read(&mut buf).unwrap(), 3);
+    let st = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Draining: the open connection still works; new ones are not served.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "exited before draining"
+    );
+    open.write_all(b"2").unwrap();
+    assert_eq!(open.read(&mut buf).unwrap(), 3, "{:?}", &buf[..3]);
+    assert!(
+        TcpStream::connect_timeout(&front, Duration::from_secs(1)).is_err(),
+        "new connections are refused while draining"
+    );
+    drop(open);
+    let st = d.stop_wait(Duration::from_secs(5));
+    assert!(st.success(), "exit status {st}\n{}", d.log());
+    assert!(d.log().contains("SIGTERM"), "{}", d.log());
 }
