@@ -36,6 +36,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// See tickmesh work: echo backends, the daemon, traffic, a live route change.
     Demo(DemoArgs),
+    /// Measure latency/throughput through tickmesh, HAProxy, nginx and the floor, side by side.
+    Bench(tickmesh_perf::BenchArgs),
 }
 
 /// Where the control socket is: `$XDG_RUNTIME_DIR/tickmesh/control.sock`, else
@@ -227,5 +229,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => crate::control::client::stats(&a),
         Command::Validate(a) => validate(&a),
         Command::Demo(a) => crate::demo::run(&a),
+        Command::Bench(a) => tickmesh_perf::run(&a, env!("CARGO_PKG_VERSION")),
     }
 }
