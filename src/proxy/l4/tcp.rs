@@ -226,7 +226,10 @@ impl Conn {
                 // ClusterEntry::pick walks `attempt` past the balancer's choice, but the
                 // balancer itself moves on between calls (round robin), so we pin the
                 // first choice and walk from it ourselves.
-                self.first_endpoint = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) as u32;
+                let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
+                    break; // no endpoints (e.g. DNS has none yet)
+                };
+                self.first_endpoint = first as u32;
                 self.first_endpoint
             } else {
                 (self.first_endpoint + u32::from(self.attempt)) % n

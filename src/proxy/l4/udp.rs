@@ -178,7 +178,7 @@ impl Udp {
         if n == 0 {
             return None;
         }
-        let first = cl.pick(lb, cur, Some(client), 0, worker);
+        let first = cl.pick(lb, cur, Some(client), 0, worker)?;
         // A socket that cannot be created or connected moves on to the next endpoint.
         let (ep, up) = (0..cl.max_connect_attempts.max(1) as usize).find_map(|a| {
             let ep = (first + a) % n;
