@@ -479,6 +479,41 @@ fn route_change_under_load(kind: EngineKind) {
     assert_eq!(p.stats.listener("l").get(ListenerCounter::NoUpstream), 0);
 }
 
+fn listeners_follow_the_table(kind: EngineKind) {
+    let echo = Echo::start();
+    let c = cluster_yaml("c", &[echo.addr], "");
+    let mut p = Proxy::start(kind, &tcp_config(0, "c", &c, ""));
+    let first = p.listener("l");
+    let mut held = connect(first);
+    round_trip(&mut held, b"before");
+    // Add a second listener live. (Not port 0: the pool maps "127.0.0.1:0" to the
+    // port it resolved for `l`.)
+    let free = dead_addr();
+    let two = format!(
+        "listeners:\n  - {{name: l, address: \"{first}\", cluster: c}}\n  - {{name: m, address: \"{free}\", cluster: c}}\nclusters:\n{c}"
+    );
+    p.apply(&two);
+    let second = p.listener("m");
+    let mut s = connect(second);
+    round_trip(&mut s, b"new listener");
+    // Remove the first: its port closes once every worker let go of it; the
+    // connection it accepted keeps working.
+    let only_m =
+        format!("listeners:\n  - {{name: m, address: \"{second}\", cluster: c}}\nclusters:\n{c}");
+    p.apply(&only_m);
+    wait_until(
+        "the removed listener to close",
+        Duration::from_secs(5),
+        || {
+            p.pool.prune();
+            TcpStream::connect(first).is_err()
+        },
+    );
+    round_trip(&mut held, b"established connections keep their upstream");
+    let mut s = connect(second);
+    round_trip(&mut s, b"still served");
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -520,4 +555,5 @@ per_engine!(
     shutdown_drains_then_closes,
     udp_echo_and_expiry,
     route_change_under_load,
+    listeners_follow_the_table,
 );

@@ -20,7 +20,7 @@ pub struct Proxy {
     pub engine: Option<Engine>,
     pub routes: Arc<Routes>,
     pub stats: StatsRegistry,
-    pool: SocketPool,
+    pub pool: SocketPool,
     generation: u64,
 }
 
