@@ -9,7 +9,8 @@
 //! cargo build --release --example l4_latency
 //! X=target/release/examples/l4_latency
 //! taskset -c 0 $X backend 127.0.0.1:19000 &
-//! taskset -c 1 $X proxy uring 127.0.0.1:19001 127.0.0.1:19000 30 &   # or epoll; 30 s
+//! taskset -c 1 $X proxy uring 127.0.0.1:19001 127.0.0.1:19000 30 spin &  # or epoll; 30 s;
+//!                                                    # idle: spin | adaptive | park
 //! taskset -c 0 $X client 127.0.0.1:19000 20000      # direct
 //! taskset -c 0 $X client 127.0.0.1:19001 20000      # through tickmesh
 //! $X idle-mem 127.0.0.1:19001 1000 <proxy pid>      # RSS per idle connection
@@ -40,6 +41,7 @@ fn main() -> anyhow::Result<()> {
             arg(2)?.parse()?,
             arg(3)?.parse()?,
             arg(4)?.parse()?,
+            args.get(5).map_or("spin", String::as_str),
         ),
         "client" => client(arg(1)?.parse()?, arg(2)?.parse()?),
         "idle-mem" => idle_mem(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
@@ -64,7 +66,18 @@ fn backend(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proxy(engine: &str, listen: SocketAddr, to: SocketAddr, secs: u64) -> anyhow::Result<()> {
+fn proxy(
+    engine: &str,
+    listen: SocketAddr,
+    to: SocketAddr,
+    secs: u64,
+    idle: &str,
+) -> anyhow::Result<()> {
+    let idle = match idle {
+        "spin" => Idle::Spin,
+        "park" => Idle::Park,
+        _ => Idle::Adaptive,
+    };
     let kind = match engine {
         "uring" => EngineKind::Uring,
         "epoll" => EngineKind::Epoll,
@@ -82,8 +95,8 @@ fn proxy(engine: &str, listen: SocketAddr, to: SocketAddr, secs: u64) -> anyhow:
             kind,
             workers: 1,
             pin: true,
-            idle: Idle::Spin,
-            spin: Duration::ZERO,
+            idle,
+            spin: Duration::from_micros(50),
         },
         routes,
     )?;
