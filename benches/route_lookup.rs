@@ -57,7 +57,8 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     let t = routes.load();
                     let l = &t.listeners[0];
-                    let ci = l.target.pick(lb.next_u32());
+                    // Always Some for a TCP listener with a route.
+                    let ci = l.target.as_ref().map_or(0, |t| t.pick(lb.next_u32()));
                     let cl = &t.clusters[ci];
                     black_box(cl.pick(&mut lb, &mut cursor, black_box(src), 0, 0))
                 })

@@ -197,7 +197,12 @@ impl Conn {
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
         *cx.open += 1;
-        self.cluster = l.target.pick(cx.lb.next_u32()) as u32;
+        let Some(target) = l.target.as_ref() else {
+            // An http listener with no TCP fallback: nothing to send opaque TCP to.
+            l.stats.inc(cx.worker, L::NoUpstream);
+            return self.close(slot, cx, io);
+        };
+        self.cluster = target.pick(cx.lb.next_u32()) as u32;
         let cl = &table.clusters[self.cluster as usize];
         self.cstats = Some(cl.stats.clone());
         if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
@@ -226,8 +231,9 @@ impl Conn {
                 // ClusterEntry::pick walks `attempt` past the balancer's choice, but the
                 // balancer itself moves on between calls (round robin), so we pin the
                 // first choice and walk from it ourselves.
+                // `n > 0`, so the cluster has endpoints and pick answers.
                 let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
-                    break; // no endpoints (e.g. DNS has none yet)
+                    break;
                 };
                 self.first_endpoint = first as u32;
                 self.first_endpoint

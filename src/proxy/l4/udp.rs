@@ -170,7 +170,7 @@ impl Udp {
         io: &mut impl Io,
     ) -> Option<u32> {
         let le = &table.listeners[entry];
-        let ci = le.target.pick(lb.next_u32());
+        let ci = le.target.as_ref()?.pick(lb.next_u32());
         let cl = &table.clusters[ci];
         let mut scratch = 0;
         let cur = super::cursor(cursors, &mut scratch, ci);
