@@ -64,7 +64,14 @@ fn tiny_bench_reports_every_request_and_the_schema() {
     );
     assert!(ok, "{text}");
     assert_eq!(r["schema"], "tickmesh-bench/1");
-    for k in ["cpu_model", "nproc", "kernel", "memory_kib", "os"] {
+    for k in [
+        "cpu_model",
+        "nproc",
+        "kernel",
+        "memory_kib",
+        "os",
+        "load_average",
+    ] {
         assert!(!r["machine"][k].is_null(), "machine.{k}");
     }
     assert_eq!(r["settings"]["workload"], "tcp-echo");

@@ -503,8 +503,16 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(md, "# tickmesh bench report\n");
     let _ = writeln!(
         md,
-        "Generated {} by tickmesh {}. Machine: {} ({} CPUs), {}, {}.\n",
-        r.generated_at, r.tickmesh_version, m.cpu_model, m.nproc, m.kernel, m.os
+        "Generated {} by tickmesh {}. Machine: {} ({} CPUs), {}, {}; load average at start {:.2} / {:.2} / {:.2} (1/5/15 min).\n",
+        r.generated_at,
+        r.tickmesh_version,
+        m.cpu_model,
+        m.nproc,
+        m.kernel,
+        m.os,
+        m.load_average[0],
+        m.load_average[1],
+        m.load_average[2]
     );
     let _ = writeln!(
         md,
