@@ -36,6 +36,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// See tickmesh work: echo backends, the daemon, traffic, a live route change.
     Demo(DemoArgs),
+    /// Show and tune the NIC: offloads, queues, coalescing, RSS, IRQs, busy polling, hugepages, vfio.
+    Nic(crate::nic::NicArgs),
     /// Measure latency/throughput through tickmesh, HAProxy, nginx and the floor, side by side.
     Bench(tickmesh_perf::BenchArgs),
 }
@@ -229,6 +231,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => crate::control::client::stats(&a),
         Command::Validate(a) => validate(&a),
         Command::Demo(a) => crate::demo::run(&a),
+        Command::Nic(a) => crate::nic::run(&a),
         Command::Bench(a) => tickmesh_perf::run(&a, env!("CARGO_PKG_VERSION")),
     }
 }
