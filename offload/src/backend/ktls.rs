@@ -106,7 +106,6 @@ pub fn attach_ulp(fd: RawFd) -> Result<(), KtlsError> {
 
 /// Hand one direction's keys to the kernel. From here on the kernel seals (`Tx`) or opens
 /// (`Rx`) records on this socket; `keys.seq` must be the next record's sequence number.
-#[allow(unsafe_code)]
 pub fn install_keys(
     fd: RawFd,
     dir: Direction,
