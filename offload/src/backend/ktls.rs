@@ -13,7 +13,8 @@
 //! per record, where rustls (and we) XOR the sequence number in. We hand it our next
 //! record's explicit nonce, so the first kernel record matches ours and later ones may
 //! differ in the explicit nonce only; both are valid (the peer reads the explicit nonce
-//! from the record, and each stays unique per key).
+//! from the record, and each stays unique per key). Not verified on this kernel (no `tls`
+//! module); `tests/ktls.rs` checks it where the module exists.
 
 use std::io;
 use std::os::fd::RawFd;
