@@ -6,7 +6,12 @@
 //! wrappers live in tickmesh's `engine::dpdk` (ports, mbufs) and `tickmesh-offload`
 //! (cryptodev). Never add logic here.
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 #[cfg(dpdk_sys_missing)]

@@ -29,7 +29,9 @@ fn eal_net_null_burst_through_the_shim() {
     // SAFETY: argv points at NUL-terminated strings that outlive the call; first EAL init
     // in this process.
     let rc = unsafe { rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
-    assert!(rc >= 0, "rte_eal_init failed: errno {}", unsafe { tm_rte_errno() });
+    assert!(rc >= 0, "rte_eal_init failed: errno {}", unsafe {
+        tm_rte_errno()
+    });
     // SAFETY: EAL is initialised; all calls below follow the ethdev set-up order.
     unsafe {
         assert_eq!(rte_eth_dev_count_avail(), 1);
@@ -45,7 +47,10 @@ fn eal_net_null_burst_through_the_shim() {
         assert!(!pool.is_null());
         let conf = rte_eth_conf::default();
         assert_eq!(rte_eth_dev_configure(0, 1, 1, &conf), 0);
-        assert_eq!(rte_eth_rx_queue_setup(0, 0, 256, 0, std::ptr::null(), pool), 0);
+        assert_eq!(
+            rte_eth_rx_queue_setup(0, 0, 256, 0, std::ptr::null(), pool),
+            0
+        );
         assert_eq!(rte_eth_tx_queue_setup(0, 0, 256, 0, std::ptr::null()), 0);
         assert_eq!(rte_eth_dev_start(0), 0);
         let mut bufs = [std::ptr::null_mut::<rte_mbuf>(); 32];

@@ -9,7 +9,9 @@ mod load;
 mod model;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
-pub use model::{Cluster, Config, Endpoint, LbPolicy, Listener, Protocol, WeightedCluster};
+pub use model::{
+    Cluster, Config, Endpoint, Forwarding, LbPolicy, Listener, Protocol, WeightedCluster,
+};
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.
 pub const DEFAULT_CONFIG: &str = include_str!("default.yaml");

@@ -3,6 +3,8 @@
 //! (interface fixed by the foundation; the `uring` and `epoll` engines land in
 //! `engine/uring` and `engine/epoll`.)
 
+pub mod dpdk;
+
 use std::sync::Arc;
 use std::time::Duration;
 
