@@ -20,6 +20,9 @@ pub enum EngineKind {
     Auto,
     Uring,
     Epoll,
+    /// Poll-mode NIC queues: the L4 packet load balancer (feature `dpdk`).
+    #[cfg(feature = "dpdk")]
+    Dpdk,
 }
 
 /// What a worker does when it has nothing to do.

@@ -70,7 +70,7 @@ impl Hasher for IntHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0 << 8 | self.0 >> 56) ^ u64::from(b);
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
     fn write_u64(&mut self, i: u64) {
@@ -556,7 +556,7 @@ impl LbWorker {
             dst_port: l4.dst_port(),
         };
         if let Some(&v) = t.by_vip.get(&pack(dst, flow.dst_port, protocol)) {
-            return self.to_backend(t, port, pkt, &flow, v, total, now_ms);
+            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms);
         }
         if t.vip_ips.contains_key(&dst_key) {
             st.inc(w, C::DropUnknownVip);
@@ -608,7 +608,7 @@ impl LbWorker {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn to_backend(
+    fn forward_to_backend(
         &mut self,
         t: &LbTable,
         port: &PortCtx,
