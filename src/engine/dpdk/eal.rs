@@ -130,6 +130,7 @@ pub fn explain(errno: i32, args: &[String], no_huge: bool) -> String {
         libc::ENODEV | libc::ENOEXEC | libc::ENOTSUP => "a device could not be probed: check each --dpdk-vdev string (e.g. `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`, `net_tap0,iface=dtap0`) and --dpdk-allow address; the EAL's own message above names the device".to_string(),
         libc::EINVAL => "invalid EAL arguments (see the EAL's message above): check --dpdk-lcores, --dpdk-vdev and --dpdk-eal-arg".to_string(),
         libc::EFAULT | libc::EPROTO => "the EAL could not set up memory or its bus (see the EAL's message above); with hugepages try --dpdk-no-huge, or free stale /dev/hugepages/*rtemap* files".to_string(),
+        0 => "see the EAL's message above; if it says another primary process is running, a DPDK process with the same --dpdk-file-prefix is still alive: stop it or pick another prefix".to_string(),
         _ => format!("{} (see the EAL's message above)", strerror(errno)),
     };
     format!("DPDK EAL failed to start: {cause}. EAL arguments: `{line}`")
