@@ -764,5 +764,66 @@ impl PacketBuf for VecPacket {
     }
 }
 
+/// The fuzz target's body (`fuzz/fuzz_targets/packet.rs`): run `frame` through a fixed
+/// table with DNAT, IPIP and UDP VIPs; panic only if a forwarded frame does not parse.
+/// Allocates and locks: for fuzzing and tests, never the data path.
+#[doc(hidden)]
+pub fn fuzz_one(frame: &[u8]) {
+    use std::sync::{Mutex, OnceLock};
+    struct Fixture {
+        table: LbTable,
+        port: Arc<PortStats>,
+        worker: Mutex<LbWorker>,
+    }
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    let f = FIXTURE.get_or_init(|| {
+        let cfg = crate::config::parse(FUZZ_CONFIG, crate::config::Format::Yaml)
+            .expect("the fuzz fixture config is valid");
+        let stats = StatsRegistry::new(1);
+        let addressing = LbAddressing {
+            local_ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            tunnel_src: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            neighbors: vec![(Ipv4Addr::new(10, 1, 0, 1), [2, 0, 0, 0, 1, 1])],
+            gateway: Some([2, 0, 0, 0, 0, 0xfe]),
+        };
+        Fixture {
+            table: LbTable::compile(&cfg, &addressing, 1, &stats)
+                .expect("the fuzz fixture compiles"),
+            port: stats.port("fuzz"),
+            worker: Mutex::new(LbWorker::new(0, 1024)),
+        }
+    });
+    let mut pkt = VecPacket::new(frame, 64);
+    let ctx = PortCtx {
+        mac: [2, 0, 0, 0, 0, 1],
+        stats: &f.port,
+    };
+    let mut w = f.worker.lock().unwrap_or_else(|p| p.into_inner());
+    if w.process(&f.table, &ctx, &mut pkt, 1) == Verdict::Forward {
+        let out = pkt.frame();
+        let eth = EthernetFrame::new_checked(out).expect("forwarded frame has an Ethernet header");
+        if eth.ethertype() == ETHERTYPE_IPV4 {
+            let ip = Ipv4Packet::new_checked(eth.payload()).expect("forwarded IPv4 parses");
+            assert!(
+                ip.verify_checksum(),
+                "forwarded IPv4 header checksum is valid"
+            );
+        } else {
+            ArpPacket::new_checked(eth.payload()).expect("forwarded ARP parses");
+        }
+    }
+}
+
+const FUZZ_CONFIG: &str = r#"
+listeners:
+  - {name: web, address: "10.0.0.100:80", cluster: pool}
+  - {name: dns, address: "10.0.0.100:53", protocol: udp, cluster: dnspool}
+  - {name: dsr, address: "10.0.0.101:443", cluster: tunnel, forwarding: ipip}
+clusters:
+  - {name: pool, endpoints: ["10.1.0.1:8080", "10.1.0.2:8080"]}
+  - {name: dnspool, endpoints: ["10.2.0.1:5353"]}
+  - {name: tunnel, endpoints: ["10.3.0.1:443", "10.3.0.2:443"]}
+"#;
+
 #[cfg(test)]
 mod tests;

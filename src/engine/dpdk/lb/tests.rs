@@ -473,3 +473,26 @@ clusters:
         LbTable::compile(&config(1, "ipip"), &no_tunnel, 1, &StatsRegistry::new(1)).unwrap_err();
     assert!(e.to_string().contains("--dpdk-tunnel-src"), "{e}");
 }
+
+#[test]
+fn fuzz_corpus_replays_without_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/packet");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("the committed fuzz corpus") {
+        let frame = std::fs::read(e.unwrap().path()).unwrap();
+        fuzz_one(&frame);
+        // Every truncation and every single-byte corruption of it, too.
+        for cut in 0..frame.len() {
+            fuzz_one(&frame[..cut]);
+        }
+        for i in 0..frame.len() {
+            for x in [0x01u8, 0x80, 0xff] {
+                let mut f = frame.clone();
+                f[i] ^= x;
+                fuzz_one(&f);
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 10, "corpus has {n} files");
+}
