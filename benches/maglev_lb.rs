@@ -49,7 +49,9 @@ fn syn(src_port: u16) -> Vec<u8> {
     let mut f = vec![0u8; 54];
     f[12] = 0x08;
     let ip = &mut f[14..34];
-    ip.copy_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 7, 10, 0, 0, 100]);
+    ip.copy_from_slice(&[
+        0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 7, 10, 0, 0, 100,
+    ]);
     let s = tickmesh::engine::dpdk::wire::ones_sum(ip);
     ip[10..12].copy_from_slice(&(!s).to_be_bytes());
     f[34..36].copy_from_slice(&src_port.to_be_bytes());

@@ -65,6 +65,10 @@ pub struct DpdkArgs {
     /// Flow-table entries per worker.
     #[arg(long, value_name = "N", default_value_t = 1 << 18)]
     pub dpdk_flows: usize,
+    /// Benchmark only: at start, send N TCP frames (N flows) to the first VIP out of each
+    /// data port, for loopback devices (net_ring) where they then circulate.
+    #[arg(long, value_name = "N", hide = true)]
+    pub dpdk_bench_prime: Option<usize>,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

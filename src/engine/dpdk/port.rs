@@ -55,6 +55,22 @@ impl Mempool {
         }
     }
 
+    /// A fresh mbuf holding a copy of `frame`, or `None` when the pool is empty or the
+    /// frame does not fit one segment. Control path only (set-up, benchmarks).
+    pub fn alloc_frame(&self, frame: &[u8]) -> Option<Mbuf> {
+        let len = u16::try_from(frame.len()).ok()?;
+        // SAFETY: a valid pool; the returned mbuf is owned by us.
+        let m = NonNull::new(unsafe { sys::tm_pktmbuf_alloc(self.raw.as_ptr()) })?;
+        let mut m = Mbuf(m);
+        // SAFETY: owned mbuf; append checks tailroom and returns NULL without it.
+        let p = unsafe { sys::tm_pktmbuf_append(m.0.as_ptr(), len) };
+        if p.is_null() {
+            return None;
+        }
+        m.data().copy_from_slice(frame);
+        Some(m)
+    }
+
     pub fn as_ptr(&self) -> *mut sys::rte_mempool {
         self.raw.as_ptr()
     }
@@ -274,10 +290,9 @@ impl Burst {
     #[inline]
     pub fn prefetch(&self, i: usize) {
         if i < self.len {
-            let m = self.bufs[i];
-            // SAFETY: a received mbuf below len is valid; mtod only computes an address,
-            // and prefetching any address is harmless.
-            unsafe { sys::tm_prefetch0(sys::tm_pktmbuf_mtod(m)) }
+            // SAFETY: a received mbuf below len is valid; computing its data address reads
+            // only the mbuf header, and prefetching any address is harmless.
+            unsafe { prefetch0(mtod(self.bufs[i])) }
         }
     }
 
@@ -310,7 +325,7 @@ impl Burst {
         let mut bytes = 0u64;
         for &m in &self.bufs[..self.len] {
             // SAFETY: queued mbufs are valid until handed to the driver below.
-            bytes += u64::from(unsafe { sys::tm_pktmbuf_pkt_len(m) });
+            bytes += u64::from(unsafe { (*m).pkt_len });
         }
         // SAFETY: this worker owns TX queue `queue` on `port`; the driver takes ownership of
         // the first `sent` mbufs.
@@ -343,6 +358,31 @@ impl Drop for Burst {
     }
 }
 
+/// `rte_pktmbuf_mtod` without a call into the shim: `buf_addr + data_off` (rte_mbuf.h).
+///
+/// # Safety
+/// `m` must point at a valid mbuf.
+#[inline(always)]
+unsafe fn mtod(m: *mut sys::rte_mbuf) -> *mut u8 {
+    // SAFETY: the caller guarantees `m` is valid; the sum stays inside its buffer.
+    unsafe { ((*m).buf_addr as *mut u8).add(usize::from((*m).data_off)) }
+}
+
+/// `rte_prefetch0` as an intrinsic on x86-64 (the shim's call costs more than the hint).
+#[inline(always)]
+fn prefetch0(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above.
+    unsafe {
+        sys::tm_prefetch0(p.cast())
+    }
+}
+
 /// One owned mbuf. Freed on drop unless handed to a TX burst.
 pub struct Mbuf(NonNull<sys::rte_mbuf>);
 
@@ -354,7 +394,7 @@ impl Mbuf {
     }
     pub fn len(&self) -> usize {
         // SAFETY: an owned, valid mbuf.
-        usize::from(unsafe { sys::tm_pktmbuf_data_len(self.0.as_ptr()) })
+        usize::from(unsafe { (*self.0.as_ptr()).data_len })
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -367,10 +407,7 @@ impl PacketBuf for Mbuf {
         let m = self.0.as_ptr();
         // SAFETY: we own the mbuf; its first segment holds data_len bytes at mtod. Only
         // the first segment is exposed (RX without scatter never chains segments).
-        unsafe {
-            let p = sys::tm_pktmbuf_mtod(m) as *mut u8;
-            std::slice::from_raw_parts_mut(p, usize::from(sys::tm_pktmbuf_data_len(m)))
-        }
+        unsafe { std::slice::from_raw_parts_mut(mtod(m), usize::from((*m).data_len)) }
     }
     #[inline]
     fn prepend(&mut self, n: usize) -> bool {

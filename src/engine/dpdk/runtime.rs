@@ -226,6 +226,11 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
             .context("spawning the control thread")?
     };
 
+    if let Some(n) = d.dpdk_bench_prime {
+        prime(&engine, n)?;
+    }
+    let started = std::time::Instant::now();
+
     // Worker 0 runs on the main lcore; the others on the EAL's worker lcores.
     let mut ctxs = ctxs.into_iter();
     let main_ctx = ctxs.next().expect("workers >= 1");
@@ -261,7 +266,7 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     let _ = ctl.join();
     drop(main_ctx);
 
-    let report = report(&engine);
+    let report = report(&engine, started.elapsed());
     println!("{report}");
     // Drop order: ports (stop, close), pools, then EAL cleanup.
     match Arc::try_unwrap(engine) {
@@ -283,6 +288,9 @@ fn now_ms(hz: u64) -> u64 {
     let c = unsafe { sys::tm_get_tsc_cycles() };
     c / (hz / 1000).max(1)
 }
+
+/// How many frames ahead of the one being processed the loop prefetches.
+const PREFETCH: usize = 4;
 
 fn worker_loop(ctx: &WorkerCtx) {
     let w = ctx.worker;
@@ -307,11 +315,11 @@ fn worker_loop(ctx: &WorkerCtx) {
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
             let mut bytes = 0u64;
-            for i in 0..3.min(n) {
+            for i in 0..PREFETCH.min(n) {
                 rx.prefetch(i);
             }
             for i in 0..n {
-                rx.prefetch(i + 3);
+                rx.prefetch(i + PREFETCH);
                 let mut m = rx.take(i);
                 bytes += m.len() as u64;
                 match lb.process(&table, &pctx, &mut m, now) {
@@ -367,6 +375,69 @@ fn worker_loop(ctx: &WorkerCtx) {
     }
 }
 
+/// Benchmark priming: `n` distinct TCP flows to the first VIP, sent once out of every
+/// data port. On a loopback device they come back and circulate through the balancer.
+fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
+    let table = e.tables.load();
+    let Some(vip) = table.vips.first() else {
+        bail!("--dpdk-bench-prime needs a listener (VIP) in the config");
+    };
+    let proto = vip.protocol;
+    for p in &e.ports {
+        let pool = e
+            ._pools
+            .iter()
+            .find(|m| m.socket == p.socket)
+            .expect("every port has a pool");
+        let mut sent = 0;
+        while sent < n {
+            let mut burst = Burst::default();
+            while !burst.is_full() && sent < n {
+                let f = bench_frame(p.mac, proto, sent as u32, *vip.addr.ip(), vip.addr.port());
+                let m = pool
+                    .alloc_frame(&f)
+                    .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while priming"))?;
+                burst.push(m);
+                sent += 1;
+            }
+            let (_, _, dropped) = burst.tx(p.id, 0);
+            if dropped > 0 {
+                bail!(
+                    "port {} took only part of the priming burst: ask for fewer frames",
+                    p.name
+                );
+            }
+        }
+    }
+    tracing::info!("dpdk: primed {n} frames per port");
+    Ok(())
+}
+
+/// A 64-byte (60 + FCS) TCP or UDP frame from 198.18.x.y (flow `i`) to `vip`.
+fn bench_frame(mac: [u8; 6], proto: u8, i: u32, vip: std::net::Ipv4Addr, port: u16) -> Vec<u8> {
+    use super::wire::{emit_ipv4_header, l4_checksum};
+    let src = std::net::Ipv4Addr::from(0xc612_0000u32 + (i & 0xffff));
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&mac);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let l4_len = 60 - 34;
+    emit_ipv4_header(&mut f[14..], 0, (20 + l4_len) as u16, proto, src, vip);
+    f[34..36].copy_from_slice(&(1024 + (i >> 16) as u16).to_be_bytes());
+    f[36..38].copy_from_slice(&port.to_be_bytes());
+    let at = if proto == super::wire::PROTO_TCP {
+        f[46] = 0x50;
+        f[47] = 0x10; // ACK
+        50
+    } else {
+        f[38..40].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        40
+    };
+    let c = l4_checksum(src, vip, proto, &f[34..]);
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 fn mac_str(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
@@ -376,7 +447,7 @@ fn mac_str(m: &[u8; 6]) -> String {
 
 /// Counters as JSON: every port/VIP/backend block (totals and per queue) and the driver's
 /// own port counters.
-fn report(e: &DpdkEngine) -> String {
+fn report(e: &DpdkEngine, ran: Duration) -> String {
     let mut counters = serde_json::Map::new();
     for (name, r) in e.stats.packet_reports() {
         let totals: serde_json::Map<String, serde_json::Value> = r
@@ -400,5 +471,5 @@ fn report(e: &DpdkEngine) -> String {
             )
         })
         .collect();
-    serde_json::json!({"engine": "dpdk", "counters": counters, "ports": hw}).to_string()
+    serde_json::json!({"engine": "dpdk", "run_seconds": ran.as_secs_f64(), "counters": counters, "ports": hw}).to_string()
 }
