@@ -36,6 +36,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// See tickmesh work: echo backends, the daemon, traffic, a live route change.
     Demo(DemoArgs),
+    /// Measure latency/throughput through tickmesh, HAProxy, nginx and the floor, side by side.
+    Bench(tickmesh_perf::BenchArgs),
 }
 
 /// Where the control socket is: `$XDG_RUNTIME_DIR/tickmesh/control.sock`, else
@@ -65,7 +67,8 @@ pub struct RunArgs {
     /// Config file (YAML or TOML). Without it: the persisted config, else the embedded default.
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where accepted configs are persisted [default: next to the control socket]
+    /// Where accepted configs are persisted [default: the --control socket's directory when
+    /// --control is given; else /var/lib/tickmesh as root, ~/.local/state/tickmesh otherwise]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -230,5 +233,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => crate::control::client::stats(&a),
         Command::Validate(a) => validate(&a),
         Command::Demo(a) => crate::demo::run(&a),
+        Command::Bench(a) => tickmesh_perf::run(&a, env!("CARGO_PKG_VERSION")),
     }
 }

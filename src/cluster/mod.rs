@@ -6,6 +6,7 @@
 //! cursor), so picking never locks, never allocates, and never touches another worker's
 //! memory except to read the endpoint counters for `least_request`.
 
+pub mod dns;
 pub mod maglev;
 
 use std::net::SocketAddr;
@@ -36,9 +37,14 @@ pub enum Balancer {
 const MAX_SCHEDULE: u64 = 1 << 16;
 
 impl Balancer {
+    /// Build for a cluster's endpoints. An empty cluster gets an empty round-robin
+    /// schedule; callers check for no endpoints before picking.
     pub fn build(policy: LbPolicy, endpoints: &[SocketAddr], weights: &[u32]) -> Balancer {
         debug_assert_eq!(endpoints.len(), weights.len());
         match policy {
+            _ if endpoints.is_empty() => Balancer::RoundRobin {
+                schedule: Box::new([]),
+            },
             LbPolicy::RoundRobin => Balancer::RoundRobin {
                 schedule: smooth_schedule(weights),
             },
@@ -48,7 +54,9 @@ impl Balancer {
             LbPolicy::Random => Balancer::Random {
                 cumulative: cumulative(weights),
             },
-            LbPolicy::Maglev => {
+            // Ring hash is served by the Maglev table: both are consistent hashing, and
+            // Maglev's lookup is one array read instead of a ring search.
+            LbPolicy::Maglev | LbPolicy::RingHash => {
                 let keys: Vec<Vec<u8>> = endpoints
                     .iter()
                     .map(|e| e.to_string().into_bytes())

@@ -4,7 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use super::model::{Config, Protocol};
+use serde::Deserialize;
+
+use super::envoy::{Bootstrap, EnvoyCluster};
+use super::http::RouteConfig;
+use super::istio::{DestinationRule, PeerAuthentication, VirtualService};
+use super::model::{Config, Discovery, EndpointAddress, Protocol};
 
 /// Which syntax a config text is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -90,39 +95,206 @@ pub fn parse(text: &str, format: Format) -> Result<Config, ConfigError> {
 
 /// Syntax and shape only (no cross-reference checks): what an `apply` patch must pass
 /// before it is merged into the running config and validated as a whole.
+///
+/// A YAML text may hold several documents (`---`), each one of: the native shape
+/// (`listeners`/`clusters`/`route_configs`/…), an Istio resource (`apiVersion` + `kind`:
+/// `VirtualService`, `DestinationRule`, `PeerAuthentication`), an Envoy route configuration
+/// (`name` + `virtual_hosts` or `routes`), an Envoy bootstrap (`static_resources.clusters`),
+/// or the seed's Envoy cluster list (`cluster:`).
 pub fn parse_only(text: &str, format: Format) -> Result<Config, ConfigError> {
+    let mut out = Config::default();
     match format {
         Format::Yaml => {
-            if text.trim().is_empty() {
-                return Ok(Config::default());
-            }
-            serde_yaml::from_str(text).map_err(|e| {
-                let line = e.location().map(|l| l.line());
-                // serde_yaml's message already carries the field path ("listeners[0]: …").
-                let message = e.to_string();
-                let message = match message.rfind(" at line ") {
-                    Some(i) => message[..i].to_string(),
-                    None => message,
+            for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+                let value =
+                    serde_yaml::Value::deserialize(doc).map_err(|e| yaml_error(text, e, None))?;
+                let keys: Vec<&str> = match &value {
+                    serde_yaml::Value::Null => continue,
+                    serde_yaml::Value::Mapping(m) => m.keys().filter_map(|k| k.as_str()).collect(),
+                    _ => Vec::new(),
                 };
-                ConfigError {
-                    problems: vec![Problem {
-                        path: String::new(),
-                        line,
-                        message,
-                    }],
-                }
-            })
-        }
-        Format::Toml => toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| line_of(text, s.start));
-            ConfigError {
-                problems: vec![Problem {
-                    path: String::new(),
-                    line,
-                    message: e.message().trim().to_string(),
-                }],
+                let kind = DocKind::classify(&keys, value.get("kind").and_then(|k| k.as_str()))
+                    .map_err(|m| ConfigError {
+                        problems: vec![Problem {
+                            path: String::new(),
+                            line: doc_line(text, i),
+                            message: m,
+                        }],
+                    })?;
+                // Deserialize the same document again into its typed shape, so errors keep
+                // their line numbers. (The iterator yields it again; it cannot be missing.)
+                let Some(doc) = serde_yaml::Deserializer::from_str(text).nth(i) else {
+                    continue;
+                };
+                kind.read(doc, &mut out)
+                    .map_err(|e| yaml_error(text, e, Some(kind)))?;
             }
-        }),
+        }
+        Format::Toml => {
+            let table: toml::Table = toml::from_str(text).map_err(|e| toml_error(text, e))?;
+            let keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+            let kind = DocKind::classify(&keys, table.get("kind").and_then(|k| k.as_str()))
+                .map_err(|m| ConfigError::one("", m))?;
+            kind.read(toml::Deserializer::new(text), &mut out)
+                .map_err(|e| toml_error(text, e))?;
+        }
+    }
+    Ok(out)
+}
+
+/// What one document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DocKind {
+    Native,
+    VirtualService,
+    DestinationRule,
+    PeerAuthentication,
+    EnvoyRouteConfig,
+    EnvoyBootstrap,
+    EnvoyClusterList,
+}
+
+impl DocKind {
+    fn classify(keys: &[&str], kind: Option<&str>) -> Result<DocKind, String> {
+        let has = |k: &str| keys.contains(&k);
+        if has("apiVersion") || has("kind") {
+            return match kind {
+                Some("VirtualService") => Ok(DocKind::VirtualService),
+                Some("DestinationRule") => Ok(DocKind::DestinationRule),
+                Some("PeerAuthentication") => Ok(DocKind::PeerAuthentication),
+                Some(other) => Err(format!(
+                    "kind `{other}` is not supported (VirtualService, DestinationRule, PeerAuthentication)"
+                )),
+                None => Err("a document with `apiVersion` needs a `kind`".into()),
+            };
+        }
+        if has("static_resources") {
+            return Ok(DocKind::EnvoyBootstrap);
+        }
+        if has("cluster") && !has("listeners") && !has("clusters") {
+            return Ok(DocKind::EnvoyClusterList);
+        }
+        if has("name") && (has("virtual_hosts") || has("routes")) {
+            return Ok(DocKind::EnvoyRouteConfig);
+        }
+        Ok(DocKind::Native)
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            DocKind::Native => "config",
+            DocKind::VirtualService => "VirtualService",
+            DocKind::DestinationRule => "DestinationRule",
+            DocKind::PeerAuthentication => "PeerAuthentication",
+            DocKind::EnvoyRouteConfig => "Envoy route configuration",
+            DocKind::EnvoyBootstrap => "Envoy bootstrap",
+            DocKind::EnvoyClusterList => "Envoy cluster list",
+        }
+    }
+
+    fn read<'de, D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+        out: &mut Config,
+    ) -> Result<(), D::Error> {
+        use serde::de::Error;
+        use serde::Deserialize;
+        let clusters =
+            |list: Vec<EnvoyCluster>, at: &str, out: &mut Config| -> Result<(), D::Error> {
+                for (i, c) in list.iter().enumerate() {
+                    out.clusters.push(c.to_native().map_err(|(field, m)| {
+                        D::Error::custom(format!("{at}[{i}].{field}: {m}"))
+                    })?);
+                }
+                Ok(())
+            };
+        match self {
+            DocKind::Native => {
+                let c = Config::deserialize(d)?;
+                out.listeners.extend(c.listeners);
+                out.clusters.extend(c.clusters);
+                out.route_configs.extend(c.route_configs);
+                out.virtual_services.extend(c.virtual_services);
+                out.destination_rules.extend(c.destination_rules);
+                out.peer_authentications.extend(c.peer_authentications);
+            }
+            DocKind::VirtualService => out.virtual_services.push(VirtualService::deserialize(d)?),
+            DocKind::DestinationRule => {
+                out.destination_rules.push(DestinationRule::deserialize(d)?)
+            }
+            DocKind::PeerAuthentication => out
+                .peer_authentications
+                .push(PeerAuthentication::deserialize(d)?),
+            DocKind::EnvoyRouteConfig => out.route_configs.push(RouteConfig::deserialize(d)?),
+            DocKind::EnvoyBootstrap => clusters(
+                Bootstrap::deserialize(d)?.static_resources.clusters,
+                "static_resources.clusters",
+                out,
+            )?,
+            DocKind::EnvoyClusterList => {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct List {
+                    cluster: Vec<EnvoyCluster>,
+                }
+                clusters(List::deserialize(d)?.cluster, "cluster", out)?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The line a YAML document starts on (its first non-comment content).
+fn doc_line(text: &str, index: usize) -> Option<usize> {
+    let mut doc = 0;
+    let mut seen_content = false;
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("---") {
+            if seen_content || n > 0 {
+                doc += 1;
+            }
+            seen_content = false;
+            continue;
+        }
+        let t = line.trim();
+        if doc == index && !t.is_empty() && !t.starts_with('#') {
+            return Some(n + 1);
+        }
+        if !t.is_empty() && !t.starts_with('#') {
+            seen_content = true;
+        }
+    }
+    None
+}
+
+fn yaml_error(_text: &str, e: serde_yaml::Error, kind: Option<DocKind>) -> ConfigError {
+    let line = e.location().map(|l| l.line());
+    // serde_yaml's message already carries the field path ("listeners[0]: …").
+    let message = e.to_string();
+    let mut message = match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    };
+    if let Some(k) = kind.filter(|k| *k != DocKind::Native) {
+        message = format!("{}: {message}", k.label());
+    }
+    ConfigError {
+        problems: vec![Problem {
+            path: String::new(),
+            line,
+            message,
+        }],
+    }
+}
+
+fn toml_error(text: &str, e: toml::de::Error) -> ConfigError {
+    let line = e.span().map(|s| line_of(text, s.start));
+    ConfigError {
+        problems: vec![Problem {
+            path: String::new(),
+            line,
+            message: e.message().trim().to_string(),
+        }],
     }
 }
 
@@ -183,16 +355,35 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     format!("weight {} is out of range 1..=10000", e.weight),
                 );
             }
-            if !seen.insert(e.address) {
+            if !seen.insert(e.address.clone()) {
                 bad(
                     format!("{at}.endpoints[{j}]"),
                     format!("endpoint {} is listed twice", e.address),
                 );
             }
-            if e.address.port() == 0 || e.address.ip().is_unspecified() {
-                bad(
+            match &e.address {
+                EndpointAddress::Ip(a) if a.port() == 0 || a.ip().is_unspecified() => {
+                    bad(format!("{at}.endpoints[{j}]"), format!("endpoint {a} is not a connectable address"))
+                }
+                EndpointAddress::Dns { port: 0, .. } => {
+                    bad(format!("{at}.endpoints[{j}]"), format!("endpoint {} has port 0", e.address))
+                }
+                EndpointAddress::Dns { host, .. } if c.discovery == Discovery::Static => bad(
                     format!("{at}.endpoints[{j}]"),
-                    format!("endpoint {} is not a connectable address", e.address),
+                    format!("`{host}` is a name, not an address: give the cluster `type: strict_dns` to resolve it"),
+                ),
+                _ => {}
+            }
+        }
+        if let Some(p) = c
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| o.max_ejection_percent)
+        {
+            if p > 100 {
+                bad(
+                    format!("{at}.outlier_detection.max_ejection_percent"),
+                    format!("{p} is over 100"),
                 );
             }
         }
@@ -250,9 +441,20 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 at.clone(),
                 "set either `cluster` or `weighted_clusters`, not both".into(),
             ),
-            (None, true) => bad(
+            (None, true) if l.protocol != Protocol::Http => bad(
                 at.clone(),
                 "a listener needs `cluster` or `weighted_clusters`".into(),
+            ),
+            _ => {}
+        }
+        match (&l.route_config, l.protocol) {
+            (Some(_), Protocol::Tcp | Protocol::Udp) => bad(
+                format!("{at}.route_config"),
+                format!("`route_config` needs `protocol: http`, not {}", l.protocol),
+            ),
+            (Some(r), Protocol::Http) if !cfg.route_configs.iter().any(|c| &c.name == r) => bad(
+                format!("{at}.route_config"),
+                format!("route configuration `{r}` is not defined"),
             ),
             _ => {}
         }
@@ -296,6 +498,8 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             );
         }
     }
+
+    super::check_l7::check(cfg, &mut bad);
 
     if problems.is_empty() {
         Ok(())

@@ -5,12 +5,17 @@
 //! merge rules. Never touches sockets or the data plane: `route::compile` turns a valid
 //! [`Config`] into the runtime snapshot.
 
+mod check_l7;
+pub mod envoy;
+pub mod http;
+pub mod istio;
 mod load;
 mod model;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
-    Cluster, Config, Endpoint, Forwarding, LbPolicy, Listener, Protocol, WeightedCluster,
+    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
+    Listener, OutlierDetection, Protocol, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.
@@ -26,6 +31,15 @@ pub enum Kind {
     Listener,
     #[value(alias = "clusters")]
     Cluster,
+    /// An HTTP route configuration.
+    #[value(alias = "route_config", alias = "routeconfig")]
+    RouteConfig,
+    #[value(alias = "virtualservice", alias = "vs")]
+    VirtualService,
+    #[value(alias = "destinationrule", alias = "dr")]
+    DestinationRule,
+    #[value(alias = "peerauthentication", alias = "pa")]
+    PeerAuthentication,
 }
 
 impl Config {
@@ -39,6 +53,18 @@ impl Config {
         let mut out = self.clone();
         upsert(&mut out.listeners, &patch.listeners, |l| &l.name);
         upsert(&mut out.clusters, &patch.clusters, |c| &c.name);
+        upsert(&mut out.route_configs, &patch.route_configs, |r| &r.name);
+        upsert(&mut out.virtual_services, &patch.virtual_services, |r| {
+            &r.metadata.name
+        });
+        upsert(&mut out.destination_rules, &patch.destination_rules, |r| {
+            &r.metadata.name
+        });
+        upsert(
+            &mut out.peer_authentications,
+            &patch.peer_authentications,
+            |r| &r.metadata.name,
+        );
         out
     }
 
@@ -48,6 +74,12 @@ impl Config {
         let removed = match kind {
             Kind::Listener => remove(&mut out.listeners, name, |l| &l.name),
             Kind::Cluster => remove(&mut out.clusters, name, |c| &c.name),
+            Kind::RouteConfig => remove(&mut out.route_configs, name, |r| &r.name),
+            Kind::VirtualService => remove(&mut out.virtual_services, name, |r| &r.metadata.name),
+            Kind::DestinationRule => remove(&mut out.destination_rules, name, |r| &r.metadata.name),
+            Kind::PeerAuthentication => {
+                remove(&mut out.peer_authentications, name, |r| &r.metadata.name)
+            }
         };
         removed.then_some(out)
     }

@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::http::RouteConfig;
+use super::istio::{DestinationRule, PeerAuthentication, VirtualService};
+
 /// A whole configuration: what `tickmesh run --config` loads and what `apply -f` upserts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +21,16 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<Cluster>,
+    /// HTTP routing (Envoy `RouteConfiguration`s), served by `protocol: http` listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_configs: Vec<RouteConfig>,
+    /// Istio resources, kept as written and translated when routes are compiled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_services: Vec<VirtualService>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destination_rules: Vec<DestinationRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<PeerAuthentication>,
 }
 
 /// One bound address and what happens to traffic arriving on it (its L4 route).
@@ -28,9 +41,14 @@ pub struct Listener {
     pub address: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
-    /// Route every connection to this cluster.
+    /// Route every connection to this cluster. On an `http` listener: where connections
+    /// that are not HTTP/1.x go (opaque TCP fallback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// `http` listeners: serve only this route configuration (default: every route
+    /// configuration and `VirtualService`, matched by `Host`, as a sidecar does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_config: Option<String>,
     /// Or split connections across clusters by weight (canary).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weighted_clusters: Vec<WeightedCluster>,
@@ -69,6 +87,7 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+    Http,
 }
 
 impl fmt::Display for Protocol {
@@ -76,6 +95,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Http => "http",
         })
     }
 }
@@ -92,6 +112,9 @@ pub struct WeightedCluster {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
+    /// `static` (addresses as written) or `strict_dns` (names re-resolved periodically).
+    #[serde(default, rename = "type")]
+    pub discovery: Discovery,
     #[serde(default)]
     pub lb_policy: LbPolicy,
     pub endpoints: Vec<Endpoint>,
@@ -105,6 +128,68 @@ pub struct Cluster {
     /// Connect attempts per downstream connection, each to the next endpoint (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connect_attempts: Option<u32>,
+    /// `strict_dns`: how often names are resolved again (default 5s; a record's TTL wins
+    /// when shorter).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_refresh_rate: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<CircuitBreakers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    #[default]
+    #[serde(alias = "STATIC")]
+    Static,
+    #[serde(alias = "STRICT_DNS")]
+    StrictDns,
+}
+
+/// Envoy's circuit-breaker thresholds (one priority).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// Envoy's outlier detection (consecutive errors → ejection for base × times ejected).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,25 +206,97 @@ pub enum LbPolicy {
     /// Consistent hashing on the client's source address.
     #[serde(alias = "MAGLEV")]
     Maglev,
+    /// Envoy's ring hash; served by the same consistent-hash table as Maglev (its
+    /// key-movement property is what users rely on, and Maglev's lookup is one read).
+    #[serde(alias = "RING_HASH")]
+    RingHash,
 }
 
-/// An upstream address with a weight. Written either as `"127.0.0.1:9000"` or as
-/// `{address: "127.0.0.1:9000", weight: 2}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An upstream with a weight. Written either as `"127.0.0.1:9000"` (or `"name:port"` in a
+/// `strict_dns` cluster) or as `{address: "127.0.0.1:9000", weight: 2, priority: 0,
+/// locality: "eu-west/az1"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: SocketAddr,
+    pub address: EndpointAddress,
     pub weight: u32,
+    /// 0 is served first; higher priorities take traffic when lower ones have no healthy
+    /// endpoint.
+    pub priority: u32,
+    pub locality: Option<String>,
+}
+
+impl Endpoint {
+    pub fn ip(address: SocketAddr) -> Self {
+        Endpoint {
+            address: EndpointAddress::Ip(address),
+            weight: 1,
+            priority: 0,
+            locality: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl EndpointAddress {
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            EndpointAddress::Ip(a) => Some(*a),
+            EndpointAddress::Dns { .. } => None,
+        }
+    }
+
+    fn parse(v: &str) -> Option<EndpointAddress> {
+        if let Ok(a) = v.parse() {
+            return Some(EndpointAddress::Ip(a));
+        }
+        let (host, port) = v.rsplit_once(':')?;
+        let port = port.parse().ok()?;
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+            });
+        ok.then(|| EndpointAddress::Dns {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddress::Ip(a) => a.fmt(f),
+            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.weight == 1 {
+        if self.weight == 1 && self.priority == 0 && self.locality.is_none() {
             return s.collect_str(&self.address);
         }
         use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("address", &self.address)?;
-        m.serialize_entry("weight", &self.weight)?;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("address", &self.address.to_string())?;
+        if self.weight != 1 {
+            m.serialize_entry("weight", &self.weight)?;
+        }
+        if self.priority != 0 {
+            m.serialize_entry("priority", &self.priority)?;
+        }
+        if let Some(l) = &self.locality {
+            m.serialize_entry("locality", l)?;
+        }
         m.end()
     }
 }
@@ -147,33 +304,58 @@ impl Serialize for Endpoint {
 impl<'de> Deserialize<'de> for Endpoint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
+        fn addr<E: de::Error>(v: &str) -> Result<EndpointAddress, E> {
+            EndpointAddress::parse(v).ok_or_else(|| {
+                E::custom(format!(
+                    "invalid endpoint address `{v}`, expected ip:port or hostname:port"
+                ))
+            })
+        }
         impl<'de> Visitor<'de> for V {
             type Value = Endpoint;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an endpoint: \"ip:port\" or {address: \"ip:port\", weight: N}")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Endpoint, E> {
-                let address = v.parse().map_err(|_| {
-                    E::custom(format!("invalid endpoint address `{v}`, expected ip:port"))
-                })?;
-                Ok(Endpoint { address, weight: 1 })
+                Ok(Endpoint {
+                    address: addr(v)?,
+                    weight: 1,
+                    priority: 0,
+                    locality: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Endpoint, A::Error> {
-                let (mut address, mut weight) = (None, None);
+                let mut e = Endpoint {
+                    address: EndpointAddress::Dns {
+                        host: String::new(),
+                        port: 0,
+                    },
+                    weight: 1,
+                    priority: 0,
+                    locality: None,
+                };
+                let mut have_address = false;
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
-                        "address" => address = Some(map.next_value::<SocketAddr>()?),
-                        "weight" => weight = Some(map.next_value::<u32>()?),
+                        "address" => {
+                            e.address = addr(&map.next_value::<String>()?)?;
+                            have_address = true;
+                        }
+                        "weight" => e.weight = map.next_value()?,
+                        "priority" => e.priority = map.next_value()?,
+                        "locality" => e.locality = Some(map.next_value()?),
                         other => {
-                            return Err(de::Error::unknown_field(other, &["address", "weight"]))
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["address", "weight", "priority", "locality"],
+                            ))
                         }
                     }
                 }
-                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-                Ok(Endpoint {
-                    address,
-                    weight: weight.unwrap_or(1),
-                })
+                if !have_address {
+                    return Err(de::Error::missing_field("address"));
+                }
+                Ok(e)
             }
         }
         d.deserialize_any(V)

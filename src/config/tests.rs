@@ -160,7 +160,10 @@ fn apply_upserts_and_prune_replaces() {
         "listeners not named in the patch are untouched"
     );
     assert_eq!(merged.clusters.len(), 2);
-    assert_eq!(merged.clusters[0].endpoints[0].address.port(), 9009);
+    assert_eq!(
+        merged.clusters[0].endpoints[0].address.ip().unwrap().port(),
+        9009
+    );
     let pruned = base.applied(&patch, true);
     assert!(pruned.listeners.is_empty());
 }
@@ -183,4 +186,216 @@ fn config_round_trips_through_yaml_and_json() {
     assert_eq!(parse(&y, Format::Yaml).unwrap(), c);
     let j = serde_json::to_string(&c).unwrap();
     assert_eq!(serde_json::from_str::<Config>(&j).unwrap(), c);
+}
+
+// === L7, Istio and Envoy input ===
+
+fn seed_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/configs")
+}
+
+#[test]
+fn every_seed_config_applies_as_it_stands() {
+    let dir = seed_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!(
+            "skipped: {} is not present beside the checkout",
+            dir.display()
+        );
+        return;
+    };
+    let mut n = 0;
+    for e in entries {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = parse(&text, Format::from_path(&path))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let total = c.clusters.len()
+            + c.route_configs.len()
+            + c.virtual_services.len()
+            + c.destination_rules.len()
+            + c.peer_authentications.len();
+        assert!(total > 0, "{}: nothing was read", path.display());
+        n += 1;
+    }
+    assert!(n >= 6, "expected the six seed configs, found {n}");
+}
+
+#[test]
+fn seed_multidoc_yields_all_three_resources() {
+    let text = std::fs::read_to_string(seed_dir().join("seed-section-2.1-multidoc.yaml"));
+    let Ok(text) = text else {
+        return eprintln!("skipped: seed configs not present");
+    };
+    let c = parse(&text, Format::Yaml).unwrap();
+    assert_eq!(c.virtual_services.len(), 1);
+    assert_eq!(c.peer_authentications.len(), 1);
+    assert_eq!(c.destination_rules.len(), 1);
+    let vh = c.virtual_services[0].to_virtual_host();
+    let action = vh.routes[0].route.as_ref().unwrap();
+    assert_eq!(
+        action.cluster.as_deref(),
+        Some("payment.prod.svc.cluster.local")
+    );
+    let mirror = &action.request_mirror_policies[0];
+    assert_eq!(mirror.cluster, "payment.staging.svc.cluster.local");
+    assert_eq!(
+        mirror
+            .runtime_fraction
+            .as_ref()
+            .unwrap()
+            .default_value
+            .per_million(),
+        300_000
+    );
+    assert_eq!(action.retry_policy.as_ref().unwrap().num_retries, Some(3));
+    let cb = &c.destination_rules[0]
+        .spec
+        .traffic_policy
+        .as_ref()
+        .unwrap()
+        .connection_pool;
+    assert_eq!(
+        cb.as_ref().unwrap().tcp.as_ref().unwrap().max_connections,
+        Some(1000)
+    );
+}
+
+const ENVOY_V3_CANARY: &str = r#"
+name: canary_release
+virtual_hosts:
+- name: svc
+  domains: ["*"]
+  routes:
+  - match:
+      prefix: "/"
+      headers:
+      - name: x-env
+        string_match: {exact: canary}
+    route:
+      cluster: service_v2
+      rate_limits:
+      - actions:
+        - header_value_match:
+            descriptor_key: canary_user
+            descriptor_value: admin
+            headers:
+            - name: x-user-id
+              safe_regex_match: {google_re2: {}, regex: "^admin.*"}
+  - match: {prefix: "/"}
+    route:
+      weighted_clusters:
+        clusters:
+        - {name: service_v1, weight: 95}
+        - {name: service_v2, weight: 5}
+---
+static_resources:
+  clusters:
+  - name: service_v1
+    type: STATIC
+    connect_timeout: 0.25s
+    lb_policy: RING_HASH
+    load_assignment:
+      cluster_name: service_v1
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9001}}}
+          load_balancing_weight: 3
+  - name: telemetry
+    type: STRICT_DNS
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: telemetry.example, port_value: 15004}}}
+    circuit_breakers:
+      thresholds:
+      - {priority: DEFAULT, max_connections: 10, max_requests: 5}
+"#;
+
+#[test]
+fn genuine_envoy_v3_forms_are_accepted() {
+    let c = parse(ENVOY_V3_CANARY, Format::Yaml).unwrap();
+    let vh = &c.route_configs[0].virtual_hosts[0];
+    assert_eq!(
+        vh.routes[0].matcher.headers[0]
+            .value_match()
+            .unwrap()
+            .exact
+            .as_deref(),
+        Some("canary")
+    );
+    assert_eq!(c.clusters.len(), 2);
+    assert_eq!(c.clusters[0].lb_policy, LbPolicy::RingHash);
+    assert_eq!(
+        c.clusters[0].connect_timeout,
+        Some(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(c.clusters[0].endpoints[0].weight, 3);
+    assert_eq!(c.clusters[1].discovery, Discovery::StrictDns);
+    assert_eq!(
+        c.clusters[1]
+            .circuit_breakers
+            .as_ref()
+            .unwrap()
+            .max_requests,
+        Some(5)
+    );
+}
+
+#[test]
+fn unsupported_l7_fields_are_named() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    fault: {abort: {httpStatus: 500}}\n",
+            "unknown field `fault`",
+        ),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: a}\n", "kind `Service` is not supported"),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - {destination: {host: a}, weight: 60}\n    - {destination: {host: b}, weight: 30}\n",
+            "sum to 90",
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n    retries: {attempts: 2, retryOn: \"5xx,teapot\"}\n",
+            "retry condition `teapot`",
+        ),
+        (
+            "name: r\nroutes:\n- match: {safe_regex: {regex: \"(unclosed\"}}\n  route: {cluster: c}\n",
+            "invalid regex",
+        ),
+        ("name: r\nroutes:\n- match: {prefix: /}\n", "exactly one of `route`, `redirect`, `direct_response`"),
+        (
+            "name: r\nroutes:\n- match: {prefix: /, headers: {x: {exact: a, prefix: b}}}\n  route: {cluster: c}\n",
+            "set one condition",
+        ),
+        ("cluster:\n- name: c\n  type: EDS\n", "cluster type `EDS` is not supported"),
+        ("clusters:\n- {name: c, endpoints: [\"db.internal:5432\"]}\n", "type: strict_dns"),
+        (
+            "static_resources:\n  listeners: []\n",
+            "unknown field `listeners`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(text, Format::Yaml).to_string();
+        assert!(
+            e.contains(want),
+            "input {text:?}\n  error: {e}\n  wanted: {want}"
+        );
+    }
+}
+
+#[test]
+fn errors_in_a_later_document_carry_its_line() {
+    let text = "listeners: []\n---\nclusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n    bogus: 1\n";
+    let e = err(text, Format::Yaml);
+    assert_eq!(e.problems[0].line, Some(6), "{e}");
+}
+
+#[test]
+fn http_listener_needs_no_cluster_and_checks_its_route_config() {
+    let ok = "listeners:\n  - {name: web, address: \"127.0.0.1:8080\", protocol: http}\n";
+    parse(ok, Format::Yaml).unwrap();
+    let bad = "listeners:\n  - {name: web, address: \"127.0.0.1:8080\", protocol: http, route_config: nope}\n";
+    assert!(err(bad, Format::Yaml)
+        .to_string()
+        .contains("route configuration `nope` is not defined"));
 }

@@ -67,7 +67,7 @@ fn domain(addr: &SocketAddr) -> Domain {
 
 fn bind_one(address: SocketAddr, protocol: Protocol) -> io::Result<OwnedFd> {
     let ty = match protocol {
-        Protocol::Tcp => Type::STREAM,
+        Protocol::Tcp | Protocol::Http => Type::STREAM,
         Protocol::Udp => Type::DGRAM,
     };
     let s = Socket::new(domain(&address), ty.nonblocking().cloexec(), None)?;
@@ -77,7 +77,7 @@ fn bind_one(address: SocketAddr, protocol: Protocol) -> io::Result<OwnedFd> {
         s.set_only_v6(true)?;
     }
     s.bind(&address.into())?;
-    if protocol == Protocol::Tcp {
+    if protocol != Protocol::Udp {
         s.listen(BACKLOG)?;
     }
     Ok(s.into())

@@ -14,8 +14,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cluster::{cumulative, weighted, Balancer, LbState};
-use crate::config::{Config, ConfigError, Problem, Protocol};
+pub mod http;
+
+use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
+use crate::config::{
+    Cluster, Config, ConfigError, Discovery, Endpoint, EndpointAddress, LbPolicy, Problem, Protocol,
+};
 use crate::net::{ListenerSockets, SocketPool};
 use crate::telemetry::{ListenerStats, StatsRegistry, UpstreamStats};
 
@@ -37,11 +41,15 @@ pub struct ListenerEntry {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub sockets: Arc<ListenerSockets>,
-    pub target: Target,
+    /// Where TCP/UDP traffic goes; `None` only on an `http` listener without a TCP
+    /// fallback cluster.
+    pub target: Option<Target>,
     /// 0 means unlimited.
     pub max_connections: u32,
     pub idle_timeout: Duration,
     pub stats: Arc<ListenerStats>,
+    /// `http` listeners: their virtual hosts and routes.
+    pub http: Option<Arc<http::HttpRoutes>>,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -98,7 +106,10 @@ impl ClusterEntry {
         source: Option<SocketAddr>,
         attempt: u32,
         worker: usize,
-    ) -> usize {
+    ) -> Option<usize> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
         let first = self.balancer.pick(st, cursor, source, |i| {
             use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
             let s = &self.endpoints[i].stats;
@@ -106,7 +117,7 @@ impl ClusterEntry {
             s.get_worker(worker, CxTotal as usize)
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
         });
-        (first + attempt as usize) % self.endpoints.len()
+        Some((first + attempt as usize) % self.endpoints.len())
     }
 }
 
@@ -144,40 +155,19 @@ pub fn compile(
 ) -> Result<RouteTable, ConfigError> {
     crate::config::validate(cfg)?;
     let mut index = HashMap::new();
-    let clusters: Box<[ClusterEntry]> = cfg
-        .clusters
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            index.insert(c.name.as_str(), i as u32);
-            let addrs: Vec<SocketAddr> = c.endpoints.iter().map(|e| e.address).collect();
-            let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
-            ClusterEntry {
-                name: c.name.as_str().into(),
-                endpoints: c
-                    .endpoints
-                    .iter()
-                    .map(|e| EndpointEntry {
-                        address: e.address,
-                        weight: e.weight,
-                        stats: stats.endpoint(&c.name, e.address),
-                    })
-                    .collect(),
-                balancer: Balancer::build(c.lb_policy, &addrs, &weights),
-                connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
-                stats: stats.cluster(&c.name),
-            }
-        })
-        .collect();
-
+    let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
+    for c in &cfg.clusters {
+        index.insert(c.name.clone(), clusters.len() as u32);
+        clusters.push(build_cluster(c, stats));
+    }
     let mut problems = Vec::new();
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         // validate() guaranteed every reference resolves.
         let target = match &l.cluster {
-            Some(c) => Target::Cluster(index[c.as_str()]),
-            None => Target::Weighted {
+            Some(c) => Some(Target::Cluster(index[c.as_str()])),
+            None if l.weighted_clusters.is_empty() => None,
+            None => Some(Target::Weighted {
                 cumulative: cumulative(
                     &l.weighted_clusters
                         .iter()
@@ -189,7 +179,29 @@ pub fn compile(
                     .iter()
                     .map(|w| index[w.cluster.as_str()])
                     .collect(),
-            },
+            }),
+        };
+        let http = match l.protocol {
+            Protocol::Http => {
+                let vhosts = http::virtual_hosts_for(cfg, l.route_config.as_deref());
+                let mut names = ImplicitClusters {
+                    index: &mut index,
+                    clusters: &mut clusters,
+                    stats,
+                };
+                match http::compile(&vhosts, &mut names) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) => {
+                        problems.push(Problem {
+                            path: format!("listeners[{i}]"),
+                            line: None,
+                            message: e,
+                        });
+                        continue;
+                    }
+                }
+            }
+            _ => None,
         };
         let sockets = match pool.get_or_bind(l.address, l.protocol) {
             Ok(s) => s,
@@ -209,10 +221,11 @@ pub fn compile(
             target,
             max_connections: l.max_connections.unwrap_or(0),
             idle_timeout: l.idle_timeout.unwrap_or(match l.protocol {
-                Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
+                Protocol::Tcp | Protocol::Http => DEFAULT_TCP_IDLE_TIMEOUT,
                 Protocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
             }),
             stats: stats.listener(&l.name),
+            http,
         });
     }
     if !problems.is_empty() {
@@ -223,8 +236,87 @@ pub fn compile(
     Ok(RouteTable {
         generation,
         listeners: listeners.into_boxed_slice(),
-        clusters,
+        clusters: clusters.into_boxed_slice(),
     })
+}
+
+fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
+    // A name stands for every address it resolved to (STRICT_DNS), each with the name's
+    // weight; until the resolver has an answer it stands for none.
+    let resolved: Vec<(SocketAddr, u32)> = c
+        .endpoints
+        .iter()
+        .flat_map(|e| match &e.address {
+            EndpointAddress::Ip(a) => vec![(*a, e.weight)],
+            EndpointAddress::Dns { host, port } => dns::cached(host, *port)
+                .into_iter()
+                .map(|a| (a, e.weight))
+                .collect(),
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _)| *a).collect();
+    let weights: Vec<u32> = resolved.iter().map(|(_, w)| *w).collect();
+    ClusterEntry {
+        name: c.name.as_str().into(),
+        endpoints: resolved
+            .iter()
+            .map(|&(address, weight)| EndpointEntry {
+                address,
+                weight,
+                stats: stats.endpoint(&c.name, address),
+            })
+            .collect(),
+        balancer: Balancer::build(c.lb_policy, &addrs, &weights),
+        connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        stats: stats.cluster(&c.name),
+    }
+}
+
+/// Cluster names used by HTTP routes: a defined cluster, or else (as a sidecar does) a
+/// `strict_dns` cluster on the name, at its `:port` or 80, added to the table.
+struct ImplicitClusters<'a> {
+    index: &'a mut HashMap<String, u32>,
+    clusters: &'a mut Vec<ClusterEntry>,
+    stats: &'a StatsRegistry,
+}
+
+impl http::ClusterIndex for ImplicitClusters<'_> {
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.index.get(name) {
+            return i;
+        }
+        let (host, port) = match name
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        {
+            Some((h, p)) => (h, p),
+            None => (name.split('|').next().unwrap_or(name), 80),
+        };
+        let c = Cluster {
+            name: name.to_string(),
+            discovery: Discovery::StrictDns,
+            lb_policy: LbPolicy::RoundRobin,
+            endpoints: vec![Endpoint {
+                address: EndpointAddress::Dns {
+                    host: host.to_string(),
+                    port,
+                },
+                weight: 1,
+                priority: 0,
+                locality: None,
+            }],
+            connect_timeout: None,
+            max_connect_attempts: None,
+            dns_refresh_rate: None,
+            circuit_breakers: None,
+            outlier_detection: None,
+        };
+        let i = self.clusters.len() as u32;
+        self.clusters.push(build_cluster(&c, self.stats));
+        self.index.insert(name.to_string(), i);
+        i
+    }
 }
 
 /// The published snapshot: workers `load()` it once per batch; the control plane
@@ -282,7 +374,7 @@ clusters:
         assert_eq!(t1.listeners[0].sockets.len(), 2);
         let mut counts = [0; 2];
         for r in 0..100 {
-            counts[t1.listeners[0].target.pick(r)] += 1;
+            counts[t1.listeners[0].target.as_ref().unwrap().pick(r)] += 1;
         }
         assert_eq!(counts, [95, 5]);
         let t2 = compile(&cfg(port), 2, &stats, &mut pool).unwrap();
@@ -310,9 +402,9 @@ clusters:
         let c = &t.clusters[0];
         let mut st = LbState::new(1);
         let mut cur = 0;
-        let first = c.pick(&mut st, &mut cur, None, 0, 0);
+        let first = c.pick(&mut st, &mut cur, None, 0, 0).unwrap();
         cur = 0;
-        let second = c.pick(&mut st, &mut cur, None, 1, 0);
+        let second = c.pick(&mut st, &mut cur, None, 1, 0).unwrap();
         assert_ne!(first, second);
     }
 }

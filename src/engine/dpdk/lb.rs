@@ -165,12 +165,12 @@ impl LbTable {
             cluster_index.insert(c.name.as_str(), i as u32);
             let mut backends = Vec::with_capacity(c.endpoints.len());
             for (j, e) in c.endpoints.iter().enumerate() {
-                let SocketAddr::V4(addr) = e.address else {
+                let Some(SocketAddr::V4(addr)) = e.address.ip() else {
                     problems.push(Problem {
                         path: format!("clusters[{i}].endpoints[{j}]"),
                         line: None,
                         message: format!(
-                            "the DPDK engine forwards IPv4 only; endpoint {} is IPv6",
+                            "the DPDK engine forwards to IPv4 addresses only; endpoint {} is not one (no IPv6 or DNS names)",
                             e.address
                         ),
                     });
@@ -236,6 +236,17 @@ impl LbTable {
             let protocol = match l.protocol {
                 Protocol::Tcp => PROTO_TCP,
                 Protocol::Udp => PROTO_UDP,
+                other => {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}].protocol"),
+                        line: None,
+                        message: format!(
+                            "the DPDK engine balances TCP and UDP packets (L4); listener `{}` is {other}: run it on the uring/epoll engine",
+                            l.name
+                        ),
+                    });
+                    continue;
+                }
             };
             // validate() guaranteed the cluster names resolve.
             let (weights, names): (Vec<u32>, Vec<&str>) = match &l.cluster {
@@ -287,9 +298,10 @@ impl LbTable {
                 clusters: cl,
                 idle_timeout_ms: l
                     .idle_timeout
-                    .unwrap_or(match l.protocol {
-                        Protocol::Tcp => DEFAULT_TCP_IDLE_TIMEOUT,
-                        Protocol::Udp => DEFAULT_UDP_IDLE_TIMEOUT,
+                    .unwrap_or(if protocol == PROTO_UDP {
+                        DEFAULT_UDP_IDLE_TIMEOUT
+                    } else {
+                        DEFAULT_TCP_IDLE_TIMEOUT
                     })
                     .as_millis()
                     .min(u128::from(u64::MAX)) as u64,

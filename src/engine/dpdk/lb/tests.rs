@@ -390,7 +390,7 @@ fn removing_a_backend_moves_only_its_flows_and_flows_stay_pinned() {
     let mut cfg = config(n, "dnat");
     cfg.clusters[0]
         .endpoints
-        .retain(|e| e.address.ip() != std::net::IpAddr::V4(removed));
+        .retain(|e| e.address.ip().map(|a| a.ip()) != Some(std::net::IpAddr::V4(removed)));
     let mut after = Rig::new(&cfg);
     let moved = (0..100_000u32)
         .filter(|&i| {
@@ -404,10 +404,9 @@ fn removing_a_backend_moves_only_its_flows_and_flows_stay_pinned() {
 
     // The same worker after a table swap that adds a backend: established flows stay.
     let mut cfg2 = config(n, "dnat");
-    cfg2.clusters[0].endpoints.push(crate::config::Endpoint {
-        address: "10.1.9.9:8080".parse().unwrap(),
-        weight: 1,
-    });
+    let mut extra = cfg2.clusters[0].endpoints[0].clone();
+    extra.address = crate::config::EndpointAddress::Ip("10.1.9.9:8080".parse().unwrap());
+    cfg2.clusters[0].endpoints.push(extra);
     // (10,000 flows in a 262,144-entry table: deterministic hashing, no eviction.)
     let mut sticky = Rig::with_flows(&config(n, "dnat"), 1 << 18);
     for i in 0..10_000 {

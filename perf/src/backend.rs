@@ -1,0 +1,453 @@
+//! The one backend every target is measured against: TCP echo, UDP echo, or minimal
+//! HTTP/1.1 (keep-alive; GET answers `size` bytes, POST echoes its body).
+//!
+//! One thread, non-blocking sockets, epoll. It waits in the kernel when idle (it shares a
+//! CPU with the generator, which yields to it), so it costs nothing between requests.
+//! Buffers are per connection and reused; the steady path allocates nothing. Never
+//! trusts a request: a malformed HTTP request gets `400` and the connection is closed.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use crate::args::Workload;
+use crate::wire;
+
+const LISTENER: u64 = u64::MAX;
+const BUF: usize = 64 * 1024;
+
+/// A running backend; stops when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Bind `addr` (port 0 = a free port) and serve `workload` on a thread pinned to `cpus`.
+    pub fn start(
+        workload: Workload,
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+    ) -> anyhow::Result<Backend> {
+        let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let (sock, bound) = if workload.is_udp() {
+            let s = UdpSocket::bind(addr).map_err(|e| bind_error(addr, e))?;
+            s.set_nonblocking(true)?;
+            let a = s.local_addr()?;
+            ep.add(s.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+            (Listen::Udp(s), a)
+        } else {
+            let l = TcpListener::bind(addr).map_err(|e| bind_error(addr, e))?;
+            l.set_nonblocking(true)?;
+            let a = l.local_addr()?;
+            ep.add(l.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
+            (Listen::Tcp(l), a)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let cpus = cpus.to_vec();
+        let thread = std::thread::Builder::new()
+            .name("bench-backend".into())
+            .spawn(move || {
+                if let Err(e) = crate::sys::pin_current_thread(&cpus) {
+                    eprintln!("backend: {e:#}");
+                }
+                serve(workload, size, ep, sock, &st);
+            })
+            .context("spawning the backend thread")?;
+        Ok(Backend {
+            addr: bound,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A bind failure in words an operator can act on.
+pub fn bind_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == ErrorKind::AddrInUse {
+        anyhow::anyhow!("port {addr} is in use by another process: pick another --base-port, or omit it to use free ports")
+    } else {
+        anyhow::anyhow!("cannot bind {addr}: {e}")
+    }
+}
+
+enum Listen {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// Received, not yet answered (HTTP) bytes.
+    inbuf: Vec<u8>,
+    /// Answer bytes the socket has not taken yet.
+    out: Vec<u8>,
+    out_at: usize,
+    close_after_flush: bool,
+}
+
+fn serve(workload: Workload, size: usize, ep: Epoll, sock: Listen, stop: &AtomicBool) {
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut events = vec![EpollEvent::empty(); 64];
+    let mut scratch = vec![0u8; BUF];
+    let get_body = vec![b'x'; size];
+    while !stop.load(Ordering::Relaxed) {
+        // Wait in the kernel (20 ms cap so `stop` is seen).
+        let n = match ep.wait(&mut events, EpollTimeout::from(20u8)) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                eprintln!("backend: epoll_wait failed: {e}");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token == LISTENER {
+                match &sock {
+                    Listen::Udp(s) => udp_echo(s, &mut scratch),
+                    Listen::Tcp(l) => accept_all(l, &ep, &mut conns),
+                }
+                continue;
+            }
+            let i = token as usize;
+            let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            let keep = match workload {
+                Workload::Http1 => serve_http(c, size, &get_body, &mut scratch),
+                _ => serve_echo(c, &mut scratch),
+            };
+            let keep = keep && flush(c, &ep, i);
+            if !keep {
+                // Dropping the stream closes it and removes it from the epoll set.
+                conns[i] = None;
+            }
+        }
+    }
+}
+
+fn udp_echo(s: &UdpSocket, buf: &mut [u8]) {
+    loop {
+        match s.recv_from(buf) {
+            Ok((n, from)) => {
+                let _ = s.send_to(&buf[..n], from);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn accept_all(l: &TcpListener, ep: &Epoll, conns: &mut Vec<Option<Conn>>) {
+    while let Ok((stream, _)) = l.accept() {
+        if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
+            continue;
+        }
+        let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
+            conns.push(None);
+            conns.len() - 1
+        });
+        if ep
+            .add(
+                stream.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, i as u64),
+            )
+            .is_err()
+        {
+            continue;
+        }
+        conns[i] = Some(Conn {
+            stream,
+            inbuf: Vec::with_capacity(BUF),
+            out: Vec::with_capacity(BUF),
+            out_at: 0,
+            close_after_flush: false,
+        });
+    }
+}
+
+/// Read what is there and queue it back. Returns false when the connection is done.
+fn serve_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
+    loop {
+        match c.stream.read(scratch) {
+            Ok(0) => return false,
+            Ok(n) => c.out.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Read, answer every complete request in the buffer (pipelining is allowed).
+fn serve_http(c: &mut Conn, size: usize, get_body: &[u8], scratch: &mut [u8]) -> bool {
+    let mut open = true;
+    loop {
+        match c.stream.read(scratch) {
+            Ok(0) => {
+                open = false;
+                break;
+            }
+            Ok(n) => c.inbuf.extend_from_slice(&scratch[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    let mut used = 0;
+    loop {
+        match answer_http(&c.inbuf[used..], size, get_body, &mut c.out) {
+            HttpStep::Answered { consumed, close } => {
+                used += consumed;
+                if close {
+                    c.close_after_flush = true;
+                    break;
+                }
+            }
+            HttpStep::NeedMore => break,
+            HttpStep::Rejected => {
+                c.close_after_flush = true;
+                break;
+            }
+        }
+    }
+    c.inbuf.drain(..used);
+    if c.inbuf.len() > BUF {
+        // A request that never ends: refuse it.
+        c.out.extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        c.close_after_flush = true;
+    }
+    open || !c.out.is_empty()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HttpStep {
+    Answered { consumed: usize, close: bool },
+    NeedMore,
+    Rejected,
+}
+
+/// Answer the first request in `buf`, appending the response to `out`.
+fn answer_http(buf: &[u8], size: usize, get_body: &[u8], out: &mut Vec<u8>) -> HttpStep {
+    if buf.is_empty() {
+        return HttpStep::NeedMore;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return HttpStep::NeedMore,
+        Err(_) => {
+            out.extend_from_slice(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return HttpStep::Rejected;
+        }
+    };
+    let chunked = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    if chunked {
+        // The generator never sends chunked bodies; proxies forward what they get.
+        out.extend_from_slice(
+            b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        return HttpStep::Rejected;
+    }
+    let body_len = wire::content_length(req.headers).unwrap_or(0);
+    if buf.len() < head + body_len {
+        return HttpStep::NeedMore;
+    }
+    let close = req.version == Some(0)
+        || req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+        });
+    let body: &[u8] = if req.method == Some("POST") || req.method == Some("PUT") {
+        &buf[head..head + body_len]
+    } else {
+        &get_body[..size]
+    };
+    // No allocation beyond `out`'s reused capacity: the header is written piecewise.
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ",
+    );
+    let mut num = itoa_buf(body.len());
+    out.extend_from_slice(num.as_bytes());
+    num.clear();
+    out.extend_from_slice(if close {
+        b"\r\nConnection: close\r\n\r\n" as &[u8]
+    } else {
+        b"\r\n\r\n"
+    });
+    out.extend_from_slice(body);
+    HttpStep::Answered {
+        consumed: head + body_len,
+        close,
+    }
+}
+
+/// Decimal digits of `n` on the stack.
+fn itoa_buf(mut n: usize) -> Digits {
+    let mut d = Digits { b: [0; 20], len: 0 };
+    if n == 0 {
+        d.b[0] = b'0';
+        d.len = 1;
+        return d;
+    }
+    let mut tmp = [0u8; 20];
+    let mut k = 0;
+    while n > 0 {
+        tmp[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        k += 1;
+    }
+    for j in 0..k {
+        d.b[j] = tmp[k - 1 - j];
+    }
+    d.len = k;
+    d
+}
+
+struct Digits {
+    b: [u8; 20],
+    len: usize,
+}
+
+impl Digits {
+    fn as_bytes(&self) -> &[u8] {
+        &self.b[..self.len]
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Write queued output; watch for writability only while some is left.
+fn flush(c: &mut Conn, ep: &Epoll, token: usize) -> bool {
+    while c.out_at < c.out.len() {
+        match c.stream.write(&c.out[c.out_at..]) {
+            Ok(0) => return false,
+            Ok(n) => c.out_at += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                let ev = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT, token as u64);
+                let mut ev = ev;
+                return ep.modify(c.stream.as_fd(), &mut ev).is_ok();
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    let had_out = !c.out.is_empty();
+    c.out.clear();
+    c.out_at = 0;
+    if had_out {
+        let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, token as u64);
+        let _ = ep.modify(c.stream.as_fd(), &mut ev);
+    }
+    !c.close_after_flush
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::HttpMethod;
+    use std::time::Duration;
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    #[test]
+    fn http_answers_get_post_pipelined_and_rejects_garbage() {
+        let body = vec![b'x'; 4];
+        let mut out = Vec::new();
+        let two =
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        let HttpStep::Answered { consumed, close } = answer_http(two, 4, &body, &mut out) else {
+            panic!()
+        };
+        assert!(!close);
+        assert_eq!(
+            wire::check(Workload::Http1, &out, 4, 0),
+            wire::Response::Done
+        );
+        out.clear();
+        assert_eq!(
+            answer_http(&two[consumed..], 3, &body, &mut out),
+            HttpStep::Answered {
+                consumed: two.len() - consumed,
+                close: false
+            }
+        );
+        assert!(out.ends_with(b"\r\n\r\nabc"));
+        assert_eq!(
+            answer_http(
+                b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\na",
+                3,
+                &body,
+                &mut out
+            ),
+            HttpStep::NeedMore
+        );
+        out.clear();
+        assert_eq!(
+            answer_http(b"\x01\x02 nonsense\r\n\r\n", 4, &body, &mut out),
+            HttpStep::Rejected
+        );
+        assert!(out.starts_with(b"HTTP/1.1 400"));
+        let HttpStep::Answered { close, .. } = answer_http(
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            4,
+            &body,
+            &mut Vec::new(),
+        ) else {
+            panic!()
+        };
+        assert!(close);
+        assert_eq!(itoa_buf(0).as_bytes(), b"0");
+        assert_eq!(itoa_buf(65536).as_bytes(), b"65536");
+    }
+
+    #[test]
+    fn serves_every_workload_on_loopback() {
+        for (w, m) in [
+            (Workload::TcpEcho, HttpMethod::Get),
+            (Workload::UdpEcho, HttpMethod::Get),
+            (Workload::Http1, HttpMethod::Get),
+            (Workload::Http1, HttpMethod::Post),
+        ] {
+            let b = Backend::start(w, 64, local(), &[0]).unwrap();
+            crate::loadgen::probe(w, 64, m, b.addr, Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{w:?} {m:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_named() {
+        let b = Backend::start(Workload::TcpEcho, 64, local(), &[0]).unwrap();
+        let e = Backend::start(Workload::TcpEcho, 64, b.addr, &[0])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("in use"), "{e}");
+    }
+}

@@ -1,0 +1,264 @@
+//! Envoy v3 cluster definitions (`static_resources.clusters`, and the seed's top-level
+//! `cluster:` list) and their translation into native [`Cluster`]s.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, LbPolicy,
+    OutlierDetection,
+};
+
+/// An Envoy bootstrap document; only `static_resources.clusters` (and route
+/// configurations given on their own) are taken — Envoy listeners are not, use native
+/// listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    pub static_resources: StaticResources,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticResources {
+    #[serde(default)]
+    pub clusters: Vec<EnvoyCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyCluster {
+    pub name: String,
+    /// `STATIC` or `STRICT_DNS`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb_policy: Option<String>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_assignment: Option<LoadAssignment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<EnvoyCircuitBreakers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<EnvoyOutlierDetection>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dns_refresh_rate: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_dns_ttl: Option<bool>,
+    /// `V4_ONLY`, `V6_ONLY`, `AUTO`, `V4_PREFERRED`, `ALL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_lookup_family: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadAssignment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_name: Option<String>,
+    #[serde(default)]
+    pub endpoints: Vec<LocalityLbEndpoints>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbEndpoints {
+    #[serde(default)]
+    pub lb_endpoints: Vec<LbEndpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing_weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbEndpoint {
+    pub endpoint: EndpointSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing_weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: Address,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    pub socket_address: SocketAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketAddress {
+    pub address: String,
+    pub port_value: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyCircuitBreakers {
+    #[serde(default)]
+    pub thresholds: Vec<Thresholds>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// `DEFAULT` or `HIGH`; tickmesh has one priority and takes `DEFAULT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvoyOutlierDetection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub base_ejection_time: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<u32>,
+}
+
+impl EnvoyCluster {
+    /// The native cluster, or a message naming the field that cannot be taken.
+    pub fn to_native(&self) -> Result<Cluster, (String, String)> {
+        let discovery = match self.discovery.as_deref() {
+            None | Some("STATIC") => Discovery::Static,
+            Some("STRICT_DNS") => Discovery::StrictDns,
+            Some(other) => {
+                return Err((
+                    "type".into(),
+                    format!("cluster type `{other}` is not supported (STATIC, STRICT_DNS)"),
+                ))
+            }
+        };
+        let lb_policy = match self.lb_policy.as_deref() {
+            None | Some("ROUND_ROBIN") => LbPolicy::RoundRobin,
+            Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
+            Some("RANDOM") => LbPolicy::Random,
+            Some("MAGLEV") => LbPolicy::Maglev,
+            Some("RING_HASH") => LbPolicy::RingHash,
+            Some(other) => {
+                return Err((
+                    "lb_policy".into(),
+                    format!("lb_policy `{other}` is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)"),
+                ))
+            }
+        };
+        let mut endpoints = Vec::new();
+        for (i, group) in self
+            .load_assignment
+            .iter()
+            .flat_map(|l| l.endpoints.iter())
+            .enumerate()
+        {
+            for (j, e) in group.lb_endpoints.iter().enumerate() {
+                let sa = &e.endpoint.address.socket_address;
+                if sa.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                    return Err((
+                        format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address.socket_address.protocol"),
+                        "only TCP endpoints are supported".into(),
+                    ));
+                }
+                let address = match format!("{}:{}", sa.address, sa.port_value).parse() {
+                    Ok(ip) => EndpointAddress::Ip(ip),
+                    Err(_) => EndpointAddress::Dns {
+                        host: sa.address.clone(),
+                        port: sa.port_value,
+                    },
+                };
+                endpoints.push(Endpoint {
+                    address,
+                    weight: e.load_balancing_weight.unwrap_or(1),
+                    priority: group.priority.unwrap_or(0),
+                    locality: group.locality.as_ref().map(|l| {
+                        [&l.region, &l.zone, &l.sub_zone]
+                            .iter()
+                            .filter_map(|x| x.as_deref())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    }),
+                });
+            }
+        }
+        let circuit_breakers = self.circuit_breakers.as_ref().and_then(|cb| {
+            cb.thresholds
+                .iter()
+                .find(|t| t.priority.as_deref().unwrap_or("DEFAULT") == "DEFAULT")
+                .map(|t| CircuitBreakers {
+                    max_connections: t.max_connections,
+                    max_pending_requests: t.max_pending_requests,
+                    max_requests: t.max_requests,
+                    max_retries: t.max_retries,
+                    max_requests_per_connection: None,
+                })
+        });
+        let outlier_detection = self.outlier_detection.as_ref().map(|o| OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway_failure: o.consecutive_gateway_failure,
+            interval: o.interval,
+            base_ejection_time: o.base_ejection_time,
+            max_ejection_percent: o.max_ejection_percent,
+        });
+        Ok(Cluster {
+            name: self.name.clone(),
+            discovery,
+            lb_policy,
+            endpoints,
+            connect_timeout: self.connect_timeout,
+            max_connect_attempts: None,
+            dns_refresh_rate: self.dns_refresh_rate,
+            circuit_breakers,
+            outlier_detection,
+        })
+    }
+}

@@ -1,0 +1,695 @@
+//! The control plane's state: the running [`Config`], its generation, the published
+//! [`Routes`], the [`StatsRegistry`], the [`SocketPool`] and the state directory, and the
+//! four operations on them.
+//!
+//! Every change follows one path: merge → validate the whole resulting config → compile
+//! (which binds new listener sockets) → persist → swap. Any failure before the swap
+//! changes nothing: the running table, config, generation and persisted file stay as
+//! they were, and the caller gets every problem with its field path (and line, where
+//! the applied text has one). Changes are serialized by one mutex; the data plane never
+//! takes it — workers only `load()` the published table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::cli::GetWhat;
+use crate::cluster::dns;
+use crate::config::{self, Config, ConfigError, Discovery, EndpointAddress, Format, Kind, Problem};
+use crate::net::SocketPool;
+use crate::route::{self, RouteTable, Routes, Target};
+use crate::telemetry::{CounterReport, StatsRegistry};
+
+use super::persist::StateDir;
+use super::protocol::{
+    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointStatsView, GetResult,
+    ListenerStatsView, RouteTarget, RouteView, StatsResult,
+};
+
+/// A refused request: what to tell the operator, and each config problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub message: String,
+    pub problems: Vec<Problem>,
+}
+
+impl Rejected {
+    fn new(message: impl Into<String>) -> Rejected {
+        Rejected {
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+
+    fn config(message: impl Into<String>, e: ConfigError) -> Rejected {
+        Rejected {
+            message: message.into(),
+            problems: e.problems,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+struct State {
+    config: Config,
+    generation: u64,
+    pool: SocketPool,
+    store: Option<StateDir>,
+}
+
+/// The control plane of one daemon. Cheap to share (`Arc`); every method is safe to call
+/// from any thread.
+pub struct ControlPlane {
+    state: Mutex<State>,
+    routes: Arc<Routes>,
+    stats: Arc<StatsRegistry>,
+    /// When each `strict_dns` name is next due for resolution.
+    dns_due: Mutex<HashMap<(String, u16), Instant>>,
+}
+
+impl ControlPlane {
+    /// Compile `config` as `generation` and publish it. With `persist`, store it in
+    /// `store` first (an explicit `--config` is persisted; a resumed or default one is
+    /// not rewritten).
+    pub fn new(
+        workers: usize,
+        config: Config,
+        generation: u64,
+        store: Option<StateDir>,
+        persist: bool,
+    ) -> Result<ControlPlane, Rejected> {
+        let stats = Arc::new(StatsRegistry::new(workers));
+        let mut pool = SocketPool::new(workers);
+        let dns_due = Mutex::new(HashMap::new());
+        resolve_names(&config, &dns_due);
+        let table = route::compile(&config, generation, &stats, &mut pool)
+            .map_err(|e| Rejected::config("the config cannot be served", e))?;
+        if persist {
+            if let Some(s) = &store {
+                s.store(generation, &config).map_err(|e| {
+                    Rejected::new(format!(
+                        "cannot persist the config in {}: {e}",
+                        s.path().display()
+                    ))
+                })?;
+            }
+        }
+        Ok(ControlPlane {
+            state: Mutex::new(State {
+                config,
+                generation,
+                pool,
+                store,
+            }),
+            routes: Arc::new(Routes::new(table)),
+            stats,
+            dns_due,
+        })
+    }
+
+    /// What the engine's workers read.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    pub fn config(&self) -> Config {
+        self.lock().config.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated: every field is
+        // assigned only after all fallible steps succeeded.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `kubectl apply`: upsert every resource in `text` (with `prune`: make it the whole
+    /// config). A config equal to the running one is a no-op that keeps the generation.
+    pub fn apply(&self, text: &str, format: Format, prune: bool) -> Result<ChangeResult, Rejected> {
+        let patch = config::parse_only(text, format)
+            .map_err(|e| Rejected::config("the config does not parse", e))?;
+        duplicates_in(&patch, text, format)
+            .map_err(|e| Rejected::config("the config names a resource twice", e))?;
+        // Before taking the lock: a slow resolver delays this apply, not other requests.
+        resolve_names(&patch, &self.dns_due);
+        let mut st = self.lock();
+        let next = st.config.applied(&patch, prune);
+        let before = resources(&st.config);
+        let mut changes: Vec<Change> = resources(&patch)
+            .into_iter()
+            .map(|r| {
+                let action = match before.iter().find(|b| b.kind == r.kind && b.name == r.name) {
+                    None => Action::Created,
+                    Some(b) if b.value == r.value => Action::Unchanged,
+                    Some(_) => Action::Configured,
+                };
+                Change {
+                    kind: r.kind,
+                    name: r.name,
+                    action,
+                }
+            })
+            .collect();
+        if prune {
+            let after = resources(&next);
+            for b in before {
+                if !after.iter().any(|r| r.kind == b.kind && r.name == b.name) {
+                    changes.push(Change {
+                        kind: b.kind,
+                        name: b.name,
+                        action: Action::Pruned,
+                    });
+                }
+            }
+        }
+        if next == st.config {
+            return Ok(ChangeResult {
+                generation: st.generation,
+                changes,
+            });
+        }
+        let relocate = |e: ConfigError| ConfigError {
+            problems: e
+                .problems
+                .into_iter()
+                .map(|p| relocate(p, &next, &patch, text, format))
+                .collect(),
+        };
+        config::validate(&next).map_err(|e| {
+            Rejected::config(
+                "the config this apply would produce is invalid; nothing was changed",
+                relocate(e),
+            )
+        })?;
+        let generation = self.commit(&mut st, &next).map_err(|r| Rejected {
+            problems: relocate(ConfigError {
+                problems: r.problems,
+            })
+            .problems,
+            ..r
+        })?;
+        Ok(ChangeResult {
+            generation,
+            changes,
+        })
+    }
+
+    /// Remove one resource. A cluster that a listener still routes to is not removed: the
+    /// error names the listener.
+    pub fn delete(&self, kind: Kind, name: &str) -> Result<ChangeResult, Rejected> {
+        let mut st = self.lock();
+        let Some(next) = st.config.without(kind, name) else {
+            return Err(Rejected::new(format!(
+                "there is no {} named `{name}`; `tickmesh get` lists what is running",
+                kind_label(kind)
+            )));
+        };
+        if kind == Kind::Cluster {
+            let mut problems = Vec::new();
+            for (i, l) in st.config.listeners.iter().enumerate() {
+                if l.cluster.as_deref() == Some(name) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}].cluster"),
+                        line: None,
+                        message: format!("listener `{}` routes to cluster `{name}`", l.name),
+                    });
+                }
+                for (j, w) in l.weighted_clusters.iter().enumerate() {
+                    if w.cluster == name {
+                        problems.push(Problem {
+                            path: format!("listeners[{i}].weighted_clusters[{j}].cluster"),
+                            line: None,
+                            message: format!(
+                                "listener `{}` sends weight {} to cluster `{name}`",
+                                l.name, w.weight
+                            ),
+                        });
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                return Err(Rejected {
+                    message: format!(
+                        "cluster `{name}` is still in use; route its listeners elsewhere (or delete them) first"
+                    ),
+                    problems,
+                });
+            }
+        }
+        config::validate(&next).map_err(|e| {
+            Rejected::config(
+                "the config without it would be invalid; nothing was changed",
+                e,
+            )
+        })?;
+        let generation = self.commit(&mut st, &next)?;
+        Ok(ChangeResult {
+            generation,
+            changes: vec![Change {
+                kind,
+                name: name.to_string(),
+                action: Action::Deleted,
+            }],
+        })
+    }
+
+    /// Compile `next` as the next generation, persist it, swap it in. Nothing changes
+    /// unless every step succeeds.
+    fn commit(&self, st: &mut State, next: &Config) -> Result<u64, Rejected> {
+        let generation = st.generation + 1;
+        let table = route::compile(next, generation, &self.stats, &mut st.pool).map_err(|e| {
+            Rejected::config(
+                "the config cannot be served (compiling it failed); nothing was changed",
+                e,
+            )
+        })?;
+        if let Some(store) = &st.store {
+            if let Err(e) = store.store(generation, next) {
+                drop(table);
+                st.pool.prune();
+                return Err(Rejected::new(format!(
+                    "cannot persist the config in {} ({e}); nothing was changed",
+                    store.path().display()
+                )));
+            }
+        }
+        self.routes.store(table);
+        st.config = next.clone();
+        st.generation = generation;
+        // Blocks and sockets that only the old table used go once the last worker lets
+        // go of it; these drop the registry's and pool's own references.
+        self.stats.prune();
+        st.pool.prune();
+        Ok(generation)
+    }
+
+    /// Resolve again the `strict_dns` names whose refresh interval has passed, and when an
+    /// answer changed, recompile the running config (same generation) so new connections
+    /// see the new addresses. Blocking (the system resolver): call it off the request
+    /// path. Returns whether the table was swapped.
+    pub fn refresh_dns(&self) -> bool {
+        let names = dns_names(&self.lock().config);
+        if names.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut changed = false;
+        for (host, port, every) in names {
+            let key = (host, port);
+            let due = self
+                .dns_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied();
+            if due.is_some_and(|d| d > now) {
+                continue;
+            }
+            match dns::refresh(&key.0, key.1) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::warn!(
+                    "resolving {}:{} failed ({e}); keeping its last answer",
+                    key.0,
+                    key.1
+                ),
+            }
+            self.dns_due
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, now + every);
+        }
+        if !changed {
+            return false;
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        match route::compile(&st.config, st.generation, &self.stats, &mut st.pool) {
+            Ok(table) => {
+                self.routes.store(table);
+                self.stats.prune();
+                st.pool.prune();
+                tracing::info!(
+                    "DNS answers changed; routes recompiled (generation {})",
+                    st.generation
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "DNS answers changed but recompiling failed; keeping the old routes: {e}"
+                );
+                false
+            }
+        }
+    }
+
+    pub fn get(&self, what: Option<GetWhat>) -> GetResult {
+        let st = self.lock();
+        let table = self.routes.load_full();
+        let mut config = None;
+        let mut routes = None;
+        match what {
+            None => {
+                config = Some(st.config.clone());
+                routes = Some(route_views(&st.config, &table));
+            }
+            Some(GetWhat::Listeners) => {
+                config = Some(Config {
+                    listeners: st.config.listeners.clone(),
+                    ..Config::default()
+                })
+            }
+            Some(GetWhat::Clusters) => {
+                config = Some(Config {
+                    clusters: st.config.clusters.clone(),
+                    ..Config::default()
+                })
+            }
+            Some(GetWhat::Routes) => routes = Some(route_views(&st.config, &table)),
+        }
+        GetResult {
+            generation: st.generation,
+            config,
+            routes,
+        }
+    }
+
+    /// Counters of everything in the running table. Reads the workers' slots without
+    /// stopping them: each number is exact, the set is not one instant.
+    pub fn stats(&self) -> StatsResult {
+        let table = self.routes.load_full();
+        StatsResult {
+            generation: table.generation,
+            workers: self.stats.workers(),
+            listeners: table
+                .listeners
+                .iter()
+                .map(|l| {
+                    let r = l.stats.report();
+                    let active = match l.protocol {
+                        config::Protocol::Udp => r
+                            .get("udp_sessions_total")
+                            .saturating_sub(r.get("udp_sessions_expired")),
+                        _ => r.get("cx_total").saturating_sub(r.get("cx_closed")),
+                    };
+                    ListenerStatsView {
+                        name: l.name.to_string(),
+                        protocol: l.protocol,
+                        address: l.sockets.address,
+                        active,
+                        counters: totals(&r),
+                        per_worker: per_worker(&r),
+                    }
+                })
+                .collect(),
+            clusters: table
+                .clusters
+                .iter()
+                .map(|c| {
+                    let r = c.stats.report();
+                    ClusterStatsView {
+                        name: c.name.to_string(),
+                        active: upstream_active(&r),
+                        counters: totals(&r),
+                        per_worker: per_worker(&r),
+                        endpoints: c
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let r = e.stats.report();
+                                EndpointStatsView {
+                                    address: e.address,
+                                    active: upstream_active(&r),
+                                    counters: totals(&r),
+                                    per_worker: per_worker(&r),
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A patch naming one resource twice would silently keep only the last: refuse it.
+fn duplicates_in(patch: &Config, text: &str, format: Format) -> Result<(), ConfigError> {
+    let mut problems = Vec::new();
+    let all = resources(patch);
+    for (i, r) in all.iter().enumerate() {
+        if all[..i]
+            .iter()
+            .any(|x| x.kind == r.kind && x.name == r.name)
+        {
+            let path = format!("{}[{}].{}", field_of(r.kind), r.index, name_field(r.kind));
+            problems.push(Problem {
+                line: config::locate(text, format, &path),
+                path,
+                message: format!("duplicate {} name `{}`", kind_label(r.kind), r.name),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError { problems })
+    }
+}
+
+/// Validation speaks in indices of the merged config; the operator wrote the patch. Point
+/// each problem at the patch (path and line) when the resource is in it, else say which
+/// running resource it is.
+fn relocate(p: Problem, merged: &Config, patch: &Config, text: &str, format: Format) -> Problem {
+    let Some((kind, index, rest)) = split_path(&p.path) else {
+        return p;
+    };
+    let merged = resources(merged);
+    let Some(r) = merged.iter().find(|r| r.kind == kind && r.index == index) else {
+        return p;
+    };
+    match resources(patch)
+        .iter()
+        .find(|x| x.kind == kind && x.name == r.name)
+    {
+        Some(x) => {
+            let path = format!("{}[{}]{rest}", field_of(kind), x.index);
+            Problem {
+                line: config::locate(text, format, &path),
+                path,
+                message: p.message,
+            }
+        }
+        None => Problem {
+            message: format!(
+                "running {} `{}` (not in this file): {}",
+                kind_label(kind),
+                r.name,
+                p.message
+            ),
+            ..p
+        },
+    }
+}
+
+/// `listeners[3].cluster` → (Listener, 3, ".cluster").
+fn split_path(path: &str) -> Option<(Kind, usize, &str)> {
+    KINDS.iter().find_map(|&(kind, field)| {
+        let rest = path.strip_prefix(field)?.strip_prefix('[')?;
+        let close = rest.find(']')?;
+        Some((kind, rest[..close].parse().ok()?, &rest[close + 1..]))
+    })
+}
+
+/// Every kind of named resource, with its field in [`Config`].
+const KINDS: &[(Kind, &str)] = &[
+    (Kind::Listener, "listeners"),
+    (Kind::Cluster, "clusters"),
+    (Kind::RouteConfig, "route_configs"),
+    (Kind::VirtualService, "virtual_services"),
+    (Kind::DestinationRule, "destination_rules"),
+    (Kind::PeerAuthentication, "peer_authentications"),
+];
+
+fn field_of(kind: Kind) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or("resources", |(_, f)| f)
+}
+
+/// Where a resource of `kind` keeps its name.
+fn name_field(kind: Kind) -> &'static str {
+    match kind {
+        Kind::VirtualService | Kind::DestinationRule | Kind::PeerAuthentication => "metadata.name",
+        _ => "name",
+    }
+}
+
+/// How the operator names a kind (`tickmesh delete KIND`).
+pub(crate) fn kind_label(kind: Kind) -> String {
+    use clap::ValueEnum;
+    kind.to_possible_value()
+        .map_or_else(|| format!("{kind:?}"), |v| v.get_name().to_string())
+}
+
+/// One named resource of a config, in a shape that compares by value.
+struct Resource {
+    kind: Kind,
+    name: String,
+    /// Position among the resources of its kind.
+    index: usize,
+    value: serde_json::Value,
+}
+
+/// Every named resource of `cfg`, kind by kind, in config order. Going through JSON keeps
+/// this one function for every kind (resource types differ; their JSON does not).
+fn resources(cfg: &Config) -> Vec<Resource> {
+    let Ok(v) = serde_json::to_value(cfg) else {
+        return Vec::new(); // a Config is plain data; encoding it does not fail
+    };
+    let mut out = Vec::new();
+    for &(kind, field) in KINDS {
+        let Some(items) = v.get(field).and_then(|a| a.as_array()) else {
+            continue;
+        };
+        for (index, item) in items.iter().enumerate() {
+            let name = item
+                .get("name")
+                .or_else(|| item.get("metadata").and_then(|m| m.get("name")))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            out.push(Resource {
+                kind,
+                name,
+                index,
+                value: item.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Every `strict_dns` name in `cfg` with its refresh interval.
+fn dns_names(cfg: &Config) -> Vec<(String, u16, Duration)> {
+    let mut out = Vec::new();
+    for c in &cfg.clusters {
+        if c.discovery != Discovery::StrictDns {
+            continue;
+        }
+        let every = c.dns_refresh_rate.unwrap_or(DEFAULT_DNS_REFRESH);
+        for e in &c.endpoints {
+            if let EndpointAddress::Dns { host, port } = &e.address {
+                out.push((host.clone(), *port, every));
+            }
+        }
+    }
+    out
+}
+
+/// Resolve the `strict_dns` names of `cfg` that have no answer yet, so that a compile
+/// right after sees them. A name that does not resolve leaves its cluster without those
+/// endpoints until a later refresh succeeds (Envoy's STRICT_DNS behaviour).
+fn resolve_names(cfg: &Config, due: &Mutex<HashMap<(String, u16), Instant>>) {
+    for (host, port, every) in dns_names(cfg) {
+        if !dns::cached(&host, port).is_empty() {
+            continue;
+        }
+        if let Err(e) = dns::refresh(&host, port) {
+            tracing::warn!("resolving {host}:{port} failed ({e}); its cluster has no endpoints for it until it resolves");
+        }
+        due.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((host, port), Instant::now() + every);
+    }
+}
+
+/// `strict_dns` clusters without `dns_refresh_rate` resolve again this often.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
+    let endpoints = |name: &str| {
+        table
+            .cluster(name)
+            .map(|(_, c)| c.endpoints.iter().map(|e| e.address).collect())
+            .unwrap_or_default()
+    };
+    table
+        .listeners
+        .iter()
+        .map(|l| {
+            let clusters = match &l.target {
+                // An http listener without TCP fallback: its routes are HTTP routes.
+                None => Vec::new(),
+                Some(Target::Cluster(c)) => {
+                    let name = table.clusters[*c as usize].name.to_string();
+                    vec![RouteTarget {
+                        endpoints: endpoints(&name),
+                        cluster: name,
+                        weight: 1,
+                    }]
+                }
+                Some(Target::Weighted { .. }) => cfg
+                    .listeners
+                    .iter()
+                    .find(|x| *x.name == *l.name)
+                    .map(|x| {
+                        x.weighted_clusters
+                            .iter()
+                            .map(|w| RouteTarget {
+                                cluster: w.cluster.clone(),
+                                weight: w.weight,
+                                endpoints: endpoints(&w.cluster),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            RouteView {
+                listener: l.name.to_string(),
+                protocol: l.protocol,
+                address: l.sockets.address,
+                clusters,
+            }
+        })
+        .collect()
+}
+
+fn totals(r: &CounterReport) -> CounterMap {
+    r.totals.iter().cloned().collect()
+}
+
+fn per_worker(r: &CounterReport) -> Vec<CounterMap> {
+    r.per_worker
+        .iter()
+        .map(|v| {
+            r.names
+                .iter()
+                .zip(v)
+                .map(|(n, v)| (n.to_string(), *v))
+                .collect()
+        })
+        .collect()
+}
+
+fn upstream_active(r: &CounterReport) -> u64 {
+    r.get("cx_total").saturating_sub(r.get("cx_closed"))
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

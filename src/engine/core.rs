@@ -1,0 +1,555 @@
+//! The engine-agnostic part of a worker: its connection slab, its view of the routing
+//! table, listener reconciliation, timers, and the dispatch of completions to the proxy
+//! state machines. The `uring` and `epoll` loops own only the I/O mechanics and call in
+//! here with results.
+//!
+//! Invariants: the slab is preallocated to [`MAX_CONNS`] and never reallocates; the
+//! routing table is loaded once per batch ([`Core::begin_batch`]); a listener socket's
+//! `Arc` is released only after the engine confirmed no accept or poll is armed on it;
+//! the worker writes only its own counter slot.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam::utils::CachePadded;
+
+use crate::cluster::LbState;
+use crate::config::Protocol;
+use crate::net::ListenerSockets;
+use crate::proxy::l4::tcp::Conn;
+use crate::proxy::l4::udp::{Udp, UdpListener};
+use crate::proxy::l4::{BufId, Ctx, Io, Side, Step, Watch};
+use crate::route::{RouteTable, Routes};
+use crate::telemetry::ListenerCounter as L;
+
+/// Connection slots per worker; connections beyond it are refused like an overflow.
+pub const MAX_CONNS: usize = 1 << 16;
+/// Timer granularity: connect and idle timeouts fire within this much of their time,
+/// and a waiting worker wakes at least this often.
+pub const TICK_MS: u64 = 10;
+
+/// State the engine handle shares with its workers (control flags and drain counts).
+pub(crate) struct Shared {
+    pub accepting: AtomicBool,
+    pub stop: AtomicBool,
+    /// Open TCP connections, per worker (only that worker writes).
+    pub open: Box<[CachePadded<AtomicU64>]>,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> Shared {
+        Shared {
+            accepting: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            open: (0..workers)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+}
+
+// === tokens ===
+
+/// What a completion or readiness event is about, packed in a `u64` (io_uring's
+/// `user_data`, epoll's `data`): kind (8 bits) | aux (8) | generation (16) | slot (32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// Ignore (cancel requests' own completions).
+    Nothing = 0,
+    Accept = 1,
+    Connect = 2,
+    Recv = 3,
+    Send = 4,
+    UdpListener = 5,
+    UdpSession = 6,
+    /// A TCP socket's readiness (epoll only): aux is the side.
+    Sock = 7,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub kind: Kind,
+    pub aux: u8,
+    pub gen: u16,
+    pub slot: u32,
+}
+
+impl Token {
+    pub const NOTHING: u64 = 0;
+
+    #[inline]
+    pub fn encode(kind: Kind, aux: u8, gen: u16, slot: u32) -> u64 {
+        (kind as u64) << 56 | (aux as u64) << 48 | (gen as u64) << 32 | slot as u64
+    }
+
+    #[inline]
+    pub fn decode(t: u64) -> Token {
+        let kind = match (t >> 56) as u8 {
+            1 => Kind::Accept,
+            2 => Kind::Connect,
+            3 => Kind::Recv,
+            4 => Kind::Send,
+            5 => Kind::UdpListener,
+            6 => Kind::UdpSession,
+            7 => Kind::Sock,
+            _ => Kind::Nothing,
+        };
+        Token {
+            kind,
+            aux: (t >> 48) as u8,
+            gen: (t >> 32) as u16,
+            slot: t as u32,
+        }
+    }
+}
+
+/// What an engine adds to [`Io`] for the worker core: listener accepts.
+pub(crate) trait Driver: Io {
+    /// Start accepting on `fd`, reporting under listener slot `l`.
+    fn arm_accept(&mut self, l: u32, fd: RawFd);
+    /// Stop accepting on `fd`. `true`: stopped now; `false`: a final accept completion
+    /// (without "more") will arrive and the core then lets go of the socket.
+    fn disarm_accept(&mut self, l: u32, fd: RawFd) -> bool;
+}
+
+/// A listener socket this worker serves.
+pub(crate) struct Local {
+    pub sockets: Arc<ListenerSockets>,
+    /// Index in the current table; `None` once the listener left the table.
+    pub entry: Option<usize>,
+    /// An accept (TCP) or readiness watch (UDP) is armed in the engine.
+    pub armed: bool,
+}
+
+impl Local {
+    pub fn fd(&self, worker: usize) -> RawFd {
+        self.sockets.fd(worker).as_raw_fd()
+    }
+}
+
+/// A worker's engine-independent state.
+pub(crate) struct Core {
+    pub worker: usize,
+    routes: Arc<Routes>,
+    shared: Arc<Shared>,
+    pub table: Arc<RouteTable>,
+    pub listeners: Vec<Option<Local>>,
+    conns: Vec<Conn>,
+    free: Vec<u32>,
+    /// Slots in use, for the timer scan; `Conn::pos` is the index here.
+    open_list: Vec<u32>,
+    pub lb: LbState,
+    pub cursors: Vec<u32>,
+    starved: Vec<(u32, Side)>,
+    pub open: u64,
+    published_open: u64,
+    clock: Instant,
+    pub now_ms: u64,
+    next_tick_ms: u64,
+    accepting: bool,
+    pub udp: Udp,
+    udp_spare: Vec<(u32, u16, bool)>,
+}
+
+impl Core {
+    pub fn new(worker: usize, routes: Arc<Routes>, shared: Arc<Shared>) -> Core {
+        Core {
+            worker,
+            routes,
+            shared,
+            table: Arc::new(RouteTable::empty()),
+            listeners: Vec::new(),
+            conns: Vec::with_capacity(MAX_CONNS),
+            free: Vec::with_capacity(MAX_CONNS),
+            open_list: Vec::with_capacity(MAX_CONNS),
+            lb: LbState::new(0x5eed ^ worker as u64),
+            cursors: Vec::new(),
+            starved: Vec::with_capacity(1024),
+            open: 0,
+            published_open: 0,
+            clock: Instant::now(),
+            now_ms: 0,
+            next_tick_ms: TICK_MS,
+            accepting: true,
+            udp: Udp::new(),
+            udp_spare: Vec::with_capacity(64),
+        }
+    }
+
+    /// Whether the worker loop should keep running.
+    pub fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Start of every event batch: the clock, the routing table, the accept switch,
+    /// timers, and receives starved of buffers.
+    pub fn begin_batch(&mut self, io: &mut impl Driver) {
+        self.update_clock();
+        let current = self.routes.load();
+        if current.generation != self.table.generation || !Arc::ptr_eq(&current, &self.table) {
+            let t = arc_swap::Guard::into_inner(current);
+            self.reconcile(t, io);
+        }
+        let accepting = self.shared.accepting.load(Ordering::Relaxed);
+        if accepting != self.accepting {
+            self.accepting = accepting;
+            self.sync_accepts(io);
+        }
+        if self.now_ms >= self.next_tick_ms {
+            self.next_tick_ms = self.now_ms + TICK_MS;
+            self.tick(io);
+        }
+        while !self.starved.is_empty() && io.buffers_available() {
+            // Only the last entry: each rearm may starve again and push itself back.
+            let Some((slot, side)) = self.starved.pop() else {
+                break;
+            };
+            self.conns[slot as usize].rearm(slot, side, io);
+            if !io.buffers_available() {
+                break;
+            }
+        }
+        self.udp_again(io);
+    }
+
+    /// End of an event batch: publish the open-connection count for drain.
+    #[inline]
+    pub fn end_batch(&mut self) {
+        if self.open != self.published_open {
+            self.published_open = self.open;
+            self.shared.open[self.worker].store(self.open, Ordering::Relaxed);
+        }
+    }
+
+    /// Read the clock; engines call this after waiting, before dispatching what the
+    /// wait returned (activity must be stamped with the time it happened).
+    #[inline]
+    pub fn update_clock(&mut self) {
+        self.now_ms = self.clock.elapsed().as_millis() as u64;
+    }
+
+    /// A new table: keep the listeners it still has, arm the new ones, disarm and
+    /// release the ones it dropped. Runs on the control plane's pace, so it may allocate.
+    fn reconcile(&mut self, t: Arc<RouteTable>, io: &mut impl Driver) {
+        for l in self.listeners.iter_mut().flatten() {
+            l.entry = None;
+        }
+        for (i, le) in t.listeners.iter().enumerate() {
+            let found = self
+                .listeners
+                .iter_mut()
+                .flatten()
+                .find(|l| Arc::ptr_eq(&l.sockets, &le.sockets));
+            match found {
+                Some(l) => l.entry = Some(i),
+                None => {
+                    let local = Local {
+                        sockets: le.sockets.clone(),
+                        entry: Some(i),
+                        armed: false,
+                    };
+                    match self.listeners.iter().position(Option::is_none) {
+                        Some(p) => self.listeners[p] = Some(local),
+                        None => self.listeners.push(Some(local)),
+                    }
+                }
+            }
+        }
+        self.cursors.clear();
+        self.cursors.resize(t.clusters.len(), 0);
+        self.table = t;
+        let worker = self.worker;
+        self.udp.set_listeners(
+            self.listeners
+                .iter()
+                .map(|l| {
+                    l.as_ref().map(|l| UdpListener {
+                        entry: l.entry,
+                        fd: l.fd(worker),
+                    })
+                })
+                .collect(),
+        );
+        self.sync_accepts(io);
+    }
+
+    /// Make armed accepts match (listener in table) && accepting.
+    fn sync_accepts(&mut self, io: &mut impl Driver) {
+        let stopping = self.stopping();
+        for i in 0..self.listeners.len() {
+            let Some(l) = &mut self.listeners[i] else {
+                continue;
+            };
+            let fd = l.fd(self.worker);
+            let udp = l.sockets.protocol == Protocol::Udp;
+            // UDP listeners keep being read while draining: sessions still reply
+            // through them (new clients are refused in `Udp`).
+            let want = l.entry.is_some() && (self.accepting || udp) && !stopping;
+            if want && !l.armed {
+                l.armed = true;
+                if udp {
+                    io.watch(Watch::Listener(i as u32), fd);
+                } else {
+                    io.arm_accept(i as u32, fd);
+                }
+            } else if !want && l.armed {
+                let done = if udp {
+                    io.unwatch(Watch::Listener(i as u32), fd);
+                    // Sessions of a listener that left the table go with it.
+                    self.udp.close_listener(i as u32, self.worker, io);
+                    true
+                } else {
+                    io.disarm_accept(i as u32, fd)
+                };
+                if done {
+                    l.armed = false;
+                }
+            }
+            if let Some(l) = &self.listeners[i] {
+                if !l.armed && l.entry.is_none() {
+                    self.listeners[i] = None;
+                }
+            }
+        }
+    }
+
+    /// An accept completed on listener slot `l` (`res`: the new fd or `-errno`); `more`
+    /// is false when the engine's accept on it has ended.
+    pub fn on_accept(&mut self, l: u32, res: i32, more: bool, io: &mut impl Driver) {
+        if !more {
+            if let Some(local) = self.listeners.get_mut(l as usize).and_then(Option::as_mut) {
+                local.armed = false;
+            }
+            // Re-arms if still wanted (a multishot accept can end on an error), or
+            // releases a listener that left the table.
+            self.sync_accepts(io);
+        }
+        if res < 0 {
+            return;
+        }
+        // SAFETY: a non-negative accept result is a new descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+        self.admit(l, fd, io);
+    }
+
+    fn admit(&mut self, l: u32, fd: OwnedFd, io: &mut impl Driver) {
+        let Some(entry) = self
+            .listeners
+            .get(l as usize)
+            .and_then(Option::as_ref)
+            .and_then(|l| l.entry)
+        else {
+            return; // listener left the table: the connection is closed (fd dropped)
+        };
+        if !self.accepting {
+            return;
+        }
+        let table = self.table.clone();
+        let le = &table.listeners[entry];
+        if le.max_connections > 0 {
+            // All workers' slots: relaxed reads of other workers' counters, approximate
+            // under concurrent accepts by at most (workers - 1).
+            let open = le
+                .stats
+                .get(L::CxTotal)
+                .saturating_sub(le.stats.get(L::CxClosed));
+            if open >= u64::from(le.max_connections) {
+                le.stats.inc(self.worker, L::CxOverflow);
+                return;
+            }
+        }
+        let Some(slot) = self.alloc() else {
+            le.stats.inc(self.worker, L::CxOverflow);
+            return;
+        };
+        let mut cx = Ctx {
+            worker: self.worker,
+            now_ms: self.now_ms,
+            lb: &mut self.lb,
+            cursors: &mut self.cursors,
+            starved: &mut self.starved,
+            open: &mut self.open,
+        };
+        let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
+        self.after(slot, step);
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.conns.len() < MAX_CONNS => {
+                // Within the reserved capacity: no reallocation.
+                self.conns.push(Conn::default());
+                (self.conns.len() - 1) as u32
+            }
+            None => return None,
+        };
+        self.conns[slot as usize].pos = self.open_list.len() as u32;
+        self.open_list.push(slot);
+        Some(slot)
+    }
+
+    #[inline]
+    fn after(&mut self, slot: u32, step: Step) {
+        if step == Step::Free {
+            let pos = self.conns[slot as usize].pos as usize;
+            self.open_list.swap_remove(pos);
+            if let Some(&moved) = self.open_list.get(pos) {
+                self.conns[moved as usize].pos = pos as u32;
+            }
+            self.free.push(slot);
+        }
+    }
+
+    /// Run `f` on connection `slot` if `gen` still names its tenant.
+    #[inline]
+    fn with_conn<D: Driver>(
+        &mut self,
+        slot: u32,
+        gen: u16,
+        io: &mut D,
+        f: impl FnOnce(&mut Conn, &mut Ctx, &mut D) -> Step,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(slot as usize) else {
+            return false;
+        };
+        if c.gen != gen || c.is_free() {
+            return false;
+        }
+        let mut cx = Ctx {
+            worker: self.worker,
+            now_ms: self.now_ms,
+            lb: &mut self.lb,
+            cursors: &mut self.cursors,
+            starved: &mut self.starved,
+            open: &mut self.open,
+        };
+        let step = f(c, &mut cx, io);
+        self.after(slot, step);
+        true
+    }
+
+    pub fn on_connect(&mut self, slot: u32, gen: u16, res: i32, io: &mut impl Driver) {
+        self.with_conn(slot, gen, io, |c, cx, io| c.on_connect(slot, res, cx, io));
+    }
+
+    pub fn on_recv(
+        &mut self,
+        slot: u32,
+        gen: u16,
+        side: Side,
+        res: i32,
+        buf: Option<BufId>,
+        io: &mut impl Driver,
+    ) {
+        let handled = self.with_conn(slot, gen, io, |c, cx, io| {
+            c.on_recv(slot, side, res, buf, cx, io)
+        });
+        if !handled {
+            if let Some(b) = buf {
+                io.release(b);
+            }
+        }
+    }
+
+    pub fn on_send(&mut self, slot: u32, gen: u16, from: Side, res: i32, io: &mut impl Driver) {
+        self.with_conn(slot, gen, io, |c, cx, io| {
+            c.on_send(slot, from, res, cx, io)
+        });
+    }
+
+    /// Timeouts for every open connection and UDP session.
+    fn tick(&mut self, io: &mut impl Driver) {
+        let mut i = 0;
+        while i < self.open_list.len() {
+            let slot = self.open_list[i];
+            let gen = self.conns[slot as usize].gen;
+            self.with_conn(slot, gen, io, |c, cx, io| c.on_tick(slot, cx, io));
+            // A freed slot was swapped out: look at index i again.
+            if self.open_list.get(i) == Some(&slot) {
+                i += 1;
+            }
+        }
+        self.udp.expire(self.now_ms, self.worker, io);
+    }
+
+    /// Close every connection and session (shutdown past its drain deadline).
+    pub fn abort_all(&mut self, io: &mut impl Driver) {
+        let slots: Vec<u32> = self.open_list.clone();
+        for slot in slots {
+            let gen = self.conns[slot as usize].gen;
+            self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
+        }
+        self.udp.close_all(self.worker, io);
+        self.sync_accepts(io);
+    }
+
+    /// No connection or session is open and no accept is armed.
+    pub fn idle(&self) -> bool {
+        self.open == 0 && self.listeners.iter().flatten().all(|l| !l.armed)
+    }
+
+    /// A watched UDP socket is readable (`more` false: the engine's watch ended).
+    pub fn on_udp_ready(&mut self, w: Watch, more: bool, io: &mut impl Driver) {
+        match w {
+            Watch::Listener(l) => {
+                if !more {
+                    if let Some(local) = self.listeners.get_mut(l as usize).and_then(Option::as_mut)
+                    {
+                        local.armed = false;
+                    }
+                    self.sync_accepts(io);
+                }
+                self.udp_listener(l, io);
+            }
+            Watch::Session(slot, gen) => {
+                if !more {
+                    self.udp.rewatch(slot, gen, io);
+                }
+                self.udp
+                    .on_session_readable(slot, gen, self.worker, self.now_ms);
+            }
+        }
+    }
+
+    fn udp_listener(&mut self, l: u32, io: &mut impl Driver) {
+        let accepting = self.accepting && !self.stopping();
+        self.udp.on_listener_readable(
+            l,
+            &self.table,
+            accepting,
+            self.worker,
+            self.now_ms,
+            &mut self.lb,
+            &mut self.cursors,
+            io,
+        );
+    }
+
+    /// UDP sockets whose burst ran out last batch.
+    fn udp_again(&mut self, io: &mut impl Driver) {
+        if self.udp.again.is_empty() {
+            return;
+        }
+        // Swap in the spare list so new bursts queue without allocating.
+        std::mem::swap(&mut self.udp.again, &mut self.udp_spare);
+        for i in 0..self.udp_spare.len() {
+            let (slot, gen, listener) = self.udp_spare[i];
+            if listener {
+                self.udp_listener(slot, io);
+            } else {
+                self.udp
+                    .on_session_readable(slot, gen, self.worker, self.now_ms);
+            }
+        }
+        self.udp_spare.clear();
+    }
+}
+
+/// Count of open connections/sessions across workers.
+pub(crate) fn open_total(shared: &Shared) -> u64 {
+    shared.open.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}

@@ -1,0 +1,445 @@
+//! The epoll engine: the same proxy for hosts where io_uring is unavailable (containers
+//! often block `io_uring_setup`). Edge-triggered epoll, one registration per socket for
+//! its whole life; the engine turns readiness into the completions the proxy state
+//! machine expects by running `recv`/`send`/`accept4` itself.
+//!
+//! Owns the epoll set, the buffer pool and its free list, and per connection the
+//! operations the proxy asked for plus each socket's last known readiness. Invariants:
+//! an operation runs only when its socket is believed ready, and readiness is cleared
+//! only by `EAGAIN` (edge-triggered: no event is lost); a completion is delivered after
+//! the call that requested it has returned (never re-entrantly); each registration
+//! carries an epoch so an event for a socket closed earlier in the batch is ignored.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::buf::{BufPool, POOL_BUFFERS};
+use super::core::{Core, Driver, Kind, Token, TICK_MS};
+use super::sys;
+use super::{EngineOptions, Idle};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+
+const EVENTS: usize = 512;
+
+/// One connection's requested operations and its sockets' readiness.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ops {
+    gen: u16,
+    fds: [RawFd; 2],
+    epoch: [u8; 2],
+    readable: [bool; 2],
+    writable: [bool; 2],
+    want_recv: [bool; 2],
+    /// By source side: (buffer, offset, length) to write to the other side.
+    send: [Option<(BufId, u32, u32)>; 2],
+    connecting: bool,
+    queued: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Done {
+    Connect(ConnRef, i32),
+    Recv(ConnRef, Side, i32, Option<BufId>),
+    Send(ConnRef, Side, i32),
+}
+
+pub(crate) struct Epoll {
+    ep: OwnedFd,
+    pool: BufPool,
+    free: Vec<BufId>,
+    ops: Vec<Ops>,
+    ready: Vec<u32>,
+    done: Vec<Done>,
+}
+
+fn sock_token(c: ConnRef, side: Side, epoch: u8) -> u64 {
+    Token::encode(Kind::Sock, side as u8 | (epoch << 1), c.gen, c.slot)
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall; a non-negative result is a new fd we own.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just created and is owned by nobody else.
+        let ep = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll {
+            ep,
+            pool: BufPool::new(),
+            free: (0..POOL_BUFFERS as BufId).rev().collect(),
+            ops: Vec::new(),
+            ready: Vec::with_capacity(4096),
+            done: Vec::with_capacity(4096),
+        })
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: ev is valid for the call; the kernel copies it.
+        let r = unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, fd, &mut ev) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn register_sock(&mut self, c: ConnRef, side: Side, fd: RawFd) -> io::Result<()> {
+        let o = &mut self.ops[c.slot as usize];
+        o.epoch[side.idx()] = o.epoch[side.idx()].wrapping_add(1) & 0x7f;
+        let tok = sock_token(c, side, o.epoch[side.idx()]);
+        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        self.ctl(libc::EPOLL_CTL_ADD, fd, ev, tok)
+    }
+
+    #[inline]
+    fn enqueue(&mut self, slot: u32) {
+        let o = &mut self.ops[slot as usize];
+        if !o.queued {
+            o.queued = true;
+            self.ready.push(slot);
+        }
+    }
+
+    /// Run the operations a connection asked for that its sockets are ready for.
+    fn service(&mut self, slot: u32) {
+        let o = &mut self.ops[slot as usize];
+        o.queued = false;
+        let c = ConnRef { slot, gen: o.gen };
+        let up = Side::Up.idx();
+        if o.connecting && o.writable[up] {
+            o.connecting = false;
+            let err = match crate::net::take_error(&sys_fd(o.fds[up])) {
+                Ok(None) => 0,
+                Ok(Some(e)) => -e.raw_os_error().unwrap_or(libc::ECONNREFUSED),
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            self.done.push(Done::Connect(c, err));
+        }
+        for side in [Side::Down, Side::Up] {
+            let s = side.idx();
+            let o = &mut self.ops[slot as usize];
+            if o.want_recv[s] && o.readable[s] {
+                let Some(b) = self.free.pop() else {
+                    o.want_recv[s] = false;
+                    self.done.push(Done::Recv(c, side, -libc::ENOBUFS, None));
+                    continue;
+                };
+                // SAFETY: b came off the free list: nothing else refers to it.
+                let n = sys::recv(o.fds[s], unsafe { self.pool.slice_mut(b) });
+                if n == -libc::EAGAIN {
+                    self.free.push(b);
+                    o.readable[s] = false;
+                } else {
+                    o.want_recv[s] = false;
+                    if n > 0 {
+                        self.done.push(Done::Recv(c, side, n, Some(b)));
+                    } else {
+                        self.free.push(b);
+                        self.done.push(Done::Recv(c, side, n, None));
+                    }
+                }
+            }
+            let dst = side.other().idx();
+            if let Some((b, off, len)) = o.send[s] {
+                if o.writable[dst] {
+                    // SAFETY: the buffer belongs to this connection's queue until the
+                    // send completes; off + len ≤ BUF_SIZE.
+                    let data = unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
+                    let n = sys::send(o.fds[dst], data);
+                    if n == -libc::EAGAIN {
+                        o.writable[dst] = false;
+                    } else {
+                        o.send[s] = None;
+                        self.done.push(Done::Send(c, side, n));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A borrowed view of a raw fd for socket2 helpers.
+fn sys_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass a socket owned by a live connection; the borrow is used only
+    // within the current call (never stored), while the connection keeps it open.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+impl Io for Epoll {
+    fn adopt(&mut self, c: ConnRef, fd: RawFd) {
+        let slot = c.slot as usize;
+        if self.ops.len() <= slot {
+            // Grows with the slab's high-water mark only.
+            self.ops.resize(slot + 1, Ops::default());
+        }
+        let epoch = self.ops[slot].epoch;
+        self.ops[slot] = Ops {
+            gen: c.gen,
+            fds: [fd, -1],
+            epoch,
+            // Optimistic: edge-triggered readiness is learned from EAGAIN.
+            readable: [true, false],
+            writable: [true, false],
+            ..Ops::default()
+        };
+        if let Err(e) = self.register_sock(c, Side::Down, fd) {
+            tracing::warn!("epoll_ctl(ADD) for a client socket failed: {e}");
+            self.ops[slot].readable[0] = false;
+        }
+    }
+
+    fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
+        let (ss, len) = sys::to_storage(&addr);
+        // SAFETY: ss holds a sockaddr of `len` bytes; fd is a non-blocking socket.
+        let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+        let err = if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        };
+        let o = &mut self.ops[c.slot as usize];
+        o.fds[Side::Up.idx()] = fd;
+        o.readable[Side::Up.idx()] = false;
+        o.writable[Side::Up.idx()] = false;
+        if err != 0 && err != libc::EINPROGRESS {
+            self.done.push(Done::Connect(c, -err));
+            return;
+        }
+        if let Err(e) = self.register_sock(c, Side::Up, fd) {
+            self.done
+                .push(Done::Connect(c, -e.raw_os_error().unwrap_or(libc::EIO)));
+            return;
+        }
+        let o = &mut self.ops[c.slot as usize];
+        o.connecting = true;
+        if err == 0 {
+            o.writable[Side::Up.idx()] = true;
+            self.enqueue(c.slot);
+        }
+    }
+
+    fn cancel_connect(&mut self, c: ConnRef, _fd: RawFd) -> bool {
+        self.ops[c.slot as usize].connecting = false;
+        true
+    }
+
+    #[inline]
+    fn recv(&mut self, c: ConnRef, side: Side, _fd: RawFd) {
+        self.ops[c.slot as usize].want_recv[side.idx()] = true;
+        self.enqueue(c.slot);
+    }
+
+    #[inline]
+    fn send(&mut self, c: ConnRef, from: Side, _fd: RawFd, buf: BufId, off: u32, len: u32) {
+        self.ops[c.slot as usize].send[from.idx()] = Some((buf, off, len));
+        self.enqueue(c.slot);
+    }
+
+    #[inline]
+    fn release(&mut self, buf: BufId) {
+        self.free.push(buf);
+    }
+
+    #[inline]
+    fn buffers_available(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    fn cancel_all(&mut self, c: ConnRef, _fds: [RawFd; 2]) -> bool {
+        // Closing the sockets removes them from the epoll set; pending requests are ours.
+        let o = &mut self.ops[c.slot as usize];
+        o.want_recv = [false; 2];
+        o.send = [None; 2];
+        o.connecting = false;
+        true
+    }
+
+    fn watch(&mut self, w: Watch, fd: RawFd) {
+        let tok = watch_token(w);
+        let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        if let Err(e) = self.ctl(libc::EPOLL_CTL_ADD, fd, ev, tok) {
+            tracing::warn!("epoll_ctl(ADD) for a UDP socket failed: {e}");
+        }
+    }
+
+    fn unwatch(&mut self, _w: Watch, fd: RawFd) {
+        // ENOENT/EBADF if already closed: nothing left to remove.
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+    }
+}
+
+fn watch_token(w: Watch) -> u64 {
+    match w {
+        Watch::Listener(l) => Token::encode(Kind::UdpListener, 0, 0, l),
+        Watch::Session(s, g) => Token::encode(Kind::UdpSession, 0, g, s),
+    }
+}
+
+impl Driver for Epoll {
+    fn arm_accept(&mut self, l: u32, fd: RawFd) {
+        let ev = (libc::EPOLLIN | libc::EPOLLET) as u32;
+        if let Err(e) = self.ctl(
+            libc::EPOLL_CTL_ADD,
+            fd,
+            ev,
+            Token::encode(Kind::Accept, 0, 0, l),
+        ) {
+            tracing::warn!("epoll_ctl(ADD) for a listener failed: {e}");
+        }
+    }
+
+    fn disarm_accept(&mut self, _l: u32, fd: RawFd) -> bool {
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0);
+        true
+    }
+}
+
+/// Deliver completions until no connection has runnable work.
+fn flush(core: &mut Core, io: &mut Epoll) {
+    loop {
+        while let Some(d) = io.done.pop() {
+            match d {
+                Done::Connect(c, res) => core.on_connect(c.slot, c.gen, res, io),
+                Done::Recv(c, side, res, buf) => core.on_recv(c.slot, c.gen, side, res, buf, io),
+                Done::Send(c, from, res) => core.on_send(c.slot, c.gen, from, res, io),
+            }
+        }
+        let Some(slot) = io.ready.pop() else {
+            return;
+        };
+        io.service(slot);
+    }
+}
+
+fn accept_all(core: &mut Core, io: &mut Epoll, l: u32) {
+    let Some(fd) = core
+        .listeners
+        .get(l as usize)
+        .and_then(Option::as_ref)
+        .map(|x| x.fd(core.worker))
+    else {
+        return;
+    };
+    loop {
+        // SAFETY: null address pointers are allowed (we don't ask for the peer).
+        let r = unsafe {
+            libc::accept4(
+                fd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        let res = if r < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            r
+        };
+        if res == -libc::EAGAIN || res == -libc::EINVAL || res == -libc::EBADF {
+            return;
+        }
+        core.on_accept(l, res, true, io);
+        flush(core, io);
+        // The listener may have been disarmed by the accept (table change).
+        if !core
+            .listeners
+            .get(l as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|x| x.armed)
+        {
+            return;
+        }
+    }
+}
+
+/// Run one worker until the engine stops it.
+pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::Result<()> {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+    let mut last_work = Instant::now();
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        let timeout = if !io.ready.is_empty() || !io.done.is_empty() {
+            0
+        } else {
+            match opts.idle {
+                Idle::Spin => 0,
+                Idle::Adaptive if last_work.elapsed() < opts.spin => 0,
+                _ => TICK_MS as i32,
+            }
+        };
+        // SAFETY: `events` is valid for EVENTS entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                io.ep.as_raw_fd(),
+                events.as_mut_ptr(),
+                EVENTS as i32,
+                timeout,
+            )
+        };
+        let n = if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+            0
+        } else {
+            n as usize
+        };
+        if n > 0 && opts.idle == Idle::Adaptive {
+            last_work = Instant::now();
+        }
+        // After the wait: what it returned is handled with the newest table.
+        core.begin_batch(io);
+        flush(core, io);
+        if core.stopping() {
+            let now = Instant::now();
+            let deadline = *stop_deadline.get_or_insert_with(|| {
+                core.abort_all(io);
+                now + Duration::from_secs(2)
+            });
+            flush(core, io);
+            if core.idle() || now >= deadline {
+                return Ok(());
+            }
+        }
+        for ev in &events[..n] {
+            let (bits, token) = (ev.events, ev.u64);
+            let t = Token::decode(token);
+            match t.kind {
+                Kind::Accept => accept_all(core, io, t.slot),
+                Kind::Sock => {
+                    let side = (t.aux & 1) as usize;
+                    let epoch = t.aux >> 1;
+                    let Some(o) = io.ops.get_mut(t.slot as usize) else {
+                        continue;
+                    };
+                    if o.gen != t.gen || o.epoch[side] != epoch {
+                        continue;
+                    }
+                    let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+                    if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
+                        o.readable[side] = true;
+                    }
+                    if bits & (libc::EPOLLOUT as u32 | err) != 0 {
+                        o.writable[side] = true;
+                    }
+                    io.enqueue(t.slot);
+                }
+                Kind::UdpListener => core.on_udp_ready(Watch::Listener(t.slot), true, io),
+                Kind::UdpSession => core.on_udp_ready(Watch::Session(t.slot, t.gen), true, io),
+                _ => {}
+            }
+        }
+        flush(core, io);
+        core.end_batch();
+    }
+}

@@ -1,0 +1,441 @@
+//! The io_uring engine: one ring per worker, set up `SINGLE_ISSUER | DEFER_TASKRUN`
+//! (PLATFORM.md: default flags cost ≈ 20 µs more per round trip; SQPOLL is not used —
+//! it needs a core of its own). Multishot accept per listener socket, single-shot
+//! receives that pick a buffer from the worker's provided-buffer ring, sends straight
+//! from that buffer (no copy), all submitted in one `io_uring_enter` per loop.
+//!
+//! Owns the ring, the buffer ring and the connect addresses; the proxy logic lives in
+//! `proxy::l4` and the worker logic in `engine::core`. Invariants: a buffer is either in
+//! the kernel's ring, or owned by exactly one connection's queue; memory the kernel may
+//! touch (buffers, buffer ring, sockaddrs) lives until the ring is dropped, which
+//! happens first (field order). Receives are single-shot, one per side at a time, so a
+//! connection never holds more than its bounded queue (backpressure).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
+use super::core::{Core, Driver, Kind, Token, TICK_MS};
+use super::{EngineOptions, Idle};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+
+const SQ_ENTRIES: u32 = 1024;
+const CQ_ENTRIES: u32 = 8192;
+/// Completions handled per batch before the next submit.
+const BATCH: usize = 512;
+const BGID: u16 = 0;
+
+fn builder() -> io_uring::Builder {
+    let mut b = IoUring::builder();
+    b.setup_single_issuer()
+        .setup_defer_taskrun()
+        // Lets a spinning worker see pending task work without a syscall.
+        .setup_taskrun_flag()
+        .setup_cqsize(CQ_ENTRIES)
+        .setup_submit_all();
+    b
+}
+
+/// Can this process run the engine? (io_uring_setup may be blocked by seccomp or
+/// `kernel.io_uring_disabled`, and the buffer ring needs kernel ≥ 5.19.)
+///
+/// Runs on a throw-away thread: tearing a ring down queues task work on the thread that
+/// created it, which interrupts that thread's next blocking socket call that has a
+/// timeout with `EINTR` — the caller (the daemon's main thread, a test) must not see it.
+pub(crate) fn probe() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("tickmesh-probe".into())
+        .spawn(probe_here)
+        .map_err(|e| format!("cannot spawn the io_uring probe thread: {e}"))?
+        .join()
+        .map_err(|_| "the io_uring probe panicked".to_string())?
+}
+
+fn probe_here() -> Result<(), String> {
+    let ring = builder()
+        .build(8)
+        .map_err(|e| format!("io_uring_setup with SINGLE_ISSUER|DEFER_TASKRUN failed: {e}"))?;
+    let mut p = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (op, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::Recv::CODE, "recv"),
+        (opcode::Send::CODE, "send"),
+        (opcode::Connect::CODE, "connect"),
+        (opcode::PollAdd::CODE, "poll_add"),
+        (opcode::AsyncCancel::CODE, "async_cancel"),
+    ] {
+        if !p.is_supported(op) {
+            return Err(format!("io_uring lacks {name}"));
+        }
+    }
+    BufRing::new(&ring, 8)
+        .map(drop)
+        .map_err(|e| format!("provided buffer ring: {e}"))
+}
+
+// === buffer ring ===
+
+/// The provided-buffer ring shared with the kernel, over the worker's [`BufPool`].
+struct BufRing {
+    entries: NonNull<BufRingEntry>,
+    layout: std::alloc::Layout,
+    count: u16,
+    tail: u16,
+    /// Buffers currently in the kernel's ring.
+    available: u32,
+    pool: BufPool,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u16) -> io::Result<BufRing> {
+        debug_assert!(count.is_power_of_two() && count as usize <= POOL_BUFFERS);
+        let size = count as usize * std::mem::size_of::<BufRingEntry>();
+        let layout = std::alloc::Layout::from_size_align(size.max(4096), 4096)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        let entries = NonNull::new(p.cast::<BufRingEntry>())
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let mut br = BufRing {
+            entries,
+            layout,
+            count,
+            tail: 0,
+            available: 0,
+            pool: BufPool::new(),
+        };
+        // SAFETY: the ring memory is page-aligned, `count` entries long, and lives until
+        // `br` drops — after the IoUring (field order in `Uring`; in `probe` the ring is
+        // dropped at the end of the function too, after `br` is, but the kernel only
+        // reads the ring while an operation selects a buffer, and none is submitted).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                BGID,
+                0,
+            )?;
+        }
+        for b in 0..count {
+            br.add(b);
+        }
+        Ok(br)
+    }
+
+    /// Post buffer `b` to the kernel.
+    #[inline]
+    fn add(&mut self, b: BufId) {
+        let mask = self.count - 1;
+        // SAFETY: (tail & mask) < count, inside the ring allocation; the kernel does not
+        // read entries beyond the published tail, so writing this one races nothing.
+        unsafe {
+            let e = &mut *self.entries.as_ptr().add((self.tail & mask) as usize);
+            e.set_addr(self.pool.ptr(b) as u64);
+            e.set_len(BUF_SIZE as u32);
+            e.set_bid(b);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail field overlays entry 0's reserved field (the kernel's ABI);
+        // it is u16-aligned. Release orders the entry writes before the tail.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.available += 1;
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring that read it is gone.
+        unsafe { std::alloc::dealloc(self.entries.as_ptr().cast(), self.layout) }
+    }
+}
+
+// === the driver ===
+
+pub(crate) struct Uring {
+    // Field order matters: the ring drops (and stops touching memory) first.
+    ring: IoUring,
+    bufs: BufRing,
+    /// Connect addresses by connection slot: the kernel reads them asynchronously.
+    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+impl Uring {
+    pub(crate) fn new() -> io::Result<Uring> {
+        let ring = builder().build(SQ_ENTRIES)?;
+        let bufs = BufRing::new(&ring, POOL_BUFFERS as u16)?;
+        Ok(Uring {
+            ring,
+            bufs,
+            addrs: Vec::new(),
+        })
+    }
+
+    /// Queue an entry, flushing the submission queue first if it is full.
+    ///
+    /// # Safety
+    /// Every pointer in `e` must stay valid until its completion arrives.
+    #[inline]
+    unsafe fn push(&mut self, e: squeue::Entry) {
+        loop {
+            if self.ring.submission().push(&e).is_ok() {
+                return;
+            }
+            // Full: submit what is queued (rare: only with > SQ_ENTRIES ops per batch).
+            if let Err(err) = self.ring.submit() {
+                if err.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::error!("io_uring submit failed: {err}");
+                }
+            }
+        }
+    }
+
+    /// Submit and reap without blocking; enters the kernel only when there is
+    /// something to submit or task work to run.
+    #[inline]
+    fn poll(&mut self) -> io::Result<()> {
+        let (pending, taskrun) = {
+            let sq = self.ring.submission();
+            (!sq.is_empty(), sq.taskrun())
+        };
+        if pending || taskrun {
+            self.ring.submitter().submit_and_wait(0)?;
+        }
+        Ok(())
+    }
+
+    /// Submit and wait up to `timeout` for a completion.
+    fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = Timespec::from(timeout);
+        let args = SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Io for Uring {
+    fn adopt(&mut self, _c: ConnRef, _fd: RawFd) {}
+
+    fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
+        let slot = c.slot as usize;
+        if self.addrs.len() <= slot {
+            // Grows with the slab's high-water mark only.
+            self.addrs
+                .resize(slot + 1, crate::engine::sys::to_storage(&addr));
+        }
+        self.addrs[slot] = crate::engine::sys::to_storage(&addr);
+        let (ss, len) = &self.addrs[slot];
+        let e = opcode::Connect::new(Fd(fd), (ss as *const libc::sockaddr_storage).cast(), *len)
+            .build()
+            .user_data(Token::encode(Kind::Connect, 0, c.gen, c.slot));
+        // SAFETY: addrs[slot] is not touched again until this slot's connect completes
+        // (one connect in flight per connection) and lives as long as the ring.
+        unsafe { self.push(e) }
+    }
+
+    fn cancel_connect(&mut self, c: ConnRef, _fd: RawFd) -> bool {
+        let e = opcode::AsyncCancel::new(Token::encode(Kind::Connect, 0, c.gen, c.slot))
+            .build()
+            .user_data(Token::NOTHING);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) };
+        false
+    }
+
+    #[inline]
+    fn recv(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
+            .buf_group(BGID)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(Token::encode(Kind::Recv, side as u8, c.gen, c.slot));
+        // SAFETY: the kernel picks the buffer from the ring, whose memory outlives it.
+        unsafe { self.push(e) }
+    }
+
+    #[inline]
+    fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32) {
+        // SAFETY: off + len ≤ BUF_SIZE (the proxy sends within what it received).
+        let p = unsafe { self.bufs.pool.ptr(buf).add(off as usize) };
+        let e = opcode::Send::new(Fd(fd), p, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
+        // SAFETY: the buffer stays in the connection's queue (not in the kernel's ring)
+        // until this send completes.
+        unsafe { self.push(e) }
+    }
+
+    #[inline]
+    fn release(&mut self, buf: BufId) {
+        self.bufs.add(buf);
+    }
+
+    #[inline]
+    fn buffers_available(&self) -> bool {
+        self.bufs.available > 0
+    }
+
+    fn cancel_all(&mut self, _c: ConnRef, fds: [RawFd; 2]) -> bool {
+        for fd in fds {
+            if fd >= 0 {
+                let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+                    .build()
+                    .user_data(Token::NOTHING);
+                // SAFETY: no pointers.
+                unsafe { self.push(e) };
+            }
+        }
+        false
+    }
+
+    fn watch(&mut self, w: Watch, fd: RawFd) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(watch_token(w));
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    fn unwatch(&mut self, w: Watch, _fd: RawFd) {
+        let e = opcode::PollRemove::new(watch_token(w))
+            .build()
+            .user_data(Token::NOTHING);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+}
+
+fn watch_token(w: Watch) -> u64 {
+    match w {
+        Watch::Listener(l) => Token::encode(Kind::UdpListener, 0, 0, l),
+        Watch::Session(s, g) => Token::encode(Kind::UdpSession, 0, g, s),
+    }
+}
+
+impl Driver for Uring {
+    fn arm_accept(&mut self, l: u32, fd: RawFd) {
+        let e = opcode::AcceptMulti::new(Fd(fd))
+            .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(Token::encode(Kind::Accept, 0, 0, l));
+        // SAFETY: no pointers (no peer address requested).
+        unsafe { self.push(e) }
+    }
+
+    fn disarm_accept(&mut self, l: u32, _fd: RawFd) -> bool {
+        let e = opcode::AsyncCancel::new(Token::encode(Kind::Accept, 0, 0, l))
+            .build()
+            .user_data(Token::NOTHING);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) };
+        false
+    }
+}
+
+// === the loop ===
+
+/// Run one worker until the engine stops it.
+pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::Result<()> {
+    let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(BATCH);
+    let mut last_work = Instant::now();
+    let tick = Duration::from_millis(TICK_MS);
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        // Submit what the last batch queued, then wait or poll for completions.
+        let ready = !io.ring.completion().is_empty();
+        let idle_wait = match opts.idle {
+            Idle::Spin => false,
+            Idle::Adaptive => !ready && last_work.elapsed() >= opts.spin,
+            Idle::Park => !ready,
+        };
+        if idle_wait {
+            io.wait(tick)?;
+        } else {
+            io.poll()?;
+        }
+        // After the wait: what it returned is handled with the newest table.
+        core.begin_batch(io);
+        if core.stopping() {
+            let now = Instant::now();
+            let deadline = *stop_deadline.get_or_insert_with(|| {
+                core.abort_all(io);
+                now + Duration::from_secs(2)
+            });
+            if core.idle() || now >= deadline {
+                return Ok(());
+            }
+        }
+        cqes.clear();
+        cqes.extend(
+            io.ring
+                .completion()
+                .take(BATCH)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        if !cqes.is_empty() && opts.idle == Idle::Adaptive {
+            last_work = Instant::now();
+        }
+        for &(ud, res, flags) in &cqes {
+            dispatch(core, io, ud, res, flags);
+        }
+        core.end_batch();
+    }
+}
+
+#[inline]
+fn dispatch(core: &mut Core, io: &mut Uring, ud: u64, res: i32, flags: u32) {
+    let t = Token::decode(ud);
+    let more = cqueue::more(flags);
+    match t.kind {
+        Kind::Nothing | Kind::Sock => {}
+        Kind::Accept => core.on_accept(t.slot, res, more, io),
+        Kind::Connect => core.on_connect(t.slot, t.gen, res, io),
+        Kind::Recv => {
+            let buf = cqueue::buffer_select(flags);
+            if buf.is_some() {
+                io.bufs.available -= 1;
+            }
+            core.on_recv(t.slot, t.gen, Side::from_idx(t.aux as usize), res, buf, io)
+        }
+        Kind::Send => core.on_send(t.slot, t.gen, Side::from_idx(t.aux as usize), res, io),
+        Kind::UdpListener | Kind::UdpSession => {
+            let w = if t.kind == Kind::UdpListener {
+                Watch::Listener(t.slot)
+            } else {
+                Watch::Session(t.slot, t.gen)
+            };
+            if res < 0 {
+                // Cancelled by unwatch (or the socket failed): nothing to read.
+                if res != -libc::ECANCELED && res != -libc::ENOENT && !more {
+                    core.on_udp_ready(w, false, io);
+                }
+                return;
+            }
+            core.on_udp_ready(w, more, io)
+        }
+    }
+}

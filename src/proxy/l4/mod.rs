@@ -1,0 +1,131 @@
+//! L4 proxying: TCP connections relayed byte for byte ([`tcp`]) and UDP datagrams
+//! forwarded through per-client sessions ([`udp`]).
+//!
+//! Owns the proxy logic shared by every engine. The engine owns the sockets' I/O
+//! mechanics and reports results in io_uring's convention (`res >= 0` success,
+//! `-errno` failure) whether they came from a completion queue or from a readiness loop
+//! running the syscall itself. Must never block, never allocate on the per-message path,
+//! and never write a counter slot other than its worker's.
+
+pub mod tcp;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use crate::cluster::LbState;
+
+/// Index of a receive buffer in the worker's buffer pool.
+pub type BufId = u16;
+
+/// One end of a proxied TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Side {
+    /// The client that connected to our listener.
+    Down = 0,
+    /// The endpoint we connected to.
+    Up = 1,
+}
+
+impl Side {
+    #[inline]
+    pub fn other(self) -> Side {
+        match self {
+            Side::Down => Side::Up,
+            Side::Up => Side::Down,
+        }
+    }
+
+    #[inline]
+    pub fn idx(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_idx(i: usize) -> Side {
+        if i == 0 {
+            Side::Down
+        } else {
+            Side::Up
+        }
+    }
+}
+
+/// A connection slot and the generation it had when an operation was issued; a
+/// completion whose generation differs belongs to a previous tenant of the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub slot: u32,
+    pub gen: u16,
+}
+
+/// What a proxy asks of its engine. Operations complete later, through the worker
+/// calling back into the proxy (`on_connect`, `on_recv`, `on_send`), never from inside
+/// these calls. At most one operation of a kind is outstanding per connection side.
+pub trait Io {
+    /// A new connection in slot `c` owns client socket `fd` (already non-blocking).
+    fn adopt(&mut self, c: ConnRef, fd: RawFd);
+    /// Start a non-blocking connect of `fd` to `addr`.
+    fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr);
+    /// Abandon the connect in flight. `true`: it is gone now (no completion will come);
+    /// `false`: its completion (likely `-ECANCELED`) will still arrive.
+    fn cancel_connect(&mut self, c: ConnRef, fd: RawFd) -> bool;
+    /// Receive once from `side`'s socket into a pool buffer the engine chooses.
+    /// Completes with `-ENOBUFS` when the pool is empty.
+    fn recv(&mut self, c: ConnRef, side: Side, fd: RawFd);
+    /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
+    /// `from`); completes with the count sent, which may be short.
+    fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
+    /// Give a buffer back to the pool.
+    fn release(&mut self, buf: BufId);
+    /// Whether a starved receive is worth retrying now.
+    fn buffers_available(&self) -> bool;
+    /// Cancel every operation on these sockets (`-1` = none). `true`: all gone now;
+    /// `false`: each still completes (likely `-ECANCELED`).
+    fn cancel_all(&mut self, c: ConnRef, fds: [RawFd; 2]) -> bool;
+    /// Report readability of a UDP socket until `unwatch`.
+    fn watch(&mut self, w: Watch, fd: RawFd);
+    fn unwatch(&mut self, w: Watch, fd: RawFd);
+}
+
+/// A UDP socket whose readability a worker wants to hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// A listener socket, by the worker's listener slot.
+    Listener(u32),
+    /// A session's upstream socket: session slot and generation.
+    Session(u32, u16),
+}
+
+/// The worker state a proxy needs besides its connection.
+pub struct Ctx<'a> {
+    pub worker: usize,
+    /// Milliseconds since the worker started, read once per batch.
+    pub now_ms: u64,
+    pub lb: &'a mut LbState,
+    /// Round-robin cursor per cluster index of the worker's current table.
+    pub cursors: &'a mut [u32],
+    /// Receives that found the pool empty, retried when buffers come back.
+    pub starved: &'a mut Vec<(u32, Side)>,
+    /// Open connections and sessions of this worker (for drain).
+    pub open: &'a mut u64,
+}
+
+/// What the worker must do with a connection slot after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Step {
+    Continue,
+    /// Everything is closed and no operation is in flight: the slot may be reused.
+    Free,
+}
+
+/// A cursor for cluster `i`, or a scratch one when `i` is beyond the worker's table
+/// (a connection still connecting against an older table).
+#[inline]
+pub(crate) fn cursor<'a>(cursors: &'a mut [u32], scratch: &'a mut u32, i: usize) -> &'a mut u32 {
+    match cursors.get_mut(i) {
+        Some(c) => c,
+        None => scratch,
+    }
+}

@@ -1,0 +1,547 @@
+//! The TCP relay: one [`Conn`] per proxied connection, an engine-agnostic state machine
+//! driven by completions.
+//!
+//! Owns the connection's two sockets, its upstream choice and the buffers in flight.
+//! Invariants:
+//! - **Bounded memory.** Each direction holds at most [`QUEUE`] pool buffers of
+//!   [`BUF_SIZE`] bytes; a receive is only armed while the queue has room, so a peer that
+//!   stops reading stops the other side's reads (TCP flow control does the rest). Per
+//!   connection: at most `2 × QUEUE × BUF_SIZE` = 128 KiB of user-space buffer, and none
+//!   while idle (buffers come from the worker's shared pool, taken per receive).
+//! - **Ordering.** One send in flight per direction; queued buffers go out in order.
+//! - **Half-close.** EOF from one side becomes `shutdown(SHUT_WR)` on the other once that
+//!   direction's queue is empty; the other direction keeps flowing. The connection closes
+//!   when both directions have ended.
+//! - **Reset.** A receive or send error on one side closes the other with `SO_LINGER 0`
+//!   (an RST), so the peer sees the failure instead of a clean FIN.
+//! - A slot is freed only when no operation is in flight on it.
+//!
+//! Never blocks; never allocates on the data path (per connection: three `Arc` clones of
+//! counter blocks and the upstream socket).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+
+use super::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::route::RouteTable;
+use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+
+/// Buffers queued per direction before the receive on that side pauses.
+pub const QUEUE: usize = 4;
+/// Size of one pool buffer (one receive).
+pub const BUF_SIZE: usize = 16 * 1024;
+
+const ETIMEDOUT: i32 = libc::ETIMEDOUT;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Free,
+    Connecting,
+    Proxying,
+    Closing,
+}
+
+/// Bytes read from one side waiting to be written to the other.
+#[derive(Debug, Default)]
+struct Dir {
+    bufs: [BufId; QUEUE],
+    lens: [u32; QUEUE],
+    head: u8,
+    count: u8,
+    /// Bytes of the head buffer already sent.
+    off: u32,
+    recv_armed: bool,
+    send_inflight: bool,
+    /// The source side sent FIN.
+    eof: bool,
+    /// We propagated the FIN (`shutdown(SHUT_WR)` on the destination).
+    shut: bool,
+    starved: bool,
+}
+
+impl Dir {
+    #[inline]
+    fn push(&mut self, b: BufId, len: u32) {
+        debug_assert!((self.count as usize) < QUEUE);
+        let i = (self.head as usize + self.count as usize) % QUEUE;
+        self.bufs[i] = b;
+        self.lens[i] = len;
+        self.count += 1;
+    }
+
+    #[inline]
+    fn front(&self) -> (BufId, u32) {
+        (self.bufs[self.head as usize], self.lens[self.head as usize])
+    }
+
+    #[inline]
+    fn pop(&mut self) -> BufId {
+        let b = self.bufs[self.head as usize];
+        self.head = ((self.head as usize + 1) % QUEUE) as u8;
+        self.count -= 1;
+        self.off = 0;
+        b
+    }
+
+    fn busy(&self) -> bool {
+        self.recv_armed || self.send_inflight
+    }
+}
+
+/// One proxied TCP connection.
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    pub gen: u16,
+    attempt: u8,
+    connect_inflight: bool,
+    timed_out: bool,
+    /// Close this side with an RST.
+    reset: [bool; 2],
+    /// Indexed by [`Side`]; `None` before the upstream socket exists and after close.
+    fds: [Option<OwnedFd>; 2],
+    /// Indexed by the source side: `dirs[Down]` carries client → upstream.
+    dirs: [Dir; 2],
+    cluster: u32,
+    first_endpoint: u32,
+    deadline_ms: u64,
+    last_ms: u64,
+    idle_ms: u64,
+    /// Position in the worker's list of open connections.
+    pub pos: u32,
+    peer: Option<SocketAddr>,
+    /// Only while connecting: the table the connection was routed with, for retries.
+    table: Option<Arc<RouteTable>>,
+    lstats: Option<Arc<ListenerStats>>,
+    cstats: Option<Arc<UpstreamStats>>,
+    estats: Option<Arc<UpstreamStats>>,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            phase: Phase::Free,
+            gen: 0,
+            attempt: 0,
+            connect_inflight: false,
+            timed_out: false,
+            reset: [false; 2],
+            fds: [None, None],
+            dirs: Default::default(),
+            cluster: 0,
+            first_endpoint: 0,
+            deadline_ms: 0,
+            last_ms: 0,
+            idle_ms: 0,
+            pos: 0,
+            peer: None,
+            table: None,
+            lstats: None,
+            cstats: None,
+            estats: None,
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+impl Conn {
+    pub fn is_free(&self) -> bool {
+        self.phase == Phase::Free
+    }
+
+    fn me(&self, slot: u32) -> ConnRef {
+        ConnRef {
+            slot,
+            gen: self.gen,
+        }
+    }
+
+    fn raw(&self, s: Side) -> RawFd {
+        self.fds[s.idx()].as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    /// Take over an accepted client socket and start connecting upstream. `listener`
+    /// indexes `table.listeners`; the caller has already checked `max_connections`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &mut self,
+        slot: u32,
+        down: OwnedFd,
+        table: &Arc<RouteTable>,
+        listener: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        debug_assert!(self.phase == Phase::Free);
+        let l = &table.listeners[listener];
+        let gen = self.gen;
+        *self = Conn {
+            gen,
+            phase: Phase::Connecting,
+            idle_ms: ms(l.idle_timeout),
+            last_ms: cx.now_ms,
+            pos: self.pos,
+            ..Conn::default()
+        };
+        // A failure here is not fatal: the connection works, only with Nagle on.
+        let _ = crate::net::set_nodelay(&down);
+        l.stats.inc(cx.worker, L::CxTotal);
+        self.lstats = Some(l.stats.clone());
+        io.adopt(self.me(slot), down.as_raw_fd());
+        self.fds[Side::Down.idx()] = Some(down);
+        *cx.open += 1;
+        let Some(target) = l.target.as_ref() else {
+            // An http listener with no TCP fallback: nothing to send opaque TCP to.
+            l.stats.inc(cx.worker, L::NoUpstream);
+            return self.close(slot, cx, io);
+        };
+        self.cluster = target.pick(cx.lb.next_u32()) as u32;
+        let cl = &table.clusters[self.cluster as usize];
+        self.cstats = Some(cl.stats.clone());
+        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+            // Maglev hashes the client address; only then is getpeername worth a syscall.
+            self.peer = self.fds[0]
+                .as_ref()
+                .and_then(|f| crate::net::peer_addr(f).ok());
+        }
+        self.table = Some(table.clone());
+        self.connect_next(slot, cx, io)
+    }
+
+    /// Connect attempt `self.attempt` (0 first): the balancer's choice, then the
+    /// endpoints after it in order, so a retry never repeats the endpoint that failed.
+    fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let Some(table) = self.table.clone() else {
+            return self.close(slot, cx, io);
+        };
+        let cl = &table.clusters[self.cluster as usize];
+        let n = cl.endpoints.len() as u32;
+        let max = cl.max_connect_attempts.max(1);
+        while n > 0 && u32::from(self.attempt) < max {
+            let ep = if self.attempt == 0 {
+                let mut scratch = 0;
+                let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
+                // ClusterEntry::pick walks `attempt` past the balancer's choice, but the
+                // balancer itself moves on between calls (round robin), so we pin the
+                // first choice and walk from it ourselves.
+                // `n > 0`, so the cluster has endpoints and pick answers.
+                let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
+                    break;
+                };
+                self.first_endpoint = first as u32;
+                self.first_endpoint
+            } else {
+                (self.first_endpoint + u32::from(self.attempt)) % n
+            };
+            let e = &cl.endpoints[ep as usize];
+            match crate::net::upstream_tcp_socket(&e.address) {
+                Ok(fd) => {
+                    e.stats.inc(cx.worker, U::CxTotal);
+                    cl.stats.inc(cx.worker, U::CxTotal);
+                    self.estats = Some(e.stats.clone());
+                    io.connect(self.me(slot), fd.as_raw_fd(), e.address);
+                    self.fds[Side::Up.idx()] = Some(fd);
+                    self.connect_inflight = true;
+                    self.timed_out = false;
+                    self.deadline_ms = cx.now_ms + ms(cl.connect_timeout);
+                    return Step::Continue;
+                }
+                Err(_) => {
+                    // Out of fds or similar: count it and try the next endpoint.
+                    e.stats.inc(cx.worker, U::Errors);
+                    cl.stats.inc(cx.worker, U::Errors);
+                    self.attempt = self.attempt.saturating_add(1);
+                }
+            }
+        }
+        if let Some(s) = &self.lstats {
+            s.inc(cx.worker, L::NoUpstream);
+        }
+        self.close(slot, cx, io)
+    }
+
+    pub fn on_connect(&mut self, slot: u32, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.connect_inflight = false;
+        if self.phase == Phase::Closing {
+            return self.close(slot, cx, io);
+        }
+        if res < 0 {
+            let what = if self.timed_out || res == -ETIMEDOUT {
+                U::ConnectTimeout
+            } else {
+                U::ConnectFail
+            };
+            self.upstream_count(cx.worker, what, 1);
+            self.upstream_count(cx.worker, U::CxClosed, 1);
+            self.estats = None;
+            self.fds[Side::Up.idx()] = None;
+            self.attempt = self.attempt.saturating_add(1);
+            return self.connect_next(slot, cx, io);
+        }
+        self.phase = Phase::Proxying;
+        self.table = None;
+        self.last_ms = cx.now_ms;
+        self.arm_recv(slot, Side::Down, io);
+        self.arm_recv(slot, Side::Up, io);
+        Step::Continue
+    }
+
+    #[inline]
+    fn upstream_count(&self, worker: usize, k: U, n: u64) {
+        if let Some(s) = &self.estats {
+            s.add(worker, k, n);
+        }
+        if let Some(s) = &self.cstats {
+            s.add(worker, k, n);
+        }
+    }
+
+    #[inline]
+    fn listener_count(&self, worker: usize, k: L, n: u64) {
+        if let Some(s) = &self.lstats {
+            s.add(worker, k, n);
+        }
+    }
+
+    #[inline]
+    fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+        let fd = self.raw(side);
+        let d = &mut self.dirs[side.idx()];
+        if d.recv_armed || d.eof || d.starved || d.count as usize >= QUEUE {
+            return;
+        }
+        d.recv_armed = true;
+        io.recv(self.me(slot), side, fd);
+    }
+
+    #[inline]
+    fn send_head(&mut self, slot: u32, from: Side, io: &mut impl Io) {
+        let fd = self.raw(from.other());
+        let me = self.me(slot);
+        let d = &mut self.dirs[from.idx()];
+        if d.send_inflight || d.count == 0 {
+            return;
+        }
+        let (b, len) = d.front();
+        d.send_inflight = true;
+        io.send(me, from, fd, b, d.off, len - d.off);
+    }
+
+    /// A receive on `side` finished: `res` bytes in `buf`, 0 at EOF, or `-errno`.
+    pub fn on_recv(
+        &mut self,
+        slot: u32,
+        side: Side,
+        res: i32,
+        buf: Option<BufId>,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        self.dirs[side.idx()].recv_armed = false;
+        if self.phase != Phase::Proxying {
+            if let Some(b) = buf {
+                io.release(b);
+            }
+            return self.close(slot, cx, io);
+        }
+        if res > 0 {
+            let Some(b) = buf else {
+                // An engine bug, not a peer's: never report data without its buffer.
+                debug_assert!(false, "receive completed without a buffer");
+                return self.close(slot, cx, io);
+            };
+            let n = res as u32;
+            self.dirs[side.idx()].push(b, n);
+            self.last_ms = cx.now_ms;
+            match side {
+                Side::Down => self.listener_count(cx.worker, L::BytesFromDownstream, n.into()),
+                Side::Up => self.upstream_count(cx.worker, U::BytesReceived, n.into()),
+            }
+            self.send_head(slot, side, io);
+            self.arm_recv(slot, side, io);
+            return Step::Continue;
+        }
+        if let Some(b) = buf {
+            io.release(b);
+        }
+        if res == 0 {
+            self.dirs[side.idx()].eof = true;
+            return self.maybe_shut(slot, side, cx, io);
+        }
+        if res == -libc::ENOBUFS {
+            self.dirs[side.idx()].starved = true;
+            cx.starved.push((slot, side));
+            return Step::Continue;
+        }
+        // The source failed (typically ECONNRESET): pass the reset on.
+        match side {
+            Side::Down => self.listener_count(cx.worker, L::DownstreamResets, 1),
+            Side::Up => self.upstream_count(cx.worker, U::UpstreamResets, 1),
+        }
+        self.reset[side.other().idx()] = true;
+        self.close(slot, cx, io)
+    }
+
+    /// A send of data that came from `from` finished: `res` bytes or `-errno`.
+    pub fn on_send(
+        &mut self,
+        slot: u32,
+        from: Side,
+        res: i32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        self.dirs[from.idx()].send_inflight = false;
+        if self.phase != Phase::Proxying {
+            return self.close(slot, cx, io);
+        }
+        if res < 0 {
+            // The destination failed: reset the source so it learns.
+            match from.other() {
+                Side::Down => self.listener_count(cx.worker, L::DownstreamResets, 1),
+                Side::Up => self.upstream_count(cx.worker, U::UpstreamResets, 1),
+            }
+            self.reset[from.idx()] = true;
+            return self.close(slot, cx, io);
+        }
+        let n = res as u32;
+        self.last_ms = cx.now_ms;
+        match from {
+            Side::Down => self.upstream_count(cx.worker, U::BytesSent, n.into()),
+            Side::Up => self.listener_count(cx.worker, L::BytesToDownstream, n.into()),
+        }
+        let d = &mut self.dirs[from.idx()];
+        d.off += n;
+        if d.off >= d.front().1 {
+            let b = d.pop();
+            io.release(b);
+        }
+        if self.dirs[from.idx()].count > 0 {
+            self.send_head(slot, from, io);
+        } else if self.dirs[from.idx()].eof {
+            return self.maybe_shut(slot, from, cx, io);
+        }
+        self.arm_recv(slot, from, io);
+        Step::Continue
+    }
+
+    /// Propagate `from`'s EOF once its queue is flushed; close when both ways ended.
+    fn maybe_shut(&mut self, slot: u32, from: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let d = &self.dirs[from.idx()];
+        if d.eof && !d.shut && d.count == 0 && !d.send_inflight {
+            if let Some(fd) = &self.fds[from.other().idx()] {
+                // ENOTCONN if the peer already went away; the close below covers it.
+                let _ = SockRef::from(fd).shutdown(std::net::Shutdown::Write);
+            }
+            self.dirs[from.idx()].shut = true;
+        }
+        if self.dirs[0].shut && self.dirs[1].shut {
+            return self.close(slot, cx, io);
+        }
+        Step::Continue
+    }
+
+    /// Retry a receive that found the pool empty.
+    pub fn rearm(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+        self.dirs[side.idx()].starved = false;
+        if self.phase == Phase::Proxying {
+            self.arm_recv(slot, side, io);
+        }
+    }
+
+    /// Timeouts: connect (per attempt) and idle (no byte either way).
+    pub fn on_tick(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        match self.phase {
+            Phase::Connecting
+                if self.connect_inflight && !self.timed_out && cx.now_ms >= self.deadline_ms =>
+            {
+                self.timed_out = true;
+                let fd = self.raw(Side::Up);
+                if io.cancel_connect(self.me(slot), fd) {
+                    return self.on_connect(slot, -ETIMEDOUT, cx, io);
+                }
+                Step::Continue
+            }
+            Phase::Proxying if cx.now_ms.saturating_sub(self.last_ms) >= self.idle_ms => {
+                self.listener_count(cx.worker, L::IdleTimeouts, 1);
+                self.close(slot, cx, io)
+            }
+            _ => Step::Continue,
+        }
+    }
+
+    /// Close now (shutdown deadline); in-flight operations are cancelled.
+    pub fn abort(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase == Phase::Free {
+            return Step::Free;
+        }
+        self.close(slot, cx, io)
+    }
+
+    fn inflight(&self) -> bool {
+        self.connect_inflight || self.dirs.iter().any(Dir::busy)
+    }
+
+    fn close(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase != Phase::Closing {
+            self.phase = Phase::Closing;
+            if self.inflight()
+                && io.cancel_all(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)])
+            {
+                self.connect_inflight = false;
+                for d in &mut self.dirs {
+                    d.recv_armed = false;
+                    d.send_inflight = false;
+                }
+            }
+        }
+        if self.inflight() {
+            return Step::Continue;
+        }
+        for d in &mut self.dirs {
+            while d.count > 0 {
+                io.release(d.pop());
+            }
+        }
+        for s in [Side::Down, Side::Up] {
+            if let Some(fd) = self.fds[s.idx()].take() {
+                if self.reset[s.idx()] {
+                    // Best effort: without it the peer gets a FIN instead of an RST.
+                    let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                }
+                drop(fd);
+            }
+        }
+        self.listener_count(cx.worker, L::CxClosed, 1);
+        if self.estats.is_some() {
+            self.upstream_count(cx.worker, U::CxClosed, 1);
+        }
+        *cx.open -= 1;
+        self.table = None;
+        self.lstats = None;
+        self.cstats = None;
+        self.estats = None;
+        self.phase = Phase::Free;
+        self.gen = self.gen.wrapping_add(1);
+        Step::Free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection state must not creep: it sits in every worker's slab.
+    #[test]
+    fn connection_state_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 256, "Conn grew to {size} bytes");
+    }
+}

@@ -1,0 +1,636 @@
+//! The compiled HTTP routing table: virtual hosts by `Host`, ordered routes with
+//! precompiled matchers, and their actions.
+//!
+//! Built on the control plane from route configurations and `VirtualService`s; read by
+//! workers with [`HttpRoutes::route`], which never allocates: host names are lowered into
+//! a stack buffer, header and query lookups scan the parsed request in place, regexes are
+//! compiled once here. Routes are bucketed by their first path segment so a lookup checks
+//! the routes that can match this path (plus the ones that match any path), in order —
+//! first match wins, as in Envoy.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use regex::bytes::Regex;
+
+use crate::cluster::weighted;
+use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
+use crate::config::Config;
+
+/// What a request looks like to the router: borrowed from the parsed request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a [u8],
+    /// Path without the query string.
+    pub path: &'a [u8],
+    /// Query string without the `?` (empty when none).
+    pub query: &'a [u8],
+    /// `Host` (or `:authority`), port included or not.
+    pub host: &'a [u8],
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> RequestView<'a> {
+    /// The first value of header `name` (ASCII case-insensitive).
+    #[inline]
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The value of query parameter `name` (no percent-decoding; `a&b=` gives `a` → "").
+    pub fn query_param(&self, name: &str) -> Option<&'a [u8]> {
+        self.query.split(|&b| b == b'&').find_map(|kv| {
+            let (k, v) = match kv.iter().position(|&b| b == b'=') {
+                Some(i) => (&kv[..i], &kv[i + 1..]),
+                None => (kv, &kv[kv.len()..]),
+            };
+            (k == name.as_bytes()).then_some(v)
+        })
+    }
+}
+
+// === compiled matchers ===
+
+#[derive(Debug)]
+enum StrCond {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Suffix(Box<[u8]>),
+    Contains(Box<[u8]>),
+    Regex(Regex),
+    Present,
+}
+
+#[derive(Debug)]
+struct ValueCond {
+    cond: StrCond,
+    ignore_case: bool,
+}
+
+impl ValueCond {
+    fn compile(m: &StringMatch) -> Result<ValueCond, String> {
+        let ic = m.ignore_case.unwrap_or(false);
+        let lower = |s: &String| -> Box<[u8]> {
+            if ic {
+                s.to_ascii_lowercase().into_bytes().into()
+            } else {
+                s.as_bytes().into()
+            }
+        };
+        let cond = if let Some(s) = &m.exact {
+            StrCond::Exact(lower(s))
+        } else if let Some(s) = &m.prefix {
+            StrCond::Prefix(lower(s))
+        } else if let Some(s) = &m.suffix {
+            StrCond::Suffix(lower(s))
+        } else if let Some(s) = &m.contains {
+            StrCond::Contains(lower(s))
+        } else if let Some(r) = &m.safe_regex {
+            StrCond::Regex(full_regex(&r.regex, ic)?)
+        } else {
+            StrCond::Present
+        };
+        Ok(ValueCond {
+            cond,
+            ignore_case: ic,
+        })
+    }
+
+    #[inline]
+    fn matches(&self, v: &[u8]) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if self.ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match &self.cond {
+            StrCond::Exact(x) => eq(v, x),
+            StrCond::Prefix(x) => v.len() >= x.len() && eq(&v[..x.len()], x),
+            StrCond::Suffix(x) => v.len() >= x.len() && eq(&v[v.len() - x.len()..], x),
+            StrCond::Contains(x) => x.is_empty() || v.windows(x.len()).any(|w| eq(w, x)),
+            StrCond::Regex(r) => r.is_match(v),
+            StrCond::Present => true,
+        }
+    }
+}
+
+/// Envoy's `safe_regex` matches the whole value.
+fn full_regex(re: &str, ignore_case: bool) -> Result<Regex, String> {
+    let flags = if ignore_case { "(?i)" } else { "" };
+    Regex::new(&format!("{flags}^(?:{re})$")).map_err(|e| e.to_string())
+}
+
+#[derive(Debug)]
+struct HeaderCond {
+    name: Box<str>,
+    /// `None`: presence only.
+    value: Option<ValueCond>,
+    /// `present_match: false`: the header must be absent.
+    absent: bool,
+    invert: bool,
+}
+
+impl HeaderCond {
+    fn compile(h: &HeaderMatcher) -> Result<HeaderCond, String> {
+        let value = h
+            .value_match()
+            .map(|m| ValueCond::compile(&m))
+            .transpose()?;
+        Ok(HeaderCond {
+            name: h.name.as_str().into(),
+            value,
+            absent: h.present_match == Some(false),
+            invert: h.invert_match,
+        })
+    }
+
+    #[inline]
+    fn matches(&self, req: &RequestView) -> bool {
+        let got = req.header(&self.name);
+        let hit = match (&self.value, got) {
+            _ if self.absent => got.is_none(),
+            (None, g) => g.is_some(),
+            (Some(c), Some(v)) => c.matches(v),
+            (Some(_), None) => false,
+        };
+        hit != self.invert
+    }
+}
+
+#[derive(Debug)]
+enum PathCond {
+    Any,
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+struct Matcher {
+    path: PathCond,
+    case_sensitive: bool,
+    method: Option<Box<[u8]>>,
+    headers: Box<[HeaderCond]>,
+    query: Box<[(Box<str>, Option<ValueCond>)]>,
+}
+
+impl Matcher {
+    #[inline]
+    fn matches(&self, req: &RequestView) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if self.case_sensitive {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        };
+        let path_ok = match &self.path {
+            PathCond::Any => true,
+            PathCond::Exact(p) => eq(req.path, p),
+            PathCond::Prefix(p) => req.path.len() >= p.len() && eq(&req.path[..p.len()], p),
+            PathCond::Regex(r) => r.is_match(req.path),
+        };
+        path_ok
+            && self.method.as_deref().is_none_or(|m| m == req.method)
+            && self.headers.iter().all(|h| h.matches(req))
+            && self
+                .query
+                .iter()
+                .all(|(name, cond)| match (req.query_param(name), cond) {
+                    (Some(v), Some(c)) => c.matches(v),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
+    }
+
+    /// The literal first path segment every matching path starts with, if there is one
+    /// (`/api/v1` → `api`), for bucketing.
+    fn first_segment(&self) -> Option<&[u8]> {
+        if !self.case_sensitive {
+            return None;
+        }
+        let lit: &[u8] = match &self.path {
+            PathCond::Exact(p) => p,
+            // A prefix only pins the segment when it runs past it (`/api/` or `/api/x`).
+            PathCond::Prefix(p) => {
+                let seg = first_segment(p);
+                if p.len() > seg.len() + 1 {
+                    p
+                } else {
+                    return None;
+                }
+            }
+            _ => return None,
+        };
+        Some(first_segment(lit))
+    }
+}
+
+/// `/api/v1?x` → `api`; `/` → empty.
+#[inline]
+fn first_segment(path: &[u8]) -> &[u8] {
+    let rest = path.strip_prefix(b"/").unwrap_or(path);
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+// === actions ===
+
+/// Where a forwarded request goes: a cluster index in the route table, or a weighted
+/// split across several.
+#[derive(Debug, Clone)]
+pub enum ClusterTarget {
+    One(u32),
+    Weighted {
+        cumulative: Box<[u32]>,
+        clusters: Box<[u32]>,
+    },
+}
+
+impl ClusterTarget {
+    #[inline]
+    pub fn pick(&self, r: u32) -> u32 {
+        match self {
+            ClusterTarget::One(c) => *c,
+            ClusterTarget::Weighted {
+                cumulative,
+                clusters,
+            } => clusters[weighted(cumulative, r)],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub cluster: u32,
+    /// Share of requests mirrored, in parts per million.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Retry {
+    pub on_5xx: bool,
+    pub on_gateway_error: bool,
+    pub on_connect_failure: bool,
+    pub on_reset: bool,
+    pub on_retriable_4xx: bool,
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward {
+        target: ClusterTarget,
+        timeout: Option<Duration>,
+        prefix_rewrite: Option<Box<[u8]>>,
+        retry: Option<Retry>,
+        mirrors: Box<[Mirror]>,
+    },
+    Redirect {
+        status: u16,
+        host: Option<Box<str>>,
+        path: Option<Box<str>>,
+    },
+    Direct {
+        status: u16,
+        body: Box<[u8]>,
+    },
+}
+
+#[derive(Debug)]
+pub struct HttpRoute {
+    pub name: Option<Box<str>>,
+    matcher: Matcher,
+    pub action: Action,
+}
+
+impl HttpRoute {
+    #[inline]
+    pub fn matches(&self, req: &RequestView) -> bool {
+        self.matcher.matches(req)
+    }
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: Box<str>,
+    pub routes: Box<[HttpRoute]>,
+    /// Route indices by literal first path segment; each list ascending.
+    by_segment: HashMap<Box<[u8]>, Box<[u32]>>,
+    /// Routes that can match any first segment; ascending.
+    any_segment: Box<[u32]>,
+}
+
+impl VHost {
+    /// The first route that matches, in configuration order.
+    #[inline]
+    pub fn route(&self, req: &RequestView) -> Option<&HttpRoute> {
+        let bucket: &[u32] = self
+            .by_segment
+            .get(first_segment(req.path))
+            .map_or(&[], |b| b);
+        // Merge the two ascending lists so configuration order is kept.
+        let (mut i, mut j) = (0, 0);
+        loop {
+            let next = match (bucket.get(i), self.any_segment.get(j)) {
+                (Some(&a), Some(&b)) if a < b => {
+                    i += 1;
+                    a
+                }
+                (_, Some(&b)) => {
+                    j += 1;
+                    b
+                }
+                (Some(&a), None) => {
+                    i += 1;
+                    a
+                }
+                (None, None) => return None,
+            };
+            let r = &self.routes[next as usize];
+            if r.matches(req) {
+                return Some(r);
+            }
+        }
+    }
+}
+
+/// Virtual hosts by domain.
+#[derive(Debug, Default)]
+pub struct HttpRoutes {
+    pub vhosts: Box<[VHost]>,
+    exact: HashMap<Box<[u8]>, u32>,
+    /// `*.example.com` stored as `.example.com`, longest first.
+    suffixes: Box<[(Box<[u8]>, u32)]>,
+    /// `api.*` stored as `api.`, longest first.
+    prefixes: Box<[(Box<[u8]>, u32)]>,
+    any: Option<u32>,
+}
+
+/// Longest `Host` we match against (RFC 1035 names are ≤ 253 bytes, plus a port).
+const MAX_HOST: usize = 272;
+
+impl HttpRoutes {
+    /// The virtual host for a `Host` value: exact, then longest `*.suffix`, then longest
+    /// `prefix.*`, then `*` (Envoy's order).
+    pub fn vhost(&self, host: &[u8]) -> Option<&VHost> {
+        let host = strip_port(host);
+        if host.len() > MAX_HOST {
+            return self.any.map(|i| &self.vhosts[i as usize]);
+        }
+        let mut buf = [0u8; MAX_HOST];
+        let h = &mut buf[..host.len()];
+        h.copy_from_slice(host);
+        h.make_ascii_lowercase();
+        let h: &[u8] = h;
+        let i = self
+            .exact
+            .get(h)
+            .copied()
+            .or_else(|| {
+                self.suffixes
+                    .iter()
+                    .find(|(s, _)| h.len() > s.len() && h.ends_with(s))
+                    .map(|x| x.1)
+            })
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| h.len() > p.len() && h.starts_with(p))
+                    .map(|x| x.1)
+            })
+            .or(self.any)?;
+        Some(&self.vhosts[i as usize])
+    }
+
+    /// Route a request: its virtual host and first matching route.
+    #[inline]
+    pub fn route(&self, req: &RequestView) -> Option<(&VHost, &HttpRoute)> {
+        let vh = self.vhost(req.host)?;
+        vh.route(req).map(|r| (vh, r))
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        // [v6]:port
+        return match host.iter().position(|&b| b == b']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
+        _ => host,
+    }
+}
+
+// === compilation ===
+
+/// Resolves a cluster name used by a route to its index in the route table (adding an
+/// implicit `strict_dns` cluster for names that are not defined, as a sidecar does).
+pub trait ClusterIndex {
+    fn index(&mut self, name: &str) -> u32;
+}
+
+/// The virtual hosts an `http` listener serves: one route configuration, or all of them
+/// plus every `VirtualService`.
+pub fn virtual_hosts_for(cfg: &Config, route_config: Option<&str>) -> Vec<VirtualHost> {
+    let configs: Vec<&RouteConfig> = match route_config {
+        Some(name) => cfg
+            .route_configs
+            .iter()
+            .filter(|r| r.name == name)
+            .collect(),
+        None => cfg.route_configs.iter().collect(),
+    };
+    let mut out: Vec<VirtualHost> = configs
+        .iter()
+        .flat_map(|r| r.effective_virtual_hosts())
+        .collect();
+    if route_config.is_none() {
+        out.extend(cfg.virtual_services.iter().map(|vs| vs.to_virtual_host()));
+    }
+    out
+}
+
+pub fn compile(
+    vhosts: &[VirtualHost],
+    clusters: &mut dyn ClusterIndex,
+) -> Result<HttpRoutes, String> {
+    let mut out = HttpRoutes::default();
+    let mut compiled = Vec::with_capacity(vhosts.len());
+    let (mut suffixes, mut prefixes) = (Vec::new(), Vec::new());
+    for (vi, vh) in vhosts.iter().enumerate() {
+        let vi = vi as u32;
+        for d in &vh.domains {
+            let d = d.to_ascii_lowercase();
+            if d == "*" {
+                out.any.get_or_insert(vi);
+            } else if let Some(s) = d.strip_prefix('*') {
+                suffixes.push((Box::<[u8]>::from(s.as_bytes()), vi));
+            } else if let Some(p) = d.strip_suffix('*') {
+                prefixes.push((Box::<[u8]>::from(p.as_bytes()), vi));
+            } else {
+                out.exact.entry(d.into_bytes().into()).or_insert(vi);
+            }
+        }
+        compiled.push(
+            compile_vhost(vh, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?,
+        );
+    }
+    suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+    out.suffixes = suffixes.into();
+    out.prefixes = prefixes.into();
+    out.vhosts = compiled.into();
+    Ok(out)
+}
+
+fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VHost, String> {
+    let mut routes = Vec::with_capacity(vh.routes.len());
+    let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+    let mut any_segment = Vec::new();
+    for (i, r) in vh.routes.iter().enumerate() {
+        let m = &r.matcher;
+        let case_sensitive = m.case_sensitive.unwrap_or(true);
+        let path = if let Some(p) = &m.path {
+            PathCond::Exact(p.as_bytes().into())
+        } else if let Some(p) = &m.prefix {
+            PathCond::Prefix(p.as_bytes().into())
+        } else if let Some(r) = &m.safe_regex {
+            PathCond::Regex(
+                full_regex(&r.regex, !case_sensitive).map_err(|e| format!("route {i}: {e}"))?,
+            )
+        } else {
+            PathCond::Any
+        };
+        let matcher = Matcher {
+            path,
+            case_sensitive,
+            method: m.method.as_ref().map(|x| x.as_bytes().into()),
+            headers: m
+                .headers
+                .iter()
+                .map(HeaderCond::compile)
+                .collect::<Result<_, _>>()?,
+            query: m
+                .query_parameters
+                .iter()
+                .map(|q| {
+                    Ok((
+                        q.name.as_str().into(),
+                        q.string_match
+                            .as_ref()
+                            .map(ValueCond::compile)
+                            .transpose()?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
+        };
+        match matcher.first_segment() {
+            Some(seg) => by_segment.entry(seg.into()).or_default().push(i as u32),
+            None => any_segment.push(i as u32),
+        }
+        let action = if let Some(a) = &r.route {
+            let target = match (&a.cluster, &a.weighted_clusters) {
+                (Some(c), _) => ClusterTarget::One(clusters.index(c)),
+                (None, Some(w)) => ClusterTarget::Weighted {
+                    cumulative: crate::cluster::cumulative(
+                        &w.clusters.iter().map(|c| c.weight).collect::<Vec<_>>(),
+                    ),
+                    clusters: w.clusters.iter().map(|c| clusters.index(&c.name)).collect(),
+                },
+                (None, None) => return Err(format!("route {i} has no cluster")),
+            };
+            let retry = a.retry_policy.as_ref().map(|p| {
+                let on = |t: &str| p.retry_on.split(',').any(|x| x.trim() == t);
+                let base = p
+                    .retry_back_off
+                    .as_ref()
+                    .and_then(|b| b.base_interval)
+                    .unwrap_or(Duration::from_millis(25));
+                Retry {
+                    on_5xx: on("5xx"),
+                    on_gateway_error: on("gateway-error") || on("5xx"),
+                    on_connect_failure: on("connect-failure") || on("5xx") || on("gateway-error"),
+                    on_reset: on("reset") || on("5xx"),
+                    on_retriable_4xx: on("retriable-4xx"),
+                    num_retries: p.num_retries.unwrap_or(1),
+                    per_try_timeout: p.per_try_timeout,
+                    base_interval: base,
+                    max_interval: p
+                        .retry_back_off
+                        .as_ref()
+                        .and_then(|b| b.max_interval)
+                        .unwrap_or(base * 10),
+                }
+            });
+            Action::Forward {
+                target,
+                timeout: a.timeout,
+                prefix_rewrite: a.prefix_rewrite.as_ref().map(|p| p.as_bytes().into()),
+                retry,
+                mirrors: a
+                    .request_mirror_policies
+                    .iter()
+                    .map(|m| Mirror {
+                        cluster: clusters.index(&m.cluster),
+                        per_million: m
+                            .runtime_fraction
+                            .as_ref()
+                            .map_or(1_000_000, |f| f.default_value.per_million() as u32),
+                    })
+                    .collect(),
+            }
+        } else if let Some(rd) = &r.redirect {
+            Action::Redirect {
+                status: match rd.response_code.as_deref() {
+                    Some("FOUND") => 302,
+                    Some("SEE_OTHER") => 303,
+                    Some("TEMPORARY_REDIRECT") => 307,
+                    Some("PERMANENT_REDIRECT") => 308,
+                    _ => 301,
+                },
+                host: rd.host_redirect.as_deref().map(Into::into),
+                path: rd.path_redirect.as_deref().map(Into::into),
+            }
+        } else if let Some(d) = &r.direct_response {
+            Action::Direct {
+                status: d.status,
+                body: d
+                    .body
+                    .as_ref()
+                    .map(|b| b.inline_string.as_bytes().into())
+                    .unwrap_or_default(),
+            }
+        } else {
+            return Err(format!("route {i} has no action"));
+        };
+        routes.push(HttpRoute {
+            name: r.name.as_deref().map(Into::into),
+            matcher,
+            action,
+        });
+    }
+    Ok(VHost {
+        name: vh.name.as_str().into(),
+        routes: routes.into(),
+        by_segment: by_segment.into_iter().map(|(k, v)| (k, v.into())).collect(),
+        any_segment: any_segment.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

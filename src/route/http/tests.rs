@@ -1,0 +1,224 @@
+use std::collections::HashMap;
+
+use super::*;
+use crate::config::{parse, Format};
+
+#[derive(Default)]
+struct Names(HashMap<String, u32>);
+
+impl ClusterIndex for Names {
+    fn index(&mut self, name: &str) -> u32 {
+        let n = self.0.len() as u32;
+        *self.0.entry(name.to_string()).or_insert(n)
+    }
+}
+
+const ROUTES: &str = r#"
+route_configs:
+- name: main
+  virtual_hosts:
+  - name: api
+    domains: ["api.example.com", "*.api.example.com"]
+    routes:
+    - match: {prefix: "/v1/orders", method: POST}
+      route: {cluster: orders-write}
+    - match:
+        prefix: "/v1/orders"
+        headers: [{name: x-env, string_match: {exact: canary}}]
+      route: {cluster: orders-canary}
+    - match: {prefix: "/v1/orders"}
+      route: {cluster: orders}
+    - match: {safe_regex: {regex: "/v[0-9]+/health"}}
+      direct_response: {status: 200, body: {inline_string: ok}}
+    - match:
+        prefix: "/"
+        query_parameters: [{name: debug, string_match: {exact: "1"}}]
+      route: {cluster: debug}
+    - match: {path: "/old"}
+      redirect: {path_redirect: "/new", response_code: FOUND}
+  - name: fallback
+    domains: ["*"]
+    routes:
+    - match:
+        prefix: "/"
+        headers: {x-user-id: {safe_regex_match: {google_re2: {}, regex: "^admin.*"}}}
+      route: {cluster: admin}
+    - match: {prefix: "/"}
+      route:
+        weighted_clusters:
+          clusters: [{name: service_v1, weight: 95}, {name: service_v2, weight: 5}]
+"#;
+
+fn table() -> (HttpRoutes, Names) {
+    let cfg = parse(ROUTES, Format::Yaml).unwrap();
+    let mut names = Names::default();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut names).unwrap();
+    (t, names)
+}
+
+fn req<'a>(
+    method: &'a str,
+    target: &'a str,
+    host: &'a str,
+    headers: &'a [httparse::Header<'a>],
+) -> RequestView<'a> {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    RequestView {
+        method: method.as_bytes(),
+        path: path.as_bytes(),
+        query: query.as_bytes(),
+        host: host.as_bytes(),
+        headers,
+    }
+}
+
+fn cluster_of(t: &HttpRoutes, names: &Names, r: RequestView) -> Option<String> {
+    let (_, route) = t.route(&r)?;
+    match &route.action {
+        Action::Forward {
+            target: ClusterTarget::One(c),
+            ..
+        } => names
+            .0
+            .iter()
+            .find(|(_, v)| *v == c)
+            .map(|(k, _)| k.clone()),
+        Action::Forward { .. } => Some("<weighted>".into()),
+        Action::Redirect { status, .. } => Some(format!("redirect {status}")),
+        Action::Direct { status, .. } => Some(format!("direct {status}")),
+    }
+}
+
+#[test]
+fn routes_in_order_with_method_header_regex_and_query() {
+    let (t, n) = table();
+    let canary = [httparse::Header {
+        name: "X-Env",
+        value: b"canary",
+    }];
+    let h = "api.example.com";
+    assert_eq!(
+        cluster_of(&t, &n, req("POST", "/v1/orders", h, &canary)).unwrap(),
+        "orders-write"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/v1/orders/7", h, &canary)).unwrap(),
+        "orders-canary"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/v1/orders/7", h, &[])).unwrap(),
+        "orders"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/v2/health", h, &[])).unwrap(),
+        "direct 200"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/v2/health/x", h, &[])),
+        None,
+        "regex matches the whole path"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/x?a=2&debug=1", h, &[])).unwrap(),
+        "debug"
+    );
+    assert_eq!(cluster_of(&t, &n, req("GET", "/x?debug=10", h, &[])), None);
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/old", h, &[])).unwrap(),
+        "redirect 302"
+    );
+}
+
+#[test]
+fn hosts_match_exact_then_suffix_then_any_case_and_port_insensitive() {
+    let (t, _) = table();
+    assert_eq!(&*t.vhost(b"API.Example.com:8443").unwrap().name, "api");
+    assert_eq!(&*t.vhost(b"eu.api.example.com").unwrap().name, "api");
+    assert_eq!(&*t.vhost(b"example.com").unwrap().name, "fallback");
+    assert_eq!(&*t.vhost(b"[::1]:80").unwrap().name, "fallback");
+    assert_eq!(&*t.vhost(&[b'a'; 400]).unwrap().name, "fallback");
+}
+
+#[test]
+fn seed_style_header_map_and_weighted_split() {
+    let (t, n) = table();
+    let admin = [httparse::Header {
+        name: "x-user-id",
+        value: b"admin-7",
+    }];
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/", "other", &admin)).unwrap(),
+        "admin"
+    );
+    let (_, r) = t.route(&req("GET", "/", "other", &[])).unwrap();
+    let Action::Forward { target, .. } = &r.action else {
+        panic!("not forwarded")
+    };
+    let v2 = n.0["service_v2"];
+    let hits = (0..10_000u32)
+        .filter(|i| target.pick(i.wrapping_mul(2_654_435_761)) == v2)
+        .count();
+    assert!(
+        (400..=600).contains(&hits),
+        "{hits} of 10000 to service_v2, expected ~500"
+    );
+}
+
+#[test]
+fn the_seed_canary_route_config_compiles() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/seed/configs/envoy-route-canary-release.yaml");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return eprintln!("skipped: {} not present", path.display());
+    };
+    let cfg = parse(&text, Format::Yaml).unwrap();
+    let mut n = Names::default();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut n).unwrap();
+    let canary = [httparse::Header {
+        name: "x-env",
+        value: b"canary",
+    }];
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/any", "h", &canary)).unwrap(),
+        "service_v2"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/any", "h", &[])).unwrap(),
+        "<weighted>"
+    );
+}
+
+#[test]
+fn bucketing_keeps_configuration_order() {
+    // A catch-all before a specific route must still win.
+    let yaml = r#"
+route_configs:
+- name: r
+  routes:
+  - match: {prefix: "/", headers: [{name: x-first, present_match: true}]}
+    route: {cluster: first}
+  - match: {prefix: "/api/"}
+    route: {cluster: api}
+  - match: {prefix: "/"}
+    route: {cluster: rest}
+"#;
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    let mut n = Names::default();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut n).unwrap();
+    let first = [httparse::Header {
+        name: "x-first",
+        value: b"",
+    }];
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/api/x", "h", &first)).unwrap(),
+        "first"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/api/x", "h", &[])).unwrap(),
+        "api"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/apix", "h", &[])).unwrap(),
+        "rest"
+    );
+}

@@ -1,0 +1,226 @@
+//! `tickmesh bench` end to end: the real binary runs a tiny bench on loopback and the
+//! report it writes is checked field by field, including that every request is accounted
+//! for (sent = received + errors) and that a target which cannot start is reported
+//! without losing the others.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn tickmesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+}
+
+/// Run `tickmesh bench ARGS --out DIR`; returns (success, stdout+stderr, report.json).
+fn bench(dir: &Path, args: &[&str]) -> (bool, String, Value) {
+    let out = tickmesh()
+        .arg("bench")
+        .args(args)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .expect("run tickmesh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = std::fs::read_to_string(dir.join("report.json"))
+        .unwrap_or_else(|e| panic!("no report.json ({e}); output:\n{text}"));
+    (
+        out.status.success(),
+        text,
+        serde_json::from_str(&json).expect("report.json is JSON"),
+    )
+}
+
+fn target<'a>(scenario: &'a Value, name: &str) -> &'a Value {
+    scenario["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == name)
+        .unwrap_or_else(|| panic!("{name} missing from {scenario}"))
+}
+
+#[test]
+fn tiny_bench_reports_every_request_and_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--targets",
+            "direct,floor",
+            "--scenarios",
+            "closed:1,closed:2,open:2@50%",
+            "--runs",
+            "1",
+            "--duration",
+            "700ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(r["schema"], "tickmesh-bench/1");
+    for k in ["cpu_model", "nproc", "kernel", "memory_kib", "os"] {
+        assert!(!r["machine"][k].is_null(), "machine.{k}");
+    }
+    assert_eq!(r["settings"]["workload"], "tcp-echo");
+    assert_eq!(r["settings"]["size"], 64);
+    assert!(r["peers"]["floor"]["settings"].as_array().unwrap().len() >= 2);
+    assert!(r["peers"]["floor"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("--internal-floor"));
+    let scenarios = r["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 3);
+    for s in scenarios {
+        for name in ["direct", "floor"] {
+            let t = target(s, name);
+            for run in t["runs"].as_array().unwrap() {
+                let sent = run["sent"].as_u64().unwrap();
+                let received = run["received"].as_u64().unwrap();
+                let errors = run["errors_total"].as_u64().unwrap();
+                assert_eq!(sent, received + errors, "{name} {}: {run}", s["scenario"]);
+                assert!(received > 0, "{name} {}: {run}", s["scenario"]);
+                let e = &run["errors"];
+                let by_cause: u64 = ["timeouts", "closed", "bad_responses", "send_failures"]
+                    .iter()
+                    .map(|k| e[k].as_u64().unwrap())
+                    .sum();
+                assert_eq!(by_cause, errors);
+                let lat = &run["latency"];
+                let (p50, p99, max) = (
+                    lat["p50_ns"].as_u64().unwrap(),
+                    lat["p99_ns"].as_u64().unwrap(),
+                    lat["max_ns"].as_u64().unwrap(),
+                );
+                assert!(0 < p50 && p50 <= p99 && p99 <= max, "{lat}");
+                assert_eq!(lat["percentiles"].as_array().unwrap().len(), 9);
+                assert!(!lat["distribution"].as_array().unwrap().is_empty());
+            }
+            if t["clean_runs"].as_u64().unwrap() > 0 {
+                let m = &t["median"];
+                assert!(m["throughput_rps"].as_f64().unwrap() > 0.0);
+                assert!(t["ratio_to_direct"]["p50"].as_f64().unwrap() > 0.0);
+                assert!(t["ratio_to_floor"]["p999"].as_f64().unwrap() > 0.0);
+                assert!(t["added_latency_ns"].as_array().unwrap().len() == 9);
+            }
+        }
+        // The proxy's CPU and memory are measured; direct has none.
+        let floor = target(s, "floor");
+        let run = &floor["runs"][0];
+        assert!(run["proxy_cpu_s"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["rss_kib"].as_u64().unwrap() > 0);
+        assert!(target(s, "direct")["runs"][0]["proxy_cpu_s"].is_null());
+    }
+    // Open loop ran at half of closed:2's rate.
+    let closed = target(&scenarios[1], "direct")["runs"][0]["throughput_rps"]
+        .as_f64()
+        .unwrap();
+    let offered = target(&scenarios[2], "direct")["runs"][0]["offered_rps"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (offered - closed / 2.0).abs() < 1.0,
+        "{offered} vs {closed}"
+    );
+    for f in [
+        "report.md",
+        "latency-closed-1.svg",
+        "latency-closed-1.png",
+        "latency-open-2-at-50pct.svg",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("| floor |") && md.contains("latency-closed-1.svg"));
+    // The terminal table names both targets.
+    assert!(text.contains("direct") && text.contains("floor"));
+}
+
+#[test]
+fn a_target_that_cannot_start_is_reported_and_the_others_still_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--targets",
+            "direct,tickmesh-epoll",
+            "--tickmesh-bin",
+            "/bin/false",
+            "--scenarios",
+            "closed:1",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "50ms",
+        ],
+    );
+    assert!(ok, "direct was measured, so the bench succeeds: {text}");
+    assert!(text.contains("tickmesh-epoll failed to start"), "{text}");
+    let f = &r["failures"][0];
+    assert_eq!(f["target"], "tickmesh-epoll");
+    assert!(f["error"].as_str().unwrap().contains("failed to start"));
+    let s = &r["scenarios"][0];
+    assert_eq!(target(s, "direct")["clean_runs"], 1);
+    let tm = target(s, "tickmesh-epoll");
+    assert_eq!(tm["clean_runs"], 0);
+    assert!(tm["median"].is_null());
+    assert_eq!(tm["runs"][0]["clean"], false);
+}
+
+#[test]
+fn a_port_in_use_is_named_and_the_others_still_measured() {
+    // Hold P+1 (where the floor would listen); the backend gets P.
+    let held = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p > 1024 && p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p - 1)).is_ok() {
+            break l;
+        }
+    };
+    let base = held.local_addr().unwrap().port() - 1;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--targets",
+            "direct,floor",
+            "--base-port",
+            &base.to_string(),
+            "--scenarios",
+            "closed:1",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "50ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("is in use"), "{text}");
+    assert_eq!(r["failures"][0]["target"], "floor");
+    assert_eq!(target(&r["scenarios"][0], "direct")["clean_runs"], 1);
+    drop(held);
+}
+
+#[test]
+fn unknown_targets_and_workloads_list_the_valid_ones() {
+    for (flag, value, listed) in [
+        ("--targets", "envoy", "tickmesh-uring"),
+        ("--workload", "grpc", "tcp-echo"),
+        ("--scenarios", "burst:3", "closed:C"),
+        ("--cpus", "gpu=1", "roles: gen, backend, proxy"),
+    ] {
+        let out = tickmesh().args(["bench", flag, value]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(listed), "{flag} {value}: {err}");
+    }
+}
