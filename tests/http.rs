@@ -732,6 +732,45 @@ fn header_timeout(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Route and virtual-host header edits on requests and responses.
+fn header_edits(kind: EngineKind) {
+    let a = Backend::start("a");
+    let routes = "          - match: {prefix: \"/\"}\n            route: {cluster: a}\n            \
+        request_headers_to_add: [{header: {key: x-added, value: r1}}, \
+        {header: {key: x-keep, value: new}, append_action: ADD_IF_ABSENT}, \
+        {header: {key: x-over, value: new}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]\n            \
+        request_headers_to_remove: [x-drop]\n            \
+        response_headers_to_add: [{header: {key: x-resp, value: yes}}]\n            \
+        response_headers_to_remove: [x-backend]\n";
+    let cfg = http_config(0, &cluster_yaml("a", &[a.addr], ""), routes, "").replace(
+        "        domains: [\"*\"]\n",
+        "        domains: [\"*\"]\n        request_headers_to_add: [{header: {key: x-vh, value: v}}]\n",
+    );
+    let p = Proxy::start(kind, &cfg);
+    let addr = p.listener("l");
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Drop: 1\r\nX-Keep: old\r\nX-Over: old\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-resp"), Some("yes"));
+    assert_eq!(resp.header("x-backend"), None);
+    let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
+    for want in [
+        "x-added: r1\r\n",
+        "x-keep: old\r\n",
+        "x-over: new\r\n",
+        "x-vh: v\r\n",
+    ] {
+        assert!(seen.contains(want), "{want:?} missing: {seen}");
+    }
+    for gone in ["x-drop", "x-keep: new", "x-over: old"] {
+        assert!(!seen.contains(gone), "{gone:?} present: {seen}");
+    }
+    drop((s, r));
+    open_zero(&p);
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -768,4 +807,5 @@ per_engine!(
     sniff_fallback,
     upgrade_tunnel,
     header_timeout,
+    header_edits,
 );

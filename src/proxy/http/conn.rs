@@ -33,7 +33,7 @@ use socket2::SockRef;
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
-use crate::route::http::{Action, RequestView};
+use crate::route::http::{Action, Append, HeaderOps, RequestView};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
@@ -379,6 +379,9 @@ pub struct Conn {
     fallback: bool,
     attempt: u8,
     served: u32,
+    /// The route of the current exchange: (virtual host, route) indices in the
+    /// listener's table, for its response header edits.
+    route_ref: Option<(u32, u32)>,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -428,6 +431,7 @@ impl Default for Conn {
             fallback: false,
             attempt: 0,
             served: 0,
+            route_ref: None,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -587,11 +591,11 @@ impl Conn {
                 Side::Up => self.ucount(cx.worker, U::BytesReceived, n.into()),
             }
             self.last_ms = cx.now_ms;
-            let wanted = match (self.phase, side) {
-                (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down) => true,
-                (Phase::Exchange | Phase::Tunnel, Side::Up) => true,
-                _ => false,
-            };
+            let wanted = matches!(
+                (self.phase, side),
+                (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
+                    | (Phase::Exchange | Phase::Tunnel, Side::Up)
+            );
             if !wanted || self.pend[s].is_some() {
                 // Late data for a finished exchange (a response failed over to a local
                 // one): dropped, and the connection does not persist.
@@ -1074,7 +1078,7 @@ impl Conn {
         };
         let le = &table.listeners[self.listener as usize];
         let routed = le.http.as_ref().and_then(|h| h.route(&view));
-        let Some((_vh, route)) = routed else {
+        let Some((vh, route)) = routed else {
             self.lcount(cx.worker, L::HttpNoRoute, 1);
             return self.respond(slot, 404, b"no route\n", cx, io);
         };
@@ -1112,10 +1116,12 @@ impl Conn {
                 } else {
                     None
                 };
+                self.route_ref = Some((vh.index, route.index));
                 let written = self.write_request_head(
                     &req,
                     path_out,
                     request_id.as_ref().map(|x| &x[..]),
+                    [&route.request_headers, &vh.request_headers],
                     io,
                 );
                 if written.is_err() {
@@ -1168,6 +1174,7 @@ impl Conn {
         req: &codec::Request,
         path: (&[u8], &[u8]),
         request_id: Option<&[u8]>,
+        edits: [&HeaderOps; 2],
         io: &mut impl Io,
     ) -> Result<(), NoRoom> {
         let q = &mut self.out[Side::Down.idx()];
@@ -1188,11 +1195,13 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
+                    || edits.iter().any(|e| e.drops(n))
                 {
                     continue;
                 }
                 w.header(q, io, n.as_bytes(), h.value)?;
             }
+            add_headers(&mut w, q, io, edits, req.headers)?;
             w.put(q, io, b"x-forwarded-for: ")?;
             if let Some(v) = xff {
                 w.put(q, io, v)?;
@@ -1320,15 +1329,13 @@ impl Conn {
                     }
                 }
             }
-            if !self.awaiting_head {
-                if self.pend[1].is_some() && self.out[1].room() >= RECV_ROOM {
-                    if self.resp.done() {
-                        // Bytes past the response's end: not reused.
-                        self.up_reusable = false;
-                        self.consume(Side::Up, u32::MAX, io);
-                    } else if self.pump(Side::Up, io).is_err() {
-                        return self.fail(slot, Fail::Reset, cx, io);
-                    }
+            if !self.awaiting_head && self.pend[1].is_some() && self.out[1].room() >= RECV_ROOM {
+                if self.resp.done() {
+                    // Bytes past the response's end: not reused.
+                    self.up_reusable = false;
+                    self.consume(Side::Up, u32::MAX, io);
+                } else if self.pump(Side::Up, io).is_err() {
+                    return self.fail(slot, Fail::Reset, cx, io);
                 }
             }
             let want_resp = self.awaiting_head || !self.resp.done();
@@ -1431,6 +1438,21 @@ impl Conn {
         self.count_status(cx.worker, res.status);
         let keep_alive = self.keep_alive;
         let minor = self.client_minor;
+        let no_edits = HeaderOps::default();
+        let (route_edits, vh_edits) = match (&self.table, self.route_ref) {
+            (Some(t), Some((vi, ri))) => t.listeners[self.listener as usize]
+                .http
+                .as_ref()
+                .and_then(|h| h.vhosts.get(vi as usize))
+                .and_then(|vh| {
+                    vh.routes
+                        .get(ri as usize)
+                        .map(|r| (&r.response_headers, &vh.response_headers))
+                })
+                .unwrap_or((&no_edits, &no_edits)),
+            _ => (&no_edits, &no_edits),
+        };
+        let edits = [route_edits, vh_edits];
         let q = &mut self.out[Side::Up.idx()];
         let mut w = Writer::new();
         let r = (|| {
@@ -1442,10 +1464,15 @@ impl Conn {
             for h in res.headers {
                 let n = h.name;
                 let keep_upgrade = tunnel && n.eq_ignore_ascii_case("upgrade");
-                if (hop_by_hop(n) || connection_listed(res.headers, n)) && !keep_upgrade {
+                if (hop_by_hop(n) || connection_listed(res.headers, n)) && !keep_upgrade
+                    || (!informational && edits.iter().any(|e| e.drops(n)))
+                {
                     continue;
                 }
                 w.header(q, io, n.as_bytes(), h.value)?;
+            }
+            if !informational {
+                add_headers(&mut w, q, io, edits, res.headers)?;
             }
             if tunnel {
                 w.put(q, io, b"connection: upgrade\r\n")?;
@@ -1685,6 +1712,26 @@ impl Conn {
         self.gen = self.gen.wrapping_add(1);
         Step::Free
     }
+}
+
+/// Write the headers `edits` add (route level first), honouring `ADD_IF_ABSENT`
+/// against the message's own `headers`.
+fn add_headers(
+    w: &mut Writer,
+    q: &mut OutQ,
+    io: &mut impl Io,
+    edits: [&HeaderOps; 2],
+    headers: &[httparse::Header],
+) -> Result<(), NoRoom> {
+    for e in edits {
+        for (name, value, how) in e.add.iter() {
+            if *how == Append::IfAbsent && codec::header(headers, name).is_some() {
+                continue;
+            }
+            w.header(q, io, name.as_bytes(), value)?;
+        }
+    }
+    Ok(())
 }
 
 /// Copy `len` bytes from buffer `src` (from `off`) to the start of buffer `dst`.
