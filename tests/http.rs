@@ -124,7 +124,18 @@ fn serve(c: TcpStream, name: &str, log: Log) {
             .lock()
             .unwrap()
             .push(format!("{head}body-len: {}\n", body.len()));
+        let first_attempt = lower.contains("x-tickmesh-attempt-count: 1\r\n");
         let reply = match path.as_str() {
+            "/retry" | "/retry-post" if first_attempt => {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_string()
+            }
+            "/retry-slow" if first_attempt => {
+                std::thread::sleep(Duration::from_secs(2));
+                ok(name, &path)
+            }
+            "/always-503" => {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_string()
+            }
             "/garbage" => {
                 let _ = w.write_all(b"SSH-2.0-NotHttp\r\n\r\n");
                 return;
@@ -771,6 +782,84 @@ fn header_edits(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Retries: a 5xx, a per-try timeout and a refused connect are retried (visible in the
+/// backend's log with their attempt counts), bodies are replayed, attempts are bounded.
+fn retries(kind: EngineKind) {
+    let a = Backend::start("a");
+    let policy = "retry_policy: {retry_on: \"5xx,connect-failure\", num_retries: 2, \
+                  per_try_timeout: 300ms, retry_back_off: {base_interval: 10ms, max_interval: 50ms}}";
+    let routes = [
+        route("/dead", &format!("route: {{cluster: dead, {policy}}}")),
+        route("/", &format!("route: {{cluster: a, {policy}}}")),
+    ]
+    .concat();
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("dead", &[dead_addr()], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let attempts = |path: &str| -> Vec<String> {
+        a.log
+            .all()
+            .iter()
+            .filter(|e| e.contains(&format!(" {path} ")))
+            .map(|e| {
+                let l = e.to_ascii_lowercase();
+                let i = l
+                    .find("x-tickmesh-attempt-count: ")
+                    .expect("attempt header")
+                    + 26;
+                l[i..].lines().next().unwrap().trim().to_string()
+            })
+            .collect()
+    };
+    // 503 on the first attempt, 200 on the second.
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"a /retry"[..]));
+    assert_eq!(attempts("/retry"), ["1", "2"]);
+    // The body goes again too.
+    s.write_all(b"POST /retry-post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"a /retry-post 5"[..])
+    );
+    assert!(a
+        .log
+        .all()
+        .iter()
+        .filter(|e| e.contains("/retry-post"))
+        .all(|e| e.contains("body-len: 5")));
+    // A per-try timeout: the slow first attempt is abandoned.
+    let t = Instant::now();
+    s.write_all(b"GET /retry-slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Bounded: 1 + num_retries attempts, then the upstream's own 503 goes out.
+    s.write_all(b"GET /always-503 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(attempts("/always-503"), ["1", "2", "3"]);
+    drop((s, r));
+    // connect-failure: every attempt refused, then 503.
+    assert_eq!(
+        status_of(addr, b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n"),
+        503
+    );
+    assert_eq!(ls.get(L::HttpRetry), 1 + 1 + 1 + 2 + 2);
+    open_zero(&p);
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -808,4 +897,5 @@ per_engine!(
     upgrade_tunnel,
     header_timeout,
     header_edits,
+    retries,
 );

@@ -77,6 +77,8 @@ counter_set! {
         HttpUpgrades => "http_upgrades",
         /// Connections sniffed as not HTTP/1.x and relayed to the TCP fallback cluster.
         SniffedTcp => "sniffed_tcp",
+        /// Requests sent upstream again by a route's retry policy.
+        HttpRetry => "http_rq_retry",
     }
 }
 

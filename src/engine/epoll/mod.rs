@@ -277,12 +277,21 @@ impl Io for Epoll {
         !self.free.is_empty()
     }
 
-    fn cancel_all(&mut self, c: ConnRef, _fds: [RawFd; 2]) -> bool {
+    fn cancel_all(&mut self, c: ConnRef, fds: [RawFd; 2]) -> bool {
         // Closing the sockets removes them from the epoll set; pending requests are ours.
+        // Only the sides named (`-1` = keep): an HTTP connection may cancel its upstream
+        // socket's operations alone.
         let o = &mut self.ops[c.slot as usize];
-        o.want_recv = [false; 2];
-        o.send = [None; 2];
-        o.connecting = false;
+        for side in [Side::Down, Side::Up] {
+            if fds[side.idx()] >= 0 {
+                o.want_recv[side.idx()] = false;
+                // The send that writes to this side.
+                o.send[side.other().idx()] = None;
+            }
+        }
+        if fds[Side::Up.idx()] >= 0 {
+            o.connecting = false;
+        }
         true
     }
 

@@ -33,7 +33,7 @@ use socket2::SockRef;
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
-use crate::route::http::{Action, Append, HeaderOps, RequestView};
+use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
@@ -58,6 +58,9 @@ enum Phase {
     Flush,
     /// `Connection: upgrade` accepted with a 101: bytes relayed both ways.
     Tunnel,
+    /// Waiting to send a request again (retry back-off, and cancellations on the
+    /// abandoned upstream socket).
+    Backoff,
     /// Waiting for operations in flight before freeing the slot.
     Closing,
 }
@@ -382,6 +385,17 @@ pub struct Conn {
     /// The route of the current exchange: (virtual host, route) indices in the
     /// listener's table, for its response header edits.
     route_ref: Option<(u32, u32)>,
+    /// The route's retry policy for the current request.
+    retry: Option<Retry>,
+    /// The upstream request kept for retries: head (without the attempt header) then
+    /// body; capacity kept for the connection.
+    replay: Vec<u8>,
+    replay_head: usize,
+    replayable: bool,
+    /// Attempts made for the current request (1 = the first).
+    tries: u32,
+    try_deadline_ms: u64,
+    retry_at_ms: u64,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -432,6 +446,13 @@ impl Default for Conn {
             attempt: 0,
             served: 0,
             route_ref: None,
+            retry: None,
+            replay: Vec::new(),
+            replay_head: 0,
+            replayable: false,
+            tries: 0,
+            try_deadline_ms: 0,
+            retry_at_ms: 0,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -455,11 +476,30 @@ impl Default for Conn {
 /// How an exchange failed, and what the client gets.
 #[derive(Debug, Clone, Copy)]
 enum Fail {
-    /// Answer with this status (when no response byte went out yet), then close.
-    Status(u16, L, &'static str),
+    /// Answer with this status (when no response byte went out yet, and no retry
+    /// applies), then close.
+    Status(u16, L, &'static str, Cause),
+    /// The response's status asks for a retry and one is allowed.
+    Retry,
     /// Close now, with an RST to the client.
     Reset,
 }
+
+/// Which `retry_on` condition a failure falls under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    None,
+    Connect,
+    Reset,
+    Gateway,
+    PerTry,
+}
+
+/// Largest request (head and body) kept to be sent again by a retry; a request whose
+/// body runs past it is not retried.
+const REPLAY_CAP: usize = 48 * 1024;
+/// The attempt header, written last in a head; a replay re-renders it.
+const ATTEMPT_HEADER: &[u8] = b"x-tickmesh-attempt-count: ";
 
 impl Conn {
     pub fn is_free(&self) -> bool {
@@ -508,10 +548,12 @@ impl Conn {
         let l = &table.listeners[listener];
         let gen = self.gen;
         let acc = std::mem::take(&mut self.acc);
+        let replay = std::mem::take(&mut self.replay);
         *self = Conn {
             gen,
             pos: self.pos,
             acc,
+            replay,
             phase: Phase::Head,
             idle_ms: ms(l.idle_timeout),
             header_ms: ms(l.request_header_timeout),
@@ -650,7 +692,12 @@ impl Conn {
                     return self.drive(slot, cx, io);
                 }
                 let f = if self.awaiting_head {
-                    Fail::Status(502, L::HttpBadGateway, "upstream closed before responding")
+                    Fail::Status(
+                        502,
+                        L::HttpBadGateway,
+                        "upstream closed before responding\n",
+                        Cause::Reset,
+                    )
                 } else {
                     Fail::Reset
                 };
@@ -690,6 +737,10 @@ impl Conn {
         if self.phase == Phase::Closing {
             return self.close(slot, cx, io);
         }
+        if self.phase == Phase::Backoff && from == Side::Down {
+            // The abandoned attempt's request: its queue is rebuilt by the retry.
+            return Step::Continue;
+        }
         if res < 0 {
             match from.other() {
                 Side::Down => {
@@ -701,7 +752,12 @@ impl Conn {
                     self.ucount(cx.worker, U::UpstreamResets, 1);
                     if self.phase == Phase::Exchange {
                         let f = if self.awaiting_head {
-                            Fail::Status(502, L::HttpBadGateway, "upstream reset the request")
+                            Fail::Status(
+                                502,
+                                L::HttpBadGateway,
+                                "upstream reset the request\n",
+                                Cause::Reset,
+                            )
                         } else {
                             Fail::Reset
                         };
@@ -792,9 +848,24 @@ impl Conn {
                     }
                     return Step::Continue;
                 }
+                if self.try_deadline_ms > 0 && now >= self.try_deadline_ms && self.awaiting_head {
+                    self.try_deadline_ms = 0;
+                    let f = Fail::Status(
+                        504,
+                        L::HttpUpstreamTimeout,
+                        "upstream per-try timeout\n",
+                        Cause::PerTry,
+                    );
+                    return self.fail(slot, f, cx, io);
+                }
                 if self.route_deadline_ms > 0 && now >= self.route_deadline_ms {
                     let f = if self.awaiting_head {
-                        Fail::Status(504, L::HttpUpstreamTimeout, "upstream request timeout")
+                        Fail::Status(
+                            504,
+                            L::HttpUpstreamTimeout,
+                            "upstream request timeout\n",
+                            Cause::None,
+                        )
                     } else {
                         self.lcount(cx.worker, L::HttpUpstreamTimeout, 1);
                         Fail::Reset
@@ -804,6 +875,19 @@ impl Conn {
                 if now.saturating_sub(self.last_ms) >= self.idle_ms {
                     self.lcount(cx.worker, L::IdleTimeouts, 1);
                     return self.close(slot, cx, io);
+                }
+                Step::Continue
+            }
+            Phase::Backoff => {
+                if self.route_deadline_ms > 0 && now >= self.route_deadline_ms {
+                    self.lcount(cx.worker, L::HttpUpstreamTimeout, 1);
+                    self.keep_alive = false;
+                    self.awaiting_head = false;
+                    return self.respond(slot, 504, b"upstream request timeout\n", cx, io);
+                }
+                let up_busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+                if now >= self.retry_at_ms && !up_busy {
+                    return self.start_retry(slot, cx, io);
                 }
                 Step::Continue
             }
@@ -837,6 +921,7 @@ impl Conn {
                 Phase::Exchange => self.drive_exchange(slot, cx, io),
                 Phase::Flush => self.drive_flush(slot, cx, io),
                 Phase::Tunnel => self.drive_tunnel(slot, cx, io),
+                Phase::Backoff => Step::Continue,
                 Phase::Closing => return self.close(slot, cx, io),
                 Phase::Free => return Step::Free,
             };
@@ -1097,6 +1182,7 @@ impl Conn {
                 target,
                 timeout,
                 prefix_rewrite,
+                retry,
                 ..
             } => {
                 let cluster = target.pick(cx.lb.next_u32());
@@ -1117,15 +1203,25 @@ impl Conn {
                     None
                 };
                 self.route_ref = Some((vh.index, route.index));
+                self.retry = retry.clone();
+                self.tries = 1;
+                self.try_deadline_ms = retry
+                    .as_ref()
+                    .and_then(|r| r.per_try_timeout)
+                    .map_or(0, |t| cx.now_ms + ms(t));
                 let written = self.write_request_head(
                     &req,
                     path_out,
                     request_id.as_ref().map(|x| &x[..]),
                     [&route.request_headers, &vh.request_headers],
+                    retry.is_some().then_some(1),
                     io,
                 );
                 if written.is_err() {
                     return self.bad_request(slot, HttpError::HeadTooLarge, cx, io);
+                }
+                if retry.is_some() {
+                    self.keep_for_replay(io);
                 }
                 let route_ms = timeout.map_or(DEFAULT_ROUTE_TIMEOUT_MS, ms);
                 self.route_deadline_ms = if route_ms == 0 {
@@ -1175,6 +1271,7 @@ impl Conn {
         path: (&[u8], &[u8]),
         request_id: Option<&[u8]>,
         edits: [&HeaderOps; 2],
+        attempt: Option<u32>,
         io: &mut impl Io,
     ) -> Result<(), NoRoom> {
         let q = &mut self.out[Side::Down.idx()];
@@ -1215,6 +1312,12 @@ impl Conn {
             }
             if self.upgrade_req {
                 w.put(q, io, b"connection: upgrade\r\n")?;
+            }
+            if let Some(n) = attempt {
+                // Last, so a replay can re-render it (see `keep_for_replay`).
+                w.put(q, io, ATTEMPT_HEADER)?;
+                w.num(q, io, n.into())?;
+                w.put(q, io, b"\r\n")?;
             }
             w.put(q, io, b"\r\n")
         })();
@@ -1268,7 +1371,12 @@ impl Conn {
         }
         self.fail(
             slot,
-            Fail::Status(503, L::HttpNoHealthyUpstream, "upstream connect error\n"),
+            Fail::Status(
+                503,
+                L::HttpNoHealthyUpstream,
+                "upstream connect error\n",
+                Cause::Connect,
+            ),
             cx,
             io,
         )
@@ -1292,7 +1400,7 @@ impl Conn {
                 let f = if self.awaiting_head {
                     self.keep_alive = false;
                     self.lcount(cx.worker, L::HttpBadRequest, 1);
-                    Fail::Status(e.status(), L::Errors, e.as_str())
+                    Fail::Status(e.status(), L::Errors, e.as_str(), Cause::None)
                 } else {
                     Fail::Reset
                 };
@@ -1322,7 +1430,12 @@ impl Conn {
                     Err(_) => {
                         return self.fail(
                             slot,
-                            Fail::Status(502, L::HttpBadGateway, "upstream sent garbage\n"),
+                            Fail::Status(
+                                502,
+                                L::HttpBadGateway,
+                                "upstream sent garbage\n",
+                                Cause::Gateway,
+                            ),
                             cx,
                             io,
                         )
@@ -1389,6 +1502,14 @@ impl Conn {
         if n == 0 {
             return Ok(());
         }
+        if side == Side::Down && self.replayable {
+            if self.replay.len() + n as usize > REPLAY_CAP {
+                // Streamed past the cap: this request is not retried.
+                self.replayable = false;
+            } else {
+                self.replay.extend_from_slice(&data[..n as usize]);
+            }
+        }
         if n == len {
             self.out[s].push(b, off, len);
             self.pend[s] = None;
@@ -1414,6 +1535,7 @@ impl Conn {
                     502,
                     L::HttpBadGateway,
                     "upstream sent a malformed response\n",
+                    Cause::Gateway,
                 ))
             }
         };
@@ -1424,7 +1546,11 @@ impl Conn {
                 502,
                 L::HttpBadGateway,
                 "upstream switched protocols unasked\n",
+                Cause::Gateway,
             ));
+        }
+        if !informational && self.retry_on_status(res.status) {
+            return Err(Fail::Retry);
         }
         if !informational {
             self.awaiting_head = false;
@@ -1489,6 +1615,7 @@ impl Conn {
                 502,
                 L::HttpBadGateway,
                 "upstream response head too large\n",
+                Cause::Gateway,
             ));
         }
         if tunnel {
@@ -1497,6 +1624,126 @@ impl Conn {
             self.phase = Phase::Tunnel;
         }
         Ok(())
+    }
+
+    // === retries ===
+
+    /// Copy the request head just queued upstream, minus its attempt header, so a
+    /// retry can send it again; body bytes are added as they are forwarded.
+    fn keep_for_replay(&mut self, io: &mut impl Io) {
+        self.replay.clear();
+        let q = &self.out[Side::Down.idx()];
+        for i in 0..q.count as usize {
+            let k = (q.head as usize + i) % OUTQ;
+            let (b, off, len) = (q.bufs[k], q.offs[k] as usize, q.lens[k] as usize);
+            self.replay.extend_from_slice(&io.bytes(b)[off..off + len]);
+        }
+        // `…attempt-count: 1\r\n` and the empty line end the head.
+        let tail = ATTEMPT_HEADER.len() + 1 + 4;
+        self.replayable = self.replay.len() >= tail;
+        self.replay.truncate(self.replay.len().saturating_sub(tail));
+        self.replay_head = self.replay.len();
+    }
+
+    /// Whether another attempt is allowed at all (policy, budget, request kept whole).
+    fn can_retry(&self) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| self.tries <= r.num_retries)
+            && self.replayable
+            && self.req.done()
+    }
+
+    fn retry_on_status(&self, status: u16) -> bool {
+        let Some(r) = &self.retry else { return false };
+        self.can_retry()
+            && ((r.on_5xx && status >= 500)
+                || (r.on_gateway_error && (502..=504).contains(&status))
+                || (r.on_retriable_4xx && status == 409))
+    }
+
+    fn retry_on_cause(&self, cause: Cause) -> bool {
+        let Some(r) = &self.retry else { return false };
+        self.can_retry()
+            && match cause {
+                Cause::None => false,
+                Cause::Connect => r.on_connect_failure,
+                Cause::Reset => r.on_reset,
+                Cause::Gateway => r.on_gateway_error,
+                Cause::PerTry => r.on_5xx || r.on_gateway_error,
+            }
+    }
+
+    /// Abandon the current attempt and wait a jittered exponential back-off (Envoy's:
+    /// uniform in `[0, min(max, base × 2^(tries-1))]`), then send the request again.
+    fn schedule_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.lcount(cx.worker, L::HttpRetry, 1);
+        let up = self.raw(Side::Up);
+        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+        // Only the upstream socket's operations; the client's stay armed.
+        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
+            self.recv_armed[1] = false;
+            self.out[0].inflight = false;
+            self.connect_inflight = false;
+        }
+        self.up_reusable = false;
+        self.acc.clear();
+        self.resp = Left::Done;
+        self.awaiting_head = true;
+        let (base, max) = self
+            .retry
+            .as_ref()
+            .map_or((0, 0), |r| (ms(r.base_interval), ms(r.max_interval)));
+        let upper = base
+            .saturating_mul(1u64 << (self.tries - 1).min(20))
+            .min(max.max(base));
+        let delay = if upper > 0 {
+            u64::from(cx.lb.next_u32()) % (upper + 1)
+        } else {
+            0
+        };
+        self.retry_at_ms = cx.now_ms + delay;
+        self.phase = Phase::Backoff;
+        Step::Continue
+    }
+
+    /// The back-off passed and the old upstream socket is quiet: send again.
+    fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.drop_up(cx);
+        self.out[Side::Down.idx()].release_all(io);
+        for p in [Side::Up] {
+            if let Some((b, _, _)) = self.pend[p.idx()].take() {
+                io.release(b);
+            }
+        }
+        self.tries += 1;
+        let q = &mut self.out[Side::Down.idx()];
+        let mut w = Writer::new();
+        let (head, body) = self.replay.split_at(self.replay_head);
+        let tries = self.tries;
+        let r = (|| {
+            w.put(q, io, head)?;
+            w.put(q, io, ATTEMPT_HEADER)?;
+            w.num(q, io, tries.into())?;
+            w.put(q, io, b"\r\n\r\n")?;
+            w.put(q, io, body)
+        })();
+        w.finish(q, io);
+        if r.is_err() {
+            self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
+            self.keep_alive = false;
+            self.awaiting_head = false;
+            self.phase = Phase::Exchange;
+            return self.respond(slot, 503, b"no buffer to retry\n", cx, io);
+        }
+        self.try_deadline_ms = self
+            .retry
+            .as_ref()
+            .and_then(|r| r.per_try_timeout)
+            .map_or(0, |t| cx.now_ms + ms(t));
+        self.phase = Phase::Exchange;
+        self.attempt = 0;
+        self.connect_next(slot, cx, io)
     }
 
     fn count_status(&self, worker: usize, status: u16) {
@@ -1514,7 +1761,11 @@ impl Conn {
     /// else a reset. The connection closes after it either way.
     fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
         match f {
-            Fail::Status(status, counter, text) if self.awaiting_head => {
+            Fail::Retry => self.schedule_retry(slot, cx, io),
+            Fail::Status(_, _, _, cause) if self.awaiting_head && self.retry_on_cause(cause) => {
+                self.schedule_retry(slot, cx, io)
+            }
+            Fail::Status(status, counter, text, _) if self.awaiting_head => {
                 self.lcount(cx.worker, counter, 1);
                 self.keep_alive = false;
                 self.awaiting_head = false;
