@@ -860,6 +860,62 @@ fn retries(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Circuit breaking: over `max_requests` active → 503 with `x-tickmesh-overloaded`
+/// at once; `max_requests_per_connection` caps upstream connection reuse.
+fn circuit_breaking(kind: EngineKind) {
+    let a = Backend::start("a");
+    let extra = ", circuit_breakers: {max_requests: 1, max_requests_per_connection: 2}";
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], extra),
+            &route("/", "route: {cluster: a, timeout: 1s}"),
+            "",
+        ),
+    );
+    let addr = p.listener("l");
+    let (mut slow, mut slow_r) = client(addr);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_until(
+        "the slow request to reach the backend",
+        Duration::from_secs(5),
+        || a.log.all().iter().any(|e| e.contains("/slow")),
+    );
+    let t = Instant::now();
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-tickmesh-overloaded"), Some("true"));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "overflow took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        p.stats
+            .cluster("a")
+            .get(tickmesh::telemetry::UpstreamCounter::RqOverflow),
+        1
+    );
+    // The slow one ends (route timeout); then requests flow again, two per upstream
+    // connection.
+    assert_eq!(read_resp(&mut slow_r).unwrap().status, 504);
+    drop((slow, slow_r, s, r));
+    let before = a.accepted();
+    let (mut s, mut r) = client(addr);
+    for i in 0..4 {
+        s.write_all(format!("GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_resp(&mut r).unwrap().status, 200);
+    }
+    assert_eq!(a.accepted() - before, 2);
+    drop((s, r));
+    open_zero(&p);
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -898,4 +954,5 @@ per_engine!(
     header_timeout,
     header_edits,
     retries,
+    circuit_breaking,
 );

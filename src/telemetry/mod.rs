@@ -93,6 +93,12 @@ counter_set! {
         BytesReceived => "bytes_received",
         UpstreamResets => "upstream_resets",
         Errors => "errors",
+        /// HTTP requests sent to this cluster, and those finished (active = the
+        /// difference, for circuit breaking).
+        RqTotal => "rq_total",
+        RqDone => "rq_done",
+        /// HTTP requests refused by the circuit breakers (503, `x-tickmesh-overloaded`).
+        RqOverflow => "rq_overflow",
     }
 }
 

@@ -396,6 +396,10 @@ pub struct Conn {
     tries: u32,
     try_deadline_ms: u64,
     retry_at_ms: u64,
+    /// The current request is counted active on its cluster (`rq_total` − `rq_done`).
+    rq_open: bool,
+    /// Requests sent on the current upstream connection.
+    up_requests: u32,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -453,6 +457,8 @@ impl Default for Conn {
             tries: 0,
             try_deadline_ms: 0,
             retry_at_ms: 0,
+            rq_open: false,
+            up_requests: 0,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -1237,9 +1243,31 @@ impl Conn {
                     && self.cluster == cluster
                     && self.up_generation == table.generation
                     && self.up_reusable;
+                // Circuit breaking (see `Breakers`): active requests, and connections
+                // when this request needs a new one.
+                let active = cl
+                    .stats
+                    .get(U::RqTotal)
+                    .saturating_sub(cl.stats.get(U::RqDone));
+                let open_cx = cl
+                    .stats
+                    .get(U::CxTotal)
+                    .saturating_sub(cl.stats.get(U::CxClosed));
+                if active >= u64::from(cl.breakers.max_requests)
+                    || (!reuse && open_cx >= u64::from(cl.breakers.max_connections))
+                {
+                    cl.stats.inc(cx.worker, U::RqOverflow);
+                    self.out[Side::Down.idx()].release_all(io);
+                    self.phase = Phase::Head;
+                    self.keep_alive &= self.req.done();
+                    return self.local(slot, 503, b"upstream overloaded\n", None, true, cx, io);
+                }
+                cl.stats.inc(cx.worker, U::RqTotal);
+                self.rq_open = true;
                 if reuse {
                     self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
                     self.up_reusable = false;
+                    self.up_requests += 1;
                     return self.drive_exchange(slot, cx, io);
                 }
                 self.drop_up(cx);
@@ -1247,6 +1275,7 @@ impl Conn {
                 self.up_generation = table.generation;
                 self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
+                self.up_requests = 1;
                 self.connect_next(slot, cx, io)
             }
         }
@@ -1462,6 +1491,7 @@ impl Conn {
             if !self.req.done() {
                 // The upstream answered before the request body ended: finish the
                 // response, then close (the rest of the body is not read).
+                self.rq_end(cx.worker);
                 self.keep_alive = false;
                 self.phase = Phase::Flush;
                 return Step::Continue;
@@ -1471,6 +1501,15 @@ impl Conn {
             }
             // Nothing is in flight on the upstream now (its receive is armed only
             // while the response is incomplete): keep it or let it go.
+            self.rq_end(cx.worker);
+            let limit = self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(self.cluster as usize))
+                .map_or(0, |c| c.breakers.max_requests_per_connection);
+            if limit > 0 && self.up_requests >= limit {
+                self.up_reusable = false;
+            }
             if !self.up_reusable {
                 self.drop_up(cx);
             }
@@ -1746,6 +1785,16 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// The current request stops counting as active on its cluster.
+    fn rq_end(&mut self, worker: usize) {
+        if self.rq_open {
+            self.rq_open = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqDone);
+            }
+        }
+    }
+
     fn count_status(&self, worker: usize, status: u16) {
         let k = match status {
             100..=199 => L::HttpRs1xx,
@@ -1760,9 +1809,13 @@ impl Conn {
     /// An exchange failed: a local status if nothing of the response went out yet,
     /// else a reset. The connection closes after it either way.
     fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !matches!(f, Fail::Retry) {
+            self.rq_end(cx.worker);
+        }
         match f {
             Fail::Retry => self.schedule_retry(slot, cx, io),
             Fail::Status(_, _, _, cause) if self.awaiting_head && self.retry_on_cause(cause) => {
+                self.rq_open = true; // still the same request
                 self.schedule_retry(slot, cx, io)
             }
             Fail::Status(status, counter, text, _) if self.awaiting_head => {
@@ -1787,7 +1840,7 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, body, None, cx, io)
+        self.local(slot, status, body, None, false, cx, io)
     }
 
     fn redirect(
@@ -1799,15 +1852,17 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, b"", Some((host, path)), cx, io)
+        self.local(slot, status, b"", Some((host, path)), false, cx, io)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn local(
         &mut self,
         slot: u32,
         status: u16,
         body: &[u8],
         location: Option<(&[u8], &[u8])>,
+        overloaded: bool,
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
@@ -1831,6 +1886,9 @@ impl Conn {
             w.put(q, io, b"\r\n")?;
             if !body.is_empty() {
                 w.put(q, io, b"content-type: text/plain\r\n")?;
+            }
+            if overloaded {
+                w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?;
             }
             if let Some((host, path)) = location {
                 w.put(q, io, b"location: http://")?;
@@ -1948,6 +2006,7 @@ impl Conn {
                 drop(fd);
             }
         }
+        self.rq_end(cx.worker);
         self.lcount(cx.worker, L::CxClosed, 1);
         *cx.open -= 1;
         self.acc.clear();
