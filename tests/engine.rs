@@ -473,7 +473,10 @@ fn route_change_under_load(kind: EngineKind) {
     }
     // Aimed at ~1,000 swaps/s; what is checked is that many swaps interleaved with the
     // streams, not the rate (a loaded CI machine reaches fewer).
-    assert!(swaps >= 300, "only {swaps} swaps in 3 s: too few to exercise swapping under load");
+    assert!(
+        swaps >= 300,
+        "only {swaps} swaps in 3 s: too few to exercise swapping under load"
+    );
     assert!(total > 0);
     eprintln!(
         "route_change_under_load: {swaps} swaps, {CONNS} connections, {total} bytes echoed intact"
