@@ -3,7 +3,7 @@
 //! The crate is the daemon and the operator's CLI in one binary. One folder a concern:
 //! `config` (operator input), `route` (the immutable runtime snapshot), `cluster` (load
 //! balancing), `engine` (worker threads and I/O), `proxy` (what a connection's bytes go through), `control` (control socket,
-//! persistence), `telemetry` (counters), `net` (socket set-up), `cli` (commands).
+//! persistence), `telemetry` (counters), `net` (socket set-up), `nic` (NIC tuning: `tickmesh nic`), `cli` (commands).
 
 pub mod cli;
 pub mod cluster;
@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod net;
+pub mod nic;
 pub mod proxy;
 pub mod route;
 pub mod telemetry;

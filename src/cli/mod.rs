@@ -36,6 +36,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// See tickmesh work: echo backends, the daemon, traffic, a live route change.
     Demo(DemoArgs),
+    /// Show and tune the NIC: offloads, queues, coalescing, RSS, IRQs, busy polling, hugepages, vfio.
+    Nic(crate::nic::NicArgs),
     /// Measure latency/throughput through tickmesh, HAProxy, nginx and the floor, side by side.
     Bench(tickmesh_perf::BenchArgs),
 }
@@ -73,6 +75,8 @@ pub struct RunArgs {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub dpdk: Box<crate::engine::dpdk::DpdkArgs>,
     /// How long SIGTERM/SIGINT waits for open connections to finish.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -222,6 +226,8 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 /// Dispatch a parsed command line.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "dpdk")]
+        Command::Run(a) if a.engine.engine == EngineKind::Dpdk => crate::engine::dpdk::run(&a),
         Command::Run(a) => crate::daemon::run(&a),
         Command::Apply(a) => crate::control::client::apply(&a),
         Command::Delete(a) => crate::control::client::delete(&a),
@@ -229,6 +235,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(a) => crate::control::client::stats(&a),
         Command::Validate(a) => validate(&a),
         Command::Demo(a) => crate::demo::run(&a),
+        Command::Nic(a) => crate::nic::run(&a),
         Command::Bench(a) => tickmesh_perf::run(&a, env!("CARGO_PKG_VERSION")),
     }
 }

@@ -20,12 +20,16 @@ pub struct Proxy {
     pub engine: Option<Engine>,
     pub routes: Arc<Routes>,
     pub stats: StatsRegistry,
-    pool: SocketPool,
+    pub pool: SocketPool,
     generation: u64,
 }
 
 impl Proxy {
     pub fn start(kind: EngineKind, yaml: &str) -> Proxy {
+        Proxy::start_idle(kind, yaml, Idle::Adaptive)
+    }
+
+    pub fn start_idle(kind: EngineKind, yaml: &str, idle: Idle) -> Proxy {
         let stats = StatsRegistry::new(WORKERS);
         let mut pool = SocketPool::new(WORKERS);
         let t = table(yaml, 1, &stats, &mut pool);
@@ -35,7 +39,7 @@ impl Proxy {
                 kind,
                 workers: WORKERS,
                 pin: false,
-                idle: Idle::Adaptive,
+                idle,
                 spin: Duration::from_micros(20),
             },
             routes.clone(),
@@ -52,8 +56,16 @@ impl Proxy {
     }
 
     pub fn apply(&mut self, yaml: &str) {
+        let cfg = parse(yaml, Format::Yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        self.apply_config(&cfg);
+    }
+
+    /// Compile and publish an already parsed config (what a control-plane apply does
+    /// after parsing).
+    pub fn apply_config(&mut self, cfg: &tickmesh::config::Config) {
         self.generation += 1;
-        let t = table(yaml, self.generation, &self.stats, &mut self.pool);
+        let t = compile(cfg, self.generation, &self.stats, &mut self.pool)
+            .unwrap_or_else(|e| panic!("compile: {e}"));
         self.routes.store(t);
         self.pool.prune();
     }

@@ -344,7 +344,9 @@ fn accept_all(core: &mut Core, io: &mut Epoll, l: u32) {
         } else {
             r
         };
-        if res == -libc::EAGAIN || res == -libc::EINVAL || res == -libc::EBADF {
+        if res < 0 && res != -libc::ECONNABORTED && res != -libc::EINTR {
+            // EAGAIN: drained. EMFILE/ENFILE/ENOBUFS: the connection stays queued in the
+            // kernel; the next readiness event (or a later batch) retries.
             return;
         }
         core.on_accept(l, res, true, io);
@@ -441,5 +443,17 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         }
         flush(core, io);
         core.end_batch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoll engine's per-connection bookkeeping, beside the proxy's `Conn`.
+    #[test]
+    fn per_connection_ops_stay_small() {
+        let size = std::mem::size_of::<Ops>();
+        assert!(size <= 56, "epoll Ops grew to {size} bytes");
     }
 }
