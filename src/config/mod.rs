@@ -15,7 +15,7 @@ mod model;
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
     CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
-    Listener, OutlierDetection, Protocol, WeightedCluster,
+    Listener, NicSettings, OutlierDetection, Protocol, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.
@@ -65,6 +65,9 @@ impl Config {
             &patch.peer_authentications,
             |r| &r.metadata.name,
         );
+        if patch.nic.is_some() {
+            out.nic = patch.nic.clone();
+        }
         out
     }
 

@@ -31,6 +31,27 @@ pub struct Config {
     pub destination_rules: Vec<DestinationRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// Host NIC tuning (a `tickmesh nic` profile) applied when the daemon starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<NicSettings>,
+}
+
+/// A NIC profile for the daemon to apply at start and then watch for drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSettings {
+    /// A profile file, or `low-latency` for the shipped one.
+    pub profile: String,
+    /// Devices the profile's device entries apply to (when it names none itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// How often the host is compared with the profile; differences are logged (default 60s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drift_check: Option<Duration>,
 }
 
 /// One bound address and what happens to traffic arriving on it (its L4 route).

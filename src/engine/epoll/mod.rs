@@ -378,7 +378,9 @@ fn accept_all(core: &mut Core, io: &mut Epoll, l: u32) {
         } else {
             r
         };
-        if res == -libc::EAGAIN || res == -libc::EINVAL || res == -libc::EBADF {
+        if res < 0 && res != -libc::ECONNABORTED && res != -libc::EINTR {
+            // EAGAIN: drained. EMFILE/ENFILE/ENOBUFS: the connection stays queued in the
+            // kernel; the next readiness event (or a later batch) retries.
             return;
         }
         core.on_accept(l, res, true, io);
