@@ -320,10 +320,13 @@ pub enum Append {
     Overwrite,
 }
 
+/// One header to add: lowercase name, value, how it combines.
+pub type AddHeader = (Box<str>, Box<[u8]>, Append);
+
 /// Header edits of one level (route or virtual host), compiled.
 #[derive(Debug, Default)]
 pub struct HeaderOps {
-    pub add: Box<[(Box<str>, Box<[u8]>, Append)]>,
+    pub add: Box<[AddHeader]>,
     /// Lowercase names.
     pub remove: Box<[Box<str>]>,
 }
