@@ -87,6 +87,18 @@ pub struct Listener {
     /// DPDK engine only: how packets to this VIP reach a backend (default `dnat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
+    /// `http` listeners: the longest a client may take to send a request head (408 and
+    /// close after it). Default 10 s.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_header_timeout: Option<Duration>,
+    /// `http` listeners: largest request body accepted, in bytes (413 beyond it).
+    /// Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<u64>,
 }
 
 /// How the DPDK packet load balancer hands a VIP's packets to the chosen backend.

@@ -170,6 +170,8 @@ pub(crate) struct Uring {
     bufs: BufRing,
     /// Connect addresses by connection slot: the kernel reads them asynchronously.
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// Write buffers not held by a proxy.
+    write_free: Vec<BufId>,
 }
 
 impl Uring {
@@ -180,6 +182,7 @@ impl Uring {
             ring,
             bufs,
             addrs: Vec::new(),
+            write_free: BufPool::write_ids().collect(),
         })
     }
 
@@ -290,7 +293,29 @@ impl Io for Uring {
 
     #[inline]
     fn release(&mut self, buf: BufId) {
-        self.bufs.add(buf);
+        if BufPool::is_write(buf) {
+            self.write_free.push(buf);
+        } else {
+            self.bufs.add(buf);
+        }
+    }
+
+    #[inline]
+    fn take(&mut self) -> Option<BufId> {
+        self.write_free.pop()
+    }
+
+    #[inline]
+    fn bytes(&self, buf: BufId) -> &[u8] {
+        // SAFETY: the proxy holds `buf` (a receive completed into it, or it was taken):
+        // it is not in the kernel's buffer ring, so nothing writes it concurrently.
+        unsafe { self.bufs.pool.slice(buf) }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self, buf: BufId) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the proxy never writes a buffer while sending it.
+        unsafe { self.bufs.pool.slice_mut(buf) }
     }
 
     #[inline]

@@ -215,6 +215,53 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// Continue a connection an HTTP listener sniffed as not HTTP/1.x: the client
+    /// socket is already adopted and counted; `data` (buffer, offset, length) is what was
+    /// read from it, sent upstream first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_fallback(
+        &mut self,
+        slot: u32,
+        down: OwnedFd,
+        data: Option<(BufId, u32, u32)>,
+        table: &Arc<RouteTable>,
+        listener: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let l = &table.listeners[listener];
+        let gen = self.gen;
+        *self = Conn {
+            gen,
+            phase: Phase::Connecting,
+            idle_ms: ms(l.idle_timeout),
+            last_ms: cx.now_ms,
+            pos: self.pos,
+            ..Conn::default()
+        };
+        self.lstats = Some(l.stats.clone());
+        self.fds[Side::Down.idx()] = Some(down);
+        if let Some((b, off, len)) = data {
+            let d = &mut self.dirs[Side::Down.idx()];
+            d.push(b, off + len);
+            d.off = off;
+        }
+        let Some(target) = l.target.as_ref() else {
+            l.stats.inc(cx.worker, L::NoUpstream);
+            return self.close(slot, cx, io);
+        };
+        self.cluster = target.pick(cx.lb.next_u32()) as u32;
+        let cl = &table.clusters[self.cluster as usize];
+        self.cstats = Some(cl.stats.clone());
+        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+            self.peer = self.fds[0]
+                .as_ref()
+                .and_then(|f| crate::net::peer_addr(f).ok());
+        }
+        self.table = Some(table.clone());
+        self.connect_next(slot, cx, io)
+    }
+
     /// Connect attempt `self.attempt` (0 first): the balancer's choice, then the
     /// endpoints after it in order, so a retry never repeats the endpoint that failed.
     fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -288,6 +335,8 @@ impl Conn {
         self.phase = Phase::Proxying;
         self.table = None;
         self.last_ms = cx.now_ms;
+        // Bytes an HTTP listener read while sniffing go first.
+        self.send_head(slot, Side::Down, io);
         self.arm_recv(slot, Side::Down, io);
         self.arm_recv(slot, Side::Up, io);
         Step::Continue
