@@ -438,8 +438,10 @@ fn route_change_under_load(kind: EngineKind) {
             })
         })
         .collect();
-    wait_until("streams to connect", Duration::from_secs(5), || {
-        a.accepted() == CONNS
+    // `>=`: under heavy load a connect attempt can time out after the backend accepted
+    // it, and the retry is a second accept. The cap only matters when something is wrong.
+    wait_until("streams to connect", Duration::from_secs(30), || {
+        a.accepted() >= CONNS
     });
     // Swap for 3 s at ~1,000/s.
     let start = Instant::now();

@@ -678,8 +678,15 @@ mod tests {
         // at the edges.
         assert!((598..=602).contains(&r.sent), "sent {}", r.sent);
         assert_eq!(r.sent, r.received + r.errors.total());
-        // Every measured send's own delay is recorded (open loop only).
-        assert_eq!(r.generator_lag.len(), r.sent);
+        // Every request actually sent has its own send delay recorded (open loop only);
+        // slots a stalled run never sent are counted lost, without one.
+        assert!(
+            r.received <= r.generator_lag.len() && r.generator_lag.len() <= r.sent,
+            "{} {} {}",
+            r.received,
+            r.generator_lag.len(),
+            r.sent
+        );
     }
 
     #[test]
