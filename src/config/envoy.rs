@@ -259,6 +259,7 @@ impl EnvoyCluster {
             dns_refresh_rate: self.dns_refresh_rate,
             circuit_breakers,
             outlier_detection,
+            tls: None,
         })
     }
 }

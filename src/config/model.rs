@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::http::RouteConfig;
 use super::istio::{DestinationRule, PeerAuthentication, VirtualService};
+use super::tls::{ClusterTls, ListenerTls, Offload};
 
 /// A whole configuration: what `tickmesh run --config` loads and what `apply -f` upserts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct Config {
     pub destination_rules: Vec<DestinationRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// TLS record crypto offload (daemon-wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<Offload>,
 }
 
 /// One bound address and what happens to traffic arriving on it (its L4 route).
@@ -63,6 +67,12 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// Terminate TLS (and mTLS) from clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Workload labels, matched by `PeerAuthentication` selectors.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,6 +134,9 @@ pub struct Cluster {
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Originate TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -248,6 +248,18 @@ impl Io for Epoll {
     }
 
     #[inline]
+    fn take(&mut self) -> Option<BufId> {
+        self.free.pop()
+    }
+
+    #[inline]
+    fn buf_mut(&mut self, b: BufId) -> &mut [u8] {
+        // SAFETY: the proxy owns `b` (received or taken, off the free list) and no send
+        // of it is pending while it writes (Io contract).
+        unsafe { self.pool.slice_mut(b) }
+    }
+
+    #[inline]
     fn buffers_available(&self) -> bool {
         !self.free.is_empty()
     }

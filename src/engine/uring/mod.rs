@@ -93,8 +93,14 @@ struct BufRing {
     tail: u16,
     /// Buffers currently in the kernel's ring.
     available: u32,
+    /// Buffers kept out of the kernel's ring for the proxy to fill itself (TLS records);
+    /// refilled from releases before the ring is.
+    spare: Vec<BufId>,
     pool: BufPool,
 }
+
+/// Buffers held back from the provided-buffer ring for [`Io::take`].
+const SPARE_BUFFERS: usize = 256;
 
 impl BufRing {
     fn new(ring: &IoUring, count: u16) -> io::Result<BufRing> {
@@ -112,6 +118,7 @@ impl BufRing {
             count,
             tail: 0,
             available: 0,
+            spare: Vec::with_capacity(SPARE_BUFFERS),
             pool: BufPool::new(),
         };
         // SAFETY: the ring memory is page-aligned, `count` entries long, and lives until
@@ -126,9 +133,11 @@ impl BufRing {
                 0,
             )?;
         }
-        for b in 0..count {
+        let spare = SPARE_BUFFERS.min(count as usize / 2) as u16;
+        for b in 0..count - spare {
             br.add(b);
         }
+        br.spare.extend(count - spare..count);
         Ok(br)
     }
 
@@ -290,7 +299,24 @@ impl Io for Uring {
 
     #[inline]
     fn release(&mut self, buf: BufId) {
-        self.bufs.add(buf);
+        if self.bufs.spare.len() < SPARE_BUFFERS {
+            // Within the reserved capacity: no reallocation.
+            self.bufs.spare.push(buf);
+        } else {
+            self.bufs.add(buf);
+        }
+    }
+
+    #[inline]
+    fn take(&mut self) -> Option<BufId> {
+        self.bufs.spare.pop()
+    }
+
+    #[inline]
+    fn buf_mut(&mut self, b: BufId) -> &mut [u8] {
+        // SAFETY: the proxy owns `b` (received or taken, never posted to the ring while
+        // it holds it), and no send of it is in flight while it writes (Io contract).
+        unsafe { self.bufs.pool.slice_mut(b) }
     }
 
     #[inline]

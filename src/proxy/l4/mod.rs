@@ -78,6 +78,12 @@ pub trait Io {
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
     /// Give a buffer back to the pool.
     fn release(&mut self, buf: BufId);
+    /// A free pool buffer for the proxy to fill itself (TLS records), `None` when none
+    /// is spare. Given back with [`release`](Io::release) or by sending it.
+    fn take(&mut self) -> Option<BufId>;
+    /// The `BUF_SIZE` bytes of buffer `b`. Only for a buffer the proxy holds (received
+    /// or taken) with no send of it in flight.
+    fn buf_mut(&mut self, b: BufId) -> &mut [u8];
     /// Whether a starved receive is worth retrying now.
     fn buffers_available(&self) -> bool;
     /// Cancel every operation on these sockets (`-1` = none). `true`: all gone now;
