@@ -113,7 +113,14 @@ impl Daemon {
         let store = StateDir::open(&opts.state_dir)?;
         let (cfg, generation, persist, origin) = resolve(&opts.config, &store)?;
         let plane = ControlPlane::new(opts.engine.workers, cfg, generation, Some(store), persist)
-            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            .map_err(|e| {
+            let hint = if persist || !origin.starts_with("the persisted") {
+                ""
+            } else {
+                "\n(start with --config FILE to replace the persisted config)"
+            };
+            anyhow::anyhow!("{origin}: {e}{hint}")
+        })?;
         let plane = Arc::new(plane);
         let engine =
             Engine::start(opts.engine.clone(), plane.routes()).context("starting the engine")?;
@@ -175,6 +182,7 @@ impl Daemon {
         match self.engine.take() {
             Some(e) => {
                 e.stop_accepting();
+                self.plane.close_listeners();
                 e.shutdown(drain)
             }
             None => ShutdownReport::default(),

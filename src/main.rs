@@ -8,6 +8,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person: log files and test captures stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match tickmesh::cli::main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -159,22 +159,38 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Dir, config: Option<&Path>) -> Daemon {
-        let d = Daemon::spawn(dir, config);
+        Daemon::start_with(dir, config, "auto")
+    }
+
+    fn start_with(dir: &Dir, config: Option<&Path>, engine: &str) -> Daemon {
+        let d = Daemon::spawn_with(dir, config, engine);
         d.wait_ready(dir)
     }
 
     fn spawn(dir: &Dir, config: Option<&Path>) -> Daemon {
+        Daemon::spawn_with(dir, config, "auto")
+    }
+
+    fn spawn_with(dir: &Dir, config: Option<&Path>, engine: &str) -> Daemon {
         let stderr = dir.tmp.path().join(format!("daemon-{}.log", free_port()));
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--workers", "2", "--drain-timeout", "2s"])
-            .arg("--control")
-            .arg(dir.sock())
-            .arg("--state-dir")
-            .arg(dir.state())
-            .env("TICKMESH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap());
+        cmd.args([
+            "run",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "2s",
+            "--engine",
+            engine,
+        ])
+        .arg("--control")
+        .arg(dir.sock())
+        .arg("--state-dir")
+        .arg(dir.state())
+        .env("TICKMESH_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -208,6 +224,22 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "the daemon did not serve its control socket in 20s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (bounded) for the process to exit.
+    fn stop_wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit in {limit:?}:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -614,4 +646,251 @@ fn restart_resumes_the_persisted_config_and_config_replaces_it() {
     );
     assert_eq!(exchange(front, "t"), "a:t");
     drop(d);
+}
+
+#[test]
+fn a_daemon_runs_in_process_and_shuts_down() {
+    use tickmesh::control::{client, protocol::Request};
+    use tickmesh::daemon::{ConfigSource, Daemon, DaemonOptions};
+    use tickmesh::engine::{EngineKind, EngineOptions, Idle};
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = Dir::new();
+    let port = free_port();
+    let front: SocketAddr = ([127, 0, 0, 1], port).into();
+    let d = Daemon::start(DaemonOptions {
+        engine: EngineOptions {
+            kind: EngineKind::Auto,
+            workers: 1,
+            pin: false,
+            idle: Idle::Park,
+            spin: Duration::ZERO,
+        },
+        control: dir.sock(),
+        state_dir: dir.state(),
+        config: ConfigSource::Text {
+            text: config(port, a.addr, b.addr),
+            format: tickmesh::config::Format::Yaml,
+            origin: "the test's config".into(),
+        },
+        drain_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    assert_ne!(d.engine_kind(), EngineKind::Auto);
+    assert_eq!(exchange(front, "x"), "a:x");
+    // Over the socket, as another process would.
+    let r = client::request(
+        d.control_path(),
+        &Request::Apply {
+            config: config(port, b.addr, a.addr),
+            format: tickmesh::config::Format::Yaml,
+            prune: false,
+        },
+    )
+    .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(exchange(front, "y"), "b:y");
+    // In-process, the same operations.
+    let g = d.control_plane().get(None);
+    assert_eq!(g.generation, 2);
+    d.shutdown();
+    assert!(!dir.sock().exists());
+    assert!(
+        TcpStream::connect_timeout(&front, Duration::from_secs(1)).is_err(),
+        "the listener is closed after shutdown"
+    );
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_0_epoll() {
+    sigterm_drains("epoll");
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_0_uring() {
+    if let Err(e) = tickmesh::engine::uring_available() {
+        eprintln!("SKIP sigterm_drains_open_connections_then_exits_0_uring: io_uring unavailable here: {e}");
+        return;
+    }
+    sigterm_drains("uring");
+}
+
+fn sigterm_drains(engine: &str) {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let dir = Dir::new();
+    let port = free_port();
+    let front: SocketAddr = ([127, 0, 0, 1], port).into();
+    let file = dir.file("base.yaml", &config(port, a.addr, b.addr));
+    let mut d = Daemon::start_with(&dir, Some(&file), engine);
+    assert!(d.log().contains(&format!("engine {engine}")), "{}", d.log());
+    let mut open = TcpStream::connect(front).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    open.write_all(b"1").unwrap();
+    assert_eq!(open.read(&mut buf).unwrap(), 3);
+    let st = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Draining: the open connection still works; new ones are not served.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "exited before draining"
+    );
+    open.write_all(b"2").unwrap();
+    assert_eq!(open.read(&mut buf).unwrap(), 3, "{:?}", &buf[..3]);
+    assert!(
+        TcpStream::connect_timeout(&front, Duration::from_secs(1)).is_err(),
+        "new connections are refused while draining"
+    );
+    drop(open);
+    let st = d.stop_wait(Duration::from_secs(5));
+    assert!(st.success(), "exit status {st}\n{}", d.log());
+    assert!(d.log().contains("SIGTERM"), "{}", d.log());
+}
+
+/// A plain echo backend that counts the connections it accepted.
+struct Echo {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                count.fetch_add(1, Relaxed);
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let _ = std::io::copy(&mut r, &mut s);
+                });
+            }
+        });
+        Echo { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn applies_over_the_socket_while_traffic_flows_lose_nothing() {
+    const CONNS: usize = 16;
+    const RUN: Duration = Duration::from_secs(2);
+    let (a, b) = (Echo::start(), Echo::start());
+    // tmpfs when there is one: on a disk every apply waits for two fsyncs.
+    let shm = Path::new("/dev/shm");
+    let dir = Dir {
+        tmp: if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        },
+    };
+    let port = free_port();
+    let front: SocketAddr = ([127, 0, 0, 1], port).into();
+    let file = dir.file("base.yaml", &config(port, a.addr, b.addr));
+    let _d = Daemon::start(&dir, Some(&file));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streams: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut s = TcpStream::connect(front).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.set_nodelay(true).unwrap();
+                let (mut sent, mut k) = (0u64, 0u64);
+                let mut back = vec![0u8; 1024];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let chunk: Vec<u8> = (0..1024u64)
+                        .map(|j| (i as u64 * 7919 + k * 31 + j) as u8)
+                        .collect();
+                    s.write_all(&chunk)
+                        .map_err(|e| format!("conn {i} write: {e}"))?;
+                    s.read_exact(&mut back)
+                        .map_err(|e| format!("conn {i} read after {sent} bytes: {e}"))?;
+                    if back != chunk {
+                        return Err(format!("conn {i}: chunk {k} came back different"));
+                    }
+                    sent += 1024;
+                    k += 1;
+                }
+                Ok(sent)
+            })
+        })
+        .collect();
+
+    // One control connection, applies back to back, alternating the route.
+    let ctl = UnixStream::connect(dir.sock()).unwrap();
+    ctl.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = ctl.try_clone().unwrap();
+    let mut r = BufReader::new(ctl);
+    let to = |cluster: &str| {
+        let text = format!(
+            "listeners:\n  - name: front\n    address: 127.0.0.1:{port}\n    cluster: {cluster}\n"
+        );
+        let mut line =
+            serde_json::to_vec(&serde_json::json!({"op": "apply", "config": text})).unwrap();
+        line.push(b'\n');
+        line
+    };
+    let (to_a, to_b) = (to("a"), to("b"));
+    let start = Instant::now();
+    let mut applies = 0u64;
+    while start.elapsed() < RUN {
+        w.write_all(if applies % 2 == 0 { &to_b } else { &to_a })
+            .unwrap();
+        let mut answer = String::new();
+        r.read_line(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("{\"ok\":true"),
+            "apply {applies}: {answer}"
+        );
+        applies += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in streams {
+        total += t.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(total > 0);
+
+    // The last apply routed to `a` or `b`; new connections go there, all of them.
+    let last_b = applies % 2 == 1;
+    let (a0, b0) = (a.accepted(), b.accepted());
+    for _ in 0..5 {
+        assert_eq!(exchange_echo(front, b"ping"), b"ping");
+    }
+    let want = if last_b { (0, 5) } else { (5, 0) };
+    assert_eq!((a.accepted() - a0, b.accepted() - b0), want);
+    let g = get_json(&dir);
+    assert_eq!(g["generation"], 1 + applies);
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(dir.state().join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        saved["generation"],
+        1 + applies,
+        "the last apply is persisted"
+    );
+    eprintln!(
+        "{applies} applies over the control socket in {RUN:?} while {CONNS} connections echoed {total} bytes intact"
+    );
+}
+
+fn exchange_echo(to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    back
 }

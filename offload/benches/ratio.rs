@@ -193,10 +193,20 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (rounds, batches) = if full { (21, 100) } else { (1, 2) };
+    let rounds = std::env::var("RATIO_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
     println!("| op | size | direct ns/rec | inline ns/rec | threaded ns/rec | inline/direct thrpt | threaded/direct thrpt | inline overhead ns/job |");
     println!("|---|---|---|---|---|---|---|---|");
+    // RATIO_ONLY=seal-64 (say) limits the run to one case, e.g. for `perf record`.
+    let only = std::env::var("RATIO_ONLY").ok();
     for op in [Op::Seal, Op::Open] {
         for size in [64usize, 1024, 16 * 1024] {
+            let name = format!("{}-{size}", if op == Op::Seal { "seal" } else { "open" });
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let mut r = Runner::new(size);
             let (mut d, mut i, mut t, mut ri, mut rt) = (vec![], vec![], vec![], vec![], vec![]);
             let b = if size > 4096 {

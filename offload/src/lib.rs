@@ -29,6 +29,9 @@
 //! engine.reap(32, |c| assert_eq!(c.result.unwrap().data, b"hello"));
 //! ```
 
+// `unsafe` only where a syscall or a volatile wipe needs it, opted in per item with a
+// reason (kTLS setsockopt, CPU pinning, key wiping).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;

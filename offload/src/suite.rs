@@ -127,6 +127,8 @@ impl fmt::Debug for TrafficKeys {
     }
 }
 
+// Volatile writes so the wipe of key material is not optimised away.
+#[allow(unsafe_code)]
 impl Drop for TrafficKeys {
     fn drop(&mut self) {
         for b in self.key.iter_mut().chain(self.iv.iter_mut()) {

@@ -71,6 +71,14 @@ struct Cell {
 
 /// Run the whole bench and build the report (no output files).
 pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Result<Report> {
+    let machine = sys::machine();
+    let [load1, ..] = machine.load_average;
+    if load1 > machine.nproc as f64 * 0.5 {
+        eprintln!(
+            "warning: the machine is busy (load average {load1:.1} on {} CPUs): other work will show in the numbers; the report records it",
+            machine.nproc
+        );
+    }
     // The harness's own threads (progress, spawning) live on the generator's CPUs, off
     // the proxy's.
     sys::pin_current_thread(&s.cpus.generator)?;
@@ -200,7 +208,7 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
         schema: report::SCHEMA,
         generated_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         tickmesh_version: tickmesh_version.to_owned(),
-        machine: sys::machine(),
+        machine,
         settings: s.clone(),
         peers: infos,
         scenarios,

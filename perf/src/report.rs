@@ -377,6 +377,60 @@ fn scenario_title(r: &Report, s: &ScenarioReport) -> String {
     .replace("Shared", "shared")
 }
 
+/// tickmesh against the product's goals (DESIGN/issue 3), per scenario and engine:
+/// added p50 ≤ 1.05 × floor's, p99.9 ≤ 0.7 × HAProxy's, throughput per proxy core
+/// ≥ 1.5 × HAProxy's, CPU per request ≤ 0.7 × HAProxy's. Lines only for what was measured.
+pub fn goals(r: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in &r.scenarios {
+        let get = |t: Target| s.targets.iter().find(|x| x.target == t);
+        let m = |t: Target| get(t).and_then(|x| x.median.clone());
+        let (floor, haproxy) = (get(Target::Floor), m(Target::Haproxy));
+        for tm in [Target::TickmeshUring, Target::TickmeshEpoll] {
+            let Some(t) = get(tm) else { continue };
+            let Some(tmm) = &t.median else { continue };
+            let mut parts = Vec::new();
+            let added = |x: &TargetResult| {
+                x.added_latency_ns
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .map(|&(_, v)| v)
+            };
+            if let (Some(a), Some(f)) = (added(t), floor.and_then(added)) {
+                parts.push(format!(
+                    "added p50 {} µs vs floor's {} µs ({:.2}×, goal ≤ 1.05)",
+                    us(a),
+                    us(f),
+                    ratio(a, f)
+                ));
+            }
+            if let Some(h) = &haproxy {
+                parts.push(format!(
+                    "p99.9 {:.2}× HAProxy's (goal ≤ 0.7)",
+                    ratio(tmm.p999_ns, h.p999_ns)
+                ));
+                let per_core = |f: &Figures| f.cpu_utilization.map(|u| ratio(f.throughput_rps, u));
+                if let (Some(a), Some(b)) = (per_core(tmm), per_core(h)) {
+                    parts.push(format!(
+                        "throughput per proxy core {:.2}× HAProxy's (goal ≥ 1.5)",
+                        ratio(a, b)
+                    ));
+                }
+                if let (Some(a), Some(b)) = (tmm.cpu_s_per_1k_requests, h.cpu_s_per_1k_requests) {
+                    parts.push(format!(
+                        "CPU per request {:.2}× HAProxy's (goal ≤ 0.7)",
+                        ratio(a, b)
+                    ));
+                }
+            }
+            if !parts.is_empty() {
+                lines.push(format!("{} {tm}: {}", s.scenario, parts.join("; ")));
+            }
+        }
+    }
+    lines
+}
+
 /// The terminal table.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
@@ -413,6 +467,16 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(out, "{}", line(row));
         }
     }
+    let g = goals(r);
+    if !g.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAgainst the goals (medians; spinning proxies use a whole core whatever the load):"
+        );
+        for l in g {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
     if !r.failures.is_empty() {
         let _ = writeln!(out, "\nProblems:");
         for f in &r.failures {
@@ -439,8 +503,16 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(md, "# tickmesh bench report\n");
     let _ = writeln!(
         md,
-        "Generated {} by tickmesh {}. Machine: {} ({} CPUs), {}, {}.\n",
-        r.generated_at, r.tickmesh_version, m.cpu_model, m.nproc, m.kernel, m.os
+        "Generated {} by tickmesh {}. Machine: {} ({} CPUs), {}, {}; load average at start {:.2} / {:.2} / {:.2} (1/5/15 min).\n",
+        r.generated_at,
+        r.tickmesh_version,
+        m.cpu_model,
+        m.nproc,
+        m.kernel,
+        m.os,
+        m.load_average[0],
+        m.load_average[1],
+        m.load_average[2]
     );
     let _ = writeln!(
         md,
@@ -501,6 +573,14 @@ pub fn markdown(r: &Report) -> String {
                 sp(t.spread.as_ref().map(|s| s.p50_ns)),
                 sp(t.spread.as_ref().map(|s| s.p999_ns)),
             );
+        }
+        md.push('\n');
+    }
+    let g = goals(r);
+    if !g.is_empty() {
+        let _ = writeln!(md, "## Against the goals\n");
+        for l in g {
+            let _ = writeln!(md, "- {l}");
         }
         md.push('\n');
     }

@@ -114,6 +114,20 @@ pub struct Machine {
     pub kernel: String,
     pub memory_kib: u64,
     pub os: String,
+    /// 1/5/15-minute load averages when the bench started: other work on the machine
+    /// shows here (anything near `nproc` means the numbers are noise-dominated).
+    pub load_average: [f64; 3],
+}
+
+/// `/proc/loadavg`'s three averages (zeros when unreadable).
+pub fn load_average() -> [f64; 3] {
+    let s = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut v = s.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
+    [
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+        v.next().unwrap_or(0.0),
+    ]
 }
 
 pub fn machine() -> Machine {
@@ -153,6 +167,7 @@ pub fn machine() -> Machine {
         kernel,
         memory_kib: status_kib(&meminfo, "MemTotal:"),
         os,
+        load_average: load_average(),
     }
 }
 

@@ -75,6 +75,8 @@ pub struct RunArgs {
     pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub dpdk: Box<crate::engine::dpdk::DpdkArgs>,
     /// How long SIGTERM/SIGINT waits for open connections to finish.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -224,6 +226,8 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 /// Dispatch a parsed command line.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "dpdk")]
+        Command::Run(a) if a.engine.engine == EngineKind::Dpdk => crate::engine::dpdk::run(&a),
         Command::Run(a) => crate::daemon::run(&a),
         Command::Apply(a) => crate::control::client::apply(&a),
         Command::Delete(a) => crate::control::client::delete(&a),

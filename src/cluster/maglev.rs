@@ -90,6 +90,15 @@ pub fn hash64(bytes: &[u8], seed: u64) -> u64 {
     mix64(h)
 }
 
+/// A flow's 5-tuple hash for packet load balancing (DPDK engine): symmetric neither in
+/// direction nor across hosts' byte order; two mixing rounds over the packed tuple.
+#[inline]
+pub fn hash_flow(src: u32, dst: u32, src_port: u16, dst_port: u16, protocol: u8) -> u64 {
+    let a = (u64::from(src) << 32) | u64::from(dst);
+    let b = (u64::from(src_port) << 24) | (u64::from(dst_port) << 8) | u64::from(protocol);
+    mix64(mix64(a ^ 0x9e37_79b9_7f4a_7c15) ^ b)
+}
+
 #[inline]
 pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -46,7 +46,8 @@ pub struct EnvoyCluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<EnvoyCircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<EnvoyOutlierDetection>,
+    /// Envoy's fields and names, so the native type serves.
+    pub outlier_detection: Option<OutlierDetection>,
     #[serde(
         default,
         with = "opt_duration",
@@ -145,29 +146,6 @@ pub struct Thresholds {
     pub max_retries: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvoyOutlierDetection {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_gateway_failure: Option<u32>,
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub interval: Option<Duration>,
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub base_ejection_time: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ejection_percent: Option<u32>,
-}
-
 impl EnvoyCluster {
     /// The native cluster, or a message naming the field that cannot be taken.
     pub fn to_native(&self) -> Result<Cluster, (String, String)> {
@@ -242,13 +220,7 @@ impl EnvoyCluster {
                     max_requests_per_connection: None,
                 })
         });
-        let outlier_detection = self.outlier_detection.as_ref().map(|o| OutlierDetection {
-            consecutive_5xx: o.consecutive_5xx,
-            consecutive_gateway_failure: o.consecutive_gateway_failure,
-            interval: o.interval,
-            base_ejection_time: o.base_ejection_time,
-            max_ejection_percent: o.max_ejection_percent,
-        });
+        let outlier_detection = self.outlier_detection.clone();
         Ok(Cluster {
             name: self.name.clone(),
             discovery,

@@ -15,8 +15,8 @@ pub mod tls;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
-    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, LbPolicy, Listener,
-    OutlierDetection, Protocol, WeightedCluster,
+    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
+    Listener, OutlierDetection, Protocol, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.

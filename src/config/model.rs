@@ -67,12 +67,28 @@ pub struct Listener {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// DPDK engine only: how packets to this VIP reach a backend (default `dnat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
     /// Terminate TLS (and mTLS) from clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
     /// Workload labels, matched by `PeerAuthentication` selectors.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// How the DPDK packet load balancer hands a VIP's packets to the chosen backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Rewrite the destination to the backend; replies come back through the balancer,
+    /// which rewrites their source back to the VIP.
+    #[default]
+    Dnat,
+    /// Encapsulate in IPv4-in-IPv4 (RFC 2003) to the backend, which answers the client
+    /// directly (direct server return, as Katran does).
+    Ipip,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

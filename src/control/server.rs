@@ -26,6 +26,10 @@ use super::state::ControlPlane;
 /// Control connections served at once; more get an error line and are closed.
 const MAX_CLIENTS: usize = 64;
 
+/// A connection that sends no complete request for this long is closed, so forgotten
+/// clients cannot hold all [`MAX_CLIENTS`] slots.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A running control socket. Stops (and removes its socket file) on [`stop`](Self::stop)
 /// or drop.
 pub struct ControlServer {
@@ -69,6 +73,9 @@ impl ControlSocket {
     pub fn serve(mut self, plane: Arc<ControlPlane>) -> anyhow::Result<ControlServer> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Requests run there; applies take one lock anyway, so a few suffice.
+            .max_blocking_threads(4)
+            .thread_name("tickmesh-control-req")
             .build()
             .context("starting the control socket's runtime")?;
         let listener = {
@@ -261,14 +268,23 @@ async fn connection(
     // Skipping the rest of an over-long line (its error already sent).
     let mut skipping = false;
     loop {
-        let buf = match rd.fill_buf().await {
-            Ok(b) => b,
-            Err(_) => return,
+        let buf = match tokio::time::timeout(IDLE, rd.fill_buf()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let msg = format!(
+                    "closing this control connection: no complete request for {}s",
+                    IDLE.as_secs()
+                );
+                let _ = wr.write_all(&Response::error(msg).to_line()).await;
+                return;
+            }
         };
         if buf.is_empty() {
             // EOF: a last line without its newline is still a request.
             if !skipping && !line.is_empty() {
-                let _ = wr.write_all(&handle(&plane, &line).to_line()).await;
+                let r = run(&plane, std::mem::take(&mut line)).await;
+                let _ = wr.write_all(&r.to_line()).await;
             }
             return;
         }
@@ -278,6 +294,7 @@ async fn connection(
         };
         let used = chunk.len() + usize::from(complete);
         let mut reply = None;
+        let mut request = None;
         if !skipping {
             if line.len() + chunk.len() > MAX_REQUEST {
                 reply = Some(Response::error(format!(
@@ -288,18 +305,34 @@ async fn connection(
             } else {
                 line.extend_from_slice(chunk);
                 if complete {
-                    reply = Some(handle(&plane, &line));
-                    line.clear();
+                    request = Some(std::mem::take(&mut line));
                 }
             }
         } else if complete {
             skipping = false;
         }
         rd.consume(used);
+        if let Some(req) = request {
+            reply = Some(run(&plane, req).await);
+        }
         if let Some(r) = reply {
             if wr.write_all(&r.to_line()).await.is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// Handle one request on the blocking pool: an apply binds sockets, may resolve names
+/// and fsyncs, and none of that may hold up other clients on this thread. A panic is
+/// contained to its request.
+async fn run(plane: &Arc<ControlPlane>, line: Vec<u8>) -> Response {
+    let plane = plane.clone();
+    match tokio::task::spawn_blocking(move || handle(&plane, &line)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("a control request failed internally: {e}");
+            Response::error("internal error while handling the request; see the daemon's log")
         }
     }
 }
@@ -459,6 +492,22 @@ mod tests {
         let r: Response = serde_json::from_str(&second).unwrap();
         assert!(r.ok, "the connection keeps serving: {second}");
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_half_sent_request_does_not_hold_up_other_clients() {
+        let (_tmp, server, _plane) = start();
+        let mut slow = UnixStream::connect(server.path()).unwrap();
+        slow.write_all(b"{\"op\":").unwrap();
+        let mut c = client(&server);
+        let r = ask(&mut c, b"{\"op\":\"get\"}\n");
+        assert!(r.ok, "{r:?}");
+        // The slow one finishes its line later and gets its answer.
+        slow.write_all(b"\"stats\"}\n").unwrap();
+        let mut slow = BufReader::new(slow);
+        let mut answer = String::new();
+        slow.read_line(&mut answer).unwrap();
+        assert!(answer.starts_with("{\"ok\":true"), "{answer}");
     }
 
     #[test]

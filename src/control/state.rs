@@ -357,6 +357,28 @@ impl ControlPlane {
         }
     }
 
+    /// Refuse new TCP connections in the kernel: shut down every listening TCP socket of
+    /// the running table, so clients get a refusal (and fail over) instead of waiting in
+    /// an accept queue nobody serves. For draining at shutdown, after the engine stopped
+    /// accepting; established connections are untouched. UDP sockets stay: draining
+    /// sessions still reply through them.
+    pub fn close_listeners(&self) {
+        let t = self.routes.load_full();
+        for l in t.listeners.iter() {
+            if l.protocol == config::Protocol::Udp {
+                continue;
+            }
+            for w in 0..l.sockets.len() {
+                // shutdown(2) on a listening socket stops it listening (Linux).
+                if let Err(e) =
+                    socket2::SockRef::from(&l.sockets.fd(w)).shutdown(std::net::Shutdown::Read)
+                {
+                    tracing::warn!("closing listener {} failed: {e}", l.name);
+                }
+            }
+        }
+    }
+
     pub fn get(&self, what: Option<GetWhat>) -> GetResult {
         let st = self.lock();
         let table = self.routes.load_full();

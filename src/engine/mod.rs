@@ -14,6 +14,7 @@
 
 pub(crate) mod buf;
 pub(crate) mod core;
+pub mod dpdk;
 pub(crate) mod epoll;
 pub mod sys;
 pub(crate) mod uring;
@@ -35,6 +36,9 @@ pub enum EngineKind {
     Auto,
     Uring,
     Epoll,
+    /// Poll-mode NIC queues: the L4 packet load balancer (feature `dpdk`).
+    #[cfg(feature = "dpdk")]
+    Dpdk,
 }
 
 /// What a worker does when it has nothing to do.
@@ -171,6 +175,10 @@ impl Engine {
 /// Pick the engine to run and say why.
 fn resolve(kind: EngineKind) -> anyhow::Result<EngineKind> {
     match kind {
+        #[cfg(feature = "dpdk")]
+        EngineKind::Dpdk => anyhow::bail!(
+            "the dpdk engine runs the L4 packet balancer through `tickmesh run --engine dpdk`, not as a socket engine"
+        ),
         EngineKind::Epoll => {
             tracing::info!("engine: epoll (chosen with --engine epoll)");
             Ok(EngineKind::Epoll)

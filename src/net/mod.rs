@@ -28,6 +28,9 @@ pub struct ListenerSockets {
 impl ListenerSockets {
     /// Bind `workers` sockets to `address`. All or nothing: on error none stay bound.
     pub fn bind(address: SocketAddr, protocol: Protocol, workers: usize) -> io::Result<Self> {
+        if address.port() != 0 {
+            probe_free(address, protocol)?;
+        }
         let first = bind_one(address, protocol)?;
         // With port 0 the first bind picks the port; the rest join that port's group.
         let address = local_addr(&first)?;
@@ -63,6 +66,35 @@ fn domain(addr: &SocketAddr) -> Domain {
     } else {
         Domain::IPV6
     }
+}
+
+/// `SO_REUSEPORT` would let us join another process's group on `address` (same uid) and
+/// silently split its traffic, e.g. a second daemon started with the same config. A bind
+/// without `SO_REUSEPORT` fails while anyone holds the address: then refuse it.
+fn probe_free(address: SocketAddr, protocol: Protocol) -> io::Result<()> {
+    let ty = match protocol {
+        Protocol::Tcp | Protocol::Http => Type::STREAM,
+        Protocol::Udp => Type::DGRAM,
+    };
+    let s = Socket::new(domain(&address), ty.cloexec(), None)?;
+    // TCP: lingering TIME_WAIT connections of an earlier run do not count. (UDP has none,
+    // and there SO_REUSEADDR would let the probe share the address.)
+    if protocol != Protocol::Udp {
+        s.set_reuse_address(true)?;
+    }
+    if address.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&address.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                e.kind(),
+                format!("{e}: another process (or another tickmesh) is using it"),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn bind_one(address: SocketAddr, protocol: Protocol) -> io::Result<OwnedFd> {
@@ -167,5 +199,22 @@ impl SocketPool {
         let bound = &self.bound;
         self.aliases
             .retain(|(p, _), a| bound.contains_key(&(*p, *a)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_group_on_a_held_address_is_refused() {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let first = ListenerSockets::bind("127.0.0.1:0".parse().unwrap(), protocol, 2).unwrap();
+            assert_eq!(first.len(), 2);
+            let e = ListenerSockets::bind(first.address, protocol, 2).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{protocol}: {e}");
+            assert!(e.to_string().contains("another process"), "{e}");
+            drop(first);
+        }
     }
 }

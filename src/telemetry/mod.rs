@@ -90,6 +90,59 @@ counter_set! {
     }
 }
 
+counter_set! {
+    /// Per DPDK port; each worker's slot is that port's queue pair `worker`.
+    PortCounter {
+        RxPackets => "rx_packets",
+        RxBytes => "rx_bytes",
+        TxPackets => "tx_packets",
+        TxBytes => "tx_bytes",
+        /// The TX ring was full: freed, not sent.
+        DropTxFull => "drop_tx_full",
+        /// Shorter than the headers it claims (Ethernet, IPv4 total length, TCP/UDP).
+        DropTruncated => "drop_truncated",
+        /// IPv4 version/IHL/total length out of range.
+        DropBadIpHeader => "drop_bad_ip_header",
+        DropBadChecksum => "drop_bad_checksum",
+        /// To a VIP address on a port/protocol no listener serves.
+        DropUnknownVip => "drop_unknown_vip",
+        /// No MAC address known for the next hop (neighbor table, gateway).
+        DropNoNeighbor => "drop_no_neighbor",
+        /// Encapsulation needed more headroom than the mbuf had.
+        DropNoHeadroom => "drop_no_headroom",
+        /// Sent to the exception (kernel) port: non-IPv4 ethertypes.
+        ExceptionNonIp => "exception_non_ip",
+        /// IPv4 fragments (the balancer does not reassemble).
+        ExceptionFragment => "exception_fragment",
+        /// IPv4 not addressed to a VIP nor a reply from a DNAT backend.
+        ExceptionOther => "exception_other",
+        /// Frames from the exception port sent out of this port.
+        FromException => "from_exception",
+        ArpReplies => "arp_replies",
+        IcmpEchoReplies => "icmp_echo_replies",
+        /// Gauge: live entries in this worker's flow table.
+        FlowTableEntries => "flow_table_entries",
+        /// A full bucket evicted its least recently seen flow.
+        FlowEvictions => "flow_evictions",
+    }
+}
+
+counter_set! {
+    /// Per VIP and per backend of the DPDK packet load balancer.
+    PacketCounter {
+        /// Client → backend direction.
+        Packets => "packets",
+        Bytes => "bytes",
+        /// Backend → client replies (DNAT only; with IPIP they bypass the balancer).
+        ReplyPackets => "reply_packets",
+        ReplyBytes => "reply_bytes",
+        /// Flows that were assigned a backend (new, or moved after their backend left).
+        FlowsNew => "flows_new",
+        /// Packets dropped because the VIP's cluster had no usable backend.
+        DropNoBackend => "drop_no_backend",
+    }
+}
+
 const SLOT_WORDS: usize = 16; // 128 bytes: two cache lines, so adjacent prefetch can't share.
 
 /// One block of counters: `workers` slots of `K::NAMES.len()` words, each slot padded.
@@ -120,6 +173,12 @@ impl<K: CounterSet> Counters<K> {
         debug_assert!(worker < self.workers, "worker {worker} has no stats slot");
         let w = &self.words[worker * self.stride + k.index()];
         w.store(w.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Set a gauge in `worker`'s slot (same single-writer rule as [`Counters::add`]).
+    #[inline]
+    pub fn set(&self, worker: usize, k: K, v: u64) {
+        self.words[worker * self.stride + k.index()].store(v, Relaxed);
     }
 
     #[inline]
@@ -194,6 +253,8 @@ impl CounterReport {
 
 pub type ListenerStats = Counters<ListenerCounter>;
 pub type UpstreamStats = Counters<UpstreamCounter>;
+pub type PortStats = Counters<PortCounter>;
+pub type PacketStats = Counters<PacketCounter>;
 
 /// Hands out counter blocks by resource name so that they survive config changes.
 /// Control-plane only.
@@ -208,6 +269,9 @@ struct RegistryMaps {
     listeners: HashMap<String, Arc<ListenerStats>>,
     clusters: HashMap<String, Arc<UpstreamStats>>,
     endpoints: HashMap<(String, std::net::SocketAddr), Arc<UpstreamStats>>,
+    /// DPDK engine: per port, and per VIP / backend keyed `vip/NAME`, `backend/CLUSTER/ADDR`.
+    ports: HashMap<String, Arc<PortStats>>,
+    packets: HashMap<String, Arc<PacketStats>>,
 }
 
 impl StatsRegistry {
@@ -246,12 +310,46 @@ impl StatsRegistry {
             .clone()
     }
 
+    /// DPDK port counters by port name (one slot per worker = per queue pair).
+    pub fn port(&self, name: &str) -> Arc<PortStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.ports
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// DPDK per-VIP (`vip/NAME`) or per-backend (`backend/CLUSTER/ADDR`) packet counters.
+    pub fn packets(&self, key: &str) -> Arc<PacketStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.packets
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// Every DPDK port and packet block, sorted by name: what `stats` shows for the
+    /// DPDK engine.
+    pub fn packet_reports(&self) -> Vec<(String, CounterReport)> {
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, CounterReport)> = m
+            .ports
+            .iter()
+            .map(|(k, v)| (format!("port/{k}"), v.report()))
+            .chain(m.packets.iter().map(|(k, v)| (k.clone(), v.report())))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Forget blocks that no table refers to any more (called after a swap).
     pub fn prune(&self) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         m.listeners.retain(|_, v| Arc::strong_count(v) > 1);
         m.clusters.retain(|_, v| Arc::strong_count(v) > 1);
         m.endpoints.retain(|_, v| Arc::strong_count(v) > 1);
+        m.ports.retain(|_, v| Arc::strong_count(v) > 1);
+        m.packets.retain(|_, v| Arc::strong_count(v) > 1);
     }
 }
 

@@ -20,12 +20,16 @@ pub struct Proxy {
     pub engine: Option<Engine>,
     pub routes: Arc<Routes>,
     pub stats: StatsRegistry,
-    pool: SocketPool,
+    pub pool: SocketPool,
     generation: u64,
 }
 
 impl Proxy {
     pub fn start(kind: EngineKind, yaml: &str) -> Proxy {
+        Proxy::start_idle(kind, yaml, Idle::Adaptive)
+    }
+
+    pub fn start_idle(kind: EngineKind, yaml: &str, idle: Idle) -> Proxy {
         let stats = StatsRegistry::new(WORKERS);
         let mut pool = SocketPool::new(WORKERS);
         let t = table(yaml, 1, &stats, &mut pool);
@@ -35,7 +39,7 @@ impl Proxy {
                 kind,
                 workers: WORKERS,
                 pin: false,
-                idle: Idle::Adaptive,
+                idle,
                 spin: Duration::from_micros(20),
             },
             routes.clone(),

@@ -13,7 +13,8 @@
 //! per record, where rustls (and we) XOR the sequence number in. We hand it our next
 //! record's explicit nonce, so the first kernel record matches ours and later ones may
 //! differ in the explicit nonce only; both are valid (the peer reads the explicit nonce
-//! from the record, and each stays unique per key).
+//! from the record, and each stays unique per key). Not verified on this kernel (no `tls`
+//! module); `tests/ktls.rs` checks it where the module exists.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -106,7 +107,6 @@ pub fn attach_ulp(fd: RawFd) -> Result<(), KtlsError> {
 
 /// Hand one direction's keys to the kernel. From here on the kernel seals (`Tx`) or opens
 /// (`Rx`) records on this socket; `keys.seq` must be the next record's sequence number.
-#[allow(unsafe_code)]
 pub fn install_keys(
     fd: RawFd,
     dir: Direction,

@@ -455,3 +455,15 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         core.end_batch();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The epoll engine's per-connection bookkeeping, beside the proxy's `Conn`.
+    #[test]
+    fn per_connection_ops_stay_small() {
+        let size = std::mem::size_of::<Ops>();
+        assert!(size <= 56, "epoll Ops grew to {size} bytes");
+    }
+}

@@ -215,11 +215,11 @@ impl Uring {
     /// something to submit or task work to run.
     #[inline]
     fn poll(&mut self) -> io::Result<()> {
-        let (pending, taskrun) = {
+        let (pending, taskrun, overflow) = {
             let sq = self.ring.submission();
-            (!sq.is_empty(), sq.taskrun())
+            (!sq.is_empty(), sq.taskrun(), sq.cq_overflow())
         };
-        if pending || taskrun {
+        if pending || taskrun || overflow {
             self.ring.submitter().submit_and_wait(0)?;
         }
         Ok(())

@@ -857,7 +857,8 @@ mod tests {
     /// Per-connection state must not creep: it sits in every worker's slab.
     #[test]
     fn connection_state_stays_small() {
+        // 192 bytes on x86_64 today; raise deliberately, with a reason, if ever.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 256, "Conn grew to {size} bytes");
+        assert!(size <= 192, "Conn grew to {size} bytes");
     }
 }

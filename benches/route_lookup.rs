@@ -1,0 +1,72 @@
+//! Route lookup: what a worker does per new connection before it connects — load the
+//! published table, pick the cluster of the listener's route, pick an endpoint — per
+//! load-balancing policy. Run: `cargo bench --bench route_lookup`.
+//!
+//! Noise: the machines are shared 2-vCPU VMs; compare medians of several runs, ideally
+//! with nothing else running (criterion reports the spread).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tickmesh::cluster::LbState;
+use tickmesh::config::{parse, Format};
+use tickmesh::net::SocketPool;
+use tickmesh::route::{compile, Routes};
+use tickmesh::telemetry::StatsRegistry;
+
+fn config(policy: &str, endpoints: usize, weighted: bool) -> String {
+    let eps: Vec<String> = (0..endpoints)
+        .map(|i| {
+            format!(
+                "{{address: \"127.0.0.{}:{}\", weight: {}}}",
+                1 + i / 60000,
+                1024 + i % 60000,
+                1 + i % 3
+            )
+        })
+        .collect();
+    let route = if weighted {
+        "weighted_clusters: [{cluster: a, weight: 95}, {cluster: b, weight: 5}]"
+    } else {
+        "cluster: a"
+    };
+    format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", {route}}}\nclusters:\n  - {{name: a, lb_policy: {policy}, endpoints: [{}]}}\n  - {{name: b, lb_policy: {policy}, endpoints: [{}]}}\n",
+        eps.join(", "),
+        eps.join(", ")
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let stats = StatsRegistry::new(1);
+    let mut pool = SocketPool::new(1);
+    let mut g = c.benchmark_group("route_lookup");
+    for policy in ["round_robin", "least_request", "random", "maglev"] {
+        for (endpoints, weighted) in [(3, false), (100, true)] {
+            let cfg = parse(&config(policy, endpoints, weighted), Format::Yaml).unwrap();
+            let routes = Arc::new(Routes::new(compile(&cfg, 1, &stats, &mut pool).unwrap()));
+            let mut lb = LbState::new(7);
+            let mut cursor = 0u32;
+            let src = Some("10.1.2.3:40000".parse().unwrap());
+            let name = format!(
+                "{policy}/{endpoints}ep{}",
+                if weighted { "/weighted" } else { "" }
+            );
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let t = routes.load();
+                    let l = &t.listeners[0];
+                    // Always Some for a TCP listener with a route.
+                    let ci = l.target.as_ref().map_or(0, |t| t.pick(lb.next_u32()));
+                    let cl = &t.clusters[ci];
+                    black_box(cl.pick(&mut lb, &mut cursor, black_box(src), 0, 0))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
