@@ -53,6 +53,7 @@ impl Pki {
         p.ca("other-ca");
         p.leaf("server", "ca", "subjectAltName=DNS:localhost,DNS:orders.internal,IP:127.0.0.1", 30);
         p.leaf("server2", "ca", "subjectAltName=DNS:billing.internal", 30);
+        p.leaf("server-new", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1", 30);
         p.leaf("gateway", "ca", "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway", 30);
         p.leaf("intruder", "ca", "subjectAltName=URI:spiffe://example.org/ns/other/sa/intruder", 30);
         p.leaf("foreign", "other-ca", "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway", 30);
@@ -503,6 +504,109 @@ fn sni_picks_certificate(kind: EngineKind) {
     }
 }
 
+/// Rotation under load through the control plane: a bad pair is refused and the old
+/// one kept; a good pair is served to new handshakes while an established connection
+/// goes on; no handshake fails throughout; expiry shows in stats.
+fn rotation_under_load(kind: EngineKind) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tickmesh::control::ControlPlane;
+    use tickmesh::engine::{Engine, EngineOptions, Idle};
+
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let live = |n: &str| pki.path(&format!("live.{n}"));
+    let install = |cert: &str, key: &str| {
+        std::fs::copy(pki.path(&format!("{cert}.pem")), live("pem")).unwrap();
+        std::fs::copy(pki.path(&format!("{key}.key")), live("key")).unwrap();
+    };
+    install("server", "server");
+    let yaml = format!(
+        "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    cluster: c\n    tls: {{cert: {}, key: {}}}\nclusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
+        live("pem").display(),
+        live("key").display(),
+        g.addr
+    );
+    let cfg = tickmesh::config::parse(&yaml, tickmesh::config::Format::Yaml).unwrap();
+    let plane = ControlPlane::new(WORKERS, cfg, 1, None, false).unwrap();
+    let engine = Engine::start(
+        EngineOptions {
+            kind,
+            workers: WORKERS,
+            pin: false,
+            idle: Idle::Adaptive,
+            spin: Duration::from_micros(20),
+        },
+        plane.routes(),
+    )
+    .unwrap();
+    let addr = plane.routes().load().listener("l").unwrap().1.sockets.address;
+    let leaf_of = |cfg| {
+        let (_s, c) = tls_connect(addr, cfg);
+        c.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(leaf_of(pki.client(None)), pki.certs("server")[0]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, ok, failed, cfg) = (stop.clone(), ok.clone(), failed.clone(), pki.client(None));
+        std::thread::spawn(move || {
+            // Bounded: at most 5000 connections.
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match tls_line(addr, cfg.clone(), b"load\n") {
+                    Ok(r) if r == b"echo:load\n" => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    wait_until("load to run", Duration::from_secs(10), || ok.load(Ordering::Relaxed) > 5);
+
+    // An established connection, across both changes.
+    let (mut s, mut c) = tls_connect(addr, pki.client(None));
+
+    // A bad pair (new certificate, old key): refused, the old pair keeps serving.
+    install("server-new", "server");
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(!plane.refresh_certs(), "a mismatched pair must not be loaded");
+    assert!(!plane.refresh_certs(), "and not retried until the files change");
+    assert_eq!(leaf_of(pki.client(None)), pki.certs("server")[0]);
+
+    // The matching key arrives: the new pair serves new handshakes.
+    install("server-new", "server-new");
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(plane.refresh_certs());
+    assert_eq!(leaf_of(pki.client(None)), pki.certs("server-new")[0]);
+    let before = ok.load(Ordering::Relaxed);
+    wait_until("load after rotation", Duration::from_secs(10), || {
+        ok.load(Ordering::Relaxed) > before + 5
+    });
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+
+    let mut t = rustls::Stream::new(&mut c, &mut s);
+    t.write_all(b"still\n").unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"echo:still\n");
+
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "handshakes failed during rotation");
+    let stats = plane.stats();
+    let cert = &stats.certificates[0];
+    assert_eq!(cert.path, live("pem"));
+    assert!(cert.seconds_remaining > 29 * 86400 && cert.seconds_remaining <= 30 * 86400);
+    assert!(!cert.warning);
+    eprintln!(
+        "rotation_under_load: {} handshakes, 0 failed",
+        ok.load(Ordering::Relaxed)
+    );
+    engine.shutdown(Duration::from_millis(100));
+}
+
 fn _unused(_: &Path) {}
 
 macro_rules! per_engine {
@@ -540,4 +644,5 @@ per_engine!(
     openssl_client_suites,
     curl_https,
     sni_picks_certificate,
+    rotation_under_load,
 );

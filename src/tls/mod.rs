@@ -49,6 +49,57 @@ pub struct ServerTls {
     pub principals: Box<[Box<str>]>,
     /// The certificates served, for expiry monitoring.
     pub certs: Vec<CertInfo>,
+    /// Every file read, with its modification time then (hot rotation).
+    pub files: Vec<FileStamp>,
+}
+
+/// A file and its modification time when read.
+pub type FileStamp = (std::path::PathBuf, Option<std::time::SystemTime>);
+
+fn stamp(p: &Path) -> FileStamp {
+    (
+        p.to_path_buf(),
+        std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+    )
+}
+
+/// The files behind every TLS setting of a table, with the times they were read.
+pub fn watched_files(t: &crate::route::RouteTable) -> Vec<FileStamp> {
+    let mut out: Vec<FileStamp> = Vec::new();
+    for l in t.listeners.iter() {
+        if let Some(s) = &l.tls {
+            out.extend(s.files.iter().cloned());
+        }
+    }
+    for c in t.clusters.iter() {
+        if let Some(s) = &c.tls {
+            out.extend(s.files.iter().cloned());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The same files with their modification times now.
+pub fn restamp(files: &[FileStamp]) -> Vec<FileStamp> {
+    files.iter().map(|(p, _)| stamp(p)).collect()
+}
+
+/// Every certificate a table serves or presents: (owner, certificate).
+pub fn table_certs(t: &crate::route::RouteTable) -> Vec<(String, CertInfo)> {
+    let mut out = Vec::new();
+    for l in t.listeners.iter() {
+        if let Some(s) = &l.tls {
+            out.extend(s.certs.iter().map(|c| (format!("listener {}", l.name), c.clone())));
+        }
+    }
+    for cl in t.clusters.iter() {
+        if let Some(s) = &cl.tls {
+            out.extend(s.certs.iter().map(|c| (format!("cluster {}", cl.name), c.clone())));
+        }
+    }
+    out
 }
 
 /// A cluster's compiled TLS origination.
@@ -57,6 +108,7 @@ pub struct ClientTls {
     pub config: Arc<ClientConfig>,
     pub name: ServerName<'static>,
     pub certs: Vec<CertInfo>,
+    pub files: Vec<FileStamp>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -201,6 +253,14 @@ pub fn build_server(
     let mut problems = Vec::new();
     let mut pairs = Vec::new();
     let mut infos = Vec::new();
+    let mut files = vec![stamp(&t.cert), stamp(&t.key)];
+    for p in &t.sni_certs {
+        files.push(stamp(&p.cert));
+        files.push(stamp(&p.key));
+    }
+    if let Some(ca) = &t.client_ca {
+        files.push(stamp(ca));
+    }
     let all = std::iter::once((t.cert.as_path(), t.key.as_path(), at.to_string())).chain(
         t.sni_certs
             .iter()
@@ -271,6 +331,7 @@ pub fn build_server(
             .map(|p| p.as_str().into())
             .collect(),
         certs: infos,
+        files,
     })))
 }
 
@@ -355,10 +416,13 @@ pub fn build_client(t: &ClusterTls, at: &str) -> Result<Arc<ClientTls>, Vec<Prob
         Some(ck) => builder.with_client_cert_resolver(Arc::new(ClientCert(ck))),
         None => builder.with_no_client_auth(),
     };
+    let mut files = vec![stamp(&t.ca)];
+    files.extend(t.cert.iter().chain(t.key.iter()).map(|p| stamp(p)));
     Ok(Arc::new(ClientTls {
         config: Arc::new(config),
         name,
         certs: infos,
+        files,
     }))
 }
 
