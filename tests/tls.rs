@@ -607,6 +607,96 @@ fn rotation_under_load(kind: EngineKind) {
     engine.shutdown(Duration::from_millis(100));
 }
 
+/// Over the control plane: `PeerAuthentication` selects listeners by label (with a
+/// port-level override), and applying a listener with new certificate paths rotates
+/// its pair — a bad pair is rejected naming the field and the old one kept.
+fn control_plane_modes_and_paths(kind: EngineKind) {
+    use tickmesh::config::Format;
+    use tickmesh::control::ControlPlane;
+    use tickmesh::engine::{Engine, EngineOptions, Idle};
+
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let port = dead_addr().port();
+    let listener = |cert: &str, key: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: \"127.0.0.1:{port}\"\n    cluster: c\n    labels: {{app: orders}}\n    tls: {{cert: {}, key: {}, mode: PERMISSIVE}}\n",
+            pki.s(&format!("{cert}.pem")),
+            pki.s(&format!("{key}.key"))
+        )
+    };
+    let yaml = format!(
+        "{}clusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
+        listener("server", "server"),
+        g.addr
+    );
+    let cfg = tickmesh::config::parse(&yaml, Format::Yaml).unwrap();
+    let plane = ControlPlane::new(WORKERS, cfg, 1, None, false).unwrap();
+    let engine = Engine::start(
+        EngineOptions {
+            kind,
+            workers: WORKERS,
+            pin: false,
+            idle: Idle::Adaptive,
+            spin: Duration::from_micros(20),
+        },
+        plane.routes(),
+    )
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let plain = || {
+        let mut s = connect(addr);
+        s.write_all(b"plain\n").unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+    assert_eq!(plain(), b"echo:plain\n", "PERMISSIVE takes plaintext");
+
+    let pa = |ports: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: orders}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  mtls: {{mode: STRICT}}\n{ports}"
+        )
+    };
+    plane.apply(&pa(""), Format::Yaml, false).unwrap();
+    let got = plain();
+    assert_eq!(got.first(), Some(&21), "STRICT answers plaintext with an alert: {got:?}");
+    assert_eq!(tls_line(addr, pki.client(None), b"tls\n").unwrap(), b"echo:tls\n");
+
+    plane
+        .apply(&pa(&format!("  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n")), Format::Yaml, false)
+        .unwrap();
+    assert_eq!(plain(), b"echo:plain\n", "the port-level mode wins");
+
+    // New paths over the control socket: new handshakes get the new pair.
+    plane.apply(&listener("server-new", "server-new"), Format::Yaml, false).unwrap();
+    let leaf = || {
+        let (_s, c) = tls_connect(addr, pki.client(None));
+        c.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(leaf(), pki.certs("server-new")[0]);
+    // A key that does not match: rejected, naming the field; the pair in use stays.
+    let e = plane
+        .apply(&listener("server", "server-new"), Format::Yaml, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("listeners[0].tls.key") && e.contains("does not match"), "{e}");
+    assert_eq!(leaf(), pki.certs("server-new")[0]);
+    // A PeerAuthentication demanding mTLS of a listener with nothing to terminate with.
+    let e = plane
+        .apply(
+            &format!(
+                "listeners:\n  - {{name: bare, address: \"127.0.0.1:0\", cluster: c, labels: {{app: orders}}}}\n"
+            ),
+            Format::Yaml,
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("].tls: PeerAuthentication `orders`") && e.contains("`bare`"), "{e}");
+    engine.shutdown(Duration::from_millis(100));
+}
+
 fn _unused(_: &Path) {}
 
 macro_rules! per_engine {
@@ -645,4 +735,5 @@ per_engine!(
     curl_https,
     sni_picks_certificate,
     rotation_under_load,
+    control_plane_modes_and_paths,
 );
