@@ -51,13 +51,43 @@ impl Pki {
         let p = Pki { dir };
         p.ca("ca");
         p.ca("other-ca");
-        p.leaf("server", "ca", "subjectAltName=DNS:localhost,DNS:orders.internal,IP:127.0.0.1", 30);
+        p.leaf(
+            "server",
+            "ca",
+            "subjectAltName=DNS:localhost,DNS:orders.internal,IP:127.0.0.1",
+            30,
+        );
         p.leaf("server2", "ca", "subjectAltName=DNS:billing.internal", 30);
-        p.leaf("server-new", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1", 30);
-        p.leaf("gateway", "ca", "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway", 30);
-        p.leaf("intruder", "ca", "subjectAltName=URI:spiffe://example.org/ns/other/sa/intruder", 30);
-        p.leaf("foreign", "other-ca", "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway", 30);
-        p.leaf("expired", "ca", "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway", -1);
+        p.leaf(
+            "server-new",
+            "ca",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            30,
+        );
+        p.leaf(
+            "gateway",
+            "ca",
+            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
+            30,
+        );
+        p.leaf(
+            "intruder",
+            "ca",
+            "subjectAltName=URI:spiffe://example.org/ns/other/sa/intruder",
+            30,
+        );
+        p.leaf(
+            "foreign",
+            "other-ca",
+            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
+            30,
+        );
+        p.leaf(
+            "expired",
+            "ca",
+            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
+            -1,
+        );
         p
     }
 
@@ -71,9 +101,21 @@ impl Pki {
 
     fn ca(&self, name: &str) {
         run(Command::new("openssl").args([
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "30", "-subj", &format!("/CN={name}"),
-            "-keyout", &self.s(&format!("{name}.key")), "-out", &self.s(&format!("{name}.pem")),
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &self.s(&format!("{name}.key")),
+            "-out",
+            &self.s(&format!("{name}.pem")),
         ]));
     }
 
@@ -81,16 +123,35 @@ impl Pki {
         let ext_file = self.path(&format!("{name}.ext"));
         std::fs::write(&ext_file, format!("{ext}\n")).unwrap();
         run(Command::new("openssl").args([
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", &format!("/CN={name}"),
-            "-keyout", &self.s(&format!("{name}.key")), "-out", &self.s(&format!("{name}.csr")),
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &self.s(&format!("{name}.key")),
+            "-out",
+            &self.s(&format!("{name}.csr")),
         ]));
         run(Command::new("openssl").args([
-            "x509", "-req", "-in", &self.s(&format!("{name}.csr")),
-            "-CA", &self.s(&format!("{ca}.pem")), "-CAkey", &self.s(&format!("{ca}.key")),
-            "-CAcreateserial", "-days", &days.to_string(),
-            "-extfile", &ext_file.display().to_string(),
-            "-out", &self.s(&format!("{name}.pem")),
+            "x509",
+            "-req",
+            "-in",
+            &self.s(&format!("{name}.csr")),
+            "-CA",
+            &self.s(&format!("{ca}.pem")),
+            "-CAkey",
+            &self.s(&format!("{ca}.key")),
+            "-CAcreateserial",
+            "-days",
+            &days.to_string(),
+            "-extfile",
+            &ext_file.display().to_string(),
+            "-out",
+            &self.s(&format!("{name}.pem")),
         ]));
     }
 
@@ -204,7 +265,11 @@ fn tls_connect(
 }
 
 /// Send a line and read to the end of the stream: Ok(reply) or the rustls/io error.
-fn tls_line(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, line: &[u8]) -> Result<Vec<u8>, String> {
+fn tls_line(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    line: &[u8],
+) -> Result<Vec<u8>, String> {
     let (mut s, mut c) = tls_connect(addr, cfg);
     let mut t = rustls::Stream::new(&mut c, &mut s);
     t.write_all(line).map_err(|e| e.to_string())?;
@@ -230,7 +295,10 @@ const HANDSHAKE_FAILURE: u8 = 40;
 fn terminate_and_mtls(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
-    let p = Proxy::start(kind, &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""));
+    let p = Proxy::start(
+        kind,
+        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
+    );
     let addr = p.listener("l");
     let ls = p.stats.listener("l");
     // The allowed principal gets through, both ways, and the stream ends cleanly.
@@ -239,11 +307,17 @@ fn terminate_and_mtls(kind: EngineKind) {
     // Session resumption: the second connection resumes (same client config).
     let cfg = pki.client(Some("gateway"));
     for _ in 0..2 {
-        assert_eq!(tls_line(addr, cfg.clone(), b"again\n").unwrap(), b"echo:again\n");
+        assert_eq!(
+            tls_line(addr, cfg.clone(), b"again\n").unwrap(),
+            b"echo:again\n"
+        );
     }
     // No client certificate: refused during the handshake.
     let e = tls_line(addr, pki.client(None), b"x\n").unwrap_err();
-    assert!(e.contains("CertificateRequired") || e.contains("alert"), "{e}");
+    assert!(
+        e.contains("CertificateRequired") || e.contains("alert"),
+        "{e}"
+    );
     // A certificate from another CA: unknown_ca.
     let e = tls_line(addr, pki.client(Some("foreign")), b"x\n").unwrap_err();
     assert!(e.contains("UnknownCA"), "{e}");
@@ -253,7 +327,9 @@ fn terminate_and_mtls(kind: EngineKind) {
     // A valid certificate with the wrong SPIFFE ID: the connection is reset.
     let e = tls_line(addr, pki.client(Some("intruder")), b"x\n").unwrap_err();
     assert!(
-        ["reset", "Broken pipe", "close_notify", "eof"].iter().any(|w| e.contains(w)),
+        ["reset", "Broken pipe", "close_notify", "eof"]
+            .iter()
+            .any(|w| e.contains(w)),
         "{e}"
     );
     wait_until("counters", Duration::from_secs(5), || {
@@ -261,7 +337,10 @@ fn terminate_and_mtls(kind: EngineKind) {
     });
     assert!(ls.get(L::TlsHandshakes) >= 4);
     // Still serving.
-    assert_eq!(tls_line(addr, pki.client(Some("gateway")), b"ok\n").unwrap(), b"echo:ok\n");
+    assert_eq!(
+        tls_line(addr, pki.client(Some("gateway")), b"ok\n").unwrap(),
+        b"echo:ok\n"
+    );
     wait_until("connections to close", Duration::from_secs(5), || {
         p.engine().open_connections() == 0
     });
@@ -277,7 +356,10 @@ fn bad_records(kind: EngineKind) {
     // Plaintext to a STRICT port: an alert, no upstream.
     let mut s = connect(addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert!(read_alert(&mut s).is_some(), "expected an alert for plaintext");
+    assert!(
+        read_alert(&mut s).is_some(),
+        "expected an alert for plaintext"
+    );
     assert_eq!(ls.get(L::TlsPlaintextRejected), 1);
 
     // A flipped tag bit: bad_record_mac.
@@ -313,17 +395,24 @@ fn bad_records(kind: EngineKind) {
     let _ = s.read_to_end(&mut all);
     // After the session tickets, an encrypted alert: we check the counter (the alert is
     // encrypted under the TLS 1.3 traffic key; TLS 1.2 below checks it in the clear).
-    wait_until("record errors", Duration::from_secs(5), || ls.get(L::TlsRecordErrors) == 2);
+    wait_until("record errors", Duration::from_secs(5), || {
+        ls.get(L::TlsRecordErrors) == 2
+    });
 
     // A truncated record followed by EOF: counted, no clean end passed on.
     let (mut s, _c) = tls_connect(addr, pki.client(None));
     s.write_all(&[23, 3, 3, 0, 100, 1, 2, 3]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let _ = s.read_to_end(&mut Vec::new());
-    wait_until("truncation", Duration::from_secs(5), || ls.get(L::TlsTruncated) == 1);
+    wait_until("truncation", Duration::from_secs(5), || {
+        ls.get(L::TlsTruncated) == 1
+    });
 
     // Still serving.
-    assert_eq!(tls_line(addr, pki.client(None), b"ok\n").unwrap(), b"echo:ok\n");
+    assert_eq!(
+        tls_line(addr, pki.client(None), b"ok\n").unwrap(),
+        b"echo:ok\n"
+    );
     wait_until("connections to close", Duration::from_secs(5), || {
         p.engine().open_connections() == 0
     });
@@ -341,7 +430,10 @@ fn permissive_sniffs(kind: EngineKind) {
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"echo:plain\n");
-    assert_eq!(tls_line(addr, pki.client(Some("gateway")), b"tls\n").unwrap(), b"echo:tls\n");
+    assert_eq!(
+        tls_line(addr, pki.client(Some("gateway")), b"tls\n").unwrap(),
+        b"echo:tls\n"
+    );
     let ls = p.stats.listener("l");
     assert_eq!(ls.get(L::TlsPlaintextAccepted), 1);
     assert_eq!(ls.get(L::TlsHandshakes), 1);
@@ -358,12 +450,23 @@ fn originate_to_openssl(kind: EngineKind) {
     for (version, mtls) in [("-tls1_3", false), ("-tls1_2", false), ("-tls1_3", true)] {
         let port = dead_addr().port();
         let mut args = vec![
-            "s_server".to_string(), "-rev".into(), "-accept".into(), format!("127.0.0.1:{port}"),
-            "-cert".into(), pki.s("server.pem"), "-key".into(), pki.s("server.key"),
+            "s_server".to_string(),
+            "-rev".into(),
+            "-accept".into(),
+            format!("127.0.0.1:{port}"),
+            "-cert".into(),
+            pki.s("server.pem"),
+            "-key".into(),
+            pki.s("server.key"),
             version.into(),
         ];
         if mtls {
-            args.extend(["-Verify".into(), "1".into(), "-CAfile".into(), pki.s("ca.pem")]);
+            args.extend([
+                "-Verify".into(),
+                "1".into(),
+                "-CAfile".into(),
+                pki.s("ca.pem"),
+            ]);
         }
         let mut server = Command::new("openssl")
             .args(&args)
@@ -376,7 +479,11 @@ fn originate_to_openssl(kind: EngineKind) {
             TcpStream::connect(("127.0.0.1", port)).is_ok_and(|_| true)
         });
         let client = if mtls {
-            format!(", cert: {}, key: {}", pki.s("gateway.pem"), pki.s("gateway.key"))
+            format!(
+                ", cert: {}, key: {}",
+                pki.s("gateway.pem"),
+                pki.s("gateway.key")
+            )
         } else {
             String::new()
         };
@@ -406,15 +513,30 @@ fn openssl_client_suites(kind: EngineKind) {
     }
     let pki = Pki::new();
     let g = Greeter::start();
-    let p = Proxy::start(kind, &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""));
+    let p = Proxy::start(
+        kind,
+        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
+    );
     let addr = p.listener("l");
     let s_client = |version: &str, suite_flag: &str, suite: &str| {
         let mut child = Command::new("openssl")
             .args([
-                "s_client", "-connect", &addr.to_string(), "-servername", "localhost",
-                "-CAfile", &pki.s("ca.pem"), "-verify_return_error", "-quiet",
-                "-cert", &pki.s("gateway.pem"), "-key", &pki.s("gateway.key"),
-                version, suite_flag, suite,
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                "-quiet",
+                "-cert",
+                &pki.s("gateway.pem"),
+                "-key",
+                &pki.s("gateway.key"),
+                version,
+                suite_flag,
+                suite,
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -459,13 +581,22 @@ fn curl_https(kind: EngineKind) {
     }
     let pki = Pki::new();
     let g = Greeter::start();
-    let p = Proxy::start(kind, &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""));
+    let p = Proxy::start(
+        kind,
+        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
+    );
     let addr = p.listener("l");
     for v in ["--tlsv1.2 --tls-max 1.2", "--tlsv1.3"] {
         let mut args: Vec<String> = vec![
-            "-sS".into(), "--cacert".into(), pki.s("ca.pem"),
-            "--cert".into(), pki.s("gateway.pem"), "--key".into(), pki.s("gateway.key"),
-            "--resolve".into(), format!("localhost:{}:127.0.0.1", addr.port()),
+            "-sS".into(),
+            "--cacert".into(),
+            pki.s("ca.pem"),
+            "--cert".into(),
+            pki.s("gateway.pem"),
+            "--key".into(),
+            pki.s("gateway.key"),
+            "--resolve".into(),
+            format!("localhost:{}:127.0.0.1", addr.port()),
             format!("https://localhost:{}/", addr.port()),
         ];
         args.extend(v.split(' ').map(String::from));
@@ -539,7 +670,14 @@ fn rotation_under_load(kind: EngineKind) {
         plane.routes(),
     )
     .unwrap();
-    let addr = plane.routes().load().listener("l").unwrap().1.sockets.address;
+    let addr = plane
+        .routes()
+        .load()
+        .listener("l")
+        .unwrap()
+        .1
+        .sockets
+        .address;
     let leaf_of = |cfg| {
         let (_s, c) = tls_connect(addr, cfg);
         c.peer_certificates().unwrap()[0].clone()
@@ -564,7 +702,9 @@ fn rotation_under_load(kind: EngineKind) {
             }
         })
     };
-    wait_until("load to run", Duration::from_secs(10), || ok.load(Ordering::Relaxed) > 5);
+    wait_until("load to run", Duration::from_secs(10), || {
+        ok.load(Ordering::Relaxed) > 5
+    });
 
     // An established connection, across both changes.
     let (mut s, mut c) = tls_connect(addr, pki.client(None));
@@ -572,8 +712,14 @@ fn rotation_under_load(kind: EngineKind) {
     // A bad pair (new certificate, old key): refused, the old pair keeps serving.
     install("server-new", "server");
     std::thread::sleep(Duration::from_millis(250));
-    assert!(!plane.refresh_certs(), "a mismatched pair must not be loaded");
-    assert!(!plane.refresh_certs(), "and not retried until the files change");
+    assert!(
+        !plane.refresh_certs(),
+        "a mismatched pair must not be loaded"
+    );
+    assert!(
+        !plane.refresh_certs(),
+        "and not retried until the files change"
+    );
     assert_eq!(leaf_of(pki.client(None)), pki.certs("server")[0]);
 
     // The matching key arrives: the new pair serves new handshakes.
@@ -594,7 +740,11 @@ fn rotation_under_load(kind: EngineKind) {
     t.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"echo:still\n");
 
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "handshakes failed during rotation");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "handshakes failed during rotation"
+    );
     let stats = plane.stats();
     let cert = &stats.certificates[0];
     assert_eq!(cert.path, live("pem"));
@@ -660,16 +810,31 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
     };
     plane.apply(&pa(""), Format::Yaml, false).unwrap();
     let got = plain();
-    assert_eq!(got.first(), Some(&21), "STRICT answers plaintext with an alert: {got:?}");
-    assert_eq!(tls_line(addr, pki.client(None), b"tls\n").unwrap(), b"echo:tls\n");
+    assert_eq!(
+        got.first(),
+        Some(&21),
+        "STRICT answers plaintext with an alert: {got:?}"
+    );
+    assert_eq!(
+        tls_line(addr, pki.client(None), b"tls\n").unwrap(),
+        b"echo:tls\n"
+    );
 
     plane
-        .apply(&pa(&format!("  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n")), Format::Yaml, false)
+        .apply(
+            &pa(&format!(
+                "  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n"
+            )),
+            Format::Yaml,
+            false,
+        )
         .unwrap();
     assert_eq!(plain(), b"echo:plain\n", "the port-level mode wins");
 
     // New paths over the control socket: new handshakes get the new pair.
-    plane.apply(&listener("server-new", "server-new"), Format::Yaml, false).unwrap();
+    plane
+        .apply(&listener("server-new", "server-new"), Format::Yaml, false)
+        .unwrap();
     let leaf = || {
         let (_s, c) = tls_connect(addr, pki.client(None));
         c.peer_certificates().unwrap()[0].clone()
@@ -680,7 +845,10 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
         .apply(&listener("server", "server-new"), Format::Yaml, false)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("listeners[0].tls.key") && e.contains("does not match"), "{e}");
+    assert!(
+        e.contains("listeners[0].tls.key") && e.contains("does not match"),
+        "{e}"
+    );
     assert_eq!(leaf(), pki.certs("server-new")[0]);
     // A PeerAuthentication demanding mTLS of a listener with nothing to terminate with.
     let e = plane
@@ -693,7 +861,10 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
         )
         .unwrap_err()
         .to_string();
-    assert!(e.contains("].tls: PeerAuthentication `orders`") && e.contains("`bare`"), "{e}");
+    assert!(
+        e.contains("].tls: PeerAuthentication `orders`") && e.contains("`bare`"),
+        "{e}"
+    );
     engine.shutdown(Duration::from_millis(100));
 }
 

@@ -266,14 +266,24 @@ pub fn stats_table(s: &StatsResult) -> String {
 
     if !s.certificates.is_empty() {
         out.push('\n');
-        let mut t = vec![row(&["CERTIFICATE", "OWNER", "SUBJECT", "EXPIRES_IN_S", ""])];
+        let mut t = vec![row(&[
+            "CERTIFICATE",
+            "OWNER",
+            "SUBJECT",
+            "EXPIRES_IN_S",
+            "",
+        ])];
         for c in &s.certificates {
             t.push(vec![
                 c.path.display().to_string(),
                 c.owner.clone(),
                 c.subject.clone(),
                 c.seconds_remaining.to_string(),
-                if c.warning { "WARNING: rotate soon".into() } else { String::new() },
+                if c.warning {
+                    "WARNING: rotate soon".into()
+                } else {
+                    String::new()
+                },
             ]);
         }
         out.push_str(&table(&t, 3));

@@ -524,7 +524,10 @@ impl ControlPlane {
             m.and_then(|m| m.elapsed().ok())
                 .is_some_and(|age| age < ROTATION_SETTLE)
         });
-        let mut failed = self.rotation_failed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failed = self
+            .rotation_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if settling || failed.as_ref() == Some(&now) {
             return false;
         }

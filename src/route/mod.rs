@@ -161,6 +161,20 @@ pub fn compile(
     crate::config::validate(cfg)?;
     let mut index = HashMap::new();
     let mut problems = Vec::new();
+    if let Some(o) = &cfg.offload {
+        if o.backend != crate::config::tls::OffloadBackend::Auto {
+            // Honest refusal: the hand-over to tickmesh-offload is not wired into the
+            // proxy yet, so no backend can be chosen; `auto` means rustls inline.
+            problems.push(Problem {
+                path: "offload.backend".into(),
+                line: None,
+                message: format!(
+                    "`{}` cannot be chosen yet: TLS record crypto runs inside rustls in this build (the tickmesh-offload hand-over is not wired into the proxy); use `auto` or leave it out",
+                    format!("{:?}", o.backend).to_lowercase()
+                ),
+            });
+        }
+    }
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
@@ -222,7 +236,8 @@ pub fn compile(
             &cfg.peer_authentications,
         );
         let tls = match (&l.tls, mode) {
-            (Some(t), _) => match crate::tls::build_server(t, mode, &format!("listeners[{i}].tls")) {
+            (Some(t), _) => match crate::tls::build_server(t, mode, &format!("listeners[{i}].tls"))
+            {
                 Ok(t) => t,
                 Err(p) => {
                     problems.extend(p);

@@ -91,12 +91,20 @@ pub fn table_certs(t: &crate::route::RouteTable) -> Vec<(String, CertInfo)> {
     let mut out = Vec::new();
     for l in t.listeners.iter() {
         if let Some(s) = &l.tls {
-            out.extend(s.certs.iter().map(|c| (format!("listener {}", l.name), c.clone())));
+            out.extend(
+                s.certs
+                    .iter()
+                    .map(|c| (format!("listener {}", l.name), c.clone())),
+            );
         }
     }
     for cl in t.clusters.iter() {
         if let Some(s) = &cl.tls {
-            out.extend(s.certs.iter().map(|c| (format!("cluster {}", cl.name), c.clone())));
+            out.extend(
+                s.certs
+                    .iter()
+                    .map(|c| (format!("cluster {}", cl.name), c.clone())),
+            );
         }
     }
     out
@@ -155,9 +163,7 @@ pub fn effective_mode(
                 .filter(|s| !s.match_labels.is_empty());
             let applies = match sel {
                 None => !specific,
-                Some(s) => {
-                    specific && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-                }
+                Some(s) => specific && s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)),
             };
             if applies {
                 if let Some(m) = pick(pa) {
@@ -262,10 +268,13 @@ pub fn build_server(
         files.push(stamp(ca));
     }
     let all = std::iter::once((t.cert.as_path(), t.key.as_path(), at.to_string())).chain(
-        t.sni_certs
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.cert.as_path(), p.key.as_path(), format!("{at}.sni_certs[{i}]"))),
+        t.sni_certs.iter().enumerate().map(|(i, p)| {
+            (
+                p.cert.as_path(),
+                p.key.as_path(),
+                format!("{at}.sni_certs[{i}]"),
+            )
+        }),
     );
     for (cert, key, path) in all {
         match load_pair(cert, key, &path, &provider) {

@@ -4,7 +4,12 @@ use std::path::Path;
 use super::*;
 use crate::config::istio::{MtlsSetting, PeerAuthenticationSpec, WorkloadSelector};
 
-fn pa(name: &str, selector: &[(&str, &str)], mode: MtlsMode, ports: &[(u16, MtlsMode)]) -> PeerAuthentication {
+fn pa(
+    name: &str,
+    selector: &[(&str, &str)],
+    mode: MtlsMode,
+    ports: &[(u16, MtlsMode)],
+) -> PeerAuthentication {
     PeerAuthentication {
         api_version: "security.istio.io/v1beta1".into(),
         kind: "PeerAuthentication".into(),
@@ -38,19 +43,33 @@ fn peer_authentication_precedence() {
         MtlsMode::Permissive
     );
     let mesh = pa("mesh", &[], MtlsMode::Permissive, &[]);
-    let app = pa("orders", &[("app", "orders")], MtlsMode::Strict, &[(9000, MtlsMode::Disable)]);
+    let app = pa(
+        "orders",
+        &[("app", "orders")],
+        MtlsMode::Strict,
+        &[(9000, MtlsMode::Disable)],
+    );
     let other = pa("other", &[("app", "billing")], MtlsMode::Disable, &[]);
     // The workload-specific resource beats the mesh-wide one, whatever the order.
-    for pas in [vec![mesh.clone(), app.clone(), other.clone()], vec![app.clone(), mesh.clone()]] {
+    for pas in [
+        vec![mesh.clone(), app.clone(), other.clone()],
+        vec![app.clone(), mesh.clone()],
+    ] {
         let (m, by) = effective_mode(None, 7443, &labels, &pas);
         assert_eq!(m, MtlsMode::Strict);
         assert_eq!(by.as_deref(), Some("orders"));
         // Port-level override.
-        assert_eq!(effective_mode(None, 9000, &labels, &pas).0, MtlsMode::Disable);
+        assert_eq!(
+            effective_mode(None, 9000, &labels, &pas).0,
+            MtlsMode::Disable
+        );
     }
     // A selector that does not match leaves the mesh-wide mode.
     let none = BTreeMap::new();
-    assert_eq!(effective_mode(None, 7443, &none, &[mesh, app, other]).0, MtlsMode::Permissive);
+    assert_eq!(
+        effective_mode(None, 7443, &none, &[mesh, app, other]).0,
+        MtlsMode::Permissive
+    );
     // UNSET inherits.
     let unset = pa("unset", &[("app", "orders")], MtlsMode::Unset, &[]);
     assert_eq!(
@@ -81,9 +100,23 @@ fn openssl(args: &[&str]) -> bool {
 fn self_signed(dir: &Path, name: &str) -> bool {
     let p = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", "2", "-subj", "/CN=t", "-addext", "subjectAltName=DNS:t.example",
-        "-keyout", &p("key"), "-out", &p("pem"),
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=t",
+        "-addext",
+        "subjectAltName=DNS:t.example",
+        "-keyout",
+        &p("key"),
+        "-out",
+        &p("pem"),
     ])
 }
 
@@ -113,28 +146,54 @@ fn bad_files_are_named() {
         eprintln!("SKIP bad_files_are_named: the openssl CLI is not available");
         return;
     }
-    std::fs::write(d.join("garbage.pem"), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    std::fs::write(
+        d.join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    )
+    .unwrap();
     std::fs::write(d.join("empty.pem"), "hello\n").unwrap();
     let at = "listeners[0].tls";
     let good = build_server(&listener_tls(d, "a.pem", "a.key"), MtlsMode::Strict, at).unwrap();
     let good = good.expect("STRICT builds a config");
     assert_eq!(good.certs[0].dns_names, vec!["t.example".to_string()]);
     assert!(good.certs[0].seconds_remaining() > 86_400);
-    assert!(build_server(&listener_tls(d, "a.pem", "a.key"), MtlsMode::Disable, at)
-        .unwrap()
-        .is_none());
+    assert!(
+        build_server(&listener_tls(d, "a.pem", "a.key"), MtlsMode::Disable, at)
+            .unwrap()
+            .is_none()
+    );
 
     let cases = [
-        (("missing.pem", "a.key"), "listeners[0].tls.cert", "cannot read"),
-        (("a.pem", "missing.key"), "listeners[0].tls.key", "cannot read"),
+        (
+            ("missing.pem", "a.key"),
+            "listeners[0].tls.cert",
+            "cannot read",
+        ),
+        (
+            ("a.pem", "missing.key"),
+            "listeners[0].tls.key",
+            "cannot read",
+        ),
         (("garbage.pem", "a.key"), "listeners[0].tls.cert", "bad PEM"),
-        (("empty.pem", "a.key"), "listeners[0].tls.cert", "no CERTIFICATE"),
-        (("a.pem", "empty.pem"), "listeners[0].tls.key", "no PRIVATE KEY"),
+        (
+            ("empty.pem", "a.key"),
+            "listeners[0].tls.cert",
+            "no CERTIFICATE",
+        ),
+        (
+            ("a.pem", "empty.pem"),
+            "listeners[0].tls.key",
+            "no PRIVATE KEY",
+        ),
         (("a.pem", "a.pem"), "listeners[0].tls.key", "no PRIVATE KEY"),
         (("a.pem", "b.key"), "listeners[0].tls.key", "does not match"),
     ];
     for ((cert, key), path, msg) in cases {
-        let e = errors(build_server(&listener_tls(d, cert, key), MtlsMode::Strict, at));
+        let e = errors(build_server(
+            &listener_tls(d, cert, key),
+            MtlsMode::Strict,
+            at,
+        ));
         assert_eq!(e.len(), 1, "{cert}/{key}: {e:?}");
         assert_eq!(e[0].0, path, "{cert}/{key}");
         assert!(e[0].1.contains(msg), "{cert}/{key}: {}", e[0].1);
@@ -147,7 +206,10 @@ fn bad_files_are_named() {
     let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         paths,
-        ["listeners[0].tls.allowed_principals[0]", "listeners[0].tls.client_ca"]
+        [
+            "listeners[0].tls.allowed_principals[0]",
+            "listeners[0].tls.client_ca"
+        ]
     );
     t.client_ca = None;
     t.allowed_principals = vec!["spiffe://td/ns/a/sa/b".into()];
@@ -165,7 +227,10 @@ fn bad_files_are_named() {
         (ct("missing.pem", "t.example", None, None), "c.ca"),
         (ct("a.pem", "not a name!", None, None), "c.sni"),
         (ct("a.pem", "t.example", Some("b.pem"), None), "c.key"),
-        (ct("a.pem", "t.example", Some("b.pem"), Some("a.key")), "c.key"),
+        (
+            ct("a.pem", "t.example", Some("b.pem"), Some("a.key")),
+            "c.key",
+        ),
     ] {
         let e = build_client(&t, "c").unwrap_err();
         assert_eq!(e[0].path, path, "{:?}", e[0]);
@@ -178,16 +243,36 @@ fn spiffe_id_from_uri_san() {
     let d = dir.path();
     let p = |ext: &str| d.join(format!("s.{ext}")).display().to_string();
     if !openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", "1", "-subj", "/CN=s",
-        "-addext", "subjectAltName=DNS:x.example,URI:https://not.spiffe/,URI:spiffe://td/ns/n/sa/s",
-        "-keyout", &p("key"), "-out", &p("pem"),
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=s",
+        "-addext",
+        "subjectAltName=DNS:x.example,URI:https://not.spiffe/,URI:spiffe://td/ns/n/sa/s",
+        "-keyout",
+        &p("key"),
+        "-out",
+        &p("pem"),
     ]) {
         eprintln!("SKIP spiffe_id_from_uri_san: the openssl CLI is not available");
         return;
     }
     let der = certs::load_certs(&d.join("s.pem")).unwrap().remove(0);
-    assert_eq!(certs::spiffe_id(der.as_ref()).as_deref(), Some("spiffe://td/ns/n/sa/s"));
-    assert_eq!(certs::spiffe_id(b"\x30\x03\x02\x01\x00"), None, "malformed DER");
+    assert_eq!(
+        certs::spiffe_id(der.as_ref()).as_deref(),
+        Some("spiffe://td/ns/n/sa/s")
+    );
+    assert_eq!(
+        certs::spiffe_id(b"\x30\x03\x02\x01\x00"),
+        None,
+        "malformed DER"
+    );
     assert_eq!(certs::spiffe_id(&[]), None);
 }

@@ -34,8 +34,8 @@ use socket2::SockRef;
 
 use super::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::RouteTable;
-use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
 
 /// Buffers queued per direction before the receive on that side pauses.
 pub const QUEUE: usize = 4;
@@ -513,7 +513,7 @@ impl Conn {
                 if let Some(t) = self.tls.as_deref_mut() {
                     t.close(dst);
                 }
-                self.fill(slot, from, io);
+                self.fill(slot, from, cx, io);
                 self.send_head(slot, from, io);
             }
             if self.tls.as_deref().is_some_and(|t| t.wants_write(dst)) {
@@ -535,11 +535,15 @@ impl Conn {
     }
 
     /// Retry a receive that found the pool empty.
-    pub fn rearm(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+    pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.dirs[side.idx()].starved = false;
+        if self.tls.is_some() && matches!(self.phase, Phase::Handshaking | Phase::Proxying) {
+            return self.drive(slot, cx, io);
+        }
         if self.phase == Phase::Proxying {
             self.arm_recv(slot, side, io);
         }
+        Step::Continue
     }
 
     /// Timeouts: connect (per attempt) and idle (no byte either way).
@@ -702,7 +706,7 @@ impl Conn {
     /// and re-arm receives.
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         for from in [Side::Down, Side::Up] {
-            let truncated = self.fill(slot, from, io);
+            let truncated = self.fill(slot, from, cx, io);
             if truncated {
                 match from {
                     Side::Down => self.listener_count(cx.worker, L::TlsTruncated, 1),
@@ -731,7 +735,7 @@ impl Conn {
     /// Fill `dirs[from]` (bytes for `from.other()`'s socket) from the TLS layer: first
     /// ciphertext the destination's session has waiting, then plaintext decrypted from
     /// `from`. Returns whether `from` ended without `close_notify`.
-    fn fill(&mut self, _slot: u32, from: Side, io: &mut impl Io) -> bool {
+    fn fill(&mut self, slot: u32, from: Side, cx: &mut Ctx, io: &mut impl Io) -> bool {
         let dst = from.other();
         if dst == Side::Up && self.phase != Phase::Proxying {
             return false; // no upstream socket to write to yet
@@ -743,8 +747,10 @@ impl Conn {
         let mut truncated = false;
         while (d.count as usize) < QUEUE {
             if t.wants_write(dst) {
-                // When the pool has no spare buffer, the next completion retries.
-                let Some(b) = io.take() else { break };
+                let Some(b) = io.take() else {
+                    starve(d, cx, slot, from);
+                    break;
+                };
                 let n = t.write_tls(dst, io.buf_mut(b));
                 if n == 0 {
                     io.release(b);
@@ -756,7 +762,10 @@ impl Conn {
             if t.failed.is_some() || !t.pending(from) || t.handshaking(dst) {
                 break;
             }
-            let Some(b) = io.take() else { break };
+            let Some(b) = io.take() else {
+                starve(d, cx, slot, from);
+                break;
+            };
             match t.read_plain(from, io.buf_mut(b)) {
                 Plain::Data(n) if t.has(dst) => {
                     t.write_plain(dst, &io.buf_mut(b)[..n]);
@@ -827,6 +836,15 @@ impl Conn {
         self.phase = Phase::Free;
         self.gen = self.gen.wrapping_add(1);
         Step::Free
+    }
+}
+
+/// No spare pool buffer for `from`'s queue: wait on the worker's starved list (retried
+/// as buffers come back), reading from `from` paused meanwhile.
+fn starve(d: &mut Dir, cx: &mut Ctx, slot: u32, from: Side) {
+    if !d.starved {
+        d.starved = true;
+        cx.starved.push((slot, from));
     }
 }
 
