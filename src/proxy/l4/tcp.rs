@@ -875,8 +875,9 @@ mod tests {
     /// Per-connection state must not creep: it sits in every worker's slab.
     #[test]
     fn connection_state_stays_small() {
-        // 192 bytes on x86_64 today; raise deliberately, with a reason, if ever.
+        // 200 bytes on x86_64 today (192 + the pointer to the TLS layer, which is boxed
+        // so plaintext connections pay 8 bytes for it); raise deliberately, with a reason.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 192, "Conn grew to {size} bytes");
+        assert!(size <= 200, "Conn grew to {size} bytes");
     }
 }
