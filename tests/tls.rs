@@ -371,7 +371,11 @@ fn bad_records(kind: EngineKind) {
     // Plaintext to a STRICT port: an alert, no upstream.
     let mut s = connect(addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    assert_eq!(read_alert(&mut s), Some(DECODE_ERROR), "plaintext gets an alert");
+    assert_eq!(
+        read_alert(&mut s),
+        Some(DECODE_ERROR),
+        "plaintext gets an alert"
+    );
     assert_eq!(ls.get(L::TlsPlaintextRejected), 1);
 
     // A flipped tag bit: bad_record_mac.
@@ -393,7 +397,10 @@ fn bad_records(kind: EngineKind) {
     // rustls answers a record over the RFC 8446 §5.2 limit with decode_error (the RFC
     // asks for record_overflow); its buffered API offers no way to send another alert.
     let e = alert_after(&mut c, &mut s);
-    assert!(e.contains("DecodeError") || e.contains("RecordOverflow"), "{e}");
+    assert!(
+        e.contains("DecodeError") || e.contains("RecordOverflow"),
+        "{e}"
+    );
     wait_until("record errors", Duration::from_secs(5), || {
         ls.get(L::TlsRecordErrors) == 2
     });
@@ -497,6 +504,19 @@ fn originate_to_openssl(kind: EngineKind) {
         assert_eq!(&got, b"olleh\n", "{version} mtls={mtls}");
         assert_eq!(p.stats.cluster("c").get(U::TlsHandshakes), 1);
         drop(s);
+        if !mtls {
+            // An upstream whose certificate does not carry the configured name: refused
+            // (bad_certificate towards it), counted, the client reset.
+            let bad = yaml.replace("sni: orders.internal", "sni: billing.internal");
+            let p = Proxy::start(kind, &bad);
+            let mut s = connect(p.listener("l"));
+            s.write_all(b"hello\n").unwrap();
+            let mut got = Vec::new();
+            assert!(s.read_to_end(&mut got).is_err() || got.is_empty());
+            wait_until("upstream TLS error", Duration::from_secs(5), || {
+                p.stats.cluster("c").get(U::TlsErrors) == 1
+            });
+        }
         let _ = server.kill();
         let _ = server.wait();
     }
@@ -862,7 +882,6 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
     );
     engine.shutdown(Duration::from_millis(100));
 }
-
 
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
