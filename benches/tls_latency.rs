@@ -101,35 +101,84 @@ fn main() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=bench",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            &p("k.pem"),
-            "-out",
-            &p("c.pem"),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // A CA and a leaf signed by it (webpki refuses a CA certificate as the server's).
+    std::fs::write(p("ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ok = openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=ca",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+            ],
+        ]
+        .concat(),
+    ) && openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=bench",
+                "-keyout",
+                &p("k.pem"),
+                "-out",
+                &p("c.csr"),
+            ],
+        ]
+        .concat(),
+    ) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("c.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext"),
+        "-out",
+        &p("c.pem"),
+    ]);
     if !ok {
         eprintln!("SKIP tls_latency: the openssl CLI is needed for the test certificate");
         return;
     }
     let backend = echo_backend();
+    // Two free loopback ports (one listener each).
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
     let yaml = format!(
-        "listeners:\n  - {{name: plain, address: \"127.0.0.1:0\", cluster: c}}\n  - {{name: tls, address: \"127.0.0.1:0\", cluster: c, tls: {{cert: {}, key: {}}}}}\nclusters:\n  - {{name: c, endpoints: [\"{backend}\"]}}\n",
+        "listeners:\n  - {{name: plain, address: \"{}\", cluster: c}}\n  - {{name: tls, address: \"{}\", cluster: c, tls: {{cert: {}, key: {}}}}}\nclusters:\n  - {{name: c, endpoints: [\"{backend}\"]}}\n",
+        free(),
+        free(),
         p("c.pem"),
         p("k.pem")
     );
@@ -150,7 +199,7 @@ fn main() {
     .unwrap();
     let addr = |n: &str| routes.load().listener(n).unwrap().1.sockets.address;
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(p("c.pem")).unwrap() {
+    for c in CertificateDer::pem_file_iter(p("ca.pem")).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = rustls::crypto::ring::default_provider();
