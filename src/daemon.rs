@@ -95,6 +95,8 @@ pub fn default_state_dir(control: Option<&Path>) -> PathBuf {
 
 /// A running daemon: workers, control plane and control socket.
 pub struct Daemon {
+    /// Stops its thread when the daemon is dropped.
+    _nic_watch: Option<NicWatch>,
     plane: Arc<ControlPlane>,
     engine: Option<Engine>,
     server: Option<ControlServer>,
@@ -112,6 +114,12 @@ impl Daemon {
         let socket = ControlSocket::bind(&opts.control)?;
         let store = StateDir::open(&opts.state_dir)?;
         let (cfg, generation, persist, origin) = resolve(&opts.config, &store)?;
+        // NIC tuning goes first: traffic should never see the host half-tuned. A profile
+        // that fails has been rolled back by `nic` and stops the start.
+        let nic_watch = match &cfg.nic {
+            Some(n) => Some(NicWatch::start(n).with_context(|| format!("{origin}: nic"))?),
+            None => None,
+        };
         let plane = ControlPlane::new(opts.engine.workers, cfg, generation, Some(store), persist)
             .map_err(|e| {
             let hint = if persist || !origin.starts_with("the persisted") {
@@ -141,6 +149,7 @@ impl Daemon {
             }
         };
         Ok(Daemon {
+            _nic_watch: nic_watch,
             plane,
             engine: Some(engine),
             server: Some(server),
@@ -193,6 +202,73 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
+    }
+}
+
+/// The config's NIC profile: applied at start, then compared with the host every
+/// `drift_check`; any difference is logged as a warning (never changed back behind the
+/// operator's back). Uses the profile of the config the daemon started with.
+struct NicWatch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NicWatch {
+    fn start(n: &config::NicSettings) -> anyhow::Result<NicWatch> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        for note in crate::nic::apply_profile(&n.profile, &n.devices)
+            .with_context(|| format!("applying NIC profile `{}`", n.profile))?
+        {
+            tracing::info!("nic: {note}");
+        }
+        tracing::info!("nic: profile `{}` applied", n.profile);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, settings) = (stop.clone(), n.clone());
+        let every = n.drift_check.unwrap_or(Duration::from_secs(60));
+        let thread = std::thread::Builder::new()
+            .name("tickmesh-nic".into())
+            .spawn(move || {
+                let mut last = Vec::new();
+                'watch: loop {
+                    // Sleep in short steps so shutdown does not wait a whole period.
+                    let until = std::time::Instant::now() + every;
+                    while std::time::Instant::now() < until {
+                        if flag.load(Ordering::Relaxed) {
+                            break 'watch;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    match crate::nic::drift(&settings.profile, &settings.devices) {
+                        Ok(d) if d != last => {
+                            for line in &d {
+                                tracing::warn!(
+                                    "nic drift from profile `{}`: {line}",
+                                    settings.profile
+                                );
+                            }
+                            last = d;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(
+                            "nic: cannot compare the host with `{}`: {e:#}",
+                            settings.profile
+                        ),
+                    }
+                }
+            })?;
+        Ok(NicWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for NicWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

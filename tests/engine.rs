@@ -388,8 +388,9 @@ fn route_change_under_load(kind: EngineKind) {
     let mut p = Proxy::start(kind, &tcp_config(0, "a", &clusters, ""));
     let addr = p.listener("l");
     let port = addr.port();
-    let cfg_a = tcp_config(port, "a", &clusters, "");
-    let cfg_b = tcp_config(port, "b", &clusters, "");
+    let parse = |y: &str| tickmesh::config::parse(y, tickmesh::config::Format::Yaml).unwrap();
+    let cfg_a = parse(&tcp_config(port, "a", &clusters, ""));
+    let cfg_b = parse(&tcp_config(port, "b", &clusters, ""));
     let rt = runtime();
     let running = Arc::new(AtomicBool::new(true));
     const CONNS: usize = 100;
@@ -437,14 +438,16 @@ fn route_change_under_load(kind: EngineKind) {
             })
         })
         .collect();
-    wait_until("streams to connect", Duration::from_secs(5), || {
-        a.accepted() == CONNS
+    // `>=`: under heavy load a connect attempt can time out after the backend accepted
+    // it, and the retry is a second accept. The cap only matters when something is wrong.
+    wait_until("streams to connect", Duration::from_secs(30), || {
+        a.accepted() >= CONNS
     });
     // Swap for 3 s at ~1,000/s.
     let start = Instant::now();
     let mut swaps = 0u64;
     while start.elapsed() < Duration::from_secs(3) {
-        p.apply(if swaps % 2 == 0 { &cfg_b } else { &cfg_a });
+        p.apply_config(if swaps % 2 == 0 { &cfg_b } else { &cfg_a });
         swaps += 1;
         let due = start + Duration::from_micros(swaps * 1000);
         if let Some(d) = due.checked_duration_since(Instant::now()) {
@@ -452,7 +455,7 @@ fn route_change_under_load(kind: EngineKind) {
         }
     }
     // End on b; then new connections must go to b at once.
-    p.apply(&cfg_b);
+    p.apply_config(&cfg_b);
     let (a0, b0) = (a.accepted(), b.accepted());
     for i in 0..10 {
         let mut s = connect(addr);
@@ -473,7 +476,10 @@ fn route_change_under_load(kind: EngineKind) {
     }
     // Aimed at ~1,000 swaps/s; what is checked is that many swaps interleaved with the
     // streams, not the rate (a loaded CI machine reaches fewer).
-    assert!(swaps >= 300, "only {swaps} swaps in 3 s: too few to exercise swapping under load");
+    assert!(
+        swaps >= 300,
+        "only {swaps} swaps in 3 s: too few to exercise swapping under load"
+    );
     assert!(total > 0);
     eprintln!(
         "route_change_under_load: {swaps} swaps, {CONNS} connections, {total} bytes echoed intact"

@@ -666,3 +666,80 @@ fn bind_refuses_devices_without_pci_and_unknown_state() {
     assert!(e.contains("no binding remembered for `va`"), "{e}");
     assert!(!state.exists(), "a refused bind wrote state");
 }
+
+#[test]
+fn the_daemon_applies_its_configs_nic_profile_at_start_and_refuses_a_bad_one() {
+    let ns = netns_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("p.yaml");
+    std::fs::write(&profile, "devices:\n  va:\n    features:\n      gro: on\n").unwrap();
+    let cfg = dir.path().join("tickmesh.yaml");
+    let control = dir.path().join("control.sock");
+    let write_cfg = |profile: &std::path::Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "nic: {{profile: \"{}\", devices: [va], drift_check: 1s}}\nlisteners:\n  - {{name: l, address: \"127.0.0.1:7000\", cluster: c}}\nclusters:\n  - {{name: c, endpoints: [\"127.0.0.1:9000\"]}}\n",
+                profile.display()
+            ),
+        )
+        .unwrap()
+    };
+    write_cfg(&profile);
+    assert_eq!(ns.feature("va", "generic-receive-offload"), "off");
+    // `ip netns exec` runs the daemon inside the namespace, where `va` lives.
+    let mut daemon = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            BIN,
+            "run",
+            "--workers",
+            "1",
+            "--engine",
+            "epoll",
+        ])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--control")
+        .arg(&control)
+        .env("TICKMESH_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !control.exists() && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(control.exists(), "the daemon did not start");
+    assert_eq!(
+        ns.feature("va", "generic-receive-offload"),
+        "on",
+        "profile applied at start"
+    );
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+
+    // A profile with a typo: the daemon does not start, and says which profile and field.
+    std::fs::write(&profile, "devices:\n  va:\n    featurs:\n      gro: off\n").unwrap();
+    let out = ns.exec(
+        BIN,
+        &[
+            "run",
+            "--workers",
+            "1",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+    );
+    let e = fails(out);
+    assert!(e.contains("NIC profile") && e.contains("featurs"), "{e}");
+    assert_eq!(
+        ns.feature("va", "generic-receive-offload"),
+        "on",
+        "nothing changed"
+    );
+}

@@ -669,7 +669,9 @@ fn rotation_under_load(kind: EngineKind) {
     };
     install("server", "server");
     let yaml = format!(
-        "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    cluster: c\n    tls: {{cert: {}, key: {}}}\nclusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
+        // A fixed port: a recompile binds port 0 anew.
+        "listeners:\n  - name: l\n    address: \"127.0.0.1:{}\"\n    cluster: c\n    tls: {{cert: {}, key: {}}}\nclusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
+        dead_addr().port(),
         live("pem").display(),
         live("key").display(),
         g.addr

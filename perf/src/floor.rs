@@ -101,21 +101,28 @@ fn serve_tcp(spec: &FloorSpec, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut pairs: Vec<Option<Pair>> = Vec::new();
     let mut events = vec![EpollEvent::empty(); 64];
     let mut buf = vec![0u8; BUF];
+    // Pairs with bytes waiting for a full socket to drain (an upper bound).
+    let mut stalled = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let n = ep.wait(&mut events, EpollTimeout::ZERO).unwrap_or(0);
-        if n == 0 {
-            // Retry stalled writes, then idle.
-            let mut moved = false;
+        // Retry stalled writes every lap (rare: only when a receiver's buffer is full).
+        let mut moved = false;
+        if stalled > 0 {
+            stalled = 0;
             for slot in pairs.iter_mut() {
                 if let Some(p) = slot {
                     if !p.pending[0].is_empty() || !p.pending[1].is_empty() {
                         moved = true;
                         if !flush_pending(p) {
                             *slot = None;
+                        } else if !p.pending[0].is_empty() || !p.pending[1].is_empty() {
+                            stalled += 1;
                         }
                     }
                 }
             }
+        }
+        if n == 0 {
             if !moved {
                 idle(spec);
             }
@@ -133,6 +140,8 @@ fn serve_tcp(spec: &FloorSpec, stop: &AtomicBool) -> anyhow::Result<()> {
             };
             if !relay(p, side, &mut buf) {
                 pairs[i] = None;
+            } else if !p.pending[0].is_empty() || !p.pending[1].is_empty() {
+                stalled += 1;
             }
         }
     }

@@ -353,7 +353,24 @@ fn measure(
         cpu_utilization: util,
         rss_kib: mem.map(|m| m.0),
         hwm_kib: mem.map(|m| m.1),
+        generator_lag_ns: (!r.generator_lag.is_empty()).then(|| report::Lag {
+            p50: r.generator_lag.value_at_quantile(0.5),
+            p99: r.generator_lag.value_at_quantile(0.99),
+            max: r.generator_lag.max(),
+        }),
     };
+    if let Some(l) = &rec.generator_lag_ns {
+        if l.p99 > 100_000 {
+            note(
+                bar,
+                format!(
+                    "! {} {sc}: the generator itself sent late (p99 {} µs behind schedule): the machine is too busy for this rate; latencies include that delay",
+                    peer.target,
+                    l.p99 / 1000
+                ),
+            );
+        }
+    }
     Ok((rec, Some(r.hist)))
 }
 

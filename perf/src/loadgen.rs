@@ -86,6 +86,11 @@ pub struct LoadResult {
     pub window: Duration,
     /// The first failure seen, in words, for the report.
     pub first_error: Option<String>,
+    /// Open loop: how late the generator itself sent measured requests (send time −
+    /// the later of the intended time and the previous reply on that connection). Not
+    /// the target's doing: large values mean the generator could not keep its schedule
+    /// (a busy machine) and the latencies include that delay.
+    pub generator_lag: Histogram<u64>,
 }
 
 enum Sock {
@@ -107,6 +112,8 @@ struct Conn {
     intended_ns: u64,
     sent_ns: u64,
     schedule: Option<Schedule>,
+    /// When the previous reply arrived (a send can't be earlier: one request in flight).
+    last_done_ns: u64,
 }
 
 /// Per-request bookkeeping shared by all connections of one run.
@@ -118,6 +125,7 @@ struct Tally {
     reconnects: u64,
     stale: u64,
     first_error: Option<String>,
+    lag: Histogram<u64>,
 }
 
 impl Tally {
@@ -188,6 +196,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             intended_ns: 0,
             sent_ns: 0,
             schedule: None,
+            last_done_ns: 0,
         });
     }
     let mut tally = Tally {
@@ -198,6 +207,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         reconnects: 0,
         stale: 0,
         first_error: None,
+        lag: hist::new_histogram(),
     };
     let clock = Clock::new();
     let start = clock.now_ns();
@@ -298,11 +308,16 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             break;
         }
         alive = now_alive;
-        if !busy && spec.yield_when_idle {
-            // Not a busy spin: hand the CPU to the backend/proxy sharing it.
-            let _ = nix::sched::sched_yield();
-        } else if !busy {
-            std::hint::spin_loop();
+        if !busy {
+            if spec.yield_when_idle && conns.iter().any(|c| c.in_flight) {
+                // A reply is awaited: the backend/proxy sharing this CPU needs it now.
+                let _ = nix::sched::sched_yield();
+            } else {
+                // Nothing in flight (open loop between slots): yielding here would hand
+                // the CPU to unrelated work for a whole time slice and make the next
+                // send late; keep it.
+                std::hint::spin_loop();
+            }
         }
     }
     // Open loop: slots never sent (the target stalled, or the connection died and could
@@ -331,6 +346,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         stale_replies: tally.stale,
         window,
         first_error: tally.first_error,
+        generator_lag: tally.lag,
     })
 }
 
@@ -356,6 +372,11 @@ fn send(
     c.rlen = 0;
     if c.measured {
         tally.sent += 1;
+        if c.schedule.is_some() {
+            tally
+                .lag
+                .saturating_record(now.saturating_sub(intended.max(c.last_done_ns)).max(1));
+        }
     }
     write_more(spec, c, tally, ep, i);
 }
@@ -449,6 +470,7 @@ fn receive(
             Response::Done => {
                 let done = clock.now_ns();
                 c.in_flight = false;
+                c.last_done_ns = done;
                 if c.measured {
                     tally
                         .hist
@@ -634,6 +656,10 @@ mod tests {
         assert_eq!(r.errors.total(), 0, "{r:?}");
         assert_eq!(r.sent, r.received);
         assert_eq!(r.hist.len(), r.received);
+        assert!(
+            r.generator_lag.is_empty(),
+            "closed loop has no schedule to lag"
+        );
     }
 
     #[test]
@@ -652,6 +678,15 @@ mod tests {
         // at the edges.
         assert!((598..=602).contains(&r.sent), "sent {}", r.sent);
         assert_eq!(r.sent, r.received + r.errors.total());
+        // Every request actually sent has its own send delay recorded (open loop only);
+        // slots a stalled run never sent are counted lost, without one.
+        assert!(
+            r.received <= r.generator_lag.len() && r.generator_lag.len() <= r.sent,
+            "{} {} {}",
+            r.received,
+            r.generator_lag.len(),
+            r.sent
+        );
     }
 
     #[test]

@@ -94,6 +94,15 @@ pub struct RunRecord {
     pub cpu_utilization: Option<f64>,
     pub rss_kib: Option<u64>,
     pub hwm_kib: Option<u64>,
+    /// Open loop: the generator's own send delay (see `loadgen::LoadResult`), ns.
+    pub generator_lag_ns: Option<Lag>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
 }
 
 impl RunRecord {
@@ -118,6 +127,7 @@ impl RunRecord {
             cpu_utilization: None,
             rss_kib: None,
             hwm_kib: None,
+            generator_lag_ns: None,
         }
     }
 }

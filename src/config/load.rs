@@ -217,6 +217,9 @@ impl DocKind {
                 out.virtual_services.extend(c.virtual_services);
                 out.destination_rules.extend(c.destination_rules);
                 out.peer_authentications.extend(c.peer_authentications);
+                if c.nic.is_some() {
+                    out.nic = c.nic;
+                }
             }
             DocKind::VirtualService => out.virtual_services.push(VirtualService::deserialize(d)?),
             DocKind::DestinationRule => {
@@ -495,6 +498,23 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "packet forwarding (DPDK engine) supports IPv4 VIPs only; {} is IPv6",
                     l.address
                 ),
+            );
+        }
+    }
+
+    if let Some(n) = &cfg.nic {
+        if n.profile.trim().is_empty() {
+            bad(
+                "nic.profile".into(),
+                "name a profile file or `low-latency`".into(),
+            );
+        }
+        if n.drift_check
+            .is_some_and(|d| d < std::time::Duration::from_secs(1))
+        {
+            bad(
+                "nic.drift_check".into(),
+                "check at most once a second".into(),
             );
         }
     }

@@ -16,7 +16,7 @@ pub mod tls;
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
     CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
-    Listener, OutlierDetection, Protocol, WeightedCluster,
+    Listener, NicSettings, OutlierDetection, Protocol, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.
@@ -68,6 +68,9 @@ impl Config {
         );
         if patch.offload.is_some() {
             out.offload = patch.offload.clone();
+        }
+        if patch.nic.is_some() {
+            out.nic = patch.nic.clone();
         }
         out
     }

@@ -35,6 +35,27 @@ pub struct Config {
     /// TLS record crypto offload (daemon-wide).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<Offload>,
+    /// Host NIC tuning (a `tickmesh nic` profile) applied when the daemon starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<NicSettings>,
+}
+
+/// A NIC profile for the daemon to apply at start and then watch for drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSettings {
+    /// A profile file, or `low-latency` for the shipped one.
+    pub profile: String,
+    /// Devices the profile's device entries apply to (when it names none itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// How often the host is compared with the profile; differences are logged (default 60s).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drift_check: Option<Duration>,
 }
 
 /// One bound address and what happens to traffic arriving on it (its L4 route).
@@ -76,6 +97,18 @@ pub struct Listener {
     /// Workload labels, matched by `PeerAuthentication` selectors.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `http` listeners: the longest a client may take to send a request head (408 and
+    /// close after it). Default 10 s.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_header_timeout: Option<Duration>,
+    /// `http` listeners: largest request body accepted, in bytes (413 beyond it).
+    /// Default 1 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<u64>,
 }
 
 /// How the DPDK packet load balancer hands a VIP's packets to the chosen backend.

@@ -18,9 +18,9 @@ use crossbeam::utils::CachePadded;
 use crate::cluster::LbState;
 use crate::config::Protocol;
 use crate::net::ListenerSockets;
-use crate::proxy::l4::tcp::Conn;
 use crate::proxy::l4::udp::{Udp, UdpListener};
 use crate::proxy::l4::{BufId, Ctx, Io, Side, Step, Watch};
+use crate::proxy::slot::Slot as Conn;
 use crate::route::{RouteTable, Routes};
 use crate::telemetry::ListenerCounter as L;
 
@@ -152,6 +152,7 @@ pub(crate) struct Core {
     accepting: bool,
     pub udp: Udp,
     udp_spare: Vec<(u32, u16, bool)>,
+    scratch: Vec<u8>,
 }
 
 impl Core {
@@ -176,6 +177,7 @@ impl Core {
             accepting: true,
             udp: Udp::new(),
             udp_spare: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
         }
     }
 
@@ -211,7 +213,7 @@ impl Core {
             let Some((slot, side)) = self.starved.pop() else {
                 break;
             };
-            let gen = self.conns[slot as usize].gen;
+            let gen = self.conns[slot as usize].gen();
             self.with_conn(slot, gen, io, |c, cx, io| c.rearm(slot, side, cx, io));
             if !io.buffers_available() {
                 break;
@@ -377,6 +379,8 @@ impl Core {
             cursors: &mut self.cursors,
             starved: &mut self.starved,
             open: &mut self.open,
+            scratch: &mut self.scratch,
+            table: &self.table,
         };
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
@@ -392,7 +396,7 @@ impl Core {
             }
             None => return None,
         };
-        self.conns[slot as usize].pos = self.open_list.len() as u32;
+        self.conns[slot as usize].set_pos(self.open_list.len() as u32);
         self.open_list.push(slot);
         Some(slot)
     }
@@ -400,10 +404,10 @@ impl Core {
     #[inline]
     fn after(&mut self, slot: u32, step: Step) {
         if step == Step::Free {
-            let pos = self.conns[slot as usize].pos as usize;
+            let pos = self.conns[slot as usize].pos() as usize;
             self.open_list.swap_remove(pos);
             if let Some(&moved) = self.open_list.get(pos) {
-                self.conns[moved as usize].pos = pos as u32;
+                self.conns[moved as usize].set_pos(pos as u32);
             }
             self.free.push(slot);
         }
@@ -421,7 +425,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(slot as usize) else {
             return false;
         };
-        if c.gen != gen || c.is_free() {
+        if c.gen() != gen || c.is_free() {
             return false;
         }
         let mut cx = Ctx {
@@ -431,6 +435,8 @@ impl Core {
             cursors: &mut self.cursors,
             starved: &mut self.starved,
             open: &mut self.open,
+            scratch: &mut self.scratch,
+            table: &self.table,
         };
         let step = f(c, &mut cx, io);
         self.after(slot, step);
@@ -471,7 +477,7 @@ impl Core {
         let mut i = 0;
         while i < self.open_list.len() {
             let slot = self.open_list[i];
-            let gen = self.conns[slot as usize].gen;
+            let gen = self.conns[slot as usize].gen();
             self.with_conn(slot, gen, io, |c, cx, io| c.on_tick(slot, cx, io));
             // A freed slot was swapped out: look at index i again.
             if self.open_list.get(i) == Some(&slot) {
@@ -485,7 +491,7 @@ impl Core {
     pub fn abort_all(&mut self, io: &mut impl Driver) {
         let slots: Vec<u32> = self.open_list.clone();
         for slot in slots {
-            let gen = self.conns[slot as usize].gen;
+            let gen = self.conns[slot as usize].gen();
             self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
         }
         self.udp.close_all(self.worker, io);

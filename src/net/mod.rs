@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use socket2::{Domain, SockRef, Socket, Type};
 
@@ -156,9 +156,9 @@ pub fn take_error(fd: &impl AsFd) -> io::Result<Option<io::Error>> {
 /// are unchanged keeps its sockets (and its accept queue) through a route-table swap.
 pub struct SocketPool {
     workers: usize,
-    bound: HashMap<(Protocol, SocketAddr), Arc<ListenerSockets>>,
-    /// Port-0 requests and the address they resolved to.
-    aliases: HashMap<(Protocol, SocketAddr), SocketAddr>,
+    /// Weak: a group stays bound exactly as long as some route table (or a worker still
+    /// cancelling its accept on it) holds it; the pool only finds it again for reuse.
+    bound: HashMap<(Protocol, SocketAddr), Weak<ListenerSockets>>,
 }
 
 impl SocketPool {
@@ -166,45 +166,54 @@ impl SocketPool {
         SocketPool {
             workers: workers.max(1),
             bound: HashMap::new(),
-            aliases: HashMap::new(),
         }
     }
 
-    /// The sockets for `address`, binding them if this pool has none yet.
+    /// The sockets for `address`, binding them if no live table holds them. Port 0
+    /// always binds anew (each such listener gets a port of its own); the port it got
+    /// is what later configs name to keep it.
     pub fn get_or_bind(
         &mut self,
         address: SocketAddr,
         protocol: Protocol,
     ) -> io::Result<Arc<ListenerSockets>> {
-        let resolved = self
-            .aliases
-            .get(&(protocol, address))
-            .copied()
-            .unwrap_or(address);
-        if let Some(s) = self.bound.get(&(protocol, resolved)) {
-            return Ok(s.clone());
+        if let Some(s) = self.bound.get(&(protocol, address)).and_then(Weak::upgrade) {
+            return Ok(s);
         }
         let s = Arc::new(ListenerSockets::bind(address, protocol, self.workers)?);
-        if s.address != address {
-            self.aliases.insert((protocol, address), s.address);
-        }
-        self.bound.insert((protocol, s.address), s.clone());
+        self.bound.insert((protocol, s.address), Arc::downgrade(&s));
         Ok(s)
     }
 
-    /// Drop the pool's reference to sockets no table uses any more; they close once the
-    /// last worker lets go of the old table.
+    /// Forget groups that have closed.
     pub fn prune(&mut self) {
-        self.bound.retain(|_, s| Arc::strong_count(s) > 1);
-        let bound = &self.bound;
-        self.aliases
-            .retain(|(p, _), a| bound.contains_key(&(*p, *a)));
+        self.bound.retain(|_, s| s.strong_count() > 0);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_reuses_live_groups_and_never_keeps_a_dropped_one_bound() {
+        let mut pool = SocketPool::new(2);
+        let a = pool
+            .get_or_bind("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)
+            .unwrap();
+        let b = pool.get_or_bind(a.address, Protocol::Tcp).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "a live group is reused");
+        let c = pool
+            .get_or_bind("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)
+            .unwrap();
+        assert_ne!(a.address, c.address, "port 0 binds anew");
+        let port = a.address;
+        drop((a, b));
+        // The last table let go: the port is free at once, with no prune needed.
+        std::net::TcpListener::bind(port).expect("the port was released");
+        pool.prune();
+        assert_eq!(pool.bound.len(), 1);
+    }
 
     #[test]
     fn a_second_group_on_a_held_address_is_refused() {

@@ -5,4 +5,6 @@
 //! implements. It never performs a blocking call, never allocates per message, and never
 //! touches another worker's state. `l4` is TCP and UDP forwarding; `http` comes with L7.
 
+pub mod http;
 pub mod l4;
+pub mod slot;

@@ -53,6 +53,9 @@ pub struct ListenerEntry {
     pub http: Option<Arc<http::HttpRoutes>>,
     /// TLS termination (mode STRICT or PERMISSIVE); `None` serves plaintext.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// `http` listeners: request head deadline and body limit.
+    pub request_header_timeout: Duration,
+    pub max_request_body: u64,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -91,6 +94,28 @@ pub struct ClusterEntry {
     pub stats: Arc<UpstreamStats>,
     /// TLS origination towards the endpoints.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// HTTP circuit-breaker thresholds (Envoy's defaults where unset).
+    pub breakers: Breakers,
+}
+
+/// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
+/// answered 503 at once. Counts are summed over workers (relaxed reads: approximate by
+/// the requests other workers start at the same moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breakers {
+    pub max_connections: u32,
+    pub max_requests: u32,
+    /// 0: unlimited.
+    pub max_requests_per_connection: u32,
+}
+
+impl Breakers {
+    /// Envoy's default thresholds.
+    pub const DEFAULT: Breakers = Breakers {
+        max_connections: 1024,
+        max_requests: 1024,
+        max_requests_per_connection: 0,
+    };
 }
 
 #[derive(Debug)]
@@ -293,6 +318,8 @@ pub fn compile(
             stats: stats.listener(&l.name),
             http,
             tls,
+            request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
+            max_request_body: l.max_request_body.unwrap_or(1 << 30),
         });
     }
     if !problems.is_empty() {
@@ -338,6 +365,19 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         stats: stats.cluster(&c.name),
         tls: None,
+        breakers: c
+            .circuit_breakers
+            .as_ref()
+            .map_or(Breakers::DEFAULT, |b| Breakers {
+                // Without a pending queue, a request that would wait for a connection
+                // is refused; max_pending_requests therefore adds to max_connections.
+                max_connections: b
+                    .max_connections
+                    .unwrap_or(Breakers::DEFAULT.max_connections)
+                    .saturating_add(b.max_pending_requests.unwrap_or(0)),
+                max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
+                max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
+            }),
     }
 }
 

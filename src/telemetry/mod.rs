@@ -69,6 +69,34 @@ counter_set! {
         TlsAlertsReceived => "tls_alerts_received",
         /// Client sockets that ended without `close_notify`.
         TlsTruncated => "tls_truncated",
+        /// HTTP listeners: requests whose head was parsed.
+        HttpRqTotal => "http_rq_total",
+        /// Responses sent downstream, by class (local ones included).
+        HttpRs1xx => "http_rs_1xx",
+        HttpRs2xx => "http_rs_2xx",
+        HttpRs3xx => "http_rs_3xx",
+        HttpRs4xx => "http_rs_4xx",
+        HttpRs5xx => "http_rs_5xx",
+        /// Requests refused for malformed input (400/413/431).
+        HttpBadRequest => "http_bad_request",
+        /// No virtual host or route matched (404).
+        HttpNoRoute => "http_no_route",
+        /// 503: the cluster has no endpoint or none could be connected.
+        HttpNoHealthyUpstream => "http_no_healthy_upstream",
+        /// 502: the upstream sent a malformed response or closed before one.
+        HttpBadGateway => "http_bad_gateway",
+        /// 504: the route timeout passed before the response.
+        HttpUpstreamTimeout => "http_upstream_timeout",
+        /// 408: the request head did not arrive in time.
+        HttpHeaderTimeout => "http_header_timeout",
+        /// Upstream connections reused for another request (keep-alive).
+        HttpUpstreamReuse => "http_upstream_reuse",
+        /// `Connection: upgrade` requests turned into tunnels.
+        HttpUpgrades => "http_upgrades",
+        /// Connections sniffed as not HTTP/1.x and relayed to the TCP fallback cluster.
+        SniffedTcp => "sniffed_tcp",
+        /// Requests sent upstream again by a route's retry policy.
+        HttpRetry => "http_rq_retry",
     }
 }
 
@@ -87,6 +115,12 @@ counter_set! {
         TlsHandshakes => "tls_handshakes",
         /// TLS failures with upstreams (verification, alerts, bad records).
         TlsErrors => "tls_errors",
+        /// HTTP requests sent to this cluster, and those finished (active = the
+        /// difference, for circuit breaking).
+        RqTotal => "rq_total",
+        RqDone => "rq_done",
+        /// HTTP requests refused by the circuit breakers (503, `x-tickmesh-overloaded`).
+        RqOverflow => "rq_overflow",
     }
 }
 

@@ -56,8 +56,16 @@ impl Proxy {
     }
 
     pub fn apply(&mut self, yaml: &str) {
+        let cfg = parse(yaml, Format::Yaml).unwrap_or_else(|e| panic!("test config: {e}"));
+        self.apply_config(&cfg);
+    }
+
+    /// Compile and publish an already parsed config (what a control-plane apply does
+    /// after parsing).
+    pub fn apply_config(&mut self, cfg: &tickmesh::config::Config) {
         self.generation += 1;
-        let t = table(yaml, self.generation, &self.stats, &mut self.pool);
+        let t = compile(cfg, self.generation, &self.stats, &mut self.pool)
+            .unwrap_or_else(|e| panic!("compile: {e}"));
         self.routes.store(t);
         self.pool.prune();
     }

@@ -75,9 +75,9 @@ impl Eal {
             .map(|a| CString::new(a.as_str()).context("an EAL argument contains a NUL byte"))
             .collect::<Result<_, _>>()?;
         let mut argv: Vec<*mut c_char> = owned.iter().map(|a| a.as_ptr() as *mut c_char).collect();
-        // SAFETY: argv holds pointers to NUL-terminated strings that outlive the call (EAL
-        // may permute argv but keeps no pointer into it after returning... except for
-        // strings it duplicates itself); first and only init in this process (checked).
+        // SAFETY: argv holds pointers to NUL-terminated strings that live for the rest of
+        // the process (leaked below, because EAL may keep pointers into them); this is the
+        // first and only init in this process (checked above).
         let rc = unsafe { sys::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
         if rc < 0 {
             // SAFETY: plain read of the calling thread's rte_errno.

@@ -49,6 +49,8 @@ pub(crate) struct Epoll {
     ep: OwnedFd,
     pool: BufPool,
     free: Vec<BufId>,
+    /// Write buffers not held by a proxy.
+    write_free: Vec<BufId>,
     ops: Vec<Ops>,
     ready: Vec<u32>,
     done: Vec<Done>,
@@ -71,6 +73,7 @@ impl Epoll {
             ep,
             pool: BufPool::new(),
             free: (0..POOL_BUFFERS as BufId).rev().collect(),
+            write_free: BufPool::write_ids().collect(),
             ops: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
@@ -244,19 +247,29 @@ impl Io for Epoll {
 
     #[inline]
     fn release(&mut self, buf: BufId) {
-        self.free.push(buf);
+        if BufPool::is_write(buf) {
+            self.write_free.push(buf);
+        } else {
+            self.free.push(buf);
+        }
     }
 
     #[inline]
     fn take(&mut self) -> Option<BufId> {
-        self.free.pop()
+        self.write_free.pop()
     }
 
     #[inline]
-    fn buf_mut(&mut self, b: BufId) -> &mut [u8] {
-        // SAFETY: the proxy owns `b` (received or taken, off the free list) and no send
-        // of it is pending while it writes (Io contract).
-        unsafe { self.pool.slice_mut(b) }
+    fn bytes(&self, buf: BufId) -> &[u8] {
+        // SAFETY: this engine reads into a buffer only inside `service`, into one it
+        // just took off the free list; a buffer the proxy holds is on no list.
+        unsafe { self.pool.slice(buf) }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self, buf: BufId) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the proxy never writes a buffer while sending it.
+        unsafe { self.pool.slice_mut(buf) }
     }
 
     #[inline]
@@ -264,12 +277,21 @@ impl Io for Epoll {
         !self.free.is_empty()
     }
 
-    fn cancel_all(&mut self, c: ConnRef, _fds: [RawFd; 2]) -> bool {
+    fn cancel_all(&mut self, c: ConnRef, fds: [RawFd; 2]) -> bool {
         // Closing the sockets removes them from the epoll set; pending requests are ours.
+        // Only the sides named (`-1` = keep): an HTTP connection may cancel its upstream
+        // socket's operations alone.
         let o = &mut self.ops[c.slot as usize];
-        o.want_recv = [false; 2];
-        o.send = [None; 2];
-        o.connecting = false;
+        for side in [Side::Down, Side::Up] {
+            if fds[side.idx()] >= 0 {
+                o.want_recv[side.idx()] = false;
+                // The send that writes to this side.
+                o.send[side.other().idx()] = None;
+            }
+        }
+        if fds[Side::Up.idx()] >= 0 {
+            o.connecting = false;
+        }
         true
     }
 
@@ -356,7 +378,9 @@ fn accept_all(core: &mut Core, io: &mut Epoll, l: u32) {
         } else {
             r
         };
-        if res == -libc::EAGAIN || res == -libc::EINVAL || res == -libc::EBADF {
+        if res < 0 && res != -libc::ECONNABORTED && res != -libc::EINTR {
+            // EAGAIN: drained. EMFILE/ENFILE/ENOBUFS: the connection stays queued in the
+            // kernel; the next readiness event (or a later batch) retries.
             return;
         }
         core.on_accept(l, res, true, io);

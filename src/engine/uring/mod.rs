@@ -93,14 +93,8 @@ struct BufRing {
     tail: u16,
     /// Buffers currently in the kernel's ring.
     available: u32,
-    /// Buffers kept out of the kernel's ring for the proxy to fill itself (TLS records);
-    /// refilled from releases before the ring is.
-    spare: Vec<BufId>,
     pool: BufPool,
 }
-
-/// Buffers held back from the provided-buffer ring for [`Io::take`].
-const SPARE_BUFFERS: usize = 256;
 
 impl BufRing {
     fn new(ring: &IoUring, count: u16) -> io::Result<BufRing> {
@@ -118,7 +112,6 @@ impl BufRing {
             count,
             tail: 0,
             available: 0,
-            spare: Vec::with_capacity(SPARE_BUFFERS),
             pool: BufPool::new(),
         };
         // SAFETY: the ring memory is page-aligned, `count` entries long, and lives until
@@ -133,11 +126,9 @@ impl BufRing {
                 0,
             )?;
         }
-        let spare = SPARE_BUFFERS.min(count as usize / 2) as u16;
-        for b in 0..count - spare {
+        for b in 0..count {
             br.add(b);
         }
-        br.spare.extend(count - spare..count);
         Ok(br)
     }
 
@@ -179,6 +170,8 @@ pub(crate) struct Uring {
     bufs: BufRing,
     /// Connect addresses by connection slot: the kernel reads them asynchronously.
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// Write buffers not held by a proxy.
+    write_free: Vec<BufId>,
 }
 
 impl Uring {
@@ -189,6 +182,7 @@ impl Uring {
             ring,
             bufs,
             addrs: Vec::new(),
+            write_free: BufPool::write_ids().collect(),
         })
     }
 
@@ -299,9 +293,8 @@ impl Io for Uring {
 
     #[inline]
     fn release(&mut self, buf: BufId) {
-        if self.bufs.spare.len() < SPARE_BUFFERS {
-            // Within the reserved capacity: no reallocation.
-            self.bufs.spare.push(buf);
+        if BufPool::is_write(buf) {
+            self.write_free.push(buf);
         } else {
             self.bufs.add(buf);
         }
@@ -309,14 +302,20 @@ impl Io for Uring {
 
     #[inline]
     fn take(&mut self) -> Option<BufId> {
-        self.bufs.spare.pop()
+        self.write_free.pop()
     }
 
     #[inline]
-    fn buf_mut(&mut self, b: BufId) -> &mut [u8] {
-        // SAFETY: the proxy owns `b` (received or taken, never posted to the ring while
-        // it holds it), and no send of it is in flight while it writes (Io contract).
-        unsafe { self.bufs.pool.slice_mut(b) }
+    fn bytes(&self, buf: BufId) -> &[u8] {
+        // SAFETY: the proxy holds `buf` (a receive completed into it, or it was taken):
+        // it is not in the kernel's buffer ring, so nothing writes it concurrently.
+        unsafe { self.bufs.pool.slice(buf) }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self, buf: BufId) -> &mut [u8] {
+        // SAFETY: as in `bytes`; the proxy never writes a buffer while sending it.
+        unsafe { self.bufs.pool.slice_mut(buf) }
     }
 
     #[inline]

@@ -76,14 +76,16 @@ pub trait Io {
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
-    /// Give a buffer back to the pool.
+    /// Give a buffer back to the pool (receive or write buffer alike).
     fn release(&mut self, buf: BufId);
-    /// A free pool buffer for the proxy to fill itself (TLS records), `None` when none
-    /// is spare. Given back with [`release`](Io::release) or by sending it.
+    /// A write buffer for the proxy to fill (rewritten heads, local responses); `None`
+    /// when the worker's write buffers are all in use. Sent with [`send`](Io::send)
+    /// and given back with [`release`](Io::release) like a received buffer.
     fn take(&mut self) -> Option<BufId>;
-    /// The `BUF_SIZE` bytes of buffer `b`. Only for a buffer the proxy holds (received
-    /// or taken) with no send of it in flight.
-    fn buf_mut(&mut self, b: BufId) -> &mut [u8];
+    /// The bytes of a buffer the proxy holds (received, or taken): `BUF_SIZE` long.
+    fn bytes(&self, buf: BufId) -> &[u8];
+    /// As [`bytes`](Io::bytes), writable. Never while a send of `buf` is in flight.
+    fn bytes_mut(&mut self, buf: BufId) -> &mut [u8];
     /// Whether a starved receive is worth retrying now.
     fn buffers_available(&self) -> bool;
     /// Cancel every operation on these sockets (`-1` = none). `true`: all gone now;
@@ -115,6 +117,10 @@ pub struct Ctx<'a> {
     pub starved: &'a mut Vec<(u32, Side)>,
     /// Open connections and sessions of this worker (for drain).
     pub open: &'a mut u64,
+    /// The worker's current routing table (HTTP connections pick it up per request).
+    pub table: &'a std::sync::Arc<crate::route::RouteTable>,
+    /// Worker scratch for HTTP heads being parsed and rewritten (capacity kept).
+    pub scratch: &'a mut Vec<u8>,
 }
 
 /// What the worker must do with a connection slot after an event.

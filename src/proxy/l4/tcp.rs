@@ -233,6 +233,53 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// Continue a connection an HTTP listener sniffed as not HTTP/1.x: the client
+    /// socket is already adopted and counted; `data` (buffer, offset, length) is what was
+    /// read from it, sent upstream first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open_fallback(
+        &mut self,
+        slot: u32,
+        down: OwnedFd,
+        data: Option<(BufId, u32, u32)>,
+        table: &Arc<RouteTable>,
+        listener: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let l = &table.listeners[listener];
+        let gen = self.gen;
+        *self = Conn {
+            gen,
+            phase: Phase::Connecting,
+            idle_ms: ms(l.idle_timeout),
+            last_ms: cx.now_ms,
+            pos: self.pos,
+            ..Conn::default()
+        };
+        self.lstats = Some(l.stats.clone());
+        self.fds[Side::Down.idx()] = Some(down);
+        if let Some((b, off, len)) = data {
+            let d = &mut self.dirs[Side::Down.idx()];
+            d.push(b, off + len);
+            d.off = off;
+        }
+        let Some(target) = l.target.as_ref() else {
+            l.stats.inc(cx.worker, L::NoUpstream);
+            return self.close(slot, cx, io);
+        };
+        self.cluster = target.pick(cx.lb.next_u32()) as u32;
+        let cl = &table.clusters[self.cluster as usize];
+        self.cstats = Some(cl.stats.clone());
+        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+            self.peer = self.fds[0]
+                .as_ref()
+                .and_then(|f| crate::net::peer_addr(f).ok());
+        }
+        self.table = Some(table.clone());
+        self.connect_next(slot, cx, io)
+    }
+
     /// Connect attempt `self.attempt` (0 first): the balancer's choice, then the
     /// endpoints after it in order, so a retry never repeats the endpoint that failed.
     fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -319,6 +366,8 @@ impl Conn {
         if self.tls.is_some() {
             return self.drive(slot, cx, io);
         }
+        // Bytes an HTTP listener read while sniffing go first.
+        self.send_head(slot, Side::Down, io);
         self.arm_recv(slot, Side::Down, io);
         self.arm_recv(slot, Side::Up, io);
         Step::Continue
@@ -599,7 +648,7 @@ impl Conn {
             return Step::Continue;
         }
         if side == Side::Down && t.sniffing() {
-            match t.sniff(io.buf_mut(b)[0]) {
+            match t.sniff(io.bytes_mut(b)[0]) {
                 Sniff::Tls => {}
                 Sniff::Rejected => {
                     // rustls answers the bytes below with its alert.
@@ -623,7 +672,7 @@ impl Conn {
             }
         }
         if t.has(side) {
-            let r = t.feed(side, &io.buf_mut(b)[..n as usize]);
+            let r = t.feed(side, &io.bytes_mut(b)[..n as usize]);
             io.release(b);
             match r {
                 Ok(false) => {}
@@ -635,7 +684,7 @@ impl Conn {
                 Err(e) => return self.tls_failed(slot, side, e, cx, io),
             }
         } else if t.has(dst) {
-            t.write_plain(dst, &io.buf_mut(b)[..n as usize]);
+            t.write_plain(dst, &io.bytes_mut(b)[..n as usize]);
             io.release(b);
         } else {
             self.dirs[side.idx()].push(b, n);
@@ -751,7 +800,7 @@ impl Conn {
                     starve(d, cx, slot, from);
                     break;
                 };
-                let n = t.write_tls(dst, io.buf_mut(b));
+                let n = t.write_tls(dst, io.bytes_mut(b));
                 if n == 0 {
                     io.release(b);
                     break;
@@ -766,9 +815,9 @@ impl Conn {
                 starve(d, cx, slot, from);
                 break;
             };
-            match t.read_plain(from, io.buf_mut(b)) {
+            match t.read_plain(from, io.bytes_mut(b)) {
                 Plain::Data(n) if t.has(dst) => {
-                    t.write_plain(dst, &io.buf_mut(b)[..n]);
+                    t.write_plain(dst, &io.bytes_mut(b)[..n]);
                     io.release(b);
                 }
                 Plain::Data(n) => d.push(b, n as u32),

@@ -308,11 +308,80 @@ pub enum Action {
     },
 }
 
+/// How an added header combines with one the message already has (Envoy's
+/// `append_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Append {
+    /// `APPEND_IF_EXISTS_OR_ADD` (default): one more header line.
+    Append,
+    /// `ADD_IF_ABSENT`.
+    IfAbsent,
+    /// `OVERWRITE_IF_EXISTS_OR_ADD`: existing lines of that name are dropped.
+    Overwrite,
+}
+
+/// Header edits of one level (route or virtual host), compiled.
+#[derive(Debug, Default)]
+pub struct HeaderOps {
+    pub add: Box<[(Box<str>, Box<[u8]>, Append)]>,
+    /// Lowercase names.
+    pub remove: Box<[Box<str>]>,
+}
+
+impl HeaderOps {
+    fn compile(
+        add: &[crate::config::http::HeaderValueOption],
+        remove: &[String],
+    ) -> Result<HeaderOps, String> {
+        let add = add
+            .iter()
+            .map(|h| {
+                let a = match h.append_action.as_deref() {
+                    None | Some("APPEND_IF_EXISTS_OR_ADD") => Append::Append,
+                    Some("ADD_IF_ABSENT") => Append::IfAbsent,
+                    Some("OVERWRITE_IF_EXISTS_OR_ADD") => Append::Overwrite,
+                    Some(x) => return Err(format!("unsupported append_action `{x}`")),
+                };
+                Ok((
+                    h.header.key.to_ascii_lowercase().into(),
+                    h.header.value.as_bytes().into(),
+                    a,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(HeaderOps {
+            add,
+            remove: remove
+                .iter()
+                .map(|r| r.to_ascii_lowercase().into())
+                .collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Whether a header of this name is dropped (removed, or overwritten).
+    #[inline]
+    pub fn drops(&self, name: &str) -> bool {
+        self.remove.iter().any(|r| name.eq_ignore_ascii_case(r))
+            || self
+                .add
+                .iter()
+                .any(|(n, _, a)| *a == Append::Overwrite && name.eq_ignore_ascii_case(n))
+    }
+}
+
 #[derive(Debug)]
 pub struct HttpRoute {
     pub name: Option<Box<str>>,
     matcher: Matcher,
     pub action: Action,
+    /// Position in its virtual host's `routes`.
+    pub index: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
 }
 
 impl HttpRoute {
@@ -320,11 +389,24 @@ impl HttpRoute {
     pub fn matches(&self, req: &RequestView) -> bool {
         self.matcher.matches(req)
     }
+
+    /// The path prefix this route matches on, if it is a prefix route (what a
+    /// `prefix_rewrite` replaces).
+    pub fn path_prefix(&self) -> Option<&[u8]> {
+        match &self.matcher.path {
+            PathCond::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct VHost {
     pub name: Box<str>,
+    /// Position in [`HttpRoutes::vhosts`].
+    pub index: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
     pub routes: Box<[HttpRoute]>,
     /// Route indices by literal first path segment; each list ascending.
     by_segment: HashMap<Box<[u8]>, Box<[u32]>>,
@@ -486,9 +568,10 @@ pub fn compile(
                 out.exact.entry(d.into_bytes().into()).or_insert(vi);
             }
         }
-        compiled.push(
-            compile_vhost(vh, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?,
-        );
+        let mut c =
+            compile_vhost(vh, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
+        c.index = vi;
+        compiled.push(c);
     }
     suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
     prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
@@ -622,10 +705,30 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
             name: r.name.as_deref().map(Into::into),
             matcher,
             action,
+            index: i as u32,
+            request_headers: HeaderOps::compile(
+                &r.request_headers_to_add,
+                &r.request_headers_to_remove,
+            )
+            .map_err(|e| format!("route {i}: {e}"))?,
+            response_headers: HeaderOps::compile(
+                &r.response_headers_to_add,
+                &r.response_headers_to_remove,
+            )
+            .map_err(|e| format!("route {i}: {e}"))?,
         });
     }
     Ok(VHost {
         name: vh.name.as_str().into(),
+        index: 0,
+        request_headers: HeaderOps::compile(
+            &vh.request_headers_to_add,
+            &vh.request_headers_to_remove,
+        )?,
+        response_headers: HeaderOps::compile(
+            &vh.response_headers_to_add,
+            &vh.response_headers_to_remove,
+        )?,
         routes: routes.into(),
         by_segment: by_segment.into_iter().map(|(k, v)| (k, v.into())).collect(),
         any_segment: any_segment.into(),

@@ -1,0 +1,2181 @@
+//! One HTTP/1.1 client connection: an engine-agnostic state machine driven by
+//! completions, like the L4 relay ([`crate::proxy::l4::tcp`]).
+//!
+//! Owns the client socket, at most one upstream socket (kept between requests when the
+//! upstream allows keep-alive and the next request goes to the same cluster), and the
+//! pool buffers in flight. Requests are served one at a time in arrival order, so
+//! pipelined requests are answered in order: the next head is parsed only once the
+//! previous response has been queued whole.
+//!
+//! Invariants:
+//! - **Bounded memory.** Each direction queues at most [`OUTQ`] buffers; a receive is
+//!   armed only with room for it, so bodies stream and a slow reader stops the other
+//!   side. A head split across receives is gathered in a per-connection buffer capped at
+//!   [`MAX_HEAD`] (the only allocation, on that rare path, kept for the connection).
+//! - **Zero copy for bodies.** Body bytes are sent from the buffer they were received
+//!   in; only a buffer shared by two messages (pipelining) has its first part copied.
+//! - **Framing is ours.** Bodies are delimited by the validated framing of
+//!   [`codec`](super::codec): bytes past the end of a response are dropped and the
+//!   upstream connection is not reused.
+//! - Between exchanges nothing is in flight on the upstream socket, so it can be dropped
+//!   or reused at once; a slot is freed only when nothing is in flight at all.
+//!
+//! Never blocks. Allocates per connection only (counter `Arc`s, the head buffer when a
+//! head is split); per request only a route-table `Arc` clone when the table changed.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::SockRef;
+
+use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use crate::proxy::l4::tcp::BUF_SIZE;
+use crate::proxy::l4::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
+use crate::route::RouteTable;
+use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+
+/// Buffers queued per direction.
+pub const OUTQ: usize = 8;
+/// Free queue entries needed before a receive is armed: the received buffer plus a
+/// copied slice.
+const RECV_ROOM: usize = 2;
+/// Envoy's default route timeout.
+const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
+const ETIMEDOUT: i32 = libc::ETIMEDOUT;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Free,
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Forwarding a request and its response.
+    Exchange,
+    /// Flushing a response (local, or the end of an exchange); then the next request,
+    /// or close when the connection does not persist.
+    Flush,
+    /// `Connection: upgrade` accepted with a 101: bytes relayed both ways.
+    Tunnel,
+    /// Waiting to send a request again (retry back-off, and cancellations on the
+    /// abandoned upstream socket).
+    Backoff,
+    /// Waiting for operations in flight before freeing the slot.
+    Closing,
+}
+
+/// What remains of a body.
+#[derive(Debug, Clone, Copy)]
+enum Left {
+    Done,
+    Len(u64),
+    Chunked(ChunkDecoder),
+    UntilClose,
+}
+
+impl Left {
+    fn of(b: Body) -> Left {
+        match b {
+            Body::None => Left::Done,
+            Body::Length(n) => Left::Len(n),
+            Body::Chunked => Left::Chunked(ChunkDecoder::default()),
+            Body::UntilClose => Left::UntilClose,
+        }
+    }
+
+    fn done(&self) -> bool {
+        matches!(self, Left::Done)
+    }
+
+    /// How many bytes of `data` belong to this body; becomes `Done` at its end.
+    fn feed(&mut self, data: &[u8], limit: u64) -> Result<usize, HttpError> {
+        match self {
+            Left::Done => Ok(0),
+            Left::Len(n) => {
+                let k = (*n).min(data.len() as u64);
+                *n -= k;
+                if *n == 0 {
+                    *self = Left::Done;
+                }
+                Ok(k as usize)
+            }
+            Left::Chunked(d) => {
+                let k = d.feed(data, limit)?;
+                if d.done() {
+                    *self = Left::Done;
+                }
+                Ok(k)
+            }
+            Left::UntilClose => Ok(data.len()),
+        }
+    }
+}
+
+/// Buffer slices waiting to be sent to one side, in order; one send in flight.
+#[derive(Debug, Default)]
+struct OutQ {
+    bufs: [BufId; OUTQ],
+    offs: [u32; OUTQ],
+    lens: [u32; OUTQ],
+    head: u8,
+    count: u8,
+    inflight: bool,
+}
+
+impl OutQ {
+    #[inline]
+    fn room(&self) -> usize {
+        OUTQ - self.count as usize
+    }
+
+    #[inline]
+    fn push(&mut self, b: BufId, off: u32, len: u32) {
+        debug_assert!((self.count as usize) < OUTQ);
+        let i = (self.head as usize + self.count as usize) % OUTQ;
+        self.bufs[i] = b;
+        self.offs[i] = off;
+        self.lens[i] = len;
+        self.count += 1;
+    }
+
+    #[inline]
+    fn front(&self) -> (BufId, u32, u32) {
+        let h = self.head as usize;
+        (self.bufs[h], self.offs[h], self.lens[h])
+    }
+
+    /// `n` bytes of the front went out; returns the buffer when it is done.
+    #[inline]
+    fn advance(&mut self, n: u32) -> Option<BufId> {
+        let h = self.head as usize;
+        let n = n.min(self.lens[h]);
+        self.offs[h] += n;
+        self.lens[h] -= n;
+        if self.lens[h] > 0 {
+            return None;
+        }
+        self.head = ((h + 1) % OUTQ) as u8;
+        self.count -= 1;
+        Some(self.bufs[h])
+    }
+
+    #[inline]
+    fn idle(&self) -> bool {
+        self.count == 0 && !self.inflight
+    }
+
+    fn release_all(&mut self, io: &mut impl Io) {
+        while self.count > 0 {
+            let h = self.head as usize;
+            self.lens[h] = 0;
+            if let Some(b) = self.advance(0) {
+                io.release(b);
+            }
+        }
+    }
+}
+
+/// Fills write buffers and queues them; a head spans several buffers if it must.
+struct Writer {
+    cur: Option<BufId>,
+    used: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NoRoom;
+
+impl Writer {
+    fn new() -> Writer {
+        Writer { cur: None, used: 0 }
+    }
+
+    fn put(&mut self, q: &mut OutQ, io: &mut impl Io, mut bytes: &[u8]) -> Result<(), NoRoom> {
+        while !bytes.is_empty() {
+            let b = match self.cur {
+                Some(b) => b,
+                None => {
+                    // Keep one queue entry for the body slice that follows the head.
+                    if q.room() <= 1 {
+                        return Err(NoRoom);
+                    }
+                    let b = io.take().ok_or(NoRoom)?;
+                    self.cur = Some(b);
+                    self.used = 0;
+                    b
+                }
+            };
+            let n = (BUF_SIZE - self.used).min(bytes.len());
+            io.bytes_mut(b)[self.used..self.used + n].copy_from_slice(&bytes[..n]);
+            self.used += n;
+            bytes = &bytes[n..];
+            if self.used == BUF_SIZE {
+                q.push(b, 0, BUF_SIZE as u32);
+                self.cur = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn num(&mut self, q: &mut OutQ, io: &mut impl Io, n: u64) -> Result<(), NoRoom> {
+        let mut d = [0u8; 20];
+        let mut i = d.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            d[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(q, io, &d[i..])
+    }
+
+    fn header(
+        &mut self,
+        q: &mut OutQ,
+        io: &mut impl Io,
+        name: &[u8],
+        value: &[u8],
+    ) -> Result<(), NoRoom> {
+        self.put(q, io, name)?;
+        self.put(q, io, b": ")?;
+        self.put(q, io, value)?;
+        self.put(q, io, b"\r\n")
+    }
+
+    /// Queue the partly filled buffer.
+    fn finish(self, q: &mut OutQ, io: &mut impl Io) {
+        if let Some(b) = self.cur {
+            if self.used > 0 {
+                q.push(b, 0, self.used as u32);
+            } else {
+                io.release(b);
+            }
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards. `Transfer-Encoding`
+/// is not among them here: bodies are forwarded with their framing unchanged.
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Whether a `Connection` header of `headers` names `name` (those are hop-by-hop too).
+fn connection_listed(headers: &[httparse::Header], name: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| codec::has_token(h.value, name))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Whether the first bytes of a connection look like an HTTP/1.x request (sniffing):
+/// a method of up to 16 uppercase letters and a space. A TLS ClientHello (0x16 …), the
+/// HTTP/2 preface (`PRI * HTTP/2.0`) and other protocols (`SSH-2.0-…`) do not. Bytes that
+/// end inside a plausible method count as HTTP.
+pub fn looks_like_http1(data: &[u8]) -> bool {
+    const H2: &[u8] = b"PRI * HTTP/2.0\r\n";
+    let n = data.len().min(H2.len());
+    if n >= 3 && data[..n] == H2[..n] {
+        return false;
+    }
+    let skip = data
+        .iter()
+        .take(4)
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    let rest = &data[skip..];
+    let letters = rest.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if letters == 0 || letters > 16 {
+        return false;
+    }
+    match rest.get(letters) {
+        None => true,
+        Some(&b) => b == b' ',
+    }
+}
+
+/// What sniffing decided for a connection's first bytes: relay them as opaque TCP.
+pub struct Fallback {
+    pub fd: OwnedFd,
+    pub data: Option<(BufId, u32, u32)>,
+    pub listener: usize,
+    pub table: Arc<RouteTable>,
+}
+
+/// One HTTP client connection.
+#[derive(Debug)]
+pub struct Conn {
+    phase: Phase,
+    pub gen: u16,
+    /// Position in the worker's list of open connections.
+    pub pos: u32,
+    fds: [Option<OwnedFd>; 2],
+    recv_armed: [bool; 2],
+    starved: [bool; 2],
+    eof: [bool; 2],
+    shut: [bool; 2],
+    /// Close this side with an RST.
+    reset: [bool; 2],
+    /// By source side: `out[Down]` goes to the upstream, `out[Up]` to the client.
+    out: [OutQ; 2],
+    /// Received bytes not yet processed, by side: (buffer, offset, length).
+    pend: [Option<(BufId, u32, u32)>; 2],
+    /// A head split across receives (rare; see the module doc).
+    acc: Vec<u8>,
+    req: Left,
+    resp: Left,
+    connect_inflight: bool,
+    connected: bool,
+    timed_out: bool,
+    /// Waiting for the upstream's response head.
+    awaiting_head: bool,
+    /// The client connection persists after this exchange.
+    keep_alive: bool,
+    client_minor: u8,
+    head_req: bool,
+    upgrade_req: bool,
+    /// Bytes of the current request head have arrived.
+    got_bytes: bool,
+    up_reusable: bool,
+    /// Sniffing decided opaque TCP; the worker hands the socket to the L4 relay.
+    fallback: bool,
+    attempt: u8,
+    served: u32,
+    /// The route of the current exchange: (virtual host, route) indices in the
+    /// listener's table, for its response header edits.
+    route_ref: Option<(u32, u32)>,
+    /// The route's retry policy for the current request.
+    retry: Option<Retry>,
+    /// The upstream request kept for retries: head (without the attempt header) then
+    /// body; capacity kept for the connection.
+    replay: Vec<u8>,
+    replay_head: usize,
+    replayable: bool,
+    /// Attempts made for the current request (1 = the first).
+    tries: u32,
+    try_deadline_ms: u64,
+    retry_at_ms: u64,
+    /// The current request is counted active on its cluster (`rq_total` − `rq_done`).
+    rq_open: bool,
+    /// Requests sent on the current upstream connection.
+    up_requests: u32,
+    listener: u32,
+    cluster: u32,
+    first_endpoint: u32,
+    /// Table generation the upstream socket's cluster index belongs to.
+    up_generation: u64,
+    head_deadline_ms: u64,
+    route_deadline_ms: u64,
+    connect_deadline_ms: u64,
+    last_ms: u64,
+    idle_ms: u64,
+    header_ms: u64,
+    max_body: u64,
+    peer: Option<SocketAddr>,
+    table: Option<Arc<RouteTable>>,
+    lstats: Option<Arc<ListenerStats>>,
+    cstats: Option<Arc<UpstreamStats>>,
+    estats: Option<Arc<UpstreamStats>>,
+}
+
+impl Default for Conn {
+    fn default() -> Self {
+        Conn {
+            phase: Phase::Free,
+            gen: 0,
+            pos: 0,
+            fds: [None, None],
+            recv_armed: [false; 2],
+            starved: [false; 2],
+            eof: [false; 2],
+            shut: [false; 2],
+            reset: [false; 2],
+            out: Default::default(),
+            pend: [None; 2],
+            acc: Vec::new(),
+            req: Left::Done,
+            resp: Left::Done,
+            connect_inflight: false,
+            connected: false,
+            timed_out: false,
+            awaiting_head: false,
+            keep_alive: true,
+            client_minor: 1,
+            head_req: false,
+            upgrade_req: false,
+            got_bytes: false,
+            up_reusable: false,
+            fallback: false,
+            attempt: 0,
+            served: 0,
+            route_ref: None,
+            retry: None,
+            replay: Vec::new(),
+            replay_head: 0,
+            replayable: false,
+            tries: 0,
+            try_deadline_ms: 0,
+            retry_at_ms: 0,
+            rq_open: false,
+            up_requests: 0,
+            listener: 0,
+            cluster: 0,
+            first_endpoint: 0,
+            up_generation: 0,
+            head_deadline_ms: 0,
+            route_deadline_ms: 0,
+            connect_deadline_ms: 0,
+            last_ms: 0,
+            idle_ms: 0,
+            header_ms: 0,
+            max_body: 0,
+            peer: None,
+            table: None,
+            lstats: None,
+            cstats: None,
+            estats: None,
+        }
+    }
+}
+
+/// How an exchange failed, and what the client gets.
+#[derive(Debug, Clone, Copy)]
+enum Fail {
+    /// Answer with this status (when no response byte went out yet, and no retry
+    /// applies), then close.
+    Status(u16, L, &'static str, Cause),
+    /// The response's status asks for a retry and one is allowed.
+    Retry,
+    /// Close now, with an RST to the client.
+    Reset,
+}
+
+/// Which `retry_on` condition a failure falls under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    None,
+    Connect,
+    Reset,
+    Gateway,
+    PerTry,
+}
+
+/// Largest request (head and body) kept to be sent again by a retry; a request whose
+/// body runs past it is not retried.
+const REPLAY_CAP: usize = 48 * 1024;
+/// The attempt header, written last in a head; a replay re-renders it.
+const ATTEMPT_HEADER: &[u8] = b"x-tickmesh-attempt-count: ";
+
+impl Conn {
+    pub fn is_free(&self) -> bool {
+        self.phase == Phase::Free
+    }
+
+    fn me(&self, slot: u32) -> ConnRef {
+        ConnRef {
+            slot,
+            gen: self.gen,
+        }
+    }
+
+    fn raw(&self, s: Side) -> RawFd {
+        self.fds[s.idx()].as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    #[inline]
+    fn lcount(&self, worker: usize, k: L, n: u64) {
+        if let Some(s) = &self.lstats {
+            s.add(worker, k, n);
+        }
+    }
+
+    #[inline]
+    fn ucount(&self, worker: usize, k: U, n: u64) {
+        if let Some(s) = &self.estats {
+            s.add(worker, k, n);
+        }
+        if let Some(s) = &self.cstats {
+            s.add(worker, k, n);
+        }
+    }
+
+    /// Take over an accepted client socket on `http` listener `listener`.
+    pub fn open(
+        &mut self,
+        slot: u32,
+        down: OwnedFd,
+        table: &Arc<RouteTable>,
+        listener: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        debug_assert!(self.phase == Phase::Free);
+        let l = &table.listeners[listener];
+        let gen = self.gen;
+        let acc = std::mem::take(&mut self.acc);
+        let replay = std::mem::take(&mut self.replay);
+        *self = Conn {
+            gen,
+            pos: self.pos,
+            acc,
+            replay,
+            phase: Phase::Head,
+            idle_ms: ms(l.idle_timeout),
+            header_ms: ms(l.request_header_timeout),
+            max_body: l.max_request_body,
+            last_ms: cx.now_ms,
+            listener: listener as u32,
+            ..Conn::default()
+        };
+        self.acc.clear();
+        self.head_deadline_ms = cx.now_ms + self.header_ms;
+        // A failure here is not fatal: the connection works, only with Nagle on.
+        let _ = crate::net::set_nodelay(&down);
+        // One getpeername per connection, for X-Forwarded-For.
+        self.peer = crate::net::peer_addr(&down).ok();
+        l.stats.inc(cx.worker, L::CxTotal);
+        self.lstats = Some(l.stats.clone());
+        self.table = Some(table.clone());
+        io.adopt(self.me(slot), down.as_raw_fd());
+        self.fds[Side::Down.idx()] = Some(down);
+        *cx.open += 1;
+        self.drive(slot, cx, io)
+    }
+
+    /// After sniffing chose opaque TCP: the client socket, the bytes read so far and
+    /// the listener, for the L4 relay; this connection is then free (same generation:
+    /// the slot's tenant continues as a TCP relay). Counts stay with the listener.
+    pub fn take_fallback(&mut self, cx: &mut Ctx) -> Option<Fallback> {
+        if !self.fallback {
+            return None;
+        }
+        let fd = self.fds[Side::Down.idx()].take()?;
+        let table = self.table.take()?;
+        let data = self.pend[Side::Down.idx()].take();
+        self.lcount(cx.worker, L::SniffedTcp, 1);
+        // The worker's open count stays: the relay closes (and uncounts) it.
+        let listener = self.listener as usize;
+        self.lstats = None;
+        self.phase = Phase::Free;
+        self.fallback = false;
+        Some(Fallback {
+            fd,
+            data,
+            listener,
+            table,
+        })
+    }
+
+    // === events ===
+
+    /// A receive on `side` finished: `res` bytes in `buf`, 0 at EOF, or `-errno`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_recv(
+        &mut self,
+        slot: u32,
+        side: Side,
+        res: i32,
+        buf: Option<BufId>,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let s = side.idx();
+        self.recv_armed[s] = false;
+        if self.phase == Phase::Closing {
+            if let Some(b) = buf {
+                io.release(b);
+            }
+            return self.close(slot, cx, io);
+        }
+        if res > 0 {
+            let Some(b) = buf else {
+                debug_assert!(false, "receive completed without a buffer");
+                return self.close(slot, cx, io);
+            };
+            let n = res as u32;
+            match side {
+                Side::Down => self.lcount(cx.worker, L::BytesFromDownstream, n.into()),
+                Side::Up => self.ucount(cx.worker, U::BytesReceived, n.into()),
+            }
+            self.last_ms = cx.now_ms;
+            let wanted = matches!(
+                (self.phase, side),
+                (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
+                    | (Phase::Exchange | Phase::Tunnel, Side::Up)
+            );
+            if !wanted || self.pend[s].is_some() {
+                // Late data for a finished exchange (a response failed over to a local
+                // one): dropped, and the connection does not persist.
+                io.release(b);
+                if side == Side::Up {
+                    self.up_reusable = false;
+                }
+                return self.drive(slot, cx, io);
+            }
+            if side == Side::Down && self.phase == Phase::Head && !self.got_bytes {
+                self.got_bytes = true;
+                self.head_deadline_ms = cx.now_ms + self.header_ms;
+            }
+            if !self.acc.is_empty() {
+                // Appending to a split head (rare path).
+                let data = &io.bytes(b)[..n as usize];
+                self.acc.extend_from_slice(data);
+                io.release(b);
+            } else {
+                self.pend[s] = Some((b, 0, n));
+            }
+            return self.drive(slot, cx, io);
+        }
+        if let Some(b) = buf {
+            io.release(b);
+        }
+        if res == -libc::ENOBUFS {
+            self.starved[s] = true;
+            cx.starved.push((slot, side));
+            return Step::Continue;
+        }
+        if res < 0 {
+            match side {
+                Side::Down => self.lcount(cx.worker, L::DownstreamResets, 1),
+                Side::Up => self.ucount(cx.worker, U::UpstreamResets, 1),
+            }
+        }
+        self.eof[s] = true;
+        match (self.phase, side) {
+            (Phase::Tunnel, _) => {
+                if res < 0 {
+                    self.reset[side.other().idx()] = true;
+                    return self.close(slot, cx, io);
+                }
+                self.drive(slot, cx, io)
+            }
+            (Phase::Exchange, Side::Up) => {
+                if matches!(self.resp, Left::UntilClose) && res == 0 {
+                    // RFC 9112 §6.3 item 8: the close ends the body.
+                    self.resp = Left::Done;
+                    self.up_reusable = false;
+                    return self.drive(slot, cx, io);
+                }
+                let f = if self.awaiting_head {
+                    Fail::Status(
+                        502,
+                        L::HttpBadGateway,
+                        "upstream closed before responding\n",
+                        Cause::Reset,
+                    )
+                } else {
+                    Fail::Reset
+                };
+                self.fail(slot, f, cx, io)
+            }
+            (_, Side::Up) => {
+                self.up_reusable = false;
+                self.drive(slot, cx, io)
+            }
+            (Phase::Exchange, Side::Down) if !self.req.done() || res < 0 => {
+                // The client went away mid-request.
+                self.reset[Side::Up.idx()] = true;
+                self.close(slot, cx, io)
+            }
+            (_, Side::Down) => {
+                // A client's FIN after a whole request: finish it, then close.
+                self.keep_alive = false;
+                if self.phase == Phase::Head || res < 0 {
+                    return self.close(slot, cx, io);
+                }
+                self.drive(slot, cx, io)
+            }
+        }
+    }
+
+    /// A send of data that came from `from` finished: `res` bytes or `-errno`.
+    pub fn on_send(
+        &mut self,
+        slot: u32,
+        from: Side,
+        res: i32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let q = &mut self.out[from.idx()];
+        q.inflight = false;
+        if self.phase == Phase::Closing {
+            return self.close(slot, cx, io);
+        }
+        if self.phase == Phase::Backoff && from == Side::Down {
+            // The abandoned attempt's request: its queue is rebuilt by the retry.
+            return Step::Continue;
+        }
+        if res < 0 {
+            match from.other() {
+                Side::Down => {
+                    self.lcount(cx.worker, L::DownstreamResets, 1);
+                    self.reset[Side::Up.idx()] = true;
+                    return self.close(slot, cx, io);
+                }
+                Side::Up => {
+                    self.ucount(cx.worker, U::UpstreamResets, 1);
+                    if self.phase == Phase::Exchange {
+                        let f = if self.awaiting_head {
+                            Fail::Status(
+                                502,
+                                L::HttpBadGateway,
+                                "upstream reset the request\n",
+                                Cause::Reset,
+                            )
+                        } else {
+                            Fail::Reset
+                        };
+                        return self.fail(slot, f, cx, io);
+                    }
+                    self.reset[Side::Down.idx()] = true;
+                    return self.close(slot, cx, io);
+                }
+            }
+        }
+        let n = res as u32;
+        match from {
+            Side::Down => self.ucount(cx.worker, U::BytesSent, n.into()),
+            Side::Up => self.lcount(cx.worker, L::BytesToDownstream, n.into()),
+        }
+        self.last_ms = cx.now_ms;
+        if let Some(b) = self.out[from.idx()].advance(n) {
+            io.release(b);
+        }
+        self.drive(slot, cx, io)
+    }
+
+    pub fn on_connect(&mut self, slot: u32, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.connect_inflight = false;
+        if self.phase == Phase::Closing {
+            return self.close(slot, cx, io);
+        }
+        if self.phase != Phase::Exchange {
+            // The exchange already failed over to a local response.
+            self.fds[Side::Up.idx()] = None;
+            return self.drive(slot, cx, io);
+        }
+        if res < 0 {
+            let what = if self.timed_out || res == -ETIMEDOUT {
+                U::ConnectTimeout
+            } else {
+                U::ConnectFail
+            };
+            self.ucount(cx.worker, what, 1);
+            self.ucount(cx.worker, U::CxClosed, 1);
+            self.estats = None;
+            self.fds[Side::Up.idx()] = None;
+            self.attempt = self.attempt.saturating_add(1);
+            return self.connect_next(slot, cx, io);
+        }
+        self.connected = true;
+        self.last_ms = cx.now_ms;
+        self.drive(slot, cx, io)
+    }
+
+    /// Retry a receive that found the pool empty.
+    pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.starved[side.idx()] = false;
+        if self.phase == Phase::Free {
+            return Step::Continue;
+        }
+        self.drive(slot, cx, io)
+    }
+
+    /// Timeouts: request head, connect, route, idle.
+    pub fn on_tick(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let now = cx.now_ms;
+        match self.phase {
+            Phase::Head => {
+                let has_bytes = self.got_bytes || self.pend[0].is_some() || !self.acc.is_empty();
+                if has_bytes && now >= self.head_deadline_ms {
+                    self.lcount(cx.worker, L::HttpHeaderTimeout, 1);
+                    self.keep_alive = false;
+                    return self.respond(slot, 408, b"request header timeout\n", cx, io);
+                }
+                let idle_deadline = if self.served == 0 {
+                    self.head_deadline_ms
+                } else {
+                    self.last_ms + self.idle_ms
+                };
+                if !has_bytes && now >= idle_deadline {
+                    self.lcount(cx.worker, L::IdleTimeouts, 1);
+                    return self.close(slot, cx, io);
+                }
+                Step::Continue
+            }
+            Phase::Exchange => {
+                if self.connect_inflight && !self.timed_out && now >= self.connect_deadline_ms {
+                    self.timed_out = true;
+                    let fd = self.raw(Side::Up);
+                    if io.cancel_connect(self.me(slot), fd) {
+                        return self.on_connect(slot, -ETIMEDOUT, cx, io);
+                    }
+                    return Step::Continue;
+                }
+                if self.try_deadline_ms > 0 && now >= self.try_deadline_ms && self.awaiting_head {
+                    self.try_deadline_ms = 0;
+                    let f = Fail::Status(
+                        504,
+                        L::HttpUpstreamTimeout,
+                        "upstream per-try timeout\n",
+                        Cause::PerTry,
+                    );
+                    return self.fail(slot, f, cx, io);
+                }
+                if self.route_deadline_ms > 0 && now >= self.route_deadline_ms {
+                    let f = if self.awaiting_head {
+                        Fail::Status(
+                            504,
+                            L::HttpUpstreamTimeout,
+                            "upstream request timeout\n",
+                            Cause::None,
+                        )
+                    } else {
+                        self.lcount(cx.worker, L::HttpUpstreamTimeout, 1);
+                        Fail::Reset
+                    };
+                    return self.fail(slot, f, cx, io);
+                }
+                if now.saturating_sub(self.last_ms) >= self.idle_ms {
+                    self.lcount(cx.worker, L::IdleTimeouts, 1);
+                    return self.close(slot, cx, io);
+                }
+                Step::Continue
+            }
+            Phase::Backoff => {
+                if self.route_deadline_ms > 0 && now >= self.route_deadline_ms {
+                    self.lcount(cx.worker, L::HttpUpstreamTimeout, 1);
+                    self.keep_alive = false;
+                    self.awaiting_head = false;
+                    return self.respond(slot, 504, b"upstream request timeout\n", cx, io);
+                }
+                let up_busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+                if now >= self.retry_at_ms && !up_busy {
+                    return self.start_retry(slot, cx, io);
+                }
+                Step::Continue
+            }
+            Phase::Flush | Phase::Tunnel if now.saturating_sub(self.last_ms) >= self.idle_ms => {
+                self.lcount(cx.worker, L::IdleTimeouts, 1);
+                self.close(slot, cx, io)
+            }
+            _ => Step::Continue,
+        }
+    }
+
+    /// Close now (shutdown deadline); in-flight operations are cancelled.
+    pub fn abort(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase == Phase::Free {
+            return Step::Free;
+        }
+        self.close(slot, cx, io)
+    }
+
+    // === progress ===
+
+    /// Make every step the current state allows: process received bytes, start sends,
+    /// arm receives, move between phases.
+    fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        // Bounded: each turn either changes phase or stops; pipelined requests already
+        // received are served one per exchange, and an exchange waits for I/O.
+        for _ in 0..64 {
+            let before = self.phase;
+            let step = match self.phase {
+                Phase::Head => self.drive_head(slot, cx, io),
+                Phase::Exchange => self.drive_exchange(slot, cx, io),
+                Phase::Flush => self.drive_flush(slot, cx, io),
+                Phase::Tunnel => self.drive_tunnel(slot, cx, io),
+                Phase::Backoff => Step::Continue,
+                Phase::Closing => return self.close(slot, cx, io),
+                Phase::Free => return Step::Free,
+            };
+            if step == Step::Free || self.phase == Phase::Free {
+                return Step::Free;
+            }
+            if self.phase == before || self.fallback {
+                return Step::Continue;
+            }
+        }
+        Step::Continue
+    }
+
+    fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+        let s = side.idx();
+        if self.recv_armed[s] || self.eof[s] || self.starved[s] || self.pend[s].is_some() {
+            return;
+        }
+        let fd = self.raw(side);
+        if fd < 0 {
+            return;
+        }
+        self.recv_armed[s] = true;
+        io.recv(self.me(slot), side, fd);
+    }
+
+    fn send_front(&mut self, slot: u32, from: Side, io: &mut impl Io) {
+        let to = from.other();
+        if to == Side::Up && !self.connected {
+            return;
+        }
+        let fd = self.raw(to);
+        let me = self.me(slot);
+        let q = &mut self.out[from.idx()];
+        if q.inflight || q.count == 0 || fd < 0 {
+            return;
+        }
+        let (b, off, len) = q.front();
+        q.inflight = true;
+        io.send(me, from, fd, b, off, len);
+    }
+
+    fn drive_head(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !self.out[Side::Up.idx()].idle() {
+            // The previous response is still going out; its queue is ours to reuse only
+            // once empty (keeps local responses and heads from interleaving).
+            self.send_front(slot, Side::Up, io);
+            return Step::Continue;
+        }
+        match self.take_head(Side::Down, cx, io) {
+            Ok(true) => {
+                let scratch = std::mem::take(cx.scratch);
+                let step = self.start_request(slot, &scratch, cx, io);
+                *cx.scratch = scratch;
+                step
+            }
+            Ok(false) => {
+                if !self.fallback {
+                    self.arm_recv(slot, Side::Down, io);
+                }
+                Step::Continue
+            }
+            Err(e) => self.bad_request(slot, e, cx, io),
+        }
+    }
+
+    fn bad_request(&mut self, slot: u32, e: HttpError, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.lcount(cx.worker, L::HttpBadRequest, 1);
+        self.keep_alive = false;
+        self.req = Left::Done;
+        let body: &[u8] = match e {
+            HttpError::BadRequestLine => b"malformed request line\n",
+            HttpError::BadHeader => b"invalid header bytes\n",
+            HttpError::HeadTooLarge => b"header section too large\n",
+            HttpError::LengthAndChunked => b"both Content-Length and Transfer-Encoding\n",
+            HttpError::BadContentLength => b"invalid or conflicting Content-Length\n",
+            HttpError::BadTransferEncoding => b"unsupported Transfer-Encoding\n",
+            HttpError::BadChunk => b"invalid chunk size\n",
+            HttpError::BodyTooLarge => b"request body over the limit\n",
+            _ => b"bad request\n",
+        };
+        self.respond(slot, e.status(), body, cx, io)
+    }
+
+    /// Find a complete head at the start of `side`'s pending bytes and copy it into the
+    /// worker scratch. `Ok(false)`: need more bytes.
+    fn take_head(&mut self, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Result<bool, HttpError> {
+        let s = side.idx();
+        if !self.acc.is_empty() {
+            return self.take_head_acc(side, cx, io);
+        }
+        let Some((b, off, len)) = self.pend[s] else {
+            return Ok(false);
+        };
+        let data = &io.bytes(b)[off as usize..(off + len) as usize];
+        if side == Side::Down && self.served == 0 && off == 0 && !looks_like_http1(data) {
+            let has_fallback = self
+                .table
+                .as_ref()
+                .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
+            if has_fallback {
+                self.fallback = true;
+                return Ok(false);
+            }
+            return Err(HttpError::BadRequestLine);
+        }
+        match head_end(data) {
+            Some(end) => {
+                cx.scratch.clear();
+                cx.scratch.extend_from_slice(&data[..end]);
+                self.consume(side, end as u32, io);
+                Ok(true)
+            }
+            None => {
+                // Refuse what is already wrong (HTTP/0.9, garbage) without waiting.
+                check_partial(side, data)?;
+                // Rare path: gather the head across receives.
+                self.acc.reserve(BUF_SIZE);
+                self.acc.extend_from_slice(data);
+                io.release(b);
+                self.pend[s] = None;
+                Ok(false)
+            }
+        }
+    }
+
+    fn take_head_acc(
+        &mut self,
+        side: Side,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Result<bool, HttpError> {
+        match head_end(&self.acc) {
+            Some(end) => {
+                cx.scratch.clear();
+                cx.scratch.extend_from_slice(&self.acc[..end]);
+                let rest = self.acc.len() - end;
+                if rest > 0 {
+                    // At most one receive's worth follows the head: it fits a buffer.
+                    let Some(b) = io.take() else {
+                        return Err(HttpError::HeadTooLarge);
+                    };
+                    let n = rest.min(BUF_SIZE);
+                    io.bytes_mut(b)[..n].copy_from_slice(&self.acc[end..end + n]);
+                    self.pend[side.idx()] = Some((b, 0, n as u32));
+                }
+                self.acc.clear();
+                Ok(true)
+            }
+            None => {
+                if self.acc.len() >= MAX_HEAD {
+                    return Err(if side == Side::Down {
+                        HttpError::HeadTooLarge
+                    } else {
+                        HttpError::BadResponse
+                    });
+                }
+                check_partial(side, &self.acc)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drop the first `n` pending bytes of `side`.
+    fn consume(&mut self, side: Side, n: u32, io: &mut impl Io) {
+        let s = side.idx();
+        if let Some((b, off, len)) = self.pend[s] {
+            if n >= len {
+                io.release(b);
+                self.pend[s] = None;
+            } else {
+                self.pend[s] = Some((b, off + n, len - n));
+            }
+        }
+    }
+
+    /// A complete request head is in `head`: route it and act.
+    fn start_request(&mut self, slot: u32, head: &[u8], cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let req = match codec::parse_request(head, &mut hs) {
+            Ok(Some(r)) => r,
+            Ok(None) => return self.bad_request(slot, HttpError::BadRequestLine, cx, io),
+            Err(e) => return self.bad_request(slot, e, cx, io),
+        };
+        self.lcount(cx.worker, L::HttpRqTotal, 1);
+        self.got_bytes = false;
+        self.served = self.served.saturating_add(1);
+        self.client_minor = req.repr.minor;
+        self.keep_alive = req.repr.keep_alive;
+        self.head_req = req.method == "HEAD";
+        self.upgrade_req = req.repr.upgrade;
+        self.req = Left::of(req.repr.body);
+        if let Body::Length(n) = req.repr.body {
+            if n > self.max_body {
+                return self.bad_request(slot, HttpError::BodyTooLarge, cx, io);
+            }
+        }
+        self.pick_up_table(cx);
+        // Request target: origin form, or absolute form (RFC 9112 §3.2.2).
+        let target = req.target.as_bytes();
+        let (authority, path_query): (Option<&[u8]>, &[u8]) = if target.starts_with(b"/") {
+            (None, target)
+        } else if let Some(rest) = target
+            .strip_prefix(b"http://")
+            .or_else(|| target.strip_prefix(b"https://"))
+        {
+            let i = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            (
+                Some(&rest[..i]),
+                if i < rest.len() { &rest[i..] } else { b"/" },
+            )
+        } else if target == b"*" {
+            (None, target)
+        } else {
+            return self.bad_request(slot, HttpError::BadRequestLine, cx, io);
+        };
+        let host = match (authority, req.header("host")) {
+            (Some(a), _) => a,
+            (None, Some(h)) => h,
+            // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+            (None, None) if req.repr.minor == 1 => {
+                return self.bad_request(slot, HttpError::BadHeader, cx, io)
+            }
+            (None, None) => b"",
+        };
+        let (path, query) = match path_query.iter().position(|&b| b == b'?') {
+            Some(i) => (&path_query[..i], &path_query[i + 1..]),
+            None => (path_query, &path_query[path_query.len()..]),
+        };
+        let view = RequestView {
+            method: req.method.as_bytes(),
+            path,
+            query,
+            host,
+            headers: req.headers,
+        };
+        let Some(table) = self.table.clone() else {
+            return self.close(slot, cx, io);
+        };
+        let le = &table.listeners[self.listener as usize];
+        let routed = le.http.as_ref().and_then(|h| h.route(&view));
+        let Some((vh, route)) = routed else {
+            self.lcount(cx.worker, L::HttpNoRoute, 1);
+            return self.respond(slot, 404, b"no route\n", cx, io);
+        };
+        match &route.action {
+            Action::Direct { status, body } => self.respond(slot, *status, body, cx, io),
+            Action::Redirect {
+                status,
+                host: h,
+                path: p,
+            } => {
+                let host = h.as_deref().map_or(host, str::as_bytes);
+                let path = p.as_deref().map_or(path_query, str::as_bytes);
+                self.redirect(slot, *status, host, path, cx, io)
+            }
+            Action::Forward {
+                target,
+                timeout,
+                prefix_rewrite,
+                retry,
+                ..
+            } => {
+                let cluster = target.pick(cx.lb.next_u32());
+                let cl = &table.clusters[cluster as usize];
+                if cl.endpoints.is_empty() {
+                    self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
+                    return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
+                }
+                let path_out: (&[u8], &[u8]) = match (prefix_rewrite, route.path_prefix()) {
+                    (Some(rw), Some(pre)) if path_query.len() >= pre.len() => {
+                        (rw, &path_query[pre.len()..])
+                    }
+                    _ => (path_query, b""),
+                };
+                let request_id = if req.header("x-request-id").is_none() {
+                    Some(new_request_id(cx))
+                } else {
+                    None
+                };
+                self.route_ref = Some((vh.index, route.index));
+                self.retry = retry.clone();
+                self.tries = 1;
+                self.try_deadline_ms = retry
+                    .as_ref()
+                    .and_then(|r| r.per_try_timeout)
+                    .map_or(0, |t| cx.now_ms + ms(t));
+                let written = self.write_request_head(
+                    &req,
+                    path_out,
+                    request_id.as_ref().map(|x| &x[..]),
+                    [&route.request_headers, &vh.request_headers],
+                    retry.is_some().then_some(1),
+                    io,
+                );
+                if written.is_err() {
+                    return self.bad_request(slot, HttpError::HeadTooLarge, cx, io);
+                }
+                if retry.is_some() {
+                    self.keep_for_replay(io);
+                }
+                let route_ms = timeout.map_or(DEFAULT_ROUTE_TIMEOUT_MS, ms);
+                self.route_deadline_ms = if route_ms == 0 {
+                    0
+                } else {
+                    cx.now_ms + route_ms
+                };
+                self.awaiting_head = true;
+                self.resp = Left::Done;
+                self.phase = Phase::Exchange;
+                // Reuse the kept upstream connection when it serves this cluster.
+                let reuse = self.fds[Side::Up.idx()].is_some()
+                    && self.cluster == cluster
+                    && self.up_generation == table.generation
+                    && self.up_reusable;
+                // Circuit breaking (see `Breakers`): active requests, and connections
+                // when this request needs a new one.
+                let active = cl
+                    .stats
+                    .get(U::RqTotal)
+                    .saturating_sub(cl.stats.get(U::RqDone));
+                let open_cx = cl
+                    .stats
+                    .get(U::CxTotal)
+                    .saturating_sub(cl.stats.get(U::CxClosed));
+                if active >= u64::from(cl.breakers.max_requests)
+                    || (!reuse && open_cx >= u64::from(cl.breakers.max_connections))
+                {
+                    cl.stats.inc(cx.worker, U::RqOverflow);
+                    self.out[Side::Down.idx()].release_all(io);
+                    self.phase = Phase::Head;
+                    self.keep_alive &= self.req.done();
+                    return self.local(slot, 503, b"upstream overloaded\n", None, true, cx, io);
+                }
+                cl.stats.inc(cx.worker, U::RqTotal);
+                self.rq_open = true;
+                if reuse {
+                    self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
+                    self.up_reusable = false;
+                    self.up_requests += 1;
+                    return self.drive_exchange(slot, cx, io);
+                }
+                self.drop_up(cx);
+                self.cluster = cluster;
+                self.up_generation = table.generation;
+                self.cstats = Some(cl.stats.clone());
+                self.attempt = 0;
+                self.up_requests = 1;
+                self.connect_next(slot, cx, io)
+            }
+        }
+    }
+
+    /// Serve requests with the worker's newest table (the listener found by name).
+    fn pick_up_table(&mut self, cx: &mut Ctx) {
+        let Some(cur) = &self.table else { return };
+        if Arc::ptr_eq(cur, cx.table) {
+            return;
+        }
+        let name = &cur.listeners[self.listener as usize].name;
+        if let Some(i) = cx.table.listeners.iter().position(|l| &l.name == name) {
+            self.listener = i as u32;
+            self.table = Some(cx.table.clone());
+        }
+    }
+
+    fn write_request_head(
+        &mut self,
+        req: &codec::Request,
+        path: (&[u8], &[u8]),
+        request_id: Option<&[u8]>,
+        edits: [&HeaderOps; 2],
+        attempt: Option<u32>,
+        io: &mut impl Io,
+    ) -> Result<(), NoRoom> {
+        let q = &mut self.out[Side::Down.idx()];
+        let mut w = Writer::new();
+        let r = (|| {
+            w.put(q, io, req.method.as_bytes())?;
+            w.put(q, io, b" ")?;
+            w.put(q, io, path.0)?;
+            w.put(q, io, path.1)?;
+            w.put(q, io, b" HTTP/1.1\r\n")?;
+            let mut xff: Option<&[u8]> = None;
+            for h in req.headers {
+                let n = h.name;
+                if n.eq_ignore_ascii_case("x-forwarded-for") {
+                    xff = Some(h.value);
+                    continue;
+                }
+                let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
+                if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
+                    || n.eq_ignore_ascii_case("x-forwarded-proto")
+                    || edits.iter().any(|e| e.drops(n))
+                {
+                    continue;
+                }
+                w.header(q, io, n.as_bytes(), h.value)?;
+            }
+            add_headers(&mut w, q, io, edits, req.headers)?;
+            w.put(q, io, b"x-forwarded-for: ")?;
+            if let Some(v) = xff {
+                w.put(q, io, v)?;
+                w.put(q, io, b", ")?;
+            }
+            let mut ip = [0u8; 48];
+            w.put(q, io, ip_text(self.peer, &mut ip))?;
+            w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
+            if let Some(id) = request_id {
+                w.header(q, io, b"x-request-id", id)?;
+            }
+            if self.upgrade_req {
+                w.put(q, io, b"connection: upgrade\r\n")?;
+            }
+            if let Some(n) = attempt {
+                // Last, so a replay can re-render it (see `keep_for_replay`).
+                w.put(q, io, ATTEMPT_HEADER)?;
+                w.num(q, io, n.into())?;
+                w.put(q, io, b"\r\n")?;
+            }
+            w.put(q, io, b"\r\n")
+        })();
+        w.finish(q, io);
+        r
+    }
+
+    /// Start (or continue) connecting upstream: attempt `self.attempt`, the balancer's
+    /// choice first, then the endpoints after it.
+    fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let Some(table) = self.table.clone() else {
+            return self.close(slot, cx, io);
+        };
+        let cl = &table.clusters[self.cluster as usize];
+        let n = cl.endpoints.len() as u32;
+        let max = cl.max_connect_attempts.max(1);
+        while n > 0 && u32::from(self.attempt) < max {
+            let ep = if self.attempt == 0 {
+                let mut scratch = 0;
+                let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
+                let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
+                    break;
+                };
+                self.first_endpoint = first as u32;
+                self.first_endpoint
+            } else {
+                (self.first_endpoint + u32::from(self.attempt)) % n
+            };
+            let e = &cl.endpoints[ep as usize];
+            match crate::net::upstream_tcp_socket(&e.address) {
+                Ok(fd) => {
+                    e.stats.inc(cx.worker, U::CxTotal);
+                    cl.stats.inc(cx.worker, U::CxTotal);
+                    self.estats = Some(e.stats.clone());
+                    io.connect(self.me(slot), fd.as_raw_fd(), e.address);
+                    self.fds[Side::Up.idx()] = Some(fd);
+                    self.connect_inflight = true;
+                    self.connected = false;
+                    self.timed_out = false;
+                    self.eof[Side::Up.idx()] = false;
+                    self.shut[Side::Up.idx()] = false;
+                    self.connect_deadline_ms = cx.now_ms + ms(cl.connect_timeout);
+                    return Step::Continue;
+                }
+                Err(_) => {
+                    e.stats.inc(cx.worker, U::Errors);
+                    cl.stats.inc(cx.worker, U::Errors);
+                    self.attempt = self.attempt.saturating_add(1);
+                }
+            }
+        }
+        self.fail(
+            slot,
+            Fail::Status(
+                503,
+                L::HttpNoHealthyUpstream,
+                "upstream connect error\n",
+                Cause::Connect,
+            ),
+            cx,
+            io,
+        )
+    }
+
+    /// Let go of the kept upstream connection (nothing is in flight on it between
+    /// exchanges).
+    fn drop_up(&mut self, cx: &mut Ctx) {
+        if self.fds[Side::Up.idx()].take().is_some() {
+            self.ucount(cx.worker, U::CxClosed, 1);
+        }
+        self.connected = false;
+        self.up_reusable = false;
+        self.estats = None;
+    }
+
+    fn drive_exchange(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        // Request body: from the client's pending bytes into the upstream queue.
+        if !self.req.done() && self.pend[0].is_some() && self.out[0].room() >= RECV_ROOM {
+            if let Err(e) = self.pump(Side::Down, io) {
+                let f = if self.awaiting_head {
+                    self.keep_alive = false;
+                    self.lcount(cx.worker, L::HttpBadRequest, 1);
+                    Fail::Status(e.status(), L::Errors, e.as_str(), Cause::None)
+                } else {
+                    Fail::Reset
+                };
+                return self.fail(slot, f, cx, io);
+            }
+        }
+        if !self.req.done() && self.out[0].room() >= RECV_ROOM {
+            self.arm_recv(slot, Side::Down, io);
+        }
+        self.send_front(slot, Side::Down, io);
+        if self.connected {
+            // Response: head first, then its body.
+            if self.awaiting_head {
+                match self.take_head(Side::Up, cx, io) {
+                    Ok(true) => {
+                        let scratch = std::mem::take(cx.scratch);
+                        let r = self.start_response(&scratch, cx, io);
+                        *cx.scratch = scratch;
+                        if let Err(f) = r {
+                            return self.fail(slot, f, cx, io);
+                        }
+                        if self.phase != Phase::Exchange {
+                            return Step::Continue;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(_) => {
+                        return self.fail(
+                            slot,
+                            Fail::Status(
+                                502,
+                                L::HttpBadGateway,
+                                "upstream sent garbage\n",
+                                Cause::Gateway,
+                            ),
+                            cx,
+                            io,
+                        )
+                    }
+                }
+            }
+            if !self.awaiting_head && self.pend[1].is_some() && self.out[1].room() >= RECV_ROOM {
+                if self.resp.done() {
+                    // Bytes past the response's end: not reused.
+                    self.up_reusable = false;
+                    self.consume(Side::Up, u32::MAX, io);
+                } else if self.pump(Side::Up, io).is_err() {
+                    return self.fail(slot, Fail::Reset, cx, io);
+                }
+            }
+            let want_resp = self.awaiting_head || !self.resp.done();
+            if want_resp && self.out[1].room() >= RECV_ROOM {
+                self.arm_recv(slot, Side::Up, io);
+            }
+        }
+        self.send_front(slot, Side::Up, io);
+        // The exchange ends when the response is queued whole and the request was sent.
+        if !self.awaiting_head && self.resp.done() {
+            if !self.req.done() {
+                // The upstream answered before the request body ended: finish the
+                // response, then close (the rest of the body is not read).
+                self.rq_end(cx.worker);
+                self.keep_alive = false;
+                self.phase = Phase::Flush;
+                return Step::Continue;
+            }
+            if !self.out[0].idle() {
+                return Step::Continue;
+            }
+            // Nothing is in flight on the upstream now (its receive is armed only
+            // while the response is incomplete): keep it or let it go.
+            self.rq_end(cx.worker);
+            let limit = self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(self.cluster as usize))
+                .map_or(0, |c| c.breakers.max_requests_per_connection);
+            if limit > 0 && self.up_requests >= limit {
+                self.up_reusable = false;
+            }
+            if !self.up_reusable {
+                self.drop_up(cx);
+            }
+            self.route_deadline_ms = 0;
+            self.phase = Phase::Flush;
+        }
+        Step::Continue
+    }
+
+    /// Move body bytes of `side`'s pending buffer into the opposite queue, zero-copy
+    /// when the body takes the rest of the buffer.
+    fn pump(&mut self, side: Side, io: &mut impl Io) -> Result<(), HttpError> {
+        let s = side.idx();
+        let Some((b, off, len)) = self.pend[s] else {
+            return Ok(());
+        };
+        let limit = if side == Side::Down {
+            self.max_body
+        } else {
+            u64::MAX
+        };
+        let data = &io.bytes(b)[off as usize..(off + len) as usize];
+        let body = if side == Side::Down {
+            &mut self.req
+        } else {
+            &mut self.resp
+        };
+        let n = body.feed(data, limit)? as u32;
+        if n == 0 {
+            return Ok(());
+        }
+        if side == Side::Down && self.replayable {
+            if self.replay.len() + n as usize > REPLAY_CAP {
+                // Streamed past the cap: this request is not retried.
+                self.replayable = false;
+            } else {
+                self.replay.extend_from_slice(&data[..n as usize]);
+            }
+        }
+        if n == len {
+            self.out[s].push(b, off, len);
+            self.pend[s] = None;
+        } else {
+            // The buffer holds the next message too: copy this body's part.
+            let Some(w) = io.take() else {
+                return Err(HttpError::BodyTooLarge);
+            };
+            copy_between(io, b, off as usize, w, n as usize);
+            self.out[s].push(w, 0, n);
+            self.pend[s] = Some((b, off + n, len - n));
+        }
+        Ok(())
+    }
+
+    /// A complete response head is in `head`: forward it rewritten.
+    fn start_response(&mut self, head: &[u8], cx: &mut Ctx, io: &mut impl Io) -> Result<(), Fail> {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let res = match codec::parse_response(head, &mut hs, self.head_req) {
+            Ok(Some(r)) => r,
+            _ => {
+                return Err(Fail::Status(
+                    502,
+                    L::HttpBadGateway,
+                    "upstream sent a malformed response\n",
+                    Cause::Gateway,
+                ))
+            }
+        };
+        let informational = (100..200).contains(&res.status);
+        let tunnel = res.status == 101 && self.upgrade_req && res.repr.upgrade;
+        if res.status == 101 && !tunnel {
+            return Err(Fail::Status(
+                502,
+                L::HttpBadGateway,
+                "upstream switched protocols unasked\n",
+                Cause::Gateway,
+            ));
+        }
+        if !informational && self.retry_on_status(res.status) {
+            return Err(Fail::Retry);
+        }
+        if !informational {
+            self.awaiting_head = false;
+            self.resp = Left::of(res.repr.body);
+            self.up_reusable = res.repr.keep_alive && !matches!(res.repr.body, Body::UntilClose);
+            if matches!(res.repr.body, Body::UntilClose) {
+                // Only the close can end this body for the client too.
+                self.keep_alive = false;
+            }
+        }
+        self.count_status(cx.worker, res.status);
+        let keep_alive = self.keep_alive;
+        let minor = self.client_minor;
+        let no_edits = HeaderOps::default();
+        let (route_edits, vh_edits) = match (&self.table, self.route_ref) {
+            (Some(t), Some((vi, ri))) => t.listeners[self.listener as usize]
+                .http
+                .as_ref()
+                .and_then(|h| h.vhosts.get(vi as usize))
+                .and_then(|vh| {
+                    vh.routes
+                        .get(ri as usize)
+                        .map(|r| (&r.response_headers, &vh.response_headers))
+                })
+                .unwrap_or((&no_edits, &no_edits)),
+            _ => (&no_edits, &no_edits),
+        };
+        let edits = [route_edits, vh_edits];
+        let q = &mut self.out[Side::Up.idx()];
+        let mut w = Writer::new();
+        let r = (|| {
+            w.put(q, io, b"HTTP/1.1 ")?;
+            w.num(q, io, res.status.into())?;
+            w.put(q, io, b" ")?;
+            w.put(q, io, reason(res.status).as_bytes())?;
+            w.put(q, io, b"\r\n")?;
+            for h in res.headers {
+                let n = h.name;
+                let keep_upgrade = tunnel && n.eq_ignore_ascii_case("upgrade");
+                if (hop_by_hop(n) || connection_listed(res.headers, n)) && !keep_upgrade
+                    || (!informational && edits.iter().any(|e| e.drops(n)))
+                {
+                    continue;
+                }
+                w.header(q, io, n.as_bytes(), h.value)?;
+            }
+            if !informational {
+                add_headers(&mut w, q, io, edits, res.headers)?;
+            }
+            if tunnel {
+                w.put(q, io, b"connection: upgrade\r\n")?;
+            } else if !informational && !keep_alive {
+                w.put(q, io, b"connection: close\r\n")?;
+            } else if !informational && minor == 0 {
+                w.put(q, io, b"connection: keep-alive\r\n")?;
+            }
+            w.put(q, io, b"\r\n")
+        })();
+        w.finish(q, io);
+        if r.is_err() {
+            return Err(Fail::Status(
+                502,
+                L::HttpBadGateway,
+                "upstream response head too large\n",
+                Cause::Gateway,
+            ));
+        }
+        if tunnel {
+            self.lcount(cx.worker, L::HttpUpgrades, 1);
+            self.route_deadline_ms = 0;
+            self.phase = Phase::Tunnel;
+        }
+        Ok(())
+    }
+
+    // === retries ===
+
+    /// Copy the request head just queued upstream, minus its attempt header, so a
+    /// retry can send it again; body bytes are added as they are forwarded.
+    fn keep_for_replay(&mut self, io: &mut impl Io) {
+        self.replay.clear();
+        let q = &self.out[Side::Down.idx()];
+        for i in 0..q.count as usize {
+            let k = (q.head as usize + i) % OUTQ;
+            let (b, off, len) = (q.bufs[k], q.offs[k] as usize, q.lens[k] as usize);
+            self.replay.extend_from_slice(&io.bytes(b)[off..off + len]);
+        }
+        // `…attempt-count: 1\r\n` and the empty line end the head.
+        let tail = ATTEMPT_HEADER.len() + 1 + 4;
+        self.replayable = self.replay.len() >= tail;
+        self.replay.truncate(self.replay.len().saturating_sub(tail));
+        self.replay_head = self.replay.len();
+    }
+
+    /// Whether another attempt is allowed at all (policy, budget, request kept whole).
+    fn can_retry(&self) -> bool {
+        self.retry
+            .as_ref()
+            .is_some_and(|r| self.tries <= r.num_retries)
+            && self.replayable
+            && self.req.done()
+    }
+
+    fn retry_on_status(&self, status: u16) -> bool {
+        let Some(r) = &self.retry else { return false };
+        self.can_retry()
+            && ((r.on_5xx && status >= 500)
+                || (r.on_gateway_error && (502..=504).contains(&status))
+                || (r.on_retriable_4xx && status == 409))
+    }
+
+    fn retry_on_cause(&self, cause: Cause) -> bool {
+        let Some(r) = &self.retry else { return false };
+        self.can_retry()
+            && match cause {
+                Cause::None => false,
+                Cause::Connect => r.on_connect_failure,
+                Cause::Reset => r.on_reset,
+                Cause::Gateway => r.on_gateway_error,
+                Cause::PerTry => r.on_5xx || r.on_gateway_error,
+            }
+    }
+
+    /// Abandon the current attempt and wait a jittered exponential back-off (Envoy's:
+    /// uniform in `[0, min(max, base × 2^(tries-1))]`), then send the request again.
+    fn schedule_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.lcount(cx.worker, L::HttpRetry, 1);
+        let up = self.raw(Side::Up);
+        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+        // Only the upstream socket's operations; the client's stay armed.
+        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
+            self.recv_armed[1] = false;
+            self.out[0].inflight = false;
+            self.connect_inflight = false;
+        }
+        self.up_reusable = false;
+        self.acc.clear();
+        self.resp = Left::Done;
+        self.awaiting_head = true;
+        let (base, max) = self
+            .retry
+            .as_ref()
+            .map_or((0, 0), |r| (ms(r.base_interval), ms(r.max_interval)));
+        let upper = base
+            .saturating_mul(1u64 << (self.tries - 1).min(20))
+            .min(max.max(base));
+        let delay = if upper > 0 {
+            u64::from(cx.lb.next_u32()) % (upper + 1)
+        } else {
+            0
+        };
+        self.retry_at_ms = cx.now_ms + delay;
+        self.phase = Phase::Backoff;
+        Step::Continue
+    }
+
+    /// The back-off passed and the old upstream socket is quiet: send again.
+    fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.drop_up(cx);
+        self.out[Side::Down.idx()].release_all(io);
+        for p in [Side::Up] {
+            if let Some((b, _, _)) = self.pend[p.idx()].take() {
+                io.release(b);
+            }
+        }
+        self.tries += 1;
+        let q = &mut self.out[Side::Down.idx()];
+        let mut w = Writer::new();
+        let (head, body) = self.replay.split_at(self.replay_head);
+        let tries = self.tries;
+        let r = (|| {
+            w.put(q, io, head)?;
+            w.put(q, io, ATTEMPT_HEADER)?;
+            w.num(q, io, tries.into())?;
+            w.put(q, io, b"\r\n\r\n")?;
+            w.put(q, io, body)
+        })();
+        w.finish(q, io);
+        if r.is_err() {
+            self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
+            self.keep_alive = false;
+            self.awaiting_head = false;
+            self.phase = Phase::Exchange;
+            return self.respond(slot, 503, b"no buffer to retry\n", cx, io);
+        }
+        self.try_deadline_ms = self
+            .retry
+            .as_ref()
+            .and_then(|r| r.per_try_timeout)
+            .map_or(0, |t| cx.now_ms + ms(t));
+        self.phase = Phase::Exchange;
+        self.attempt = 0;
+        self.connect_next(slot, cx, io)
+    }
+
+    /// The current request stops counting as active on its cluster.
+    fn rq_end(&mut self, worker: usize) {
+        if self.rq_open {
+            self.rq_open = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqDone);
+            }
+        }
+    }
+
+    fn count_status(&self, worker: usize, status: u16) {
+        let k = match status {
+            100..=199 => L::HttpRs1xx,
+            200..=299 => L::HttpRs2xx,
+            300..=399 => L::HttpRs3xx,
+            400..=499 => L::HttpRs4xx,
+            _ => L::HttpRs5xx,
+        };
+        self.lcount(worker, k, 1);
+    }
+
+    /// An exchange failed: a local status if nothing of the response went out yet,
+    /// else a reset. The connection closes after it either way.
+    fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !matches!(f, Fail::Retry) {
+            self.rq_end(cx.worker);
+        }
+        match f {
+            Fail::Retry => self.schedule_retry(slot, cx, io),
+            Fail::Status(_, _, _, cause) if self.awaiting_head && self.retry_on_cause(cause) => {
+                self.rq_open = true; // still the same request
+                self.schedule_retry(slot, cx, io)
+            }
+            Fail::Status(status, counter, text, _) if self.awaiting_head => {
+                self.lcount(cx.worker, counter, 1);
+                self.keep_alive = false;
+                self.awaiting_head = false;
+                self.respond(slot, status, text.as_bytes(), cx, io)
+            }
+            _ => {
+                self.reset[Side::Down.idx()] = true;
+                self.close(slot, cx, io)
+            }
+        }
+    }
+
+    /// Queue a local response and move to flushing it.
+    fn respond(
+        &mut self,
+        slot: u32,
+        status: u16,
+        body: &[u8],
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        self.local(slot, status, body, None, false, cx, io)
+    }
+
+    fn redirect(
+        &mut self,
+        slot: u32,
+        status: u16,
+        host: &[u8],
+        path: &[u8],
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        self.local(slot, status, b"", Some((host, path)), false, cx, io)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn local(
+        &mut self,
+        slot: u32,
+        status: u16,
+        body: &[u8],
+        location: Option<(&[u8], &[u8])>,
+        overloaded: bool,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        if !self.req.done() {
+            // The request body is not read: the connection cannot carry another request.
+            self.keep_alive = false;
+        }
+        self.count_status(cx.worker, status);
+        let keep_alive = self.keep_alive;
+        let minor = self.client_minor;
+        let head_req = self.head_req;
+        let q = &mut self.out[Side::Up.idx()];
+        let mut w = Writer::new();
+        let r = (|| {
+            w.put(q, io, b"HTTP/1.1 ")?;
+            w.num(q, io, status.into())?;
+            w.put(q, io, b" ")?;
+            w.put(q, io, reason(status).as_bytes())?;
+            w.put(q, io, b"\r\ncontent-length: ")?;
+            w.num(q, io, body.len() as u64)?;
+            w.put(q, io, b"\r\n")?;
+            if !body.is_empty() {
+                w.put(q, io, b"content-type: text/plain\r\n")?;
+            }
+            if overloaded {
+                w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?;
+            }
+            if let Some((host, path)) = location {
+                w.put(q, io, b"location: http://")?;
+                w.put(q, io, host)?;
+                w.put(q, io, path)?;
+                w.put(q, io, b"\r\n")?;
+            }
+            if !keep_alive {
+                w.put(q, io, b"connection: close\r\n")?;
+            } else if minor == 0 {
+                w.put(q, io, b"connection: keep-alive\r\n")?;
+            }
+            w.put(q, io, b"\r\n")?;
+            if !head_req {
+                w.put(q, io, body)?;
+            }
+            Ok::<(), NoRoom>(())
+        })();
+        w.finish(q, io);
+        if r.is_err() {
+            self.reset[Side::Down.idx()] = true;
+            return self.close(slot, cx, io);
+        }
+        self.route_deadline_ms = 0;
+        self.phase = Phase::Flush;
+        self.drive(slot, cx, io)
+    }
+
+    fn drive_flush(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.send_front(slot, Side::Up, io);
+        if !self.out[Side::Up.idx()].idle() {
+            return Step::Continue;
+        }
+        let up_busy = self.recv_armed[1] || self.connect_inflight || !self.out[0].idle();
+        if !self.keep_alive || up_busy || self.eof[0] {
+            return self.close(slot, cx, io);
+        }
+        // Next request on this connection.
+        self.phase = Phase::Head;
+        self.req = Left::Done;
+        self.awaiting_head = false;
+        self.got_bytes = self.pend[0].is_some();
+        self.head_deadline_ms = cx.now_ms + self.header_ms;
+        self.last_ms = cx.now_ms;
+        Step::Continue
+    }
+
+    fn drive_tunnel(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        for side in [Side::Down, Side::Up] {
+            let s = side.idx();
+            if let Some((b, off, len)) = self.pend[s] {
+                if self.out[s].room() >= 1 {
+                    self.out[s].push(b, off, len);
+                    self.pend[s] = None;
+                }
+            }
+            if self.out[s].room() >= RECV_ROOM {
+                self.arm_recv(slot, side, io);
+            }
+            self.send_front(slot, side, io);
+            // Half-close: pass a FIN on once everything before it went out.
+            if self.eof[s] && !self.shut[s] && self.pend[s].is_none() && self.out[s].idle() {
+                if let Some(fd) = &self.fds[side.other().idx()] {
+                    // ENOTCONN if the peer already left; the close covers it.
+                    let _ = SockRef::from(fd).shutdown(std::net::Shutdown::Write);
+                }
+                self.shut[s] = true;
+            }
+        }
+        if self.shut[0] && self.shut[1] {
+            return self.close(slot, cx, io);
+        }
+        Step::Continue
+    }
+
+    fn inflight(&self) -> bool {
+        self.connect_inflight
+            || self.recv_armed.iter().any(|&r| r)
+            || self.out.iter().any(|q| q.inflight)
+    }
+
+    fn close(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase != Phase::Closing {
+            self.phase = Phase::Closing;
+            if self.inflight()
+                && io.cancel_all(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)])
+            {
+                self.connect_inflight = false;
+                self.recv_armed = [false; 2];
+                for q in &mut self.out {
+                    q.inflight = false;
+                }
+            }
+        }
+        if self.inflight() {
+            return Step::Continue;
+        }
+        for q in &mut self.out {
+            q.release_all(io);
+        }
+        for p in &mut self.pend {
+            if let Some((b, _, _)) = p.take() {
+                io.release(b);
+            }
+        }
+        for s in [Side::Down, Side::Up] {
+            if let Some(fd) = self.fds[s.idx()].take() {
+                if self.reset[s.idx()] {
+                    // Best effort: without it the peer gets a FIN instead of an RST.
+                    let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+                }
+                if s == Side::Up {
+                    self.ucount(cx.worker, U::CxClosed, 1);
+                }
+                drop(fd);
+            }
+        }
+        self.rq_end(cx.worker);
+        self.lcount(cx.worker, L::CxClosed, 1);
+        *cx.open -= 1;
+        self.acc.clear();
+        if self.acc.capacity() > 2 * BUF_SIZE {
+            // A huge head once should not pin 64 KiB to the slot forever.
+            self.acc = Vec::new();
+        }
+        self.table = None;
+        self.lstats = None;
+        self.cstats = None;
+        self.estats = None;
+        self.phase = Phase::Free;
+        self.gen = self.gen.wrapping_add(1);
+        Step::Free
+    }
+}
+
+/// Write the headers `edits` add (route level first), honouring `ADD_IF_ABSENT`
+/// against the message's own `headers`.
+fn add_headers(
+    w: &mut Writer,
+    q: &mut OutQ,
+    io: &mut impl Io,
+    edits: [&HeaderOps; 2],
+    headers: &[httparse::Header],
+) -> Result<(), NoRoom> {
+    for e in edits {
+        for (name, value, how) in e.add.iter() {
+            if *how == Append::IfAbsent && codec::header(headers, name).is_some() {
+                continue;
+            }
+            w.header(q, io, name.as_bytes(), value)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes from buffer `src` (from `off`) to the start of buffer `dst`.
+fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, len: usize) {
+    // Two buffers of the pool cannot be borrowed at once through `Io`; go through a
+    // stack block (bodies split this way are the pipelining case only).
+    let mut tmp = [0u8; 1024];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(tmp.len());
+        tmp[..n].copy_from_slice(&io.bytes(src)[off + done..off + done + n]);
+        io.bytes_mut(dst)[done..done + n].copy_from_slice(&tmp[..n]);
+        done += n;
+    }
+}
+
+/// The end of a head (after its empty line) at the start of `data`, if complete.
+fn head_end(data: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < data.len() {
+        let nl = data[i..].iter().position(|&b| b == b'\n')? + i;
+        match data.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if data.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => {}
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Refuse an incomplete head that is already wrong.
+fn check_partial(side: Side, data: &[u8]) -> Result<(), HttpError> {
+    let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match side {
+        Side::Down => codec::parse_request(data, &mut hs).map(|_| ()),
+        Side::Up => codec::parse_response(data, &mut hs, false).map(|_| ()),
+    }
+}
+
+/// A random version-4 UUID for `x-request-id`, from the worker's generator.
+fn new_request_id(cx: &mut Ctx) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    thread_local! {
+        // Per worker thread, once: the balancer's generator is seeded the same in every
+        // run, request ids must not repeat across restarts.
+        static SALT: u64 = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x7469_636b);
+            h.finish()
+        };
+    }
+    let salt = SALT.with(|s| *s);
+    let mut r = [0u8; 16];
+    for (i, c) in r.chunks_mut(4).enumerate() {
+        let x = cx.lb.next_u32() ^ (salt >> ((i & 1) * 32)) as u32;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    r[6] = (r[6] & 0x0f) | 0x40;
+    r[8] = (r[8] & 0x3f) | 0x80;
+    let mut out = [b'-'; 36];
+    let mut j = 0;
+    for (i, b) in r.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            j += 1;
+        }
+        out[j] = HEX[(b >> 4) as usize];
+        out[j + 1] = HEX[(b & 0xf) as usize];
+        j += 2;
+    }
+    out
+}
+
+/// The client's address as text (no port), for `X-Forwarded-For`.
+fn ip_text(peer: Option<SocketAddr>, buf: &mut [u8; 48]) -> &[u8] {
+    use std::io::Write;
+    let Some(p) = peer else {
+        return b"unknown";
+    };
+    let mut c = std::io::Cursor::new(&mut buf[..]);
+    // 48 bytes hold any IPv4 or IPv6 text form (at most 45).
+    let _ = write!(c, "{}", p.ip());
+    let n = c.position() as usize;
+    &buf[..n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_finds_the_empty_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nx"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\nx"), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b""), None);
+    }
+
+    #[test]
+    fn sniffing() {
+        assert!(looks_like_http1(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_http1(b"\r\nPOST"));
+        assert!(!looks_like_http1(b"\x16\x03\x01\x00"));
+        assert!(!looks_like_http1(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!looks_like_http1(b"SSH-2.0-OpenSSH_9.2"));
+        assert!(looks_like_http1(b"DELE"));
+        assert!(!looks_like_http1(b"\x00\x01binary"));
+    }
+
+    #[test]
+    fn request_ids_are_uuid_shaped() {
+        let mut lb = crate::cluster::LbState::new(7);
+        let mut cursors = [];
+        let mut starved = Vec::new();
+        let mut open = 0;
+        let mut scratch = Vec::new();
+        let table = Arc::new(RouteTable::empty());
+        let mut cx = Ctx {
+            worker: 0,
+            now_ms: 0,
+            lb: &mut lb,
+            cursors: &mut cursors,
+            starved: &mut starved,
+            open: &mut open,
+            scratch: &mut scratch,
+            table: &table,
+        };
+        let a = new_request_id(&mut cx);
+        let b = new_request_id(&mut cx);
+        assert_ne!(a, b);
+        let s = std::str::from_utf8(&a).unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_eq!(s.matches('-').count(), 4);
+    }
+}

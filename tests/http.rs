@@ -1,0 +1,958 @@
+//! The HTTP/1.1 proxy suite: each test runs once per engine (`uring`, `epoll`; uring
+//! skips with a message where io_uring is unusable). The proxy is the real engine in
+//! process (its counters are asserted) or the real `tickmesh` binary; clients are `curl`
+//! and raw sockets (for bytes curl would never send); backends are small HTTP/1.1
+//! servers on loopback that log what they received.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tickmesh::engine::EngineKind;
+use tickmesh::telemetry::ListenerCounter as L;
+
+// === a backend ===
+
+/// What a backend received: one entry per request (request line and headers, then the
+/// body length).
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A thread-per-connection HTTP/1.1 server. Paths choose its behaviour:
+/// `/garbage` answers bytes that are not HTTP, `/slow` waits 3 s, `/chunked` answers a
+/// chunked body, `/upgrade` switches protocols and echoes, `/close` answers a body
+/// delimited by closing; anything else answers `<name> <path>` with a length.
+struct Backend {
+    addr: SocketAddr,
+    log: Log,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    fn start(name: &'static str) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let log = Log::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (lg, acc) = (log.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                acc.fetch_add(1, Ordering::Relaxed);
+                let lg = lg.clone();
+                std::thread::spawn(move || serve(c, name, lg));
+            }
+        });
+        Backend {
+            addr,
+            log,
+            accepted,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+fn serve(c: TcpStream, name: &str, log: Log) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    // Bounded: a test connection carries at most a few thousand requests.
+    for _ in 0..100_000 {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let lower = head.to_ascii_lowercase();
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        if lower.contains("expect: 100-continue") {
+            let _ = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let mut body = Vec::new();
+        if let Some(i) = lower.find("content-length: ") {
+            let n: usize = lower[i + 16..]
+                .lines()
+                .next()
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            body.resize(n, 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        } else if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        log.0
+            .lock()
+            .unwrap()
+            .push(format!("{head}body-len: {}\n", body.len()));
+        let first_attempt = lower.contains("x-tickmesh-attempt-count: 1\r\n");
+        let reply = match path.as_str() {
+            "/retry" | "/retry-post" if first_attempt => {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_string()
+            }
+            "/retry-slow" if first_attempt => {
+                std::thread::sleep(Duration::from_secs(2));
+                ok(name, &path)
+            }
+            "/always-503" => {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nfail".to_string()
+            }
+            "/garbage" => {
+                let _ = w.write_all(b"SSH-2.0-NotHttp\r\n\r\n");
+                return;
+            }
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(3));
+                ok(name, &path)
+            }
+            "/chunked" => {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                    .to_string()
+            }
+            "/close" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close");
+                return;
+            }
+            "/upgrade" => {
+                let _ = w.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+                );
+                let mut buf = [0u8; 1024];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if w.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            _ if !body.is_empty() => {
+                let b = format!("{name} {path} {}", body.len());
+                format!(
+                    "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nkeep-alive: timeout=5\r\ncontent-length: {}\r\n\r\n{b}",
+                    b.len()
+                )
+            }
+            _ => ok(name, &path),
+        };
+        if w.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn ok(name: &str, path: &str) -> String {
+    let b = format!("{name} {path}");
+    format!(
+        "HTTP/1.1 200 OK\r\nx-backend: {name}\r\nconnection: keep-alive\r\ncontent-length: {}\r\n\r\n{b}",
+        b.len()
+    )
+}
+
+// === config ===
+
+fn http_config(port: u16, clusters: &str, routes: &str, listener_extra: &str) -> String {
+    format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:{port}\", protocol: http{listener_extra}}}\n\
+         clusters:\n{clusters}\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n{routes}"
+    )
+}
+
+fn route(prefix: &str, action: &str) -> String {
+    format!("          - match: {{prefix: \"{prefix}\"}}\n            {action}\n")
+}
+
+// === a raw client ===
+
+/// One response read off a stream: status, headers (lowercased names), body.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, n: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read one response (Content-Length, chunked, or until close).
+fn read_resp(r: &mut BufReader<TcpStream>) -> Option<Resp> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if let Some(n) = resp.header("content-length") {
+        let mut b = vec![0; n.parse().ok()?];
+        r.read_exact(&mut b).ok()?;
+        resp.body = b;
+    } else if resp.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let mut s = String::new();
+            r.read_line(&mut s).ok()?;
+            let n = usize::from_str_radix(s.trim(), 16).ok()?;
+            let mut c = vec![0; n + 2];
+            r.read_exact(&mut c).ok()?;
+            if n == 0 {
+                break;
+            }
+            resp.body.extend_from_slice(&c[..n]);
+        }
+    } else if status >= 200 && status != 204 && status != 304 {
+        r.read_to_end(&mut resp.body).ok()?;
+    }
+    Some(resp)
+}
+
+fn client(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// Send `bytes` on a new connection; the first response's status (0: none came).
+fn status_of(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let (mut s, mut r) = client(addr);
+    // The proxy may answer and close before all of it is written.
+    let _ = s.write_all(bytes);
+    read_resp(&mut r).map_or(0, |x| x.status)
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs (scripts/setup installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn open_zero(p: &Proxy) {
+    wait_until(
+        "HTTP connections to be freed",
+        Duration::from_secs(5),
+        || p.engine().open_connections() == 0,
+    );
+}
+
+// === tests (each runs per engine, see the bottom) ===
+
+/// The real binary, curl as the client: forward with rewritten headers, bodies both
+/// ways, direct response, redirect, prefix rewrite, no route.
+fn binary_with_curl(kind: EngineKind) {
+    let a = Backend::start("a");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let routes = [
+        route(
+            "/direct",
+            "direct_response: {status: 200, body: {inline_string: \"hi\\n\"}}",
+        ),
+        route(
+            "/old",
+            "redirect: {host_redirect: \"example.com\", path_redirect: \"/new\"}",
+        ),
+        route("/api/", "route: {cluster: a, prefix_rewrite: \"/v2/\"}"),
+        route("/", "route: {cluster: a}"),
+    ]
+    .concat();
+    let cfg = http_config(port, &cluster_yaml("a", &[a.addr], ""), &routes, "");
+    let cfg = cfg.replace(
+        "domains: [\"*\"]",
+        "domains: [\"svc.local\", \"127.0.0.1\"]",
+    );
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let engine = match kind {
+        EngineKind::Uring => "uring",
+        _ => "epoll",
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .args(["--engine", engine, "-w", "1", "--control"])
+        .arg(dir.path().join("ctl.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _k = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until("the daemon to listen", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // GET with hop-by-hop headers that must not reach the backend.
+    let out = curl(&[
+        "-H",
+        "Connection: keep-alive, x-secret",
+        "-H",
+        "X-Secret: 1",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "X-Forwarded-For: 10.0.0.1",
+        &format!("{base}/hello?q=1"),
+    ]);
+    assert_eq!(out, "a /hello?q=1");
+    let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
+    assert!(seen.starts_with("get /hello?q=1 http/1.1\r\n"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http\r\n"), "{seen}");
+    assert!(seen.contains("x-request-id: "), "{seen}");
+    for hop in ["x-secret", "keep-alive", "connection"] {
+        assert!(
+            !seen.contains(&format!("{hop}:")),
+            "{hop} forwarded: {seen}"
+        );
+    }
+    // A request id the client set is kept.
+    curl(&["-H", "x-request-id: abc", &format!("{base}/id")]);
+    assert!(a.log.all().pop().unwrap().contains("x-request-id: abc\r\n"));
+    // Bodies: Content-Length and chunked uploads, a chunked download.
+    let big = "x".repeat(200_000);
+    let f = dir.path().join("body");
+    std::fs::write(&f, &big).unwrap();
+    let fa = format!("@{}", f.display());
+    assert_eq!(
+        curl(&["--data-binary", &fa, &format!("{base}/up")]),
+        "a /up 200000"
+    );
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &fa,
+            &format!("{base}/up")
+        ]),
+        "a /up 200000"
+    );
+    assert_eq!(curl(&[&format!("{base}/chunked")]), "hello world");
+    assert_eq!(curl(&[&format!("{base}/close")]), "until close");
+    // Expect: 100-continue passes through.
+    assert_eq!(
+        curl(&[
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "abc",
+            &format!("{base}/exp")
+        ]),
+        "a /exp 3"
+    );
+    // Local answers and rewriting.
+    assert_eq!(curl(&[&format!("{base}/direct")]), "hi\n");
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &format!("{base}/old"),
+    ]);
+    assert_eq!(redirect, "301 http://example.com/new");
+    assert_eq!(curl(&[&format!("{base}/api/items")]), "a /v2/items");
+    let code = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: other.example",
+        &format!("{base}/"),
+    ]);
+    assert_eq!(code, "404");
+    // Keep-alive: curl reuses its connection, the proxy reuses the upstream one.
+    let before = a.accepted();
+    let out = curl(&[
+        "-w",
+        " %{num_connects}\n",
+        &format!("{base}/k1"),
+        &format!("{base}/k2"),
+        &format!("{base}/k3"),
+    ]);
+    assert_eq!(out, "a /k1 1\na /k2 0\na /k3 0\n");
+    assert_eq!(
+        a.accepted() - before,
+        1,
+        "one upstream connection for three requests"
+    );
+}
+
+/// Pipelined requests on one connection are answered in order; the upstream
+/// connection is reused.
+fn pipelining(kind: EngineKind) {
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            "",
+        ),
+    );
+    let addr = p.listener("l");
+    let (mut s, mut r) = client(addr);
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        if i % 3 == 0 {
+            batch.extend_from_slice(
+                format!("POST /p{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+                    .as_bytes(),
+            );
+        } else if i % 3 == 1 {
+            batch.extend_from_slice(
+                format!("POST /p{i} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+                    .as_bytes(),
+            );
+        } else {
+            batch.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        }
+    }
+    s.write_all(&batch).unwrap();
+    for i in 0..20 {
+        let resp = read_resp(&mut r).unwrap_or_else(|| panic!("response {i}"));
+        let want = match i % 3 {
+            0 => format!("a /p{i} 5"),
+            1 => format!("a /p{i} 3"),
+            _ => format!("a /p{i}"),
+        };
+        assert_eq!(String::from_utf8_lossy(&resp.body), want);
+    }
+    assert_eq!(a.accepted(), 1);
+    let ls = p.stats.listener("l");
+    assert_eq!(ls.get(L::HttpRqTotal), 20);
+    assert_eq!(ls.get(L::HttpUpstreamReuse), 19);
+    drop((s, r));
+    open_zero(&p);
+}
+
+/// Each bad input gets its status, and the proxy keeps serving with nothing leaked.
+fn bad_input(kind: EngineKind) {
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            ", max_request_body: 100",
+        ),
+    );
+    let addr = p.listener("l");
+    let mut big_head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big_head.resize(70 * 1024, b'a');
+    big_head.extend_from_slice(b"\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("malformed request line", b"GET\r\n\r\n".to_vec(), 400),
+        ("HTTP/0.9", b"GET /\r\n".to_vec(), 400),
+        ("bad version", b"GET / HTTP/3.0\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("invalid header name", b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n".to_vec(), 400),
+        ("control byte in a value", b"GET / HTTP/1.1\r\nHost: x\x01y\r\n\r\n".to_vec(), 400),
+        ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("header section over 64 KiB", big_head, 431),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            400,
+        ),
+        (
+            "body over the limit (Content-Length)",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            "body over the limit (chunked)",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n".to_vec(),
+            413,
+        ),
+    ];
+    for (what, bytes, want) in &cases {
+        assert_eq!(status_of(addr, bytes), *want, "{what}");
+    }
+    let ls = p.stats.listener("l");
+    assert_eq!(ls.get(L::HttpBadRequest), cases.len() as u64);
+    // Still serving.
+    assert_eq!(
+        status_of(addr, b"GET /fine HTTP/1.1\r\nHost: x\r\n\r\n"),
+        200
+    );
+    open_zero(&p);
+}
+
+/// Upstream failures: garbage → 502, timeout → 504, refused → 503, no endpoints → 503.
+fn upstream_errors(kind: EngineKind) {
+    let a = Backend::start("a");
+    let routes = [
+        route("/slow", "route: {cluster: a, timeout: 300ms}"),
+        route("/dead", "route: {cluster: dead}"),
+        route("/", "route: {cluster: a}"),
+    ]
+    .concat();
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("dead", &[dead_addr()], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    assert_eq!(
+        status_of(addr, b"GET /garbage HTTP/1.1\r\nHost: x\r\n\r\n"),
+        502
+    );
+    let t = Instant::now();
+    assert_eq!(
+        status_of(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"),
+        504
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "504 after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        status_of(addr, b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n"),
+        503
+    );
+    let ls = p.stats.listener("l");
+    assert_eq!(ls.get(L::HttpBadGateway), 1);
+    assert_eq!(ls.get(L::HttpUpstreamTimeout), 1);
+    assert_eq!(ls.get(L::HttpNoHealthyUpstream), 1);
+    assert_eq!(status_of(addr, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+    open_zero(&p);
+}
+
+/// A weighted route splits 10,000 requests within ±2% of its weights.
+fn weighted_split(kind: EngineKind) {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("b", &[b.addr], "");
+    let action =
+        "route: {weighted_clusters: {clusters: [{name: a, weight: 30}, {name: b, weight: 70}]}}";
+    let p = Proxy::start(kind, &http_config(0, &clusters, &route("/", action), ""));
+    let addr = p.listener("l");
+    const N: usize = 10_000;
+    let mut hits_a = 0;
+    // Four keep-alive connections, 100 pipelined requests per batch.
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                sc.spawn(move || {
+                    let (mut s, mut r) = client(addr);
+                    let mut na = 0;
+                    for _ in 0..N / 4 / 100 {
+                        let mut batch = Vec::new();
+                        for _ in 0..100 {
+                            batch.extend_from_slice(b"GET /w HTTP/1.1\r\nHost: x\r\n\r\n");
+                        }
+                        s.write_all(&batch).unwrap();
+                        for _ in 0..100 {
+                            let resp = read_resp(&mut r).expect("response");
+                            assert_eq!(resp.status, 200);
+                            if resp.header("x-backend") == Some("a") {
+                                na += 1;
+                            }
+                        }
+                    }
+                    na
+                })
+            })
+            .collect();
+        for h in hs {
+            hits_a += h.join().unwrap();
+        }
+    });
+    let share = hits_a as f64 / N as f64;
+    assert!(
+        (share - 0.30).abs() <= 0.02,
+        "cluster a got {share:.4} of requests, want 0.30 ± 0.02"
+    );
+    assert_eq!(a.log.all().len() + b.log.all().len(), N);
+    open_zero(&p);
+}
+
+/// Sniffing: TLS-looking and other non-HTTP bytes go to the listener's TCP fallback
+/// cluster (an echo server here); HTTP still routes.
+fn sniff_fallback(kind: EngineKind) {
+    let a = Backend::start("a");
+    let echo = Echo::start();
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("tcp", &[echo.addr], "");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &clusters,
+            &route("/", "route: {cluster: a}"),
+            ", cluster: tcp",
+        ),
+    );
+    let addr = p.listener("l");
+    for first in [
+        &b"\x16\x03\x01\x00\x05hello"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+    ] {
+        let mut s = connect(addr);
+        round_trip(&mut s, first);
+        round_trip(&mut s, b"more bytes after the first");
+    }
+    assert_eq!(p.stats.listener("l").get(L::SniffedTcp), 3);
+    assert_eq!(status_of(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+    open_zero(&p);
+}
+
+/// `Connection: upgrade` answered with 101 becomes a tunnel both ways.
+fn upgrade_tunnel(kind: EngineKind) {
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            "",
+        ),
+    );
+    let addr = p.listener("l");
+    let (mut s, mut r) = client(addr);
+    s.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("upgrade"), Some("echo"));
+    let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
+    assert!(
+        seen.contains("upgrade: echo") && seen.contains("connection: upgrade"),
+        "{seen}"
+    );
+    for msg in [&b"ping"[..], b"pong pong"] {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0; msg.len()];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+    assert_eq!(p.stats.listener("l").get(L::HttpUpgrades), 1);
+    drop((s, r));
+    open_zero(&p);
+}
+
+/// A client that never finishes its head gets 408 after the header timeout.
+fn header_timeout(kind: EngineKind) {
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            ", request_header_timeout: 200ms",
+        ),
+    );
+    let addr = p.listener("l");
+    let (mut s, mut r) = client(addr);
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let resp = read_resp(&mut r).expect("a 408");
+    assert_eq!(resp.status, 408);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(p.stats.listener("l").get(L::HttpHeaderTimeout), 1);
+    open_zero(&p);
+}
+
+/// Route and virtual-host header edits on requests and responses.
+fn header_edits(kind: EngineKind) {
+    let a = Backend::start("a");
+    let routes = "          - match: {prefix: \"/\"}\n            route: {cluster: a}\n            \
+        request_headers_to_add: [{header: {key: x-added, value: r1}}, \
+        {header: {key: x-keep, value: new}, append_action: ADD_IF_ABSENT}, \
+        {header: {key: x-over, value: new}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]\n            \
+        request_headers_to_remove: [x-drop]\n            \
+        response_headers_to_add: [{header: {key: x-resp, value: yes}}]\n            \
+        response_headers_to_remove: [x-backend]\n";
+    let cfg = http_config(0, &cluster_yaml("a", &[a.addr], ""), routes, "").replace(
+        "        domains: [\"*\"]\n",
+        "        domains: [\"*\"]\n        request_headers_to_add: [{header: {key: x-vh, value: v}}]\n",
+    );
+    let p = Proxy::start(kind, &cfg);
+    let addr = p.listener("l");
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Drop: 1\r\nX-Keep: old\r\nX-Over: old\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-resp"), Some("yes"));
+    assert_eq!(resp.header("x-backend"), None);
+    let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
+    for want in [
+        "x-added: r1\r\n",
+        "x-keep: old\r\n",
+        "x-over: new\r\n",
+        "x-vh: v\r\n",
+    ] {
+        assert!(seen.contains(want), "{want:?} missing: {seen}");
+    }
+    for gone in ["x-drop", "x-keep: new", "x-over: old"] {
+        assert!(!seen.contains(gone), "{gone:?} present: {seen}");
+    }
+    drop((s, r));
+    open_zero(&p);
+}
+
+/// Retries: a 5xx, a per-try timeout and a refused connect are retried (visible in the
+/// backend's log with their attempt counts), bodies are replayed, attempts are bounded.
+fn retries(kind: EngineKind) {
+    let a = Backend::start("a");
+    let policy = "retry_policy: {retry_on: \"5xx,connect-failure\", num_retries: 2, \
+                  per_try_timeout: 300ms, retry_back_off: {base_interval: 10ms, max_interval: 50ms}}";
+    let routes = [
+        route("/dead", &format!("route: {{cluster: dead, {policy}}}")),
+        route("/", &format!("route: {{cluster: a, {policy}}}")),
+    ]
+    .concat();
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("dead", &[dead_addr()], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let attempts = |path: &str| -> Vec<String> {
+        a.log
+            .all()
+            .iter()
+            .filter(|e| e.contains(&format!(" {path} ")))
+            .map(|e| {
+                let l = e.to_ascii_lowercase();
+                let i = l
+                    .find("x-tickmesh-attempt-count: ")
+                    .expect("attempt header")
+                    + 26;
+                l[i..].lines().next().unwrap().trim().to_string()
+            })
+            .collect()
+    };
+    // 503 on the first attempt, 200 on the second.
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"a /retry"[..]));
+    assert_eq!(attempts("/retry"), ["1", "2"]);
+    // The body goes again too.
+    s.write_all(b"POST /retry-post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"a /retry-post 5"[..])
+    );
+    assert!(a
+        .log
+        .all()
+        .iter()
+        .filter(|e| e.contains("/retry-post"))
+        .all(|e| e.contains("body-len: 5")));
+    // A per-try timeout: the slow first attempt is abandoned.
+    let t = Instant::now();
+    s.write_all(b"GET /retry-slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Bounded: 1 + num_retries attempts, then the upstream's own 503 goes out.
+    s.write_all(b"GET /always-503 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(attempts("/always-503"), ["1", "2", "3"]);
+    drop((s, r));
+    // connect-failure: every attempt refused, then 503.
+    assert_eq!(
+        status_of(addr, b"GET /dead HTTP/1.1\r\nHost: x\r\n\r\n"),
+        503
+    );
+    assert_eq!(ls.get(L::HttpRetry), 1 + 1 + 1 + 2 + 2);
+    open_zero(&p);
+}
+
+/// Circuit breaking: over `max_requests` active → 503 with `x-tickmesh-overloaded`
+/// at once; `max_requests_per_connection` caps upstream connection reuse.
+fn circuit_breaking(kind: EngineKind) {
+    let a = Backend::start("a");
+    let extra = ", circuit_breakers: {max_requests: 1, max_requests_per_connection: 2}";
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], extra),
+            &route("/", "route: {cluster: a, timeout: 1s}"),
+            "",
+        ),
+    );
+    let addr = p.listener("l");
+    let (mut slow, mut slow_r) = client(addr);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    wait_until(
+        "the slow request to reach the backend",
+        Duration::from_secs(5),
+        || a.log.all().iter().any(|e| e.contains("/slow")),
+    );
+    let t = Instant::now();
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-tickmesh-overloaded"), Some("true"));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "overflow took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        p.stats
+            .cluster("a")
+            .get(tickmesh::telemetry::UpstreamCounter::RqOverflow),
+        1
+    );
+    // The slow one ends (route timeout); then requests flow again, two per upstream
+    // connection.
+    assert_eq!(read_resp(&mut slow_r).unwrap().status, 504);
+    drop((slow, slow_r, s, r));
+    let before = a.accepted();
+    let (mut s, mut r) = client(addr);
+    for i in 0..4 {
+        s.write_all(format!("GET /n{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_resp(&mut r).unwrap().status, 200);
+    }
+    assert_eq!(a.accepted() - before, 2);
+    drop((s, r));
+    open_zero(&p);
+}
+
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    if let Err(e) = tickmesh::engine::uring_available() {
+                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
+                        return;
+                    }
+                    super::$name(EngineKind::Uring);
+                }
+            )*
+        }
+        mod epoll {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(EngineKind::Epoll);
+                }
+            )*
+        }
+    };
+}
+
+per_engine!(
+    binary_with_curl,
+    pipelining,
+    bad_input,
+    upstream_errors,
+    weighted_split,
+    sniff_fallback,
+    upgrade_tunnel,
+    header_timeout,
+    header_edits,
+    retries,
+    circuit_breaking,
+);
