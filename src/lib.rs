@@ -17,3 +17,4 @@ pub mod nic;
 pub mod proxy;
 pub mod route;
 pub mod telemetry;
+pub mod tls;

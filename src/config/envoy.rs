@@ -231,6 +231,7 @@ impl EnvoyCluster {
             dns_refresh_rate: self.dns_refresh_rate,
             circuit_breakers,
             outlier_detection,
+            tls: None,
         })
     }
 }

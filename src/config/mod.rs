@@ -11,6 +11,7 @@ pub mod http;
 pub mod istio;
 mod load;
 mod model;
+pub mod tls;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
@@ -65,6 +66,9 @@ impl Config {
             &patch.peer_authentications,
             |r| &r.metadata.name,
         );
+        if patch.offload.is_some() {
+            out.offload = patch.offload.clone();
+        }
         if patch.nic.is_some() {
             out.nic = patch.nic.clone();
         }

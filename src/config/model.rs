@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::http::RouteConfig;
 use super::istio::{DestinationRule, PeerAuthentication, VirtualService};
+use super::tls::{ClusterTls, ListenerTls, Offload};
 
 /// A whole configuration: what `tickmesh run --config` loads and what `apply -f` upserts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ pub struct Config {
     pub destination_rules: Vec<DestinationRule>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// TLS record crypto offload (daemon-wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<Offload>,
     /// Host NIC tuning (a `tickmesh nic` profile) applied when the daemon starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<NicSettings>,
@@ -87,6 +91,12 @@ pub struct Listener {
     /// DPDK engine only: how packets to this VIP reach a backend (default `dnat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<Forwarding>,
+    /// Terminate TLS (and mTLS) from clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Workload labels, matched by `PeerAuthentication` selectors.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// `http` listeners: the longest a client may take to send a request head (408 and
     /// close after it). Default 10 s.
     #[serde(
@@ -173,6 +183,9 @@ pub struct Cluster {
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Originate TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -264,6 +264,31 @@ pub fn stats_table(s: &StatsResult) -> String {
     }
     out.push_str(&table(&t, 1));
 
+    if !s.certificates.is_empty() {
+        out.push('\n');
+        let mut t = vec![row(&[
+            "CERTIFICATE",
+            "OWNER",
+            "SUBJECT",
+            "EXPIRES_IN_S",
+            "",
+        ])];
+        for c in &s.certificates {
+            t.push(vec![
+                c.path.display().to_string(),
+                c.owner.clone(),
+                c.subject.clone(),
+                c.seconds_remaining.to_string(),
+                if c.warning {
+                    "WARNING: rotate soon".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+        out.push_str(&table(&t, 3));
+    }
+
     if s.workers > 1 {
         out.push_str("\nconnections per worker (total)\n");
         let mut head = vec!["NAME".to_string()];
@@ -353,6 +378,7 @@ mod tests {
         let s = StatsResult {
             generation: 4,
             workers: 2,
+            certificates: vec![],
             listeners: vec![ListenerStatsView {
                 name: "orders".into(),
                 protocol: crate::config::Protocol::Tcp,

@@ -192,6 +192,23 @@ pub struct StatsResult {
     pub workers: usize,
     pub listeners: Vec<ListenerStatsView>,
     pub clusters: Vec<ClusterStatsView>,
+    /// TLS certificates in use and how long each has left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// `listener NAME` or `cluster NAME`.
+    pub owner: String,
+    pub path: std::path::PathBuf,
+    pub subject: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Negative once expired.
+    pub seconds_remaining: i64,
+    /// Below the `offload.expiry_warning` threshold (default 7 days).
+    pub warning: bool,
 }
 
 pub type CounterMap = BTreeMap<String, u64>;

@@ -218,7 +218,11 @@ async fn serve(
             _ = dns_tick.tick() => {
                 if !matches!(&dns_job, Some(j) if !j.is_finished()) {
                     let plane = plane.clone();
-                    dns_job = Some(tokio::task::spawn_blocking(move || plane.refresh_dns()));
+                    dns_job = Some(tokio::task::spawn_blocking(move || {
+                        // Certificate hot rotation rides the same 1 s tick.
+                        let certs = plane.refresh_certs();
+                        plane.refresh_dns() | certs
+                    }));
                 }
             }
             r = listener.accept() => match r {

@@ -76,6 +76,10 @@ pub struct ControlPlane {
     stats: Arc<StatsRegistry>,
     /// When each `strict_dns` name is next due for resolution.
     dns_due: Mutex<HashMap<(String, u16), Instant>>,
+    /// TLS file stamps whose reload failed (not retried until they change again).
+    rotation_failed: Mutex<Option<Vec<crate::tls::FileStamp>>>,
+    /// Certificates already warned about (path, expiry).
+    expiry_warned: Mutex<std::collections::HashSet<(std::path::PathBuf, i64)>>,
 }
 
 impl ControlPlane {
@@ -115,6 +119,8 @@ impl ControlPlane {
             routes: Arc::new(Routes::new(table)),
             stats,
             dns_due,
+            rotation_failed: Mutex::new(None),
+            expiry_warned: Mutex::new(Default::default()),
         })
     }
 
@@ -464,9 +470,113 @@ impl ControlPlane {
                     }
                 })
                 .collect(),
+            certificates: {
+                let warn = self.expiry_warning();
+                crate::tls::table_certs(&table)
+                    .into_iter()
+                    .map(|(owner, c)| {
+                        let left = c.seconds_remaining();
+                        super::protocol::CertificateView {
+                            owner,
+                            path: c.path,
+                            subject: c.subject,
+                            not_after: c.not_after,
+                            seconds_remaining: left,
+                            warning: left < warn,
+                        }
+                    })
+                    .collect()
+            },
+        }
+    }
+
+    /// Seconds of remaining validity below which a certificate is warned about.
+    fn expiry_warning(&self) -> i64 {
+        self.lock()
+            .config
+            .offload
+            .as_ref()
+            .and_then(|o| o.expiry_warning)
+            .unwrap_or(DEFAULT_EXPIRY_WARNING)
+            .as_secs() as i64
+    }
+
+    /// Certificate hot rotation: when a certificate, key or CA file of the running
+    /// table changed (and has been left alone for [`ROTATION_SETTLE`], so a writer is
+    /// done), recompile the running config (same generation). New handshakes use the
+    /// new files; established connections keep the sessions they have. A pair that fails
+    /// to load (half-written, key not matching) keeps the old table and is logged once
+    /// per change. Also warns, once per certificate, about expiry within the threshold.
+    /// Blocking (reads files): call it off the request path. Returns whether the table
+    /// was swapped.
+    pub fn refresh_certs(&self) -> bool {
+        let table = self.routes.load_full();
+        self.warn_expiry(&table);
+        let loaded = crate::tls::watched_files(&table);
+        if loaded.is_empty() {
+            return false;
+        }
+        let now = crate::tls::restamp(&loaded);
+        if now == loaded {
+            return false;
+        }
+        let settling = now.iter().any(|(_, m)| {
+            m.and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age < ROTATION_SETTLE)
+        });
+        let mut failed = self
+            .rotation_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if settling || failed.as_ref() == Some(&now) {
+            return false;
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        match route::compile(&st.config, st.generation, &self.stats, &mut st.pool) {
+            Ok(table) => {
+                self.routes.store(table);
+                self.stats.prune();
+                st.pool.prune();
+                *failed = None;
+                tracing::info!(
+                    "TLS files changed; certificates reloaded (generation {})",
+                    st.generation
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(
+                    "TLS files changed but do not load; new handshakes keep the previous certificates: {e}"
+                );
+                *failed = Some(now);
+                false
+            }
+        }
+    }
+
+    fn warn_expiry(&self, table: &RouteTable) {
+        let warn = self.expiry_warning();
+        let mut warned = self.expiry_warned.lock().unwrap_or_else(|p| p.into_inner());
+        for (owner, c) in crate::tls::table_certs(table) {
+            let left = c.seconds_remaining();
+            if left < warn && warned.insert((c.path.clone(), c.not_after)) {
+                tracing::warn!(
+                    "certificate {} ({owner}, {}) expires in {}s{}: rotate it",
+                    c.path.display(),
+                    c.subject,
+                    left,
+                    if left < 0 { " (already expired)" } else { "" }
+                );
+            }
         }
     }
 }
+
+/// Default `offload.expiry_warning`: a week.
+const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A changed TLS file is reloaded once it has not changed for this long.
+const ROTATION_SETTLE: Duration = Duration::from_millis(200);
 
 /// A patch naming one resource twice would silently keep only the last: refuse it.
 fn duplicates_in(patch: &Config, text: &str, format: Format) -> Result<(), ConfigError> {

@@ -204,7 +204,11 @@ impl Core {
             self.next_tick_ms = self.now_ms + TICK_MS;
             self.tick(io);
         }
-        while !self.starved.is_empty() && io.buffers_available() {
+        // At most the entries present now: a TLS connection whose retry finds no spare
+        // buffer pushes itself back at once and waits for the next batch.
+        let mut budget = self.starved.len();
+        while budget > 0 && !self.starved.is_empty() && io.buffers_available() {
+            budget -= 1;
             // Only the last entry: each rearm may starve again and push itself back.
             let Some((slot, side)) = self.starved.pop() else {
                 break;

@@ -143,12 +143,6 @@ impl Slot {
     }
 
     pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        match self {
-            Slot::Tcp(c) => {
-                c.rearm(slot, side, io);
-                Step::Continue
-            }
-            Slot::Http(c) => c.rearm(slot, side, cx, io),
-        }
+        each!(self, c => c.rearm(slot, side, cx, io))
     }
 }

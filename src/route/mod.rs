@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 pub mod http;
 
 use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
+use crate::config::istio::MtlsMode;
 use crate::config::{
     Cluster, Config, ConfigError, Discovery, Endpoint, EndpointAddress, LbPolicy, Problem, Protocol,
 };
@@ -50,6 +51,8 @@ pub struct ListenerEntry {
     pub stats: Arc<ListenerStats>,
     /// `http` listeners: their virtual hosts and routes.
     pub http: Option<Arc<http::HttpRoutes>>,
+    /// TLS termination (mode STRICT or PERMISSIVE); `None` serves plaintext.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// `http` listeners: request head deadline and body limit.
     pub request_header_timeout: Duration,
     pub max_request_body: u64,
@@ -89,6 +92,8 @@ pub struct ClusterEntry {
     pub connect_timeout: Duration,
     pub max_connect_attempts: u32,
     pub stats: Arc<UpstreamStats>,
+    /// TLS origination towards the endpoints.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// HTTP circuit-breaker thresholds (Envoy's defaults where unset).
     pub breakers: Breakers,
 }
@@ -180,12 +185,33 @@ pub fn compile(
 ) -> Result<RouteTable, ConfigError> {
     crate::config::validate(cfg)?;
     let mut index = HashMap::new();
-    let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
-    for c in &cfg.clusters {
-        index.insert(c.name.clone(), clusters.len() as u32);
-        clusters.push(build_cluster(c, stats));
-    }
     let mut problems = Vec::new();
+    if let Some(o) = &cfg.offload {
+        if o.backend != crate::config::tls::OffloadBackend::Auto {
+            // Honest refusal: the hand-over to tickmesh-offload is not wired into the
+            // proxy yet, so no backend can be chosen; `auto` means rustls inline.
+            problems.push(Problem {
+                path: "offload.backend".into(),
+                line: None,
+                message: format!(
+                    "`{}` cannot be chosen yet: TLS record crypto runs inside rustls in this build (the tickmesh-offload hand-over is not wired into the proxy); use `auto` or leave it out",
+                    format!("{:?}", o.backend).to_lowercase()
+                ),
+            });
+        }
+    }
+    let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
+    for (i, c) in cfg.clusters.iter().enumerate() {
+        index.insert(c.name.clone(), clusters.len() as u32);
+        let mut entry = build_cluster(c, stats);
+        if let Some(t) = &c.tls {
+            match crate::tls::build_client(t, &format!("clusters[{i}].tls")) {
+                Ok(t) => entry.tls = Some(t),
+                Err(p) => problems.extend(p),
+            }
+        }
+        clusters.push(entry);
+    }
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         // validate() guaranteed every reference resolves.
@@ -228,6 +254,46 @@ pub fn compile(
             }
             _ => None,
         };
+        let (mode, set_by) = crate::tls::effective_mode(
+            l.tls.as_ref().and_then(|t| t.mode),
+            l.address.port(),
+            &l.labels,
+            &cfg.peer_authentications,
+        );
+        let tls = match (&l.tls, mode) {
+            (Some(t), _) => match crate::tls::build_server(t, mode, &format!("listeners[{i}].tls"))
+            {
+                Ok(t) => t,
+                Err(p) => {
+                    problems.extend(p);
+                    continue;
+                }
+            },
+            (None, MtlsMode::Strict | MtlsMode::Permissive) if set_by.is_some() => {
+                problems.push(Problem {
+                    path: format!("listeners[{i}].tls"),
+                    line: None,
+                    message: format!(
+                        "PeerAuthentication `{}` sets mTLS {mode:?} on listener `{}`, which has no tls: (cert, key, client_ca) to terminate with",
+                        set_by.unwrap_or_default(),
+                        l.name
+                    ),
+                });
+                continue;
+            }
+            (None, _) => None,
+        };
+        if tls.is_some() && l.protocol != Protocol::Tcp {
+            problems.push(Problem {
+                path: format!("listeners[{i}].tls"),
+                line: None,
+                message: format!(
+                    "TLS is served on tcp listeners only so far, not {}",
+                    l.protocol
+                ),
+            });
+            continue;
+        }
         let sockets = match pool.get_or_bind(l.address, l.protocol) {
             Ok(s) => s,
             Err(e) => {
@@ -251,6 +317,7 @@ pub fn compile(
             }),
             stats: stats.listener(&l.name),
             http,
+            tls,
             request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
             max_request_body: l.max_request_body.unwrap_or(1 << 30),
         });
@@ -297,6 +364,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         stats: stats.cluster(&c.name),
+        tls: None,
         breakers: c
             .circuit_breakers
             .as_ref()
@@ -351,6 +419,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             dns_refresh_rate: None,
             circuit_breakers: None,
             outlier_detection: None,
+            tls: None,
         };
         let i = self.clusters.len() as u32;
         self.clusters.push(build_cluster(&c, self.stats));

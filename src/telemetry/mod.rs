@@ -51,6 +51,24 @@ counter_set! {
         DatagramsIn => "datagrams_in",
         DatagramsOut => "datagrams_out",
         Errors => "errors",
+        /// TLS handshakes completed with clients.
+        TlsHandshakes => "tls_handshakes",
+        /// Handshakes that failed for a protocol reason (no shared suite, bad message).
+        TlsHandshakeErrors => "tls_handshake_errors",
+        /// Client certificates refused (unknown CA, expired, missing).
+        TlsCertRejected => "tls_cert_rejected",
+        /// Verified clients whose SPIFFE ID is not in `allowed_principals` (reset).
+        TlsPrincipalDenied => "tls_principal_denied",
+        /// Non-TLS first bytes on a `STRICT` listener.
+        TlsPlaintextRejected => "tls_plaintext_rejected",
+        /// Plaintext connections a `PERMISSIVE` listener relayed.
+        TlsPlaintextAccepted => "tls_plaintext_accepted",
+        /// Records that failed after the handshake (bad MAC, oversized, malformed).
+        TlsRecordErrors => "tls_record_errors",
+        /// Alerts received from clients.
+        TlsAlertsReceived => "tls_alerts_received",
+        /// Client sockets that ended without `close_notify`.
+        TlsTruncated => "tls_truncated",
         /// HTTP listeners: requests whose head was parsed.
         HttpRqTotal => "http_rq_total",
         /// Responses sent downstream, by class (local ones included).
@@ -93,6 +111,10 @@ counter_set! {
         BytesReceived => "bytes_received",
         UpstreamResets => "upstream_resets",
         Errors => "errors",
+        /// TLS handshakes completed with upstreams.
+        TlsHandshakes => "tls_handshakes",
+        /// TLS failures with upstreams (verification, alerts, bad records).
+        TlsErrors => "tls_errors",
         /// HTTP requests sent to this cluster, and those finished (active = the
         /// difference, for circuit breaking).
         RqTotal => "rq_total",

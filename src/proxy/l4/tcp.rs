@@ -16,8 +16,14 @@
 //!   (an RST), so the peer sees the failure instead of a clean FIN.
 //! - A slot is freed only when no operation is in flight on it.
 //!
+//! - **TLS** ([`crate::tls::conn`]): a listener with `tls` terminates on the downstream
+//!   side (phase `Handshaking` before any upstream connect, so a client that fails the
+//!   handshake or the principal check never reaches an upstream); a cluster with `tls`
+//!   originates on the upstream side after the connect. Queues then carry ciphertext
+//!   towards a TLS side, in pool buffers the relay takes and fills itself.
+//!
 //! Never blocks; never allocates on the data path (per connection: three `Arc` clones of
-//! counter blocks and the upstream socket).
+//! counter blocks and the upstream socket; with TLS, the rustls sessions).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -29,6 +35,7 @@ use socket2::SockRef;
 use super::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
 
 /// Buffers queued per direction before the receive on that side pauses.
 pub const QUEUE: usize = 4;
@@ -40,6 +47,8 @@ const ETIMEDOUT: i32 = libc::ETIMEDOUT;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Free,
+    /// Downstream TLS handshake; no upstream yet.
+    Handshaking,
     Connecting,
     Proxying,
     Closing,
@@ -119,6 +128,8 @@ pub struct Conn {
     lstats: Option<Arc<ListenerStats>>,
     cstats: Option<Arc<UpstreamStats>>,
     estats: Option<Arc<UpstreamStats>>,
+    /// TLS sessions, when either side speaks TLS.
+    tls: Option<Box<Tls>>,
 }
 
 impl Default for Conn {
@@ -143,6 +154,7 @@ impl Default for Conn {
             lstats: None,
             cstats: None,
             estats: None,
+            tls: None,
         }
     }
 }
@@ -212,6 +224,12 @@ impl Conn {
                 .and_then(|f| crate::net::peer_addr(f).ok());
         }
         self.table = Some(table.clone());
+        if let Some(t) = &l.tls {
+            self.tls = Some(Tls::server(t.clone()));
+            self.phase = Phase::Handshaking;
+            self.arm_recv(slot, Side::Down, io);
+            return Step::Continue;
+        }
         self.connect_next(slot, cx, io)
     }
 
@@ -333,8 +351,21 @@ impl Conn {
             return self.connect_next(slot, cx, io);
         }
         self.phase = Phase::Proxying;
-        self.table = None;
+        let origin = self
+            .table
+            .take()
+            .and_then(|t| t.clusters.get(self.cluster as usize)?.tls.clone());
         self.last_ms = cx.now_ms;
+        if let Some(ct) = origin {
+            let t = self.tls.get_or_insert_with(Tls::empty);
+            if t.start_client(&ct).is_err() {
+                self.upstream_count(cx.worker, U::TlsErrors, 1);
+                return self.close(slot, cx, io);
+            }
+        }
+        if self.tls.is_some() {
+            return self.drive(slot, cx, io);
+        }
         // Bytes an HTTP listener read while sniffing go first.
         self.send_head(slot, Side::Down, io);
         self.arm_recv(slot, Side::Down, io);
@@ -366,6 +397,15 @@ impl Conn {
         if d.recv_armed || d.eof || d.starved || d.count as usize >= QUEUE {
             return;
         }
+        match &self.tls {
+            None if self.phase == Phase::Proxying => {}
+            None => return,
+            Some(t) => {
+                if !tls_may_read(t, side, self.phase) {
+                    return;
+                }
+            }
+        }
         d.recv_armed = true;
         io.recv(self.me(slot), side, fd);
     }
@@ -375,8 +415,11 @@ impl Conn {
         let fd = self.raw(from.other());
         let me = self.me(slot);
         let d = &mut self.dirs[from.idx()];
-        if d.send_inflight || d.count == 0 {
+        if d.send_inflight || d.count == 0 || fd < 0 {
             return;
+        }
+        if from == Side::Down && self.phase != Phase::Proxying {
+            return; // the upstream socket is not connected yet
         }
         let (b, len) = d.front();
         d.send_inflight = true;
@@ -394,7 +437,13 @@ impl Conn {
         io: &mut impl Io,
     ) -> Step {
         self.dirs[side.idx()].recv_armed = false;
-        if self.phase != Phase::Proxying {
+        let live = match self.phase {
+            Phase::Proxying => true,
+            // The client's handshake bytes; its EOF or error ends the connection.
+            Phase::Handshaking | Phase::Connecting => self.tls.is_some() && res > 0,
+            _ => false,
+        };
+        if !live {
             if let Some(b) = buf {
                 io.release(b);
             }
@@ -407,12 +456,15 @@ impl Conn {
                 return self.close(slot, cx, io);
             };
             let n = res as u32;
-            self.dirs[side.idx()].push(b, n);
             self.last_ms = cx.now_ms;
             match side {
                 Side::Down => self.listener_count(cx.worker, L::BytesFromDownstream, n.into()),
                 Side::Up => self.upstream_count(cx.worker, U::BytesReceived, n.into()),
             }
+            if self.tls.is_some() {
+                return self.tls_recv(slot, side, b, n, cx, io);
+            }
+            self.dirs[side.idx()].push(b, n);
             self.send_head(slot, side, io);
             self.arm_recv(slot, side, io);
             return Step::Continue;
@@ -422,6 +474,14 @@ impl Conn {
         }
         if res == 0 {
             self.dirs[side.idx()].eof = true;
+            if let Some(t) = self.tls.as_deref_mut() {
+                if t.has(side) {
+                    // Decrypted bytes before the EOF still go out; the reader then
+                    // tells a clean close from a truncation.
+                    t.eof(side);
+                }
+                return self.drive(slot, cx, io);
+            }
             return self.maybe_shut(slot, side, cx, io);
         }
         if res == -libc::ENOBUFS {
@@ -448,7 +508,12 @@ impl Conn {
         io: &mut impl Io,
     ) -> Step {
         self.dirs[from.idx()].send_inflight = false;
-        if self.phase != Phase::Proxying {
+        let live = match self.phase {
+            Phase::Proxying => true,
+            Phase::Handshaking | Phase::Connecting => self.tls.is_some(),
+            _ => false,
+        };
+        if !live {
             return self.close(slot, cx, io);
         }
         if res < 0 {
@@ -472,6 +537,9 @@ impl Conn {
             let b = d.pop();
             io.release(b);
         }
+        if self.tls.is_some() {
+            return self.drive(slot, cx, io);
+        }
         if self.dirs[from.idx()].count > 0 {
             self.send_head(slot, from, io);
         } else if self.dirs[from.idx()].eof {
@@ -483,6 +551,24 @@ impl Conn {
 
     /// Propagate `from`'s EOF once its queue is flushed; close when both ways ended.
     fn maybe_shut(&mut self, slot: u32, from: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let dst = from.other();
+        if let Some(t) = self.tls.as_deref() {
+            let d = &self.dirs[from.idx()];
+            if !d.eof || d.shut || t.pending(from) {
+                return Step::Continue;
+            }
+            if !t.close_sent(dst) {
+                // The end of `from`'s stream becomes close_notify towards `dst`.
+                if let Some(t) = self.tls.as_deref_mut() {
+                    t.close(dst);
+                }
+                self.fill(slot, from, cx, io);
+                self.send_head(slot, from, io);
+            }
+            if self.tls.as_deref().is_some_and(|t| t.wants_write(dst)) {
+                return Step::Continue;
+            }
+        }
         let d = &self.dirs[from.idx()];
         if d.eof && !d.shut && d.count == 0 && !d.send_inflight {
             if let Some(fd) = &self.fds[from.other().idx()] {
@@ -498,11 +584,15 @@ impl Conn {
     }
 
     /// Retry a receive that found the pool empty.
-    pub fn rearm(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+    pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.dirs[side.idx()].starved = false;
+        if self.tls.is_some() && matches!(self.phase, Phase::Handshaking | Phase::Proxying) {
+            return self.drive(slot, cx, io);
+        }
         if self.phase == Phase::Proxying {
             self.arm_recv(slot, side, io);
         }
+        Step::Continue
     }
 
     /// Timeouts: connect (per attempt) and idle (no byte either way).
@@ -518,7 +608,9 @@ impl Conn {
                 }
                 Step::Continue
             }
-            Phase::Proxying if cx.now_ms.saturating_sub(self.last_ms) >= self.idle_ms => {
+            Phase::Proxying | Phase::Handshaking
+                if cx.now_ms.saturating_sub(self.last_ms) >= self.idle_ms =>
+            {
                 self.listener_count(cx.worker, L::IdleTimeouts, 1);
                 self.close(slot, cx, io)
             }
@@ -532,6 +624,218 @@ impl Conn {
             return Step::Free;
         }
         self.close(slot, cx, io)
+    }
+
+    // === TLS ===
+
+    /// Bytes arrived on `side` of a connection with a TLS layer.
+    fn tls_recv(
+        &mut self,
+        slot: u32,
+        side: Side,
+        b: BufId,
+        n: u32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let Some(t) = self.tls.as_deref_mut() else {
+            io.release(b);
+            return self.close(slot, cx, io);
+        };
+        let dst = side.other();
+        if t.failed.is_some() {
+            io.release(b); // nothing more is read from a failed connection
+            return Step::Continue;
+        }
+        if side == Side::Down && t.sniffing() {
+            match t.sniff(io.bytes_mut(b)[0]) {
+                Sniff::Tls => {}
+                Sniff::Rejected => {
+                    // rustls answers the bytes below with its alert.
+                    if let Some(s) = &self.lstats {
+                        s.inc(cx.worker, L::TlsPlaintextRejected);
+                    }
+                }
+                Sniff::Plain => {
+                    if let Some(s) = &self.lstats {
+                        s.inc(cx.worker, L::TlsPlaintextAccepted);
+                    }
+                    if !t.client_allowed() {
+                        // Principals are only known from certificates.
+                        io.release(b);
+                        return self.deny(slot, cx, io);
+                    }
+                    self.dirs[side.idx()].push(b, n);
+                    self.phase = Phase::Connecting;
+                    return self.connect_next(slot, cx, io);
+                }
+            }
+        }
+        if t.has(side) {
+            let r = t.feed(side, &io.bytes_mut(b)[..n as usize]);
+            io.release(b);
+            match r {
+                Ok(false) => {}
+                Ok(true) => {
+                    if let Step::Free = self.handshake_done(slot, side, cx, io) {
+                        return Step::Free;
+                    }
+                }
+                Err(e) => return self.tls_failed(slot, side, e, cx, io),
+            }
+        } else if t.has(dst) {
+            t.write_plain(dst, &io.bytes_mut(b)[..n as usize]);
+            io.release(b);
+        } else {
+            self.dirs[side.idx()].push(b, n);
+        }
+        self.drive(slot, cx, io)
+    }
+
+    fn handshake_done(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if side == Side::Up {
+            self.upstream_count(cx.worker, U::TlsHandshakes, 1);
+            return Step::Continue;
+        }
+        self.listener_count(cx.worker, L::TlsHandshakes, 1);
+        if !self.tls.as_deref().is_some_and(Tls::client_allowed) {
+            return self.deny(slot, cx, io);
+        }
+        if self.phase == Phase::Handshaking {
+            self.phase = Phase::Connecting;
+            return self.connect_next(slot, cx, io);
+        }
+        Step::Continue
+    }
+
+    /// A client outside `allowed_principals`: reset, as an authorization deny on TCP.
+    fn deny(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.listener_count(cx.worker, L::TlsPrincipalDenied, 1);
+        self.reset[Side::Down.idx()] = true;
+        self.reset[Side::Up.idx()] = true;
+        self.close(slot, cx, io)
+    }
+
+    /// `side`'s peer broke TLS: count it, flush the alert rustls queued, then close
+    /// (the other side with a reset: its stream did not end cleanly).
+    fn tls_failed(
+        &mut self,
+        slot: u32,
+        side: Side,
+        e: FeedError,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let handshaking = self.tls.as_deref().is_some_and(|t| t.handshaking(side));
+        match side {
+            Side::Down => {
+                let k = match &e {
+                    FeedError::Tls(rustls::Error::InvalidCertificate(_))
+                    | FeedError::Tls(rustls::Error::NoCertificatesPresented) => L::TlsCertRejected,
+                    FeedError::Tls(rustls::Error::AlertReceived(_)) => L::TlsAlertsReceived,
+                    _ if handshaking => L::TlsHandshakeErrors,
+                    _ => L::TlsRecordErrors,
+                };
+                self.listener_count(cx.worker, k, 1);
+            }
+            Side::Up => self.upstream_count(cx.worker, U::TlsErrors, 1),
+        }
+        tracing::debug!(side = ?side, error = ?e, "TLS failure");
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.failed = Some(side);
+        }
+        self.reset[side.other().idx()] = true;
+        if matches!(e, FeedError::Overrun) {
+            return self.close(slot, cx, io);
+        }
+        self.drive(slot, cx, io)
+    }
+
+    /// Move bytes through the TLS layer as far as queues allow, send, propagate ends,
+    /// and re-arm receives.
+    fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        for from in [Side::Down, Side::Up] {
+            let truncated = self.fill(slot, from, cx, io);
+            if truncated {
+                match from {
+                    Side::Down => self.listener_count(cx.worker, L::TlsTruncated, 1),
+                    Side::Up => self.upstream_count(cx.worker, U::TlsErrors, 1),
+                }
+            }
+            self.send_head(slot, from, io);
+        }
+        if let Some(f) = self.tls.as_deref().and_then(|t| t.failed) {
+            let d = &self.dirs[f.other().idx()];
+            if (d.count == 0 && !d.send_inflight) || self.fds[f.idx()].is_none() {
+                return self.close(slot, cx, io);
+            }
+            return Step::Continue;
+        }
+        for from in [Side::Down, Side::Up] {
+            if let Step::Free = self.maybe_shut(slot, from, cx, io) {
+                return Step::Free;
+            }
+        }
+        self.arm_recv(slot, Side::Down, io);
+        self.arm_recv(slot, Side::Up, io);
+        Step::Continue
+    }
+
+    /// Fill `dirs[from]` (bytes for `from.other()`'s socket) from the TLS layer: first
+    /// ciphertext the destination's session has waiting, then plaintext decrypted from
+    /// `from`. Returns whether `from` ended without `close_notify`.
+    fn fill(&mut self, slot: u32, from: Side, cx: &mut Ctx, io: &mut impl Io) -> bool {
+        let dst = from.other();
+        if dst == Side::Up && self.phase != Phase::Proxying {
+            return false; // no upstream socket to write to yet
+        }
+        let Some(t) = self.tls.as_deref_mut() else {
+            return false;
+        };
+        let d = &mut self.dirs[from.idx()];
+        let mut truncated = false;
+        while (d.count as usize) < QUEUE {
+            if t.wants_write(dst) {
+                let Some(b) = io.take() else {
+                    starve(d, cx, slot, from);
+                    break;
+                };
+                let n = t.write_tls(dst, io.bytes_mut(b));
+                if n == 0 {
+                    io.release(b);
+                    break;
+                }
+                d.push(b, n as u32);
+                continue;
+            }
+            if t.failed.is_some() || !t.pending(from) || t.handshaking(dst) {
+                break;
+            }
+            let Some(b) = io.take() else {
+                starve(d, cx, slot, from);
+                break;
+            };
+            match t.read_plain(from, io.bytes_mut(b)) {
+                Plain::Data(n) if t.has(dst) => {
+                    t.write_plain(dst, &io.bytes_mut(b)[..n]);
+                    io.release(b);
+                }
+                Plain::Data(n) => d.push(b, n as u32),
+                Plain::Empty => io.release(b),
+                Plain::Closed => {
+                    io.release(b);
+                    d.eof = true;
+                }
+                Plain::Truncated => {
+                    io.release(b);
+                    d.eof = true;
+                    truncated = true;
+                    // A stream cut short must not look complete downstream of us.
+                    self.reset[dst.idx()] = true;
+                }
+            }
+        }
+        truncated
     }
 
     fn inflight(&self) -> bool {
@@ -573,6 +877,7 @@ impl Conn {
             self.upstream_count(cx.worker, U::CxClosed, 1);
         }
         *cx.open -= 1;
+        self.tls = None;
         self.table = None;
         self.lstats = None;
         self.cstats = None;
@@ -583,6 +888,35 @@ impl Conn {
     }
 }
 
+/// No spare pool buffer for `from`'s queue: wait on the worker's starved list (retried
+/// as buffers come back), reading from `from` paused meanwhile.
+fn starve(d: &mut Dir, cx: &mut Ctx, slot: u32, from: Side) {
+    if !d.starved {
+        d.starved = true;
+        cx.starved.push((slot, from));
+    }
+}
+
+/// Whether `side`'s socket may be read now, with a TLS layer: during its own handshake,
+/// or once its bytes have somewhere to go (upstream connected, the other side's
+/// handshake done, nothing decrypted or encrypted still waiting).
+fn tls_may_read(t: &Tls, side: Side, phase: Phase) -> bool {
+    if t.failed.is_some() || t.pending(side) || t.peer_closed(side) {
+        return false;
+    }
+    let up_connected = phase == Phase::Proxying;
+    if side == Side::Up && !up_connected {
+        return false;
+    }
+    if t.handshaking(side) {
+        return matches!(
+            phase,
+            Phase::Handshaking | Phase::Connecting | Phase::Proxying
+        );
+    }
+    up_connected && !t.handshaking(side.other()) && !t.wants_write(side.other())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,8 +924,9 @@ mod tests {
     /// Per-connection state must not creep: it sits in every worker's slab.
     #[test]
     fn connection_state_stays_small() {
-        // 192 bytes on x86_64 today; raise deliberately, with a reason, if ever.
+        // 200 bytes on x86_64 today (192 + the pointer to the TLS layer, which is boxed
+        // so plaintext connections pay 8 bytes for it); raise deliberately, with a reason.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 192, "Conn grew to {size} bytes");
+        assert!(size <= 200, "Conn grew to {size} bytes");
     }
 }

@@ -1,0 +1,245 @@
+//! Round-trip latency of a small echo through the proxy: direct (no proxy), plain L4,
+//! and TLS-terminating (TLS 1.3, AES-128-GCM, rustls record crypto) — one connection,
+//! closed loop, targets interleaved in rounds so a noisy host hits them alike.
+//!
+//! `cargo bench --bench tls_latency` (env `ROUNDS`, `ITERS`, `SIZE`, `ENGINE=uring|epoll`).
+//! Needs the `openssl` CLI for the test certificate. Prints the median over rounds of
+//! each round's p50/p90/p99 in µs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tickmesh::config::{parse, Format};
+use tickmesh::engine::{Engine, EngineKind, EngineOptions, Idle};
+use tickmesh::net::SocketPool;
+use tickmesh::route::{compile, Routes};
+use tickmesh::telemetry::StatsRegistry;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.set_nodelay(true);
+            std::thread::spawn(move || {
+                let mut b = [0u8; 16384];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 || c.write_all(&b[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+trait Rt {
+    fn rt(&mut self, msg: &[u8], buf: &mut [u8]);
+}
+
+impl Rt for TcpStream {
+    fn rt(&mut self, msg: &[u8], buf: &mut [u8]) {
+        self.write_all(msg).unwrap();
+        self.read_exact(buf).unwrap();
+    }
+}
+
+impl Rt for rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    fn rt(&mut self, msg: &[u8], buf: &mut [u8]) {
+        self.write_all(msg).unwrap();
+        self.flush().unwrap();
+        self.read_exact(buf).unwrap();
+    }
+}
+
+/// (p50, p90, p99) in µs of `iters` round trips.
+fn measure(c: &mut dyn Rt, iters: usize, size: usize) -> (f64, f64, f64) {
+    let msg = vec![7u8; size];
+    let mut buf = vec![0u8; size];
+    for _ in 0..iters / 10 {
+        c.rt(&msg, &mut buf);
+    }
+    let mut v: Vec<u64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            c.rt(&msg, &mut buf);
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    v.sort_unstable();
+    let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] as f64 / 1000.0;
+    (q(0.50), q(0.90), q(0.99))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rounds = env("ROUNDS", 5);
+    let iters = env("ITERS", 5000);
+    let size = env("SIZE", 64);
+    let kind = match std::env::var("ENGINE").as_deref() {
+        Ok("epoll") => EngineKind::Epoll,
+        _ if tickmesh::engine::uring_available().is_ok() => EngineKind::Uring,
+        _ => EngineKind::Epoll,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    // A CA and a leaf signed by it (webpki refuses a CA certificate as the server's).
+    std::fs::write(p("ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ok = openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=ca",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+            ],
+        ]
+        .concat(),
+    ) && openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=bench",
+                "-keyout",
+                &p("k.pem"),
+                "-out",
+                &p("c.csr"),
+            ],
+        ]
+        .concat(),
+    ) && openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("c.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext"),
+        "-out",
+        &p("c.pem"),
+    ]);
+    if !ok {
+        eprintln!("SKIP tls_latency: the openssl CLI is needed for the test certificate");
+        return;
+    }
+    let backend = echo_backend();
+    // Two free loopback ports (one listener each).
+    let free = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let yaml = format!(
+        "listeners:\n  - {{name: plain, address: \"{}\", cluster: c}}\n  - {{name: tls, address: \"{}\", cluster: c, tls: {{cert: {}, key: {}}}}}\nclusters:\n  - {{name: c, endpoints: [\"{backend}\"]}}\n",
+        free(),
+        free(),
+        p("c.pem"),
+        p("k.pem")
+    );
+    let stats = StatsRegistry::new(1);
+    let mut pool = SocketPool::new(1);
+    let table = compile(&parse(&yaml, Format::Yaml).unwrap(), 1, &stats, &mut pool).unwrap();
+    let routes = Arc::new(Routes::new(table));
+    let engine = Engine::start(
+        EngineOptions {
+            kind,
+            workers: 1,
+            pin: false,
+            idle: Idle::Adaptive,
+            spin: Duration::from_micros(50),
+        },
+        routes.clone(),
+    )
+    .unwrap();
+    let addr = |n: &str| routes.load().listener(n).unwrap().1.sockets.address;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(p("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = rustls::crypto::ring::default_provider();
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let plain = |a: SocketAddr| {
+        let s = TcpStream::connect(a).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    };
+    let mut direct = plain(backend);
+    let mut l4 = plain(addr("plain"));
+    let mut tls = rustls::StreamOwned::new(
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap(),
+        plain(addr("tls")),
+    );
+    let names = ["direct", "tickmesh L4", "tickmesh TLS-terminating"];
+    let mut res: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
+    for _ in 0..rounds {
+        res[0].push(measure(&mut direct, iters, size));
+        res[1].push(measure(&mut l4, iters, size));
+        res[2].push(measure(&mut tls, iters, size));
+    }
+    println!(
+        "engine {kind:?}, {size} B echo, 1 connection, {rounds} rounds × {iters} round trips (median of rounds)"
+    );
+    println!("| target | p50 µs | p90 µs | p99 µs |\n|---|---|---|---|");
+    for (i, n) in names.iter().enumerate() {
+        let m = |f: fn(&(f64, f64, f64)) -> f64| median(res[i].iter().map(f).collect());
+        println!(
+            "| {n} | {:.1} | {:.1} | {:.1} |",
+            m(|r| r.0),
+            m(|r| r.1),
+            m(|r| r.2)
+        );
+    }
+    engine.shutdown(Duration::from_millis(100));
+}

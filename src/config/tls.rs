@@ -1,0 +1,91 @@
+//! TLS settings as the operator writes them: a listener's `tls:` (terminate, mTLS mode,
+//! allowed client principals), a cluster's `tls:` (originate to upstream) and the
+//! daemon-wide `offload:` choice.
+//!
+//! Plain data: files are only named here. `tls::build_*` (called by `route::compile`)
+//! reads and checks them, so a missing file or a key that does not match its
+//! certificate is an apply-time error naming the field, never a data-path surprise.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::istio::MtlsMode;
+use super::model::opt_duration;
+
+/// Terminate TLS on a listener.
+///
+/// `mode` is the mTLS mode, as Istio's `PeerAuthentication` sets it:
+/// `STRICT` (default) accepts TLS only; `PERMISSIVE` also accepts plaintext (sniffed from
+/// the first byte); `DISABLE` serves plaintext only. With `client_ca`, TLS clients must
+/// present a certificate that chains to it (mTLS); without it, server-side TLS only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching `cert`.
+    pub key: PathBuf,
+    /// More certificate/key pairs; the client's SNI picks among all pairs by their DNS
+    /// names, the first pair (`cert`/`key`) serves when none matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_certs: Vec<CertPair>,
+    /// PEM bundle of CAs that client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<MtlsMode>,
+    /// SPIFFE IDs (`spiffe://trust-domain/ns/…/sa/…`) allowed to connect; empty allows
+    /// every verified client. A client not listed is reset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_principals: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Originate TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM bundle the upstream's certificate must chain to.
+    pub ca: PathBuf,
+    /// Server name sent (SNI) and verified against the upstream certificate.
+    pub sni: String,
+    /// Client certificate and key, for upstreams that require mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// Daemon-wide TLS record crypto offload and certificate monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offload {
+    #[serde(default)]
+    pub backend: OffloadBackend,
+    /// Warn (log and `tickmesh stats`) when a certificate expires within this long
+    /// (default 7 days).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expiry_warning: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadBackend {
+    #[default]
+    Auto,
+    Software,
+    Cryptodev,
+    Ktls,
+}
