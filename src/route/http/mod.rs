@@ -215,20 +215,37 @@ impl Matcher {
             return None;
         }
         let lit: &[u8] = match &self.path {
-            PathCond::Exact(p) => p,
-            // A prefix only pins the segment when it runs past it (`/api/` or `/api/x`).
-            PathCond::Prefix(p) => {
-                let seg = first_segment(p);
-                if p.len() > seg.len() + 1 {
-                    p
-                } else {
-                    return None;
-                }
-            }
-            _ => return None,
+            PathCond::Exact(p) => return Some(first_segment(p)),
+            PathCond::Prefix(p) => p,
+            PathCond::Regex(r) => regex_literal_prefix(r.as_str())?,
+            PathCond::Any => return None,
         };
-        Some(first_segment(lit))
+        // A prefix only pins the segment when it runs past it (`/api/` or `/api/x`).
+        let seg = first_segment(lit);
+        (lit.len() > seg.len() + 1).then_some(seg)
     }
+}
+
+/// The literal text every match of a compiled whole-path regex (`^(?:…)$`, see
+/// [`full_regex`]) starts with, or `None` when there is none that is safe to rely on:
+/// any alternation, or a pattern that opens with a metacharacter. A literal character
+/// followed by a quantifier is optional, so it is left out.
+fn regex_literal_prefix(compiled: &str) -> Option<&[u8]> {
+    let inner = compiled.strip_prefix("^(?:")?.strip_suffix(")$")?;
+    if inner.contains('|') {
+        return None;
+    }
+    let inner = inner.strip_prefix('^').unwrap_or(inner);
+    let bytes = inner.as_bytes();
+    let stop = bytes
+        .iter()
+        .position(|b| br"\.+*?()|[]{}^$".contains(b))
+        .unwrap_or(bytes.len());
+    let end = match bytes.get(stop) {
+        Some(b'*' | b'?' | b'+' | b'{') => stop.saturating_sub(1),
+        _ => stop,
+    };
+    (end > 0).then(|| &bytes[..end])
 }
 
 /// `/api/v1?x` → `api`; `/` → empty.

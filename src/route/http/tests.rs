@@ -222,3 +222,48 @@ route_configs:
         "rest"
     );
 }
+
+#[test]
+fn regex_routes_are_bucketed_by_their_literal_prefix_only_when_safe() {
+    let lit = |re: &str| {
+        regex_literal_prefix(full_regex(re, false).unwrap().as_str()).map(|b| b.to_vec())
+    };
+    assert_eq!(lit("/svc1/items/[0-9]+"), Some(b"/svc1/items/".to_vec()));
+    assert_eq!(lit("^/api/v[0-9]"), Some(b"/api/v".to_vec()));
+    assert_eq!(
+        lit("/ab?c"),
+        Some(b"/a".to_vec()),
+        "an optional char is not part of the prefix"
+    );
+    assert_eq!(lit("/a/x|/b/y"), None, "alternation");
+    assert_eq!(lit(".*"), None);
+    assert_eq!(lit(r"/a\.b"), Some(b"/a".to_vec()));
+}
+
+#[test]
+fn a_bucketed_regex_route_still_matches_in_order() {
+    let yaml = r#"
+route_configs:
+- name: r
+  routes:
+  - match: {safe_regex: {regex: "/svc1/items/[0-9]+"}}
+    route: {cluster: items}
+  - match: {prefix: "/"}
+    route: {cluster: rest}
+"#;
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    let mut n = Names::default();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut n).unwrap();
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/svc1/items/42", "h", &[])).unwrap(),
+        "items"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/svc1/items/x", "h", &[])).unwrap(),
+        "rest"
+    );
+    assert_eq!(
+        cluster_of(&t, &n, req("GET", "/svc2/items/42", "h", &[])).unwrap(),
+        "rest"
+    );
+}
