@@ -126,7 +126,7 @@ pub struct Echo {
 
 impl Echo {
     pub fn start() -> Echo {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = listen_wide("127.0.0.1:0".parse().unwrap());
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -251,4 +251,15 @@ pub fn round_trip(s: &mut TcpStream, msg: &[u8]) {
     let mut got = vec![0; msg.len()];
     s.read_exact(&mut got).unwrap();
     assert_eq!(got, msg);
+}
+
+/// A listener with a deep accept queue: std's backlog of 128 overflows when a test opens
+/// 1,000 connections at once, and an overflowed SYN is retried only after 1 s — as long
+/// as the proxy's default connect timeout, which then fails the connection.
+pub fn listen_wide(addr: std::net::SocketAddr) -> TcpListener {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(4096).unwrap();
+    s.into()
 }

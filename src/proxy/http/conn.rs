@@ -32,7 +32,7 @@ use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
-use crate::proxy::l4::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::proxy::l4::{open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
@@ -1361,42 +1361,24 @@ impl Conn {
             return self.close(slot, cx, io);
         };
         let cl = &table.clusters[self.cluster as usize];
-        let n = cl.endpoints.len() as u32;
-        let max = cl.max_connect_attempts.max(1);
-        while n > 0 && u32::from(self.attempt) < max {
-            let ep = if self.attempt == 0 {
-                let mut scratch = 0;
-                let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
-                let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
-                    break;
-                };
-                self.first_endpoint = first as u32;
-                self.first_endpoint
-            } else {
-                (self.first_endpoint + u32::from(self.attempt)) % n
-            };
-            let e = &cl.endpoints[ep as usize];
-            match crate::net::upstream_tcp_socket(&e.address) {
-                Ok(fd) => {
-                    e.stats.inc(cx.worker, U::CxTotal);
-                    cl.stats.inc(cx.worker, U::CxTotal);
-                    self.estats = Some(e.stats.clone());
-                    io.connect(self.me(slot), fd.as_raw_fd(), e.address);
-                    self.fds[Side::Up.idx()] = Some(fd);
-                    self.connect_inflight = true;
-                    self.connected = false;
-                    self.timed_out = false;
-                    self.eof[Side::Up.idx()] = false;
-                    self.shut[Side::Up.idx()] = false;
-                    self.connect_deadline_ms = cx.now_ms + ms(cl.connect_timeout);
-                    return Step::Continue;
-                }
-                Err(_) => {
-                    e.stats.inc(cx.worker, U::Errors);
-                    cl.stats.inc(cx.worker, U::Errors);
-                    self.attempt = self.attempt.saturating_add(1);
-                }
-            }
+        if let Some((e, fd)) = open_upstream(
+            cl,
+            self.cluster,
+            &mut self.attempt,
+            &mut self.first_endpoint,
+            self.peer,
+            cx,
+        ) {
+            self.estats = Some(e.stats.clone());
+            io.connect(self.me(slot), fd.as_raw_fd(), e.address);
+            self.fds[Side::Up.idx()] = Some(fd);
+            self.connect_inflight = true;
+            self.connected = false;
+            self.timed_out = false;
+            self.eof[Side::Up.idx()] = false;
+            self.shut[Side::Up.idx()] = false;
+            self.connect_deadline_ms = cx.now_ms + ms(cl.connect_timeout);
+            return Step::Continue;
         }
         self.fail(
             slot,

@@ -135,6 +135,51 @@ pub enum Step {
 /// A cursor for cluster `i`, or a scratch one when `i` is beyond the worker's table
 /// (a connection still connecting against an older table).
 #[inline]
+/// The socket for the next upstream connect attempt of a connection: attempt
+/// `*attempt` (0 first) goes to the balancer's choice, later ones to the endpoints after
+/// it in order, so a retry never repeats the endpoint that failed. The balancer is asked
+/// once and its choice pinned in `*first_endpoint` (round robin moves on between calls).
+/// A socket that cannot be created (out of fds, …) is counted as an error and the next
+/// endpoint tried. Counts the connection on the endpoint and cluster. `None` when the
+/// attempts are used up or the cluster has no endpoints.
+pub(crate) fn open_upstream<'t>(
+    cl: &'t crate::route::ClusterEntry,
+    cluster: u32,
+    attempt: &mut u8,
+    first_endpoint: &mut u32,
+    peer: Option<SocketAddr>,
+    cx: &mut Ctx,
+) -> Option<(&'t crate::route::EndpointEntry, std::os::fd::OwnedFd)> {
+    use crate::telemetry::UpstreamCounter as U;
+    let n = cl.endpoints.len() as u32;
+    let max = cl.max_connect_attempts.max(1);
+    while n > 0 && u32::from(*attempt) < max {
+        let ep = if *attempt == 0 {
+            let mut scratch = 0;
+            let cur = cursor(cx.cursors, &mut scratch, cluster as usize);
+            // `n > 0`, so the cluster has endpoints and pick answers.
+            *first_endpoint = cl.pick(cx.lb, cur, peer, 0, cx.worker)? as u32;
+            *first_endpoint
+        } else {
+            (*first_endpoint + u32::from(*attempt)) % n
+        };
+        let e = &cl.endpoints[ep as usize];
+        match crate::net::upstream_tcp_socket(&e.address) {
+            Ok(fd) => {
+                e.stats.inc(cx.worker, U::CxTotal);
+                cl.stats.inc(cx.worker, U::CxTotal);
+                return Some((e, fd));
+            }
+            Err(_) => {
+                e.stats.inc(cx.worker, U::Errors);
+                cl.stats.inc(cx.worker, U::Errors);
+                *attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+    None
+}
+
 pub(crate) fn cursor<'a>(cursors: &'a mut [u32], scratch: &'a mut u32, i: usize) -> &'a mut u32 {
     match cursors.get_mut(i) {
         Some(c) => c,

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-use super::{cursor, BufId, ConnRef, Ctx, Io, Side, Step};
+use super::{BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
@@ -287,44 +287,21 @@ impl Conn {
             return self.close(slot, cx, io);
         };
         let cl = &table.clusters[self.cluster as usize];
-        let n = cl.endpoints.len() as u32;
-        let max = cl.max_connect_attempts.max(1);
-        while n > 0 && u32::from(self.attempt) < max {
-            let ep = if self.attempt == 0 {
-                let mut scratch = 0;
-                let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
-                // ClusterEntry::pick walks `attempt` past the balancer's choice, but the
-                // balancer itself moves on between calls (round robin), so we pin the
-                // first choice and walk from it ourselves.
-                // `n > 0`, so the cluster has endpoints and pick answers.
-                let Some(first) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) else {
-                    break;
-                };
-                self.first_endpoint = first as u32;
-                self.first_endpoint
-            } else {
-                (self.first_endpoint + u32::from(self.attempt)) % n
-            };
-            let e = &cl.endpoints[ep as usize];
-            match crate::net::upstream_tcp_socket(&e.address) {
-                Ok(fd) => {
-                    e.stats.inc(cx.worker, U::CxTotal);
-                    cl.stats.inc(cx.worker, U::CxTotal);
-                    self.estats = Some(e.stats.clone());
-                    io.connect(self.me(slot), fd.as_raw_fd(), e.address);
-                    self.fds[Side::Up.idx()] = Some(fd);
-                    self.connect_inflight = true;
-                    self.timed_out = false;
-                    self.deadline_ms = cx.now_ms + ms(cl.connect_timeout);
-                    return Step::Continue;
-                }
-                Err(_) => {
-                    // Out of fds or similar: count it and try the next endpoint.
-                    e.stats.inc(cx.worker, U::Errors);
-                    cl.stats.inc(cx.worker, U::Errors);
-                    self.attempt = self.attempt.saturating_add(1);
-                }
-            }
+        if let Some((e, fd)) = super::open_upstream(
+            cl,
+            self.cluster,
+            &mut self.attempt,
+            &mut self.first_endpoint,
+            self.peer,
+            cx,
+        ) {
+            self.estats = Some(e.stats.clone());
+            io.connect(self.me(slot), fd.as_raw_fd(), e.address);
+            self.fds[Side::Up.idx()] = Some(fd);
+            self.connect_inflight = true;
+            self.timed_out = false;
+            self.deadline_ms = cx.now_ms + ms(cl.connect_timeout);
+            return Step::Continue;
         }
         if let Some(s) = &self.lstats {
             s.inc(cx.worker, L::NoUpstream);
