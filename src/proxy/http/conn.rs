@@ -32,7 +32,7 @@ use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
-use crate::proxy::l4::{open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
@@ -303,10 +303,6 @@ fn reason(status: u16) -> &'static str {
         504 => "Gateway Timeout",
         _ => "Unknown",
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 /// Whether the first bytes of a connection look like an HTTP/1.x request (sniffing):

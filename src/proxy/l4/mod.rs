@@ -180,6 +180,12 @@ pub(crate) fn open_upstream<'t>(
     None
 }
 
+/// A duration in the worker clock's unit (milliseconds), saturating.
+#[inline]
+pub(crate) fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
 pub(crate) fn cursor<'a>(cursors: &'a mut [u32], scratch: &'a mut u32, i: usize) -> &'a mut u32 {
     match cursors.get_mut(i) {
         Some(c) => c,

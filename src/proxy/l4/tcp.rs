@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-use super::{BufId, ConnRef, Ctx, Io, Side, Step};
+use super::{ms, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
@@ -157,10 +157,6 @@ impl Default for Conn {
             tls: None,
         }
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 impl Conn {
