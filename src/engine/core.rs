@@ -153,6 +153,10 @@ pub(crate) struct Core {
     pub udp: Udp,
     udp_spare: Vec<(u32, u16, bool)>,
     scratch: Vec<u8>,
+    /// TLS record offload engine, built on the first TLS connection.
+    crypto: Option<crate::tls::conn::Crypto>,
+    /// Connections that got completions in the current reap (slot, generation).
+    touched: Vec<(u32, u16)>,
 }
 
 impl Core {
@@ -178,6 +182,8 @@ impl Core {
             udp: Udp::new(),
             udp_spare: Vec::with_capacity(64),
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
+            crypto: None,
+            touched: Vec::with_capacity(1024),
         }
     }
 
@@ -220,6 +226,55 @@ impl Core {
             }
         }
         self.udp_again(io);
+    }
+
+    /// Ring the offload engine's doorbell, reap its completions and hand them to their
+    /// connections (in order per connection; the engine guarantees it), then let those
+    /// connections move the results and submit more. Runs once per event batch, after the
+    /// I/O completions, so the jobs of every connection in the batch go out together.
+    pub fn poll_crypto(&mut self, io: &mut impl Driver) {
+        // Bounded: a round's drives may submit follow-up jobs (a seal after an open, an
+        // alert); what is left waits for the next batch (`crypto_busy` keeps the loop hot).
+        for _ in 0..4 {
+            let Some(cr) = self.crypto.as_mut() else {
+                return;
+            };
+            if cr.engine.in_flight() == 0 && cr.waiters.is_empty() {
+                return;
+            }
+            cr.engine.poll();
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.clear();
+            // Waiters retry first: the reap below frees ring slots for them.
+            touched.append(&mut cr.waiters);
+            let conns = &mut self.conns;
+            cr.engine.reap(usize::MAX, |c| {
+                let (slot, gen, side) = crate::tls::conn::untag(c.tag);
+                if let Some(Conn::Tcp(t)) = conns.get_mut(slot as usize) {
+                    if t.gen == gen && !t.is_free() {
+                        t.on_crypto(side, &c);
+                        if touched.last() != Some(&(slot, gen)) {
+                            touched.push((slot, gen));
+                        }
+                    }
+                }
+            });
+            for &(slot, gen) in &touched {
+                self.with_conn(slot, gen, io, |c, cx, io| match c {
+                    Conn::Tcp(t) => t.crypto_done(slot, cx, io),
+                    _ => Step::Continue,
+                });
+            }
+            self.touched = touched;
+        }
+    }
+
+    /// Offload jobs are in flight: the engine loop must not sleep.
+    #[inline]
+    pub fn crypto_busy(&self) -> bool {
+        self.crypto
+            .as_ref()
+            .is_some_and(|c| c.engine.in_flight() > 0 || !c.waiters.is_empty())
     }
 
     /// End of an event batch: publish the open-connection count for drain.
@@ -381,6 +436,7 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            crypto: &mut self.crypto,
         };
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
@@ -437,6 +493,7 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            crypto: &mut self.crypto,
         };
         let step = f(c, &mut cx, io);
         self.after(slot, step);

@@ -69,6 +69,8 @@ counter_set! {
         TlsAlertsReceived => "tls_alerts_received",
         /// Client sockets that ended without `close_notify`.
         TlsTruncated => "tls_truncated",
+        /// Client records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP listeners: requests whose head was parsed.
         HttpRqTotal => "http_rq_total",
         /// Responses sent downstream, by class (local ones included).
@@ -115,6 +117,8 @@ counter_set! {
         TlsHandshakes => "tls_handshakes",
         /// TLS failures with upstreams (verification, alerts, bad records).
         TlsErrors => "tls_errors",
+        /// Upstream records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP requests sent to this cluster, and those finished (active = the
         /// difference, for circuit breaking).
         RqTotal => "rq_total",
