@@ -235,7 +235,17 @@ impl Handshake {
         // Each round either consumes a record or ends; the bound only guards against a
         // rustls that would neither progress nor block.
         for _ in 0..1024 {
-            let end = self.fed + first_record_end(&self.inbuf[self.fed..]);
+            let handshaking = match &self.conn {
+                HsConn::Server(c) => c.is_handshaking(),
+                HsConn::Client(c) => c.is_handshaking(),
+            };
+            // Once the handshake is over, no further record goes to rustls: what it
+            // still has to send (tickets) is drained, the rest is the engine's.
+            let end = if handshaking {
+                self.fed + first_record_end(&self.inbuf[self.fed..])
+            } else {
+                self.fed
+            };
             let (discard, r) = match &mut self.conn {
                 HsConn::Server(c) => status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out),
                 HsConn::Client(c) => status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out),
@@ -250,9 +260,22 @@ impl Handshake {
                     return Err(e);
                 }
                 Ok(Progress::Again) => {}
-                Ok(Progress::Blocked) if self.fed < self.inbuf.len() => {}
+                Ok(Progress::Blocked) if handshaking && self.fed < self.inbuf.len() => {}
                 Ok(Progress::Blocked) => return Ok(false),
-                Ok(Progress::Done) => return Ok(true),
+                Ok(Progress::Done) => {
+                    let handshaking = match &self.conn {
+                        HsConn::Server(c) => c.is_handshaking(),
+                        HsConn::Client(c) => c.is_handshaking(),
+                    };
+                    // A TLS 1.3 server may send (0.5-RTT) before the client's Finished:
+                    // that is not the end of the handshake.
+                    if !handshaking {
+                        return Ok(true);
+                    }
+                    if self.fed >= self.inbuf.len() {
+                        return Ok(false);
+                    }
+                }
                 Ok(Progress::Closed) => {
                     self.dead = true;
                     return Err(rustls::Error::General("peer closed during the handshake".into()));
@@ -263,17 +286,17 @@ impl Handshake {
         Err(rustls::Error::General("handshake made no progress".into()))
     }
 
-    /// After a failure rustls holds the alert it queued: encode it for the socket.
+    /// After a failure rustls holds the alert it queued: encode it for the socket. One
+    /// call: earlier records were taken before the failure, and a second call would
+    /// parse the bad input again.
     fn flush_alert(&mut self) {
-        for _ in 0..4 {
-            let (_, r) = match &mut self.conn {
-                HsConn::Server(c) => status(c.process_tls_records(&mut []), &mut self.out),
-                HsConn::Client(c) => status(c.process_tls_records(&mut []), &mut self.out),
-            };
-            if !matches!(r, Ok(Progress::Again)) {
-                break;
-            }
-        }
+        // The same buffer as before: rustls may still refer to positions in it.
+        let fed = self.fed.min(self.inbuf.len());
+        let buf = &mut self.inbuf[..fed];
+        let _ = match &mut self.conn {
+            HsConn::Server(c) => status(c.process_tls_records(buf), &mut self.out),
+            HsConn::Client(c) => status(c.process_tls_records(buf), &mut self.out),
+        };
     }
 
     fn pending_out(&self) -> &[u8] {
