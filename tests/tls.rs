@@ -468,6 +468,31 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
     });
 }
 
+/// `offload.backend` takes every documented value; one this host or build cannot offer
+/// (no kernel `tls` module here, no `dpdk` feature in this build) falls back to the
+/// software ring with the reason logged, and TLS keeps working through the engine.
+fn offload_backend_choices(kind: EngineKind) {
+    let pki = Pki::new();
+    let g = Greeter::start();
+    for backend in ["software", "ktls", "cryptodev", "auto"] {
+        let yaml = format!(
+            "offload: {{backend: {backend}}}\n{}",
+            pki.listener_yaml("", g.addr, "")
+        );
+        let p = Proxy::start(kind, &yaml);
+        let addr = p.listener("l");
+        assert_eq!(
+            tls_line(addr, pki.client(None), b"x\n").unwrap(),
+            b"echo:x\n",
+            "{backend}"
+        );
+        assert!(
+            p.stats.listener("l").get(L::TlsRecordsOffloaded) >= 2,
+            "{backend}"
+        );
+    }
+}
+
 fn permissive_sniffs(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
@@ -967,6 +992,7 @@ macro_rules! per_engine {
 per_engine!(
     terminate_and_mtls,
     offloaded_records_byte_exact,
+    offload_backend_choices,
     bad_records,
     permissive_sniffs,
     originate_to_openssl,
