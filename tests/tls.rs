@@ -447,7 +447,10 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
         t.write_all(&data).unwrap();
         let mut got = vec![0u8; n];
         t.read_exact(&mut got).unwrap();
-        assert!(got == data, "record batch {i} ({n} bytes) came back different");
+        assert!(
+            got == data,
+            "record batch {i} ({n} bytes) came back different"
+        );
         records += n.div_ceil(16384);
     }
     // Our close_notify comes after the echo's FIN.

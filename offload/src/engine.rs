@@ -675,8 +675,10 @@ mod tests {
         let a = e.create_session(&p).unwrap();
         let b = e.create_session(&p).unwrap();
         for tag in 0..4 {
-            e.submit_seal(a, tag, ContentType::ApplicationData, b"a").unwrap();
-            e.submit_seal(b, 100 + tag, ContentType::ApplicationData, b"b").unwrap();
+            e.submit_seal(a, tag, ContentType::ApplicationData, b"a")
+                .unwrap();
+            e.submit_seal(b, 100 + tag, ContentType::ApplicationData, b"b")
+                .unwrap();
         }
         e.poll_until_idle(100);
         // Simulate a device that completed everything backwards.

@@ -17,9 +17,7 @@
 use std::sync::Arc;
 
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
-use rustls::{
-    client::UnbufferedClientConnection, server::UnbufferedServerConnection,
-};
+use rustls::{client::UnbufferedClientConnection, server::UnbufferedServerConnection};
 use tickmesh_offload::{BackendChoice, Completion, Engine, EngineConfig, SessionParams};
 
 use super::records::{Kernel, RecordError, Records};
@@ -122,7 +120,11 @@ pub fn tag(slot: u32, gen: u16, side: Side) -> u64 {
 
 #[inline]
 pub fn untag(t: u64) -> (u32, u16, Side) {
-    (t as u32, (t >> 32) as u16, Side::from_idx((t >> 48) as usize & 1))
+    (
+        t as u32,
+        (t >> 32) as u16,
+        Side::from_idx((t >> 48) as usize & 1),
+    )
 }
 
 enum HsConn {
@@ -144,7 +146,9 @@ struct Handshake {
     end_reported: bool,
 }
 
+#[derive(Default)]
 enum State {
+    #[default]
     None,
     Hs(Box<Handshake>),
     Rec(Box<Records>),
@@ -247,8 +251,12 @@ impl Handshake {
                 self.fed
             };
             let (discard, r) = match &mut self.conn {
-                HsConn::Server(c) => status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out),
-                HsConn::Client(c) => status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out),
+                HsConn::Server(c) => {
+                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
+                }
+                HsConn::Client(c) => {
+                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
+                }
             };
             self.fed = end;
             self.inbuf.drain(..discard);
@@ -278,7 +286,9 @@ impl Handshake {
                 }
                 Ok(Progress::Closed) => {
                     self.dead = true;
-                    return Err(rustls::Error::General("peer closed during the handshake".into()));
+                    return Err(rustls::Error::General(
+                        "peer closed during the handshake".into(),
+                    ));
                 }
             }
         }
@@ -315,12 +325,6 @@ pub struct Tls {
     identity: Option<Box<str>>,
     /// A fatal error on this side: its alert is flushed, then the connection closes.
     pub failed: Option<Side>,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State::None
-    }
 }
 
 impl Tls {
@@ -363,7 +367,9 @@ impl Tls {
         };
         if verdict != Sniff::Plain {
             match UnbufferedServerConnection::new(s.config.clone()) {
-                Ok(c) => self.sides[Side::Down.idx()] = State::Hs(Handshake::new(HsConn::Server(c))),
+                Ok(c) => {
+                    self.sides[Side::Down.idx()] = State::Hs(Handshake::new(HsConn::Server(c)))
+                }
                 // Only a config rustls itself rejects; the caller closes.
                 Err(_) => return Sniff::Rejected,
             }
@@ -507,11 +513,15 @@ impl Tls {
                     .peer_certificates()
                     .and_then(|certs| certs.first())
                     .and_then(|leaf| super::certs::spiffe_id(leaf.as_ref()));
-                let (s, k) = c.dangerous_into_kernel_connection().map_err(FeedError::Tls)?;
+                let (s, k) = c
+                    .dangerous_into_kernel_connection()
+                    .map_err(FeedError::Tls)?;
                 (s, Kernel::Server(k), id)
             }
             HsConn::Client(c) => {
-                let (s, k) = c.dangerous_into_kernel_connection().map_err(FeedError::Tls)?;
+                let (s, k) = c
+                    .dangerous_into_kernel_connection()
+                    .map_err(FeedError::Tls)?;
                 (s, Kernel::Client(k), None)
             }
         };

@@ -27,8 +27,8 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use tickmesh_offload::record::{HEADER_LEN, MAX_EXPANSION, TAG_LEN};
 use tickmesh_offload::{
-    CipherSuite, Completion, ContentType, Direction, Engine, JobError, Op, SessionId,
-    SubmitError, TlsVersion, MAX_PLAINTEXT,
+    CipherSuite, Completion, ContentType, Direction, Engine, JobError, Op, SessionId, SubmitError,
+    TlsVersion, MAX_PLAINTEXT,
 };
 
 /// TLS alert descriptions (RFC 8446 §6).
@@ -85,7 +85,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    fn update(&mut self, dir: Direction) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
+    fn update(
+        &mut self,
+        dir: Direction,
+    ) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
         match (self, dir) {
             (Kernel::Server(k), Direction::Tx) => k.update_tx_secret(),
             (Kernel::Server(k), Direction::Rx) => k.update_rx_secret(),
@@ -295,7 +298,9 @@ impl Records {
 
     /// Received records are still being opened (or wait for room to be).
     pub fn rx_busy(&self) -> bool {
-        self.rx_inflight > 0 || self.rx_rekey || (self.error.is_none() && self.has_complete_record())
+        self.rx_inflight > 0
+            || self.rx_rekey
+            || (self.error.is_none() && self.has_complete_record())
     }
 
     fn stream_ended(&self) -> bool {
@@ -305,7 +310,8 @@ impl Records {
 
     fn has_complete_record(&self) -> bool {
         let b = &self.rx.buf[self.rx.mark..self.rx.end];
-        b.len() >= HEADER_LEN && b.len() >= HEADER_LEN + usize::from(u16::from_be_bytes([b[3], b[4]]))
+        b.len() >= HEADER_LEN
+            && b.len() >= HEADER_LEN + usize::from(u16::from_be_bytes([b[3], b[4]]))
     }
 
     /// Decrypted bytes into `out`: `Some(n)` (n > 0), or at the end `Some(0)` once;
@@ -465,7 +471,13 @@ impl Records {
         self.submit_opens(e, tag)
     }
 
-    fn seal(&mut self, e: &mut Engine, tag: u64, ct: ContentType, payload: &[u8]) -> Result<(), SubmitError> {
+    fn seal(
+        &mut self,
+        e: &mut Engine,
+        tag: u64,
+        ct: ContentType,
+        payload: &[u8],
+    ) -> Result<(), SubmitError> {
         let need = payload.len() + self.fmt.seal_overhead;
         if self.txc.room() < self.txc_reserved + need {
             return Err(SubmitError::InFlightLimit);
@@ -504,7 +516,9 @@ impl Records {
             if b.len() < HEADER_LEN + body {
                 break;
             }
-            let reserve = body.saturating_sub(self.fmt.open_overhead).min(MAX_PLAINTEXT);
+            let reserve = body
+                .saturating_sub(self.fmt.open_overhead)
+                .min(MAX_PLAINTEXT);
             if self.plain.room() < self.plain_reserved + reserve {
                 break;
             }
@@ -663,7 +677,8 @@ impl Records {
                 },
                 // TLS 1.2 HelloRequest: renegotiation is not supported; ignoring it is
                 // allowed (RFC 5246 §7.4.1.1).
-                (HS_HELLO_REQUEST, TlsVersion::Tls12) if matches!(self.kernel, Kernel::Client(_)) => {}
+                (HS_HELLO_REQUEST, TlsVersion::Tls12)
+                    if matches!(self.kernel, Kernel::Client(_)) => {}
                 _ => return self.fail(alert::UNEXPECTED_MESSAGE, JobErrorKind::BadMessage),
             }
         }
