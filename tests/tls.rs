@@ -469,6 +469,16 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
     wait_until("connections to close", Duration::from_secs(5), || {
         p.engine().open_connections() == 0
     });
+    // The engine's own counters (what `tickmesh stats` shows under OFFLOAD).
+    use tickmesh::telemetry::OffloadCounter as O;
+    let o = p.stats.offload();
+    assert!(o.get(O::RecordsSealed) >= records as u64);
+    assert!(o.get(O::RecordsOpened) >= records as u64);
+    assert!(o.get(O::BytesOpened) >= sizes.iter().sum::<usize>() as u64);
+    assert!(o.get(O::Backend) >= 1);
+    wait_until("sessions released", Duration::from_secs(5), || {
+        o.get(O::Sessions) == 0
+    });
 }
 
 /// `offload.backend` takes every documented value; one this host or build cannot offer

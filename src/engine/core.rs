@@ -157,6 +157,8 @@ pub(crate) struct Core {
     crypto: Option<crate::tls::conn::Crypto>,
     /// Connections that got completions in the current reap (slot, generation).
     touched: Vec<(u32, u16)>,
+    /// The offload counters last published (published again only when they change).
+    crypto_published: tickmesh_offload::EngineStats,
 }
 
 impl Core {
@@ -184,6 +186,7 @@ impl Core {
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
             crypto: None,
             touched: Vec::with_capacity(1024),
+            crypto_published: Default::default(),
         }
     }
 
@@ -240,7 +243,7 @@ impl Core {
                 return;
             };
             if cr.engine.in_flight() == 0 && cr.waiters.is_empty() {
-                return;
+                break;
             }
             cr.engine.poll();
             let mut touched = std::mem::take(&mut self.touched);
@@ -267,6 +270,38 @@ impl Core {
             }
             self.touched = touched;
         }
+        self.publish_crypto();
+    }
+
+    /// Copy the engine's counters to the shared block `stats` reads (when they changed:
+    /// a handful of relaxed stores, once per batch at most).
+    fn publish_crypto(&mut self) {
+        use crate::telemetry::OffloadCounter as O;
+        let (Some(cr), Some(block)) = (self.crypto.as_ref(), self.table.offload_stats.as_ref())
+        else {
+            return;
+        };
+        let s = cr.engine.stats();
+        if s == self.crypto_published || self.worker >= block.workers() {
+            return;
+        }
+        self.crypto_published = s;
+        let w = self.worker;
+        let backend = match cr.engine.backend() {
+            tickmesh_offload::BackendKind::SoftwareInline => 1,
+            tickmesh_offload::BackendKind::SoftwareThreaded => 2,
+            tickmesh_offload::BackendKind::Ktls => 3,
+            _ => 4,
+        };
+        block.set(w, O::Backend, backend);
+        block.set(w, O::Sessions, s.sessions);
+        block.set(w, O::RecordsSealed, s.records_sealed);
+        block.set(w, O::RecordsOpened, s.records_opened);
+        block.set(w, O::BytesSealed, s.bytes_sealed);
+        block.set(w, O::BytesOpened, s.bytes_opened);
+        block.set(w, O::JobsFailed, s.jobs_failed);
+        block.set(w, O::SubmitRefused, s.submit_refused);
+        block.set(w, O::InFlight, s.in_flight);
     }
 
     /// Offload jobs are in flight: the engine loop must not sleep.

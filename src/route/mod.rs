@@ -38,6 +38,8 @@ pub struct RouteTable {
     /// The TLS record offload backend (`offload.backend`); a worker builds its engine
     /// with it on its first TLS connection.
     pub offload: crate::config::tls::OffloadBackend,
+    /// Where workers publish their offload engine's counters (`None`: empty table).
+    pub offload_stats: Option<Arc<crate::telemetry::OffloadStats>>,
 }
 
 #[derive(Debug)]
@@ -167,6 +169,7 @@ impl RouteTable {
             listeners: Box::new([]),
             clusters: Box::new([]),
             offload: Default::default(),
+            offload_stats: None,
         }
     }
 
@@ -328,6 +331,7 @@ pub fn compile(
         listeners: listeners.into_boxed_slice(),
         clusters: clusters.into_boxed_slice(),
         offload: cfg.offload.as_ref().map(|o| o.backend).unwrap_or_default(),
+        offload_stats: Some(stats.offload()),
     })
 }
 
