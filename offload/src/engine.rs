@@ -433,24 +433,37 @@ impl Engine {
                 break;
             };
             let k = op_index(job.op);
-            if let Some(s) = lookup(&mut self.sessions, job.session) {
-                if job.order != s.deliver[k] {
-                    self.parked.push(job);
-                    continue;
-                }
-                s.deliver[k] = s.deliver[k].wrapping_add(1);
-                if !self.parked.is_empty() {
-                    let next = s.deliver[k];
-                    let (sid, op) = (job.session, job.op);
-                    if let Some(i) = self
-                        .parked
-                        .iter()
-                        .position(|j| j.session == sid && j.op == op && j.order == next)
-                    {
-                        // Capacity `slots` bounds every job: no reallocation.
-                        self.cq.push_front(self.parked.swap_remove(i));
+            // One session lookup per job: ordering, in-flight count and key check.
+            match lookup(&mut self.sessions, job.session) {
+                Some(s) => {
+                    if job.order != s.deliver[k] {
+                        self.parked.push(job);
+                        continue;
+                    }
+                    s.deliver[k] = s.deliver[k].wrapping_add(1);
+                    // The caller cannot submit while reaping, so the budget is returned now.
+                    s.in_flight -= 1;
+                    let current = match job.op {
+                        Op::Seal => &s.tx,
+                        Op::Open => &s.rx,
+                    };
+                    if !job.key.as_ref().is_some_and(|key| Arc::ptr_eq(key, current)) {
+                        job.key = None; // replaced by a key update: let it go now
+                    }
+                    if !self.parked.is_empty() {
+                        let next = s.deliver[k];
+                        let (sid, op) = (job.session, job.op);
+                        if let Some(i) = self
+                            .parked
+                            .iter()
+                            .position(|j| j.session == sid && j.op == op && j.order == next)
+                        {
+                            // Capacity `slots` bounds every job: no reallocation.
+                            self.cq.push_front(self.parked.swap_remove(i));
+                        }
                     }
                 }
+                None => job.key = None, // session destroyed
             }
             let result = match job.result {
                 Ok(()) => {
@@ -482,19 +495,6 @@ impl Engine {
                 seq: job.seq,
                 result,
             });
-            match lookup(&mut self.sessions, job.session) {
-                Some(s) => {
-                    s.in_flight -= 1;
-                    let current = match job.op {
-                        Op::Seal => &s.tx,
-                        Op::Open => &s.rx,
-                    };
-                    if !job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, current)) {
-                        job.key = None; // replaced by a key update: let it go now
-                    }
-                }
-                None => job.key = None, // session destroyed
-            }
             // The slot keeps its key reference: the next job of the same session reuses it
             // without touching the reference count (`forget_key` clears stale ones).
             job.result = Err(JobError::Crypto);
