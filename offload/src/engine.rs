@@ -447,7 +447,11 @@ impl Engine {
                         Op::Seal => &s.tx,
                         Op::Open => &s.rx,
                     };
-                    if !job.key.as_ref().is_some_and(|key| Arc::ptr_eq(key, current)) {
+                    if !job
+                        .key
+                        .as_ref()
+                        .is_some_and(|key| Arc::ptr_eq(key, current))
+                    {
                         job.key = None; // replaced by a key update: let it go now
                     }
                     if !self.parked.is_empty() {

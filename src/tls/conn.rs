@@ -466,7 +466,7 @@ impl Tls {
         match &mut self.sides[i] {
             State::None => Ok(false),
             State::Rec(r) => {
-                if !r.may_read(data.len()) && !r.failed() {
+                if !r.failed() && !r.peer_closed && !r.may_read(data.len()) {
                     return Err(FeedError::Overrun);
                 }
                 r.feed(data);

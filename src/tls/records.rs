@@ -220,6 +220,8 @@ pub struct Records {
     end_reported: bool,
     alert: Option<u8>,
     alert_sent: bool,
+    /// Failed for good (the error may already have been taken by the relay).
+    dead: bool,
     error: Option<RecordError>,
     /// Records completed through the engine and not yet counted in stats.
     uncounted: u32,
@@ -262,6 +264,7 @@ impl Records {
             end_reported: false,
             alert: None,
             alert_sent: false,
+            dead: false,
             error: None,
             uncounted: 0,
         };
@@ -276,8 +279,8 @@ impl Records {
 
     /// Ciphertext from the socket; the caller checked [`Records::may_read`].
     pub fn feed(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
+        if data.is_empty() || self.dead || self.peer_closed {
+            return; // nothing after a failure or close_notify is read
         }
         if self.rx.room() < data.len() {
             self.fail(alert::INTERNAL_ERROR, JobErrorKind::Internal);
@@ -288,7 +291,7 @@ impl Records {
 
     /// Room for one more socket receive of `n` bytes.
     pub fn may_read(&self, n: usize) -> bool {
-        self.error.is_none() && !self.peer_closed && !self.socket_eof && self.rx.room() >= n
+        !self.dead && !self.peer_closed && !self.socket_eof && self.rx.room() >= n
     }
 
     /// Plaintext or the end of the stream is waiting for [`Records::read_plain`].
@@ -298,9 +301,7 @@ impl Records {
 
     /// Received records are still being opened (or wait for room to be).
     pub fn rx_busy(&self) -> bool {
-        self.rx_inflight > 0
-            || self.rx_rekey
-            || (self.error.is_none() && self.has_complete_record())
+        self.rx_inflight > 0 || self.rx_rekey || (!self.dead && self.has_complete_record())
     }
 
     fn stream_ended(&self) -> bool {
@@ -337,7 +338,7 @@ impl Records {
 
     /// Room to take `n` bytes of plaintext to seal.
     pub fn can_take_plain(&self, n: usize) -> bool {
-        self.error.is_none() && !self.close_wanted && self.txp.room() >= n
+        !self.dead && !self.close_wanted && self.txp.room() >= n
     }
 
     /// Plaintext to seal towards the peer; the caller checked [`Records::can_take_plain`].
@@ -358,9 +359,8 @@ impl Records {
     pub fn tx_pending(&self) -> bool {
         !self.txc.is_empty()
             || self.tx_inflight > 0
-            || (!self.txp.is_empty() && self.error.is_none())
             || (self.alert.is_some() && !self.alert_sent)
-            || (self.close_wanted && !self.close_sent && self.error.is_none())
+            || (!self.dead && (!self.txp.is_empty() || (self.close_wanted && !self.close_sent)))
     }
 
     /// Copy sealed bytes into `out`.
@@ -386,7 +386,7 @@ impl Records {
     }
 
     pub fn failed(&self) -> bool {
-        self.alert.is_some() || self.error.is_some()
+        self.dead
     }
 
     /// Records completed since the last call (for stats).
@@ -395,7 +395,8 @@ impl Records {
     }
 
     fn fail(&mut self, desc: u8, kind: JobErrorKind) {
-        if self.alert.is_none() && self.error.is_none() {
+        if !self.dead {
+            self.dead = true;
             self.alert = Some(desc);
             self.error = Some(RecordError::Sent(desc, kind));
         }
@@ -503,7 +504,7 @@ impl Records {
     }
 
     fn submit_opens(&mut self, e: &mut Engine, tag: u64) -> bool {
-        while self.error.is_none() && self.alert.is_none() && !self.peer_closed && !self.rx_rekey {
+        while !self.dead && !self.peer_closed && !self.rx_rekey {
             let b = &self.rx.buf[self.rx.mark..self.rx.end];
             if b.len() < HEADER_LEN {
                 break;
@@ -574,7 +575,7 @@ impl Records {
                 if self.rx_inflight == 0 {
                     self.plain_reserved = 0;
                 }
-                if self.error.is_some() || self.alert.is_some() || self.peer_closed {
+                if self.dead || self.peer_closed {
                     return; // nothing after a failure or close_notify counts
                 }
                 let out = match &c.result {
@@ -603,7 +604,8 @@ impl Records {
     }
 
     fn exhausted(&mut self) {
-        if self.error.is_none() {
+        if !self.dead {
+            self.dead = true;
             self.error = Some(RecordError::Exhausted);
             self.alert = None;
             self.alert_sent = true;
@@ -617,7 +619,8 @@ impl Records {
             [1, _] | [_, alert::USER_CANCELED] if self.fmt.version == TlsVersion::Tls12 => {}
             [_, alert::USER_CANCELED] => {}
             [_, desc] => {
-                if self.error.is_none() {
+                if !self.dead {
+                    self.dead = true;
                     self.error = Some(RecordError::Received(*desc));
                     // No alert answers a fatal alert.
                     self.alert = Some(*desc);
