@@ -2,8 +2,9 @@
 //!
 //! One `Engine` per worker thread (it is `Send`, not shared). The control side creates,
 //! rekeys and destroys sessions (allocation allowed there); the data side submits seal /
-//! open jobs, rings the doorbell with [`Engine::poll`], and reaps completions — possibly
-//! out of order, each carrying the caller's tag.
+//! open jobs, rings the doorbell with [`Engine::poll`], and reaps completions, each
+//! carrying the caller's tag: across sessions in whatever order the backend finished them,
+//! within one session and op always in submission order (early finishers are held back).
 //!
 //! Invariants: the number of jobs in existence is fixed at construction (`slots`); a job is
 //! always in exactly one place (free list, submission ring, backend, completion ring);

@@ -20,10 +20,14 @@
 //!   side (phase `Handshaking` before any upstream connect, so a client that fails the
 //!   handshake or the principal check never reaches an upstream); a cluster with `tls`
 //!   originates on the upstream side after the connect. Queues then carry ciphertext
-//!   towards a TLS side, in pool buffers the relay takes and fills itself.
+//!   towards a TLS side, in pool buffers the relay takes and fills itself. After a side's
+//!   handshake its records are jobs on the worker's offload engine: the relay submits
+//!   ([`Conn::drive`] pumps both sides), the worker reaps once per batch and hands each
+//!   completion to its connection ([`Conn::on_crypto`], then [`Conn::crypto_done`]).
 //!
 //! Never blocks; never allocates on the data path (per connection: three `Arc` clones of
-//! counter blocks and the upstream socket; with TLS, the rustls sessions).
+//! counter blocks and the upstream socket; with TLS, the handshake state and then the
+//! record layer's fixed buffers, allocated once per side).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
