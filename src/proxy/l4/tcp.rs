@@ -22,7 +22,7 @@
 //!   originates on the upstream side after the connect. Queues then carry ciphertext
 //!   towards a TLS side, in pool buffers the relay takes and fills itself. After a side's
 //!   handshake its records are jobs on the worker's offload engine: the relay submits
-//!   ([`Conn::drive`] pumps both sides), the worker reaps once per batch and hands each
+//!   (`drive` pumps both sides), the worker reaps once per batch and hands each
 //!   completion to its connection ([`Conn::on_crypto`], then [`Conn::crypto_done`]).
 //!
 //! Never blocks; never allocates on the data path (per connection: three `Arc` clones of
