@@ -221,7 +221,8 @@ fn main() {
     let mut direct = plain(backend);
     let mut l4 = plain(addr("plain"));
     let mut tls = rustls::StreamOwned::new(
-        rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap(),
+        rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+            .unwrap(),
         plain(addr("tls")),
     );
     // HAProxy terminating TLS in front of the same backend, if installed.
