@@ -8,9 +8,11 @@
 //! sysfs/procfs (`host`). It never shells out to `ethtool`, never runs on a worker thread,
 //! and never leaves a change half-made: every change is a `plan::Step` whose previous value
 //! is recorded before it is written and restored, newest first, when a later step fails.
-//! The DPDK port side of the issue (ports owned by the DPDK engine) is not here yet.
+//! Ports owned by DPDK (`dpdk:NAME`) take the same `show`/`set` verbs through `dpdk`,
+//! which asks the DPDK engine that owns the port (or opens it itself).
 
 pub mod cli;
+pub mod dpdk;
 pub mod features;
 pub mod genl;
 pub mod host;

@@ -15,7 +15,7 @@ use super::sys::{self, DrvInfo, FlowRule, Rss};
 use super::NicError;
 
 /// A part of the report: its value, or why there is none.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Part<T> {
     Value(T),
