@@ -110,8 +110,9 @@ pub struct PortRings {
 pub struct PortRss {
     /// `flow_type_rss_offloads`, by name.
     pub supported: Vec<String>,
-    /// The hash functions on now (`rte_eth_dev_rss_hash_conf_get`).
-    pub enabled: Vec<String>,
+    /// The hash functions on now (`rte_eth_dev_rss_hash_conf_get`); `None` when the PMD
+    /// does not report them.
+    pub enabled: Option<Vec<String>>,
     /// Hex; empty when the PMD does not report it.
     pub key: String,
     /// The redirection table (`rte_eth_dev_rss_reta_query`); empty when there is none.
@@ -262,9 +263,15 @@ pub fn parse_rss_hash(words: &[String]) -> Result<u64, NicError> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PortOp {
     /// RX and TX queue counts (`None` keeps the current one).
-    Channels { rx: Option<u16>, tx: Option<u16> },
+    Channels {
+        rx: Option<u16>,
+        tx: Option<u16>,
+    },
     /// Descriptors per RX/TX queue.
-    Rings { rx: Option<u16>, tx: Option<u16> },
+    Rings {
+        rx: Option<u16>,
+        tx: Option<u16>,
+    },
     Reta(RssWant),
     RssHash(u64),
     RssKey(Vec<u8>),
@@ -475,7 +482,8 @@ pub fn run(port: &str, words: &[String], json: bool, access: &DpdkAccess) -> any
     if !resp.ok {
         anyhow::bail!(
             "{}",
-            resp.error.unwrap_or_else(|| "the DPDK engine refused".into())
+            resp.error
+                .unwrap_or_else(|| "the DPDK engine refused".into())
         );
     }
     if let Some(m) = &resp.message {
@@ -552,7 +560,14 @@ pub fn text(r: &PortReport) -> String {
     let _ = writeln!(
         o,
         "  rings (descriptors; min-max, align): rx {} ({}-{}, {}) tx {} ({}-{}, {})",
-        g.rx, g.rx_limits.0, g.rx_limits.1, g.rx_limits.2, g.tx, g.tx_limits.0, g.tx_limits.1, g.tx_limits.2
+        g.rx,
+        g.rx_limits.0,
+        g.rx_limits.1,
+        g.rx_limits.2,
+        g.tx,
+        g.tx_limits.0,
+        g.tx_limits.1,
+        g.tx_limits.2
     );
     o.push_str("  offloads (available / [on]):\n");
     for dir in ["rx", "tx"] {
@@ -581,7 +596,10 @@ pub fn text(r: &PortReport) -> String {
             }
         );
     }
-    let inline = r.offloads.iter().any(|f| f.dpdk == "SECURITY" && f.available);
+    let inline = r
+        .offloads
+        .iter()
+        .any(|f| f.dpdk == "SECURITY" && f.available);
     let _ = writeln!(
         o,
         "  inline crypto (tls-hw/esp-hw): {}",
@@ -596,10 +614,10 @@ pub fn text(r: &PortReport) -> String {
             let _ = writeln!(
                 o,
                 "  rss: hash {} (supported: {})",
-                if s.enabled.is_empty() {
-                    "off".to_string()
-                } else {
-                    s.enabled.join(",")
+                match &s.enabled {
+                    None => "not reported by the PMD".to_string(),
+                    Some(e) if e.is_empty() => "off".to_string(),
+                    Some(e) => e.join(","),
                 },
                 if s.supported.is_empty() {
                     "none".to_string()
@@ -716,7 +734,10 @@ mod tests {
             ("rss key zz", "not hex bytes"),
             ("rss key 0", "not hex bytes"),
             ("flow add tcp4 dst-port 80", "missing `action"),
-            ("flow add tcp4 dst-port 80 action 1 loc 3", "`loc` is not used"),
+            (
+                "flow add tcp4 dst-port 80 action 1 loc 3",
+                "`loc` is not used",
+            ),
             ("flow del x", "`x` is not a number"),
             ("flow", "flow add RULE"),
             ("coalesce rx-usecs 0", "polled"),
@@ -731,8 +752,12 @@ mod tests {
     fn offload_and_hash_names() {
         assert_eq!(ethtool_name(true, "TCP_LRO"), Some("rx-gro-hw"));
         assert_eq!(ethtool_name(false, "TCP_TSO"), Some("tx-tcp-segmentation"));
-        assert!(ethtool_name(false, "SECURITY").unwrap().contains("tls-hw-tx-offload"));
-        assert!(ethtool_name(true, "SECURITY").unwrap().contains("tls-hw-rx-offload"));
+        assert!(ethtool_name(false, "SECURITY")
+            .unwrap()
+            .contains("tls-hw-tx-offload"));
+        assert!(ethtool_name(true, "SECURITY")
+            .unwrap()
+            .contains("tls-hw-rx-offload"));
         assert_eq!(ethtool_name(false, "MBUF_FAST_FREE"), None);
         assert_eq!(
             rss_names((1 << 4) | (1 << 22) | (1 << 63)),

@@ -14,6 +14,8 @@ pub mod eal;
 #[cfg(feature = "dpdk")]
 pub mod port;
 #[cfg(feature = "dpdk")]
+pub mod portctl;
+#[cfg(feature = "dpdk")]
 pub mod runtime;
 #[cfg(feature = "dpdk")]
 pub use runtime::run;
@@ -47,6 +49,10 @@ pub struct DpdkArgs {
     /// Any other EAL argument, passed through (repeatable).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub dpdk_eal_arg: Vec<String>,
+    /// Unix socket where `tickmesh nic show|set dpdk:PORT` reaches this engine's ports
+    /// [default: /run/tickmesh/dpdk-nic.sock].
+    #[arg(long, value_name = "PATH")]
+    pub dpdk_nic_socket: Option<std::path::PathBuf>,
     /// The port (by DPDK name, e.g. `net_tap0`) that hands non-balanced traffic to the kernel.
     #[arg(long, value_name = "NAME")]
     pub dpdk_exception_port: Option<String>,

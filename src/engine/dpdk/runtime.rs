@@ -226,6 +226,27 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
             .context("spawning the control thread")?
     };
 
+    // Port control for `tickmesh nic ... dpdk:PORT`, on its own thread (never an lcore).
+    let portctl = {
+        let mut ctl = super::portctl::PortCtl::new(
+            format!("tickmesh run --engine dpdk (pid {})", std::process::id()),
+            workers,
+        );
+        for p in &engine.ports {
+            let pool = engine
+                ._pools
+                .iter()
+                .find(|m| m.socket == p.socket)
+                .expect("every port has a pool");
+            ctl.add_port(p.id, &p.name, pool, Some((p.rx_queues, p.tx_queues)));
+        }
+        let path = d
+            .dpdk_nic_socket
+            .clone()
+            .unwrap_or_else(|| crate::nic::dpdk::DEFAULT_SOCKET.into());
+        super::portctl::serve(path, ctl, &STOP)
+    };
+
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
     }
@@ -264,6 +285,10 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         unsafe { sys::rte_eal_wait_lcore(l) };
     }
     let _ = ctl.join();
+    // The port-control thread destroys its rte_flow rules before the ports close.
+    if let Some(t) = portctl {
+        let _ = t.join();
+    }
     drop(main_ctx);
 
     let report = report(&engine, started.elapsed());
@@ -304,6 +329,11 @@ fn worker_loop(ctx: &WorkerCtx) {
     let spin_ms = ctx.spin.as_millis() as u64;
     let mut last_work = now_ms(hz);
     while !STOP.load(Ordering::Relaxed) {
+        // `tickmesh nic set dpdk:PORT rings|...` parks workers while it stops the port.
+        if super::portctl::PAUSE.load(Ordering::Relaxed) {
+            super::portctl::park();
+            continue;
+        }
         let table = ctx.tables.load();
         let now = now_ms(hz);
         let mut work = 0usize;
