@@ -104,7 +104,11 @@ pub struct ClusterEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breakers {
     pub max_connections: u32,
+    /// Requests that may wait for a connection (Envoy `max_pending_requests`).
+    pub max_pending_requests: u32,
     pub max_requests: u32,
+    /// Retries in flight at once on the cluster (Envoy `max_retries`).
+    pub max_retries: u32,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
 }
@@ -113,7 +117,9 @@ impl Breakers {
     /// Envoy's default thresholds.
     pub const DEFAULT: Breakers = Breakers {
         max_connections: 1024,
+        max_pending_requests: 1024,
         max_requests: 1024,
+        max_retries: 3,
         max_requests_per_connection: 0,
     };
 }
@@ -369,13 +375,14 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .circuit_breakers
             .as_ref()
             .map_or(Breakers::DEFAULT, |b| Breakers {
-                // Without a pending queue, a request that would wait for a connection
-                // is refused; max_pending_requests therefore adds to max_connections.
                 max_connections: b
                     .max_connections
-                    .unwrap_or(Breakers::DEFAULT.max_connections)
-                    .saturating_add(b.max_pending_requests.unwrap_or(0)),
+                    .unwrap_or(Breakers::DEFAULT.max_connections),
+                max_pending_requests: b
+                    .max_pending_requests
+                    .unwrap_or(Breakers::DEFAULT.max_pending_requests),
                 max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
+                max_retries: b.max_retries.unwrap_or(Breakers::DEFAULT.max_retries),
                 max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
             }),
     }
