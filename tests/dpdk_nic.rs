@@ -264,6 +264,34 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
     let e = fails(nic(&socket, &["set", "dpdk:net_tap0", "flow", "del", "7"]));
     assert!(e.contains("no rte_flow rule 7"), "{e}");
 
+    // `nic show` without a device lists the engine's ports after the kernel's.
+    let all = ok(nic(&socket, &["show"]));
+    assert!(
+        all.contains("dpdk:net_tap0 (port 0)") && all.contains("dpdk:net_ring0 (port 1)"),
+        "{all}"
+    );
+    let all = json(nic(&socket, &["show", "--json"]));
+    assert_eq!(all["dpdk_ports"].as_array().map(Vec::len), Some(2), "{all}");
+
+    // A garbled request gets an error answer, and the engine keeps serving.
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(b"{\"port\": 7, \"words\": \n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+        let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(r["ok"], false);
+        assert!(
+            r["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a port-control request"),
+            "{r}"
+        );
+    }
+    ok(nic(&socket, &["show", "dpdk:0"]));
+
     // Bad names and no engine.
     let e = fails(nic(&socket, &["show", "dpdk:net_nope0"]));
     assert!(

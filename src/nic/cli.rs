@@ -87,11 +87,24 @@ pub fn run(args: &NicArgs) -> anyhow::Result<()> {
             if let Some(port) = dev.as_deref().and_then(super::dpdk::port_of) {
                 return super::dpdk::run(port, &[], *json, &args.dpdk);
             }
-            let r = show::report(&mut cx, dev.as_deref())?;
+            let mut r = show::report(&mut cx, dev.as_deref())?;
+            let mut dpdk_note = None;
+            if dev.is_none() {
+                match super::dpdk::engine_ports(&args.dpdk.dpdk_socket) {
+                    Ok(p) => r.dpdk_ports = p,
+                    Err(e) => dpdk_note = Some(format!("DPDK ports: {e}")),
+                }
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", show::text(&r));
+                for p in &r.dpdk_ports {
+                    print!("{}", super::dpdk::text(p));
+                }
+            }
+            if let Some(n) = dpdk_note {
+                eprintln!("{n}");
             }
         }
         NicCommand::Set { dev, words } => {

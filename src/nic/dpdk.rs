@@ -410,10 +410,13 @@ pub fn parse_op(words: &[String]) -> Result<PortOp, NicError> {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
+    /// A port name or id; [`ALL_PORTS`] with no words shows every port.
     pub port: String,
     /// Empty: show. Otherwise the words of `nic set`.
     pub words: Vec<String>,
 }
+
+pub const ALL_PORTS: &str = "*";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
@@ -421,6 +424,9 @@ pub struct Response {
     pub error: Option<String>,
     pub message: Option<String>,
     pub report: Option<PortReport>,
+    /// The answer to [`ALL_PORTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<PortReport>,
 }
 
 impl Response {
@@ -430,7 +436,27 @@ impl Response {
             error: Some(e.to_string()),
             message: None,
             report: None,
+            reports: Vec::new(),
         }
+    }
+}
+
+/// For `nic show` without a device: the ports of the DPDK engine at `socket`, if one runs
+/// there (nothing when none does; an error only when it answers badly).
+pub fn engine_ports(socket: &Path) -> anyhow::Result<Vec<PortReport>> {
+    if !socket.exists() {
+        return Ok(Vec::new());
+    }
+    let resp = call(
+        socket,
+        &Request {
+            port: ALL_PORTS.into(),
+            words: Vec::new(),
+        },
+    )?;
+    match resp.error {
+        Some(e) => anyhow::bail!("{e}"),
+        None => Ok(resp.reports),
     }
 }
 
@@ -809,6 +835,9 @@ mod tests {
                 rule: FlowRule::parse(&w("udp4 dst-port 53 action 0")).unwrap(),
             }],
         };
+        assert!(engine_ports(Path::new("/nonexistent/tickmesh.sock"))
+            .unwrap()
+            .is_empty());
         let back: PortReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         let t = text(&back);
         for needle in [

@@ -30,7 +30,7 @@ use super::port::{port_socket, probed_ports, Mempool, Port};
 use super::DpdkArgs;
 use crate::nic::dpdk::{
     ethtool_name, hex, parse_op, rss_names, DpdkAccess, Offload, PortFlow, PortLink, PortOp,
-    PortQueues, PortReport, PortRings, PortRss, Request, Response, MAX_LINE,
+    PortQueues, PortReport, PortRings, PortRss, Request, Response, ALL_PORTS, MAX_LINE,
 };
 use crate::nic::plan::RssWant;
 use crate::nic::show::Part;
@@ -850,6 +850,18 @@ impl PortCtl {
 
     /// Run one request: show (no words) or set.
     pub fn handle(&mut self, req: &Request) -> Response {
+        if req.port == ALL_PORTS && req.words.is_empty() {
+            return match self.ports.iter().map(|p| p.report(&self.owner)).collect() {
+                Ok(reports) => Response {
+                    ok: true,
+                    error: None,
+                    message: None,
+                    report: None,
+                    reports,
+                },
+                Err(e) => Response::error(e),
+            };
+        }
         let i = match self.find(&req.port) {
             Ok(i) => i,
             Err(e) => return Response::error(e),
@@ -861,6 +873,7 @@ impl PortCtl {
                     error: None,
                     message: None,
                     report: Some(r),
+                    reports: Vec::new(),
                 },
                 Err(e) => Response::error(e),
             };
@@ -876,6 +889,7 @@ impl PortCtl {
                 error: None,
                 message: Some(m),
                 report: None,
+                reports: Vec::new(),
             },
             Err(e) => Response::error(e),
         }
