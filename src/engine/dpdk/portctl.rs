@@ -584,11 +584,22 @@ impl CtlPort {
                 ))
             }
             PortOp::RssKey(mut key) => {
-                if info.hash_key_size > 0 && key.len() != usize::from(info.hash_key_size) {
+                if info.flow_type_rss_offloads == 0 {
+                    return Err(NicError::Unsupported(format!(
+                        "dpdk:{name}: rss key: {driver} has no RSS hashing"
+                    )));
+                }
+                // A PMD that does not report its key size takes the 40-byte Toeplitz key
+                // (`struct rte_eth_rss_conf`: "If not NULL, 40-byte hash key").
+                let size = if info.hash_key_size > 0 {
+                    usize::from(info.hash_key_size)
+                } else {
+                    40
+                };
+                if key.len() != size {
                     return Err(bad(format!(
-                        "rss key: {} bytes given, {driver} takes {} bytes",
-                        key.len(),
-                        info.hash_key_size
+                        "rss key: {} bytes given, {driver} takes {size} bytes",
+                        key.len()
                     )));
                 }
                 let Ok(len) = u8::try_from(key.len()) else {
