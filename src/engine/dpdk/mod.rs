@@ -3,8 +3,8 @@
 //! `wire` (packet views) and `lb` (the balancer's decisions over any [`lb::PacketBuf`])
 //! are plain Rust and build without DPDK, so their tests and the fuzz target run
 //! everywhere. The parts that touch DPDK — `eal` (EAL start/stop), `port` (ports, queues,
-//! mbufs) and `runtime` (the lcore loops) — need feature `dpdk` and are the only places
-//! here with `unsafe`.
+//! mbufs), `portctl` (`tickmesh nic` on DPDK ports) and `runtime` (the lcore loops) — need
+//! feature `dpdk` and are the only places here with `unsafe`.
 
 pub mod lb;
 pub mod wire;
