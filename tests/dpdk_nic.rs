@@ -407,6 +407,22 @@ fn nic_opens_a_dpdk_port_in_its_own_eal_with_vdev() {
         text.contains("channels (current/max): rx 4/16 tx 4/16"),
         "{text}"
     );
+    // Failure midway: each net_tap RX queue takes 1,024 mbufs from a pool of 8,191, so the
+    // eighth queue cannot be filled; the port goes back to one queue pair.
+    let tap = own(
+        "net_tap0,iface=tmnicown",
+        &["set", "dpdk:net_tap0", "channels", "combined", "16"],
+    );
+    let out = String::from_utf8_lossy(&tap.stdout).into_owned();
+    let e = fails(tap);
+    assert!(
+        e.contains("rte_eth_rx_queue_setup (queue 8") && e.contains("were restored"),
+        "{e}"
+    );
+    assert!(
+        out.contains("channels (current/max): rx 1/16 tx 1/16"),
+        "{out}"
+    );
     let e = fails(own("net_ring0", &["set", "dpdk:0", "channels", "rx=17"]));
     assert!(
         e.contains("out of range (net_ring allows at most rx 16 tx 16)"),

@@ -505,13 +505,6 @@ pub fn run(port: &str, words: &[String], json: bool, access: &DpdkAccess) -> any
     } else {
         call(&access.dpdk_socket, &req)?
     };
-    if !resp.ok {
-        anyhow::bail!(
-            "{}",
-            resp.error
-                .unwrap_or_else(|| "the DPDK engine refused".into())
-        );
-    }
     if let Some(m) = &resp.message {
         println!("{m}");
     }
@@ -521,6 +514,13 @@ pub fn run(port: &str, words: &[String], json: bool, access: &DpdkAccess) -> any
         } else {
             print!("{}", text(r));
         }
+    }
+    if !resp.ok {
+        anyhow::bail!(
+            "{}",
+            resp.error
+                .unwrap_or_else(|| "the DPDK engine refused".into())
+        );
     }
     Ok(())
 }

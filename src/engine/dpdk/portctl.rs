@@ -1041,7 +1041,8 @@ pub fn standalone(access: &DpdkAccess, req: &Request) -> anyhow::Result<Response
     );
     ctl.add_port(id, &name, &pool, None);
     let mut resp = ctl.handle(req);
-    if resp.ok && !req.words.is_empty() {
+    // After a change — made, or refused and rolled back — show the port as it is now.
+    if !req.words.is_empty() && ctl.find(&req.port).is_ok() {
         let show = ctl.handle(&Request {
             port: req.port.clone(),
             words: Vec::new(),
