@@ -255,6 +255,44 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
         "{e}"
     );
 
+    // Offloads in ethtool's words (a group sets the members the PMD offers), applied by
+    // restarting the port with the new masks; what would change the frames the balancer
+    // parses is refused on an engine port; what the PMD lacks is named.
+    let m = ok(nic(
+        &socket,
+        &["set", "dpdk:net_tap0", "tso=on", "tx", "on"],
+    ));
+    assert!(
+        m.contains("tx now IPV4_CKSUM,UDP_CKSUM,TCP_CKSUM,TCP_TSO"),
+        "{m}"
+    );
+    let tap = json(nic(&socket, &["show", "dpdk:net_tap0", "--json"]));
+    assert_eq!(offload(&tap, "tx", "TCP_TSO").unwrap()["on"], true, "{tap}");
+    assert_eq!(offload(&tap, "tx", "UDP_CKSUM").unwrap()["on"], true);
+    assert_eq!(
+        tap["rings"]["rx"], 512,
+        "descriptors kept across the restart"
+    );
+    ok(nic(&socket, &["set", "dpdk:net_tap0", "tso=off"]));
+    let tap = json(nic(&socket, &["show", "dpdk:net_tap0", "--json"]));
+    assert_eq!(offload(&tap, "tx", "TCP_TSO").unwrap()["on"], false);
+    assert_eq!(offload(&tap, "tx", "TCP_CKSUM").unwrap()["on"], true);
+    let e = fails(nic(&socket, &["set", "dpdk:net_tap0", "rx:SCATTER=on"]));
+    assert!(
+        e.contains("changes the frames the engine's balancer parses"),
+        "{e}"
+    );
+    let e = fails(nic(&socket, &["set", "dpdk:net_tap0", "lro=on"]));
+    assert!(
+        e.contains("`lro` is not offered by net_tap (rx TCP_LRO)"),
+        "{e}"
+    );
+    let e = fails(nic(
+        &socket,
+        &["set", "dpdk:net_ring0", "tls-hw-tx-offload=on"],
+    ));
+    assert!(e.contains("not offered by net_ring (tx SECURITY)"), "{e}");
+
     // Queues are the engine's (one per worker): refused with what to do instead.
     let e = fails(nic(&socket, &["set", "dpdk:net_tap0", "channels", "rx=1"]));
     assert!(e.contains("--workers"), "{e}");

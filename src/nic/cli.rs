@@ -34,7 +34,8 @@ pub enum NicCommand {
     ///   coalesce adaptive-rx off rx-usecs 0, rss equal N | rss weights W... | rss default,
     ///   flow add tcp4 dst-ip A dst-port P action Q | flow del LOC,
     ///   irq-affinity QUEUE=CPUS..., rps QUEUE=CPUS..., xps QUEUE=CPUS...
-    /// On a DPDK port (dpdk:NAME): channels rx=N tx=N, rings rx=N tx=N,
+    /// On a DPDK port (dpdk:NAME): FEATURE=on|off (tso, tx, ..., rx:NAME/tx:NAME),
+    ///   channels rx=N tx=N, rings rx=N tx=N,
     ///   rss equal N | weights W... | default | hash F,... | key HEX,
     ///   flow add tcp4 dst-ip A dst-port P action Q | flow del ID
     #[command(verbatim_doc_comment)]

@@ -143,34 +143,107 @@ pub struct PortReport {
     pub flows: Vec<PortFlow>,
 }
 
-/// DPDK's offload name → ethtool's feature name, where they mean the same thing
-/// (`rte_ethdev.h` RTE_ETH_{RX,TX}_OFFLOAD_* against `ethtool -k`). `SECURITY` is inline
-/// IPsec/TLS crypto: ethtool shows that as `esp-hw-offload` and `tls-hw-*-offload`.
+/// DPDK offloads and the ethtool features they correspond to: (RX?, DPDK's name as
+/// `rte_eth_dev_{rx,tx}_offload_name` prints it, ethtool names), from `rte_ethdev.h`'s
+/// RTE_ETH_{RX,TX}_OFFLOAD_* against `ethtool -k`. `SECURITY` is inline IPsec/TLS crypto,
+/// which ethtool shows as `esp-hw-offload` and `tls-hw-*-offload`; DPDK's `TCP_LRO` is
+/// listed as `rx-gro-hw` (header-preserving aggregation in the NIC).
+pub const OFFLOADS: &[(bool, &str, &str)] = &[
+    (true, "VLAN_STRIP", "rx-vlan-hw-parse"),
+    (true, "QINQ_STRIP", "rx-vlan-stag-hw-parse"),
+    (true, "VLAN_FILTER", "rx-vlan-filter"),
+    (true, "IPV4_CKSUM", "rx-checksumming"),
+    (true, "UDP_CKSUM", "rx-checksumming"),
+    (true, "TCP_CKSUM", "rx-checksumming"),
+    (true, "SCTP_CKSUM", "rx-checksumming"),
+    (true, "TCP_LRO", "rx-gro-hw"),
+    (true, "KEEP_CRC", "rx-fcs"),
+    (true, "RSS_HASH", "rx-hashing"),
+    (true, "SCATTER", "rx-scatter"),
+    (true, "SECURITY", "tls-hw-rx-offload,esp-hw-offload"),
+    (true, "MACSEC_STRIP", "macsec-hw-offload"),
+    (false, "MACSEC_INSERT", "macsec-hw-offload"),
+    (false, "VLAN_INSERT", "tx-vlan-hw-insert"),
+    (false, "QINQ_INSERT", "tx-vlan-stag-hw-insert"),
+    (false, "IPV4_CKSUM", "tx-checksumming"),
+    (false, "UDP_CKSUM", "tx-checksumming"),
+    (false, "TCP_CKSUM", "tx-checksumming"),
+    (false, "SCTP_CKSUM", "tx-checksum-sctp"),
+    (false, "TCP_TSO", "tx-tcp-segmentation"),
+    (false, "UDP_TSO", "tx-udp-segmentation"),
+    (false, "VXLAN_TNL_TSO", "tx-udp_tnl-segmentation"),
+    (false, "GENEVE_TNL_TSO", "tx-udp_tnl-segmentation"),
+    (false, "UDP_TNL_TSO", "tx-udp_tnl-segmentation"),
+    (false, "GRE_TNL_TSO", "tx-gre-segmentation"),
+    (false, "IPIP_TNL_TSO", "tx-ipxip4-segmentation"),
+    (false, "MULTI_SEGS", "tx-scatter-gather"),
+    (false, "SECURITY", "tls-hw-tx-offload,esp-hw-offload"),
+];
+
+/// The ethtool feature(s) a DPDK offload corresponds to, if any.
 pub fn ethtool_name(rx: bool, dpdk: &str) -> Option<&'static str> {
-    Some(match (rx, dpdk) {
-        (true, "VLAN_STRIP") => "rx-vlan-hw-parse",
-        (true, "QINQ_STRIP") => "rx-vlan-stag-hw-parse",
-        (true, "VLAN_FILTER") => "rx-vlan-filter",
-        (true, "IPV4_CKSUM" | "UDP_CKSUM" | "TCP_CKSUM" | "SCTP_CKSUM") => "rx-checksumming",
-        (true, "TCP_LRO") => "rx-gro-hw",
-        (true, "KEEP_CRC") => "rx-fcs",
-        (true, "RSS_HASH") => "rx-hashing",
-        (true, "SCATTER") => "rx-scatter",
-        (true, "SECURITY") => "tls-hw-rx-offload,esp-hw-offload",
-        (true, "MACSEC_STRIP") | (false, "MACSEC_INSERT") => "macsec-hw-offload",
-        (false, "VLAN_INSERT") => "tx-vlan-hw-insert",
-        (false, "QINQ_INSERT") => "tx-vlan-stag-hw-insert",
-        (false, "IPV4_CKSUM" | "UDP_CKSUM" | "TCP_CKSUM") => "tx-checksumming",
-        (false, "SCTP_CKSUM") => "tx-checksum-sctp",
-        (false, "TCP_TSO") => "tx-tcp-segmentation",
-        (false, "UDP_TSO") => "tx-udp-segmentation",
-        (false, "VXLAN_TNL_TSO" | "GENEVE_TNL_TSO" | "UDP_TNL_TSO") => "tx-udp_tnl-segmentation",
-        (false, "GRE_TNL_TSO") => "tx-gre-segmentation",
-        (false, "IPIP_TNL_TSO") => "tx-ipxip4-segmentation",
-        (false, "MULTI_SEGS") => "tx-scatter-gather",
-        (false, "SECURITY") => "tls-hw-tx-offload,esp-hw-offload",
-        _ => return None,
-    })
+    OFFLOADS
+        .iter()
+        .find(|(r, d, _)| *r == rx && *d == dpdk)
+        .map(|(_, _, e)| *e)
+}
+
+/// ethtool's `-K` abbreviations and group names, as the ethtool feature they mean here.
+const ALIASES: &[(&str, &str)] = &[
+    ("rx", "rx-checksumming"),
+    ("tx", "tx-checksumming"),
+    ("sg", "tx-scatter-gather"),
+    ("scatter-gather", "tx-scatter-gather"),
+    ("tso", "tx-tcp-segmentation"),
+    ("tcp-segmentation-offload", "tx-tcp-segmentation"),
+    ("lro", "rx-gro-hw"),
+    ("large-receive-offload", "rx-gro-hw"),
+    ("gro-hw", "rx-gro-hw"),
+    ("rxvlan", "rx-vlan-hw-parse"),
+    ("rx-vlan-offload", "rx-vlan-hw-parse"),
+    ("txvlan", "tx-vlan-hw-insert"),
+    ("tx-vlan-offload", "tx-vlan-hw-insert"),
+    ("rxhash", "rx-hashing"),
+    ("receive-hashing", "rx-hashing"),
+];
+
+/// The DPDK offloads (RX?, name) a `nic set` feature word stands for: an ethtool name or
+/// abbreviation (`tso`, `tx-checksumming` — a group covers several), or DPDK's own name
+/// with its direction (`rx:TCP_LRO`, `tx:MBUF_FAST_FREE`).
+pub fn offload_targets(word: &str) -> Result<Vec<(bool, String)>, NicError> {
+    if let Some((dir, name)) = word.split_once(':') {
+        let rx = match dir {
+            "rx" => true,
+            "tx" => false,
+            _ => {
+                return Err(NicError::Invalid(format!(
+                    "`{word}`: write rx:NAME or tx:NAME with DPDK's offload name"
+                )))
+            }
+        };
+        let name = name.to_ascii_uppercase();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(NicError::Invalid(format!(
+                "`{word}`: `{name}` is not a DPDK offload name (e.g. TCP_LRO, MBUF_FAST_FREE)"
+            )));
+        }
+        return Ok(vec![(rx, name)]);
+    }
+    let eth = ALIASES
+        .iter()
+        .find(|(a, _)| *a == word)
+        .map_or(word, |(_, e)| *e);
+    let out: Vec<(bool, String)> = OFFLOADS
+        .iter()
+        .filter(|(_, _, e)| e.split(',').any(|n| n == eth))
+        .map(|(rx, d, _)| (*rx, (*d).to_string()))
+        .collect();
+    if out.is_empty() {
+        return Err(NicError::Invalid(format!(
+            "no DPDK offload corresponds to `{word}` (ethtool names such as tso, tx-checksumming, rx-checksumming, rx-gro-hw, tls-hw-tx-offload, or DPDK's own as rx:NAME / tx:NAME)"
+        )));
+    }
+    Ok(out)
 }
 
 /// RSS hash functions: bit of `RTE_ETH_RSS_*` (rte_ethdev.h, DPDK 22.11) and our name.
@@ -277,6 +350,8 @@ pub enum PortOp {
     RssKey(Vec<u8>),
     FlowAdd(FlowRule),
     FlowDel(u32),
+    /// `FEATURE=on|off` words, checked by [`offload_targets`].
+    Offloads(Vec<(String, bool)>),
 }
 
 fn kv(words: &[String]) -> Result<Vec<(String, String)>, NicError> {
@@ -398,10 +473,16 @@ pub fn parse_op(words: &[String]) -> Result<PortOp, NicError> {
             )))
         }
         None => return Err(NicError::Invalid("nothing to set".into())),
-        Some(other) => {
-            return Err(NicError::Unsupported(format!(
-                "`{other}`: a DPDK port's offload features are chosen when the engine configures it; `nic set` on a DPDK port changes channels, rings, rss and flow"
-            )))
+        Some(_) => {
+            let mut out = Vec::new();
+            for (k, v) in kv(words)? {
+                let on = super::features::parse_on_off(&v).ok_or_else(|| {
+                    NicError::Invalid(format!("`{k}={v}`: `{v}` is not on or off"))
+                })?;
+                offload_targets(&k)?;
+                out.push((k, on));
+            }
+            PortOp::Offloads(out)
         }
     })
 }
@@ -741,6 +822,28 @@ mod tests {
             PortOp::FlowAdd(r) if r.queue == Some(1) && r.dst_port == Some(80)
         ));
         assert_eq!(parse_op(&w("flow del 3")).unwrap(), PortOp::FlowDel(3));
+        assert_eq!(
+            parse_op(&w("tso=on tx off rx:tcp_lro on")).unwrap(),
+            PortOp::Offloads(vec![
+                ("tso".into(), true),
+                ("tx".into(), false),
+                ("rx:tcp_lro".into(), true)
+            ])
+        );
+        assert_eq!(
+            offload_targets("tso").unwrap(),
+            vec![(false, "TCP_TSO".to_string())]
+        );
+        assert_eq!(offload_targets("tx-checksumming").unwrap().len(), 3);
+        assert_eq!(
+            offload_targets("tls-hw-rx-offload").unwrap(),
+            vec![(true, "SECURITY".to_string())]
+        );
+        assert_eq!(offload_targets("esp-hw-offload").unwrap().len(), 2);
+        assert_eq!(
+            offload_targets("rx:TCP_LRO").unwrap(),
+            vec![(true, "TCP_LRO".to_string())]
+        );
     }
 
     #[test]
@@ -767,7 +870,11 @@ mod tests {
             ("flow del x", "`x` is not a number"),
             ("flow", "flow add RULE"),
             ("coalesce rx-usecs 0", "polled"),
-            ("gro=off", "offload features are chosen"),
+            ("gro=off", "no DPDK offload corresponds to `gro`"),
+            ("tso=maybe", "`maybe` is not on or off"),
+            ("tso", "needs a value"),
+            ("up:TCP_LRO=on", "write rx:NAME or tx:NAME"),
+            ("rx:TCP-LRO=on", "is not a DPDK offload name"),
         ] {
             let e = parse_op(&w(bad)).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad:?}: {e}");

@@ -29,8 +29,9 @@ use super::eal::{eal_args, strerror, Eal};
 use super::port::{port_socket, probed_ports, Mempool, Port};
 use super::DpdkArgs;
 use crate::nic::dpdk::{
-    ethtool_name, hex, parse_op, rss_names, DpdkAccess, Offload, PortFlow, PortLink, PortOp,
-    PortQueues, PortReport, PortRings, PortRss, Request, Response, ALL_PORTS, MAX_LINE,
+    ethtool_name, hex, offload_targets, parse_op, rss_names, DpdkAccess, Offload, PortFlow,
+    PortLink, PortOp, PortQueues, PortReport, PortRings, PortRss, Request, Response, ALL_PORTS,
+    MAX_LINE,
 };
 use crate::nic::plan::RssWant;
 use crate::nic::show::Part;
@@ -389,27 +390,32 @@ impl CtlPort {
         Ok(())
     }
 
-    /// Change queue counts and/or descriptors; on failure put the previous set-up back.
+    /// Change queue counts, descriptors and/or port offloads (`edit` changes the port's
+    /// configuration); on failure put the previous set-up back.
     fn reconfigure(
         &mut self,
         item: &str,
         queues: (u16, u16),
         desc: (u16, u16),
         workers: usize,
+        edit: impl FnOnce(&mut sys::rte_eth_conf),
     ) -> Result<String, NicError> {
         let info = dev_info(self.id)?;
         let driver = driver_name(&info);
         let before_q = (info.nb_rx_queues, info.nb_tx_queues);
         let before_d = self.current_desc();
-        if (queues, desc) == (before_q, before_d) {
+        let old_conf = conf_get(self.id)
+            .map_err(|rc| dpdk_err(self, &driver, item, "rte_eth_dev_conf_get", rc))?;
+        let mut conf = old_conf;
+        edit(&mut conf);
+        let same_offloads = (conf.rxmode.offloads, conf.txmode.offloads)
+            == (old_conf.rxmode.offloads, old_conf.txmode.offloads);
+        if (queues, desc) == (before_q, before_d) && same_offloads {
             return Ok(format!(
                 "dpdk:{}: {item} already as asked; nothing changed",
                 self.name
             ));
         }
-        let old_conf = conf_get(self.id)
-            .map_err(|rc| dpdk_err(self, &driver, item, "rte_eth_dev_conf_get", rc))?;
-        let mut conf = old_conf;
         if queues.0 > 1 && conf.rxmode.mq_mode != sys::rte_eth_rx_mq_mode::RTE_ETH_MQ_RX_RSS {
             // SAFETY: constant getter in the shim.
             let hf = unsafe { sys::tm_eth_rss_ip_tcp_udp() } & info.flow_type_rss_offloads;
@@ -429,6 +435,14 @@ impl CtlPort {
         match self.setup(queues, desc, &conf) {
             Ok(()) => {
                 self.desc = desc;
+                if !same_offloads {
+                    return Ok(format!(
+                        "dpdk:{}: {item} (port restarted): rx now {}; tx now {}",
+                        self.name,
+                        offload_names(true, conf.rxmode.offloads),
+                        offload_names(false, conf.txmode.offloads)
+                    ));
+                }
                 Ok(format!(
                     "dpdk:{}: {item}: rx queues {}→{} tx queues {}→{}, descriptors rx {}→{} tx {}→{}",
                     self.name, before_q.0, queues.0, before_q.1, queues.1, before_d.0, desc.0, before_d.1, desc.1
@@ -484,7 +498,7 @@ impl CtlPort {
                     )));
                 }
                 let desc = self.current_desc();
-                self.reconfigure("channels", want, desc, workers)
+                self.reconfigure("channels", want, desc, workers, |_| {})
             }
             PortOp::Rings { rx, tx } => {
                 let cur = self.current_desc();
@@ -505,7 +519,7 @@ impl CtlPort {
                         )));
                     }
                 }
-                self.reconfigure("rings", (nrx, ntx), want, workers)
+                self.reconfigure("rings", (nrx, ntx), want, workers, |_| {})
             }
             PortOp::Reta(want) => {
                 if info.reta_size == 0 {
@@ -654,6 +668,19 @@ impl CtlPort {
                     "dpdk:{name}: added rte_flow rule {fid} (delete: tickmesh nic set dpdk:{name} flow del {fid})"
                 ))
             }
+            PortOp::Offloads(words) => {
+                let (rx_on, tx_on) = self.offload_edit(&info, &driver, &words)?;
+                let desc = self.current_desc();
+                let what: Vec<String> = words
+                    .iter()
+                    .map(|(w, on)| format!("{w}={}", if *on { "on" } else { "off" }))
+                    .collect();
+                let m = self.reconfigure("offloads", (nrx, ntx), desc, workers, |c| {
+                    c.rxmode.offloads = rx_on;
+                    c.txmode.offloads = tx_on;
+                })?;
+                Ok(format!("{m}: {}", what.join(" ")))
+            }
             PortOp::FlowDel(fid) => {
                 let Some(f) = self.flows.get(&fid) else {
                     return Err(bad(format!(
@@ -682,6 +709,61 @@ impl CtlPort {
                 Ok(format!("dpdk:{name}: deleted rte_flow rule {fid}"))
             }
         }
+    }
+
+    /// The port's RX and TX offload masks after `words`, each naming offloads the PMD must
+    /// offer; a group changes the members it offers, as `ethtool -K` does.
+    fn offload_edit(
+        &self,
+        info: &sys::rte_eth_dev_info,
+        driver: &str,
+        words: &[(String, bool)],
+    ) -> Result<(u64, u64), NicError> {
+        let conf = conf_get(self.id)
+            .map_err(|rc| dpdk_err(self, driver, "offloads", "rte_eth_dev_conf_get", rc))?;
+        let (mut rx_on, mut tx_on) = (conf.rxmode.offloads, conf.txmode.offloads);
+        for (word, on) in words {
+            let mut hit = false;
+            let targets = offload_targets(word)?;
+            for (rx, name) in &targets {
+                let (capa, mask) = if *rx {
+                    (info.rx_offload_capa, &mut rx_on)
+                } else {
+                    (info.tx_offload_capa, &mut tx_on)
+                };
+                let Some(bit) = offload_bit(*rx, capa, name) else {
+                    continue;
+                };
+                if *on
+                    && *rx
+                    && self.engine_queues.is_some()
+                    && FRAME_CHANGING.contains(&name.as_str())
+                {
+                    return Err(NicError::Invalid(format!(
+                        "dpdk:{}: `{word}`: RX {name} changes the frames the engine's balancer parses                          (it expects whole, single-segment frames as sent); not on a port the engine polls",
+                        self.name
+                    )));
+                }
+                hit = true;
+                if *on {
+                    *mask |= bit;
+                } else {
+                    *mask &= !bit;
+                }
+            }
+            if !hit {
+                return Err(NicError::Unsupported(format!(
+                    "dpdk:{}: `{word}` is not offered by {driver} ({})",
+                    self.name,
+                    targets
+                        .iter()
+                        .map(|(rx, n)| format!("{} {n}", if *rx { "rx" } else { "tx" }))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+        Ok((rx_on, tx_on))
     }
 
     /// Validate then create `eth / ipv4|ipv6 / tcp|udp → queue|drop` for `rule`.
@@ -792,6 +874,61 @@ impl CtlPort {
         }
         Ok(raw)
     }
+}
+
+/// RX offloads that hand the balancer something other than the frame on the wire.
+const FRAME_CHANGING: &[&str] = &[
+    "TCP_LRO",
+    "VLAN_STRIP",
+    "QINQ_STRIP",
+    "KEEP_CRC",
+    "SCATTER",
+    "BUFFER_SPLIT",
+    "MACSEC_STRIP",
+    "SECURITY",
+];
+
+/// DPDK's names of the offloads in `mask`, comma-separated (`none` when empty).
+fn offload_names(rx: bool, mask: u64) -> String {
+    let names: Vec<String> = (0..64)
+        .map(|b| 1u64 << b)
+        .filter(|m| mask & m != 0)
+        .map(|m| {
+            // SAFETY: returns a static NUL-terminated name for any single bit.
+            let p = unsafe {
+                if rx {
+                    sys::rte_eth_dev_rx_offload_name(m)
+                } else {
+                    sys::rte_eth_dev_tx_offload_name(m)
+                }
+            };
+            // SAFETY: as above, never NULL ("UNKNOWN" for unknown bits).
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        })
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// The bit of the offload DPDK calls `name` among those `capa` offers.
+fn offload_bit(rx: bool, capa: u64, name: &str) -> Option<u64> {
+    (0..64).map(|b| 1u64 << b).find(|m| {
+        capa & m != 0 && {
+            // SAFETY: returns a static NUL-terminated name for any single bit.
+            let p = unsafe {
+                if rx {
+                    sys::rte_eth_dev_rx_offload_name(*m)
+                } else {
+                    sys::rte_eth_dev_tx_offload_name(*m)
+                }
+            };
+            // SAFETY: as above, never NULL ("UNKNOWN" for unknown bits).
+            unsafe { CStr::from_ptr(p) }.to_bytes() == name.as_bytes()
+        }
+    })
 }
 
 fn flow_error(err: &sys::rte_flow_error, rc: i32) -> String {
