@@ -83,9 +83,18 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
     }
     let dir = dpdk_common::tempdir("dpdk-nic");
     let socket = dir.join("nic.sock");
+    // The config's kernel-side NIC profile applies to a veth in the engine's namespace.
+    std::fs::write(
+        dir.join("profile.yaml"),
+        "devices:\n  va:\n    features:\n      gro: on\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("cfg.yaml"),
-        "listeners:\n  - {name: web, address: \"10.0.0.100:80\", cluster: p}\nclusters:\n  - {name: p, endpoints: [\"10.1.0.1:80\"]}\n",
+        format!(
+            "nic: {{profile: \"{}\", devices: [va]}}\nlisteners:\n  - {{name: web, address: \"10.0.0.100:80\", cluster: p}}\nclusters:\n  - {{name: p, endpoints: [\"10.1.0.1:80\"]}}\n",
+            dir.join("profile.yaml").display()
+        ),
     )
     .unwrap();
     let _ = Command::new("ip")
@@ -97,6 +106,24 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
         .status()
         .unwrap()
         .success());
+    let in_ns = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", NS])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    ok(in_ns(&[
+        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb",
+    ]));
+    let gro = || {
+        let k = String::from_utf8_lossy(&in_ns(&["ethtool", "-k", "va"]).stdout).into_owned();
+        k.lines()
+            .find_map(|l| l.strip_prefix("generic-receive-offload: "))
+            .map(|v| v.starts_with("on"))
+            .unwrap_or_else(|| panic!("ethtool -k va: {k}"))
+    };
+    assert!(!gro(), "veth starts with gro off");
     let child = Command::new("ip")
         .args([
             "netns", "exec", NS, BIN, "run", "--engine", "dpdk", "-w", "2",

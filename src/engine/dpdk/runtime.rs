@@ -93,6 +93,15 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     let table = LbTable::compile(&cfg, &addressing, 1, &stats)
         .map_err(|e| anyhow::anyhow!("the config cannot run on the DPDK engine:\n{e}"))?;
 
+    // The config's kernel-side NIC profile (host settings, kernel interfaces), applied
+    // before the EAL starts and watched for drift, as `tickmesh run` does.
+    let _nic_watch = cfg
+        .nic
+        .as_ref()
+        .map(crate::daemon::NicWatch::start)
+        .transpose()
+        .context("the config's nic profile")?;
+
     let prefix = d
         .dpdk_file_prefix
         .clone()
