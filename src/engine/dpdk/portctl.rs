@@ -31,7 +31,7 @@ use super::DpdkArgs;
 use crate::nic::dpdk::{
     ethtool_name, hex, offload_targets, parse_op, rss_names, DpdkAccess, Offload, PortFlow,
     PortLink, PortOp, PortQueues, PortReport, PortRings, PortRss, Request, Response, ALL_PORTS,
-    MAX_LINE,
+    DEFAULT_SOCKET, MAX_LINE,
 };
 use crate::nic::plan::RssWant;
 use crate::nic::show::Part;
@@ -1059,6 +1059,32 @@ impl Drop for PortCtl {
 }
 
 // === the engine's port-control socket ===
+
+/// The engine's hook: serve its started `ports` (each with the pool of its NUMA socket)
+/// for `workers` polling workers on `path` (default [`DEFAULT_SOCKET`]) until `stop`.
+pub fn serve_engine(
+    ports: &[Port],
+    pools: &[Mempool],
+    workers: usize,
+    path: Option<PathBuf>,
+    stop: &'static AtomicBool,
+) -> Option<std::thread::JoinHandle<()>> {
+    let mut ctl = PortCtl::new(
+        format!("tickmesh run --engine dpdk (pid {})", std::process::id()),
+        workers,
+    );
+    for p in ports {
+        let Some(pool) = pools.iter().find(|m| m.socket == p.socket) else {
+            tracing::warn!(
+                "dpdk: port {} has no mbuf pool on its socket; port control leaves it out",
+                p.name
+            );
+            continue;
+        };
+        ctl.add_port(p.id, &p.name, pool, Some((p.rx_queues, p.tx_queues)));
+    }
+    serve(path.unwrap_or_else(|| DEFAULT_SOCKET.into()), ctl, stop)
+}
 
 /// Serve `ctl` on a Unix socket (mode 0600) until `stop` is set; the socket file is
 /// removed at the end and the rte_flow rules made through it are destroyed. Returns

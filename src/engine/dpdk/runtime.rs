@@ -236,25 +236,13 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     };
 
     // Port control for `tickmesh nic ... dpdk:PORT`, on its own thread (never an lcore).
-    let portctl = {
-        let mut ctl = super::portctl::PortCtl::new(
-            format!("tickmesh run --engine dpdk (pid {})", std::process::id()),
-            workers,
-        );
-        for p in &engine.ports {
-            let pool = engine
-                ._pools
-                .iter()
-                .find(|m| m.socket == p.socket)
-                .expect("every port has a pool");
-            ctl.add_port(p.id, &p.name, pool, Some((p.rx_queues, p.tx_queues)));
-        }
-        let path = d
-            .dpdk_nic_socket
-            .clone()
-            .unwrap_or_else(|| crate::nic::dpdk::DEFAULT_SOCKET.into());
-        super::portctl::serve(path, ctl, &STOP)
-    };
+    let portctl = super::portctl::serve_engine(
+        &engine.ports,
+        &engine._pools,
+        workers,
+        d.dpdk_nic_socket.clone(),
+        &STOP,
+    );
 
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
