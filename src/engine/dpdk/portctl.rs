@@ -21,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpdk_sys as sys;
@@ -1068,7 +1069,7 @@ pub fn serve_engine(
     workers: usize,
     path: Option<PathBuf>,
     stop: &'static AtomicBool,
-) -> Option<std::thread::JoinHandle<()>> {
+) -> Option<PortCtlServer> {
     let mut ctl = PortCtl::new(
         format!("tickmesh run --engine dpdk (pid {})", std::process::id()),
         workers,
@@ -1086,14 +1087,27 @@ pub fn serve_engine(
     serve(path.unwrap_or_else(|| DEFAULT_SOCKET.into()), ctl, stop)
 }
 
-/// Serve `ctl` on a Unix socket (mode 0600) until `stop` is set; the socket file is
-/// removed at the end and the rte_flow rules made through it are destroyed. Returns
-/// `None` (with a warning) when the socket cannot be made: the engine runs without it.
-pub fn serve(
-    path: PathBuf,
-    ctl: PortCtl,
-    stop: &'static AtomicBool,
-) -> Option<std::thread::JoinHandle<()>> {
+/// The running port-control thread. Dropping it stops the thread and waits for it, which
+/// destroys the rte_flow rules made through it: drop it before the ports close.
+pub struct PortCtlServer {
+    quit: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PortCtlServer {
+    fn drop(&mut self) {
+        self.quit.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serve `ctl` on a Unix socket (mode 0600) until `stop` is set or the returned server is
+/// dropped; the socket file is removed at the end and the rte_flow rules made through it
+/// are destroyed. Returns `None` (with a warning) when the socket cannot be made: the
+/// engine runs without it.
+pub fn serve(path: PathBuf, ctl: PortCtl, stop: &'static AtomicBool) -> Option<PortCtlServer> {
     let listener = match bind(&path) {
         Ok(l) => l,
         Err(e) => {
@@ -1103,10 +1117,12 @@ pub fn serve(
     };
     tracing::info!("dpdk: port control on {}", path.display());
     let mut ctl = ctl;
-    std::thread::Builder::new()
+    let quit = Arc::new(AtomicBool::new(false));
+    let q = quit.clone();
+    let thread = std::thread::Builder::new()
         .name("tm-dpdk-nic".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && !q.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
                         if let Err(e) = one_request(s, &mut ctl) {
@@ -1126,7 +1142,11 @@ pub fn serve(
             drop(ctl);
         })
         .map_err(|e| tracing::warn!("dpdk: port control thread: {e}"))
-        .ok()
+        .ok()?;
+    Some(PortCtlServer {
+        quit,
+        thread: Some(thread),
+    })
 }
 
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
