@@ -6,8 +6,11 @@
 //! cursor), so picking never locks, never allocates, and never touches another worker's
 //! memory except to read the endpoint counters for `least_request`.
 
+pub mod active;
 pub mod dns;
+pub mod health;
 pub mod maglev;
+pub mod outlier;
 
 use std::net::SocketAddr;
 
@@ -82,6 +85,21 @@ impl Balancer {
         source: Option<SocketAddr>,
         active: impl Fn(usize) -> u64,
     ) -> usize {
+        self.pick_salted(st, cursor, source, active, 0)
+    }
+
+    /// As [`Balancer::pick`]; a non-zero `salt` draws again when the first choice cannot
+    /// be used (consistent hashing moves the key to another, still deterministic, slot;
+    /// the other policies draw afresh anyway).
+    #[inline]
+    pub fn pick_salted(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        active: impl Fn(usize) -> u64,
+        salt: u64,
+    ) -> usize {
         match self {
             Balancer::RoundRobin { schedule } => {
                 let i = *cursor as usize % schedule.len();
@@ -108,7 +126,7 @@ impl Balancer {
                     Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
                     None => u64::from(st.next_u32()),
                 };
-                m.lookup(h)
+                m.lookup(if salt == 0 { h } else { maglev::mix64(h ^ salt) })
             }
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, LbPolicy,
-    OutlierDetection,
+    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, HealthCheck,
+    LbPolicy, OutlierDetection,
 };
 
 /// An Envoy bootstrap document; only `static_resources.clusters` (and route
@@ -48,6 +48,9 @@ pub struct EnvoyCluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Envoy's fields and names, so the native type serves.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Envoy's shape, so the native type serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
     #[serde(
         default,
         with = "opt_duration",
@@ -231,6 +234,7 @@ impl EnvoyCluster {
             dns_refresh_rate: self.dns_refresh_rate,
             circuit_breakers,
             outlier_detection,
+            health_checks: self.health_checks.clone(),
             tls: None,
         })
     }

@@ -183,6 +183,9 @@ pub struct Cluster {
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active HTTP health checks (Envoy's shape; at most one per cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
@@ -236,6 +239,40 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+}
+
+/// Envoy's `HealthCheck` (HTTP checks only): every `interval`, `GET path` with a
+/// `timeout`; `unhealthy_threshold` failures in a row take the endpoint out,
+/// `healthy_threshold` passes in a row put it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(with = "opt_duration", default)]
+    pub timeout: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub interval: Option<Duration>,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub http_health_check: HttpHealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// `Host` of the check request (default: the cluster's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Status ranges `[start, end)` that pass (default: 200 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRange {
+    pub start: u16,
+    pub end: u16,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

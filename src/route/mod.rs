@@ -16,6 +16,8 @@ use arc_swap::ArcSwap;
 
 pub mod http;
 
+use crate::cluster::health::{ClusterHealth, EndpointHealth};
+use crate::cluster::outlier::OutlierPolicy;
 use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
 use crate::config::istio::MtlsMode;
 use crate::config::{
@@ -96,6 +98,12 @@ pub struct ClusterEntry {
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// HTTP circuit-breaker thresholds (Envoy's defaults where unset).
     pub breakers: Breakers,
+    /// Shared with the control plane's health tick: how many endpoints are unusable.
+    pub health: Arc<ClusterHealth>,
+    /// Passive outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// Active HTTP health checks, when configured.
+    pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -129,6 +137,8 @@ pub struct EndpointEntry {
     pub address: SocketAddr,
     pub weight: u32,
     pub stats: Arc<UpstreamStats>,
+    /// Outlier / health-check state (survives table swaps, like `stats`).
+    pub health: Arc<EndpointHealth>,
 }
 
 impl ClusterEntry {
@@ -146,14 +156,67 @@ impl ClusterEntry {
         if self.endpoints.is_empty() {
             return None;
         }
-        let first = self.balancer.pick(st, cursor, source, |i| {
+        let active = |i: usize| {
             use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
             let s = &self.endpoints[i].stats;
             // Only this worker's slot: approximate, but local and lock-free.
             s.get_worker(worker, CxTotal as usize)
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
-        });
-        Some((first + attempt as usize) % self.endpoints.len())
+        };
+        let mut first = self.balancer.pick(st, cursor, source, active);
+        // One load of a rarely written word when every endpoint is usable.
+        if self.health.unusable() != 0 && !self.endpoints[first].health.usable() {
+            first = self.repick(st, cursor, source, first, active);
+        }
+        Some(self.endpoint_for_attempt(first, attempt))
+    }
+
+    /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
+    /// others keep their proportions), then walk to the next usable one. When none is
+    /// usable, the first choice stands — Envoy's panic mode, which balances over every
+    /// endpoint rather than failing all requests (Envoy enters it below 50% healthy by
+    /// default; tickmesh only when no endpoint at all is usable).
+    #[cold]
+    fn repick(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        first: usize,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        for salt in 1..=4u64 {
+            let i = self.balancer.pick_salted(st, cursor, source, active, salt);
+            if self.endpoints[i].health.usable() {
+                return i;
+            }
+        }
+        let n = self.endpoints.len();
+        (1..n)
+            .map(|k| (first + k) % n)
+            .find(|&i| self.endpoints[i].health.usable())
+            .unwrap_or(first)
+    }
+
+    /// The endpoint for connect attempt `attempt` of a request whose first choice was
+    /// `first`: the `attempt`-th usable endpoint after it, so a retry never repeats the
+    /// endpoint that failed and skips ejected ones. Without usable endpoints enough, the
+    /// plain order (panic mode).
+    #[inline]
+    pub fn endpoint_for_attempt(&self, first: usize, attempt: u32) -> usize {
+        let n = self.endpoints.len();
+        if attempt == 0 || n == 0 {
+            return first;
+        }
+        let plain = (first + attempt as usize) % n;
+        if self.health.unusable() == 0 {
+            return plain;
+        }
+        (1..n)
+            .map(|k| (first + k) % n)
+            .filter(|&i| self.endpoints[i].health.usable())
+            .nth(attempt as usize - 1)
+            .unwrap_or(plain)
     }
 }
 
@@ -364,8 +427,15 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
                 address,
                 weight,
                 stats: stats.endpoint(&c.name, address),
+                health: stats.endpoint_health(&c.name, address),
             })
             .collect(),
+        health: stats.cluster_health(&c.name),
+        outlier: c.outlier_detection.as_ref().map(OutlierPolicy::from_config),
+        health_check: c
+            .health_checks
+            .first()
+            .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
         balancer: Balancer::build(c.lb_policy, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
@@ -426,6 +496,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             dns_refresh_rate: None,
             circuit_breakers: None,
             outlier_detection: None,
+            health_checks: Vec::new(),
             tls: None,
         };
         let i = self.clusters.len() as u32;
