@@ -398,7 +398,7 @@ fn malformed_health_settings_are_errors_naming_the_field() {
         ("outlier_detection: {interval: 0s}", "outlier_detection.interval"),
         (
             "outlier_detection: {base_ejection_time: soon}",
-            "base_ejection_time",
+            "outlier_detection: invalid duration `soon`",
         ),
         ("outlier_detection: {consecutive_5xxx: 3}", "consecutive_5xxx"),
         (

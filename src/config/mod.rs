@@ -12,6 +12,7 @@ pub mod istio;
 mod load;
 mod model;
 pub mod tls;
+pub mod traffic_policy;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{

@@ -272,7 +272,10 @@ pub fn compile(
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
-        let mut entry = build_cluster(c, stats);
+        let mut entry = build_cluster(
+            &crate::config::traffic_policy::effective_cluster(c, &cfg.destination_rules),
+            stats,
+        );
         if let Some(t) = &c.tls {
             match crate::tls::build_client(t, &format!("clusters[{i}].tls")) {
                 Ok(t) => entry.tls = Some(t),
@@ -308,6 +311,7 @@ pub fn compile(
                     index: &mut index,
                     clusters: &mut clusters,
                     stats,
+                    rules: &cfg.destination_rules,
                 };
                 match http::compile(&vhosts, &mut names) {
                     Ok(t) => Some(Arc::new(t)),
@@ -464,6 +468,8 @@ struct ImplicitClusters<'a> {
     index: &'a mut HashMap<String, u32>,
     clusters: &'a mut Vec<ClusterEntry>,
     stats: &'a StatsRegistry,
+    /// DestinationRules, applied to implicit clusters as to defined ones.
+    rules: &'a [crate::config::istio::DestinationRule],
 }
 
 impl http::ClusterIndex for ImplicitClusters<'_> {
@@ -500,6 +506,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             tls: None,
         };
         let i = self.clusters.len() as u32;
+        let c = crate::config::traffic_policy::effective_cluster(&c, self.rules);
         self.clusters.push(build_cluster(&c, self.stats));
         self.index.insert(name.to_string(), i);
         i
