@@ -311,6 +311,86 @@ fn max_ejection_percent_caps(kind: EngineKind) {
     );
 }
 
+// === DestinationRule traffic policy ===
+
+/// A DestinationRule applied live governs its cluster: round robin before it, sticky
+/// source-IP hashing after; its outlier detection ejects; its connection pool sets the
+/// breakers. The rule names the cluster by its Istio FQDN, the cluster by short name.
+fn destination_rule_policy_applies(kind: EngineKind) {
+    let a = Backend::start(200);
+    let b = Backend::start(200);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        )),
+    );
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    // Round robin (one cursor per worker): both endpoints serve.
+    assert!(a.requests() >= 2 && b.requests() >= 2, "round robin");
+    d.plane
+        .apply(
+            r#"
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: svc-policy}
+spec:
+  host: svc.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {consistentHash: {useSourceIp: true}}
+    connectionPool:
+      tcp: {maxConnections: 77, connectTimeout: 300ms}
+      http: {http1MaxPendingRequests: 5, http2MaxRequests: 66, maxRequestsPerConnection: 4, maxRetries: 2}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 50}
+"#,
+            Format::Yaml,
+            false,
+        )
+        .expect("the rule applies");
+    // The listener is written with port 0: the recompiled table bound a fresh one.
+    let addr = d.listener();
+    {
+        let t = d.plane.routes().load_full();
+        let c = &t.cluster("svc").expect("svc").1;
+        let br = c.breakers;
+        assert_eq!(
+            (
+                br.max_connections,
+                br.max_pending_requests,
+                br.max_requests,
+                br.max_requests_per_connection,
+                br.max_retries
+            ),
+            (77, 5, 66, 4, 2)
+        );
+        assert_eq!(c.connect_timeout, Duration::from_millis(300));
+        assert!(c.outlier.is_some());
+    }
+    let (a0, b0) = (a.requests(), b.requests());
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    let (da, db) = (a.requests() - a0, b.requests() - b0);
+    assert!(da == 20 || db == 20, "one client address sticks to one endpoint: {da}/{db}");
+    // The sticky endpoint starts failing: the rule's outlier detection ejects it and
+    // the hash moves the client to the other one.
+    let (sticky, other) = if da == 20 { (&a, &b) } else { (&b, &a) };
+    sticky.status.store(500, Ordering::SeqCst);
+    wait_until("the rule's outlier detection ejects", Duration::from_secs(5), || {
+        get(addr, "/");
+        d.health("svc", sticky.addr).state == "ejected"
+    });
+    let o0 = other.requests();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!(other.requests() - o0, 10);
+}
+
 // === active health checks ===
 
 /// A backend whose health check starts failing is taken out after
@@ -381,6 +461,7 @@ macro_rules! per_engine {
 
 per_engine!(
     http_5xx_ejects_and_returns,
+    destination_rule_policy_applies,
     tcp_connect_failures_eject,
     max_ejection_percent_caps,
     active_checks_follow_the_backend,
