@@ -35,7 +35,7 @@ fn fqdn(name: &str, namespace: &str) -> String {
 fn specificity(host: &str, ns: &str, cluster: &str) -> Option<usize> {
     let want = fqdn(cluster, "default");
     let host_full = fqdn(host, ns);
-    if host.eq_ignore_ascii_case(cluster) || host_full == want {
+    if host_full == want {
         return Some(usize::MAX);
     }
     if host_full == "*" {
@@ -265,7 +265,7 @@ mod tests {
             dr("prod", "ratings", Some("prod"), "    loadBalancer: {simple: RANDOM}"),
         ]
         .join("---\n"));
-        let name = |c: &str| rule_for(&r, c).map(|(r, s)| (r.metadata.name.as_str(), s));
+        let name = |c: &'static str| rule_for(&r, c).map(|(r, s)| (r.metadata.name.as_str(), s));
         assert_eq!(name("reviews"), Some(("short", None)));
         assert_eq!(name("reviews.default.svc.cluster.local"), Some(("short", None)));
         assert_eq!(name("REVIEWS|v2"), Some(("short", Some("v2"))));
