@@ -590,6 +590,54 @@ clusters:
     }
 
     #[test]
+    fn picks_skip_unusable_endpoints_and_panic_when_none_is_left() {
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - {name: rr, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: mg, lb_policy: maglev, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: rnd, lb_policy: random, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: lr, lb_policy: least_request, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let mut st = LbState::new(7);
+        for c in t.clusters.iter() {
+            let h = &c.health;
+            c.endpoints[1].health.eject(h, 1, 1000, 1000);
+            c.endpoints[2]
+                .health
+                .set_flag(h, crate::cluster::health::CHECK_FAILED, true);
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for i in 0..400u32 {
+                let src = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1));
+                seen[c.pick(&mut st, &mut cur, Some(src), 0, 0).unwrap()] += 1;
+            }
+            assert_eq!((seen[1], seen[2]), (0, 0), "{}: {seen:?}", c.name);
+            assert!(seen[0] > 100 && seen[3] > 100, "{}: {seen:?}", c.name);
+            // Retries walk the usable endpoints only, then the plain order.
+            assert_eq!(c.endpoint_for_attempt(0, 1), 3);
+            assert_eq!(c.endpoint_for_attempt(3, 1), 0);
+            assert_eq!(c.endpoint_for_attempt(0, 2), 2, "no usable one left: plain");
+            // Everything out: panic mode spreads over all rather than failing.
+            c.endpoints[0].health.eject(h, 1, 1000, 1000);
+            c.endpoints[3].health.eject(h, 1, 1000, 1000);
+            let mut all = [0; 4];
+            for i in 0..400u32 {
+                let src = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
+                all[c.pick(&mut st, &mut cur, Some(src), 0, 0).unwrap()] += 1;
+            }
+            assert!(all.iter().all(|&n| n > 0), "{}: {all:?}", c.name);
+        }
+    }
+
+    #[test]
     fn connect_retries_walk_to_the_next_endpoint() {
         let stats = StatsRegistry::new(1);
         let t = compile(&cfg(0), 1, &stats, &mut SocketPool::new(1)).unwrap();
