@@ -391,6 +391,64 @@ spec:
     assert_eq!(other.requests() - o0, 10);
 }
 
+/// `destination.subset` selects the endpoints of the DestinationRule subset's labels;
+/// a subset no rule defines is refused at apply, naming it.
+fn subsets_select_by_labels(kind: EngineKind) {
+    let v1 = Backend::start(200);
+    let v2 = Backend::start(200);
+    let yaml = format!(
+        r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - name: reviews
+    endpoints:
+      - {{address: "{}", labels: {{version: v1}}}}
+      - {{address: "{}", labels: {{version: v2, track: canary}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews-route}}
+spec:
+  hosts: [svc]
+  http:
+    - route:
+        - destination: {{host: reviews, subset: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - name: v2
+      labels: {{version: v2}}
+      trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 9}}}}}}
+"#,
+        v1.addr, v2.addr
+    );
+    let d = Daemon::start(kind, &yaml);
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((v1.requests(), v2.requests()), (0, 10));
+    let t = d.plane.routes().load_full();
+    let c = t.cluster("reviews|v2").expect("the subset cluster").1;
+    assert_eq!(c.endpoints.len(), 1);
+    assert_eq!(c.breakers.max_connections, 9, "the subset's own policy");
+    let e = d
+        .plane
+        .apply(
+            "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews-route}\nspec:\n  hosts: [svc]\n  http:\n    - route:\n        - destination: {host: reviews, subset: v3}\n",
+            Format::Yaml,
+            false,
+        )
+        .expect_err("v3 is not defined");
+    assert!(e.to_string().contains("subset `v3` of `reviews`"), "{e}");
+}
+
 // === active health checks ===
 
 /// A backend whose health check starts failing is taken out after
@@ -462,6 +520,7 @@ macro_rules! per_engine {
 per_engine!(
     http_5xx_ejects_and_returns,
     destination_rule_policy_applies,
+    subsets_select_by_labels,
     tcp_connect_failures_eject,
     max_ejection_percent_caps,
     active_checks_follow_the_backend,

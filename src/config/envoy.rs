@@ -103,6 +103,16 @@ pub struct LbEndpoint {
     pub endpoint: EndpointSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_weight: Option<u32>,
+    /// Only `filter_metadata["envoy.lb"]` (string values): the endpoint's labels, which
+    /// subset selection reads, as Envoy's subset load balancer does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<EndpointMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointMetadata {
+    pub filter_metadata: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,7 +207,20 @@ impl EnvoyCluster {
                         port: sa.port_value,
                     },
                 };
+                let mut labels = std::collections::BTreeMap::new();
+                if let Some(md) = &e.metadata {
+                    for key in md.filter_metadata.keys() {
+                        if key != "envoy.lb" {
+                            return Err((
+                                format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].metadata.filter_metadata.{key}"),
+                                "only `envoy.lb` metadata (endpoint labels) is supported".into(),
+                            ));
+                        }
+                    }
+                    labels = md.filter_metadata.get("envoy.lb").cloned().unwrap_or_default();
+                }
                 endpoints.push(Endpoint {
+                    labels,
                     address,
                     weight: e.load_balancing_weight.unwrap_or(1),
                     priority: group.priority.unwrap_or(0),

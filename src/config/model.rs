@@ -306,6 +306,9 @@ pub struct Endpoint {
     /// endpoint.
     pub priority: u32,
     pub locality: Option<String>,
+    /// Workload labels; a DestinationRule subset selects the endpoints whose labels
+    /// include all of its own.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Endpoint {
@@ -315,6 +318,7 @@ impl Endpoint {
             weight: 1,
             priority: 0,
             locality: None,
+            labels: Default::default(),
         }
     }
 }
@@ -365,7 +369,8 @@ impl fmt::Display for EndpointAddress {
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.weight == 1 && self.priority == 0 && self.locality.is_none() {
+        if self.weight == 1 && self.priority == 0 && self.locality.is_none() && self.labels.is_empty()
+        {
             return s.collect_str(&self.address);
         }
         use serde::ser::SerializeMap;
@@ -379,6 +384,9 @@ impl Serialize for Endpoint {
         }
         if let Some(l) = &self.locality {
             m.serialize_entry("locality", l)?;
+        }
+        if !self.labels.is_empty() {
+            m.serialize_entry("labels", &self.labels)?;
         }
         m.end()
     }
@@ -405,6 +413,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     weight: 1,
                     priority: 0,
                     locality: None,
+                    labels: Default::default(),
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Endpoint, A::Error> {
@@ -416,6 +425,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     weight: 1,
                     priority: 0,
                     locality: None,
+                    labels: Default::default(),
                 };
                 let mut have_address = false;
                 while let Some(key) = map.next_key::<String>()? {
@@ -427,10 +437,11 @@ impl<'de> Deserialize<'de> for Endpoint {
                         "weight" => e.weight = map.next_value()?,
                         "priority" => e.priority = map.next_value()?,
                         "locality" => e.locality = Some(map.next_value()?),
+                        "labels" => e.labels = map.next_value()?,
                         other => {
                             return Err(de::Error::unknown_field(
                                 other,
-                                &["address", "weight", "priority", "locality"],
+                                &["address", "weight", "priority", "locality", "labels"],
                             ))
                         }
                     }

@@ -30,6 +30,41 @@ fn fqdn(name: &str, namespace: &str) -> String {
     }
 }
 
+/// Whether two cluster names (both read in namespace `default`) name one service.
+pub fn same_service(a: &str, b: &str) -> bool {
+    fqdn(a, "default") == fqdn(b, "default")
+}
+
+/// The endpoints of `base` that subset `subset` of its DestinationRule selects (labels
+/// include all of the subset's), as a cluster named `name` (`host|subset`) with the
+/// base's settings. `Err` names what is missing.
+pub fn subset_cluster(
+    name: &str,
+    base: &Cluster,
+    rules: &[DestinationRule],
+) -> Result<Cluster, String> {
+    let labels = subset_labels(name, rules)?;
+    let mut c = base.clone();
+    c.name = name.to_string();
+    c.endpoints
+        .retain(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+    Ok(c)
+}
+
+/// The labels subset `host|subset` selects, or what is missing.
+pub fn subset_labels<'a>(
+    name: &str,
+    rules: &'a [DestinationRule],
+) -> Result<&'a std::collections::BTreeMap<String, String>, String> {
+    let (host, subset) = name.split_once('|').unwrap_or((name, ""));
+    rule_for(rules, name)
+        .and_then(|(r, _)| r.spec.subsets.iter().find(|s| s.name == subset))
+        .map(|s| &s.labels)
+        .ok_or_else(|| {
+            format!("a route names subset `{subset}` of `{host}`, but no DestinationRule for `{host}` defines that subset")
+        })
+}
+
 /// How well rule host `host` (namespace `ns`) matches cluster host `cluster`: `None` no
 /// match, higher is more specific.
 fn specificity(host: &str, ns: &str, cluster: &str) -> Option<usize> {

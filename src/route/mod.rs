@@ -312,8 +312,18 @@ pub fn compile(
                     clusters: &mut clusters,
                     stats,
                     rules: &cfg.destination_rules,
+                    defined: &cfg.clusters,
+                    problems: Vec::new(),
                 };
-                match http::compile(&vhosts, &mut names) {
+                let compiled = http::compile(&vhosts, &mut names);
+                for message in std::mem::take(&mut names.problems) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}]"),
+                        line: None,
+                        message,
+                    });
+                }
+                match compiled {
                     Ok(t) => Some(Arc::new(t)),
                     Err(e) => {
                         problems.push(Problem {
@@ -470,12 +480,50 @@ struct ImplicitClusters<'a> {
     stats: &'a StatsRegistry,
     /// DestinationRules, applied to implicit clusters as to defined ones.
     rules: &'a [crate::config::istio::DestinationRule],
+    /// The config's clusters: the endpoints a `host|subset` name selects from.
+    defined: &'a [Cluster],
+    problems: Vec<String>,
 }
 
 impl http::ClusterIndex for ImplicitClusters<'_> {
     fn index(&mut self, name: &str) -> u32 {
         if let Some(&i) = self.index.get(name) {
             return i;
+        }
+        // `host|subset` of a defined cluster: the endpoints whose labels match.
+        if let Some((host, _)) = name.split_once('|') {
+            let base = self
+                .defined
+                .iter()
+                .find(|c| crate::config::traffic_policy::same_service(&c.name, host));
+            if let Some(base) = base {
+                use crate::config::traffic_policy::{effective_cluster, subset_cluster};
+                let c = match subset_cluster(name, base, self.rules) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.problems.push(e);
+                        Cluster {
+                            name: name.to_string(),
+                            endpoints: Vec::new(),
+                            ..base.clone()
+                        }
+                    }
+                };
+                let i = self.clusters.len() as u32;
+                let mut entry = build_cluster(&effective_cluster(&c, self.rules), self.stats);
+                // TLS origination carries over from the base cluster.
+                entry.tls = self
+                    .index
+                    .get(&base.name)
+                    .and_then(|&b| self.clusters[b as usize].tls.clone());
+                self.clusters.push(entry);
+                self.index.insert(name.to_string(), i);
+                return i;
+            }
+            // A resolved name has no labels: the subset is every address, with its policy.
+            if let Err(e) = crate::config::traffic_policy::subset_labels(name, self.rules) {
+                self.problems.push(e);
+            }
         }
         let (host, port) = match name
             .rsplit_once(':')
@@ -496,6 +544,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 weight: 1,
                 priority: 0,
                 locality: None,
+                labels: Default::default(),
             }],
             connect_timeout: None,
             max_connect_attempts: None,
