@@ -151,13 +151,18 @@ impl Drop for Daemon {
 
 /// One request on a fresh connection; the response status (0: no response).
 fn get(addr: SocketAddr, path: &str) -> u16 {
+    get_with(addr, path, "")
+}
+
+/// As [`get`], with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> u16 {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return 0;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = write!(
         s,
-        "GET {path} HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
     );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
@@ -449,6 +454,59 @@ spec:
     assert!(e.to_string().contains("subset `v3` of `reviews`"), "{e}");
 }
 
+/// Consistent hashing on a header (a DestinationRule's `httpHeaderName`) and on a cookie
+/// (native `hash_policy`): one key always reaches one endpoint, different keys spread.
+fn hash_on_header_and_cookie(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}\n",
+            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..12 {
+        let before = counts();
+        for _ in 0..5 {
+            assert_eq!(get_with(addr, "/", &format!("x-user: user-{user}\r\n")), 200);
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "user-{user} sticks to one endpoint: {before:?} → {after:?}");
+        assert_eq!(after[moved[0]] - before[moved[0]], 5);
+        homes.insert(moved[0]);
+    }
+    assert!(homes.len() >= 2, "12 users spread over the endpoints: {homes:?}");
+    // The same through a cookie, set natively on the cluster.
+    let mut d = d;
+    let cfg = format!(
+        "  - name: svc\n    lb_policy: maglev\n    hash_policy: {{cookie: session}}\n    endpoints: [{}]\n",
+        eps.join(", ")
+    );
+    d.plane
+        .apply(&http_config(&cfg), Format::Yaml, true)
+        .expect("applies");
+    let addr = d.listener();
+    let before = counts();
+    for _ in 0..6 {
+        assert_eq!(
+            get_with(addr, "/", "cookie: theme=dark; session=abc123; lang=en\r\n"),
+            200
+        );
+    }
+    let after = counts();
+    assert_eq!(
+        (0..3).filter(|&i| after[i] != before[i]).count(),
+        1,
+        "{before:?} → {after:?}"
+    );
+    d.engine.take();
+}
+
 // === active health checks ===
 
 /// A backend whose health check starts failing is taken out after
@@ -521,6 +579,7 @@ per_engine!(
     http_5xx_ejects_and_returns,
     destination_rule_policy_applies,
     subsets_select_by_labels,
+    hash_on_header_and_cookie,
     tcp_connect_failures_eject,
     max_ejection_percent_caps,
     active_checks_follow_the_backend,

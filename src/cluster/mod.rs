@@ -85,7 +85,7 @@ impl Balancer {
         source: Option<SocketAddr>,
         active: impl Fn(usize) -> u64,
     ) -> usize {
-        self.pick_salted(st, cursor, source, active, 0)
+        self.pick_salted(st, cursor, source, None, active, 0)
     }
 
     /// As [`Balancer::pick`]; a non-zero `salt` draws again when the first choice cannot
@@ -97,6 +97,7 @@ impl Balancer {
         st: &mut LbState,
         cursor: &mut u32,
         source: Option<SocketAddr>,
+        key: Option<u64>,
         active: impl Fn(usize) -> u64,
         salt: u64,
     ) -> usize {
@@ -121,10 +122,13 @@ impl Balancer {
                 }
             }
             Balancer::Maglev(m) => {
-                let h = match source {
+                let h = match (key, source) {
+                    (Some(k), _) => k,
+                    (None, source) => match source {
                     Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
                     Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
                     None => u64::from(st.next_u32()),
+                    },
                 };
                 m.lookup(if salt == 0 { h } else { maglev::mix64(h ^ salt) })
             }
@@ -182,13 +186,28 @@ fn smooth_schedule(weights: &[u32]) -> Box<[u16]> {
 #[derive(Debug, Clone)]
 pub struct LbState {
     rng: u64,
+    /// The consistent-hash key of the request about to pick (set by the HTTP proxy,
+    /// taken by the next pick so it never leaks to another one).
+    key: Option<u64>,
 }
 
 impl LbState {
     pub fn new(seed: u64) -> Self {
         LbState {
             rng: maglev::mix64(seed ^ 0x7469_636b_6d65_7368) | 1,
+            key: None,
         }
+    }
+
+    /// Hash the next pick on `key` instead of the source address.
+    #[inline]
+    pub fn set_key(&mut self, key: Option<u64>) {
+        self.key = key;
+    }
+
+    #[inline]
+    pub fn take_key(&mut self) -> Option<u64> {
+        self.key.take()
     }
 
     /// xorshift64*: fast, good enough to spread load, not for anything secret.

@@ -258,6 +258,7 @@ impl EnvoyCluster {
             circuit_breakers,
             outlier_detection,
             health_checks: self.health_checks.clone(),
+            hash_policy: None,
             tls: None,
         })
     }

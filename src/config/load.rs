@@ -397,6 +397,29 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 }
             }
         }
+        if let Some(h) = &c.hash_policy {
+            let keys = [h.header.is_some(), h.cookie.is_some(), h.source_ip == Some(true)];
+            if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "give exactly one key: header, cookie or source_ip: true".into(),
+                );
+            }
+            if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+                    bad(
+                        format!("{at}.hash_policy"),
+                        format!("`{name}` is not a header or cookie name"),
+                    );
+                }
+            }
+            if !matches!(c.lb_policy, super::model::LbPolicy::Maglev | super::model::LbPolicy::RingHash) {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "hashing needs lb_policy maglev or ring_hash".into(),
+                );
+            }
+        }
         if c.health_checks.len() > 1 {
             bad(
                 format!("{at}.health_checks"),

@@ -18,7 +18,7 @@ pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem
 pub use model::{
     CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
     Listener, NicSettings, OutlierDetection, Protocol, WeightedCluster,
-    HealthCheck, HttpHealthCheck, StatusRange,
+    HashPolicy, HealthCheck, HttpHealthCheck, StatusRange,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.

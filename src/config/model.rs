@@ -186,6 +186,10 @@ pub struct Cluster {
     /// Active HTTP health checks (Envoy's shape; at most one per cluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheck>,
+    /// `maglev`/`ring_hash` clusters: what HTTP requests are hashed on (default: the
+    /// client's source address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_policy: Option<HashPolicy>,
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
@@ -239,6 +243,19 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+}
+
+/// The key of consistent hashing: exactly one of a request header's value, a cookie's
+/// value, or the client's source address (Istio `consistentHash`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
 }
 
 /// Envoy's `HealthCheck` (HTTP checks only): every `interval`, `GET path` with a

@@ -16,7 +16,7 @@
 //! out keeps it. A `host|subset` cluster gets the top-level policy, then the subset's.
 
 use super::istio::{DestinationRule, TrafficPolicy};
-use super::model::{CircuitBreakers, Cluster, LbPolicy, OutlierDetection};
+use super::model::{CircuitBreakers, Cluster, HashPolicy, LbPolicy, OutlierDetection};
 
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
@@ -128,9 +128,15 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
             Some("RANDOM") => c.lb_policy = LbPolicy::Random,
             _ => {} // refused by validation
         }
-        if lb.consistent_hash.is_some() {
-            // Keyed by the client's source address (validation refuses other keys).
+        if let Some(h) = &lb.consistent_hash {
             c.lb_policy = LbPolicy::RingHash;
+            c.hash_policy = Some(HashPolicy {
+                header: h.http_header_name.clone(),
+                cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
+                source_ip: h.use_source_ip.filter(|s| *s),
+            });
+        } else if lb.simple.is_some() {
+            c.hash_policy = None;
         }
     }
     if let Some(pool) = &tp.connection_pool {
@@ -206,10 +212,10 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
                     );
                 }
-                if h.http_header_name.is_some() || h.http_cookie.is_some() {
+                if h.http_cookie.as_ref().is_some_and(|k| k.ttl.is_some() || k.path.is_some()) {
                     bad(
-                        format!("{at}.loadBalancer.consistentHash"),
-                        "only `useSourceIp: true` is supported so far (header and cookie keys are not passed to the balancer yet)".into(),
+                        format!("{at}.loadBalancer.consistentHash.httpCookie"),
+                        "`ttl`/`path` ask the proxy to generate the cookie, which tickmesh does not; hash on an existing cookie by `name` only".into(),
                     );
                 }
                 if h.use_source_ip == Some(false) {

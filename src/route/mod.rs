@@ -104,6 +104,16 @@ pub struct ClusterEntry {
     pub outlier: Option<OutlierPolicy>,
     /// Active HTTP health checks, when configured.
     pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
+    /// Consistent hashing of HTTP requests: what the key is.
+    pub hash_on: HashOn,
+}
+
+/// The key a consistent-hash cluster hashes an HTTP request on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    SourceIp,
+    Header(Box<str>),
+    Cookie(Box<str>),
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -163,12 +173,29 @@ impl ClusterEntry {
             s.get_worker(worker, CxTotal as usize)
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
         };
-        let mut first = self.balancer.pick(st, cursor, source, active);
+        let key = st.take_key();
+        let mut first = self.balancer.pick_salted(st, cursor, source, key, active, 0);
         // One load of a rarely written word when every endpoint is usable.
         if self.health.unusable() != 0 && !self.endpoints[first].health.usable() {
-            first = self.repick(st, cursor, source, first, active);
+            first = self.repick(st, cursor, source, key, first, active);
         }
         Some(self.endpoint_for_attempt(first, attempt))
+    }
+
+    /// The hash key of an HTTP request for this cluster's consistent hashing, from its
+    /// headers (`header(name)` gives a header's value). `None`: no key (the source
+    /// address is used, as for L4). No allocation.
+    #[inline]
+    pub fn request_key<'h>(&self, header: impl Fn(&str) -> Option<&'h [u8]>) -> Option<u64> {
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return None;
+        }
+        let v = match &self.hash_on {
+            HashOn::SourceIp => return None,
+            HashOn::Header(name) => header(name)?,
+            HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
+        };
+        Some(crate::cluster::maglev::hash64(v, 0))
     }
 
     /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
@@ -182,11 +209,12 @@ impl ClusterEntry {
         st: &mut LbState,
         cursor: &mut u32,
         source: Option<SocketAddr>,
+        key: Option<u64>,
         first: usize,
         active: impl Fn(usize) -> u64 + Copy,
     ) -> usize {
         for salt in 1..=4u64 {
-            let i = self.balancer.pick_salted(st, cursor, source, active, salt);
+            let i = self.balancer.pick_salted(st, cursor, source, key, active, salt);
             if self.endpoints[i].health.usable() {
                 return i;
             }
@@ -446,6 +474,15 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .collect(),
         health: stats.cluster_health(&c.name),
         outlier: c.outlier_detection.as_ref().map(OutlierPolicy::from_config),
+        hash_on: match &c.hash_policy {
+            Some(crate::config::HashPolicy {
+                header: Some(h), ..
+            }) => HashOn::Header(h.as_str().into()),
+            Some(crate::config::HashPolicy {
+                cookie: Some(k), ..
+            }) => HashOn::Cookie(k.as_str().into()),
+            _ => HashOn::SourceIp,
+        },
         health_check: c
             .health_checks
             .first()
@@ -470,6 +507,15 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
                 max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
             }),
     }
+}
+
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`).
+fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
 }
 
 /// Cluster names used by HTTP routes: a defined cluster, or else (as a sidecar does) a
@@ -552,6 +598,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             circuit_breakers: None,
             outlier_detection: None,
             health_checks: Vec::new(),
+            hash_policy: None,
             tls: None,
         };
         let i = self.clusters.len() as u32;
@@ -684,6 +731,41 @@ clusters:
             }
             assert!(all.iter().all(|&n| n > 0), "{}: {all:?}", c.name);
         }
+    }
+
+    #[test]
+    fn request_keys_from_headers_and_cookies() {
+        assert_eq!(cookie(b"a=1; session=xyz; b=2", b"session"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(b"session=", b"session"), Some(&b""[..]));
+        assert_eq!(cookie(b"sessionx=1;session2=2", b"session"), None);
+        assert_eq!(cookie(b"garbage", b"session"), None);
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - {name: h, lb_policy: maglev, hash_policy: {header: x-user}, endpoints: ["127.0.0.1:1", "127.0.0.1:2"]}
+  - {name: rr, endpoints: ["127.0.0.1:1"]}
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let h = &t.clusters[0];
+        let key = |v: &'static [u8]| h.request_key(move |n| (n == "x-user").then_some(v));
+        assert_eq!(key(b"alice"), key(b"alice"));
+        assert_ne!(key(b"alice"), key(b"bob"));
+        assert_eq!(h.request_key(|_| None), None, "no header: the source address");
+        assert_eq!(t.clusters[1].request_key(|_| Some(b"x")), None, "not hashing");
+        let mut st = LbState::new(3);
+        st.set_key(key(b"alice"));
+        let first = h.pick(&mut st, &mut 0, None, 0, 0);
+        for _ in 0..20 {
+            st.set_key(key(b"alice"));
+            assert_eq!(h.pick(&mut st, &mut 0, None, 0, 0), first);
+        }
+        assert_eq!(st.take_key(), None, "a pick consumes its key");
     }
 
     #[test]

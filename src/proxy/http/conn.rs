@@ -1195,6 +1195,8 @@ impl Conn {
             } => {
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
+                // Consistent hashing on a header or cookie (`hash_policy`).
+                let hash_key = cl.request_key(|n| req.header(n));
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1244,7 +1246,9 @@ impl Conn {
                 let reuse = self.fds[Side::Up.idx()].is_some()
                     && self.cluster == cluster
                     && self.up_generation == table.generation
-                    && self.up_reusable;
+                    && self.up_reusable
+                    // Not to an endpoint ejected or failing its check since.
+                    && self.ehealth.as_ref().is_none_or(|h| h.usable());
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
                 let active = cl
@@ -1278,6 +1282,7 @@ impl Conn {
                 self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
                 self.up_requests = 1;
+                cx.lb.set_key(hash_key);
                 self.connect_next(slot, cx, io)
             }
         }
