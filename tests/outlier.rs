@@ -548,6 +548,43 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
     assert!(h.checks_failed >= 2 && h.checks_total > h.checks_failed, "{h:?}");
 }
 
+/// Priority failover: the backup (priority 1) takes traffic only while the primary
+/// fails its health check, and gives it back when the primary recovers.
+fn priority_failover(kind: EngineKind) {
+    let primary = Backend::start(200);
+    let backup = Backend::start(200);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", {{address: \"{}\", priority: 1}}]\n    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}]\n",
+            primary.addr, backup.addr
+        )),
+    );
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (10, 0));
+    primary.status.store(500, Ordering::SeqCst);
+    wait_until("the primary fails its check", Duration::from_secs(5), || {
+        d.health("svc", primary.addr).state == "unhealthy"
+    });
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (10, 10));
+    primary.status.store(200, Ordering::SeqCst);
+    wait_until("the primary recovers", Duration::from_secs(5), || {
+        d.health("svc", primary.addr).state == "healthy"
+    });
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (20, 10));
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(table.contains("(priority 1)"), "{table}");
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -580,6 +617,7 @@ per_engine!(
     destination_rule_policy_applies,
     subsets_select_by_labels,
     hash_on_header_and_cookie,
+    priority_failover,
     tcp_connect_failures_eject,
     max_ejection_percent_caps,
     active_checks_follow_the_backend,

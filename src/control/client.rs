@@ -276,8 +276,12 @@ pub fn stats_table(s: &StatsResult) -> String {
                     ms as f64 / 1000.0
                 ),
             };
+            let name = match e.priority {
+                0 => format!("  {}", e.address),
+                p => format!("  {} (priority {p})", e.address),
+            };
             t.push(upstream(
-                format!("  {}", e.address),
+                name,
                 e.active,
                 &e.counters,
                 health,
@@ -427,6 +431,7 @@ mod tests {
                         ejected_remaining_ms: 2500,
                         ..Default::default()
                     },
+                    priority: 0,
                 }],
                 ejections_overflow: 0,
             }],

@@ -245,6 +245,9 @@ pub struct EndpointStatsView {
     /// Outlier detection and active health-check state.
     #[serde(default)]
     pub health: EndpointHealthView,
+    /// Priority level (0 serves first).
+    #[serde(default)]
+    pub priority: u32,
 }
 
 /// One endpoint's health as `stats` reports it.

@@ -493,6 +493,7 @@ impl ControlPlane {
                                     counters: totals(&r),
                                     per_worker: per_worker(&r),
                                     health: health_view(&e.health, now),
+                                    priority: e.priority,
                                 }
                             })
                             .collect(),

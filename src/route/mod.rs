@@ -106,6 +106,18 @@ pub struct ClusterEntry {
     pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
     /// Consistent hashing of HTTP requests: what the key is.
     pub hash_on: HashOn,
+    /// Priority levels (Envoy's `priority`), lowest number first, when the endpoints have
+    /// more than one; empty otherwise. `balancer` then spans every endpoint (panic mode).
+    pub levels: Box<[Level]>,
+}
+
+/// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
+/// sorted by priority) and their own balancer.
+#[derive(Debug)]
+pub struct Level {
+    pub priority: u32,
+    pub members: Box<[u32]>,
+    pub balancer: Balancer,
 }
 
 /// The key a consistent-hash cluster hashes an HTTP request on.
@@ -149,6 +161,7 @@ pub struct EndpointEntry {
     pub stats: Arc<UpstreamStats>,
     /// Outlier / health-check state (survives table swaps, like `stats`).
     pub health: Arc<EndpointHealth>,
+    pub priority: u32,
 }
 
 impl ClusterEntry {
@@ -174,12 +187,56 @@ impl ClusterEntry {
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
         };
         let key = st.take_key();
-        let mut first = self.balancer.pick_salted(st, cursor, source, key, active, 0);
-        // One load of a rarely written word when every endpoint is usable.
-        if self.health.unusable() != 0 && !self.endpoints[first].health.usable() {
-            first = self.repick(st, cursor, source, key, first, active);
-        }
+        let first = if self.levels.is_empty() {
+            match self.pick_in(&self.balancer, None, st, cursor, source, key, active) {
+                Ok(i) | Err(i) => i, // Err: nothing usable, panic mode
+            }
+        } else {
+            // Priority failover: the first level with a usable endpoint serves; with
+            // none anywhere, every endpoint (panic mode).
+            let mut found = None;
+            for l in self.levels.iter() {
+                if let Ok(i) = self.pick_in(&l.balancer, Some(&l.members), st, cursor, source, key, active) {
+                    found = Some(i);
+                    break;
+                }
+            }
+            match found {
+                Some(i) => i,
+                // (Not the round-robin schedule: the level picks above moved the shared
+                // cursor by a fixed step, which would pin one endpoint.)
+                None if matches!(self.balancer, Balancer::Maglev(_)) => {
+                    self.balancer.pick_salted(st, cursor, source, key, active, 0)
+                }
+                None => st.next_u32() as usize % self.endpoints.len(),
+            }
+        };
         Some(self.endpoint_for_attempt(first, attempt))
+    }
+
+    /// The balancer's choice among one set of endpoints (`members`, or all), skipping
+    /// unusable ones; `Err(first choice)` when none of the set is usable.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn pick_in(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> Result<usize, usize> {
+        let map = |j: usize| members.map_or(j, |m| m[j] as usize);
+        let local_active = |j: usize| active(map(j));
+        let j = b.pick_salted(st, cursor, source, key, local_active, 0);
+        // One load of a rarely written word when every endpoint is usable.
+        if self.health.unusable() == 0 || self.endpoints[map(j)].health.usable() {
+            return Ok(map(j));
+        }
+        self.repick(b, members, st, cursor, source, key, j, local_active)
+            .ok_or(map(j))
     }
 
     /// The hash key of an HTTP request for this cluster's consistent hashing, from its
@@ -199,31 +256,35 @@ impl ClusterEntry {
     }
 
     /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
-    /// others keep their proportions), then walk to the next usable one. When none is
-    /// usable, the first choice stands — Envoy's panic mode, which balances over every
-    /// endpoint rather than failing all requests (Envoy enters it below 50% healthy by
-    /// default; tickmesh only when no endpoint at all is usable).
+    /// others keep their proportions), then walk to the next usable one of the set.
+    /// `None` when none is usable — the caller falls back (next priority level, then
+    /// Envoy's panic mode, which balances over every endpoint rather than failing all
+    /// requests; Envoy enters it below 50% healthy by default, tickmesh only when no
+    /// endpoint at all is usable).
     #[cold]
+    #[allow(clippy::too_many_arguments)]
     fn repick(
         &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
         st: &mut LbState,
         cursor: &mut u32,
         source: Option<SocketAddr>,
         key: Option<u64>,
         first: usize,
         active: impl Fn(usize) -> u64 + Copy,
-    ) -> usize {
+    ) -> Option<usize> {
+        let map = |j: usize| members.map_or(j, |m| m[j] as usize);
         for salt in 1..=4u64 {
-            let i = self.balancer.pick_salted(st, cursor, source, key, active, salt);
+            let i = map(b.pick_salted(st, cursor, source, key, active, salt));
             if self.endpoints[i].health.usable() {
-                return i;
+                return Some(i);
             }
         }
-        let n = self.endpoints.len();
-        (1..n)
-            .map(|k| (first + k) % n)
+        let n = members.map_or(self.endpoints.len(), <[u32]>::len);
+        (1..=n)
+            .map(|k| map((first + k) % n))
             .find(|&i| self.endpoints[i].health.usable())
-            .unwrap_or(first)
     }
 
     /// The endpoint for connect attempt `attempt` of a request whose first choice was
@@ -448,26 +509,52 @@ pub fn compile(
 fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     // A name stands for every address it resolved to (STRICT_DNS), each with the name's
     // weight; until the resolver has an answer it stands for none.
-    let resolved: Vec<(SocketAddr, u32)> = c
+    let mut resolved: Vec<(SocketAddr, u32, u32)> = c
         .endpoints
         .iter()
         .flat_map(|e| match &e.address {
-            EndpointAddress::Ip(a) => vec![(*a, e.weight)],
+            EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority)],
             EndpointAddress::Dns { host, port } => dns::cached(host, *port)
                 .into_iter()
-                .map(|a| (a, e.weight))
+                .map(|a| (a, e.weight, e.priority))
                 .collect(),
         })
         .collect();
-    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _)| *a).collect();
-    let weights: Vec<u32> = resolved.iter().map(|(_, w)| *w).collect();
+    // Grouped by priority (stable), so a retry walking the endpoints in order stays in
+    // its level as long as the level lasts.
+    resolved.sort_by_key(|&(_, _, p)| p);
+    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _, _)| *a).collect();
+    let weights: Vec<u32> = resolved.iter().map(|(_, w, _)| *w).collect();
+    let mut priorities: Vec<u32> = resolved.iter().map(|(_, _, p)| *p).collect();
+    priorities.dedup();
+    let levels: Box<[Level]> = if priorities.len() > 1 {
+        priorities
+            .iter()
+            .map(|&p| {
+                let members: Box<[u32]> = (0..resolved.len() as u32)
+                    .filter(|&i| resolved[i as usize].2 == p)
+                    .collect();
+                let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
+                let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
+                Level {
+                    priority: p,
+                    balancer: Balancer::build(c.lb_policy, &a, &w),
+                    members,
+                }
+            })
+            .collect()
+    } else {
+        Box::new([])
+    };
     ClusterEntry {
         name: c.name.as_str().into(),
+        levels,
         endpoints: resolved
             .iter()
-            .map(|&(address, weight)| EndpointEntry {
+            .map(|&(address, weight, priority)| EndpointEntry {
                 address,
                 weight,
+                priority,
                 stats: stats.endpoint(&c.name, address),
                 health: stats.endpoint_health(&c.name, address),
             })
@@ -731,6 +818,52 @@ clusters:
             }
             assert!(all.iter().all(|&n| n > 0), "{}: {all:?}", c.name);
         }
+    }
+
+    #[test]
+    fn priority_levels_fail_over_in_order_and_come_back() {
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - name: p
+    endpoints:
+      - {address: "127.0.0.1:3", priority: 2}
+      - "127.0.0.1:1"
+      - {address: "127.0.0.1:2", priority: 1}
+      - "127.0.0.4:1"
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let c = &t.clusters[0];
+        let prio: Vec<u32> = c.endpoints.iter().map(|e| e.priority).collect();
+        assert_eq!(prio, [0, 0, 1, 2], "sorted by priority, stable");
+        assert_eq!(c.levels.len(), 3);
+        let mut st = LbState::new(1);
+        let mut picks = |n: usize| {
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for _ in 0..n {
+                seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+            }
+            seen
+        };
+        assert_eq!(picks(100), [50, 50, 0, 0], "level 0 only");
+        let h = &c.health;
+        c.endpoints[0].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 100, 0, 0], "what is left of level 0");
+        c.endpoints[1].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 0, 100, 0], "level 1 takes over");
+        c.endpoints[2].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 0, 0, 100], "then level 2");
+        c.endpoints[3].health.eject(h, 1, 1000, 1000);
+        assert!(picks(100).iter().all(|&n| n > 0), "panic mode: everyone");
+        c.endpoints[0].health.uneject(h);
+        assert_eq!(picks(100), [100, 0, 0, 0], "level 0 is back");
     }
 
     #[test]
