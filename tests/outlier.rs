@@ -258,7 +258,7 @@ listeners:
 clusters:
   - name: svc
     endpoints: ["{dead}", "{}"]
-    outlier_detection: {{consecutive_gateway_failure: 2, interval: 50ms, base_ejection_time: 30s}}
+    outlier_detection: {{consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}}
 "#,
             echo.addr
         ),
@@ -298,7 +298,7 @@ fn max_ejection_percent_caps(kind: EngineKind) {
     let d = Daemon::start(
         kind,
         &http_config(&format!(
-            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 2, consecutive_5xx: 0, max_ejection_percent: 10, interval: 10s}}\n",
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, consecutive_5xx: 0, max_ejection_percent: 10, interval: 10s}}\n",
             a.addr, b.addr
         )),
     );
@@ -638,6 +638,14 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "outlier_detection: invalid duration `soon`",
         ),
         ("outlier_detection: {consecutive_5xxx: 3}", "consecutive_5xxx"),
+        (
+            "outlier_detection: {enforcing_consecutive_5xx: 101}",
+            "enforcing_consecutive_5xx",
+        ),
+        (
+            "outlier_detection: {success_rate_minimum_hosts: 3}",
+            "success_rate_minimum_hosts",
+        ),
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 0, healthy_threshold: 1, http_health_check: {path: /h}}]",
             "unhealthy_threshold",

@@ -8,17 +8,20 @@
 //! Semantics (Envoy `outlier_detection`, Istio `outlierDetection`):
 //! - an endpoint whose consecutive 5xx count reaches `consecutive_5xx` (default 5), or
 //!   whose consecutive gateway errors (502/503/504, connect failures, resets and timeouts)
-//!   reach `consecutive_gateway_failure` (off unless set), is ejected at the next tick —
-//!   within [`TICK`], where Envoy posts the same decision to its main thread;
+//!   reach `consecutive_gateway_failure` (default 5), is detected at the next tick —
+//!   within [`TICK`], where Envoy posts the same decision to its main thread — and
+//!   ejected with the chance `enforcing_consecutive_5xx` (default 100%) or
+//!   `enforcing_consecutive_gateway_failure` (default **0%**, as in Envoy: set it to 100
+//!   to eject on gateway errors; Istio's `consecutiveGatewayErrors` does);
 //! - it stays out for `base_ejection_time` × the times it has been ejected, capped at
-//!   Envoy's `max_ejection_time` default (300 s, or `base_ejection_time` when longer);
+//!   `max_ejection_time` (default 300 s, or `base_ejection_time` when longer);
 //! - it returns at the first `interval` tick after its time is up; each interval an
 //!   endpoint spends un-ejected lowers its ejection multiplier by one;
 //! - at most `max_ejection_percent` (default 10) of the cluster is ejected at once, but one
 //!   endpoint can always be (Envoy: "will eject at least one host regardless of the
 //!   value"); refused ejections are counted (`ejections_overflow`).
-//! Not implemented: success-rate and failure-percentage detection, `enforcing_*` knobs
-//! (enforcement is 100% when a threshold is set), split local/external error counting.
+//! Not implemented (refused by name when configured): success-rate and
+//! failure-percentage detection, split local/external error counting.
 
 use std::time::Duration;
 
@@ -38,6 +41,9 @@ pub struct OutlierPolicy {
     pub base_ejection_ms: u64,
     pub max_ejection_ms: u64,
     pub max_ejection_percent: u32,
+    /// Percent chance that a detected outlier is ejected, per kind.
+    pub enforcing_5xx: u32,
+    pub enforcing_gateway: u32,
 }
 
 impl OutlierPolicy {
@@ -47,18 +53,39 @@ impl OutlierPolicy {
         let base = o.base_ejection_time.map_or(30_000, ms);
         OutlierPolicy {
             consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
-            consecutive_gateway: o.consecutive_gateway_failure.unwrap_or(0),
+            consecutive_gateway: o.consecutive_gateway_failure.unwrap_or(5),
             interval_ms: o.interval.map_or(10_000, ms).max(1),
             base_ejection_ms: base,
-            max_ejection_ms: base.max(300_000),
+            max_ejection_ms: o.max_ejection_time.map_or(300_000, ms).max(base),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(10).min(100),
+            enforcing_5xx: o.enforcing_consecutive_5xx.unwrap_or(100).min(100),
+            enforcing_gateway: o.enforcing_consecutive_gateway_failure.unwrap_or(0).min(100),
         }
     }
 
-    fn over_threshold(&self, e: &EndpointHealth) -> bool {
-        (self.consecutive_5xx > 0 && e.consecutive_5xx() >= self.consecutive_5xx)
-            || (self.consecutive_gateway > 0 && e.consecutive_gateway() >= self.consecutive_gateway)
+    /// Whether `e` crossed a threshold, and the enforcement chance (percent) of the
+    /// strongest kind it crossed.
+    fn detected(&self, e: &EndpointHealth) -> Option<u32> {
+        let five = self.consecutive_5xx > 0 && e.consecutive_5xx() >= self.consecutive_5xx;
+        let gw = self.consecutive_gateway > 0 && e.consecutive_gateway() >= self.consecutive_gateway;
+        match (five, gw) {
+            (false, false) => None,
+            (true, false) => Some(self.enforcing_5xx),
+            (false, true) => Some(self.enforcing_gateway),
+            (true, true) => Some(self.enforcing_5xx.max(self.enforcing_gateway)),
+        }
     }
+}
+
+/// A percent chance (control plane only; not for anything secret).
+fn chance(percent: u32) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    if percent >= 100 {
+        return true;
+    }
+    let r = super::maglev::mix64(super::health::now_ms() ^ SEQ.fetch_add(1, Relaxed) << 20);
+    r % 100 < u64::from(percent)
 }
 
 /// One health tick for one cluster at `now` ([`super::health::now_ms`]): un-eject at
@@ -95,7 +122,15 @@ pub fn sweep<'a>(
         .filter(|e| e.flags() & EJECTED != 0)
         .count() as u64;
     for e in endpoints {
-        if e.flags() & EJECTED != 0 || !p.over_threshold(e) {
+        if e.flags() & EJECTED != 0 {
+            continue;
+        }
+        let Some(enforce) = p.detected(e) else {
+            continue;
+        };
+        if !chance(enforce) {
+            // Detected, not enforced (Envoy's `enforcing_*`): start counting again.
+            e.clear_counters();
             continue;
         }
         let allowed = ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
@@ -122,6 +157,8 @@ mod tests {
             interval: Some(Duration::from_millis(100)),
             base_ejection_time: Some(Duration::from_millis(1000)),
             max_ejection_percent: Some(50),
+            enforcing_consecutive_gateway_failure: Some(100),
+            ..OutlierDetection::default()
         })
     }
 
@@ -132,13 +169,42 @@ mod tests {
             p,
             OutlierPolicy {
                 consecutive_5xx: 5,
-                consecutive_gateway: 0,
+                consecutive_gateway: 5,
                 interval_ms: 10_000,
                 base_ejection_ms: 30_000,
                 max_ejection_ms: 300_000,
                 max_ejection_percent: 10,
+                enforcing_5xx: 100,
+                enforcing_gateway: 0,
             }
         );
+    }
+
+    #[test]
+    fn gateway_failures_are_enforced_only_when_asked_as_in_envoy() {
+        let c = ClusterHealth::default();
+        let e = [EndpointHealth::default(), EndpointHealth::default()];
+        let quiet = OutlierPolicy::from_config(&OutlierDetection {
+            consecutive_5xx: Some(0),
+            consecutive_gateway_failure: Some(2),
+            max_ejection_percent: Some(100),
+            ..OutlierDetection::default()
+        });
+        for _ in 0..2 {
+            e[0].record(Outcome::LocalFailure);
+        }
+        sweep(&quiet, &c, e.iter(), 1);
+        assert!(e[0].usable(), "detected, enforced at 0%");
+        assert_eq!(e[0].consecutive_gateway(), 0, "counting starts again");
+        let loud = OutlierPolicy {
+            enforcing_gateway: 100,
+            ..quiet
+        };
+        for _ in 0..2 {
+            e[0].record(Outcome::LocalFailure);
+        }
+        sweep(&loud, &c, e.iter(), 2);
+        assert!(!e[0].usable());
     }
 
     #[test]

@@ -385,9 +385,24 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     format!("{p} is over 100"),
                 );
             }
+            for (name, p) in [
+                ("enforcing_consecutive_5xx", o.enforcing_consecutive_5xx),
+                (
+                    "enforcing_consecutive_gateway_failure",
+                    o.enforcing_consecutive_gateway_failure,
+                ),
+            ] {
+                if let Some(p) = p.filter(|p| *p > 100) {
+                    bad(
+                        format!("{at}.outlier_detection.{name}"),
+                        format!("{p} is over 100 (a percentage)"),
+                    );
+                }
+            }
             for (name, d) in [
                 ("interval", o.interval),
                 ("base_ejection_time", o.base_ejection_time),
+                ("max_ejection_time", o.max_ejection_time),
             ] {
                 if d.is_some_and(|d| d.is_zero()) {
                     bad(

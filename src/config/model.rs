@@ -243,6 +243,20 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+    /// Percent chance that a detected 5xx outlier is ejected (Envoy default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_5xx: Option<u32>,
+    /// Percent chance that a detected gateway-failure outlier is ejected (Envoy
+    /// default 0: set 100 to eject on `consecutive_gateway_failure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    /// Longest ejection (default 300 s, or `base_ejection_time` when longer).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time: Option<Duration>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's

@@ -169,8 +169,13 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         if let Some(n) = o.consecutive_5xx_errors {
             base.consecutive_5xx = Some(n);
         }
+        if let Some(n) = o.consecutive_5xx_errors {
+            // Istio enforces what it detects.
+            base.enforcing_consecutive_5xx = Some(if n > 0 { 100 } else { 0 });
+        }
         if let Some(n) = o.consecutive_gateway_errors {
             base.consecutive_gateway_failure = Some(n);
+            base.enforcing_consecutive_gateway_failure = Some(if n > 0 { 100 } else { 0 });
         }
         if let Some(d) = o.interval {
             base.interval = Some(d);
