@@ -124,7 +124,11 @@ impl Daemon {
 
     fn health(&self, cluster: &str, ep: SocketAddr) -> EndpointHealthView {
         let s = self.plane.stats();
-        let c = s.clusters.iter().find(|c| c.name == cluster).expect("cluster");
+        let c = s
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .expect("cluster");
         c.endpoints
             .iter()
             .find(|e| e.address == ep)
@@ -135,8 +139,16 @@ impl Daemon {
 
     fn counter(&self, cluster: &str, ep: SocketAddr, name: &str) -> u64 {
         let s = self.plane.stats();
-        let c = s.clusters.iter().find(|c| c.name == cluster).expect("cluster");
-        let e = c.endpoints.iter().find(|e| e.address == ep).expect("endpoint");
+        let c = s
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .expect("cluster");
+        let e = c
+            .endpoints
+            .iter()
+            .find(|e| e.address == ep)
+            .expect("endpoint");
         e.counters.get(name).copied().unwrap_or(0)
     }
 }
@@ -208,10 +220,14 @@ fn http_5xx_ejects_and_returns(kind: EngineKind) {
     );
     let addr = d.listener();
     // Round robin: the bad endpoint gets every other request until it is ejected.
-    wait_until("the 500-answering endpoint is ejected", Duration::from_secs(5), || {
-        get(addr, "/a");
-        d.health("svc", bad.addr).state == "ejected"
-    });
+    wait_until(
+        "the 500-answering endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/a");
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
     let h = d.health("svc", bad.addr);
     assert_eq!(h.times_ejected, 1, "{h:?}");
     assert!(
@@ -272,10 +288,14 @@ clusters:
         s.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"ping", "the relay retries the next endpoint");
     };
-    wait_until("the dead endpoint is ejected", Duration::from_secs(5), || {
-        round_trip();
-        d.health("svc", dead).state == "ejected"
-    });
+    wait_until(
+        "the dead endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            round_trip();
+            d.health("svc", dead).state == "ejected"
+        },
+    );
     let fails = d.counter("svc", dead, "connect_fail");
     assert!(fails >= 2, "{fails}");
     for _ in 0..20 {
@@ -380,15 +400,22 @@ spec:
         assert_eq!(get(addr, "/"), 200);
     }
     let (da, db) = (a.requests() - a0, b.requests() - b0);
-    assert!(da == 20 || db == 20, "one client address sticks to one endpoint: {da}/{db}");
+    assert!(
+        da == 20 || db == 20,
+        "one client address sticks to one endpoint: {da}/{db}"
+    );
     // The sticky endpoint starts failing: the rule's outlier detection ejects it and
     // the hash moves the client to the other one.
     let (sticky, other) = if da == 20 { (&a, &b) } else { (&b, &a) };
     sticky.status.store(500, Ordering::SeqCst);
-    wait_until("the rule's outlier detection ejects", Duration::from_secs(5), || {
-        get(addr, "/");
-        d.health("svc", sticky.addr).state == "ejected"
-    });
+    wait_until(
+        "the rule's outlier detection ejects",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/");
+            d.health("svc", sticky.addr).state == "ejected"
+        },
+    );
     let o0 = other.requests();
     for _ in 0..10 {
         assert_eq!(get(addr, "/"), 200);
@@ -472,15 +499,25 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
     for user in 0..12 {
         let before = counts();
         for _ in 0..5 {
-            assert_eq!(get_with(addr, "/", &format!("x-user: user-{user}\r\n")), 200);
+            assert_eq!(
+                get_with(addr, "/", &format!("x-user: user-{user}\r\n")),
+                200
+            );
         }
         let after = counts();
         let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
-        assert_eq!(moved.len(), 1, "user-{user} sticks to one endpoint: {before:?} → {after:?}");
+        assert_eq!(
+            moved.len(),
+            1,
+            "user-{user} sticks to one endpoint: {before:?} → {after:?}"
+        );
         assert_eq!(after[moved[0]] - before[moved[0]], 5);
         homes.insert(moved[0]);
     }
-    assert!(homes.len() >= 2, "12 users spread over the endpoints: {homes:?}");
+    assert!(
+        homes.len() >= 2,
+        "12 users spread over the endpoints: {homes:?}"
+    );
     // The same through a cookie, set natively on the cluster.
     let mut d = d;
     let cfg = format!(
@@ -545,7 +582,10 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
         b.requests() > before
     });
     let h = d.health("svc", b.addr);
-    assert!(h.checks_failed >= 2 && h.checks_total > h.checks_failed, "{h:?}");
+    assert!(
+        h.checks_failed >= 2 && h.checks_total > h.checks_failed,
+        "{h:?}"
+    );
 }
 
 /// Priority failover: the backup (priority 1) takes traffic only while the primary
@@ -566,9 +606,11 @@ fn priority_failover(kind: EngineKind) {
     }
     assert_eq!((primary.requests(), backup.requests()), (10, 0));
     primary.status.store(500, Ordering::SeqCst);
-    wait_until("the primary fails its check", Duration::from_secs(5), || {
-        d.health("svc", primary.addr).state == "unhealthy"
-    });
+    wait_until(
+        "the primary fails its check",
+        Duration::from_secs(5),
+        || d.health("svc", primary.addr).state == "unhealthy",
+    );
     for _ in 0..10 {
         assert_eq!(get(addr, "/"), 200);
     }
@@ -664,9 +706,8 @@ fn malformed_health_settings_are_errors_naming_the_field() {
         ),
     ];
     for (extra, names) in cases {
-        let yaml = format!(
-            "clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n    {extra}\n"
-        );
+        let yaml =
+            format!("clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n    {extra}\n");
         let e = tickmesh::config::parse(&yaml, Format::Yaml)
             .expect_err(&format!("{extra} must be refused"));
         let text = e.to_string();
@@ -682,15 +723,24 @@ fn malformed_destination_rule_policies_are_errors() {
         )
     };
     let cases = [
-        ("outlierDetection: {maxEjectionPercent: 101}", "maxEjectionPercent"),
+        (
+            "outlierDetection: {maxEjectionPercent: 101}",
+            "maxEjectionPercent",
+        ),
         ("outlierDetection: {interval: 0s}", "interval"),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "loadBalancer",
         ),
-        ("connectionPool: {tcp: {maxConnections: 0}}", "maxConnections"),
-        ("connectionPool: {http: {h2UpgradePolicy: UPGRADE}}", "h2UpgradePolicy"),
+        (
+            "connectionPool: {tcp: {maxConnections: 0}}",
+            "maxConnections",
+        ),
+        (
+            "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",
+            "h2UpgradePolicy",
+        ),
     ];
     for (policy, names) in cases {
         let e = tickmesh::config::parse(&dr(policy), Format::Yaml)

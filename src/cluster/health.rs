@@ -106,7 +106,10 @@ impl EndpointHealth {
     }
 
     pub fn checks(&self) -> (u64, u64) {
-        (self.checks_total.load(Relaxed), self.checks_failed.load(Relaxed))
+        (
+            self.checks_total.load(Relaxed),
+            self.checks_failed.load(Relaxed),
+        )
     }
 
     // === control plane only ===
@@ -137,7 +140,8 @@ impl EndpointHealth {
         self.ejections_total.fetch_add(1, Relaxed);
         let for_ms = base_ms.saturating_mul(u64::from(times)).min(max_ms);
         self.ejected_at_ms.store(now, Relaxed);
-        self.ejected_until_ms.store(now.saturating_add(for_ms).max(1), Relaxed);
+        self.ejected_until_ms
+            .store(now.saturating_add(for_ms).max(1), Relaxed);
         self.clear_counters();
         self.set_flag(cluster, EJECTED, true);
     }

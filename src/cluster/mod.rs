@@ -125,12 +125,16 @@ impl Balancer {
                 let h = match (key, source) {
                     (Some(k), _) => k,
                     (None, source) => match source {
-                    Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
-                    Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
-                    None => u64::from(st.next_u32()),
+                        Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
+                        Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
+                        None => u64::from(st.next_u32()),
                     },
                 };
-                m.lookup(if salt == 0 { h } else { maglev::mix64(h ^ salt) })
+                m.lookup(if salt == 0 {
+                    h
+                } else {
+                    maglev::mix64(h ^ salt)
+                })
             }
         }
     }

@@ -20,6 +20,7 @@
 //! - at most `max_ejection_percent` (default 10) of the cluster is ejected at once, but one
 //!   endpoint can always be (Envoy: "will eject at least one host regardless of the
 //!   value"); refused ejections are counted (`ejections_overflow`).
+//!
 //! Not implemented (refused by name when configured): success-rate and
 //! failure-percentage detection, split local/external error counting.
 
@@ -59,7 +60,10 @@ impl OutlierPolicy {
             max_ejection_ms: o.max_ejection_time.map_or(300_000, ms).max(base),
             max_ejection_percent: o.max_ejection_percent.unwrap_or(10).min(100),
             enforcing_5xx: o.enforcing_consecutive_5xx.unwrap_or(100).min(100),
-            enforcing_gateway: o.enforcing_consecutive_gateway_failure.unwrap_or(0).min(100),
+            enforcing_gateway: o
+                .enforcing_consecutive_gateway_failure
+                .unwrap_or(0)
+                .min(100),
         }
     }
 
@@ -67,7 +71,8 @@ impl OutlierPolicy {
     /// strongest kind it crossed.
     fn detected(&self, e: &EndpointHealth) -> Option<u32> {
         let five = self.consecutive_5xx > 0 && e.consecutive_5xx() >= self.consecutive_5xx;
-        let gw = self.consecutive_gateway > 0 && e.consecutive_gateway() >= self.consecutive_gateway;
+        let gw =
+            self.consecutive_gateway > 0 && e.consecutive_gateway() >= self.consecutive_gateway;
         match (five, gw) {
             (false, false) => None,
             (true, false) => Some(self.enforcing_5xx),
@@ -133,7 +138,8 @@ pub fn sweep<'a>(
             e.clear_counters();
             continue;
         }
-        let allowed = ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
+        let allowed =
+            ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
         if !allowed {
             cluster.ejections_overflow.fetch_add(1, Relaxed);
             // Counted once per crossing: start the count again.

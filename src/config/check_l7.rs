@@ -505,7 +505,10 @@ fn check_destination_rule(dr: &DestinationRule, at: &str, bad: &mut Bad) {
         if s.name.is_empty() || s.name.contains('|') || !names.insert(s.name.as_str()) {
             bad(
                 format!("{sat}.name"),
-                format!("subset name `{}` is empty, contains `|` or is used twice", s.name),
+                format!(
+                    "subset name `{}` is empty, contains `|` or is used twice",
+                    s.name
+                ),
             );
         }
         if let Some(tp) = &s.traffic_policy {

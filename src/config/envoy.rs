@@ -112,7 +112,8 @@ pub struct LbEndpoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointMetadata {
-    pub filter_metadata: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    pub filter_metadata:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -217,7 +218,11 @@ impl EnvoyCluster {
                             ));
                         }
                     }
-                    labels = md.filter_metadata.get("envoy.lb").cloned().unwrap_or_default();
+                    labels = md
+                        .filter_metadata
+                        .get("envoy.lb")
+                        .cloned()
+                        .unwrap_or_default();
                 }
                 endpoints.push(Endpoint {
                     labels,

@@ -413,7 +413,11 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             }
         }
         if let Some(h) = &c.hash_policy {
-            let keys = [h.header.is_some(), h.cookie.is_some(), h.source_ip == Some(true)];
+            let keys = [
+                h.header.is_some(),
+                h.cookie.is_some(),
+                h.source_ip == Some(true),
+            ];
             if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
                 bad(
                     format!("{at}.hash_policy"),
@@ -421,14 +425,21 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 );
             }
             if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+                {
                     bad(
                         format!("{at}.hash_policy"),
                         format!("`{name}` is not a header or cookie name"),
                     );
                 }
             }
-            if !matches!(c.lb_policy, super::model::LbPolicy::Maglev | super::model::LbPolicy::RingHash) {
+            if !matches!(
+                c.lb_policy,
+                super::model::LbPolicy::Maglev | super::model::LbPolicy::RingHash
+            ) {
                 bad(
                     format!("{at}.hash_policy"),
                     "hashing needs lb_policy maglev or ring_hash".into(),
@@ -737,14 +748,17 @@ fn locate_in_table(
 }
 
 /// An active health check: Envoy requires every one of these fields.
-fn check_health_check(h: &super::model::HealthCheck, at: &str, bad: &mut impl FnMut(String, String)) {
+fn check_health_check(
+    h: &super::model::HealthCheck,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
     for (name, d) in [("timeout", h.timeout), ("interval", h.interval)] {
         match d {
             None => bad(format!("{at}.{name}"), "is required (e.g. \"1s\")".into()),
-            Some(d) if d.is_zero() || d.as_secs() > 3600 => bad(
-                format!("{at}.{name}"),
-                "must be between 1ms and 1h".into(),
-            ),
+            Some(d) if d.is_zero() || d.as_secs() > 3600 => {
+                bad(format!("{at}.{name}"), "must be between 1ms and 1h".into())
+            }
             Some(_) => {}
         }
     }
@@ -753,7 +767,10 @@ fn check_health_check(h: &super::model::HealthCheck, at: &str, bad: &mut impl Fn
         ("healthy_threshold", h.healthy_threshold),
     ] {
         if !(1..=1000).contains(&v) {
-            bad(format!("{at}.{name}"), format!("{v} is out of range 1..=1000"));
+            bad(
+                format!("{at}.{name}"),
+                format!("{v} is out of range 1..=1000"),
+            );
         }
     }
     let p = &h.http_health_check.path;
@@ -775,7 +792,10 @@ fn check_health_check(h: &super::model::HealthCheck, at: &str, bad: &mut impl Fn
         if !(100..=600).contains(&r.start) || !(100..=600).contains(&r.end) || r.start >= r.end {
             bad(
                 format!("{at}.http_health_check.expected_statuses[{k}]"),
-                format!("[{}, {}) is not a status range: start < end, both in 100..=600", r.start, r.end),
+                format!(
+                    "[{}, {}) is not a status range: start < end, both in 100..=600",
+                    r.start, r.end
+                ),
             );
         }
     }

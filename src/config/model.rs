@@ -400,7 +400,10 @@ impl fmt::Display for EndpointAddress {
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.weight == 1 && self.priority == 0 && self.locality.is_none() && self.labels.is_empty()
+        if self.weight == 1
+            && self.priority == 0
+            && self.locality.is_none()
+            && self.labels.is_empty()
         {
             return s.collect_str(&self.address);
         }

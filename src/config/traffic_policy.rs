@@ -140,7 +140,9 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         }
     }
     if let Some(pool) = &tp.connection_pool {
-        let b = c.circuit_breakers.get_or_insert_with(CircuitBreakers::default);
+        let b = c
+            .circuit_breakers
+            .get_or_insert_with(CircuitBreakers::default);
         if let Some(tcp) = &pool.tcp {
             if let Some(n) = tcp.max_connections {
                 b.max_connections = Some(n);
@@ -165,7 +167,9 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         }
     }
     if let Some(o) = &tp.outlier_detection {
-        let base = c.outlier_detection.get_or_insert_with(OutlierDetection::default);
+        let base = c
+            .outlier_detection
+            .get_or_insert_with(OutlierDetection::default);
         if let Some(n) = o.consecutive_5xx_errors {
             base.consecutive_5xx = Some(n);
         }
@@ -217,7 +221,10 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
                     );
                 }
-                if h.http_cookie.as_ref().is_some_and(|k| k.ttl.is_some() || k.path.is_some()) {
+                if h.http_cookie
+                    .as_ref()
+                    .is_some_and(|k| k.ttl.is_some() || k.path.is_some())
+                {
                     bad(
                         format!("{at}.loadBalancer.consistentHash.httpCookie"),
                         "`ttl`/`path` ask the proxy to generate the cookie, which tickmesh does not; hash on an existing cookie by `name` only".into(),
@@ -304,21 +311,45 @@ mod tests {
 
     #[test]
     fn host_rules_short_names_wildcards_and_specificity() {
-        let r = rules(&[
-            dr("short", "reviews", None, "    loadBalancer: {simple: RANDOM}"),
-            dr("wild", "*.prod.svc.cluster.local", None, "    loadBalancer: {simple: RANDOM}"),
-            dr("all", "*", None, "    loadBalancer: {simple: RANDOM}"),
-            dr("prod", "ratings", Some("prod"), "    loadBalancer: {simple: RANDOM}"),
-        ]
-        .join("---\n"));
+        let r = rules(
+            &[
+                dr(
+                    "short",
+                    "reviews",
+                    None,
+                    "    loadBalancer: {simple: RANDOM}",
+                ),
+                dr(
+                    "wild",
+                    "*.prod.svc.cluster.local",
+                    None,
+                    "    loadBalancer: {simple: RANDOM}",
+                ),
+                dr("all", "*", None, "    loadBalancer: {simple: RANDOM}"),
+                dr(
+                    "prod",
+                    "ratings",
+                    Some("prod"),
+                    "    loadBalancer: {simple: RANDOM}",
+                ),
+            ]
+            .join("---\n"),
+        );
         let name = |c: &'static str| rule_for(&r, c).map(|(r, s)| (r.metadata.name.as_str(), s));
         assert_eq!(name("reviews"), Some(("short", None)));
-        assert_eq!(name("reviews.default.svc.cluster.local"), Some(("short", None)));
+        assert_eq!(
+            name("reviews.default.svc.cluster.local"),
+            Some(("short", None))
+        );
         assert_eq!(name("REVIEWS|v2"), Some(("short", Some("v2"))));
         assert_eq!(name("reviews:9080"), Some(("short", None)));
         assert_eq!(name("ratings.prod.svc.cluster.local"), Some(("prod", None)));
         assert_eq!(name("details.prod.svc.cluster.local"), Some(("wild", None)));
-        assert_eq!(name("ratings"), Some(("all", None)), "ratings is in default");
+        assert_eq!(
+            name("ratings"),
+            Some(("all", None)),
+            "ratings is in default"
+        );
     }
 
     #[test]
@@ -359,10 +390,13 @@ mod tests {
         );
         let c = Cluster {
             name: "reviews|v2".into(),
-            ..parse("clusters: [{name: x, endpoints: [\"127.0.0.1:1\"]}]", Format::Yaml)
-                .unwrap()
-                .clusters
-                .remove(0)
+            ..parse(
+                "clusters: [{name: x, endpoints: [\"127.0.0.1:1\"]}]",
+                Format::Yaml,
+            )
+            .unwrap()
+            .clusters
+            .remove(0)
         };
         let e = effective_cluster(&c, &r);
         assert_eq!(e.lb_policy, LbPolicy::RingHash);

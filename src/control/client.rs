@@ -280,12 +280,7 @@ pub fn stats_table(s: &StatsResult) -> String {
                 0 => format!("  {}", e.address),
                 p => format!("  {} (priority {p})", e.address),
             };
-            t.push(upstream(
-                name,
-                e.active,
-                &e.counters,
-                health,
-            ));
+            t.push(upstream(name, e.active, &e.counters, health));
         }
     }
     out.push_str(&table(&t, 1));

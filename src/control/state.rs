@@ -23,8 +23,7 @@ use crate::telemetry::{CounterReport, StatsRegistry};
 use super::persist::StateDir;
 use super::protocol::{
     Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointHealthView,
-    EndpointStatsView, GetResult,
-    ListenerStatsView, RouteTarget, RouteView, StatsResult,
+    EndpointStatsView, GetResult, ListenerStatsView, RouteTarget, RouteView, StatsResult,
 };
 
 /// A refused request: what to tell the operator, and each config problem found.

@@ -196,7 +196,15 @@ impl ClusterEntry {
             // none anywhere, every endpoint (panic mode).
             let mut found = None;
             for l in self.levels.iter() {
-                if let Ok(i) = self.pick_in(&l.balancer, Some(&l.members), st, cursor, source, key, active) {
+                if let Ok(i) = self.pick_in(
+                    &l.balancer,
+                    Some(&l.members),
+                    st,
+                    cursor,
+                    source,
+                    key,
+                    active,
+                ) {
                     found = Some(i);
                     break;
                 }
@@ -205,9 +213,9 @@ impl ClusterEntry {
                 Some(i) => i,
                 // (Not the round-robin schedule: the level picks above moved the shared
                 // cursor by a fixed step, which would pin one endpoint.)
-                None if matches!(self.balancer, Balancer::Maglev(_)) => {
-                    self.balancer.pick_salted(st, cursor, source, key, active, 0)
-                }
+                None if matches!(self.balancer, Balancer::Maglev(_)) => self
+                    .balancer
+                    .pick_salted(st, cursor, source, key, active, 0),
                 None => st.next_u32() as usize % self.endpoints.len(),
             }
         };
@@ -868,7 +876,10 @@ clusters:
 
     #[test]
     fn request_keys_from_headers_and_cookies() {
-        assert_eq!(cookie(b"a=1; session=xyz; b=2", b"session"), Some(&b"xyz"[..]));
+        assert_eq!(
+            cookie(b"a=1; session=xyz; b=2", b"session"),
+            Some(&b"xyz"[..])
+        );
         assert_eq!(cookie(b"session=", b"session"), Some(&b""[..]));
         assert_eq!(cookie(b"sessionx=1;session2=2", b"session"), None);
         assert_eq!(cookie(b"garbage", b"session"), None);
@@ -889,8 +900,16 @@ clusters:
         let key = |v: &'static [u8]| h.request_key(move |n| (n == "x-user").then_some(v));
         assert_eq!(key(b"alice"), key(b"alice"));
         assert_ne!(key(b"alice"), key(b"bob"));
-        assert_eq!(h.request_key(|_| None), None, "no header: the source address");
-        assert_eq!(t.clusters[1].request_key(|_| Some(b"x")), None, "not hashing");
+        assert_eq!(
+            h.request_key(|_| None),
+            None,
+            "no header: the source address"
+        );
+        assert_eq!(
+            t.clusters[1].request_key(|_| Some(b"x")),
+            None,
+            "not hashing"
+        );
         let mut st = LbState::new(3);
         st.set_key(key(b"alice"));
         let first = h.pick(&mut st, &mut 0, None, 0, 0);

@@ -350,7 +350,11 @@ impl StatsRegistry {
             .clone()
     }
 
-    pub fn endpoint_health(&self, cluster: &str, addr: std::net::SocketAddr) -> Arc<EndpointHealth> {
+    pub fn endpoint_health(
+        &self,
+        cluster: &str,
+        addr: std::net::SocketAddr,
+    ) -> Arc<EndpointHealth> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         m.endpoint_health
             .entry((cluster.to_string(), addr))

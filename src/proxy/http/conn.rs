@@ -31,11 +31,11 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
 use crate::route::RouteTable;
-use crate::cluster::health::Outcome;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
 /// Buffers queued per direction.

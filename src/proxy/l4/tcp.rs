@@ -33,8 +33,8 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::{ms, BufId, ConnRef, Ctx, Io, Side, Step};
-use crate::route::RouteTable;
 use crate::cluster::health::Outcome;
+use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
 
