@@ -701,6 +701,19 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "tcp_health_check",
         ),
         (
+            "health_checks: [{timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h}}]",
+            "health_checks[0].interval",
+        ),
+        (
+            "hash_policy: {header: x-user}",
+            "hashing needs lb_policy maglev or ring_hash",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {header: x-user, cookie: s}",
+            "exactly one key",
+        ),
+
+        (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
             "expected_statuses",
         ),
@@ -713,6 +726,16 @@ fn malformed_health_settings_are_errors_naming_the_field() {
         let text = e.to_string();
         assert!(text.contains(names), "`{extra}`: {text}");
     }
+}
+
+#[test]
+fn malformed_endpoint_labels_are_errors() {
+    let e = tickmesh::config::parse(
+        "clusters:\n  - {name: c, endpoints: [{address: \"127.0.0.1:2\", labels: [v1]}]}\n",
+        Format::Yaml,
+    )
+    .expect_err("labels are a map");
+    assert!(e.to_string().contains("clusters[0].endpoints"), "{e}");
 }
 
 #[test]

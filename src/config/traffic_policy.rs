@@ -384,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn new_cluster_fields_round_trip_through_yaml() {
+        let yaml = r#"
+clusters:
+  - name: c
+    lb_policy: maglev
+    hash_policy: {cookie: session}
+    endpoints:
+      - "127.0.0.1:1"
+      - {address: "127.0.0.1:2", priority: 1, labels: {version: v2}}
+    outlier_detection: {consecutive_gateway_failure: 3, enforcing_consecutive_gateway_failure: 100, max_ejection_time: 1m}
+    health_checks:
+      - {timeout: 1s, interval: 2s, unhealthy_threshold: 3, healthy_threshold: 2, http_health_check: {path: /h, host: svc, expected_statuses: [{start: 200, end: 300}]}}
+"#;
+        let a = parse(yaml, Format::Yaml).unwrap();
+        let text = serde_yaml::to_string(&a).unwrap();
+        let b = parse(&text, Format::Yaml).unwrap();
+        assert_eq!(a, b, "{text}");
+        assert_eq!(b.clusters[0].endpoints[1].labels["version"], "v2");
+    }
+
+    #[test]
     fn subset_policy_overrides_the_top_level() {
         let r = rules(
             "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}, http: {http1MaxPendingRequests: 3, maxRetries: 2}}\n  subsets:\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      loadBalancer: {consistentHash: {useSourceIp: true}}\n",
