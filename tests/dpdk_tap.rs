@@ -166,6 +166,8 @@ fn kernel_tcp_client_reaches_backend_through_the_dpdk_balancer() {
             "-c",
         ])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args([
             "--dpdk-no-huge",
             "--dpdk-file-prefix",

@@ -195,6 +195,18 @@ pub struct StatsResult {
     /// TLS certificates in use and how long each has left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateView>,
+    /// Packet engine (DPDK) counter blocks: `port/NAME` (per port, per queue pair =
+    /// worker), `vip/NAME` and `backend/CLUSTER/ADDR`; empty on the socket engines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packets: Vec<PacketStatsView>,
+}
+
+/// One packet-engine counter block, summed and per worker (= per queue pair).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacketStatsView {
+    pub name: String,
+    pub counters: CounterMap,
+    pub per_worker: Vec<CounterMap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
