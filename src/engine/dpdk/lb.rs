@@ -810,6 +810,7 @@ pub fn fuzz_one(frame: &[u8]) {
         mac: [2, 0, 0, 0, 0, 1],
         stats: &f.port,
     };
+    let l4_before = l4_checksum_ok(frame);
     let mut w = f.worker.lock().unwrap_or_else(|p| p.into_inner());
     if w.process(&f.table, &ctx, &mut pkt, 1) == Verdict::Forward {
         let out = pkt.frame();
@@ -820,10 +821,39 @@ pub fn fuzz_one(frame: &[u8]) {
                 ip.verify_checksum(),
                 "forwarded IPv4 header checksum is valid"
             );
+            // A rewrite keeps the TCP/UDP checksum exactly as right (or wrong) as it came
+            // in: incremental updates must never turn a good segment bad. (IPIP carries
+            // the inner packet unchanged; the outer one has no L4 checksum.)
+            if ip.protocol() != PROTO_IPIP {
+                assert_eq!(
+                    l4_checksum_ok(out),
+                    l4_before,
+                    "the TCP/UDP checksum survives the rewrite"
+                );
+            }
         } else {
             ArpPacket::new_checked(eth.payload()).expect("forwarded ARP parses");
         }
     }
+}
+
+/// Whether `frame` is IPv4 TCP/UDP (not a fragment, UDP checksum present) whose L4
+/// checksum verifies; `None` when it is not such a packet.
+fn l4_checksum_ok(frame: &[u8]) -> Option<bool> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let proto = ip.protocol();
+    if ip.is_fragment() || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return None;
+    }
+    let l4 = L4Header::new_checked(ip.payload(), proto).ok()?;
+    if proto == PROTO_UDP && l4.checksum() == 0 {
+        return None;
+    }
+    Some(l4_checksum(ip.src(), ip.dst(), proto, ip.payload()) == 0)
 }
 
 const FUZZ_CONFIG: &str = r#"

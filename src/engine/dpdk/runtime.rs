@@ -264,6 +264,14 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
     }
+    if let Some(n) = d.dpdk_bench_ping {
+        let r = ping(&engine, n);
+        STOP.store(true, Ordering::SeqCst);
+        let _ = ctl.join();
+        server.stop();
+        println!("{}", r?);
+        return Ok(());
+    }
     let started = std::time::Instant::now();
 
     // Worker 0 runs on the main lcore; the others on the EAL's worker lcores.
@@ -468,6 +476,91 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
     }
     tracing::info!("dpdk: primed {n} frames per port");
     Ok(())
+}
+
+/// Benchmark: `n` round trips of one 64-byte frame (flows cycling over 1,024, so a
+/// balancer on the far side works from its flow table) out of the first data port, each
+/// timed with the TSC from just before the TX burst to the RX burst that returns it.
+/// 1,000 unrecorded warm-up trips first. A trip not back within 10 ms counts as lost.
+fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
+    let table = e.tables.current.load();
+    let Some(vip) = table.vips.first() else {
+        bail!("--dpdk-bench-ping needs a listener (VIP) in the config");
+    };
+    let Some(p) = e.ports.first() else {
+        bail!("--dpdk-bench-ping needs a port");
+    };
+    let pool = e
+        .pools
+        .iter()
+        .find(|m| m.socket == p.socket)
+        .expect("every port has a pool");
+    // SAFETY: plain queries once the EAL runs.
+    let hz = unsafe { sys::rte_get_tsc_hz() };
+    let tsc = || unsafe { sys::tm_get_tsc_cycles() };
+    // Wait (bounded) for the link: a net_memif client needs its server to answer.
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: valid port; `link` is a properly sized out-parameter.
+        unsafe { sys::rte_eth_link_get_nowait(p.id, &mut link) };
+        if link.link_status() != 0 {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("port {} link stayed down for 10 s: is the peer running?", p.name);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .context("latency histogram")?;
+    let mut rx = Burst::default();
+    let (warm, mut lost, mut extra) = (1000usize, 0u64, 0u64);
+    let frames: Vec<Vec<u8>> = (0..1024u32)
+        .map(|i| bench_frame(p.mac, vip.protocol, i, *vip.addr.ip(), vip.addr.port()))
+        .collect();
+    for i in 0..warm + n {
+        let m = pool
+            .alloc_frame(&frames[i % frames.len()])
+            .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while pinging"))?;
+        let mut b = Burst::default();
+        b.push(m);
+        let start = tsc();
+        if b.tx(p.id, 0).0 == 0 {
+            lost += 1;
+            continue;
+        }
+        let back = loop {
+            let k = rx.rx(p.id, 0);
+            if k > 0 {
+                let t = tsc();
+                extra += k as u64 - 1;
+                for j in 0..k {
+                    drop(rx.take(j));
+                }
+                rx.reset();
+                break Some(t);
+            }
+            if tsc().wrapping_sub(start) > hz / 100 {
+                break None;
+            }
+        };
+        match back {
+            Some(t) if i >= warm => {
+                let ns = (t.wrapping_sub(start) as u128 * 1_000_000_000 / u128::from(hz)) as u64;
+                hist.saturating_record(ns.max(1));
+            }
+            Some(_) => {}
+            None => lost += 1,
+        }
+    }
+    let q = |p: f64| hist.value_at_quantile(p);
+    Ok(serde_json::json!({"ping": {
+        "count": hist.len(), "lost": lost, "unexpected": extra,
+        "min_ns": hist.min(), "p50_ns": q(0.5), "p90_ns": q(0.9), "p99_ns": q(0.99),
+        "p999_ns": q(0.999), "max_ns": hist.max(), "mean_ns": hist.mean(),
+    }})
+    .to_string())
 }
 
 /// A 64-byte (60 + FCS) TCP or UDP frame from 198.18.x.y (flow `i`) to `vip`.
