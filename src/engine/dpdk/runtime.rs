@@ -21,7 +21,7 @@ use dpdk_sys as sys;
 
 use super::eal::{eal_args, Eal};
 use super::lb::{LbAddressing, LbTable, LbWorker, PortCtx, Verdict};
-use super::port::{port_socket, probed_ports, Burst, Mempool, Port, BURST};
+use super::port::{port_socket, probed_ports, Burst, Mbuf, Mempool, Port, BURST};
 use crate::config::{self, Config};
 use crate::control::{ControlPlane, ControlSocket, PacketTables, StagedTables, StateDir};
 use crate::daemon::DaemonOptions;
@@ -354,8 +354,8 @@ fn now_ms(hz: u64) -> u64 {
     c / (hz / 1000).max(1)
 }
 
-/// How many frames ahead of the one being processed the loop prefetches.
-const PREFETCH: usize = 4;
+// A burst never exceeds what the balancer takes at once.
+const _: () = assert!(BURST <= super::lb::MAX_BURST);
 
 fn worker_loop(ctx: &WorkerCtx) {
     let w = ctx.worker;
@@ -364,6 +364,9 @@ fn worker_loop(ctx: &WorkerCtx) {
     let mut rx = Burst::default();
     let mut fwd = Burst::default();
     let mut exc = Burst::default();
+    // Reused every burst: allocated once here, never on the path.
+    let mut pkts: Vec<Mbuf> = Vec::with_capacity(BURST);
+    let mut verdicts = [Verdict::Drop; BURST];
     // SAFETY: plain query once the EAL runs.
     let hz = unsafe { sys::rte_get_tsc_hz() };
     let spin_ms = ctx.spin.as_millis() as u64;
@@ -379,21 +382,25 @@ fn worker_loop(ctx: &WorkerCtx) {
             }
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
-            let mut bytes = 0u64;
-            for i in 0..PREFETCH.min(n) {
+            // Every frame's first cache line at once: the burst's loads overlap.
+            for i in 0..n {
                 rx.prefetch(i);
             }
+            let mut bytes = 0u64;
             for i in 0..n {
-                rx.prefetch(i + PREFETCH);
-                let mut m = rx.take(i);
+                let m = rx.take(i);
                 bytes += m.len() as u64;
-                match lb.process(&table, &pctx, &mut m, now) {
+                pkts.push(m);
+            }
+            rx.reset();
+            lb.process_burst(&table, &pctx, &mut pkts, &mut verdicts[..n], now);
+            for (m, v) in pkts.drain(..).zip(verdicts.iter()) {
+                match v {
                     Verdict::Forward => fwd.push(m),
                     Verdict::Exception if ctx.exception.is_some() => exc.push(m),
                     Verdict::Exception | Verdict::Drop => drop(m),
                 }
             }
-            rx.reset();
             stats.add(w, C::RxPackets, n as u64);
             stats.add(w, C::RxBytes, bytes);
             let (sent, sent_bytes, dropped) = fwd.tx(*port, q);
