@@ -447,6 +447,26 @@ fn worker_loop(ctx: &WorkerCtx) {
     }
 }
 
+/// Wait (bounded) until `p`'s link is up: a net_memif port needs its peer to connect.
+fn wait_link(p: &Port) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: valid port; `link` is a properly sized out-parameter.
+        unsafe { sys::rte_eth_link_get_nowait(p.id, &mut link) };
+        if link.link_status() != 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "port {} link stayed down for 10 s: is the peer running?",
+                p.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Benchmark priming: `n` distinct TCP flows to the first VIP, sent once out of every
 /// data port. On a loopback device they come back and circulate through the balancer.
 fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
@@ -455,6 +475,9 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
         bail!("--dpdk-bench-prime needs a listener (VIP) in the config");
     };
     let proto = vip.protocol;
+    for p in &e.ports {
+        wait_link(p)?;
+    }
     for p in &e.ports {
         let pool = e
             .pools
@@ -505,20 +528,7 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     // SAFETY: plain queries once the EAL runs.
     let hz = unsafe { sys::rte_get_tsc_hz() };
     let tsc = || unsafe { sys::tm_get_tsc_cycles() };
-    // Wait (bounded) for the link: a net_memif client needs its server to answer.
-    let t0 = std::time::Instant::now();
-    loop {
-        let mut link = sys::rte_eth_link::default();
-        // SAFETY: valid port; `link` is a properly sized out-parameter.
-        unsafe { sys::rte_eth_link_get_nowait(p.id, &mut link) };
-        if link.link_status() != 0 {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("port {} link stayed down for 10 s: is the peer running?", p.name);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_link(p)?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .context("latency histogram")?;
     let mut rx = Burst::default();
