@@ -418,8 +418,10 @@ pub enum FlowHit {
 /// `n` zeroed buckets, advised to use transparent huge pages before first touch.
 fn alloc_buckets(n: usize) -> Box<[Bucket]> {
     let layout = std::alloc::Layout::array::<Bucket>(n).expect("flow table size fits memory");
+    // Not `alloc_zeroed`: with this alignment it zeroes (touches) every page at once,
+    // before the advice below could apply. Advise first, then zero.
     // SAFETY: the layout has a non-zero size (n >= 1, Bucket is 128 bytes).
-    let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<Bucket>();
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
@@ -433,6 +435,8 @@ fn alloc_buckets(n: usize) -> Box<[Bucket]> {
             unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
         }
     }
+    // SAFETY: `p` is valid for `n` Buckets (just allocated with that layout).
+    unsafe { std::ptr::write_bytes(p, 0, n) };
     // SAFETY: `p` holds `n` zeroed Buckets (all-zero is a valid Bucket: plain integers),
     // allocated by the global allocator with exactly `Layout::array::<Bucket>(n)`, which
     // is what `Box<[Bucket]>` frees with.
@@ -670,7 +674,7 @@ impl LbWorker {
         pkt: &mut impl PacketBuf,
         now_ms: u64,
     ) -> Verdict {
-        let v = self.process_one(t, port, pkt, now_ms);
+        let v = self.process_one(t, port, pkt, now_ms, None);
         self.flush(t);
         v
     }
@@ -687,13 +691,15 @@ impl LbWorker {
         now_ms: u64,
     ) {
         let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
-        for p in pkts[..n].iter_mut() {
-            if let Some(h) = peek_flow_hash(p.data()) {
+        let mut hashes = [None; MAX_BURST];
+        for (p, h) in pkts[..n].iter_mut().zip(hashes.iter_mut()) {
+            *h = peek_flow_hash(p.data());
+            if let Some(h) = *h {
                 self.flows.prefetch(h);
             }
         }
-        for (p, v) in pkts[..n].iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.process_one(t, port, p, now_ms);
+        for ((p, v), h) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(hashes) {
+            *v = self.process_one(t, port, p, now_ms, h);
         }
         self.flush(t);
     }
@@ -727,6 +733,8 @@ impl LbWorker {
         p.bytes += bytes;
     }
 
+    /// One frame; `hash` is its 5-tuple hash when the caller already has it (the same
+    /// bytes `peek_flow_hash` read, which this function then validates).
     #[inline]
     fn process_one(
         &mut self,
@@ -734,6 +742,7 @@ impl LbWorker {
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
         now_ms: u64,
+        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let st = port.stats;
@@ -801,7 +810,7 @@ impl LbWorker {
             dst_port: l4.dst_port(),
         };
         if let Some(v) = t.by_vip.get(pack(dst, flow.dst_port, protocol)) {
-            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms);
+            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms, hash);
         }
         if t.vip_ips.contains_key(&dst_key) {
             st.inc(w, C::DropUnknownVip);
@@ -862,16 +871,19 @@ impl LbWorker {
         v: u32,
         total: usize,
         now: u64,
+        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let hash = maglev::hash_flow(
-            u32::from(f.src),
-            u32::from(f.dst),
-            f.src_port,
-            f.dst_port,
-            f.protocol,
-        );
+        let hash = hash.unwrap_or_else(|| {
+            maglev::hash_flow(
+                u32::from(f.src),
+                u32::from(f.dst),
+                f.src_port,
+                f.dst_port,
+                f.protocol,
+            )
+        });
         let ka = (u64::from(u32::from(f.src)) << 32) | u64::from(u32::from(f.dst));
         let kb = (u64::from(f.src_port) << 32)
             | (u64::from(f.dst_port) << 16)
