@@ -242,8 +242,9 @@ pub fn stats_table(s: &StatsResult) -> String {
         "BYTES_RECV",
         "RESETS",
         "ERRORS",
+        "HEALTH",
     ])];
-    let upstream = |name: String, active: u64, m: &CounterMap| {
+    let upstream = |name: String, active: u64, m: &CounterMap, health: String| {
         vec![
             name,
             active.to_string(),
@@ -254,12 +255,32 @@ pub fn stats_table(s: &StatsResult) -> String {
             c(m, "bytes_received").to_string(),
             c(m, "upstream_resets").to_string(),
             c(m, "errors").to_string(),
+            health,
         ]
     };
     for cl in &s.clusters {
-        t.push(upstream(cl.name.clone(), cl.active, &cl.counters));
+        let overflow = match cl.ejections_overflow {
+            0 => String::new(),
+            n => format!("{n} ejection(s) over max%"),
+        };
+        t.push(upstream(cl.name.clone(), cl.active, &cl.counters, overflow));
         for e in &cl.endpoints {
-            t.push(upstream(format!("  {}", e.address), e.active, &e.counters));
+            let h = &e.health;
+            let health = match h.ejected_remaining_ms {
+                0 if h.times_ejected == 0 => h.state.clone(),
+                0 => format!("{} (x{})", h.state, h.times_ejected),
+                ms => format!(
+                    "{} (x{}, {:.1}s left)",
+                    h.state,
+                    h.times_ejected,
+                    ms as f64 / 1000.0
+                ),
+            };
+            let name = match e.priority {
+                0 => format!("  {}", e.address),
+                p => format!("  {} (priority {p})", e.address),
+            };
+            t.push(upstream(name, e.active, &e.counters, health));
         }
     }
     out.push_str(&table(&t, 1));
@@ -287,6 +308,34 @@ pub fn stats_table(s: &StatsResult) -> String {
             ]);
         }
         out.push_str(&table(&t, 3));
+    }
+
+    if let Some(o) = &s.offload {
+        out.push('\n');
+        let mut t = vec![row(&[
+            "OFFLOAD",
+            "SESSIONS",
+            "RECORDS_SEALED",
+            "RECORDS_OPENED",
+            "BYTES_SEALED",
+            "BYTES_OPENED",
+            "IN_FLIGHT",
+            "FAILED",
+        ])];
+        let mut backends = o.backends.clone();
+        backends.dedup();
+        let m = &o.counters;
+        t.push(vec![
+            backends.join(","),
+            c(m, "sessions").to_string(),
+            c(m, "records_sealed").to_string(),
+            c(m, "records_opened").to_string(),
+            c(m, "bytes_sealed").to_string(),
+            c(m, "bytes_opened").to_string(),
+            c(m, "in_flight").to_string(),
+            c(m, "jobs_failed").to_string(),
+        ]);
+        out.push_str(&table(&t, 1));
     }
 
     if !s.packets.is_empty() {
@@ -426,7 +475,9 @@ fn table(rows: &[Vec<String>], left: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{ClusterStatsView, EndpointStatsView, ListenerStatsView};
+    use crate::control::protocol::{
+        ClusterStatsView, EndpointHealthView, EndpointStatsView, ListenerStatsView,
+    };
 
     #[test]
     fn a_missing_daemon_is_named() {
@@ -458,6 +509,7 @@ mod tests {
                     per_worker: vec![],
                 },
             ],
+            offload: None,
             listeners: vec![ListenerStatsView {
                 name: "orders".into(),
                 protocol: crate::config::Protocol::Tcp,
@@ -476,7 +528,15 @@ mod tests {
                     active: 2,
                     counters: m(&[("cx_total", 12)]),
                     per_worker: vec![m(&[("cx_total", 5)]), m(&[("cx_total", 7)])],
+                    health: EndpointHealthView {
+                        state: "ejected".into(),
+                        times_ejected: 1,
+                        ejected_remaining_ms: 2500,
+                        ..Default::default()
+                    },
+                    priority: 0,
                 }],
+                ejections_overflow: 0,
             }],
         };
         let out = stats_table(&s);
@@ -491,6 +551,7 @@ mod tests {
         assert_eq!(head.len(), orders.len(), "{out}");
         assert!(orders.contains("123456"), "{out}");
         assert!(out.contains("  127.0.0.1:9000"), "{out}");
+        assert!(out.contains("ejected (x1, 2.5s left)"), "{out}");
         assert!(
             lines
                 .iter()

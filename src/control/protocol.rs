@@ -199,12 +199,25 @@ pub struct StatsResult {
     /// worker), `vip/NAME` and `backend/CLUSTER/ADDR`; empty on the socket engines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packets: Vec<PacketStatsView>,
+    /// The TLS record offload engines (once a worker served TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadView>,
 }
 
 /// One packet-engine counter block, summed and per worker (= per queue pair).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PacketStatsView {
     pub name: String,
+    pub counters: CounterMap,
+    pub per_worker: Vec<CounterMap>,
+}
+
+/// The workers' offload engines: backend per worker, sessions, records and bytes
+/// sealed/opened, jobs in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadView {
+    /// Backend name per worker (`none` before its first TLS connection).
+    pub backends: Vec<String>,
     pub counters: CounterMap,
     pub per_worker: Vec<CounterMap>,
 }
@@ -243,6 +256,9 @@ pub struct ClusterStatsView {
     pub counters: CounterMap,
     pub per_worker: Vec<CounterMap>,
     pub endpoints: Vec<EndpointStatsView>,
+    /// Ejections outlier detection refused because of `max_ejection_percent`.
+    #[serde(default)]
+    pub ejections_overflow: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,6 +267,30 @@ pub struct EndpointStatsView {
     pub active: u64,
     pub counters: CounterMap,
     pub per_worker: Vec<CounterMap>,
+    /// Outlier detection and active health-check state.
+    #[serde(default)]
+    pub health: EndpointHealthView,
+    /// Priority level (0 serves first).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// One endpoint's health as `stats` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointHealthView {
+    /// `healthy`, `ejected` (outlier detection), `unhealthy` (failing its active check)
+    /// or `ejected,unhealthy`.
+    pub state: String,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    /// The current ejection multiplier (decays while healthy) and every ejection so far.
+    pub times_ejected: u32,
+    pub ejections_total: u64,
+    /// Milliseconds until an ejected endpoint may return (0: not ejected; it returns at
+    /// the first outlier `interval` tick after that).
+    pub ejected_remaining_ms: u64,
+    pub checks_total: u64,
+    pub checks_failed: u64,
 }
 
 #[cfg(test)]

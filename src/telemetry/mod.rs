@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::cluster::health::{ClusterHealth, EndpointHealth};
+
 /// A fixed set of counter names.
 pub trait CounterSet: Copy {
     const NAMES: &'static [&'static str];
@@ -69,6 +71,8 @@ counter_set! {
         TlsAlertsReceived => "tls_alerts_received",
         /// Client sockets that ended without `close_notify`.
         TlsTruncated => "tls_truncated",
+        /// Client records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP listeners: requests whose head was parsed.
         HttpRqTotal => "http_rq_total",
         /// Responses sent downstream, by class (local ones included).
@@ -115,6 +119,8 @@ counter_set! {
         TlsHandshakes => "tls_handshakes",
         /// TLS failures with upstreams (verification, alerts, bad records).
         TlsErrors => "tls_errors",
+        /// Upstream records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP requests sent to this cluster, and those finished (active = the
         /// difference, for circuit breaking).
         RqTotal => "rq_total",
@@ -177,6 +183,27 @@ counter_set! {
     }
 }
 
+counter_set! {
+    /// The TLS record offload engine, per worker (each worker has its own engine).
+    OffloadCounter {
+        /// Backend serving this worker: 0 none yet, 1 software-inline,
+        /// 2 software-threaded, 3 ktls, 4 cryptodev (gauge).
+        Backend => "backend",
+        /// Live crypto sessions (gauge).
+        Sessions => "sessions",
+        RecordsSealed => "records_sealed",
+        RecordsOpened => "records_opened",
+        BytesSealed => "bytes_sealed",
+        BytesOpened => "bytes_opened",
+        /// Jobs that completed with an error (bad record, limit).
+        JobsFailed => "jobs_failed",
+        /// Submissions refused for back-pressure (ring full, in-flight limit).
+        SubmitRefused => "submit_refused",
+        /// Jobs submitted and not yet reaped (gauge).
+        InFlight => "in_flight",
+    }
+}
+
 const SLOT_WORDS: usize = 16; // 128 bytes: two cache lines, so adjacent prefetch can't share.
 
 /// One block of counters: `workers` slots of `K::NAMES.len()` words, each slot padded.
@@ -198,6 +225,11 @@ impl<K: CounterSet> Counters<K> {
             workers,
             _k: PhantomData,
         }
+    }
+
+    /// Worker slots in this block.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Add `n` to counter `k` in `worker`'s slot. Only that worker may call this with that
@@ -289,6 +321,7 @@ pub type ListenerStats = Counters<ListenerCounter>;
 pub type UpstreamStats = Counters<UpstreamCounter>;
 pub type PortStats = Counters<PortCounter>;
 pub type PacketStats = Counters<PacketCounter>;
+pub type OffloadStats = Counters<OffloadCounter>;
 
 /// Hands out counter blocks by resource name so that they survive config changes.
 /// Control-plane only.
@@ -303,9 +336,14 @@ struct RegistryMaps {
     listeners: HashMap<String, Arc<ListenerStats>>,
     clusters: HashMap<String, Arc<UpstreamStats>>,
     endpoints: HashMap<(String, std::net::SocketAddr), Arc<UpstreamStats>>,
+    /// Endpoint and cluster health (outlier detection, active checks): kept by name like
+    /// the counters so that an ejection survives a table swap.
+    endpoint_health: HashMap<(String, std::net::SocketAddr), Arc<EndpointHealth>>,
+    cluster_health: HashMap<String, Arc<ClusterHealth>>,
     /// DPDK engine: per port, and per VIP / backend keyed `vip/NAME`, `backend/CLUSTER/ADDR`.
     ports: HashMap<String, Arc<PortStats>>,
     packets: HashMap<String, Arc<PacketStats>>,
+    offload: Option<Arc<OffloadStats>>,
 }
 
 impl StatsRegistry {
@@ -344,6 +382,26 @@ impl StatsRegistry {
             .clone()
     }
 
+    pub fn endpoint_health(
+        &self,
+        cluster: &str,
+        addr: std::net::SocketAddr,
+    ) -> Arc<EndpointHealth> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.endpoint_health
+            .entry((cluster.to_string(), addr))
+            .or_default()
+            .clone()
+    }
+
+    pub fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.cluster_health
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// DPDK port counters by port name (one slot per worker = per queue pair).
     pub fn port(&self, name: &str) -> Arc<PortStats> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,6 +417,14 @@ impl StatsRegistry {
         m.packets
             .entry(key.to_string())
             .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// The workers' TLS record offload engines (one block for the daemon).
+    pub fn offload(&self) -> Arc<OffloadStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.offload
+            .get_or_insert_with(|| Arc::new(Counters::new(self.workers)))
             .clone()
     }
 
@@ -382,6 +448,8 @@ impl StatsRegistry {
         m.listeners.retain(|_, v| Arc::strong_count(v) > 1);
         m.clusters.retain(|_, v| Arc::strong_count(v) > 1);
         m.endpoints.retain(|_, v| Arc::strong_count(v) > 1);
+        m.endpoint_health.retain(|_, v| Arc::strong_count(v) > 1);
+        m.cluster_health.retain(|_, v| Arc::strong_count(v) > 1);
         m.ports.retain(|_, v| Arc::strong_count(v) > 1);
         m.packets.retain(|_, v| Arc::strong_count(v) > 1);
     }

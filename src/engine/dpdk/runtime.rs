@@ -124,6 +124,15 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     let socket = ControlSocket::bind(&dopts.control)?;
     let store = StateDir::open(&dopts.state_dir)?;
     let (cfg, generation, persist, origin) = crate::daemon::resolve(&dopts.config, &store)?;
+    // The config's kernel-side NIC profile (host settings, kernel interfaces), applied
+    // before the EAL starts and watched for drift, as `tickmesh run` does.
+    let _nic_watch = cfg
+        .nic
+        .as_ref()
+        .map(crate::daemon::NicWatch::start)
+        .transpose()
+        .context("the config's nic profile")?;
+
     let plane = ControlPlane::with_packet_engine(
         workers,
         cfg,
@@ -261,6 +270,15 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
             .context("spawning the reload thread")?
     };
 
+    // Port control for `tickmesh nic ... dpdk:PORT`, on its own thread (never an lcore).
+    let portctl = super::portctl::serve_engine(
+        &engine.ports,
+        &engine.pools,
+        workers,
+        d.dpdk_nic_socket.clone(),
+        &STOP,
+    );
+
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
     }
@@ -309,6 +327,9 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     }
     let _ = ctl.join();
     server.stop();
+    // The port-control thread destroys its rte_flow rules before the ports close (on an
+    // early return the guard does the same when it drops, before `engine`).
+    drop(portctl);
     drop(main_ctx);
 
     println!("{}", report(&engine, &stats, started.elapsed()));
@@ -372,6 +393,11 @@ fn worker_loop(ctx: &WorkerCtx) {
     let spin_ms = ctx.spin.as_millis() as u64;
     let mut last_work = now_ms(hz);
     while !STOP.load(Ordering::Relaxed) {
+        // `tickmesh nic set dpdk:PORT rings|...` parks workers while it stops the port.
+        if super::portctl::PAUSE.load(Ordering::Relaxed) {
+            super::portctl::park();
+            continue;
+        }
         let table = ctx.tables.load();
         let now = now_ms(hz);
         let mut work = 0usize;

@@ -31,6 +31,7 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
@@ -413,6 +414,8 @@ pub struct Conn {
     lstats: Option<Arc<ListenerStats>>,
     cstats: Option<Arc<UpstreamStats>>,
     estats: Option<Arc<UpstreamStats>>,
+    /// The current upstream endpoint's health (outlier detection), like `estats`.
+    ehealth: Option<Arc<crate::cluster::health::EndpointHealth>>,
 }
 
 impl Default for Conn {
@@ -471,6 +474,7 @@ impl Default for Conn {
             lstats: None,
             cstats: None,
             estats: None,
+            ehealth: None,
         }
     }
 }
@@ -793,6 +797,7 @@ impl Conn {
             return self.drive(slot, cx, io);
         }
         if res < 0 {
+            self.outlier(Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
             } else {
@@ -801,6 +806,7 @@ impl Conn {
             self.ucount(cx.worker, what, 1);
             self.ucount(cx.worker, U::CxClosed, 1);
             self.estats = None;
+            self.ehealth = None;
             self.fds[Side::Up.idx()] = None;
             self.attempt = self.attempt.saturating_add(1);
             return self.connect_next(slot, cx, io);
@@ -1189,6 +1195,8 @@ impl Conn {
             } => {
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
+                // Consistent hashing on a header or cookie (`hash_policy`).
+                let hash_key = cl.request_key(|n| req.header(n));
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1238,7 +1246,9 @@ impl Conn {
                 let reuse = self.fds[Side::Up.idx()].is_some()
                     && self.cluster == cluster
                     && self.up_generation == table.generation
-                    && self.up_reusable;
+                    && self.up_reusable
+                    // Not to an endpoint ejected or failing its check since.
+                    && self.ehealth.as_ref().is_none_or(|h| h.usable());
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
                 let active = cl
@@ -1272,6 +1282,7 @@ impl Conn {
                 self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
                 self.up_requests = 1;
+                cx.lb.set_key(hash_key);
                 self.connect_next(slot, cx, io)
             }
         }
@@ -1366,6 +1377,7 @@ impl Conn {
             cx,
         ) {
             self.estats = Some(e.stats.clone());
+            self.ehealth = Some(e.health.clone());
             io.connect(self.me(slot), fd.as_raw_fd(), e.address);
             self.fds[Side::Up.idx()] = Some(fd);
             self.connect_inflight = true;
@@ -1398,6 +1410,7 @@ impl Conn {
         self.connected = false;
         self.up_reusable = false;
         self.estats = None;
+        self.ehealth = None;
     }
 
     fn drive_exchange(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -1565,6 +1578,9 @@ impl Conn {
                 "upstream switched protocols unasked\n",
                 Cause::Gateway,
             ));
+        }
+        if !informational {
+            self.outlier(Outcome::Status(res.status));
         }
         if !informational && self.retry_on_status(res.status) {
             return Err(Fail::Retry);
@@ -1763,6 +1779,14 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// Tell the current endpoint's outlier detection how an exchange went.
+    #[inline]
+    fn outlier(&self, o: Outcome) {
+        if let Some(h) = &self.ehealth {
+            h.record(o);
+        }
+    }
+
     /// The current request stops counting as active on its cluster.
     fn rq_end(&mut self, worker: usize) {
         if self.rq_open {
@@ -1787,6 +1811,16 @@ impl Conn {
     /// An exchange failed: a local status if nothing of the response went out yet,
     /// else a reset. The connection closes after it either way.
     fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        // Reset, garbage or timeout before the response head: a gateway error for the
+        // endpoint's outlier detection (a connect failure was counted in `on_connect`).
+        if let Fail::Status(status, _, _, cause) = f {
+            if self.awaiting_head
+                && (matches!(cause, Cause::Reset | Cause::Gateway | Cause::PerTry)
+                    || (matches!(cause, Cause::None) && status == 504))
+            {
+                self.outlier(Outcome::LocalFailure);
+            }
+        }
         if !matches!(f, Fail::Retry) {
             self.rq_end(cx.worker);
         }
@@ -1996,6 +2030,7 @@ impl Conn {
         self.lstats = None;
         self.cstats = None;
         self.estats = None;
+        self.ehealth = None;
         self.phase = Phase::Free;
         self.gen = self.gen.wrapping_add(1);
         Step::Free
@@ -2147,6 +2182,7 @@ mod tests {
             open: &mut open,
             scratch: &mut scratch,
             table: &table,
+            crypto: &mut None,
         };
         let a = new_request_id(&mut cx);
         let b = new_request_id(&mut cx);

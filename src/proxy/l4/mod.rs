@@ -121,6 +121,17 @@ pub struct Ctx<'a> {
     pub table: &'a std::sync::Arc<crate::route::RouteTable>,
     /// Worker scratch for HTTP heads being parsed and rewritten (capacity kept).
     pub scratch: &'a mut Vec<u8>,
+    /// The worker's TLS record offload engine, built on its first TLS connection.
+    pub crypto: &'a mut Option<crate::tls::conn::Crypto>,
+}
+
+impl Ctx<'_> {
+    /// The worker's offload engine (built now if this is its first TLS connection).
+    pub fn crypto(&mut self) -> &mut crate::tls::conn::Crypto {
+        let choice = self.table.offload;
+        self.crypto
+            .get_or_insert_with(|| crate::tls::conn::Crypto::new(choice))
+    }
 }
 
 /// What the worker must do with a connection slot after an event.
@@ -161,7 +172,7 @@ pub(crate) fn open_upstream<'t>(
             *first_endpoint = cl.pick(cx.lb, cur, peer, 0, cx.worker)? as u32;
             *first_endpoint
         } else {
-            (*first_endpoint + u32::from(*attempt)) % n
+            cl.endpoint_for_attempt(*first_endpoint as usize, u32::from(*attempt)) as u32
         };
         let e = &cl.endpoints[ep as usize];
         match crate::net::upstream_tcp_socket(&e.address) {
