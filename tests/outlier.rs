@@ -395,6 +395,16 @@ spec:
         assert_eq!(c.connect_timeout, Duration::from_millis(300));
         assert!(c.outlier.is_some());
     }
+    // `tickmesh get` shows the policy the cluster runs with.
+    let g = d.plane.get(None);
+    let view = g.clusters.expect("clusters as compiled");
+    let policy = &view.iter().find(|c| c.name == "svc").expect("svc").policy;
+    assert!(
+        policy.contains("maglev on source ip")
+            && policy.contains("max connections 77, pending 5, requests 66, retries 2")
+            && policy.contains("outlier 5xx 2 (100%)"),
+        "{policy}"
+    );
     let (a0, b0) = (a.requests(), b.requests());
     for _ in 0..20 {
         assert_eq!(get(addr, "/"), 200);
