@@ -42,6 +42,11 @@ struct Backend {
 
 impl Backend {
     fn start(name: &'static str) -> Backend {
+        Backend::start_delayed(name, Duration::ZERO)
+    }
+
+    /// A backend that waits `delay` before each answer (after logging the request).
+    fn start_delayed(name: &'static str, delay: Duration) -> Backend {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let log = Log::default();
@@ -52,7 +57,7 @@ impl Backend {
                 let Ok(c) = c else { continue };
                 acc.fetch_add(1, Ordering::Relaxed);
                 let lg = lg.clone();
-                std::thread::spawn(move || serve(c, name, lg));
+                std::thread::spawn(move || serve(c, name, lg, delay));
             }
         });
         Backend {
@@ -67,7 +72,7 @@ impl Backend {
     }
 }
 
-fn serve(c: TcpStream, name: &str, log: Log) {
+fn serve(c: TcpStream, name: &str, log: Log, delay: Duration) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
     let mut w = c.try_clone().unwrap();
     let mut r = BufReader::new(c);
@@ -124,6 +129,9 @@ fn serve(c: TcpStream, name: &str, log: Log) {
             .lock()
             .unwrap()
             .push(format!("{head}body-len: {}\n", body.len()));
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let first_attempt = lower.contains("x-tickmesh-attempt-count: 1\r\n");
         let reply = match path.as_str() {
             "/retry" | "/retry-post" if first_attempt => {
@@ -916,6 +924,213 @@ fn circuit_breaking(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Mirroring: the share of requests copied to the shadow cluster is the configured
+/// percentage (±3% over 3,000), the shadow sees the `-shadow` host and the body, and a
+/// body over the copy cap is not mirrored (counted) while the primary gets it whole.
+fn mirror_percentage(kind: EngineKind) {
+    let a = Backend::start("a");
+    let shadow = Backend::start("shadow");
+    let mirror = "request_mirror_policies: [{cluster: shadow, runtime_fraction: \
+                  {default_value: {numerator: 30, denominator: HUNDRED}}}]";
+    let routes = [
+        route("/all", "route: {cluster: a, request_mirror_policies: [{cluster: shadow}]}"),
+        route("/", &format!("route: {{cluster: a, {mirror}}}")),
+    ]
+    .concat();
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("shadow", &[shadow.addr], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let shadow_seen = || shadow.log.all().len() as u64;
+    // 100%: a POST with its body, the host marked.
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"POST /all/x HTTP/1.1\r\nHost: pay.local:8080\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"a /all/x 5"[..]));
+    wait_until("the shadow copy", Duration::from_secs(5), || shadow_seen() == 1);
+    let seen = shadow.log.all().pop().unwrap();
+    assert!(seen.starts_with("POST /all/x HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains("Host: pay.local-shadow:8080\r\n"), "{seen}");
+    assert!(seen.contains("body-len: 5"), "{seen}");
+    let primary = a.log.all().pop().unwrap();
+    assert!(primary.contains("Host: pay.local:8080\r\n"), "{primary}");
+    // A body over the copy cap: the primary gets all of it, the mirror is dropped.
+    let big = vec![b'x'; 100_000];
+    s.write_all(b"POST /all/big HTTP/1.1\r\nHost: pay.local\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    s.write_all(&big).unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.body, b"a /all/big 100000");
+    assert_eq!(ls.get(L::HttpMirrorDropped), 1);
+    // 30% of 3,000.
+    const N: u64 = 3000;
+    for i in 0..N {
+        s.write_all(format!("GET /p{i} HTTP/1.1\r\nHost: pay.local\r\n\r\n").as_bytes())
+            .unwrap();
+        let resp = read_resp(&mut r).unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-backend"), Some("a"), "the primary answers");
+    }
+    drop((s, r));
+    let chosen = ls.get(L::HttpMirrored) + ls.get(L::HttpMirrorDropped) - 1 - 1;
+    let share = chosen as f64 / N as f64;
+    assert!((0.27..=0.33).contains(&share), "mirrored share {share}");
+    wait_until("the shadow copies", Duration::from_secs(10), || {
+        shadow_seen() == ls.get(L::HttpMirrored)
+    });
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    assert!(
+        ls.get(L::HttpMirrorDropped) <= 1 + N / 100,
+        "in-flight cap hit {} times",
+        ls.get(L::HttpMirrorDropped)
+    );
+    open_zero(&p);
+}
+
+/// A slow, timing-out or unreachable shadow never delays or changes the primary
+/// response; shadows in flight are capped per worker and the overflow is counted.
+fn mirror_never_delays(kind: EngineKind) {
+    let a = Backend::start("a");
+    let slow = Backend::start_delayed("slow", Duration::from_secs(2));
+    let routes = [
+        route(
+            "/slow",
+            "route: {cluster: a, timeout: 1s, request_mirror_policies: [{cluster: slow}]}",
+        ),
+        route("/dead", "route: {cluster: a, request_mirror_policies: [{cluster: dead}]}"),
+    ]
+    .concat();
+    let clusters = cluster_yaml("a", &[a.addr], "")
+        + &cluster_yaml("slow", &[slow.addr], "")
+        + &cluster_yaml("dead", &[dead_addr()], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let base = format!("http://{addr}");
+    // curl, as a user would: every answer is the primary's, at once.
+    for path in ["/slow/1", "/dead/1"] {
+        let out = curl(&["-w", " %{http_code} %{time_total}", &format!("{base}{path}")]);
+        let parts: Vec<&str> = out.rsplitn(3, ' ').collect();
+        assert_eq!(parts[2], format!("a {path}"));
+        assert_eq!(parts[1], "200");
+        let t: f64 = parts[0].parse().unwrap();
+        assert!(t < 0.5, "{path} took {t} s");
+    }
+    wait_until("the unreachable shadow to fail", Duration::from_secs(5), || {
+        ls.get(L::HttpMirrorFailed) >= 1
+    });
+    // 80 requests on one connection (one worker) while each shadow takes 2 s and times
+    // out after 1 s: at most MAX_SHADOWS (64) run, the rest are dropped; none waits.
+    let (mut s, mut r) = client(addr);
+    let t = Instant::now();
+    for i in 0..80 {
+        let sent = Instant::now();
+        s.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let resp = read_resp(&mut r).unwrap();
+        assert_eq!((resp.status, resp.header("x-backend")), (200, Some("a")));
+        assert!(sent.elapsed() < Duration::from_millis(500), "request {i} waited");
+    }
+    let quick = t.elapsed() < Duration::from_millis(900);
+    for i in 0..20 {
+        s.write_all(format!("GET /dead/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_resp(&mut r).unwrap().status, 200);
+    }
+    drop((s, r));
+    let (mirrored, dropped) = (ls.get(L::HttpMirrored), ls.get(L::HttpMirrorDropped));
+    assert_eq!(mirrored + dropped, 1 + 1 + 80 + 20);
+    if quick {
+        assert!(dropped >= 80 - 64, "dropped {dropped}: the in-flight cap did not hold");
+    } else {
+        eprintln!("slow machine: 80 requests took {:?}, cap not asserted", t.elapsed());
+    }
+    // Every shadow ends: the slow ones by the route timeout, the dead ones refused.
+    wait_until("the shadows to end", Duration::from_secs(10), || {
+        ls.get(L::HttpMirrorFailed) == mirrored && p.engine().open_connections() == 0
+    });
+    assert!(slow.log.all().iter().all(|e| e.contains("Host: x-shadow\r\n") || e.contains("-shadow")));
+    open_zero(&p);
+}
+
+/// Local rate limits: exact counts of 200/429 across workers (the configured bucket is
+/// the instance's), 429 headers, a bucket per descriptor value, the seed's
+/// `header_value_match` with a token bucket, and unmatched requests never limited.
+fn rate_limits(kind: EngineKind) {
+    let a = Backend::start("a");
+    let routes = [
+        route(
+            "/ip",
+            "route: {cluster: a, rate_limits: [{actions: [{remote_address: {}}], \
+             token_bucket: {max_tokens: 10, fill_interval: 1h}}]}",
+        ),
+        route(
+            "/user",
+            "route: {cluster: a, rate_limits: [{actions: [{request_headers: \
+             {header_name: x-user, descriptor_key: user}}], token_bucket: {max_tokens: 2, fill_interval: 1h}}]}",
+        ),
+        route(
+            "/canary",
+            "route: {cluster: a, rate_limits: [{actions: [{header_value_match: \
+             {descriptor_key: canary_user, headers: [{name: x-user-id, safe_regex_match: \
+             {google_re2: {}, regex: \"^admin.*\"}}]}}], token_bucket: {max_tokens: 2, fill_interval: 1h}}]}",
+        ),
+    ]
+    .concat();
+    let p = Proxy::start(
+        kind,
+        &http_config(0, &cluster_yaml("a", &[a.addr], ""), &routes, ""),
+    );
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    // New connections spread over both workers; each holds half the bucket.
+    let count = |req: &str, n: usize| -> (usize, usize) {
+        let codes: Vec<u16> = (0..n).map(|_| status_of(addr, req.as_bytes())).collect();
+        assert!(codes.iter().all(|&c| c == 200 || c == 429), "{codes:?}");
+        let ok = codes.iter().filter(|&&c| c == 200).count();
+        (ok, n - ok)
+    };
+    assert_eq!(
+        count("GET /ip HTTP/1.1\r\nHost: x\r\n\r\n", 40),
+        (10, 30)
+    );
+    assert_eq!(ls.get(L::HttpRateLimited), 30);
+    // The headers of a 429, through curl.
+    let out = curl(&["-D", "-", "-o", "/dev/null", &format!("http://{addr}/ip")]);
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 429"), "{out}");
+    assert!(lower.contains("x-ratelimit-limit: 10\r\n"), "{out}");
+    assert!(lower.contains("x-ratelimit-remaining: 0\r\n"), "{out}");
+    let reset: u64 = lower
+        .split("x-ratelimit-reset: ")
+        .nth(1)
+        .and_then(|v| v.lines().next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no reset header: {out}"));
+    // Each of the 2 workers refills its share of one token per hour every 2 h.
+    assert!((3000..=7200).contains(&reset), "{reset}");
+    // One bucket per header value; no header: no descriptor, no limit.
+    for user in ["alice", "bob"] {
+        let req = format!("GET /user HTTP/1.1\r\nHost: x\r\nx-user: {user}\r\n\r\n");
+        assert_eq!(count(&req, 20), (2, 18), "{user}");
+    }
+    assert_eq!(count("GET /user HTTP/1.1\r\nHost: x\r\n\r\n", 10), (10, 0));
+    // The seed's canary descriptor: admins share one bucket, others are not limited.
+    assert_eq!(
+        count("GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: admin-1\r\n\r\n", 20),
+        (2, 18)
+    );
+    assert_eq!(
+        count("GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: bob\r\n\r\n", 10),
+        (10, 0)
+    );
+    // The limited requests never reached the backend.
+    let reached = a.log.all().len();
+    assert_eq!(reached, 10 + 2 + 2 + 10 + 2 + 10);
+    open_zero(&p);
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -955,4 +1170,7 @@ per_engine!(
     header_edits,
     retries,
     circuit_breaking,
+    mirror_percentage,
+    mirror_never_delays,
+    rate_limits,
 );

@@ -139,6 +139,9 @@ pub(crate) struct Core {
     pub listeners: Vec<Option<Local>>,
     conns: Vec<Conn>,
     free: Vec<u32>,
+    /// Free slots whose state is a mirrored request's: reused for mirrors first, so
+    /// slots keep their kind (and its box) instead of reallocating on every switch.
+    free_shadow: Vec<u32>,
     /// Slots in use, for the timer scan; `Conn::pos` is the index here.
     open_list: Vec<u32>,
     pub lb: LbState,
@@ -153,10 +156,12 @@ pub(crate) struct Core {
     pub udp: Udp,
     udp_spare: Vec<(u32, u16, bool)>,
     scratch: Vec<u8>,
+    http: crate::proxy::http::Worker,
 }
 
 impl Core {
     pub fn new(worker: usize, routes: Arc<Routes>, shared: Arc<Shared>) -> Core {
+        let workers = shared.open.len();
         Core {
             worker,
             routes,
@@ -165,6 +170,7 @@ impl Core {
             listeners: Vec::new(),
             conns: Vec::with_capacity(MAX_CONNS),
             free: Vec::with_capacity(MAX_CONNS),
+            free_shadow: Vec::with_capacity(crate::proxy::http::shadow::MAX_SHADOWS),
             open_list: Vec::with_capacity(MAX_CONNS),
             lb: LbState::new(0x5eed ^ worker as u64),
             cursors: Vec::new(),
@@ -178,6 +184,7 @@ impl Core {
             udp: Udp::new(),
             udp_spare: Vec::with_capacity(64),
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
+            http: crate::proxy::http::Worker::new(worker, workers),
         }
     }
 
@@ -368,7 +375,7 @@ impl Core {
                 return;
             }
         }
-        let Some(slot) = self.alloc() else {
+        let Some(slot) = self.alloc(false) else {
             le.stats.inc(self.worker, L::CxOverflow);
             return;
         };
@@ -381,20 +388,29 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            http: &mut self.http,
         };
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
+        if !self.http.jobs.is_empty() {
+            self.start_shadows(io);
+        }
     }
 
-    fn alloc(&mut self) -> Option<u32> {
-        let slot = match self.free.pop() {
+    fn alloc(&mut self, shadow: bool) -> Option<u32> {
+        let kept = if shadow {
+            self.free_shadow.pop().or_else(|| self.free.pop())
+        } else {
+            self.free.pop()
+        };
+        let slot = match kept {
             Some(s) => s,
             None if self.conns.len() < MAX_CONNS => {
                 // Within the reserved capacity: no reallocation.
                 self.conns.push(Conn::default());
                 (self.conns.len() - 1) as u32
             }
-            None => return None,
+            None => self.free_shadow.pop()?,
         };
         self.conns[slot as usize].set_pos(self.open_list.len() as u32);
         self.open_list.push(slot);
@@ -409,7 +425,11 @@ impl Core {
             if let Some(&moved) = self.open_list.get(pos) {
                 self.conns[moved as usize].set_pos(pos as u32);
             }
-            self.free.push(slot);
+            if self.conns[slot as usize].is_shadow() {
+                self.free_shadow.push(slot);
+            } else {
+                self.free.push(slot);
+            }
         }
     }
 
@@ -437,10 +457,40 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            http: &mut self.http,
         };
         let step = f(c, &mut cx, io);
         self.after(slot, step);
+        if !self.http.jobs.is_empty() {
+            self.start_shadows(io);
+        }
         true
+    }
+
+    /// Start the mirrored requests the last event queued, each in a slot of its own.
+    fn start_shadows<D: Driver>(&mut self, io: &mut D) {
+        while let Some(job) = self.http.jobs.pop() {
+            let Some(slot) = self.alloc(true) else {
+                job.lstats.inc(self.worker, L::HttpMirrorDropped);
+                job.cstats.inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                job.estats.inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                self.http.give_back(job.data);
+                continue;
+            };
+            let mut cx = Ctx {
+                worker: self.worker,
+                now_ms: self.now_ms,
+                lb: &mut self.lb,
+                cursors: &mut self.cursors,
+                starved: &mut self.starved,
+                open: &mut self.open,
+                scratch: &mut self.scratch,
+                table: &self.table,
+                http: &mut self.http,
+            };
+            let step = self.conns[slot as usize].open_shadow(slot, job, &mut cx, io);
+            self.after(slot, step);
+        }
     }
 
     pub fn on_connect(&mut self, slot: u32, gen: u16, res: i32, io: &mut impl Driver) {

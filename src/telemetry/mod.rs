@@ -97,6 +97,19 @@ counter_set! {
         SniffedTcp => "sniffed_tcp",
         /// Requests sent upstream again by a route's retry policy.
         HttpRetry => "http_rq_retry",
+        /// Shadow copies sent to a mirror cluster (route `request_mirror_policies`).
+        HttpMirrored => "http_mirrored",
+        /// Shadow requests that got no response head (connect error, reset, timeout,
+        /// garbage); the primary never notices.
+        HttpMirrorFailed => "http_mirror_failed",
+        /// Mirrors not sent: the worker's in-flight shadow cap, a body over the copy
+        /// cap, or the shadow cluster's circuit breakers.
+        HttpMirrorDropped => "http_mirror_dropped",
+        /// Requests refused with 429 by a route's local rate limit.
+        HttpRateLimited => "http_rate_limited",
+        /// Rate-limit descriptor buckets evicted from a worker's full table (the
+        /// evicted key starts again with a full bucket).
+        HttpRateLimitEvictions => "http_ratelimit_evictions",
     }
 }
 

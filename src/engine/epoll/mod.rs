@@ -190,6 +190,12 @@ impl Io for Epoll {
             writable: [true, false],
             ..Ops::default()
         };
+        if fd < 0 {
+            // A slot without a client socket (a mirrored request): registered only.
+            self.ops[slot].readable[0] = false;
+            self.ops[slot].writable[0] = false;
+            return;
+        }
         if let Err(e) = self.register_sock(c, Side::Down, fd) {
             tracing::warn!("epoll_ctl(ADD) for a client socket failed: {e}");
             self.ops[slot].readable[0] = false;

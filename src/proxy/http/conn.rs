@@ -33,7 +33,8 @@ use socket2::SockRef;
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
-use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
+use super::shadow::{shadow_head, Job};
+use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retry, VHost};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
@@ -396,6 +397,12 @@ pub struct Conn {
     rq_open: bool,
     /// Requests sent on the current upstream connection.
     up_requests: u32,
+    /// Mirror clusters chosen for the current request (first `mirror_n`), started once
+    /// its body is complete (see [`super::shadow`]).
+    mirror_to: [u32; MAX_MIRRORS],
+    mirror_n: u8,
+    /// The route timeout, for the shadows' deadline.
+    mirror_ms: u64,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -455,6 +462,9 @@ impl Default for Conn {
             retry_at_ms: 0,
             rq_open: false,
             up_requests: 0,
+            mirror_to: [0; MAX_MIRRORS],
+            mirror_n: 0,
+            mirror_ms: 0,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -497,9 +507,23 @@ enum Cause {
     PerTry,
 }
 
-/// Largest request (head and body) kept to be sent again by a retry; a request whose
-/// body runs past it is not retried.
+/// Largest request (head and body) kept to be sent again by a retry or copied to a
+/// mirror; a request whose body runs past it is not retried, and not mirrored at all
+/// (a head without its body would be a different request).
 const REPLAY_CAP: usize = 48 * 1024;
+/// Mirror policies honoured per route (further ones are ignored at compile time).
+const MAX_MIRRORS: usize = 4;
+
+/// What a local response carries besides its status and body.
+#[derive(Debug, Clone, Copy)]
+enum Extra {
+    None,
+    /// `x-tickmesh-overloaded: true` (circuit breaking).
+    Overloaded,
+    /// A local rate limit refused the request: the configured bucket size and the
+    /// seconds until this worker's bucket refills.
+    RateLimited { limit: u32, reset_s: u64 },
+}
 /// The attempt header, written last in a head; a replay re-renders it.
 const ATTEMPT_HEADER: &[u8] = b"x-tickmesh-attempt-count: ";
 
@@ -1185,8 +1209,16 @@ impl Conn {
                 timeout,
                 prefix_rewrite,
                 retry,
-                ..
+                mirrors,
             } => {
+                if let Some((limit, reset_ms)) = self.rate_limited(vh, route, &view, cx) {
+                    self.lcount(cx.worker, L::HttpRateLimited, 1);
+                    let extra = Extra::RateLimited {
+                        limit,
+                        reset_s: reset_ms.div_ceil(1000),
+                    };
+                    return self.local(slot, 429, b"rate limited\n", None, extra, cx, io);
+                }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
                 if cl.endpoints.is_empty() {
@@ -1222,10 +1254,25 @@ impl Conn {
                 if written.is_err() {
                     return self.bad_request(slot, HttpError::HeadTooLarge, cx, io);
                 }
-                if retry.is_some() {
-                    self.keep_for_replay(io);
+                // Mirrors: each policy rolls its own share (parts per million).
+                self.mirror_n = 0;
+                for m in mirrors.iter().take(MAX_MIRRORS) {
+                    let hit = m.per_million >= 1_000_000
+                        || cx.lb.next_u32() % 1_000_000 < m.per_million;
+                    if hit {
+                        self.mirror_to[self.mirror_n as usize] = m.cluster;
+                        self.mirror_n += 1;
+                    }
+                }
+                if retry.is_some() || self.mirror_n > 0 {
+                    self.keep_for_replay(retry.is_some(), io);
                 }
                 let route_ms = timeout.map_or(DEFAULT_ROUTE_TIMEOUT_MS, ms);
+                self.mirror_ms = if route_ms == 0 {
+                    DEFAULT_ROUTE_TIMEOUT_MS
+                } else {
+                    route_ms
+                };
                 self.route_deadline_ms = if route_ms == 0 {
                     0
                 } else {
@@ -1256,7 +1303,15 @@ impl Conn {
                     self.out[Side::Down.idx()].release_all(io);
                     self.phase = Phase::Head;
                     self.keep_alive &= self.req.done();
-                    return self.local(slot, 503, b"upstream overloaded\n", None, true, cx, io);
+                    return self.local(
+                        slot,
+                        503,
+                        b"upstream overloaded\n",
+                        None,
+                        Extra::Overloaded,
+                        cx,
+                        io,
+                    );
                 }
                 cl.stats.inc(cx.worker, U::RqTotal);
                 self.rq_open = true;
@@ -1413,6 +1468,9 @@ impl Conn {
                 };
                 return self.fail(slot, f, cx, io);
             }
+        }
+        if self.mirror_n > 0 && self.req.done() {
+            self.start_mirrors(cx);
         }
         if !self.req.done() && self.out[0].room() >= RECV_ROOM {
             self.arm_recv(slot, Side::Down, io);
@@ -1643,11 +1701,111 @@ impl Conn {
         Ok(())
     }
 
+    // === rate limits and mirrors ===
+
+    /// The route's local rate limits (or its virtual host's when it has none): the
+    /// configured bucket size and the time to the next fill of the first bucket that
+    /// refused this request.
+    fn rate_limited(
+        &self,
+        vh: &VHost,
+        route: &HttpRoute,
+        view: &RequestView,
+        cx: &mut Ctx,
+    ) -> Option<(u32, u64)> {
+        let rules = if route.rate_limits.is_empty() {
+            &vh.rate_limits
+        } else {
+            &route.rate_limits
+        };
+        for r in rules.iter() {
+            let Some(spec) = r.bucket else { continue };
+            let mut h = cx.http.limiter.hasher();
+            if !r.descriptor(view, self.peer.map(|p| p.ip()), &mut h) {
+                continue;
+            }
+            let v = cx
+                .http
+                .limiter
+                .take(std::hash::Hasher::finish(&h), spec, cx.now_ms);
+            if v.evicted {
+                self.lcount(cx.worker, L::HttpRateLimitEvictions, 1);
+            }
+            if !v.allowed {
+                return Some((spec.max_tokens, v.reset_ms));
+            }
+        }
+        None
+    }
+
+    /// The request is whole: queue a shadow copy for each mirror chosen. Never fails
+    /// the primary; what cannot be mirrored is counted.
+    fn start_mirrors(&mut self, cx: &mut Ctx) {
+        let n = std::mem::take(&mut self.mirror_n) as usize;
+        if !self.replayable {
+            self.lcount(cx.worker, L::HttpMirrorDropped, n as u64);
+            return;
+        }
+        let Some(table) = self.table.as_ref() else {
+            return;
+        };
+        let Some(lstats) = self.lstats.as_ref() else {
+            return;
+        };
+        for &c in &self.mirror_to[..n] {
+            let Some(cl) = table.clusters.get(c as usize) else {
+                continue;
+            };
+            let active = cl
+                .stats
+                .get(U::RqTotal)
+                .saturating_sub(cl.stats.get(U::RqDone));
+            let open_cx = cl
+                .stats
+                .get(U::CxTotal)
+                .saturating_sub(cl.stats.get(U::CxClosed));
+            let overloaded = active >= u64::from(cl.breakers.max_requests)
+                || open_cx >= u64::from(cl.breakers.max_connections);
+            let copy = if overloaded || cl.endpoints.is_empty() {
+                None
+            } else {
+                cx.http.take_copy()
+            };
+            let Some(mut data) = copy else {
+                lstats.inc(cx.worker, L::HttpMirrorDropped);
+                continue;
+            };
+            shadow_head(&self.replay[..self.replay_head], &mut data);
+            data.extend_from_slice(b"\r\n");
+            data.extend_from_slice(&self.replay[self.replay_head..]);
+            let (mut attempt, mut first) = (0u8, 0u32);
+            match open_upstream(cl, c, &mut attempt, &mut first, self.peer, cx) {
+                // Two `Arc` clones per mirrored request (the shadow counts on the
+                // cluster and endpoint it connects to); mirrors are not the common path.
+                Some((e, fd)) => cx.http.jobs.push(Job {
+                    fd,
+                    addr: e.address,
+                    data,
+                    connect_timeout_ms: ms(cl.connect_timeout),
+                    timeout_ms: self.mirror_ms,
+                    lstats: lstats.clone(),
+                    cstats: cl.stats.clone(),
+                    estats: e.stats.clone(),
+                }),
+                None => {
+                    cx.http.give_back(data);
+                    lstats.inc(cx.worker, L::HttpMirrorFailed);
+                }
+            }
+        }
+    }
+
     // === retries ===
 
-    /// Copy the request head just queued upstream, minus its attempt header, so a
-    /// retry can send it again; body bytes are added as they are forwarded.
-    fn keep_for_replay(&mut self, io: &mut impl Io) {
+    /// Copy the request head just queued upstream, minus its attempt header (when it
+    /// has one) and its empty line, so a retry can send it again and a mirror can copy
+    /// it; body bytes are added as they are forwarded.
+    fn keep_for_replay(&mut self, attempt_header: bool, io: &mut impl Io) {
         self.replay.clear();
         let q = &self.out[Side::Down.idx()];
         for i in 0..q.count as usize {
@@ -1656,7 +1814,11 @@ impl Conn {
             self.replay.extend_from_slice(&io.bytes(b)[off..off + len]);
         }
         // `…attempt-count: 1\r\n` and the empty line end the head.
-        let tail = ATTEMPT_HEADER.len() + 1 + 4;
+        let tail = if attempt_header {
+            ATTEMPT_HEADER.len() + 1 + 4
+        } else {
+            2
+        };
         self.replayable = self.replay.len() >= tail;
         self.replay.truncate(self.replay.len().saturating_sub(tail));
         self.replay_head = self.replay.len();
@@ -1818,7 +1980,7 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, body, None, false, cx, io)
+        self.local(slot, status, body, None, Extra::None, cx, io)
     }
 
     fn redirect(
@@ -1830,7 +1992,7 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, b"", Some((host, path)), false, cx, io)
+        self.local(slot, status, b"", Some((host, path)), Extra::None, cx, io)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1840,7 +2002,7 @@ impl Conn {
         status: u16,
         body: &[u8],
         location: Option<(&[u8], &[u8])>,
-        overloaded: bool,
+        extra: Extra,
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
@@ -1865,8 +2027,16 @@ impl Conn {
             if !body.is_empty() {
                 w.put(q, io, b"content-type: text/plain\r\n")?;
             }
-            if overloaded {
-                w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?;
+            match extra {
+                Extra::None => {}
+                Extra::Overloaded => w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?,
+                Extra::RateLimited { limit, reset_s } => {
+                    w.put(q, io, b"x-ratelimit-limit: ")?;
+                    w.num(q, io, limit.into())?;
+                    w.put(q, io, b"\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: ")?;
+                    w.num(q, io, reset_s)?;
+                    w.put(q, io, b"\r\n")?;
+                }
             }
             if let Some((host, path)) = location {
                 w.put(q, io, b"location: http://")?;
@@ -2138,7 +2308,9 @@ mod tests {
         let mut open = 0;
         let mut scratch = Vec::new();
         let table = Arc::new(RouteTable::empty());
+        let mut http = crate::proxy::http::Worker::new(0, 1);
         let mut cx = Ctx {
+            http: &mut http,
             worker: 0,
             now_ms: 0,
             lb: &mut lb,

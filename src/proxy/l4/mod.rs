@@ -63,7 +63,8 @@ pub struct ConnRef {
 /// calling back into the proxy (`on_connect`, `on_recv`, `on_send`), never from inside
 /// these calls. At most one operation of a kind is outstanding per connection side.
 pub trait Io {
-    /// A new connection in slot `c` owns client socket `fd` (already non-blocking).
+    /// A new connection in slot `c` owns client socket `fd` (already non-blocking);
+    /// `fd = -1`: the slot has no client socket (a mirrored request), only an upstream.
     fn adopt(&mut self, c: ConnRef, fd: RawFd);
     /// Start a non-blocking connect of `fd` to `addr`.
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr);
@@ -121,6 +122,8 @@ pub struct Ctx<'a> {
     pub table: &'a std::sync::Arc<crate::route::RouteTable>,
     /// Worker scratch for HTTP heads being parsed and rewritten (capacity kept).
     pub scratch: &'a mut Vec<u8>,
+    /// The worker's HTTP state beyond one connection (mirrors to start, rate limits).
+    pub http: &'a mut crate::proxy::http::Worker,
 }
 
 /// What the worker must do with a connection slot after an event.

@@ -17,6 +17,9 @@ use crate::cluster::weighted;
 use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
 use crate::config::Config;
 
+pub mod ratelimit;
+use ratelimit::RateLimitRule;
+
 /// What a request looks like to the router: borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -402,6 +405,8 @@ pub struct HttpRoute {
     pub index: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Local rate limits of a forwarding route (its action's `rate_limits`).
+    pub rate_limits: Box<[RateLimitRule]>,
 }
 
 impl HttpRoute {
@@ -427,6 +432,8 @@ pub struct VHost {
     pub index: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Rate limits for the forwarding routes that have none of their own.
+    pub rate_limits: Box<[RateLimitRule]>,
     pub routes: Box<[HttpRoute]>,
     /// Route indices by literal first path segment; each list ascending.
     by_segment: HashMap<Box<[u8]>, Box<[u32]>>,
@@ -589,7 +596,7 @@ pub fn compile(
             }
         }
         let mut c =
-            compile_vhost(vh, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
+            compile_vhost(vh, vi, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
         c.index = vi;
         compiled.push(c);
     }
@@ -601,7 +608,11 @@ pub fn compile(
     Ok(out)
 }
 
-fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VHost, String> {
+fn compile_vhost(
+    vh: &VirtualHost,
+    vi: u32,
+    clusters: &mut dyn ClusterIndex,
+) -> Result<VHost, String> {
     let mut routes = Vec::with_capacity(vh.routes.len());
     let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
     let mut any_segment = Vec::new();
@@ -721,7 +732,13 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
         } else {
             return Err(format!("route {i} has no action"));
         };
+        let rate_limits = match &r.route {
+            Some(a) => ratelimit::compile_all(&a.rate_limits, u64::from(vi) << 32 | (i as u64 + 1))
+                .map_err(|e| format!("route {i}: {e}"))?,
+            None => Box::default(),
+        };
         routes.push(HttpRoute {
+            rate_limits,
             name: r.name.as_deref().map(Into::into),
             matcher,
             action,
@@ -749,6 +766,7 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )?,
+        rate_limits: ratelimit::compile_all(&vh.rate_limits, u64::from(vi) << 32)?,
         routes: routes.into(),
         by_segment: by_segment.into_iter().map(|(k, v)| (k, v.into())).collect(),
         any_segment: any_segment.into(),
