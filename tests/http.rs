@@ -1131,6 +1131,114 @@ fn rate_limits(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// `max_retries` and the retry budget: a retry over the cluster's limit is not made
+/// (counted), and the upstream's answer goes to the client as it was.
+fn retry_breakers(kind: EngineKind) {
+    let a = Backend::start("a");
+    let policy = "retry_policy: {retry_on: \"5xx\", num_retries: 3, per_try_timeout: 300ms, \
+                  retry_back_off: {base_interval: 10ms, max_interval: 20ms}}";
+    let routes = [
+        route(
+            "/none/",
+            &format!("route: {{cluster: none, prefix_rewrite: \"/\", {policy}}}"),
+        ),
+        route("/", &format!("route: {{cluster: budget, timeout: 3s, {policy}}}")),
+    ]
+    .concat();
+    let clusters = cluster_yaml("none", &[a.addr], ", circuit_breakers: {max_retries: 0}")
+        + &cluster_yaml(
+            "budget",
+            &[a.addr],
+            ", circuit_breakers: {retry_budget: {budget_percent: {value: 0.0}, min_retry_concurrency: 1}}",
+        );
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    use tickmesh::telemetry::UpstreamCounter as U;
+    // max_retries: 0 — the first 503 is the answer, one attempt only.
+    let (mut s, mut r) = client(addr);
+    s.write_all(b"GET /none/retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_resp(&mut r).unwrap().status, 503);
+    assert_eq!(p.stats.cluster("none").get(U::RqRetryOverflow), 1);
+    assert_eq!(a.log.all().iter().filter(|e| e.contains(" /retry ")).count(), 1);
+    // Budget of one concurrent retry: a request retrying a slow upstream holds it, so
+    // a second request's retry is refused at once.
+    let (mut slow, mut slow_r) = client(addr);
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let budget = p.stats.cluster("budget");
+    wait_until("the slow request to retry", Duration::from_secs(5), || {
+        budget.get(U::RqRetryTotal) >= 1
+    });
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.status, 503, "the retry was refused, the upstream's 503 went out");
+    assert_eq!(budget.get(U::RqRetryOverflow), 1);
+    let slow_status = read_resp(&mut slow_r).unwrap().status;
+    assert!(slow_status == 504 || slow_status == 200, "{slow_status}");
+    // With the slow one done, retries are admitted again.
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(read_resp(&mut r).unwrap().status, 200);
+    drop((s, r, slow, slow_r));
+    assert_eq!(
+        budget.get(U::RqRetryTotal),
+        budget.get(U::RqRetryDone),
+        "every retry counted done"
+    );
+    open_zero(&p);
+}
+
+/// `max_pending_requests`: at `max_connections`, a request waits for a connection; over
+/// the pending limit it gets 503 + `x-tickmesh-overloaded` at once.
+fn pending_queue(kind: EngineKind) {
+    let a = Backend::start_delayed("a", Duration::from_millis(600));
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml(
+                "a",
+                &[a.addr],
+                ", circuit_breakers: {max_connections: 1, max_pending_requests: 1}",
+            ),
+            &route("/", "route: {cluster: a, timeout: 5s}"),
+            "",
+        ),
+    );
+    let addr = p.listener("l");
+    let cs = p.stats.cluster("a");
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let (mut c1, mut r1) = client(addr);
+    c1.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    wait_until("the first request upstream", Duration::from_secs(5), || {
+        a.log.all().len() == 1
+    });
+    let (mut c2, mut r2) = client(addr);
+    c2.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    wait_until("the second request to wait", Duration::from_secs(5), || {
+        cs.get(U::RqPendingTotal) == 1
+    });
+    let t = Instant::now();
+    let (mut c3, mut r3) = client(addr);
+    c3.write_all(b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_resp(&mut r3).unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("x-tickmesh-overloaded"), Some("true"));
+    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert_eq!(cs.get(U::RqPendingOverflow), 1);
+    assert_eq!(read_resp(&mut r1).unwrap().body, b"a /1");
+    assert_eq!(read_resp(&mut r2).unwrap().body, b"a /2", "the waiting request went on");
+    assert_eq!(cs.get(U::RqPendingDone), 1);
+    let paths: Vec<String> = a
+        .log
+        .all()
+        .iter()
+        .map(|e| e.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["/1", "/2"]);
+    drop((c1, r1, c2, r2, c3, r3));
+    open_zero(&p);
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod uring {
@@ -1173,4 +1281,6 @@ per_engine!(
     mirror_percentage,
     mirror_never_delays,
     rate_limits,
+    retry_breakers,
+    pending_queue,
 );

@@ -144,6 +144,8 @@ pub struct Thresholds {
     pub max_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<super::model::RetryBudget>,
 }
 
 impl EnvoyCluster {
@@ -218,6 +220,7 @@ impl EnvoyCluster {
                     max_requests: t.max_requests,
                     max_retries: t.max_retries,
                     max_requests_per_connection: None,
+                    retry_budget: t.retry_budget.clone(),
                 })
         });
         let outlier_detection = self.outlier_detection.clone();

@@ -157,6 +157,7 @@ pub(crate) struct Core {
     udp_spare: Vec<(u32, u16, bool)>,
     scratch: Vec<u8>,
     http: crate::proxy::http::Worker,
+    pending_spare: Vec<(u32, u16, u32)>,
 }
 
 impl Core {
@@ -185,6 +186,7 @@ impl Core {
             udp_spare: Vec::with_capacity(64),
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
             http: crate::proxy::http::Worker::new(worker, workers),
+            pending_spare: Vec::with_capacity(crate::proxy::http::shadow::MAX_PENDING),
         }
     }
 
@@ -522,8 +524,20 @@ impl Core {
         });
     }
 
-    /// Timeouts for every open connection and UDP session.
+    /// Timeouts for every open connection and UDP session; requests waiting for an
+    /// upstream connection get their turn first, in arrival order.
     fn tick(&mut self, io: &mut impl Driver) {
+        if !self.http.pending.is_empty() {
+            // Swap in the spare list: entries still waiting push themselves back.
+            std::mem::swap(&mut self.http.pending, &mut self.pending_spare);
+            for i in 0..self.pending_spare.len() {
+                let (slot, gen, seq) = self.pending_spare[i];
+                self.with_conn(slot, gen, io, |c, cx, io| {
+                    c.resume_pending(slot, seq, cx, io)
+                });
+            }
+            self.pending_spare.clear();
+        }
         let mut i = 0;
         while i < self.open_list.len() {
             let slot = self.open_list[i];

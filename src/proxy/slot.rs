@@ -168,6 +168,14 @@ impl Slot {
         each!(self, c => c.abort(slot, cx, io))
     }
 
+    /// A request waiting for a connection gets its turn (HTTP only).
+    pub fn resume_pending(&mut self, slot: u32, seq: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        match self {
+            Slot::Http(c) => c.resume_pending(slot, seq, cx, io),
+            _ => Step::Continue,
+        }
+    }
+
     pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
         each!(self, c => c.rearm(slot, side, cx, io))
     }

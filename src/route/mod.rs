@@ -107,6 +107,13 @@ pub struct Breakers {
     pub max_requests: u32,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
+    /// Requests that may wait for a connection when `max_connections` are open
+    /// (per-worker queues; the count is the cluster's).
+    pub max_pending_requests: u32,
+    /// Concurrent retries (ignored when `retry_budget` is set).
+    pub max_retries: u32,
+    /// Concurrent retries as parts per million of active requests, and the floor.
+    pub retry_budget: Option<(u32, u32)>,
 }
 
 impl Breakers {
@@ -115,6 +122,9 @@ impl Breakers {
         max_connections: 1024,
         max_requests: 1024,
         max_requests_per_connection: 0,
+        max_pending_requests: 1024,
+        max_retries: 3,
+        retry_budget: None,
     };
 }
 
@@ -369,14 +379,23 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .circuit_breakers
             .as_ref()
             .map_or(Breakers::DEFAULT, |b| Breakers {
-                // Without a pending queue, a request that would wait for a connection
-                // is refused; max_pending_requests therefore adds to max_connections.
                 max_connections: b
                     .max_connections
-                    .unwrap_or(Breakers::DEFAULT.max_connections)
-                    .saturating_add(b.max_pending_requests.unwrap_or(0)),
+                    .unwrap_or(Breakers::DEFAULT.max_connections),
                 max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
                 max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
+                max_pending_requests: b
+                    .max_pending_requests
+                    .unwrap_or(Breakers::DEFAULT.max_pending_requests),
+                max_retries: b.max_retries.unwrap_or(Breakers::DEFAULT.max_retries),
+                // Envoy's defaults: 20%, at least 3.
+                retry_budget: b.retry_budget.as_ref().map(|r| {
+                    let pct = r.budget_percent.map_or(20.0, |p| p.value);
+                    (
+                        (pct * 10_000.0).clamp(0.0, 1_000_000.0) as u32,
+                        r.min_retry_concurrency.unwrap_or(3),
+                    )
+                }),
             }),
     }
 }

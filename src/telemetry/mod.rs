@@ -134,6 +134,20 @@ counter_set! {
         RqDone => "rq_done",
         /// HTTP requests refused by the circuit breakers (503, `x-tickmesh-overloaded`).
         RqOverflow => "rq_overflow",
+        /// Retries started on this cluster, and those finished (active = the
+        /// difference, for `max_retries` / the retry budget).
+        RqRetryTotal => "rq_retry_total",
+        RqRetryDone => "rq_retry_done",
+        /// Retries not made because `max_retries` or the retry budget was used up (the
+        /// failure went to the client as it was).
+        RqRetryOverflow => "rq_retry_overflow",
+        /// Requests that waited for a connection (`max_connections` reached), and
+        /// those that stopped waiting (active = the difference).
+        RqPendingTotal => "rq_pending_total",
+        RqPendingDone => "rq_pending_done",
+        /// Requests refused because `max_pending_requests` were already waiting (503,
+        /// counted in `rq_overflow` too).
+        RqPendingOverflow => "rq_pending_overflow",
     }
 }
 

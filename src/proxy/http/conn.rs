@@ -395,6 +395,10 @@ pub struct Conn {
     retry_at_ms: u64,
     /// The current request is counted active on its cluster (`rq_total` − `rq_done`).
     rq_open: bool,
+    /// The current attempt is a retry counted on the cluster (`max_retries`, budget).
+    retry_open: bool,
+    /// Waiting in the worker's pending queue for the cluster to have a connection free.
+    pending: bool,
     /// Requests sent on the current upstream connection.
     up_requests: u32,
     /// Mirror clusters chosen for the current request (first `mirror_n`), started once
@@ -461,6 +465,8 @@ impl Default for Conn {
             try_deadline_ms: 0,
             retry_at_ms: 0,
             rq_open: false,
+            retry_open: false,
+            pending: false,
             up_requests: 0,
             mirror_to: [0; MAX_MIRRORS],
             mirror_n: 0,
@@ -1296,9 +1302,19 @@ impl Conn {
                     .stats
                     .get(U::CxTotal)
                     .saturating_sub(cl.stats.get(U::CxClosed));
-                if active >= u64::from(cl.breakers.max_requests)
-                    || (!reuse && open_cx >= u64::from(cl.breakers.max_connections))
-                {
+                // At max_connections a request may wait (max_pending_requests, counted
+                // over workers; each worker's queue is bounded too).
+                let must_wait = !reuse && open_cx >= u64::from(cl.breakers.max_connections);
+                let waiting = cl
+                    .stats
+                    .get(U::RqPendingTotal)
+                    .saturating_sub(cl.stats.get(U::RqPendingDone));
+                let can_wait = waiting < u64::from(cl.breakers.max_pending_requests)
+                    && cx.http.pending.len() < super::shadow::MAX_PENDING;
+                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait) {
+                    if must_wait && active < u64::from(cl.breakers.max_requests) {
+                        cl.stats.inc(cx.worker, U::RqPendingOverflow);
+                    }
                     cl.stats.inc(cx.worker, U::RqOverflow);
                     self.out[Side::Down.idx()].release_all(io);
                     self.phase = Phase::Head;
@@ -1327,7 +1343,56 @@ impl Conn {
                 self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
                 self.up_requests = 1;
+                if must_wait {
+                    // Resumed by the worker's tick (`resume_pending`) once the cluster
+                    // has a connection free, or ended by the route timeout.
+                    cl.stats.inc(cx.worker, U::RqPendingTotal);
+                    self.pending = true;
+                    // The per-try timeout starts with the attempt, not the wait.
+                    self.try_deadline_ms = 0;
+                    cx.http.pending.push((slot, self.gen, self.served));
+                    return Step::Continue;
+                }
                 self.connect_next(slot, cx, io)
+            }
+        }
+    }
+
+    /// A pending request (see `start_request`) gets its turn: connect when the cluster
+    /// is under `max_connections`, else queue again (order kept by the worker).
+    pub fn resume_pending(&mut self, slot: u32, seq: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !self.pending || self.served != seq || self.phase != Phase::Exchange {
+            return Step::Continue; // a stale entry
+        }
+        let full = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+            .is_none_or(|cl| {
+                let open = cl
+                    .stats
+                    .get(U::CxTotal)
+                    .saturating_sub(cl.stats.get(U::CxClosed));
+                open >= u64::from(cl.breakers.max_connections)
+            });
+        if full {
+            cx.http.pending.push((slot, self.gen, seq));
+            return Step::Continue;
+        }
+        self.unpend(cx.worker);
+        self.try_deadline_ms = self
+            .retry
+            .as_ref()
+            .and_then(|r| r.per_try_timeout)
+            .map_or(0, |t| cx.now_ms + ms(t));
+        self.connect_next(slot, cx, io)
+    }
+
+    fn unpend(&mut self, worker: usize) {
+        if self.pending {
+            self.pending = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqPendingDone);
             }
         }
     }
@@ -1624,7 +1689,7 @@ impl Conn {
                 Cause::Gateway,
             ));
         }
-        if !informational && self.retry_on_status(res.status) {
+        if !informational && self.retry_on_status(res.status) && self.retry_admitted(cx) {
             return Err(Fail::Retry);
         }
         if !informational {
@@ -1925,8 +1990,48 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// A retry may start only while the cluster's concurrent retries are under its
+    /// retry budget (`budget_percent` of active requests, at least
+    /// `min_retry_concurrency`) or, without one, `max_retries` (Envoy's default 3). A
+    /// refused retry is counted; the failure then goes to the client as it is.
+    fn retry_admitted(&mut self, cx: &mut Ctx) -> bool {
+        if self.retry_open {
+            return true; // this request's retry already holds its place
+        }
+        let Some(cl) = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+        else {
+            return false;
+        };
+        let s = &cl.stats;
+        let retrying = s.get(U::RqRetryTotal).saturating_sub(s.get(U::RqRetryDone));
+        let limit = match cl.breakers.retry_budget {
+            Some((per_million, floor)) => {
+                let active = s.get(U::RqTotal).saturating_sub(s.get(U::RqDone));
+                (active.saturating_mul(u64::from(per_million)) / 1_000_000).max(u64::from(floor))
+            }
+            None => u64::from(cl.breakers.max_retries),
+        };
+        if retrying >= limit {
+            s.inc(cx.worker, U::RqRetryOverflow);
+            return false;
+        }
+        s.inc(cx.worker, U::RqRetryTotal);
+        self.retry_open = true;
+        true
+    }
+
     /// The current request stops counting as active on its cluster.
     fn rq_end(&mut self, worker: usize) {
+        self.unpend(worker);
+        if self.retry_open {
+            self.retry_open = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqRetryDone);
+            }
+        }
         if self.rq_open {
             self.rq_open = false;
             if let Some(s) = &self.cstats {
@@ -1954,7 +2059,9 @@ impl Conn {
         }
         match f {
             Fail::Retry => self.schedule_retry(slot, cx, io),
-            Fail::Status(_, _, _, cause) if self.awaiting_head && self.retry_on_cause(cause) => {
+            Fail::Status(_, _, _, cause)
+                if self.awaiting_head && self.retry_on_cause(cause) && self.retry_admitted(cx) =>
+            {
                 self.rq_open = true; // still the same request
                 self.schedule_retry(slot, cx, io)
             }

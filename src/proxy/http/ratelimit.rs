@@ -172,7 +172,7 @@ mod tests {
         let allowed = (0..10).filter(|_| l.take(42, SPEC, 100_000).allowed).count();
         assert_eq!(allowed, 3);
         // Another key has its own bucket.
-        assert!(l.take(43, SPEC, 100_000).allowed);
+        assert!(l.take(44, SPEC, 100_000).allowed);
     }
 
     #[test]

@@ -30,6 +30,8 @@ use super::ratelimit::Limiter;
 
 /// Shadow requests a worker runs (or has queued) at once.
 pub const MAX_SHADOWS: usize = 64;
+/// Requests a worker keeps waiting for a connection (`max_pending_requests`).
+pub const MAX_PENDING: usize = 4096;
 /// Request copies larger than this are not kept for reuse.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -58,6 +60,9 @@ pub struct Worker {
     out: usize,
     /// Shadows to start; the worker drains this after each event.
     pub jobs: Vec<Job>,
+    /// Requests waiting for a connection, in arrival order: (slot, generation, the
+    /// connection's request number), resumed by the worker's tick.
+    pub pending: Vec<(u32, u16, u32)>,
     pub limiter: Limiter,
 }
 
@@ -68,6 +73,7 @@ impl Worker {
             spare: Vec::with_capacity(MAX_SHADOWS),
             out: 0,
             jobs: Vec::with_capacity(MAX_SHADOWS),
+            pending: Vec::with_capacity(MAX_PENDING),
             limiter: Limiter::new(worker, workers.max(1)),
         }
     }
