@@ -104,14 +104,15 @@ pub struct ClusterEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breakers {
     pub max_connections: u32,
+    /// Requests that may wait for a connection (Envoy `max_pending_requests`; per-worker
+    /// queues, the count is the cluster's).
+    pub max_pending_requests: u32,
     pub max_requests: u32,
+    /// Retries in flight at once on the cluster (Envoy `max_retries`; ignored when
+    /// `retry_budget` is set).
+    pub max_retries: u32,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
-    /// Requests that may wait for a connection when `max_connections` are open
-    /// (per-worker queues; the count is the cluster's).
-    pub max_pending_requests: u32,
-    /// Concurrent retries (ignored when `retry_budget` is set).
-    pub max_retries: u32,
     /// Concurrent retries as parts per million of active requests, and the floor.
     pub retry_budget: Option<(u32, u32)>,
 }
@@ -120,10 +121,10 @@ impl Breakers {
     /// Envoy's default thresholds.
     pub const DEFAULT: Breakers = Breakers {
         max_connections: 1024,
-        max_requests: 1024,
-        max_requests_per_connection: 0,
         max_pending_requests: 1024,
+        max_requests: 1024,
         max_retries: 3,
+        max_requests_per_connection: 0,
         retry_budget: None,
     };
 }
@@ -382,12 +383,12 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
                 max_connections: b
                     .max_connections
                     .unwrap_or(Breakers::DEFAULT.max_connections),
-                max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
-                max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
                 max_pending_requests: b
                     .max_pending_requests
                     .unwrap_or(Breakers::DEFAULT.max_pending_requests),
+                max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
                 max_retries: b.max_retries.unwrap_or(Breakers::DEFAULT.max_retries),
+                max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
                 // Envoy's defaults: 20%, at least 3.
                 retry_budget: b.retry_budget.as_ref().map(|r| {
                     let pct = r.budget_percent.map_or(20.0, |p| p.value);
