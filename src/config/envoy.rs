@@ -232,6 +232,7 @@ impl EnvoyCluster {
             connect_timeout: self.connect_timeout,
             max_connect_attempts: None,
             dns_refresh_rate: self.dns_refresh_rate,
+            idle_timeout: None,
             circuit_breakers,
             outlier_detection,
             tls: None,

@@ -179,6 +179,14 @@ pub struct Cluster {
         skip_serializing_if = "Option::is_none"
     )]
     pub dns_refresh_rate: Option<Duration>,
+    /// HTTP: an idle pooled upstream connection is closed after this long (default
+    /// 60 s; Envoy's `common_http_protocol_options.idle_timeout`, whose default is 1 h).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

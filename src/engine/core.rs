@@ -276,6 +276,11 @@ impl Core {
         }
         self.cursors.clear();
         self.cursors.resize(t.clusters.len(), 0);
+        // Idle upstream connections are indexed by the old table: closed.
+        let (old, worker) = (&self.table, self.worker);
+        self.http
+            .pool
+            .reset(t.generation, |i| crate::proxy::http::pool::count_close(old, worker, &i));
         self.table = t;
         let worker = self.worker;
         self.udp.set_listeners(
@@ -549,6 +554,30 @@ impl Core {
             }
         }
         self.udp.expire(self.now_ms, self.worker, io);
+        if !self.http.pool.is_empty() {
+            let (t, worker) = (&self.table, self.worker);
+            self.http.pool.expire(
+                self.now_ms,
+                |c| {
+                    use crate::telemetry::UpstreamCounter::{RqPendingDone, RqPendingTotal};
+                    t.clusters.get(c as usize).map_or(0, |c| {
+                        // Requests wait for a connection of this cluster (on another
+                        // worker: this one's waiters took their turn above): an idle
+                        // one here only holds a place under max_connections. Closed.
+                        let waiting = c
+                            .stats
+                            .get(RqPendingTotal)
+                            .saturating_sub(c.stats.get(RqPendingDone));
+                        if waiting > 0 {
+                            0
+                        } else {
+                            crate::proxy::l4::ms(c.idle_timeout)
+                        }
+                    })
+                },
+                |i| crate::proxy::http::pool::count_close(t, worker, &i),
+            );
+        }
     }
 
     /// Close every connection and session (shutdown past its drain deadline).
@@ -559,6 +588,11 @@ impl Core {
             self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
         }
         self.udp.close_all(self.worker, io);
+        let (t, worker) = (&self.table, self.worker);
+        let generation = t.generation;
+        self.http
+            .pool
+            .reset(generation, |i| crate::proxy::http::pool::count_close(t, worker, &i));
         self.sync_accepts(io);
     }
 

@@ -25,6 +25,10 @@ use crate::net::{ListenerSockets, SocketPool};
 use crate::telemetry::{ListenerStats, StatsRegistry, UpstreamStats};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle pooled HTTP upstream connections are closed after this (Envoy keeps them 1 h;
+/// shorter here, as most upstreams close idle keep-alive connections within a minute or
+/// two and a shorter hold means fewer sends into connections already closed).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -91,6 +95,8 @@ pub struct ClusterEntry {
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub max_connect_attempts: u32,
+    /// HTTP: how long an idle pooled connection is kept (see `proxy::http::pool`).
+    pub idle_timeout: Duration,
     pub stats: Arc<UpstreamStats>,
     /// TLS origination towards the endpoints.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -374,6 +380,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         balancer: Balancer::build(c.lb_policy, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
         stats: stats.cluster(&c.name),
         tls: None,
         breakers: c
@@ -437,6 +444,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             connect_timeout: None,
             max_connect_attempts: None,
             dns_refresh_rate: None,
+            idle_timeout: None,
             circuit_breakers: None,
             outlier_detection: None,
             tls: None,

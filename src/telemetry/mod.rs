@@ -91,6 +91,10 @@ counter_set! {
         HttpHeaderTimeout => "http_header_timeout",
         /// Upstream connections reused for another request (keep-alive).
         HttpUpstreamReuse => "http_upstream_reuse",
+        /// Pooled upstream connections found closed by their upstream: by the liveness
+        /// check before reuse, or by a reused connection closing before any response
+        /// (the idempotent request is then sent again on a fresh connection).
+        HttpUpstreamStale => "http_upstream_stale",
         /// `Connection: upgrade` requests turned into tunnels.
         HttpUpgrades => "http_upgrades",
         /// Connections sniffed as not HTTP/1.x and relayed to the TCP fallback cluster.

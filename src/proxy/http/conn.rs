@@ -1,9 +1,9 @@
 //! One HTTP/1.1 client connection: an engine-agnostic state machine driven by
 //! completions, like the L4 relay ([`crate::proxy::l4::tcp`]).
 //!
-//! Owns the client socket, at most one upstream socket (kept between requests when the
-//! upstream allows keep-alive and the next request goes to the same cluster), and the
-//! pool buffers in flight. Requests are served one at a time in arrival order, so
+//! Owns the client socket, at most one upstream socket during an exchange (afterwards
+//! parked in the worker's [`pool`](super::pool) when the upstream allows keep-alive, for
+//! any client connection of the worker to reuse), and the pool buffers in flight. Requests are served one at a time in arrival order, so
 //! pipelined requests are answered in order: the next head is parsed only once the
 //! previous response has been queued whole.
 //!
@@ -18,7 +18,7 @@
 //!   [`codec`](super::codec): bytes past the end of a response are dropped and the
 //!   upstream connection is not reused.
 //! - Between exchanges nothing is in flight on the upstream socket, so it can be dropped
-//!   or reused at once; a slot is freed only when nothing is in flight at all.
+//!   or parked at once; a slot is freed only when nothing is in flight at all.
 //!
 //! Never blocks. Allocates per connection only (counter `Arc`s, the head buffer when a
 //! head is split); per request only a route-table `Arc` clone when the table changed.
@@ -32,7 +32,8 @@ use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
 use crate::proxy::l4::tcp::BUF_SIZE;
-use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::proxy::l4::{cursor, ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
+use super::pool::{alive, Idle, CHECK_AFTER_MS};
 use super::shadow::{shadow_head, Job};
 use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retry, VHost};
 use crate::route::RouteTable;
@@ -399,6 +400,17 @@ pub struct Conn {
     retry_open: bool,
     /// Waiting in the worker's pending queue for the cluster to have a connection free.
     pending: bool,
+    /// The upstream connection came from the worker's pool (it served requests before).
+    up_reused: bool,
+    /// Endpoint index (in the cluster) of the upstream connection.
+    up_endpoint: u32,
+    /// The request may be sent again on a fresh connection if a reused one turns out
+    /// closed (RFC 9112 §9.3.1.1: idempotent methods only).
+    idempotent: bool,
+    /// This request was already sent again after a stale pooled connection: no pool.
+    fresh_only: bool,
+    /// The attempt being started re-sends the same try (no new attempt number).
+    resend: bool,
     /// Requests sent on the current upstream connection.
     up_requests: u32,
     /// Mirror clusters chosen for the current request (first `mirror_n`), started once
@@ -467,6 +479,11 @@ impl Default for Conn {
             rq_open: false,
             retry_open: false,
             pending: false,
+            up_reused: false,
+            up_endpoint: 0,
+            idempotent: false,
+            fresh_only: false,
+            resend: false,
             up_requests: 0,
             mirror_to: [0; MAX_MIRRORS],
             mirror_n: 0,
@@ -1270,7 +1287,14 @@ impl Conn {
                         self.mirror_n += 1;
                     }
                 }
-                if retry.is_some() || self.mirror_n > 0 {
+                self.idempotent = matches!(
+                    req.method,
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                );
+                // Kept for retries, mirrors, and an idempotent request's second send
+                // should its pooled connection turn out closed (a copy of the head, and
+                // of the body up to the replay cap).
+                if retry.is_some() || self.mirror_n > 0 || self.idempotent {
                     self.keep_for_replay(retry.is_some(), io);
                 }
                 let route_ms = timeout.map_or(DEFAULT_ROUTE_TIMEOUT_MS, ms);
@@ -1287,11 +1311,8 @@ impl Conn {
                 self.awaiting_head = true;
                 self.resp = Left::Done;
                 self.phase = Phase::Exchange;
-                // Reuse the kept upstream connection when it serves this cluster.
-                let reuse = self.fds[Side::Up.idx()].is_some()
-                    && self.cluster == cluster
-                    && self.up_generation == table.generation
-                    && self.up_reusable;
+                // An idle pooled connection to the cluster adds no connection.
+                let reuse = cx.http.pool.has(table.generation, cluster);
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
                 let active = cl
@@ -1329,20 +1350,20 @@ impl Conn {
                         io,
                     );
                 }
+                // A connection a failed exchange left behind goes (counted on its
+                // cluster), before the counters switch to this request's cluster.
+                self.drop_up(cx);
+                if !self.cstats.as_ref().is_some_and(|s| Arc::ptr_eq(s, &cl.stats)) {
+                    self.cstats = Some(cl.stats.clone());
+                }
                 cl.stats.inc(cx.worker, U::RqTotal);
                 self.rq_open = true;
-                if reuse {
-                    self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
-                    self.up_reusable = false;
-                    self.up_requests += 1;
-                    return self.drive_exchange(slot, cx, io);
-                }
-                self.drop_up(cx);
                 self.cluster = cluster;
                 self.up_generation = table.generation;
-                self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
                 self.up_requests = 1;
+                self.fresh_only = false;
+                self.resend = false;
                 if must_wait {
                     // Resumed by the worker's tick (`resume_pending`) once the cluster
                     // has a connection free, or ended by the route timeout.
@@ -1364,17 +1385,22 @@ impl Conn {
         if !self.pending || self.served != seq || self.phase != Phase::Exchange {
             return Step::Continue; // a stale entry
         }
-        let full = self
-            .table
-            .as_ref()
-            .and_then(|t| t.clusters.get(self.cluster as usize))
-            .is_none_or(|cl| {
-                let open = cl
-                    .stats
-                    .get(U::CxTotal)
-                    .saturating_sub(cl.stats.get(U::CxClosed));
-                open >= u64::from(cl.breakers.max_connections)
-            });
+        // An idle pooled connection of the cluster is free for it too (with several
+        // endpoints the balancer may still choose one without: then a connection
+        // over the limit is opened — the limit is approximate, as across workers).
+        let pooled = cx.http.pool.has(self.up_generation, self.cluster);
+        let full = !pooled
+            && self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(self.cluster as usize))
+                .is_none_or(|cl| {
+                    let open = cl
+                        .stats
+                        .get(U::CxTotal)
+                        .saturating_sub(cl.stats.get(U::CxClosed));
+                    open >= u64::from(cl.breakers.max_connections)
+                });
         if full {
             cx.http.pending.push((slot, self.gen, seq));
             return Step::Continue;
@@ -1477,14 +1503,51 @@ impl Conn {
             return self.close(slot, cx, io);
         };
         let cl = &table.clusters[self.cluster as usize];
-        if let Some((e, fd)) = open_upstream(
-            cl,
-            self.cluster,
-            &mut self.attempt,
-            &mut self.first_endpoint,
-            self.peer,
-            cx,
-        ) {
+        // The first attempt: the balancer's endpoint, through the pool when it holds an
+        // idle connection to it. Later attempts go to the endpoints after it.
+        let mut opened = None;
+        if self.attempt == 0 {
+            let mut scratch = 0;
+            let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
+            if let Some(ep) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) {
+                self.first_endpoint = ep as u32;
+                if !self.fresh_only {
+                    if let Some(idle) = self.take_pooled(ep, cx) {
+                        return self.attach_pooled(slot, idle, cx, io);
+                    }
+                }
+                let e = &cl.endpoints[ep];
+                match crate::net::upstream_tcp_socket(&e.address) {
+                    Ok(fd) => {
+                        e.stats.inc(cx.worker, U::CxTotal);
+                        cl.stats.inc(cx.worker, U::CxTotal);
+                        opened = Some((e, fd));
+                    }
+                    Err(_) => {
+                        e.stats.inc(cx.worker, U::Errors);
+                        cl.stats.inc(cx.worker, U::Errors);
+                        self.attempt = 1;
+                    }
+                }
+            }
+        }
+        if opened.is_none() && self.attempt > 0 {
+            opened = open_upstream(
+                cl,
+                self.cluster,
+                &mut self.attempt,
+                &mut self.first_endpoint,
+                self.peer,
+                cx,
+            );
+        }
+        if let Some((e, fd)) = opened {
+            self.up_endpoint = cl
+                .endpoints
+                .iter()
+                .position(|x| std::ptr::eq(x, e))
+                .unwrap_or(0) as u32;
+            self.up_reused = false;
             self.estats = Some(e.stats.clone());
             io.connect(self.me(slot), fd.as_raw_fd(), e.address);
             self.fds[Side::Up.idx()] = Some(fd);
@@ -1509,7 +1572,81 @@ impl Conn {
         )
     }
 
-    /// Let go of the kept upstream connection (nothing is in flight on it between
+    /// An idle pooled connection to endpoint `ep` of the current cluster that is still
+    /// open; ones found closed are dropped (counted) on the way.
+    fn take_pooled(&mut self, ep: usize, cx: &mut Ctx) -> Option<Idle> {
+        let gen = self.up_generation;
+        while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32) {
+            // Only a connection idle a while costs the check (a syscall): a busy
+            // keep-alive path never pays it.
+            if cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd) {
+                return Some(idle);
+            }
+            self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+            if let Some(t) = &self.table {
+                super::pool::count_close(t, cx.worker, &idle);
+            }
+        }
+        None
+    }
+
+    /// Use a pooled connection for the current request.
+    fn attach_pooled(&mut self, slot: u32, idle: Idle, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if let Some(e) = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+            .and_then(|c| c.endpoints.get(idle.endpoint as usize))
+        {
+            // Usually the same endpoint as this connection's last request: no refcount
+            // traffic on the shared counters.
+            if !self.estats.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e.stats)) {
+                self.estats = Some(e.stats.clone());
+            }
+        }
+        io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
+        self.fds[Side::Up.idx()] = Some(idle.fd);
+        self.up_endpoint = idle.endpoint;
+        self.up_requests = idle.requests + 1;
+        self.up_reused = true;
+        self.connect_inflight = false;
+        self.connected = true;
+        self.timed_out = false;
+        self.eof[Side::Up.idx()] = false;
+        self.shut[Side::Up.idx()] = false;
+        self.last_ms = cx.now_ms;
+        self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
+        self.drive(slot, cx, io)
+    }
+
+    /// The exchange ended with the upstream willing to go on: park its connection in
+    /// the worker's pool (nothing is in flight on it).
+    fn park_up(&mut self, cx: &mut Ctx) {
+        let Some(fd) = self.fds[Side::Up.idx()].take() else {
+            return;
+        };
+        self.connected = false;
+        self.up_reusable = false;
+        let idle = Idle {
+            fd,
+            cluster: self.cluster,
+            endpoint: self.up_endpoint,
+            requests: self.up_requests,
+            since_ms: cx.now_ms,
+        };
+        match cx.http.pool.park(self.up_generation, idle) {
+            Ok(None) => {}
+            // The pool serves the worker's table: count with it.
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, &old),
+            // A table older than the worker's: closed, counted here.
+            Err(idle) => {
+                drop(idle);
+                self.ucount(cx.worker, U::CxClosed, 1);
+            }
+        }
+    }
+
+    /// Let go of the upstream connection (nothing is in flight on it between
     /// exchanges).
     fn drop_up(&mut self, cx: &mut Ctx) {
         if self.fds[Side::Up.idx()].take().is_some() {
@@ -1611,7 +1748,9 @@ impl Conn {
             if limit > 0 && self.up_requests >= limit {
                 self.up_reusable = false;
             }
-            if !self.up_reusable {
+            if self.up_reusable {
+                self.park_up(cx);
+            } else {
                 self.drop_up(cx);
             }
             self.route_deadline_ms = 0;
@@ -1922,18 +2061,7 @@ impl Conn {
     /// uniform in `[0, min(max, base × 2^(tries-1))]`), then send the request again.
     fn schedule_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.lcount(cx.worker, L::HttpRetry, 1);
-        let up = self.raw(Side::Up);
-        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
-        // Only the upstream socket's operations; the client's stay armed.
-        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
-            self.recv_armed[1] = false;
-            self.out[0].inflight = false;
-            self.connect_inflight = false;
-        }
-        self.up_reusable = false;
-        self.acc.clear();
-        self.resp = Left::Done;
-        self.awaiting_head = true;
+        self.abandon_attempt(slot, io);
         let (base, max) = self
             .retry
             .as_ref()
@@ -1951,6 +2079,22 @@ impl Conn {
         Step::Continue
     }
 
+    /// Stop the current attempt's upstream operations (the client's stay armed) and
+    /// forget what of its response arrived.
+    fn abandon_attempt(&mut self, slot: u32, io: &mut impl Io) {
+        let up = self.raw(Side::Up);
+        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
+            self.recv_armed[1] = false;
+            self.out[0].inflight = false;
+            self.connect_inflight = false;
+        }
+        self.up_reusable = false;
+        self.acc.clear();
+        self.resp = Left::Done;
+        self.awaiting_head = true;
+    }
+
     /// The back-off passed and the old upstream socket is quiet: send again.
     fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.drop_up(cx);
@@ -1960,16 +2104,23 @@ impl Conn {
                 io.release(b);
             }
         }
-        self.tries += 1;
+        if !std::mem::take(&mut self.resend) {
+            self.tries += 1;
+        }
         let q = &mut self.out[Side::Down.idx()];
         let mut w = Writer::new();
         let (head, body) = self.replay.split_at(self.replay_head);
         let tries = self.tries;
+        // The replay head has the attempt header cut only when the route retries.
+        let attempt_header = self.retry.is_some();
         let r = (|| {
             w.put(q, io, head)?;
-            w.put(q, io, ATTEMPT_HEADER)?;
-            w.num(q, io, tries.into())?;
-            w.put(q, io, b"\r\n\r\n")?;
+            if attempt_header {
+                w.put(q, io, ATTEMPT_HEADER)?;
+                w.num(q, io, tries.into())?;
+                w.put(q, io, b"\r\n")?;
+            }
+            w.put(q, io, b"\r\n")?;
             w.put(q, io, body)
         })();
         w.finish(q, io);
@@ -2023,6 +2174,30 @@ impl Conn {
         true
     }
 
+    /// The request goes upstream again after `rq_end` counted it done.
+    fn rq_reopen(&mut self, worker: usize) {
+        if !self.rq_open {
+            self.rq_open = true;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqTotal);
+            }
+        }
+    }
+
+    /// Whether a failure before the response is a pooled connection's stale close that
+    /// may be answered by sending the request again (once, idempotent, kept whole,
+    /// nothing of a response received).
+    fn stale_resend_ok(&self) -> bool {
+        self.awaiting_head
+            && self.up_reused
+            && !self.fresh_only
+            && self.idempotent
+            && self.replayable
+            && self.req.done()
+            && self.acc.is_empty()
+            && self.pend[Side::Up.idx()].is_none()
+    }
+
     /// The current request stops counting as active on its cluster.
     fn rq_end(&mut self, worker: usize) {
         self.unpend(worker);
@@ -2059,10 +2234,27 @@ impl Conn {
         }
         match f {
             Fail::Retry => self.schedule_retry(slot, cx, io),
+            Fail::Status(_, _, _, Cause::Reset) if self.stale_resend_ok() => {
+                // A pooled connection the upstream had closed: not the request's fault,
+                // not a retry; the same attempt goes again on a fresh connection.
+                self.rq_reopen(cx.worker);
+                self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+                self.fresh_only = true;
+                self.resend = true;
+                self.abandon_attempt(slot, io);
+                self.retry_at_ms = cx.now_ms;
+                self.phase = Phase::Backoff;
+                let up_busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+                if up_busy {
+                    return Step::Continue; // the tick starts it once the socket is quiet
+                }
+                self.start_retry(slot, cx, io)
+            }
             Fail::Status(_, _, _, cause)
                 if self.awaiting_head && self.retry_on_cause(cause) && self.retry_admitted(cx) =>
             {
-                self.rq_open = true; // still the same request
+                // Another attempt: counted as an upstream request again (Envoy does).
+                self.rq_reopen(cx.worker);
                 self.schedule_retry(slot, cx, io)
             }
             Fail::Status(status, counter, text, _) if self.awaiting_head => {

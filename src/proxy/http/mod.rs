@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod conn;
+pub mod pool;
 pub mod ratelimit;
 pub mod shadow;
 

@@ -2,7 +2,8 @@
 //! fire-and-forget, as Envoy's `request_mirror_policies` and Istio's `mirror` do.
 //!
 //! Owns the per-worker HTTP state that outlives one client connection ([`Worker`]: the
-//! request copies, the queue of shadows to start, the rate-limit table) and the shadow
+//! request copies, the queue of shadows to start, the requests waiting for a
+//! connection, the rate-limit table, the idle upstream connections) and the shadow
 //! connection's state machine ([`Shadow`]), which lives in a slot of the worker's
 //! connection slab beside the client connections and is driven by the same completions.
 //!
@@ -64,6 +65,8 @@ pub struct Worker {
     /// connection's request number), resumed by the worker's tick.
     pub pending: Vec<(u32, u16, u32)>,
     pub limiter: Limiter,
+    /// Idle upstream connections shared by the worker's client connections.
+    pub pool: super::pool::Pool,
 }
 
 impl Worker {
@@ -74,6 +77,7 @@ impl Worker {
             out: 0,
             jobs: Vec::with_capacity(MAX_SHADOWS),
             pending: Vec::with_capacity(MAX_PENDING),
+            pool: super::pool::Pool::default(),
             limiter: Limiter::new(worker, workers.max(1)),
         }
     }

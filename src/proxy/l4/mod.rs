@@ -68,6 +68,10 @@ pub trait Io {
     fn adopt(&mut self, c: ConnRef, fd: RawFd);
     /// Start a non-blocking connect of `fd` to `addr`.
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr);
+    /// Connection `c` now uses `fd`, already connected, for `side` (an idle pooled
+    /// upstream connection another slot may have used before). Nothing is in flight on
+    /// `fd`. A readiness engine re-registers it for `c` unless it already is.
+    fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd);
     /// Abandon the connect in flight. `true`: it is gone now (no completion will come);
     /// `false`: its completion (likely `-ECANCELED`) will still arrive.
     fn cancel_connect(&mut self, c: ConnRef, fd: RawFd) -> bool;
