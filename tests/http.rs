@@ -759,17 +759,26 @@ fn header_timeout(kind: EngineKind) {
 /// Route and virtual-host header edits on requests and responses.
 fn header_edits(kind: EngineKind) {
     let a = Backend::start("a");
-    let routes = "          - match: {prefix: \"/\"}\n            route: {cluster: a}\n            \
+    let routes = "          - match: {prefix: \"/service/\"}\n            route: {cluster: a, \
+        regex_rewrite: {pattern: {google_re2: {}, regex: \"^/service/([^/]+)(/.*)$\"}, substitution: \"\\\\2/instance/\\\\1\"}}\n          \
+        - match: {prefix: \"/\"}\n            route: {cluster: a}\n            \
         request_headers_to_add: [{header: {key: x-added, value: r1}}, \
         {header: {key: x-keep, value: new}, append_action: ADD_IF_ABSENT}, \
         {header: {key: x-over, value: new}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]\n            \
         request_headers_to_remove: [x-drop]\n            \
         response_headers_to_add: [{header: {key: x-resp, value: yes}}]\n            \
         response_headers_to_remove: [x-backend]\n";
-    let cfg = http_config(0, &cluster_yaml("a", &[a.addr], ""), routes, "").replace(
-        "        domains: [\"*\"]\n",
-        "        domains: [\"*\"]\n        request_headers_to_add: [{header: {key: x-vh, value: v}}]\n",
-    );
+    let cfg = http_config(0, &cluster_yaml("a", &[a.addr], ""), routes, "")
+        .replace(
+            "        domains: [\"*\"]\n",
+            "        domains: [\"*\"]\n        request_headers_to_add: [{header: {key: x-vh, value: v}}]\n",
+        )
+        // Route-configuration level: after the virtual host's edits.
+        .replace(
+            "  - name: rc\n",
+            "  - name: rc\n    request_headers_to_add: [{header: {key: x-rc, value: c}}]\n    \
+             response_headers_to_add: [{header: {key: x-rc-resp, value: c}}]\n",
+        );
     let p = Proxy::start(kind, &cfg);
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
@@ -779,18 +788,25 @@ fn header_edits(kind: EngineKind) {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("x-resp"), Some("yes"));
     assert_eq!(resp.header("x-backend"), None);
+    assert_eq!(resp.header("x-rc-resp"), Some("c"));
     let seen = a.log.all().pop().unwrap().to_ascii_lowercase();
     for want in [
         "x-added: r1\r\n",
         "x-keep: old\r\n",
         "x-over: new\r\n",
         "x-vh: v\r\n",
+        "x-rc: c\r\n",
     ] {
         assert!(seen.contains(want), "{want:?} missing: {seen}");
     }
     for gone in ["x-drop", "x-keep: new", "x-over: old"] {
         assert!(!seen.contains(gone), "{gone:?} present: {seen}");
     }
+    // regex_rewrite: groups moved, the query string kept.
+    s.write_all(b"GET /service/foo/v1/api?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let resp = read_resp(&mut r).unwrap();
+    assert_eq!(resp.body, b"a /v1/api/instance/foo?q=1");
     drop((s, r));
     open_zero(&p);
 }

@@ -419,6 +419,10 @@ pub struct Conn {
     mirror_n: u8,
     /// The route timeout, for the shadows' deadline.
     mirror_ms: u64,
+    /// A `regex_rewrite` result (capacity kept for the connection).
+    path_buf: Vec<u8>,
+    /// Match state for the last rewrite regex used (by its address in the table).
+    rewrite_locs: Option<(usize, regex::bytes::CaptureLocations)>,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -488,6 +492,8 @@ impl Default for Conn {
             mirror_to: [0; MAX_MIRRORS],
             mirror_n: 0,
             mirror_ms: 0,
+            path_buf: Vec::new(),
+            rewrite_locs: None,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -598,11 +604,13 @@ impl Conn {
         let gen = self.gen;
         let acc = std::mem::take(&mut self.acc);
         let replay = std::mem::take(&mut self.replay);
+        let path_buf = std::mem::take(&mut self.path_buf);
         *self = Conn {
             gen,
             pos: self.pos,
             acc,
             replay,
+            path_buf,
             phase: Phase::Head,
             idle_ms: ms(l.idle_timeout),
             header_ms: ms(l.request_header_timeout),
@@ -1231,6 +1239,7 @@ impl Conn {
                 target,
                 timeout,
                 prefix_rewrite,
+                regex_rewrite,
                 retry,
                 mirrors,
             } => {
@@ -1248,7 +1257,25 @@ impl Conn {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
                 }
+                let mut rewritten = std::mem::take(&mut self.path_buf);
+                if let Some(rw) = regex_rewrite {
+                    // The match state is kept per connection, made once per regex.
+                    let mine = self.rewrite_locs.as_ref().is_some_and(|(id, _)| {
+                        *id == rw as *const crate::route::http::RegexRewrite as usize
+                    });
+                    if !mine {
+                        self.rewrite_locs = Some((
+                            rw as *const crate::route::http::RegexRewrite as usize,
+                            rw.re.capture_locations(),
+                        ));
+                    }
+                    if let Some((_, locs)) = self.rewrite_locs.as_mut() {
+                        rewritten.clear();
+                        rw.apply(path, locs, &mut rewritten);
+                    }
+                }
                 let path_out: (&[u8], &[u8]) = match (prefix_rewrite, route.path_prefix()) {
+                    _ if regex_rewrite.is_some() => (&rewritten, &path_query[path.len()..]),
                     (Some(rw), Some(pre)) if path_query.len() >= pre.len() => {
                         (rw, &path_query[pre.len()..])
                     }
@@ -1274,6 +1301,7 @@ impl Conn {
                     retry.is_some().then_some(1),
                     io,
                 );
+                self.path_buf = rewritten;
                 if written.is_err() {
                     return self.bad_request(slot, HttpError::HeadTooLarge, cx, io);
                 }
@@ -2460,6 +2488,9 @@ impl Conn {
         if self.acc.capacity() > 2 * BUF_SIZE {
             // A huge head once should not pin 64 KiB to the slot forever.
             self.acc = Vec::new();
+        }
+        if self.path_buf.capacity() > BUF_SIZE {
+            self.path_buf = Vec::new();
         }
         self.table = None;
         self.lstats = None;
