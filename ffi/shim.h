@@ -12,6 +12,7 @@
 #include <rte_cycles.h>
 #include <rte_prefetch.h>
 #include <rte_ethdev.h>
+#include <rte_flow.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 #include <rte_cryptodev.h>

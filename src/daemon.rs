@@ -207,14 +207,15 @@ impl Drop for Daemon {
 
 /// The config's NIC profile: applied at start, then compared with the host every
 /// `drift_check`; any difference is logged as a warning (never changed back behind the
-/// operator's back). Uses the profile of the config the daemon started with.
-struct NicWatch {
+/// operator's back). Uses the profile of the config the daemon started with. The DPDK
+/// engine uses it too (before its EAL starts, so a profile's hugepages are there for it).
+pub(crate) struct NicWatch {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NicWatch {
-    fn start(n: &config::NicSettings) -> anyhow::Result<NicWatch> {
+    pub(crate) fn start(n: &config::NicSettings) -> anyhow::Result<NicWatch> {
         use std::sync::atomic::{AtomicBool, Ordering};
         for note in crate::nic::apply_profile(&n.profile, &n.devices)
             .with_context(|| format!("applying NIC profile `{}`", n.profile))?

@@ -6,8 +6,11 @@
 //! cursor), so picking never locks, never allocates, and never touches another worker's
 //! memory except to read the endpoint counters for `least_request`.
 
+pub mod active;
 pub mod dns;
+pub mod health;
 pub mod maglev;
+pub mod outlier;
 
 use std::net::SocketAddr;
 
@@ -82,6 +85,22 @@ impl Balancer {
         source: Option<SocketAddr>,
         active: impl Fn(usize) -> u64,
     ) -> usize {
+        self.pick_salted(st, cursor, source, None, active, 0)
+    }
+
+    /// As [`Balancer::pick`]; a non-zero `salt` draws again when the first choice cannot
+    /// be used (consistent hashing moves the key to another, still deterministic, slot;
+    /// the other policies draw afresh anyway).
+    #[inline]
+    pub fn pick_salted(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64,
+        salt: u64,
+    ) -> usize {
         match self {
             Balancer::RoundRobin { schedule } => {
                 let i = *cursor as usize % schedule.len();
@@ -103,12 +122,19 @@ impl Balancer {
                 }
             }
             Balancer::Maglev(m) => {
-                let h = match source {
-                    Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
-                    Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
-                    None => u64::from(st.next_u32()),
+                let h = match (key, source) {
+                    (Some(k), _) => k,
+                    (None, source) => match source {
+                        Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
+                        Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
+                        None => u64::from(st.next_u32()),
+                    },
                 };
-                m.lookup(h)
+                m.lookup(if salt == 0 {
+                    h
+                } else {
+                    maglev::mix64(h ^ salt)
+                })
             }
         }
     }
@@ -164,13 +190,28 @@ fn smooth_schedule(weights: &[u32]) -> Box<[u16]> {
 #[derive(Debug, Clone)]
 pub struct LbState {
     rng: u64,
+    /// The consistent-hash key of the request about to pick (set by the HTTP proxy,
+    /// taken by the next pick so it never leaks to another one).
+    key: Option<u64>,
 }
 
 impl LbState {
     pub fn new(seed: u64) -> Self {
         LbState {
             rng: maglev::mix64(seed ^ 0x7469_636b_6d65_7368) | 1,
+            key: None,
         }
+    }
+
+    /// Hash the next pick on `key` instead of the source address.
+    #[inline]
+    pub fn set_key(&mut self, key: Option<u64>) {
+        self.key = key;
+    }
+
+    #[inline]
+    pub fn take_key(&mut self) -> Option<u64> {
+        self.key.take()
     }
 
     /// xorshift64*: fast, good enough to spread load, not for anything secret.

@@ -496,32 +496,23 @@ fn check_destination_rule(dr: &DestinationRule, at: &str, bad: &mut Bad) {
             "a DestinationRule needs a host".into(),
         );
     }
-    let policies = dr.spec.traffic_policy.iter().chain(
-        dr.spec
-            .subsets
-            .iter()
-            .filter_map(|s| s.traffic_policy.as_ref()),
-    );
-    for tp in policies {
-        if let Some(s) = tp.load_balancer.as_ref().and_then(|l| l.simple.as_deref()) {
-            if !["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"].contains(&s) {
-                bad(
-                    format!("{at}.spec.trafficPolicy.loadBalancer.simple"),
-                    format!("`{s}` is not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)"),
-                );
-            }
+    if let Some(tp) = &dr.spec.traffic_policy {
+        super::traffic_policy::check(tp, &format!("{at}.spec.trafficPolicy"), bad);
+    }
+    let mut names = HashSet::new();
+    for (i, s) in dr.spec.subsets.iter().enumerate() {
+        let sat = format!("{at}.spec.subsets[{i}]");
+        if s.name.is_empty() || s.name.contains('|') || !names.insert(s.name.as_str()) {
+            bad(
+                format!("{sat}.name"),
+                format!(
+                    "subset name `{}` is empty, contains `|` or is used twice",
+                    s.name
+                ),
+            );
         }
-        if let Some(p) = tp
-            .outlier_detection
-            .as_ref()
-            .and_then(|o| o.max_ejection_percent)
-        {
-            if p > 100 {
-                bad(
-                    format!("{at}.spec.trafficPolicy.outlierDetection.maxEjectionPercent"),
-                    format!("{p} is over 100"),
-                );
-            }
+        if let Some(tp) = &s.traffic_policy {
+            super::traffic_policy::check(tp, &format!("{sat}.trafficPolicy"), bad);
         }
     }
 }

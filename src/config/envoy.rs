@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, LbPolicy,
-    OutlierDetection,
+    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, HealthCheck,
+    LbPolicy, OutlierDetection,
 };
 
 /// An Envoy bootstrap document; only `static_resources.clusters` (and route
@@ -48,6 +48,9 @@ pub struct EnvoyCluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Envoy's fields and names, so the native type serves.
     pub outlier_detection: Option<OutlierDetection>,
+    /// Envoy's shape, so the native type serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
     #[serde(
         default,
         with = "opt_duration",
@@ -100,6 +103,17 @@ pub struct LbEndpoint {
     pub endpoint: EndpointSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancing_weight: Option<u32>,
+    /// Only `filter_metadata["envoy.lb"]` (string values): the endpoint's labels, which
+    /// subset selection reads, as Envoy's subset load balancer does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<EndpointMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointMetadata {
+    pub filter_metadata:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,7 +210,24 @@ impl EnvoyCluster {
                         port: sa.port_value,
                     },
                 };
+                let mut labels = std::collections::BTreeMap::new();
+                if let Some(md) = &e.metadata {
+                    for key in md.filter_metadata.keys() {
+                        if key != "envoy.lb" {
+                            return Err((
+                                format!("load_assignment.endpoints[{i}].lb_endpoints[{j}].metadata.filter_metadata.{key}"),
+                                "only `envoy.lb` metadata (endpoint labels) is supported".into(),
+                            ));
+                        }
+                    }
+                    labels = md
+                        .filter_metadata
+                        .get("envoy.lb")
+                        .cloned()
+                        .unwrap_or_default();
+                }
                 endpoints.push(Endpoint {
+                    labels,
                     address,
                     weight: e.load_balancing_weight.unwrap_or(1),
                     priority: group.priority.unwrap_or(0),
@@ -235,6 +266,8 @@ impl EnvoyCluster {
             idle_timeout: None,
             circuit_breakers,
             outlier_detection,
+            health_checks: self.health_checks.clone(),
+            hash_policy: None,
             tls: None,
         })
     }

@@ -378,17 +378,89 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 _ => {}
             }
         }
-        if let Some(p) = c
-            .outlier_detection
-            .as_ref()
-            .and_then(|o| o.max_ejection_percent)
-        {
-            if p > 100 {
+        if let Some(o) = &c.outlier_detection {
+            if let Some(p) = o.max_ejection_percent.filter(|p| *p > 100) {
                 bad(
                     format!("{at}.outlier_detection.max_ejection_percent"),
                     format!("{p} is over 100"),
                 );
             }
+            for (name, p) in [
+                ("enforcing_consecutive_5xx", o.enforcing_consecutive_5xx),
+                (
+                    "enforcing_consecutive_gateway_failure",
+                    o.enforcing_consecutive_gateway_failure,
+                ),
+            ] {
+                if let Some(p) = p.filter(|p| *p > 100) {
+                    bad(
+                        format!("{at}.outlier_detection.{name}"),
+                        format!("{p} is over 100 (a percentage)"),
+                    );
+                }
+            }
+            for (name, d) in [
+                ("interval", o.interval),
+                ("base_ejection_time", o.base_ejection_time),
+                ("max_ejection_time", o.max_ejection_time),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    bad(
+                        format!("{at}.outlier_detection.{name}"),
+                        "must be longer than zero".into(),
+                    );
+                }
+            }
+        }
+        if let Some(h) = &c.hash_policy {
+            let keys = [
+                h.header.is_some(),
+                h.cookie.is_some(),
+                h.source_ip == Some(true),
+            ];
+            if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "give exactly one key: header, cookie or source_ip: true".into(),
+                );
+            }
+            if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'=' && b != b';')
+                {
+                    bad(
+                        format!("{at}.hash_policy"),
+                        format!("`{name}` is not a header or cookie name"),
+                    );
+                }
+            }
+            if !matches!(
+                c.lb_policy,
+                super::model::LbPolicy::Maglev | super::model::LbPolicy::RingHash
+            ) {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "hashing needs lb_policy maglev or ring_hash".into(),
+                );
+            }
+        }
+        if c.health_checks.len() > 1 {
+            bad(
+                format!("{at}.health_checks"),
+                "one health check per cluster is supported".into(),
+            );
+        }
+        if c.tls.is_some() && !c.health_checks.is_empty() {
+            bad(
+                format!("{at}.health_checks"),
+                "health checks are sent in plaintext; a cluster with `tls` cannot be checked yet"
+                    .into(),
+            );
+        }
+        for (j, h) in c.health_checks.iter().enumerate() {
+            check_health_check(h, &format!("{at}.health_checks[{j}]"), &mut bad);
         }
         if c.endpoints.len() > u16::MAX as usize {
             bad(
@@ -693,4 +765,58 @@ fn locate_in_table(
         });
     }
     span.map(|s| line_of(text, s.start))
+}
+
+/// An active health check: Envoy requires every one of these fields.
+fn check_health_check(
+    h: &super::model::HealthCheck,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
+    for (name, d) in [("timeout", h.timeout), ("interval", h.interval)] {
+        match d {
+            None => bad(format!("{at}.{name}"), "is required (e.g. \"1s\")".into()),
+            Some(d) if d.is_zero() || d.as_secs() > 3600 => {
+                bad(format!("{at}.{name}"), "must be between 1ms and 1h".into())
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, v) in [
+        ("unhealthy_threshold", h.unhealthy_threshold),
+        ("healthy_threshold", h.healthy_threshold),
+    ] {
+        if !(1..=1000).contains(&v) {
+            bad(
+                format!("{at}.{name}"),
+                format!("{v} is out of range 1..=1000"),
+            );
+        }
+    }
+    let p = &h.http_health_check.path;
+    if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        bad(
+            format!("{at}.http_health_check.path"),
+            format!("`{p}` is not an absolute request path (it must start with `/`, without spaces or control characters)"),
+        );
+    }
+    if let Some(host) = &h.http_health_check.host {
+        if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            bad(
+                format!("{at}.http_health_check.host"),
+                format!("`{host}` is not a valid Host header value"),
+            );
+        }
+    }
+    for (k, r) in h.http_health_check.expected_statuses.iter().enumerate() {
+        if !(100..=600).contains(&r.start) || !(100..=600).contains(&r.end) || r.start >= r.end {
+            bad(
+                format!("{at}.http_health_check.expected_statuses[{k}]"),
+                format!(
+                    "[{}, {}) is not a status range: start < end, both in 100..=600",
+                    r.start, r.end
+                ),
+            );
+        }
+    }
 }

@@ -12,11 +12,13 @@ pub mod istio;
 mod load;
 mod model;
 pub mod tls;
+pub mod traffic_policy;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
-    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, LbPolicy,
-    Listener, NicSettings, OutlierDetection, Protocol, WeightedCluster,
+    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, HashPolicy,
+    HealthCheck, HttpHealthCheck, LbPolicy, Listener, NicSettings, OutlierDetection, Protocol,
+    StatusRange, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.

@@ -191,6 +191,13 @@ pub struct Cluster {
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Active HTTP health checks (Envoy's shape; at most one per cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+    /// `maglev`/`ring_hash` clusters: what HTTP requests are hashed on (default: the
+    /// client's source address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_policy: Option<HashPolicy>,
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
@@ -270,6 +277,67 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+    /// Percent chance that a detected 5xx outlier is ejected (Envoy default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_5xx: Option<u32>,
+    /// Percent chance that a detected gateway-failure outlier is ejected (Envoy
+    /// default 0: set 100 to eject on `consecutive_gateway_failure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_gateway_failure: Option<u32>,
+    /// Longest ejection (default 300 s, or `base_ejection_time` when longer).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time: Option<Duration>,
+}
+
+/// The key of consistent hashing: exactly one of a request header's value, a cookie's
+/// value, or the client's source address (Istio `consistentHash`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+}
+
+/// Envoy's `HealthCheck` (HTTP checks only): every `interval`, `GET path` with a
+/// `timeout`; `unhealthy_threshold` failures in a row take the endpoint out,
+/// `healthy_threshold` passes in a row put it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(with = "opt_duration", default)]
+    pub timeout: Option<Duration>,
+    #[serde(with = "opt_duration", default)]
+    pub interval: Option<Duration>,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    pub http_health_check: HttpHealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    pub path: String,
+    /// `Host` of the check request (default: the cluster's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Status ranges `[start, end)` that pass (default: 200 only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRange {
+    pub start: u16,
+    pub end: u16,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,6 +371,9 @@ pub struct Endpoint {
     /// endpoint.
     pub priority: u32,
     pub locality: Option<String>,
+    /// Workload labels; a DestinationRule subset selects the endpoints whose labels
+    /// include all of its own.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Endpoint {
@@ -312,6 +383,7 @@ impl Endpoint {
             weight: 1,
             priority: 0,
             locality: None,
+            labels: Default::default(),
         }
     }
 }
@@ -362,7 +434,11 @@ impl fmt::Display for EndpointAddress {
 
 impl Serialize for Endpoint {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.weight == 1 && self.priority == 0 && self.locality.is_none() {
+        if self.weight == 1
+            && self.priority == 0
+            && self.locality.is_none()
+            && self.labels.is_empty()
+        {
             return s.collect_str(&self.address);
         }
         use serde::ser::SerializeMap;
@@ -376,6 +452,9 @@ impl Serialize for Endpoint {
         }
         if let Some(l) = &self.locality {
             m.serialize_entry("locality", l)?;
+        }
+        if !self.labels.is_empty() {
+            m.serialize_entry("labels", &self.labels)?;
         }
         m.end()
     }
@@ -402,6 +481,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     weight: 1,
                     priority: 0,
                     locality: None,
+                    labels: Default::default(),
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Endpoint, A::Error> {
@@ -413,6 +493,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     weight: 1,
                     priority: 0,
                     locality: None,
+                    labels: Default::default(),
                 };
                 let mut have_address = false;
                 while let Some(key) = map.next_key::<String>()? {
@@ -424,10 +505,11 @@ impl<'de> Deserialize<'de> for Endpoint {
                         "weight" => e.weight = map.next_value()?,
                         "priority" => e.priority = map.next_value()?,
                         "locality" => e.locality = Some(map.next_value()?),
+                        "labels" => e.labels = map.next_value()?,
                         other => {
                             return Err(de::Error::unknown_field(
                                 other,
-                                &["address", "weight", "priority", "locality"],
+                                &["address", "weight", "priority", "locality", "labels"],
                             ))
                         }
                     }

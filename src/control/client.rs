@@ -242,8 +242,9 @@ pub fn stats_table(s: &StatsResult) -> String {
         "BYTES_RECV",
         "RESETS",
         "ERRORS",
+        "HEALTH",
     ])];
-    let upstream = |name: String, active: u64, m: &CounterMap| {
+    let upstream = |name: String, active: u64, m: &CounterMap, health: String| {
         vec![
             name,
             active.to_string(),
@@ -254,12 +255,32 @@ pub fn stats_table(s: &StatsResult) -> String {
             c(m, "bytes_received").to_string(),
             c(m, "upstream_resets").to_string(),
             c(m, "errors").to_string(),
+            health,
         ]
     };
     for cl in &s.clusters {
-        t.push(upstream(cl.name.clone(), cl.active, &cl.counters));
+        let overflow = match cl.ejections_overflow {
+            0 => String::new(),
+            n => format!("{n} ejection(s) over max%"),
+        };
+        t.push(upstream(cl.name.clone(), cl.active, &cl.counters, overflow));
         for e in &cl.endpoints {
-            t.push(upstream(format!("  {}", e.address), e.active, &e.counters));
+            let h = &e.health;
+            let health = match h.ejected_remaining_ms {
+                0 if h.times_ejected == 0 => h.state.clone(),
+                0 => format!("{} (x{})", h.state, h.times_ejected),
+                ms => format!(
+                    "{} (x{}, {:.1}s left)",
+                    h.state,
+                    h.times_ejected,
+                    ms as f64 / 1000.0
+                ),
+            };
+            let name = match e.priority {
+                0 => format!("  {}", e.address),
+                p => format!("  {} (priority {p})", e.address),
+            };
+            t.push(upstream(name, e.active, &e.counters, health));
         }
     }
     out.push_str(&table(&t, 1));
@@ -359,7 +380,9 @@ fn table(rows: &[Vec<String>], left: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{ClusterStatsView, EndpointStatsView, ListenerStatsView};
+    use crate::control::protocol::{
+        ClusterStatsView, EndpointHealthView, EndpointStatsView, ListenerStatsView,
+    };
 
     #[test]
     fn a_missing_daemon_is_named() {
@@ -397,7 +420,15 @@ mod tests {
                     active: 2,
                     counters: m(&[("cx_total", 12)]),
                     per_worker: vec![m(&[("cx_total", 5)]), m(&[("cx_total", 7)])],
+                    health: EndpointHealthView {
+                        state: "ejected".into(),
+                        times_ejected: 1,
+                        ejected_remaining_ms: 2500,
+                        ..Default::default()
+                    },
+                    priority: 0,
                 }],
+                ejections_overflow: 0,
             }],
         };
         let out = stats_table(&s);
@@ -408,6 +439,7 @@ mod tests {
         assert_eq!(head.len(), orders.len(), "{out}");
         assert!(orders.contains("123456"), "{out}");
         assert!(out.contains("  127.0.0.1:9000"), "{out}");
+        assert!(out.contains("ejected (x1, 2.5s left)"), "{out}");
         assert!(
             lines
                 .iter()

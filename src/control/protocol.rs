@@ -231,6 +231,9 @@ pub struct ClusterStatsView {
     pub counters: CounterMap,
     pub per_worker: Vec<CounterMap>,
     pub endpoints: Vec<EndpointStatsView>,
+    /// Ejections outlier detection refused because of `max_ejection_percent`.
+    #[serde(default)]
+    pub ejections_overflow: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +242,30 @@ pub struct EndpointStatsView {
     pub active: u64,
     pub counters: CounterMap,
     pub per_worker: Vec<CounterMap>,
+    /// Outlier detection and active health-check state.
+    #[serde(default)]
+    pub health: EndpointHealthView,
+    /// Priority level (0 serves first).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// One endpoint's health as `stats` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointHealthView {
+    /// `healthy`, `ejected` (outlier detection), `unhealthy` (failing its active check)
+    /// or `ejected,unhealthy`.
+    pub state: String,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_errors: u32,
+    /// The current ejection multiplier (decays while healthy) and every ejection so far.
+    pub times_ejected: u32,
+    pub ejections_total: u64,
+    /// Milliseconds until an ejected endpoint may return (0: not ejected; it returns at
+    /// the first outlier `interval` tick after that).
+    pub ejected_remaining_ms: u64,
+    pub checks_total: u64,
+    pub checks_failed: u64,
 }
 
 #[cfg(test)]

@@ -212,9 +212,13 @@ async fn serve(
     let mut dns_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dns_job: Option<tokio::task::JoinHandle<bool>> = None;
+    // Outlier detection decisions (cheap: a few atomic loads per endpoint).
+    let mut health_tick = tokio::time::interval(crate::cluster::outlier::TICK);
+    health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
+            _ = health_tick.tick() => plane.health_tick(),
             _ = dns_tick.tick() => {
                 if !matches!(&dns_job, Some(j) if !j.is_finished()) {
                     let plane = plane.clone();

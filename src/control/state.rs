@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::cli::GetWhat;
-use crate::cluster::dns;
+use crate::cluster::{active, dns, health, outlier};
 use crate::config::{self, Config, ConfigError, Discovery, EndpointAddress, Format, Kind, Problem};
 use crate::net::SocketPool;
 use crate::route::{self, RouteTable, Routes, Target};
@@ -22,8 +22,8 @@ use crate::telemetry::{CounterReport, StatsRegistry};
 
 use super::persist::StateDir;
 use super::protocol::{
-    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointStatsView, GetResult,
-    ListenerStatsView, RouteTarget, RouteView, StatsResult,
+    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointHealthView,
+    EndpointStatsView, GetResult, ListenerStatsView, RouteTarget, RouteView, StatsResult,
 };
 
 /// A refused request: what to tell the operator, and each config problem found.
@@ -80,6 +80,8 @@ pub struct ControlPlane {
     rotation_failed: Mutex<Option<Vec<crate::tls::FileStamp>>>,
     /// Certificates already warned about (path, expiry).
     expiry_warned: Mutex<std::collections::HashSet<(std::path::PathBuf, i64)>>,
+    /// Active health-check probes (tokio tasks on the control thread).
+    checker: Mutex<active::Checker>,
 }
 
 impl ControlPlane {
@@ -121,6 +123,7 @@ impl ControlPlane {
             dns_due,
             rotation_failed: Mutex::new(None),
             expiry_warned: Mutex::new(Default::default()),
+            checker: Mutex::default(),
         })
     }
 
@@ -416,10 +419,34 @@ impl ControlPlane {
         }
     }
 
+    /// The health tick (every [`outlier::TICK`], on the control thread): outlier
+    /// ejections and returns, and an exact recount of each cluster's unusable endpoints.
+    pub fn health_tick(&self) {
+        let table = self.routes.load();
+        let now = health::now_ms();
+        for c in table.clusters.iter() {
+            let eps = c.endpoints.iter().map(|e| &*e.health);
+            match &c.outlier {
+                Some(p) => outlier::sweep(p, &c.health, eps.clone(), now),
+                // Outlier detection was configured away: nobody stays ejected.
+                None => eps
+                    .clone()
+                    .filter(|e| e.flags() & health::EJECTED != 0)
+                    .for_each(|e| e.uneject(&c.health)),
+            }
+            c.health.recount(eps);
+        }
+        self.checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reconcile(&table);
+    }
+
     /// Counters of everything in the running table. Reads the workers' slots without
     /// stopping them: each number is exact, the set is not one instant.
     pub fn stats(&self) -> StatsResult {
         let table = self.routes.load_full();
+        let now = health::now_ms();
         StatsResult {
             generation: table.generation,
             workers: self.stats.workers(),
@@ -464,9 +491,12 @@ impl ControlPlane {
                                     active: upstream_active(&r),
                                     counters: totals(&r),
                                     per_worker: per_worker(&r),
+                                    health: health_view(&e.health, now),
+                                    priority: e.priority,
                                 }
                             })
                             .collect(),
+                        ejections_overflow: c.health.ejections_overflow(),
                     }
                 })
                 .collect(),
@@ -676,6 +706,31 @@ pub(crate) fn kind_label(kind: Kind) -> String {
     use clap::ValueEnum;
     kind.to_possible_value()
         .map_or_else(|| format!("{kind:?}"), |v| v.get_name().to_string())
+}
+
+fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
+    let f = h.flags();
+    let state = match (f & health::EJECTED != 0, f & health::CHECK_FAILED != 0) {
+        (false, false) => "healthy",
+        (true, false) => "ejected",
+        (false, true) => "unhealthy",
+        (true, true) => "ejected,unhealthy",
+    };
+    let (checks_total, checks_failed) = h.checks();
+    EndpointHealthView {
+        state: state.into(),
+        consecutive_5xx: h.consecutive_5xx(),
+        consecutive_gateway_errors: h.consecutive_gateway(),
+        times_ejected: h.times_ejected(),
+        ejections_total: h.ejections_total(),
+        ejected_remaining_ms: if f & health::EJECTED != 0 {
+            h.ejected_until_ms().saturating_sub(now)
+        } else {
+            0
+        },
+        checks_total,
+        checks_failed,
+    }
 }
 
 /// One named resource of a config, in a shape that compares by value.

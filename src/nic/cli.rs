@@ -13,13 +13,16 @@ use super::{features, profile, show, sys, NicError};
 pub struct NicArgs {
     #[command(subcommand)]
     pub command: NicCommand,
+    /// How to reach ports owned by DPDK (`dpdk:NAME` or `dpdk:N` as the device).
+    #[command(flatten, next_help_heading = "DPDK ports (dpdk:NAME)")]
+    pub dpdk: super::dpdk::DpdkAccess,
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum NicCommand {
     /// Show a device (or every device) and the host's NIC-related settings.
     Show {
-        /// Interface name [default: every interface but lo]
+        /// Interface name, or a DPDK port as dpdk:NAME / dpdk:PORT-ID [default: every interface but lo]
         dev: Option<String>,
         /// Machine-readable JSON.
         #[arg(long)]
@@ -31,6 +34,10 @@ pub enum NicCommand {
     ///   coalesce adaptive-rx off rx-usecs 0, rss equal N | rss weights W... | rss default,
     ///   flow add tcp4 dst-ip A dst-port P action Q | flow del LOC,
     ///   irq-affinity QUEUE=CPUS..., rps QUEUE=CPUS..., xps QUEUE=CPUS...
+    /// On a DPDK port (dpdk:NAME): FEATURE=on|off (tso, tx, ..., rx:NAME/tx:NAME),
+    ///   channels rx=N tx=N, rings rx=N tx=N,
+    ///   rss equal N | weights W... | default | hash F,... | key HEX,
+    ///   flow add tcp4 dst-ip A dst-port P action Q | flow del ID
     #[command(verbatim_doc_comment)]
     Set {
         dev: String,
@@ -78,14 +85,33 @@ pub fn run(args: &NicArgs) -> anyhow::Result<()> {
     let mut cx = Ctx::default();
     match &args.command {
         NicCommand::Show { dev, json } => {
-            let r = show::report(&mut cx, dev.as_deref())?;
+            if let Some(port) = dev.as_deref().and_then(super::dpdk::port_of) {
+                return super::dpdk::run(port, &[], *json, &args.dpdk);
+            }
+            let mut r = show::report(&mut cx, dev.as_deref())?;
+            let mut dpdk_note = None;
+            if dev.is_none() {
+                match super::dpdk::engine_ports(&args.dpdk.dpdk_socket) {
+                    Ok(p) => r.dpdk_ports = p,
+                    Err(e) => dpdk_note = Some(format!("DPDK ports: {e}")),
+                }
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 print!("{}", show::text(&r));
+                for p in &r.dpdk_ports {
+                    print!("{}", super::dpdk::text(p));
+                }
+            }
+            if let Some(n) = dpdk_note {
+                eprintln!("{n}");
             }
         }
         NicCommand::Set { dev, words } => {
+            if let Some(port) = super::dpdk::port_of(dev) {
+                return super::dpdk::run(port, words, false, &args.dpdk);
+            }
             if words.first().map(String::as_str) == Some("flow") {
                 return flow(dev, &words[1..]);
             }

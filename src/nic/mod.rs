@@ -8,9 +8,11 @@
 //! sysfs/procfs (`host`). It never shells out to `ethtool`, never runs on a worker thread,
 //! and never leaves a change half-made: every change is a `plan::Step` whose previous value
 //! is recorded before it is written and restored, newest first, when a later step fails.
-//! The DPDK port side of the issue (ports owned by the DPDK engine) is not here yet.
+//! Ports owned by DPDK (`dpdk:NAME`) take the same `show`/`set` verbs through `dpdk`,
+//! which asks the DPDK engine that owns the port (or opens it itself).
 
 pub mod cli;
+pub mod dpdk;
 pub mod features;
 pub mod genl;
 pub mod host;
@@ -106,6 +108,10 @@ pub fn check_ifname(dev: &str) -> Result<(), NicError> {
             .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
     if ok {
         Ok(())
+    } else if dev.starts_with(dpdk::PREFIX) {
+        Err(NicError::Invalid(format!(
+            "`{dev}` is a DPDK port: `nic show` and `nic set` take it; profiles, busy-poll,              IRQ and binding verbs cover kernel interfaces only"
+        )))
     } else {
         Err(NicError::Invalid(format!(
             "`{dev}` is not a valid interface name"
@@ -168,6 +174,10 @@ mod tests {
         for bad in ["", "a/b", "x y", "sixteen-chars-xx", "..", "a:1"] {
             assert!(check_ifname(bad).is_err(), "{bad:?}");
         }
+        assert!(check_ifname("dpdk:net_tap0")
+            .unwrap_err()
+            .to_string()
+            .contains("is a DPDK port"));
         for good in ["eth0", "veth-a", "enp3s0f1np1"] {
             assert!(check_ifname(good).is_ok(), "{good:?}");
         }

@@ -15,7 +15,7 @@ use super::sys::{self, DrvInfo, FlowRule, Rss};
 use super::NicError;
 
 /// A part of the report: its value, or why there is none.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Part<T> {
     Value(T),
@@ -72,6 +72,9 @@ pub struct HostReport {
 pub struct Report {
     pub devices: Vec<DeviceReport>,
     pub host: HostReport,
+    /// Ports of a running DPDK engine (`nic show` without a device, when one answers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dpdk_ports: Vec<super::dpdk::PortReport>,
 }
 
 fn queues(dev: &str, kind: QueueMask) -> Vec<QueueCpus> {
@@ -151,6 +154,7 @@ pub fn report(cx: &mut Ctx, dev: Option<&str>) -> Result<Report, NicError> {
     Ok(Report {
         devices,
         host: host_report(),
+        dpdk_ports: Vec::new(),
     })
 }
 

@@ -219,7 +219,7 @@ pub fn weighted_table(size: usize, weights: &[u32]) -> Result<Vec<u32>, NicError
 
 // === ntuple rules ===
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowType {
     Tcp4,
@@ -246,13 +246,13 @@ impl FlowType {
             _ => return None,
         })
     }
-    fn v6(self) -> bool {
+    pub fn v6(self) -> bool {
         matches!(self, FlowType::Tcp6 | FlowType::Udp6)
     }
 }
 
 /// A 5-tuple steering rule: matching packets go to `queue` (or are dropped).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowRule {
     pub location: Option<u32>,
     pub flow_type: FlowType,

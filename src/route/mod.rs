@@ -16,6 +16,8 @@ use arc_swap::ArcSwap;
 
 pub mod http;
 
+use crate::cluster::health::{ClusterHealth, EndpointHealth};
+use crate::cluster::outlier::OutlierPolicy;
 use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
 use crate::config::istio::MtlsMode;
 use crate::config::{
@@ -102,6 +104,34 @@ pub struct ClusterEntry {
     pub tls: Option<Arc<crate::tls::ClientTls>>,
     /// HTTP circuit-breaker thresholds (Envoy's defaults where unset).
     pub breakers: Breakers,
+    /// Shared with the control plane's health tick: how many endpoints are unusable.
+    pub health: Arc<ClusterHealth>,
+    /// Passive outlier detection, when configured.
+    pub outlier: Option<OutlierPolicy>,
+    /// Active HTTP health checks, when configured.
+    pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
+    /// Consistent hashing of HTTP requests: what the key is.
+    pub hash_on: HashOn,
+    /// Priority levels (Envoy's `priority`), lowest number first, when the endpoints have
+    /// more than one; empty otherwise. `balancer` then spans every endpoint (panic mode).
+    pub levels: Box<[Level]>,
+}
+
+/// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
+/// sorted by priority) and their own balancer.
+#[derive(Debug)]
+pub struct Level {
+    pub priority: u32,
+    pub members: Box<[u32]>,
+    pub balancer: Balancer,
+}
+
+/// The key a consistent-hash cluster hashes an HTTP request on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    SourceIp,
+    Header(Box<str>),
+    Cookie(Box<str>),
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -140,6 +170,9 @@ pub struct EndpointEntry {
     pub address: SocketAddr,
     pub weight: u32,
     pub stats: Arc<UpstreamStats>,
+    /// Outlier / health-check state (survives table swaps, like `stats`).
+    pub health: Arc<EndpointHealth>,
+    pub priority: u32,
 }
 
 impl ClusterEntry {
@@ -157,14 +190,141 @@ impl ClusterEntry {
         if self.endpoints.is_empty() {
             return None;
         }
-        let first = self.balancer.pick(st, cursor, source, |i| {
+        let active = |i: usize| {
             use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
             let s = &self.endpoints[i].stats;
             // Only this worker's slot: approximate, but local and lock-free.
             s.get_worker(worker, CxTotal as usize)
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
-        });
-        Some((first + attempt as usize) % self.endpoints.len())
+        };
+        let key = st.take_key();
+        let first = if self.levels.is_empty() {
+            match self.pick_in(&self.balancer, None, st, cursor, source, key, active) {
+                Ok(i) | Err(i) => i, // Err: nothing usable, panic mode
+            }
+        } else {
+            // Priority failover: the first level with a usable endpoint serves; with
+            // none anywhere, every endpoint (panic mode).
+            let mut found = None;
+            for l in self.levels.iter() {
+                if let Ok(i) = self.pick_in(
+                    &l.balancer,
+                    Some(&l.members),
+                    st,
+                    cursor,
+                    source,
+                    key,
+                    active,
+                ) {
+                    found = Some(i);
+                    break;
+                }
+            }
+            match found {
+                Some(i) => i,
+                // (Not the round-robin schedule: the level picks above moved the shared
+                // cursor by a fixed step, which would pin one endpoint.)
+                None if matches!(self.balancer, Balancer::Maglev(_)) => self
+                    .balancer
+                    .pick_salted(st, cursor, source, key, active, 0),
+                None => st.next_u32() as usize % self.endpoints.len(),
+            }
+        };
+        Some(self.endpoint_for_attempt(first, attempt))
+    }
+
+    /// The balancer's choice among one set of endpoints (`members`, or all), skipping
+    /// unusable ones; `Err(first choice)` when none of the set is usable.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn pick_in(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> Result<usize, usize> {
+        let map = |j: usize| members.map_or(j, |m| m[j] as usize);
+        let local_active = |j: usize| active(map(j));
+        let j = b.pick_salted(st, cursor, source, key, local_active, 0);
+        // One load of a rarely written word when every endpoint is usable.
+        if self.health.unusable() == 0 || self.endpoints[map(j)].health.usable() {
+            return Ok(map(j));
+        }
+        self.repick(b, members, st, cursor, source, key, j, local_active)
+            .ok_or(map(j))
+    }
+
+    /// The hash key of an HTTP request for this cluster's consistent hashing, from its
+    /// headers (`header(name)` gives a header's value). `None`: no key (the source
+    /// address is used, as for L4). No allocation.
+    #[inline]
+    pub fn request_key<'h>(&self, header: impl Fn(&str) -> Option<&'h [u8]>) -> Option<u64> {
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return None;
+        }
+        let v = match &self.hash_on {
+            HashOn::SourceIp => return None,
+            HashOn::Header(name) => header(name)?,
+            HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
+        };
+        Some(crate::cluster::maglev::hash64(v, 0))
+    }
+
+    /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
+    /// others keep their proportions), then walk to the next usable one of the set.
+    /// `None` when none is usable — the caller falls back (next priority level, then
+    /// Envoy's panic mode, which balances over every endpoint rather than failing all
+    /// requests; Envoy enters it below 50% healthy by default, tickmesh only when no
+    /// endpoint at all is usable).
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn repick(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        first: usize,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> Option<usize> {
+        let map = |j: usize| members.map_or(j, |m| m[j] as usize);
+        for salt in 1..=4u64 {
+            let i = map(b.pick_salted(st, cursor, source, key, active, salt));
+            if self.endpoints[i].health.usable() {
+                return Some(i);
+            }
+        }
+        let n = members.map_or(self.endpoints.len(), <[u32]>::len);
+        (1..=n)
+            .map(|k| map((first + k) % n))
+            .find(|&i| self.endpoints[i].health.usable())
+    }
+
+    /// The endpoint for connect attempt `attempt` of a request whose first choice was
+    /// `first`: the `attempt`-th usable endpoint after it, so a retry never repeats the
+    /// endpoint that failed and skips ejected ones. Without usable endpoints enough, the
+    /// plain order (panic mode).
+    #[inline]
+    pub fn endpoint_for_attempt(&self, first: usize, attempt: u32) -> usize {
+        let n = self.endpoints.len();
+        if attempt == 0 || n == 0 {
+            return first;
+        }
+        let plain = (first + attempt as usize) % n;
+        if self.health.unusable() == 0 {
+            return plain;
+        }
+        (1..n)
+            .map(|k| (first + k) % n)
+            .filter(|&i| self.endpoints[i].health.usable())
+            .nth(attempt as usize - 1)
+            .unwrap_or(plain)
     }
 }
 
@@ -220,7 +380,10 @@ pub fn compile(
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
-        let mut entry = build_cluster(c, stats);
+        let mut entry = build_cluster(
+            &crate::config::traffic_policy::effective_cluster(c, &cfg.destination_rules),
+            stats,
+        );
         if let Some(t) = &c.tls {
             match crate::tls::build_client(t, &format!("clusters[{i}].tls")) {
                 Ok(t) => entry.tls = Some(t),
@@ -256,8 +419,19 @@ pub fn compile(
                     index: &mut index,
                     clusters: &mut clusters,
                     stats,
+                    rules: &cfg.destination_rules,
+                    defined: &cfg.clusters,
+                    problems: Vec::new(),
                 };
-                match http::compile(&vhosts, &mut names) {
+                let compiled = http::compile(&vhosts, &mut names);
+                for message in std::mem::take(&mut names.problems) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}]"),
+                        line: None,
+                        message,
+                    });
+                }
+                match compiled {
                     Ok(t) => Some(Arc::new(t)),
                     Err(e) => {
                         problems.push(Problem {
@@ -354,29 +528,71 @@ pub fn compile(
 fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     // A name stands for every address it resolved to (STRICT_DNS), each with the name's
     // weight; until the resolver has an answer it stands for none.
-    let resolved: Vec<(SocketAddr, u32)> = c
+    let mut resolved: Vec<(SocketAddr, u32, u32)> = c
         .endpoints
         .iter()
         .flat_map(|e| match &e.address {
-            EndpointAddress::Ip(a) => vec![(*a, e.weight)],
+            EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority)],
             EndpointAddress::Dns { host, port } => dns::cached(host, *port)
                 .into_iter()
-                .map(|a| (a, e.weight))
+                .map(|a| (a, e.weight, e.priority))
                 .collect(),
         })
         .collect();
-    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _)| *a).collect();
-    let weights: Vec<u32> = resolved.iter().map(|(_, w)| *w).collect();
+    // Grouped by priority (stable), so a retry walking the endpoints in order stays in
+    // its level as long as the level lasts.
+    resolved.sort_by_key(|&(_, _, p)| p);
+    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _, _)| *a).collect();
+    let weights: Vec<u32> = resolved.iter().map(|(_, w, _)| *w).collect();
+    let mut priorities: Vec<u32> = resolved.iter().map(|(_, _, p)| *p).collect();
+    priorities.dedup();
+    let levels: Box<[Level]> = if priorities.len() > 1 {
+        priorities
+            .iter()
+            .map(|&p| {
+                let members: Box<[u32]> = (0..resolved.len() as u32)
+                    .filter(|&i| resolved[i as usize].2 == p)
+                    .collect();
+                let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
+                let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
+                Level {
+                    priority: p,
+                    balancer: Balancer::build(c.lb_policy, &a, &w),
+                    members,
+                }
+            })
+            .collect()
+    } else {
+        Box::new([])
+    };
     ClusterEntry {
         name: c.name.as_str().into(),
+        levels,
         endpoints: resolved
             .iter()
-            .map(|&(address, weight)| EndpointEntry {
+            .map(|&(address, weight, priority)| EndpointEntry {
                 address,
                 weight,
+                priority,
                 stats: stats.endpoint(&c.name, address),
+                health: stats.endpoint_health(&c.name, address),
             })
             .collect(),
+        health: stats.cluster_health(&c.name),
+        outlier: c.outlier_detection.as_ref().map(OutlierPolicy::from_config),
+        hash_on: match &c.hash_policy {
+            Some(crate::config::HashPolicy {
+                header: Some(h), ..
+            }) => HashOn::Header(h.as_str().into()),
+            Some(crate::config::HashPolicy {
+                cookie: Some(k), ..
+            }) => HashOn::Cookie(k.as_str().into()),
+            _ => HashOn::SourceIp,
+        },
+        health_check: c
+            .health_checks
+            .first()
+            .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
         balancer: Balancer::build(c.lb_policy, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
@@ -408,18 +624,67 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     }
 }
 
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`).
+fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+    })
+}
+
 /// Cluster names used by HTTP routes: a defined cluster, or else (as a sidecar does) a
 /// `strict_dns` cluster on the name, at its `:port` or 80, added to the table.
 struct ImplicitClusters<'a> {
     index: &'a mut HashMap<String, u32>,
     clusters: &'a mut Vec<ClusterEntry>,
     stats: &'a StatsRegistry,
+    /// DestinationRules, applied to implicit clusters as to defined ones.
+    rules: &'a [crate::config::istio::DestinationRule],
+    /// The config's clusters: the endpoints a `host|subset` name selects from.
+    defined: &'a [Cluster],
+    problems: Vec<String>,
 }
 
 impl http::ClusterIndex for ImplicitClusters<'_> {
     fn index(&mut self, name: &str) -> u32 {
         if let Some(&i) = self.index.get(name) {
             return i;
+        }
+        // `host|subset` of a defined cluster: the endpoints whose labels match.
+        if let Some((host, _)) = name.split_once('|') {
+            let base = self
+                .defined
+                .iter()
+                .find(|c| crate::config::traffic_policy::same_service(&c.name, host));
+            if let Some(base) = base {
+                use crate::config::traffic_policy::{effective_cluster, subset_cluster};
+                let c = match subset_cluster(name, base, self.rules) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.problems.push(e);
+                        Cluster {
+                            name: name.to_string(),
+                            endpoints: Vec::new(),
+                            ..base.clone()
+                        }
+                    }
+                };
+                let i = self.clusters.len() as u32;
+                let mut entry = build_cluster(&effective_cluster(&c, self.rules), self.stats);
+                // TLS origination carries over from the base cluster.
+                entry.tls = self
+                    .index
+                    .get(&base.name)
+                    .and_then(|&b| self.clusters[b as usize].tls.clone());
+                self.clusters.push(entry);
+                self.index.insert(name.to_string(), i);
+                return i;
+            }
+            // A resolved name has no labels: the subset is every address, with its policy.
+            if let Err(e) = crate::config::traffic_policy::subset_labels(name, self.rules) {
+                self.problems.push(e);
+            }
         }
         let (host, port) = match name
             .rsplit_once(':')
@@ -440,6 +705,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 weight: 1,
                 priority: 0,
                 locality: None,
+                labels: Default::default(),
             }],
             connect_timeout: None,
             max_connect_attempts: None,
@@ -447,9 +713,12 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             idle_timeout: None,
             circuit_breakers: None,
             outlier_detection: None,
+            health_checks: Vec::new(),
+            hash_policy: None,
             tls: None,
         };
         let i = self.clusters.len() as u32;
+        let c = crate::config::traffic_policy::effective_cluster(&c, self.rules);
         self.clusters.push(build_cluster(&c, self.stats));
         self.index.insert(name.to_string(), i);
         i
@@ -530,6 +799,146 @@ clusters:
         let e = compile(&cfg(port), 1, &stats, &mut SocketPool::new(1)).unwrap_err();
         assert_eq!(e.problems[0].path, "listeners[0].address");
         assert!(e.to_string().contains("cannot bind"), "{e}");
+    }
+
+    #[test]
+    fn picks_skip_unusable_endpoints_and_panic_when_none_is_left() {
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - {name: rr, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: mg, lb_policy: maglev, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: rnd, lb_policy: random, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: lr, lb_policy: least_request, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let mut st = LbState::new(7);
+        for c in t.clusters.iter() {
+            let h = &c.health;
+            c.endpoints[1].health.eject(h, 1, 1000, 1000);
+            c.endpoints[2]
+                .health
+                .set_flag(h, crate::cluster::health::CHECK_FAILED, true);
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for i in 0..400u32 {
+                let src = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1));
+                seen[c.pick(&mut st, &mut cur, Some(src), 0, 0).unwrap()] += 1;
+            }
+            assert_eq!((seen[1], seen[2]), (0, 0), "{}: {seen:?}", c.name);
+            assert!(seen[0] > 100 && seen[3] > 100, "{}: {seen:?}", c.name);
+            // Retries walk the usable endpoints only, then the plain order.
+            assert_eq!(c.endpoint_for_attempt(0, 1), 3);
+            assert_eq!(c.endpoint_for_attempt(3, 1), 0);
+            assert_eq!(c.endpoint_for_attempt(0, 2), 2, "no usable one left: plain");
+            // Everything out: panic mode spreads over all rather than failing.
+            c.endpoints[0].health.eject(h, 1, 1000, 1000);
+            c.endpoints[3].health.eject(h, 1, 1000, 1000);
+            let mut all = [0; 4];
+            for i in 0..400u32 {
+                let src = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
+                all[c.pick(&mut st, &mut cur, Some(src), 0, 0).unwrap()] += 1;
+            }
+            assert!(all.iter().all(|&n| n > 0), "{}: {all:?}", c.name);
+        }
+    }
+
+    #[test]
+    fn priority_levels_fail_over_in_order_and_come_back() {
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - name: p
+    endpoints:
+      - {address: "127.0.0.1:3", priority: 2}
+      - "127.0.0.1:1"
+      - {address: "127.0.0.1:2", priority: 1}
+      - "127.0.0.4:1"
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let c = &t.clusters[0];
+        let prio: Vec<u32> = c.endpoints.iter().map(|e| e.priority).collect();
+        assert_eq!(prio, [0, 0, 1, 2], "sorted by priority, stable");
+        assert_eq!(c.levels.len(), 3);
+        let mut st = LbState::new(1);
+        let mut picks = |n: usize| {
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for _ in 0..n {
+                seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+            }
+            seen
+        };
+        assert_eq!(picks(100), [50, 50, 0, 0], "level 0 only");
+        let h = &c.health;
+        c.endpoints[0].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 100, 0, 0], "what is left of level 0");
+        c.endpoints[1].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 0, 100, 0], "level 1 takes over");
+        c.endpoints[2].health.eject(h, 1, 1000, 1000);
+        assert_eq!(picks(100), [0, 0, 0, 100], "then level 2");
+        c.endpoints[3].health.eject(h, 1, 1000, 1000);
+        assert!(picks(100).iter().all(|&n| n > 0), "panic mode: everyone");
+        c.endpoints[0].health.uneject(h);
+        assert_eq!(picks(100), [100, 0, 0, 0], "level 0 is back");
+    }
+
+    #[test]
+    fn request_keys_from_headers_and_cookies() {
+        assert_eq!(
+            cookie(b"a=1; session=xyz; b=2", b"session"),
+            Some(&b"xyz"[..])
+        );
+        assert_eq!(cookie(b"session=", b"session"), Some(&b""[..]));
+        assert_eq!(cookie(b"sessionx=1;session2=2", b"session"), None);
+        assert_eq!(cookie(b"garbage", b"session"), None);
+        let stats = StatsRegistry::new(1);
+        let yaml = r#"
+clusters:
+  - {name: h, lb_policy: maglev, hash_policy: {header: x-user}, endpoints: ["127.0.0.1:1", "127.0.0.1:2"]}
+  - {name: rr, endpoints: ["127.0.0.1:1"]}
+"#;
+        let t = compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap();
+        let h = &t.clusters[0];
+        let key = |v: &'static [u8]| h.request_key(move |n| (n == "x-user").then_some(v));
+        assert_eq!(key(b"alice"), key(b"alice"));
+        assert_ne!(key(b"alice"), key(b"bob"));
+        assert_eq!(
+            h.request_key(|_| None),
+            None,
+            "no header: the source address"
+        );
+        assert_eq!(
+            t.clusters[1].request_key(|_| Some(b"x")),
+            None,
+            "not hashing"
+        );
+        let mut st = LbState::new(3);
+        st.set_key(key(b"alice"));
+        let first = h.pick(&mut st, &mut 0, None, 0, 0);
+        for _ in 0..20 {
+            st.set_key(key(b"alice"));
+            assert_eq!(h.pick(&mut st, &mut 0, None, 0, 0), first);
+        }
+        assert_eq!(st.take_key(), None, "a pick consumes its key");
     }
 
     #[test]

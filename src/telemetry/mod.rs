@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::cluster::health::{ClusterHealth, EndpointHealth};
+
 /// A fixed set of counter names.
 pub trait CounterSet: Copy {
     const NAMES: &'static [&'static str];
@@ -334,6 +336,10 @@ struct RegistryMaps {
     listeners: HashMap<String, Arc<ListenerStats>>,
     clusters: HashMap<String, Arc<UpstreamStats>>,
     endpoints: HashMap<(String, std::net::SocketAddr), Arc<UpstreamStats>>,
+    /// Endpoint and cluster health (outlier detection, active checks): kept by name like
+    /// the counters so that an ejection survives a table swap.
+    endpoint_health: HashMap<(String, std::net::SocketAddr), Arc<EndpointHealth>>,
+    cluster_health: HashMap<String, Arc<ClusterHealth>>,
     /// DPDK engine: per port, and per VIP / backend keyed `vip/NAME`, `backend/CLUSTER/ADDR`.
     ports: HashMap<String, Arc<PortStats>>,
     packets: HashMap<String, Arc<PacketStats>>,
@@ -375,6 +381,26 @@ impl StatsRegistry {
             .clone()
     }
 
+    pub fn endpoint_health(
+        &self,
+        cluster: &str,
+        addr: std::net::SocketAddr,
+    ) -> Arc<EndpointHealth> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.endpoint_health
+            .entry((cluster.to_string(), addr))
+            .or_default()
+            .clone()
+    }
+
+    pub fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.cluster_health
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// DPDK port counters by port name (one slot per worker = per queue pair).
     pub fn port(&self, name: &str) -> Arc<PortStats> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,6 +439,8 @@ impl StatsRegistry {
         m.listeners.retain(|_, v| Arc::strong_count(v) > 1);
         m.clusters.retain(|_, v| Arc::strong_count(v) > 1);
         m.endpoints.retain(|_, v| Arc::strong_count(v) > 1);
+        m.endpoint_health.retain(|_, v| Arc::strong_count(v) > 1);
+        m.cluster_health.retain(|_, v| Arc::strong_count(v) > 1);
         m.ports.retain(|_, v| Arc::strong_count(v) > 1);
         m.packets.retain(|_, v| Arc::strong_count(v) > 1);
     }

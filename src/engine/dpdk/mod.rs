@@ -3,8 +3,8 @@
 //! `wire` (packet views) and `lb` (the balancer's decisions over any [`lb::PacketBuf`])
 //! are plain Rust and build without DPDK, so their tests and the fuzz target run
 //! everywhere. The parts that touch DPDK — `eal` (EAL start/stop), `port` (ports, queues,
-//! mbufs) and `runtime` (the lcore loops) — need feature `dpdk` and are the only places
-//! here with `unsafe`.
+//! mbufs), `portctl` (`tickmesh nic` on DPDK ports) and `runtime` (the lcore loops) — need
+//! feature `dpdk` and are the only places here with `unsafe`.
 
 pub mod lb;
 pub mod wire;
@@ -13,6 +13,8 @@ pub mod wire;
 pub mod eal;
 #[cfg(feature = "dpdk")]
 pub mod port;
+#[cfg(feature = "dpdk")]
+pub mod portctl;
 #[cfg(feature = "dpdk")]
 pub mod runtime;
 #[cfg(feature = "dpdk")]
@@ -47,6 +49,10 @@ pub struct DpdkArgs {
     /// Any other EAL argument, passed through (repeatable).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub dpdk_eal_arg: Vec<String>,
+    /// Unix socket where `tickmesh nic show|set dpdk:PORT` reaches this engine's ports
+    /// [default: /run/tickmesh/dpdk-nic.sock].
+    #[arg(long, value_name = "PATH")]
+    pub dpdk_nic_socket: Option<std::path::PathBuf>,
     /// The port (by DPDK name, e.g. `net_tap0`) that hands non-balanced traffic to the kernel.
     #[arg(long, value_name = "NAME")]
     pub dpdk_exception_port: Option<String>,

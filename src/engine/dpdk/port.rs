@@ -16,8 +16,8 @@ use super::eal::strerror;
 use super::lb::PacketBuf;
 
 pub const BURST: usize = 32;
-const RX_DESC: u16 = 1024;
-const TX_DESC: u16 = 1024;
+pub const RX_DESC: u16 = 1024;
+pub const TX_DESC: u16 = 1024;
 
 /// An mbuf pool on one NUMA socket. Freed after every port using it was closed.
 pub struct Mempool {

@@ -93,6 +93,15 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     let table = LbTable::compile(&cfg, &addressing, 1, &stats)
         .map_err(|e| anyhow::anyhow!("the config cannot run on the DPDK engine:\n{e}"))?;
 
+    // The config's kernel-side NIC profile (host settings, kernel interfaces), applied
+    // before the EAL starts and watched for drift, as `tickmesh run` does.
+    let _nic_watch = cfg
+        .nic
+        .as_ref()
+        .map(crate::daemon::NicWatch::start)
+        .transpose()
+        .context("the config's nic profile")?;
+
     let prefix = d
         .dpdk_file_prefix
         .clone()
@@ -226,6 +235,15 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
             .context("spawning the control thread")?
     };
 
+    // Port control for `tickmesh nic ... dpdk:PORT`, on its own thread (never an lcore).
+    let portctl = super::portctl::serve_engine(
+        &engine.ports,
+        &engine._pools,
+        workers,
+        d.dpdk_nic_socket.clone(),
+        &STOP,
+    );
+
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
     }
@@ -264,6 +282,10 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         unsafe { sys::rte_eal_wait_lcore(l) };
     }
     let _ = ctl.join();
+    // The port-control thread destroys its rte_flow rules before the ports close.
+    if let Some(t) = portctl {
+        let _ = t.join();
+    }
     drop(main_ctx);
 
     let report = report(&engine, started.elapsed());
@@ -304,6 +326,11 @@ fn worker_loop(ctx: &WorkerCtx) {
     let spin_ms = ctx.spin.as_millis() as u64;
     let mut last_work = now_ms(hz);
     while !STOP.load(Ordering::Relaxed) {
+        // `tickmesh nic set dpdk:PORT rings|...` parks workers while it stops the port.
+        if super::portctl::PAUSE.load(Ordering::Relaxed) {
+            super::portctl::park();
+            continue;
+        }
         let table = ctx.tables.load();
         let now = now_ms(hz);
         let mut work = 0usize;

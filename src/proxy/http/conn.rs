@@ -31,6 +31,7 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{cursor, ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use super::pool::{alive, Idle, CHECK_AFTER_MS};
@@ -402,6 +403,8 @@ pub struct Conn {
     pending: bool,
     /// The upstream connection came from the worker's pool (it served requests before).
     up_reused: bool,
+    /// The request's balancer hash key, set before each first-attempt pick.
+    lb_key: Option<u64>,
     /// Endpoint index (in the cluster) of the upstream connection.
     up_endpoint: u32,
     /// The request may be sent again on a fresh connection if a reused one turns out
@@ -440,6 +443,8 @@ pub struct Conn {
     lstats: Option<Arc<ListenerStats>>,
     cstats: Option<Arc<UpstreamStats>>,
     estats: Option<Arc<UpstreamStats>>,
+    /// The current upstream endpoint's health (outlier detection), like `estats`.
+    ehealth: Option<Arc<crate::cluster::health::EndpointHealth>>,
 }
 
 impl Default for Conn {
@@ -484,6 +489,7 @@ impl Default for Conn {
             retry_open: false,
             pending: false,
             up_reused: false,
+            lb_key: None,
             up_endpoint: 0,
             idempotent: false,
             fresh_only: false,
@@ -510,6 +516,7 @@ impl Default for Conn {
             lstats: None,
             cstats: None,
             estats: None,
+            ehealth: None,
         }
     }
 }
@@ -848,6 +855,7 @@ impl Conn {
             return self.drive(slot, cx, io);
         }
         if res < 0 {
+            self.outlier(Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
             } else {
@@ -856,6 +864,7 @@ impl Conn {
             self.ucount(cx.worker, what, 1);
             self.ucount(cx.worker, U::CxClosed, 1);
             self.estats = None;
+            self.ehealth = None;
             self.fds[Side::Up.idx()] = None;
             self.attempt = self.attempt.saturating_add(1);
             return self.connect_next(slot, cx, io);
@@ -1253,6 +1262,8 @@ impl Conn {
                 }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
+                // Consistent hashing on a header or cookie (`hash_policy`).
+                let hash_key = cl.request_key(|n| req.header(n));
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1392,6 +1403,9 @@ impl Conn {
                 self.up_requests = 1;
                 self.fresh_only = false;
                 self.resend = false;
+                // The balancer's hash key (ring hash / Maglev by header or cookie), kept
+                // for a pending request's later connect and for retries.
+                self.lb_key = hash_key;
                 if must_wait {
                     // Resumed by the worker's tick (`resume_pending`) once the cluster
                     // has a connection free, or ended by the route timeout.
@@ -1537,6 +1551,7 @@ impl Conn {
         if self.attempt == 0 {
             let mut scratch = 0;
             let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
+            cx.lb.set_key(self.lb_key);
             if let Some(ep) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) {
                 self.first_endpoint = ep as u32;
                 if !self.fresh_only {
@@ -1577,6 +1592,7 @@ impl Conn {
                 .unwrap_or(0) as u32;
             self.up_reused = false;
             self.estats = Some(e.stats.clone());
+            self.ehealth = Some(e.health.clone());
             io.connect(self.me(slot), fd.as_raw_fd(), e.address);
             self.fds[Side::Up.idx()] = Some(fd);
             self.connect_inflight = true;
@@ -1631,6 +1647,10 @@ impl Conn {
             if !self.estats.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e.stats)) {
                 self.estats = Some(e.stats.clone());
             }
+            // The endpoint's outlier detection hears how this exchange goes.
+            if !self.ehealth.as_ref().is_some_and(|h| Arc::ptr_eq(h, &e.health)) {
+                self.ehealth = Some(e.health.clone());
+            }
         }
         io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
         self.fds[Side::Up.idx()] = Some(idle.fd);
@@ -1683,6 +1703,7 @@ impl Conn {
         self.connected = false;
         self.up_reusable = false;
         self.estats = None;
+        self.ehealth = None;
     }
 
     fn drive_exchange(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -1855,6 +1876,9 @@ impl Conn {
                 "upstream switched protocols unasked\n",
                 Cause::Gateway,
             ));
+        }
+        if !informational {
+            self.outlier(Outcome::Status(res.status));
         }
         if !informational && self.retry_on_status(res.status) && self.retry_admitted(cx) {
             return Err(Fail::Retry);
@@ -2226,6 +2250,14 @@ impl Conn {
             && self.pend[Side::Up.idx()].is_none()
     }
 
+    /// Tell the current endpoint's outlier detection how an exchange went.
+    #[inline]
+    fn outlier(&self, o: Outcome) {
+        if let Some(h) = &self.ehealth {
+            h.record(o);
+        }
+    }
+
     /// The current request stops counting as active on its cluster.
     fn rq_end(&mut self, worker: usize) {
         self.unpend(worker);
@@ -2257,6 +2289,18 @@ impl Conn {
     /// An exchange failed: a local status if nothing of the response went out yet,
     /// else a reset. The connection closes after it either way.
     fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        // Reset, garbage or timeout before the response head: a gateway error for the
+        // endpoint's outlier detection (a connect failure was counted in `on_connect`).
+        // A pooled connection's stale close is no fault of the endpoint.
+        if let Fail::Status(status, _, _, cause) = f {
+            if self.awaiting_head
+                && !self.stale_resend_ok()
+                && (matches!(cause, Cause::Reset | Cause::Gateway | Cause::PerTry)
+                    || (matches!(cause, Cause::None) && status == 504))
+            {
+                self.outlier(Outcome::LocalFailure);
+            }
+        }
         if !matches!(f, Fail::Retry) {
             self.rq_end(cx.worker);
         }
@@ -2496,6 +2540,7 @@ impl Conn {
         self.lstats = None;
         self.cstats = None;
         self.estats = None;
+        self.ehealth = None;
         self.phase = Phase::Free;
         self.gen = self.gen.wrapping_add(1);
         Step::Free

@@ -168,7 +168,7 @@ pub(crate) fn open_upstream<'t>(
             *first_endpoint = cl.pick(cx.lb, cur, peer, 0, cx.worker)? as u32;
             *first_endpoint
         } else {
-            (*first_endpoint + u32::from(*attempt)) % n
+            cl.endpoint_for_attempt(*first_endpoint as usize, u32::from(*attempt)) as u32
         };
         let e = &cl.endpoints[ep as usize];
         match crate::net::upstream_tcp_socket(&e.address) {

@@ -1,0 +1,300 @@
+//! Endpoint health shared between the workers and the control plane: the state that
+//! passive outlier detection ([`super::outlier`]) and active health checks
+//! ([`super::active`]) decide, and that `ClusterEntry::pick` reads.
+//!
+//! Owns one [`EndpointHealth`] per (cluster, endpoint address) and one [`ClusterHealth`]
+//! per cluster name, handed out by the `StatsRegistry` so that they survive routing-table
+//! swaps as the counters do. Workers only *record* outcomes (relaxed atomic increments on
+//! an error, one load — and a store only after an error — on a success) and *read* the
+//! usable flag; they never lock, allocate, or decide an ejection. The control plane alone
+//! writes the flags, the ejection times and the cluster's unusable count.
+//!
+//! Invariant: `ClusterHealth::unusable` is 0 whenever no endpoint of the cluster has a
+//! flag set (the control plane raises it before a flag and lowers it after), so a pick
+//! with nothing ejected reads one word and nothing else.
+
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Ejected by outlier detection.
+pub const EJECTED: u8 = 1;
+/// Failed its active health check.
+pub const CHECK_FAILED: u8 = 2;
+
+/// What one upstream exchange told us about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP response with this status.
+    Status(u16),
+    /// A failure of our own making towards the endpoint: connect refused or timed out,
+    /// reset or garbage before a response, response timeout. Envoy (without
+    /// `split_external_local_origin_errors`) counts these as a 503: a 5xx and a gateway
+    /// error.
+    LocalFailure,
+    /// An L4 connection was established: the end of that exchange as far as health goes
+    /// (Envoy's `LocalOriginConnectSuccessFinal`, the TCP proxy's success).
+    ConnectedFinal,
+}
+
+/// One endpoint's health. 64-byte aligned so that two endpoints never share a line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct EndpointHealth {
+    // Written by workers.
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    // Written by the control plane only.
+    flags: AtomicU8,
+    times_ejected: AtomicU32,
+    ejections_total: AtomicU64,
+    /// [`now_ms`] at which an ejected endpoint may come back (0: not ejected).
+    ejected_until_ms: AtomicU64,
+    /// When the current ejection started ([`now_ms`]).
+    ejected_at_ms: AtomicU64,
+    /// Active checks: consecutive results of the current kind, and totals.
+    check_streak: AtomicU32,
+    checks_total: AtomicU64,
+    checks_failed: AtomicU64,
+}
+
+impl EndpointHealth {
+    /// Record an outcome (worker side). Lock-free; writes only after an error, or on the
+    /// first success after errors.
+    #[inline]
+    pub fn record(&self, o: Outcome) {
+        let (five_xx, gateway) = match o {
+            Outcome::Status(s) if s >= 500 => (true, matches!(s, 502..=504)),
+            Outcome::Status(_) | Outcome::ConnectedFinal => (false, false),
+            Outcome::LocalFailure => (true, true),
+        };
+        bump_or_clear(&self.consecutive_5xx, five_xx);
+        bump_or_clear(&self.consecutive_gateway, gateway);
+    }
+
+    /// Whether picks may choose this endpoint.
+    #[inline]
+    pub fn usable(&self) -> bool {
+        self.flags.load(Relaxed) == 0
+    }
+
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Relaxed)
+    }
+
+    pub fn consecutive_5xx(&self) -> u32 {
+        self.consecutive_5xx.load(Relaxed)
+    }
+
+    pub fn consecutive_gateway(&self) -> u32 {
+        self.consecutive_gateway.load(Relaxed)
+    }
+
+    pub fn times_ejected(&self) -> u32 {
+        self.times_ejected.load(Relaxed)
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Relaxed)
+    }
+
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Relaxed)
+    }
+
+    pub fn checks(&self) -> (u64, u64) {
+        (
+            self.checks_total.load(Relaxed),
+            self.checks_failed.load(Relaxed),
+        )
+    }
+
+    // === control plane only ===
+
+    /// Set or clear a flag, keeping the cluster's unusable count an upper bound: it is
+    /// raised before an endpoint becomes unusable and lowered after it is usable again.
+    pub(crate) fn set_flag(&self, cluster: &ClusterHealth, f: u8, on: bool) {
+        let before = self.flags.load(Relaxed);
+        let after = if on { before | f } else { before & !f };
+        if before == after {
+            return;
+        }
+        if before == 0 {
+            cluster.unusable.fetch_add(1, Relaxed);
+        }
+        self.flags.store(after, Relaxed);
+        if after == 0 {
+            let _ = cluster
+                .unusable
+                .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(1)));
+        }
+    }
+
+    /// Eject until `now + base × times ejected` (capped at `max`); clears the counters.
+    pub(crate) fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
+        let times = self.times_ejected.load(Relaxed).saturating_add(1);
+        self.times_ejected.store(times, Relaxed);
+        self.ejections_total.fetch_add(1, Relaxed);
+        let for_ms = base_ms.saturating_mul(u64::from(times)).min(max_ms);
+        self.ejected_at_ms.store(now, Relaxed);
+        self.ejected_until_ms
+            .store(now.saturating_add(for_ms).max(1), Relaxed);
+        self.clear_counters();
+        self.set_flag(cluster, EJECTED, true);
+    }
+
+    pub fn uneject(&self, cluster: &ClusterHealth) {
+        self.set_flag(cluster, EJECTED, false);
+        self.ejected_until_ms.store(0, Relaxed);
+        self.clear_counters();
+    }
+
+    /// Envoy: each interval a host spends un-ejected lowers its ejection multiplier.
+    pub(crate) fn forgive_one(&self) {
+        let t = self.times_ejected.load(Relaxed);
+        if t > 0 {
+            self.times_ejected.store(t - 1, Relaxed);
+        }
+    }
+
+    pub(crate) fn clear_counters(&self) {
+        self.consecutive_5xx.store(0, Relaxed);
+        self.consecutive_gateway.store(0, Relaxed);
+    }
+
+    /// One active check's result; returns the streak of results of this kind.
+    pub(crate) fn check_result(&self, ok: bool) -> u32 {
+        self.checks_total.fetch_add(1, Relaxed);
+        if !ok {
+            self.checks_failed.fetch_add(1, Relaxed);
+        }
+        let failed_now = self.flags() & CHECK_FAILED != 0;
+        // The streak counts results that argue for a change of state.
+        if ok == failed_now {
+            self.check_streak.fetch_add(1, Relaxed) + 1
+        } else {
+            self.check_streak.store(0, Relaxed);
+            0
+        }
+    }
+
+    pub(crate) fn reset_streak(&self) {
+        self.check_streak.store(0, Relaxed);
+    }
+}
+
+#[inline]
+fn bump_or_clear(c: &AtomicU32, bump: bool) {
+    if bump {
+        c.fetch_add(1, Relaxed);
+    } else if c.load(Relaxed) != 0 {
+        c.store(0, Relaxed);
+    }
+}
+
+/// One cluster's health summary, read by every pick.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ClusterHealth {
+    /// Endpoints with a flag set (an upper bound while the control plane updates).
+    pub(crate) unusable: AtomicU32,
+    /// Ejections refused because `max_ejection_percent` was reached.
+    pub(crate) ejections_overflow: AtomicU64,
+    /// Outlier detection: when the next interval tick is due ([`now_ms`]; 0: not yet
+    /// started).
+    pub(crate) next_interval_ms: AtomicU64,
+}
+
+impl ClusterHealth {
+    #[inline]
+    pub fn unusable(&self) -> u32 {
+        self.unusable.load(Relaxed)
+    }
+
+    /// Set the unusable count from the endpoints of the current table (an endpoint that
+    /// left the table while flagged no longer counts). Control plane only, on the same
+    /// thread as every flag change.
+    pub fn recount<'a>(&self, endpoints: impl Iterator<Item = &'a EndpointHealth>) {
+        let n = endpoints.filter(|e| !e.usable()).count() as u32;
+        if self.unusable.load(Relaxed) != n {
+            self.unusable.store(n, Relaxed);
+        }
+    }
+
+    pub fn ejections_overflow(&self) -> u64 {
+        self.ejections_overflow.load(Relaxed)
+    }
+}
+
+/// Milliseconds on the process's health clock (monotonic; starts near 1, never 0).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let e = *EPOCH.get_or_init(Instant::now);
+    e.elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_count_as_envoy_does() {
+        let h = EndpointHealth::default();
+        h.record(Outcome::Status(500));
+        h.record(Outcome::Status(503));
+        assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (2, 1));
+        h.record(Outcome::LocalFailure);
+        assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (3, 2));
+        h.record(Outcome::Status(500)); // a 5xx that is not a gateway error
+        assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (4, 0));
+        h.record(Outcome::Status(404));
+        assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (0, 0));
+        h.record(Outcome::LocalFailure);
+        h.record(Outcome::ConnectedFinal);
+        assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (0, 0));
+    }
+
+    #[test]
+    fn ejection_time_grows_with_times_ejected_and_is_capped() {
+        let h = EndpointHealth::default();
+        let c = ClusterHealth::default();
+        h.eject(&c, 1000, 100, 250);
+        assert!(!h.usable());
+        assert_eq!(c.unusable(), 1);
+        assert_eq!(h.ejected_until_ms(), 1100);
+        h.uneject(&c);
+        assert!(h.usable());
+        assert_eq!(c.unusable(), 0);
+        h.eject(&c, 2000, 100, 250);
+        assert_eq!(h.ejected_until_ms(), 2200);
+        h.set_flag(&c, CHECK_FAILED, true);
+        assert_eq!(c.unusable(), 1, "one endpoint, two reasons");
+        h.uneject(&c);
+        assert!(!h.usable(), "still failing its check");
+        h.set_flag(&c, CHECK_FAILED, false);
+        assert_eq!(c.unusable(), 0);
+        h.eject(&c, 3000, 100, 250);
+        assert_eq!(h.ejected_until_ms(), 3250, "capped");
+        assert_eq!((h.times_ejected(), h.ejections_total()), (3, 3));
+        h.uneject(&c);
+        h.forgive_one();
+        assert_eq!(h.times_ejected(), 2);
+    }
+
+    #[test]
+    fn check_streaks_count_towards_a_change() {
+        let h = EndpointHealth::default();
+        let c = ClusterHealth::default();
+        assert_eq!(h.check_result(true), 0); // healthy and passing: no streak
+        assert_eq!(h.check_result(false), 1);
+        assert_eq!(h.check_result(false), 2);
+        h.set_flag(&c, CHECK_FAILED, true);
+        h.reset_streak();
+        assert_eq!(h.check_result(false), 0);
+        assert_eq!(h.check_result(true), 1);
+        assert_eq!(h.checks(), (5, 3));
+    }
+}

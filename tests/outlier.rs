@@ -1,0 +1,774 @@
+//! Endpoint health end to end: passive outlier detection (HTTP 5xx, L4 connect
+//! failures), DestinationRule traffic policies applied to clusters, and active HTTP
+//! health checks. Each test runs the real engine (per engine; uring skips with a message
+//! where io_uring is unusable) under a real in-process control plane — its socket in a
+//! temporary directory, its health tick running — and real backends on loopback. State is
+//! read through the control plane's `stats`, as `tickmesh stats` shows it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{dead_addr, wait_until, Echo};
+use tickmesh::config::Format;
+use tickmesh::control::protocol::EndpointHealthView;
+use tickmesh::control::{ControlPlane, ControlServer};
+use tickmesh::engine::{Engine, EngineKind, EngineOptions, Idle};
+
+// === harness ===
+
+/// An HTTP/1.1 backend answering every request with the status currently set (and
+/// `Connection: close`); counts requests, by path.
+struct Backend {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    requests: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    fn start(status: u16) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let st = Arc::new(AtomicU16::new(status));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let (s, r, c) = (st.clone(), requests.clone(), checks.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (s, r, c) = (s.clone(), r.clone(), c.clone());
+                std::thread::spawn(move || answer(conn, &s, &r, &c));
+            }
+        });
+        Backend {
+            addr,
+            status: st,
+            requests,
+            checks,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn answer(c: TcpStream, status: &AtomicU16, requests: &AtomicUsize, checks: &AtomicUsize) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    let mut first = String::new();
+    if r.read_line(&mut first).unwrap_or(0) == 0 {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    if first.starts_with("GET /healthz ") {
+        checks.fetch_add(1, Ordering::SeqCst);
+    } else {
+        requests.fetch_add(1, Ordering::SeqCst);
+    }
+    let s = status.load(Ordering::SeqCst);
+    let _ = write!(
+        w,
+        "HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    );
+}
+
+struct Daemon {
+    plane: Arc<ControlPlane>,
+    engine: Option<Engine>,
+    _server: ControlServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(kind: EngineKind, yaml: &str) -> Daemon {
+        let cfg = tickmesh::config::parse(yaml, Format::Yaml)
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let plane = Arc::new(ControlPlane::new(2, cfg, 1, None, false).expect("config serves"));
+        let dir = tempfile::tempdir().unwrap();
+        let server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
+            .expect("control socket");
+        let engine = Engine::start(
+            EngineOptions {
+                kind,
+                workers: 2,
+                pin: false,
+                idle: Idle::Adaptive,
+                spin: Duration::from_micros(20),
+            },
+            plane.routes(),
+        )
+        .expect("engine starts");
+        Daemon {
+            plane,
+            engine: Some(engine),
+            _server: server,
+            _dir: dir,
+        }
+    }
+
+    fn listener(&self) -> SocketAddr {
+        self.plane.routes().load().listeners[0].sockets.address
+    }
+
+    fn health(&self, cluster: &str, ep: SocketAddr) -> EndpointHealthView {
+        let s = self.plane.stats();
+        let c = s
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .expect("cluster");
+        c.endpoints
+            .iter()
+            .find(|e| e.address == ep)
+            .expect("endpoint")
+            .health
+            .clone()
+    }
+
+    fn counter(&self, cluster: &str, ep: SocketAddr, name: &str) -> u64 {
+        let s = self.plane.stats();
+        let c = s
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .expect("cluster");
+        let e = c
+            .endpoints
+            .iter()
+            .find(|e| e.address == ep)
+            .expect("endpoint");
+        e.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(e) = self.engine.take() {
+            e.shutdown(Duration::from_millis(100));
+        }
+    }
+}
+
+/// One request on a fresh connection; the response status (0: no response).
+fn get(addr: SocketAddr, path: &str) -> u16 {
+    get_with(addr, path, "")
+}
+
+/// As [`get`], with extra header lines (each ending in CRLF).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn http_config(cluster: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+{cluster}
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{prefix: /}}
+            route: {{cluster: svc}}
+"#
+    )
+}
+
+// === passive outlier detection ===
+
+/// A backend that answers 500 is ejected after `consecutive_5xx` of them, takes no
+/// traffic while ejected, returns after `base_ejection_time`, and is ejected again for
+/// twice as long when it still fails.
+fn http_5xx_ejects_and_returns(kind: EngineKind) {
+    let good = Backend::start(200);
+    let bad = Backend::start(500);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 3, interval: 100ms, base_ejection_time: 1s, max_ejection_percent: 50}}\n",
+            good.addr, bad.addr
+        )),
+    );
+    let addr = d.listener();
+    // Round robin: the bad endpoint gets every other request until it is ejected.
+    wait_until(
+        "the 500-answering endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/a");
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
+    let h = d.health("svc", bad.addr);
+    assert_eq!(h.times_ejected, 1, "{h:?}");
+    assert!(
+        h.ejected_remaining_ms > 0 && h.ejected_remaining_ms <= 1000,
+        "{h:?}"
+    );
+    assert_eq!(d.health("svc", good.addr).state, "healthy");
+    let before = bad.requests();
+    assert!(before >= 3, "it answered at least 3 requests: {before}");
+    let t0 = Instant::now();
+    for _ in 0..40 {
+        assert_eq!(get(addr, "/b"), 200, "only the good endpoint serves");
+    }
+    if t0.elapsed() < Duration::from_millis(900) {
+        assert_eq!(bad.requests(), before, "no traffic while ejected");
+    }
+    // Back after 1 s (at the next 100 ms interval tick): it gets traffic again.
+    wait_until("the endpoint returns", Duration::from_secs(5), || {
+        d.health("svc", bad.addr).state == "healthy"
+    });
+    wait_until("ejected a second time", Duration::from_secs(5), || {
+        get(addr, "/c");
+        d.health("svc", bad.addr).state == "ejected"
+    });
+    let h = d.health("svc", bad.addr);
+    assert_eq!((h.times_ejected, h.ejections_total), (2, 2), "{h:?}");
+    assert!(h.ejected_remaining_ms > 1000, "twice the base: {h:?}");
+    // The human `stats` view shows it.
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(table.contains("ejected (x2"), "{table}");
+}
+
+/// L4: connect failures are gateway errors; the dead endpoint is ejected and new
+/// connections stop trying it (its connect_fail count stops growing).
+fn tcp_connect_failures_eject(kind: EngineKind) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
+clusters:
+  - name: svc
+    endpoints: ["{dead}", "{}"]
+    outlier_detection: {{consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}}
+"#,
+            echo.addr
+        ),
+    );
+    let addr = d.listener();
+    let round_trip = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping", "the relay retries the next endpoint");
+    };
+    wait_until(
+        "the dead endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            round_trip();
+            d.health("svc", dead).state == "ejected"
+        },
+    );
+    let fails = d.counter("svc", dead, "connect_fail");
+    assert!(fails >= 2, "{fails}");
+    for _ in 0..20 {
+        round_trip();
+    }
+    assert_eq!(
+        d.counter("svc", dead, "connect_fail"),
+        fails,
+        "an ejected endpoint is not tried"
+    );
+    assert_eq!(d.health("svc", echo.addr).state, "healthy");
+}
+
+/// Every endpoint failing: the cap keeps one in service (max_ejection_percent), the
+/// refused ejection is counted, and traffic still flows (panic mode never kicks in
+/// because one endpoint stays usable).
+fn max_ejection_percent_caps(kind: EngineKind) {
+    let a = Backend::start(503);
+    let b = Backend::start(503);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, consecutive_5xx: 0, max_ejection_percent: 10, interval: 10s}}\n",
+            a.addr, b.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until("one ejection refused", Duration::from_secs(5), || {
+        assert_eq!(get(addr, "/"), 503);
+        let s = d.plane.stats();
+        s.clusters[0].ejections_overflow > 0
+    });
+    let states = [d.health("svc", a.addr).state, d.health("svc", b.addr).state];
+    assert_eq!(
+        states.iter().filter(|s| *s == "ejected").count(),
+        1,
+        "{states:?}"
+    );
+}
+
+// === DestinationRule traffic policy ===
+
+/// A DestinationRule applied live governs its cluster: round robin before it, sticky
+/// source-IP hashing after; its outlier detection ejects; its connection pool sets the
+/// breakers. The rule names the cluster by its Istio FQDN, the cluster by short name.
+fn destination_rule_policy_applies(kind: EngineKind) {
+    let a = Backend::start(200);
+    let b = Backend::start(200);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        )),
+    );
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    // Round robin (one cursor per worker): both endpoints serve.
+    assert!(a.requests() >= 2 && b.requests() >= 2, "round robin");
+    d.plane
+        .apply(
+            r#"
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: svc-policy}
+spec:
+  host: svc.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {consistentHash: {useSourceIp: true}}
+    connectionPool:
+      tcp: {maxConnections: 77, connectTimeout: 300ms}
+      http: {http1MaxPendingRequests: 5, http2MaxRequests: 66, maxRequestsPerConnection: 4, maxRetries: 2}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 100ms, baseEjectionTime: 30s, maxEjectionPercent: 50}
+"#,
+            Format::Yaml,
+            false,
+        )
+        .expect("the rule applies");
+    // The listener is written with port 0: the recompiled table bound a fresh one.
+    let addr = d.listener();
+    {
+        let t = d.plane.routes().load_full();
+        let c = &t.cluster("svc").expect("svc").1;
+        let br = c.breakers;
+        assert_eq!(
+            (
+                br.max_connections,
+                br.max_pending_requests,
+                br.max_requests,
+                br.max_requests_per_connection,
+                br.max_retries
+            ),
+            (77, 5, 66, 4, 2)
+        );
+        assert_eq!(c.connect_timeout, Duration::from_millis(300));
+        assert!(c.outlier.is_some());
+    }
+    let (a0, b0) = (a.requests(), b.requests());
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    let (da, db) = (a.requests() - a0, b.requests() - b0);
+    assert!(
+        da == 20 || db == 20,
+        "one client address sticks to one endpoint: {da}/{db}"
+    );
+    // The sticky endpoint starts failing: the rule's outlier detection ejects it and
+    // the hash moves the client to the other one.
+    let (sticky, other) = if da == 20 { (&a, &b) } else { (&b, &a) };
+    sticky.status.store(500, Ordering::SeqCst);
+    wait_until(
+        "the rule's outlier detection ejects",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/");
+            d.health("svc", sticky.addr).state == "ejected"
+        },
+    );
+    let o0 = other.requests();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!(other.requests() - o0, 10);
+}
+
+/// `destination.subset` selects the endpoints of the DestinationRule subset's labels;
+/// a subset no rule defines is refused at apply, naming it.
+fn subsets_select_by_labels(kind: EngineKind) {
+    let v1 = Backend::start(200);
+    let v2 = Backend::start(200);
+    let yaml = format!(
+        r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - name: reviews
+    endpoints:
+      - {{address: "{}", labels: {{version: v1}}}}
+      - {{address: "{}", labels: {{version: v2, track: canary}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews-route}}
+spec:
+  hosts: [svc]
+  http:
+    - route:
+        - destination: {{host: reviews, subset: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews.default.svc.cluster.local
+  subsets:
+    - {{name: v1, labels: {{version: v1}}}}
+    - name: v2
+      labels: {{version: v2}}
+      trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: 9}}}}}}
+"#,
+        v1.addr, v2.addr
+    );
+    let d = Daemon::start(kind, &yaml);
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((v1.requests(), v2.requests()), (0, 10));
+    let t = d.plane.routes().load_full();
+    let c = t.cluster("reviews|v2").expect("the subset cluster").1;
+    assert_eq!(c.endpoints.len(), 1);
+    assert_eq!(c.breakers.max_connections, 9, "the subset's own policy");
+    let e = d
+        .plane
+        .apply(
+            "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews-route}\nspec:\n  hosts: [svc]\n  http:\n    - route:\n        - destination: {host: reviews, subset: v3}\n",
+            Format::Yaml,
+            false,
+        )
+        .expect_err("v3 is not defined");
+    assert!(e.to_string().contains("subset `v3` of `reviews`"), "{e}");
+}
+
+/// Consistent hashing on a header (a DestinationRule's `httpHeaderName`) and on a cookie
+/// (native `hash_policy`): one key always reaches one endpoint, different keys spread.
+fn hash_on_header_and_cookie(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}\n",
+            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..12 {
+        let before = counts();
+        for _ in 0..5 {
+            assert_eq!(
+                get_with(addr, "/", &format!("x-user: user-{user}\r\n")),
+                200
+            );
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "user-{user} sticks to one endpoint: {before:?} → {after:?}"
+        );
+        assert_eq!(after[moved[0]] - before[moved[0]], 5);
+        homes.insert(moved[0]);
+    }
+    assert!(
+        homes.len() >= 2,
+        "12 users spread over the endpoints: {homes:?}"
+    );
+    // The same through a cookie, set natively on the cluster.
+    let mut d = d;
+    let cfg = format!(
+        "  - name: svc\n    lb_policy: maglev\n    hash_policy: {{cookie: session}}\n    endpoints: [{}]\n",
+        eps.join(", ")
+    );
+    d.plane
+        .apply(&http_config(&cfg), Format::Yaml, true)
+        .expect("applies");
+    let addr = d.listener();
+    let before = counts();
+    for _ in 0..6 {
+        assert_eq!(
+            get_with(addr, "/", "cookie: theme=dark; session=abc123; lang=en\r\n"),
+            200
+        );
+    }
+    let after = counts();
+    assert_eq!(
+        (0..3).filter(|&i| after[i] != before[i]).count(),
+        1,
+        "{before:?} → {after:?}"
+    );
+    d.engine.take();
+}
+
+// === active health checks ===
+
+/// A backend whose health check starts failing is taken out after
+/// `unhealthy_threshold` failures and put back after `healthy_threshold` passes; traffic
+/// follows.
+fn active_checks_follow_the_backend(kind: EngineKind) {
+    let a = Backend::start(200);
+    let b = Backend::start(200);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    health_checks:\n      - {{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 2, http_health_check: {{path: /healthz}}}}\n",
+            a.addr, b.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until("checks run", Duration::from_secs(5), || {
+        b.checks.load(Ordering::SeqCst) >= 2
+    });
+    assert_eq!(d.health("svc", b.addr).state, "healthy");
+    b.status.store(503, Ordering::SeqCst);
+    wait_until("b fails its check", Duration::from_secs(5), || {
+        d.health("svc", b.addr).state == "unhealthy"
+    });
+    let before = b.requests();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/x"), 200);
+    }
+    assert_eq!(b.requests(), before, "no traffic to a failing endpoint");
+    b.status.store(200, Ordering::SeqCst);
+    wait_until("b recovers", Duration::from_secs(5), || {
+        d.health("svc", b.addr).state == "healthy"
+    });
+    wait_until("traffic returns to b", Duration::from_secs(5), || {
+        get(addr, "/y");
+        b.requests() > before
+    });
+    let h = d.health("svc", b.addr);
+    assert!(
+        h.checks_failed >= 2 && h.checks_total > h.checks_failed,
+        "{h:?}"
+    );
+}
+
+/// Priority failover: the backup (priority 1) takes traffic only while the primary
+/// fails its health check, and gives it back when the primary recovers.
+fn priority_failover(kind: EngineKind) {
+    let primary = Backend::start(200);
+    let backup = Backend::start(200);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", {{address: \"{}\", priority: 1}}]\n    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}]\n",
+            primary.addr, backup.addr
+        )),
+    );
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (10, 0));
+    primary.status.store(500, Ordering::SeqCst);
+    wait_until(
+        "the primary fails its check",
+        Duration::from_secs(5),
+        || d.health("svc", primary.addr).state == "unhealthy",
+    );
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (10, 10));
+    primary.status.store(200, Ordering::SeqCst);
+    wait_until("the primary recovers", Duration::from_secs(5), || {
+        d.health("svc", primary.addr).state == "healthy"
+    });
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((primary.requests(), backup.requests()), (20, 10));
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(table.contains("(priority 1)"), "{table}");
+}
+
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    if let Err(e) = tickmesh::engine::uring_available() {
+                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
+                        return;
+                    }
+                    super::$name(EngineKind::Uring);
+                }
+            )*
+        }
+        mod epoll {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(EngineKind::Epoll);
+                }
+            )*
+        }
+    };
+}
+
+per_engine!(
+    http_5xx_ejects_and_returns,
+    destination_rule_policy_applies,
+    subsets_select_by_labels,
+    hash_on_header_and_cookie,
+    priority_failover,
+    tcp_connect_failures_eject,
+    max_ejection_percent_caps,
+    active_checks_follow_the_backend,
+);
+
+// === bad input ===
+
+#[test]
+fn malformed_health_settings_are_errors_naming_the_field() {
+    let cases = [
+        (
+            "outlier_detection: {max_ejection_percent: 150}",
+            "outlier_detection.max_ejection_percent",
+        ),
+        ("outlier_detection: {interval: 0s}", "outlier_detection.interval"),
+        (
+            "outlier_detection: {base_ejection_time: soon}",
+            "outlier_detection: invalid duration `soon`",
+        ),
+        ("outlier_detection: {consecutive_5xxx: 3}", "consecutive_5xxx"),
+        (
+            "outlier_detection: {enforcing_consecutive_5xx: 101}",
+            "enforcing_consecutive_5xx",
+        ),
+        (
+            "outlier_detection: {success_rate_minimum_hosts: 3}",
+            "success_rate_minimum_hosts",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 0, healthy_threshold: 1, http_health_check: {path: /h}}]",
+            "unhealthy_threshold",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: h}}]",
+            "path",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]",
+            "tcp_health_check",
+        ),
+        (
+            "health_checks: [{timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h}}]",
+            "health_checks[0].interval",
+        ),
+        (
+            "hash_policy: {header: x-user}",
+            "hashing needs lb_policy maglev or ring_hash",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {header: x-user, cookie: s}",
+            "exactly one key",
+        ),
+
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
+            "expected_statuses",
+        ),
+    ];
+    for (extra, names) in cases {
+        let yaml =
+            format!("clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\"]\n    {extra}\n");
+        let e = tickmesh::config::parse(&yaml, Format::Yaml)
+            .expect_err(&format!("{extra} must be refused"));
+        let text = e.to_string();
+        assert!(text.contains(names), "`{extra}`: {text}");
+    }
+}
+
+#[test]
+fn malformed_endpoint_labels_are_errors() {
+    let e = tickmesh::config::parse(
+        "clusters:\n  - {name: c, endpoints: [{address: \"127.0.0.1:2\", labels: [v1]}]}\n",
+        Format::Yaml,
+    )
+    .expect_err("labels are a map");
+    assert!(e.to_string().contains("clusters[0].endpoints"), "{e}");
+}
+
+#[test]
+fn malformed_destination_rule_policies_are_errors() {
+    let dr = |policy: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: svc\n  trafficPolicy:\n    {policy}\n"
+        )
+    };
+    let cases = [
+        (
+            "outlierDetection: {maxEjectionPercent: 101}",
+            "maxEjectionPercent",
+        ),
+        ("outlierDetection: {interval: 0s}", "interval"),
+        ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
+        (
+            "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
+            "loadBalancer",
+        ),
+        (
+            "connectionPool: {tcp: {maxConnections: 0}}",
+            "maxConnections",
+        ),
+        (
+            "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",
+            "h2UpgradePolicy",
+        ),
+    ];
+    for (policy, names) in cases {
+        let e = tickmesh::config::parse(&dr(policy), Format::Yaml)
+            .expect_err(&format!("{policy} must be refused"));
+        let text = e.to_string();
+        assert!(text.contains(names), "`{policy}`: {text}");
+    }
+}
