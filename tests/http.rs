@@ -954,7 +954,10 @@ fn mirror_percentage(kind: EngineKind) {
     let mirror = "request_mirror_policies: [{cluster: shadow, runtime_fraction: \
                   {default_value: {numerator: 30, denominator: HUNDRED}}}]";
     let routes = [
-        route("/all", "route: {cluster: a, request_mirror_policies: [{cluster: shadow}]}"),
+        route(
+            "/all",
+            "route: {cluster: a, request_mirror_policies: [{cluster: shadow}]}",
+        ),
         route("/", &format!("route: {{cluster: a, {mirror}}}")),
     ]
     .concat();
@@ -968,8 +971,13 @@ fn mirror_percentage(kind: EngineKind) {
     s.write_all(b"POST /all/x HTTP/1.1\r\nHost: pay.local:8080\r\nContent-Length: 5\r\n\r\nhello")
         .unwrap();
     let resp = read_resp(&mut r).unwrap();
-    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"a /all/x 5"[..]));
-    wait_until("the shadow copy", Duration::from_secs(5), || shadow_seen() == 1);
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"a /all/x 5"[..])
+    );
+    wait_until("the shadow copy", Duration::from_secs(5), || {
+        shadow_seen() == 1
+    });
     let seen = shadow.log.all().pop().unwrap();
     assert!(seen.starts_with("POST /all/x HTTP/1.1\r\n"), "{seen}");
     assert!(seen.contains("Host: pay.local-shadow:8080\r\n"), "{seen}");
@@ -1019,7 +1027,10 @@ fn mirror_never_delays(kind: EngineKind) {
             "/slow",
             "route: {cluster: a, timeout: 1s, request_mirror_policies: [{cluster: slow}]}",
         ),
-        route("/dead", "route: {cluster: a, request_mirror_policies: [{cluster: dead}]}"),
+        route(
+            "/dead",
+            "route: {cluster: a, request_mirror_policies: [{cluster: dead}]}",
+        ),
     ]
     .concat();
     let clusters = cluster_yaml("a", &[a.addr], "")
@@ -1031,16 +1042,22 @@ fn mirror_never_delays(kind: EngineKind) {
     let base = format!("http://{addr}");
     // curl, as a user would: every answer is the primary's, at once.
     for path in ["/slow/1", "/dead/1"] {
-        let out = curl(&["-w", " %{http_code} %{time_total}", &format!("{base}{path}")]);
+        let out = curl(&[
+            "-w",
+            " %{http_code} %{time_total}",
+            &format!("{base}{path}"),
+        ]);
         let parts: Vec<&str> = out.rsplitn(3, ' ').collect();
         assert_eq!(parts[2], format!("a {path}"));
         assert_eq!(parts[1], "200");
         let t: f64 = parts[0].parse().unwrap();
         assert!(t < 0.5, "{path} took {t} s");
     }
-    wait_until("the unreachable shadow to fail", Duration::from_secs(5), || {
-        ls.get(L::HttpMirrorFailed) >= 1
-    });
+    wait_until(
+        "the unreachable shadow to fail",
+        Duration::from_secs(5),
+        || ls.get(L::HttpMirrorFailed) >= 1,
+    );
     // 80 requests on one connection (one worker) while each shadow takes 2 s and times
     // out after 1 s: at most MAX_SHADOWS (64) run, the rest are dropped; none waits.
     let (mut s, mut r) = client(addr);
@@ -1051,7 +1068,10 @@ fn mirror_never_delays(kind: EngineKind) {
             .unwrap();
         let resp = read_resp(&mut r).unwrap();
         assert_eq!((resp.status, resp.header("x-backend")), (200, Some("a")));
-        assert!(sent.elapsed() < Duration::from_millis(500), "request {i} waited");
+        assert!(
+            sent.elapsed() < Duration::from_millis(500),
+            "request {i} waited"
+        );
     }
     let quick = t.elapsed() < Duration::from_millis(900);
     for i in 0..20 {
@@ -1063,15 +1083,25 @@ fn mirror_never_delays(kind: EngineKind) {
     let (mirrored, dropped) = (ls.get(L::HttpMirrored), ls.get(L::HttpMirrorDropped));
     assert_eq!(mirrored + dropped, 1 + 1 + 80 + 20);
     if quick {
-        assert!(dropped >= 80 - 64, "dropped {dropped}: the in-flight cap did not hold");
+        assert!(
+            dropped >= 80 - 64,
+            "dropped {dropped}: the in-flight cap did not hold"
+        );
     } else {
-        eprintln!("slow machine: 80 requests took {:?}, cap not asserted", t.elapsed());
+        eprintln!(
+            "slow machine: 80 requests took {:?}, cap not asserted",
+            t.elapsed()
+        );
     }
     // Every shadow ends: the slow ones by the route timeout, the dead ones refused.
     wait_until("the shadows to end", Duration::from_secs(10), || {
         ls.get(L::HttpMirrorFailed) == mirrored && p.engine().open_connections() == 0
     });
-    assert!(slow.log.all().iter().all(|e| e.contains("Host: x-shadow\r\n") || e.contains("-shadow")));
+    assert!(slow
+        .log
+        .all()
+        .iter()
+        .all(|e| e.contains("Host: x-shadow\r\n") || e.contains("-shadow")));
     open_zero(&p);
 }
 
@@ -1112,10 +1142,7 @@ fn rate_limits(kind: EngineKind) {
         let ok = codes.iter().filter(|&&c| c == 200).count();
         (ok, n - ok)
     };
-    assert_eq!(
-        count("GET /ip HTTP/1.1\r\nHost: x\r\n\r\n", 40),
-        (10, 30)
-    );
+    assert_eq!(count("GET /ip HTTP/1.1\r\nHost: x\r\n\r\n", 40), (10, 30));
     assert_eq!(ls.get(L::HttpRateLimited), 30);
     // The headers of a 429, through curl.
     let out = curl(&["-D", "-", "-o", "/dev/null", &format!("http://{addr}/ip")]);
@@ -1139,11 +1166,17 @@ fn rate_limits(kind: EngineKind) {
     assert_eq!(count("GET /user HTTP/1.1\r\nHost: x\r\n\r\n", 10), (10, 0));
     // The seed's canary descriptor: admins share one bucket, others are not limited.
     assert_eq!(
-        count("GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: admin-1\r\n\r\n", 20),
+        count(
+            "GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: admin-1\r\n\r\n",
+            20
+        ),
         (2, 18)
     );
     assert_eq!(
-        count("GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: bob\r\n\r\n", 10),
+        count(
+            "GET /canary HTTP/1.1\r\nHost: x\r\nx-user-id: bob\r\n\r\n",
+            10
+        ),
         (10, 0)
     );
     // The limited requests never reached the backend.
@@ -1163,7 +1196,10 @@ fn retry_breakers(kind: EngineKind) {
             "/none/",
             &format!("route: {{cluster: none, prefix_rewrite: \"/\", {policy}}}"),
         ),
-        route("/", &format!("route: {{cluster: budget, timeout: 3s, {policy}}}")),
+        route(
+            "/",
+            &format!("route: {{cluster: budget, timeout: 3s, {policy}}}"),
+        ),
     ]
     .concat();
     let clusters = cluster_yaml("none", &[a.addr], ", circuit_breakers: {max_retries: 0}")
@@ -1177,26 +1213,40 @@ fn retry_breakers(kind: EngineKind) {
     use tickmesh::telemetry::UpstreamCounter as U;
     // max_retries: 0 — the first 503 is the answer, one attempt only.
     let (mut s, mut r) = client(addr);
-    s.write_all(b"GET /none/retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /none/retry HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 503);
     assert_eq!(p.stats.cluster("none").get(U::RqRetryOverflow), 1);
-    assert_eq!(a.log.all().iter().filter(|e| e.contains(" /retry ")).count(), 1);
+    assert_eq!(
+        a.log
+            .all()
+            .iter()
+            .filter(|e| e.contains(" /retry "))
+            .count(),
+        1
+    );
     // Budget of one concurrent retry: a request retrying a slow upstream holds it, so
     // a second request's retry is refused at once.
     let (mut slow, mut slow_r) = client(addr);
-    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let budget = p.stats.cluster("budget");
     wait_until("the slow request to retry", Duration::from_secs(5), || {
         budget.get(U::RqRetryTotal) >= 1
     });
-    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let resp = read_resp(&mut r).unwrap();
-    assert_eq!(resp.status, 503, "the retry was refused, the upstream's 503 went out");
+    assert_eq!(
+        resp.status, 503,
+        "the retry was refused, the upstream's 503 went out"
+    );
     assert_eq!(budget.get(U::RqRetryOverflow), 1);
     let slow_status = read_resp(&mut slow_r).unwrap().status;
     assert!(slow_status == 504 || slow_status == 200, "{slow_status}");
     // With the slow one done, retries are admitted again.
-    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /retry HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 200);
     drop((s, r, slow, slow_r));
     assert_eq!(
@@ -1244,10 +1294,18 @@ fn pending_queue(kind: EngineKind) {
     let resp = read_resp(&mut r3).unwrap();
     assert_eq!(resp.status, 503);
     assert_eq!(resp.header("x-tickmesh-overloaded"), Some("true"));
-    assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(cs.get(U::RqPendingOverflow), 1);
     assert_eq!(read_resp(&mut r1).unwrap().body, b"a /1");
-    assert_eq!(read_resp(&mut r2).unwrap().body, b"a /2", "the waiting request went on");
+    assert_eq!(
+        read_resp(&mut r2).unwrap().body,
+        b"a /2",
+        "the waiting request went on"
+    );
     assert_eq!(cs.get(U::RqPendingDone), 1);
     let paths: Vec<String> = a
         .log
@@ -1290,18 +1348,26 @@ fn upstream_pool(kind: EngineKind) {
         let resp = read_resp(&mut r).unwrap();
         assert_eq!(resp.body, format!("a /one/{i}").as_bytes());
     }
-    assert!(a.accepted() <= WORKERS, "{} upstream connections", a.accepted());
+    assert!(
+        a.accepted() <= WORKERS,
+        "{} upstream connections",
+        a.accepted()
+    );
     assert!(ls.get(L::HttpUpstreamReuse) >= 20 - WORKERS as u64);
     // Idle expiry (cluster b keeps idle connections 300 ms).
     let (mut s, mut r) = client(addr);
-    s.write_all(b"GET /b/1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /b/1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 200);
     let cb = p.stats.cluster("b");
     assert_eq!(cb.get(U::CxTotal), 1);
-    wait_until("the idle connection to expire", Duration::from_secs(3), || {
-        cb.get(U::CxClosed) == 1
-    });
-    s.write_all(b"GET /b/2 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    wait_until(
+        "the idle connection to expire",
+        Duration::from_secs(3),
+        || cb.get(U::CxClosed) == 1,
+    );
+    s.write_all(b"GET /b/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 200);
     assert_eq!(b.accepted(), 2, "a new connection after the expiry");
     // Stale pooled connections (one client connection: one worker, one pool).

@@ -415,7 +415,10 @@ fn retry_budgets_in_envoy_and_native_shape() {
     // Out of range, and a bare number where Envoy writes {value: …}.
     let over = envoy.replace("value: 25.0", "value: 150.0");
     let e = err(&over, Format::Yaml).to_string();
-    assert!(e.contains("retry_budget.budget_percent.value") && e.contains("150"), "{e}");
+    assert!(
+        e.contains("retry_budget.budget_percent.value") && e.contains("150"),
+        "{e}"
+    );
     let bare = envoy.replace("{value: 25.0}", "25");
     assert!(parse(&bare, Format::Yaml).is_err());
 }

@@ -278,9 +278,9 @@ impl Core {
         self.cursors.resize(t.clusters.len(), 0);
         // Idle upstream connections are indexed by the old table: closed.
         let (old, worker) = (&self.table, self.worker);
-        self.http
-            .pool
-            .reset(t.generation, |i| crate::proxy::http::pool::count_close(old, worker, &i));
+        self.http.pool.reset(t.generation, |i| {
+            crate::proxy::http::pool::count_close(old, worker, &i)
+        });
         self.table = t;
         let worker = self.worker;
         self.udp.set_listeners(
@@ -479,8 +479,10 @@ impl Core {
         while let Some(job) = self.http.jobs.pop() {
             let Some(slot) = self.alloc(true) else {
                 job.lstats.inc(self.worker, L::HttpMirrorDropped);
-                job.cstats.inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
-                job.estats.inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                job.cstats
+                    .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                job.estats
+                    .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
                 self.http.give_back(job.data);
                 continue;
             };
@@ -590,9 +592,9 @@ impl Core {
         self.udp.close_all(self.worker, io);
         let (t, worker) = (&self.table, self.worker);
         let generation = t.generation;
-        self.http
-            .pool
-            .reset(generation, |i| crate::proxy::http::pool::count_close(t, worker, &i));
+        self.http.pool.reset(generation, |i| {
+            crate::proxy::http::pool::count_close(t, worker, &i)
+        });
         self.sync_accepts(io);
     }
 

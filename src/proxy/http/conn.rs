@@ -31,11 +31,11 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use super::pool::{alive, Idle, CHECK_AFTER_MS};
+use super::shadow::{shadow_head, Job};
 use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{cursor, ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
-use super::pool::{alive, Idle, CHECK_AFTER_MS};
-use super::shadow::{shadow_head, Job};
 use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retry, VHost};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
@@ -558,7 +558,10 @@ enum Extra {
     Overloaded,
     /// A local rate limit refused the request: the configured bucket size and the
     /// seconds until this worker's bucket refills.
-    RateLimited { limit: u32, reset_s: u64 },
+    RateLimited {
+        limit: u32,
+        reset_s: u64,
+    },
 }
 /// The attempt header, written last in a head; a replay re-renders it.
 const ATTEMPT_HEADER: &[u8] = b"x-tickmesh-attempt-count: ";
@@ -1319,8 +1322,8 @@ impl Conn {
                 // Mirrors: each policy rolls its own share (parts per million).
                 self.mirror_n = 0;
                 for m in mirrors.iter().take(MAX_MIRRORS) {
-                    let hit = m.per_million >= 1_000_000
-                        || cx.lb.next_u32() % 1_000_000 < m.per_million;
+                    let hit =
+                        m.per_million >= 1_000_000 || cx.lb.next_u32() % 1_000_000 < m.per_million;
                     if hit {
                         self.mirror_to[self.mirror_n as usize] = m.cluster;
                         self.mirror_n += 1;
@@ -1392,7 +1395,11 @@ impl Conn {
                 // A connection a failed exchange left behind goes (counted on its
                 // cluster), before the counters switch to this request's cluster.
                 self.drop_up(cx);
-                if !self.cstats.as_ref().is_some_and(|s| Arc::ptr_eq(s, &cl.stats)) {
+                if !self
+                    .cstats
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(s, &cl.stats))
+                {
                     self.cstats = Some(cl.stats.clone());
                 }
                 cl.stats.inc(cx.worker, U::RqTotal);
@@ -1644,11 +1651,19 @@ impl Conn {
         {
             // Usually the same endpoint as this connection's last request: no refcount
             // traffic on the shared counters.
-            if !self.estats.as_ref().is_some_and(|s| Arc::ptr_eq(s, &e.stats)) {
+            if !self
+                .estats
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &e.stats))
+            {
                 self.estats = Some(e.stats.clone());
             }
             // The endpoint's outlier detection hears how this exchange goes.
-            if !self.ehealth.as_ref().is_some_and(|h| Arc::ptr_eq(h, &e.health)) {
+            if !self
+                .ehealth
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &e.health))
+            {
                 self.ehealth = Some(e.health.clone());
             }
         }
@@ -2404,7 +2419,11 @@ impl Conn {
                 Extra::RateLimited { limit, reset_s } => {
                     w.put(q, io, b"x-ratelimit-limit: ")?;
                     w.num(q, io, limit.into())?;
-                    w.put(q, io, b"\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: ")?;
+                    w.put(
+                        q,
+                        io,
+                        b"\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: ",
+                    )?;
                     w.num(q, io, reset_s)?;
                     w.put(q, io, b"\r\n")?;
                 }

@@ -169,7 +169,9 @@ mod tests {
         assert!(l.take(42, SPEC, 1000).allowed, "one token per second");
         assert!(!l.take(42, SPEC, 1500).allowed);
         // Long idle: back to max, not beyond.
-        let allowed = (0..10).filter(|_| l.take(42, SPEC, 100_000).allowed).count();
+        let allowed = (0..10)
+            .filter(|_| l.take(42, SPEC, 100_000).allowed)
+            .count();
         assert_eq!(allowed, 3);
         // Another key has its own bucket.
         assert!(l.take(44, SPEC, 100_000).allowed);

@@ -488,8 +488,14 @@ mod tests {
             "GET /host: HTTP/1.1\r\nx-host: a\r\n"
         );
         // Odd values are still marked, never dropped.
-        assert_eq!(shadow("GET / HTTP/1.1\r\nHost: a:b\r\n"), "GET / HTTP/1.1\r\nHost: a:b-shadow\r\n");
-        assert_eq!(shadow("GET / HTTP/1.1\r\nHost:\r\n"), "GET / HTTP/1.1\r\nHost: -shadow\r\n");
+        assert_eq!(
+            shadow("GET / HTTP/1.1\r\nHost: a:b\r\n"),
+            "GET / HTTP/1.1\r\nHost: a:b-shadow\r\n"
+        );
+        assert_eq!(
+            shadow("GET / HTTP/1.1\r\nHost:\r\n"),
+            "GET / HTTP/1.1\r\nHost: -shadow\r\n"
+        );
     }
 
     #[test]
@@ -507,7 +513,10 @@ mod tests {
         }
         assert_eq!(w.shadows_out(), 0);
         let v = w.take_copy().unwrap();
-        assert!(v.is_empty() && v.capacity() >= 7, "capacity kept, contents cleared");
+        assert!(
+            v.is_empty() && v.capacity() >= 7,
+            "capacity kept, contents cleared"
+        );
         let mut big = Vec::with_capacity(KEEP_CAPACITY + 1);
         big.push(1);
         w.give_back(v);

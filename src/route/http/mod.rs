@@ -676,8 +676,8 @@ pub fn compile(
                 out.exact.entry(d.into_bytes().into()).or_insert(vi);
             }
         }
-        let mut c =
-            compile_vhost(vh, vi, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
+        let mut c = compile_vhost(vh, vi, clusters)
+            .map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
         c.index = vi;
         compiled.push(c);
     }

@@ -147,7 +147,12 @@ fn compile_action(a: &RateLimitAction) -> Result<DescAction, String> {
                 .unwrap_or("header_match")
                 .as_bytes()
                 .into(),
-            value: m.descriptor_value.as_deref().unwrap_or("").as_bytes().into(),
+            value: m
+                .descriptor_value
+                .as_deref()
+                .unwrap_or("")
+                .as_bytes()
+                .into(),
         });
     }
     if let Some(r) = &a.request_headers {
@@ -271,7 +276,9 @@ mod tests {
         let rl: RateLimit = serde_yaml::from_str("actions:\n- {}\n").unwrap();
         let e = RateLimitRule::compile(&rl, 0).unwrap_err();
         assert!(e.contains("needs one of"), "{e}");
-        assert!(serde_yaml::from_str::<RateLimit>("actions:\n- destination_cluster: {}\n").is_err());
+        assert!(
+            serde_yaml::from_str::<RateLimit>("actions:\n- destination_cluster: {}\n").is_err()
+        );
         let bad_re: RateLimit = serde_yaml::from_str(
             "actions:\n- header_value_match: {descriptor_value: v, headers: [{name: a, safe_regex_match: {regex: \"(\"}}]}\n",
         )

@@ -286,7 +286,12 @@ fn rewrite(pattern: &str, substitution: &str, path: &str) -> Result<String, Stri
 fn regex_rewrite_as_envoy_documents_it() {
     // The examples of Envoy's RouteAction.regex_rewrite.
     assert_eq!(
-        rewrite(r"^/service/([^/]+)(/.*)$", r"\2/instance/\1", "/service/foo/v1/api").unwrap(),
+        rewrite(
+            r"^/service/([^/]+)(/.*)$",
+            r"\2/instance/\1",
+            "/service/foo/v1/api"
+        )
+        .unwrap(),
         "/v1/api/instance/foo"
     );
     assert_eq!(
