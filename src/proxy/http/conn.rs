@@ -21,7 +21,11 @@
 //!   or parked at once; a slot is freed only when nothing is in flight at all.
 //!
 //! Never blocks. Allocates per connection only (counter `Arc`s, the head buffer when a
-//! head is split); per request only a route-table `Arc` clone when the table changed.
+//! head is split, the replay copy, a rewrite buffer, all with capacity kept); per
+//! request a route-table `Arc` clone, and a copy of the head (and of a body up to the
+//! replay cap) when it may be sent again: retries, mirrors, idempotent requests on a
+//! pooled connection. Per-request syscalls: the socket I/O, plus one peek when a
+//! pooled connection idled over a second.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -1353,8 +1357,6 @@ impl Conn {
                 self.awaiting_head = true;
                 self.resp = Left::Done;
                 self.phase = Phase::Exchange;
-                // An idle pooled connection to the cluster adds no connection.
-                let reuse = cx.http.pool.has(table.generation, cluster);
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
                 let active = cl
@@ -1367,7 +1369,10 @@ impl Conn {
                     .saturating_sub(cl.stats.get(U::CxClosed));
                 // At max_connections a request may wait (max_pending_requests, counted
                 // over workers; each worker's queue is bounded too).
-                let must_wait = !reuse && open_cx >= u64::from(cl.breakers.max_connections);
+                // An idle pooled connection to the cluster adds no connection (the
+                // pool is scanned only at the limit).
+                let must_wait = open_cx >= u64::from(cl.breakers.max_connections)
+                    && !cx.http.pool.has(table.generation, cluster);
                 let waiting = cl
                     .stats
                     .get(U::RqPendingTotal)
@@ -1548,24 +1553,38 @@ impl Conn {
     /// Start (or continue) connecting upstream: attempt `self.attempt`, the balancer's
     /// choice first, then the endpoints after it.
     fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        let Some(table) = self.table.clone() else {
-            return self.close(slot, cx, io);
-        };
-        let cl = &table.clusters[self.cluster as usize];
         // The first attempt: the balancer's endpoint, through the pool when it holds an
-        // idle connection to it. Later attempts go to the endpoints after it.
-        let mut opened = None;
+        // idle connection to it (without touching the table's refcount: this is every
+        // keep-alive request's path). Later attempts go to the endpoints after it.
+        let mut picked = None;
         if self.attempt == 0 {
-            let mut scratch = 0;
-            let cur = cursor(cx.cursors, &mut scratch, self.cluster as usize);
-            cx.lb.set_key(self.lb_key);
-            if let Some(ep) = cl.pick(cx.lb, cur, self.peer, 0, cx.worker) {
+            let (cluster, key, peer) = (self.cluster as usize, self.lb_key, self.peer);
+            picked = self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(cluster))
+                .and_then(|cl| {
+                    let mut scratch = 0;
+                    let cur = cursor(cx.cursors, &mut scratch, cluster);
+                    cx.lb.set_key(key);
+                    cl.pick(cx.lb, cur, peer, 0, cx.worker)
+                });
+            if let Some(ep) = picked {
                 self.first_endpoint = ep as u32;
                 if !self.fresh_only {
                     if let Some(idle) = self.take_pooled(ep, cx) {
                         return self.attach_pooled(slot, idle, cx, io);
                     }
                 }
+            }
+        }
+        let Some(table) = self.table.clone() else {
+            return self.close(slot, cx, io);
+        };
+        let cl = &table.clusters[self.cluster as usize];
+        let mut opened = None;
+        if self.attempt == 0 {
+            if let Some(ep) = picked {
                 let e = &cl.endpoints[ep];
                 match crate::net::upstream_tcp_socket(&e.address) {
                     Ok(fd) => {
