@@ -481,6 +481,12 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 );
             }
         }
+        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+            bad(
+                format!("{at}.idle_timeout"),
+                "must be longer than 0 (idle pooled connections are closed after it)".into(),
+            );
+        }
         if let Some(t) = c.connect_timeout {
             if t.is_zero() || t.as_secs() > 3600 {
                 bad(
