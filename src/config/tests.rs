@@ -422,3 +422,22 @@ fn retry_budgets_in_envoy_and_native_shape() {
     let bare = envoy.replace("{value: 25.0}", "25");
     assert!(parse(&bare, Format::Yaml).is_err());
 }
+
+#[test]
+fn cluster_idle_timeout() {
+    let ok = parse(
+        "clusters: [{name: a, endpoints: [\"127.0.0.1:1\"], idle_timeout: 90s}]",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.clusters[0].idle_timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
+    let e = err(
+        "clusters: [{name: a, endpoints: [\"127.0.0.1:1\"], idle_timeout: 0s}]",
+        Format::Yaml,
+    )
+    .to_string();
+    assert!(e.contains("clusters[0].idle_timeout"), "{e}");
+}
