@@ -310,6 +310,34 @@ pub fn stats_table(s: &StatsResult) -> String {
         out.push_str(&table(&t, 3));
     }
 
+    if let Some(o) = &s.offload {
+        out.push('\n');
+        let mut t = vec![row(&[
+            "OFFLOAD",
+            "SESSIONS",
+            "RECORDS_SEALED",
+            "RECORDS_OPENED",
+            "BYTES_SEALED",
+            "BYTES_OPENED",
+            "IN_FLIGHT",
+            "FAILED",
+        ])];
+        let mut backends = o.backends.clone();
+        backends.dedup();
+        let m = &o.counters;
+        t.push(vec![
+            backends.join(","),
+            c(m, "sessions").to_string(),
+            c(m, "records_sealed").to_string(),
+            c(m, "records_opened").to_string(),
+            c(m, "bytes_sealed").to_string(),
+            c(m, "bytes_opened").to_string(),
+            c(m, "in_flight").to_string(),
+            c(m, "jobs_failed").to_string(),
+        ]);
+        out.push_str(&table(&t, 1));
+    }
+
     if s.workers > 1 {
         out.push_str("\nconnections per worker (total)\n");
         let mut head = vec!["NAME".to_string()];
@@ -402,6 +430,7 @@ mod tests {
             generation: 4,
             workers: 2,
             certificates: vec![],
+            offload: None,
             listeners: vec![ListenerStatsView {
                 name: "orders".into(),
                 protocol: crate::config::Protocol::Tcp,

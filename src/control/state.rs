@@ -500,6 +500,7 @@ impl ControlPlane {
                     }
                 })
                 .collect(),
+            offload: self.offload_view(),
             certificates: {
                 let warn = self.expiry_warning();
                 crate::tls::table_certs(&table)
@@ -518,6 +519,35 @@ impl ControlPlane {
                     .collect()
             },
         }
+    }
+
+    /// The offload engines' counters, once any worker built one.
+    fn offload_view(&self) -> Option<super::protocol::OffloadView> {
+        let r = self.stats.offload().report();
+        let per = per_worker(&r);
+        let backends: Vec<String> = per
+            .iter()
+            .map(|m| {
+                match m.get("backend").copied().unwrap_or(0) {
+                    1 => "software-inline",
+                    2 => "software-threaded",
+                    3 => "ktls",
+                    4 => "cryptodev",
+                    _ => "none",
+                }
+                .to_string()
+            })
+            .collect();
+        if backends.iter().all(|b| b == "none") {
+            return None;
+        }
+        let mut counters = totals(&r);
+        counters.remove("backend");
+        Some(super::protocol::OffloadView {
+            backends,
+            counters,
+            per_worker: per,
+        })
     }
 
     /// Seconds of remaining validity below which a certificate is warned about.

@@ -158,6 +158,12 @@ pub(crate) struct Core {
     scratch: Vec<u8>,
     http: crate::proxy::http::Worker,
     pending_spare: Vec<(u32, u16, u32)>,
+    /// TLS record offload engine, built on the first TLS connection.
+    crypto: Option<crate::tls::conn::Crypto>,
+    /// Connections that got completions in the current reap (slot, generation).
+    touched: Vec<(u32, u16)>,
+    /// The offload counters last published (published again only when they change).
+    crypto_published: tickmesh_offload::EngineStats,
 }
 
 impl Core {
@@ -187,6 +193,9 @@ impl Core {
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
             http: crate::proxy::http::Worker::new(worker, workers),
             pending_spare: Vec::with_capacity(crate::proxy::http::shadow::MAX_PENDING),
+            crypto: None,
+            touched: Vec::with_capacity(1024),
+            crypto_published: Default::default(),
         }
     }
 
@@ -229,6 +238,87 @@ impl Core {
             }
         }
         self.udp_again(io);
+    }
+
+    /// Ring the offload engine's doorbell, reap its completions and hand them to their
+    /// connections (in order per connection; the engine guarantees it), then let those
+    /// connections move the results and submit more. Runs once per event batch, after the
+    /// I/O completions, so the jobs of every connection in the batch go out together.
+    pub fn poll_crypto(&mut self, io: &mut impl Driver) {
+        // Bounded: a round's drives may submit follow-up jobs (a seal after an open, an
+        // alert); what is left waits for the next batch (`crypto_busy` keeps the loop hot).
+        for _ in 0..4 {
+            let Some(cr) = self.crypto.as_mut() else {
+                return;
+            };
+            if cr.engine.in_flight() == 0 && cr.waiters.is_empty() {
+                break;
+            }
+            cr.engine.poll();
+            let mut touched = std::mem::take(&mut self.touched);
+            touched.clear();
+            // Waiters retry first: the reap below frees ring slots for them.
+            touched.append(&mut cr.waiters);
+            let conns = &mut self.conns;
+            cr.engine.reap(usize::MAX, |c| {
+                let (slot, gen, side) = crate::tls::conn::untag(c.tag);
+                if let Some(Conn::Tcp(t)) = conns.get_mut(slot as usize) {
+                    if t.gen == gen && !t.is_free() {
+                        t.on_crypto(side, &c);
+                        if touched.last() != Some(&(slot, gen)) {
+                            touched.push((slot, gen));
+                        }
+                    }
+                }
+            });
+            for &(slot, gen) in &touched {
+                self.with_conn(slot, gen, io, |c, cx, io| match c {
+                    Conn::Tcp(t) => t.crypto_done(slot, cx, io),
+                    _ => Step::Continue,
+                });
+            }
+            self.touched = touched;
+        }
+        self.publish_crypto();
+    }
+
+    /// Copy the engine's counters to the shared block `stats` reads (when they changed:
+    /// a handful of relaxed stores, once per batch at most).
+    fn publish_crypto(&mut self) {
+        use crate::telemetry::OffloadCounter as O;
+        let (Some(cr), Some(block)) = (self.crypto.as_ref(), self.table.offload_stats.as_ref())
+        else {
+            return;
+        };
+        let s = cr.engine.stats();
+        if s == self.crypto_published || self.worker >= block.workers() {
+            return;
+        }
+        self.crypto_published = s;
+        let w = self.worker;
+        let backend = match cr.engine.backend() {
+            tickmesh_offload::BackendKind::SoftwareInline => 1,
+            tickmesh_offload::BackendKind::SoftwareThreaded => 2,
+            tickmesh_offload::BackendKind::Ktls => 3,
+            _ => 4,
+        };
+        block.set(w, O::Backend, backend);
+        block.set(w, O::Sessions, s.sessions);
+        block.set(w, O::RecordsSealed, s.records_sealed);
+        block.set(w, O::RecordsOpened, s.records_opened);
+        block.set(w, O::BytesSealed, s.bytes_sealed);
+        block.set(w, O::BytesOpened, s.bytes_opened);
+        block.set(w, O::JobsFailed, s.jobs_failed);
+        block.set(w, O::SubmitRefused, s.submit_refused);
+        block.set(w, O::InFlight, s.in_flight);
+    }
+
+    /// Offload jobs are in flight: the engine loop must not sleep.
+    #[inline]
+    pub fn crypto_busy(&self) -> bool {
+        self.crypto
+            .as_ref()
+            .is_some_and(|c| c.engine.in_flight() > 0 || !c.waiters.is_empty())
     }
 
     /// End of an event batch: publish the open-connection count for drain.
@@ -396,6 +486,7 @@ impl Core {
             scratch: &mut self.scratch,
             table: &self.table,
             http: &mut self.http,
+            crypto: &mut self.crypto,
         };
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
@@ -465,6 +556,7 @@ impl Core {
             scratch: &mut self.scratch,
             table: &self.table,
             http: &mut self.http,
+            crypto: &mut self.crypto,
         };
         let step = f(c, &mut cx, io);
         self.after(slot, step);
@@ -496,6 +588,7 @@ impl Core {
                 scratch: &mut self.scratch,
                 table: &self.table,
                 http: &mut self.http,
+                crypto: &mut self.crypto,
             };
             let step = self.conns[slot as usize].open_shadow(slot, job, &mut cx, io);
             self.after(slot, step);

@@ -41,6 +41,11 @@ pub struct RouteTable {
     pub generation: u64,
     pub listeners: Box<[ListenerEntry]>,
     pub clusters: Box<[ClusterEntry]>,
+    /// The TLS record offload backend (`offload.backend`); a worker builds its engine
+    /// with it on its first TLS connection.
+    pub offload: crate::config::tls::OffloadBackend,
+    /// Where workers publish their offload engine's counters (`None`: empty table).
+    pub offload_stats: Option<Arc<crate::telemetry::OffloadStats>>,
 }
 
 #[derive(Debug)]
@@ -334,6 +339,8 @@ impl RouteTable {
             generation: 0,
             listeners: Box::new([]),
             clusters: Box::new([]),
+            offload: Default::default(),
+            offload_stats: None,
         }
     }
 
@@ -363,20 +370,6 @@ pub fn compile(
     crate::config::validate(cfg)?;
     let mut index = HashMap::new();
     let mut problems = Vec::new();
-    if let Some(o) = &cfg.offload {
-        if o.backend != crate::config::tls::OffloadBackend::Auto {
-            // Honest refusal: the hand-over to tickmesh-offload is not wired into the
-            // proxy yet, so no backend can be chosen; `auto` means rustls inline.
-            problems.push(Problem {
-                path: "offload.backend".into(),
-                line: None,
-                message: format!(
-                    "`{}` cannot be chosen yet: TLS record crypto runs inside rustls in this build (the tickmesh-offload hand-over is not wired into the proxy); use `auto` or leave it out",
-                    format!("{:?}", o.backend).to_lowercase()
-                ),
-            });
-        }
-    }
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
@@ -522,6 +515,8 @@ pub fn compile(
         generation,
         listeners: listeners.into_boxed_slice(),
         clusters: clusters.into_boxed_slice(),
+        offload: cfg.offload.as_ref().map(|o| o.backend).unwrap_or_default(),
+        offload_stats: Some(stats.offload()),
     })
 }
 

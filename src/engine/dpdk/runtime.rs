@@ -282,10 +282,9 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         unsafe { sys::rte_eal_wait_lcore(l) };
     }
     let _ = ctl.join();
-    // The port-control thread destroys its rte_flow rules before the ports close.
-    if let Some(t) = portctl {
-        let _ = t.join();
-    }
+    // The port-control thread destroys its rte_flow rules before the ports close (on an
+    // early return the guard does the same when it drops, before `engine`).
+    drop(portctl);
     drop(main_ctx);
 
     let report = report(&engine, started.elapsed());

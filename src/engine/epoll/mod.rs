@@ -465,7 +465,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
     let mut last_work = Instant::now();
     let mut stop_deadline: Option<Instant> = None;
     loop {
-        let timeout = if !io.ready.is_empty() || !io.done.is_empty() {
+        let timeout = if !io.ready.is_empty() || !io.done.is_empty() || core.crypto_busy() {
             0
         } else {
             match opts.idle {
@@ -537,6 +537,8 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
                 _ => {}
             }
         }
+        flush(core, io);
+        core.poll_crypto(io);
         flush(core, io);
         core.end_batch();
     }

@@ -394,7 +394,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     let mut stop_deadline: Option<Instant> = None;
     loop {
         // Submit what the last batch queued, then wait or poll for completions.
-        let ready = !io.ring.completion().is_empty();
+        let ready = !io.ring.completion().is_empty() || core.crypto_busy();
         let idle_wait = match opts.idle {
             Idle::Spin => false,
             Idle::Adaptive => !ready && last_work.elapsed() >= opts.spin,
@@ -430,6 +430,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         for &(ud, res, flags) in &cqes {
             dispatch(core, io, ud, res, flags);
         }
+        core.poll_crypto(io);
         core.end_batch();
     }
 }

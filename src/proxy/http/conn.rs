@@ -2732,6 +2732,7 @@ mod tests {
             open: &mut open,
             scratch: &mut scratch,
             table: &table,
+            crypto: &mut None,
         };
         let a = new_request_id(&mut cx);
         let b = new_request_id(&mut cx);

@@ -128,6 +128,17 @@ pub struct Ctx<'a> {
     pub scratch: &'a mut Vec<u8>,
     /// The worker's HTTP state beyond one connection (mirrors to start, rate limits).
     pub http: &'a mut crate::proxy::http::Worker,
+    /// The worker's TLS record offload engine, built on its first TLS connection.
+    pub crypto: &'a mut Option<crate::tls::conn::Crypto>,
+}
+
+impl Ctx<'_> {
+    /// The worker's offload engine (built now if this is its first TLS connection).
+    pub fn crypto(&mut self) -> &mut crate::tls::conn::Crypto {
+        let choice = self.table.offload;
+        self.crypto
+            .get_or_insert_with(|| crate::tls::conn::Crypto::new(choice))
+    }
 }
 
 /// What the worker must do with a connection slot after an event.
