@@ -444,7 +444,9 @@ fn post_handshake_messages_are_checked() {
         BackendChoice, ContentType as T, EngineConfig, SessionParams, TlsVersion,
     };
     let bad = |d: u8| Some(RecordError::Sent(d, JobErrorKind::BadMessage));
-    let cases: Vec<(&str, Vec<(T, Vec<u8>)>, Option<RecordError>)> = vec![
+    // (case, records the client sends, the failure expected)
+    type Case = (&'static str, Vec<(T, Vec<u8>)>, Option<RecordError>);
+    let cases: Vec<Case> = vec![
         (
             "ticket from a client",
             vec![(T::Handshake, vec![4, 0, 0, 1, 0])],
