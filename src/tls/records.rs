@@ -688,6 +688,8 @@ impl Records {
                 _ => return self.fail(alert::UNEXPECTED_MESSAGE, JobErrorKind::BadMessage),
             }
         }
+        // Post-handshake messages are rare (KeyUpdate, tickets): allocating here, off the
+        // record path, keeps every other record allocation-free.
         let rest = msg.to_vec();
         owned.clear();
         owned.extend_from_slice(&rest);
