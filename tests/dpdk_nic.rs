@@ -130,6 +130,8 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
         ])
         .args(["--idle", "park", "-c"])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args(["--dpdk-no-huge", "--dpdk-file-prefix", "tm-test-nic"])
         .args(["--dpdk-vdev", &format!("net_tap0,iface={TAP}")])
         .args(["--dpdk-vdev", "net_ring0", "--dpdk-vdev", "net_null0"])
@@ -448,9 +450,30 @@ fn nic_opens_a_dpdk_port_in_its_own_eal_with_vdev() {
     if !dpdk_common::dpdk_usable() {
         return;
     }
+    // In a namespace of its own: net_tap makes a kernel interface.
+    struct Ns;
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", OWN_NS])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    const OWN_NS: &str = "tmdnicown";
+    let _ = Command::new("ip")
+        .args(["netns", "del", OWN_NS])
+        .stderr(Stdio::null())
+        .status();
+    assert!(Command::new("ip")
+        .args(["netns", "add", OWN_NS])
+        .status()
+        .unwrap()
+        .success());
+    let _ns = Ns;
     let own = |vdev: &str, args: &[&str]| {
-        Command::new(BIN)
-            .args(["nic", "--dpdk-vdev", vdev])
+        Command::new("ip")
+            .args(["netns", "exec", OWN_NS, BIN, "nic", "--dpdk-vdev", vdev])
             .args(args)
             .output()
             .unwrap()

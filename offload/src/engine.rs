@@ -2,8 +2,9 @@
 //!
 //! One `Engine` per worker thread (it is `Send`, not shared). The control side creates,
 //! rekeys and destroys sessions (allocation allowed there); the data side submits seal /
-//! open jobs, rings the doorbell with [`Engine::poll`], and reaps completions — possibly
-//! out of order, each carrying the caller's tag.
+//! open jobs, rings the doorbell with [`Engine::poll`], and reaps completions, each
+//! carrying the caller's tag: across sessions in whatever order the backend finished them,
+//! within one session and op always in submission order (early finishers are held back).
 //!
 //! Invariants: the number of jobs in existence is fixed at construction (`slots`); a job is
 //! always in exactly one place (free list, submission ring, backend, completion ring);
@@ -20,6 +21,9 @@ use crate::error::{JobError, SubmitError};
 use crate::job::{Completion, Job, Op, Output, SessionId};
 use crate::record::{ContentType, RecordKey, MAX_PLAINTEXT, MAX_RECORD};
 use crate::suite::{CipherSuite, Direction, SessionError, SessionParams, TlsVersion, TrafficKeys};
+
+/// Most jobs one session may have in flight (keeps its 16-bit order numbers unambiguous).
+pub const MAX_IN_FLIGHT: u32 = 1 << 15;
 
 /// Engine sizing and backend choice.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +73,12 @@ struct Session {
     rx_seq: u64,
     in_flight: u32,
     limit: u32,
+    /// Per op (seal, open): the order number the next submission gets, and the next one
+    /// to hand to the caller. Completions are reaped in this order per session and op.
+    /// 16 bits suffice: the in-flight limit (≤ `MAX_IN_FLIGHT`) bounds how far apart
+    /// the two can be, and they wrap together.
+    order: [u16; 2],
+    deliver: [u16; 2],
 }
 
 struct SessionSlot {
@@ -101,6 +111,10 @@ pub struct Engine {
     free: Vec<Box<Job>>,
     sq: VecDeque<Box<Job>>,
     cq: VecDeque<Box<Job>>,
+    /// Completions that came back ahead of an earlier job of the same session and op;
+    /// held until that one is reaped (capacity `slots`: never reallocates).
+    #[allow(clippy::vec_box)]
+    parked: Vec<Box<Job>>,
     stats: EngineStats,
 }
 
@@ -122,6 +136,7 @@ impl Engine {
             free: (0..cfg.slots).map(|_| Job::new_slot()).collect(),
             sq: VecDeque::with_capacity(cfg.slots),
             cq: VecDeque::with_capacity(cfg.slots),
+            parked: Vec::with_capacity(cfg.slots),
             stats: EngineStats::default(),
         })
     }
@@ -167,11 +182,14 @@ impl Engine {
             tx_seq: p.tx.seq,
             rx_seq: p.rx.seq,
             in_flight: 0,
+            order: [0; 2],
+            deliver: [0; 2],
             limit: if p.in_flight_limit == 0 {
                 self.cfg.default_in_flight_limit.max(1)
             } else {
                 p.in_flight_limit
-            },
+            }
+            .min(MAX_IN_FLIGHT),
         };
         let index = match self.free_sessions.pop() {
             Some(i) => i,
@@ -293,7 +311,7 @@ impl Engine {
         len: usize,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), SubmitError> {
-        let (mut job, s) = self.take_slot(id)?;
+        let (mut job, s) = self.take_slot(id, Op::Seal)?;
         job.op = Op::Seal;
         job.tag = tag;
         job.session = id;
@@ -335,7 +353,7 @@ impl Engine {
         tag: u64,
         record: &[u8],
     ) -> Result<(), SubmitError> {
-        let (mut job, s) = self.take_slot(id)?;
+        let (mut job, s) = self.take_slot(id, Op::Open)?;
         job.op = Op::Open;
         job.tag = tag;
         job.session = id;
@@ -366,7 +384,11 @@ impl Engine {
 
     /// Check the session and its budget and take a free slot. Returns the slot and the
     /// session (one lookup; disjoint fields of `self`).
-    fn take_slot(&mut self, id: SessionId) -> Result<(Box<Job>, &mut Session), SubmitError> {
+    fn take_slot(
+        &mut self,
+        id: SessionId,
+        op: Op,
+    ) -> Result<(Box<Job>, &mut Session), SubmitError> {
         let Some(s) = lookup(&mut self.sessions, id) else {
             return Err(SubmitError::UnknownSession);
         };
@@ -374,11 +396,14 @@ impl Engine {
             self.stats.submit_refused += 1;
             return Err(SubmitError::InFlightLimit);
         }
-        let Some(job) = self.free.pop() else {
+        let Some(mut job) = self.free.pop() else {
             self.stats.submit_refused += 1;
             return Err(SubmitError::RingFull);
         };
         s.in_flight += 1;
+        let k = op_index(op);
+        job.order = s.order[k];
+        s.order[k] = s.order[k].wrapping_add(1);
         Ok((job, s))
     }
 
@@ -397,14 +422,54 @@ impl Engine {
         self.cq.len()
     }
 
-    /// Hand up to `max` completions to `f`, in completion order (which may differ from
-    /// submission order). Each slot is recycled when `f` returns. Returns how many.
+    /// Hand up to `max` completions to `f`. Across sessions in completion order (which
+    /// may differ from submission order); within one session and op (seal or open) always
+    /// in submission order: a job that finished ahead of an earlier one of its session is
+    /// held back until that one was reaped. Each slot is recycled when `f` returns.
+    /// Returns how many.
     pub fn reap(&mut self, max: usize, mut f: impl FnMut(Completion<'_>)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(mut job) = self.cq.pop_front() else {
                 break;
             };
+            let k = op_index(job.op);
+            // One session lookup per job: ordering, in-flight count and key check.
+            match lookup(&mut self.sessions, job.session) {
+                Some(s) => {
+                    if job.order != s.deliver[k] {
+                        self.parked.push(job);
+                        continue;
+                    }
+                    s.deliver[k] = s.deliver[k].wrapping_add(1);
+                    // The caller cannot submit while reaping, so the budget is returned now.
+                    s.in_flight -= 1;
+                    let current = match job.op {
+                        Op::Seal => &s.tx,
+                        Op::Open => &s.rx,
+                    };
+                    if !job
+                        .key
+                        .as_ref()
+                        .is_some_and(|key| Arc::ptr_eq(key, current))
+                    {
+                        job.key = None; // replaced by a key update: let it go now
+                    }
+                    if !self.parked.is_empty() {
+                        let next = s.deliver[k];
+                        let (sid, op) = (job.session, job.op);
+                        if let Some(i) = self
+                            .parked
+                            .iter()
+                            .position(|j| j.session == sid && j.op == op && j.order == next)
+                        {
+                            // Capacity `slots` bounds every job: no reallocation.
+                            self.cq.push_front(self.parked.swap_remove(i));
+                        }
+                    }
+                }
+                None => job.key = None, // session destroyed
+            }
             let result = match job.result {
                 Ok(()) => {
                     let data = &job.buf[job.out_start..job.out_start + job.out_len];
@@ -435,19 +500,6 @@ impl Engine {
                 seq: job.seq,
                 result,
             });
-            match lookup(&mut self.sessions, job.session) {
-                Some(s) => {
-                    s.in_flight -= 1;
-                    let current = match job.op {
-                        Op::Seal => &s.tx,
-                        Op::Open => &s.rx,
-                    };
-                    if !job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, current)) {
-                        job.key = None; // replaced by a key update: let it go now
-                    }
-                }
-                None => job.key = None, // session destroyed
-            }
             // The slot keeps its key reference: the next job of the same session reuses it
             // without touching the reference count (`forget_key` clears stale ones).
             job.result = Err(JobError::Crypto);
@@ -468,6 +520,14 @@ impl Engine {
             std::hint::spin_loop();
         }
         self.cq.len()
+    }
+}
+
+#[inline]
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Seal => 0,
+        Op::Open => 1,
     }
 }
 
@@ -597,6 +657,45 @@ mod tests {
         );
         e.destroy_session(id).unwrap();
         assert_eq!(Arc::strong_count(&current), 1);
+    }
+
+    /// A device may finish jobs in any order; one session's completions still reach the
+    /// caller in submission order (per op), other sessions' pass in between.
+    #[test]
+    fn completions_are_reaped_in_order_per_session() {
+        let mut e = Engine::new(EngineConfig {
+            backend: BackendChoice::Software,
+            slots: 16,
+            ..Default::default()
+        })
+        .unwrap();
+        let keys = TrafficKeys::new(CipherSuite::Aes128Gcm, &[1; 16], [2; 12], 0).unwrap();
+        let p = SessionParams {
+            suite: CipherSuite::Aes128Gcm,
+            version: TlsVersion::Tls13,
+            tx: keys.clone(),
+            rx: keys,
+            in_flight_limit: 0,
+        };
+        let a = e.create_session(&p).unwrap();
+        let b = e.create_session(&p).unwrap();
+        for tag in 0..4 {
+            e.submit_seal(a, tag, ContentType::ApplicationData, b"a")
+                .unwrap();
+            e.submit_seal(b, 100 + tag, ContentType::ApplicationData, b"b")
+                .unwrap();
+        }
+        e.poll_until_idle(100);
+        // Simulate a device that completed everything backwards.
+        e.cq.make_contiguous().reverse();
+        let mut seen = Vec::new();
+        assert_eq!(e.reap(16, |c| seen.push(c.tag)), 8);
+        let a_tags: Vec<u64> = seen.iter().copied().filter(|t| *t < 100).collect();
+        let b_tags: Vec<u64> = seen.iter().copied().filter(|t| *t >= 100).collect();
+        assert_eq!(a_tags, [0, 1, 2, 3]);
+        assert_eq!(b_tags, [100, 101, 102, 103]);
+        assert!(e.parked.is_empty());
+        assert_eq!(e.in_flight(), 0);
     }
 
     /// An engine moves to its worker thread at start-up.

@@ -36,6 +36,8 @@ pub struct Job {
     /// Seal: the requested content type. Open: the inner type once opened.
     pub(crate) content_type: ContentType,
     pub(crate) seq: u64,
+    /// Position among its session's jobs of the same op (reaping order).
+    pub(crate) order: u16,
     /// Held for the job's life so a key update cannot change the key under it.
     pub(crate) key: Option<Arc<RecordKey>>,
     /// `MAX_RECORD` bytes, allocated once with the slot.
@@ -59,6 +61,7 @@ impl Job {
             op: Op::Seal,
             content_type: ContentType::ApplicationData,
             seq: 0,
+            order: 0,
             key: None,
             buf: vec![0u8; MAX_RECORD].into_boxed_slice(),
             input_len: 0,

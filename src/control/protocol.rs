@@ -209,6 +209,31 @@ pub struct StatsResult {
     /// TLS certificates in use and how long each has left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateView>,
+    /// Packet engine (DPDK) counter blocks: `port/NAME` (per port, per queue pair =
+    /// worker), `vip/NAME` and `backend/CLUSTER/ADDR`; empty on the socket engines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packets: Vec<PacketStatsView>,
+    /// The TLS record offload engines (once a worker served TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadView>,
+}
+
+/// One packet-engine counter block, summed and per worker (= per queue pair).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacketStatsView {
+    pub name: String,
+    pub counters: CounterMap,
+    pub per_worker: Vec<CounterMap>,
+}
+
+/// The workers' offload engines: backend per worker, sessions, records and bytes
+/// sealed/opened, jobs in flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffloadView {
+    /// Backend name per worker (`none` before its first TLS connection).
+    pub backends: Vec<String>,
+    pub counters: CounterMap,
+    pub per_worker: Vec<CounterMap>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

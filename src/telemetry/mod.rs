@@ -71,6 +71,8 @@ counter_set! {
         TlsAlertsReceived => "tls_alerts_received",
         /// Client sockets that ended without `close_notify`.
         TlsTruncated => "tls_truncated",
+        /// Client records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP listeners: requests whose head was parsed.
         HttpRqTotal => "http_rq_total",
         /// Responses sent downstream, by class (local ones included).
@@ -93,12 +95,29 @@ counter_set! {
         HttpHeaderTimeout => "http_header_timeout",
         /// Upstream connections reused for another request (keep-alive).
         HttpUpstreamReuse => "http_upstream_reuse",
+        /// Pooled upstream connections found closed by their upstream: by the liveness
+        /// check before reuse, or by a reused connection closing before any response
+        /// (the idempotent request is then sent again on a fresh connection).
+        HttpUpstreamStale => "http_upstream_stale",
         /// `Connection: upgrade` requests turned into tunnels.
         HttpUpgrades => "http_upgrades",
         /// Connections sniffed as not HTTP/1.x and relayed to the TCP fallback cluster.
         SniffedTcp => "sniffed_tcp",
         /// Requests sent upstream again by a route's retry policy.
         HttpRetry => "http_rq_retry",
+        /// Shadow copies sent to a mirror cluster (route `request_mirror_policies`).
+        HttpMirrored => "http_mirrored",
+        /// Shadow requests that got no response head (connect error, reset, timeout,
+        /// garbage); the primary never notices.
+        HttpMirrorFailed => "http_mirror_failed",
+        /// Mirrors not sent: the worker's in-flight shadow cap, a body over the copy
+        /// cap, or the shadow cluster's circuit breakers.
+        HttpMirrorDropped => "http_mirror_dropped",
+        /// Requests refused with 429 by a route's local rate limit.
+        HttpRateLimited => "http_rate_limited",
+        /// Rate-limit descriptor buckets evicted from a worker's full table (the
+        /// evicted key starts again with a full bucket).
+        HttpRateLimitEvictions => "http_ratelimit_evictions",
     }
 }
 
@@ -117,12 +136,28 @@ counter_set! {
         TlsHandshakes => "tls_handshakes",
         /// TLS failures with upstreams (verification, alerts, bad records).
         TlsErrors => "tls_errors",
+        /// Upstream records sealed or opened by the offload engine (not by rustls).
+        TlsRecordsOffloaded => "tls_records_offloaded",
         /// HTTP requests sent to this cluster, and those finished (active = the
         /// difference, for circuit breaking).
         RqTotal => "rq_total",
         RqDone => "rq_done",
         /// HTTP requests refused by the circuit breakers (503, `x-tickmesh-overloaded`).
         RqOverflow => "rq_overflow",
+        /// Retries started on this cluster, and those finished (active = the
+        /// difference, for `max_retries` / the retry budget).
+        RqRetryTotal => "rq_retry_total",
+        RqRetryDone => "rq_retry_done",
+        /// Retries not made because `max_retries` or the retry budget was used up (the
+        /// failure went to the client as it was).
+        RqRetryOverflow => "rq_retry_overflow",
+        /// Requests that waited for a connection (`max_connections` reached), and
+        /// those that stopped waiting (active = the difference).
+        RqPendingTotal => "rq_pending_total",
+        RqPendingDone => "rq_pending_done",
+        /// Requests refused because `max_pending_requests` were already waiting (503,
+        /// counted in `rq_overflow` too).
+        RqPendingOverflow => "rq_pending_overflow",
     }
 }
 
@@ -179,6 +214,27 @@ counter_set! {
     }
 }
 
+counter_set! {
+    /// The TLS record offload engine, per worker (each worker has its own engine).
+    OffloadCounter {
+        /// Backend serving this worker: 0 none yet, 1 software-inline,
+        /// 2 software-threaded, 3 ktls, 4 cryptodev (gauge).
+        Backend => "backend",
+        /// Live crypto sessions (gauge).
+        Sessions => "sessions",
+        RecordsSealed => "records_sealed",
+        RecordsOpened => "records_opened",
+        BytesSealed => "bytes_sealed",
+        BytesOpened => "bytes_opened",
+        /// Jobs that completed with an error (bad record, limit).
+        JobsFailed => "jobs_failed",
+        /// Submissions refused for back-pressure (ring full, in-flight limit).
+        SubmitRefused => "submit_refused",
+        /// Jobs submitted and not yet reaped (gauge).
+        InFlight => "in_flight",
+    }
+}
+
 const SLOT_WORDS: usize = 16; // 128 bytes: two cache lines, so adjacent prefetch can't share.
 
 /// One block of counters: `workers` slots of `K::NAMES.len()` words, each slot padded.
@@ -200,6 +256,11 @@ impl<K: CounterSet> Counters<K> {
             workers,
             _k: PhantomData,
         }
+    }
+
+    /// Worker slots in this block.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// Add `n` to counter `k` in `worker`'s slot. Only that worker may call this with that
@@ -291,6 +352,7 @@ pub type ListenerStats = Counters<ListenerCounter>;
 pub type UpstreamStats = Counters<UpstreamCounter>;
 pub type PortStats = Counters<PortCounter>;
 pub type PacketStats = Counters<PacketCounter>;
+pub type OffloadStats = Counters<OffloadCounter>;
 
 /// Hands out counter blocks by resource name so that they survive config changes.
 /// Control-plane only.
@@ -312,6 +374,7 @@ struct RegistryMaps {
     /// DPDK engine: per port, and per VIP / backend keyed `vip/NAME`, `backend/CLUSTER/ADDR`.
     ports: HashMap<String, Arc<PortStats>>,
     packets: HashMap<String, Arc<PacketStats>>,
+    offload: Option<Arc<OffloadStats>>,
 }
 
 impl StatsRegistry {
@@ -385,6 +448,14 @@ impl StatsRegistry {
         m.packets
             .entry(key.to_string())
             .or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// The workers' TLS record offload engines (one block for the daemon).
+    pub fn offload(&self) -> Arc<OffloadStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.offload
+            .get_or_insert_with(|| Arc::new(Counters::new(self.workers)))
             .clone()
     }
 

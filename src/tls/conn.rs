@@ -1,27 +1,34 @@
-//! The TLS layer of one proxied TCP connection: a rustls session per side that needs
-//! one (server on the downstream side, client on the upstream side), fed with the bytes
-//! a socket delivered and drained into pool buffers for the relay to send.
+//! The TLS layer of one proxied TCP connection: per side that needs one (server on the
+//! downstream side, client on the upstream side) a rustls handshake, then a record layer
+//! on the worker's offload engine ([`super::records`]).
+//!
+//! rustls (unbuffered API) does the handshake only. It is fed one record at a time, so
+//! it stops at the last handshake record and never decrypts application data; once it
+//! reports the handshake done, its traffic secrets are extracted
+//! (`dangerous_into_kernel_connection`, the kTLS hand-over), a crypto session is created
+//! in the worker's [`Crypto`] engine, and from then on every record of that side is a
+//! seal or open job on the engine's rings.
 //!
 //! Owns the sessions and their per-side flags; the relay (`proxy::l4::tcp`) owns the
-//! sockets and the queues. Never blocks and never does I/O itself: rustls reads from and
-//! writes to byte slices only. Memory stays bounded because the relay reads a side only
-//! when that side's decrypted bytes were passed on and the other side's session has no
-//! ciphertext waiting.
-//!
-//! rustls does the record protection here (AES-GCM / ChaCha20-Poly1305 from `ring`),
-//! and with it KeyUpdate both ways, NewSessionTicket, alerts, `close_notify`, record
-//! size limits (`record_overflow`) and sequence-number limits (RFC 8446 §5.5).
+//! sockets and the queues. Never blocks and never does I/O itself. Memory stays bounded:
+//! the handshake buffers are dropped at the hand-over; the record layer's buffers are
+//! fixed (see `records`), and the relay reads a side only when they have room.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::{ClientConnection, Connection, ServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{client::UnbufferedClientConnection, server::UnbufferedServerConnection};
+use tickmesh_offload::{BackendChoice, Completion, Engine, EngineConfig, SessionParams};
 
+use super::records::{Kernel, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
+use crate::config::tls::OffloadBackend;
 use crate::proxy::l4::Side;
 
 /// The first byte of a TLS handshake record (RFC 8446 §5.1, `ContentType.handshake`).
 const HANDSHAKE: u8 = 22;
+/// Jobs one TLS side may have in flight on the engine.
+const IN_FLIGHT_LIMIT: u32 = 16;
 
 /// What the first byte from a client says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +44,7 @@ pub enum Sniff {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plain {
     Data(usize),
-    /// Nothing buffered.
+    /// Nothing ready.
     Empty,
     /// The peer sent `close_notify` and everything before it was read.
     Closed,
@@ -45,29 +52,277 @@ pub enum Plain {
     Truncated,
 }
 
-/// Why feeding bytes to a session failed.
+/// Why a TLS side failed.
 #[derive(Debug)]
 pub enum FeedError {
-    /// The peer broke the protocol or failed verification; rustls queued the alert.
+    /// The handshake failed (protocol, verification); rustls queued the alert.
     Tls(rustls::Error),
-    /// rustls refused more input (its plaintext buffer is full): the relay read when it
-    /// should not have. Closed without an alert.
+    /// After the handshake: a bad record or message (our alert queued), the peer's
+    /// fatal alert, or exhausted sequence numbers.
+    Record(RecordError),
+    /// More bytes than the layer can hold: the relay read when it should not have.
     Overrun,
+}
+
+/// The worker's offload engine and the connections waiting for room on its ring.
+pub struct Crypto {
+    pub engine: Engine,
+    /// Connections (slot, generation) whose submission found the ring full.
+    pub waiters: Vec<(u32, u16)>,
+}
+
+impl Crypto {
+    /// Build the worker's engine for the configured backend; one the host cannot offer
+    /// falls back to software (logged with the reason by the engine's selection).
+    pub fn new(choice: OffloadBackend) -> Crypto {
+        let backend = match choice {
+            OffloadBackend::Auto => BackendChoice::Auto,
+            OffloadBackend::Software => BackendChoice::Software,
+            OffloadBackend::Ktls => BackendChoice::Ktls,
+            OffloadBackend::Cryptodev => BackendChoice::Cryptodev,
+        };
+        let cfg = EngineConfig {
+            backend,
+            slots: 256,
+            batch: 32,
+            default_in_flight_limit: IN_FLIGHT_LIMIT,
+            max_sessions: 1 << 17,
+        };
+        let engine = match Engine::new(cfg) {
+            Ok(e) => e,
+            Err(err) => {
+                tracing::warn!(
+                    backend = ?choice,
+                    error = %err,
+                    "offload backend not available in this binary or on this host; using software"
+                );
+                // Software needs nothing from the host: only a sizing error could fail it,
+                // and the sizing is the constant above.
+                Engine::new(EngineConfig {
+                    backend: BackendChoice::Software,
+                    ..cfg
+                })
+                .expect("software offload engine with constant sizing")
+            }
+        };
+        Crypto {
+            engine,
+            waiters: Vec::with_capacity(1024),
+        }
+    }
+}
+
+/// A completion's tag: which connection slot (and generation) and side it belongs to.
+#[inline]
+pub fn tag(slot: u32, gen: u16, side: Side) -> u64 {
+    u64::from(slot) | u64::from(gen) << 32 | (side.idx() as u64) << 48
+}
+
+#[inline]
+pub fn untag(t: u64) -> (u32, u16, Side) {
+    (
+        t as u32,
+        (t >> 32) as u16,
+        Side::from_idx((t >> 48) as usize & 1),
+    )
+}
+
+enum HsConn {
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
+}
+
+/// A side during its handshake.
+struct Handshake {
+    conn: HsConn,
+    /// Received bytes; `[..fed]` were given to rustls (it may still hold some).
+    inbuf: Vec<u8>,
+    fed: usize,
+    /// Encoded handshake records waiting for the socket.
+    out: Vec<u8>,
+    out_off: usize,
+    dead: bool,
+    eof: bool,
+    end_reported: bool,
+}
+
+#[derive(Default)]
+enum State {
+    #[default]
+    None,
+    Hs(Box<Handshake>),
+    Rec(Box<Records>),
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::None => "None",
+            State::Hs(_) => "Handshake",
+            State::Rec(_) => "Records",
+        })
+    }
+}
+
+/// What a round of handshake processing ended in.
+enum Progress {
+    Again,
+    Blocked,
+    Done,
+    Closed,
+}
+
+/// The end of the first complete record in `b`, or `b.len()` when there is none (rustls
+/// then waits for more, or rejects a malformed header).
+fn first_record_end(b: &[u8]) -> usize {
+    if b.len() >= 5 {
+        let end = 5 + usize::from(u16::from_be_bytes([b[3], b[4]]));
+        if end <= b.len() {
+            return end;
+        }
+    }
+    b.len()
+}
+
+fn handle<Data>(st: ConnectionState<'_, '_, Data>, out: &mut Vec<u8>) -> Progress {
+    match st {
+        ConnectionState::EncodeTlsData(mut e) => {
+            let at = out.len();
+            out.resize(at + 4096, 0);
+            let n = match e.encode(&mut out[at..]) {
+                Ok(n) => n,
+                Err(EncodeError::InsufficientSize(s)) => {
+                    out.resize(at + s.required_size, 0);
+                    e.encode(&mut out[at..]).unwrap_or(0)
+                }
+                Err(_) => 0,
+            };
+            out.truncate(at + n);
+            Progress::Again
+        }
+        ConnectionState::TransmitTlsData(t) => {
+            // The bytes are queued in order in `out`; the relay sends them.
+            t.done();
+            Progress::Again
+        }
+        ConnectionState::BlockedHandshake => Progress::Blocked,
+        ConnectionState::WriteTraffic(_) => Progress::Done,
+        // Fed one record at a time, rustls never gets application data before the
+        // handshake ends; early data is not enabled. Anything else ends the handshake.
+        _ => Progress::Closed,
+    }
+}
+
+fn status<Data>(
+    s: UnbufferedStatus<'_, '_, Data>,
+    out: &mut Vec<u8>,
+) -> (usize, Result<Progress, rustls::Error>) {
+    (s.discard, s.state.map(|st| handle(st, out)))
+}
+
+impl Handshake {
+    fn new(conn: HsConn) -> Box<Handshake> {
+        Box::new(Handshake {
+            conn,
+            inbuf: Vec::new(),
+            fed: 0,
+            out: Vec::new(),
+            out_off: 0,
+            dead: false,
+            eof: false,
+            end_reported: false,
+        })
+    }
+
+    /// Run rustls over what was received. `Ok(true)`: the handshake is done.
+    fn advance(&mut self) -> Result<bool, rustls::Error> {
+        // Each round either consumes a record or ends; the bound only guards against a
+        // rustls that would neither progress nor block.
+        for _ in 0..1024 {
+            let handshaking = match &self.conn {
+                HsConn::Server(c) => c.is_handshaking(),
+                HsConn::Client(c) => c.is_handshaking(),
+            };
+            // Once the handshake is over, no further record goes to rustls: what it
+            // still has to send (tickets) is drained, the rest is the engine's.
+            let end = if handshaking {
+                self.fed + first_record_end(&self.inbuf[self.fed..])
+            } else {
+                self.fed
+            };
+            let (discard, r) = match &mut self.conn {
+                HsConn::Server(c) => {
+                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
+                }
+                HsConn::Client(c) => {
+                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
+                }
+            };
+            self.fed = end;
+            self.inbuf.drain(..discard);
+            self.fed -= discard.min(self.fed);
+            match r {
+                Err(e) => {
+                    self.dead = true;
+                    self.flush_alert();
+                    return Err(e);
+                }
+                Ok(Progress::Again) => {}
+                Ok(Progress::Blocked) if handshaking && self.fed < self.inbuf.len() => {}
+                Ok(Progress::Blocked) => return Ok(false),
+                Ok(Progress::Done) => {
+                    let handshaking = match &self.conn {
+                        HsConn::Server(c) => c.is_handshaking(),
+                        HsConn::Client(c) => c.is_handshaking(),
+                    };
+                    // A TLS 1.3 server may send (0.5-RTT) before the client's Finished:
+                    // that is not the end of the handshake.
+                    if !handshaking {
+                        return Ok(true);
+                    }
+                    if self.fed >= self.inbuf.len() {
+                        return Ok(false);
+                    }
+                }
+                Ok(Progress::Closed) => {
+                    self.dead = true;
+                    return Err(rustls::Error::General(
+                        "peer closed during the handshake".into(),
+                    ));
+                }
+            }
+        }
+        self.dead = true;
+        Err(rustls::Error::General("handshake made no progress".into()))
+    }
+
+    /// After a failure rustls holds the alert it queued: encode it for the socket. One
+    /// call: earlier records were taken before the failure, and a second call would
+    /// parse the bad input again.
+    fn flush_alert(&mut self) {
+        // The same buffer as before: rustls may still refer to positions in it.
+        let fed = self.fed.min(self.inbuf.len());
+        let buf = &mut self.inbuf[..fed];
+        let _ = match &mut self.conn {
+            HsConn::Server(c) => status(c.process_tls_records(buf), &mut self.out),
+            HsConn::Client(c) => status(c.process_tls_records(buf), &mut self.out),
+        };
+    }
+
+    fn pending_out(&self) -> &[u8] {
+        &self.out[self.out_off..]
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Tls {
-    sides: [Option<Connection>; 2],
+    sides: [State; 2],
     /// Termination policy of the listener (downstream side).
     pub server: Option<Arc<ServerTls>>,
     /// Waiting for the client's first byte to choose TLS or plaintext.
     sniffing: bool,
-    /// rustls holds decrypted bytes not yet read out.
-    pending: [bool; 2],
-    /// The peer sent `close_notify` (or its socket ended).
-    peer_closed: [bool; 2],
-    close_sent: [bool; 2],
-    handshake_done: [bool; 2],
+    /// The client's SPIFFE ID, read from its certificate at the end of the handshake.
+    identity: Option<Box<str>>,
     /// A fatal error on this side: its alert is flushed, then the connection closes.
     pub failed: Option<Side>,
 }
@@ -88,10 +343,10 @@ impl Tls {
 
     /// Start originating TLS on the upstream side (the ClientHello is then waiting).
     pub fn start_client(&mut self, c: &ClientTls) -> Result<(), rustls::Error> {
-        let mut conn = ClientConnection::new(c.config.clone(), c.name.clone())?;
-        // Bounded by the relay's flow control instead (see module doc).
-        conn.set_buffer_limit(None);
-        self.sides[Side::Up.idx()] = Some(conn.into());
+        let conn = UnbufferedClientConnection::new(c.config.clone(), c.name.clone())?;
+        let mut hs = Handshake::new(HsConn::Client(conn));
+        hs.advance()?;
+        self.sides[Side::Up.idx()] = State::Hs(hs);
         Ok(())
     }
 
@@ -111,10 +366,9 @@ impl Tls {
             (false, Mode::Strict) => Sniff::Rejected,
         };
         if verdict != Sniff::Plain {
-            match ServerConnection::new(s.config.clone()) {
-                Ok(mut c) => {
-                    c.set_buffer_limit(None);
-                    self.sides[Side::Down.idx()] = Some(c.into());
+            match UnbufferedServerConnection::new(s.config.clone()) {
+                Ok(c) => {
+                    self.sides[Side::Down.idx()] = State::Hs(Handshake::new(HsConn::Server(c)))
                 }
                 // Only a config rustls itself rejects; the caller closes.
                 Err(_) => return Sniff::Rejected,
@@ -125,141 +379,313 @@ impl Tls {
 
     #[inline]
     pub fn has(&self, side: Side) -> bool {
-        self.sides[side.idx()].is_some()
+        !matches!(self.sides[side.idx()], State::None)
     }
 
     /// The side's handshake is not finished (or not started: still sniffing).
     #[inline]
     pub fn handshaking(&self, side: Side) -> bool {
-        (side == Side::Down && self.sniffing)
-            || self.sides[side.idx()]
-                .as_ref()
-                .is_some_and(|c| c.is_handshaking())
+        (side == Side::Down && self.sniffing) || matches!(self.sides[side.idx()], State::Hs(_))
     }
 
+    /// Bytes for `side`'s socket are ready now.
     #[inline]
     pub fn wants_write(&self, side: Side) -> bool {
-        self.sides[side.idx()]
-            .as_ref()
-            .is_some_and(|c| c.wants_write())
+        match &self.sides[side.idx()] {
+            State::None => false,
+            State::Hs(h) => !h.pending_out().is_empty(),
+            State::Rec(r) => r.wants_write(),
+        }
     }
 
+    /// Something for `side`'s socket is still on its way (ready, or being sealed).
+    #[inline]
+    pub fn tx_pending(&self, side: Side) -> bool {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.tx_pending(),
+            _ => self.wants_write(side),
+        }
+    }
+
+    /// Decrypted bytes, or the end of the stream, wait to be read from `side`.
     #[inline]
     pub fn pending(&self, side: Side) -> bool {
-        self.pending[side.idx()]
+        match &self.sides[side.idx()] {
+            State::None => false,
+            State::Hs(h) => h.eof && !h.end_reported,
+            State::Rec(r) => r.pending(),
+        }
+    }
+
+    /// `side`'s received records are still being opened.
+    #[inline]
+    pub fn rx_busy(&self, side: Side) -> bool {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.rx_busy(),
+            _ => false,
+        }
     }
 
     #[inline]
     pub fn peer_closed(&self, side: Side) -> bool {
-        self.peer_closed[side.idx()]
+        match &self.sides[side.idx()] {
+            State::None => false,
+            State::Hs(h) => h.eof || h.dead,
+            State::Rec(r) => r.peer_closed || r.socket_eof,
+        }
+    }
+
+    /// `side`'s socket may take another receive of up to `n` bytes.
+    pub fn may_read(&self, side: Side, n: usize) -> bool {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.may_read(n),
+            State::Hs(h) => !h.dead,
+            // A plaintext side: its bytes go to the other side's sealer.
+            State::None => self.can_take_plain(side.other(), n),
+        }
+    }
+
+    /// `n` bytes of plaintext could be handed to `side` for sealing now.
+    pub fn can_take_plain(&self, side: Side, n: usize) -> bool {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.can_take_plain(n),
+            State::Hs(_) => false,
+            State::None => true,
+        }
     }
 
     /// Bytes received from `side`'s socket. `Ok(true)` when this completed the handshake.
-    pub fn feed(&mut self, side: Side, mut data: &[u8]) -> Result<bool, FeedError> {
+    pub fn feed(
+        &mut self,
+        side: Side,
+        data: &[u8],
+        cr: &mut Crypto,
+        tag: u64,
+    ) -> Result<bool, FeedError> {
         let i = side.idx();
-        let Some(c) = self.sides[i].as_mut() else {
-            return Ok(false);
-        };
-        while !data.is_empty() {
-            match c.read_tls(&mut data) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => return Err(FeedError::Overrun),
+        match &mut self.sides[i] {
+            State::None => Ok(false),
+            State::Rec(r) => {
+                if !r.failed() && !r.peer_closed && !r.may_read(data.len()) {
+                    return Err(FeedError::Overrun);
+                }
+                r.feed(data);
+                if r.pump(&mut cr.engine, tag) {
+                    push_waiter(cr, tag);
+                }
+                Ok(false)
             }
-            let st = c.process_new_packets().map_err(FeedError::Tls)?;
-            self.pending[i] = st.plaintext_bytes_to_read() > 0;
-            self.peer_closed[i] |= st.peer_has_closed();
+            State::Hs(h) => {
+                if h.dead {
+                    return Ok(false);
+                }
+                if h.inbuf.len() + data.len() > 256 * 1024 {
+                    // No handshake flight is this large; refuse to buffer more.
+                    return Err(FeedError::Overrun);
+                }
+                h.inbuf.extend_from_slice(data);
+                if !h.advance().map_err(FeedError::Tls)? {
+                    return Ok(false);
+                }
+                self.hand_over(side, cr, tag).map(|()| true)
+            }
         }
-        let done = !c.is_handshaking() && !self.handshake_done[i];
-        self.handshake_done[i] |= done;
-        Ok(done)
+    }
+
+    /// The handshake of `side` is done: move its record protection to the engine.
+    fn hand_over(&mut self, side: Side, cr: &mut Crypto, tag: u64) -> Result<(), FeedError> {
+        let i = side.idx();
+        let State::Hs(h) = std::mem::take(&mut self.sides[i]) else {
+            return Ok(());
+        };
+        let Handshake {
+            conn,
+            inbuf,
+            fed,
+            out,
+            out_off,
+            ..
+        } = *h;
+        let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
+        let (secrets, kernel, identity) = match conn {
+            HsConn::Server(c) => {
+                let id = c
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|leaf| super::certs::spiffe_id(leaf.as_ref()));
+                let (s, k) = c
+                    .dangerous_into_kernel_connection()
+                    .map_err(FeedError::Tls)?;
+                (s, Kernel::Server(k), id)
+            }
+            HsConn::Client(c) => {
+                let (s, k) = c
+                    .dangerous_into_kernel_connection()
+                    .map_err(FeedError::Tls)?;
+                (s, Kernel::Client(k), None)
+            }
+        };
+        if side == Side::Down {
+            self.identity = identity.map(String::into_boxed_str);
+        }
+        let version = match &kernel {
+            Kernel::Server(k) => k.protocol_version(),
+            Kernel::Client(k) => k.protocol_version(),
+        };
+        let version = tickmesh_offload::rustls_keys::tls_version(version)
+            .ok_or_else(|| general("negotiated a TLS version the offload engine does not serve"))?;
+        let params = SessionParams::from_rustls(version, &secrets, IN_FLIGHT_LIMIT)
+            .map_err(|e| general(&format!("offload session: {e}")))?;
+        let session = cr
+            .engine
+            .create_session(&params)
+            .map_err(|e| general(&format!("offload session: {e}")))?;
+        let mut r = Box::new(Records::new(
+            kernel,
+            session,
+            version,
+            params.suite,
+            &out[out_off..],
+            &inbuf[fed.min(inbuf.len())..],
+        ));
+        if r.pump(&mut cr.engine, tag) {
+            push_waiter(cr, tag);
+        }
+        self.sides[i] = State::Rec(r);
+        Ok(())
+    }
+
+    /// Submit what `side`'s record layer can submit (after completions freed room).
+    pub fn pump(&mut self, side: Side, cr: &mut Crypto, tag: u64) {
+        if let State::Rec(r) = &mut self.sides[side.idx()] {
+            if r.pump(&mut cr.engine, tag) {
+                push_waiter(cr, tag);
+            }
+        }
+    }
+
+    /// A job of `side` completed.
+    pub fn complete(&mut self, side: Side, c: &Completion<'_>) {
+        if let State::Rec(r) = &mut self.sides[side.idx()] {
+            r.complete(c);
+        }
+    }
+
+    /// A failure the record layer found since the last call.
+    pub fn take_error(&mut self) -> Option<(Side, FeedError)> {
+        for side in [Side::Down, Side::Up] {
+            if let State::Rec(r) = &mut self.sides[side.idx()] {
+                if let Some(e) = r.take_error() {
+                    return Some((side, FeedError::Record(e)));
+                }
+            }
+        }
+        None
+    }
+
+    /// Records each side's engine completed since the last call.
+    pub fn take_counts(&mut self) -> [u32; 2] {
+        let mut out = [0; 2];
+        for (i, s) in self.sides.iter_mut().enumerate() {
+            if let State::Rec(r) = s {
+                out[i] = r.take_count();
+            }
+        }
+        out
+    }
+
+    /// Destroy the engine sessions (the connection closes). In-flight jobs still
+    /// complete; their tags no longer match a tenant and they are dropped.
+    pub fn release(&mut self, cr: Option<&mut Crypto>) {
+        let Some(cr) = cr else {
+            return;
+        };
+        for s in &mut self.sides {
+            if let State::Rec(r) = s {
+                let _ = cr.engine.destroy_session(r.session());
+            }
+            *s = State::None;
+        }
     }
 
     /// `side`'s socket reached EOF.
     pub fn eof(&mut self, side: Side) {
-        let i = side.idx();
-        if let Some(c) = self.sides[i].as_mut() {
-            // Reading from an empty slice tells rustls the transport ended.
-            let _ = c.read_tls(&mut &[][..]);
-            let _ = c.process_new_packets();
-            // Let the reader report Closed or Truncated.
-            self.pending[i] = true;
+        match &mut self.sides[side.idx()] {
+            State::None => {}
+            State::Hs(h) => h.eof = true,
+            State::Rec(r) => r.socket_eof = true,
         }
-        self.peer_closed[i] = true;
     }
 
     /// Decrypted bytes from `side` into `out`.
     pub fn read_plain(&mut self, side: Side, out: &mut [u8]) -> Plain {
-        let i = side.idx();
-        let Some(c) = self.sides[i].as_mut() else {
-            self.pending[i] = false;
-            return Plain::Empty;
-        };
-        match c.reader().read(out) {
-            Ok(0) => {
-                self.pending[i] = false;
-                self.peer_closed[i] = true;
-                Plain::Closed
+        match &mut self.sides[side.idx()] {
+            State::None => Plain::Empty,
+            State::Hs(h) => {
+                if h.eof && !h.end_reported {
+                    h.end_reported = true;
+                    Plain::Truncated
+                } else {
+                    Plain::Empty
+                }
             }
-            Ok(n) => Plain::Data(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                self.pending[i] = false;
-                Plain::Empty
-            }
-            Err(_) => {
-                self.pending[i] = false;
-                self.peer_closed[i] = true;
-                Plain::Truncated
-            }
+            State::Rec(r) => match r.read_plain(out) {
+                Some(0) if r.closed_cleanly() => Plain::Closed,
+                Some(0) => Plain::Truncated,
+                Some(n) => Plain::Data(n),
+                None => Plain::Empty,
+            },
         }
     }
 
-    /// Plaintext to be encrypted towards `side`.
+    /// Plaintext to be sealed towards `side` (the caller checked `can_take_plain`).
     pub fn write_plain(&mut self, side: Side, data: &[u8]) {
-        if let Some(c) = self.sides[side.idx()].as_mut() {
-            // The buffer limit is off: the whole slice is taken.
-            let _ = c.writer().write_all(data);
+        if let State::Rec(r) = &mut self.sides[side.idx()] {
+            r.write_plain(data);
         }
     }
 
-    /// Ciphertext for `side`'s socket into `out`; 0 when there is none.
+    /// Bytes for `side`'s socket into `out`; 0 when there are none.
     pub fn write_tls(&mut self, side: Side, out: &mut [u8]) -> usize {
-        let Some(c) = self.sides[side.idx()].as_mut() else {
-            return 0;
-        };
-        let total = out.len();
-        let mut w: &mut [u8] = out;
-        while c.wants_write() && !w.is_empty() {
-            match c.write_tls(&mut w) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        match &mut self.sides[side.idx()] {
+            State::None => 0,
+            State::Hs(h) => {
+                let p = h.pending_out();
+                let n = p.len().min(out.len());
+                out[..n].copy_from_slice(&p[..n]);
+                h.out_off += n;
+                if h.out_off == h.out.len() {
+                    h.out.clear();
+                    h.out_off = 0;
+                }
+                n
             }
+            State::Rec(r) => r.write_tls(out),
         }
-        total - w.len()
     }
 
     /// Queue `close_notify` towards `side` (once). `false` when there is no session.
     pub fn close(&mut self, side: Side) -> bool {
-        let i = side.idx();
-        match self.sides[i].as_mut() {
-            Some(c) if !self.close_sent[i] => {
-                c.send_close_notify();
-                self.close_sent[i] = true;
+        match &mut self.sides[side.idx()] {
+            State::Rec(r) if !r.close_sent() => {
+                r.close();
                 true
             }
             _ => false,
         }
     }
 
+    /// `close_notify` was sealed towards `side` (or it has no record layer to send one).
     pub fn close_sent(&self, side: Side) -> bool {
-        !self.has(side) || self.close_sent[side.idx()]
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.close_sent(),
+            _ => true,
+        }
     }
 
     /// The client's SPIFFE ID from its verified certificate.
-    pub fn client_identity(&self) -> Option<String> {
-        let c = self.sides[Side::Down.idx()].as_ref()?;
-        let leaf = c.peer_certificates()?.first()?;
-        super::certs::spiffe_id(leaf.as_ref())
+    pub fn client_identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// Whether the downstream client may connect (`allowed_principals`).
@@ -274,5 +700,20 @@ impl Tls {
             Some(id) => s.principals.iter().any(|p| **p == *id),
             None => false,
         }
+    }
+
+    /// Set the key-update interval of `side`'s record layer (tests).
+    pub fn set_key_update_after(&mut self, side: Side, records: u64) {
+        if let State::Rec(r) = &mut self.sides[side.idx()] {
+            r.key_update_after = records;
+        }
+    }
+}
+
+fn push_waiter(cr: &mut Crypto, tag: u64) {
+    let (slot, gen, _) = untag(tag);
+    if cr.waiters.last() != Some(&(slot, gen)) {
+        // Bounded by the worker's connections; grows only past its initial capacity.
+        cr.waiters.push((slot, gen));
     }
 }

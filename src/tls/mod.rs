@@ -8,11 +8,12 @@
 //! verification, SPIFFE identities and the `PeerAuthentication` mode resolution. Never
 //! reads a file or builds a config on the data path: workers only clone `Arc`s.
 //!
-//! Record protection is rustls's own here (see `conn`): the hand-over of traffic keys to
-//! `tickmesh-offload` is not wired in yet.
+//! rustls does the handshakes; record protection then runs on the worker's
+//! `tickmesh-offload` engine (see `conn` and `records`).
 
 pub mod certs;
 pub mod conn;
+pub mod records;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -328,6 +329,8 @@ pub fn build_server(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { pairs }));
+    // The traffic secrets move to the offload engine after the handshake.
+    config.enable_secret_extraction = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()
         .map_err(|e| vec![problem(at.to_string(), format!("session tickets: {e}"))])?;
     Ok(Some(Arc::new(ServerTls {
@@ -421,10 +424,11 @@ pub fn build_client(t: &ClusterTls, at: &str) -> Result<Arc<ClientTls>, Vec<Prob
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|e| vec![problem(at.to_string(), e.to_string())])?
         .with_root_certificates(store);
-    let config = match client_key {
+    let mut config = match client_key {
         Some(ck) => builder.with_client_cert_resolver(Arc::new(ClientCert(ck))),
         None => builder.with_no_client_auth(),
     };
+    config.enable_secret_extraction = true;
     let mut files = vec![stamp(&t.ca)];
     files.extend(t.cert.iter().chain(t.key.iter()).map(|p| stamp(p)));
     Ok(Arc::new(ClientTls {

@@ -103,7 +103,7 @@ impl std::str::FromStr for BackendChoice {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    #[error("offload backend `cryptodev` is not in this build: rebuild with `--features dpdk`, or choose `auto` or `software`")]
+    #[error("offload backend `cryptodev` is not available in this binary (the DPDK cryptodev backend is not built yet, with or without `--features dpdk`); choose `auto` or `software`")]
     CryptodevNotBuilt,
     #[error("could not start the crypto thread: {0}")]
     Thread(#[from] std::io::Error),

@@ -241,6 +241,9 @@ impl Uring {
 impl Io for Uring {
     fn adopt(&mut self, _c: ConnRef, _fd: RawFd) {}
 
+    // Completions carry the issuing slot in their own tokens: nothing to move.
+    fn attach(&mut self, _c: ConnRef, _side: Side, _fd: RawFd) {}
+
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
         let slot = c.slot as usize;
         if self.addrs.len() <= slot {
@@ -391,7 +394,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     let mut stop_deadline: Option<Instant> = None;
     loop {
         // Submit what the last batch queued, then wait or poll for completions.
-        let ready = !io.ring.completion().is_empty();
+        let ready = !io.ring.completion().is_empty() || core.crypto_busy();
         let idle_wait = match opts.idle {
             Idle::Spin => false,
             Idle::Adaptive => !ready && last_work.elapsed() >= opts.spin,
@@ -427,6 +430,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         for &(ud, res, flags) in &cqes {
             dispatch(core, io, ud, res, flags);
         }
+        core.poll_crypto(io);
         core.end_batch();
     }
 }

@@ -20,10 +20,14 @@
 //!   side (phase `Handshaking` before any upstream connect, so a client that fails the
 //!   handshake or the principal check never reaches an upstream); a cluster with `tls`
 //!   originates on the upstream side after the connect. Queues then carry ciphertext
-//!   towards a TLS side, in pool buffers the relay takes and fills itself.
+//!   towards a TLS side, in pool buffers the relay takes and fills itself. After a side's
+//!   handshake its records are jobs on the worker's offload engine: the relay submits
+//!   (`drive` pumps both sides), the worker reaps once per batch and hands each
+//!   completion to its connection ([`Conn::on_crypto`], then [`Conn::crypto_done`]).
 //!
 //! Never blocks; never allocates on the data path (per connection: three `Arc` clones of
-//! counter blocks and the upstream socket; with TLS, the rustls sessions).
+//! counter blocks and the upstream socket; with TLS, the handshake state and then the
+//! record layer's fixed buffers, allocated once per side).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -36,7 +40,8 @@ use super::{ms, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::cluster::health::Outcome;
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
-use crate::tls::conn::{FeedError, Plain, Sniff, Tls};
+use crate::tls::conn::{self as tlsconn, FeedError, Plain, Sniff, Tls};
+use crate::tls::records::RecordError;
 
 /// Buffers queued per direction before the receive on that side pauses.
 pub const QUEUE: usize = 4;
@@ -541,7 +546,7 @@ impl Conn {
         let dst = from.other();
         if let Some(t) = self.tls.as_deref() {
             let d = &self.dirs[from.idx()];
-            if !d.eof || d.shut || t.pending(from) {
+            if !d.eof || d.shut || t.pending(from) || t.rx_busy(from) {
                 return Step::Continue;
             }
             if !t.close_sent(dst) {
@@ -549,10 +554,11 @@ impl Conn {
                 if let Some(t) = self.tls.as_deref_mut() {
                     t.close(dst);
                 }
+                self.pump_tls(slot, cx);
                 self.fill(slot, from, cx, io);
                 self.send_head(slot, from, io);
             }
-            if self.tls.as_deref().is_some_and(|t| t.wants_write(dst)) {
+            if self.tls.as_deref().is_some_and(|t| t.tx_pending(dst)) {
                 return Step::Continue;
             }
         }
@@ -659,7 +665,8 @@ impl Conn {
             }
         }
         if t.has(side) {
-            let r = t.feed(side, &io.bytes_mut(b)[..n as usize]);
+            let tag = tlsconn::tag(slot, self.gen, side);
+            let r = t.feed(side, &io.bytes_mut(b)[..n as usize], cx.crypto(), tag);
             io.release(b);
             match r {
                 Ok(false) => {}
@@ -719,7 +726,9 @@ impl Conn {
                 let k = match &e {
                     FeedError::Tls(rustls::Error::InvalidCertificate(_))
                     | FeedError::Tls(rustls::Error::NoCertificatesPresented) => L::TlsCertRejected,
-                    FeedError::Tls(rustls::Error::AlertReceived(_)) => L::TlsAlertsReceived,
+                    FeedError::Tls(rustls::Error::AlertReceived(_))
+                    | FeedError::Record(RecordError::Received(_)) => L::TlsAlertsReceived,
+                    FeedError::Record(_) => L::TlsRecordErrors,
                     _ if handshaking => L::TlsHandshakeErrors,
                     _ => L::TlsRecordErrors,
                 };
@@ -741,6 +750,24 @@ impl Conn {
     /// Move bytes through the TLS layer as far as queues allow, send, propagate ends,
     /// and re-arm receives.
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.pump_tls(slot, cx);
+        if let Some(t) = self.tls.as_deref_mut() {
+            let [down, up] = t.take_counts();
+            let err = if t.failed.is_none() {
+                t.take_error()
+            } else {
+                None
+            };
+            if down > 0 {
+                self.listener_count(cx.worker, L::TlsRecordsOffloaded, down.into());
+            }
+            if up > 0 {
+                self.upstream_count(cx.worker, U::TlsRecordsOffloaded, up.into());
+            }
+            if let Some((side, e)) = err {
+                return self.tls_failed(slot, side, e, cx, io);
+            }
+        }
         for from in [Side::Down, Side::Up] {
             let truncated = self.fill(slot, from, cx, io);
             if truncated {
@@ -751,9 +778,12 @@ impl Conn {
             }
             self.send_head(slot, from, io);
         }
+        // Plaintext the fill handed over and room it made: submit now, in this batch.
+        self.pump_tls(slot, cx);
         if let Some(f) = self.tls.as_deref().and_then(|t| t.failed) {
             let d = &self.dirs[f.other().idx()];
-            if (d.count == 0 && !d.send_inflight) || self.fds[f.idx()].is_none() {
+            let sealing = self.tls.as_deref().is_some_and(|t| t.tx_pending(f));
+            if (d.count == 0 && !d.send_inflight && !sealing) || self.fds[f.idx()].is_none() {
                 return self.close(slot, cx, io);
             }
             return Step::Continue;
@@ -795,7 +825,11 @@ impl Conn {
                 d.push(b, n as u32);
                 continue;
             }
-            if t.failed.is_some() || !t.pending(from) || t.handshaking(dst) {
+            if t.failed.is_some()
+                || !t.pending(from)
+                || t.handshaking(dst)
+                || (t.has(dst) && !t.can_take_plain(dst, BUF_SIZE))
+            {
                 break;
             }
             let Some(b) = io.take() else {
@@ -808,7 +842,10 @@ impl Conn {
                     io.release(b);
                 }
                 Plain::Data(n) => d.push(b, n as u32),
-                Plain::Empty => io.release(b),
+                Plain::Empty => {
+                    io.release(b);
+                    break;
+                }
                 Plain::Closed => {
                     io.release(b);
                     d.eof = true;
@@ -823,6 +860,34 @@ impl Conn {
             }
         }
         truncated
+    }
+
+    /// Let both TLS sides submit what they can to the worker's offload engine.
+    fn pump_tls(&mut self, slot: u32, cx: &mut Ctx) {
+        let Some(t) = self.tls.as_deref_mut() else {
+            return;
+        };
+        for side in [Side::Down, Side::Up] {
+            if t.has(side) && !t.handshaking(side) {
+                t.pump(side, cx.crypto(), tlsconn::tag(slot, self.gen, side));
+            }
+        }
+    }
+
+    /// A record job of `side` completed (the worker reaps and calls this; it may not
+    /// submit from here: the engine is busy reaping). [`Conn::crypto_done`] follows.
+    pub fn on_crypto(&mut self, side: Side, c: &tickmesh_offload::Completion<'_>) {
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.complete(side, c);
+        }
+    }
+
+    /// After reaping: move what the completions produced, submit more.
+    pub fn crypto_done(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.tls.is_none() || matches!(self.phase, Phase::Free | Phase::Closing) {
+            return Step::Continue;
+        }
+        self.drive(slot, cx, io)
     }
 
     fn inflight(&self) -> bool {
@@ -864,6 +929,9 @@ impl Conn {
             self.upstream_count(cx.worker, U::CxClosed, 1);
         }
         *cx.open -= 1;
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.release(cx.crypto.as_mut());
+        }
         self.tls = None;
         self.table = None;
         self.lstats = None;
@@ -902,7 +970,7 @@ fn tls_may_read(t: &Tls, side: Side, phase: Phase) -> bool {
             Phase::Handshaking | Phase::Connecting | Phase::Proxying
         );
     }
-    up_connected && !t.handshaking(side.other()) && !t.wants_write(side.other())
+    up_connected && !t.handshaking(side.other()) && t.may_read(side, BUF_SIZE)
 }
 
 #[cfg(test)]
