@@ -21,10 +21,12 @@
 //!   or parked at once; a slot is freed only when nothing is in flight at all.
 //!
 //! Never blocks. Allocates per connection only (counter `Arc`s, the head buffer when a
-//! head is split, the replay copy, a rewrite buffer, all with capacity kept); per
-//! request a route-table `Arc` clone, and a copy of the head (and of a body up to the
-//! replay cap) when it may be sent again: retries, mirrors, idempotent requests on a
-//! pooled connection. Per-request syscalls: the socket I/O, plus one peek when a
+//! head is split, the replay copy, a rewrite buffer, all with capacity kept). Per
+//! request it copies the head (and a body up to the replay cap) when it may be sent
+//! again: retries, mirrors, idempotent requests on a pooled connection; the routing
+//! table is the worker's, borrowed (no refcount traffic), and the pool hands a client
+//! connection back the upstream connection it parked when the balancer picks the same
+//! endpoint. Per-request syscalls: the socket I/O, plus one peek when a
 //! pooled connection idled over a second.
 
 use std::net::SocketAddr;
@@ -708,7 +710,7 @@ impl Conn {
                 (self.phase, side),
                 (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
                     | (Phase::Exchange | Phase::Tunnel, Side::Up)
-            );
+            ) || (self.phase == Phase::Flush && side == Side::Down && self.keep_alive);
             if !wanted || self.pend[s].is_some() {
                 // Late data for a finished exchange (a response failed over to a local
                 // one): dropped, and the connection does not persist.
@@ -1172,7 +1174,13 @@ impl Conn {
     }
 
     /// A complete request head is in `head`: route it and act.
-    fn start_request(&mut self, slot: u32, head: &[u8], cx: &mut Ctx, io: &mut impl Io) -> Step {
+    fn start_request<'a>(
+        &mut self,
+        slot: u32,
+        head: &[u8],
+        cx: &mut Ctx<'a>,
+        io: &mut impl Io,
+    ) -> Step {
         let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let req = match codec::parse_request(head, &mut hs) {
             Ok(Some(r)) => r,
@@ -1231,8 +1239,18 @@ impl Conn {
             host,
             headers: req.headers,
         };
-        let Some(table) = self.table.clone() else {
-            return self.close(slot, cx, io);
+        // The worker's table, borrowed for this batch (no refcount traffic on the shared
+        // table per request); a connection whose listener left the newest table keeps
+        // its own (an `Arc` clone then, on that rare path).
+        let cur: &'a Arc<RouteTable> = cx.table;
+        let kept;
+        let table: &RouteTable = match &self.table {
+            Some(t) if Arc::ptr_eq(t, cur) => cur,
+            Some(t) => {
+                kept = t.clone();
+                &kept
+            }
+            None => return self.close(slot, cx, io),
         };
         let le = &table.listeners[self.listener as usize];
         let routed = le.http.as_ref().and_then(|h| h.route(&view));
@@ -1572,7 +1590,7 @@ impl Conn {
             if let Some(ep) = picked {
                 self.first_endpoint = ep as u32;
                 if !self.fresh_only {
-                    if let Some(idle) = self.take_pooled(ep, cx) {
+                    if let Some(idle) = self.take_pooled(slot, ep, cx) {
                         return self.attach_pooled(slot, idle, cx, io);
                     }
                 }
@@ -1644,9 +1662,10 @@ impl Conn {
 
     /// An idle pooled connection to endpoint `ep` of the current cluster that is still
     /// open; ones found closed are dropped (counted) on the way.
-    fn take_pooled(&mut self, ep: usize, cx: &mut Ctx) -> Option<Idle> {
+    fn take_pooled(&mut self, slot: u32, ep: usize, cx: &mut Ctx) -> Option<Idle> {
         let gen = self.up_generation;
-        while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32) {
+        let owner = (slot, self.gen);
+        while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32, owner) {
             // Only a connection idle a while costs the check (a syscall): a busy
             // keep-alive path never pays it.
             if cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd) {
@@ -1703,7 +1722,7 @@ impl Conn {
 
     /// The exchange ended with the upstream willing to go on: park its connection in
     /// the worker's pool (nothing is in flight on it).
-    fn park_up(&mut self, cx: &mut Ctx) {
+    fn park_up(&mut self, slot: u32, cx: &mut Ctx) {
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1715,6 +1734,7 @@ impl Conn {
             endpoint: self.up_endpoint,
             requests: self.up_requests,
             since_ms: cx.now_ms,
+            owner: (slot, self.gen),
         };
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
@@ -1832,7 +1852,7 @@ impl Conn {
                 self.up_reusable = false;
             }
             if self.up_reusable {
-                self.park_up(cx);
+                self.park_up(slot, cx);
             } else {
                 self.drop_up(cx);
             }
@@ -2477,6 +2497,13 @@ impl Conn {
     fn drive_flush(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.send_front(slot, Side::Up, io);
         if !self.out[Side::Up.idx()].idle() {
+            // A keep-alive connection's next request is received while its response
+            // goes out: the receive rides the same submission as the send (io_uring),
+            // instead of one more lap after the send completes. It is parsed only once
+            // the response is out (`pend`, then `drive_head`), so order is kept.
+            if self.keep_alive && !self.fallback {
+                self.arm_recv(slot, Side::Down, io);
+            }
             return Step::Continue;
         }
         let up_busy = self.recv_armed[1] || self.connect_inflight || !self.out[0].idle();

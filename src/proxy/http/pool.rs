@@ -4,7 +4,10 @@
 //! Owns the idle sockets only: a connection is parked here when an exchange ended with
 //! the upstream willing to go on (nothing is in flight on it then), and taken by the
 //! next request of any client connection of this worker whose balancer chose the same
-//! endpoint — the balancer decides first, so reuse never skews the load split.
+//! endpoint — the balancer decides first, so reuse never skews the load split. A client
+//! connection gets back the upstream connection it parked itself when that one fits
+//! (per-connection affinity): its socket stays registered where it was (no `epoll_ctl`
+//! to move it) and warm in cache.
 //!
 //! Invariants: at most [`MAX_IDLE`] entries (the oldest is evicted when full); every
 //! entry belongs to the worker's current routing table (`generation`): a new table
@@ -17,6 +20,9 @@ use std::os::fd::OwnedFd;
 
 /// Idle connections a worker keeps.
 pub const MAX_IDLE: usize = 1024;
+/// How many entries past the newest fitting one [`Pool::take`] looks at for the
+/// caller's own connection (bounds the scan in a large pool).
+pub const AFFINITY_SCAN: usize = 64;
 /// A connection idle this long is checked (one non-blocking peek) before reuse: long
 /// enough that a busy keep-alive path never pays the syscall, short enough that most
 /// upstream keep-alive timeouts (nginx 75 s, Node 5 s) are caught before a request is
@@ -32,6 +38,8 @@ pub struct Idle {
     /// Requests already sent on it.
     pub requests: u32,
     pub since_ms: u64,
+    /// The client connection that parked it (slot and generation), preferred on take.
+    pub owner: (u32, u16),
 }
 
 #[derive(Debug)]
@@ -99,17 +107,37 @@ impl Pool {
         Ok(evicted)
     }
 
-    /// The most recently parked connection to `endpoint` of `cluster` (LIFO keeps the
-    /// warm ones busy and lets the rest expire).
-    pub fn take(&mut self, generation: u64, cluster: u32, endpoint: u32) -> Option<Idle> {
+    /// A parked connection to `endpoint` of `cluster`: the one `owner` parked itself
+    /// when it is among the newest fitting ones, else the most recently parked (LIFO
+    /// keeps the warm ones busy and lets the rest expire).
+    pub fn take(
+        &mut self,
+        generation: u64,
+        cluster: u32,
+        endpoint: u32,
+        owner: (u32, u16),
+    ) -> Option<Idle> {
         if generation != self.generation {
             return None;
         }
-        let i = self
-            .idle
-            .iter()
-            .rposition(|i| i.cluster == cluster && i.endpoint == endpoint)?;
-        Some(self.idle.remove(i))
+        let mut newest = None;
+        let mut budget = AFFINITY_SCAN;
+        for (i, e) in self.idle.iter().enumerate().rev() {
+            if newest.is_some() {
+                if budget == 0 {
+                    break;
+                }
+                budget -= 1;
+            }
+            if e.cluster == cluster && e.endpoint == endpoint {
+                if e.owner == owner {
+                    newest = Some(i);
+                    break;
+                }
+                newest.get_or_insert(i);
+            }
+        }
+        Some(self.idle.remove(newest?))
     }
 
     /// Hand every connection idle for at least `idle_ms(cluster)` to `closed`.
@@ -175,6 +203,7 @@ mod tests {
             endpoint,
             requests: 1,
             since_ms,
+            owner: (u32::MAX, 0),
         }
     }
 
@@ -189,16 +218,46 @@ mod tests {
             assert!(p.park(3, idle(fd, c, e, t)).unwrap().is_none());
         }
         assert!(p.has(3, 1) && !p.has(3, 2) && !p.has(4, 0));
-        assert_eq!(p.take(3, 0, 0).unwrap().since_ms, 3, "the newest first");
-        assert_eq!(p.take(3, 0, 0).unwrap().since_ms, 1);
-        assert!(p.take(3, 0, 0).is_none());
-        assert!(p.take(2, 0, 1).is_none(), "another table's indices");
-        assert_eq!(p.take(3, 0, 1).unwrap().since_ms, 2);
+        let any = (9, 9);
+        assert_eq!(p.take(3, 0, 0, any).unwrap().since_ms, 3, "the newest first");
+        assert_eq!(p.take(3, 0, 0, any).unwrap().since_ms, 1);
+        assert!(p.take(3, 0, 0, any).is_none());
+        assert!(p.take(2, 0, 1, any).is_none(), "another table's indices");
+        assert_eq!(p.take(3, 0, 1, any).unwrap().since_ms, 2);
         let (fd, _peer) = sock();
         assert!(p.park(4, idle(fd, 0, 0, 9)).is_err(), "not this table");
         let mut flushed = 0;
         p.reset(4, |_| flushed += 1);
         assert_eq!((flushed, p.len()), (1, 0));
+    }
+
+    #[test]
+    fn the_owner_gets_its_own_back() {
+        let mut p = Pool::default();
+        let mut peers = Vec::new();
+        for (owner, t) in [((1, 0), 1), ((2, 0), 2), ((3, 0), 3)] {
+            let (fd, peer) = sock();
+            peers.push(peer);
+            let mut i = idle(fd, 0, 0, t);
+            i.owner = owner;
+            assert!(p.park(0, i).unwrap().is_none());
+        }
+        assert_eq!(p.take(0, 0, 0, (1, 0)).unwrap().since_ms, 1, "its own");
+        assert_eq!(p.take(0, 0, 0, (1, 1)).unwrap().since_ms, 3, "another tenant: newest");
+        assert_eq!(p.take(0, 0, 0, (2, 0)).unwrap().since_ms, 2);
+        assert!(p.take(0, 0, 0, (2, 0)).is_none());
+        // Beyond the scan bound the newest fitting one is taken.
+        for t in 0..(AFFINITY_SCAN + 2) as u64 {
+            let (fd, peer) = sock();
+            peers.push(peer);
+            let mut i = idle(fd, 0, 0, 100 + t);
+            i.owner = (if t == 0 { 7 } else { 8 }, 0);
+            assert!(p.park(0, i).unwrap().is_none());
+        }
+        assert_eq!(
+            p.take(0, 0, 0, (7, 0)).unwrap().since_ms,
+            100 + AFFINITY_SCAN as u64 + 1
+        );
     }
 
     #[test]
