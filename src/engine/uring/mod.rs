@@ -31,6 +31,8 @@ const CQ_ENTRIES: u32 = 8192;
 /// Completions handled per batch before the next submit.
 const BATCH: usize = 512;
 const BGID: u16 = 0;
+/// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
+const QUIET_LAPS: u32 = 32;
 
 fn builder() -> io_uring::Builder {
     let mut b = IoUring::builder();
@@ -392,6 +394,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     let mut last_work = Instant::now();
     let tick = Duration::from_millis(TICK_MS);
     let mut stop_deadline: Option<Instant> = None;
+    let mut quiet_laps = 0u32;
     loop {
         // Submit what the last batch queued, then wait or poll for completions.
         let ready = !io.ring.completion().is_empty() || core.crypto_busy();
@@ -402,8 +405,19 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         };
         if idle_wait {
             io.wait(tick)?;
+            quiet_laps = 0;
         } else {
             io.poll()?;
+            // A spinning lap that found nothing skips the batch bookkeeping (the clock
+            // read, the table load): profiled at ≈ 70% of a spinning worker's time,
+            // it delayed noticing the next completion. Every QUIET_LAPS-th empty lap
+            // still runs it, so timers, table swaps, stop and starved receives wait
+            // a few microseconds at most.
+            if io.ring.completion().is_empty() && !core.crypto_busy() && quiet_laps < QUIET_LAPS {
+                quiet_laps += 1;
+                continue;
+            }
+            quiet_laps = 0;
         }
         // After the wait: what it returned is handled with the newest table.
         core.begin_batch(io);

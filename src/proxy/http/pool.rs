@@ -219,7 +219,11 @@ mod tests {
         }
         assert!(p.has(3, 1) && !p.has(3, 2) && !p.has(4, 0));
         let any = (9, 9);
-        assert_eq!(p.take(3, 0, 0, any).unwrap().since_ms, 3, "the newest first");
+        assert_eq!(
+            p.take(3, 0, 0, any).unwrap().since_ms,
+            3,
+            "the newest first"
+        );
         assert_eq!(p.take(3, 0, 0, any).unwrap().since_ms, 1);
         assert!(p.take(3, 0, 0, any).is_none());
         assert!(p.take(2, 0, 1, any).is_none(), "another table's indices");
@@ -243,7 +247,11 @@ mod tests {
             assert!(p.park(0, i).unwrap().is_none());
         }
         assert_eq!(p.take(0, 0, 0, (1, 0)).unwrap().since_ms, 1, "its own");
-        assert_eq!(p.take(0, 0, 0, (1, 1)).unwrap().since_ms, 3, "another tenant: newest");
+        assert_eq!(
+            p.take(0, 0, 0, (1, 1)).unwrap().since_ms,
+            3,
+            "another tenant: newest"
+        );
         assert_eq!(p.take(0, 0, 0, (2, 0)).unwrap().since_ms, 2);
         assert!(p.take(0, 0, 0, (2, 0)).is_none());
         // Beyond the scan bound the newest fitting one is taken.
