@@ -8,10 +8,13 @@
 //! the routes that can match this path (plus the ones that match any path), in order —
 //! first match wins, as in Envoy.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use regex::bytes::Regex;
+// Fx hashing for the lookup maps: their keys come from configuration, not from
+// requests, so a request cannot steer collisions; SipHash would cost more than the
+// whole bucket scan.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::cluster::weighted;
 use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
@@ -177,29 +180,38 @@ enum PathCond {
 struct Matcher {
     path: PathCond,
     case_sensitive: bool,
+    /// For a case-sensitive regex route: the literal bytes every matching path starts
+    /// with (empty when none), checked before the regex runs.
+    regex_lit: Box<[u8]>,
     method: Option<Box<[u8]>>,
     headers: Box<[HeaderCond]>,
     query: Box<[(Box<str>, Option<ValueCond>)]>,
 }
 
 impl Matcher {
+    /// All conditions must hold and none has side effects, so they are checked
+    /// cheapest first: literal path bytes, method, headers, query, and a path regex last.
     #[inline]
     fn matches(&self, req: &RequestView) -> bool {
         let eq = |a: &[u8], b: &[u8]| {
             if self.case_sensitive {
-                a == b
+                bytes_eq(a, b)
             } else {
                 a.eq_ignore_ascii_case(b)
             }
         };
+        let path = req.path;
         let path_ok = match &self.path {
             PathCond::Any => true,
-            PathCond::Exact(p) => eq(req.path, p),
-            PathCond::Prefix(p) => req.path.len() >= p.len() && eq(&req.path[..p.len()], p),
-            PathCond::Regex(r) => r.is_match(req.path),
+            PathCond::Exact(p) => eq(path, p),
+            PathCond::Prefix(p) => path.len() >= p.len() && eq(&path[..p.len()], p),
+            PathCond::Regex(_) => {
+                let lit = &self.regex_lit;
+                path.len() >= lit.len() && bytes_eq(&path[..lit.len()], lit)
+            }
         };
         path_ok
-            && self.method.as_deref().is_none_or(|m| m == req.method)
+            && self.method.as_deref().is_none_or(|m| bytes_eq(m, req.method))
             && self.headers.iter().all(|h| h.matches(req))
             && self
                 .query
@@ -209,6 +221,10 @@ impl Matcher {
                     (Some(_), None) => true,
                     (None, _) => false,
                 })
+            && match &self.path {
+                PathCond::Regex(r) => r.is_match(path),
+                _ => true,
+            }
     }
 
     /// The literal first path segment every matching path starts with, if there is one
@@ -249,6 +265,34 @@ fn regex_literal_prefix(compiled: &str) -> Option<&[u8]> {
         _ => stop,
     };
     (end > 0).then(|| &bytes[..end])
+}
+
+/// Byte equality for the short literals of routes: a word-at-a-time compare inlined
+/// here costs less than a call to libc's `memcmp` for strings of a few dozen bytes.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // `try_into` on an 8- or 4-byte subslice cannot fail.
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            if w8(a, i) != w8(b, i) {
+                return false;
+            }
+            i += 8;
+        }
+        // The last word overlaps the one before when `n` is not a multiple of 8.
+        w8(a, n - 8) == w8(b, n - 8)
+    } else if n >= 4 {
+        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    }
 }
 
 /// `/api/v1?x` → `api`; `/` → empty.
@@ -575,6 +619,10 @@ impl HttpRoutes {
     /// The virtual host for a `Host` value: exact, then longest `*.suffix`, then longest
     /// `prefix.*`, then `*` (Envoy's order).
     pub fn vhost(&self, host: &[u8]) -> Option<&VHost> {
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            // Only `*` (or nothing): no need to look at the name.
+            return self.any.map(|i| &self.vhosts[i as usize]);
+        }
         let host = strip_port(host);
         if host.len() > MAX_HOST {
             return self.any.map(|i| &self.vhosts[i as usize]);
@@ -695,7 +743,7 @@ fn compile_vhost(
     clusters: &mut dyn ClusterIndex,
 ) -> Result<VHost, String> {
     let mut routes = Vec::with_capacity(vh.routes.len());
-    let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+    let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::default();
     let mut any_segment = Vec::new();
     for (i, r) in vh.routes.iter().enumerate() {
         let m = &r.matcher;
@@ -711,9 +759,16 @@ fn compile_vhost(
         } else {
             PathCond::Any
         };
+        let regex_lit = match &path {
+            PathCond::Regex(r) if case_sensitive => regex_literal_prefix(r.as_str())
+                .unwrap_or_default()
+                .into(),
+            _ => Box::default(),
+        };
         let matcher = Matcher {
             path,
             case_sensitive,
+            regex_lit,
             method: m.method.as_ref().map(|x| x.as_bytes().into()),
             headers: m
                 .headers
