@@ -214,7 +214,10 @@ impl Matcher {
             }
         };
         path_ok
-            && self.method.as_deref().is_none_or(|m| bytes_eq(m, req.method))
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| bytes_eq(m, req.method))
             && self.headers.iter().all(|h| h.matches(req))
             && self
                 .query
@@ -668,10 +671,7 @@ impl VHost {
     #[inline]
     pub fn route(&self, req: &RequestView) -> Option<&HttpRoute> {
         let path = req.path;
-        let bucket: &[Candidate] = self
-            .by_segment
-            .get(first_segment(path))
-            .map_or(&[], |b| b);
+        let bucket: &[Candidate] = self.by_segment.get(first_segment(path)).map_or(&[], |b| b);
         let head = head_word(path);
         // Merge the two lists (each in route order) so configuration order is kept.
         let (mut i, mut j) = (0, 0);
