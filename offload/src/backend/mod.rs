@@ -12,7 +12,11 @@
 use std::collections::VecDeque;
 
 use crate::job::Job;
+use crate::record::DeviceKey;
+use crate::suite::{CipherSuite, Direction, SessionError, TlsVersion, TrafficKeys};
 
+#[cfg(feature = "dpdk")]
+pub mod cryptodev;
 pub mod ktls;
 pub mod software;
 
@@ -31,6 +35,19 @@ pub trait Backend: Send {
 
     /// Jobs accepted and not yet handed back.
     fn in_device(&self) -> usize;
+
+    /// Control side: make the device's own session for one direction's key (a device
+    /// keeps key schedules itself). `Ok(None)`: nothing to make, or the device does not
+    /// offer this suite — jobs under that key then run in software. Default: `None`.
+    fn device_key(
+        &mut self,
+        _suite: CipherSuite,
+        _version: TlsVersion,
+        _dir: Direction,
+        _keys: &TrafficKeys,
+    ) -> Result<Option<DeviceKey>, SessionError> {
+        Ok(None)
+    }
 }
 
 /// The backends that exist (built or not).
