@@ -120,8 +120,10 @@ impl std::str::FromStr for BackendChoice {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    #[error("offload backend `cryptodev` is not available in this binary (the DPDK cryptodev backend is not built yet, with or without `--features dpdk`); choose `auto` or `software`")]
+    #[error("offload backend `cryptodev` is not available in this binary (built without the `dpdk` feature); rebuild with `--features dpdk` or choose `auto` or `software`")]
     CryptodevNotBuilt,
+    #[error("offload backend `cryptodev` could not start: {0}")]
+    Cryptodev(String),
     #[error("could not start the crypto thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -142,7 +144,41 @@ const CALIBRATION_JOBS: usize = 4096;
 /// Accelerators present in this build and on this host, best first. Cryptodev devices
 /// join this list when the `dpdk` feature brings the backend in.
 fn hardware_candidates() -> Vec<BackendChoice> {
+    #[cfg(feature = "dpdk")]
+    if cryptodev::worth_probing() {
+        return vec![BackendChoice::Cryptodev];
+    }
     Vec::new()
+}
+
+/// Why `auto` found no accelerator to measure.
+fn no_hardware_reason() -> &'static str {
+    if cfg!(feature = "dpdk") {
+        "no crypto device to probe (the DPDK EAL is not running in this process and no \
+         cryptodev driver was named: set TICKMESH_CRYPTODEV=crypto_aesni_gcm|crypto_openssl)"
+    } else {
+        "no crypto accelerator (cryptodev not built in: no `dpdk` feature)"
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn cryptodev_backend(slots: usize) -> Result<Selected, BackendError> {
+    let dev = cryptodev::Cryptodev::open(slots).map_err(BackendError::Cryptodev)?;
+    let driver = dev.driver();
+    Ok(Selected {
+        backend: Box::new(dev),
+        kind: BackendKind::Cryptodev,
+        reason: format!(
+            "configured: cryptodev ({} virtual device, one queue pair)",
+            driver.name()
+        ),
+        ktls: false,
+    })
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn cryptodev_backend(_slots: usize) -> Result<Selected, BackendError> {
+    Err(BackendError::CryptodevNotBuilt)
 }
 
 /// Pick and build a backend for one engine instance. Logs the choice and the reason.
@@ -187,7 +223,7 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                 }
             }
         }
-        BackendChoice::Cryptodev => return Err(BackendError::CryptodevNotBuilt),
+        BackendChoice::Cryptodev => cryptodev_backend(slots)?,
         BackendChoice::Auto => {
             let probe = ktls::probe();
             let hardware = hardware_candidates();
@@ -196,8 +232,8 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                     backend: Box::new(software::Inline::new(slots)),
                     kind: BackendKind::SoftwareInline,
                     reason: format!(
-                        "auto: no crypto accelerator (cryptodev not built in: no `dpdk` feature); \
-                         kernel TLS: {}; picked software inline",
+                        "auto: {}; kernel TLS: {}; picked software inline",
+                        no_hardware_reason(),
                         probe.detail
                     ),
                     ktls: false,
@@ -212,12 +248,17 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                 )
                 .unwrap_or(f64::INFINITY);
                 let mut best: Option<(BackendChoice, f64)> = None;
+                let mut measured = Vec::new();
                 for hw in hardware {
-                    if let Ok(ns) = crate::calibrate(hw, CALIBRATION_RECORD, CALIBRATION_JOBS) {
-                        match best {
-                            Some((_, b)) if b <= ns => {}
-                            _ => best = Some((hw, ns)),
+                    match crate::calibrate(hw, CALIBRATION_RECORD, CALIBRATION_JOBS) {
+                        Ok(ns) => {
+                            measured.push(format!("{hw:?} {ns:.0} ns/record"));
+                            match best {
+                                Some((_, b)) if b <= ns => {}
+                                _ => best = Some((hw, ns)),
+                            }
                         }
+                        Err(e) => measured.push(format!("{hw:?} unavailable ({e})")),
                     }
                 }
                 match best {
@@ -233,7 +274,8 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                         backend: Box::new(software::Inline::new(slots)),
                         kind: BackendKind::SoftwareInline,
                         reason: format!(
-                            "auto: software measured {software_ns:.0} ns/record at {CALIBRATION_RECORD} B, no accelerator was faster; picked software inline"
+                            "auto: software measured {software_ns:.0} ns/record at {CALIBRATION_RECORD} B, no accelerator was faster ({}); picked software inline",
+                            measured.join(", ")
                         ),
                         ktls: false,
                     },
