@@ -95,6 +95,12 @@ static GLOBAL: Mutex<Global> = Mutex::new(Global {
 /// Serialises device hot-plug and teardown: DPDK's device lists are not thread-safe, and
 /// engines start and stop on different threads (control side only).
 static HOTPLUG: Mutex<()> = Mutex::new(());
+/// Devices the EAL probed (`--vdev`/PCI from the DPDK engine's arguments) that an engine
+/// has claimed: one engine per device (its queue pair is not shared).
+static CLAIMED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+fn claimed() -> std::sync::MutexGuard<'static, Vec<u8>> {
+    CLAIMED.lock().unwrap_or_else(|e| e.into_inner())
+}
 static DEVICE_SEQ: AtomicU32 = AtomicU32::new(0);
 /// Ops the devices of this process completed (one relaxed add per dequeued burst).
 static DEVICE_OPS: AtomicU64 = AtomicU64::new(0);
@@ -240,11 +246,14 @@ const MBUF_ROOM: usize = MAX_RECORD + sys::RTE_PKTMBUF_HEADROOM as usize;
 /// on it, so pools are freed only after the last session.
 struct Device {
     id: u8,
-    vdev: CString,
+    /// The virtual device we hot-plugged (removed again on drop); `None` for a device the
+    /// process's EAL probed (claimed, released on drop).
+    vdev: Option<CString>,
+    /// The PMD's name (`crypto_openssl`, `crypto_aesni_gcm`, `crypto_qat`, …).
+    driver: String,
     sess_pool: *mut sys::rte_mempool,
     op_pool: *mut sys::rte_mempool,
     mbuf_pool: *mut sys::rte_mempool,
-    driver: Driver,
     started: bool,
 }
 
@@ -265,9 +274,15 @@ impl Drop for Device {
             if self.started {
                 sys::rte_cryptodev_stop(self.id);
             }
-            sys::rte_cryptodev_close(self.id);
-            let bus = c"vdev";
-            sys::rte_eal_hotplug_remove(bus.as_ptr(), self.vdev.as_ptr());
+            match &self.vdev {
+                Some(name) => {
+                    sys::rte_cryptodev_close(self.id);
+                    sys::rte_eal_hotplug_remove(c"vdev".as_ptr(), name.as_ptr());
+                }
+                None => {
+                    claimed().retain(|&d| d != self.id);
+                }
+            }
             for p in [self.op_pool, self.mbuf_pool, self.sess_pool] {
                 if !p.is_null() {
                     sys::rte_mempool_free(p);
@@ -364,6 +379,13 @@ impl Cryptodev {
             },
         };
         let mut errors = Vec::new();
+        if g.eal == EalState::Host {
+            // The DPDK engine's EAL may have probed crypto devices (`--dpdk-vdev
+            // crypto_aesni_gcm0`, a QAT or mlx5 PCI device): use a free one first.
+            if let Some(dev) = Device::claim(slots, &mut errors) {
+                return Cryptodev::with_device(dev, slots);
+            }
+        }
         for driver in drivers {
             match Device::open(driver, slots) {
                 Ok(dev) => return Cryptodev::with_device(dev, slots),
@@ -421,9 +443,9 @@ impl Cryptodev {
         })
     }
 
-    /// The driver of this backend's device.
-    pub fn driver(&self) -> Driver {
-        self.dev.driver
+    /// The PMD driving this backend's device (`crypto_openssl`, `crypto_aesni_gcm`, …).
+    pub fn driver(&self) -> &str {
+        &self.dev.driver
     }
 
     /// Frame the job and write it into a free op and its mbuf. Returns the op index and
@@ -695,7 +717,7 @@ impl Backend for Cryptodev {
         };
         if !supported {
             tracing::debug!(
-                driver = self.dev.driver.name(),
+                driver = %self.dev.driver,
                 %suite,
                 "the crypto device does not offer this suite; its records run in software"
             );
@@ -724,7 +746,7 @@ impl Backend for Cryptodev {
             if !self.pool_warned {
                 self.pool_warned = true;
                 tracing::warn!(
-                    driver = self.dev.driver.name(),
+                    driver = %self.dev.driver,
                     "could not create a cryptodev session (pool of {SESSIONS_PER_DEVICE} full?); \
                      records of such keys run in software"
                 );
@@ -739,16 +761,62 @@ impl Backend for Cryptodev {
 }
 
 impl Device {
+    /// Claim a crypto device the EAL probed and no engine uses yet.
+    fn claim(slots: usize, errors: &mut Vec<String>) -> Option<Device> {
+        let mut tried = Vec::new();
+        loop {
+            let id = {
+                let _hotplug = HOTPLUG.lock().unwrap_or_else(|e| e.into_inner());
+                let mut taken = claimed();
+                // SAFETY: plain queries of the device table (hot-plug is serialised by
+                // HOTPLUG, held here).
+                let free = (0..unsafe { sys::rte_cryptodev_count() }).find(|id| {
+                    !taken.contains(id)
+                        && !tried.contains(id)
+                        && unsafe { sys::rte_cryptodev_is_valid_dev(*id) } != 0
+                })?;
+                taken.push(free);
+                free
+            };
+            tried.push(id);
+            let mut dev = Device {
+                id,
+                vdev: None,
+                driver: driver_name(id),
+                sess_pool: std::ptr::null_mut(),
+                op_pool: std::ptr::null_mut(),
+                mbuf_pool: std::ptr::null_mut(),
+                started: false,
+            };
+            match dev.setup(slots) {
+                Ok(()) => return Some(dev),
+                // Dropping `dev` releases the claim.
+                Err(e) => errors.push(format!("device {id} ({}): {e}", dev.driver)),
+            }
+        }
+    }
+
     /// Hot-plug a virtual device of `driver`, configure one queue pair and the pools.
     fn open(driver: Driver, slots: usize) -> Result<Device, String> {
         let n = DEVICE_SEQ.fetch_add(1, Ordering::Relaxed);
         let vdev = cstring(format!("{}_tm{n}", driver.name()));
-        let bus = c"vdev";
         // SAFETY: NUL-terminated strings; HOTPLUG serialises hot-plug and removal, and the
         // EAL is up (the caller holds the global lock after `ensure_eal`).
-        let rc = {
+        let (rc, id) = {
             let _hotplug = HOTPLUG.lock().unwrap_or_else(|e| e.into_inner());
-            unsafe { sys::rte_eal_hotplug_add(bus.as_ptr(), vdev.as_ptr(), c"".as_ptr()) }
+            unsafe {
+                let rc = sys::rte_eal_hotplug_add(c"vdev".as_ptr(), vdev.as_ptr(), c"".as_ptr());
+                let id = if rc < 0 {
+                    -1
+                } else {
+                    sys::rte_cryptodev_get_dev_id(vdev.as_ptr())
+                };
+                if rc >= 0 && id >= 0 {
+                    // Never claimable by another engine.
+                    claimed().push(id as u8);
+                }
+                (rc, id)
+            }
         };
         if rc < 0 {
             return Err(format!(
@@ -758,37 +826,42 @@ impl Device {
                 strerror(-rc)
             ));
         }
-        // SAFETY: NUL-terminated name.
-        let id = unsafe { sys::rte_cryptodev_get_dev_id(vdev.as_ptr()) };
-        let mut dev = Device {
-            id: 0,
-            vdev,
-            sess_pool: std::ptr::null_mut(),
-            op_pool: std::ptr::null_mut(),
-            mbuf_pool: std::ptr::null_mut(),
-            driver,
-            started: false,
-        };
         if id < 0 {
             return Err(format!(
                 "{} was plugged but is not a crypto device",
                 driver.name()
             ));
         }
-        dev.id = id as u8;
-        // SAFETY: the device id is valid (just looked up); every pointer passed is to a
-        // local, fully initialised struct or a NUL-terminated name; results are checked.
+        let mut dev = Device {
+            id: id as u8,
+            vdev: Some(vdev),
+            driver: driver.name().to_string(),
+            sess_pool: std::ptr::null_mut(),
+            op_pool: std::ptr::null_mut(),
+            mbuf_pool: std::ptr::null_mut(),
+            started: false,
+        };
+        dev.setup(slots)?;
+        Ok(dev)
+    }
+
+    /// Configure one queue pair, create the pools, start the device.
+    fn setup(&mut self, slots: usize) -> Result<(), String> {
+        let n = DEVICE_SEQ.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the device id is valid (looked up by the caller); every pointer passed
+        // is to a local, fully initialised struct or a NUL-terminated name; results are
+        // checked.
         unsafe {
-            let socket = sys::rte_cryptodev_socket_id(dev.id);
+            let socket = sys::rte_cryptodev_socket_id(self.id);
             let mut conf: sys::rte_cryptodev_config = std::mem::zeroed();
             conf.socket_id = socket;
             conf.nb_queue_pairs = 1;
-            let rc = sys::rte_cryptodev_configure(dev.id, &mut conf);
+            let rc = sys::rte_cryptodev_configure(self.id, &mut conf);
             if rc < 0 {
                 return Err(format!("rte_cryptodev_configure failed: {}", strerror(-rc)));
             }
-            let sess_size = sys::rte_cryptodev_sym_get_private_session_size(dev.id);
-            dev.sess_pool = sys::rte_cryptodev_sym_session_pool_create(
+            let sess_size = sys::rte_cryptodev_sym_get_private_session_size(self.id);
+            self.sess_pool = sys::rte_cryptodev_sym_session_pool_create(
                 cstring(format!("tmc{n}_sess")).as_ptr(),
                 SESSIONS_PER_DEVICE,
                 sess_size,
@@ -796,7 +869,7 @@ impl Device {
                 0,
                 socket,
             );
-            dev.op_pool = sys::rte_crypto_op_pool_create(
+            self.op_pool = sys::rte_crypto_op_pool_create(
                 cstring(format!("tmc{n}_ops")).as_ptr(),
                 sys::rte_crypto_op_type::RTE_CRYPTO_OP_TYPE_SYMMETRIC,
                 slots as u32,
@@ -804,7 +877,7 @@ impl Device {
                 PRIV_SIZE,
                 socket,
             );
-            dev.mbuf_pool = sys::rte_pktmbuf_pool_create(
+            self.mbuf_pool = sys::rte_pktmbuf_pool_create(
                 cstring(format!("tmc{n}_mbuf")).as_ptr(),
                 slots as u32,
                 0,
@@ -812,7 +885,7 @@ impl Device {
                 MBUF_ROOM as u16,
                 socket,
             );
-            if dev.sess_pool.is_null() || dev.op_pool.is_null() || dev.mbuf_pool.is_null() {
+            if self.sess_pool.is_null() || self.op_pool.is_null() || self.mbuf_pool.is_null() {
                 return Err(format!(
                     "could not create the cryptodev pools ({}): not enough DPDK memory",
                     strerror(sys::tm_rte_errno())
@@ -822,18 +895,33 @@ impl Device {
                 // One size for every device: a PMD may keep a closed device's ring (by
                 // device id) and reuses it only if it is large enough.
                 nb_descriptors: (slots as u32).next_power_of_two().max(QP_DESCRIPTORS),
-                mp_session: dev.sess_pool,
+                mp_session: self.sess_pool,
             };
-            let rc = sys::rte_cryptodev_queue_pair_setup(dev.id, 0, &qp, socket);
+            let rc = sys::rte_cryptodev_queue_pair_setup(self.id, 0, &qp, socket);
             if rc < 0 {
                 return Err(format!("cryptodev queue pair setup failed: {}", strerror(-rc)));
             }
-            let rc = sys::rte_cryptodev_start(dev.id);
+            let rc = sys::rte_cryptodev_start(self.id);
             if rc < 0 {
                 return Err(format!("rte_cryptodev_start failed: {}", strerror(-rc)));
             }
-            dev.started = true;
+            self.started = true;
         }
-        Ok(dev)
+        Ok(())
+    }
+}
+
+/// The PMD name of crypto device `id`.
+fn driver_name(id: u8) -> String {
+    // SAFETY: `id` is a valid device; info is plain data the call fills; driver_name is a
+    // static string of the PMD (or NULL).
+    unsafe {
+        let mut info: sys::rte_cryptodev_info = std::mem::zeroed();
+        sys::rte_cryptodev_info_get(id, &mut info);
+        if info.driver_name.is_null() {
+            format!("cryptodev {id}")
+        } else {
+            CStr::from_ptr(info.driver_name).to_string_lossy().into_owned()
+        }
     }
 }

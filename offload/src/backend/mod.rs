@@ -164,14 +164,11 @@ fn no_hardware_reason() -> &'static str {
 #[cfg(feature = "dpdk")]
 fn cryptodev_backend(slots: usize) -> Result<Selected, BackendError> {
     let dev = cryptodev::Cryptodev::open(slots).map_err(BackendError::Cryptodev)?;
-    let driver = dev.driver();
+    let driver = dev.driver().to_string();
     Ok(Selected {
         backend: Box::new(dev),
         kind: BackendKind::Cryptodev,
-        reason: format!(
-            "configured: cryptodev ({} virtual device, one queue pair)",
-            driver.name()
-        ),
+        reason: format!("configured: cryptodev ({driver}, one queue pair)"),
         ktls: false,
     })
 }
