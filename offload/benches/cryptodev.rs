@@ -70,7 +70,10 @@ fn main() {
         let start = Instant::now();
         let (mut sent, mut done) = (0, 0);
         while done < n {
-            while sent < n && e.submit_seal(id, 0, ContentType::ApplicationData, payload).is_ok() {
+            while sent < n
+                && e.submit_seal(id, 0, ContentType::ApplicationData, payload)
+                    .is_ok()
+            {
                 sent += 1;
             }
             e.poll();
@@ -129,7 +132,9 @@ fn main() {
                         sent += 1;
                     }
                     sw.0.poll();
-                    sw.0.reap(usize::MAX, |c| records.push(c.result.unwrap().data.to_vec()));
+                    sw.0.reap(usize::MAX, |c| {
+                        records.push(c.result.unwrap().data.to_vec())
+                    });
                 }
                 open[k].push(run_open(e, *id, &records));
             }

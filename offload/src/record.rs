@@ -185,7 +185,11 @@ impl RecordKey {
         let (outer_type, aad_len, data_len) = match self.version {
             TlsVersion::Tls13 => {
                 buf[off + payload_len] = content_type as u8;
-                (ContentType::ApplicationData as u8, HEADER_LEN, payload_len + 1)
+                (
+                    ContentType::ApplicationData as u8,
+                    HEADER_LEN,
+                    payload_len + 1,
+                )
             }
             TlsVersion::Tls12 => {
                 buf[HEADER_LEN..off].copy_from_slice(&nonce[12 - self.explicit_nonce_len()..]);
@@ -238,12 +242,7 @@ impl RecordKey {
 
     /// Check the full record in `buf[..record_len]` before decryption (lengths, version,
     /// outer type) and say what the AEAD must do: nonce, AAD, ciphertext range, tag.
-    pub fn plan_open(
-        &self,
-        seq: u64,
-        buf: &[u8],
-        record_len: usize,
-    ) -> Result<AeadPlan, JobError> {
+    pub fn plan_open(&self, seq: u64, buf: &[u8], record_len: usize) -> Result<AeadPlan, JobError> {
         let header = parse_header(buf.get(..record_len).ok_or(JobError::RecordOverflow)?)?;
         let body_len = header.length as usize;
         if body_len > MAX_PLAINTEXT + MAX_EXPANSION {

@@ -127,7 +127,11 @@ fn content_types_round_trip_through_the_device() {
             .into_iter()
             .map(|d| d.result.unwrap().0)
             .collect();
-        assert_eq!(opened, [ContentType::Handshake, ContentType::Alert], "{version}");
+        assert_eq!(
+            opened,
+            [ContentType::Handshake, ContentType::Alert],
+            "{version}"
+        );
     }
 }
 
@@ -193,7 +197,10 @@ fn many_jobs_in_flight_in_bursts() {
         };
         let key: Vec<u8> = test_key(suite).iter().map(|b| b ^ k as u8).collect();
         let p = params(version, suite, &key, TEST_IV, k as u64, 0);
-        ids.push((dev.create_session(&p).unwrap(), sw.create_session(&p).unwrap()));
+        ids.push((
+            dev.create_session(&p).unwrap(),
+            sw.create_session(&p).unwrap(),
+        ));
     }
     let payload = |k: usize, j: usize| -> Vec<u8> { vec![(k * 7 + j) as u8; 1 + (j * 37) % 1500] };
     let mut got: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); sessions];
@@ -208,7 +215,12 @@ fn many_jobs_in_flight_in_bursts() {
                     continue;
                 }
                 let tag = (k * per_session + next[k]) as u64;
-                match dev.submit_seal(ids[k].0, tag, ContentType::ApplicationData, &payload(k, next[k])) {
+                match dev.submit_seal(
+                    ids[k].0,
+                    tag,
+                    ContentType::ApplicationData,
+                    &payload(k, next[k]),
+                ) {
                     Ok(()) => next[k] += 1,
                     Err(SubmitError::RingFull | SubmitError::InFlightLimit) => break 'fill,
                     Err(e) => panic!("{e}"),
@@ -221,13 +233,24 @@ fn many_jobs_in_flight_in_bursts() {
             let k = c.tag as usize / per_session;
             got[k].push((c.tag, c.result.expect("seal succeeds").data.to_vec()));
         });
-        assert!(std::time::Instant::now() < deadline, "jobs stuck in the device");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs stuck in the device"
+        );
     }
-    assert!(max_in_flight > 64, "only {max_in_flight} jobs were in flight at once");
+    assert!(
+        max_in_flight > 64,
+        "only {max_in_flight} jobs were in flight at once"
+    );
     for k in 0..sessions {
         let tags: Vec<u64> = got[k].iter().map(|g| g.0).collect();
-        let want: Vec<u64> = (0..per_session).map(|j| (k * per_session + j) as u64).collect();
-        assert_eq!(tags, want, "session {k}: completions out of submission order");
+        let want: Vec<u64> = (0..per_session)
+            .map(|j| (k * per_session + j) as u64)
+            .collect();
+        assert_eq!(
+            tags, want,
+            "session {k}: completions out of submission order"
+        );
         let payloads: Vec<Vec<u8>> = (0..per_session).map(|j| payload(k, j)).collect();
         let mut expected = Vec::new();
         for chunk in payloads.chunks(slots / 2) {

@@ -158,8 +158,8 @@ fn ensure_eal(g: &mut Global) -> Result<(), String> {
         "--no-shconf",
         "-l",
         "0",
-        "--log-level",
-        "lib.eal:error",
+        // PMDs log every device creation at info level; keep warnings and errors.
+        "--log-level=warning",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -349,8 +349,12 @@ impl Drop for Cryptodev {
             let want = self.burst.capacity().clamp(1, u16::MAX as usize);
             // SAFETY: as in `dequeue`: the device writes at most `want` op pointers.
             let got = unsafe {
-                let got =
-                    sys::tm_cryptodev_dequeue_burst(self.dev.id, 0, self.burst.as_mut_ptr(), want as u16);
+                let got = sys::tm_cryptodev_dequeue_burst(
+                    self.dev.id,
+                    0,
+                    self.burst.as_mut_ptr(),
+                    want as u16,
+                );
                 self.burst.set_len(usize::from(got));
                 usize::from(got)
             };
@@ -899,7 +903,10 @@ impl Device {
             };
             let rc = sys::rte_cryptodev_queue_pair_setup(self.id, 0, &qp, socket);
             if rc < 0 {
-                return Err(format!("cryptodev queue pair setup failed: {}", strerror(-rc)));
+                return Err(format!(
+                    "cryptodev queue pair setup failed: {}",
+                    strerror(-rc)
+                ));
             }
             let rc = sys::rte_cryptodev_start(self.id);
             if rc < 0 {
@@ -921,7 +928,9 @@ fn driver_name(id: u8) -> String {
         if info.driver_name.is_null() {
             format!("cryptodev {id}")
         } else {
-            CStr::from_ptr(info.driver_name).to_string_lossy().into_owned()
+            CStr::from_ptr(info.driver_name)
+                .to_string_lossy()
+                .into_owned()
         }
     }
 }
