@@ -478,7 +478,7 @@ pub fn compile(
             });
             continue;
         }
-        let sockets = match pool.get_or_bind(l.address, l.protocol) {
+        let sockets = match pool.get_or_bind(&l.name, l.address, l.protocol) {
             Ok(s) => s,
             Err(e) => {
                 problems.push(Problem {
