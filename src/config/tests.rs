@@ -441,3 +441,21 @@ fn cluster_idle_timeout() {
     .to_string();
     assert!(e.contains("clusters[0].idle_timeout"), "{e}");
 }
+
+/// The daemon-wide `offload:` block survives parsing (YAML and TOML): it picks the TLS
+/// record backend of every worker.
+#[test]
+fn offload_block_is_kept() {
+    let yaml = "offload: {backend: cryptodev}\nlisteners: []\n";
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::Cryptodev)
+    );
+    let toml = "[offload]\nbackend = \"software-threaded\"\n";
+    let cfg = parse(toml, Format::Toml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::SoftwareThreaded)
+    );
+}
