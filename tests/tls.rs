@@ -438,7 +438,10 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
         let before = cryptodev::device_ops();
         offloaded_records_byte_exact_with(kind, "cryptodev");
         let ops = cryptodev::device_ops() - before;
-        assert!(ops >= 20, "only {ops} records went through the crypto device");
+        assert!(
+            ops >= 20,
+            "only {ops} records went through the crypto device"
+        );
     }
 }
 

@@ -459,3 +459,28 @@ fn offload_block_is_kept() {
         Some(tls::OffloadBackend::SoftwareThreaded)
     );
 }
+
+/// `offload.cryptodev_driver` takes the two PMD names; anything else is refused with the
+/// field named.
+#[test]
+fn offload_cryptodev_driver() {
+    let cfg = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_openssl}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.offload.and_then(|o| o.cryptodev_driver),
+        Some(tls::CryptodevDriver::Openssl)
+    );
+    let err = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_qat}\n",
+        Format::Yaml,
+    )
+    .expect_err("unknown driver");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("crypto_qat") && msg.contains("crypto_aesni_gcm"),
+        "{msg}"
+    );
+}
