@@ -435,13 +435,17 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
     #[cfg(feature = "dpdk")]
     {
         use tickmesh_offload::backend::cryptodev;
-        let before = cryptodev::device_ops();
-        offloaded_records_byte_exact_with(kind, "cryptodev");
-        let ops = cryptodev::device_ops() - before;
-        assert!(
-            ops >= 20,
-            "only {ops} records went through the crypto device"
-        );
+        // The default driver (crypto_aesni_gcm when its PMD loads), then the one named by
+        // `offload.cryptodev_driver`.
+        for backend in ["cryptodev", "cryptodev, cryptodev_driver: crypto_openssl"] {
+            let before = cryptodev::device_ops();
+            offloaded_records_byte_exact_with(kind, backend);
+            let ops = cryptodev::device_ops() - before;
+            assert!(
+                ops >= 20,
+                "{backend}: only {ops} records went through the device"
+            );
+        }
     }
 }
 

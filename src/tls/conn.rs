@@ -84,11 +84,12 @@ impl Crypto {
         choice: OffloadBackend,
         driver: Option<crate::config::tls::CryptodevDriver>,
     ) -> Crypto {
+        // Process-wide: every worker builds its engine from the same config.
         #[cfg(feature = "dpdk")]
-        if let Some(d) = driver {
+        {
             use crate::config::tls::CryptodevDriver as C;
             use tickmesh_offload::backend::cryptodev::{set_driver, Driver};
-            set_driver(Some(match d {
+            set_driver(driver.map(|d| match d {
                 C::AesniGcm => Driver::AesniGcm,
                 C::Openssl => Driver::Openssl,
             }));
