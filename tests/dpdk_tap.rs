@@ -355,12 +355,14 @@ fn role_port_client() {
 fn port_for(backends: &[&str], want: &str, skip: u16) -> u16 {
     use tickmesh::cluster::maglev;
     use tickmesh::engine::dpdk::lb::{LbAddressing, LbTable};
-    let cfg = tickmesh::config::parse(&echo_cfg(backends), tickmesh::config::Format::Yaml)
-        .unwrap();
+    let cfg = tickmesh::config::parse(&echo_cfg(backends), tickmesh::config::Format::Yaml).unwrap();
     let stats = tickmesh::telemetry::StatsRegistry::new(1);
     let t = LbTable::compile(&cfg, &LbAddressing::default(), 1, &stats).unwrap();
     let vip = &t.vips[0];
-    let (src, dst) = (u32::from_be_bytes([10, 99, 1, 2]), u32::from(*vip.addr.ip()));
+    let (src, dst) = (
+        u32::from_be_bytes([10, 99, 1, 2]),
+        u32::from(*vip.addr.ip()),
+    );
     (skip..60000)
         .find(|&p| {
             let (c, b) = t.pick(vip, maglev::hash_flow(src, dst, p, 80, 6));
@@ -397,9 +399,14 @@ impl Drop for CtlNamespaces {
 /// VIP and backend counters; SIGHUP re-applies the edited `--config`.
 #[test]
 fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
-    if ["TM_E2E_ECHO", "TM_E2E_CLIENT", "TM_E2E_NAMED_ECHO", "TM_E2E_PORT_CLIENT"]
-        .iter()
-        .any(|v| std::env::var(v).is_ok())
+    if [
+        "TM_E2E_ECHO",
+        "TM_E2E_CLIENT",
+        "TM_E2E_NAMED_ECHO",
+        "TM_E2E_PORT_CLIENT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok())
     {
         return;
     }
@@ -496,7 +503,14 @@ fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
         panic!("the balancer did not start: {}", log.join().unwrap());
     }
     must(&[
-        "ip", "-n", l, "link", "set", "dtap0", "address", "02:00:00:00:99:aa",
+        "ip",
+        "-n",
+        l,
+        "link",
+        "set",
+        "dtap0",
+        "address",
+        "02:00:00:00:99:aa",
     ]);
     must(&["ip", "-n", l, "link", "set", "dtap0", "master", "br0", "up"]);
 
@@ -572,12 +586,24 @@ fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
         "a new flow went to the new backend: {ctx}"
     );
     assert_eq!(stats["generation"], 2, "{ctx}");
-    assert!(block(&stats, "backend/echo/10.99.3.2:8080", "packets") >= 3, "{ctx}");
-    assert!(block(&stats, "backend/echo/10.99.2.2:8080", "packets") >= 4, "{ctx}");
+    assert!(
+        block(&stats, "backend/echo/10.99.3.2:8080", "packets") >= 3,
+        "{ctx}"
+    );
+    assert!(
+        block(&stats, "backend/echo/10.99.2.2:8080", "packets") >= 4,
+        "{ctx}"
+    );
     assert!(block(&stats, "vip/echo", "flows_new") >= 2, "{ctx}");
     assert!(block(&stats, "port/net_tap0", "rx_packets") >= 10, "{ctx}");
-    assert!(block(&stats, "port/net_tap0", "flow_table_entries") >= 2, "{ctx}");
-    assert!(table.contains("vip/echo") && table.contains("port/net_tap0"), "{ctx}");
+    assert!(
+        block(&stats, "port/net_tap0", "flow_table_entries") >= 2,
+        "{ctx}"
+    );
+    assert!(
+        table.contains("vip/echo") && table.contains("port/net_tap0"),
+        "{ctx}"
+    );
     assert_eq!(generation, 3, "SIGHUP re-applied --config: {ctx}");
     assert!(
         after_hup.contains("10.99.3.2:8080") && !after_hup.contains("10.99.2.2:8080"),

@@ -384,7 +384,14 @@ fn packet_tables(s: &StatsResult) -> String {
     };
     let mut out = String::from("\n");
     let mut t = vec![row(&[
-        "PORT", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "DROPS", "EXCEPTION", "FLOWS",
+        "PORT",
+        "RX_PKTS",
+        "RX_BYTES",
+        "TX_PKTS",
+        "TX_BYTES",
+        "DROPS",
+        "EXCEPTION",
+        "FLOWS",
     ])];
     let mut reasons = Vec::new();
     for p in s.packets.iter().filter(|p| p.name.starts_with("port/")) {
@@ -541,10 +548,17 @@ mod tests {
         };
         let out = stats_table(&s);
         assert!(out.starts_with("generation 4, 2 worker(s)"), "{out}");
-        let port = out.lines().find(|l| l.starts_with("port/net_ring0")).unwrap();
+        let port = out
+            .lines()
+            .find(|l| l.starts_with("port/net_ring0"))
+            .unwrap();
         assert!(port.contains("1000") && port.contains(" 3 "), "{out}");
         assert!(out.contains("port/net_ring0: drop_bad_checksum 3"), "{out}");
-        assert!(out.lines().any(|l| l.starts_with("vip/web") && l.contains("997")), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("vip/web") && l.contains("997")),
+            "{out}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         let head = lines.iter().find(|l| l.starts_with("LISTENER")).unwrap();
         let orders = lines.iter().find(|l| l.starts_with("orders")).unwrap();

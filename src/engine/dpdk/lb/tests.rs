@@ -536,7 +536,12 @@ fn random_structured_frames_keep_the_fuzz_oracle() {
             )
         } else {
             // ICMP echo request or IPIP: build as UDP, then retag and fix the header.
-            let mut f = frame((pick_ip(r >> 20), 1), (pick_ip(r >> 28), 2), PROTO_UDP, &payload);
+            let mut f = frame(
+                (pick_ip(r >> 20), 1),
+                (pick_ip(r >> 28), 2),
+                PROTO_UDP,
+                &payload,
+            );
             f[14 + 9] = proto;
             if proto == PROTO_ICMP {
                 f[34] = 8;
@@ -607,7 +612,10 @@ fn fuzz_verdict(_f: &[u8], pkt: &mut VecPacket) -> Verdict {
             neighbors: vec![],
             gateway: Some(GW_MAC),
         };
-        (LbTable::compile(&cfg, &a, 1, &stats).unwrap(), stats.port("p"))
+        (
+            LbTable::compile(&cfg, &a, 1, &stats).unwrap(),
+            stats.port("p"),
+        )
     });
     let ctx = PortCtx {
         mac: LB_MAC,
