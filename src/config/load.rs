@@ -468,6 +468,25 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 format!("at most {} endpoints per cluster", u16::MAX),
             );
         }
+        if let Some(p) = c
+            .circuit_breakers
+            .as_ref()
+            .and_then(|b| b.retry_budget.as_ref())
+            .and_then(|r| r.budget_percent)
+        {
+            if !(0.0..=100.0).contains(&p.value) {
+                bad(
+                    format!("{at}.circuit_breakers.retry_budget.budget_percent.value"),
+                    format!("{} is not a percentage 0..=100", p.value),
+                );
+            }
+        }
+        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+            bad(
+                format!("{at}.idle_timeout"),
+                "must be longer than 0 (idle pooled connections are closed after it)".into(),
+            );
+        }
         if let Some(t) = c.connect_timeout {
             if t.is_zero() || t.as_secs() > 3600 {
                 bad(

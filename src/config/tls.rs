@@ -85,7 +85,11 @@ pub struct Offload {
 pub enum OffloadBackend {
     #[default]
     Auto,
+    /// `ring` in the worker's poll loop.
     Software,
+    /// `ring` on a dedicated crypto thread per worker (wants a spare core).
+    #[serde(rename = "software-threaded")]
+    SoftwareThreaded,
     Cryptodev,
     Ktls,
 }

@@ -155,6 +155,17 @@ fn get_yaml(g: &GetResult, what: Option<GetWhat>) -> anyhow::Result<String> {
             out.push_str(&format!("#   {}\n", route_line(r)));
         }
     }
+    if let Some(clusters) = &g.clusters {
+        out.push_str("# clusters as compiled:\n");
+        for c in clusters {
+            out.push_str(&format!(
+                "#   {} [{}]: {}\n",
+                c.name,
+                c.endpoints.join(", "),
+                c.policy
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -493,6 +504,27 @@ mod tests {
         let e = request(&path, &Request::Stats {}).unwrap_err().to_string();
         assert!(e.contains("daemon is not running at"), "{e}");
         assert!(e.contains("none.sock"), "{e}");
+    }
+
+    #[test]
+    fn get_yaml_lists_the_compiled_clusters_as_comments() {
+        let g = GetResult {
+            generation: 3,
+            config: Some(Default::default()),
+            routes: None,
+            clusters: Some(vec![crate::control::protocol::ClusterView {
+                name: "svc".into(),
+                endpoints: vec!["127.0.0.1:1".into(), "127.0.0.1:2 (priority 1)".into()],
+                policy: "lb random".into(),
+            }]),
+        };
+        let y = get_yaml(&g, None).unwrap();
+        assert!(
+            y.contains("# clusters as compiled:\n#   svc [127.0.0.1:1, 127.0.0.1:2 (priority 1)]: lb random\n"),
+            "{y}"
+        );
+        // Still YAML that `apply -f` takes back.
+        crate::config::parse(&y, crate::config::Format::Yaml).unwrap();
     }
 
     #[test]

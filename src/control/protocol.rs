@@ -164,6 +164,20 @@ pub struct GetResult {
     pub config: Option<Config>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<RouteView>>,
+    /// Every cluster of the running table with the policy it runs with (after
+    /// DestinationRules and defaults), including clusters routes created implicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<ClusterView>>,
+}
+
+/// One compiled cluster as the workers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub name: String,
+    /// `address` or `address (priority N)`.
+    pub endpoints: Vec<String>,
+    /// Balancer, breakers, connect timeout, outlier detection, health check.
+    pub policy: String,
 }
 
 /// One compiled L4 route as the workers see it.

@@ -22,7 +22,7 @@ use crate::telemetry::{CounterReport, StatsRegistry};
 
 use super::persist::StateDir;
 use super::protocol::{
-    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointHealthView,
+    Action, Change, ChangeResult, ClusterStatsView, ClusterView, CounterMap, EndpointHealthView,
     EndpointStatsView, GetResult, ListenerStatsView, PacketStatsView, RouteTarget, RouteView,
     StatsResult,
 };
@@ -487,10 +487,12 @@ impl ControlPlane {
         let table = self.routes.load_full();
         let mut config = None;
         let mut routes = None;
+        let mut clusters = None;
         match what {
             None => {
                 config = Some(st.config.clone());
                 routes = Some(route_views(&st.config, &table));
+                clusters = Some(cluster_views(&table));
             }
             Some(GetWhat::Listeners) => {
                 config = Some(Config {
@@ -502,7 +504,8 @@ impl ControlPlane {
                 config = Some(Config {
                     clusters: st.config.clusters.clone(),
                     ..Config::default()
-                })
+                });
+                clusters = Some(cluster_views(&table));
             }
             Some(GetWhat::Routes) => routes = Some(route_views(&st.config, &table)),
         }
@@ -510,6 +513,7 @@ impl ControlPlane {
             generation: st.generation,
             config,
             routes,
+            clusters,
         }
     }
 
@@ -950,6 +954,71 @@ fn resolve_names(cfg: &Config, due: &Mutex<HashMap<(String, u16), Instant>>) {
 
 /// `strict_dns` clusters without `dns_refresh_rate` resolve again this often.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
+    use crate::cluster::Balancer;
+    use crate::route::HashOn;
+    table
+        .clusters
+        .iter()
+        .map(|c| {
+            let lb = match (&c.balancer, &c.hash_on) {
+                (Balancer::RoundRobin { .. }, _) => "round_robin".to_string(),
+                (Balancer::LeastRequest { .. }, _) => "least_request".into(),
+                (Balancer::Random { .. }, _) => "random".into(),
+                (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
+                (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
+                (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+            };
+            let b = &c.breakers;
+            let mut policy = format!(
+                "lb {lb}; max connections {}, pending {}, requests {}, retries {}{}; connect timeout {}",
+                b.max_connections,
+                b.max_pending_requests,
+                b.max_requests,
+                b.max_retries,
+                match b.max_requests_per_connection {
+                    0 => String::new(),
+                    n => format!(", requests per connection {n}"),
+                },
+                humantime::format_duration(c.connect_timeout)
+            );
+            if let Some(o) = &c.outlier {
+                policy.push_str(&format!(
+                    "; outlier 5xx {} ({}%), gateway {} ({}%), interval {}ms, base ejection {}ms, max {}%",
+                    o.consecutive_5xx,
+                    o.enforcing_5xx,
+                    o.consecutive_gateway,
+                    o.enforcing_gateway,
+                    o.interval_ms,
+                    o.base_ejection_ms,
+                    o.max_ejection_percent
+                ));
+            }
+            if let Some(h) = &c.health_check {
+                policy.push_str(&format!(
+                    "; check GET {} every {} ({} down, {} up)",
+                    h.path,
+                    humantime::format_duration(h.interval),
+                    h.unhealthy_threshold,
+                    h.healthy_threshold
+                ));
+            }
+            ClusterView {
+                name: c.name.to_string(),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| match e.priority {
+                        0 => e.address.to_string(),
+                        p => format!("{} (priority {p})", e.address),
+                    })
+                    .collect(),
+                policy,
+            }
+        })
+        .collect()
+}
 
 fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
     let endpoints = |name: &str| {

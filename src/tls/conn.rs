@@ -78,6 +78,7 @@ impl Crypto {
         let backend = match choice {
             OffloadBackend::Auto => BackendChoice::Auto,
             OffloadBackend::Software => BackendChoice::Software,
+            OffloadBackend::SoftwareThreaded => BackendChoice::SoftwareThreaded { cpu: None },
             OffloadBackend::Ktls => BackendChoice::Ktls,
             OffloadBackend::Cryptodev => BackendChoice::Cryptodev,
         };
