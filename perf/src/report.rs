@@ -393,7 +393,7 @@ fn scenario_title(r: &Report, s: &ScenarioReport) -> String {
 /// `tls-echo` has its own (issue 5): at or below HAProxy at every percentile.
 pub fn goals(r: &Report) -> Vec<String> {
     if r.settings.workload.is_tls() {
-        return tls_goals(r);
+        return tls_goals(&r.scenarios);
     }
     let mut lines = Vec::new();
     for s in &r.scenarios {
@@ -448,9 +448,9 @@ pub fn goals(r: &Report) -> Vec<String> {
 /// `tls-echo` against issue 5's goals: latency at or below HAProxy's at every percentile
 /// (both terminate TLS); what terminating costs over the floor's passthrough, for reading;
 /// throughput per core and CPU per request against HAProxy's, without a stated goal.
-fn tls_goals(r: &Report) -> Vec<String> {
+fn tls_goals(scenarios: &[ScenarioReport]) -> Vec<String> {
     let mut lines = Vec::new();
-    for s in &r.scenarios {
+    for s in scenarios {
         let get = |t: Target| s.targets.iter().find(|x| x.target == t);
         let m = |t: Target| get(t).and_then(|x| x.median.clone());
         let (floor, haproxy) = (m(Target::Floor), m(Target::Haproxy));
@@ -715,5 +715,29 @@ mod tests {
         assert!((added - 22_000.0).abs() < 50.0, "{added}");
         assert!(all[2].median.is_none() && all[2].ratio_to_direct.is_none());
         assert!(all[0].ratio_to_tickmesh.is_none());
+    }
+
+    #[test]
+    fn tls_goals_compare_with_haproxy_at_every_percentile_and_with_passthrough() {
+        let mut targets = vec![
+            TargetResult::new(Target::Direct, vec![rec(0, 10, true)]),
+            TargetResult::new(Target::Floor, vec![rec(0, 15, true)]),
+            TargetResult::new(Target::TickmeshEpoll, vec![rec(0, 20, true)]),
+            TargetResult::new(Target::Haproxy, vec![rec(0, 40, true)]),
+            // A target without a clean run gets no line.
+            TargetResult::new(Target::TickmeshUring, vec![RunRecord::failed(0, "x".into())]),
+        ];
+        relate(&mut targets);
+        let sc = ScenarioReport {
+            scenario: "closed:1".into(),
+            spec: Scenario::Closed { connections: 1 },
+            targets,
+        };
+        let lines = tls_goals(std::slice::from_ref(&sc));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let l = &lines[0];
+        assert!(l.starts_with("closed:1 tickmesh-epoll:"), "{l}");
+        assert!(l.contains("0.50/0.50/0.50× HAProxy's (goal ≤ 1"), "{l}");
+        assert!(l.contains("terminating costs 5.0"), "{l}");
     }
 }
