@@ -280,3 +280,25 @@ fn auto_measures_the_device_against_software() {
     );
     eprintln!("auto picked {}: {reason}", e.backend());
 }
+
+/// Driver names: the two PMDs (with or without the `crypto_` prefix); anything else is an
+/// error naming the input and the choices.
+#[test]
+fn driver_names_parse_and_bad_ones_are_explained() {
+    use backend::cryptodev::Driver;
+    assert_eq!("crypto_openssl".parse(), Ok(Driver::Openssl));
+    assert_eq!("aesni_gcm".parse(), Ok(Driver::AesniGcm));
+    for bad in [
+        "",
+        "crypto_qat",
+        "CRYPTO_OPENSSL",
+        "crypto_openssl ",
+        "openssl\0",
+    ] {
+        let err = bad.parse::<Driver>().unwrap_err();
+        assert!(
+            err.contains("crypto_openssl or crypto_aesni_gcm"),
+            "{bad:?}: {err}"
+        );
+    }
+}
