@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use rustls::{ServerConfig, ServerConnection};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::args::Workload;
 use crate::wire;
