@@ -64,6 +64,25 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        // One endpoint of three ejected (outlier detection): the pick draws again when
+        // the balancer lands on it.
+        let cfg = parse(&config(policy, 3, false), Format::Yaml).unwrap();
+        // Its own registry: health is kept by name, and the other cases must not see it.
+        let own = StatsRegistry::new(1);
+        let t = compile(&cfg, 1, &own, &mut pool).unwrap();
+        let c = &t.clusters[0];
+        c.endpoints[1].health.eject(&c.health, 1, 60_000, 60_000);
+        let routes = Arc::new(Routes::new(t));
+        let mut lb = LbState::new(7);
+        let mut cursor = 0u32;
+        let src = Some("10.1.2.3:40000".parse().unwrap());
+        g.bench_function(format!("{policy}/3ep/1-ejected"), |b| {
+            b.iter(|| {
+                let t = routes.load();
+                let cl = &t.clusters[0];
+                black_box(cl.pick(&mut lb, &mut cursor, black_box(src), 0, 0))
+            })
+        });
     }
     g.finish();
 }

@@ -1,8 +1,11 @@
 //! Round-trip latency of a small echo through the proxy: direct (no proxy), plain L4,
-//! and TLS-terminating (TLS 1.3, AES-128-GCM, rustls record crypto) — one connection,
-//! closed loop, targets interleaved in rounds so a noisy host hits them alike.
+//! TLS-terminating (TLS 1.3, AES-128-GCM; rustls handshake, records on the worker's
+//! offload engine), and HAProxy terminating TLS the same way (OpenSSL; when `haproxy` is
+//! installed) — one connection, closed loop, targets interleaved in rounds so a noisy host
+//! hits them alike.
 //!
-//! `cargo bench --bench tls_latency` (env `ROUNDS`, `ITERS`, `SIZE`, `ENGINE=uring|epoll`).
+//! `cargo bench --bench tls_latency` (env `ROUNDS`, `ITERS`, `SIZE`, `ENGINE=uring|epoll`,
+//! `HAPROXY_BUSY=1` to give HAProxy `busy-polling`: only with a spare CPU).
 //! Needs the `openssl` CLI for the test certificate. Prints the median over rounds of
 //! each round's p50/p90/p99 in µs.
 
@@ -218,15 +221,65 @@ fn main() {
     let mut direct = plain(backend);
     let mut l4 = plain(addr("plain"));
     let mut tls = rustls::StreamOwned::new(
-        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap(),
+        rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+            .unwrap(),
         plain(addr("tls")),
     );
-    let names = ["direct", "tickmesh L4", "tickmesh TLS-terminating"];
-    let mut res: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); 3];
+    // HAProxy terminating TLS in front of the same backend, if installed.
+    let haproxy_port = free().port();
+    let mut haproxy = None;
+    if Command::new("haproxy").arg("-v").output().is_ok() {
+        let pem = format!(
+            "{}{}",
+            std::fs::read_to_string(p("c.pem")).unwrap(),
+            std::fs::read_to_string(p("k.pem")).unwrap()
+        );
+        std::fs::write(p("haproxy.pem"), pem).unwrap();
+        let busy = std::env::var("HAPROXY_BUSY").is_ok_and(|v| v == "1");
+        let cfg = format!(
+            "global\n    nbthread 1\n{}\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\nfrontend f\n    bind 127.0.0.1:{haproxy_port} ssl crt {}\n    default_backend b\n\nbackend b\n    server s {backend}\n",
+            if busy { "    busy-polling\n" } else { "" },
+            p("haproxy.pem")
+        );
+        std::fs::write(p("haproxy.cfg"), cfg).unwrap();
+        if let Ok(child) = Command::new("haproxy")
+            .args(["-db", "-f", &p("haproxy.cfg")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            haproxy = Some(child);
+            let t = Instant::now();
+            while TcpStream::connect(("127.0.0.1", haproxy_port)).is_err()
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let mut hap = haproxy.as_ref().map(|_| {
+        rustls::StreamOwned::new(
+            rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+                .unwrap(),
+            plain(SocketAddr::from(([127, 0, 0, 1], haproxy_port))),
+        )
+    });
+    let mut names = vec!["direct", "tickmesh L4", "tickmesh TLS-terminating"];
+    if hap.is_some() {
+        names.push("HAProxy TLS-terminating");
+    }
+    let mut res: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
     for _ in 0..rounds {
         res[0].push(measure(&mut direct, iters, size));
         res[1].push(measure(&mut l4, iters, size));
         res[2].push(measure(&mut tls, iters, size));
+        if let Some(h) = hap.as_mut() {
+            res[3].push(measure(h, iters, size));
+        }
+    }
+    if let Some(mut h) = haproxy {
+        let _ = h.kill();
+        let _ = h.wait();
     }
     println!(
         "engine {kind:?}, {size} B echo, 1 connection, {rounds} rounds × {iters} round trips (median of rounds)"

@@ -274,7 +274,10 @@ impl Drop for NicWatch {
 }
 
 /// The config to start with: (config, generation, persist it?, where it came from).
-fn resolve(source: &ConfigSource, store: &StateDir) -> anyhow::Result<(Config, u64, bool, String)> {
+pub(crate) fn resolve(
+    source: &ConfigSource,
+    store: &StateDir,
+) -> anyhow::Result<(Config, u64, bool, String)> {
     let replace = |text: &str, format: Format, origin: String| {
         let cfg = match config::parse(text, format) {
             Ok(c) => c,

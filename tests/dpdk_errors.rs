@@ -15,6 +15,8 @@ fn run(extra: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
         .args(["run", "--engine", "dpdk", "-w", "1", "-c"])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args(["--dpdk-file-prefix", "tm-test-errors"])
         .args(extra)
         .output()

@@ -130,6 +130,8 @@ fn nic_verbs_reach_the_ports_of_a_running_dpdk_engine() {
         ])
         .args(["--idle", "park", "-c"])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args(["--dpdk-no-huge", "--dpdk-file-prefix", "tm-test-nic"])
         .args(["--dpdk-vdev", &format!("net_tap0,iface={TAP}")])
         .args(["--dpdk-vdev", "net_ring0", "--dpdk-vdev", "net_null0"])

@@ -166,6 +166,8 @@ fn kernel_tcp_client_reaches_backend_through_the_dpdk_balancer() {
             "-c",
         ])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args([
             "--dpdk-no-huge",
             "--dpdk-file-prefix",
@@ -252,6 +254,360 @@ fn kernel_tcp_client_reaches_backend_through_the_dpdk_balancer() {
             .as_u64()
             .unwrap()
             >= 2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// === live config changes over the control socket ===
+
+const CTL_NS: [&str; 4] = ["tmxc", "tmxb1", "tmxb2", "tmxl"]; // client, backends, balancer
+const CTL_VIP: &str = "10.99.0.100:80";
+const B1: &str = "10.99.2.2:8080";
+const B2: &str = "10.99.3.2:8080";
+const B2_MAC: &str = "02:00:00:00:99:04";
+
+fn echo_cfg(backends: &[&str]) -> String {
+    format!(
+        "listeners:\n  - {{name: echo, address: \"{CTL_VIP}\", cluster: echo}}\nclusters:\n  - {{name: echo, endpoints: [{}]}}\n",
+        backends
+            .iter()
+            .map(|b| format!("\"{b}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A TCP echo that prefixes every answer with its name; serves connections until
+/// `$dir/done` exists (or 40 s pass).
+#[test]
+fn role_named_echo() {
+    let Ok(spec) = std::env::var("TM_E2E_NAMED_ECHO") else {
+        return;
+    };
+    let (addr, rest) = spec.split_once(',').unwrap();
+    let (name, dir) = rest.split_once(',').unwrap();
+    let l = TcpListener::bind(addr.parse::<SocketAddr>().unwrap()).unwrap();
+    l.set_nonblocking(true).unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(40)
+        && !std::path::Path::new(dir).join("done").exists()
+    {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let name = name.to_string();
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = s.read(&mut buf) {
+                        let mut out = format!("{name}:").into_bytes();
+                        out.extend_from_slice(&buf[..n]);
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Connects to the VIP from a fixed source port, sends `one`, prints the answer; with a
+/// `$dir/go` file to wait for, then sends `two` on the same connection and prints that
+/// answer too.
+#[test]
+fn role_port_client() {
+    let Ok(spec) = std::env::var("TM_E2E_PORT_CLIENT") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(',').collect();
+    let vip: SocketAddr = parts[0].parse().unwrap();
+    let sport: u16 = parts[1].parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&SocketAddr::from(([10, 99, 1, 2], sport)).into())
+        .unwrap();
+    s.connect_timeout(&vip.into(), Duration::from_secs(10))
+        .expect("connect to the VIP");
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ask = |what: &str| {
+        s.write_all(what.as_bytes()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+        println!("ANSWER {said}");
+    };
+    ask("one");
+    if let Some(dir) = parts.get(2) {
+        let go = std::path::Path::new(dir).join("go");
+        let start = Instant::now();
+        while !go.exists() && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ask("two");
+    }
+}
+
+/// A source port whose flow Maglev gives to `want` when the cluster is `backends`
+/// (computed with the balancer's own table, as the engine will).
+fn port_for(backends: &[&str], want: &str, skip: u16) -> u16 {
+    use tickmesh::cluster::maglev;
+    use tickmesh::engine::dpdk::lb::{LbAddressing, LbTable};
+    let cfg = tickmesh::config::parse(&echo_cfg(backends), tickmesh::config::Format::Yaml).unwrap();
+    let stats = tickmesh::telemetry::StatsRegistry::new(1);
+    let t = LbTable::compile(&cfg, &LbAddressing::default(), 1, &stats).unwrap();
+    let vip = &t.vips[0];
+    let (src, dst) = (
+        u32::from_be_bytes([10, 99, 1, 2]),
+        u32::from(*vip.addr.ip()),
+    );
+    (skip..60000)
+        .find(|&p| {
+            let (c, b) = t.pick(vip, maglev::hash_flow(src, dst, p, 80, 6));
+            t.clusters[c as usize].backends[b as usize].addr.to_string() == want
+        })
+        .expect("some port maps to each backend")
+}
+
+fn tickmesh_ctl(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tickmesh"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tickmesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct CtlNamespaces;
+impl Drop for CtlNamespaces {
+    fn drop(&mut self) {
+        for ns in CTL_NS {
+            sh(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// The DPDK engine follows the control socket: an apply adds a backend; a flow
+/// established before it stays on its backend although Maglev now gives its 5-tuple to
+/// the new one; a new flow goes to the new backend; `tickmesh stats` shows the port,
+/// VIP and backend counters; SIGHUP re-applies the edited `--config`.
+#[test]
+fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
+    if [
+        "TM_E2E_ECHO",
+        "TM_E2E_CLIENT",
+        "TM_E2E_NAMED_ECHO",
+        "TM_E2E_PORT_CLIENT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok())
+    {
+        return;
+    }
+    if !dpdk_common::dpdk_usable() {
+        return;
+    }
+    if !sh(&["ip", "netns", "add", "tmxprobe"]) {
+        eprintln!("SKIP: cannot create network namespaces here");
+        return;
+    }
+    sh(&["ip", "netns", "del", "tmxprobe"]);
+    for ns in CTL_NS {
+        sh(&["ip", "netns", "del", ns]);
+    }
+    let _cleanup = CtlNamespaces;
+    for ns in CTL_NS {
+        must(&["ip", "netns", "add", ns]);
+        must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let [c, b1, b2, l] = CTL_NS;
+    must(&["ip", "-n", l, "link", "add", "br0", "type", "bridge"]);
+    must(&["ip", "-n", l, "link", "set", "br0", "up"]);
+    for (ns, ours, theirs, mac, addr, gw) in [
+        (c, "c0", "c1", CLIENT_MAC, "10.99.1.2/24", "10.99.1.1"),
+        (b1, "b0", "b1", BACKEND_MAC, "10.99.2.2/24", "10.99.2.1"),
+        (b2, "d0", "d1", B2_MAC, "10.99.3.2/24", "10.99.3.1"),
+    ] {
+        must(&[
+            "ip", "-n", l, "link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", ns,
+        ]);
+        must(&["ip", "-n", l, "link", "set", ours, "master", "br0", "up"]);
+        must(&["ip", "-n", ns, "link", "set", theirs, "address", mac, "up"]);
+        must(&["ip", "-n", ns, "addr", "add", addr, "dev", theirs]);
+        must(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
+        sh(&[
+            "ip", "netns", "exec", ns, "ethtool", "-K", theirs, "tx", "off",
+        ]);
+    }
+
+    let dir = dpdk_common::tempdir("tap-ctl");
+    let d = dir.display().to_string();
+    let sock = dir.join("ctl.sock").display().to_string();
+    std::fs::write(dir.join("cfg.yaml"), echo_cfg(&[B1])).unwrap();
+    let echo1 = format!("{B1},b1,{d}");
+    let echo2 = format!("{B2},b2,{d}");
+    let backends = [
+        helper(b1, "role_named_echo", ("TM_E2E_NAMED_ECHO", &echo1)),
+        helper(b2, "role_named_echo", ("TM_E2E_NAMED_ECHO", &echo2)),
+    ];
+    let neighbors = [
+        format!("10.99.1.2={CLIENT_MAC}"),
+        format!("10.99.2.2={BACKEND_MAC}"),
+        format!("10.99.3.2={B2_MAC}"),
+    ];
+    let mut lb = Command::new("ip");
+    lb.args(["netns", "exec", l, env!("CARGO_BIN_EXE_tickmesh")])
+        .args(["run", "--engine", "dpdk", "-w", "1", "--idle", "park", "-c"])
+        .arg(dir.join("cfg.yaml"))
+        .args(["--control", &sock, "--dpdk-no-huge"])
+        .args(["--dpdk-file-prefix", "tm-test-tap-ctl"])
+        .args(["--dpdk-vdev", "net_tap0,iface=dtap0"]);
+    for ip in ["10.99.1.1", "10.99.2.1", "10.99.3.1"] {
+        lb.args(["--dpdk-local-ip", ip]);
+    }
+    for n in &neighbors {
+        lb.args(["--dpdk-neighbor", n]);
+    }
+    let mut lb = lb
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = lb.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("dpdk engine running") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let stop = |lb: &mut Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &lb.id().to_string()])
+            .status();
+    };
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        stop(&mut lb);
+        let _ = lb.wait();
+        panic!("the balancer did not start: {}", log.join().unwrap());
+    }
+    must(&[
+        "ip",
+        "-n",
+        l,
+        "link",
+        "set",
+        "dtap0",
+        "address",
+        "02:00:00:00:99:aa",
+    ]);
+    must(&["ip", "-n", l, "link", "set", "dtap0", "master", "br0", "up"]);
+
+    // A port whose flow goes to b2 once b2 is in the cluster, and another one.
+    let sticky = port_for(&[B1, B2], B2, 20000);
+    let fresh = port_for(&[B1, B2], B2, sticky + 1);
+    let spec = format!("{CTL_VIP},{sticky},{d}");
+    let long = helper(c, "role_port_client", ("TM_E2E_PORT_CLIENT", &spec));
+    // The established flow has had its first answer (from b1) before the apply.
+    let start = Instant::now();
+    let stats_json = |sock: &str| -> serde_json::Value {
+        serde_json::from_str(&tickmesh_ctl(&["stats", "--json", "--control", sock])).unwrap()
+    };
+    let block = |s: &serde_json::Value, name: &str, counter: &str| -> u64 {
+        s["packets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map_or(0, |b| b["counters"][counter].as_u64().unwrap_or(0))
+    };
+    while block(&stats_json(&sock), "vip/echo", "reply_packets") < 2
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::write(dir.join("two.yaml"), echo_cfg(&[B1, B2])).unwrap();
+    let applied = tickmesh_ctl(&["apply", "--control", &sock, "-f", &format!("{d}/two.yaml")]);
+    assert!(applied.contains("configured"), "{applied}");
+    std::fs::write(dir.join("go"), "").unwrap();
+    let new_spec = format!("{CTL_VIP},{fresh}");
+    let new = helper(c, "role_port_client", ("TM_E2E_PORT_CLIENT", &new_spec));
+    let long_out = long.wait_with_output().unwrap();
+    let new_out = new.wait_with_output().unwrap();
+    let stats = stats_json(&sock);
+    let table = tickmesh_ctl(&["stats", "--control", &sock]);
+
+    // SIGHUP re-applies the edited --config: b1 leaves the cluster.
+    std::fs::write(dir.join("cfg.yaml"), echo_cfg(&[B2])).unwrap();
+    sh(&["kill", "-HUP", &lb.id().to_string()]);
+    let start = Instant::now();
+    let mut generation = 0;
+    while generation != 3 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        generation = stats_json(&sock)["generation"].as_u64().unwrap_or(0);
+    }
+    let after_hup = tickmesh_ctl(&["get", "clusters", "--control", &sock]);
+
+    std::fs::write(dir.join("done"), "").unwrap();
+    stop(&mut lb);
+    let lout = lb.wait_with_output().unwrap();
+    let lerr = log.join().unwrap();
+    for b in backends {
+        let _ = b.wait_with_output();
+    }
+    let ctx = format!(
+        "long client: {}{}\nnew client: {}{}\nstats: {table}\nbalancer: {}\n{lerr}",
+        String::from_utf8_lossy(&long_out.stdout),
+        String::from_utf8_lossy(&long_out.stderr),
+        String::from_utf8_lossy(&new_out.stdout),
+        String::from_utf8_lossy(&new_out.stderr),
+        String::from_utf8_lossy(&lout.stdout),
+    );
+    let long_said = String::from_utf8_lossy(&long_out.stdout);
+    assert!(long_said.contains("ANSWER b1:one"), "{ctx}");
+    assert!(
+        long_said.contains("ANSWER b1:two"),
+        "the established flow stayed on b1: {ctx}"
+    );
+    assert!(
+        String::from_utf8_lossy(&new_out.stdout).contains("ANSWER b2:one"),
+        "a new flow went to the new backend: {ctx}"
+    );
+    assert_eq!(stats["generation"], 2, "{ctx}");
+    assert!(
+        block(&stats, "backend/echo/10.99.3.2:8080", "packets") >= 3,
+        "{ctx}"
+    );
+    assert!(
+        block(&stats, "backend/echo/10.99.2.2:8080", "packets") >= 4,
+        "{ctx}"
+    );
+    assert!(block(&stats, "vip/echo", "flows_new") >= 2, "{ctx}");
+    assert!(block(&stats, "port/net_tap0", "rx_packets") >= 10, "{ctx}");
+    assert!(
+        block(&stats, "port/net_tap0", "flow_table_entries") >= 2,
+        "{ctx}"
+    );
+    assert!(
+        table.contains("vip/echo") && table.contains("port/net_tap0"),
+        "{ctx}"
+    );
+    assert_eq!(generation, 3, "SIGHUP re-applied --config: {ctx}");
+    assert!(
+        after_hup.contains("10.99.3.2:8080") && !after_hup.contains("10.99.2.2:8080"),
+        "{after_hup}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

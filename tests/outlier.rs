@@ -395,6 +395,16 @@ spec:
         assert_eq!(c.connect_timeout, Duration::from_millis(300));
         assert!(c.outlier.is_some());
     }
+    // `tickmesh get` shows the policy the cluster runs with.
+    let g = d.plane.get(None);
+    let view = g.clusters.expect("clusters as compiled");
+    let policy = &view.iter().find(|c| c.name == "svc").expect("svc").policy;
+    assert!(
+        policy.contains("maglev on source ip")
+            && policy.contains("max connections 77, pending 5, requests 66, retries 2")
+            && policy.contains("outlier 5xx 2 (100%)"),
+        "{policy}"
+    );
     let (a0, b0) = (a.requests(), b.requests());
     for _ in 0..20 {
         assert_eq!(get(addr, "/"), 200);
@@ -771,4 +781,81 @@ fn malformed_destination_rule_policies_are_errors() {
         let text = e.to_string();
         assert!(text.contains(names), "`{policy}`: {text}");
     }
+}
+
+// === the real binary ===
+
+/// `tickmesh run` ejects a dead TCP endpoint, and `tickmesh stats` (table and JSON)
+/// shows it, as an operator sees it.
+#[test]
+fn tickmesh_stats_shows_an_ejection() {
+    const BIN: &str = env!("CARGO_BIN_EXE_tickmesh");
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let port = dead_addr().port(); // free now; the daemon binds it
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let cfg = dir.path().join("tickmesh.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listeners:\n  - {{name: l, address: \"127.0.0.1:{port}\", cluster: svc}}\nclusters:\n  - name: svc\n    endpoints: [\"{dead}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 1, enforcing_consecutive_gateway_failure: 100, base_ejection_time: 1m}}\n",
+            echo.addr
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--workers", "2", "--engine", "epoll"])
+        .arg("--control")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stats = |json: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("stats").arg("--control").arg(&sock);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut table = String::new();
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"hi");
+            let mut b = [0u8; 2];
+            let _ = s.read_exact(&mut b);
+        }
+        table = stats(false);
+        if table.contains("ejected") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let json = stats(true);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        table.contains("HEALTH") && table.contains("ejected (x1"),
+        "{table}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).expect("stats --json is JSON");
+    let eps = v["clusters"][0]["endpoints"].as_array().expect("endpoints");
+    let dead_ep = eps
+        .iter()
+        .find(|e| e["address"] == dead.to_string())
+        .expect("the dead endpoint");
+    assert_eq!(dead_ep["health"]["state"], "ejected", "{json}");
+    assert!(dead_ep["health"]["ejected_remaining_ms"].as_u64().unwrap() > 50_000);
 }

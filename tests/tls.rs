@@ -426,9 +426,39 @@ fn bad_records(kind: EngineKind) {
 /// mid-stream), the stream ends with close_notify both ways, and the listener's
 /// `tls_records_offloaded` counter shows the engine did the work.
 fn offloaded_records_byte_exact(kind: EngineKind) {
+    // Inline, and on a crypto thread (completions arrive in later batches).
+    for backend in ["software", "software-threaded"] {
+        offloaded_records_byte_exact_with(kind, backend);
+    }
+    // With `--features dpdk`: on a DPDK crypto device (a virtual one, --no-huge; the EAL
+    // starts once in this test process), and the device must have done the records.
+    #[cfg(feature = "dpdk")]
+    {
+        use tickmesh_offload::backend::cryptodev;
+        // The default driver (crypto_aesni_gcm when its PMD loads), then the one named by
+        // `offload.cryptodev_driver`.
+        for backend in ["cryptodev", "cryptodev, cryptodev_driver: crypto_openssl"] {
+            let before = cryptodev::device_ops();
+            offloaded_records_byte_exact_with(kind, backend);
+            let ops = cryptodev::device_ops() - before;
+            assert!(
+                ops >= 20,
+                "{backend}: only {ops} records went through the device"
+            );
+        }
+    }
+}
+
+fn offloaded_records_byte_exact_with(kind: EngineKind, backend: &str) {
     let pki = Pki::new();
     let echo = Echo::start();
-    let p = Proxy::start(kind, &pki.listener_yaml("", echo.addr, ""));
+    let p = Proxy::start(
+        kind,
+        &format!(
+            "offload: {{backend: {backend}}}\n{}",
+            pki.listener_yaml("", echo.addr, "")
+        ),
+    );
     let addr = p.listener("l");
     let ls = p.stats.listener("l");
     let (mut s, mut c) = tls_connect(addr, pki.client(None));
@@ -481,13 +511,82 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
     });
 }
 
+/// A real client, byte-exact over many records both ways: `openssl s_client` (TLS 1.3 and
+/// 1.2) sends 256 KiB through the terminating listener to an echo backend and must read
+/// the same 256 KiB back.
+fn openssl_client_byte_exact(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP openssl_client_byte_exact: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let echo = Echo::start();
+    let p = Proxy::start(kind, &pki.listener_yaml("", echo.addr, ""));
+    let addr = p.listener("l");
+    for version in ["-tls1_3", "-tls1_2"] {
+        let before = p.stats.listener("l").get(L::TlsRecordsOffloaded);
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                "-quiet",
+                version,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let data = payload(7, 256 * 1024);
+        let mut stdin = child.stdin.take().unwrap();
+        let send = data.clone();
+        let writer = std::thread::spawn(move || {
+            // Write in pieces so s_client makes many records of different sizes.
+            for chunk in send.chunks(5000) {
+                if stdin.write_all(chunk).is_err() {
+                    return;
+                }
+            }
+            // Keep stdin open: -quiet would end the session at EOF before the echo.
+            std::thread::sleep(Duration::from_secs(20));
+        });
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut got = vec![0u8; 256 * 1024];
+            let r = stdout.read_exact(&mut got).map(|()| got);
+            let _ = tx.send(r);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("echo within 30 s")
+            .expect("256 KiB back from s_client");
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(writer);
+        assert!(got == data, "{version}: the echo differs");
+        let offloaded = p.stats.listener("l").get(L::TlsRecordsOffloaded) - before;
+        // At least one record per 16 KiB each way; s_client writes one per chunk.
+        assert!(
+            offloaded >= 2 * 16,
+            "{version}: {offloaded} records offloaded"
+        );
+    }
+}
+
 /// `offload.backend` takes every documented value; one this host or build cannot offer
 /// (no kernel `tls` module here, no `dpdk` feature in this build) falls back to the
 /// software ring with the reason logged, and TLS keeps working through the engine.
 fn offload_backend_choices(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
-    for backend in ["software", "ktls", "cryptodev", "auto"] {
+    for backend in ["software", "software-threaded", "ktls", "cryptodev", "auto"] {
         let yaml = format!(
             "offload: {{backend: {backend}}}\n{}",
             pki.listener_yaml("", g.addr, "")
@@ -1005,6 +1104,7 @@ macro_rules! per_engine {
 per_engine!(
     terminate_and_mtls,
     offloaded_records_byte_exact,
+    openssl_client_byte_exact,
     offload_backend_choices,
     bad_records,
     permissive_sniffs,

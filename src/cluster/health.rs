@@ -9,9 +9,10 @@
 //! usable flag; they never lock, allocate, or decide an ejection. The control plane alone
 //! writes the flags, the ejection times and the cluster's unusable count.
 //!
-//! Invariant: `ClusterHealth::unusable` is 0 whenever no endpoint of the cluster has a
-//! flag set (the control plane raises it before a flag and lowers it after), so a pick
-//! with nothing ejected reads one word and nothing else.
+//! Invariant: `ClusterHealth::unusable` is never below the number of flagged endpoints
+//! of the current table (raised before a flag is set, lowered after one is cleared,
+//! recounted every health tick), so a pick that reads 0 may skip every per-endpoint
+//! check: with nothing ejected a pick reads one extra word.
 
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
@@ -134,7 +135,8 @@ impl EndpointHealth {
     }
 
     /// Eject until `now + base × times ejected` (capped at `max`); clears the counters.
-    pub(crate) fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
+    /// Control plane only (public for benchmarks and tests).
+    pub fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
         let times = self.times_ejected.load(Relaxed).saturating_add(1);
         self.times_ejected.store(times, Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);

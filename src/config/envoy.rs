@@ -158,6 +158,8 @@ pub struct Thresholds {
     pub max_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<super::model::RetryBudget>,
 }
 
 impl EnvoyCluster {
@@ -249,6 +251,7 @@ impl EnvoyCluster {
                     max_requests: t.max_requests,
                     max_retries: t.max_retries,
                     max_requests_per_connection: None,
+                    retry_budget: t.retry_budget.clone(),
                 })
         });
         let outlier_detection = self.outlier_detection.clone();
@@ -260,6 +263,7 @@ impl EnvoyCluster {
             connect_timeout: self.connect_timeout,
             max_connect_attempts: None,
             dns_refresh_rate: self.dns_refresh_rate,
+            idle_timeout: None,
             circuit_breakers,
             outlier_detection,
             health_checks: self.health_checks.clone(),

@@ -37,7 +37,9 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
-    /// Virtual hosts as served: the seed's bare `routes` become a catch-all host.
+    /// Virtual hosts as served: the seed's bare `routes` become a catch-all host, and
+    /// the configuration-level header edits follow each host's own (Envoy applies
+    /// route, then virtual host, then route configuration edits).
     pub fn effective_virtual_hosts(&self) -> Vec<VirtualHost> {
         let mut v = self.virtual_hosts.clone();
         if !self.routes.is_empty() {
@@ -47,6 +49,16 @@ impl RouteConfig {
                 routes: self.routes.clone(),
                 ..VirtualHost::default()
             });
+        }
+        for vh in &mut v {
+            vh.request_headers_to_add
+                .extend(self.request_headers_to_add.iter().cloned());
+            vh.request_headers_to_remove
+                .extend(self.request_headers_to_remove.iter().cloned());
+            vh.response_headers_to_add
+                .extend(self.response_headers_to_add.iter().cloned());
+            vh.response_headers_to_remove
+                .extend(self.response_headers_to_remove.iter().cloned());
         }
         v
     }

@@ -220,6 +220,11 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
+                // The daemon-wide `offload:` block (was dropped here: every daemon ran
+                // `auto` whatever the file said).
+                if c.offload.is_some() {
+                    out.offload = c.offload;
+                }
             }
             DocKind::VirtualService => out.virtual_services.push(VirtualService::deserialize(d)?),
             DocKind::DestinationRule => {
@@ -466,6 +471,25 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
             bad(
                 format!("{at}.endpoints"),
                 format!("at most {} endpoints per cluster", u16::MAX),
+            );
+        }
+        if let Some(p) = c
+            .circuit_breakers
+            .as_ref()
+            .and_then(|b| b.retry_budget.as_ref())
+            .and_then(|r| r.budget_percent)
+        {
+            if !(0.0..=100.0).contains(&p.value) {
+                bad(
+                    format!("{at}.circuit_breakers.retry_budget.budget_percent.value"),
+                    format!("{} is not a percentage 0..=100", p.value),
+                );
+            }
+        }
+        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+            bad(
+                format!("{at}.idle_timeout"),
+                "must be longer than 0 (idle pooled connections are closed after it)".into(),
             );
         }
         if let Some(t) = c.connect_timeout {

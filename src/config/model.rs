@@ -179,6 +179,14 @@ pub struct Cluster {
         skip_serializing_if = "Option::is_none"
     )]
     pub dns_refresh_rate: Option<Duration>,
+    /// HTTP: an idle pooled upstream connection is closed after this long (default
+    /// 60 s; Envoy's `common_http_protocol_options.idle_timeout`, whose default is 1 h).
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breakers: Option<CircuitBreakers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +227,32 @@ pub struct CircuitBreakers {
     pub max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// Envoy's retry budget: when set, it replaces `max_retries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's `RetryBudget`: concurrent retries allowed are `budget_percent` of the
+/// cluster's active requests, and never fewer than `min_retry_concurrency`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Envoy's default 20%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<Percent>,
+    /// Envoy's default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+}
+
+// Validation refuses NaN (and anything outside 0..=100).
+impl Eq for RetryBudget {}
+
+/// Envoy's `type.v3.Percent`: `{value: 20.0}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    pub value: f64,
 }
 
 /// Envoy's outlier detection (consecutive errors → ejection for base × times ejected).

@@ -399,3 +399,88 @@ fn http_listener_needs_no_cluster_and_checks_its_route_config() {
         .to_string()
         .contains("route configuration `nope` is not defined"));
 }
+
+#[test]
+fn retry_budgets_in_envoy_and_native_shape() {
+    let envoy = ENVOY_V3_CANARY.replace(
+        "{priority: DEFAULT, max_connections: 10, max_requests: 5}",
+        "{priority: DEFAULT, max_retries: 2, retry_budget: {budget_percent: {value: 25.0}, min_retry_concurrency: 4}}",
+    );
+    let c = parse(&envoy, Format::Yaml).unwrap();
+    let b = c.clusters[1].circuit_breakers.as_ref().unwrap();
+    assert_eq!(b.max_retries, Some(2));
+    let rb = b.retry_budget.as_ref().unwrap();
+    assert_eq!(rb.budget_percent.map(|p| p.value), Some(25.0));
+    assert_eq!(rb.min_retry_concurrency, Some(4));
+    // Out of range, and a bare number where Envoy writes {value: …}.
+    let over = envoy.replace("value: 25.0", "value: 150.0");
+    let e = err(&over, Format::Yaml).to_string();
+    assert!(
+        e.contains("retry_budget.budget_percent.value") && e.contains("150"),
+        "{e}"
+    );
+    let bare = envoy.replace("{value: 25.0}", "25");
+    assert!(parse(&bare, Format::Yaml).is_err());
+}
+
+#[test]
+fn cluster_idle_timeout() {
+    let ok = parse(
+        "clusters: [{name: a, endpoints: [\"127.0.0.1:1\"], idle_timeout: 90s}]",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.clusters[0].idle_timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
+    let e = err(
+        "clusters: [{name: a, endpoints: [\"127.0.0.1:1\"], idle_timeout: 0s}]",
+        Format::Yaml,
+    )
+    .to_string();
+    assert!(e.contains("clusters[0].idle_timeout"), "{e}");
+}
+
+/// The daemon-wide `offload:` block survives parsing (YAML and TOML): it picks the TLS
+/// record backend of every worker.
+#[test]
+fn offload_block_is_kept() {
+    let yaml = "offload: {backend: cryptodev}\nlisteners: []\n";
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::Cryptodev)
+    );
+    let toml = "[offload]\nbackend = \"software-threaded\"\n";
+    let cfg = parse(toml, Format::Toml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::SoftwareThreaded)
+    );
+}
+
+/// `offload.cryptodev_driver` takes the two PMD names; anything else is refused with the
+/// field named.
+#[test]
+fn offload_cryptodev_driver() {
+    let cfg = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_openssl}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.offload.and_then(|o| o.cryptodev_driver),
+        Some(tls::CryptodevDriver::Openssl)
+    );
+    let err = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_qat}\n",
+        Format::Yaml,
+    )
+    .expect_err("unknown driver");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("crypto_qat") && msg.contains("crypto_aesni_gcm"),
+        "{msg}"
+    );
+}

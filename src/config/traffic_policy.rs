@@ -164,6 +164,10 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
             if let Some(n) = http.max_retries {
                 b.max_retries = Some(n);
             }
+            if let Some(t) = http.idle_timeout {
+                // The worker pools' idle expiry (Istio's default is 1 h, as Envoy's).
+                c.idle_timeout = Some(t);
+            }
         }
     }
     if let Some(o) = &tp.outlier_detection {
@@ -264,11 +268,13 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                 );
             }
         }
-        if pool.http.as_ref().is_some_and(|h| h.idle_timeout.is_some()) {
-            bad(
-                format!("{at}.connectionPool.http.idleTimeout"),
-                "is not applied yet (upstream connections are kept per client connection); leave it out".into(),
-            );
+        if let Some(t) = pool.http.as_ref().and_then(|h| h.idle_timeout) {
+            if t.is_zero() {
+                bad(
+                    format!("{at}.connectionPool.http.idleTimeout"),
+                    "must be longer than 0".into(),
+                );
+            }
         }
     }
     if let Some(o) = &tp.outlier_detection {
@@ -407,7 +413,7 @@ clusters:
     #[test]
     fn subset_policy_overrides_the_top_level() {
         let r = rules(
-            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}, http: {http1MaxPendingRequests: 3, maxRetries: 2}}\n  subsets:\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      loadBalancer: {consistentHash: {useSourceIp: true}}\n",
+            "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 7, connectTimeout: 250ms}, http: {http1MaxPendingRequests: 3, maxRetries: 2, idleTimeout: 90s}}\n  subsets:\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      loadBalancer: {consistentHash: {useSourceIp: true}}\n",
         );
         let c = Cluster {
             name: "reviews|v2".into(),
@@ -427,5 +433,6 @@ clusters:
             (b.max_connections, b.max_pending_requests, b.max_retries),
             (Some(7), Some(3), Some(2))
         );
+        assert_eq!(e.idle_timeout, Some(Duration::from_secs(90)));
     }
 }

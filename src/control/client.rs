@@ -155,6 +155,17 @@ fn get_yaml(g: &GetResult, what: Option<GetWhat>) -> anyhow::Result<String> {
             out.push_str(&format!("#   {}\n", route_line(r)));
         }
     }
+    if let Some(clusters) = &g.clusters {
+        out.push_str("# clusters as compiled:\n");
+        for c in clusters {
+            out.push_str(&format!(
+                "#   {} [{}]: {}\n",
+                c.name,
+                c.endpoints.join(", "),
+                c.policy
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -338,6 +349,10 @@ pub fn stats_table(s: &StatsResult) -> String {
         out.push_str(&table(&t, 1));
     }
 
+    if !s.packets.is_empty() {
+        out.push_str(&packet_tables(s));
+    }
+
     if s.workers > 1 {
         out.push_str("\nconnections per worker (total)\n");
         let mut head = vec!["NAME".to_string()];
@@ -365,6 +380,76 @@ pub fn stats_table(s: &StatsResult) -> String {
             }
         }
         out.push_str(&table(&t, 1));
+    }
+    out
+}
+
+/// The packet engine's (DPDK) blocks: ports, then VIPs and backends; every non-zero drop
+/// and exception reason of a port on its own line below the tables.
+fn packet_tables(s: &StatsResult) -> String {
+    let sum = |m: &CounterMap, prefix: &str| -> u64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    let mut out = String::from("\n");
+    let mut t = vec![row(&[
+        "PORT",
+        "RX_PKTS",
+        "RX_BYTES",
+        "TX_PKTS",
+        "TX_BYTES",
+        "DROPS",
+        "EXCEPTION",
+        "FLOWS",
+    ])];
+    let mut reasons = Vec::new();
+    for p in s.packets.iter().filter(|p| p.name.starts_with("port/")) {
+        let m = &p.counters;
+        t.push(vec![
+            p.name.clone(),
+            c(m, "rx_packets").to_string(),
+            c(m, "rx_bytes").to_string(),
+            c(m, "tx_packets").to_string(),
+            c(m, "tx_bytes").to_string(),
+            sum(m, "drop_").to_string(),
+            sum(m, "exception_").to_string(),
+            c(m, "flow_table_entries").to_string(),
+        ]);
+        for (k, v) in m {
+            if *v > 0 && (k.starts_with("drop_") || k.starts_with("exception_")) {
+                reasons.push(format!("{}: {k} {v}", p.name));
+            }
+        }
+    }
+    out.push_str(&table(&t, 1));
+    out.push('\n');
+    let mut t = vec![row(&[
+        "VIP/BACKEND",
+        "PACKETS",
+        "BYTES",
+        "REPLY_PKTS",
+        "REPLY_BYTES",
+        "FLOWS_NEW",
+        "NO_BACKEND",
+    ])];
+    for p in s.packets.iter().filter(|p| !p.name.starts_with("port/")) {
+        let m = &p.counters;
+        t.push(vec![
+            p.name.clone(),
+            c(m, "packets").to_string(),
+            c(m, "bytes").to_string(),
+            c(m, "reply_packets").to_string(),
+            c(m, "reply_bytes").to_string(),
+            c(m, "flows_new").to_string(),
+            c(m, "drop_no_backend").to_string(),
+        ]);
+    }
+    out.push_str(&table(&t, 1));
+    for r in reasons {
+        out.push_str(&r);
+        out.push('\n');
     }
     out
 }
@@ -422,6 +507,27 @@ mod tests {
     }
 
     #[test]
+    fn get_yaml_lists_the_compiled_clusters_as_comments() {
+        let g = GetResult {
+            generation: 3,
+            config: Some(Default::default()),
+            routes: None,
+            clusters: Some(vec![crate::control::protocol::ClusterView {
+                name: "svc".into(),
+                endpoints: vec!["127.0.0.1:1".into(), "127.0.0.1:2 (priority 1)".into()],
+                policy: "lb random".into(),
+            }]),
+        };
+        let y = get_yaml(&g, None).unwrap();
+        assert!(
+            y.contains("# clusters as compiled:\n#   svc [127.0.0.1:1, 127.0.0.1:2 (priority 1)]: lb random\n"),
+            "{y}"
+        );
+        // Still YAML that `apply -f` takes back.
+        crate::config::parse(&y, crate::config::Format::Yaml).unwrap();
+    }
+
+    #[test]
     fn the_stats_table_lines_up() {
         let m = |pairs: &[(&str, u64)]| -> CounterMap {
             pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -430,6 +536,18 @@ mod tests {
             generation: 4,
             workers: 2,
             certificates: vec![],
+            packets: vec![
+                crate::control::protocol::PacketStatsView {
+                    name: "port/net_ring0".into(),
+                    counters: m(&[("rx_packets", 1000), ("drop_bad_checksum", 3)]),
+                    per_worker: vec![],
+                },
+                crate::control::protocol::PacketStatsView {
+                    name: "vip/web".into(),
+                    counters: m(&[("packets", 997), ("flows_new", 10)]),
+                    per_worker: vec![],
+                },
+            ],
             offload: None,
             listeners: vec![ListenerStatsView {
                 name: "orders".into(),
@@ -462,6 +580,17 @@ mod tests {
         };
         let out = stats_table(&s);
         assert!(out.starts_with("generation 4, 2 worker(s)"), "{out}");
+        let port = out
+            .lines()
+            .find(|l| l.starts_with("port/net_ring0"))
+            .unwrap();
+        assert!(port.contains("1000") && port.contains(" 3 "), "{out}");
+        assert!(out.contains("port/net_ring0: drop_bad_checksum 3"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("vip/web") && l.contains("997")),
+            "{out}"
+        );
         let lines: Vec<&str> = out.lines().collect();
         let head = lines.iter().find(|l| l.starts_with("LISTENER")).unwrap();
         let orders = lines.iter().find(|l| l.starts_with("orders")).unwrap();

@@ -15,4 +15,4 @@ mod state;
 
 pub use persist::StateDir;
 pub use server::{ControlServer, ControlSocket};
-pub use state::{ControlPlane, Rejected};
+pub use state::{ControlPlane, PacketTables, Rejected, StagedTables};

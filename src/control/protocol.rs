@@ -164,6 +164,20 @@ pub struct GetResult {
     pub config: Option<Config>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<RouteView>>,
+    /// Every cluster of the running table with the policy it runs with (after
+    /// DestinationRules and defaults), including clusters routes created implicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<ClusterView>>,
+}
+
+/// One compiled cluster as the workers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub name: String,
+    /// `address` or `address (priority N)`.
+    pub endpoints: Vec<String>,
+    /// Balancer, breakers, connect timeout, outlier detection, health check.
+    pub policy: String,
 }
 
 /// One compiled L4 route as the workers see it.
@@ -195,9 +209,21 @@ pub struct StatsResult {
     /// TLS certificates in use and how long each has left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateView>,
+    /// Packet engine (DPDK) counter blocks: `port/NAME` (per port, per queue pair =
+    /// worker), `vip/NAME` and `backend/CLUSTER/ADDR`; empty on the socket engines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packets: Vec<PacketStatsView>,
     /// The TLS record offload engines (once a worker served TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadView>,
+}
+
+/// One packet-engine counter block, summed and per worker (= per queue pair).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PacketStatsView {
+    pub name: String,
+    pub counters: CounterMap,
+    pub per_worker: Vec<CounterMap>,
 }
 
 /// The workers' offload engines: backend per worker, sessions, records and bytes

@@ -22,8 +22,9 @@ use crate::telemetry::{CounterReport, StatsRegistry};
 
 use super::persist::StateDir;
 use super::protocol::{
-    Action, Change, ChangeResult, ClusterStatsView, CounterMap, EndpointHealthView,
-    EndpointStatsView, GetResult, ListenerStatsView, RouteTarget, RouteView, StatsResult,
+    Action, Change, ChangeResult, ClusterStatsView, ClusterView, CounterMap, EndpointHealthView,
+    EndpointStatsView, GetResult, ListenerStatsView, PacketStatsView, RouteTarget, RouteView,
+    StatsResult,
 };
 
 /// A refused request: what to tell the operator, and each config problem found.
@@ -82,6 +83,42 @@ pub struct ControlPlane {
     expiry_warned: Mutex<std::collections::HashSet<(std::path::PathBuf, i64)>>,
     /// Active health-check probes (tokio tasks on the control thread).
     checker: Mutex<active::Checker>,
+    /// A packet engine (DPDK) serving the listeners from tables of its own; then the
+    /// route table is compiled without listeners (no kernel socket is bound for a VIP).
+    packet: Option<Arc<dyn PacketTables>>,
+}
+
+/// An engine that serves the config's listeners from tables of its own instead of the
+/// socket route table: the DPDK packet balancer. Every config the control plane accepts
+/// is compiled by it in the same step as the route table (its errors reject the change
+/// like any compile error) and published after the change is persisted.
+pub trait PacketTables: Send + Sync {
+    /// Compile `cfg` (already validated) for `generation`; nothing is published yet.
+    fn compile(
+        &self,
+        cfg: &Config,
+        generation: u64,
+        stats: &StatsRegistry,
+    ) -> Result<Box<dyn StagedTables>, ConfigError>;
+}
+
+/// Tables compiled by a [`PacketTables`], published by the control plane once the
+/// change is committed (dropped unpublished when a later step fails).
+pub trait StagedTables: Send {
+    fn publish(self: Box<Self>);
+}
+
+/// The config the route table is compiled from: in packet-engine mode its listeners are
+/// the packet engine's VIPs, so the route table gets none (and binds no socket).
+fn routed(packet: bool, cfg: &Config) -> std::borrow::Cow<'_, Config> {
+    if packet {
+        std::borrow::Cow::Owned(Config {
+            listeners: Vec::new(),
+            ..cfg.clone()
+        })
+    } else {
+        std::borrow::Cow::Borrowed(cfg)
+    }
 }
 
 impl ControlPlane {
@@ -95,12 +132,36 @@ impl ControlPlane {
         store: Option<StateDir>,
         persist: bool,
     ) -> Result<ControlPlane, Rejected> {
+        Self::with_packet_engine(workers, config, generation, store, persist, None)
+    }
+
+    /// [`ControlPlane::new`] for a packet engine (DPDK): `packet` compiles every accepted
+    /// config into its own tables; the first one is published before this returns.
+    pub fn with_packet_engine(
+        workers: usize,
+        config: Config,
+        generation: u64,
+        store: Option<StateDir>,
+        persist: bool,
+        packet: Option<Arc<dyn PacketTables>>,
+    ) -> Result<ControlPlane, Rejected> {
         let stats = Arc::new(StatsRegistry::new(workers));
         let mut pool = SocketPool::new(workers);
         let dns_due = Mutex::new(HashMap::new());
         resolve_names(&config, &dns_due);
-        let table = route::compile(&config, generation, &stats, &mut pool)
-            .map_err(|e| Rejected::config("the config cannot be served", e))?;
+        let table = route::compile(
+            &routed(packet.is_some(), &config),
+            generation,
+            &stats,
+            &mut pool,
+        )
+        .map_err(|e| Rejected::config("the config cannot be served", e))?;
+        let staged = match &packet {
+            Some(p) => Some(p.compile(&config, generation, &stats).map_err(|e| {
+                Rejected::config("the config cannot be served by the packet engine", e)
+            })?),
+            None => None,
+        };
         if persist {
             if let Some(s) = &store {
                 s.store(generation, &config).map_err(|e| {
@@ -111,7 +172,7 @@ impl ControlPlane {
                 })?;
             }
         }
-        Ok(ControlPlane {
+        let plane = ControlPlane {
             state: Mutex::new(State {
                 config,
                 generation,
@@ -124,7 +185,17 @@ impl ControlPlane {
             rotation_failed: Mutex::new(None),
             expiry_warned: Mutex::new(Default::default()),
             checker: Mutex::default(),
-        })
+            packet,
+        };
+        if let Some(s) = staged {
+            s.publish();
+        }
+        Ok(plane)
+    }
+
+    /// The counter registry (a packet engine's workers take their blocks from it).
+    pub fn stats_registry(&self) -> Arc<StatsRegistry> {
+        self.stats.clone()
     }
 
     /// What the engine's workers read.
@@ -280,15 +351,29 @@ impl ControlPlane {
     /// unless every step succeeds.
     fn commit(&self, st: &mut State, next: &Config) -> Result<u64, Rejected> {
         let generation = st.generation + 1;
-        let table = route::compile(next, generation, &self.stats, &mut st.pool).map_err(|e| {
+        let compile_failed = |e| {
             Rejected::config(
                 "the config cannot be served (compiling it failed); nothing was changed",
                 e,
             )
-        })?;
+        };
+        let table = route::compile(
+            &routed(self.packet.is_some(), next),
+            generation,
+            &self.stats,
+            &mut st.pool,
+        )
+        .map_err(compile_failed)?;
+        let staged = match &self.packet {
+            Some(p) => Some(
+                p.compile(next, generation, &self.stats)
+                    .map_err(compile_failed)?,
+            ),
+            None => None,
+        };
         if let Some(store) = &st.store {
             if let Err(e) = store.store(generation, next) {
-                drop(table);
+                drop((table, staged));
                 st.pool.prune();
                 return Err(Rejected::new(format!(
                     "cannot persist the config in {} ({e}); nothing was changed",
@@ -297,6 +382,9 @@ impl ControlPlane {
             }
         }
         self.routes.store(table);
+        if let Some(s) = staged {
+            s.publish();
+        }
         st.config = next.clone();
         st.generation = generation;
         // Blocks and sockets that only the old table used go once the last worker lets
@@ -346,7 +434,13 @@ impl ControlPlane {
         }
         let mut st = self.lock();
         let st = &mut *st;
-        match route::compile(&st.config, st.generation, &self.stats, &mut st.pool) {
+        let packet = self.packet.is_some();
+        match route::compile(
+            &routed(packet, &st.config),
+            st.generation,
+            &self.stats,
+            &mut st.pool,
+        ) {
             Ok(table) => {
                 self.routes.store(table);
                 self.stats.prune();
@@ -393,10 +487,12 @@ impl ControlPlane {
         let table = self.routes.load_full();
         let mut config = None;
         let mut routes = None;
+        let mut clusters = None;
         match what {
             None => {
                 config = Some(st.config.clone());
                 routes = Some(route_views(&st.config, &table));
+                clusters = Some(cluster_views(&table));
             }
             Some(GetWhat::Listeners) => {
                 config = Some(Config {
@@ -408,7 +504,8 @@ impl ControlPlane {
                 config = Some(Config {
                     clusters: st.config.clusters.clone(),
                     ..Config::default()
-                })
+                });
+                clusters = Some(cluster_views(&table));
             }
             Some(GetWhat::Routes) => routes = Some(route_views(&st.config, &table)),
         }
@@ -416,6 +513,7 @@ impl ControlPlane {
             generation: st.generation,
             config,
             routes,
+            clusters,
         }
     }
 
@@ -518,6 +616,19 @@ impl ControlPlane {
                     })
                     .collect()
             },
+            packets: match self.packet {
+                Some(_) => self
+                    .stats
+                    .packet_reports()
+                    .into_iter()
+                    .map(|(name, r)| PacketStatsView {
+                        name,
+                        counters: totals(&r),
+                        per_worker: per_worker(&r),
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -593,7 +704,13 @@ impl ControlPlane {
         }
         let mut st = self.lock();
         let st = &mut *st;
-        match route::compile(&st.config, st.generation, &self.stats, &mut st.pool) {
+        let packet = self.packet.is_some();
+        match route::compile(
+            &routed(packet, &st.config),
+            st.generation,
+            &self.stats,
+            &mut st.pool,
+        ) {
             Ok(table) => {
                 self.routes.store(table);
                 self.stats.prune();
@@ -837,6 +954,71 @@ fn resolve_names(cfg: &Config, due: &Mutex<HashMap<(String, u16), Instant>>) {
 
 /// `strict_dns` clusters without `dns_refresh_rate` resolve again this often.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
+
+fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
+    use crate::cluster::Balancer;
+    use crate::route::HashOn;
+    table
+        .clusters
+        .iter()
+        .map(|c| {
+            let lb = match (&c.balancer, &c.hash_on) {
+                (Balancer::RoundRobin { .. }, _) => "round_robin".to_string(),
+                (Balancer::LeastRequest { .. }, _) => "least_request".into(),
+                (Balancer::Random { .. }, _) => "random".into(),
+                (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
+                (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
+                (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+            };
+            let b = &c.breakers;
+            let mut policy = format!(
+                "lb {lb}; max connections {}, pending {}, requests {}, retries {}{}; connect timeout {}",
+                b.max_connections,
+                b.max_pending_requests,
+                b.max_requests,
+                b.max_retries,
+                match b.max_requests_per_connection {
+                    0 => String::new(),
+                    n => format!(", requests per connection {n}"),
+                },
+                humantime::format_duration(c.connect_timeout)
+            );
+            if let Some(o) = &c.outlier {
+                policy.push_str(&format!(
+                    "; outlier 5xx {} ({}%), gateway {} ({}%), interval {}ms, base ejection {}ms, max {}%",
+                    o.consecutive_5xx,
+                    o.enforcing_5xx,
+                    o.consecutive_gateway,
+                    o.enforcing_gateway,
+                    o.interval_ms,
+                    o.base_ejection_ms,
+                    o.max_ejection_percent
+                ));
+            }
+            if let Some(h) = &c.health_check {
+                policy.push_str(&format!(
+                    "; check GET {} every {} ({} down, {} up)",
+                    h.path,
+                    humantime::format_duration(h.interval),
+                    h.unhealthy_threshold,
+                    h.healthy_threshold
+                ));
+            }
+            ClusterView {
+                name: c.name.to_string(),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| match e.priority {
+                        0 => e.address.to_string(),
+                        p => format!("{} (priority {p})", e.address),
+                    })
+                    .collect(),
+                policy,
+            }
+        })
+        .collect()
+}
 
 fn route_views(cfg: &Config, table: &RouteTable) -> Vec<RouteView> {
     let endpoints = |name: &str| {

@@ -139,6 +139,9 @@ pub(crate) struct Core {
     pub listeners: Vec<Option<Local>>,
     conns: Vec<Conn>,
     free: Vec<u32>,
+    /// Free slots whose state is a mirrored request's: reused for mirrors first, so
+    /// slots keep their kind (and its box) instead of reallocating on every switch.
+    free_shadow: Vec<u32>,
     /// Slots in use, for the timer scan; `Conn::pos` is the index here.
     open_list: Vec<u32>,
     pub lb: LbState,
@@ -153,6 +156,8 @@ pub(crate) struct Core {
     pub udp: Udp,
     udp_spare: Vec<(u32, u16, bool)>,
     scratch: Vec<u8>,
+    http: crate::proxy::http::Worker,
+    pending_spare: Vec<(u32, u16, u32)>,
     /// TLS record offload engine, built on the first TLS connection.
     crypto: Option<crate::tls::conn::Crypto>,
     /// Connections that got completions in the current reap (slot, generation).
@@ -163,6 +168,7 @@ pub(crate) struct Core {
 
 impl Core {
     pub fn new(worker: usize, routes: Arc<Routes>, shared: Arc<Shared>) -> Core {
+        let workers = shared.open.len();
         Core {
             worker,
             routes,
@@ -171,6 +177,7 @@ impl Core {
             listeners: Vec::new(),
             conns: Vec::with_capacity(MAX_CONNS),
             free: Vec::with_capacity(MAX_CONNS),
+            free_shadow: Vec::with_capacity(crate::proxy::http::shadow::MAX_SHADOWS),
             open_list: Vec::with_capacity(MAX_CONNS),
             lb: LbState::new(0x5eed ^ worker as u64),
             cursors: Vec::new(),
@@ -184,6 +191,8 @@ impl Core {
             udp: Udp::new(),
             udp_spare: Vec::with_capacity(64),
             scratch: Vec::with_capacity(crate::proxy::http::codec::MAX_HEAD + 1024),
+            http: crate::proxy::http::Worker::new(worker, workers),
+            pending_spare: Vec::with_capacity(crate::proxy::http::shadow::MAX_PENDING),
             crypto: None,
             touched: Vec::with_capacity(1024),
             crypto_published: Default::default(),
@@ -357,6 +366,11 @@ impl Core {
         }
         self.cursors.clear();
         self.cursors.resize(t.clusters.len(), 0);
+        // Idle upstream connections are indexed by the old table: closed.
+        let (old, worker) = (&self.table, self.worker);
+        self.http.pool.reset(t.generation, |i| {
+            crate::proxy::http::pool::count_close(old, worker, &i)
+        });
         self.table = t;
         let worker = self.worker;
         self.udp.set_listeners(
@@ -458,7 +472,7 @@ impl Core {
                 return;
             }
         }
-        let Some(slot) = self.alloc() else {
+        let Some(slot) = self.alloc(false) else {
             le.stats.inc(self.worker, L::CxOverflow);
             return;
         };
@@ -471,21 +485,30 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            http: &mut self.http,
             crypto: &mut self.crypto,
         };
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
+        if !self.http.jobs.is_empty() {
+            self.start_shadows(io);
+        }
     }
 
-    fn alloc(&mut self) -> Option<u32> {
-        let slot = match self.free.pop() {
+    fn alloc(&mut self, shadow: bool) -> Option<u32> {
+        let kept = if shadow {
+            self.free_shadow.pop().or_else(|| self.free.pop())
+        } else {
+            self.free.pop()
+        };
+        let slot = match kept {
             Some(s) => s,
             None if self.conns.len() < MAX_CONNS => {
                 // Within the reserved capacity: no reallocation.
                 self.conns.push(Conn::default());
                 (self.conns.len() - 1) as u32
             }
-            None => return None,
+            None => self.free_shadow.pop()?,
         };
         self.conns[slot as usize].set_pos(self.open_list.len() as u32);
         self.open_list.push(slot);
@@ -500,7 +523,11 @@ impl Core {
             if let Some(&moved) = self.open_list.get(pos) {
                 self.conns[moved as usize].set_pos(pos as u32);
             }
-            self.free.push(slot);
+            if self.conns[slot as usize].is_shadow() {
+                self.free_shadow.push(slot);
+            } else {
+                self.free.push(slot);
+            }
         }
     }
 
@@ -528,11 +555,44 @@ impl Core {
             open: &mut self.open,
             scratch: &mut self.scratch,
             table: &self.table,
+            http: &mut self.http,
             crypto: &mut self.crypto,
         };
         let step = f(c, &mut cx, io);
         self.after(slot, step);
+        if !self.http.jobs.is_empty() {
+            self.start_shadows(io);
+        }
         true
+    }
+
+    /// Start the mirrored requests the last event queued, each in a slot of its own.
+    fn start_shadows<D: Driver>(&mut self, io: &mut D) {
+        while let Some(job) = self.http.jobs.pop() {
+            let Some(slot) = self.alloc(true) else {
+                job.lstats.inc(self.worker, L::HttpMirrorDropped);
+                job.cstats
+                    .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                job.estats
+                    .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                self.http.give_back(job.data);
+                continue;
+            };
+            let mut cx = Ctx {
+                worker: self.worker,
+                now_ms: self.now_ms,
+                lb: &mut self.lb,
+                cursors: &mut self.cursors,
+                starved: &mut self.starved,
+                open: &mut self.open,
+                scratch: &mut self.scratch,
+                table: &self.table,
+                http: &mut self.http,
+                crypto: &mut self.crypto,
+            };
+            let step = self.conns[slot as usize].open_shadow(slot, job, &mut cx, io);
+            self.after(slot, step);
+        }
     }
 
     pub fn on_connect(&mut self, slot: u32, gen: u16, res: i32, io: &mut impl Driver) {
@@ -564,8 +624,20 @@ impl Core {
         });
     }
 
-    /// Timeouts for every open connection and UDP session.
+    /// Timeouts for every open connection and UDP session; requests waiting for an
+    /// upstream connection get their turn first, in arrival order.
     fn tick(&mut self, io: &mut impl Driver) {
+        if !self.http.pending.is_empty() {
+            // Swap in the spare list: entries still waiting push themselves back.
+            std::mem::swap(&mut self.http.pending, &mut self.pending_spare);
+            for i in 0..self.pending_spare.len() {
+                let (slot, gen, seq) = self.pending_spare[i];
+                self.with_conn(slot, gen, io, |c, cx, io| {
+                    c.resume_pending(slot, seq, cx, io)
+                });
+            }
+            self.pending_spare.clear();
+        }
         let mut i = 0;
         while i < self.open_list.len() {
             let slot = self.open_list[i];
@@ -577,6 +649,30 @@ impl Core {
             }
         }
         self.udp.expire(self.now_ms, self.worker, io);
+        if !self.http.pool.is_empty() {
+            let (t, worker) = (&self.table, self.worker);
+            self.http.pool.expire(
+                self.now_ms,
+                |c| {
+                    use crate::telemetry::UpstreamCounter::{RqPendingDone, RqPendingTotal};
+                    t.clusters.get(c as usize).map_or(0, |c| {
+                        // Requests wait for a connection of this cluster (on another
+                        // worker: this one's waiters took their turn above): an idle
+                        // one here only holds a place under max_connections. Closed.
+                        let waiting = c
+                            .stats
+                            .get(RqPendingTotal)
+                            .saturating_sub(c.stats.get(RqPendingDone));
+                        if waiting > 0 {
+                            0
+                        } else {
+                            crate::proxy::l4::ms(c.idle_timeout)
+                        }
+                    })
+                },
+                |i| crate::proxy::http::pool::count_close(t, worker, &i),
+            );
+        }
     }
 
     /// Close every connection and session (shutdown past its drain deadline).
@@ -587,6 +683,11 @@ impl Core {
             self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
         }
         self.udp.close_all(self.worker, io);
+        let (t, worker) = (&self.table, self.worker);
+        let generation = t.generation;
+        self.http.pool.reset(generation, |i| {
+            crate::proxy::http::pool::count_close(t, worker, &i)
+        });
         self.sync_accepts(io);
     }
 

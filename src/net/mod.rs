@@ -159,6 +159,9 @@ pub struct SocketPool {
     /// Weak: a group stays bound exactly as long as some route table (or a worker still
     /// cancelling its accept on it) holds it; the pool only finds it again for reuse.
     bound: HashMap<(Protocol, SocketAddr), Weak<ListenerSockets>>,
+    /// Port-0 listeners by name: the port the kernel picked stays theirs through every
+    /// recompile (an apply elsewhere, a DNS refresh) while the listener keeps port 0.
+    ephemeral: HashMap<(Box<str>, Protocol, SocketAddr), Weak<ListenerSockets>>,
 }
 
 impl SocketPool {
@@ -166,28 +169,41 @@ impl SocketPool {
         SocketPool {
             workers: workers.max(1),
             bound: HashMap::new(),
+            ephemeral: HashMap::new(),
         }
     }
 
-    /// The sockets for `address`, binding them if no live table holds them. Port 0
-    /// always binds anew (each such listener gets a port of its own); the port it got
-    /// is what later configs name to keep it.
+    /// The sockets of listener `name` on `address`, binding them if no live table holds
+    /// them. Port 0 binds a port of the listener's own once and keeps it while the
+    /// listener, under that name, stays on port 0; naming the port it got keeps it too.
     pub fn get_or_bind(
         &mut self,
+        name: &str,
         address: SocketAddr,
         protocol: Protocol,
     ) -> io::Result<Arc<ListenerSockets>> {
-        if let Some(s) = self.bound.get(&(protocol, address)).and_then(Weak::upgrade) {
+        let ephemeral = address.port() == 0;
+        if ephemeral {
+            let key = (Box::<str>::from(name), protocol, address);
+            if let Some(s) = self.ephemeral.get(&key).and_then(Weak::upgrade) {
+                return Ok(s);
+            }
+        } else if let Some(s) = self.bound.get(&(protocol, address)).and_then(Weak::upgrade) {
             return Ok(s);
         }
         let s = Arc::new(ListenerSockets::bind(address, protocol, self.workers)?);
         self.bound.insert((protocol, s.address), Arc::downgrade(&s));
+        if ephemeral {
+            self.ephemeral
+                .insert((name.into(), protocol, address), Arc::downgrade(&s));
+        }
         Ok(s)
     }
 
     /// Forget groups that have closed.
     pub fn prune(&mut self) {
         self.bound.retain(|_, s| s.strong_count() > 0);
+        self.ephemeral.retain(|_, s| s.strong_count() > 0);
     }
 }
 
@@ -198,17 +214,16 @@ mod tests {
     #[test]
     fn the_pool_reuses_live_groups_and_never_keeps_a_dropped_one_bound() {
         let mut pool = SocketPool::new(2);
-        let a = pool
-            .get_or_bind("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)
-            .unwrap();
-        let b = pool.get_or_bind(a.address, Protocol::Tcp).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let a = pool.get_or_bind("a", any, Protocol::Tcp).unwrap();
+        let b = pool.get_or_bind("a", a.address, Protocol::Tcp).unwrap();
         assert!(Arc::ptr_eq(&a, &b), "a live group is reused");
-        let c = pool
-            .get_or_bind("127.0.0.1:0".parse().unwrap(), Protocol::Tcp)
-            .unwrap();
-        assert_ne!(a.address, c.address, "port 0 binds anew");
+        let again = pool.get_or_bind("a", any, Protocol::Tcp).unwrap();
+        assert!(Arc::ptr_eq(&a, &again), "a port-0 listener keeps its port");
+        let c = pool.get_or_bind("c", any, Protocol::Tcp).unwrap();
+        assert_ne!(a.address, c.address, "another port-0 listener binds anew");
         let port = a.address;
-        drop((a, b));
+        drop((a, b, again));
         // The last table let go: the port is free at once, with no prune needed.
         std::net::TcpListener::bind(port).expect("the port was released");
         pool.prune();

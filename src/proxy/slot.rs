@@ -1,6 +1,8 @@
 //! A worker's connection slot: the L4 TCP relay or an HTTP connection, chosen by the
 //! listener's protocol at accept; an HTTP connection whose first bytes are not HTTP/1.x
-//! becomes a TCP relay in the same slot (sniffing with a TCP fallback cluster).
+//! becomes a TCP relay in the same slot (sniffing with a TCP fallback cluster). A slot
+//! may also carry a mirrored request ([`Shadow`]), started by the worker, not by an
+//! accept.
 //!
 //! Owns only the dispatch; the state machines own their invariants. The generation and
 //! list position carry over when a slot changes kind, so completions already issued
@@ -10,6 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::http::conn::Conn as HttpConn;
+use super::http::shadow::{Job, Shadow};
 use super::l4::tcp::Conn as TcpConn;
 use super::l4::{BufId, Ctx, Io, Side, Step};
 use crate::config::Protocol;
@@ -19,6 +22,7 @@ use crate::route::RouteTable;
 pub enum Slot {
     Tcp(TcpConn),
     Http(Box<HttpConn>),
+    Shadow(Box<Shadow>),
 }
 
 impl Default for Slot {
@@ -32,6 +36,7 @@ macro_rules! each {
         match $self {
             Slot::Tcp($c) => $e,
             Slot::Http($c) => $e,
+            Slot::Shadow($c) => $e,
         }
     };
 }
@@ -50,6 +55,11 @@ impl Slot {
     #[inline]
     pub fn set_pos(&mut self, p: u32) {
         each!(self, c => c.pos = p)
+    }
+
+    #[inline]
+    pub fn is_shadow(&self) -> bool {
+        matches!(self, Slot::Shadow(_))
     }
 
     #[inline]
@@ -82,8 +92,24 @@ impl Slot {
         let step = match self {
             Slot::Tcp(c) => c.open(slot, fd, table, listener, cx, io),
             Slot::Http(c) => c.open(slot, fd, table, listener, cx, io),
+            Slot::Shadow(_) => unreachable!("replaced by the match above"),
         };
         self.after(slot, step, cx, io)
+    }
+
+    /// Start a mirrored request in this (free) slot.
+    pub fn open_shadow(&mut self, slot: u32, job: Job, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let (gen, pos) = (self.gen(), self.pos());
+        if !matches!(self, Slot::Shadow(_)) {
+            // Once per slot while it keeps this kind (as for HTTP above).
+            *self = Slot::Shadow(Box::default());
+        }
+        let Slot::Shadow(s) = self else {
+            unreachable!("just assigned")
+        };
+        s.gen = gen;
+        s.pos = pos;
+        s.open(slot, job, cx, io)
     }
 
     /// Sniffing may have turned an HTTP connection into opaque TCP.
@@ -140,6 +166,14 @@ impl Slot {
 
     pub fn abort(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         each!(self, c => c.abort(slot, cx, io))
+    }
+
+    /// A request waiting for a connection gets its turn (HTTP only).
+    pub fn resume_pending(&mut self, slot: u32, seq: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        match self {
+            Slot::Http(c) => c.resume_pending(slot, seq, cx, io),
+            _ => Step::Continue,
+        }
     }
 
     pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {

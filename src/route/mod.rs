@@ -27,6 +27,10 @@ use crate::net::{ListenerSockets, SocketPool};
 use crate::telemetry::{ListenerStats, StatsRegistry, UpstreamStats};
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle pooled HTTP upstream connections are closed after this (Envoy keeps them 1 h;
+/// shorter here, as most upstreams close idle keep-alive connections within a minute or
+/// two and a shorter hold means fewer sends into connections already closed).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -40,6 +44,8 @@ pub struct RouteTable {
     /// The TLS record offload backend (`offload.backend`); a worker builds its engine
     /// with it on its first TLS connection.
     pub offload: crate::config::tls::OffloadBackend,
+    /// `offload.cryptodev_driver`: the crypto device the `cryptodev` backend creates.
+    pub offload_driver: Option<crate::config::tls::CryptodevDriver>,
     /// Where workers publish their offload engine's counters (`None`: empty table).
     pub offload_stats: Option<Arc<crate::telemetry::OffloadStats>>,
 }
@@ -98,6 +104,8 @@ pub struct ClusterEntry {
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub max_connect_attempts: u32,
+    /// HTTP: how long an idle pooled connection is kept (see `proxy::http::pool`).
+    pub idle_timeout: Duration,
     pub stats: Arc<UpstreamStats>,
     /// TLS origination towards the endpoints.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
@@ -139,13 +147,17 @@ pub enum HashOn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breakers {
     pub max_connections: u32,
-    /// Requests that may wait for a connection (Envoy `max_pending_requests`).
+    /// Requests that may wait for a connection (Envoy `max_pending_requests`; per-worker
+    /// queues, the count is the cluster's).
     pub max_pending_requests: u32,
     pub max_requests: u32,
-    /// Retries in flight at once on the cluster (Envoy `max_retries`).
+    /// Retries in flight at once on the cluster (Envoy `max_retries`; ignored when
+    /// `retry_budget` is set).
     pub max_retries: u32,
     /// 0: unlimited.
     pub max_requests_per_connection: u32,
+    /// Concurrent retries as parts per million of active requests, and the floor.
+    pub retry_budget: Option<(u32, u32)>,
 }
 
 impl Breakers {
@@ -156,6 +168,7 @@ impl Breakers {
         max_requests: 1024,
         max_retries: 3,
         max_requests_per_connection: 0,
+        retry_budget: None,
     };
 }
 
@@ -329,6 +342,7 @@ impl RouteTable {
             listeners: Box::new([]),
             clusters: Box::new([]),
             offload: Default::default(),
+            offload_driver: None,
             offload_stats: None,
         }
     }
@@ -467,7 +481,7 @@ pub fn compile(
             });
             continue;
         }
-        let sockets = match pool.get_or_bind(l.address, l.protocol) {
+        let sockets = match pool.get_or_bind(&l.name, l.address, l.protocol) {
             Ok(s) => s,
             Err(e) => {
                 problems.push(Problem {
@@ -505,6 +519,7 @@ pub fn compile(
         listeners: listeners.into_boxed_slice(),
         clusters: clusters.into_boxed_slice(),
         offload: cfg.offload.as_ref().map(|o| o.backend).unwrap_or_default(),
+        offload_driver: cfg.offload.as_ref().and_then(|o| o.cryptodev_driver),
         offload_stats: Some(stats.offload()),
     })
 }
@@ -580,6 +595,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         balancer: Balancer::build(c.lb_policy, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
+        idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
         stats: stats.cluster(&c.name),
         tls: None,
         breakers: c
@@ -595,6 +611,14 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
                 max_requests: b.max_requests.unwrap_or(Breakers::DEFAULT.max_requests),
                 max_retries: b.max_retries.unwrap_or(Breakers::DEFAULT.max_retries),
                 max_requests_per_connection: b.max_requests_per_connection.unwrap_or(0),
+                // Envoy's defaults: 20%, at least 3.
+                retry_budget: b.retry_budget.as_ref().map(|r| {
+                    let pct = r.budget_percent.map_or(20.0, |p| p.value);
+                    (
+                        (pct * 10_000.0).clamp(0.0, 1_000_000.0) as u32,
+                        r.min_retry_concurrency.unwrap_or(3),
+                    )
+                }),
             }),
     }
 }
@@ -685,6 +709,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             connect_timeout: None,
             max_connect_attempts: None,
             dns_refresh_rate: None,
+            idle_timeout: None,
             circuit_breakers: None,
             outlier_detection: None,
             health_checks: Vec::new(),

@@ -95,12 +95,29 @@ counter_set! {
         HttpHeaderTimeout => "http_header_timeout",
         /// Upstream connections reused for another request (keep-alive).
         HttpUpstreamReuse => "http_upstream_reuse",
+        /// Pooled upstream connections found closed by their upstream: by the liveness
+        /// check before reuse, or by a reused connection closing before any response
+        /// (the idempotent request is then sent again on a fresh connection).
+        HttpUpstreamStale => "http_upstream_stale",
         /// `Connection: upgrade` requests turned into tunnels.
         HttpUpgrades => "http_upgrades",
         /// Connections sniffed as not HTTP/1.x and relayed to the TCP fallback cluster.
         SniffedTcp => "sniffed_tcp",
         /// Requests sent upstream again by a route's retry policy.
         HttpRetry => "http_rq_retry",
+        /// Shadow copies sent to a mirror cluster (route `request_mirror_policies`).
+        HttpMirrored => "http_mirrored",
+        /// Shadow requests that got no response head (connect error, reset, timeout,
+        /// garbage); the primary never notices.
+        HttpMirrorFailed => "http_mirror_failed",
+        /// Mirrors not sent: the worker's in-flight shadow cap, a body over the copy
+        /// cap, or the shadow cluster's circuit breakers.
+        HttpMirrorDropped => "http_mirror_dropped",
+        /// Requests refused with 429 by a route's local rate limit.
+        HttpRateLimited => "http_rate_limited",
+        /// Rate-limit descriptor buckets evicted from a worker's full table (the
+        /// evicted key starts again with a full bucket).
+        HttpRateLimitEvictions => "http_ratelimit_evictions",
     }
 }
 
@@ -127,6 +144,20 @@ counter_set! {
         RqDone => "rq_done",
         /// HTTP requests refused by the circuit breakers (503, `x-tickmesh-overloaded`).
         RqOverflow => "rq_overflow",
+        /// Retries started on this cluster, and those finished (active = the
+        /// difference, for `max_retries` / the retry budget).
+        RqRetryTotal => "rq_retry_total",
+        RqRetryDone => "rq_retry_done",
+        /// Retries not made because `max_retries` or the retry budget was used up (the
+        /// failure went to the client as it was).
+        RqRetryOverflow => "rq_retry_overflow",
+        /// Requests that waited for a connection (`max_connections` reached), and
+        /// those that stopped waiting (active = the difference).
+        RqPendingTotal => "rq_pending_total",
+        RqPendingDone => "rq_pending_done",
+        /// Requests refused because `max_pending_requests` were already waiting (503,
+        /// counted in `rq_overflow` too).
+        RqPendingOverflow => "rq_pending_overflow",
     }
 }
 

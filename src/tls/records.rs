@@ -425,7 +425,10 @@ impl Records {
             }
             return false;
         }
-        if self.answer_key_update || self.tx_since_update >= self.key_update_after {
+        // TLS 1.2 has no KeyUpdate (and no such limit on its record counter).
+        let due =
+            self.fmt.version == TlsVersion::Tls13 && self.tx_since_update >= self.key_update_after;
+        if self.answer_key_update || due {
             // KeyUpdate(update_not_requested) under the old key, then switch (RFC 8446
             // §4.6.3): jobs keep the key they were submitted under.
             match self.seal(e, tag, ContentType::Handshake, &[HS_KEY_UPDATE, 0, 0, 1, 0]) {
@@ -685,6 +688,8 @@ impl Records {
                 _ => return self.fail(alert::UNEXPECTED_MESSAGE, JobErrorKind::BadMessage),
             }
         }
+        // Post-handshake messages are rare (KeyUpdate, tickets): allocating here, off the
+        // record path, keeps every other record allocation-free.
         let rest = msg.to_vec();
         owned.clear();
         owned.extend_from_slice(&rest);

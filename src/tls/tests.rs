@@ -335,11 +335,10 @@ fn exchange(t: &mut conn::Tls, cr: &mut conn::Crypto, c: &mut rustls::ClientConn
     }
 }
 
-#[test]
-fn records_go_through_the_engine_with_our_own_key_updates() {
+/// A server side (our TLS layer on a software engine) and an in-memory rustls client,
+/// handshake done; `None` (with a message) without the openssl CLI.
+fn handshaken(d: &Path) -> Option<(Box<conn::Tls>, conn::Crypto, rustls::ClientConnection)> {
     use crate::proxy::l4::Side::Down;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     // A self-signed leaf (not a CA), so the client can trust it directly.
     let p = |ext: &str| d.join(format!("s.{ext}")).display().to_string();
     if !openssl(&[
@@ -363,8 +362,8 @@ fn records_go_through_the_engine_with_our_own_key_updates() {
         "-out",
         &p("pem"),
     ]) {
-        eprintln!("SKIP records_go_through_the_engine: no openssl CLI");
-        return;
+        eprintln!("SKIP: no openssl CLI for the test certificate");
+        return None;
     }
     let st = build_server(&listener_tls(d, "s.pem", "s.key"), MtlsMode::Strict, "t")
         .unwrap()
@@ -378,6 +377,9 @@ fn records_go_through_the_engine_with_our_own_key_updates() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut cfg = cfg;
+    // Lets a test take the client's keys and forge records a real client would not send.
+    cfg.enable_secret_extraction = true;
     let mut c =
         rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from("t.example").unwrap())
             .unwrap();
@@ -385,6 +387,16 @@ fn records_go_through_the_engine_with_our_own_key_updates() {
     let mut cr = conn::Crypto::new(crate::config::tls::OffloadBackend::Software);
     exchange(&mut t, &mut cr, &mut c);
     assert!(!c.is_handshaking() && !t.handshaking(Down));
+    Some((t, cr, c))
+}
+
+#[test]
+fn records_go_through_the_engine_with_our_own_key_updates() {
+    use crate::proxy::l4::Side::Down;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut t, mut cr, mut c)) = handshaken(dir.path()) else {
+        return;
+    };
     // We update our sending key every 3 records; the client must follow each time.
     t.set_key_update_after(Down, 3);
     let mut out = vec![0u8; 64 * 1024];
@@ -419,4 +431,121 @@ fn records_go_through_the_engine_with_our_own_key_updates() {
     assert_eq!(t.take_counts()[0], 20 * 2 + 20 / 3 + 1);
     t.release(Some(&mut cr));
     assert_eq!(cr.engine.stats().sessions, 0);
+}
+
+/// Malformed or forbidden messages after the handshake, forged with the client's own keys:
+/// each ends the connection with the right alert (or none, for the peer's own fatal
+/// alert), never a panic; harmless ones are ignored.
+#[test]
+fn post_handshake_messages_are_checked() {
+    use super::records::{alert, JobErrorKind, RecordError};
+    use crate::proxy::l4::Side::Down;
+    use tickmesh_offload::{
+        BackendChoice, ContentType as T, EngineConfig, SessionParams, TlsVersion,
+    };
+    let bad = |d: u8| Some(RecordError::Sent(d, JobErrorKind::BadMessage));
+    // (case, records the client sends, the failure expected)
+    type Case = (&'static str, Vec<(T, Vec<u8>)>, Option<RecordError>);
+    let cases: Vec<Case> = vec![
+        (
+            "ticket from a client",
+            vec![(T::Handshake, vec![4, 0, 0, 1, 0])],
+            bad(alert::UNEXPECTED_MESSAGE),
+        ),
+        (
+            "KeyUpdate not ending its record",
+            vec![(T::Handshake, vec![24, 0, 0, 1, 0, 24, 0, 0, 1, 0])],
+            bad(alert::UNEXPECTED_MESSAGE),
+        ),
+        (
+            "KeyUpdate with a bad request value",
+            vec![(T::Handshake, vec![24, 0, 0, 1, 7])],
+            bad(alert::DECODE_ERROR),
+        ),
+        (
+            "KeyUpdate with a bad length",
+            vec![(T::Handshake, vec![24, 0, 0, 2, 0, 0])],
+            bad(alert::DECODE_ERROR),
+        ),
+        (
+            "a second Finished",
+            vec![(T::Handshake, vec![20, 0, 0, 1, 0])],
+            bad(alert::UNEXPECTED_MESSAGE),
+        ),
+        (
+            "absurd handshake length",
+            vec![(T::Handshake, vec![4, 0xff, 0xff, 0xff])],
+            bad(alert::DECODE_ERROR),
+        ),
+        (
+            "one-byte alert",
+            vec![(T::Alert, vec![2])],
+            bad(alert::DECODE_ERROR),
+        ),
+        (
+            "three-byte alert",
+            vec![(T::Alert, vec![2, 40, 0])],
+            bad(alert::DECODE_ERROR),
+        ),
+        (
+            "the peer's fatal alert",
+            vec![(T::Alert, vec![2, 40])],
+            Some(RecordError::Received(40)),
+        ),
+        (
+            "user_canceled is not fatal",
+            vec![(T::Alert, vec![1, alert::USER_CANCELED])],
+            None,
+        ),
+        (
+            "a handshake message split over records",
+            vec![(T::Handshake, vec![24, 0]), (T::Handshake, vec![0, 1, 0])],
+            None,
+        ),
+        (
+            "data after close_notify is ignored",
+            vec![(T::Alert, vec![1, 0]), (T::ApplicationData, vec![1, 2, 3])],
+            None,
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (name, records, want) in cases {
+        let Some((mut t, mut cr, c)) = handshaken(dir.path()) else {
+            return;
+        };
+        let secrets = c.dangerous_extract_secrets().unwrap();
+        let mut forger = tickmesh_offload::Engine::new(EngineConfig {
+            backend: BackendChoice::Software,
+            ..Default::default()
+        })
+        .unwrap();
+        let id = forger
+            .create_session(&SessionParams::from_rustls(TlsVersion::Tls13, &secrets, 0).unwrap())
+            .unwrap();
+        let mut wire = Vec::new();
+        for (ct, payload) in &records {
+            forger.submit_seal(id, 0, *ct, payload).unwrap();
+            forger.poll_until_idle(100);
+            forger.reap(1, |r| wire.extend_from_slice(r.result.unwrap().data));
+        }
+        let tag = conn::tag(0, 0, Down);
+        t.feed(Down, &wire, &mut cr, tag).unwrap();
+        settle(&mut t, &mut cr);
+        let got = match t.take_error() {
+            Some((_, conn::FeedError::Record(e))) => Some(e),
+            Some((_, other)) => panic!("{name}: unexpected {other:?}"),
+            None => None,
+        };
+        assert_eq!(got, want, "{name}");
+        if let Some(RecordError::Sent(..)) = want {
+            // Our alert was sealed for the client.
+            let mut out = vec![0u8; 1024];
+            assert!(t.write_tls(Down, &mut out) > 0, "{name}: no alert sealed");
+        }
+        if name.starts_with("data after close_notify") {
+            let mut out = vec![0u8; 64];
+            assert_eq!(t.read_plain(Down, &mut out), conn::Plain::Closed, "{name}");
+        }
+        t.release(Some(&mut cr));
+    }
 }

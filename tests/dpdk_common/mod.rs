@@ -188,6 +188,8 @@ pub fn run_pcap(dir: &Path, config: &str, extra: &[&str], expect_out: usize) -> 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickmesh"));
     cmd.args(["run", "--engine", "dpdk", "-w", "1", "--idle", "park", "-c"])
         .arg(dir.join("cfg.yaml"))
+        .arg("--control")
+        .arg(dir.join("ctl.sock"))
         .args([
             "--dpdk-no-huge",
             "--dpdk-file-prefix",

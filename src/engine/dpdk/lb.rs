@@ -124,12 +124,12 @@ pub struct LbTable {
     pub generation: u64,
     pub vips: Box<[Vip]>,
     pub clusters: Box<[LbCluster]>,
-    by_vip: IntMap<u64, u32>,
+    by_vip: KeyMap<u32>,
     /// VIP addresses and local addresses: answered for ARP and ICMP echo.
     own_ips: IntMap<u32, ()>,
     vip_ips: IntMap<u32, ()>,
     /// DNAT backend (addr, port, proto) → (VIP index, backend cluster, backend index).
-    replies: IntMap<u64, (u32, u32, u16)>,
+    replies: KeyMap<(u32, u32, u16)>,
     neighbors: IntMap<u32, [u8; 6]>,
     gateway: Option<[u8; 6]>,
     tunnel_src: Ipv4Addr,
@@ -161,7 +161,32 @@ impl LbTable {
 
         let mut cluster_index = HashMap::new();
         let mut clusters = Vec::with_capacity(cfg.clusters.len());
+        // Flow entries keep a cluster and a backend index in 16 bits each.
+        if cfg.clusters.len() > usize::from(u16::MAX) {
+            problems.push(Problem {
+                path: "clusters".into(),
+                line: None,
+                message: format!(
+                    "the DPDK engine serves at most {} clusters; this config has {}",
+                    u16::MAX,
+                    cfg.clusters.len()
+                ),
+            });
+        }
         for (i, c) in cfg.clusters.iter().enumerate() {
+            if c.endpoints.len() > usize::from(u16::MAX) {
+                problems.push(Problem {
+                    path: format!("clusters[{i}].endpoints"),
+                    line: None,
+                    message: format!(
+                        "the DPDK engine balances at most {} endpoints per cluster; `{}` has {}",
+                        u16::MAX,
+                        c.name,
+                        c.endpoints.len()
+                    ),
+                });
+                continue;
+            }
             cluster_index.insert(c.name.as_str(), i as u32);
             let mut backends = Vec::with_capacity(c.endpoints.len());
             for (j, e) in c.endpoints.iter().enumerate() {
@@ -214,7 +239,7 @@ impl LbTable {
         }
 
         let mut vips = Vec::with_capacity(cfg.listeners.len());
-        let mut by_vip = IntMap::default();
+        let mut by_vip: IntMap<u64, u32> = IntMap::default();
         let mut own_ips = IntMap::default();
         let mut vip_ips = IntMap::default();
         let mut replies: IntMap<u64, (u32, u32, u16)> = IntMap::default();
@@ -315,10 +340,10 @@ impl LbTable {
             generation,
             vips: vips.into_boxed_slice(),
             clusters: clusters.into_boxed_slice(),
-            by_vip,
+            by_vip: KeyMap::build(&by_vip),
             own_ips,
             vip_ips,
-            replies,
+            replies: KeyMap::build(&replies),
             neighbors,
             gateway: addressing.gateway,
             tunnel_src: addressing.tunnel_src.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -341,11 +366,13 @@ impl LbTable {
 
 // === flow table ===
 
-/// One worker's flow table: set-associative, `BUCKETS × WAYS` entries allocated once.
-/// A full bucket evicts its least recently seen entry (Katran keeps an LRU for the same
-/// reason: bounded memory under a SYN flood).
+/// One worker's flow table: set-associative, buckets of [`WAYS`] 32-byte entries, each
+/// bucket one 128-byte aligned block (two cache lines, prefetched together), allocated
+/// once and marked for transparent huge pages (a 4 KiB page per bucket touched would
+/// cost a TLB miss per packet). A full bucket evicts its least recently seen entry
+/// (Katran keeps an LRU for the same reason: bounded memory under a SYN flood).
 pub struct FlowTable {
-    entries: Box<[FlowEntry]>,
+    buckets: Box<[Bucket]>,
     mask: usize,
     live: u64,
 }
@@ -353,15 +380,31 @@ pub struct FlowTable {
 const WAYS: usize = 4;
 
 #[derive(Clone, Copy, Default)]
+#[repr(C, align(128))]
+struct Bucket([FlowEntry; WAYS]);
+
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
 struct FlowEntry {
-    /// 0 = empty slot (a real key has a non-zero protocol byte).
+    /// Source and destination address; 0/0 with `key_b` 0 = empty slot.
     key_a: u64,
+    /// Ports and protocol, bit 63 set: never 0 for a real flow.
     key_b: u64,
-    backend: u64, // packed backend addr+port
-    cluster: u32,
-    generation: u32,
+    /// The backend's `addr << 16 | port` (bits 0..48) and its cluster index (48..64):
+    /// how a flow finds its backend again after a table swap.
+    backend: u64,
+    /// Wrapping millisecond clock of the last packet.
+    last_ms: u32,
+    /// Low bits of the table epoch `index` was resolved in.
+    epoch: u16,
     index: u16,
-    last_ms: u64,
+}
+
+const BACKEND_ADDR_MASK: u64 = (1 << 48) - 1;
+
+#[inline]
+fn backend_key(a: &SocketAddrV4) -> u64 {
+    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
 }
 
 /// What the flow table says about one packet.
@@ -372,12 +415,40 @@ pub enum FlowHit {
     New,
 }
 
+/// `n` zeroed buckets, advised to use transparent huge pages before first touch.
+fn alloc_buckets(n: usize) -> Box<[Bucket]> {
+    let layout = std::alloc::Layout::array::<Bucket>(n).expect("flow table size fits memory");
+    // Not `alloc_zeroed`: with this alignment it zeroes (touches) every page at once,
+    // before the advice below could apply. Advise first, then zero.
+    // SAFETY: the layout has a non-zero size (n >= 1, Bucket is 128 bytes).
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let (start, end) = (p as usize, p as usize + layout.size());
+        let (lo, hi) = ((start + 4095) & !4095, end & !4095);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside the allocation just made; MADV_HUGEPAGE only
+            // changes how the kernel backs it. Best effort: an error (THP off) is harmless.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    // SAFETY: `p` is valid for `n` Buckets (just allocated with that layout).
+    unsafe { std::ptr::write_bytes(p, 0, n) };
+    // SAFETY: `p` holds `n` zeroed Buckets (all-zero is a valid Bucket: plain integers),
+    // allocated by the global allocator with exactly `Layout::array::<Bucket>(n)`, which
+    // is what `Box<[Bucket]>` frees with.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
+}
+
 impl FlowTable {
     /// `capacity` entries, rounded up to a power of two multiple of the bucket size.
     pub fn new(capacity: usize) -> FlowTable {
         let buckets = (capacity / WAYS).max(1).next_power_of_two();
         FlowTable {
-            entries: vec![FlowEntry::default(); buckets * WAYS].into_boxed_slice(),
+            buckets: alloc_buckets(buckets),
             mask: buckets - 1,
             live: 0,
         }
@@ -388,44 +459,71 @@ impl FlowTable {
     }
 
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.buckets.len() * WAYS
     }
 
+    /// Start loading the bucket of `hash` (both of its cache lines).
     #[inline]
-    fn bucket(&self, hash: u64) -> usize {
-        ((hash as usize) & self.mask) * WAYS
+    pub fn prefetch(&self, hash: u64) {
+        let p = (&self.buckets[hash as usize & self.mask] as *const Bucket).cast::<u8>();
+        prefetch(p);
+        prefetch(p.wrapping_add(64));
     }
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
-    /// backend by address (gone → treated as new).
+    /// backend by address among the VIP's clusters (gone → treated as new).
     #[inline]
-    fn lookup(&mut self, t: &LbTable, ka: u64, kb: u64, hash: u64, now: u64, idle: u64) -> FlowHit {
-        let b = self.bucket(hash);
-        for e in &mut self.entries[b..b + WAYS] {
+    #[allow(clippy::too_many_arguments)]
+    fn lookup(
+        &mut self,
+        t: &LbTable,
+        vip: &Vip,
+        ka: u64,
+        kb: u64,
+        hash: u64,
+        now: u32,
+        idle: u32,
+    ) -> FlowHit {
+        let bucket = &mut self.buckets[hash as usize & self.mask];
+        for e in bucket.0.iter_mut() {
             if e.key_a != ka || e.key_b != kb {
                 continue;
             }
-            if now.saturating_sub(e.last_ms) > idle {
+            if now.wrapping_sub(e.last_ms) > idle {
                 return FlowHit::New; // expired: re-pick (insert overwrites it)
             }
-            if e.generation != t.generation as u32 {
-                let Some(c) = t.clusters.get(e.cluster as usize) else {
+            let addr = e.backend & BACKEND_ADDR_MASK;
+            let c = (e.backend >> 48) as u32;
+            // Same epoch: the index is right unless the 16-bit epoch wrapped, which the
+            // address check (on data the rewrite reads anyway) catches.
+            let same = e.epoch == t.generation as u16
+                && t.clusters
+                    .get(c as usize)
+                    .and_then(|cl| cl.backends.get(usize::from(e.index)))
+                    .is_some_and(|b| backend_key(&b.addr) == addr);
+            if !same {
+                // Cluster indices may shift between tables: look for the address in
+                // the clusters this VIP sends to now.
+                let Some((c, i)) = vip.clusters.iter().find_map(|&vc| {
+                    t.clusters[vc as usize]
+                        .index
+                        .get(&(addr << 8))
+                        .map(|&i| (vc, i))
+                }) else {
                     return FlowHit::New;
                 };
-                // Backends are found by address: cluster indices may shift between
-                // generations, so check the name too.
-                let Some(&i) = c.index.get(&e.backend) else {
-                    return FlowHit::New;
-                };
+                e.backend = addr | (u64::from(c) << 48);
                 e.index = i;
-                e.generation = t.generation as u32;
+                e.epoch = t.generation as u16;
             }
             e.last_ms = now;
-            return FlowHit::Known(e.cluster, e.index);
+            return FlowHit::Known((e.backend >> 48) as u32, e.index);
         }
         FlowHit::New
     }
 
+    /// Remember flow (`ka`, `kb`) → backend `i` of cluster `c`; true if an older flow
+    /// was evicted for it.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn insert(
@@ -434,22 +532,20 @@ impl FlowTable {
         ka: u64,
         kb: u64,
         hash: u64,
-        now: u64,
+        now: u32,
         c: u32,
         i: u16,
     ) -> bool {
-        let b = self.bucket(hash);
-        let backend = t.clusters[c as usize].backends[i as usize].addr;
+        let backend = &t.clusters[c as usize].backends[i as usize].addr;
         let entry = FlowEntry {
             key_a: ka,
             key_b: kb,
-            backend: pack(*backend.ip(), backend.port(), 0),
-            cluster: c,
-            generation: t.generation as u32,
-            index: i,
+            backend: backend_key(backend) | (u64::from(c) << 48),
             last_ms: now,
+            epoch: t.generation as u16,
+            index: i,
         };
-        let slots = &mut self.entries[b..b + WAYS];
+        let slots = &mut self.buckets[hash as usize & self.mask].0;
         // Same key (expired or moved), else an empty slot, else the oldest.
         let mut victim = 0;
         for (w, e) in slots.iter().enumerate() {
@@ -462,12 +558,71 @@ impl FlowTable {
                 self.live += 1;
                 return false;
             }
-            if e.last_ms < slots[victim].last_ms {
+            if now.wrapping_sub(e.last_ms) > now.wrapping_sub(slots[victim].last_ms) {
                 victim = w;
             }
         }
         slots[victim] = entry;
         true
+    }
+}
+
+/// A read-hint for `p` (any address; never faults).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// A read-only open-addressing map from non-zero packed keys, built once per compile:
+/// one multiply to hash, linear probing in a power-of-two array at most half full —
+/// cheaper per packet than a general-purpose `HashMap`.
+#[derive(Debug)]
+struct KeyMap<V: Copy> {
+    slots: Box<[(u64, V)]>,
+    mask: usize,
+}
+
+impl<V: Copy + Default> KeyMap<V> {
+    fn build(items: &IntMap<u64, V>) -> KeyMap<V> {
+        let size = (items.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![(0u64, V::default()); size].into_boxed_slice();
+        let mask = size - 1;
+        for (&k, &v) in items {
+            debug_assert!(k != 0, "key 0 marks an empty slot");
+            let mut i = Self::slot(k, mask);
+            while slots[i].0 != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = (k, v);
+        }
+        KeyMap { slots, mask }
+    }
+
+    #[inline]
+    fn slot(k: u64, mask: usize) -> usize {
+        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & mask
+    }
+
+    #[inline]
+    fn get(&self, k: u64) -> Option<V> {
+        let mut i = Self::slot(k, self.mask);
+        // At most half full: an empty slot always ends the probe.
+        loop {
+            let (key, v) = self.slots[i];
+            if key == k {
+                return Some(v);
+            }
+            if key == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
     }
 }
 
@@ -477,7 +632,23 @@ impl FlowTable {
 pub struct LbWorker {
     pub worker: usize,
     pub flows: FlowTable,
+    /// Client → backend packets and bytes not yet added to their VIP's and backend's
+    /// counters: runs of packets of one (VIP, cluster, backend) are added at once, at the
+    /// latest when the burst ends, instead of four counter writes per packet.
+    pending: Pending,
 }
+
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    vip: u32,
+    cluster: u32,
+    backend: u16,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Most frames [`LbWorker::process_burst`] takes at once.
+pub const MAX_BURST: usize = 64;
 
 /// Where a frame arrived: the port's MAC and counter block.
 pub struct PortCtx<'a> {
@@ -490,6 +661,7 @@ impl LbWorker {
         LbWorker {
             worker,
             flows: FlowTable::new(flow_capacity),
+            pending: Pending::default(),
         }
     }
 
@@ -501,6 +673,76 @@ impl LbWorker {
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
         now_ms: u64,
+    ) -> Verdict {
+        let v = self.process_one(t, port, pkt, now_ms, None);
+        self.flush(t);
+        v
+    }
+
+    /// [`LbWorker::process`] for a burst of up to [`MAX_BURST`] frames, `verdicts[i]` for
+    /// `pkts[i]`: a first pass hashes every frame's 5-tuple and prefetches its flow-table
+    /// bucket, so the lookups of the second pass find their cache lines loaded.
+    pub fn process_burst<B: PacketBuf>(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkts: &mut [B],
+        verdicts: &mut [Verdict],
+        now_ms: u64,
+    ) {
+        let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+        let mut hashes = [None; MAX_BURST];
+        for (p, h) in pkts[..n].iter_mut().zip(hashes.iter_mut()) {
+            *h = peek_flow_hash(p.data());
+            if let Some(h) = *h {
+                self.flows.prefetch(h);
+            }
+        }
+        for ((p, v), h) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(hashes) {
+            *v = self.process_one(t, port, p, now_ms, h);
+        }
+        self.flush(t);
+    }
+
+    /// Add the pending run to its VIP's and backend's counters.
+    #[inline]
+    fn flush(&mut self, t: &LbTable) {
+        let p = std::mem::take(&mut self.pending);
+        if p.packets == 0 {
+            return;
+        }
+        let w = self.worker;
+        let vip = &t.vips[p.vip as usize];
+        vip.stats.add(w, P::Packets, p.packets);
+        vip.stats.add(w, P::Bytes, p.bytes);
+        let b = &t.clusters[p.cluster as usize].backends[usize::from(p.backend)];
+        b.stats.add(w, P::Packets, p.packets);
+        b.stats.add(w, P::Bytes, p.bytes);
+    }
+
+    /// Count one client → backend packet (see [`LbWorker::flush`]).
+    #[inline]
+    fn count(&mut self, t: &LbTable, vip: u32, cluster: u32, backend: u16, bytes: u64) {
+        let p = &self.pending;
+        if p.packets > 0 && (p.vip, p.cluster, p.backend) != (vip, cluster, backend) {
+            self.flush(t);
+        }
+        let p = &mut self.pending;
+        (p.vip, p.cluster, p.backend) = (vip, cluster, backend);
+        p.packets += 1;
+        p.bytes += bytes;
+    }
+
+    /// One frame; `hash` is its 5-tuple hash when the caller already has it (the same
+    /// bytes `peek_flow_hash` read, which this function then validates).
+    #[inline]
+    fn process_one(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        now_ms: u64,
+        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let st = port.stats;
@@ -567,14 +809,14 @@ impl LbWorker {
             src_port: l4.src_port(),
             dst_port: l4.dst_port(),
         };
-        if let Some(&v) = t.by_vip.get(&pack(dst, flow.dst_port, protocol)) {
-            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms);
+        if let Some(v) = t.by_vip.get(pack(dst, flow.dst_port, protocol)) {
+            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms, hash);
         }
         if t.vip_ips.contains_key(&dst_key) {
             st.inc(w, C::DropUnknownVip);
             return Verdict::Drop;
         }
-        if let Some(&(v, c, b)) = t.replies.get(&pack(src, flow.src_port, protocol)) {
+        if let Some((v, c, b)) = t.replies.get(pack(src, flow.src_port, protocol)) {
             return self.reply(t, port, data, &flow, v, c, b, hlen, total);
         }
         st.inc(w, C::ExceptionOther);
@@ -629,22 +871,28 @@ impl LbWorker {
         v: u32,
         total: usize,
         now: u64,
+        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let hash = maglev::hash_flow(
-            u32::from(f.src),
-            u32::from(f.dst),
-            f.src_port,
-            f.dst_port,
-            f.protocol,
-        );
+        let hash = hash.unwrap_or_else(|| {
+            maglev::hash_flow(
+                u32::from(f.src),
+                u32::from(f.dst),
+                f.src_port,
+                f.dst_port,
+                f.protocol,
+            )
+        });
         let ka = (u64::from(u32::from(f.src)) << 32) | u64::from(u32::from(f.dst));
         let kb = (u64::from(f.src_port) << 32)
             | (u64::from(f.dst_port) << 16)
             | u64::from(f.protocol)
             | 1 << 63;
-        let (c, b) = match self.flows.lookup(t, ka, kb, hash, now, vip.idle_timeout_ms) {
+        // The flow table keeps a wrapping 32-bit millisecond clock.
+        let now = now as u32;
+        let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
+        let (c, b) = match self.flows.lookup(t, vip, ka, kb, hash, now, idle) {
             FlowHit::Known(c, b) => (c, b),
             FlowHit::New => {
                 let (c, b) = t.pick(vip, hash);
@@ -659,24 +907,20 @@ impl LbWorker {
                 (c, b)
             }
         };
-        let backend = &t.clusters[c as usize].backends[b as usize];
-        let Some(mac) = backend.mac else {
+        let be = &t.clusters[c as usize].backends[b as usize];
+        let (Some(mac), backend) = (be.mac, be.addr) else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
         };
-        let bytes = total as u64;
-        vip.stats.inc(w, P::Packets);
-        vip.stats.add(w, P::Bytes, bytes);
-        backend.stats.inc(w, P::Packets);
-        backend.stats.add(w, P::Bytes, bytes);
+        self.count(t, v, c, b, total as u64);
         match vip.forwarding {
             Forwarding::Dnat => {
                 let data = pkt.data();
                 let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_HEADER_LEN..]);
-                ip.set_dst(*backend.addr.ip());
+                ip.set_dst(*backend.ip());
                 let mut l4 = L4Header::new_unchecked(ip.payload_mut(), f.protocol);
-                l4.update_for_addr(f.dst, *backend.addr.ip());
-                l4.set_dst_port(backend.addr.port());
+                l4.update_for_addr(f.dst, *backend.ip());
+                l4.set_dst_port(backend.port());
                 let mut eth = EthernetFrame::new_unchecked(data);
                 eth.set_dst(mac);
                 eth.set_src(port.mac);
@@ -699,7 +943,7 @@ impl LbWorker {
                     outer_len as u16,
                     PROTO_IPIP,
                     t.tunnel_src,
-                    *backend.addr.ip(),
+                    *backend.ip(),
                 );
             }
         }
@@ -741,6 +985,26 @@ impl LbWorker {
         backend.stats.add(w, P::ReplyBytes, bytes);
         Verdict::Forward
     }
+}
+
+/// The 5-tuple hash of an IPv4 TCP/UDP frame read at fixed offsets without validation
+/// (only to prefetch; [`LbWorker::process`] checks everything), or `None` when the frame
+/// is too short or not IPv4.
+#[inline]
+fn peek_flow_hash(d: &[u8]) -> Option<u64> {
+    if d.len() < ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN || d[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let l4 = ETH_HEADER_LEN + usize::from(d[ETH_HEADER_LEN] & 0x0f) * 4;
+    let ports = d.get(l4..l4 + 4)?;
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    Some(maglev::hash_flow(
+        be32(26),
+        be32(30),
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+        d[23],
+    ))
 }
 
 /// A heap packet with headroom, standing in for an mbuf in tests, benches and fuzzing.
@@ -810,6 +1074,7 @@ pub fn fuzz_one(frame: &[u8]) {
         mac: [2, 0, 0, 0, 0, 1],
         stats: &f.port,
     };
+    let l4_before = l4_checksum_ok(frame);
     let mut w = f.worker.lock().unwrap_or_else(|p| p.into_inner());
     if w.process(&f.table, &ctx, &mut pkt, 1) == Verdict::Forward {
         let out = pkt.frame();
@@ -820,10 +1085,39 @@ pub fn fuzz_one(frame: &[u8]) {
                 ip.verify_checksum(),
                 "forwarded IPv4 header checksum is valid"
             );
+            // A rewrite keeps the TCP/UDP checksum exactly as right (or wrong) as it came
+            // in: incremental updates must never turn a good segment bad. (IPIP carries
+            // the inner packet unchanged; the outer one has no L4 checksum.)
+            if ip.protocol() != PROTO_IPIP {
+                assert_eq!(
+                    l4_checksum_ok(out),
+                    l4_before,
+                    "the TCP/UDP checksum survives the rewrite"
+                );
+            }
         } else {
             ArpPacket::new_checked(eth.payload()).expect("forwarded ARP parses");
         }
     }
+}
+
+/// Whether `frame` is IPv4 TCP/UDP (not a fragment, UDP checksum present) whose L4
+/// checksum verifies; `None` when it is not such a packet.
+fn l4_checksum_ok(frame: &[u8]) -> Option<bool> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let proto = ip.protocol();
+    if ip.is_fragment() || (proto != PROTO_TCP && proto != PROTO_UDP) {
+        return None;
+    }
+    let l4 = L4Header::new_checked(ip.payload(), proto).ok()?;
+    if proto == PROTO_UDP && l4.checksum() == 0 {
+        return None;
+    }
+    Some(l4_checksum(ip.src(), ip.dst(), proto, ip.payload()) == 0)
 }
 
 const FUZZ_CONFIG: &str = r#"

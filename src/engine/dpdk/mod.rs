@@ -75,6 +75,12 @@ pub struct DpdkArgs {
     /// data port, for loopback devices (net_ring) where they then circulate.
     #[arg(long, value_name = "N", hide = true)]
     pub dpdk_bench_prime: Option<usize>,
+    /// Benchmark only: instead of balancing, ping-pong N frames (one at a time, to the
+    /// first VIP) out of the first data port, time each round trip back on that port and
+    /// print the latency percentiles as JSON (a peer such as a balancer or testpmd
+    /// reflects them, e.g. over net_memif).
+    #[arg(long, value_name = "N", hide = true)]
+    pub dpdk_bench_ping: Option<usize>,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -6,11 +6,12 @@
 //! freed → `rte_eal_cleanup`). Workers never lock, allocate or make a syscall per packet:
 //! they read the published [`LbTable`] once per loop through `arc-swap`.
 //!
-//! Live updates: the control plane (or SIGHUP, which re-reads `--config`) compiles a new
-//! table and swaps it in with [`DpdkEngine::apply`]; flows keep their backends.
+//! Config and live updates: the same control plane and control socket as the other
+//! engines (`apply`, `delete`, `get`, `stats`; SIGHUP re-applies `--config`). Through the
+//! [`PacketTables`] hook it compiles every accepted config into a new [`LbTable`] and
+//! swaps it in; each worker's flow table keeps established flows on their backends.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use dpdk_sys as sys;
 
 use super::eal::{eal_args, Eal};
 use super::lb::{LbAddressing, LbTable, LbWorker, PortCtx, Verdict};
-use super::port::{port_socket, probed_ports, Burst, Mempool, Port, BURST};
-use crate::config::{self, Config, Format};
+use super::port::{port_socket, probed_ports, Burst, Mbuf, Mempool, Port, BURST};
+use crate::config::{self, Config};
+use crate::control::{ControlPlane, ControlSocket, PacketTables, StagedTables, StateDir};
+use crate::daemon::DaemonOptions;
 use crate::engine::{EngineOptions, Idle};
 use crate::telemetry::{PortCounter as C, PortStats, StatsRegistry};
 
@@ -35,15 +38,61 @@ extern "C" fn on_hup(_: libc::c_int) {
     RELOAD.store(true, Ordering::SeqCst);
 }
 
+/// The balancer's published table and what compiling one needs: the control plane's
+/// [`PacketTables`] hook. Workers `load()` `current` once per loop.
+pub struct LbTables {
+    pub current: Arc<ArcSwap<LbTable>>,
+    pub addressing: LbAddressing,
+    /// Flow entries remember the table epoch they resolved their backend index in; every
+    /// compile gets a new one (a recompile may keep the config generation).
+    epoch: AtomicU64,
+}
+
+impl LbTables {
+    pub fn new(addressing: LbAddressing) -> anyhow::Result<LbTables> {
+        let empty = LbTable::compile(&Config::default(), &addressing, 0, &StatsRegistry::new(1))
+            .map_err(|e| anyhow::anyhow!("the empty balancer table: {e}"))?;
+        Ok(LbTables {
+            current: Arc::new(ArcSwap::from_pointee(empty)),
+            addressing,
+            epoch: AtomicU64::new(1),
+        })
+    }
+}
+
+struct StagedLb {
+    table: LbTable,
+    into: Arc<ArcSwap<LbTable>>,
+}
+
+impl StagedTables for StagedLb {
+    fn publish(self: Box<Self>) {
+        self.into.store(Arc::new(self.table));
+    }
+}
+
+impl PacketTables for LbTables {
+    fn compile(
+        &self,
+        cfg: &Config,
+        generation: u64,
+        stats: &StatsRegistry,
+    ) -> Result<Box<dyn StagedTables>, config::ConfigError> {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed);
+        let table = LbTable::compile(cfg, &self.addressing, epoch, stats)?;
+        tracing::debug!("dpdk: compiled config generation {generation} as table epoch {epoch}");
+        Ok(Box::new(StagedLb {
+            table,
+            into: self.current.clone(),
+        }))
+    }
+}
 /// The running DPDK engine. Field order is drop order: ports close before pools free,
 /// and both before the EAL is cleaned up.
-pub struct DpdkEngine {
-    pub tables: Arc<ArcSwap<LbTable>>,
-    pub stats: Arc<StatsRegistry>,
-    pub addressing: LbAddressing,
-    generation: AtomicU32,
+struct DpdkEngine {
+    tables: Arc<LbTables>,
     ports: Vec<Port>,
-    _pools: Vec<Mempool>,
+    pools: Vec<Mempool>,
     _eal: Eal,
 }
 
@@ -58,41 +107,23 @@ struct WorkerCtx {
     spin: Duration,
 }
 
-impl DpdkEngine {
-    /// Compile and publish a new config (control plane, SIGHUP).
-    pub fn apply(&self, cfg: &Config) -> Result<(), config::ConfigError> {
-        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let t = LbTable::compile(cfg, &self.addressing, u64::from(g), &self.stats)?;
-        self.tables.store(Arc::new(t));
-        self.stats.prune();
-        Ok(())
-    }
-}
-
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
-    let (text, format) = match path {
-        Some(p) => crate::cli::read_config_file(p)?,
-        None => (config::DEFAULT_CONFIG.to_string(), Format::Yaml),
-    };
-    config::parse(&text, format).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid config:\n{e}",
-            path.map_or("the default config".into(), |p| p.display().to_string())
-        )
-    })
-}
-
-/// Run until SIGINT/SIGTERM; then print the counters as JSON on stdout.
+/// `tickmesh run --engine dpdk`: the daemon with the DPDK engine. The config comes from
+/// where the other engines take it (`--config`, else the persisted one, else the
+/// default), the control socket serves apply/delete/get/stats, and SIGHUP re-applies
+/// `--config` through the control plane. Runs until SIGINT/SIGTERM; then prints every
+/// counter as JSON on stdout.
 pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     let opts = EngineOptions::from_args(&args.engine);
+    let dopts = DaemonOptions::from_args(args);
     let d = &args.dpdk;
-    let addressing = d.addressing()?;
-    let cfg = load_config(args.config.as_ref())?;
     let workers = opts.workers;
-    let stats = Arc::new(StatsRegistry::new(workers));
-    let table = LbTable::compile(&cfg, &addressing, 1, &stats)
-        .map_err(|e| anyhow::anyhow!("the config cannot run on the DPDK engine:\n{e}"))?;
+    let tables = Arc::new(LbTables::new(d.addressing()?)?);
 
+    // Claimed first, like the other engines' daemon: a second daemon on the same socket
+    // fails before it touches DPDK.
+    let socket = ControlSocket::bind(&dopts.control)?;
+    let store = StateDir::open(&dopts.state_dir)?;
+    let (cfg, generation, persist, origin) = crate::daemon::resolve(&dopts.config, &store)?;
     // The config's kernel-side NIC profile (host settings, kernel interfaces), applied
     // before the EAL starts and watched for drift, as `tickmesh run` does.
     let _nic_watch = cfg
@@ -101,6 +132,18 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         .map(crate::daemon::NicWatch::start)
         .transpose()
         .context("the config's nic profile")?;
+
+    let plane = ControlPlane::with_packet_engine(
+        workers,
+        cfg,
+        generation,
+        Some(store),
+        persist,
+        Some(tables.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("{origin} cannot run on the DPDK engine: {e}"))?;
+    let plane = Arc::new(plane);
+    let stats = plane.stats_registry();
 
     let prefix = d
         .dpdk_file_prefix
@@ -170,15 +213,12 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     }
 
     let engine = DpdkEngine {
-        tables: Arc::new(ArcSwap::from_pointee(table)),
-        stats: stats.clone(),
-        addressing,
-        generation: AtomicU32::new(1),
+        tables,
         ports,
-        _pools: pools,
+        pools,
         _eal: eal,
     };
-    for v in engine.tables.load().vips.iter() {
+    for v in engine.tables.current.load().vips.iter() {
         tracing::info!("dpdk vip `{}` {} {:?}", v.name, v.addr, v.forwarding);
     }
 
@@ -203,42 +243,37 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
                 .iter()
                 .find(|p| Some(p.name.as_str()) == exc_name)
                 .map(|p| (p.id, stats.port(&p.name))),
-            tables: engine.tables.clone(),
+            tables: engine.tables.current.clone(),
             flows: d.dpdk_flows,
             idle: opts.idle,
             spin: opts.spin,
         })
         .collect();
 
-    // Control thread (not an lcore): SIGHUP reloads --config; never touches DPDK.
+    let server = socket.serve(plane.clone())?;
+    // Reload thread (not an lcore): SIGHUP re-applies --config through the control plane
+    // (validated, persisted, a new generation — as `tickmesh apply --prune` would);
+    // never touches DPDK.
     let config_path = args.config.clone();
-    let engine = Arc::new(engine);
     let ctl = {
-        let engine = engine.clone();
+        let plane = plane.clone();
         std::thread::Builder::new()
-            .name("tm-dpdk-ctl".into())
+            .name("tm-dpdk-hup".into())
             .spawn(move || {
                 while !STOP.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
                     if RELOAD.swap(false, Ordering::SeqCst) {
-                        match load_config(config_path.as_ref())
-                            .and_then(|c| engine.apply(&c).map_err(|e| anyhow::anyhow!("{e}")))
-                        {
-                            Ok(()) => tracing::info!("dpdk: config reloaded"),
-                            Err(e) => tracing::error!(
-                                "dpdk: reload rejected, keeping the running config: {e:#}"
-                            ),
-                        }
+                        reload(&plane, config_path.as_deref());
                     }
                 }
             })
-            .context("spawning the control thread")?
+            .context("spawning the reload thread")?
     };
 
     // Port control for `tickmesh nic ... dpdk:PORT`, on its own thread (never an lcore).
     let portctl = super::portctl::serve_engine(
         &engine.ports,
-        &engine._pools,
+        &engine.pools,
         workers,
         d.dpdk_nic_socket.clone(),
         &STOP,
@@ -246,6 +281,14 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
 
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
+    }
+    if let Some(n) = d.dpdk_bench_ping {
+        let r = ping(&engine, n);
+        STOP.store(true, Ordering::SeqCst);
+        let _ = ctl.join();
+        server.stop();
+        println!("{}", r?);
+        return Ok(());
     }
     let started = std::time::Instant::now();
 
@@ -274,7 +317,8 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         lcore = unsafe { sys::rte_get_next_lcore(lcore, 1, 0) };
     }
     tracing::info!(
-        "dpdk engine running: {workers} worker(s); SIGHUP reloads the config, SIGTERM stops"
+        "dpdk engine running: {workers} worker(s); config generation {generation} from {origin}; control socket {}; SIGHUP re-applies --config, SIGTERM stops",
+        dopts.control.display()
     );
     worker_loop(&main_ctx);
     for l in launched {
@@ -282,19 +326,40 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         unsafe { sys::rte_eal_wait_lcore(l) };
     }
     let _ = ctl.join();
+    server.stop();
     // The port-control thread destroys its rte_flow rules before the ports close (on an
     // early return the guard does the same when it drops, before `engine`).
     drop(portctl);
     drop(main_ctx);
 
-    let report = report(&engine, started.elapsed());
-    println!("{report}");
+    println!("{}", report(&engine, &stats, started.elapsed()));
     // Drop order: ports (stop, close), pools, then EAL cleanup.
-    match Arc::try_unwrap(engine) {
-        Ok(e) => drop(e),
-        Err(_) => tracing::warn!("dpdk engine still referenced at exit; skipping cleanup"),
-    }
+    drop(engine);
     Ok(())
+}
+
+/// SIGHUP: apply `--config` as the whole config (prune), or say why not.
+fn reload(plane: &ControlPlane, path: Option<&std::path::Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: the daemon was started without --config; nothing to re-read (use `tickmesh apply`)");
+        return;
+    };
+    let applied = crate::cli::read_config_file(path).and_then(|(text, format)| {
+        plane
+            .apply(&text, format, true)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    });
+    match applied {
+        Ok(r) => tracing::info!(
+            "SIGHUP: {} re-applied (generation {})",
+            path.display(),
+            r.generation
+        ),
+        Err(e) => tracing::error!(
+            "SIGHUP: {} rejected, the running config stays: {e:#}",
+            path.display()
+        ),
+    }
 }
 
 unsafe extern "C" fn lcore_entry(arg: *mut std::os::raw::c_void) -> std::os::raw::c_int {
@@ -310,8 +375,8 @@ fn now_ms(hz: u64) -> u64 {
     c / (hz / 1000).max(1)
 }
 
-/// How many frames ahead of the one being processed the loop prefetches.
-const PREFETCH: usize = 4;
+// A burst never exceeds what the balancer takes at once.
+const _: () = assert!(BURST <= super::lb::MAX_BURST);
 
 fn worker_loop(ctx: &WorkerCtx) {
     let w = ctx.worker;
@@ -320,6 +385,9 @@ fn worker_loop(ctx: &WorkerCtx) {
     let mut rx = Burst::default();
     let mut fwd = Burst::default();
     let mut exc = Burst::default();
+    // Reused every burst: allocated once here, never on the path.
+    let mut pkts: Vec<Mbuf> = Vec::with_capacity(BURST);
+    let mut verdicts = [Verdict::Drop; BURST];
     // SAFETY: plain query once the EAL runs.
     let hz = unsafe { sys::rte_get_tsc_hz() };
     let spin_ms = ctx.spin.as_millis() as u64;
@@ -340,21 +408,25 @@ fn worker_loop(ctx: &WorkerCtx) {
             }
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
-            let mut bytes = 0u64;
-            for i in 0..PREFETCH.min(n) {
+            // Every frame's first cache line at once: the burst's loads overlap.
+            for i in 0..n {
                 rx.prefetch(i);
             }
+            let mut bytes = 0u64;
             for i in 0..n {
-                rx.prefetch(i + PREFETCH);
-                let mut m = rx.take(i);
+                let m = rx.take(i);
                 bytes += m.len() as u64;
-                match lb.process(&table, &pctx, &mut m, now) {
+                pkts.push(m);
+            }
+            rx.reset();
+            lb.process_burst(&table, &pctx, &mut pkts, &mut verdicts[..n], now);
+            for (m, v) in pkts.drain(..).zip(verdicts.iter()) {
+                match v {
                     Verdict::Forward => fwd.push(m),
                     Verdict::Exception if ctx.exception.is_some() => exc.push(m),
                     Verdict::Exception | Verdict::Drop => drop(m),
                 }
             }
-            rx.reset();
             stats.add(w, C::RxPackets, n as u64);
             stats.add(w, C::RxBytes, bytes);
             let (sent, sent_bytes, dropped) = fwd.tx(*port, q);
@@ -401,42 +473,149 @@ fn worker_loop(ctx: &WorkerCtx) {
     }
 }
 
+/// Wait (bounded) until `p`'s link is up: a net_memif port needs its peer to connect.
+fn wait_link(p: &Port) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: valid port; `link` is a properly sized out-parameter.
+        unsafe { sys::rte_eth_link_get_nowait(p.id, &mut link) };
+        if link.link_status() != 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "port {} link stayed down for 10 s: is the peer running?",
+                p.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Benchmark priming: `n` distinct TCP flows to the first VIP, sent once out of every
 /// data port. On a loopback device they come back and circulate through the balancer.
 fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
-    let table = e.tables.load();
+    let table = e.tables.current.load();
     let Some(vip) = table.vips.first() else {
         bail!("--dpdk-bench-prime needs a listener (VIP) in the config");
     };
     let proto = vip.protocol;
     for p in &e.ports {
+        wait_link(p)?;
+    }
+    let mut total = 0;
+    for p in &e.ports {
         let pool = e
-            ._pools
+            .pools
             .iter()
             .find(|m| m.socket == p.socket)
             .expect("every port has a pool");
-        let mut sent = 0;
+        // A port whose peer has just connected (net_memif) may take a burst only in
+        // part at first: what it refused is sent again, for up to 2 s.
+        let (mut sent, t0) = (0, std::time::Instant::now());
         while sent < n {
             let mut burst = Burst::default();
-            while !burst.is_full() && sent < n {
-                let f = bench_frame(p.mac, proto, sent as u32, *vip.addr.ip(), vip.addr.port());
+            let mut k = 0;
+            while !burst.is_full() && sent + k < n {
+                let i = (sent + k) as u32;
+                let f = bench_frame(p.mac, proto, i, *vip.addr.ip(), vip.addr.port());
                 let m = pool
                     .alloc_frame(&f)
                     .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while priming"))?;
                 burst.push(m);
-                sent += 1;
+                k += 1;
             }
-            let (_, _, dropped) = burst.tx(p.id, 0);
-            if dropped > 0 {
-                bail!(
-                    "port {} took only part of the priming burst: ask for fewer frames",
-                    p.name
-                );
+            sent += burst.tx(p.id, 0).0 as usize;
+            if sent < n {
+                if t0.elapsed() > Duration::from_secs(2) {
+                    // (a net_memif server may refuse to send before it has received:
+                    // frames primed on its peer reach it anyway)
+                    tracing::warn!("port {} took only {sent} of {n} priming frames", p.name);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
+        total += sent;
+    }
+    if total == 0 {
+        bail!("no port took a priming frame");
     }
     tracing::info!("dpdk: primed {n} frames per port");
     Ok(())
+}
+
+/// Benchmark: `n` round trips of one 64-byte frame (flows cycling over 1,024, so a
+/// balancer on the far side works from its flow table) out of the first data port, each
+/// timed with the TSC from just before the TX burst to the RX burst that returns it.
+/// 1,000 unrecorded warm-up trips first. A trip not back within 10 ms counts as lost.
+fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
+    let table = e.tables.current.load();
+    let Some(vip) = table.vips.first() else {
+        bail!("--dpdk-bench-ping needs a listener (VIP) in the config");
+    };
+    let Some(p) = e.ports.first() else {
+        bail!("--dpdk-bench-ping needs a port");
+    };
+    let pool = e
+        .pools
+        .iter()
+        .find(|m| m.socket == p.socket)
+        .expect("every port has a pool");
+    // SAFETY: plain queries once the EAL runs.
+    let hz = unsafe { sys::rte_get_tsc_hz() };
+    let tsc = || unsafe { sys::tm_get_tsc_cycles() };
+    wait_link(p)?;
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .context("latency histogram")?;
+    let mut rx = Burst::default();
+    let (warm, mut lost, mut extra) = (1000usize, 0u64, 0u64);
+    let frames: Vec<Vec<u8>> = (0..1024u32)
+        .map(|i| bench_frame(p.mac, vip.protocol, i, *vip.addr.ip(), vip.addr.port()))
+        .collect();
+    for i in 0..warm + n {
+        let m = pool
+            .alloc_frame(&frames[i % frames.len()])
+            .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while pinging"))?;
+        let mut b = Burst::default();
+        b.push(m);
+        let start = tsc();
+        if b.tx(p.id, 0).0 == 0 {
+            lost += 1;
+            continue;
+        }
+        let back = loop {
+            let k = rx.rx(p.id, 0);
+            if k > 0 {
+                let t = tsc();
+                extra += k as u64 - 1;
+                for j in 0..k {
+                    drop(rx.take(j));
+                }
+                rx.reset();
+                break Some(t);
+            }
+            if tsc().wrapping_sub(start) > hz / 100 {
+                break None;
+            }
+        };
+        match back {
+            Some(t) if i >= warm => {
+                let ns = (t.wrapping_sub(start) as u128 * 1_000_000_000 / u128::from(hz)) as u64;
+                hist.saturating_record(ns.max(1));
+            }
+            Some(_) => {}
+            None => lost += 1,
+        }
+    }
+    let q = |p: f64| hist.value_at_quantile(p);
+    Ok(serde_json::json!({"ping": {
+        "count": hist.len(), "lost": lost, "unexpected": extra,
+        "min_ns": hist.min(), "p50_ns": q(0.5), "p90_ns": q(0.9), "p99_ns": q(0.99),
+        "p999_ns": q(0.999), "max_ns": hist.max(), "mean_ns": hist.mean(),
+    }})
+    .to_string())
 }
 
 /// A 64-byte (60 + FCS) TCP or UDP frame from 198.18.x.y (flow `i`) to `vip`.
@@ -473,9 +652,9 @@ fn mac_str(m: &[u8; 6]) -> String {
 
 /// Counters as JSON: every port/VIP/backend block (totals and per queue) and the driver's
 /// own port counters.
-fn report(e: &DpdkEngine, ran: Duration) -> String {
+fn report(e: &DpdkEngine, stats: &StatsRegistry, ran: Duration) -> String {
     let mut counters = serde_json::Map::new();
-    for (name, r) in e.stats.packet_reports() {
+    for (name, r) in stats.packet_reports() {
         let totals: serde_json::Map<String, serde_json::Value> = r
             .totals
             .iter()

@@ -33,17 +33,17 @@ pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-#[inline]
+#[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-#[inline]
+#[inline(always)]
 fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
@@ -63,7 +63,7 @@ pub fn ones_sum(data: &[u8]) -> u16 {
     fold(sum)
 }
 
-#[inline]
+#[inline(always)]
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -73,13 +73,13 @@ fn fold(mut sum: u32) -> u16 {
 
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word changes from `old` to `new`:
 /// `HC' = ~(~HC + ~m + m')`.
-#[inline]
+#[inline(always)]
 pub fn csum_update16(hc: u16, old: u16, new: u16) -> u16 {
     !fold(u32::from(!hc) + u32::from(!old) + u32::from(new))
 }
 
 /// RFC 1624 for a 32-bit field (an IPv4 address): two 16-bit word updates.
-#[inline]
+#[inline(always)]
 pub fn csum_update32(hc: u16, old: u32, new: u32) -> u16 {
     let hc = csum_update16(hc, (old >> 16) as u16, (new >> 16) as u16);
     csum_update16(hc, old as u16, new as u16)
@@ -94,6 +94,7 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < ETH_HEADER_LEN {
             return Err(WireError::Truncated);
@@ -101,33 +102,42 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         Ok(EthernetFrame { buf })
     }
     /// For a buffer already checked by `new_checked` (same length or longer).
+    #[inline]
     pub fn new_unchecked(buf: T) -> Self {
         EthernetFrame { buf }
     }
+    #[inline]
     pub fn dst(&self) -> [u8; 6] {
         self.buf.as_ref()[0..6].try_into().unwrap_or_default()
     }
+    #[inline]
     pub fn src(&self) -> [u8; 6] {
         self.buf.as_ref()[6..12].try_into().unwrap_or_default()
     }
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.buf.as_ref(), 12)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[ETH_HEADER_LEN..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    #[inline(always)]
     pub fn set_dst(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[0..6].copy_from_slice(&mac);
     }
+    #[inline(always)]
     pub fn set_src(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[6..12].copy_from_slice(&mac);
     }
+    #[inline]
     pub fn set_ethertype(&mut self, t: u16) {
         put16(self.buf.as_mut(), 12, t)
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buf.as_mut()[ETH_HEADER_LEN..]
     }
@@ -146,6 +156,7 @@ pub struct ArpPacket<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < ARP_LEN {
@@ -156,15 +167,19 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         }
         Ok(ArpPacket { buf })
     }
+    #[inline]
     pub fn operation(&self) -> u16 {
         be16(self.buf.as_ref(), 6)
     }
+    #[inline]
     pub fn sender_mac(&self) -> [u8; 6] {
         self.buf.as_ref()[8..14].try_into().unwrap_or_default()
     }
+    #[inline]
     pub fn sender_ip(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 14)
     }
+    #[inline]
     pub fn target_ip(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 24)
     }
@@ -172,6 +187,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Turn a request into the reply announcing `mac` for its target address, in place.
+    #[inline]
     pub fn make_reply(&mut self, mac: [u8; 6]) {
         let (smac, sip, tip) = (self.sender_mac(), self.sender_ip(), self.target_ip());
         let b = self.buf.as_mut();
@@ -194,6 +210,7 @@ pub struct Ipv4Packet<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Checks version 4, IHL ≥ 5, IHL ≤ total length ≤ buffer. Trailing bytes past the
     /// total length (Ethernet padding) are allowed and ignored by `payload`.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < IPV4_MIN_HEADER_LEN {
@@ -213,41 +230,53 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(Ipv4Packet { buf })
     }
     /// For a buffer already checked by `new_checked`; accessors may panic otherwise.
+    #[inline]
     pub fn new_unchecked(buf: T) -> Self {
         Ipv4Packet { buf }
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[0] & 0x0f) * 4
     }
+    #[inline]
     pub fn total_len(&self) -> usize {
         usize::from(be16(self.buf.as_ref(), 2))
     }
+    #[inline]
     pub fn tos(&self) -> u8 {
         self.buf.as_ref()[1]
     }
     /// More-fragments set or a non-zero offset (RFC 791 §3.1).
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         be16(self.buf.as_ref(), 6) & 0x3fff != 0
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[8]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.buf.as_ref()[9]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 10)
     }
+    #[inline]
     pub fn src(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 12)
     }
+    #[inline]
     pub fn dst(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 16)
     }
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         ones_sum(&self.buf.as_ref()[..self.header_len()]) == 0xffff
     }
     /// The bytes after the header, up to the total length.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..self.total_len()]
     }
@@ -255,12 +284,15 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Rewrite the source address, updating the header checksum incrementally.
+    #[inline]
     pub fn set_src(&mut self, a: Ipv4Addr) {
         self.set_addr(12, a)
     }
+    #[inline]
     pub fn set_dst(&mut self, a: Ipv4Addr) {
         self.set_addr(16, a)
     }
+    #[inline(always)]
     fn set_addr(&mut self, at: usize, a: Ipv4Addr) {
         let old = u32::from(ip_at(self.buf.as_ref(), at));
         let hc = csum_update32(self.checksum(), old, u32::from(a));
@@ -268,11 +300,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         b[at..at + 4].copy_from_slice(&a.octets());
         put16(b, 10, hc);
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (h, t) = (self.header_len(), self.total_len());
         &mut self.buf.as_mut()[h..t]
     }
     /// Recompute the header checksum from scratch (for headers we build).
+    #[inline]
     pub fn fill_checksum(&mut self) {
         let h = self.header_len();
         let b = self.buf.as_mut();
@@ -318,6 +352,7 @@ pub struct L4Header<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> L4Header<T> {
+    #[inline]
     pub fn new_checked(buf: T, protocol: u8) -> Result<Self, WireError> {
         let (min, csum_at, udp) = match protocol {
             PROTO_TCP => (20, 16, false),
@@ -331,6 +366,7 @@ impl<T: AsRef<[u8]>> L4Header<T> {
     }
     /// For a segment already checked by `new_checked` with the same protocol (TCP
     /// otherwise).
+    #[inline]
     pub fn new_unchecked(buf: T, protocol: u8) -> Self {
         let udp = protocol == PROTO_UDP;
         L4Header {
@@ -339,12 +375,15 @@ impl<T: AsRef<[u8]>> L4Header<T> {
             udp,
         }
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), self.csum_at)
     }
@@ -352,19 +391,23 @@ impl<T: AsRef<[u8]>> L4Header<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> L4Header<T> {
     /// Account in the L4 checksum for a pseudo-header address change (RFC 1624).
+    #[inline(always)]
     pub fn update_for_addr(&mut self, old: Ipv4Addr, new: Ipv4Addr) {
         self.update(|hc| csum_update32(hc, u32::from(old), u32::from(new)))
     }
+    #[inline(always)]
     pub fn set_src_port(&mut self, p: u16) {
         let old = self.src_port();
         put16(self.buf.as_mut(), 0, p);
         self.update(|hc| csum_update16(hc, old, p))
     }
+    #[inline(always)]
     pub fn set_dst_port(&mut self, p: u16) {
         let old = self.dst_port();
         put16(self.buf.as_mut(), 2, p);
         self.update(|hc| csum_update16(hc, old, p))
     }
+    #[inline(always)]
     fn update(&mut self, f: impl FnOnce(u16) -> u16) {
         let hc = self.checksum();
         if self.udp && hc == 0 {

@@ -52,6 +52,9 @@ pub(crate) struct Epoll {
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
     ops: Vec<Ops>,
+    /// The token each socket was last registered with, by descriptor number (so a
+    /// pooled socket taken back by the slot that registered it costs no syscall).
+    tokens: Vec<u64>,
     ready: Vec<u32>,
     done: Vec<Done>,
 }
@@ -75,6 +78,7 @@ impl Epoll {
             free: (0..POOL_BUFFERS as BufId).rev().collect(),
             write_free: BufPool::write_ids().collect(),
             ops: Vec::new(),
+            tokens: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
         })
@@ -92,11 +96,26 @@ impl Epoll {
     }
 
     fn register_sock(&mut self, c: ConnRef, side: Side, fd: RawFd) -> io::Result<()> {
+        self.register_as(c, side, fd, libc::EPOLL_CTL_ADD)
+    }
+
+    /// Register `fd` (ADD) or move its registration (MOD) to `c`'s `side`, under a new
+    /// epoch so events of its previous owner are ignored.
+    fn register_as(&mut self, c: ConnRef, side: Side, fd: RawFd, op: i32) -> io::Result<()> {
         let o = &mut self.ops[c.slot as usize];
         o.epoch[side.idx()] = o.epoch[side.idx()].wrapping_add(1) & 0x7f;
         let tok = sock_token(c, side, o.epoch[side.idx()]);
         let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-        self.ctl(libc::EPOLL_CTL_ADD, fd, ev, tok)
+        self.ctl(op, fd, ev, tok)?;
+        if fd >= 0 {
+            let i = fd as usize;
+            if self.tokens.len() <= i {
+                // Grows with the highest descriptor number only.
+                self.tokens.resize(i + 1, 0);
+            }
+            self.tokens[i] = tok;
+        }
+        Ok(())
     }
 
     #[inline]
@@ -190,6 +209,12 @@ impl Io for Epoll {
             writable: [true, false],
             ..Ops::default()
         };
+        if fd < 0 {
+            // A slot without a client socket (a mirrored request): registered only.
+            self.ops[slot].readable[0] = false;
+            self.ops[slot].writable[0] = false;
+            return;
+        }
         if let Err(e) = self.register_sock(c, Side::Down, fd) {
             tracing::warn!("epoll_ctl(ADD) for a client socket failed: {e}");
             self.ops[slot].readable[0] = false;
@@ -225,6 +250,26 @@ impl Io for Epoll {
         if err == 0 {
             o.writable[Side::Up.idx()] = true;
             self.enqueue(c.slot);
+        }
+    }
+
+    fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        let s = side.idx();
+        let o = &self.ops[c.slot as usize];
+        let current = sock_token(c, side, o.epoch[s]);
+        if o.fds[s] == fd && self.tokens.get(fd as usize) == Some(&current) {
+            // Still registered for this slot and side: its readiness is up to date.
+            return;
+        }
+        // Another slot's (or an older epoch's) socket: one epoll_ctl to move it.
+        let o = &mut self.ops[c.slot as usize];
+        o.fds[s] = fd;
+        // Optimistic, as for a new socket: EAGAIN teaches the truth.
+        o.readable[s] = true;
+        o.writable[s] = true;
+        o.connecting = false;
+        if let Err(e) = self.register_as(c, side, fd, libc::EPOLL_CTL_MOD) {
+            tracing::warn!("epoll_ctl(MOD) for a pooled upstream socket failed: {e}");
         }
     }
 
@@ -292,6 +337,23 @@ impl Io for Epoll {
         if fds[Side::Up.idx()] >= 0 {
             o.connecting = false;
         }
+        // Results already produced but not yet delivered are cancelled too: the caller
+        // goes on as if none will come (an HTTP retry reuses its queues at once).
+        let (free, done) = (&mut self.free, &mut self.done);
+        done.retain(|d| {
+            let (dc, side) = match *d {
+                Done::Connect(dc, _) => (dc, Side::Up),
+                Done::Recv(dc, side, _, _) => (dc, side),
+                Done::Send(dc, from, _) => (dc, from.other()),
+            };
+            let cancelled = dc == c && fds[side.idx()] >= 0;
+            if cancelled {
+                if let Done::Recv(_, _, _, Some(b)) = *d {
+                    free.push(b);
+                }
+            }
+            !cancelled
+        });
         true
     }
 

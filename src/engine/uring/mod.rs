@@ -241,6 +241,9 @@ impl Uring {
 impl Io for Uring {
     fn adopt(&mut self, _c: ConnRef, _fd: RawFd) {}
 
+    // Completions carry the issuing slot in their own tokens: nothing to move.
+    fn attach(&mut self, _c: ConnRef, _side: Side, _fd: RawFd) {}
+
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
         let slot = c.slot as usize;
         if self.addrs.len() <= slot {

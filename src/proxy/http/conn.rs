@@ -1,9 +1,9 @@
 //! One HTTP/1.1 client connection: an engine-agnostic state machine driven by
 //! completions, like the L4 relay ([`crate::proxy::l4::tcp`]).
 //!
-//! Owns the client socket, at most one upstream socket (kept between requests when the
-//! upstream allows keep-alive and the next request goes to the same cluster), and the
-//! pool buffers in flight. Requests are served one at a time in arrival order, so
+//! Owns the client socket, at most one upstream socket during an exchange (afterwards
+//! parked in the worker's [`pool`](super::pool) when the upstream allows keep-alive, for
+//! any client connection of the worker to reuse), and the pool buffers in flight. Requests are served one at a time in arrival order, so
 //! pipelined requests are answered in order: the next head is parsed only once the
 //! previous response has been queued whole.
 //!
@@ -18,10 +18,14 @@
 //!   [`codec`](super::codec): bytes past the end of a response are dropped and the
 //!   upstream connection is not reused.
 //! - Between exchanges nothing is in flight on the upstream socket, so it can be dropped
-//!   or reused at once; a slot is freed only when nothing is in flight at all.
+//!   or parked at once; a slot is freed only when nothing is in flight at all.
 //!
 //! Never blocks. Allocates per connection only (counter `Arc`s, the head buffer when a
-//! head is split); per request only a route-table `Arc` clone when the table changed.
+//! head is split, the replay copy, a rewrite buffer, all with capacity kept); per
+//! request a route-table `Arc` clone, and a copy of the head (and of a body up to the
+//! replay cap) when it may be sent again: retries, mirrors, idempotent requests on a
+//! pooled connection. Per-request syscalls: the socket I/O, plus one peek when a
+//! pooled connection idled over a second.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -31,10 +35,12 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
+use super::pool::{alive, Idle, CHECK_AFTER_MS};
+use super::shadow::{shadow_head, Job};
 use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
-use crate::proxy::l4::{ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
-use crate::route::http::{Action, Append, HeaderOps, RequestView, Retry};
+use crate::proxy::l4::{cursor, ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
+use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retry, VHost};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
@@ -395,8 +401,35 @@ pub struct Conn {
     retry_at_ms: u64,
     /// The current request is counted active on its cluster (`rq_total` − `rq_done`).
     rq_open: bool,
+    /// The current attempt is a retry counted on the cluster (`max_retries`, budget).
+    retry_open: bool,
+    /// Waiting in the worker's pending queue for the cluster to have a connection free.
+    pending: bool,
+    /// The upstream connection came from the worker's pool (it served requests before).
+    up_reused: bool,
+    /// The request's balancer hash key, set before each first-attempt pick.
+    lb_key: Option<u64>,
+    /// Endpoint index (in the cluster) of the upstream connection.
+    up_endpoint: u32,
+    /// The request may be sent again on a fresh connection if a reused one turns out
+    /// closed (RFC 9112 §9.3.1.1: idempotent methods only).
+    idempotent: bool,
+    /// This request was already sent again after a stale pooled connection: no pool.
+    fresh_only: bool,
+    /// The attempt being started re-sends the same try (no new attempt number).
+    resend: bool,
     /// Requests sent on the current upstream connection.
     up_requests: u32,
+    /// Mirror clusters chosen for the current request (first `mirror_n`), started once
+    /// its body is complete (see [`super::shadow`]).
+    mirror_to: [u32; MAX_MIRRORS],
+    mirror_n: u8,
+    /// The route timeout, for the shadows' deadline.
+    mirror_ms: u64,
+    /// A `regex_rewrite` result (capacity kept for the connection).
+    path_buf: Vec<u8>,
+    /// Match state for the last rewrite regex used (by its address in the table).
+    rewrite_locs: Option<(usize, regex::bytes::CaptureLocations)>,
     listener: u32,
     cluster: u32,
     first_endpoint: u32,
@@ -457,7 +490,20 @@ impl Default for Conn {
             try_deadline_ms: 0,
             retry_at_ms: 0,
             rq_open: false,
+            retry_open: false,
+            pending: false,
+            up_reused: false,
+            lb_key: None,
+            up_endpoint: 0,
+            idempotent: false,
+            fresh_only: false,
+            resend: false,
             up_requests: 0,
+            mirror_to: [0; MAX_MIRRORS],
+            mirror_n: 0,
+            mirror_ms: 0,
+            path_buf: Vec::new(),
+            rewrite_locs: None,
             listener: 0,
             cluster: 0,
             first_endpoint: 0,
@@ -501,9 +547,26 @@ enum Cause {
     PerTry,
 }
 
-/// Largest request (head and body) kept to be sent again by a retry; a request whose
-/// body runs past it is not retried.
+/// Largest request (head and body) kept to be sent again by a retry or copied to a
+/// mirror; a request whose body runs past it is not retried, and not mirrored at all
+/// (a head without its body would be a different request).
 const REPLAY_CAP: usize = 48 * 1024;
+/// Mirror policies honoured per route (further ones are ignored at compile time).
+const MAX_MIRRORS: usize = 4;
+
+/// What a local response carries besides its status and body.
+#[derive(Debug, Clone, Copy)]
+enum Extra {
+    None,
+    /// `x-tickmesh-overloaded: true` (circuit breaking).
+    Overloaded,
+    /// A local rate limit refused the request: the configured bucket size and the
+    /// seconds until this worker's bucket refills.
+    RateLimited {
+        limit: u32,
+        reset_s: u64,
+    },
+}
 /// The attempt header, written last in a head; a replay re-renders it.
 const ATTEMPT_HEADER: &[u8] = b"x-tickmesh-attempt-count: ";
 
@@ -555,11 +618,13 @@ impl Conn {
         let gen = self.gen;
         let acc = std::mem::take(&mut self.acc);
         let replay = std::mem::take(&mut self.replay);
+        let path_buf = std::mem::take(&mut self.path_buf);
         *self = Conn {
             gen,
             pos: self.pos,
             acc,
             replay,
+            path_buf,
             phase: Phase::Head,
             idle_ms: ms(l.idle_timeout),
             header_ms: ms(l.request_header_timeout),
@@ -1190,9 +1255,18 @@ impl Conn {
                 target,
                 timeout,
                 prefix_rewrite,
+                regex_rewrite,
                 retry,
-                ..
+                mirrors,
             } => {
+                if let Some((limit, reset_ms)) = self.rate_limited(vh, route, &view, cx) {
+                    self.lcount(cx.worker, L::HttpRateLimited, 1);
+                    let extra = Extra::RateLimited {
+                        limit,
+                        reset_s: reset_ms.div_ceil(1000),
+                    };
+                    return self.local(slot, 429, b"rate limited\n", None, extra, cx, io);
+                }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
                 // Consistent hashing on a header or cookie (`hash_policy`).
@@ -1201,7 +1275,25 @@ impl Conn {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
                 }
+                let mut rewritten = std::mem::take(&mut self.path_buf);
+                if let Some(rw) = regex_rewrite {
+                    // The match state is kept per connection, made once per regex.
+                    let mine = self.rewrite_locs.as_ref().is_some_and(|(id, _)| {
+                        *id == rw as *const crate::route::http::RegexRewrite as usize
+                    });
+                    if !mine {
+                        self.rewrite_locs = Some((
+                            rw as *const crate::route::http::RegexRewrite as usize,
+                            rw.re.capture_locations(),
+                        ));
+                    }
+                    if let Some((_, locs)) = self.rewrite_locs.as_mut() {
+                        rewritten.clear();
+                        rw.apply(path, locs, &mut rewritten);
+                    }
+                }
                 let path_out: (&[u8], &[u8]) = match (prefix_rewrite, route.path_prefix()) {
+                    _ if regex_rewrite.is_some() => (&rewritten, &path_query[path.len()..]),
                     (Some(rw), Some(pre)) if path_query.len() >= pre.len() => {
                         (rw, &path_query[pre.len()..])
                     }
@@ -1227,13 +1319,36 @@ impl Conn {
                     retry.is_some().then_some(1),
                     io,
                 );
+                self.path_buf = rewritten;
                 if written.is_err() {
                     return self.bad_request(slot, HttpError::HeadTooLarge, cx, io);
                 }
-                if retry.is_some() {
-                    self.keep_for_replay(io);
+                // Mirrors: each policy rolls its own share (parts per million).
+                self.mirror_n = 0;
+                for m in mirrors.iter().take(MAX_MIRRORS) {
+                    let hit =
+                        m.per_million >= 1_000_000 || cx.lb.next_u32() % 1_000_000 < m.per_million;
+                    if hit {
+                        self.mirror_to[self.mirror_n as usize] = m.cluster;
+                        self.mirror_n += 1;
+                    }
+                }
+                self.idempotent = matches!(
+                    req.method,
+                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+                );
+                // Kept for retries, mirrors, and an idempotent request's second send
+                // should its pooled connection turn out closed (a copy of the head, and
+                // of the body up to the replay cap).
+                if retry.is_some() || self.mirror_n > 0 || self.idempotent {
+                    self.keep_for_replay(retry.is_some(), io);
                 }
                 let route_ms = timeout.map_or(DEFAULT_ROUTE_TIMEOUT_MS, ms);
+                self.mirror_ms = if route_ms == 0 {
+                    DEFAULT_ROUTE_TIMEOUT_MS
+                } else {
+                    route_ms
+                };
                 self.route_deadline_ms = if route_ms == 0 {
                     0
                 } else {
@@ -1242,13 +1357,6 @@ impl Conn {
                 self.awaiting_head = true;
                 self.resp = Left::Done;
                 self.phase = Phase::Exchange;
-                // Reuse the kept upstream connection when it serves this cluster.
-                let reuse = self.fds[Side::Up.idx()].is_some()
-                    && self.cluster == cluster
-                    && self.up_generation == table.generation
-                    && self.up_reusable
-                    // Not to an endpoint ejected or failing its check since.
-                    && self.ehealth.as_ref().is_none_or(|h| h.usable());
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
                 let active = cl
@@ -1259,31 +1367,112 @@ impl Conn {
                     .stats
                     .get(U::CxTotal)
                     .saturating_sub(cl.stats.get(U::CxClosed));
-                if active >= u64::from(cl.breakers.max_requests)
-                    || (!reuse && open_cx >= u64::from(cl.breakers.max_connections))
-                {
+                // At max_connections a request may wait (max_pending_requests, counted
+                // over workers; each worker's queue is bounded too).
+                // An idle pooled connection to the cluster adds no connection (the
+                // pool is scanned only at the limit).
+                let must_wait = open_cx >= u64::from(cl.breakers.max_connections)
+                    && !cx.http.pool.has(table.generation, cluster);
+                let waiting = cl
+                    .stats
+                    .get(U::RqPendingTotal)
+                    .saturating_sub(cl.stats.get(U::RqPendingDone));
+                let can_wait = waiting < u64::from(cl.breakers.max_pending_requests)
+                    && cx.http.pending.len() < super::shadow::MAX_PENDING;
+                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait) {
+                    if must_wait && active < u64::from(cl.breakers.max_requests) {
+                        cl.stats.inc(cx.worker, U::RqPendingOverflow);
+                    }
                     cl.stats.inc(cx.worker, U::RqOverflow);
                     self.out[Side::Down.idx()].release_all(io);
                     self.phase = Phase::Head;
                     self.keep_alive &= self.req.done();
-                    return self.local(slot, 503, b"upstream overloaded\n", None, true, cx, io);
+                    return self.local(
+                        slot,
+                        503,
+                        b"upstream overloaded\n",
+                        None,
+                        Extra::Overloaded,
+                        cx,
+                        io,
+                    );
+                }
+                // A connection a failed exchange left behind goes (counted on its
+                // cluster), before the counters switch to this request's cluster.
+                self.drop_up(cx);
+                if !self
+                    .cstats
+                    .as_ref()
+                    .is_some_and(|s| Arc::ptr_eq(s, &cl.stats))
+                {
+                    self.cstats = Some(cl.stats.clone());
                 }
                 cl.stats.inc(cx.worker, U::RqTotal);
                 self.rq_open = true;
-                if reuse {
-                    self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
-                    self.up_reusable = false;
-                    self.up_requests += 1;
-                    return self.drive_exchange(slot, cx, io);
-                }
-                self.drop_up(cx);
                 self.cluster = cluster;
                 self.up_generation = table.generation;
-                self.cstats = Some(cl.stats.clone());
                 self.attempt = 0;
                 self.up_requests = 1;
-                cx.lb.set_key(hash_key);
+                self.fresh_only = false;
+                self.resend = false;
+                // The balancer's hash key (ring hash / Maglev by header or cookie), kept
+                // for a pending request's later connect and for retries.
+                self.lb_key = hash_key;
+                if must_wait {
+                    // Resumed by the worker's tick (`resume_pending`) once the cluster
+                    // has a connection free, or ended by the route timeout.
+                    cl.stats.inc(cx.worker, U::RqPendingTotal);
+                    self.pending = true;
+                    // The per-try timeout starts with the attempt, not the wait.
+                    self.try_deadline_ms = 0;
+                    cx.http.pending.push((slot, self.gen, self.served));
+                    return Step::Continue;
+                }
                 self.connect_next(slot, cx, io)
+            }
+        }
+    }
+
+    /// A pending request (see `start_request`) gets its turn: connect when the cluster
+    /// is under `max_connections`, else queue again (order kept by the worker).
+    pub fn resume_pending(&mut self, slot: u32, seq: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !self.pending || self.served != seq || self.phase != Phase::Exchange {
+            return Step::Continue; // a stale entry
+        }
+        // An idle pooled connection of the cluster is free for it too (with several
+        // endpoints the balancer may still choose one without: then a connection
+        // over the limit is opened — the limit is approximate, as across workers).
+        let pooled = cx.http.pool.has(self.up_generation, self.cluster);
+        let full = !pooled
+            && self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(self.cluster as usize))
+                .is_none_or(|cl| {
+                    let open = cl
+                        .stats
+                        .get(U::CxTotal)
+                        .saturating_sub(cl.stats.get(U::CxClosed));
+                    open >= u64::from(cl.breakers.max_connections)
+                });
+        if full {
+            cx.http.pending.push((slot, self.gen, seq));
+            return Step::Continue;
+        }
+        self.unpend(cx.worker);
+        self.try_deadline_ms = self
+            .retry
+            .as_ref()
+            .and_then(|r| r.per_try_timeout)
+            .map_or(0, |t| cx.now_ms + ms(t));
+        self.connect_next(slot, cx, io)
+    }
+
+    fn unpend(&mut self, worker: usize) {
+        if self.pending {
+            self.pending = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqPendingDone);
             }
         }
     }
@@ -1364,18 +1553,70 @@ impl Conn {
     /// Start (or continue) connecting upstream: attempt `self.attempt`, the balancer's
     /// choice first, then the endpoints after it.
     fn connect_next(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        // The first attempt: the balancer's endpoint, through the pool when it holds an
+        // idle connection to it (without touching the table's refcount: this is every
+        // keep-alive request's path). Later attempts go to the endpoints after it.
+        let mut picked = None;
+        if self.attempt == 0 {
+            let (cluster, key, peer) = (self.cluster as usize, self.lb_key, self.peer);
+            picked = self
+                .table
+                .as_ref()
+                .and_then(|t| t.clusters.get(cluster))
+                .and_then(|cl| {
+                    let mut scratch = 0;
+                    let cur = cursor(cx.cursors, &mut scratch, cluster);
+                    cx.lb.set_key(key);
+                    cl.pick(cx.lb, cur, peer, 0, cx.worker)
+                });
+            if let Some(ep) = picked {
+                self.first_endpoint = ep as u32;
+                if !self.fresh_only {
+                    if let Some(idle) = self.take_pooled(ep, cx) {
+                        return self.attach_pooled(slot, idle, cx, io);
+                    }
+                }
+            }
+        }
         let Some(table) = self.table.clone() else {
             return self.close(slot, cx, io);
         };
         let cl = &table.clusters[self.cluster as usize];
-        if let Some((e, fd)) = open_upstream(
-            cl,
-            self.cluster,
-            &mut self.attempt,
-            &mut self.first_endpoint,
-            self.peer,
-            cx,
-        ) {
+        let mut opened = None;
+        if self.attempt == 0 {
+            if let Some(ep) = picked {
+                let e = &cl.endpoints[ep];
+                match crate::net::upstream_tcp_socket(&e.address) {
+                    Ok(fd) => {
+                        e.stats.inc(cx.worker, U::CxTotal);
+                        cl.stats.inc(cx.worker, U::CxTotal);
+                        opened = Some((e, fd));
+                    }
+                    Err(_) => {
+                        e.stats.inc(cx.worker, U::Errors);
+                        cl.stats.inc(cx.worker, U::Errors);
+                        self.attempt = 1;
+                    }
+                }
+            }
+        }
+        if opened.is_none() && self.attempt > 0 {
+            opened = open_upstream(
+                cl,
+                self.cluster,
+                &mut self.attempt,
+                &mut self.first_endpoint,
+                self.peer,
+                cx,
+            );
+        }
+        if let Some((e, fd)) = opened {
+            self.up_endpoint = cl
+                .endpoints
+                .iter()
+                .position(|x| std::ptr::eq(x, e))
+                .unwrap_or(0) as u32;
+            self.up_reused = false;
             self.estats = Some(e.stats.clone());
             self.ehealth = Some(e.health.clone());
             io.connect(self.me(slot), fd.as_raw_fd(), e.address);
@@ -1401,7 +1642,93 @@ impl Conn {
         )
     }
 
-    /// Let go of the kept upstream connection (nothing is in flight on it between
+    /// An idle pooled connection to endpoint `ep` of the current cluster that is still
+    /// open; ones found closed are dropped (counted) on the way.
+    fn take_pooled(&mut self, ep: usize, cx: &mut Ctx) -> Option<Idle> {
+        let gen = self.up_generation;
+        while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32) {
+            // Only a connection idle a while costs the check (a syscall): a busy
+            // keep-alive path never pays it.
+            if cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd) {
+                return Some(idle);
+            }
+            self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+            if let Some(t) = &self.table {
+                super::pool::count_close(t, cx.worker, &idle);
+            }
+        }
+        None
+    }
+
+    /// Use a pooled connection for the current request.
+    fn attach_pooled(&mut self, slot: u32, idle: Idle, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if let Some(e) = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+            .and_then(|c| c.endpoints.get(idle.endpoint as usize))
+        {
+            // Usually the same endpoint as this connection's last request: no refcount
+            // traffic on the shared counters.
+            if !self
+                .estats
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &e.stats))
+            {
+                self.estats = Some(e.stats.clone());
+            }
+            // The endpoint's outlier detection hears how this exchange goes.
+            if !self
+                .ehealth
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &e.health))
+            {
+                self.ehealth = Some(e.health.clone());
+            }
+        }
+        io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
+        self.fds[Side::Up.idx()] = Some(idle.fd);
+        self.up_endpoint = idle.endpoint;
+        self.up_requests = idle.requests + 1;
+        self.up_reused = true;
+        self.connect_inflight = false;
+        self.connected = true;
+        self.timed_out = false;
+        self.eof[Side::Up.idx()] = false;
+        self.shut[Side::Up.idx()] = false;
+        self.last_ms = cx.now_ms;
+        self.lcount(cx.worker, L::HttpUpstreamReuse, 1);
+        self.drive(slot, cx, io)
+    }
+
+    /// The exchange ended with the upstream willing to go on: park its connection in
+    /// the worker's pool (nothing is in flight on it).
+    fn park_up(&mut self, cx: &mut Ctx) {
+        let Some(fd) = self.fds[Side::Up.idx()].take() else {
+            return;
+        };
+        self.connected = false;
+        self.up_reusable = false;
+        let idle = Idle {
+            fd,
+            cluster: self.cluster,
+            endpoint: self.up_endpoint,
+            requests: self.up_requests,
+            since_ms: cx.now_ms,
+        };
+        match cx.http.pool.park(self.up_generation, idle) {
+            Ok(None) => {}
+            // The pool serves the worker's table: count with it.
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, &old),
+            // A table older than the worker's: closed, counted here.
+            Err(idle) => {
+                drop(idle);
+                self.ucount(cx.worker, U::CxClosed, 1);
+            }
+        }
+    }
+
+    /// Let go of the upstream connection (nothing is in flight on it between
     /// exchanges).
     fn drop_up(&mut self, cx: &mut Ctx) {
         if self.fds[Side::Up.idx()].take().is_some() {
@@ -1426,6 +1753,9 @@ impl Conn {
                 };
                 return self.fail(slot, f, cx, io);
             }
+        }
+        if self.mirror_n > 0 && self.req.done() {
+            self.start_mirrors(cx);
         }
         if !self.req.done() && self.out[0].room() >= RECV_ROOM {
             self.arm_recv(slot, Side::Down, io);
@@ -1501,7 +1831,9 @@ impl Conn {
             if limit > 0 && self.up_requests >= limit {
                 self.up_reusable = false;
             }
-            if !self.up_reusable {
+            if self.up_reusable {
+                self.park_up(cx);
+            } else {
                 self.drop_up(cx);
             }
             self.route_deadline_ms = 0;
@@ -1582,7 +1914,7 @@ impl Conn {
         if !informational {
             self.outlier(Outcome::Status(res.status));
         }
-        if !informational && self.retry_on_status(res.status) {
+        if !informational && self.retry_on_status(res.status) && self.retry_admitted(cx) {
             return Err(Fail::Retry);
         }
         if !informational {
@@ -1659,11 +1991,111 @@ impl Conn {
         Ok(())
     }
 
+    // === rate limits and mirrors ===
+
+    /// The route's local rate limits (or its virtual host's when it has none): the
+    /// configured bucket size and the time to the next fill of the first bucket that
+    /// refused this request.
+    fn rate_limited(
+        &self,
+        vh: &VHost,
+        route: &HttpRoute,
+        view: &RequestView,
+        cx: &mut Ctx,
+    ) -> Option<(u32, u64)> {
+        let rules = if route.rate_limits.is_empty() {
+            &vh.rate_limits
+        } else {
+            &route.rate_limits
+        };
+        for r in rules.iter() {
+            let Some(spec) = r.bucket else { continue };
+            let mut h = cx.http.limiter.hasher();
+            if !r.descriptor(view, self.peer.map(|p| p.ip()), &mut h) {
+                continue;
+            }
+            let v = cx
+                .http
+                .limiter
+                .take(std::hash::Hasher::finish(&h), spec, cx.now_ms);
+            if v.evicted {
+                self.lcount(cx.worker, L::HttpRateLimitEvictions, 1);
+            }
+            if !v.allowed {
+                return Some((spec.max_tokens, v.reset_ms));
+            }
+        }
+        None
+    }
+
+    /// The request is whole: queue a shadow copy for each mirror chosen. Never fails
+    /// the primary; what cannot be mirrored is counted.
+    fn start_mirrors(&mut self, cx: &mut Ctx) {
+        let n = std::mem::take(&mut self.mirror_n) as usize;
+        if !self.replayable {
+            self.lcount(cx.worker, L::HttpMirrorDropped, n as u64);
+            return;
+        }
+        let Some(table) = self.table.as_ref() else {
+            return;
+        };
+        let Some(lstats) = self.lstats.as_ref() else {
+            return;
+        };
+        for &c in &self.mirror_to[..n] {
+            let Some(cl) = table.clusters.get(c as usize) else {
+                continue;
+            };
+            let active = cl
+                .stats
+                .get(U::RqTotal)
+                .saturating_sub(cl.stats.get(U::RqDone));
+            let open_cx = cl
+                .stats
+                .get(U::CxTotal)
+                .saturating_sub(cl.stats.get(U::CxClosed));
+            let overloaded = active >= u64::from(cl.breakers.max_requests)
+                || open_cx >= u64::from(cl.breakers.max_connections);
+            let copy = if overloaded || cl.endpoints.is_empty() {
+                None
+            } else {
+                cx.http.take_copy()
+            };
+            let Some(mut data) = copy else {
+                lstats.inc(cx.worker, L::HttpMirrorDropped);
+                continue;
+            };
+            shadow_head(&self.replay[..self.replay_head], &mut data);
+            data.extend_from_slice(b"\r\n");
+            data.extend_from_slice(&self.replay[self.replay_head..]);
+            let (mut attempt, mut first) = (0u8, 0u32);
+            match open_upstream(cl, c, &mut attempt, &mut first, self.peer, cx) {
+                // Two `Arc` clones per mirrored request (the shadow counts on the
+                // cluster and endpoint it connects to); mirrors are not the common path.
+                Some((e, fd)) => cx.http.jobs.push(Job {
+                    fd,
+                    addr: e.address,
+                    data,
+                    connect_timeout_ms: ms(cl.connect_timeout),
+                    timeout_ms: self.mirror_ms,
+                    lstats: lstats.clone(),
+                    cstats: cl.stats.clone(),
+                    estats: e.stats.clone(),
+                }),
+                None => {
+                    cx.http.give_back(data);
+                    lstats.inc(cx.worker, L::HttpMirrorFailed);
+                }
+            }
+        }
+    }
+
     // === retries ===
 
-    /// Copy the request head just queued upstream, minus its attempt header, so a
-    /// retry can send it again; body bytes are added as they are forwarded.
-    fn keep_for_replay(&mut self, io: &mut impl Io) {
+    /// Copy the request head just queued upstream, minus its attempt header (when it
+    /// has one) and its empty line, so a retry can send it again and a mirror can copy
+    /// it; body bytes are added as they are forwarded.
+    fn keep_for_replay(&mut self, attempt_header: bool, io: &mut impl Io) {
         self.replay.clear();
         let q = &self.out[Side::Down.idx()];
         for i in 0..q.count as usize {
@@ -1672,7 +2104,11 @@ impl Conn {
             self.replay.extend_from_slice(&io.bytes(b)[off..off + len]);
         }
         // `…attempt-count: 1\r\n` and the empty line end the head.
-        let tail = ATTEMPT_HEADER.len() + 1 + 4;
+        let tail = if attempt_header {
+            ATTEMPT_HEADER.len() + 1 + 4
+        } else {
+            2
+        };
         self.replayable = self.replay.len() >= tail;
         self.replay.truncate(self.replay.len().saturating_sub(tail));
         self.replay_head = self.replay.len();
@@ -1711,18 +2147,7 @@ impl Conn {
     /// uniform in `[0, min(max, base × 2^(tries-1))]`), then send the request again.
     fn schedule_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.lcount(cx.worker, L::HttpRetry, 1);
-        let up = self.raw(Side::Up);
-        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
-        // Only the upstream socket's operations; the client's stay armed.
-        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
-            self.recv_armed[1] = false;
-            self.out[0].inflight = false;
-            self.connect_inflight = false;
-        }
-        self.up_reusable = false;
-        self.acc.clear();
-        self.resp = Left::Done;
-        self.awaiting_head = true;
+        self.abandon_attempt(slot, io);
         let (base, max) = self
             .retry
             .as_ref()
@@ -1740,6 +2165,22 @@ impl Conn {
         Step::Continue
     }
 
+    /// Stop the current attempt's upstream operations (the client's stay armed) and
+    /// forget what of its response arrived.
+    fn abandon_attempt(&mut self, slot: u32, io: &mut impl Io) {
+        let up = self.raw(Side::Up);
+        let busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+        if busy && up >= 0 && io.cancel_all(self.me(slot), [-1, up]) {
+            self.recv_armed[1] = false;
+            self.out[0].inflight = false;
+            self.connect_inflight = false;
+        }
+        self.up_reusable = false;
+        self.acc.clear();
+        self.resp = Left::Done;
+        self.awaiting_head = true;
+    }
+
     /// The back-off passed and the old upstream socket is quiet: send again.
     fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.drop_up(cx);
@@ -1749,16 +2190,23 @@ impl Conn {
                 io.release(b);
             }
         }
-        self.tries += 1;
+        if !std::mem::take(&mut self.resend) {
+            self.tries += 1;
+        }
         let q = &mut self.out[Side::Down.idx()];
         let mut w = Writer::new();
         let (head, body) = self.replay.split_at(self.replay_head);
         let tries = self.tries;
+        // The replay head has the attempt header cut only when the route retries.
+        let attempt_header = self.retry.is_some();
         let r = (|| {
             w.put(q, io, head)?;
-            w.put(q, io, ATTEMPT_HEADER)?;
-            w.num(q, io, tries.into())?;
-            w.put(q, io, b"\r\n\r\n")?;
+            if attempt_header {
+                w.put(q, io, ATTEMPT_HEADER)?;
+                w.num(q, io, tries.into())?;
+                w.put(q, io, b"\r\n")?;
+            }
+            w.put(q, io, b"\r\n")?;
             w.put(q, io, body)
         })();
         w.finish(q, io);
@@ -1779,6 +2227,63 @@ impl Conn {
         self.connect_next(slot, cx, io)
     }
 
+    /// A retry may start only while the cluster's concurrent retries are under its
+    /// retry budget (`budget_percent` of active requests, at least
+    /// `min_retry_concurrency`) or, without one, `max_retries` (Envoy's default 3). A
+    /// refused retry is counted; the failure then goes to the client as it is.
+    fn retry_admitted(&mut self, cx: &mut Ctx) -> bool {
+        if self.retry_open {
+            return true; // this request's retry already holds its place
+        }
+        let Some(cl) = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+        else {
+            return false;
+        };
+        let s = &cl.stats;
+        let retrying = s.get(U::RqRetryTotal).saturating_sub(s.get(U::RqRetryDone));
+        let limit = match cl.breakers.retry_budget {
+            Some((per_million, floor)) => {
+                let active = s.get(U::RqTotal).saturating_sub(s.get(U::RqDone));
+                (active.saturating_mul(u64::from(per_million)) / 1_000_000).max(u64::from(floor))
+            }
+            None => u64::from(cl.breakers.max_retries),
+        };
+        if retrying >= limit {
+            s.inc(cx.worker, U::RqRetryOverflow);
+            return false;
+        }
+        s.inc(cx.worker, U::RqRetryTotal);
+        self.retry_open = true;
+        true
+    }
+
+    /// The request goes upstream again after `rq_end` counted it done.
+    fn rq_reopen(&mut self, worker: usize) {
+        if !self.rq_open {
+            self.rq_open = true;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqTotal);
+            }
+        }
+    }
+
+    /// Whether a failure before the response is a pooled connection's stale close that
+    /// may be answered by sending the request again (once, idempotent, kept whole,
+    /// nothing of a response received).
+    fn stale_resend_ok(&self) -> bool {
+        self.awaiting_head
+            && self.up_reused
+            && !self.fresh_only
+            && self.idempotent
+            && self.replayable
+            && self.req.done()
+            && self.acc.is_empty()
+            && self.pend[Side::Up.idx()].is_none()
+    }
+
     /// Tell the current endpoint's outlier detection how an exchange went.
     #[inline]
     fn outlier(&self, o: Outcome) {
@@ -1789,6 +2294,13 @@ impl Conn {
 
     /// The current request stops counting as active on its cluster.
     fn rq_end(&mut self, worker: usize) {
+        self.unpend(worker);
+        if self.retry_open {
+            self.retry_open = false;
+            if let Some(s) = &self.cstats {
+                s.inc(worker, U::RqRetryDone);
+            }
+        }
         if self.rq_open {
             self.rq_open = false;
             if let Some(s) = &self.cstats {
@@ -1813,8 +2325,10 @@ impl Conn {
     fn fail(&mut self, slot: u32, f: Fail, cx: &mut Ctx, io: &mut impl Io) -> Step {
         // Reset, garbage or timeout before the response head: a gateway error for the
         // endpoint's outlier detection (a connect failure was counted in `on_connect`).
+        // A pooled connection's stale close is no fault of the endpoint.
         if let Fail::Status(status, _, _, cause) = f {
             if self.awaiting_head
+                && !self.stale_resend_ok()
                 && (matches!(cause, Cause::Reset | Cause::Gateway | Cause::PerTry)
                     || (matches!(cause, Cause::None) && status == 504))
             {
@@ -1826,8 +2340,27 @@ impl Conn {
         }
         match f {
             Fail::Retry => self.schedule_retry(slot, cx, io),
-            Fail::Status(_, _, _, cause) if self.awaiting_head && self.retry_on_cause(cause) => {
-                self.rq_open = true; // still the same request
+            Fail::Status(_, _, _, Cause::Reset) if self.stale_resend_ok() => {
+                // A pooled connection the upstream had closed: not the request's fault,
+                // not a retry; the same attempt goes again on a fresh connection.
+                self.rq_reopen(cx.worker);
+                self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+                self.fresh_only = true;
+                self.resend = true;
+                self.abandon_attempt(slot, io);
+                self.retry_at_ms = cx.now_ms;
+                self.phase = Phase::Backoff;
+                let up_busy = self.recv_armed[1] || self.out[0].inflight || self.connect_inflight;
+                if up_busy {
+                    return Step::Continue; // the tick starts it once the socket is quiet
+                }
+                self.start_retry(slot, cx, io)
+            }
+            Fail::Status(_, _, _, cause)
+                if self.awaiting_head && self.retry_on_cause(cause) && self.retry_admitted(cx) =>
+            {
+                // Another attempt: counted as an upstream request again (Envoy does).
+                self.rq_reopen(cx.worker);
                 self.schedule_retry(slot, cx, io)
             }
             Fail::Status(status, counter, text, _) if self.awaiting_head => {
@@ -1852,7 +2385,7 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, body, None, false, cx, io)
+        self.local(slot, status, body, None, Extra::None, cx, io)
     }
 
     fn redirect(
@@ -1864,7 +2397,7 @@ impl Conn {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        self.local(slot, status, b"", Some((host, path)), false, cx, io)
+        self.local(slot, status, b"", Some((host, path)), Extra::None, cx, io)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1874,7 +2407,7 @@ impl Conn {
         status: u16,
         body: &[u8],
         location: Option<(&[u8], &[u8])>,
-        overloaded: bool,
+        extra: Extra,
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
@@ -1899,8 +2432,20 @@ impl Conn {
             if !body.is_empty() {
                 w.put(q, io, b"content-type: text/plain\r\n")?;
             }
-            if overloaded {
-                w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?;
+            match extra {
+                Extra::None => {}
+                Extra::Overloaded => w.put(q, io, b"x-tickmesh-overloaded: true\r\n")?,
+                Extra::RateLimited { limit, reset_s } => {
+                    w.put(q, io, b"x-ratelimit-limit: ")?;
+                    w.num(q, io, limit.into())?;
+                    w.put(
+                        q,
+                        io,
+                        b"\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: ",
+                    )?;
+                    w.num(q, io, reset_s)?;
+                    w.put(q, io, b"\r\n")?;
+                }
             }
             if let Some((host, path)) = location {
                 w.put(q, io, b"location: http://")?;
@@ -2025,6 +2570,9 @@ impl Conn {
         if self.acc.capacity() > 2 * BUF_SIZE {
             // A huge head once should not pin 64 KiB to the slot forever.
             self.acc = Vec::new();
+        }
+        if self.path_buf.capacity() > BUF_SIZE {
+            self.path_buf = Vec::new();
         }
         self.table = None;
         self.lstats = None;
@@ -2173,7 +2721,9 @@ mod tests {
         let mut open = 0;
         let mut scratch = Vec::new();
         let table = Arc::new(RouteTable::empty());
+        let mut http = crate::proxy::http::Worker::new(0, 1);
         let mut cx = Ctx {
+            http: &mut http,
             worker: 0,
             now_ms: 0,
             lb: &mut lb,

@@ -63,10 +63,15 @@ pub struct ConnRef {
 /// calling back into the proxy (`on_connect`, `on_recv`, `on_send`), never from inside
 /// these calls. At most one operation of a kind is outstanding per connection side.
 pub trait Io {
-    /// A new connection in slot `c` owns client socket `fd` (already non-blocking).
+    /// A new connection in slot `c` owns client socket `fd` (already non-blocking);
+    /// `fd = -1`: the slot has no client socket (a mirrored request), only an upstream.
     fn adopt(&mut self, c: ConnRef, fd: RawFd);
     /// Start a non-blocking connect of `fd` to `addr`.
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr);
+    /// Connection `c` now uses `fd`, already connected, for `side` (an idle pooled
+    /// upstream connection another slot may have used before). Nothing is in flight on
+    /// `fd`. A readiness engine re-registers it for `c` unless it already is.
+    fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd);
     /// Abandon the connect in flight. `true`: it is gone now (no completion will come);
     /// `false`: its completion (likely `-ECANCELED`) will still arrive.
     fn cancel_connect(&mut self, c: ConnRef, fd: RawFd) -> bool;
@@ -121,6 +126,8 @@ pub struct Ctx<'a> {
     pub table: &'a std::sync::Arc<crate::route::RouteTable>,
     /// Worker scratch for HTTP heads being parsed and rewritten (capacity kept).
     pub scratch: &'a mut Vec<u8>,
+    /// The worker's HTTP state beyond one connection (mirrors to start, rate limits).
+    pub http: &'a mut crate::proxy::http::Worker,
     /// The worker's TLS record offload engine, built on its first TLS connection.
     pub crypto: &'a mut Option<crate::tls::conn::Crypto>,
 }
@@ -128,9 +135,9 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The worker's offload engine (built now if this is its first TLS connection).
     pub fn crypto(&mut self) -> &mut crate::tls::conn::Crypto {
-        let choice = self.table.offload;
+        let (choice, driver) = (self.table.offload, self.table.offload_driver);
         self.crypto
-            .get_or_insert_with(|| crate::tls::conn::Crypto::new(choice))
+            .get_or_insert_with(|| crate::tls::conn::Crypto::with_driver(choice, driver))
     }
 }
 

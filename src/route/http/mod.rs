@@ -17,6 +17,9 @@ use crate::cluster::weighted;
 use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
 use crate::config::Config;
 
+pub mod ratelimit;
+use ratelimit::RateLimitRule;
+
 /// What a request looks like to the router: borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -292,6 +295,86 @@ pub struct Mirror {
     pub per_million: u32,
 }
 
+/// Envoy's `regex_rewrite`: every match of `re` in the path (the query string is
+/// kept as it is) replaced by the substitution, whose `\N` are capture groups.
+#[derive(Debug)]
+pub struct RegexRewrite {
+    pub re: Regex,
+    parts: Box<[Part]>,
+}
+
+#[derive(Debug)]
+enum Part {
+    Lit(Box<[u8]>),
+    Group(usize),
+}
+
+impl RegexRewrite {
+    fn compile(r: &crate::config::http::RegexRewrite) -> Result<RegexRewrite, String> {
+        let re = Regex::new(&r.pattern.regex).map_err(|e| format!("regex_rewrite: {e}"))?;
+        let mut parts = Vec::new();
+        let mut lit = Vec::new();
+        let mut it = r.substitution.bytes().peekable();
+        while let Some(b) = it.next() {
+            match (b, it.peek().copied()) {
+                (b'\\', Some(d @ b'0'..=b'9')) => {
+                    it.next();
+                    let g = usize::from(d - b'0');
+                    if g >= re.captures_len() {
+                        return Err(format!(
+                            "regex_rewrite: substitution uses \\{g} but the pattern has {} group(s)",
+                            re.captures_len() - 1
+                        ));
+                    }
+                    if !lit.is_empty() {
+                        parts.push(Part::Lit(std::mem::take(&mut lit).into()));
+                    }
+                    parts.push(Part::Group(g));
+                }
+                (b'\\', Some(b'\\')) => {
+                    it.next();
+                    lit.push(b'\\');
+                }
+                _ => lit.push(b),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Lit(lit.into()));
+        }
+        Ok(RegexRewrite {
+            re,
+            parts: parts.into(),
+        })
+    }
+
+    /// Append `path` rewritten to `out`. `locs` must come from `self.re`
+    /// (`re.capture_locations()`, kept by the caller so this does not allocate).
+    pub fn apply(&self, path: &[u8], locs: &mut regex::bytes::CaptureLocations, out: &mut Vec<u8>) {
+        let (mut last, mut pos) = (0, 0);
+        while pos <= path.len() {
+            let Some(m) = self.re.captures_read_at(locs, path, pos) else {
+                break;
+            };
+            let (s, e) = (m.start(), m.end());
+            out.extend_from_slice(&path[last..s]);
+            for p in self.parts.iter() {
+                match p {
+                    Part::Lit(l) => out.extend_from_slice(l),
+                    Part::Group(g) => {
+                        if let Some((a, b)) = locs.get(*g) {
+                            out.extend_from_slice(&path[a..b]);
+                        }
+                    }
+                }
+            }
+            last = e;
+            // An empty match moves on by one byte (as RE2's global replace does).
+            pos = if e == s { e + 1 } else { e };
+        }
+        out.extend_from_slice(&path[last.min(path.len())..]);
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Retry {
     pub on_5xx: bool,
@@ -311,6 +394,7 @@ pub enum Action {
         target: ClusterTarget,
         timeout: Option<Duration>,
         prefix_rewrite: Option<Box<[u8]>>,
+        regex_rewrite: Option<RegexRewrite>,
         retry: Option<Retry>,
         mirrors: Box<[Mirror]>,
     },
@@ -402,6 +486,8 @@ pub struct HttpRoute {
     pub index: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Local rate limits of a forwarding route (its action's `rate_limits`).
+    pub rate_limits: Box<[RateLimitRule]>,
 }
 
 impl HttpRoute {
@@ -427,6 +513,8 @@ pub struct VHost {
     pub index: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Rate limits for the forwarding routes that have none of their own.
+    pub rate_limits: Box<[RateLimitRule]>,
     pub routes: Box<[HttpRoute]>,
     /// Route indices by literal first path segment; each list ascending.
     by_segment: HashMap<Box<[u8]>, Box<[u32]>>,
@@ -588,8 +676,8 @@ pub fn compile(
                 out.exact.entry(d.into_bytes().into()).or_insert(vi);
             }
         }
-        let mut c =
-            compile_vhost(vh, clusters).map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
+        let mut c = compile_vhost(vh, vi, clusters)
+            .map_err(|e| format!("virtual host `{}`: {e}", vh.name))?;
         c.index = vi;
         compiled.push(c);
     }
@@ -601,7 +689,11 @@ pub fn compile(
     Ok(out)
 }
 
-fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VHost, String> {
+fn compile_vhost(
+    vh: &VirtualHost,
+    vi: u32,
+    clusters: &mut dyn ClusterIndex,
+) -> Result<VHost, String> {
     let mut routes = Vec::with_capacity(vh.routes.len());
     let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
     let mut any_segment = Vec::new();
@@ -684,6 +776,12 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
                 target,
                 timeout: a.timeout,
                 prefix_rewrite: a.prefix_rewrite.as_ref().map(|p| p.as_bytes().into()),
+                regex_rewrite: a
+                    .regex_rewrite
+                    .as_ref()
+                    .map(RegexRewrite::compile)
+                    .transpose()
+                    .map_err(|e| format!("route {i}: {e}"))?,
                 retry,
                 mirrors: a
                     .request_mirror_policies
@@ -721,7 +819,13 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
         } else {
             return Err(format!("route {i} has no action"));
         };
+        let rate_limits = match &r.route {
+            Some(a) => ratelimit::compile_all(&a.rate_limits, u64::from(vi) << 32 | (i as u64 + 1))
+                .map_err(|e| format!("route {i}: {e}"))?,
+            None => Box::default(),
+        };
         routes.push(HttpRoute {
+            rate_limits,
             name: r.name.as_deref().map(Into::into),
             matcher,
             action,
@@ -749,6 +853,7 @@ fn compile_vhost(vh: &VirtualHost, clusters: &mut dyn ClusterIndex) -> Result<VH
             &vh.response_headers_to_add,
             &vh.response_headers_to_remove,
         )?,
+        rate_limits: ratelimit::compile_all(&vh.rate_limits, u64::from(vi) << 32)?,
         routes: routes.into(),
         by_segment: by_segment.into_iter().map(|(k, v)| (k, v.into())).collect(),
         any_segment: any_segment.into(),

@@ -267,3 +267,51 @@ route_configs:
         "rest"
     );
 }
+
+fn rewrite(pattern: &str, substitution: &str, path: &str) -> Result<String, String> {
+    let rw = super::RegexRewrite::compile(&crate::config::http::RegexRewrite {
+        pattern: crate::config::http::RegexMatcher {
+            google_re2: None,
+            regex: pattern.into(),
+        },
+        substitution: substitution.into(),
+    })?;
+    let mut locs = rw.re.capture_locations();
+    let mut out = Vec::new();
+    rw.apply(path.as_bytes(), &mut locs, &mut out);
+    Ok(String::from_utf8(out).unwrap())
+}
+
+#[test]
+fn regex_rewrite_as_envoy_documents_it() {
+    // The examples of Envoy's RouteAction.regex_rewrite.
+    assert_eq!(
+        rewrite(
+            r"^/service/([^/]+)(/.*)$",
+            r"\2/instance/\1",
+            "/service/foo/v1/api"
+        )
+        .unwrap(),
+        "/v1/api/instance/foo"
+    );
+    assert_eq!(
+        rewrite("one", "two", "/xxx/one/yyy/one/zzz").unwrap(),
+        "/xxx/two/yyy/two/zzz"
+    );
+    assert_eq!(
+        rewrite(r"^(.*?)one(.*)$", r"\1two\2", "/xxx/one/yyy/one/zzz").unwrap(),
+        "/xxx/two/yyy/one/zzz"
+    );
+    assert_eq!(
+        rewrite("(?i)/xxx/", "/yyy/", "/aaa/XxX/bbb").unwrap(),
+        "/aaa/yyy/bbb"
+    );
+    // Empty matches advance; a literal backslash; no match leaves the path.
+    assert_eq!(rewrite("x*", "-", "ab").unwrap(), "-a-b-");
+    assert_eq!(rewrite("/", r"\\", "/a/b").unwrap(), r"\a\b");
+    assert_eq!(rewrite("nomatch", "z", "/a").unwrap(), "/a");
+    // Malformed: a group the pattern does not have, a bad pattern.
+    let e = rewrite("(a)", r"\2", "/a").unwrap_err();
+    assert!(e.contains(r"\2") && e.contains("1 group"), "{e}");
+    assert!(rewrite("(", "x", "/").is_err());
+}
