@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use rustls::{ServerConfig, ServerConnection};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::args::Workload;
 use crate::wire;
@@ -235,6 +235,8 @@ fn accept_all(
 
 /// TLS echo: read records, echo the plaintext, queue the records (handshake messages,
 /// echoes, alerts) in `out` for [`flush`]. Returns false when the connection is done.
+/// Plaintext is drained after every socket read: rustls refuses to read more while its
+/// received-plaintext buffer is full (a request larger than a record or two).
 fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
     let Some(tls) = c.tls.as_mut() else {
         return false;
@@ -252,32 +254,16 @@ fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
                     c.close_after_flush = true;
                     break;
                 }
+                if !echo_plaintext(tls, scratch, &mut c.out, &mut c.close_after_flush) {
+                    return false;
+                }
+                if c.close_after_flush {
+                    break;
+                }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return false,
-        }
-    }
-    loop {
-        match tls.reader().read(scratch) {
-            Ok(0) => {
-                // close_notify: answer with ours.
-                tls.send_close_notify();
-                c.close_after_flush = true;
-                break;
-            }
-            Ok(n) => {
-                // rustls buffers plaintext without limit here; the generator has one
-                // request in flight, so at most one request's worth waits.
-                if tls.writer().write_all(&scratch[..n]).is_err() {
-                    return false;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(_) => {
-                c.close_after_flush = true;
-                break;
-            }
         }
     }
     while tls.wants_write() {
@@ -287,6 +273,44 @@ fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
         }
     }
     open || !c.out.is_empty()
+}
+
+/// Move the plaintext rustls holds back into it as records, queued in `out`. Returns
+/// false on an error that ends the connection without an answer.
+fn echo_plaintext(
+    tls: &mut ServerConnection,
+    scratch: &mut [u8],
+    out: &mut Vec<u8>,
+    close: &mut bool,
+) -> bool {
+    loop {
+        match tls.reader().read(scratch) {
+            Ok(0) => {
+                // close_notify: answer with ours.
+                tls.send_close_notify();
+                *close = true;
+                break;
+            }
+            Ok(n) => {
+                // Sealed records go to `out` right away, so rustls's own send buffer
+                // never fills; `out` holds at most what one request brought.
+                if tls.writer().write_all(&scratch[..n]).is_err() {
+                    return false;
+                }
+                while tls.wants_write() {
+                    if tls.write_tls(out).is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => {
+                *close = true;
+                break;
+            }
+        }
+    }
+    true
 }
 
 /// Read what is there and queue it back. Returns false when the connection is done.

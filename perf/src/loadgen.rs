@@ -127,8 +127,7 @@ struct Conn {
 impl Conn {
     /// Request bytes (or, TLS, records) the socket has not taken yet.
     fn unsent(&self) -> bool {
-        self.written < self.req.len()
-            || matches!(&self.sock, Some(Sock::Tls(t)) if t.pending())
+        self.written < self.req.len() || matches!(&self.sock, Some(Sock::Tls(t)) if t.pending())
     }
 }
 
@@ -166,9 +165,10 @@ fn connect(spec: &LoadSpec, timeout: Duration) -> std::io::Result<Sock> {
         s.set_nonblocking(true)?;
         Ok(Sock::Udp(s))
     } else if spec.workload.is_tls() {
-        let cfg = spec.tls.as_ref().ok_or_else(|| {
-            std::io::Error::other("tls-echo without a TLS client configuration")
-        })?;
+        let cfg = spec
+            .tls
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("tls-echo without a TLS client configuration"))?;
         Ok(Sock::Tls(Box::new(tls::connect(
             spec.target,
             cfg,

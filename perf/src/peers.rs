@@ -628,16 +628,32 @@ mod tests {
             true,
             Some(Path::new("/c/leaf-with-key.pem")),
         );
-        assert!(h.contains("bind 127.0.0.1:7000 ssl crt /c/leaf-with-key.pem"), "{h}");
+        assert!(
+            h.contains("bind 127.0.0.1:7000 ssl crt /c/leaf-with-key.pem"),
+            "{h}"
+        );
         assert!(h.contains("mode tcp") && h.contains("server backend 127.0.0.1:9000"));
         assert!(s.iter().any(|l| l.contains("TLS terminated")));
-        let (n, _) = nginx_config(l, b, Workload::TlsEcho, 1, Path::new("/tmp/x"), Some(&certs));
+        let (n, _) = nginx_config(
+            l,
+            b,
+            Workload::TlsEcho,
+            1,
+            Path::new("/tmp/x"),
+            Some(&certs),
+        );
         assert!(n.contains("listen 127.0.0.1:7000 ssl;"), "{n}");
-        assert!(n.contains("ssl_certificate /c/leaf.pem;") && n.contains("ssl_certificate_key /c/leaf.key;"));
+        assert!(
+            n.contains("ssl_certificate /c/leaf.pem;")
+                && n.contains("ssl_certificate_key /c/leaf.key;")
+        );
         assert!(n.contains("TLSv1.3") && n.contains("server 127.0.0.1:9000;"));
         // (tests/bench.rs runs this config through the real daemon.)
         let t = tickmesh_tls_config(l, b, &certs);
-        assert!(t.contains("backend: software") && t.contains("cert: /c/leaf.pem"), "{t}");
+        assert!(
+            t.contains("backend: software") && t.contains("cert: /c/leaf.pem"),
+            "{t}"
+        );
         assert!(t.contains("key: /c/leaf.key") && t.contains("endpoints: [\"127.0.0.1:9000\"]"));
     }
 

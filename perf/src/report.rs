@@ -725,7 +725,10 @@ mod tests {
             TargetResult::new(Target::TickmeshEpoll, vec![rec(0, 20, true)]),
             TargetResult::new(Target::Haproxy, vec![rec(0, 40, true)]),
             // A target without a clean run gets no line.
-            TargetResult::new(Target::TickmeshUring, vec![RunRecord::failed(0, "x".into())]),
+            TargetResult::new(
+                Target::TickmeshUring,
+                vec![RunRecord::failed(0, "x".into())],
+            ),
         ];
         relate(&mut targets);
         let sc = ScenarioReport {

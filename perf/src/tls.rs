@@ -50,7 +50,13 @@ impl Certs {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let p = |n: &str| dir.join(n);
         let s = |n: &str| p(n).display().to_string();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         std::fs::write(
             p("leaf.ext"),
             format!("subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1,IP:::1\n"),
@@ -64,19 +70,36 @@ impl Certs {
         );
         let ext = s("leaf.ext");
         let steps: [Vec<&str>; 3] = [
-            [&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=tickmesh-bench-ca"]]
-                .concat()
-                .into_iter()
-                .chain(["-keyout", &ca_key, "-out", &ca])
-                .collect(),
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=tickmesh-bench-ca"],
+            ]
+            .concat()
+            .into_iter()
+            .chain(["-keyout", &ca_key, "-out", &ca])
+            .collect(),
             [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
                 .concat()
                 .into_iter()
                 .chain(["-keyout", &key, "-out", &csr])
                 .collect(),
             vec![
-                "x509", "-req", "-in", &csr, "-CA", &ca, "-CAkey", &ca_key, "-CAcreateserial",
-                "-days", "2", "-extfile", &ext, "-out", &cert,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &cert,
             ],
         ];
         for args in steps {
