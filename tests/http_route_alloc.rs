@@ -7,6 +7,9 @@ use std::cell::Cell;
 use tickmesh::config::{parse, Format};
 use tickmesh::route::http::{compile, virtual_hosts_for, ClusterIndex, RequestView};
 
+/// The one `unsafe` outside `ffi/`, the engines and `offload/`: a global allocator can
+/// only be written as an `unsafe impl`, and counting allocations is the way to show the
+/// lookup allocates nothing. Test-only; it forwards every call to `System` unchanged.
 struct Counting;
 
 thread_local! {
