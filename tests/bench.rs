@@ -256,3 +256,88 @@ fn unknown_targets_and_workloads_list_the_valid_ones() {
         assert!(err.contains(listed), "{flag} {value}: {err}");
     }
 }
+
+/// `--workload tls-echo`: every target (direct to the TLS echo backend, the floor
+/// relaying TLS bytes, tickmesh terminating on its offload ring, HAProxy and nginx
+/// terminating with OpenSSL) answers every request, and the report says how TLS was set up.
+#[test]
+fn tls_echo_runs_end_to_end_through_every_target() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!(
+            "SKIP tls_echo_runs_end_to_end_through_every_target: no openssl CLI for certificates"
+        );
+        return;
+    }
+    let have = |b: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(b).is_file())
+    };
+    let mut names = vec!["direct", "floor", "tickmesh-epoll"];
+    for peer in ["haproxy", "nginx"] {
+        if have(peer) {
+            names.push(peer);
+        } else {
+            eprintln!("SKIP {peer} in tls_echo_runs_end_to_end_through_every_target: not installed (scripts/setup --bench)");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let targets = names.join(",");
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--workload",
+            "tls-echo",
+            "--size",
+            "100",
+            "--targets",
+            &targets,
+            "--scenarios",
+            "closed:2",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(r["settings"]["workload"], "tls-echo");
+    assert_eq!(r["settings"]["size"], 100);
+    assert!(
+        r["failures"].as_array().unwrap().is_empty(),
+        "{}",
+        r["failures"]
+    );
+    let s = &r["scenarios"][0];
+    for &name in &names {
+        let t = target(s, name);
+        assert_eq!(t["clean_runs"], 1, "{name}: {t}");
+        let run = &t["runs"][0];
+        let (sent, received) = (
+            run["sent"].as_u64().unwrap(),
+            run["received"].as_u64().unwrap(),
+        );
+        assert!(received > 0 && sent == received, "{name}: {run}");
+        assert!(
+            t["ratio_to_direct"]["p50"].as_f64().unwrap() > 0.0,
+            "{name}"
+        );
+        assert!(text.contains(name), "{name} missing from the table");
+    }
+    let tm = r["peers"]["tickmesh-epoll"]["config"].as_str().unwrap();
+    assert!(
+        tm.contains("tls:") && tm.contains("backend: software"),
+        "{tm}"
+    );
+    let direct = r["peers"]["direct"]["settings"].to_string();
+    assert!(
+        direct.contains("TLS 1.3") && direct.contains("TLS echo backend"),
+        "{direct}"
+    );
+    if names.contains(&"haproxy") {
+        let h = r["peers"]["haproxy"]["config"].as_str().unwrap();
+        assert!(h.contains(" ssl crt "), "{h}");
+    }
+}

@@ -430,6 +430,23 @@ fn offloaded_records_byte_exact(kind: EngineKind) {
     for backend in ["software", "software-threaded"] {
         offloaded_records_byte_exact_with(kind, backend);
     }
+    // With `--features dpdk`: on a DPDK crypto device (a virtual one, --no-huge; the EAL
+    // starts once in this test process), and the device must have done the records.
+    #[cfg(feature = "dpdk")]
+    {
+        use tickmesh_offload::backend::cryptodev;
+        // The default driver (crypto_aesni_gcm when its PMD loads), then the one named by
+        // `offload.cryptodev_driver`.
+        for backend in ["cryptodev", "cryptodev, cryptodev_driver: crypto_openssl"] {
+            let before = cryptodev::device_ops();
+            offloaded_records_byte_exact_with(kind, backend);
+            let ops = cryptodev::device_ops() - before;
+            assert!(
+                ops >= 20,
+                "{backend}: only {ops} records went through the device"
+            );
+        }
+    }
 }
 
 fn offloaded_records_byte_exact_with(kind: EngineKind, backend: &str) {

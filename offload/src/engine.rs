@@ -172,8 +172,8 @@ impl Engine {
 
     /// Create a crypto session for one connection.
     pub fn create_session(&mut self, p: &SessionParams) -> Result<SessionId, SessionError> {
-        let tx = Arc::new(RecordKey::new(p.suite, p.version, &p.tx)?);
-        let rx = Arc::new(RecordKey::new(p.suite, p.version, &p.rx)?);
+        let tx = Arc::new(self.record_key(p.suite, p.version, Direction::Tx, &p.tx)?);
+        let rx = Arc::new(self.record_key(p.suite, p.version, Direction::Rx, &p.rx)?);
         let session = Session {
             suite: p.suite,
             version: p.version,
@@ -236,8 +236,12 @@ impl Engine {
         dir: Direction,
         keys: &TrafficKeys,
     ) -> Result<(), SessionError> {
+        let (suite, version) = {
+            let s = self.session(id).ok_or(SessionError::UnknownSession)?;
+            (s.suite, s.version)
+        };
+        let key = Arc::new(self.record_key(suite, version, dir, keys)?);
         let s = self.session_mut(id).ok_or(SessionError::UnknownSession)?;
-        let key = Arc::new(RecordKey::new(s.suite, s.version, keys)?);
         let old = match dir {
             Direction::Tx => {
                 s.tx_seq = keys.seq;
@@ -250,6 +254,19 @@ impl Engine {
         };
         self.forget_key(&old);
         Ok(())
+    }
+
+    /// A record key plus the backend's device session for it (control side).
+    fn record_key(
+        &mut self,
+        suite: CipherSuite,
+        version: TlsVersion,
+        dir: Direction,
+        keys: &TrafficKeys,
+    ) -> Result<RecordKey, SessionError> {
+        let key = RecordKey::new(suite, version, keys)?;
+        let device = self.backend.device_key(suite, version, dir, keys)?;
+        Ok(key.with_device(device))
     }
 
     /// The next sequence number per direction (tx, rx), e.g. to hand over to kTLS.

@@ -6,8 +6,8 @@
 //! → content type + plaintext; the record header is the AAD), preallocated job slots with
 //! record-sized buffers, per-session in-flight limits, and the backends that execute jobs
 //! ([`backend`]: software inline or threaded with `ring`, kernel TLS hand-over, DPDK
-//! cryptodev later). The TLS handshake is not here: rustls does it, then hands the traffic
-//! keys over ([`SessionParams`]).
+//! cryptodev with feature `dpdk`). The TLS handshake is not here: rustls does it, then
+//! hands the traffic keys over ([`SessionParams`]).
 //!
 //! Must never: block, allocate per job, or panic on any input. Bad records and limits are
 //! per-job [`JobError`]s; back-pressure is a [`SubmitError`] at submission.
@@ -30,7 +30,7 @@
 //! ```
 
 // `unsafe` only where a syscall or a volatile wipe needs it, opted in per item with a
-// reason (kTLS setsockopt, CPU pinning, key wiping).
+// reason (kTLS setsockopt, CPU pinning, key wiping, and the DPDK cryptodev module).
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 

@@ -61,7 +61,13 @@ pub struct RecordKey {
     iv: [u8; 12],
     suite: CipherSuite,
     version: TlsVersion,
+    /// The device's own session for this key (a cryptodev AEAD session), when the backend
+    /// made one on the control side; freed with the key.
+    device: Option<DeviceKey>,
 }
+
+/// A backend's per-key device state (e.g. a DPDK cryptodev session), opaque to the engine.
+pub type DeviceKey = Box<dyn std::any::Any + Send + Sync>;
 
 impl std::fmt::Debug for RecordKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,7 +103,19 @@ impl RecordKey {
             iv: keys.iv,
             suite,
             version,
+            device: None,
         })
+    }
+
+    /// Attach the backend's device session for this key (control side, once).
+    pub fn with_device(mut self, device: Option<DeviceKey>) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// The backend's device session, if it made one.
+    pub fn device(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        self.device.as_deref()
     }
 
     pub fn suite(&self) -> CipherSuite {
@@ -142,15 +160,17 @@ impl RecordKey {
         n
     }
 
-    /// Seal the payload already placed at `buf[self.payload_offset()..][..payload_len]`
-    /// into a full record starting at `buf[0]`. Returns the record length.
-    pub fn seal_in_place(
+    /// Frame a seal: write the header (and the TLS 1.2 explicit nonce, or the TLS 1.3 inner
+    /// content type) around the payload already placed at
+    /// `buf[self.payload_offset()..][..payload_len]`, and say what the AEAD must do.
+    /// Software and device backends share this, so their records are byte-identical.
+    pub fn plan_seal(
         &self,
         seq: u64,
         content_type: ContentType,
         buf: &mut [u8],
         payload_len: usize,
-    ) -> Result<usize, JobError> {
+    ) -> Result<AeadPlan, JobError> {
         if payload_len > MAX_PLAINTEXT {
             return Err(JobError::RecordOverflow);
         }
@@ -161,64 +181,68 @@ impl RecordKey {
         }
         let nonce = self.nonce(seq);
         let body_len = (record_len - HEADER_LEN) as u16;
-        match self.version {
+        let mut aad = [0u8; 13];
+        let (outer_type, aad_len, data_len) = match self.version {
             TlsVersion::Tls13 => {
                 buf[off + payload_len] = content_type as u8;
-                let header = [
+                (
                     ContentType::ApplicationData as u8,
-                    WIRE_VERSION[0],
-                    WIRE_VERSION[1],
-                    (body_len >> 8) as u8,
-                    body_len as u8,
-                ];
-                buf[..HEADER_LEN].copy_from_slice(&header);
-                let (_, rest) = buf.split_at_mut(off);
-                let (plain, tag_out) = rest.split_at_mut(payload_len + 1);
-                let tag = self
-                    .aead
-                    .seal_in_place_separate_tag(
-                        aead::Nonce::assume_unique_for_key(nonce),
-                        aead::Aad::from(header),
-                        plain,
-                    )
-                    .map_err(|_| JobError::Crypto)?;
-                tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
+                    HEADER_LEN,
+                    payload_len + 1,
+                )
             }
             TlsVersion::Tls12 => {
-                let header = [
-                    content_type as u8,
-                    WIRE_VERSION[0],
-                    WIRE_VERSION[1],
-                    (body_len >> 8) as u8,
-                    body_len as u8,
-                ];
-                buf[..HEADER_LEN].copy_from_slice(&header);
                 buf[HEADER_LEN..off].copy_from_slice(&nonce[12 - self.explicit_nonce_len()..]);
-                let aad = tls12_aad(seq, content_type as u8, payload_len);
-                let (_, rest) = buf.split_at_mut(off);
-                let (plain, tag_out) = rest.split_at_mut(payload_len);
-                let tag = self
-                    .aead
-                    .seal_in_place_separate_tag(
-                        aead::Nonce::assume_unique_for_key(nonce),
-                        aead::Aad::from(aad),
-                        plain,
-                    )
-                    .map_err(|_| JobError::Crypto)?;
-                tag_out[..TAG_LEN].copy_from_slice(tag.as_ref());
+                aad = tls12_aad(seq, content_type as u8, payload_len);
+                (content_type as u8, 13, payload_len)
             }
+        };
+        let header = [
+            outer_type,
+            WIRE_VERSION[0],
+            WIRE_VERSION[1],
+            (body_len >> 8) as u8,
+            body_len as u8,
+        ];
+        buf[..HEADER_LEN].copy_from_slice(&header);
+        if self.version == TlsVersion::Tls13 {
+            aad[..HEADER_LEN].copy_from_slice(&header);
         }
-        Ok(record_len)
+        Ok(AeadPlan {
+            nonce,
+            aad,
+            aad_len,
+            data: off..off + data_len,
+            tag_at: off + data_len,
+        })
     }
 
-    /// Open the full record in `buf[..record_len]` in place. Returns the inner content
-    /// type and where the plaintext now lies in `buf`.
-    pub fn open_in_place(
+    /// Seal the payload already placed at `buf[self.payload_offset()..][..payload_len]`
+    /// into a full record starting at `buf[0]`. Returns the record length.
+    pub fn seal_in_place(
         &self,
         seq: u64,
+        content_type: ContentType,
         buf: &mut [u8],
-        record_len: usize,
-    ) -> Result<(ContentType, std::ops::Range<usize>), JobError> {
+        payload_len: usize,
+    ) -> Result<usize, JobError> {
+        let plan = self.plan_seal(seq, content_type, buf, payload_len)?;
+        let (data, tag_out) = buf[..plan.tag_at + TAG_LEN].split_at_mut(plan.tag_at);
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(plan.nonce),
+                aead::Aad::from(plan.aad()),
+                &mut data[plan.data.clone()],
+            )
+            .map_err(|_| JobError::Crypto)?;
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(plan.tag_at + TAG_LEN)
+    }
+
+    /// Check the full record in `buf[..record_len]` before decryption (lengths, version,
+    /// outer type) and say what the AEAD must do: nonce, AAD, ciphertext range, tag.
+    pub fn plan_open(&self, seq: u64, buf: &[u8], record_len: usize) -> Result<AeadPlan, JobError> {
         let header = parse_header(buf.get(..record_len).ok_or(JobError::RecordOverflow)?)?;
         let body_len = header.length as usize;
         if body_len > MAX_PLAINTEXT + MAX_EXPANSION {
@@ -244,31 +268,18 @@ impl RecordKey {
                 if body_len < TAG_LEN + 1 {
                     return Err(JobError::Truncated);
                 }
-                let mut aad = [0u8; HEADER_LEN];
-                aad.copy_from_slice(&buf[..HEADER_LEN]);
-                let plain = self
-                    .aead
-                    .open_in_place(
-                        aead::Nonce::assume_unique_for_key(self.nonce(seq)),
-                        aead::Aad::from(aad),
-                        &mut buf[HEADER_LEN..record_len],
-                    )
-                    .map_err(|_| JobError::BadRecordMac)?;
-                // RFC 8446 §5.2: TLSInnerPlaintext must not exceed 2^14 + 1 bytes.
-                if plain.len() > MAX_PLAINTEXT + 1 {
-                    return Err(JobError::RecordOverflow);
-                }
-                // Strip zero padding; the last non-zero byte is the real type (§5.4).
-                let Some(type_at) = plain.iter().rposition(|&b| b != 0) else {
-                    return Err(JobError::BadContentType);
-                };
-                let content_type =
-                    ContentType::protectable(plain[type_at]).ok_or(JobError::BadContentType)?;
-                Ok((content_type, HEADER_LEN..HEADER_LEN + type_at))
+                let mut aad = [0u8; 13];
+                aad[..HEADER_LEN].copy_from_slice(&buf[..HEADER_LEN]);
+                Ok(AeadPlan {
+                    nonce: self.nonce(seq),
+                    aad,
+                    aad_len: HEADER_LEN,
+                    data: HEADER_LEN..record_len - TAG_LEN,
+                    tag_at: record_len - TAG_LEN,
+                })
             }
             TlsVersion::Tls12 => {
-                let content_type = ContentType::protectable(header.content_type)
-                    .ok_or(JobError::BadContentType)?;
+                ContentType::protectable(header.content_type).ok_or(JobError::BadContentType)?;
                 let explicit = self.explicit_nonce_len();
                 if body_len < explicit + TAG_LEN {
                     return Err(JobError::Truncated);
@@ -286,17 +297,83 @@ impl RecordKey {
                 } else {
                     self.nonce(seq)
                 };
-                let aad = tls12_aad(seq, header.content_type, plain_len);
-                self.aead
-                    .open_in_place(
-                        aead::Nonce::assume_unique_for_key(nonce),
-                        aead::Aad::from(aad),
-                        &mut buf[off..record_len],
-                    )
-                    .map_err(|_| JobError::BadRecordMac)?;
-                Ok((content_type, off..off + plain_len))
+                Ok(AeadPlan {
+                    nonce,
+                    aad: tls12_aad(seq, header.content_type, plain_len),
+                    aad_len: 13,
+                    data: off..off + plain_len,
+                    tag_at: off + plain_len,
+                })
             }
         }
+    }
+
+    /// After a successful decryption of `plan.data` in `buf`: the content type and where
+    /// the plaintext lies (TLS 1.3: inner type found, zero padding stripped, §5.2/§5.4).
+    pub fn finish_open(
+        &self,
+        buf: &[u8],
+        plan_data: std::ops::Range<usize>,
+    ) -> Result<(ContentType, std::ops::Range<usize>), JobError> {
+        match self.version {
+            TlsVersion::Tls13 => {
+                let plain = &buf[plan_data.clone()];
+                // RFC 8446 §5.2: TLSInnerPlaintext must not exceed 2^14 + 1 bytes.
+                if plain.len() > MAX_PLAINTEXT + 1 {
+                    return Err(JobError::RecordOverflow);
+                }
+                let Some(type_at) = plain.iter().rposition(|&b| b != 0) else {
+                    return Err(JobError::BadContentType);
+                };
+                let content_type =
+                    ContentType::protectable(plain[type_at]).ok_or(JobError::BadContentType)?;
+                Ok((content_type, plan_data.start..plan_data.start + type_at))
+            }
+            TlsVersion::Tls12 => {
+                let content_type =
+                    ContentType::protectable(buf[0]).ok_or(JobError::BadContentType)?;
+                Ok((content_type, plan_data))
+            }
+        }
+    }
+
+    /// Open the full record in `buf[..record_len]` in place. Returns the inner content
+    /// type and where the plaintext now lies in `buf`.
+    pub fn open_in_place(
+        &self,
+        seq: u64,
+        buf: &mut [u8],
+        record_len: usize,
+    ) -> Result<(ContentType, std::ops::Range<usize>), JobError> {
+        let plan = self.plan_open(seq, buf, record_len)?;
+        self.aead
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(plan.nonce),
+                aead::Aad::from(plan.aad()),
+                &mut buf[plan.data.start..plan.tag_at + TAG_LEN],
+            )
+            .map_err(|_| JobError::BadRecordMac)?;
+        self.finish_open(buf, plan.data)
+    }
+}
+
+/// What the AEAD must do to one record, whoever runs it (`ring` or a device): the nonce,
+/// the additional data, the bytes to encrypt or decrypt in place, and where the tag goes
+/// (seal) or lies (open). Built by [`RecordKey::plan_seal`] / [`RecordKey::plan_open`].
+#[derive(Debug, Clone)]
+pub struct AeadPlan {
+    pub nonce: [u8; 12],
+    aad: [u8; 13],
+    pub aad_len: usize,
+    pub data: std::ops::Range<usize>,
+    pub tag_at: usize,
+}
+
+impl AeadPlan {
+    /// The additional data: the record header (TLS 1.3) or seq ‖ type ‖ version ‖ length
+    /// (TLS 1.2).
+    pub fn aad(&self) -> &[u8] {
+        &self.aad[..self.aad_len]
     }
 }
 

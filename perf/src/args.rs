@@ -71,6 +71,10 @@ pub enum Workload {
     UdpEcho,
     /// HTTP/1.1 keep-alive GET (response body `--size` bytes) or POST (`--size` bytes echoed).
     Http1,
+    /// TCP echo of `--size` bytes inside TLS 1.3 (handshake before measuring): `direct`
+    /// talks TLS to a TLS echo backend, proxies terminate TLS and relay plaintext to the
+    /// plain echo backend, `floor` relays the TLS bytes to the TLS echo backend.
+    TlsEcho,
 }
 
 impl Workload {
@@ -79,10 +83,18 @@ impl Workload {
             Workload::TcpEcho => "tcp-echo",
             Workload::UdpEcho => "udp-echo",
             Workload::Http1 => "http1",
+            Workload::TlsEcho => "tls-echo",
         }
     }
     pub fn is_udp(self) -> bool {
         self == Workload::UdpEcho
+    }
+    pub fn is_tls(self) -> bool {
+        self == Workload::TlsEcho
+    }
+    /// Echo workloads: the reply is the request, byte for byte.
+    pub fn is_echo(self) -> bool {
+        self != Workload::Http1
     }
 }
 
@@ -322,7 +334,8 @@ pub struct BenchArgs {
     /// Write report.json, report.md and the latency plots (SVG, PNG) here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Use fixed ports from here (backend on PORT, proxy on PORT+1) instead of free ones.
+    /// Use fixed ports from here (backend on PORT, proxy on PORT+1, tls-echo's TLS echo
+    /// backend on PORT+2) instead of free ones.
     #[arg(long, value_name = "PORT")]
     pub base_port: Option<u16>,
     /// The tickmesh binary for the tickmesh targets and the floor relay [default: next to this executable]
@@ -498,6 +511,37 @@ mod tests {
             CpuPlan::default_for(Layout::Shared, 2),
             "gen=0,backend=0,proxy=0".parse().unwrap()
         );
+    }
+
+    #[test]
+    fn tls_echo_parses_with_its_size_and_bad_spellings_list_it() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct T {
+            #[command(flatten)]
+            a: BenchArgs,
+        }
+        let a = T::parse_from(["t", "--workload", "tls-echo", "--size", "1024"]).a;
+        let s = Settings::resolve(&a, 2).unwrap();
+        assert_eq!(s.workload, Workload::TlsEcho);
+        assert!(s.workload.is_tls() && s.workload.is_echo() && !s.workload.is_udp());
+        assert_eq!(s.size, 1024);
+        assert_eq!(
+            serde_json::to_value(s.workload).unwrap(),
+            serde_json::json!("tls-echo")
+        );
+        assert_eq!(Workload::TlsEcho.name(), "tls-echo");
+        for bad in [
+            &["t", "--workload", "tls"][..],
+            &["t", "--workload", "TLS-ECHO-1.3"],
+            &["t", "--workload", "tls-echo", "--size", "4"],
+            &["t", "--workload", "tls-echo", "--size", "100000"],
+        ] {
+            let e = T::try_parse_from(bad).unwrap_err().to_string();
+            let named = e.contains("tls-echo") || e.contains("8..=65536");
+            assert!(named, "{bad:?}: {e}");
+        }
+        assert!(!Workload::TcpEcho.is_tls() && !Workload::Http1.is_echo());
     }
 
     #[test]

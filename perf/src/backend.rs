@@ -1,5 +1,7 @@
 //! The one backend every target is measured against: TCP echo, UDP echo, or minimal
-//! HTTP/1.1 (keep-alive; GET answers `size` bytes, POST echoes its body).
+//! HTTP/1.1 (keep-alive; GET answers `size` bytes, POST echoes its body). For `tls-echo`
+//! a second instance terminates TLS itself (rustls, ring) and echoes the plaintext: the
+//! `direct` floor, the same echo with TLS at both ends and no proxy between.
 //!
 //! One thread, non-blocking sockets, epoll. It waits in the kernel when idle (it shares a
 //! CPU with the generator, which yields to it), so it costs nothing between requests.
@@ -15,6 +17,7 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use rustls::{ServerConfig, ServerConnection};
 
 use crate::args::Workload;
 use crate::wire;
@@ -30,12 +33,33 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Bind `addr` (port 0 = a free port) and serve `workload` on a thread pinned to `cpus`.
+    /// Bind `addr` (port 0 = a free port) and serve `workload` on a thread pinned to `cpus`
+    /// (`tls-echo`: plain TCP echo, what the proxies relay the plaintext to).
     pub fn start(
         workload: Workload,
         size: usize,
         addr: SocketAddr,
         cpus: &[usize],
+    ) -> anyhow::Result<Backend> {
+        Backend::spawn(workload, size, addr, cpus, None)
+    }
+
+    /// A TCP echo backend that terminates TLS with `tls` on every connection.
+    pub fn start_tls(
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+        tls: Arc<ServerConfig>,
+    ) -> anyhow::Result<Backend> {
+        Backend::spawn(Workload::TlsEcho, size, addr, cpus, Some(tls))
+    }
+
+    fn spawn(
+        workload: Workload,
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+        tls: Option<Arc<ServerConfig>>,
     ) -> anyhow::Result<Backend> {
         let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let (sock, bound) = if workload.is_udp() {
@@ -60,7 +84,7 @@ impl Backend {
                 if let Err(e) = crate::sys::pin_current_thread(&cpus) {
                     eprintln!("backend: {e:#}");
                 }
-                serve(workload, size, ep, sock, &st);
+                serve(workload, size, ep, sock, tls, &st);
             })
             .context("spawning the backend thread")?;
         Ok(Backend {
@@ -102,9 +126,18 @@ struct Conn {
     out: Vec<u8>,
     out_at: usize,
     close_after_flush: bool,
+    /// The server side of TLS (the TLS echo backend only).
+    tls: Option<Box<ServerConnection>>,
 }
 
-fn serve(workload: Workload, size: usize, ep: Epoll, sock: Listen, stop: &AtomicBool) {
+fn serve(
+    workload: Workload,
+    size: usize,
+    ep: Epoll,
+    sock: Listen,
+    tls: Option<Arc<ServerConfig>>,
+    stop: &AtomicBool,
+) {
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut events = vec![EpollEvent::empty(); 64];
     let mut scratch = vec![0u8; BUF];
@@ -124,7 +157,7 @@ fn serve(workload: Workload, size: usize, ep: Epoll, sock: Listen, stop: &Atomic
             if token == LISTENER {
                 match &sock {
                     Listen::Udp(s) => udp_echo(s, &mut scratch),
-                    Listen::Tcp(l) => accept_all(l, &ep, &mut conns),
+                    Listen::Tcp(l) => accept_all(l, &ep, &mut conns, tls.as_ref()),
                 }
                 continue;
             }
@@ -134,6 +167,7 @@ fn serve(workload: Workload, size: usize, ep: Epoll, sock: Listen, stop: &Atomic
             };
             let keep = match workload {
                 Workload::Http1 => serve_http(c, size, &get_body, &mut scratch),
+                _ if c.tls.is_some() => serve_tls_echo(c, &mut scratch),
                 _ => serve_echo(c, &mut scratch),
             };
             let keep = keep && flush(c, &ep, i);
@@ -157,11 +191,24 @@ fn udp_echo(s: &UdpSocket, buf: &mut [u8]) {
     }
 }
 
-fn accept_all(l: &TcpListener, ep: &Epoll, conns: &mut Vec<Option<Conn>>) {
+fn accept_all(
+    l: &TcpListener,
+    ep: &Epoll,
+    conns: &mut Vec<Option<Conn>>,
+    tls: Option<&Arc<ServerConfig>>,
+) {
     while let Ok((stream, _)) = l.accept() {
         if stream.set_nonblocking(true).is_err() || stream.set_nodelay(true).is_err() {
             continue;
         }
+        let tls = match tls.map(|cfg| ServerConnection::new(cfg.clone())) {
+            None => None,
+            Some(Ok(c)) => Some(Box::new(c)),
+            Some(Err(e)) => {
+                eprintln!("backend: cannot start a TLS session: {e}");
+                continue;
+            }
+        };
         let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
             conns.push(None);
             conns.len() - 1
@@ -181,8 +228,89 @@ fn accept_all(l: &TcpListener, ep: &Epoll, conns: &mut Vec<Option<Conn>>) {
             out: Vec::with_capacity(BUF),
             out_at: 0,
             close_after_flush: false,
+            tls,
         });
     }
+}
+
+/// TLS echo: read records, echo the plaintext, queue the records (handshake messages,
+/// echoes, alerts) in `out` for [`flush`]. Returns false when the connection is done.
+/// Plaintext is drained after every socket read: rustls refuses to read more while its
+/// received-plaintext buffer is full (a request larger than a record or two).
+fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
+    let Some(tls) = c.tls.as_mut() else {
+        return false;
+    };
+    let mut open = true;
+    loop {
+        match tls.read_tls(&mut c.stream) {
+            Ok(0) => {
+                open = false;
+                break;
+            }
+            Ok(_) => {
+                if tls.process_new_packets().is_err() {
+                    // rustls queued the alert: send it, then close.
+                    c.close_after_flush = true;
+                    break;
+                }
+                if !echo_plaintext(tls, scratch, &mut c.out, &mut c.close_after_flush) {
+                    return false;
+                }
+                if c.close_after_flush {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    while tls.wants_write() {
+        // Writing into a Vec cannot fail.
+        if tls.write_tls(&mut c.out).is_err() {
+            return false;
+        }
+    }
+    open || !c.out.is_empty()
+}
+
+/// Move the plaintext rustls holds back into it as records, queued in `out`. Returns
+/// false on an error that ends the connection without an answer.
+fn echo_plaintext(
+    tls: &mut ServerConnection,
+    scratch: &mut [u8],
+    out: &mut Vec<u8>,
+    close: &mut bool,
+) -> bool {
+    loop {
+        match tls.reader().read(scratch) {
+            Ok(0) => {
+                // close_notify: answer with ours.
+                tls.send_close_notify();
+                *close = true;
+                break;
+            }
+            Ok(n) => {
+                // Sealed records go to `out` right away, so rustls's own send buffer
+                // never fills; `out` holds at most what one request brought.
+                if tls.writer().write_all(&scratch[..n]).is_err() {
+                    return false;
+                }
+                while tls.wants_write() {
+                    if tls.write_tls(out).is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => {
+                *close = true;
+                break;
+            }
+        }
+    }
+    true
 }
 
 /// Read what is there and queue it back. Returns false when the connection is done.
@@ -437,9 +565,43 @@ mod tests {
             (Workload::Http1, HttpMethod::Post),
         ] {
             let b = Backend::start(w, 64, local(), &[0]).unwrap();
-            crate::loadgen::probe(w, 64, m, b.addr, Duration::from_secs(2))
+            crate::loadgen::probe(w, 64, m, b.addr, None, Duration::from_secs(2))
                 .unwrap_or_else(|e| panic!("{w:?} {m:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn the_tls_backend_echoes_inside_tls_and_refuses_plaintext() {
+        if crate::sys::find_binary("openssl").is_none() {
+            eprintln!("SKIP: no openssl CLI to make certificates");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let certs = crate::tls::Certs::generate(dir.path()).unwrap();
+        let b = Backend::start_tls(64, local(), &[0], certs.server_config().unwrap()).unwrap();
+        let client = certs.client_config().unwrap();
+        for size in [8, 64, 20_000] {
+            crate::loadgen::probe(
+                Workload::TlsEcho,
+                size,
+                HttpMethod::Get,
+                b.addr,
+                Some(&client),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|e| panic!("{size} B: {e:#}"));
+        }
+        // Plaintext is not TLS: the backend answers with an alert and closes.
+        let e = crate::loadgen::probe(
+            Workload::TcpEcho,
+            64,
+            HttpMethod::Get,
+            b.addr,
+            None,
+            Duration::from_secs(2),
+        )
+        .unwrap_err();
+        assert!(!format!("{e:#}").is_empty());
     }
 
     #[test]

@@ -336,8 +336,15 @@ mod tests {
             let relay = std::thread::spawn(move || serve(&spec, &st));
             let mut ok = false;
             for _ in 0..50 {
-                if crate::loadgen::probe(w, 64, HttpMethod::Get, port, Duration::from_millis(200))
-                    .is_ok()
+                if crate::loadgen::probe(
+                    w,
+                    64,
+                    HttpMethod::Get,
+                    port,
+                    None,
+                    Duration::from_millis(200),
+                )
+                .is_ok()
                 {
                     ok = true;
                     break;

@@ -22,6 +22,7 @@ pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod sys;
+pub mod tls;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -91,12 +92,32 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
         None => "127.0.0.1:0".parse().expect("literal address"),
     };
     let backend = backend::Backend::start(s.workload, s.size, backend_addr, &s.cpus.backend)?;
+    // tls-echo: a second backend terminates TLS itself (direct's target, the floor's
+    // upstream); the proxies terminate and relay plaintext to the first.
+    let (tls_env, tls_backend) = if s.workload.is_tls() {
+        let certs = tls::Certs::generate(&tmp.path().join("certs"))?;
+        let addr = match a.base_port {
+            Some(p) => SocketAddr::from(([127, 0, 0, 1], p.wrapping_add(2))),
+            None => "127.0.0.1:0".parse().expect("literal address"),
+        };
+        let b = backend::Backend::start_tls(s.size, addr, &s.cpus.backend, certs.server_config()?)?;
+        let env = peers::TlsEnv {
+            client: certs.client_config()?,
+            certs,
+            backend: b.addr,
+        };
+        (Some(env), Some(b))
+    } else {
+        (None, None)
+    };
+    let client_tls = tls_env.as_ref().map(|t| t.client.clone());
     let env = peers::PeerEnv {
         settings: s,
         backend: backend.addr,
         fixed_port: a.base_port.map(|p| p.wrapping_add(1)),
         tickmesh_bin: a.tickmesh_bin.clone(),
         dir: tmp.path(),
+        tls: tls_env,
     };
     let mut infos: BTreeMap<String, peers::PeerInfo> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -146,7 +167,16 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
             let mut closed_rate: HashMap<usize, f64> = HashMap::new();
             for (i, sc) in s.scenarios.iter().enumerate() {
                 bar.set_message(format!("run {}/{} {target} {sc}", run + 1, s.runs));
-                let rec = measure(s, &mut peer, sc, run, &closed_rate, gen_shares_cpu, &bar);
+                let rec = measure(
+                    s,
+                    &mut peer,
+                    sc,
+                    run,
+                    &closed_rate,
+                    gen_shares_cpu,
+                    client_tls.as_ref(),
+                    &bar,
+                );
                 let (rec, hist) = match rec {
                     Ok(v) => v,
                     Err(e) => (RunRecord::failed(run, format!("{e:#}")), None),
@@ -181,6 +211,7 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
     }
     bar.finish_and_clear();
     drop(backend);
+    drop(tls_backend);
 
     let mut scenarios = Vec::new();
     for (i, sc) in s.scenarios.iter().enumerate() {
@@ -248,6 +279,7 @@ fn peer_version(target: Target, binary: Option<&str>, tickmesh_version: &str) ->
 }
 
 /// One scenario against a started peer.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     s: &Settings,
     peer: &mut peers::Peer,
@@ -255,6 +287,7 @@ fn measure(
     run: u32,
     closed_rate: &HashMap<usize, f64>,
     gen_shares_cpu: bool,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     bar: &ProgressBar,
 ) -> anyhow::Result<(RunRecord, Option<Histogram<u64>>)> {
     let (mode, offered) = match *sc {
@@ -283,6 +316,7 @@ fn measure(
         duration: s.duration,
         timeout: s.request_timeout,
         yield_when_idle: gen_shares_cpu,
+        tls: tls.cloned(),
     };
     let pids = peer.pids();
     let gen_cpus = s.cpus.generator.clone();

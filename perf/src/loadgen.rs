@@ -9,12 +9,16 @@
 //! or the proxy it yields (`sched_yield`) instead of sleeping, so it never waits on a
 //! wake-up itself and never starves its neighbour.
 //!
+//! `tls-echo`: each connection's TLS handshake completes while connecting, before the
+//! clock starts; measured round trips are record round trips (seal, send, open).
+//!
 //! Accounting invariant: every request whose intended send time falls in the measured
 //! window is counted once in `sent` and ends as exactly one of `received` or an error.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -23,6 +27,7 @@ use serde::Serialize;
 
 use crate::args::{HttpMethod, Workload};
 use crate::hist::{self, Clock, Schedule};
+use crate::tls::{self, TlsSock};
 use crate::wire::{self, Response};
 
 /// How load is offered in one measurement.
@@ -50,6 +55,8 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Yield the CPU when idle (the generator shares its CPU with someone).
     pub yield_when_idle: bool,
+    /// `tls-echo`: the client configuration every connection handshakes with.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Errors by cause, each one a request lost in the measured window.
@@ -96,6 +103,7 @@ pub struct LoadResult {
 enum Sock {
     Tcp(TcpStream),
     Udp(UdpSocket),
+    Tls(Box<TlsSock>),
 }
 
 struct Conn {
@@ -114,6 +122,13 @@ struct Conn {
     schedule: Option<Schedule>,
     /// When the previous reply arrived (a send can't be earlier: one request in flight).
     last_done_ns: u64,
+}
+
+impl Conn {
+    /// Request bytes (or, TLS, records) the socket has not taken yet.
+    fn unsent(&self) -> bool {
+        self.written < self.req.len() || matches!(&self.sock, Some(Sock::Tls(t)) if t.pending())
+    }
 }
 
 /// Per-request bookkeeping shared by all connections of one run.
@@ -149,6 +164,17 @@ fn connect(spec: &LoadSpec, timeout: Duration) -> std::io::Result<Sock> {
         s.connect(spec.target)?;
         s.set_nonblocking(true)?;
         Ok(Sock::Udp(s))
+    } else if spec.workload.is_tls() {
+        let cfg = spec
+            .tls
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("tls-echo without a TLS client configuration"))?;
+        Ok(Sock::Tls(Box::new(tls::connect(
+            spec.target,
+            cfg,
+            timeout,
+            true,
+        )?)))
     } else {
         let s = TcpStream::connect_timeout(&spec.target, timeout)?;
         s.set_nodelay(true)?;
@@ -162,6 +188,7 @@ fn register(ep: &Epoll, sock: &Sock, token: usize) -> std::io::Result<()> {
     match sock {
         Sock::Tcp(s) => ep.add(s.as_fd(), ev),
         Sock::Udp(s) => ep.add(s.as_fd(), ev),
+        Sock::Tls(t) => ep.add(t.stream.as_fd(), ev),
     }
     .map_err(std::io::Error::from)
 }
@@ -258,7 +285,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
                 continue;
             }
             if c.in_flight {
-                if c.written < c.req.len() {
+                if c.unsent() {
                     busy |= write_more(spec, c, &mut tally, &ep, i);
                 } else if now.saturating_sub(c.sent_ns) > timeout_ns {
                     c.in_flight = false;
@@ -386,6 +413,15 @@ fn write_more(spec: &LoadSpec, c: &mut Conn, tally: &mut Tally, ep: &Epoll, i: u
     let res = match c.sock.as_mut() {
         Some(Sock::Tcp(s)) => s.write(&c.req[c.written..]),
         Some(Sock::Udp(s)) => s.send(&c.req),
+        // Plaintext goes into rustls whole; records the socket refused stay queued and
+        // `unsent` brings us back for them.
+        Some(Sock::Tls(t)) => match t.send(&c.req[c.written..]) {
+            Ok(n) => {
+                c.written += n;
+                return true;
+            }
+            Err(e) => Err(e),
+        },
         None => return false,
     };
     match res {
@@ -421,6 +457,7 @@ fn receive(
     loop {
         let res = match c.sock.as_mut() {
             Some(Sock::Tcp(s)) => s.read(&mut c.rbuf[c.rlen..]),
+            Some(Sock::Tls(t)) => t.recv(&mut c.rbuf[c.rlen..]),
             Some(Sock::Udp(s)) => {
                 c.rlen = 0;
                 s.recv(&mut c.rbuf)
@@ -537,12 +574,14 @@ fn reconnect(spec: &LoadSpec, c: &mut Conn, tally: &mut Tally, ep: &Epoll, i: us
     }
 }
 
-/// One request/response through `target`, blocking, for readiness checks.
+/// One request/response through `target`, blocking, for readiness checks (`tls-echo`:
+/// after a handshake with `tls`).
 pub fn probe(
     workload: Workload,
     size: usize,
     method: HttpMethod,
     target: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let mut req = wire::request(workload, size, method);
@@ -555,6 +594,22 @@ pub fn probe(
         s.set_read_timeout(Some(timeout))?;
         s.send(&req)?;
         len = s.recv(&mut buf)?;
+    } else if workload.is_tls() {
+        let cfg = tls.ok_or_else(|| anyhow::anyhow!("tls-echo probe without a TLS client"))?;
+        let mut t = tls::connect(target, cfg, timeout, false)?;
+        let mut s = rustls::Stream::new(&mut t.conn, &mut t.stream);
+        s.write_all(&req)?;
+        s.flush()?;
+        loop {
+            let n = s.read(&mut buf[len..])?;
+            if n == 0 {
+                anyhow::bail!("connection closed before the reply was complete");
+            }
+            len += n;
+            if wire::check(workload, &buf[..len], size, 1) != Response::Partial {
+                break;
+            }
+        }
     } else {
         let mut s = TcpStream::connect_timeout(&target, timeout)?;
         s.set_read_timeout(Some(timeout))?;
@@ -596,6 +651,7 @@ mod tests {
             duration: Duration::from_millis(300),
             timeout: Duration::from_millis(200),
             yield_when_idle: true,
+            tls: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -33,6 +34,17 @@ pub struct PeerEnv<'a> {
     pub tickmesh_bin: Option<PathBuf>,
     /// A scratch folder for configs, logs and sockets; removed by the caller.
     pub dir: &'a Path,
+    /// `tls-echo`: certificates, the generator's client, the TLS echo backend.
+    pub tls: Option<TlsEnv>,
+}
+
+/// What the TLS workload adds: the proxies terminate with `certs`, `direct` and the
+/// floor reach the TLS-terminating echo backend.
+pub struct TlsEnv {
+    pub certs: crate::tls::Certs,
+    pub client: Arc<rustls::ClientConfig>,
+    /// The TLS echo backend (rustls): `direct`'s target and the floor's upstream.
+    pub backend: SocketAddr,
 }
 
 /// How a peer was set up, for the report.
@@ -190,11 +202,22 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
     let s = env.settings;
     let udp = s.workload.is_udp();
     if target == Target::Direct {
+        let (listen, what) = match &env.tls {
+            Some(t) => (
+                t.backend,
+                "no proxy: the generator's TLS ends at the bench's TLS echo backend (rustls, ring)",
+            ),
+            None => (env.backend, "no proxy: the generator talks to the backend"),
+        };
+        let mut settings = vec![what.to_string()];
+        if env.tls.is_some() {
+            settings.push(crate::tls::describe());
+        }
         return Ok(Peer {
             target,
-            listen: env.backend,
+            listen,
             info: PeerInfo {
-                settings: vec!["no proxy: the generator talks to the backend".into()],
+                settings,
                 ..PeerInfo::default()
             },
             child: None,
@@ -221,10 +244,10 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
             let spec = FloorSpec {
                 udp,
                 listen,
-                upstream: env.backend,
+                upstream: env.tls.as_ref().map_or(env.backend, |t| t.backend),
                 yield_when_idle: !spinning,
             };
-            let info = PeerInfo {
+            let mut info = PeerInfo {
                 settings: vec![
                     "one thread; epoll_wait(timeout 0) + non-blocking recv/send".into(),
                     format!("idle: {}", if spinning { "spin" } else { "sched_yield" }),
@@ -234,6 +257,9 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 ],
                 ..PeerInfo::default()
             };
+            if env.tls.is_some() {
+                info.settings.push("TLS passthrough: relays the TLS bytes to the TLS echo backend (TLS ends at client and backend, as for direct)".into());
+            }
             (
                 bin,
                 vec!["bench".into(), "--internal-floor".into(), spec.to_arg()],
@@ -251,6 +277,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
             let idle = if spinning { "spin" } else { "park" };
             let config = if http {
                 tickmesh_http_config(listen, env.backend)
+            } else if let Some(t) = &env.tls {
+                tickmesh_tls_config(listen, env.backend, &t.certs)
             } else {
                 tickmesh_config(listen, env.backend, udp)
             };
@@ -276,6 +304,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                     format!("engine {engine}, {workers} worker(s), idle {idle}"),
                     if http {
                         "HTTP listener, one catch-all route → one-endpoint cluster".into()
+                    } else if env.tls.is_some() {
+                        "L4 listener terminating TLS (rustls handshake; records sealed/opened by the worker's offload engine, `offload.backend: software`) → plaintext to a one-endpoint cluster".into()
                     } else {
                         "L4 listener → one-endpoint cluster".into()
                     },
@@ -290,8 +320,14 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 bail!("HAProxy does not proxy UDP (its UDP support is limited to syslog/DNS frontends): udp-echo skips it");
             }
             let bin = need_binary("haproxy")?;
-            let (config, settings) =
-                haproxy_config(listen, env.backend, s.workload, workers, spinning);
+            let (config, settings) = haproxy_config(
+                listen,
+                env.backend,
+                s.workload,
+                workers,
+                spinning,
+                env.tls.as_ref().map(|t| t.certs.combined.as_path()),
+            );
             let cfg_path = dir.join("haproxy.cfg");
             fs::write(&cfg_path, &config)?;
             let info = PeerInfo {
@@ -310,7 +346,14 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
             if s.workload != Workload::Http1 && !Path::new(NGINX_STREAM_MODULE).exists() {
                 bail!("nginx's stream module ({NGINX_STREAM_MODULE}) is missing: run scripts/setup --bench (package libnginx-mod-stream)");
             }
-            let (config, settings) = nginx_config(listen, env.backend, s.workload, workers, &dir);
+            let (config, settings) = nginx_config(
+                listen,
+                env.backend,
+                s.workload,
+                workers,
+                &dir,
+                env.tls.as_ref().map(|t| &t.certs),
+            );
             let cfg_path = dir.join("nginx.conf");
             fs::write(&cfg_path, &config)?;
             let info = PeerInfo {
@@ -349,7 +392,7 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
         child: Some(child),
         stderr: Some(stderr_path),
     };
-    wait_ready(&mut peer, s)?;
+    wait_ready(&mut peer, s, env.tls.as_ref().map(|t| &t.client))?;
     Ok(peer)
 }
 
@@ -369,7 +412,11 @@ fn spawn_pinned(mut cmd: Command, cpus: &[usize]) -> anyhow::Result<Child> {
 }
 
 /// Wait (≤ 10 s) until one request goes through the peer, or it dies.
-fn wait_ready(peer: &mut Peer, s: &Settings) -> anyhow::Result<()> {
+fn wait_ready(
+    peer: &mut Peer,
+    s: &Settings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last_err = None;
     while Instant::now() < deadline {
@@ -389,6 +436,7 @@ fn wait_ready(peer: &mut Peer, s: &Settings) -> anyhow::Result<()> {
             s.size,
             s.http_method,
             peer.listen,
+            tls,
             Duration::from_millis(300),
         ) {
             Ok(()) => return Ok(()),
@@ -413,6 +461,20 @@ pub fn tickmesh_config(listen: SocketAddr, backend: SocketAddr, udp: bool) -> St
     )
 }
 
+/// tickmesh terminating TLS on an L4 listener (record crypto on the software offload
+/// ring), plaintext to the backend.
+pub fn tickmesh_tls_config(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    certs: &crate::tls::Certs,
+) -> String {
+    format!(
+        "# generated by tickmesh bench\noffload:\n  backend: software\nlisteners:\n  - name: bench\n    address: {listen}\n    protocol: tcp\n    tls:\n      cert: {}\n      key: {}\n      mode: STRICT\n    cluster: backend\nclusters:\n  - name: backend\n    endpoints: [\"{backend}\"]\n",
+        certs.cert.display(),
+        certs.key.display()
+    )
+}
+
 /// tickmesh as an HTTP/1.1 proxy: one virtual host, one route to the backend.
 pub fn tickmesh_http_config(listen: SocketAddr, backend: SocketAddr) -> String {
     format!(
@@ -427,6 +489,7 @@ pub fn haproxy_config(
     workload: Workload,
     workers: u32,
     busy_polling: bool,
+    tls_pem: Option<&Path>,
 ) -> (String, Vec<String>) {
     let http = workload == Workload::Http1;
     let mut settings = vec![
@@ -455,7 +518,17 @@ pub fn haproxy_config(
         settings.push("mode tcp".into());
     }
     c += "    timeout connect 2s\n    timeout client 60s\n    timeout server 60s\n\n";
-    c += &format!("frontend bench\n    bind {listen}\n    default_backend upstream\n\n");
+    let ssl = match tls_pem {
+        Some(pem) => {
+            settings.push(format!(
+                "TLS terminated by HAProxy (OpenSSL): bind ... ssl crt {}, plaintext to the backend",
+                pem.display()
+            ));
+            format!(" ssl crt {}", pem.display())
+        }
+        None => String::new(),
+    };
+    c += &format!("frontend bench\n    bind {listen}{ssl}\n    default_backend upstream\n\n");
     c += &format!("backend upstream\n    server backend {backend}\n");
     (c, settings)
 }
@@ -467,6 +540,7 @@ pub fn nginx_config(
     workload: Workload,
     workers: u32,
     dir: &Path,
+    tls: Option<&crate::tls::Certs>,
 ) -> (String, Vec<String>) {
     let d = dir.display();
     let mut settings = vec![
@@ -489,11 +563,26 @@ pub fn nginx_config(
                 "http {{\n    access_log off;\n    tcp_nodelay on;\n    keepalive_timeout 60s;\n    keepalive_requests 1000000;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    upstream backend {{\n        server {backend};\n        keepalive 64;\n        keepalive_requests 1000000;\n    }}\n    server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://backend;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
             );
         }
-        Workload::TcpEcho | Workload::UdpEcho => {
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => {
             let udp = if workload.is_udp() { " udp" } else { "" };
             settings.push(format!("stream proxy{udp}"));
+            // nginx 1.22 enables only TLS 1.2 and older by default: 1.3 is asked for.
+            let (ssl, ssl_conf) = match tls {
+                Some(t) => {
+                    settings.push("TLS terminated by nginx (OpenSSL): listen ... ssl, ssl_protocols TLSv1.2 TLSv1.3, plaintext to the backend".into());
+                    (
+                        " ssl",
+                        format!(
+                            "        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n",
+                            t.cert.display(),
+                            t.key.display()
+                        ),
+                    )
+                }
+                None => ("", String::new()),
+            };
             c += &format!(
-                "stream {{\n    tcp_nodelay on;\n    upstream backend {{\n        server {backend};\n    }}\n    server {{\n        listen {listen}{udp};\n        proxy_pass backend;\n        proxy_timeout 60s;\n    }}\n}}\n"
+                "stream {{\n    tcp_nodelay on;\n    upstream backend {{\n        server {backend};\n    }}\n    server {{\n        listen {listen}{udp}{ssl};\n{ssl_conf}        proxy_pass backend;\n        proxy_timeout 60s;\n    }}\n}}\n"
             );
         }
     }
@@ -508,7 +597,7 @@ mod tests {
     fn configs_name_the_addresses_and_tuning() {
         let l: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let (h, s) = haproxy_config(l, b, Workload::TcpEcho, 2, true);
+        let (h, s) = haproxy_config(l, b, Workload::TcpEcho, 2, true, None);
         assert!(
             h.contains("busy-polling")
                 && h.contains("nbthread 2")
@@ -516,14 +605,56 @@ mod tests {
         );
         assert!(h.contains("server backend 127.0.0.1:9000") && h.contains("mode tcp"));
         assert!(s.iter().any(|l| l.contains("busy-polling")));
-        let (h, _) = haproxy_config(l, b, Workload::Http1, 1, false);
+        let (h, _) = haproxy_config(l, b, Workload::Http1, 1, false, None);
         assert!(!h.contains("busy-polling") && h.contains("http-reuse always"));
-        let (n, _) = nginx_config(l, b, Workload::UdpEcho, 1, Path::new("/tmp/x"));
+        let (n, _) = nginx_config(l, b, Workload::UdpEcho, 1, Path::new("/tmp/x"), None);
         assert!(n.contains("listen 127.0.0.1:7000 udp;") && n.contains("ngx_stream_module.so"));
-        let (n, _) = nginx_config(l, b, Workload::Http1, 1, Path::new("/tmp/x"));
+        let (n, _) = nginx_config(l, b, Workload::Http1, 1, Path::new("/tmp/x"), None);
         assert!(n.contains("keepalive 64") && !n.contains("load_module"));
         let t = tickmesh_config(l, b, false);
         assert!(t.contains("address: 127.0.0.1:7000") && t.contains("127.0.0.1:9000"));
+        // tls-echo: every proxy terminates with the run's certificate, plaintext upstream.
+        let certs = crate::tls::Certs {
+            ca: "/c/ca.pem".into(),
+            cert: "/c/leaf.pem".into(),
+            key: "/c/leaf.key".into(),
+            combined: "/c/leaf-with-key.pem".into(),
+        };
+        let (h, s) = haproxy_config(
+            l,
+            b,
+            Workload::TlsEcho,
+            1,
+            true,
+            Some(Path::new("/c/leaf-with-key.pem")),
+        );
+        assert!(
+            h.contains("bind 127.0.0.1:7000 ssl crt /c/leaf-with-key.pem"),
+            "{h}"
+        );
+        assert!(h.contains("mode tcp") && h.contains("server backend 127.0.0.1:9000"));
+        assert!(s.iter().any(|l| l.contains("TLS terminated")));
+        let (n, _) = nginx_config(
+            l,
+            b,
+            Workload::TlsEcho,
+            1,
+            Path::new("/tmp/x"),
+            Some(&certs),
+        );
+        assert!(n.contains("listen 127.0.0.1:7000 ssl;"), "{n}");
+        assert!(
+            n.contains("ssl_certificate /c/leaf.pem;")
+                && n.contains("ssl_certificate_key /c/leaf.key;")
+        );
+        assert!(n.contains("TLSv1.3") && n.contains("server 127.0.0.1:9000;"));
+        // (tests/bench.rs runs this config through the real daemon.)
+        let t = tickmesh_tls_config(l, b, &certs);
+        assert!(
+            t.contains("backend: software") && t.contains("cert: /c/leaf.pem"),
+            "{t}"
+        );
+        assert!(t.contains("key: /c/leaf.key") && t.contains("endpoints: [\"127.0.0.1:9000\"]"));
     }
 
     #[test]

@@ -390,7 +390,11 @@ fn scenario_title(r: &Report, s: &ScenarioReport) -> String {
 /// tickmesh against the product's goals (DESIGN/issue 3), per scenario and engine:
 /// added p50 ≤ 1.05 × floor's, p99.9 ≤ 0.7 × HAProxy's, throughput per proxy core
 /// ≥ 1.5 × HAProxy's, CPU per request ≤ 0.7 × HAProxy's. Lines only for what was measured.
+/// `tls-echo` has its own (issue 5): at or below HAProxy at every percentile.
 pub fn goals(r: &Report) -> Vec<String> {
+    if r.settings.workload.is_tls() {
+        return tls_goals(&r.scenarios);
+    }
     let mut lines = Vec::new();
     for s in &r.scenarios {
         let get = |t: Target| s.targets.iter().find(|x| x.target == t);
@@ -432,6 +436,50 @@ pub fn goals(r: &Report) -> Vec<String> {
                         ratio(a, b)
                     ));
                 }
+            }
+            if !parts.is_empty() {
+                lines.push(format!("{} {tm}: {}", s.scenario, parts.join("; ")));
+            }
+        }
+    }
+    lines
+}
+
+/// `tls-echo` against issue 5's goals: latency at or below HAProxy's at every percentile
+/// (both terminate TLS); what terminating costs over the floor's passthrough, for reading;
+/// throughput per core and CPU per request against HAProxy's, without a stated goal.
+fn tls_goals(scenarios: &[ScenarioReport]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in scenarios {
+        let get = |t: Target| s.targets.iter().find(|x| x.target == t);
+        let m = |t: Target| get(t).and_then(|x| x.median.clone());
+        let (floor, haproxy) = (m(Target::Floor), m(Target::Haproxy));
+        for tm in [Target::TickmeshUring, Target::TickmeshEpoll] {
+            let Some(t) = m(tm) else { continue };
+            let mut parts = Vec::new();
+            if let Some(h) = &haproxy {
+                parts.push(format!(
+                    "p50/p99/p99.9 {:.2}/{:.2}/{:.2}× HAProxy's (goal ≤ 1 at every percentile)",
+                    ratio(t.p50_ns, h.p50_ns),
+                    ratio(t.p99_ns, h.p99_ns),
+                    ratio(t.p999_ns, h.p999_ns)
+                ));
+                let per_core = |f: &Figures| f.cpu_utilization.map(|u| ratio(f.throughput_rps, u));
+                if let (Some(a), Some(b)) = (per_core(&t), per_core(h)) {
+                    parts.push(format!(
+                        "throughput per proxy core {:.2}× HAProxy's",
+                        ratio(a, b)
+                    ));
+                }
+                if let (Some(a), Some(b)) = (t.cpu_s_per_1k_requests, h.cpu_s_per_1k_requests) {
+                    parts.push(format!("CPU per request {:.2}× HAProxy's", ratio(a, b)));
+                }
+            }
+            if let Some(f) = &floor {
+                parts.push(format!(
+                    "terminating costs {} µs at p50 over the floor's TLS passthrough",
+                    us(t.p50_ns - f.p50_ns)
+                ));
             }
             if !parts.is_empty() {
                 lines.push(format!("{} {tm}: {}", s.scenario, parts.join("; ")));
@@ -667,5 +715,32 @@ mod tests {
         assert!((added - 22_000.0).abs() < 50.0, "{added}");
         assert!(all[2].median.is_none() && all[2].ratio_to_direct.is_none());
         assert!(all[0].ratio_to_tickmesh.is_none());
+    }
+
+    #[test]
+    fn tls_goals_compare_with_haproxy_at_every_percentile_and_with_passthrough() {
+        let mut targets = vec![
+            TargetResult::new(Target::Direct, vec![rec(0, 10, true)]),
+            TargetResult::new(Target::Floor, vec![rec(0, 15, true)]),
+            TargetResult::new(Target::TickmeshEpoll, vec![rec(0, 20, true)]),
+            TargetResult::new(Target::Haproxy, vec![rec(0, 40, true)]),
+            // A target without a clean run gets no line.
+            TargetResult::new(
+                Target::TickmeshUring,
+                vec![RunRecord::failed(0, "x".into())],
+            ),
+        ];
+        relate(&mut targets);
+        let sc = ScenarioReport {
+            scenario: "closed:1".into(),
+            spec: Scenario::Closed { connections: 1 },
+            targets,
+        };
+        let lines = tls_goals(std::slice::from_ref(&sc));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let l = &lines[0];
+        assert!(l.starts_with("closed:1 tickmesh-epoll:"), "{l}");
+        assert!(l.contains("0.50/0.50/0.50× HAProxy's (goal ≤ 1"), "{l}");
+        assert!(l.contains("terminating costs 5.0"), "{l}");
     }
 }

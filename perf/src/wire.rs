@@ -17,7 +17,7 @@ pub const HTTP_HOST: &str = "tickmesh-bench";
 /// Build the request a connection will send, for sequence number 0.
 pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho => {
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => {
             let mut v: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
             v.resize(size.max(SEQ_LEN), b'a');
             v[..SEQ_LEN].copy_from_slice(&0u64.to_le_bytes());
@@ -63,7 +63,7 @@ pub enum Response {
 /// Room a connection's receive buffer needs for one response.
 pub fn response_capacity(workload: Workload, size: usize) -> usize {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho => size.max(SEQ_LEN),
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => size.max(SEQ_LEN),
         // Headers of any proxy's response fit in 4 KiB.
         Workload::Http1 => size + 4096,
     }
@@ -77,7 +77,7 @@ pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response 
         size.max(SEQ_LEN)
     };
     match workload {
-        Workload::TcpEcho => {
+        Workload::TcpEcho | Workload::TlsEcho => {
             if buf.len() < size {
                 return Response::Partial;
             }
@@ -157,6 +157,14 @@ mod tests {
         assert_eq!(check(Workload::UdpEcho, &r, 64, 6), Response::Stale);
         assert!(matches!(
             check(Workload::UdpEcho, &r[..5], 64, 7),
+            Response::Bad(_)
+        ));
+        // tls-echo's plaintext is the TCP echo's.
+        assert_eq!(request(Workload::TlsEcho, 64, HttpMethod::Get).len(), 64);
+        assert_eq!(check(Workload::TlsEcho, &r, 64, 7), Response::Done);
+        assert_eq!(check(Workload::TlsEcho, &r[..63], 64, 7), Response::Partial);
+        assert!(matches!(
+            check(Workload::TlsEcho, &long, 64, 7),
             Response::Bad(_)
         ));
         // Sizes below the sequence number are padded up to it.

@@ -220,6 +220,11 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
+                // The daemon-wide `offload:` block (was dropped here: every daemon ran
+                // `auto` whatever the file said).
+                if c.offload.is_some() {
+                    out.offload = c.offload;
+                }
             }
             DocKind::VirtualService => out.virtual_services.push(VirtualService::deserialize(d)?),
             DocKind::DestinationRule => {

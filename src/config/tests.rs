@@ -441,3 +441,46 @@ fn cluster_idle_timeout() {
     .to_string();
     assert!(e.contains("clusters[0].idle_timeout"), "{e}");
 }
+
+/// The daemon-wide `offload:` block survives parsing (YAML and TOML): it picks the TLS
+/// record backend of every worker.
+#[test]
+fn offload_block_is_kept() {
+    let yaml = "offload: {backend: cryptodev}\nlisteners: []\n";
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::Cryptodev)
+    );
+    let toml = "[offload]\nbackend = \"software-threaded\"\n";
+    let cfg = parse(toml, Format::Toml).unwrap();
+    assert_eq!(
+        cfg.offload.map(|o| o.backend),
+        Some(tls::OffloadBackend::SoftwareThreaded)
+    );
+}
+
+/// `offload.cryptodev_driver` takes the two PMD names; anything else is refused with the
+/// field named.
+#[test]
+fn offload_cryptodev_driver() {
+    let cfg = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_openssl}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.offload.and_then(|o| o.cryptodev_driver),
+        Some(tls::CryptodevDriver::Openssl)
+    );
+    let err = parse(
+        "offload: {backend: cryptodev, cryptodev_driver: crypto_qat}\n",
+        Format::Yaml,
+    )
+    .expect_err("unknown driver");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("crypto_qat") && msg.contains("crypto_aesni_gcm"),
+        "{msg}"
+    );
+}

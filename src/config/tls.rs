@@ -70,6 +70,11 @@ pub struct ClusterTls {
 pub struct Offload {
     #[serde(default)]
     pub backend: OffloadBackend,
+    /// The DPDK crypto driver the `cryptodev` backend instantiates when the process's EAL
+    /// probed no crypto device (default: crypto_aesni_gcm, else crypto_openssl; the
+    /// `TICKMESH_CRYPTODEV` environment variable when unset here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cryptodev_driver: Option<CryptodevDriver>,
     /// Warn (log and `tickmesh stats`) when a certificate expires within this long
     /// (default 7 days).
     #[serde(
@@ -78,6 +83,15 @@ pub struct Offload {
         skip_serializing_if = "Option::is_none"
     )]
     pub expiry_warning: Option<Duration>,
+}
+
+/// Virtual crypto devices the `cryptodev` offload backend can create (DPDK PMD names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CryptodevDriver {
+    #[serde(rename = "crypto_aesni_gcm")]
+    AesniGcm,
+    #[serde(rename = "crypto_openssl")]
+    Openssl,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

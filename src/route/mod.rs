@@ -44,6 +44,8 @@ pub struct RouteTable {
     /// The TLS record offload backend (`offload.backend`); a worker builds its engine
     /// with it on its first TLS connection.
     pub offload: crate::config::tls::OffloadBackend,
+    /// `offload.cryptodev_driver`: the crypto device the `cryptodev` backend creates.
+    pub offload_driver: Option<crate::config::tls::CryptodevDriver>,
     /// Where workers publish their offload engine's counters (`None`: empty table).
     pub offload_stats: Option<Arc<crate::telemetry::OffloadStats>>,
 }
@@ -340,6 +342,7 @@ impl RouteTable {
             listeners: Box::new([]),
             clusters: Box::new([]),
             offload: Default::default(),
+            offload_driver: None,
             offload_stats: None,
         }
     }
@@ -516,6 +519,7 @@ pub fn compile(
         listeners: listeners.into_boxed_slice(),
         clusters: clusters.into_boxed_slice(),
         offload: cfg.offload.as_ref().map(|o| o.backend).unwrap_or_default(),
+        offload_driver: cfg.offload.as_ref().and_then(|o| o.cryptodev_driver),
         offload_stats: Some(stats.offload()),
     })
 }

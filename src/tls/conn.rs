@@ -75,6 +75,27 @@ impl Crypto {
     /// Build the worker's engine for the configured backend; one the host cannot offer
     /// falls back to software (logged with the reason by the engine's selection).
     pub fn new(choice: OffloadBackend) -> Crypto {
+        Crypto::with_driver(choice, None)
+    }
+
+    /// Like [`Crypto::new`], naming the crypto device driver for `cryptodev`
+    /// (`offload.cryptodev_driver`; ignored in builds without the `dpdk` feature).
+    pub fn with_driver(
+        choice: OffloadBackend,
+        driver: Option<crate::config::tls::CryptodevDriver>,
+    ) -> Crypto {
+        // Process-wide: every worker builds its engine from the same config.
+        #[cfg(feature = "dpdk")]
+        {
+            use crate::config::tls::CryptodevDriver as C;
+            use tickmesh_offload::backend::cryptodev::{set_driver, Driver};
+            set_driver(driver.map(|d| match d {
+                C::AesniGcm => Driver::AesniGcm,
+                C::Openssl => Driver::Openssl,
+            }));
+        }
+        #[cfg(not(feature = "dpdk"))]
+        let _ = driver;
         let backend = match choice {
             OffloadBackend::Auto => BackendChoice::Auto,
             OffloadBackend::Software => BackendChoice::Software,

@@ -12,7 +12,11 @@
 use std::collections::VecDeque;
 
 use crate::job::Job;
+use crate::record::DeviceKey;
+use crate::suite::{CipherSuite, Direction, SessionError, TlsVersion, TrafficKeys};
 
+#[cfg(feature = "dpdk")]
+pub mod cryptodev;
 pub mod ktls;
 pub mod software;
 
@@ -31,6 +35,19 @@ pub trait Backend: Send {
 
     /// Jobs accepted and not yet handed back.
     fn in_device(&self) -> usize;
+
+    /// Control side: make the device's own session for one direction's key (a device
+    /// keeps key schedules itself). `Ok(None)`: nothing to make, or the device does not
+    /// offer this suite — jobs under that key then run in software. Default: `None`.
+    fn device_key(
+        &mut self,
+        _suite: CipherSuite,
+        _version: TlsVersion,
+        _dir: Direction,
+        _keys: &TrafficKeys,
+    ) -> Result<Option<DeviceKey>, SessionError> {
+        Ok(None)
+    }
 }
 
 /// The backends that exist (built or not).
@@ -103,8 +120,10 @@ impl std::str::FromStr for BackendChoice {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    #[error("offload backend `cryptodev` is not available in this binary (the DPDK cryptodev backend is not built yet, with or without `--features dpdk`); choose `auto` or `software`")]
+    #[error("offload backend `cryptodev` is not available in this binary (built without the `dpdk` feature); rebuild with `--features dpdk` or choose `auto` or `software`")]
     CryptodevNotBuilt,
+    #[error("offload backend `cryptodev` could not start: {0}")]
+    Cryptodev(String),
     #[error("could not start the crypto thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -125,7 +144,38 @@ const CALIBRATION_JOBS: usize = 4096;
 /// Accelerators present in this build and on this host, best first. Cryptodev devices
 /// join this list when the `dpdk` feature brings the backend in.
 fn hardware_candidates() -> Vec<BackendChoice> {
+    #[cfg(feature = "dpdk")]
+    if cryptodev::worth_probing() {
+        return vec![BackendChoice::Cryptodev];
+    }
     Vec::new()
+}
+
+/// Why `auto` found no accelerator to measure.
+fn no_hardware_reason() -> &'static str {
+    if cfg!(feature = "dpdk") {
+        "no crypto device to probe (the DPDK EAL is not running in this process and no \
+         cryptodev driver was named: set TICKMESH_CRYPTODEV=crypto_aesni_gcm|crypto_openssl)"
+    } else {
+        "no crypto accelerator (cryptodev not built in: no `dpdk` feature)"
+    }
+}
+
+#[cfg(feature = "dpdk")]
+fn cryptodev_backend(slots: usize) -> Result<Selected, BackendError> {
+    let dev = cryptodev::Cryptodev::open(slots).map_err(BackendError::Cryptodev)?;
+    let driver = dev.driver().to_string();
+    Ok(Selected {
+        backend: Box::new(dev),
+        kind: BackendKind::Cryptodev,
+        reason: format!("configured: cryptodev ({driver}, one queue pair)"),
+        ktls: false,
+    })
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn cryptodev_backend(_slots: usize) -> Result<Selected, BackendError> {
+    Err(BackendError::CryptodevNotBuilt)
 }
 
 /// Pick and build a backend for one engine instance. Logs the choice and the reason.
@@ -170,7 +220,7 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                 }
             }
         }
-        BackendChoice::Cryptodev => return Err(BackendError::CryptodevNotBuilt),
+        BackendChoice::Cryptodev => cryptodev_backend(slots)?,
         BackendChoice::Auto => {
             let probe = ktls::probe();
             let hardware = hardware_candidates();
@@ -179,8 +229,8 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                     backend: Box::new(software::Inline::new(slots)),
                     kind: BackendKind::SoftwareInline,
                     reason: format!(
-                        "auto: no crypto accelerator (cryptodev not built in: no `dpdk` feature); \
-                         kernel TLS: {}; picked software inline",
+                        "auto: {}; kernel TLS: {}; picked software inline",
+                        no_hardware_reason(),
                         probe.detail
                     ),
                     ktls: false,
@@ -195,12 +245,17 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                 )
                 .unwrap_or(f64::INFINITY);
                 let mut best: Option<(BackendChoice, f64)> = None;
+                let mut measured = Vec::new();
                 for hw in hardware {
-                    if let Ok(ns) = crate::calibrate(hw, CALIBRATION_RECORD, CALIBRATION_JOBS) {
-                        match best {
-                            Some((_, b)) if b <= ns => {}
-                            _ => best = Some((hw, ns)),
+                    match crate::calibrate(hw, CALIBRATION_RECORD, CALIBRATION_JOBS) {
+                        Ok(ns) => {
+                            measured.push(format!("{hw:?} {ns:.0} ns/record"));
+                            match best {
+                                Some((_, b)) if b <= ns => {}
+                                _ => best = Some((hw, ns)),
+                            }
                         }
+                        Err(e) => measured.push(format!("{hw:?} unavailable ({e})")),
                     }
                 }
                 match best {
@@ -216,7 +271,8 @@ pub fn select(choice: BackendChoice, slots: usize, batch: usize) -> Result<Selec
                         backend: Box::new(software::Inline::new(slots)),
                         kind: BackendKind::SoftwareInline,
                         reason: format!(
-                            "auto: software measured {software_ns:.0} ns/record at {CALIBRATION_RECORD} B, no accelerator was faster; picked software inline"
+                            "auto: software measured {software_ns:.0} ns/record at {CALIBRATION_RECORD} B, no accelerator was faster ({}); picked software inline",
+                            measured.join(", ")
                         ),
                         ktls: false,
                     },

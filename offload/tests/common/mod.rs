@@ -9,13 +9,30 @@ use tickmesh_offload::*;
 
 /// Every backend choice this build can construct. `ktls` and `auto` resolve to software
 /// here (no tls module, no accelerator) but go through their own selection path.
+/// With `--features dpdk` the DPDK cryptodev backend joins (a virtual device in
+/// `--no-huge` mode; `TICKMESH_CRYPTODEV` picks the driver, default crypto_openssl here).
 pub fn backends() -> Vec<BackendChoice> {
-    vec![
+    #[allow(unused_mut)]
+    let mut v = vec![
         BackendChoice::Software,
         BackendChoice::SoftwareThreaded { cpu: None },
         BackendChoice::Ktls,
         BackendChoice::Auto,
-    ]
+    ];
+    #[cfg(feature = "dpdk")]
+    {
+        use_test_driver();
+        v.push(BackendChoice::Cryptodev);
+    }
+    v
+}
+
+/// Tests use crypto_openssl unless `TICKMESH_CRYPTODEV` names another driver.
+#[cfg(feature = "dpdk")]
+pub fn use_test_driver() {
+    if std::env::var_os(backend::cryptodev::DRIVER_ENV).is_none() {
+        backend::cryptodev::set_driver(Some(backend::cryptodev::Driver::Openssl));
+    }
 }
 
 pub fn engine_with(choice: BackendChoice, slots: usize, limit: u32) -> Engine {
@@ -26,7 +43,7 @@ pub fn engine_with(choice: BackendChoice, slots: usize, limit: u32) -> Engine {
         default_in_flight_limit: limit,
         max_sessions: 16,
     })
-    .expect("software backends always build")
+    .expect("every backend this build has starts here (cryptodev: --no-huge vdev)")
 }
 
 pub fn engine(choice: BackendChoice) -> Engine {

@@ -67,6 +67,13 @@ impl Eal {
         if STARTED.swap(true, Ordering::SeqCst) {
             bail!("the DPDK EAL was already started in this process (DPDK allows one start per process)");
         }
+        if tickmesh_offload::backend::cryptodev::eal_started_here() {
+            bail!(
+                "the TLS offload's cryptodev backend already started the DPDK EAL in this \
+                 process (no ports, --no-huge); DPDK allows one start per process: start the \
+                 DPDK engine first, or use `offload.backend: software` with it"
+            );
+        }
         if !no_huge {
             check_hugepages()?;
         }
@@ -86,6 +93,9 @@ impl Eal {
         }
         // EAL keeps pointers into argv strings for some options: keep them alive.
         std::mem::forget(owned);
+        // The TLS offload's cryptodev backend reuses this EAL (and claims crypto devices
+        // it probed, e.g. `--dpdk-vdev crypto_aesni_gcm0`) instead of starting its own.
+        tickmesh_offload::backend::cryptodev::note_eal_started();
         Ok(Eal { args })
     }
 }

@@ -33,17 +33,17 @@ pub const PROTO_IPIP: u8 = 4;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-#[inline]
+#[inline(always)]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-#[inline]
+#[inline(always)]
 fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
@@ -63,7 +63,7 @@ pub fn ones_sum(data: &[u8]) -> u16 {
     fold(sum)
 }
 
-#[inline]
+#[inline(always)]
 fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -73,13 +73,13 @@ fn fold(mut sum: u32) -> u16 {
 
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word changes from `old` to `new`:
 /// `HC' = ~(~HC + ~m + m')`.
-#[inline]
+#[inline(always)]
 pub fn csum_update16(hc: u16, old: u16, new: u16) -> u16 {
     !fold(u32::from(!hc) + u32::from(!old) + u32::from(new))
 }
 
 /// RFC 1624 for a 32-bit field (an IPv4 address): two 16-bit word updates.
-#[inline]
+#[inline(always)]
 pub fn csum_update32(hc: u16, old: u32, new: u32) -> u16 {
     let hc = csum_update16(hc, (old >> 16) as u16, (new >> 16) as u16);
     csum_update16(hc, old as u16, new as u16)
@@ -125,11 +125,11 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
-    #[inline]
+    #[inline(always)]
     pub fn set_dst(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[0..6].copy_from_slice(&mac);
     }
-    #[inline]
+    #[inline(always)]
     pub fn set_src(&mut self, mac: [u8; 6]) {
         self.buf.as_mut()[6..12].copy_from_slice(&mac);
     }
@@ -292,7 +292,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     pub fn set_dst(&mut self, a: Ipv4Addr) {
         self.set_addr(16, a)
     }
-    #[inline]
+    #[inline(always)]
     fn set_addr(&mut self, at: usize, a: Ipv4Addr) {
         let old = u32::from(ip_at(self.buf.as_ref(), at));
         let hc = csum_update32(self.checksum(), old, u32::from(a));
@@ -391,23 +391,23 @@ impl<T: AsRef<[u8]>> L4Header<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> L4Header<T> {
     /// Account in the L4 checksum for a pseudo-header address change (RFC 1624).
-    #[inline]
+    #[inline(always)]
     pub fn update_for_addr(&mut self, old: Ipv4Addr, new: Ipv4Addr) {
         self.update(|hc| csum_update32(hc, u32::from(old), u32::from(new)))
     }
-    #[inline]
+    #[inline(always)]
     pub fn set_src_port(&mut self, p: u16) {
         let old = self.src_port();
         put16(self.buf.as_mut(), 0, p);
         self.update(|hc| csum_update16(hc, old, p))
     }
-    #[inline]
+    #[inline(always)]
     pub fn set_dst_port(&mut self, p: u16) {
         let old = self.dst_port();
         put16(self.buf.as_mut(), 2, p);
         self.update(|hc| csum_update16(hc, old, p))
     }
-    #[inline]
+    #[inline(always)]
     fn update(&mut self, f: impl FnOnce(u16) -> u16) {
         let hc = self.checksum();
         if self.udp && hc == 0 {

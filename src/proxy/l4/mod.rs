@@ -135,9 +135,9 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// The worker's offload engine (built now if this is its first TLS connection).
     pub fn crypto(&mut self) -> &mut crate::tls::conn::Crypto {
-        let choice = self.table.offload;
+        let (choice, driver) = (self.table.offload, self.table.offload_driver);
         self.crypto
-            .get_or_insert_with(|| crate::tls::conn::Crypto::new(choice))
+            .get_or_insert_with(|| crate::tls::conn::Crypto::with_driver(choice, driver))
     }
 }
 

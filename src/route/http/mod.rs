@@ -6,12 +6,19 @@
 //! a stack buffer, header and query lookups scan the parsed request in place, regexes are
 //! compiled once here. Routes are bucketed by their first path segment so a lookup checks
 //! the routes that can match this path (plus the ones that match any path), in order —
-//! first match wins, as in Envoy.
+//! first match wins, as in Envoy. Each bucket entry carries a prefilter (literal length
+//! and last 8 literal bytes) so most routes are skipped without being read; a route's
+//! own conditions run cheapest first, a path regex last and, when its pattern opens with
+//! a literal, only on the bytes after it. Invariant: the index only ever skips routes
+//! that cannot match — a plain scan of `routes` must give the same answer (tested).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use regex::bytes::Regex;
+// Fx hashing for the lookup maps: their keys come from configuration, not from
+// requests, so a request cannot steer collisions; SipHash would cost more than the
+// whole bucket scan.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::cluster::weighted;
 use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
@@ -177,29 +184,44 @@ enum PathCond {
 struct Matcher {
     path: PathCond,
     case_sensitive: bool,
+    /// For a case-sensitive regex route: the literal bytes every matching path starts
+    /// with (empty when none), checked before the regex runs.
+    regex_lit: Box<[u8]>,
+    /// The regex for what follows `regex_lit` (`^(?:rest)$`), when the pattern splits
+    /// safely there: the same answer as the whole regex on the whole path, on fewer bytes.
+    regex_rest: Option<Regex>,
     method: Option<Box<[u8]>>,
     headers: Box<[HeaderCond]>,
     query: Box<[(Box<str>, Option<ValueCond>)]>,
 }
 
 impl Matcher {
+    /// All conditions must hold and none has side effects, so they are checked
+    /// cheapest first: literal path bytes, method, headers, query, and a path regex last.
     #[inline]
     fn matches(&self, req: &RequestView) -> bool {
         let eq = |a: &[u8], b: &[u8]| {
             if self.case_sensitive {
-                a == b
+                bytes_eq(a, b)
             } else {
                 a.eq_ignore_ascii_case(b)
             }
         };
+        let path = req.path;
         let path_ok = match &self.path {
             PathCond::Any => true,
-            PathCond::Exact(p) => eq(req.path, p),
-            PathCond::Prefix(p) => req.path.len() >= p.len() && eq(&req.path[..p.len()], p),
-            PathCond::Regex(r) => r.is_match(req.path),
+            PathCond::Exact(p) => eq(path, p),
+            PathCond::Prefix(p) => path.len() >= p.len() && eq(&path[..p.len()], p),
+            PathCond::Regex(_) => {
+                let lit = &self.regex_lit;
+                path.len() >= lit.len() && bytes_eq(&path[..lit.len()], lit)
+            }
         };
         path_ok
-            && self.method.as_deref().is_none_or(|m| m == req.method)
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| bytes_eq(m, req.method))
             && self.headers.iter().all(|h| h.matches(req))
             && self
                 .query
@@ -209,6 +231,35 @@ impl Matcher {
                     (Some(_), None) => true,
                     (None, _) => false,
                 })
+            && match (&self.path, &self.regex_rest) {
+                (PathCond::Regex(_), Some(rest)) => rest.is_match(&path[self.regex_lit.len()..]),
+                (PathCond::Regex(r), None) => r.is_match(path),
+                _ => true,
+            }
+    }
+
+    /// The prefilter of this route for [`VHost`]'s candidate lists.
+    fn candidate(&self, route: u32) -> Candidate {
+        let (lit, exact): (&[u8], bool) = match &self.path {
+            _ if !self.case_sensitive => (&[], false),
+            PathCond::Exact(p) => (p, true),
+            PathCond::Prefix(p) => (p, false),
+            PathCond::Regex(_) => (&self.regex_lit, false),
+            PathCond::Any => (&[], false),
+        };
+        let n = lit.len();
+        let tail = if n >= 8 {
+            word8(&lit[n - 8..])
+        } else {
+            head_word(lit)
+        };
+        Candidate {
+            route,
+            // A literal too long for u32 is not prefiltered (the full match decides).
+            lit_len: u32::try_from(n).unwrap_or(0),
+            exact: exact && u32::try_from(n).is_ok(),
+            tail: if u32::try_from(n).is_ok() { tail } else { 0 },
+        }
     }
 
     /// The literal first path segment every matching path starts with, if there is one
@@ -229,11 +280,68 @@ impl Matcher {
     }
 }
 
+/// A route's cheap prefilter, kept densely in the candidate lists of a [`VHost`] so a
+/// lookup skips most routes without touching them: a matching path is at least
+/// `lit_len` bytes long (exactly, when `exact`) and its bytes up to `lit_len` end with
+/// the route's literal's last 8 bytes (`tail`; shorter literals: all of them, zero
+/// padded). `lit_len == 0` passes every path.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    route: u32,
+    lit_len: u32,
+    exact: bool,
+    tail: u64,
+}
+
+impl Candidate {
+    /// `false` only when the route cannot match `path`; `head` is [`head_word`]`(path)`.
+    #[inline]
+    fn may_match(&self, path: &[u8], head: u64) -> bool {
+        let n = self.lit_len as usize;
+        if path.len() < n || (self.exact && path.len() != n) {
+            return false;
+        }
+        if n >= 8 {
+            word8(&path[n - 8..n]) == self.tail
+        } else {
+            // `n < 8`: the low `n` bytes; `head` is zero past the path's end.
+            let mask = (1u64 << (8 * n)) - 1;
+            head & mask == self.tail
+        }
+    }
+}
+
+/// Bytes 0..8 of a slice of at least 8, as a little-endian word.
+#[inline]
+fn word8(s: &[u8]) -> u64 {
+    // `try_into` of an exactly 8-byte subslice cannot fail.
+    u64::from_le_bytes(s[..8].try_into().expect("8 bytes"))
+}
+
+/// The first 8 bytes of `s` as a little-endian word, zero padded when shorter.
+#[inline]
+fn head_word(s: &[u8]) -> u64 {
+    if s.len() >= 8 {
+        return word8(s);
+    }
+    let mut b = [0u8; 8];
+    b[..s.len()].copy_from_slice(s);
+    u64::from_le_bytes(b)
+}
+
 /// The literal text every match of a compiled whole-path regex (`^(?:…)$`, see
 /// [`full_regex`]) starts with, or `None` when there is none that is safe to rely on:
 /// any alternation, or a pattern that opens with a metacharacter. A literal character
 /// followed by a quantifier is optional, so it is left out.
 fn regex_literal_prefix(compiled: &str) -> Option<&[u8]> {
+    split_regex(compiled).map(|(lit, _)| lit)
+}
+
+/// [`regex_literal_prefix`] and the pattern text after it (`None` when the literal ends
+/// inside a multi-byte character). Matching `^(?:rest)$` on the bytes after the literal
+/// is the same as the whole regex on the whole path when `rest` looks at nothing
+/// before it; callers check that with [`rest_is_context_free`].
+fn split_regex(compiled: &str) -> Option<(&[u8], Option<&str>)> {
     let inner = compiled.strip_prefix("^(?:")?.strip_suffix(")$")?;
     if inner.contains('|') {
         return None;
@@ -248,7 +356,47 @@ fn regex_literal_prefix(compiled: &str) -> Option<&[u8]> {
         Some(b'*' | b'?' | b'+' | b'{') => stop.saturating_sub(1),
         _ => stop,
     };
-    (end > 0).then(|| &bytes[..end])
+    (end > 0).then(|| (&bytes[..end], inner.get(end..)))
+}
+
+/// Whether a regex tail split off by [`split_regex`] can be matched on its own: it
+/// has no assertion that looks at what precedes it (`^`, `\b`, `\B`, `\A`, `\<`, `\>`) and no flag group
+/// (`(?`), which could change how it reads. Conservative: any doubt says no.
+fn rest_is_context_free(rest: &str) -> bool {
+    let b = rest.as_bytes();
+    !rest.contains('^')
+        && !rest.contains("(?")
+        && !b
+            .windows(2)
+            .any(|w| w[0] == b'\\' && matches!(w[1], b'b' | b'B' | b'A' | b'<' | b'>'))
+}
+
+/// Byte equality for the short literals of routes: a word-at-a-time compare inlined
+/// here costs less than a call to libc's `memcmp` for strings of a few dozen bytes.
+#[inline]
+fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // `try_into` on an 8- or 4-byte subslice cannot fail.
+    let w8 = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let w4 = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    if n >= 8 {
+        let mut i = 0;
+        while i + 8 < n {
+            if w8(a, i) != w8(b, i) {
+                return false;
+            }
+            i += 8;
+        }
+        // The last word overlaps the one before when `n` is not a multiple of 8.
+        w8(a, n - 8) == w8(b, n - 8)
+    } else if n >= 4 {
+        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    }
 }
 
 /// `/api/v1?x` → `api`; `/` → empty.
@@ -516,39 +664,41 @@ pub struct VHost {
     /// Rate limits for the forwarding routes that have none of their own.
     pub rate_limits: Box<[RateLimitRule]>,
     pub routes: Box<[HttpRoute]>,
-    /// Route indices by literal first path segment; each list ascending.
-    by_segment: HashMap<Box<[u8]>, Box<[u32]>>,
-    /// Routes that can match any first segment; ascending.
-    any_segment: Box<[u32]>,
+    /// Routes by literal first path segment; each list in route order.
+    by_segment: HashMap<Box<[u8]>, Box<[Candidate]>>,
+    /// Routes that can match any first segment; in route order.
+    any_segment: Box<[Candidate]>,
 }
 
 impl VHost {
     /// The first route that matches, in configuration order.
     #[inline]
     pub fn route(&self, req: &RequestView) -> Option<&HttpRoute> {
-        let bucket: &[u32] = self
-            .by_segment
-            .get(first_segment(req.path))
-            .map_or(&[], |b| b);
-        // Merge the two ascending lists so configuration order is kept.
+        let path = req.path;
+        let bucket: &[Candidate] = self.by_segment.get(first_segment(path)).map_or(&[], |b| b);
+        let head = head_word(path);
+        // Merge the two lists (each in route order) so configuration order is kept.
         let (mut i, mut j) = (0, 0);
         loop {
             let next = match (bucket.get(i), self.any_segment.get(j)) {
-                (Some(&a), Some(&b)) if a < b => {
+                (Some(a), Some(b)) if a.route < b.route => {
                     i += 1;
                     a
                 }
-                (_, Some(&b)) => {
+                (_, Some(b)) => {
                     j += 1;
                     b
                 }
-                (Some(&a), None) => {
+                (Some(a), None) => {
                     i += 1;
                     a
                 }
                 (None, None) => return None,
             };
-            let r = &self.routes[next as usize];
+            if !next.may_match(path, head) {
+                continue;
+            }
+            let r = &self.routes[next.route as usize];
             if r.matches(req) {
                 return Some(r);
             }
@@ -575,6 +725,10 @@ impl HttpRoutes {
     /// The virtual host for a `Host` value: exact, then longest `*.suffix`, then longest
     /// `prefix.*`, then `*` (Envoy's order).
     pub fn vhost(&self, host: &[u8]) -> Option<&VHost> {
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            // Only `*` (or nothing): no need to look at the name.
+            return self.any.map(|i| &self.vhosts[i as usize]);
+        }
         let host = strip_port(host);
         if host.len() > MAX_HOST {
             return self.any.map(|i| &self.vhosts[i as usize]);
@@ -695,7 +849,7 @@ fn compile_vhost(
     clusters: &mut dyn ClusterIndex,
 ) -> Result<VHost, String> {
     let mut routes = Vec::with_capacity(vh.routes.len());
-    let mut by_segment: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+    let mut by_segment: HashMap<Box<[u8]>, Vec<Candidate>> = HashMap::default();
     let mut any_segment = Vec::new();
     for (i, r) in vh.routes.iter().enumerate() {
         let m = &r.matcher;
@@ -711,9 +865,24 @@ fn compile_vhost(
         } else {
             PathCond::Any
         };
+        let (regex_lit, regex_rest) = match &path {
+            PathCond::Regex(r) if case_sensitive => match split_regex(r.as_str()) {
+                Some((lit, Some(rest))) if rest_is_context_free(rest) => (
+                    lit.into(),
+                    // The tail of a pattern that compiled whole compiles too; if it
+                    // somehow does not, the whole regex is used.
+                    Regex::new(&format!("^(?:{rest})$")).ok(),
+                ),
+                Some((lit, _)) => (lit.into(), None),
+                None => (Box::default(), None),
+            },
+            _ => (Box::default(), None),
+        };
         let matcher = Matcher {
             path,
             case_sensitive,
+            regex_lit,
+            regex_rest,
             method: m.method.as_ref().map(|x| x.as_bytes().into()),
             headers: m
                 .headers
@@ -734,9 +903,10 @@ fn compile_vhost(
                 })
                 .collect::<Result<_, String>>()?,
         };
+        let cand = matcher.candidate(i as u32);
         match matcher.first_segment() {
-            Some(seg) => by_segment.entry(seg.into()).or_default().push(i as u32),
-            None => any_segment.push(i as u32),
+            Some(seg) => by_segment.entry(seg.into()).or_default().push(cand),
+            None => any_segment.push(cand),
         }
         let action = if let Some(a) = &r.route {
             let target = match (&a.cluster, &a.weighted_clusters) {

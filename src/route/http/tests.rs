@@ -315,3 +315,127 @@ fn regex_rewrite_as_envoy_documents_it() {
     assert!(e.contains(r"\2") && e.contains("1 group"), "{e}");
     assert!(rewrite("(", "x", "/").is_err());
 }
+
+/// The indexed lookup (segment buckets, candidate prefilters, split regexes) picks the
+/// same route as a plain first-match scan over every route, for routes whose order
+/// interleaves buckets and catch-alls, regexes with and without a literal prefix,
+/// case-insensitive routes, and method, header and query matchers.
+#[test]
+fn indexed_lookup_agrees_with_a_linear_scan() {
+    let yaml = r#"
+route_configs:
+- name: r
+  routes:
+  - match: {prefix: "/api/v1/", headers: [{name: x-env, string_match: {exact: canary}}]}
+    route: {cluster: a}
+  - match: {safe_regex: {regex: "[a-z/]+/x"}}
+    route: {cluster: b}
+  - match: {path: "/API/v1/users", case_sensitive: false}
+    route: {cluster: c}
+  - match: {prefix: "/api/v1/users", method: POST}
+    route: {cluster: d}
+  - match: {safe_regex: {regex: "/api/v[0-9]+/items/[0-9]+"}}
+    route: {cluster: e}
+  - match: {safe_regex: {regex: "/api/v1/\\bitems"}}
+    route: {cluster: f}
+  - match: {prefix: "/", query_parameters: [{name: debug, string_match: {exact: "1"}}]}
+    route: {cluster: g}
+  - match: {safe_regex: {regex: "/caf\u00e9+/[0-9]"}}
+    route: {cluster: h}
+  - match: {prefix: "/api/v1/users/"}
+    route: {cluster: i}
+  - match: {path: "/api/v1/users"}
+    route: {cluster: j}
+  - match: {prefix: "/api"}
+    route: {cluster: k}
+  - match: {safe_regex: {regex: "/[0-9]{3}"}}
+    route: {cluster: l}
+  - match: {prefix: "/long/literal/longer/than/eight/bytes/"}
+    route: {cluster: m}
+"#;
+    let cfg = parse(yaml, Format::Yaml).unwrap();
+    let mut n = Names::default();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut n).unwrap();
+    let vh = &t.vhosts[0];
+    let canary = [httparse::Header {
+        name: "X-ENV",
+        value: b"canary",
+    }];
+    let paths = [
+        "/",
+        "/api",
+        "/apix",
+        "/api/",
+        "/api/v1",
+        "/api/v1/",
+        "/api/v1/users",
+        "/API/V1/USERS",
+        "/api/v1/users/",
+        "/api/v1/users/7",
+        "/api/v2/items/12",
+        "/api/v2/items/x",
+        "/api/v1/items",
+        "/abc/x",
+        "/api/x",
+        "/café/1",
+        "/cafééé/2",
+        "/caf/1",
+        "/123",
+        "/12",
+        "/long/literal/longer/than/eight/bytes/",
+        "/long/literal/longer/than/eight/bytes",
+        "/long/literal/longer/than/eight/byteX/z",
+        "api/v1/users/",
+        "",
+    ];
+    let mut checked = 0;
+    for p in paths {
+        for q in ["", "debug=1"] {
+            for m in ["GET", "POST"] {
+                for h in [&canary[..], &[]] {
+                    let r = RequestView {
+                        method: m.as_bytes(),
+                        path: p.as_bytes(),
+                        query: q.as_bytes(),
+                        host: b"h",
+                        headers: h,
+                    };
+                    let want = vh.routes.iter().find(|x| x.matches(&r)).map(|x| x.index);
+                    let got = vh.route(&r).map(|x| x.index);
+                    assert_eq!(got, want, "{m} {p}?{q} canary={}", !h.is_empty());
+                    checked += usize::from(want.is_some());
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "the table routes most requests ({checked})");
+}
+
+#[test]
+fn regex_split_at_its_literal_prefix_only_when_the_rest_stands_alone() {
+    let split = |re: &str| {
+        let c = full_regex(re, false).unwrap();
+        split_regex(c.as_str()).map(|(l, r)| {
+            (
+                l.to_vec(),
+                r.map(|r| (r.to_string(), rest_is_context_free(r))),
+            )
+        })
+    };
+    assert_eq!(
+        split("/svc1/items/[0-9]+"),
+        Some((b"/svc1/items/".to_vec(), Some(("[0-9]+".into(), true))))
+    );
+    assert_eq!(
+        split("/a/b"),
+        Some((b"/a/b".to_vec(), Some((String::new(), true))))
+    );
+    assert!(!split(r"/a\bx").unwrap().1.unwrap().1, "word boundary");
+    assert!(!split("/a/(?i)x").unwrap().1.unwrap().1, "flag group");
+    assert_eq!(
+        split("/caf\u{e9}+").unwrap().1,
+        None,
+        "literal ends inside a character"
+    );
+    assert_eq!(split("(/a)"), None);
+}

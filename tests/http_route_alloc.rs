@@ -1,0 +1,100 @@
+//! HTTP route lookup never allocates (issue 4): a counting global allocator around
+//! lookups over a table with prefix, exact, regex, header and query routes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use tickmesh::config::{parse, Format};
+use tickmesh::route::http::{compile, virtual_hosts_for, ClusterIndex, RequestView};
+
+/// The one `unsafe` outside `ffi/`, the engines and `offload/`: a global allocator can
+/// only be written as an `unsafe impl`, and counting allocations is the way to show the
+/// lookup allocates nothing. Test-only; it forwards every call to `System` unchanged.
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is passed to the system allocator unchanged; the thread-local is
+// const-initialised and has no destructor, so touching it never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.with(|a| a.set(a.get() + 1));
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: `p` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Names(u32);
+impl ClusterIndex for Names {
+    fn index(&mut self, _: &str) -> u32 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+#[test]
+fn route_lookup_does_not_allocate() {
+    let yaml = r#"
+route_configs:
+- name: r
+  virtual_hosts:
+  - name: api
+    domains: ["api.example.com", "*.example.org"]
+    routes:
+    - match: {prefix: "/svc/", headers: [{name: x-env, string_match: {safe_regex: {regex: "can.*"}}}]}
+      route: {cluster: a}
+    - match: {safe_regex: {regex: "/svc/items/[0-9]+"}}
+      route: {cluster: b}
+    - match: {safe_regex: {regex: ".*/x"}}
+      route: {cluster: c}
+    - match: {prefix: "/", query_parameters: [{name: debug, string_match: {exact: "1"}}]}
+      route: {cluster: d}
+    - match: {path: "/svc/health"}
+      route: {cluster: e}
+"#;
+    let cfg = parse(yaml, Format::Yaml).expect("valid config");
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut Names(0)).expect("compiles");
+    let headers = [httparse::Header {
+        name: "X-Env",
+        value: b"canary",
+    }];
+    let paths: [&[u8]; 5] = [
+        b"/svc/items/12",
+        b"/svc/health",
+        b"/a/b/x",
+        b"/nothing",
+        b"/svc/p",
+    ];
+    // Warm up whatever lazily allocates once per thread (the regex caches).
+    let mut hits = 0;
+    for round in 0..2 {
+        let before = ALLOCS.with(|a| a.get());
+        for p in paths {
+            for host in [&b"API.example.com:80"[..], b"x.example.org", b"other"] {
+                for h in [&headers[..], &[]] {
+                    let r = RequestView {
+                        method: b"GET",
+                        path: p,
+                        query: b"a=b&debug=1",
+                        host,
+                        headers: h,
+                    };
+                    hits += usize::from(t.route(&r).is_some());
+                }
+            }
+        }
+        if round == 1 {
+            assert_eq!(ALLOCS.with(|a| a.get()), before, "lookups allocated");
+        }
+    }
+    assert!(hits > 20, "most lookups route ({hits})");
+}
