@@ -4,6 +4,7 @@
 //!
 //! Peers (echo backends, clients) run on a small tokio runtime in the test process.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -583,33 +584,6 @@ fn idle_policies_proxy(kind: EngineKind) {
             r.unwrap_or_else(|e| panic!("{idle:?}: {e}"));
         }
     }
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    if let Err(e) = tickmesh::engine::uring_available() {
-                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
-                        return;
-                    }
-                    super::$name(EngineKind::Uring);
-                }
-            )*
-        }
-        mod epoll {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(EngineKind::Epoll);
-                }
-            )*
-        }
-    };
 }
 
 per_engine!(

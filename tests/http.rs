@@ -4,6 +4,7 @@
 //! and raw sockets (for bytes curl would never send); backends are small HTTP/1.1
 //! servers on loopback that log what they received.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1406,33 +1407,6 @@ fn upstream_pool(kind: EngineKind) {
     wait_until("the counts to settle", Duration::from_secs(2), || {
         ca.get(U::RqTotal) == ca.get(U::RqDone)
     });
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    if let Err(e) = tickmesh::engine::uring_available() {
-                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
-                        return;
-                    }
-                    super::$name(EngineKind::Uring);
-                }
-            )*
-        }
-        mod epoll {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(EngineKind::Epoll);
-                }
-            )*
-        }
-    };
 }
 
 per_engine!(

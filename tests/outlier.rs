@@ -5,6 +5,7 @@
 //! temporary directory, its health tick running — and real backends on loopback. State is
 //! read through the control plane's `stats`, as `tickmesh stats` shows it.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -635,33 +636,6 @@ fn priority_failover(kind: EngineKind) {
     assert_eq!((primary.requests(), backup.requests()), (20, 10));
     let table = tickmesh::control::client::stats_table(&d.plane.stats());
     assert!(table.contains("(priority 1)"), "{table}");
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    if let Err(e) = tickmesh::engine::uring_available() {
-                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
-                        return;
-                    }
-                    super::$name(EngineKind::Uring);
-                }
-            )*
-        }
-        mod epoll {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(EngineKind::Epoll);
-                }
-            )*
-        }
-    };
 }
 
 per_engine!(

@@ -6,6 +6,7 @@
 //! Certificates are made per test run with the `openssl` CLI in a temporary directory
 //! (ECDSA P-256). Tests needing `openssl`/`curl` skip with a message when absent.
 
+#[macro_use]
 mod common;
 
 use std::io::{Read, Write};
@@ -1072,33 +1073,6 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
         "{e}"
     );
     engine.shutdown(Duration::from_millis(100));
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod uring {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    if let Err(e) = tickmesh::engine::uring_available() {
-                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
-                        return;
-                    }
-                    super::$name(EngineKind::Uring);
-                }
-            )*
-        }
-        mod epoll {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(EngineKind::Epoll);
-                }
-            )*
-        }
-    };
 }
 
 per_engine!(

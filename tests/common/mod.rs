@@ -263,3 +263,33 @@ pub fn listen_wide(addr: std::net::SocketAddr) -> TcpListener {
     s.listen(4096).unwrap();
     s.into()
 }
+
+/// One test per engine: `uring` (skipped with a message where io_uring is unavailable)
+/// and `epoll`, each calling the test function with its `EngineKind`.
+#[allow(unused_macros)]
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    if let Err(e) = tickmesh::engine::uring_available() {
+                        eprintln!("SKIP {}: io_uring unavailable here: {e}", stringify!($name));
+                        return;
+                    }
+                    super::$name(EngineKind::Uring);
+                }
+            )*
+        }
+        mod epoll {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(EngineKind::Epoll);
+                }
+            )*
+        }
+    };
+}
