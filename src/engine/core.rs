@@ -130,6 +130,25 @@ impl Local {
     }
 }
 
+/// The context a connection callback gets: borrows of the worker's fields other than
+/// `conns`, so a connection slot and its context can be held at once.
+macro_rules! ctx {
+    ($core:ident) => {
+        Ctx {
+            worker: $core.worker,
+            now_ms: $core.now_ms,
+            lb: &mut $core.lb,
+            cursors: &mut $core.cursors,
+            starved: &mut $core.starved,
+            open: &mut $core.open,
+            scratch: &mut $core.scratch,
+            table: &$core.table,
+            http: &mut $core.http,
+            crypto: &mut $core.crypto,
+        }
+    };
+}
+
 /// A worker's engine-independent state.
 pub(crate) struct Core {
     pub worker: usize,
@@ -476,18 +495,7 @@ impl Core {
             le.stats.inc(self.worker, L::CxOverflow);
             return;
         };
-        let mut cx = Ctx {
-            worker: self.worker,
-            now_ms: self.now_ms,
-            lb: &mut self.lb,
-            cursors: &mut self.cursors,
-            starved: &mut self.starved,
-            open: &mut self.open,
-            scratch: &mut self.scratch,
-            table: &self.table,
-            http: &mut self.http,
-            crypto: &mut self.crypto,
-        };
+        let mut cx = ctx!(self);
         let step = self.conns[slot as usize].open(slot, fd, &table, entry, &mut cx, io);
         self.after(slot, step);
         if !self.http.jobs.is_empty() {
@@ -546,18 +554,7 @@ impl Core {
         if c.gen() != gen || c.is_free() {
             return false;
         }
-        let mut cx = Ctx {
-            worker: self.worker,
-            now_ms: self.now_ms,
-            lb: &mut self.lb,
-            cursors: &mut self.cursors,
-            starved: &mut self.starved,
-            open: &mut self.open,
-            scratch: &mut self.scratch,
-            table: &self.table,
-            http: &mut self.http,
-            crypto: &mut self.crypto,
-        };
+        let mut cx = ctx!(self);
         let step = f(c, &mut cx, io);
         self.after(slot, step);
         if !self.http.jobs.is_empty() {
@@ -578,18 +575,7 @@ impl Core {
                 self.http.give_back(job.data);
                 continue;
             };
-            let mut cx = Ctx {
-                worker: self.worker,
-                now_ms: self.now_ms,
-                lb: &mut self.lb,
-                cursors: &mut self.cursors,
-                starved: &mut self.starved,
-                open: &mut self.open,
-                scratch: &mut self.scratch,
-                table: &self.table,
-                http: &mut self.http,
-                crypto: &mut self.crypto,
-            };
+            let mut cx = ctx!(self);
             let step = self.conns[slot as usize].open_shadow(slot, job, &mut cx, io);
             self.after(slot, step);
         }
