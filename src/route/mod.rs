@@ -183,6 +183,25 @@ pub struct EndpointEntry {
 }
 
 impl ClusterEntry {
+    /// Requests in flight on the cluster, summed over workers (relaxed reads: the
+    /// circuit breakers' approximation, see [`Breakers`]).
+    #[inline]
+    pub fn active_requests(&self) -> u64 {
+        use crate::telemetry::UpstreamCounter::{RqDone, RqTotal};
+        self.stats
+            .get(RqTotal)
+            .saturating_sub(self.stats.get(RqDone))
+    }
+
+    /// Upstream connections open to the cluster, summed over workers.
+    #[inline]
+    pub fn open_connections(&self) -> u64 {
+        use crate::telemetry::UpstreamCounter::{CxClosed, CxTotal};
+        self.stats
+            .get(CxTotal)
+            .saturating_sub(self.stats.get(CxClosed))
+    }
+
     /// The endpoint for connect attempt `attempt` (0 first): the balancer's choice, then
     /// the following endpoints in order so a retry never repeats the one that failed.
     #[inline]

@@ -1377,14 +1377,8 @@ impl Conn {
                 self.phase = Phase::Exchange;
                 // Circuit breaking (see `Breakers`): active requests, and connections
                 // when this request needs a new one.
-                let active = cl
-                    .stats
-                    .get(U::RqTotal)
-                    .saturating_sub(cl.stats.get(U::RqDone));
-                let open_cx = cl
-                    .stats
-                    .get(U::CxTotal)
-                    .saturating_sub(cl.stats.get(U::CxClosed));
+                let active = cl.active_requests();
+                let open_cx = cl.open_connections();
                 // At max_connections a request may wait (max_pending_requests, counted
                 // over workers; each worker's queue is bounded too).
                 // An idle pooled connection to the cluster adds no connection (the
@@ -1467,10 +1461,7 @@ impl Conn {
                 .as_ref()
                 .and_then(|t| t.clusters.get(self.cluster as usize))
                 .is_none_or(|cl| {
-                    let open = cl
-                        .stats
-                        .get(U::CxTotal)
-                        .saturating_sub(cl.stats.get(U::CxClosed));
+                    let open = cl.open_connections();
                     open >= u64::from(cl.breakers.max_connections)
                 });
         if full {
@@ -2066,14 +2057,8 @@ impl Conn {
             let Some(cl) = table.clusters.get(c as usize) else {
                 continue;
             };
-            let active = cl
-                .stats
-                .get(U::RqTotal)
-                .saturating_sub(cl.stats.get(U::RqDone));
-            let open_cx = cl
-                .stats
-                .get(U::CxTotal)
-                .saturating_sub(cl.stats.get(U::CxClosed));
+            let active = cl.active_requests();
+            let open_cx = cl.open_connections();
             let overloaded = active >= u64::from(cl.breakers.max_requests)
                 || open_cx >= u64::from(cl.breakers.max_connections);
             let copy = if overloaded || cl.endpoints.is_empty() {
@@ -2266,7 +2251,7 @@ impl Conn {
         let retrying = s.get(U::RqRetryTotal).saturating_sub(s.get(U::RqRetryDone));
         let limit = match cl.breakers.retry_budget {
             Some((per_million, floor)) => {
-                let active = s.get(U::RqTotal).saturating_sub(s.get(U::RqDone));
+                let active = cl.active_requests();
                 (active.saturating_mul(u64::from(per_million)) / 1_000_000).max(u64::from(floor))
             }
             None => u64::from(cl.breakers.max_retries),
