@@ -495,9 +495,10 @@ fn listeners_follow_the_table(kind: EngineKind) {
     let first = p.listener("l");
     let mut held = connect(first);
     round_trip(&mut held, b"before");
-    // Add a second listener live. (Not port 0: the pool maps "127.0.0.1:0" to the
-    // port it resolved for `l`.)
-    let free = dead_addr();
+    // Add a second listener live, on a port of its own from the kernel. (Not a port
+    // picked by binding and dropping a probe socket: with SO_REUSEPORT, another test's
+    // port-0 listener that got the same port meanwhile would share its group with it.)
+    let free = "127.0.0.1:0";
     let two = format!(
         "listeners:\n  - {{name: l, address: \"{first}\", cluster: c}}\n  - {{name: m, address: \"{free}\", cluster: c}}\nclusters:\n{c}"
     );
