@@ -432,23 +432,9 @@ impl ControlPlane {
         if !changed {
             return false;
         }
-        let mut st = self.lock();
-        let st = &mut *st;
-        let packet = self.packet.is_some();
-        match route::compile(
-            &routed(packet, &st.config),
-            st.generation,
-            &self.stats,
-            &mut st.pool,
-        ) {
-            Ok(table) => {
-                self.routes.store(table);
-                self.stats.prune();
-                st.pool.prune();
-                tracing::info!(
-                    "DNS answers changed; routes recompiled (generation {})",
-                    st.generation
-                );
+        match self.recompile_in_place() {
+            Ok(generation) => {
+                tracing::info!("DNS answers changed; routes recompiled (generation {generation})");
                 true
             }
             Err(e) => {
@@ -458,6 +444,24 @@ impl ControlPlane {
                 false
             }
         }
+    }
+
+    /// Recompile the running config at its own generation, for what changed underneath
+    /// it (DNS answers, TLS files), and publish it; the generation it serves. On an error
+    /// nothing is published: the running table stays.
+    fn recompile_in_place(&self) -> Result<u64, ConfigError> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let table = route::compile(
+            &routed(self.packet.is_some(), &st.config),
+            st.generation,
+            &self.stats,
+            &mut st.pool,
+        )?;
+        self.routes.store(table);
+        self.stats.prune();
+        st.pool.prune();
+        Ok(st.generation)
     }
 
     /// Refuse new TCP connections in the kernel: shut down every listening TCP socket of
@@ -702,23 +706,11 @@ impl ControlPlane {
         if settling || failed.as_ref() == Some(&now) {
             return false;
         }
-        let mut st = self.lock();
-        let st = &mut *st;
-        let packet = self.packet.is_some();
-        match route::compile(
-            &routed(packet, &st.config),
-            st.generation,
-            &self.stats,
-            &mut st.pool,
-        ) {
-            Ok(table) => {
-                self.routes.store(table);
-                self.stats.prune();
-                st.pool.prune();
+        match self.recompile_in_place() {
+            Ok(generation) => {
                 *failed = None;
                 tracing::info!(
-                    "TLS files changed; certificates reloaded (generation {})",
-                    st.generation
+                    "TLS files changed; certificates reloaded (generation {generation})"
                 );
                 true
             }
