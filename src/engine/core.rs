@@ -281,9 +281,8 @@ impl Core {
             let conns = &mut self.conns;
             cr.engine.reap(usize::MAX, |c| {
                 let (slot, gen, side) = crate::tls::conn::untag(c.tag);
-                if let Some(Conn::Tcp(t)) = conns.get_mut(slot as usize) {
-                    if t.gen == gen && !t.is_free() {
-                        t.on_crypto(side, &c);
+                if let Some(t) = conns.get_mut(slot as usize) {
+                    if t.gen() == gen && !t.is_free() && t.on_crypto(side, &c) {
                         if touched.last() != Some(&(slot, gen)) {
                             touched.push((slot, gen));
                         }
@@ -291,10 +290,7 @@ impl Core {
                 }
             });
             for &(slot, gen) in &touched {
-                self.with_conn(slot, gen, io, |c, cx, io| match c {
-                    Conn::Tcp(t) => t.crypto_done(slot, cx, io),
-                    _ => Step::Continue,
-                });
+                self.with_conn(slot, gen, io, |c, cx, io| c.crypto_done(slot, cx, io));
             }
             self.touched = touched;
         }

@@ -489,14 +489,12 @@ pub fn compile(
             }
             (None, _) => None,
         };
-        if tls.is_some() && l.protocol != Protocol::Tcp {
+        if tls.is_some() && l.protocol == Protocol::Udp {
             problems.push(Problem {
                 path: format!("listeners[{i}].tls"),
                 line: None,
-                message: format!(
-                    "TLS is served on tcp listeners only so far, not {}",
-                    l.protocol
-                ),
+                message: "TLS is served on tcp and http listeners, not udp (DTLS is not supported)"
+                    .into(),
             });
             continue;
         }

@@ -24,6 +24,7 @@ use super::records::{Kernel, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
 use crate::config::tls::OffloadBackend;
 use crate::proxy::l4::Side;
+use crate::telemetry::ListenerCounter;
 
 /// The first byte of a TLS handshake record (RFC 8446 §5.1, `ContentType.handshake`).
 const HANDSHAKE: u8 = 22;
@@ -132,6 +133,41 @@ impl Crypto {
             waiters: Vec::with_capacity(1024),
         }
     }
+}
+
+impl Sniff {
+    /// The listener counter a sniff verdict lands on (`Tls`: none).
+    pub fn counter(self) -> Option<ListenerCounter> {
+        match self {
+            Sniff::Tls => None,
+            Sniff::Plain => Some(ListenerCounter::TlsPlaintextAccepted),
+            Sniff::Rejected => Some(ListenerCounter::TlsPlaintextRejected),
+        }
+    }
+}
+
+impl FeedError {
+    /// The listener counter a failure of the client's side lands on (`handshaking`: the
+    /// side had not finished its handshake). The same for every proxy.
+    pub fn down_counter(&self, handshaking: bool) -> ListenerCounter {
+        use ListenerCounter as L;
+        match self {
+            FeedError::Tls(rustls::Error::InvalidCertificate(_))
+            | FeedError::Tls(rustls::Error::NoCertificatesPresented) => L::TlsCertRejected,
+            FeedError::Tls(rustls::Error::AlertReceived(_))
+            | FeedError::Record(RecordError::Received(_)) => L::TlsAlertsReceived,
+            FeedError::Record(_) => L::TlsRecordErrors,
+            _ if handshaking => L::TlsHandshakeErrors,
+            _ => L::TlsRecordErrors,
+        }
+    }
+}
+
+/// What the record layers did since the last look: records completed per side (for
+/// `tls_records_offloaded`) and the first failure found.
+pub struct Activity {
+    pub records: [u32; 2],
+    pub error: Option<(Side, FeedError)>,
 }
 
 /// A completion's tag: which connection slot (and generation) and side it belongs to.
@@ -605,6 +641,35 @@ impl Tls {
         None
     }
 
+    /// Records completed and the first failure found since the last call; after a
+    /// failure was reported (`failed` set) only the counts.
+    pub fn activity(&mut self) -> Activity {
+        let records = self.take_counts();
+        let error = if self.failed.is_none() {
+            self.take_error()
+        } else {
+            None
+        };
+        Activity { records, error }
+    }
+
+    /// Let every side past its handshake submit what it can to the offload engine.
+    pub fn pump_all(&mut self, slot: u32, gen: u16, cr: &mut Crypto) {
+        for side in [Side::Down, Side::Up] {
+            if self.has(side) && !self.handshaking(side) {
+                self.pump(side, cr, tag(slot, gen, side));
+            }
+        }
+    }
+
+    /// Bytes of plaintext `side`'s sealer can take now (0 without a record layer).
+    pub fn plain_room(&self, side: Side) -> usize {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.plain_room(),
+            _ => 0,
+        }
+    }
+
     /// Records each side's engine completed since the last call.
     pub fn take_counts(&mut self) -> [u32; 2] {
         let mut out = [0; 2];
@@ -628,6 +693,15 @@ impl Tls {
             }
             *s = State::None;
         }
+    }
+
+    /// Destroy `side`'s engine session and forget the side (its socket is dropped;
+    /// the other side goes on).
+    pub fn release_side(&mut self, side: Side, cr: Option<&mut Crypto>) {
+        if let (State::Rec(r), Some(cr)) = (&self.sides[side.idx()], cr) {
+            let _ = cr.engine.destroy_session(r.session());
+        }
+        self.sides[side.idx()] = State::None;
     }
 
     /// `side`'s socket reached EOF.

@@ -52,6 +52,9 @@ pub struct ServerTls {
     pub certs: Vec<CertInfo>,
     /// Every file read, with its modification time then (hot rotation).
     pub files: Vec<FileStamp>,
+    /// The SPIFFE URI SAN of the default certificate, if it has one (the `By=` of
+    /// `x-forwarded-client-cert`).
+    pub uri: Option<Box<str>>,
 }
 
 /// A file and its modification time when read.
@@ -260,6 +263,7 @@ pub fn build_server(
     let mut problems = Vec::new();
     let mut pairs = Vec::new();
     let mut infos = Vec::new();
+    let mut uri = None;
     let mut files = vec![stamp(&t.cert), stamp(&t.key)];
     for p in &t.sni_certs {
         files.push(stamp(&p.cert));
@@ -280,6 +284,13 @@ pub fn build_server(
     for (cert, key, path) in all {
         match load_pair(cert, key, &path, &provider) {
             Ok((ck, info)) => {
+                if pairs.is_empty() {
+                    uri = ck
+                        .cert
+                        .first()
+                        .and_then(|leaf| certs::spiffe_id(leaf.as_ref()))
+                        .map(String::into_boxed_str);
+                }
                 pairs.push((info.dns_names.clone(), ck));
                 infos.push(info);
             }
@@ -344,6 +355,7 @@ pub fn build_server(
             .collect(),
         certs: infos,
         files,
+        uri,
     })))
 }
 

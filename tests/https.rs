@@ -1,0 +1,458 @@
+//! TLS on HTTP listeners, per engine: the HTTP proxy terminates TLS (records through the
+//! offload engine) in STRICT, PERMISSIVE and mTLS modes, with SNI, keep-alive and
+//! pipelining over one session, chunked bodies, 100-continue and an upgrade tunnel; a
+//! client outside `allowed_principals` gets a 403 over its session; the client's
+//! certificate identity goes upstream as `x-forwarded-client-cert`. Real clients: `curl`
+//! and `openssl s_client` (skipped with a message when absent), and rustls for raw bytes.
+//! Bad input: plaintext to a STRICT port, a certificate from another CA, a wrong SPIFFE
+//! ID, a truncated record, an oversized record — each counted, the proxy keeps serving.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::pki::*;
+use common::*;
+use tickmesh::engine::EngineKind;
+use tickmesh::telemetry::ListenerCounter as L;
+
+// === the upstream: answers every request with what it received ===
+
+/// An HTTP/1.1 upstream that answers each request with its head as it arrived and the
+/// length of its body (`Content-Length` or chunked; `Expect: 100-continue` honoured); an
+/// `Upgrade` request gets a 101 and then an echo of raw bytes.
+struct Mirror {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mirror {
+    fn start() -> Mirror {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let log = heads.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = mirror_conn(c, &log);
+                });
+            }
+        });
+        Mirror { addr, heads }
+    }
+
+    fn last(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut w = c.try_clone()?;
+    let mut r = BufReader::new(c);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        log.lock().unwrap().push(head.clone());
+        let value = |name: &str| {
+            lower
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        if value("upgrade:").is_some() {
+            w.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )?;
+            let mut b = [0u8; 4096];
+            loop {
+                let n = r.read(&mut b)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.write_all(&b[..n])?;
+            }
+        }
+        if value("expect:").as_deref() == Some("100-continue") {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let mut body = 0usize;
+        if let Some(n) = value("content-length:") {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut b = vec![0; n];
+            r.read_exact(&mut b)?;
+            body = n;
+        } else if value("transfer-encoding:").as_deref() == Some("chunked") {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut b = vec![0; n + 2];
+                r.read_exact(&mut b)?;
+                body += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let text = format!("{head}body={body}\n");
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )?;
+        if value("connection:").as_deref() == Some("close") {
+            return Ok(());
+        }
+    }
+}
+
+// === config and clients ===
+
+/// An http listener on port 0 terminating TLS with the `mesh` certificate; `tls_extra`
+/// goes inside its `tls:` map (`{dir}` names the PKI's folder). Every path goes to the
+/// mirror.
+fn config(pki: &Pki, tls_extra: &str, upstream: SocketAddr) -> String {
+    let tls_extra = tls_extra.replace("{dir}", &pki.dir.path().display().to_string());
+    format!(
+        "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    protocol: http\n    tls: {{cert: {}, key: {}{tls_extra}}}\n\
+         clusters:\n  - {{name: m, endpoints: [\"{upstream}\"]}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+        pki.s("mesh.pem"),
+        pki.s("mesh.key"),
+    )
+}
+
+fn mtls(mode: &str) -> String {
+    format!(
+        ", client_ca: {{dir}}/ca.pem, mode: {mode}, allowed_principals: [\"spiffe://example.org/ns/trading/sa/gateway\"]"
+    )
+}
+
+/// curl over https to `localhost` (resolved to the proxy): (exit code, stdout, stderr).
+fn curl(pki: &Pki, addr: SocketAddr, args: &[&str], urls: &[&str]) -> (i32, String, String) {
+    let port = addr.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert", &pki.s("ca.pem")])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["--resolve", &format!("billing.internal:{port}:127.0.0.1")])
+        .args(args);
+    for u in urls {
+        cmd.arg(u.replace("PORT", &port.to_string()));
+    }
+    let out = cmd.output().expect("curl runs (scripts/setup installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tools() -> bool {
+    let ok = have("openssl") && have("curl");
+    if !ok {
+        eprintln!("SKIP: needs the openssl and curl commands (scripts/setup installs them)");
+    }
+    ok
+}
+
+/// Read from a session until `want` appears in what came (or the stream ends).
+fn read_until(s: &mut TcpStream, c: &mut rustls::ClientConnection, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut t = rustls::Stream::new(c, s);
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match t.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The PKI, a mirror upstream, and a proxy terminating TLS in front of it (see
+/// [`config`]); `None` (with a message) without the openssl and curl commands.
+fn setup(kind: EngineKind, tls_extra: &str) -> Option<(Pki, Mirror, Proxy, SocketAddr)> {
+    if !tools() {
+        return None;
+    }
+    let pki = Pki::new();
+    let m = Mirror::start();
+    let p = Proxy::start(kind, &config(&pki, tls_extra, m.addr));
+    let addr = p.listener("l");
+    Some((pki, m, p, addr))
+}
+
+fn open_zero(p: &Proxy) {
+    wait_until("connections to close", Duration::from_secs(5), || {
+        p.engine().open_connections() == 0
+    });
+}
+
+// === tests (each runs per engine, see the bottom) ===
+
+/// curl over https: one TLS connection carries two requests (keep-alive), the upstream
+/// hears `x-forwarded-proto: https`, records go through the offload engine; SNI picks
+/// the second certificate; chunked upload, 100-continue.
+fn curl_keepalive_sni_bodies(kind: EngineKind) {
+    let sni = ", sni_certs: [{cert: {dir}/server2.pem, key: {dir}/server2.key}]";
+    let Some((pki, _m, p, addr)) = setup(kind, sni) else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-v"],
+        &["https://localhost:PORT/one", "https://localhost:PORT/two"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("GET /one HTTP/1.1") && out.contains("GET /two HTTP/1.1"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    assert_eq!(ls.get(L::CxTotal), 1, "both requests on one connection");
+    assert_eq!(ls.get(L::TlsHandshakes), 1);
+    assert!(ls.get(L::TlsRecordsOffloaded) >= 4);
+    // SNI: billing.internal is only in server2's certificate, which curl verifies.
+    let (code, out, err) = curl(&pki, addr, &[], &["https://billing.internal:PORT/b"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GET /b HTTP/1.1"), "{out}");
+    // A chunked upload of 100 KiB, and a 64 KiB body sent after 100-continue.
+    let body = pki.path("body");
+    std::fs::write(&body, payload(1, 100 * 1024)).unwrap();
+    let data = format!("@{}", body.display());
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &data],
+        &["https://localhost:PORT/up"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("body=102400"), "{out}");
+    std::fs::write(&body, payload(2, 64 * 1024)).unwrap();
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-v", "-H", "Expect: 100-continue", "--data-binary", &data],
+        &["https://localhost:PORT/expect"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("body=65536"), "{out}");
+    assert!(err.contains("100 Continue"), "{err}");
+    open_zero(&p);
+}
+
+/// `openssl s_client` sends two requests in one write: both answered, in order, on
+/// the one session.
+fn openssl_pipelined(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-CAfile",
+            &pki.s("ca.pem"),
+        ])
+        .args(["-connect", &addr.to_string(), "-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (a, b) = (text.find("GET /first"), text.find("GET /second"));
+    assert!(a.is_some() && b.is_some() && a < b, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(p.stats.listener("l").get(L::CxTotal), 1);
+    open_zero(&p);
+}
+
+/// mTLS: the allowed principal passes with `x-forwarded-client-cert` set (a forged one
+/// from the client is dropped); another principal gets a 403 over its session; a
+/// certificate from another CA fails the handshake.
+fn mtls_principals_and_xfcc(kind: EngineKind) {
+    let Some((pki, m, p, addr)) = setup(kind, &mtls("STRICT")) else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    let (gw, gk) = (pki.s("gateway.pem"), pki.s("gateway.key"));
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &[
+            "--cert",
+            &gw,
+            "--key",
+            &gk,
+            "-H",
+            "x-forwarded-client-cert: URI=spiffe://forged",
+        ],
+        &["https://localhost:PORT/ok"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("x-forwarded-client-cert: By=spiffe://example.org/ns/mesh/sa/proxy;URI=spiffe://example.org/ns/trading/sa/gateway"),
+        "{out}"
+    );
+    assert!(!out.contains("forged"), "{out}");
+    // Another principal of the same CA: 403 with a body, counted; nothing upstream.
+    let before = m.heads.lock().unwrap().len();
+    let (ic, ik) = (pki.s("intruder.pem"), pki.s("intruder.key"));
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["--cert", &ic, "--key", &ik, "-w", "status=%{http_code}"],
+        &["https://localhost:PORT/secret"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("RBAC: access denied") && out.contains("status=403"),
+        "{out}"
+    );
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert_eq!(m.heads.lock().unwrap().len(), before);
+    // A certificate from another CA: the handshake fails.
+    let (fc, fk) = (pki.s("foreign.pem"), pki.s("foreign.key"));
+    let (code, _, _) = curl(
+        &pki,
+        addr,
+        &["--cert", &fc, "--key", &fk],
+        &["https://localhost:PORT/"],
+    );
+    assert_ne!(code, 0);
+    wait_until("cert rejection counted", Duration::from_secs(5), || {
+        ls.get(L::TlsCertRejected) == 1
+    });
+    // Still serving.
+    let (code, out, _) = curl(
+        &pki,
+        addr,
+        &["--cert", &gw, "--key", &gk],
+        &["https://localhost:PORT/again"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("GET /again"), "{out}");
+    open_zero(&p);
+}
+
+/// PERMISSIVE: plaintext HTTP is served as such (`x-forwarded-proto: http`), TLS too.
+fn permissive(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, ", mode: PERMISSIVE") else {
+        return;
+    };
+    let mut s = connect(addr);
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("x-forwarded-proto: http\r\n"), "{got}");
+    let (code, out, err) = curl(&pki, addr, &[], &["https://localhost:PORT/tls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+    let ls = p.stats.listener("l");
+    assert_eq!(ls.get(L::TlsPlaintextAccepted), 1);
+    assert_eq!(ls.get(L::TlsHandshakes), 1);
+    open_zero(&p);
+}
+
+/// An upgrade (101) over TLS becomes a tunnel of decrypted bytes both ways.
+fn upgrade_over_tls(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let (mut s, mut c) = tls_connect(addr, pki.client(None));
+    c.writer()
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let head = read_until(&mut s, &mut c, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping", "pong pong"] {
+        c.writer().write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_until(&mut s, &mut c, msg), msg);
+    }
+    assert_eq!(p.stats.listener("l").get(L::HttpUpgrades), 1);
+    drop((s, c));
+    open_zero(&p);
+}
+
+/// Bad input: plaintext to a STRICT port (an alert), a truncated record, an oversized
+/// record; each counted, and the proxy keeps serving.
+fn bad_input(kind: EngineKind) {
+    let Some((pki, m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    // Plaintext HTTP: a TLS alert record comes back (decode_error), no response.
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(
+        read_alert(&mut s),
+        Some(50),
+        "an alert record, decode_error"
+    );
+    assert_eq!(ls.get(L::TlsPlaintextRejected), 1);
+    // A request cut inside a record, then EOF: counted as truncation, nothing upstream.
+    let before = m.heads.lock().unwrap().len();
+    truncated_record(addr, pki.client(None));
+    wait_until("truncation counted", Duration::from_secs(5), || {
+        ls.get(L::TlsTruncated) == 1
+    });
+    assert_eq!(m.heads.lock().unwrap().len(), before);
+    // An oversized record: record_overflow.
+    let err = oversized_record(addr, pki.client(None));
+    assert!(err.contains("RecordOverflow"), "{err}");
+    wait_until("record error counted", Duration::from_secs(5), || {
+        ls.get(L::TlsRecordErrors) == 1
+    });
+    // Still serving.
+    let (code, out, err) = curl(&pki, addr, &[], &["https://localhost:PORT/fine"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GET /fine"), "{out}");
+    assert!(m.last().contains("GET /fine"));
+    open_zero(&p);
+}
+
+per_engine!(
+    curl_keepalive_sni_bodies,
+    openssl_pipelined,
+    mtls_principals_and_xfcc,
+    permissive,
+    upgrade_over_tls,
+    bad_input,
+);
