@@ -135,13 +135,25 @@ fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
 /// goes inside its `tls:` map (`{dir}` names the PKI's folder). Every path goes to the
 /// mirror.
 fn config(pki: &Pki, tls_extra: &str, upstream: SocketAddr) -> String {
+    config_with(pki, "mesh", tls_extra, upstream, "")
+}
+
+/// As [`config`], serving certificate `cert`, with `routes` (YAML list items) before the
+/// catch-all route.
+fn config_with(
+    pki: &Pki,
+    cert: &str,
+    tls_extra: &str,
+    upstream: SocketAddr,
+    routes: &str,
+) -> String {
     let tls_extra = tls_extra.replace("{dir}", &pki.dir.path().display().to_string());
     format!(
         "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    protocol: http\n    tls: {{cert: {}, key: {}{tls_extra}}}\n\
          clusters:\n  - {{name: m, endpoints: [\"{upstream}\"]}}\n\
-         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
-        pki.s("mesh.pem"),
-        pki.s("mesh.key"),
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n{routes}          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+        pki.s(&format!("{cert}.pem")),
+        pki.s(&format!("{cert}.key")),
     )
 }
 
@@ -448,7 +460,82 @@ fn bad_input(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Per-route `allowed_principals`: `/admin` only for the gateway identity (403 for
+/// others, over their session), the rest for every verified client; a route with
+/// principals on a listener without client certificates is refused at apply.
+fn route_principals(kind: EngineKind) {
+    let Some((pki, m, mut p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let admin = "          - match: {prefix: \"/admin\"}\n            route: {cluster: m}\n            allowed_principals: [\"spiffe://example.org/ns/trading/sa/gateway\"]\n";
+    let bad = config_with(&pki, "mesh", "", m.addr, admin);
+    let cfg = tickmesh::config::parse(&bad, tickmesh::config::Format::Yaml).unwrap();
+    let e = tickmesh::route::compile(&cfg, 9, &p.stats, &mut p.pool)
+        .err()
+        .expect("refused without client_ca")
+        .to_string();
+    assert!(e.contains("client_ca"), "{e}");
+    p.apply(&config_with(
+        &pki,
+        "mesh",
+        ", client_ca: {dir}/ca.pem",
+        m.addr,
+        admin,
+    ));
+    assert_eq!(p.listener("l"), addr, "the port-0 listener keeps its port");
+    let ls = p.stats.listener("l");
+    let who = |name: &str, path: &str| {
+        let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
+        let args = ["--cert", &cert, "--key", &key, "-w", "status=%{http_code}"];
+        curl(
+            &pki,
+            addr,
+            &args,
+            &[&format!("https://localhost:PORT{path}")],
+        )
+        .1
+    };
+    assert!(who("gateway", "/admin/x").contains("status=200"));
+    let out = who("intruder", "/admin/x");
+    assert!(
+        out.contains("status=403") && out.contains("RBAC: access denied"),
+        "{out}"
+    );
+    assert!(who("intruder", "/public").contains("status=200"));
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert!(!m
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.contains("/admin") && h.contains("intruder")));
+    open_zero(&p);
+}
+
+/// Certificate rotation by apply: new handshakes get the new certificate, a session
+/// opened before keeps serving requests.
+fn rotation(kind: EngineKind) {
+    let Some((pki, m, mut p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let leaf = |c: &rustls::ClientConnection| c.peer_certificates().unwrap()[0].clone();
+    let (mut s1, mut c1) = tls_connect(addr, pki.client(None));
+    assert_eq!(leaf(&c1), pki.certs("mesh")[0]);
+    let req = b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n";
+    c1.writer().write_all(req).unwrap();
+    assert!(read_until(&mut s1, &mut c1, "body=0\n").contains("GET /r"));
+    p.apply(&config_with(&pki, "server-new", "", m.addr, ""));
+    let (_s2, c2) = tls_connect(addr, pki.client(None));
+    assert_eq!(leaf(&c2), pki.certs("server-new")[0]);
+    c1.writer().write_all(req).unwrap();
+    assert!(read_until(&mut s1, &mut c1, "body=0\n").contains("GET /r"));
+    drop((s1, c1, _s2, c2));
+    open_zero(&p);
+}
+
 per_engine!(
+    route_principals,
+    rotation,
     curl_keepalive_sni_bodies,
     openssl_pipelined,
     mtls_principals_and_xfcc,

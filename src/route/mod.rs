@@ -489,6 +489,22 @@ pub fn compile(
             }
             (None, _) => None,
         };
+        let route_principals = http.as_ref().is_some_and(|h| {
+            h.vhosts
+                .iter()
+                .any(|v| v.routes.iter().any(|r| !r.principals.is_empty()))
+        });
+        if route_principals && !tls.as_ref().is_some_and(|t| t.mtls) {
+            problems.push(Problem {
+                path: format!("listeners[{i}].tls"),
+                line: None,
+                message: format!(
+                    "routes of listener `{}` set allowed_principals, which come from client certificates: give the listener tls: with client_ca (mode STRICT or PERMISSIVE)",
+                    l.name
+                ),
+            });
+            continue;
+        }
         if tls.is_some() && l.protocol == Protocol::Udp {
             problems.push(Problem {
                 path: format!("listeners[{i}].tls"),

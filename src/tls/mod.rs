@@ -247,6 +247,16 @@ fn roots(path: &Path, at: String) -> Result<Arc<RootCertStore>, Problem> {
     Ok(Arc::new(store))
 }
 
+/// A principal as `allowed_principals` takes it: a SPIFFE ID.
+pub fn check_spiffe(p: &str) -> Result<(), String> {
+    if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
+        return Err(format!(
+            "`{p}` is not a SPIFFE ID (spiffe://trust-domain/path)"
+        ));
+    }
+    Ok(())
+}
+
 /// Compile a listener's `tls:` with its effective mode. `None` for `DISABLE`.
 /// `at` is the field path of the `tls` block (`listeners[0].tls`).
 pub fn build_server(
@@ -298,11 +308,8 @@ pub fn build_server(
         }
     }
     for (i, p) in t.allowed_principals.iter().enumerate() {
-        if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
-            problems.push(problem(
-                format!("{at}.allowed_principals[{i}]"),
-                format!("`{p}` is not a SPIFFE ID (spiffe://trust-domain/path)"),
-            ));
+        if let Err(e) = check_spiffe(p) {
+            problems.push(problem(format!("{at}.allowed_principals[{i}]"), e));
         }
     }
     if !t.allowed_principals.is_empty() && t.client_ca.is_none() {

@@ -1323,6 +1323,9 @@ impl Conn {
             self.lcount(cx.worker, L::HttpNoRoute, 1);
             return self.respond(slot, 404, b"no route\n", cx, io);
         };
+        if !route.allows(self.tls.as_deref().and_then(tls::Layer::identity)) {
+            return self.deny(slot, cx, io);
+        }
         match &route.action {
             Action::Direct { status, body } => self.respond(slot, *status, body, cx, io),
             Action::Redirect {

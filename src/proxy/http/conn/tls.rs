@@ -319,7 +319,7 @@ impl Conn {
             if !self.tls_on(side) {
                 continue;
             }
-            self.tls_flush(slot, side, io);
+            self.tls_flush(slot, side, cx, io);
             match self.tls_deliver(slot, side, cx, io) {
                 Turn::Idle => {}
                 Turn::Delivered => delivered = true,
@@ -344,7 +344,7 @@ impl Conn {
     }
 
     /// Send the next ciphertext towards `side` if none is on its way.
-    fn tls_flush(&mut self, slot: u32, side: Side, io: &mut impl Io) {
+    fn tls_flush(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) {
         let fd = self.raw(side);
         if fd < 0 || (side == Side::Up && !self.connected) {
             return;
@@ -358,7 +358,7 @@ impl Conn {
             return;
         }
         let Some(b) = io.take() else {
-            return; // retried on the next turn (every completion drives one)
+            return self.tls_starve(slot, side, cx);
         };
         let n = l.t.write_tls(side, io.bytes_mut(b)) as u32;
         if n == 0 {
@@ -368,6 +368,15 @@ impl Conn {
         l.tx[side.idx()] = Some((b, 0, n));
         q.inflight = true;
         io.send(me, side.other(), fd, b, 0, n);
+    }
+
+    /// No spare pool buffer for `side`'s records: wait on the worker's starved list
+    /// (its `rearm` drives the connection again once buffers come back).
+    fn tls_starve(&mut self, slot: u32, side: Side, cx: &mut Ctx) {
+        if !self.starved[side.idx()] {
+            self.starved[side.idx()] = true;
+            cx.starved.push((slot, side));
+        }
     }
 
     /// Hand decrypted bytes (or the end of the stream) from `side` up, when wanted.
@@ -383,7 +392,8 @@ impl Conn {
             return Turn::Idle; // stays in the session until the HTTP side asks again
         }
         let Some(b) = io.take() else {
-            return Turn::Idle; // retried on the next turn
+            self.tls_starve(slot, side, cx);
+            return Turn::Idle;
         };
         let Some(l) = self.tls.as_deref_mut() else {
             io.release(b);
@@ -475,7 +485,7 @@ impl Conn {
         // Nothing more is wanted from the client.
         l.want = [false; 2];
         l.t.pump_all(slot, gen, cx.crypto());
-        self.tls_flush(slot, down, io);
+        self.tls_flush(slot, down, cx, io);
         let Some(l) = self.tls.as_deref() else {
             return false;
         };
