@@ -29,25 +29,39 @@ use tickmesh::telemetry::ListenerCounter as L;
 struct Mirror {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    conns: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Mirror {
     fn start() -> Mirror {
+        Mirror::serve(None)
+    }
+
+    /// The same behind TLS (`tls`: the server's config).
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Mirror {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let log = heads.clone();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, count) = (heads.clone(), conns.clone());
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { return };
-                let log = log.clone();
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (log, tls) = (log.clone(), tls.clone());
                 std::thread::spawn(move || {
                     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = mirror_conn(c, &log);
+                    let _ = match tls {
+                        None => mirror_conn(c, &log),
+                        Some(cfg) => rustls::ServerConnection::new(cfg)
+                            .map_err(std::io::Error::other)
+                            .and_then(|s| mirror_conn(rustls::StreamOwned::new(s, c), &log)),
+                    };
                 });
             }
         });
-        Mirror { addr, heads }
+        Mirror { addr, heads, conns }
     }
 
     fn last(&self) -> String {
@@ -60,8 +74,7 @@ impl Mirror {
     }
 }
 
-fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
-    let mut w = c.try_clone()?;
+fn mirror_conn(c: impl Read + Write, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let mut r = BufReader::new(c);
     loop {
         let mut head = String::new();
@@ -82,6 +95,7 @@ fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
                 .lines()
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
+        let w = r.get_mut();
         if value("upgrade:").is_some() {
             w.write_all(
                 b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
@@ -92,11 +106,12 @@ fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
                 if n == 0 {
                     return Ok(());
                 }
-                w.write_all(&b[..n])?;
+                r.get_mut().write_all(&b[..n])?;
             }
         }
         if value("expect:").as_deref() == Some("100-continue") {
             w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            w.flush()?;
         }
         let mut body = 0usize;
         if let Some(n) = value("content-length:") {
@@ -118,11 +133,13 @@ fn mirror_conn(c: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
             }
         }
         let text = format!("{head}body={body}\n");
+        let w = r.get_mut();
         write!(
             w,
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
             text.len()
         )?;
+        w.flush()?;
         if value("connection:").as_deref() == Some("close") {
             return Ok(());
         }
@@ -215,6 +232,35 @@ fn setup(kind: EngineKind, tls_extra: &str) -> Option<(Pki, Mirror, Proxy, Socke
     let p = Proxy::start(kind, &config(&pki, tls_extra, m.addr));
     let addr = p.listener("l");
     Some((pki, m, p, addr))
+}
+
+/// One plaintext GET on a new connection: the response, read to the end of its body
+/// (`Content-Length`).
+fn get(addr: SocketAddr, path: &str) -> String {
+    get_on(&mut BufReader::new(connect(addr)), path)
+}
+
+/// As [`get`], on a kept-alive connection.
+fn get_on(r: &mut BufReader<TcpStream>, path: &str) -> String {
+    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return text;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        text.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = r.read_exact(&mut body);
+    text + &String::from_utf8_lossy(&body)
 }
 
 fn open_zero(p: &Proxy) {
@@ -533,7 +579,68 @@ fn rotation(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A plain HTTP listener in front of a TLS cluster: requests go upstream inside TLS
+/// (SNI and CA checked), pooled connections keep their session (two client connections,
+/// one upstream connection and handshake); a certificate that does not match the SNI
+/// fails the handshake: 503 to the client, counted on the cluster.
+fn originate_to_tls_cluster(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let m = Mirror::serve(Some(Arc::new(server)));
+    let yaml = |sni: &str| {
+        format!(
+            "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+             clusters:\n  - {{name: m, endpoints: [\"{}\"], tls: {{ca: {}, sni: {sni}}}}}\n\
+             route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+            m.addr,
+            pki.s("ca.pem")
+        )
+    };
+    let mut p = Proxy::start(kind, &yaml("orders.internal"));
+    let addr = p.listener("l");
+    let cs = p.stats.cluster("m");
+    // One client connection, two requests: the second takes the pooled upstream
+    // connection (pools are per worker; one client connection stays on one).
+    let mut client = BufReader::new(connect(addr));
+    for path in ["/a", "/b"] {
+        let text = get_on(&mut client, path);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET {path}")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        m.conns.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one pooled TLS connection"
+    );
+    assert_eq!(
+        cs.get(tickmesh::telemetry::UpstreamCounter::TlsHandshakes),
+        1
+    );
+    assert!(cs.get(tickmesh::telemetry::UpstreamCounter::TlsRecordsOffloaded) >= 4);
+    assert_eq!(p.stats.listener("l").get(L::HttpUpstreamReuse), 1);
+    // The upstream's certificate does not name billing.internal: 503.
+    drop(client);
+    p.apply(&yaml("billing.internal"));
+    let got = get(addr, "/c");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(cs.get(tickmesh::telemetry::UpstreamCounter::TlsErrors) >= 1);
+    open_zero(&p);
+}
+
 per_engine!(
+    originate_to_tls_cluster,
     route_principals,
     rotation,
     curl_keepalive_sni_bodies,

@@ -382,9 +382,9 @@ impl Core {
         self.cursors.clear();
         self.cursors.resize(t.clusters.len(), 0);
         // Idle upstream connections are indexed by the old table: closed.
-        let (old, worker) = (&self.table, self.worker);
+        let (old, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         self.http.pool.reset(t.generation, |i| {
-            crate::proxy::http::pool::count_close(old, worker, &i)
+            crate::proxy::http::pool::count_close(old, worker, i, crypto)
         });
         self.table = t;
         let worker = self.worker;
@@ -632,7 +632,7 @@ impl Core {
         }
         self.udp.expire(self.now_ms, self.worker, io);
         if !self.http.pool.is_empty() {
-            let (t, worker) = (&self.table, self.worker);
+            let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
             self.http.pool.expire(
                 self.now_ms,
                 |c| {
@@ -652,7 +652,7 @@ impl Core {
                         }
                     })
                 },
-                |i| crate::proxy::http::pool::count_close(t, worker, &i),
+                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto),
             );
         }
     }
@@ -665,10 +665,10 @@ impl Core {
             self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
         }
         self.udp.close_all(self.worker, io);
-        let (t, worker) = (&self.table, self.worker);
+        let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         let generation = t.generation;
         self.http.pool.reset(generation, |i| {
-            crate::proxy::http::pool::count_close(t, worker, &i)
+            crate::proxy::http::pool::count_close(t, worker, i, crypto)
         });
         self.sync_accepts(io);
     }

@@ -372,6 +372,20 @@ impl Handshake {
     }
 }
 
+/// One side's session parked with its socket (an idle pooled upstream connection):
+/// past its handshake, nothing in flight on the engine, nothing buffered either way.
+#[derive(Debug)]
+pub struct Parked(State);
+
+impl Parked {
+    /// The socket closes while parked: destroy the engine session.
+    pub fn release(self, cr: Option<&mut Crypto>) {
+        if let (State::Rec(r), Some(cr)) = (&self.0, cr) {
+            let _ = cr.engine.destroy_session(r.session());
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tls {
     sides: [State; 2],
@@ -702,6 +716,30 @@ impl Tls {
             let _ = cr.engine.destroy_session(r.session());
         }
         self.sides[side.idx()] = State::None;
+    }
+
+    /// Take `side`'s session out to park it with its socket. `Err(())`: there is one
+    /// but it is not quiet (records in flight or waiting), so the socket cannot be
+    /// parked; `Ok(None)`: the side has no session.
+    pub fn park(&mut self, side: Side) -> Result<Option<Parked>, ()> {
+        match &self.sides[side.idx()] {
+            State::None => Ok(None),
+            State::Rec(r)
+                if !r.tx_pending()
+                    && !r.rx_busy()
+                    && !r.pending()
+                    && !r.failed()
+                    && !r.peer_closed =>
+            {
+                Ok(Some(Parked(std::mem::take(&mut self.sides[side.idx()]))))
+            }
+            _ => Err(()),
+        }
+    }
+
+    /// Continue a parked session on `side` (its socket was attached to this connection).
+    pub fn unpark(&mut self, side: Side, p: Parked) {
+        self.sides[side.idx()] = p.0;
     }
 
     /// `side`'s socket reached EOF.

@@ -913,6 +913,9 @@ impl Conn {
         }
         self.connected = true;
         self.last_ms = cx.now_ms;
+        if let Some(step) = self.tls_start_up(slot, cx, io) {
+            return step; // the cluster's TLS could not start
+        }
         self.drive(slot, cx, io)
     }
 
@@ -1479,7 +1482,7 @@ impl Conn {
                 }
                 // A connection a failed exchange left behind goes (counted on its
                 // cluster), before the counters switch to this request's cluster.
-                self.drop_up(cx);
+                self.drop_up(cx, io);
                 if !self
                     .cstats
                     .as_ref()
@@ -1752,7 +1755,7 @@ impl Conn {
             }
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);
             if let Some(t) = &self.table {
-                super::pool::count_close(t, cx.worker, &idle);
+                super::pool::count_close(t, cx.worker, idle, cx.crypto);
             }
         }
         None
@@ -1785,6 +1788,9 @@ impl Conn {
             }
         }
         io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
+        if let Some(p) = idle.tls {
+            self.tls_unpark_up(p);
+        }
         self.fds[Side::Up.idx()] = Some(idle.fd);
         self.up_endpoint = idle.endpoint;
         self.up_requests = idle.requests + 1;
@@ -1801,7 +1807,11 @@ impl Conn {
 
     /// The exchange ended with the upstream willing to go on: park its connection in
     /// the worker's pool (nothing is in flight on it).
-    fn park_up(&mut self, slot: u32, cx: &mut Ctx) {
+    fn park_up(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) {
+        let Ok(tls) = self.tls_park_up() else {
+            // Its TLS session is not quiet: the connection cannot be handed on.
+            return self.drop_up(cx, io);
+        };
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1814,14 +1824,17 @@ impl Conn {
             requests: self.up_requests,
             since_ms: cx.now_ms,
             owner: (slot, self.gen),
+            tls,
         };
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
             // The pool serves the worker's table: count with it.
-            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, &old),
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto),
             // A table older than the worker's: closed, counted here.
             Err(idle) => {
-                drop(idle);
+                if let Some(p) = idle.tls {
+                    p.release(cx.crypto.as_mut());
+                }
                 self.ucount(cx.worker, U::CxClosed, 1);
             }
         }
@@ -1829,7 +1842,8 @@ impl Conn {
 
     /// Let go of the upstream connection (nothing is in flight on it between
     /// exchanges).
-    fn drop_up(&mut self, cx: &mut Ctx) {
+    fn drop_up(&mut self, cx: &mut Ctx, io: &mut impl Io) {
+        self.tls_drop_up(cx, io);
         if self.fds[Side::Up.idx()].take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }
@@ -1931,9 +1945,9 @@ impl Conn {
                 self.up_reusable = false;
             }
             if self.up_reusable {
-                self.park_up(slot, cx);
+                self.park_up(slot, cx, io);
             } else {
-                self.drop_up(cx);
+                self.drop_up(cx, io);
             }
             self.route_deadline_ms = 0;
             self.phase = Phase::Flush;
@@ -2149,7 +2163,8 @@ impl Conn {
             let open_cx = cl.open_connections();
             let overloaded = active >= u64::from(cl.breakers.max_requests)
                 || open_cx >= u64::from(cl.breakers.max_connections);
-            let copy = if overloaded || cl.endpoints.is_empty() {
+            // Mirrors do not originate TLS: a TLS cluster's shadow is dropped (counted).
+            let copy = if overloaded || cl.endpoints.is_empty() || cl.tls.is_some() {
                 None
             } else {
                 cx.http.take_copy()
@@ -2276,7 +2291,7 @@ impl Conn {
 
     /// The back-off passed and the old upstream socket is quiet: send again.
     fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        self.drop_up(cx);
+        self.drop_up(cx, io);
         self.out[Side::Down.idx()].release_all(io);
         for p in [Side::Up] {
             if let Some((b, _, _)) = self.pend[p.idx()].take() {

@@ -47,8 +47,12 @@ pub(super) struct Layer {
 
 impl Layer {
     pub fn server(s: Arc<ServerTls>) -> Box<Layer> {
+        Layer::with(Tls::server(s))
+    }
+
+    fn with(t: Box<Tls>) -> Box<Layer> {
         Box::new(Layer {
-            t: Tls::server(s),
+            t,
             want: [false; 2],
             tx: [None; 2],
             linger_until: None,
@@ -272,6 +276,46 @@ impl Conn {
             return Step::Continue;
         }
         self.drive(slot, cx, io)
+    }
+
+    /// A new upstream connection is up: originate TLS when its cluster says so (the
+    /// ClientHello goes out with the next turn). `Some`: it could not start (counted,
+    /// the exchange failed as a connect failure).
+    pub(super) fn tls_start_up(
+        &mut self,
+        slot: u32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
+        let origin = self
+            .table
+            .as_ref()
+            .and_then(|t| t.clusters.get(self.cluster as usize))
+            .and_then(|c| c.tls.clone())?;
+        let l = self.tls.get_or_insert_with(|| Layer::with(Tls::empty()));
+        if l.t.start_client(&origin).is_ok() {
+            return None;
+        }
+        let e = FeedError::Tls(rustls::Error::General("client session".into()));
+        Some(self.tls_broke(slot, (Side::Up, e), cx, io))
+    }
+
+    /// The upstream side's session, to park with its socket (see [`Tls::park`]).
+    pub(super) fn tls_park_up(&mut self) -> Result<Option<tlsconn::Parked>, ()> {
+        let Some(l) = self.tls.as_deref_mut() else {
+            return Ok(None);
+        };
+        if l.tx[Side::Up.idx()].is_some() {
+            return Err(());
+        }
+        l.want[Side::Up.idx()] = false;
+        l.t.park(Side::Up)
+    }
+
+    /// A pooled connection's session continues on this connection.
+    pub(super) fn tls_unpark_up(&mut self, p: tlsconn::Parked) {
+        let l = self.tls.get_or_insert_with(|| Layer::with(Tls::empty()));
+        l.t.unpark(Side::Up, p);
     }
 
     /// Forget the upstream side's session (its socket is being dropped): its
