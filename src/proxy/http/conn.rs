@@ -846,6 +846,10 @@ impl Conn {
             return Step::Continue;
         }
         if res < 0 {
+            if self.tls_on(from.other()) {
+                // Its socket failed: no close_notify is waited for there.
+                self.reset[from.other().idx()] = true;
+            }
             match from.other() {
                 Side::Down => {
                     self.lcount(cx.worker, L::DownstreamResets, 1);
