@@ -282,10 +282,12 @@ impl Core {
             cr.engine.reap(usize::MAX, |c| {
                 let (slot, gen, side) = crate::tls::conn::untag(c.tag);
                 if let Some(t) = conns.get_mut(slot as usize) {
-                    if t.gen() == gen && !t.is_free() && t.on_crypto(side, &c) {
-                        if touched.last() != Some(&(slot, gen)) {
-                            touched.push((slot, gen));
-                        }
+                    if t.gen() == gen
+                        && !t.is_free()
+                        && t.on_crypto(side, &c)
+                        && touched.last() != Some(&(slot, gen))
+                    {
+                        touched.push((slot, gen));
                     }
                 }
             });

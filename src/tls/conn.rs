@@ -386,6 +386,10 @@ impl Parked {
     }
 }
 
+/// A session with records in flight or buffered: it cannot be parked.
+#[derive(Debug, Clone, Copy)]
+pub struct NotQuiet;
+
 #[derive(Debug, Default)]
 pub struct Tls {
     sides: [State; 2],
@@ -718,10 +722,10 @@ impl Tls {
         self.sides[side.idx()] = State::None;
     }
 
-    /// Take `side`'s session out to park it with its socket. `Err(())`: there is one
-    /// but it is not quiet (records in flight or waiting), so the socket cannot be
-    /// parked; `Ok(None)`: the side has no session.
-    pub fn park(&mut self, side: Side) -> Result<Option<Parked>, ()> {
+    /// Take `side`'s session out to park it with its socket. `Err`: there is one but
+    /// it is not quiet (records in flight or waiting), so the socket cannot be parked;
+    /// `Ok(None)`: the side has no session.
+    pub fn park(&mut self, side: Side) -> Result<Option<Parked>, NotQuiet> {
         match &self.sides[side.idx()] {
             State::None => Ok(None),
             State::Rec(r)
@@ -733,7 +737,7 @@ impl Tls {
             {
                 Ok(Some(Parked(std::mem::take(&mut self.sides[side.idx()]))))
             }
-            _ => Err(()),
+            _ => Err(NotQuiet),
         }
     }
 

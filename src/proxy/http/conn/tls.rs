@@ -301,12 +301,12 @@ impl Conn {
     }
 
     /// The upstream side's session, to park with its socket (see [`Tls::park`]).
-    pub(super) fn tls_park_up(&mut self) -> Result<Option<tlsconn::Parked>, ()> {
+    pub(super) fn tls_park_up(&mut self) -> Result<Option<tlsconn::Parked>, tlsconn::NotQuiet> {
         let Some(l) = self.tls.as_deref_mut() else {
             return Ok(None);
         };
         if l.tx[Side::Up.idx()].is_some() {
-            return Err(());
+            return Err(tlsconn::NotQuiet);
         }
         l.want[Side::Up.idx()] = false;
         l.t.park(Side::Up)
@@ -350,7 +350,7 @@ impl Conn {
             return Turn::Done(self.tls_broke(slot, (side, e), cx, io));
         }
         for side in [Side::Down, Side::Up] {
-            if self.tls_on(side) && !(side == Side::Up && !self.connected) {
+            if (side == Side::Down || self.connected) && self.tls_on(side) {
                 self.tls_take_plain(side.other(), io);
             }
         }
