@@ -597,13 +597,24 @@ fn originate_to_tls_cluster(kind: EngineKind) {
     .with_single_cert(pki.certs("server"), pki.key("server"))
     .unwrap();
     let m = Mirror::serve(Some(Arc::new(server)));
+    // An endpoint that hangs up on every connection (a failed handshake).
+    let closer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in closer.incoming() {
+            drop(c);
+        }
+    });
     let yaml = |sni: &str| {
         format!(
             "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
-             clusters:\n  - {{name: m, endpoints: [\"{}\"], tls: {{ca: {}, sni: {sni}}}}}\n\
-             route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
-            m.addr,
-            pki.s("ca.pem")
+             clusters:\n  - {{name: m, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: {sni}}}}}\n\
+             \x20 - {{name: two, endpoints: [\"{closer_addr}\", \"{m}\"], tls: {{ca: {ca}, sni: {sni}}}}}\n\
+             route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+             \x20         - match: {{prefix: \"/retry\"}}\n            route: {{cluster: two, retry_policy: {{retry_on: connect-failure, num_retries: 2}}}}\n\
+             \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+            m = m.addr,
+            ca = pki.s("ca.pem")
         )
     };
     let mut p = Proxy::start(kind, &yaml("orders.internal"));
@@ -631,6 +642,14 @@ fn originate_to_tls_cluster(kind: EngineKind) {
     assert!(cs.get(tickmesh::telemetry::UpstreamCounter::TlsRecordsOffloaded) >= 4);
     assert_eq!(p.stats.listener("l").get(L::HttpUpstreamReuse), 1);
     // The upstream's certificate does not name billing.internal: 503.
+    // A failed handshake is a connect failure: retried on the next endpoint.
+    for i in 0..4 {
+        let text = get_on(&mut client, &format!("/retry/{i}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    let two = p.stats.cluster("two");
+    assert!(two.get(tickmesh::telemetry::UpstreamCounter::TlsErrors) >= 1);
+    assert!(p.stats.listener("l").get(L::HttpRetry) >= 1);
     drop(client);
     p.apply(&yaml("billing.internal"));
     let got = get(addr, "/c");

@@ -744,9 +744,11 @@ impl Conn {
                 Side::Down => self.lcount(cx.worker, L::DownstreamResets, 1),
                 Side::Up => self.ucount(cx.worker, U::UpstreamResets, 1),
             }
-        } else if self.tls_on(side) {
-            // The session tells a clean end from a truncation once it is read.
-            return self.tls_eof(slot, side, cx, io);
+        }
+        if self.tls_on(side) {
+            if let Some(step) = self.tls_eof(slot, side, res, cx, io) {
+                return step;
+            }
         }
         self.on_eof(slot, side, res, cx, io)
     }

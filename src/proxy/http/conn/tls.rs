@@ -192,19 +192,28 @@ impl Conn {
         Some(self.drive(slot, cx, io))
     }
 
-    /// The socket of TLS side `side` reached EOF: the session reports a clean close or
-    /// a truncation once the bytes before it were read.
+    /// The socket of TLS side `side` ended (`res` 0, or `-errno`). An upstream that
+    /// hangs up during our handshake failed the connect; at EOF otherwise the session
+    /// reports a clean close or a truncation once the bytes before it were read. `None`:
+    /// a reset after the handshake, handled as without TLS.
     pub(super) fn tls_eof(
         &mut self,
         slot: u32,
         side: Side,
+        res: i32,
         cx: &mut Ctx,
         io: &mut impl Io,
-    ) -> Step {
-        if let Some(l) = self.tls.as_deref_mut() {
-            l.t.eof(side);
+    ) -> Option<Step> {
+        let l = self.tls.as_deref_mut()?;
+        if side == Side::Up && l.t.handshaking(side) {
+            let e = rustls::Error::General("upstream closed during the handshake".into());
+            return Some(self.tls_broke(slot, (side, FeedError::Tls(e)), cx, io));
         }
-        self.drive(slot, cx, io)
+        if res < 0 {
+            return None;
+        }
+        l.t.eof(side);
+        Some(self.drive(slot, cx, io))
     }
 
     /// `side`'s peer broke TLS: count it, send the alert queued for it, then close
