@@ -199,6 +199,26 @@ fn curl(pki: &Pki, addr: SocketAddr, args: &[&str], urls: &[&str]) -> (i32, Stri
     )
 }
 
+/// [`curl`] presenting client certificate `name` of the PKI, for `path` on `localhost`;
+/// the output ends with `status=<code>`.
+fn curl_as(
+    pki: &Pki,
+    addr: SocketAddr,
+    name: &str,
+    extra: &[&str],
+    path: &str,
+) -> (i32, String, String) {
+    let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
+    let mut args = vec!["--cert", &cert, "--key", &key, "-w", "status=%{http_code}"];
+    args.extend_from_slice(extra);
+    curl(
+        pki,
+        addr,
+        &args,
+        &[&format!("https://localhost:PORT{path}")],
+    )
+}
+
 fn tools() -> bool {
     let ok = have("openssl") && have("curl");
     if !ok {
@@ -368,20 +388,8 @@ fn mtls_principals_and_xfcc(kind: EngineKind) {
         return;
     };
     let ls = p.stats.listener("l");
-    let (gw, gk) = (pki.s("gateway.pem"), pki.s("gateway.key"));
-    let (code, out, err) = curl(
-        &pki,
-        addr,
-        &[
-            "--cert",
-            &gw,
-            "--key",
-            &gk,
-            "-H",
-            "x-forwarded-client-cert: URI=spiffe://forged",
-        ],
-        &["https://localhost:PORT/ok"],
-    );
+    let forged = ["-H", "x-forwarded-client-cert: URI=spiffe://forged"];
+    let (code, out, err) = curl_as(&pki, addr, "gateway", &forged, "/ok");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("x-forwarded-client-cert: By=spiffe://example.org/ns/mesh/sa/proxy;URI=spiffe://example.org/ns/trading/sa/gateway"),
@@ -390,13 +398,7 @@ fn mtls_principals_and_xfcc(kind: EngineKind) {
     assert!(!out.contains("forged"), "{out}");
     // Another principal of the same CA: 403 with a body, counted; nothing upstream.
     let before = m.heads.lock().unwrap().len();
-    let (ic, ik) = (pki.s("intruder.pem"), pki.s("intruder.key"));
-    let (code, out, err) = curl(
-        &pki,
-        addr,
-        &["--cert", &ic, "--key", &ik, "-w", "status=%{http_code}"],
-        &["https://localhost:PORT/secret"],
-    );
+    let (code, out, err) = curl_as(&pki, addr, "intruder", &[], "/secret");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("RBAC: access denied") && out.contains("status=403"),
@@ -405,26 +407,18 @@ fn mtls_principals_and_xfcc(kind: EngineKind) {
     assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
     assert_eq!(m.heads.lock().unwrap().len(), before);
     // A certificate from another CA: the handshake fails.
-    let (fc, fk) = (pki.s("foreign.pem"), pki.s("foreign.key"));
-    let (code, _, _) = curl(
-        &pki,
-        addr,
-        &["--cert", &fc, "--key", &fk],
-        &["https://localhost:PORT/"],
-    );
+    let (code, _, _) = curl_as(&pki, addr, "foreign", &[], "/");
     assert_ne!(code, 0);
     wait_until("cert rejection counted", Duration::from_secs(5), || {
         ls.get(L::TlsCertRejected) == 1
     });
     // Still serving.
-    let (code, out, _) = curl(
-        &pki,
-        addr,
-        &["--cert", &gw, "--key", &gk],
-        &["https://localhost:PORT/again"],
-    );
+    let (code, out, _) = curl_as(&pki, addr, "gateway", &[], "/again");
     assert_eq!(code, 0);
-    assert!(out.contains("GET /again"), "{out}");
+    assert!(
+        out.contains("GET /again") && out.contains("status=200"),
+        "{out}"
+    );
     open_zero(&p);
 }
 
@@ -530,17 +524,7 @@ fn route_principals(kind: EngineKind) {
     ));
     assert_eq!(p.listener("l"), addr, "the port-0 listener keeps its port");
     let ls = p.stats.listener("l");
-    let who = |name: &str, path: &str| {
-        let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
-        let args = ["--cert", &cert, "--key", &key, "-w", "status=%{http_code}"];
-        curl(
-            &pki,
-            addr,
-            &args,
-            &[&format!("https://localhost:PORT{path}")],
-        )
-        .1
-    };
+    let who = |name: &str, path: &str| curl_as(&pki, addr, name, &[], path).1;
     assert!(who("gateway", "/admin/x").contains("status=200"));
     let out = who("intruder", "/admin/x");
     assert!(

@@ -44,17 +44,6 @@ impl Backend {
         Backend::spawn(workload, size, addr, cpus, None)
     }
 
-    /// An HTTP/1.1 backend (as for `http1`) that terminates TLS with `tls` on every
-    /// connection: `direct`'s target for `https1`.
-    pub fn start_tls_http(
-        size: usize,
-        addr: SocketAddr,
-        cpus: &[usize],
-        tls: Arc<ServerConfig>,
-    ) -> anyhow::Result<Backend> {
-        Backend::spawn(Workload::Https1, size, addr, cpus, Some(tls))
-    }
-
     /// A TCP echo backend that terminates TLS with `tls` on every connection.
     pub fn start_tls(
         size: usize,
@@ -62,7 +51,19 @@ impl Backend {
         cpus: &[usize],
         tls: Arc<ServerConfig>,
     ) -> anyhow::Result<Backend> {
-        Backend::spawn(Workload::TlsEcho, size, addr, cpus, Some(tls))
+        Backend::start_with_tls(Workload::TlsEcho, size, addr, cpus, tls)
+    }
+
+    /// A `workload` backend terminating TLS with `tls` on every connection: echo, or
+    /// HTTP/1.1 as for `http1` (`https1`'s direct target).
+    pub fn start_with_tls(
+        workload: Workload,
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+        tls: Arc<ServerConfig>,
+    ) -> anyhow::Result<Backend> {
+        Backend::spawn(workload, size, addr, cpus, Some(tls))
     }
 
     fn spawn(
@@ -682,7 +683,7 @@ mod tests {
         assert!(!format!("{e:#}").is_empty());
         // The TLS HTTP backend (https1's direct target) answers inside TLS.
         let server = certs.server_config().unwrap();
-        let b = Backend::start_tls_http(64, local(), &[0], server).unwrap();
+        let b = Backend::start_with_tls(Workload::Https1, 64, local(), &[0], server).unwrap();
         for m in [HttpMethod::Get, HttpMethod::Post] {
             let w = Workload::Https1;
             crate::loadgen::probe(w, 64, m, b.addr, Some(&client), Duration::from_secs(2))

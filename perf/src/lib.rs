@@ -101,11 +101,9 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
             None => "127.0.0.1:0".parse().expect("literal address"),
         };
         let server = certs.server_config()?;
-        let b = if s.workload.is_http() {
-            backend::Backend::start_tls_http(s.size, addr, &s.cpus.backend, server)?
-        } else {
-            backend::Backend::start_tls(s.size, addr, &s.cpus.backend, server)?
-        };
+        // Echo for tls-echo, HTTP for https1.
+        let b =
+            backend::Backend::start_with_tls(s.workload, s.size, addr, &s.cpus.backend, server)?;
         let env = peers::TlsEnv {
             client: certs.client_config()?,
             certs,

@@ -10,6 +10,15 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+/// `openssl req` arguments for a new ECDSA P-256 key, unencrypted.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 pub struct Pki {
     pub dir: tempfile::TempDir,
 }
@@ -93,42 +102,31 @@ impl Pki {
     }
 
     pub fn ca(&self, name: &str) {
-        run(Command::new("openssl").args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &self.s(&format!("{name}.key")),
-            "-out",
-            &self.s(&format!("{name}.pem")),
-        ]));
+        let (key, pem) = (
+            self.s(&format!("{name}.key")),
+            self.s(&format!("{name}.pem")),
+        );
+        let subject = format!("/CN={name}");
+        run(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(EC_KEY)
+            .args([
+                "-days", "30", "-subj", &subject, "-keyout", &key, "-out", &pem,
+            ]));
     }
 
     pub fn leaf(&self, name: &str, ca: &str, ext: &str, days: i32) {
         let ext_file = self.path(&format!("{name}.ext"));
         std::fs::write(&ext_file, format!("{ext}\n")).unwrap();
-        run(Command::new("openssl").args([
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &self.s(&format!("{name}.key")),
-            "-out",
-            &self.s(&format!("{name}.csr")),
-        ]));
+        let (key, csr) = (
+            self.s(&format!("{name}.key")),
+            self.s(&format!("{name}.csr")),
+        );
+        let subject = format!("/CN={name}");
+        run(Command::new("openssl")
+            .arg("req")
+            .args(EC_KEY)
+            .args(["-subj", &subject, "-keyout", &key, "-out", &csr]));
         run(Command::new("openssl").args([
             "x509",
             "-req",
