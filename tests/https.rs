@@ -391,10 +391,31 @@ fn mtls_principals_and_xfcc(kind: EngineKind) {
     let forged = ["-H", "x-forwarded-client-cert: URI=spiffe://forged"];
     let (code, out, err) = curl_as(&pki, addr, "gateway", &forged, "/ok");
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("x-forwarded-client-cert: By=spiffe://example.org/ns/mesh/sa/proxy;URI=spiffe://example.org/ns/trading/sa/gateway"),
-        "{out}"
+    // Hash= is the SHA-256 of the client certificate, as openssl computes it.
+    let fp = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            &pki.s("gateway.pem"),
+        ])
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    let hash = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(hash.len(), 64, "{fp}");
+    let xfcc = format!(
+        "x-forwarded-client-cert: By=spiffe://example.org/ns/mesh/sa/proxy;Hash={hash};URI=spiffe://example.org/ns/trading/sa/gateway\r\n"
     );
+    assert!(out.contains(&xfcc), "{out}");
     assert!(!out.contains("forged"), "{out}");
     // Another principal of the same CA: 403 with a body, counted; nothing upstream.
     let before = m.heads.lock().unwrap().len();

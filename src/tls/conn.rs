@@ -399,6 +399,8 @@ pub struct Tls {
     sniffing: bool,
     /// The client's SPIFFE ID, read from its certificate at the end of the handshake.
     identity: Option<Box<str>>,
+    /// SHA-256 of the client's certificate (DER), lowercase hex (XFCC's `Hash=`).
+    cert_hash: Option<Box<str>>,
     /// A fatal error on this side: its alert is flushed, then the connection closes.
     pub failed: Option<Side>,
 }
@@ -585,10 +587,9 @@ impl Tls {
         let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
         let (secrets, kernel, identity) = match conn {
             HsConn::Server(c) => {
-                let id = c
-                    .peer_certificates()
-                    .and_then(|certs| certs.first())
-                    .and_then(|leaf| super::certs::spiffe_id(leaf.as_ref()));
+                let leaf = c.peer_certificates().and_then(|certs| certs.first());
+                self.cert_hash = leaf.map(|l| super::certs::sha256_hex(l.as_ref()).into());
+                let id = leaf.and_then(|l| super::certs::spiffe_id(l.as_ref()));
                 let (s, k) = c
                     .dangerous_into_kernel_connection()
                     .map_err(FeedError::Tls)?;
@@ -824,6 +825,11 @@ impl Tls {
     /// The client's SPIFFE ID from its verified certificate.
     pub fn client_identity(&self) -> Option<&str> {
         self.identity.as_deref()
+    }
+
+    /// The SHA-256 of the client's verified certificate, lowercase hex.
+    pub fn client_cert_hash(&self) -> Option<&str> {
+        self.cert_hash.as_deref()
     }
 
     /// Whether the downstream client may connect (`allowed_principals`).

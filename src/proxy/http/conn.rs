@@ -1626,12 +1626,17 @@ impl Conn {
                 w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
             }
             if let Some(uri) = tl.and_then(tls::Layer::identity) {
-                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `URI=` the
-                // client's SPIFFE ID.
+                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
+                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
                 w.put(q, io, b"x-forwarded-client-cert: ")?;
                 if let Some(by) = tl.and_then(tls::Layer::own_uri) {
                     w.put(q, io, b"By=")?;
                     w.put(q, io, by.as_bytes())?;
+                    w.put(q, io, b";")?;
+                }
+                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
+                    w.put(q, io, b"Hash=")?;
+                    w.put(q, io, hash.as_bytes())?;
                     w.put(q, io, b";")?;
                 }
                 w.put(q, io, b"URI=")?;

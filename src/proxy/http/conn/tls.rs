@@ -72,6 +72,11 @@ impl Layer {
         self.t.client_identity()
     }
 
+    /// The SHA-256 of the client's certificate (`Hash=` of `x-forwarded-client-cert`).
+    pub fn cert_hash(&self) -> Option<&str> {
+        self.t.client_cert_hash()
+    }
+
     /// The URI SAN of the listener's certificate (`By=` of `x-forwarded-client-cert`).
     pub fn own_uri(&self) -> Option<&str> {
         self.t.server.as_deref().and_then(|s| s.uri.as_deref())
