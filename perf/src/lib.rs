@@ -100,7 +100,10 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
             Some(p) => SocketAddr::from(([127, 0, 0, 1], p.wrapping_add(2))),
             None => "127.0.0.1:0".parse().expect("literal address"),
         };
-        let b = backend::Backend::start_tls(s.size, addr, &s.cpus.backend, certs.server_config()?)?;
+        let server = certs.server_config()?;
+        // Echo for tls-echo, HTTP for https1.
+        let b =
+            backend::Backend::start_with_tls(s.workload, s.size, addr, &s.cpus.backend, server)?;
         let env = peers::TlsEnv {
             client: certs.client_config()?,
             certs,

@@ -23,7 +23,7 @@ pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
             v[..SEQ_LEN].copy_from_slice(&0u64.to_le_bytes());
             v
         }
-        Workload::Http1 => match method {
+        Workload::Http1 | Workload::Https1 => match method {
             HttpMethod::Get => {
                 format!("GET /bench HTTP/1.1\r\nHost: {HTTP_HOST}\r\n\r\n").into_bytes()
             }
@@ -42,7 +42,7 @@ pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
 /// Stamp `seq` into an echo request (HTTP requests carry none).
 #[inline]
 pub fn stamp(workload: Workload, req: &mut [u8], seq: u64) {
-    if workload != Workload::Http1 {
+    if !workload.is_http() {
         req[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
     }
 }
@@ -65,13 +65,13 @@ pub fn response_capacity(workload: Workload, size: usize) -> usize {
     match workload {
         Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => size.max(SEQ_LEN),
         // Headers of any proxy's response fit in 4 KiB.
-        Workload::Http1 => size + 4096,
+        Workload::Http1 | Workload::Https1 => size + 4096,
     }
 }
 
 /// Judge the bytes received so far for request `seq`.
 pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response {
-    let size = if workload == Workload::Http1 {
+    let size = if workload.is_http() {
         size
     } else {
         size.max(SEQ_LEN)
@@ -98,7 +98,7 @@ pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response 
             }
             Response::Done
         }
-        Workload::Http1 => {
+        Workload::Http1 | Workload::Https1 => {
             let mut headers = [httparse::EMPTY_HEADER; 24];
             let mut resp = httparse::Response::new(&mut headers);
             let head_len = match resp.parse(buf) {

@@ -341,6 +341,15 @@ impl Records {
         !self.dead && !self.close_wanted && self.txp.room() >= n
     }
 
+    /// How much plaintext [`Records::write_plain`] can take now.
+    pub fn plain_room(&self) -> usize {
+        if self.dead || self.close_wanted {
+            0
+        } else {
+            self.txp.room()
+        }
+    }
+
     /// Plaintext to seal towards the peer; the caller checked [`Records::can_take_plain`].
     pub fn write_plain(&mut self, data: &[u8]) {
         if self.txp.room() < data.len() {

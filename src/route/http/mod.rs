@@ -636,9 +636,18 @@ pub struct HttpRoute {
     pub response_headers: HeaderOps,
     /// Local rate limits of a forwarding route (its action's `rate_limits`).
     pub rate_limits: Box<[RateLimitRule]>,
+    /// SPIFFE IDs allowed to use the route; empty: any client.
+    pub principals: Box<[Box<str>]>,
 }
 
 impl HttpRoute {
+    /// Whether a client with this identity (from its certificate) may use the route.
+    #[inline]
+    pub fn allows(&self, identity: Option<&str>) -> bool {
+        self.principals.is_empty()
+            || identity.is_some_and(|id| self.principals.iter().any(|p| **p == *id))
+    }
+
     #[inline]
     pub fn matches(&self, req: &RequestView) -> bool {
         self.matcher.matches(req)
@@ -1029,7 +1038,16 @@ fn compile_vhost(
                 .map_err(|e| format!("route {i}: {e}"))?,
             None => Box::default(),
         };
+        for p in &r.allowed_principals {
+            crate::tls::check_spiffe(p)
+                .map_err(|e| format!("route {i}: allowed_principals: {e}"))?;
+        }
         routes.push(HttpRoute {
+            principals: r
+                .allowed_principals
+                .iter()
+                .map(|p| p.as_str().into())
+                .collect(),
             rate_limits,
             name: r.name.as_deref().map(Into::into),
             matcher,
