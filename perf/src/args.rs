@@ -75,6 +75,10 @@ pub enum Workload {
     /// talks TLS to a TLS echo backend, proxies terminate TLS and relay plaintext to the
     /// plain echo backend, `floor` relays the TLS bytes to the TLS echo backend.
     TlsEcho,
+    /// A full TLS 1.3 handshake per request: new TCP connection, handshake (no
+    /// resumption), one echo of `--size` bytes inside TLS, close. Targets as for
+    /// `tls-echo`; latency is connect → echo received, throughput is handshakes/s.
+    TlsHandshake,
 }
 
 impl Workload {
@@ -84,13 +88,14 @@ impl Workload {
             Workload::UdpEcho => "udp-echo",
             Workload::Http1 => "http1",
             Workload::TlsEcho => "tls-echo",
+            Workload::TlsHandshake => "tls-handshake",
         }
     }
     pub fn is_udp(self) -> bool {
         self == Workload::UdpEcho
     }
     pub fn is_tls(self) -> bool {
-        self == Workload::TlsEcho
+        matches!(self, Workload::TlsEcho | Workload::TlsHandshake)
     }
     /// Echo workloads: the reply is the request, byte for byte.
     pub fn is_echo(self) -> bool {
