@@ -357,3 +357,64 @@ fn tls_end_to_end(workload: &str, direct_word: &str) {
         assert_eq!(h.contains("mode http"), workload == "https1", "{h}");
     }
 }
+
+/// `--workload tls-handshake`: a new connection and full TLS 1.3 handshake per request
+/// through direct, tickmesh (terminating) and HAProxy when installed; every handshake
+/// accounted, the report's goal line names the handshake rate per core.
+#[test]
+fn tls_handshake_runs_end_to_end() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP tls_handshake_runs_end_to_end: no openssl CLI for certificates");
+        return;
+    }
+    let mut names = vec!["direct", "tickmesh-epoll"];
+    if ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .any(|d| Path::new(d).join("haproxy").is_file())
+    {
+        names.push("haproxy");
+    } else {
+        eprintln!(
+            "SKIP haproxy in tls_handshake_runs_end_to_end: not installed (scripts/setup --bench)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let targets = names.join(",");
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--workload",
+            "tls-handshake",
+            "--targets",
+            &targets,
+            "--scenarios",
+            "closed:4",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(r["settings"]["workload"], "tls-handshake");
+    assert!(
+        r["failures"].as_array().unwrap().is_empty(),
+        "{}",
+        r["failures"]
+    );
+    let s = &r["scenarios"][0];
+    for &name in &names {
+        let run = &target(s, name)["runs"][0];
+        let (sent, received) = (
+            run["sent"].as_u64().unwrap(),
+            run["received"].as_u64().unwrap(),
+        );
+        assert!(received > 10 && sent == received, "{name}: {run}");
+    }
+    if names.contains(&"haproxy") {
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("handshakes/s per proxy core"), "{md}");
+    }
+}

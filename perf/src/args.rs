@@ -79,6 +79,10 @@ pub enum Workload {
     /// HTTP backend, proxies terminate TLS and speak plain HTTP to the plain backend,
     /// `floor` relays the TLS bytes to the TLS HTTP backend.
     Https1,
+    /// A full TLS 1.3 handshake per request: new TCP connection, handshake (no
+    /// resumption), one echo of `--size` bytes inside TLS, close. Targets as for
+    /// `tls-echo`; latency is connect → echo received, throughput is handshakes/s.
+    TlsHandshake,
 }
 
 impl Workload {
@@ -89,13 +93,17 @@ impl Workload {
             Workload::Http1 => "http1",
             Workload::TlsEcho => "tls-echo",
             Workload::Https1 => "https1",
+            Workload::TlsHandshake => "tls-handshake",
         }
     }
     pub fn is_udp(self) -> bool {
         self == Workload::UdpEcho
     }
     pub fn is_tls(self) -> bool {
-        matches!(self, Workload::TlsEcho | Workload::Https1)
+        matches!(
+            self,
+            Workload::TlsEcho | Workload::Https1 | Workload::TlsHandshake
+        )
     }
     /// HTTP/1.1 requests and responses (in TLS or not).
     pub fn is_http(self) -> bool {

@@ -606,7 +606,7 @@ pub fn nginx_config(
                 "http {{\n    access_log off;\n    tcp_nodelay on;\n    keepalive_timeout 60s;\n    keepalive_requests 1000000;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n    upstream backend {{\n        server {backend};\n        keepalive 64;\n        keepalive_requests 1000000;\n    }}\n    server {{\n        listen {listen}{ssl};\n{ssl_conf}        location / {{\n            proxy_pass http://backend;\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";\n        }}\n    }}\n}}\n"
             );
         }
-        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => {
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
             let udp = if workload.is_udp() { " udp" } else { "" };
             settings.push(format!("stream proxy{udp}"));
             c += &format!(

@@ -17,7 +17,7 @@ pub const HTTP_HOST: &str = "tickmesh-bench";
 /// Build the request a connection will send, for sequence number 0.
 pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => {
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
             let mut v: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
             v.resize(size.max(SEQ_LEN), b'a');
             v[..SEQ_LEN].copy_from_slice(&0u64.to_le_bytes());
@@ -63,7 +63,9 @@ pub enum Response {
 /// Room a connection's receive buffer needs for one response.
 pub fn response_capacity(workload: Workload, size: usize) -> usize {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => size.max(SEQ_LEN),
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
+            size.max(SEQ_LEN)
+        }
         // Headers of any proxy's response fit in 4 KiB.
         Workload::Http1 | Workload::Https1 => size + 4096,
     }
@@ -77,7 +79,7 @@ pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response 
         size.max(SEQ_LEN)
     };
     match workload {
-        Workload::TcpEcho | Workload::TlsEcho => {
+        Workload::TcpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
             if buf.len() < size {
                 return Response::Partial;
             }

@@ -20,7 +20,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{client::UnbufferedClientConnection, server::UnbufferedServerConnection};
 use tickmesh_offload::{BackendChoice, Completion, Engine, EngineConfig, SessionParams};
 
-use super::records::{Kernel, RecordError, Records};
+use super::records::{Kernel, RecordBufs, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
 use crate::config::tls::OffloadBackend;
 use crate::proxy::l4::Side;
@@ -70,7 +70,13 @@ pub struct Crypto {
     pub engine: Engine,
     /// Connections (slot, generation) whose submission found the ring full.
     pub waiters: Vec<(u32, u16)>,
+    /// Record buffers of ended connections, for the next hand-over (at most
+    /// [`SPARE_BUFS`]): a connection's full handshake then allocates no record buffers.
+    spare: Vec<RecordBufs>,
 }
+
+/// Record buffer sets a worker keeps for reuse (each [`RecordBufs::SIZE`], ~84 KiB).
+const SPARE_BUFS: usize = 32;
 
 impl Crypto {
     /// Build the worker's engine for the configured backend; one the host cannot offer
@@ -131,6 +137,7 @@ impl Crypto {
         Crypto {
             engine,
             waiters: Vec::with_capacity(1024),
+            spare: Vec::with_capacity(SPARE_BUFS),
         }
     }
 }
@@ -624,6 +631,7 @@ impl Tls {
             params.suite,
             &out[out_off..],
             &inbuf[fed.min(inbuf.len())..],
+            cr.spare.pop().unwrap_or_default(),
         ));
         if r.pump(&mut cr.engine, tag) {
             push_waiter(cr, tag);
@@ -707,10 +715,13 @@ impl Tls {
             return;
         };
         for s in &mut self.sides {
-            if let State::Rec(r) = s {
+            if let State::Rec(r) = std::mem::take(s) {
                 let _ = cr.engine.destroy_session(r.session());
+                if cr.spare.len() < SPARE_BUFS {
+                    // Within the capacity reserved at start: no reallocation.
+                    cr.spare.extend(r.into_bufs());
+                }
             }
-            *s = State::None;
         }
     }
 
