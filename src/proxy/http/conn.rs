@@ -1426,13 +1426,16 @@ impl Conn {
                 // pool is scanned only at the limit).
                 let must_wait = open_cx >= u64::from(cl.breakers.max_connections)
                     && !cx.http.pool.has(table.generation, cluster);
-                let waiting = cl
-                    .stats
-                    .get(U::RqPendingTotal)
-                    .saturating_sub(cl.stats.get(U::RqPendingDone));
-                let can_wait = waiting < u64::from(cl.breakers.max_pending_requests)
-                    && cx.http.pending.len() < super::shadow::MAX_PENDING;
-                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait) {
+                // Summed over workers only when this request would wait.
+                let can_wait = || {
+                    let waiting = cl
+                        .stats
+                        .get(U::RqPendingTotal)
+                        .saturating_sub(cl.stats.get(U::RqPendingDone));
+                    waiting < u64::from(cl.breakers.max_pending_requests)
+                        && cx.http.pending.len() < super::shadow::MAX_PENDING
+                };
+                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait()) {
                     if must_wait && active < u64::from(cl.breakers.max_requests) {
                         cl.stats.inc(cx.worker, U::RqPendingOverflow);
                     }
