@@ -13,7 +13,9 @@
 //!   side. A head split across receives is gathered in a per-connection buffer capped at
 //!   [`MAX_HEAD`] (the only allocation, on that rare path, kept for the connection).
 //! - **Zero copy for bodies.** Body bytes are sent from the buffer they were received
-//!   in; only a buffer shared by two messages (pipelining) has its first part copied.
+//!   in; only a buffer shared by two messages (pipelining) has its first part copied,
+//!   and a small body (≤ [`COALESCE_MAX`]) that follows a rewritten head is copied
+//!   behind it so both leave in one send.
 //! - **Framing is ours.** Bodies are delimited by the validated framing of
 //!   [`codec`](super::codec): bytes past the end of a response are dropped and the
 //!   upstream connection is not reused.
@@ -53,6 +55,11 @@ pub const OUTQ: usize = 8;
 /// Free queue entries needed before a receive is armed: the received buffer plus a
 /// copied slice.
 const RECV_ROOM: usize = 2;
+/// Body bytes up to this size that follow a rewritten head are copied behind it in its
+/// write buffer, so head and body leave in one send (one TCP segment, one completion):
+/// sent apart, the peer wakes for a head it cannot use yet, and the body waits a lap
+/// for the head's send to complete. Larger bodies keep zero copy.
+const COALESCE_MAX: u32 = 4096;
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
 const ETIMEDOUT: i32 = libc::ETIMEDOUT;
@@ -132,6 +139,9 @@ struct OutQ {
     head: u8,
     count: u8,
     inflight: bool,
+    /// Free bytes after the last entry when it is a write buffer filled from its start
+    /// and not yet being sent (0 otherwise): room for [`OutQ::append`].
+    tail_room: u32,
 }
 
 impl OutQ {
@@ -148,6 +158,21 @@ impl OutQ {
         self.offs[i] = off;
         self.lens[i] = len;
         self.count += 1;
+        self.tail_room = 0;
+    }
+
+    /// Copy `len` bytes of buffer `src` from `off` behind the last entry, when that is
+    /// a write buffer not yet being sent with room for them (see [`COALESCE_MAX`]).
+    fn append(&mut self, io: &mut impl Io, src: BufId, off: u32, len: u32) -> bool {
+        if self.count == 0 || len > self.tail_room || len > COALESCE_MAX {
+            return false;
+        }
+        let i = (self.head as usize + self.count as usize - 1) % OUTQ;
+        let end = (self.offs[i] + self.lens[i]) as usize;
+        copy_between(io, src, off as usize, self.bufs[i], end, len as usize);
+        self.lens[i] += len;
+        self.tail_room -= len;
+        true
     }
 
     #[inline]
@@ -177,6 +202,7 @@ impl OutQ {
     }
 
     fn release_all(&mut self, io: &mut impl Io) {
+        self.tail_room = 0;
         while self.count > 0 {
             let h = self.head as usize;
             self.lens[h] = 0;
@@ -261,6 +287,7 @@ impl Writer {
         if let Some(b) = self.cur {
             if self.used > 0 {
                 q.push(b, 0, self.used as u32);
+                q.tail_room = (BUF_SIZE - self.used) as u32;
             } else {
                 io.release(b);
             }
@@ -1078,7 +1105,17 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        io.recv(self.me(slot), side, fd);
+        // An upstream awaiting its response head, or a kept-alive client armed with
+        // its response: both answer what was just sent to them.
+        let reply = match side {
+            Side::Up => self.awaiting_head,
+            Side::Down => self.phase == Phase::Flush,
+        };
+        if reply {
+            io.recv_reply(self.me(slot), side, fd);
+        } else {
+            io.recv(self.me(slot), side, fd);
+        }
     }
 
     fn send_front(&mut self, slot: u32, from: Side, io: &mut impl Io) {
@@ -1098,6 +1135,10 @@ impl Conn {
         }
         let (b, off, len) = q.front();
         q.inflight = true;
+        if q.count == 1 {
+            // The last entry goes out now: nothing may be appended to it any more.
+            q.tail_room = 0;
+        }
         io.send(me, from, fd, b, off, len);
     }
 
@@ -1462,13 +1503,16 @@ impl Conn {
                 // pool is scanned only at the limit).
                 let must_wait = open_cx >= u64::from(cl.breakers.max_connections)
                     && !cx.http.pool.has(table.generation, cluster);
-                let waiting = cl
-                    .stats
-                    .get(U::RqPendingTotal)
-                    .saturating_sub(cl.stats.get(U::RqPendingDone));
-                let can_wait = waiting < u64::from(cl.breakers.max_pending_requests)
-                    && cx.http.pending.len() < super::shadow::MAX_PENDING;
-                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait) {
+                // Summed over workers only when this request would wait.
+                let can_wait = || {
+                    let waiting = cl
+                        .stats
+                        .get(U::RqPendingTotal)
+                        .saturating_sub(cl.stats.get(U::RqPendingDone));
+                    waiting < u64::from(cl.breakers.max_pending_requests)
+                        && cx.http.pending.len() < super::shadow::MAX_PENDING
+                };
+                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait()) {
                     if must_wait && active < u64::from(cl.breakers.max_requests) {
                         cl.stats.inc(cx.worker, U::RqPendingOverflow);
                     }
@@ -1996,7 +2040,15 @@ impl Conn {
                 self.replay.extend_from_slice(&data[..n as usize]);
             }
         }
-        if n == len {
+        if self.out[s].append(io, b, off, n) {
+            // Copied behind the head: one send for both.
+            if n == len {
+                io.release(b);
+                self.pend[s] = None;
+            } else {
+                self.pend[s] = Some((b, off + n, len - n));
+            }
+        } else if n == len {
             self.out[s].push(b, off, len);
             self.pend[s] = None;
         } else {
@@ -2004,7 +2056,7 @@ impl Conn {
             let Some(w) = io.take() else {
                 return Err(HttpError::BodyTooLarge);
             };
-            copy_between(io, b, off as usize, w, n as usize);
+            copy_between(io, b, off as usize, w, 0, n as usize);
             self.out[s].push(w, 0, n);
             self.pend[s] = Some((b, off + n, len - n));
         }
@@ -2735,16 +2787,16 @@ fn add_headers(
     Ok(())
 }
 
-/// Copy `len` bytes from buffer `src` (from `off`) to the start of buffer `dst`.
-fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, len: usize) {
+/// Copy `len` bytes from buffer `src` (from `off`) to buffer `dst` (from `at`).
+fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, at: usize, len: usize) {
     // Two buffers of the pool cannot be borrowed at once through `Io`; go through a
-    // stack block (bodies split this way are the pipelining case only).
+    // stack block (small bodies behind their head, and bodies split by pipelining).
     let mut tmp = [0u8; 1024];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(tmp.len());
         tmp[..n].copy_from_slice(&io.bytes(src)[off + done..off + done + n]);
-        io.bytes_mut(dst)[done..done + n].copy_from_slice(&tmp[..n]);
+        io.bytes_mut(dst)[at + done..at + done + n].copy_from_slice(&tmp[..n]);
         done += n;
     }
 }
