@@ -82,16 +82,68 @@ impl Hasher for IntHasher {
 }
 type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
-/// (address, port, protocol) packed into one integer.
-#[inline]
-fn pack(ip: Ipv4Addr, port: u16, protocol: u8) -> u64 {
-    (u64::from(u32::from(ip)) << 24) | (u64::from(port) << 8) | u64::from(protocol)
+/// (address, port, protocol) packed into one non-zero integer, from raw (wire-order,
+/// natively loaded) address and port: the packet path builds it from its loads without a
+/// byte swap, `compile` from config through [`raw_ip4`] and [`raw_port`].
+#[inline(always)]
+fn key4(addr: u32, port: u16, protocol: u8) -> u64 {
+    (u64::from(addr) << 24) | (u64::from(port) << 8) | u64::from(protocol)
+}
+
+/// [`key4`] from config values.
+fn key4_of(a: SocketAddrV4, protocol: u8) -> u64 {
+    key4(raw_ip4(*a.ip()), raw_port(a.port()), protocol)
+}
+
+/// Set key for an address alone (raw); never 0.
+#[inline(always)]
+fn addr_key4(addr: u32) -> u64 {
+    u64::from(addr) | 1 << 40
+}
+
+/// `a * b` as 128 bits, high half folded into the low one (foldhash/wyhash's mixer).
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// The 5-tuple hash of an IPv4 flow from its raw flow-table keys: two folded multiplies.
+/// It picks the Maglev slot of new flows and the flow-table bucket, so every worker and
+/// every instance of this version agrees on it.
+#[inline(always)]
+fn hash4(ka: u64, kb: u64) -> u64 {
+    fold_mul(
+        fold_mul(ka ^ 0x243f_6a88_85a3_08d3, kb ^ 0x1319_8a2e_0370_7344),
+        0x9e37_79b9_7f4a_7c15,
+    )
+}
+
+/// Flow-table keys of an IPv4 flow from raw fields: addresses in `a`, ports, protocol
+/// and a never-zero marker bit in `b`.
+#[inline(always)]
+fn keys4(src: u32, dst: u32, ports: u32, protocol: u8) -> (u64, u64) {
+    (
+        u64::from(src) | (u64::from(dst) << 32),
+        u64::from(ports) | (u64::from(protocol) << 32) | 1 << 63,
+    )
+}
+
+/// The hash the balancer gives the IPv4 flow `src:sport → dst:dport` (for tests and
+/// tools that predict its Maglev choice with [`LbTable::pick`]).
+pub fn flow_hash_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, protocol: u8) -> u64 {
+    let (sp, dp) = (sport.to_be_bytes(), dport.to_be_bytes());
+    let ports = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
+    let (a, b) = keys4(raw_ip4(src), raw_ip4(dst), ports, protocol);
+    hash4(a, b)
 }
 
 #[derive(Debug)]
 pub struct Vip {
     pub name: Arc<str>,
     pub addr: SocketAddrV4,
+    raw_ip: u32,
+    raw_port: u16,
     pub protocol: u8,
     pub forwarding: Forwarding,
     /// Cumulative weights and cluster indices (one entry for a single cluster).
@@ -104,6 +156,9 @@ pub struct Vip {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddrV4,
+    /// `addr`'s address and port in raw form (what the rewrite stores).
+    raw_ip: u32,
+    raw_port: u16,
     /// Resolved next hop; `None` counts `drop_no_neighbor`.
     pub mac: Option<[u8; 6]>,
     pub stats: Arc<PacketStats>,
@@ -114,7 +169,7 @@ pub struct LbCluster {
     pub name: Arc<str>,
     pub backends: Box<[Backend]>,
     pub maglev: Maglev,
-    /// Backend address+port → index, for flows surviving a table swap.
+    /// Backend key ([`backend_key`]) → index, for flows surviving a table swap.
     index: IntMap<u64, u16>,
 }
 
@@ -125,9 +180,9 @@ pub struct LbTable {
     pub vips: Box<[Vip]>,
     pub clusters: Box<[LbCluster]>,
     by_vip: KeyMap<u32>,
-    /// VIP addresses and local addresses: answered for ARP and ICMP echo.
-    own_ips: IntMap<u32, ()>,
-    vip_ips: IntMap<u32, ()>,
+    /// VIP addresses and local addresses ([`addr_key4`]): answered for ARP and ICMP echo.
+    own_ips: KeyMap<()>,
+    vip_ips: KeyMap<()>,
     /// DNAT backend (addr, port, proto) → (VIP index, backend cluster, backend index).
     replies: KeyMap<(u32, u32, u16)>,
     neighbors: IntMap<u32, [u8; 6]>,
@@ -203,6 +258,8 @@ impl LbTable {
                 };
                 backends.push(Backend {
                     addr,
+                    raw_ip: raw_ip4(*addr.ip()),
+                    raw_port: raw_port(addr.port()),
                     mac: next_hop(*addr.ip()),
                     stats: stats.packets(&format!("backend/{}/{}", c.name, addr)),
                 });
@@ -225,7 +282,7 @@ impl LbTable {
             let index = backends
                 .iter()
                 .enumerate()
-                .map(|(k, b)| (pack(*b.addr.ip(), b.addr.port(), 0), k as u16))
+                .map(|(k, b)| (backend_key(&b.addr), k as u16))
                 .collect();
             clusters.push(LbCluster {
                 name: c.name.as_str().into(),
@@ -240,11 +297,11 @@ impl LbTable {
 
         let mut vips = Vec::with_capacity(cfg.listeners.len());
         let mut by_vip: IntMap<u64, u32> = IntMap::default();
-        let mut own_ips = IntMap::default();
-        let mut vip_ips = IntMap::default();
+        let mut own_ips: IntMap<u64, ()> = IntMap::default();
+        let mut vip_ips: IntMap<u64, ()> = IntMap::default();
         let mut replies: IntMap<u64, (u32, u32, u16)> = IntMap::default();
         for ip in &addressing.local_ips {
-            own_ips.insert(u32::from(*ip), ());
+            own_ips.insert(addr_key4(raw_ip4(*ip)), ());
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
             let SocketAddr::V4(addr) = l.address else {
@@ -288,7 +345,7 @@ impl LbTable {
             if forwarding == Forwarding::Dnat {
                 for &c in cl.iter() {
                     for (k, b) in clusters[c as usize].backends.iter().enumerate() {
-                        let key = pack(*b.addr.ip(), b.addr.port(), protocol);
+                        let key = key4_of(b.addr, protocol);
                         if let Some((other, _, _)) = replies.insert(key, (vip_index, c, k as u16)) {
                             if other != vip_index {
                                 problems.push(Problem {
@@ -311,12 +368,14 @@ impl LbTable {
                         .into(),
                 });
             }
-            by_vip.insert(pack(*addr.ip(), addr.port(), protocol), vip_index);
-            own_ips.insert(u32::from(*addr.ip()), ());
-            vip_ips.insert(u32::from(*addr.ip()), ());
+            by_vip.insert(key4_of(addr, protocol), vip_index);
+            own_ips.insert(addr_key4(raw_ip4(*addr.ip())), ());
+            vip_ips.insert(addr_key4(raw_ip4(*addr.ip())), ());
             vips.push(Vip {
                 name: l.name.as_str().into(),
                 addr,
+                raw_ip: raw_ip4(*addr.ip()),
+                raw_port: raw_port(addr.port()),
                 protocol,
                 forwarding,
                 cumulative: cumulative(&weights),
@@ -341,8 +400,8 @@ impl LbTable {
             vips: vips.into_boxed_slice(),
             clusters: clusters.into_boxed_slice(),
             by_vip: KeyMap::build(&by_vip),
-            own_ips,
-            vip_ips,
+            own_ips: KeyMap::build(&own_ips),
+            vip_ips: KeyMap::build(&vip_ips),
             replies: KeyMap::build(&replies),
             neighbors,
             gateway: addressing.gateway,
@@ -504,12 +563,11 @@ impl FlowTable {
             if !same {
                 // Cluster indices may shift between tables: look for the address in
                 // the clusters this VIP sends to now.
-                let Some((c, i)) = vip.clusters.iter().find_map(|&vc| {
-                    t.clusters[vc as usize]
-                        .index
-                        .get(&(addr << 8))
-                        .map(|&i| (vc, i))
-                }) else {
+                let Some((c, i)) = vip
+                    .clusters
+                    .iter()
+                    .find_map(|&vc| t.clusters[vc as usize].index.get(&addr).map(|&i| (vc, i)))
+                else {
                     return FlowHit::New;
                 };
                 e.backend = addr | (u64::from(c) << 48);
@@ -674,14 +732,16 @@ impl LbWorker {
         pkt: &mut impl PacketBuf,
         now_ms: u64,
     ) -> Verdict {
-        let v = self.process_one(t, port, pkt, now_ms, None);
+        let v = self.process_one(t, port, pkt, now_ms);
         self.flush(t);
         v
     }
 
     /// [`LbWorker::process`] for a burst of up to [`MAX_BURST`] frames, `verdicts[i]` for
-    /// `pkts[i]`: a first pass hashes every frame's 5-tuple and prefetches its flow-table
-    /// bucket, so the lookups of the second pass find their cache lines loaded.
+    /// `pkts[i]`, in two stages (VPP-style): the first parses every IPv4 TCP/UDP frame
+    /// once into a [`Flow4`], hashes it and prefetches its flow-table bucket; the second
+    /// decides and rewrites, finding those cache lines loaded. Anything else (ARP, ICMP,
+    /// bad or foreign frames) takes the frame-by-frame path in the second stage.
     pub fn process_burst<B: PacketBuf>(
         &mut self,
         t: &LbTable,
@@ -691,15 +751,24 @@ impl LbWorker {
         now_ms: u64,
     ) {
         let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
-        let mut hashes = [None; MAX_BURST];
-        for (p, h) in pkts[..n].iter_mut().zip(hashes.iter_mut()) {
-            *h = peek_flow_hash(p.data());
-            if let Some(h) = *h {
-                self.flows.prefetch(h);
+        let mut flows = [Flow4::default(); MAX_BURST];
+        for (p, f) in pkts[..n].iter_mut().zip(flows.iter_mut()) {
+            let d = p.data();
+            if d.len() >= ETH_HEADER_LEN && be16_at(d, 12) == ETHERTYPE_IPV4 {
+                if let Ok(mut fl) = parse4(d) {
+                    let (a, b) = keys4(fl.src, fl.dst, fl.ports, fl.protocol);
+                    fl.hash = hash4(a, b);
+                    self.flows.prefetch(fl.hash);
+                    *f = fl;
+                }
             }
         }
-        for ((p, v), h) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(hashes) {
-            *v = self.process_one(t, port, p, now_ms, h);
+        for ((p, v), f) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
+            *v = if f.protocol != 0 {
+                self.tcp_udp4(t, port, p, f, now_ms)
+            } else {
+                self.process_one(t, port, p, now_ms)
+            };
         }
         self.flush(t);
     }
@@ -733,93 +802,100 @@ impl LbWorker {
         p.bytes += bytes;
     }
 
-    /// One frame; `hash` is its 5-tuple hash when the caller already has it (the same
-    /// bytes `peek_flow_hash` read, which this function then validates).
-    #[inline]
+    /// One frame, whatever it holds.
+    #[inline(never)]
     fn process_one(
         &mut self,
         t: &LbTable,
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
         now_ms: u64,
-        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let st = port.stats;
         let data = pkt.data();
-        let Ok(eth) = EthernetFrame::new_checked(&mut *data) else {
+        let Ok(eth) = EthernetFrame::new_checked(&*data) else {
             st.inc(w, C::DropTruncated);
             return Verdict::Drop;
         };
         match eth.ethertype() {
-            ETHERTYPE_IPV4 => {}
-            ETHERTYPE_ARP => return self.arp(t, port, data),
+            ETHERTYPE_IPV4 => self.ipv4(t, port, pkt, now_ms),
+            ETHERTYPE_ARP => self.arp(t, port, data),
             _ => {
                 st.inc(w, C::ExceptionNonIp);
-                return Verdict::Exception;
+                Verdict::Exception
             }
         }
-        let ip = match Ipv4Packet::new_checked(&data[ETH_HEADER_LEN..]) {
-            Ok(ip) => ip,
-            Err(WireError::Truncated) => {
-                st.inc(w, C::DropTruncated);
-                return Verdict::Drop;
+    }
+
+    /// An IPv4 frame (Ethernet header checked).
+    fn ipv4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        now_ms: u64,
+    ) -> Verdict {
+        let w = self.worker;
+        let st = port.stats;
+        match parse4(pkt.data()) {
+            Ok(mut f) => {
+                let (a, b) = keys4(f.src, f.dst, f.ports, f.protocol);
+                f.hash = hash4(a, b);
+                self.tcp_udp4(t, port, pkt, f, now_ms)
             }
-            Err(_) => {
-                st.inc(w, C::DropBadIpHeader);
-                return Verdict::Drop;
+            Err(Not4::Drop(c)) => {
+                st.inc(w, c);
+                Verdict::Drop
             }
-        };
-        if !ip.verify_checksum() {
-            st.inc(w, C::DropBadChecksum);
+            Err(Not4::Exception(c)) => {
+                st.inc(w, c);
+                Verdict::Exception
+            }
+            Err(Not4::Icmp { dst, hlen, total }) => {
+                if t.own_ips.get(addr_key4(dst)).is_some() {
+                    return self.icmp_echo(port, pkt.data(), hlen, total);
+                }
+                st.inc(w, C::ExceptionOther);
+                Verdict::Exception
+            }
+        }
+    }
+
+    /// An IPv4 TCP/UDP packet parsed by [`parse4`]: to a VIP, a DNAT reply, or neither.
+    #[inline(always)]
+    fn tcp_udp4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        f: Flow4,
+        now_ms: u64,
+    ) -> Verdict {
+        let w = self.worker;
+        if let Some(v) = t.by_vip.get(key4(f.dst, f.dport, f.protocol)) {
+            return self.forward_to_backend(t, port, pkt, f, v, now_ms);
+        }
+        self.not_to_a_vip4(t, port, pkt.data(), f, w)
+    }
+
+    #[inline(never)]
+    fn not_to_a_vip4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        data: &mut [u8],
+        f: Flow4,
+        w: usize,
+    ) -> Verdict {
+        if t.vip_ips.get(addr_key4(f.dst)).is_some() {
+            port.stats.inc(w, C::DropUnknownVip);
             return Verdict::Drop;
         }
-        if ip.is_fragment() {
-            st.inc(w, C::ExceptionFragment);
-            return Verdict::Exception;
+        if let Some((v, c, b)) = t.replies.get(key4(f.src, f.sport, f.protocol)) {
+            return self.reply(t, port, data, f, v, c, b);
         }
-        let (src, dst, protocol, hlen, total) = (
-            ip.src(),
-            ip.dst(),
-            ip.protocol(),
-            ip.header_len(),
-            ip.total_len(),
-        );
-        let dst_key = u32::from(dst);
-        if protocol == PROTO_ICMP {
-            if t.own_ips.contains_key(&dst_key) {
-                return self.icmp_echo(port, data, hlen, total);
-            }
-            st.inc(w, C::ExceptionOther);
-            return Verdict::Exception;
-        }
-        if protocol != PROTO_TCP && protocol != PROTO_UDP {
-            st.inc(w, C::ExceptionOther);
-            return Verdict::Exception;
-        }
-        let l4_at = ETH_HEADER_LEN + hlen;
-        let Ok(l4) = L4Header::new_checked(&data[l4_at..ETH_HEADER_LEN + total], protocol) else {
-            st.inc(w, C::DropTruncated);
-            return Verdict::Drop;
-        };
-        let flow = FlowRepr {
-            src,
-            dst,
-            protocol,
-            src_port: l4.src_port(),
-            dst_port: l4.dst_port(),
-        };
-        if let Some(v) = t.by_vip.get(pack(dst, flow.dst_port, protocol)) {
-            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms, hash);
-        }
-        if t.vip_ips.contains_key(&dst_key) {
-            st.inc(w, C::DropUnknownVip);
-            return Verdict::Drop;
-        }
-        if let Some((v, c, b)) = t.replies.get(pack(src, flow.src_port, protocol)) {
-            return self.reply(t, port, data, &flow, v, c, b, hlen, total);
-        }
-        st.inc(w, C::ExceptionOther);
+        port.stats.inc(w, C::ExceptionOther);
         Verdict::Exception
     }
 
@@ -829,7 +905,8 @@ impl LbWorker {
             port.stats.inc(w, C::ExceptionNonIp);
             return Verdict::Exception;
         };
-        if arp.operation() != ARP_REQUEST || !t.own_ips.contains_key(&u32::from(arp.target_ip())) {
+        let target = addr_key4(raw_ip4(arp.target_ip()));
+        if arp.operation() != ARP_REQUEST || t.own_ips.get(target).is_none() {
             port.stats.inc(w, C::ExceptionNonIp);
             return Verdict::Exception;
         }
@@ -861,66 +938,46 @@ impl LbWorker {
         Verdict::Forward
     }
 
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn forward_to_backend(
         &mut self,
         t: &LbTable,
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
-        f: &FlowRepr,
+        f: Flow4,
         v: u32,
-        total: usize,
         now: u64,
-        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let hash = hash.unwrap_or_else(|| {
-            maglev::hash_flow(
-                u32::from(f.src),
-                u32::from(f.dst),
-                f.src_port,
-                f.dst_port,
-                f.protocol,
-            )
-        });
-        let ka = (u64::from(u32::from(f.src)) << 32) | u64::from(u32::from(f.dst));
-        let kb = (u64::from(f.src_port) << 32)
-            | (u64::from(f.dst_port) << 16)
-            | u64::from(f.protocol)
-            | 1 << 63;
+        let (ka, kb) = keys4(f.src, f.dst, f.ports, f.protocol);
+        let hash = f.hash;
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
         let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
         let (c, b) = match self.flows.lookup(t, vip, ka, kb, hash, now, idle) {
             FlowHit::Known(c, b) => (c, b),
-            FlowHit::New => {
-                let (c, b) = t.pick(vip, hash);
-                if self.flows.insert(t, ka, kb, hash, now, c, b) {
-                    port.stats.inc(w, C::FlowEvictions);
-                }
-                port.stats.set(w, C::FlowTableEntries, self.flows.live());
-                vip.stats.inc(w, P::FlowsNew);
-                t.clusters[c as usize].backends[b as usize]
-                    .stats
-                    .inc(w, P::FlowsNew);
-                (c, b)
-            }
+            FlowHit::New => self.new_flow(t, port, vip, ka, kb, hash, now),
         };
         let be = &t.clusters[c as usize].backends[b as usize];
-        let (Some(mac), backend) = (be.mac, be.addr) else {
+        let Some(mac) = be.mac else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
         };
+        let total = usize::from(f.total);
         self.count(t, v, c, b, total as u64);
         match vip.forwarding {
             Forwarding::Dnat => {
                 let data = pkt.data();
-                let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_HEADER_LEN..]);
-                ip.set_dst(*backend.ip());
-                let mut l4 = L4Header::new_unchecked(ip.payload_mut(), f.protocol);
-                l4.update_for_addr(f.dst, *backend.ip());
-                l4.set_dst_port(backend.port());
+                ipv4_nat(
+                    &mut data[ETH_HEADER_LEN..],
+                    usize::from(f.hlen),
+                    f.protocol,
+                    Side::Dst,
+                    be.raw_ip,
+                    be.raw_port,
+                );
                 let mut eth = EthernetFrame::new_unchecked(data);
                 eth.set_dst(mac);
                 eth.set_src(port.mac);
@@ -943,11 +1000,38 @@ impl LbWorker {
                     outer_len as u16,
                     PROTO_IPIP,
                     t.tunnel_src,
-                    *backend.ip(),
+                    *be.addr.ip(),
                 );
             }
         }
         Verdict::Forward
+    }
+
+    /// Maglev's backend for a flow not in the table (or whose backend left), remembered.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        vip: &Vip,
+        ka: u64,
+        kb: u64,
+        hash: u64,
+        now: u32,
+    ) -> (u32, u16) {
+        let w = self.worker;
+        let (c, b) = t.pick(vip, hash);
+        if self.flows.insert(t, ka, kb, hash, now, c, b) {
+            port.stats.inc(w, C::FlowEvictions);
+        }
+        port.stats.set(w, C::FlowTableEntries, self.flows.live());
+        vip.stats.inc(w, P::FlowsNew);
+        t.clusters[c as usize].backends[b as usize]
+            .stats
+            .inc(w, P::FlowsNew);
+        (c, b)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -956,28 +1040,30 @@ impl LbWorker {
         t: &LbTable,
         port: &PortCtx,
         data: &mut [u8],
-        f: &FlowRepr,
+        f: Flow4,
         v: u32,
         c: u32,
         b: u16,
-        _hlen: usize,
-        total: usize,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let Some(mac) = t.next_hop(f.dst) else {
+        let client = Ipv4Addr::from(f.dst.to_ne_bytes());
+        let Some(mac) = t.next_hop(client) else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
         };
-        let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_HEADER_LEN..]);
-        ip.set_src(*vip.addr.ip());
-        let mut l4 = L4Header::new_unchecked(ip.payload_mut(), f.protocol);
-        l4.update_for_addr(f.src, *vip.addr.ip());
-        l4.set_src_port(vip.addr.port());
+        ipv4_nat(
+            &mut data[ETH_HEADER_LEN..],
+            usize::from(f.hlen),
+            f.protocol,
+            Side::Src,
+            vip.raw_ip,
+            vip.raw_port,
+        );
         let mut eth = EthernetFrame::new_unchecked(data);
         eth.set_dst(mac);
         eth.set_src(port.mac);
-        let bytes = total as u64;
+        let bytes = u64::from(f.total);
         vip.stats.inc(w, P::ReplyPackets);
         vip.stats.add(w, P::ReplyBytes, bytes);
         let backend = &t.clusters[c as usize].backends[b as usize];
@@ -987,24 +1073,81 @@ impl LbWorker {
     }
 }
 
-/// The 5-tuple hash of an IPv4 TCP/UDP frame read at fixed offsets without validation
-/// (only to prefetch; [`LbWorker::process`] checks everything), or `None` when the frame
-/// is too short or not IPv4.
-#[inline]
-fn peek_flow_hash(d: &[u8]) -> Option<u64> {
-    if d.len() < ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN || d[12..14] != [0x08, 0x00] {
-        return None;
+/// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
+/// natively) and passed by value: built from registers, never re-read through memory.
+/// `protocol` 0 marks "not parsed" in [`LbWorker::process_burst`].
+#[derive(Clone, Copy, Default)]
+struct Flow4 {
+    src: u32,
+    dst: u32,
+    /// Both ports as one load, and each alone.
+    ports: u32,
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+    hlen: u8,
+    total: u16,
+    /// [`hash4`] of the flow keys, once computed.
+    hash: u64,
+}
+
+/// Why an IPv4 frame is not a TCP/UDP packet for the balancer, with its counter.
+#[derive(Clone, Copy)]
+enum Not4 {
+    Drop(C),
+    Exception(C),
+    /// ICMP to `dst` (raw): an echo request to us is answered.
+    Icmp {
+        dst: u32,
+        hlen: usize,
+        total: usize,
+    },
+}
+
+#[inline(always)]
+fn be16_at(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+/// Parse and check an Ethernet + IPv4 frame (`d.len() >= ETH_HEADER_LEN`) down to the
+/// TCP/UDP ports: header, lengths, header checksum, fragment, protocol, L4 length.
+#[inline(always)]
+fn parse4(d: &[u8]) -> Result<Flow4, Not4> {
+    let ip = match Ipv4Packet::new_checked(&d[ETH_HEADER_LEN..]) {
+        Ok(ip) => ip,
+        Err(WireError::Truncated) => return Err(Not4::Drop(C::DropTruncated)),
+        Err(_) => return Err(Not4::Drop(C::DropBadIpHeader)),
+    };
+    if !ip.verify_checksum() {
+        return Err(Not4::Drop(C::DropBadChecksum));
     }
-    let l4 = ETH_HEADER_LEN + usize::from(d[ETH_HEADER_LEN] & 0x0f) * 4;
-    let ports = d.get(l4..l4 + 4)?;
-    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
-    Some(maglev::hash_flow(
-        be32(26),
-        be32(30),
-        u16::from_be_bytes([ports[0], ports[1]]),
-        u16::from_be_bytes([ports[2], ports[3]]),
-        d[23],
-    ))
+    if ip.is_fragment() {
+        return Err(Not4::Exception(C::ExceptionFragment));
+    }
+    let (protocol, hlen, total) = (ip.protocol(), ip.header_len(), ip.total_len());
+    let dst = ne32(d, ETH_HEADER_LEN + 16);
+    if protocol == PROTO_ICMP {
+        return Err(Not4::Icmp { dst, hlen, total });
+    }
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Err(Not4::Exception(C::ExceptionOther));
+    }
+    let l4_at = ETH_HEADER_LEN + hlen;
+    if L4Header::new_checked(&d[l4_at..ETH_HEADER_LEN + total], protocol).is_err() {
+        return Err(Not4::Drop(C::DropTruncated));
+    }
+    let ports = ne32(d, l4_at);
+    Ok(Flow4 {
+        src: ne32(d, ETH_HEADER_LEN + 12),
+        dst,
+        ports,
+        sport: ne16(d, l4_at),
+        dport: ne16(d, l4_at + 2),
+        protocol,
+        hlen: hlen as u8,
+        total: total as u16,
+        hash: 0,
+    })
 }
 
 /// A heap packet with headroom, standing in for an mbuf in tests, benches and fuzzing.

@@ -71,6 +71,66 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
+// Native-order words. RFC 1071 §2(B): the ones'-complement sum is byte-order
+// independent, so the hot path loads header words in the machine's order, sums, updates
+// and stores them back without swapping a byte; only values compared with config (which
+// compile stores in the same raw form) must agree on it.
+
+/// The 4 bytes at `at` as the machine loads them (no byte swap).
+#[inline(always)]
+pub fn ne32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(w)
+}
+
+/// The 2 bytes at `at` as the machine loads them (no byte swap).
+#[inline(always)]
+pub fn ne16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+#[inline(always)]
+pub fn put_ne32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+#[inline(always)]
+pub fn put_ne16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// An IPv4 address in its raw (wire-order, natively loaded) form, as [`ne32`] reads it.
+#[inline]
+pub fn raw_ip4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// A port in its raw form, as [`ne16`] reads it.
+#[inline]
+pub fn raw_port(p: u16) -> u16 {
+    u16::from_ne_bytes(p.to_be_bytes())
+}
+
+/// Fold a ones'-complement sum kept in 64 bits to 16 bits, branch-free. Words of 32 bits
+/// may be added whole: 2^16 ≡ 1 (mod 2^16 - 1), so a 32-bit word counts as its two
+/// halves.
+#[inline(always)]
+pub fn fold64(s: u64) -> u16 {
+    let s = (s & 0xffff_ffff) + (s >> 32); // < 2^33
+    let s = (s & 0xffff) + (s >> 16); // < 2^17 + 2^16
+    let s = (s & 0xffff) + (s >> 16); // <= 0x10001
+    let s = (s & 0xffff) + (s >> 16); // <= 0xffff
+    s as u16
+}
+
+/// RFC 1624 eqn. 3 over native words: `HC' = ~(~HC + sum(~m) + sum(m'))`, where
+/// `delta` already holds `sum(~m) + sum(m')` (32-bit words may be added whole).
+#[inline(always)]
+pub fn csum_adjust(hc: u16, delta: u64) -> u16 {
+    !fold64(u64::from(!hc) + delta)
+}
+
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word changes from `old` to `new`:
 /// `HC' = ~(~HC + ~m + m')`.
 #[inline(always)]
@@ -271,9 +331,23 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn dst(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 16)
     }
+    /// The header checksum verifies (RFC 1071), summed in native 32-bit words (the
+    /// header length is a multiple of 4).
     #[inline]
     pub fn verify_checksum(&self) -> bool {
-        ones_sum(&self.buf.as_ref()[..self.header_len()]) == 0xffff
+        let b = self.buf.as_ref();
+        let h = self.header_len();
+        let mut s = u64::from(ne32(b, 0))
+            + u64::from(ne32(b, 4))
+            + u64::from(ne32(b, 8))
+            + u64::from(ne32(b, 12))
+            + u64::from(ne32(b, 16));
+        let mut at = IPV4_MIN_HEADER_LEN;
+        while at < h {
+            s += u64::from(ne32(b, at));
+            at += 4;
+        }
+        fold64(s) == 0xffff
     }
     /// The bytes after the header, up to the total length.
     #[inline]
@@ -335,8 +409,46 @@ pub fn emit_ipv4_header(
     b[12..16].copy_from_slice(&src.octets());
     b[16..20].copy_from_slice(&dst.octets());
     put16(b, 10, 0);
-    let c = !ones_sum(&b[..20]);
-    put16(b, 10, c);
+    let s: u64 = (0..20).step_by(4).map(|at| u64::from(ne32(b, at))).sum();
+    put_ne16(b, 10, !fold64(s));
+}
+
+/// Which end of a flow a NAT rewrite changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// Rewrite the source or destination address and port of an IPv4 TCP/UDP packet in
+/// place (`ip` starts at the IPv4 header, `hlen` is its length, the L4 header was checked
+/// by [`L4Header::new_checked`]): one RFC 1624 update per checksum for address and port
+/// together. `addr` and `port` are raw ([`raw_ip4`], [`raw_port`]). A UDP checksum of 0
+/// ("none", RFC 768) stays 0; a computed 0 is sent as 0xffff.
+#[inline(always)]
+pub fn ipv4_nat(ip: &mut [u8], hlen: usize, protocol: u8, side: Side, addr: u32, port: u16) {
+    let (a_at, p_at) = match side {
+        Side::Src => (12, hlen),
+        Side::Dst => (16, hlen + 2),
+    };
+    let old_a = ne32(ip, a_at);
+    let old_p = ne16(ip, p_at);
+    let da = u64::from(!old_a) + u64::from(addr);
+    let hc = ne16(ip, 10);
+    put_ne16(ip, 10, csum_adjust(hc, da));
+    put_ne32(ip, a_at, addr);
+    put_ne16(ip, p_at, port);
+    let udp = protocol == PROTO_UDP;
+    let c_at = hlen + if udp { 6 } else { 16 };
+    let lc = ne16(ip, c_at);
+    if udp && lc == 0 {
+        return;
+    }
+    let mut n = csum_adjust(lc, da + u64::from(!old_p) + u64::from(port));
+    if udp && n == 0 {
+        n = 0xffff;
+    }
+    put_ne16(ip, c_at, n);
 }
 
 // === TCP / UDP ports ===
@@ -452,16 +564,6 @@ pub fn icmp_echo_to_reply(icmp: &mut [u8]) -> bool {
     let hc = csum_update16(be16(icmp, 2), old, new);
     put16(icmp, 2, hc);
     true
-}
-
-/// What the balancer needs from an IPv4 TCP/UDP packet, parsed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowRepr {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub protocol: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
 }
 
 #[cfg(test)]
