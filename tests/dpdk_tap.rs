@@ -358,7 +358,10 @@ fn port_for(backends: &[&str], want: &str, skip: u16) -> u16 {
     let stats = tickmesh::telemetry::StatsRegistry::new(1);
     let t = LbTable::compile(&cfg, &LbAddressing::default(), 1, &stats).unwrap();
     let vip = &t.vips[0];
-    let (src, dst) = (std::net::Ipv4Addr::new(10, 99, 1, 2), *vip.addr.ip());
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        panic!("the echo config's VIP is IPv4")
+    };
+    let (src, dst) = (std::net::Ipv4Addr::new(10, 99, 1, 2), *va.ip());
     (skip..60000)
         .find(|&p| {
             let (c, b) = t.pick(vip, flow_hash_v4(src, dst, p, 80, 6));

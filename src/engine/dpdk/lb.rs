@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::cluster::maglev::{self, Maglev};
@@ -34,6 +34,9 @@ pub trait PacketBuf {
     fn data(&mut self) -> &mut [u8];
     /// Grow the packet by `n` bytes at the front; false (and unchanged) without headroom.
     fn prepend(&mut self, n: usize) -> bool;
+    /// Make the packet `len` bytes long, growing or cutting at the end; false (and
+    /// unchanged) when it cannot grow that far.
+    fn resize(&mut self, len: usize) -> bool;
 }
 
 /// What to do with a frame after [`LbWorker::process`].
@@ -50,13 +53,15 @@ pub enum Verdict {
 /// Engine-level addressing: what the operator passes on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct LbAddressing {
-    /// Addresses the balancer itself answers ARP and ICMP echo for, besides the VIPs
-    /// (e.g. a router address for DNAT backends).
-    pub local_ips: Vec<Ipv4Addr>,
+    /// Addresses the balancer itself answers ARP / Neighbor Solicitation and ICMP echo
+    /// for, besides the VIPs (e.g. a router address for DNAT backends).
+    pub local_ips: Vec<IpAddr>,
     /// Outer source address of IP-in-IP packets (Katran-style DSR).
     pub tunnel_src: Option<Ipv4Addr>,
+    /// Outer source address of IPv6-in-IPv6 packets (DSR for IPv6 VIPs, RFC 2473).
+    pub tunnel_src6: Option<Ipv6Addr>,
     /// Static next hops: IP → MAC.
-    pub neighbors: Vec<(Ipv4Addr, [u8; 6])>,
+    pub neighbors: Vec<(IpAddr, [u8; 6])>,
     /// Next hop for every other destination.
     pub gateway: Option<[u8; 6]>,
 }
@@ -91,8 +96,36 @@ fn key4(addr: u32, port: u16, protocol: u8) -> u64 {
 }
 
 /// [`key4`] from config values.
-fn key4_of(a: SocketAddrV4, protocol: u8) -> u64 {
-    key4(raw_ip4(*a.ip()), raw_port(a.port()), protocol)
+fn key4_of(a: SocketAddr, protocol: u8) -> u64 {
+    key4(raw_ip4(ip4_of(a)), raw_port(a.port()), protocol)
+}
+
+/// The IPv4 address of `a`, or 0.0.0.0 for IPv6 (whose raw IPv4 forms go unused).
+fn ip4_of(a: SocketAddr) -> Ipv4Addr {
+    match a.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// The raw IPv6 address of `a`, or 0 for IPv4.
+fn ip6_of(a: SocketAddr) -> u128 {
+    match a.ip() {
+        IpAddr::V6(ip) => raw_ip6(ip),
+        IpAddr::V4(_) => 0,
+    }
+}
+
+/// An IPv6 VIP/backend key (raw address; port and protocol, never 0).
+#[inline(always)]
+fn key6(addr: u128, port: u16, protocol: u8) -> (u128, u32) {
+    (addr, (u32::from(port) << 8) | u32::from(protocol))
+}
+
+/// Set key for an IPv6 address alone.
+#[inline(always)]
+fn addr_key6(addr: u128) -> (u128, u32) {
+    (addr, 1)
 }
 
 /// Set key for an address alone (raw); never 0.
@@ -112,21 +145,34 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 /// It picks the Maglev slot of new flows and the flow-table bucket, so every worker and
 /// every instance of this version agrees on it.
 #[inline(always)]
-fn hash4(ka: u64, kb: u64) -> u64 {
+fn hash4(k: Key4) -> u64 {
     fold_mul(
-        fold_mul(ka ^ 0x243f_6a88_85a3_08d3, kb ^ 0x1319_8a2e_0370_7344),
+        fold_mul(k.a ^ 0x243f_6a88_85a3_08d3, k.b ^ 0x1319_8a2e_0370_7344),
         0x9e37_79b9_7f4a_7c15,
     )
 }
 
-/// Flow-table keys of an IPv4 flow from raw fields: addresses in `a`, ports, protocol
-/// and a never-zero marker bit in `b`.
+/// The 5-tuple hash of an IPv6 flow (as [`hash4`], three folded multiplies).
 #[inline(always)]
-fn keys4(src: u32, dst: u32, ports: u32, protocol: u8) -> (u64, u64) {
-    (
-        u64::from(src) | (u64::from(dst) << 32),
-        u64::from(ports) | (u64::from(protocol) << 32) | 1 << 63,
-    )
+fn hash6(k: Key6) -> u64 {
+    let h = fold_mul(
+        k.src as u64 ^ 0x243f_6a88_85a3_08d3,
+        (k.src >> 64) as u64 ^ 0xa409_3822_299f_31d0,
+    );
+    let h = fold_mul(
+        h ^ k.dst as u64,
+        (k.dst >> 64) as u64 ^ 0x082e_fa98_ec4e_6c89,
+    );
+    fold_mul(h ^ k.b, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// The flow-table key of an IPv4 flow from raw fields.
+#[inline(always)]
+fn keys4(src: u32, dst: u32, ports: u32, protocol: u8) -> Key4 {
+    Key4 {
+        a: u64::from(src) | (u64::from(dst) << 32),
+        b: u64::from(ports) | (u64::from(protocol) << 32) | 1 << 63,
+    }
 }
 
 /// The hash the balancer gives the IPv4 flow `src:sport → dst:dport` (for tests and
@@ -134,15 +180,16 @@ fn keys4(src: u32, dst: u32, ports: u32, protocol: u8) -> (u64, u64) {
 pub fn flow_hash_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, protocol: u8) -> u64 {
     let (sp, dp) = (sport.to_be_bytes(), dport.to_be_bytes());
     let ports = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
-    let (a, b) = keys4(raw_ip4(src), raw_ip4(dst), ports, protocol);
-    hash4(a, b)
+    hash4(keys4(raw_ip4(src), raw_ip4(dst), ports, protocol))
 }
 
 #[derive(Debug)]
 pub struct Vip {
     pub name: Arc<str>,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
+    /// `addr` in raw form: IPv4 (0 for IPv6), IPv6 (0 for IPv4), port.
     raw_ip: u32,
+    raw_ip6: u128,
     raw_port: u16,
     pub protocol: u8,
     pub forwarding: Forwarding,
@@ -155,9 +202,10 @@ pub struct Vip {
 
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
-    /// `addr`'s address and port in raw form (what the rewrite stores).
+    pub addr: SocketAddr,
+    /// `addr` in raw form (what the rewrite stores), as for [`Vip`].
     raw_ip: u32,
+    raw_ip6: u128,
     raw_port: u16,
     /// Resolved next hop; `None` counts `drop_no_neighbor`.
     pub mac: Option<[u8; 6]>,
@@ -185,9 +233,17 @@ pub struct LbTable {
     vip_ips: KeyMap<()>,
     /// DNAT backend (addr, port, proto) → (VIP index, backend cluster, backend index).
     replies: KeyMap<(u32, u32, u16)>,
+    /// The same four for IPv6 ([`key6`], [`addr_key6`]; answered: Neighbor
+    /// Solicitation and ICMPv6 echo).
+    by_vip6: KeyMap6<u32>,
+    own_ips6: KeyMap6<()>,
+    vip_ips6: KeyMap6<()>,
+    replies6: KeyMap6<(u32, u32, u16)>,
     neighbors: IntMap<u32, [u8; 6]>,
+    neighbors6: HashMap<Ipv6Addr, [u8; 6]>,
     gateway: Option<[u8; 6]>,
     tunnel_src: Ipv4Addr,
+    tunnel_src6: Ipv6Addr,
 }
 
 impl LbTable {
@@ -202,16 +258,21 @@ impl LbTable {
     ) -> Result<LbTable, ConfigError> {
         crate::config::validate(cfg)?;
         let mut problems = Vec::new();
-        let neighbors: IntMap<u32, [u8; 6]> = addressing
-            .neighbors
-            .iter()
-            .map(|(ip, mac)| (u32::from(*ip), *mac))
-            .collect();
-        let next_hop = |ip: Ipv4Addr| {
-            neighbors
-                .get(&u32::from(ip))
-                .copied()
-                .or(addressing.gateway)
+        let mut neighbors: IntMap<u32, [u8; 6]> = IntMap::default();
+        let mut neighbors6: HashMap<Ipv6Addr, [u8; 6]> = HashMap::new();
+        for (ip, mac) in &addressing.neighbors {
+            match ip {
+                IpAddr::V4(ip) => neighbors.insert(u32::from(*ip), *mac),
+                IpAddr::V6(ip) => neighbors6.insert(*ip, *mac),
+            };
+        }
+        let next_hop = |ip: IpAddr| {
+            match ip {
+                IpAddr::V4(ip) => neighbors.get(&u32::from(ip)),
+                IpAddr::V6(ip) => neighbors6.get(&ip),
+            }
+            .copied()
+            .or(addressing.gateway)
         };
 
         let mut cluster_index = HashMap::new();
@@ -245,22 +306,38 @@ impl LbTable {
             cluster_index.insert(c.name.as_str(), i as u32);
             let mut backends = Vec::with_capacity(c.endpoints.len());
             for (j, e) in c.endpoints.iter().enumerate() {
-                let Some(SocketAddr::V4(addr)) = e.address.ip() else {
+                let Some(addr) = e.address.ip() else {
                     problems.push(Problem {
                         path: format!("clusters[{i}].endpoints[{j}]"),
                         line: None,
                         message: format!(
-                            "the DPDK engine forwards to IPv4 addresses only; endpoint {} is not one (no IPv6 or DNS names)",
+                            "the DPDK engine forwards to IP addresses only; endpoint {} is a DNS name",
                             e.address
                         ),
                     });
                     continue;
                 };
+                let key = backend_key(&addr);
+                if let Some(other) = backends
+                    .iter()
+                    .find(|b: &&Backend| backend_key(&b.addr) == key && b.addr != addr)
+                {
+                    problems.push(Problem {
+                        path: format!("clusters[{i}].endpoints[{j}]"),
+                        line: None,
+                        message: format!(
+                            "endpoints {addr} and {} collide in the flow table's 48-bit backend identity (or are the same endpoint twice): remove one",
+                            other.addr
+                        ),
+                    });
+                    continue;
+                }
                 backends.push(Backend {
                     addr,
-                    raw_ip: raw_ip4(*addr.ip()),
+                    raw_ip: raw_ip4(ip4_of(addr)),
+                    raw_ip6: ip6_of(addr),
                     raw_port: raw_port(addr.port()),
-                    mac: next_hop(*addr.ip()),
+                    mac: next_hop(addr.ip()),
                     stats: stats.packets(&format!("backend/{}/{}", c.name, addr)),
                 });
             }
@@ -300,21 +377,19 @@ impl LbTable {
         let mut own_ips: IntMap<u64, ()> = IntMap::default();
         let mut vip_ips: IntMap<u64, ()> = IntMap::default();
         let mut replies: IntMap<u64, (u32, u32, u16)> = IntMap::default();
+        let mut by_vip6: HashMap<(u128, u32), u32> = HashMap::new();
+        let mut own_ips6: HashMap<(u128, u32), ()> = HashMap::new();
+        let mut vip_ips6: HashMap<(u128, u32), ()> = HashMap::new();
+        let mut replies6: HashMap<(u128, u32), (u32, u32, u16)> = HashMap::new();
         for ip in &addressing.local_ips {
-            own_ips.insert(addr_key4(raw_ip4(*ip)), ());
+            match ip {
+                IpAddr::V4(ip) => own_ips.insert(addr_key4(raw_ip4(*ip)), ()),
+                IpAddr::V6(ip) => own_ips6.insert(addr_key6(raw_ip6(*ip)), ()),
+            };
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
-            let SocketAddr::V4(addr) = l.address else {
-                problems.push(Problem {
-                    path: format!("listeners[{i}].address"),
-                    line: None,
-                    message: format!(
-                        "the DPDK engine serves IPv4 VIPs only; {} is IPv6",
-                        l.address
-                    ),
-                });
-                continue;
-            };
+            let addr = l.address;
+            let v6 = addr.is_ipv6();
             let protocol = match l.protocol {
                 Protocol::Tcp => PROTO_TCP,
                 Protocol::Udp => PROTO_UDP,
@@ -342,11 +417,34 @@ impl LbTable {
             let forwarding = l.forwarding.unwrap_or_default();
             let vip_index = vips.len() as u32;
             let cl: Box<[u32]> = names.iter().map(|n| cluster_index[n]).collect();
+            // A VIP forwards within its address family (no NAT64, no 4-in-6 tunnels).
+            for &c in cl.iter() {
+                let cluster = &clusters[c as usize];
+                if let Some(b) = cluster.backends.iter().find(|b| b.addr.is_ipv6() != v6) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}]"),
+                        line: None,
+                        message: format!(
+                            "VIP {addr} is {} but backend {} of cluster `{}` is not: the DPDK engine forwards within one address family",
+                            if v6 { "IPv6" } else { "IPv4" },
+                            b.addr,
+                            cluster.name
+                        ),
+                    });
+                }
+            }
             if forwarding == Forwarding::Dnat {
                 for &c in cl.iter() {
                     for (k, b) in clusters[c as usize].backends.iter().enumerate() {
-                        let key = key4_of(b.addr, protocol);
-                        if let Some((other, _, _)) = replies.insert(key, (vip_index, c, k as u16)) {
+                        let previous = if v6 {
+                            replies6.insert(
+                                key6(b.raw_ip6, b.raw_port, protocol),
+                                (vip_index, c, k as u16),
+                            )
+                        } else {
+                            replies.insert(key4_of(b.addr, protocol), (vip_index, c, k as u16))
+                        };
+                        if let Some((other, _, _)) = previous {
                             if other != vip_index {
                                 problems.push(Problem {
                                     path: format!("listeners[{i}]"),
@@ -360,21 +458,36 @@ impl LbTable {
                         }
                     }
                 }
-            } else if addressing.tunnel_src.is_none() {
+            } else if !v6 && addressing.tunnel_src.is_none() {
                 problems.push(Problem {
                     path: format!("listeners[{i}].forwarding"),
                     line: None,
                     message: "ipip forwarding needs the tunnel source address (--dpdk-tunnel-src)"
                         .into(),
                 });
+            } else if v6 && addressing.tunnel_src6.is_none() {
+                problems.push(Problem {
+                    path: format!("listeners[{i}].forwarding"),
+                    line: None,
+                    message: "ipip forwarding of an IPv6 VIP needs the IPv6 tunnel source address (--dpdk-tunnel-src6)"
+                        .into(),
+                });
             }
-            by_vip.insert(key4_of(addr, protocol), vip_index);
-            own_ips.insert(addr_key4(raw_ip4(*addr.ip())), ());
-            vip_ips.insert(addr_key4(raw_ip4(*addr.ip())), ());
+            if v6 {
+                let raw = ip6_of(addr);
+                by_vip6.insert(key6(raw, raw_port(addr.port()), protocol), vip_index);
+                own_ips6.insert(addr_key6(raw), ());
+                vip_ips6.insert(addr_key6(raw), ());
+            } else {
+                by_vip.insert(key4_of(addr, protocol), vip_index);
+                own_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
+                vip_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
+            }
             vips.push(Vip {
                 name: l.name.as_str().into(),
                 addr,
-                raw_ip: raw_ip4(*addr.ip()),
+                raw_ip: raw_ip4(ip4_of(addr)),
+                raw_ip6: ip6_of(addr),
                 raw_port: raw_port(addr.port()),
                 protocol,
                 forwarding,
@@ -403,15 +516,26 @@ impl LbTable {
             own_ips: KeyMap::build(&own_ips),
             vip_ips: KeyMap::build(&vip_ips),
             replies: KeyMap::build(&replies),
+            by_vip6: KeyMap6::build(&by_vip6),
+            own_ips6: KeyMap6::build(&own_ips6),
+            vip_ips6: KeyMap6::build(&vip_ips6),
+            replies6: KeyMap6::build(&replies6),
             neighbors,
+            neighbors6,
             gateway: addressing.gateway,
             tunnel_src: addressing.tunnel_src.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            tunnel_src6: addressing.tunnel_src6.unwrap_or(Ipv6Addr::UNSPECIFIED),
         })
     }
 
     #[inline]
     fn next_hop(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
         self.neighbors.get(&u32::from(ip)).copied().or(self.gateway)
+    }
+
+    #[inline]
+    fn next_hop6(&self, ip: Ipv6Addr) -> Option<[u8; 6]> {
+        self.neighbors6.get(&ip).copied().or(self.gateway)
     }
 
     /// The backend Maglev gives a new flow of `vip` (by its 5-tuple hash).
@@ -425,31 +549,66 @@ impl LbTable {
 
 // === flow table ===
 
-/// One worker's flow table: set-associative, buckets of [`WAYS`] 32-byte entries, each
-/// bucket one 128-byte aligned block (two cache lines, prefetched together), allocated
-/// once and marked for transparent huge pages (a 4 KiB page per bucket touched would
-/// cost a TLB miss per packet). A full bucket evicts its least recently seen entry
-/// (Katran keeps an LRU for the same reason: bounded memory under a SYN flood).
-pub struct FlowTable {
-    buckets: Box<[Bucket]>,
+/// One worker's flow table for one address family: set-associative, buckets of [`WAYS`]
+/// entries (32 bytes for IPv4 keys, 64 for IPv6), each bucket an aligned block of two or
+/// four cache lines prefetched together, allocated once and marked for transparent huge
+/// pages (a 4 KiB page per bucket touched would cost a TLB miss per packet). A full
+/// bucket evicts its least recently seen entry (Katran keeps an LRU for the same reason:
+/// bounded memory under a SYN flood).
+pub struct FlowTable<K: FlowKey = Key4> {
+    buckets: Box<[Bucket<K>]>,
     mask: usize,
     live: u64,
 }
 
 const WAYS: usize = 4;
 
+/// A flow's exact identity in the table.
+pub trait FlowKey: Copy + Default + PartialEq {
+    /// The all-zero key marks an empty slot; real keys never are.
+    fn is_empty(&self) -> bool;
+}
+
+/// IPv4: addresses in `a`; ports, protocol and a never-zero marker bit in `b` (raw).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Key4 {
+    a: u64,
+    b: u64,
+}
+
+impl FlowKey for Key4 {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.b == 0
+    }
+}
+
+/// IPv6: both addresses (raw) and `b` as for [`Key4`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Key6 {
+    src: u128,
+    dst: u128,
+    b: u64,
+}
+
+impl FlowKey for Key6 {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.b == 0
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(128))]
-struct Bucket([FlowEntry; WAYS]);
+struct Bucket<K: FlowKey>([FlowEntry<K>; WAYS]);
 
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
-struct FlowEntry {
-    /// Source and destination address; 0/0 with `key_b` 0 = empty slot.
-    key_a: u64,
-    /// Ports and protocol, bit 63 set: never 0 for a real flow.
-    key_b: u64,
-    /// The backend's `addr << 16 | port` (bits 0..48) and its cluster index (48..64):
+struct FlowEntry<K: FlowKey> {
+    key: K,
+    /// The backend's identity ([`backend_key`], bits 0..48) and its cluster index (48..64):
     /// how a flow finds its backend again after a table swap.
     backend: u64,
     /// Wrapping millisecond clock of the last packet.
@@ -459,11 +618,26 @@ struct FlowEntry {
     index: u16,
 }
 
+// Entries stay within their cache lines.
+const _: () = assert!(std::mem::size_of::<FlowEntry<Key4>>() == 32);
+const _: () = assert!(std::mem::size_of::<FlowEntry<Key6>>() == 64);
+
 const BACKEND_ADDR_MASK: u64 = (1 << 48) - 1;
 
+/// A backend's identity in 48 bits: exact for IPv4 (`addr << 16 | port`); a hash of
+/// address and port for IPv6, which `compile` checks is unique within each cluster.
 #[inline]
-fn backend_key(a: &SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
+fn backend_key(a: &SocketAddr) -> u64 {
+    match a {
+        SocketAddr::V4(a) => (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let v = u128::from(*a.ip());
+            fold_mul(
+                fold_mul(v as u64 ^ 0x6a09_e667_f3bc_c908, (v >> 64) as u64),
+                u64::from(a.port()) | 1 << 32,
+            ) & BACKEND_ADDR_MASK
+        }
+    }
 }
 
 /// What the flow table says about one packet.
@@ -475,12 +649,12 @@ pub enum FlowHit {
 }
 
 /// `n` zeroed buckets, advised to use transparent huge pages before first touch.
-fn alloc_buckets(n: usize) -> Box<[Bucket]> {
-    let layout = std::alloc::Layout::array::<Bucket>(n).expect("flow table size fits memory");
+fn alloc_buckets<K: FlowKey>(n: usize) -> Box<[Bucket<K>]> {
+    let layout = std::alloc::Layout::array::<Bucket<K>>(n).expect("flow table size fits memory");
     // Not `alloc_zeroed`: with this alignment it zeroes (touches) every page at once,
     // before the advice below could apply. Advise first, then zero.
     // SAFETY: the layout has a non-zero size (n >= 1, Bucket is 128 bytes).
-    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket<K>>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
@@ -502,9 +676,9 @@ fn alloc_buckets(n: usize) -> Box<[Bucket]> {
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
 }
 
-impl FlowTable {
+impl<K: FlowKey> FlowTable<K> {
     /// `capacity` entries, rounded up to a power of two multiple of the bucket size.
-    pub fn new(capacity: usize) -> FlowTable {
+    pub fn new(capacity: usize) -> FlowTable<K> {
         let buckets = (capacity / WAYS).max(1).next_power_of_two();
         FlowTable {
             buckets: alloc_buckets(buckets),
@@ -521,12 +695,13 @@ impl FlowTable {
         self.buckets.len() * WAYS
     }
 
-    /// Start loading the bucket of `hash` (both of its cache lines).
+    /// Start loading the bucket of `hash` (all of its cache lines).
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let p = (&self.buckets[hash as usize & self.mask] as *const Bucket).cast::<u8>();
-        prefetch(p);
-        prefetch(p.wrapping_add(64));
+        let p = (&self.buckets[hash as usize & self.mask] as *const Bucket<K>).cast::<u8>();
+        for line in 0..std::mem::size_of::<Bucket<K>>() / 64 {
+            prefetch(p.wrapping_add(line * 64));
+        }
     }
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
@@ -537,15 +712,14 @@ impl FlowTable {
         &mut self,
         t: &LbTable,
         vip: &Vip,
-        ka: u64,
-        kb: u64,
+        key: K,
         hash: u64,
         now: u32,
         idle: u32,
     ) -> FlowHit {
         let bucket = &mut self.buckets[hash as usize & self.mask];
         for e in bucket.0.iter_mut() {
-            if e.key_a != ka || e.key_b != kb {
+            if e.key != key {
                 continue;
             }
             if now.wrapping_sub(e.last_ms) > idle {
@@ -580,24 +754,14 @@ impl FlowTable {
         FlowHit::New
     }
 
-    /// Remember flow (`ka`, `kb`) → backend `i` of cluster `c`; true if an older flow
-    /// was evicted for it.
+    /// Remember flow `key` → backend `i` of cluster `c`; true if an older flow was
+    /// evicted for it.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        t: &LbTable,
-        ka: u64,
-        kb: u64,
-        hash: u64,
-        now: u32,
-        c: u32,
-        i: u16,
-    ) -> bool {
+    fn insert(&mut self, t: &LbTable, key: K, hash: u64, now: u32, c: u32, i: u16) -> bool {
         let backend = &t.clusters[c as usize].backends[i as usize].addr;
         let entry = FlowEntry {
-            key_a: ka,
-            key_b: kb,
+            key,
             backend: backend_key(backend) | (u64::from(c) << 48),
             last_ms: now,
             epoch: t.generation as u16,
@@ -607,11 +771,11 @@ impl FlowTable {
         // Same key (expired or moved), else an empty slot, else the oldest.
         let mut victim = 0;
         for (w, e) in slots.iter().enumerate() {
-            if e.key_a == ka && e.key_b == kb {
+            if e.key == key {
                 slots[w] = entry;
                 return false;
             }
-            if e.key_b == 0 {
+            if e.key.is_empty() {
                 slots[w] = entry;
                 self.live += 1;
                 return false;
@@ -684,12 +848,63 @@ impl<V: Copy + Default> KeyMap<V> {
     }
 }
 
+/// [`KeyMap`] for IPv6 keys ([`key6`], [`addr_key6`]): the second half is never 0 for
+/// a real key, so 0 marks an empty slot.
+#[derive(Debug)]
+struct KeyMap6<V: Copy> {
+    slots: Box<[(u128, u32, V)]>,
+    mask: usize,
+}
+
+impl<V: Copy + Default> KeyMap6<V> {
+    fn build(items: &HashMap<(u128, u32), V>) -> KeyMap6<V> {
+        let size = (items.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![(0u128, 0u32, V::default()); size].into_boxed_slice();
+        let mask = size - 1;
+        for (&(a, b), &v) in items {
+            debug_assert!(b != 0, "0 marks an empty slot");
+            let mut i = Self::slot(a, b, mask);
+            while slots[i].1 != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = (a, b, v);
+        }
+        KeyMap6 { slots, mask }
+    }
+
+    #[inline]
+    fn slot(a: u128, b: u32, mask: usize) -> usize {
+        (fold_mul(
+            a as u64 ^ u64::from(b),
+            (a >> 64) as u64 ^ 0x9e37_79b9_7f4a_7c15,
+        ) as usize)
+            & mask
+    }
+
+    #[inline]
+    fn get(&self, (a, b): (u128, u32)) -> Option<V> {
+        let mut i = Self::slot(a, b, self.mask);
+        // At most half full: an empty slot always ends the probe.
+        loop {
+            let (ka, kb, v) = self.slots[i];
+            if ka == a && kb == b {
+                return Some(v);
+            }
+            if kb == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
 // === the worker ===
 
 /// One worker's balancer state: its flow table and the counter slot it writes.
 pub struct LbWorker {
     pub worker: usize,
-    pub flows: FlowTable,
+    pub flows: FlowTable<Key4>,
+    pub flows6: FlowTable<Key6>,
     /// Client → backend packets and bytes not yet added to their VIP's and backend's
     /// counters: runs of packets of one (VIP, cluster, backend) are added at once, at the
     /// latest when the burst ends, instead of four counter writes per packet.
@@ -719,6 +934,7 @@ impl LbWorker {
         LbWorker {
             worker,
             flows: FlowTable::new(flow_capacity),
+            flows6: FlowTable::new(flow_capacity),
             pending: Pending::default(),
         }
     }
@@ -756,8 +972,7 @@ impl LbWorker {
             let d = p.data();
             if d.len() >= ETH_HEADER_LEN && be16_at(d, 12) == ETHERTYPE_IPV4 {
                 if let Ok(mut fl) = parse4(d) {
-                    let (a, b) = keys4(fl.src, fl.dst, fl.ports, fl.protocol);
-                    fl.hash = hash4(a, b);
+                    fl.hash = hash4(keys4(fl.src, fl.dst, fl.ports, fl.protocol));
                     self.flows.prefetch(fl.hash);
                     *f = fl;
                 }
@@ -820,6 +1035,7 @@ impl LbWorker {
         };
         match eth.ethertype() {
             ETHERTYPE_IPV4 => self.ipv4(t, port, pkt, now_ms),
+            ETHERTYPE_IPV6 => self.ipv6(t, port, pkt, now_ms),
             ETHERTYPE_ARP => self.arp(t, port, data),
             _ => {
                 st.inc(w, C::ExceptionNonIp);
@@ -840,8 +1056,7 @@ impl LbWorker {
         let st = port.stats;
         match parse4(pkt.data()) {
             Ok(mut f) => {
-                let (a, b) = keys4(f.src, f.dst, f.ports, f.protocol);
-                f.hash = hash4(a, b);
+                f.hash = hash4(keys4(f.src, f.dst, f.ports, f.protocol));
                 self.tcp_udp4(t, port, pkt, f, now_ms)
             }
             Err(Not4::Drop(c)) => {
@@ -951,14 +1166,20 @@ impl LbWorker {
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let (ka, kb) = keys4(f.src, f.dst, f.ports, f.protocol);
+        let key = keys4(f.src, f.dst, f.ports, f.protocol);
         let hash = f.hash;
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
         let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
-        let (c, b) = match self.flows.lookup(t, vip, ka, kb, hash, now, idle) {
+        let (c, b) = match self.flows.lookup(t, vip, key, hash, now, idle) {
             FlowHit::Known(c, b) => (c, b),
-            FlowHit::New => self.new_flow(t, port, vip, ka, kb, hash, now),
+            FlowHit::New => {
+                let (c, b) = t.pick(vip, hash);
+                if self.flows.insert(t, key, hash, now, c, b) {
+                    port.stats.inc(w, C::FlowEvictions);
+                }
+                self.new_flow(t, port, vip, c, b)
+            }
         };
         let be = &t.clusters[c as usize].backends[b as usize];
         let Some(mac) = be.mac else {
@@ -1000,33 +1221,23 @@ impl LbWorker {
                     outer_len as u16,
                     PROTO_IPIP,
                     t.tunnel_src,
-                    *be.addr.ip(),
+                    ip4_of(be.addr),
                 );
             }
         }
         Verdict::Forward
     }
 
-    /// Maglev's backend for a flow not in the table (or whose backend left), remembered.
+    /// Count a flow Maglev just placed (new, or its backend left).
     #[cold]
     #[inline(never)]
-    #[allow(clippy::too_many_arguments)]
-    fn new_flow(
-        &mut self,
-        t: &LbTable,
-        port: &PortCtx,
-        vip: &Vip,
-        ka: u64,
-        kb: u64,
-        hash: u64,
-        now: u32,
-    ) -> (u32, u16) {
+    fn new_flow(&mut self, t: &LbTable, port: &PortCtx, vip: &Vip, c: u32, b: u16) -> (u32, u16) {
         let w = self.worker;
-        let (c, b) = t.pick(vip, hash);
-        if self.flows.insert(t, ka, kb, hash, now, c, b) {
-            port.stats.inc(w, C::FlowEvictions);
-        }
-        port.stats.set(w, C::FlowTableEntries, self.flows.live());
+        port.stats.set(
+            w,
+            C::FlowTableEntries,
+            self.flows.live() + self.flows6.live(),
+        );
         vip.stats.inc(w, P::FlowsNew);
         t.clusters[c as usize].backends[b as usize]
             .stats
@@ -1181,6 +1392,10 @@ impl PacketBuf for VecPacket {
         self.start -= n;
         true
     }
+    fn resize(&mut self, len: usize) -> bool {
+        self.buf.resize(self.start + len, 0);
+        true
+    }
 }
 
 /// The fuzz target's body (`fuzz/fuzz_targets/packet.rs`): run `frame` through a fixed
@@ -1200,9 +1415,13 @@ pub fn fuzz_one(frame: &[u8]) {
             .expect("the fuzz fixture config is valid");
         let stats = StatsRegistry::new(1);
         let addressing = LbAddressing {
-            local_ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            local_ips: vec![
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+                "2001:db8::1".parse().expect("a valid address"),
+            ],
             tunnel_src: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            neighbors: vec![(Ipv4Addr::new(10, 1, 0, 1), [2, 0, 0, 0, 1, 1])],
+            tunnel_src6: Some("2001:db8::1".parse().expect("a valid address")),
+            neighbors: vec![(Ipv4Addr::new(10, 1, 0, 1).into(), [2, 0, 0, 0, 1, 1])],
             gateway: Some([2, 0, 0, 0, 0, 0xfe]),
         };
         Fixture {
@@ -1217,12 +1436,21 @@ pub fn fuzz_one(frame: &[u8]) {
         mac: [2, 0, 0, 0, 0, 1],
         stats: &f.port,
     };
-    let l4_before = l4_checksum_ok(frame);
+    let l4_before = l4_checksum_ok(frame).or_else(|| l4_checksum6_ok(frame));
     let mut w = f.worker.lock().unwrap_or_else(|p| p.into_inner());
     if w.process(&f.table, &ctx, &mut pkt, 1) == Verdict::Forward {
         let out = pkt.frame();
         let eth = EthernetFrame::new_checked(out).expect("forwarded frame has an Ethernet header");
-        if eth.ethertype() == ETHERTYPE_IPV4 {
+        if eth.ethertype() == ETHERTYPE_IPV6 {
+            let ip = Ipv6Packet::new_checked(eth.payload()).expect("forwarded IPv6 parses");
+            if ip.next_header() != PROTO_IPV6 {
+                assert_eq!(
+                    l4_checksum6_ok(out),
+                    l4_before,
+                    "the IPv6 TCP/UDP/ICMPv6 checksum survives the rewrite"
+                );
+            }
+        } else if eth.ethertype() == ETHERTYPE_IPV4 {
             let ip = Ipv4Packet::new_checked(eth.payload()).expect("forwarded IPv4 parses");
             assert!(
                 ip.verify_checksum(),
@@ -1263,16 +1491,41 @@ fn l4_checksum_ok(frame: &[u8]) -> Option<bool> {
     Some(l4_checksum(ip.src(), ip.dst(), proto, ip.payload()) == 0)
 }
 
+/// Whether `frame` is IPv6 TCP/UDP/ICMPv6 (no extension headers) whose checksum
+/// verifies; `None` when it is not such a packet. (An answered Neighbor Solicitation or
+/// echo request is a new message: its checksum must verify whenever the request's did.)
+fn l4_checksum6_ok(frame: &[u8]) -> Option<bool> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ETHERTYPE_IPV6 {
+        return None;
+    }
+    let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+    let nh = ip.next_header();
+    if nh != PROTO_TCP && nh != PROTO_UDP && nh != PROTO_ICMPV6 {
+        return None;
+    }
+    if nh == PROTO_UDP && ip.payload().len() >= 8 && ip.payload()[6..8] == [0, 0] {
+        return None;
+    }
+    let (src, dst) = (ip.src().octets(), ip.dst().octets());
+    Some(l4_checksum6(&src, &dst, nh, ip.payload()) == 0)
+}
+
 const FUZZ_CONFIG: &str = r#"
 listeners:
   - {name: web, address: "10.0.0.100:80", cluster: pool}
   - {name: dns, address: "10.0.0.100:53", protocol: udp, cluster: dnspool}
   - {name: dsr, address: "10.0.0.101:443", cluster: tunnel, forwarding: ipip}
+  - {name: web6, address: "[2001:db8::100]:80", cluster: pool6}
+  - {name: dsr6, address: "[2001:db8::101]:443", cluster: tunnel6, forwarding: ipip}
 clusters:
+  - {name: pool6, endpoints: ["[2001:db8:1::1]:8080", "[2001:db8:1::2]:8080"]}
+  - {name: tunnel6, endpoints: ["[2001:db8:3::1]:443"]}
   - {name: pool, endpoints: ["10.1.0.1:8080", "10.1.0.2:8080"]}
   - {name: dnspool, endpoints: ["10.2.0.1:5353"]}
   - {name: tunnel, endpoints: ["10.3.0.1:443", "10.3.0.2:443"]}
 "#;
 
+mod ipv6;
 #[cfg(test)]
 mod tests;

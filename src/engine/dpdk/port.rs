@@ -417,6 +417,21 @@ impl PacketBuf for Mbuf {
         // SAFETY: owned mbuf; prepend checks headroom and returns NULL without it.
         !unsafe { sys::tm_pktmbuf_prepend(self.0.as_ptr(), n) }.is_null()
     }
+    fn resize(&mut self, len: usize) -> bool {
+        let Ok(len) = u16::try_from(len) else {
+            return false;
+        };
+        let have = self.len() as u16;
+        // SAFETY: owned single-segment mbuf; append checks tailroom (NULL without it),
+        // trim checks the length (-1 when too long); both keep pkt_len in step.
+        unsafe {
+            if len >= have {
+                !sys::tm_pktmbuf_append(self.0.as_ptr(), len - have).is_null()
+            } else {
+                sys::tm_pktmbuf_trim(self.0.as_ptr(), have - len) == 0
+            }
+        }
+    }
 }
 
 impl Drop for Mbuf {

@@ -500,6 +500,9 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
     let Some(vip) = table.vips.first() else {
         bail!("--dpdk-bench-prime needs a listener (VIP) in the config");
     };
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        bail!("--dpdk-bench-prime sends IPv4 frames: make the first listener an IPv4 VIP");
+    };
     let proto = vip.protocol;
     for p in &e.ports {
         wait_link(p)?;
@@ -519,7 +522,7 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
             let mut k = 0;
             while !burst.is_full() && sent + k < n {
                 let i = (sent + k) as u32;
-                let f = bench_frame(p.mac, proto, i, *vip.addr.ip(), vip.addr.port());
+                let f = bench_frame(p.mac, proto, i, *va.ip(), va.port());
                 let m = pool
                     .alloc_frame(&f)
                     .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while priming"))?;
@@ -555,6 +558,9 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     let Some(vip) = table.vips.first() else {
         bail!("--dpdk-bench-ping needs a listener (VIP) in the config");
     };
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        bail!("--dpdk-bench-ping sends IPv4 frames: make the first listener an IPv4 VIP");
+    };
     let Some(p) = e.ports.first() else {
         bail!("--dpdk-bench-ping needs a port");
     };
@@ -572,7 +578,7 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     let mut rx = Burst::default();
     let (warm, mut lost, mut extra) = (1000usize, 0u64, 0u64);
     let frames: Vec<Vec<u8>> = (0..1024u32)
-        .map(|i| bench_frame(p.mac, vip.protocol, i, *vip.addr.ip(), vip.addr.port()))
+        .map(|i| bench_frame(p.mac, vip.protocol, i, *va.ip(), va.port()))
         .collect();
     for i in 0..warm + n {
         let m = pool
