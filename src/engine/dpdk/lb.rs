@@ -197,6 +197,8 @@ pub struct Vip {
     cumulative: Box<[u32]>,
     clusters: Box<[u32]>,
     pub idle_timeout_ms: u64,
+    /// `idle_timeout_ms` as the flow table's wrapping 32-bit clock can compare it.
+    idle_ms32: u32,
     pub stats: Arc<PacketStats>,
 }
 
@@ -207,6 +209,8 @@ pub struct Backend {
     raw_ip: u32,
     raw_ip6: u128,
     raw_port: u16,
+    /// [`backend_key`] of `addr`, computed once (the flow table compares it per packet).
+    key: u64,
     /// Resolved next hop; `None` counts `drop_no_neighbor`.
     pub mac: Option<[u8; 6]>,
     pub stats: Arc<PacketStats>,
@@ -320,7 +324,7 @@ impl LbTable {
                 let key = backend_key(&addr);
                 if let Some(other) = backends
                     .iter()
-                    .find(|b: &&Backend| backend_key(&b.addr) == key && b.addr != addr)
+                    .find(|b: &&Backend| b.key == key && b.addr != addr)
                 {
                     problems.push(Problem {
                         path: format!("clusters[{i}].endpoints[{j}]"),
@@ -337,6 +341,7 @@ impl LbTable {
                     raw_ip: raw_ip4(ip4_of(addr)),
                     raw_ip6: ip6_of(addr),
                     raw_port: raw_port(addr.port()),
+                    key,
                     mac: next_hop(addr.ip()),
                     stats: stats.packets(&format!("backend/{}/{}", c.name, addr)),
                 });
@@ -359,7 +364,7 @@ impl LbTable {
             let index = backends
                 .iter()
                 .enumerate()
-                .map(|(k, b)| (backend_key(&b.addr), k as u16))
+                .map(|(k, b)| (b.key, k as u16))
                 .collect();
             clusters.push(LbCluster {
                 name: c.name.as_str().into(),
@@ -483,7 +488,7 @@ impl LbTable {
                 own_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
                 vip_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
             }
-            vips.push(Vip {
+            let mut vip = Vip {
                 name: l.name.as_str().into(),
                 addr,
                 raw_ip: raw_ip4(ip4_of(addr)),
@@ -502,8 +507,11 @@ impl LbTable {
                     })
                     .as_millis()
                     .min(u128::from(u64::MAX)) as u64,
+                idle_ms32: 0,
                 stats: stats.packets(&format!("vip/{}", l.name)),
-            });
+            };
+            vip.idle_ms32 = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
+            vips.push(vip);
         }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -706,7 +714,7 @@ impl<K: FlowKey> FlowTable<K> {
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
     /// backend by address among the VIP's clusters (gone → treated as new).
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn lookup(
         &mut self,
@@ -733,7 +741,7 @@ impl<K: FlowKey> FlowTable<K> {
                 && t.clusters
                     .get(c as usize)
                     .and_then(|cl| cl.backends.get(usize::from(e.index)))
-                    .is_some_and(|b| backend_key(&b.addr) == addr);
+                    .is_some_and(|b| b.key == addr);
             if !same {
                 // Cluster indices may shift between tables: look for the address in
                 // the clusters this VIP sends to now.
@@ -759,10 +767,10 @@ impl<K: FlowKey> FlowTable<K> {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn insert(&mut self, t: &LbTable, key: K, hash: u64, now: u32, c: u32, i: u16) -> bool {
-        let backend = &t.clusters[c as usize].backends[i as usize].addr;
+        let backend = t.clusters[c as usize].backends[i as usize].key;
         let entry = FlowEntry {
             key,
-            backend: backend_key(backend) | (u64::from(c) << 48),
+            backend: backend | (u64::from(c) << 48),
             last_ms: now,
             epoch: t.generation as u16,
             index: i,
@@ -1170,7 +1178,7 @@ impl LbWorker {
         let hash = f.hash;
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
-        let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
+        let idle = vip.idle_ms32;
         let (c, b) = match self.flows.lookup(t, vip, key, hash, now, idle) {
             FlowHit::Known(c, b) => (c, b),
             FlowHit::New => {

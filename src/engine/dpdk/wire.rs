@@ -335,7 +335,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
     /// The header checksum verifies (RFC 1071), summed in native 32-bit words (the
     /// header length is a multiple of 4).
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         let b = self.buf.as_ref();
         let h = self.header_len();
