@@ -193,6 +193,11 @@ fn serve(c: TcpStream, name: &str, log: Log, delay: Duration) {
             // A keep-alive answer, then the upstream closes the idle connection (as
             // a keep-alive timeout does).
             std::thread::sleep(Duration::from_millis(50));
+            let _ = w.shutdown(std::net::Shutdown::Both);
+            log.0
+                .lock()
+                .unwrap()
+                .push("CLOSED after /close-after\n".into());
             return;
         }
     }
@@ -1450,9 +1455,24 @@ fn upstream_pool(kind: EngineKind) {
             .unwrap();
         read_resp(r).unwrap()
     };
+    // Waits for the backend's close (a fixed sleep raced a loaded backend thread),
+    // then a little for its FIN to land.
+    let closes = || {
+        c.log
+            .all()
+            .iter()
+            .filter(|e| e.starts_with("CLOSED"))
+            .count()
+    };
+    let closed = |n: usize| {
+        wait_until("the backend to close", Duration::from_secs(5), || {
+            closes() == n
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    // Closed 150 ms ago, idle under the check threshold: its EOF is noticed after
+    closed(1);
+    // Closed 100 ms ago, idle under the check threshold: its EOF is noticed after
     // the send, and the GET goes again on a fresh connection.
     let resp = get(&mut s, &mut r, "/c/x");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /x"[..]));
@@ -1461,14 +1481,15 @@ fn upstream_pool(kind: EngineKind) {
     assert_eq!(ls.get(L::HttpRetry), 0, "not a retry");
     // Idle over a second: the check before reuse finds it closed.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(1200));
+    closed(2);
+    std::thread::sleep(Duration::from_millis(1100));
     let resp = get(&mut s, &mut r, "/c/y");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /y"[..]));
     assert_eq!(ls.get(L::HttpUpstreamStale), 2);
     assert_eq!(c.accepted(), 3);
     // A POST is not idempotent: sent once, the stale close is a 502.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    closed(3);
     s.write_all(b"POST /c/z HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 502);

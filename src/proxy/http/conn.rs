@@ -48,6 +48,8 @@ use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retr
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
+mod tls;
+
 /// Buffers queued per direction.
 pub const OUTQ: usize = 8;
 /// Free queue entries needed before a receive is armed: the received buffer plus a
@@ -478,6 +480,8 @@ pub struct Conn {
     estats: Option<Arc<UpstreamStats>>,
     /// The current upstream endpoint's health (outlier detection), like `estats`.
     ehealth: Option<Arc<crate::cluster::health::EndpointHealth>>,
+    /// TLS sessions, when a side speaks TLS (see [`tls`]).
+    tls: Option<Box<tls::Layer>>,
 }
 
 impl Default for Conn {
@@ -550,6 +554,7 @@ impl Default for Conn {
             cstats: None,
             estats: None,
             ehealth: None,
+            tls: None,
         }
     }
 }
@@ -671,6 +676,9 @@ impl Conn {
         l.stats.inc(cx.worker, L::CxTotal);
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
+        if let Some(t) = &l.tls {
+            self.tls = Some(tls::Layer::server(t.clone()));
+        }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
         *cx.open += 1;
@@ -733,12 +741,12 @@ impl Conn {
                 Side::Up => self.ucount(cx.worker, U::BytesReceived, n.into()),
             }
             self.last_ms = cx.now_ms;
-            let wanted = matches!(
-                (self.phase, side),
-                (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
-                    | (Phase::Exchange | Phase::Tunnel, Side::Up)
-            ) || (self.phase == Phase::Flush && side == Side::Down && self.keep_alive);
-            if !wanted || self.pend[s].is_some() {
+            if self.tls_on(side) {
+                if let Some(step) = self.tls_recv(slot, side, (b, n), cx, io) {
+                    return step;
+                }
+            }
+            if !self.wants(side) || self.pend[s].is_some() {
                 // Late data for a finished exchange (a response failed over to a local
                 // one): dropped, and the connection does not persist.
                 io.release(b);
@@ -747,18 +755,7 @@ impl Conn {
                 }
                 return self.drive(slot, cx, io);
             }
-            if side == Side::Down && self.phase == Phase::Head && !self.got_bytes {
-                self.got_bytes = true;
-                self.head_deadline_ms = cx.now_ms + self.header_ms;
-            }
-            if !self.acc.is_empty() {
-                // Appending to a split head (rare path).
-                let data = &io.bytes(b)[..n as usize];
-                self.acc.extend_from_slice(data);
-                io.release(b);
-            } else {
-                self.pend[s] = Some((b, 0, n));
-            }
+            self.land(side, b, n, cx.now_ms, io);
             return self.drive(slot, cx, io);
         }
         if let Some(b) = buf {
@@ -775,6 +772,42 @@ impl Conn {
                 Side::Up => self.ucount(cx.worker, U::UpstreamResets, 1),
             }
         }
+        if self.tls_on(side) {
+            if let Some(step) = self.tls_eof(slot, side, res, cx, io) {
+                return step;
+            }
+        }
+        self.on_eof(slot, side, res, cx, io)
+    }
+
+    /// Whether bytes from `side` are expected in the current phase.
+    fn wants(&self, side: Side) -> bool {
+        matches!(
+            (self.phase, side),
+            (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
+                | (Phase::Exchange | Phase::Tunnel, Side::Up)
+        ) || (self.phase == Phase::Flush && side == Side::Down && self.keep_alive)
+    }
+
+    /// `n` received bytes in `b` from `side` (expected, nothing pending): pending now.
+    fn land(&mut self, side: Side, b: BufId, n: u32, now_ms: u64, io: &mut impl Io) {
+        if side == Side::Down && self.phase == Phase::Head && !self.got_bytes {
+            self.got_bytes = true;
+            self.head_deadline_ms = now_ms + self.header_ms;
+        }
+        if !self.acc.is_empty() {
+            // Appending to a split head (rare path).
+            let data = &io.bytes(b)[..n as usize];
+            self.acc.extend_from_slice(data);
+            io.release(b);
+        } else {
+            self.pend[side.idx()] = Some((b, 0, n));
+        }
+    }
+
+    /// `side` ended: `res` 0 for a clean end, `-errno` for a failure.
+    fn on_eof(&mut self, slot: u32, side: Side, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let s = side.idx();
         self.eof[s] = true;
         match (self.phase, side) {
             (Phase::Tunnel, _) => {
@@ -842,6 +875,10 @@ impl Conn {
             return Step::Continue;
         }
         if res < 0 {
+            if self.tls_on(from.other()) {
+                // Its socket failed: no close_notify is waited for there.
+                self.reset[from.other().idx()] = true;
+            }
             match from.other() {
                 Side::Down => {
                     self.lcount(cx.worker, L::DownstreamResets, 1);
@@ -874,7 +911,9 @@ impl Conn {
             Side::Up => self.lcount(cx.worker, L::BytesToDownstream, n.into()),
         }
         self.last_ms = cx.now_ms;
-        if let Some(b) = self.out[from.idx()].advance(n) {
+        if self.tls_on(from.other()) {
+            self.tls_sent(from.other(), n, io);
+        } else if let Some(b) = self.out[from.idx()].advance(n) {
             io.release(b);
         }
         self.drive(slot, cx, io)
@@ -907,6 +946,9 @@ impl Conn {
         }
         self.connected = true;
         self.last_ms = cx.now_ms;
+        if let Some(step) = self.tls_start_up(slot, cx, io) {
+            return step; // the cluster's TLS could not start
+        }
         self.drive(slot, cx, io)
     }
 
@@ -922,6 +964,9 @@ impl Conn {
     /// Timeouts: request head, connect, route, idle.
     pub fn on_tick(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         let now = cx.now_ms;
+        if self.tls_lingering() {
+            return self.close(slot, cx, io); // ends the flush at its deadline
+        }
         match self.phase {
             Phase::Head => {
                 let has_bytes = self.got_bytes || self.pend[0].is_some() || !self.acc.is_empty();
@@ -1014,6 +1059,9 @@ impl Conn {
     /// Make every step the current state allows: process received bytes, start sends,
     /// arm receives, move between phases.
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.tls_lingering() {
+            return self.close(slot, cx, io);
+        }
         // Bounded: each turn either changes phase or stops; pipelined requests already
         // received are served one per exchange, and an exchange waits for I/O.
         for _ in 0..64 {
@@ -1030,6 +1078,12 @@ impl Conn {
             if step == Step::Free || self.phase == Phase::Free {
                 return Step::Free;
             }
+            // Under TLS: bytes to seal and send, records to read, plaintext to hand up.
+            match self.tls_turn(slot, cx, io) {
+                tls::Turn::Done(step) => return step,
+                tls::Turn::Delivered => continue,
+                tls::Turn::Idle => {}
+            }
             if self.phase == before || self.fallback {
                 return Step::Continue;
             }
@@ -1039,6 +1093,10 @@ impl Conn {
 
     fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
         let s = side.idx();
+        if self.tls_on(side) {
+            // The TLS layer reads the socket and hands decrypted bytes up.
+            return self.tls_want(side);
+        }
         if self.recv_armed[s] || self.eof[s] || self.starved[s] || self.pend[s].is_some() {
             return;
         }
@@ -1064,6 +1122,10 @@ impl Conn {
         let to = from.other();
         if to == Side::Up && !self.connected {
             return;
+        }
+        if self.tls_on(to) {
+            // Sealed and sent by the TLS layer (`tls_turn`).
+            return self.tls_take_plain(from, io);
         }
         let fd = self.raw(to);
         let me = self.me(slot);
@@ -1104,6 +1166,12 @@ impl Conn {
         }
     }
 
+    /// A client whose identity the listener or route does not allow: 403 (counted).
+    fn deny(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.lcount(cx.worker, L::TlsPrincipalDenied, 1);
+        self.respond(slot, 403, b"RBAC: access denied\n", cx, io)
+    }
+
     fn bad_request(&mut self, slot: u32, e: HttpError, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.lcount(cx.worker, L::HttpBadRequest, 1);
         self.keep_alive = false;
@@ -1134,10 +1202,12 @@ impl Conn {
         };
         let data = &io.bytes(b)[off as usize..(off + len) as usize];
         if side == Side::Down && self.served == 0 && off == 0 && !looks_like_http1(data) {
-            let has_fallback = self
-                .table
-                .as_ref()
-                .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
+            // Opaque TCP cannot continue a TLS session: a TLS listener answers 400.
+            let has_fallback = !self.tls_listener()
+                && self
+                    .table
+                    .as_ref()
+                    .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
             if has_fallback {
                 self.fallback = true;
                 return Ok(false);
@@ -1241,6 +1311,10 @@ impl Conn {
                 return self.bad_request(slot, HttpError::BodyTooLarge, cx, io);
             }
         }
+        if self.tls.as_deref().is_some_and(|l| !l.t.client_allowed()) {
+            // The listener's `allowed_principals`: an HTTP deny is a 403 (Envoy RBAC's).
+            return self.deny(slot, cx, io);
+        }
         self.pick_up_table(cx);
         // Request target: origin form, or absolute form (RFC 9112 §3.2.2).
         let target = req.target.as_bytes();
@@ -1299,6 +1373,9 @@ impl Conn {
             self.lcount(cx.worker, L::HttpNoRoute, 1);
             return self.respond(slot, 404, b"no route\n", cx, io);
         };
+        if !route.allows(self.tls.as_deref().and_then(tls::Layer::identity)) {
+            return self.deny(slot, cx, io);
+        }
         match &route.action {
             Action::Direct { status, body } => self.respond(slot, *status, body, cx, io),
             Action::Redirect {
@@ -1455,7 +1532,7 @@ impl Conn {
                 }
                 // A connection a failed exchange left behind goes (counted on its
                 // cluster), before the counters switch to this request's cluster.
-                self.drop_up(cx);
+                self.drop_up(cx, io);
                 if !self
                     .cstats
                     .as_ref()
@@ -1552,6 +1629,7 @@ impl Conn {
         attempt: Option<u32>,
         io: &mut impl Io,
     ) -> Result<(), NoRoom> {
+        let tl = self.tls.as_deref();
         let q = &mut self.out[Side::Down.idx()];
         let mut w = Writer::new();
         let r = (|| {
@@ -1570,6 +1648,8 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
+                    // Envoy's SANITIZE_SET: a client's own XFCC never passes.
+                    || n.eq_ignore_ascii_case("x-forwarded-client-cert")
                     || edits.iter().any(|e| e.drops(n))
                 {
                     continue;
@@ -1584,7 +1664,29 @@ impl Conn {
             }
             let mut ip = [0u8; 48];
             w.put(q, io, ip_text(self.peer, &mut ip))?;
-            w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
+            if tl.is_some_and(tls::Layer::client_tls) {
+                w.put(q, io, b"\r\nx-forwarded-proto: https\r\n")?;
+            } else {
+                w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
+            }
+            if let Some(uri) = tl.and_then(tls::Layer::identity) {
+                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
+                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
+                w.put(q, io, b"x-forwarded-client-cert: ")?;
+                if let Some(by) = tl.and_then(tls::Layer::own_uri) {
+                    w.put(q, io, b"By=")?;
+                    w.put(q, io, by.as_bytes())?;
+                    w.put(q, io, b";")?;
+                }
+                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
+                    w.put(q, io, b"Hash=")?;
+                    w.put(q, io, hash.as_bytes())?;
+                    w.put(q, io, b";")?;
+                }
+                w.put(q, io, b"URI=")?;
+                w.put(q, io, uri.as_bytes())?;
+                w.put(q, io, b"\r\n")?;
+            }
             if let Some(id) = request_id {
                 w.header(q, io, b"x-request-id", id)?;
             }
@@ -1708,7 +1810,7 @@ impl Conn {
             }
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);
             if let Some(t) = &self.table {
-                super::pool::count_close(t, cx.worker, &idle);
+                super::pool::count_close(t, cx.worker, idle, cx.crypto);
             }
         }
         None
@@ -1741,6 +1843,9 @@ impl Conn {
             }
         }
         io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
+        if let Some(p) = idle.tls {
+            self.tls_unpark_up(p);
+        }
         self.fds[Side::Up.idx()] = Some(idle.fd);
         self.up_endpoint = idle.endpoint;
         self.up_requests = idle.requests + 1;
@@ -1757,7 +1862,11 @@ impl Conn {
 
     /// The exchange ended with the upstream willing to go on: park its connection in
     /// the worker's pool (nothing is in flight on it).
-    fn park_up(&mut self, slot: u32, cx: &mut Ctx) {
+    fn park_up(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) {
+        let Ok(tls) = self.tls_park_up() else {
+            // Its TLS session is not quiet: the connection cannot be handed on.
+            return self.drop_up(cx, io);
+        };
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1770,14 +1879,17 @@ impl Conn {
             requests: self.up_requests,
             since_ms: cx.now_ms,
             owner: (slot, self.gen),
+            tls,
         };
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
             // The pool serves the worker's table: count with it.
-            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, &old),
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto),
             // A table older than the worker's: closed, counted here.
             Err(idle) => {
-                drop(idle);
+                if let Some(p) = idle.tls {
+                    p.release(cx.crypto.as_mut());
+                }
                 self.ucount(cx.worker, U::CxClosed, 1);
             }
         }
@@ -1785,7 +1897,8 @@ impl Conn {
 
     /// Let go of the upstream connection (nothing is in flight on it between
     /// exchanges).
-    fn drop_up(&mut self, cx: &mut Ctx) {
+    fn drop_up(&mut self, cx: &mut Ctx, io: &mut impl Io) {
+        self.tls_drop_up(cx, io);
         if self.fds[Side::Up.idx()].take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }
@@ -1887,9 +2000,9 @@ impl Conn {
                 self.up_reusable = false;
             }
             if self.up_reusable {
-                self.park_up(slot, cx);
+                self.park_up(slot, cx, io);
             } else {
-                self.drop_up(cx);
+                self.drop_up(cx, io);
             }
             self.route_deadline_ms = 0;
             self.phase = Phase::Flush;
@@ -2113,7 +2226,8 @@ impl Conn {
             let open_cx = cl.open_connections();
             let overloaded = active >= u64::from(cl.breakers.max_requests)
                 || open_cx >= u64::from(cl.breakers.max_connections);
-            let copy = if overloaded || cl.endpoints.is_empty() {
+            // Mirrors do not originate TLS: a TLS cluster's shadow is dropped (counted).
+            let copy = if overloaded || cl.endpoints.is_empty() || cl.tls.is_some() {
                 None
             } else {
                 cx.http.take_copy()
@@ -2240,7 +2354,7 @@ impl Conn {
 
     /// The back-off passed and the old upstream socket is quiet: send again.
     fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        self.drop_up(cx);
+        self.drop_up(cx, io);
         self.out[Side::Down.idx()].release_all(io);
         for p in [Side::Up] {
             if let Some((b, _, _)) = self.pend[p.idx()].take() {
@@ -2592,6 +2706,9 @@ impl Conn {
     }
 
     fn close(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase != Phase::Closing && self.tls_linger(slot, cx, io) {
+            return Step::Continue; // close_notify and the last records go out first
+        }
         if self.phase != Phase::Closing {
             self.phase = Phase::Closing;
             if self.inflight()
@@ -2630,6 +2747,7 @@ impl Conn {
         self.rq_end(cx.worker);
         self.lcount(cx.worker, L::CxClosed, 1);
         *cx.open -= 1;
+        self.tls_release(cx, io);
         self.acc.clear();
         if self.acc.capacity() > 2 * BUF_SIZE {
             // A huge head once should not pin 64 KiB to the slot forever.
