@@ -6,7 +6,8 @@
 //! Owns the epoll set, the buffer pool and its free list, and per connection the
 //! operations the proxy asked for plus each socket's last known readiness. Invariants:
 //! an operation runs only when its socket is believed ready, and readiness is cleared
-//! only by `EAGAIN` (edge-triggered: no event is lost); a completion is delivered after
+//! only by `EAGAIN` or by a short read with no FIN/hang-up reported (edge-triggered: data
+//! arriving later raises a new edge, so no event is lost); a completion is delivered after
 //! the call that requested it has returned (never re-entrantly); each registration
 //! carries an epoch so an event for a socket closed earlier in the batch is ignored.
 
