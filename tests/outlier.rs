@@ -403,7 +403,8 @@ spec:
     assert!(
         policy.contains("maglev on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
-            && policy.contains("outlier 5xx 2 (100%)"),
+            && policy.contains("outlier 5xx 2 (100%)")
+            && policy.contains("panic threshold 50%"),
         "{policy}"
     );
     let (a0, b0) = (a.requests(), b.requests());
@@ -638,7 +639,64 @@ fn priority_failover(kind: EngineKind) {
     assert!(table.contains("(priority 1)"), "{table}");
 }
 
+/// Envoy's panic threshold: with 1 of 3 endpoints passing its check (33% < 50%), the
+/// cluster balances over all three (counted in `lb_healthy_panic`); with the threshold
+/// lowered to 30% by a live apply, only the healthy one serves.
+fn panic_threshold_spreads_load(kind: EngineKind) {
+    let good = Backend::start(200);
+    let sick = [Backend::start(503), Backend::start(503)];
+    let cluster = |threshold: &str| {
+        format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n{threshold}    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}]\n",
+            good.addr, sick[0].addr, sick[1].addr
+        )
+    };
+    let d = Daemon::start(kind, &http_config(&cluster("")));
+    let addr = d.listener();
+    wait_until("both sick endpoints fail", Duration::from_secs(5), || {
+        sick.iter()
+            .all(|b| d.health("svc", b.addr).state == "unhealthy")
+    });
+    // The load plan follows the flags at the next health tick (20 ms).
+    std::thread::sleep(Duration::from_millis(100));
+    let panics = || {
+        let s = d.plane.stats();
+        let c = s.clusters.iter().find(|c| c.name == "svc").expect("svc");
+        c.counters.get("lb_healthy_panic").copied().unwrap_or(0)
+    };
+    let before = sick[0].requests() + sick[1].requests();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(addr, "/p"));
+    }
+    let to_sick = sick[0].requests() + sick[1].requests() - before;
+    assert!(
+        to_sick >= 10,
+        "panic mode spreads over all three: {statuses:?}"
+    );
+    assert!(panics() >= 30, "{}", panics());
+    let yaml = http_config(&cluster("    healthy_panic_threshold: 30\n"));
+    d.plane
+        .apply(&yaml, Format::Yaml, false)
+        .unwrap_or_else(|e| panic!("apply: {e:?}"));
+    wait_until("the new plan is published", Duration::from_secs(5), || {
+        let g = d.plane.get(None);
+        g.clusters
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.policy.contains("panic threshold 30%"))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (before, p0) = (sick[0].requests() + sick[1].requests(), panics());
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/q"), 200, "only the healthy endpoint serves");
+    }
+    assert_eq!(sick[0].requests() + sick[1].requests(), before);
+    assert_eq!(panics(), p0);
+}
+
 per_engine!(
+    panic_threshold_spreads_load,
     http_5xx_ejects_and_returns,
     destination_rule_policy_applies,
     subsets_select_by_labels,

@@ -451,6 +451,40 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 );
             }
         }
+        if let Some(t) = c.healthy_panic_threshold {
+            if !(0.0..=100.0).contains(&t) {
+                bad(
+                    format!("{at}.healthy_panic_threshold"),
+                    format!("{t} is not a percentage 0..=100 (0 disables panic mode)"),
+                );
+            }
+        }
+        if !c.locality_weights.is_empty() {
+            for name in c.locality_weights.keys() {
+                if !c
+                    .endpoints
+                    .iter()
+                    .any(|e| e.locality.as_deref().unwrap_or("") == name)
+                {
+                    bad(
+                        format!("{at}.locality_weights.{name}"),
+                        format!("no endpoint of cluster `{}` has locality `{name}`", c.name),
+                    );
+                }
+            }
+            if let Some((name, w)) = c.locality_weights.iter().find(|(_, &w)| w > 65_535) {
+                bad(
+                    format!("{at}.locality_weights.{name}"),
+                    format!("weight {w} is over 65535"),
+                );
+            }
+            if c.locality_weights.values().all(|&w| w == 0) {
+                bad(
+                    format!("{at}.locality_weights"),
+                    "every weight is 0: no locality would take traffic".into(),
+                );
+            }
+        }
         if c.health_checks.len() > 1 {
             bad(
                 format!("{at}.health_checks"),

@@ -3,6 +3,7 @@
 //! These are plain data: nothing here is looked at by the data plane. `route::compile`
 //! turns a validated [`Config`] into the immutable runtime snapshot.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -201,6 +202,16 @@ pub struct Cluster {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Envoy's `healthy_panic_threshold`, percent (default 50; 0 disables panic mode):
+    /// a priority level with a smaller usable share balances over all its endpoints
+    /// when the levels together cannot take the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_panic_threshold: Option<f64>,
+    /// Locality-weighted balancing (Envoy `locality_weighted_lb_config`): the weight of
+    /// each endpoint `locality` within its priority level. A locality not named here
+    /// takes no traffic, as in Envoy. Empty: off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locality_weights: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

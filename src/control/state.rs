@@ -537,6 +537,7 @@ impl ControlPlane {
                     .for_each(|e| e.uneject(&c.health)),
             }
             c.health.recount(eps);
+            c.refresh_plan();
         }
         self.checker
             .lock()
@@ -986,6 +987,22 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     o.base_ejection_ms,
                     o.max_ejection_percent
                 ));
+            }
+            policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));
+            let localities: Vec<String> = c
+                .levels
+                .iter()
+                .flat_map(|l| {
+                    l.localities.iter().zip(l.locality_weights.iter()).map(|(g, w)| {
+                        match l.priority {
+                            0 => format!("{} {w}", g.name),
+                            p => format!("{} {w} (priority {p})", g.name),
+                        }
+                    })
+                })
+                .collect();
+            if !localities.is_empty() {
+                policy.push_str(&format!("; locality weights {}", localities.join(", ")));
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(

@@ -158,6 +158,9 @@ counter_set! {
         /// Requests refused because `max_pending_requests` were already waiting (503,
         /// counted in `rq_overflow` too).
         RqPendingOverflow => "rq_pending_overflow",
+        /// Picks made in panic mode: a priority level with too few usable endpoints
+        /// (below `healthy_panic_threshold`) balanced over all of them.
+        LbHealthyPanic => "lb_healthy_panic",
     }
 }
 
