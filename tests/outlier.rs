@@ -59,6 +59,9 @@ impl Backend {
     }
 }
 
+/// A `Backend::start` status meaning "500 to nine requests in ten, 200 to the tenth".
+const FLAKY: u16 = 599;
+
 fn answer(c: TcpStream, status: &AtomicU16, requests: &AtomicUsize, checks: &AtomicUsize) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
     let mut w = c.try_clone().unwrap();
@@ -78,7 +81,15 @@ fn answer(c: TcpStream, status: &AtomicU16, requests: &AtomicUsize, checks: &Ato
     } else {
         requests.fetch_add(1, Ordering::SeqCst);
     }
-    let s = status.load(Ordering::SeqCst);
+    let mut s = status.load(Ordering::SeqCst);
+    if s == FLAKY {
+        // 500 to nine requests in ten.
+        s = if requests.load(Ordering::SeqCst) % 10 == 0 {
+            200
+        } else {
+            500
+        };
+    }
     let _ = write!(
         w,
         "HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -261,6 +272,93 @@ fn http_5xx_ejects_and_returns(kind: EngineKind) {
     assert!(table.contains("ejected (x2"), "{table}");
 }
 
+fn cluster_counter(
+    d: &Daemon,
+    field: fn(&tickmesh::control::protocol::ClusterStatsView) -> u64,
+) -> u64 {
+    let s = d.plane.stats();
+    field(s.clusters.iter().find(|c| c.name == "svc").expect("svc"))
+}
+
+/// Success-rate detection, evaluated each interval from the per-endpoint volumes the
+/// workers count: of three backends, the one answering 500 to nine requests in ten
+/// (success rate 10% against 100% and 100%: mean 70, stdev 42, threshold 70 − 1.0 × 42)
+/// is ejected, takes no traffic while out, and returns after its ejection time.
+fn success_rate_ejects_and_returns(kind: EngineKind) {
+    let good = [Backend::start(200), Backend::start(200)];
+    let bad = Backend::start(FLAKY);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 0, interval: 300ms, base_ejection_time: 1s, max_ejection_percent: 50, success_rate_minimum_hosts: 3, success_rate_request_volume: 10, success_rate_stdev_factor: 1000}}\n",
+            good[0].addr, good[1].addr, bad.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the flaky endpoint is ejected by success rate",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..10 {
+                get(addr, "/a");
+            }
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_success_rate), 1);
+    let h = d.health("svc", bad.addr);
+    assert!(h.success_rate.is_some_and(|r| r < 50.0), "{h:?}");
+    let g = d.health("svc", good[0].addr);
+    assert_eq!(g.state, "healthy");
+    assert!(g.success_rate.is_some_and(|r| r == 100.0), "{g:?}");
+    assert!(d.counter("svc", bad.addr, "rq_error") >= 9);
+    let before = bad.requests();
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/b"), 200, "only the good endpoints serve");
+    }
+    if t0.elapsed() < Duration::from_millis(900) {
+        assert_eq!(bad.requests(), before, "no traffic while ejected");
+    }
+    wait_until("the endpoint returns", Duration::from_secs(5), || {
+        d.health("svc", bad.addr).state == "healthy"
+    });
+    wait_until("traffic returns to it", Duration::from_secs(5), || {
+        get(addr, "/c");
+        bad.requests() > before
+    });
+}
+
+/// Failure-percentage detection (enforced only when asked, as in Envoy): the endpoint
+/// failing 90% of its requests crosses a 50% threshold and is ejected.
+fn failure_percentage_ejects(kind: EngineKind) {
+    let good = Backend::start(200);
+    let bad = Backend::start(FLAKY);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 0, interval: 200ms, base_ejection_time: 30s, max_ejection_percent: 50, enforcing_success_rate: 0, failure_percentage_threshold: 50, failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 10, enforcing_failure_percentage: 100}}\n",
+            good.addr, bad.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the failing endpoint is ejected by failure percentage",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..10 {
+                get(addr, "/a");
+            }
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_failure_percentage), 1);
+    assert_eq!(cluster_counter(&d, |c| c.ejections_success_rate), 0);
+    assert_eq!(d.health("svc", good.addr).state, "healthy");
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(table.contains("1 ejected by failure %"), "{table}");
+}
+
 /// L4: connect failures are gateway errors; the dead endpoint is ejected and new
 /// connections stop trying it (its connect_fail count stops growing).
 fn tcp_connect_failures_eject(kind: EngineKind) {
@@ -404,7 +502,9 @@ spec:
         policy.contains("maglev on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
             && policy.contains("outlier 5xx 2 (100%)")
-            && policy.contains("panic threshold 50%"),
+            // Istio: outlier detection sets the panic threshold to `minHealthPercent`,
+            // default 0.
+            && policy.contains("panic threshold 0%"),
         "{policy}"
     );
     let (a0, b0) = (a.requests(), b.requests());
@@ -696,6 +796,8 @@ fn panic_threshold_spreads_load(kind: EngineKind) {
 }
 
 per_engine!(
+    success_rate_ejects_and_returns,
+    failure_percentage_ejects,
     panic_threshold_spreads_load,
     http_5xx_ejects_and_returns,
     destination_rule_policy_applies,
@@ -727,8 +829,28 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "enforcing_consecutive_5xx",
         ),
         (
-            "outlier_detection: {success_rate_minimum_hosts: 3}",
-            "success_rate_minimum_hosts",
+            "outlier_detection: {split_external_local_origin_errors: true}",
+            "split_external_local_origin_errors",
+        ),
+        (
+            "outlier_detection: {enforcing_success_rate: 101}",
+            "outlier_detection.enforcing_success_rate",
+        ),
+        (
+            "outlier_detection: {enforcing_failure_percentage: 200}",
+            "outlier_detection.enforcing_failure_percentage",
+        ),
+        (
+            "outlier_detection: {failure_percentage_threshold: 101}",
+            "outlier_detection.failure_percentage_threshold",
+        ),
+        (
+            "outlier_detection: {success_rate_stdev_factor: -1}",
+            "success_rate_stdev_factor",
+        ),
+        (
+            "outlier_detection: {success_rate_request_volume: many}",
+            "success_rate_request_volume",
         ),
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 0, healthy_threshold: 1, http_health_check: {path: /h}}]",
@@ -793,6 +915,14 @@ fn malformed_destination_rule_policies_are_errors() {
             "maxEjectionPercent",
         ),
         ("outlierDetection: {interval: 0s}", "interval"),
+        (
+            "outlierDetection: {minHealthPercent: 101}",
+            "outlierDetection.minHealthPercent",
+        ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: true}",
+            "splitExternalLocalOriginErrors",
+        ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",

@@ -396,6 +396,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "enforcing_consecutive_gateway_failure",
                     o.enforcing_consecutive_gateway_failure,
                 ),
+                ("enforcing_success_rate", o.enforcing_success_rate),
+                (
+                    "enforcing_failure_percentage",
+                    o.enforcing_failure_percentage,
+                ),
+                (
+                    "failure_percentage_threshold",
+                    o.failure_percentage_threshold,
+                ),
             ] {
                 if let Some(p) = p.filter(|p| *p > 100) {
                     bad(

@@ -302,6 +302,32 @@ pub struct OutlierDetection {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_ejection_time: Option<Duration>,
+    /// Success-rate detection (each interval): endpoints with at least
+    /// `success_rate_request_volume` requests in it (default 100) are compared once
+    /// `success_rate_minimum_hosts` of them have (default 5); one whose success rate is
+    /// below mean − `success_rate_stdev_factor`/1000 × stdev (default 1900) is ejected
+    /// with the chance `enforcing_success_rate` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_stdev_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_success_rate: Option<u32>,
+    /// Failure-percentage detection (each interval): an endpoint with at least
+    /// `failure_percentage_request_volume` requests (default 50), among at least
+    /// `failure_percentage_minimum_hosts` such endpoints (default 5), whose share of
+    /// failures reaches `failure_percentage_threshold` percent (default 85) is ejected
+    /// with the chance `enforcing_failure_percentage` (default **0**, as in Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage: Option<u32>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's

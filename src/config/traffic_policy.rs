@@ -194,6 +194,9 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         if let Some(p) = o.max_ejection_percent {
             base.max_ejection_percent = Some(p);
         }
+        // As Istio does: outlier detection sets Envoy's panic threshold to
+        // `minHealthPercent`, which defaults to 0 (no panic mode).
+        c.healthy_panic_threshold = Some(f64::from(o.min_health_percent.unwrap_or(0)));
     }
 }
 
@@ -278,11 +281,16 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
         }
     }
     if let Some(o) = &tp.outlier_detection {
-        if let Some(p) = o.max_ejection_percent.filter(|p| *p > 100) {
-            bad(
-                format!("{at}.outlierDetection.maxEjectionPercent"),
-                format!("{p} is over 100"),
-            );
+        for (name, p) in [
+            ("maxEjectionPercent", o.max_ejection_percent),
+            ("minHealthPercent", o.min_health_percent),
+        ] {
+            if let Some(p) = p.filter(|p| *p > 100) {
+                bad(
+                    format!("{at}.outlierDetection.{name}"),
+                    format!("{p} is over 100"),
+                );
+            }
         }
         for (name, d) in [
             ("interval", o.interval),
@@ -387,6 +395,24 @@ mod tests {
         assert_eq!(o.interval, Some(Duration::from_secs(30)));
         assert_eq!(o.base_ejection_time, Some(Duration::from_secs(180)));
         assert_eq!(o.max_ejection_percent, Some(50));
+        assert_eq!(
+            e.healthy_panic_threshold,
+            Some(0.0),
+            "Istio: minHealthPercent, default 0"
+        );
+        let mut r = r;
+        if let Some(o) = r[0]
+            .spec
+            .traffic_policy
+            .as_mut()
+            .and_then(|t| t.outlier_detection.as_mut())
+        {
+            o.min_health_percent = Some(30);
+        }
+        assert_eq!(
+            effective_cluster(&c, &r).healthy_panic_threshold,
+            Some(30.0)
+        );
     }
 
     #[test]

@@ -529,7 +529,11 @@ impl ControlPlane {
         for c in table.clusters.iter() {
             let eps = c.endpoints.iter().map(|e| &*e.health);
             match &c.outlier {
-                Some(p) => outlier::sweep(p, &c.health, eps.clone(), now),
+                Some(p) => outlier::sweep(p, &c.health, eps.clone(), now, |i| {
+                    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+                    let s = &c.endpoints[i].stats;
+                    (s.get(RqSuccess), s.get(RqError))
+                }),
                 // Outlier detection was configured away: nobody stays ejected.
                 None => eps
                     .clone()
@@ -600,6 +604,8 @@ impl ControlPlane {
                             })
                             .collect(),
                         ejections_overflow: c.health.ejections_overflow(),
+                        ejections_success_rate: c.health.ejections_success_rate(),
+                        ejections_failure_percentage: c.health.ejections_failure_percentage(),
                     }
                 })
                 .collect(),
@@ -870,6 +876,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         },
         checks_total,
         checks_failed,
+        success_rate: h.last_success_rate(),
     }
 }
 
@@ -986,6 +993,18 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     o.interval_ms,
                     o.base_ejection_ms,
                     o.max_ejection_percent
+                ));
+                let (sr, fp) = (&o.success_rate, &o.failure_percentage);
+                policy.push_str(&format!(
+                    ", success rate stdev×{:.3} ({}%; {} hosts of ≥ {} requests), failure ≥ {}% ({}%; {} hosts of ≥ {} requests)",
+                    f64::from(sr.threshold) / 1000.0,
+                    sr.enforcing,
+                    sr.minimum_hosts,
+                    sr.request_volume,
+                    fp.threshold,
+                    fp.enforcing,
+                    fp.minimum_hosts,
+                    fp.request_volume
                 ));
             }
             policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));

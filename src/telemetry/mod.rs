@@ -161,6 +161,11 @@ counter_set! {
         /// Picks made in panic mode: a priority level with too few usable endpoints
         /// (below `healthy_panic_threshold`) balanced over all of them.
         LbHealthyPanic => "lb_healthy_panic",
+        /// Per endpoint: exchanges that ended well or badly as outlier detection counts
+        /// them (bad: a 5xx, a connect failure, reset or timeout) — the volumes of
+        /// success-rate and failure-percentage detection.
+        RqSuccess => "rq_success",
+        RqError => "rq_error",
     }
 }
 

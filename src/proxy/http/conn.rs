@@ -864,7 +864,7 @@ impl Conn {
             return self.drive(slot, cx, io);
         }
         if res < 0 {
-            self.outlier(Outcome::LocalFailure);
+            self.outlier(cx.worker, Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
             } else {
@@ -1923,7 +1923,7 @@ impl Conn {
             ));
         }
         if !informational {
-            self.outlier(Outcome::Status(res.status));
+            self.outlier(cx.worker, Outcome::Status(res.status));
         }
         if !informational && self.retry_on_status(res.status) && self.retry_admitted(cx) {
             return Err(Fail::Retry);
@@ -2291,9 +2291,9 @@ impl Conn {
 
     /// Tell the current endpoint's outlier detection how an exchange went.
     #[inline]
-    fn outlier(&self, o: Outcome) {
-        if let Some(h) = &self.ehealth {
-            h.record(o);
+    fn outlier(&self, worker: usize, o: Outcome) {
+        if let (Some(h), Some(s)) = (&self.ehealth, &self.estats) {
+            crate::cluster::health::record(h, s, worker, o);
         }
     }
 
@@ -2337,7 +2337,7 @@ impl Conn {
                 && (matches!(cause, Cause::Reset | Cause::Gateway | Cause::PerTry)
                     || (matches!(cause, Cause::None) && status == 504))
             {
-                self.outlier(Outcome::LocalFailure);
+                self.outlier(cx.worker, Outcome::LocalFailure);
             }
         }
         if !matches!(f, Fail::Retry) {
