@@ -954,14 +954,13 @@ fn tickmesh_stats_shows_an_ejection() {
     const BIN: &str = env!("CARGO_BIN_EXE_tickmesh");
     let echo = Echo::start();
     let dead = dead_addr();
-    let port = dead_addr().port(); // free now; the daemon binds it
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("control.sock");
     let cfg = dir.path().join("tickmesh.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listeners:\n  - {{name: l, address: \"127.0.0.1:{port}\", cluster: svc}}\nclusters:\n  - name: svc\n    endpoints: [\"{dead}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 1, enforcing_consecutive_gateway_failure: 100, base_ejection_time: 1m}}\n",
+            "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", cluster: svc}}\nclusters:\n  - name: svc\n    endpoints: [\"{dead}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 1, enforcing_consecutive_gateway_failure: 100, base_ejection_time: 1m}}\n",
             echo.addr
         ),
     )
@@ -989,7 +988,33 @@ fn tickmesh_stats_shows_an_ejection() {
         let out = c.output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // The listener is on port 0 (a probe-picked port could join another test's
+    // SO_REUSEPORT group): read back the port the kernel chose.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let port = loop {
+        let out = std::process::Command::new(BIN)
+            .args(["get", "-o", "json", "--control"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let bound = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| {
+                v["routes"][0]["address"]
+                    .as_str()?
+                    .parse::<SocketAddr>()
+                    .ok()
+            });
+        if let Some(a) = bound {
+            break a.port();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never served `get`: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut table = String::new();
     while Instant::now() < deadline {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {

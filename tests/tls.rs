@@ -856,9 +856,8 @@ fn rotation_under_load(kind: EngineKind) {
     };
     install("server", "server");
     let yaml = format!(
-        // A fixed port: a recompile binds port 0 anew.
-        "listeners:\n  - name: l\n    address: \"127.0.0.1:{}\"\n    cluster: c\n    tls: {{cert: {}, key: {}}}\nclusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
-        dead_addr().port(),
+        // Port 0: the listener keeps the port it got through recompiles (same name).
+        "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    cluster: c\n    tls: {{cert: {}, key: {}}}\nclusters:\n  - {{name: c, endpoints: [\"{}\"]}}\n",
         live("pem").display(),
         live("key").display(),
         g.addr
@@ -976,8 +975,12 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
 
     let pki = Pki::new();
     let g = Greeter::start();
-    let port = dead_addr().port();
+    // Bound on port 0 first (a probe-picked port could join another test's SO_REUSEPORT
+    // group), then named by the port it got, which keeps the sockets: `portLevelMtls`
+    // matches the configured port.
+    let port = std::cell::Cell::new(0u16);
     let listener = |cert: &str, key: &str| {
+        let port = port.get();
         format!(
             "listeners:\n  - name: l\n    address: \"127.0.0.1:{port}\"\n    cluster: c\n    labels: {{app: orders}}\n    tls: {{cert: {}, key: {}, mode: PERMISSIVE}}\n",
             pki.s(&format!("{cert}.pem")),
@@ -1002,7 +1005,19 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
         plane.routes(),
     )
     .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = plane
+        .routes()
+        .load()
+        .listener("l")
+        .unwrap()
+        .1
+        .sockets
+        .address;
+    port.set(addr.port());
+    plane
+        .apply(&listener("server", "server"), Format::Yaml, false)
+        .unwrap();
+    let port = addr.port();
     let plain = || {
         let mut s = connect(addr);
         s.write_all(b"plain\n").unwrap();
