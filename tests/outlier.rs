@@ -795,7 +795,53 @@ fn panic_threshold_spreads_load(kind: EngineKind) {
     assert_eq!(panics(), p0);
 }
 
+/// Istio locality failover relative to the proxy's `node.locality`: the endpoint in the
+/// proxy's own locality serves alone; once outlier detection ejects it, the `failover`
+/// region takes the traffic (Istio's panic threshold is 0: no spreading to the ejected).
+fn istio_locality_failover(kind: EngineKind) {
+    let local = Backend::start(200);
+    let remote = Backend::start(200);
+    let mut yaml = http_config(&format!(
+        "  - name: svc\n    endpoints: [{{address: \"{}\", locality: us/a/1}}, {{address: \"{}\", locality: eu/c/1}}]\n",
+        local.addr, remote.addr
+    ));
+    yaml.push_str(
+        "node: {locality: us/a/1}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc}\nspec:\n  host: svc\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 50ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us, to: eu}]\n",
+    );
+    let d = Daemon::start(kind, &yaml);
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((local.requests(), remote.requests()), (10, 0));
+    let g = d.plane.get(None);
+    let view = g.clusters.expect("clusters");
+    let svc = view.iter().find(|c| c.name == "svc").expect("svc");
+    assert!(
+        svc.endpoints.iter().any(|e| e.ends_with("(priority 1)")),
+        "{:?}",
+        svc.endpoints
+    );
+    local.status.store(500, Ordering::SeqCst);
+    wait_until(
+        "the local endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/");
+            d.health("svc", local.addr).state == "ejected"
+        },
+    );
+    std::thread::sleep(Duration::from_millis(100)); // one health tick: the new plan
+    let before = (local.requests(), remote.requests());
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200, "the failover region serves");
+    }
+    assert_eq!(local.requests(), before.0);
+    assert_eq!(remote.requests(), before.1 + 10);
+}
+
 per_engine!(
+    istio_locality_failover,
     success_rate_ejects_and_returns,
     failure_percentage_ejects,
     panic_threshold_spreads_load,

@@ -220,6 +220,9 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
+                if c.node.is_some() {
+                    out.node = c.node;
+                }
                 // The daemon-wide `offload:` block (was dropped here: every daemon ran
                 // `auto` whatever the file said).
                 if c.offload.is_some() {
@@ -334,6 +337,18 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         })
     };
 
+    if let Some(n) = &cfg.node {
+        let parts: Vec<&str> = n.locality.split('/').collect();
+        if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.contains('*')) {
+            bad(
+                "node.locality".into(),
+                format!(
+                    "`{}` is not a locality: region, region/zone or region/zone/sub_zone",
+                    n.locality
+                ),
+            );
+        }
+    }
     let mut cluster_names = HashSet::new();
     for (i, c) in cfg.clusters.iter().enumerate() {
         let at = format!("clusters[{i}]");

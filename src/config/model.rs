@@ -39,6 +39,18 @@ pub struct Config {
     /// Host NIC tuning (a `tickmesh nic` profile) applied when the daemon starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<NicSettings>,
+    /// This proxy itself (Envoy's `node`): its locality, which Istio
+    /// `localityLbSetting` is relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
+}
+
+/// The proxy's own identity, as far as load balancing needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// `region`, `region/zone` or `region/zone/sub_zone`.
+    pub locality: String,
 }
 
 /// A NIC profile for the daemon to apply at start and then watch for drift.

@@ -556,13 +556,35 @@ pub fn compile(
     pool: &mut SocketPool,
 ) -> Result<RouteTable, ConfigError> {
     crate::config::validate(cfg)?;
+    if cfg.node.is_none() {
+        for dr in &cfg.destination_rules {
+            let tps = std::iter::once(dr.spec.traffic_policy.as_ref())
+                .chain(dr.spec.subsets.iter().map(|s| s.traffic_policy.as_ref()));
+            if tps.flatten().any(|tp| {
+                tp.load_balancer
+                    .as_ref()
+                    .and_then(|lb| lb.locality_lb_setting.as_ref())
+                    .is_some_and(|l| l.enabled != Some(false))
+            }) {
+                tracing::warn!(
+                    "DestinationRule `{}` sets localityLbSetting, which is relative to this proxy's locality: \
+                     set `node: {{locality: region/zone/sub_zone}}` for it to apply",
+                    dr.metadata.name
+                );
+            }
+        }
+    }
     let mut index = HashMap::new();
     let mut problems = Vec::new();
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
         let mut entry = build_cluster(
-            &crate::config::traffic_policy::effective_cluster(c, &cfg.destination_rules),
+            &crate::config::traffic_policy::effective_cluster_at(
+                c,
+                &cfg.destination_rules,
+                cfg.node.as_ref().map(|n| n.locality.as_str()),
+            ),
             stats,
         );
         if let Some(t) = &c.tls {
@@ -602,6 +624,7 @@ pub fn compile(
                     stats,
                     rules: &cfg.destination_rules,
                     defined: &cfg.clusters,
+                    node: cfg.node.as_ref().map(|n| n.locality.as_str()),
                     problems: Vec::new(),
                 };
                 let compiled = http::compile(&vhosts, &mut names);
@@ -876,6 +899,8 @@ struct ImplicitClusters<'a> {
     rules: &'a [crate::config::istio::DestinationRule],
     /// The config's clusters: the endpoints a `host|subset` name selects from.
     defined: &'a [Cluster],
+    /// The proxy's locality (`node.locality`), for Istio locality load balancing.
+    node: Option<&'a str>,
     problems: Vec<String>,
 }
 
@@ -891,7 +916,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 .iter()
                 .find(|c| crate::config::traffic_policy::same_service(&c.name, host));
             if let Some(base) = base {
-                use crate::config::traffic_policy::{effective_cluster, subset_cluster};
+                use crate::config::traffic_policy::{effective_cluster_at, subset_cluster};
                 let c = match subset_cluster(name, base, self.rules) {
                     Ok(c) => c,
                     Err(e) => {
@@ -904,7 +929,8 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                     }
                 };
                 let i = self.clusters.len() as u32;
-                let mut entry = build_cluster(&effective_cluster(&c, self.rules), self.stats);
+                let mut entry =
+                    build_cluster(&effective_cluster_at(&c, self.rules, self.node), self.stats);
                 // TLS origination carries over from the base cluster.
                 entry.tls = self
                     .index
@@ -953,7 +979,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             locality_weights: Default::default(),
         };
         let i = self.clusters.len() as u32;
-        let c = crate::config::traffic_policy::effective_cluster(&c, self.rules);
+        let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
         self.clusters.push(build_cluster(&c, self.stats));
         self.index.insert(name.to_string(), i);
         i
