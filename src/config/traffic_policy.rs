@@ -134,9 +134,9 @@ pub fn effective_cluster_at(c: &Cluster, rules: &[DestinationRule], node: Option
         // The subset's setting replaces the rule's, as every other field does.
         let setting = tps
             .iter()
+            .rev()
             .flatten()
-            .filter_map(|tp| tp.load_balancer.as_ref()?.locality_lb_setting.as_ref())
-            .last();
+            .find_map(|tp| tp.load_balancer.as_ref()?.locality_lb_setting.as_ref());
         let outlier = tps
             .iter()
             .flatten()
