@@ -515,13 +515,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 "one health check per cluster is supported".into(),
             );
         }
-        if c.tls.is_some() && !c.health_checks.is_empty() {
-            bad(
-                format!("{at}.health_checks"),
-                "health checks are sent in plaintext; a cluster with `tls` cannot be checked yet"
-                    .into(),
-            );
-        }
         for (j, h) in c.health_checks.iter().enumerate() {
             check_health_check(h, &format!("{at}.health_checks[{j}]"), &mut bad);
         }
