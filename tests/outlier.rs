@@ -840,7 +840,68 @@ fn istio_locality_failover(kind: EngineKind) {
     assert_eq!(remote.requests(), before.1 + 10);
 }
 
+/// Istio `consistentHash.httpCookie` with `ttl`: a request without the cookie gets one
+/// generated (`Set-Cookie` on the response, Envoy's shape), and requests that carry it
+/// back stay on the endpoint that answered the first; different clients spread.
+fn generated_hash_cookie_sticks(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpCookie: {{name: sticky, ttl: 60s, path: /}}}}}}}}\n",
+            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    // One raw request; the whole response.
+    let fetch = |headers: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let mut homes = std::collections::HashSet::new();
+    for _client in 0..8 {
+        let before = counts();
+        let first = fetch("");
+        let line = first
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        let value = line
+            .split_once("sticky=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(value.len(), 16, "{line}");
+        assert!(line.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{line}");
+        let after = counts();
+        let home = (0..3).find(|&i| after[i] != before[i]).expect("served");
+        for _ in 0..5 {
+            let r = fetch(&format!("cookie: a=1; sticky=\"{value}\"\r\n"));
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            assert!(
+                !r.to_ascii_lowercase().contains("set-cookie"),
+                "a request with the cookie gets none: {r}"
+            );
+        }
+        let later = counts();
+        assert_eq!(later[home] - after[home], 5, "{after:?} → {later:?}");
+        homes.insert(home);
+    }
+    assert!(homes.len() >= 2, "8 clients spread: {homes:?}");
+}
+
 per_engine!(
+    generated_hash_cookie_sticks,
     istio_locality_failover,
     success_rate_ejects_and_returns,
     failure_percentage_ejects,
@@ -922,6 +983,19 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "lb_policy: maglev\n    hash_policy: {header: x-user, cookie: s}",
             "exactly one key",
         ),
+        (
+            "lb_policy: maglev\n    hash_policy: {header: x-user, cookie_ttl: 1h}",
+            "they need `cookie`",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {cookie: s, cookie_path: /}",
+            "hash_policy.cookie_path",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {cookie: s, cookie_ttl: 1h, cookie_path: nope}",
+            "is not a cookie path",
+        ),
+        ("healthy_panic_threshold: 101", "healthy_panic_threshold"),
 
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
@@ -961,6 +1035,18 @@ fn malformed_destination_rule_policies_are_errors() {
             "maxEjectionPercent",
         ),
         ("outlierDetection: {interval: 0s}", "interval"),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, path: /}}}",
+            "httpCookie.path",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 1m, path: \"/a;b\"}}}",
+            "is not a cookie path",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: forever}}}",
+            "invalid duration `forever`",
+        ),
         (
             "outlierDetection: {minHealthPercent: 101}",
             "outlierDetection.minHealthPercent",

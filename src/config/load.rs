@@ -474,6 +474,30 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "hashing needs lb_policy maglev or ring_hash".into(),
                 );
             }
+            if (h.cookie_ttl.is_some() || h.cookie_path.is_some()) && h.cookie.is_none() {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "cookie_ttl/cookie_path describe a generated cookie: they need `cookie`".into(),
+                );
+            }
+            if h.cookie_path.is_some() && h.cookie_ttl.is_none() {
+                bad(
+                    format!("{at}.hash_policy.cookie_path"),
+                    "only a generated cookie has a path: set cookie_ttl too".into(),
+                );
+            }
+            if let Some(p) = h
+                .cookie_path
+                .as_deref()
+                .filter(|p| !super::traffic_policy::cookie_path_ok(p))
+            {
+                bad(
+                    format!("{at}.hash_policy.cookie_path"),
+                    format!(
+                        "`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"
+                    ),
+                );
+            }
         }
         if let Some(t) = c.healthy_panic_threshold {
             if !(0.0..=100.0).contains(&t) {

@@ -353,6 +353,17 @@ pub struct HashPolicy {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<bool>,
+    /// With `cookie`: a request without the cookie gets one generated (Envoy's and
+    /// Istio's `httpCookie.ttl`): the response carries `Set-Cookie` with this
+    /// `Max-Age` (0: a session cookie) and `cookie_path`.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cookie_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_path: Option<String>,
 }
 
 /// Envoy's `HealthCheck` (HTTP checks only): every `interval`, `GET path` with a

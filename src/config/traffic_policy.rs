@@ -152,6 +152,11 @@ pub fn effective_cluster_at(c: &Cluster, rules: &[DestinationRule], node: Option
     out
 }
 
+/// A `Path` attribute value we may write into `Set-Cookie` as it is.
+pub(super) fn cookie_path_ok(p: &str) -> bool {
+    p.starts_with('/') && p.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';')
+}
+
 /// `region/zone/sub_zone` split in three (missing parts empty).
 fn locality_parts(l: &str) -> [&str; 3] {
     let mut it = l.splitn(3, '/');
@@ -249,6 +254,8 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
                 source_ip: h.use_source_ip.filter(|s| *s),
+                cookie_ttl: h.http_cookie.as_ref().and_then(|k| k.ttl),
+                cookie_path: h.http_cookie.as_ref().and_then(|k| k.path.clone()),
             });
         } else if lb.simple.is_some() {
             c.hash_policy = None;
@@ -343,14 +350,20 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
                     );
                 }
-                if h.http_cookie
-                    .as_ref()
-                    .is_some_and(|k| k.ttl.is_some() || k.path.is_some())
-                {
-                    bad(
-                        format!("{at}.loadBalancer.consistentHash.httpCookie"),
-                        "`ttl`/`path` ask the proxy to generate the cookie, which tickmesh does not; hash on an existing cookie by `name` only".into(),
-                    );
+                if let Some(k) = &h.http_cookie {
+                    if k.path.is_some() && k.ttl.is_none() {
+                        bad(
+                            format!("{at}.loadBalancer.consistentHash.httpCookie.path"),
+                            "`path` is for the cookie the proxy generates, which needs `ttl`"
+                                .into(),
+                        );
+                    }
+                    if let Some(p) = k.path.as_deref().filter(|p| !cookie_path_ok(p)) {
+                        bad(
+                            format!("{at}.loadBalancer.consistentHash.httpCookie.path"),
+                            format!("`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"),
+                        );
+                    }
                 }
                 if h.use_source_ip == Some(false) {
                     bad(

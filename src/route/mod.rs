@@ -120,6 +120,10 @@ pub struct ClusterEntry {
     pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
     /// Consistent hashing of HTTP requests: what the key is.
     pub hash_on: HashOn,
+    /// Cookie hashing that generates the cookie when a request has none (`cookie_ttl`):
+    /// the `Set-Cookie` attributes after the value (`; Max-Age=N; Path=P; HttpOnly`
+    /// and CRLF).
+    pub cookie_attrs: Option<Box<[u8]>>,
     /// Priority levels (Envoy's `priority`), lowest number first, when the endpoints have
     /// more than one or locality weighting is on; empty otherwise (one level: every
     /// endpoint, `balancer`).
@@ -440,6 +444,47 @@ impl ClusterEntry {
             HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
         };
         Some(crate::cluster::maglev::hash64(v, 0))
+    }
+
+    /// A request without the hash cookie on a cluster that generates it: the cookie's
+    /// value (16 hex digits hashed from the client's address and port, as Envoy derives
+    /// it from the connection's addresses) and the request's hash key — the key a later
+    /// request carrying that cookie gets from [`ClusterEntry::request_key`]. No
+    /// allocation.
+    #[inline]
+    pub fn generated_cookie(&self, peer: Option<SocketAddr>) -> Option<(u64, [u8; 16])> {
+        self.cookie_attrs.as_ref()?;
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return None;
+        }
+        let mut b = [0u8; 18];
+        let n = match peer? {
+            SocketAddr::V4(a) => {
+                b[..4].copy_from_slice(&a.ip().octets());
+                b[4..6].copy_from_slice(&a.port().to_be_bytes());
+                6
+            }
+            SocketAddr::V6(a) => {
+                b[..16].copy_from_slice(&a.ip().octets());
+                b[16..].copy_from_slice(&a.port().to_be_bytes());
+                18
+            }
+        };
+        let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
+        let mut hex = [0u8; 16];
+        for (i, d) in hex.iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
+        }
+        Some((crate::cluster::maglev::hash64(&hex, 0), hex))
+    }
+
+    /// The name and attributes of the generated hash cookie's `Set-Cookie`
+    /// (`name="value"attributes`).
+    pub fn set_cookie_parts(&self) -> Option<(&[u8], &[u8])> {
+        match (&self.hash_on, &self.cookie_attrs) {
+            (HashOn::Cookie(name), Some(attrs)) => Some((name.as_bytes(), attrs)),
+            _ => None,
+        }
     }
 
     /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
@@ -838,6 +883,23 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             }) => HashOn::Cookie(k.as_str().into()),
             _ => HashOn::SourceIp,
         },
+        cookie_attrs: c
+            .hash_policy
+            .as_ref()
+            .filter(|h| h.cookie.is_some())
+            .and_then(|h| {
+                let ttl = h.cookie_ttl?;
+                let mut a = String::new();
+                // Max-Age 0 would delete the cookie: Envoy makes a session cookie.
+                if ttl.as_secs() > 0 {
+                    a.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                }
+                if let Some(p) = &h.cookie_path {
+                    a.push_str(&format!("; Path={p}"));
+                }
+                a.push_str("; HttpOnly\r\n");
+                Some(a.into_bytes().into_boxed_slice())
+            }),
         health_check: c
             .health_checks
             .first()
@@ -880,12 +942,19 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     entry
 }
 
-/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`).
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`),
+/// without the double quotes a value may be wrapped in (§4.1.1), as Envoy reads it.
 fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
-        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+        (&pair[..eq] == name).then(|| {
+            let v = &pair[eq + 1..];
+            match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            }
+        })
     })
 }
 
@@ -1306,6 +1375,16 @@ clusters:
         assert_eq!(cookie(b"session=", b"session"), Some(&b""[..]));
         assert_eq!(cookie(b"sessionx=1;session2=2", b"session"), None);
         assert_eq!(cookie(b"garbage", b"session"), None);
+        assert_eq!(
+            cookie(b"s=\"ab12\"; t=1", b"s"),
+            Some(&b"ab12"[..]),
+            "quotes dropped"
+        );
+        assert_eq!(
+            cookie(b"s=\"", b"s"),
+            Some(&b"\""[..]),
+            "a lone quote stays"
+        );
         let stats = StatsRegistry::new(1);
         let yaml = r#"
 clusters:
