@@ -131,9 +131,14 @@ pub struct ClusterEntry {
     /// Envoy's `healthy_panic_threshold` in percent (0: never panic).
     pub panic_threshold: f64,
     /// The spread of traffic over levels and localities under the current health,
-    /// recomputed by the control plane's health tick ([`ClusterEntry::refresh_plan`]);
-    /// picks read it only while some endpoint is unusable.
+    /// recomputed at compile and by the control plane's health tick
+    /// ([`ClusterEntry::refresh_plan`]), so it lags a flag change by at most one tick
+    /// (20 ms; the pick still skips an unusable endpoint meanwhile). Picks read it only
+    /// while some endpoint is unusable: an `ArcSwap` load, no lock, no allocation.
     pub plan: ArcSwap<LoadPlan>,
+    /// A cluster of one level without localities: whether it is in panic (the whole
+    /// plan in one word; written with `plan`).
+    pub single_panic: std::sync::atomic::AtomicBool,
 }
 
 /// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
@@ -318,6 +323,17 @@ impl ClusterEntry {
         active: &impl Fn(usize) -> u64,
         worker: usize,
     ) -> Option<usize> {
+        if self.levels.is_empty() {
+            // One level, no localities: the plan is one bit, read without the ArcSwap.
+            if self.single_panic.load(std::sync::atomic::Ordering::Relaxed) {
+                return Some(self.panic_pick(0, st, cursor, source, key, active, worker));
+            }
+            if let Ok(i) = self.pick_in(&self.balancer, None, st, cursor, source, key, active) {
+                return Some(i);
+            }
+            return (self.panic_threshold > 0.0)
+                .then(|| self.panic_pick(0, st, cursor, source, key, active, worker));
+        }
         let plan = self.plan.load();
         let level = match plan.level_cumulative.len() {
             0 | 1 => 0,
@@ -393,6 +409,10 @@ impl ClusterEntry {
     /// changed plan. Control plane only (compile, health tick).
     pub fn refresh_plan(&self) {
         let plan = self.compute_plan();
+        self.single_panic.store(
+            self.levels.is_empty() && plan.panic.first().copied().unwrap_or(false),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if **self.plan.load() != plan {
             self.plan.store(Arc::new(plan));
         }
@@ -936,6 +956,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .healthy_panic_threshold
             .unwrap_or(priority::DEFAULT_PANIC_THRESHOLD),
         plan: ArcSwap::from_pointee(LoadPlan::default()),
+        single_panic: Default::default(),
     };
     // Health survives table swaps: the first plan already reflects it.
     entry.refresh_plan();
