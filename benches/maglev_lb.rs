@@ -42,6 +42,9 @@ impl PacketBuf for Reused {
     fn prepend(&mut self, _: usize) -> bool {
         false
     }
+    fn resize(&mut self, _: usize) -> bool {
+        false
+    }
 }
 
 fn syn(src_port: u16) -> Vec<u8> {

@@ -262,10 +262,22 @@ fn unknown_targets_and_workloads_list_the_valid_ones() {
 /// terminating with OpenSSL) answers every request, and the report says how TLS was set up.
 #[test]
 fn tls_echo_runs_end_to_end_through_every_target() {
+    tls_end_to_end("tls-echo", "TLS echo backend");
+}
+
+/// `--workload https1`: the same with HTTP/1.1 inside TLS (direct to the TLS HTTP
+/// backend; tickmesh on an http listener terminating TLS, the others in HTTP mode).
+#[test]
+fn https1_runs_end_to_end_through_every_target() {
+    tls_end_to_end("https1", "TLS HTTP backend");
+}
+
+/// A TLS `workload` through every installed target; `direct_word` names what direct's
+/// settings say the generator talks to.
+fn tls_end_to_end(workload: &str, direct_word: &str) {
+    let test = format!("{} end to end", workload);
     if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!(
-            "SKIP tls_echo_runs_end_to_end_through_every_target: no openssl CLI for certificates"
-        );
+        eprintln!("SKIP {test}: no openssl CLI for certificates");
         return;
     }
     let have = |b: &str| {
@@ -278,7 +290,7 @@ fn tls_echo_runs_end_to_end_through_every_target() {
         if have(peer) {
             names.push(peer);
         } else {
-            eprintln!("SKIP {peer} in tls_echo_runs_end_to_end_through_every_target: not installed (scripts/setup --bench)");
+            eprintln!("SKIP {peer} in {test}: not installed (scripts/setup --bench)");
         }
     }
     let dir = tempfile::tempdir().unwrap();
@@ -287,7 +299,7 @@ fn tls_echo_runs_end_to_end_through_every_target() {
         dir.path(),
         &[
             "--workload",
-            "tls-echo",
+            workload,
             "--size",
             "100",
             "--targets",
@@ -303,7 +315,7 @@ fn tls_echo_runs_end_to_end_through_every_target() {
         ],
     );
     assert!(ok, "{text}");
-    assert_eq!(r["settings"]["workload"], "tls-echo");
+    assert_eq!(r["settings"]["workload"], workload);
     assert_eq!(r["settings"]["size"], 100);
     assert!(
         r["failures"].as_array().unwrap().is_empty(),
@@ -333,11 +345,76 @@ fn tls_echo_runs_end_to_end_through_every_target() {
     );
     let direct = r["peers"]["direct"]["settings"].to_string();
     assert!(
-        direct.contains("TLS 1.3") && direct.contains("TLS echo backend"),
+        direct.contains("TLS 1.3") && direct.contains(direct_word),
         "{direct}"
     );
+    if workload == "https1" {
+        assert!(tm.contains("protocol: http"), "{tm}");
+    }
     if names.contains(&"haproxy") {
         let h = r["peers"]["haproxy"]["config"].as_str().unwrap();
         assert!(h.contains(" ssl crt "), "{h}");
+        assert_eq!(h.contains("mode http"), workload == "https1", "{h}");
+    }
+}
+
+/// `--workload tls-handshake`: a new connection and full TLS 1.3 handshake per request
+/// through direct, tickmesh (terminating) and HAProxy when installed; every handshake
+/// accounted, the report's goal line names the handshake rate per core.
+#[test]
+fn tls_handshake_runs_end_to_end() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIP tls_handshake_runs_end_to_end: no openssl CLI for certificates");
+        return;
+    }
+    let mut names = vec!["direct", "tickmesh-epoll"];
+    if ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .any(|d| Path::new(d).join("haproxy").is_file())
+    {
+        names.push("haproxy");
+    } else {
+        eprintln!(
+            "SKIP haproxy in tls_handshake_runs_end_to_end: not installed (scripts/setup --bench)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let targets = names.join(",");
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--workload",
+            "tls-handshake",
+            "--targets",
+            &targets,
+            "--scenarios",
+            "closed:4",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    assert_eq!(r["settings"]["workload"], "tls-handshake");
+    assert!(
+        r["failures"].as_array().unwrap().is_empty(),
+        "{}",
+        r["failures"]
+    );
+    let s = &r["scenarios"][0];
+    for &name in &names {
+        let run = &target(s, name)["runs"][0];
+        let (sent, received) = (
+            run["sent"].as_u64().unwrap(),
+            run["received"].as_u64().unwrap(),
+        );
+        assert!(received > 10 && sent == received, "{name}: {run}");
+    }
+    if names.contains(&"haproxy") {
+        let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+        assert!(md.contains("handshakes/s per proxy core"), "{md}");
     }
 }

@@ -56,7 +56,7 @@ fn rewrites_answers_and_rejects_through_net_pcap() {
     icmp.extend_from_slice(&echo);
     frames.push(icmp);
     let forwarded = frames.len();
-    // Bad input: truncated, bad IHL, bad checksum (dropped); fragment, IPv6, host
+    // Bad input: truncated, bad IHL, bad checksum (dropped); fragment, VLAN tag, host
     // traffic (exception path); unknown VIP port (dropped).
     let good = frame(client, (ip("10.0.0.100"), 80), 6, b"x");
     frames.push(good[..30].to_vec());
@@ -78,9 +78,9 @@ fn rewrites_answers_and_rejects_through_net_pcap() {
     ));
     frag.extend_from_slice(&[0; 8]);
     frames.push(frag);
-    let mut v6 = good.clone();
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    frames.push(v6);
+    let mut vlan = good.clone();
+    vlan[12..14].copy_from_slice(&[0x81, 0x00]); // a VLAN tag: not parsed, to the kernel
+    frames.push(vlan);
     frames.push(frame(client, (ip("10.0.0.1"), 22), 6, b"ssh"));
     frames.push(frame(client, (ip("10.0.0.100"), 81), 6, b"?"));
     write_pcap(&dir.join("in.pcap"), &frames);
@@ -148,7 +148,7 @@ fn rewrites_answers_and_rejects_through_net_pcap() {
     assert_eq!(
         exc.len(),
         3,
-        "fragment, IPv6 and host traffic go to the kernel"
+        "fragment, VLAN-tagged and host traffic go to the kernel"
     );
     let p = "port/net_pcap0";
     assert_eq!(run.counter(p, "rx_packets"), frames.len() as u64);
@@ -249,5 +249,115 @@ fn maglev_balance_and_minimal_disruption_over_100k_flows() {
         "{survivors_moved} flows of surviving backends moved"
     );
     assert!(after.iter().all(|a| *a != gone));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const CONFIG6: &str = r#"
+listeners:
+  - {name: web6, address: "[2001:db8::100]:80", cluster: pool6}
+  - {name: dsr6, address: "[2001:db8::101]:443", cluster: tunnel6, forwarding: ipip}
+clusters:
+  - {name: pool6, endpoints: ["[2001:db8:1::1]:8080"]}
+  - {name: tunnel6, endpoints: ["[2001:db8:3::1]:443"]}
+"#;
+
+/// IPv6 through the real engine: DNAT and its reply, IPv6-in-IPv6, a Neighbor
+/// Solicitation and an echo request answered; malformed and unsupported IPv6 counted.
+#[test]
+fn ipv6_rewrites_answers_and_rejects_through_net_pcap() {
+    if !dpdk_usable() {
+        return;
+    }
+    let ip6 = |s: &str| -> std::net::Ipv6Addr { s.parse().unwrap() };
+    let dir = tempdir("pcap-ipv6");
+    let client = (ip6("2001:db8:ff::7"), 40000);
+    let vip = (ip6("2001:db8::100"), 80);
+    let mut ns = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&vip.0.octets());
+    ns.extend_from_slice(&[1, 1]);
+    ns.extend_from_slice(&CLIENT_MAC);
+    let echo = vec![128u8, 0, 0, 0, 0, 7, 0, 1, b'h', b'i'];
+    let mut frames = vec![
+        frame6(client, vip, 6, b"GET /"),                           // 0 DNAT
+        frame6((ip6("2001:db8:1::1"), 8080), client, 6, b"200 OK"), // 1 reply
+        frame6(client, (ip6("2001:db8::101"), 443), 6, b"hello"),   // 2 IP6-in-IP6
+        frame6_raw(
+            ip6("fe80::2"),
+            ip6("ff02::1:ff00:100"),
+            58,
+            255,
+            ns,
+            Some(2),
+        ), // 3 NS
+        frame6_raw(client.0, vip.0, 58, 64, echo, Some(2)),         // 4 echo
+    ];
+    let forwarded = frames.len();
+    let good = frame6(client, vip, 6, b"x");
+    frames.push(good[..40].to_vec()); // truncated
+    let mut long = good.clone();
+    long[18..20].copy_from_slice(&500u16.to_be_bytes()); // payload length past the frame
+    frames.push(long);
+    let mut hbh = good.clone();
+    hbh[20] = 0; // hop-by-hop options header: exception
+    frames.push(hbh);
+    let mut frag = good.clone();
+    frag[20] = 44; // fragment header: exception
+    frames.push(frag);
+    write_pcap(&dir.join("in.pcap"), &frames);
+
+    let run = run_pcap(
+        &dir,
+        CONFIG6,
+        &[
+            "--dpdk-gateway-mac",
+            "02:00:00:00:00:fe",
+            "--dpdk-neighbor",
+            "2001:db8:1::1=02:00:00:00:01:01",
+            "--dpdk-tunnel-src6",
+            "2001:db8::1",
+        ],
+        forwarded,
+    );
+    let out = read_pcap(&dir.join("out.pcap"));
+    assert_eq!(out.len(), forwarded, "{}", run.stderr);
+    let o = &out[0];
+    assert_eq!(&o[0..6], &BACKEND_MAC);
+    assert_eq!(&o[38..54], &ip6("2001:db8:1::1").octets());
+    assert_eq!(u16::from_be_bytes([o[56], o[57]]), 8080);
+    assert!(checksum6_valid(&o[14..]));
+    let o = &out[1];
+    assert_eq!(&o[0..6], &GW_MAC);
+    assert_eq!(&o[22..38], &vip.0.octets());
+    assert_eq!(u16::from_be_bytes([o[54], o[55]]), 80);
+    assert!(checksum6_valid(&o[14..]));
+    let o = &out[2];
+    assert_eq!(o[20], 41);
+    assert_eq!(&o[22..38], &ip6("2001:db8::1").octets());
+    assert_eq!(&o[38..54], &ip6("2001:db8:3::1").octets());
+    assert_eq!(&o[54..], &frames[2][14..]);
+    let o = &out[3];
+    assert_eq!(&o[0..6], &CLIENT_MAC);
+    assert_eq!(o[54], 136, "Neighbor Advertisement");
+    assert_eq!(&o[62..78], &vip.0.octets());
+    assert_eq!(&o[80..86], &LB_MAC);
+    assert!(checksum6_valid(&o[14..]));
+    let o = &out[4];
+    assert_eq!(o[54], 129, "echo reply");
+    assert_eq!(&o[38..54], &client.0.octets());
+    assert!(checksum6_valid(&o[14..]));
+
+    assert_eq!(
+        read_pcap(&dir.join("exc.pcap")).len(),
+        2,
+        "extension header and fragment go to the kernel"
+    );
+    let p = "port/net_pcap0";
+    assert_eq!(run.counter(p, "drop_truncated"), 2);
+    assert_eq!(run.counter(p, "exception_ipv6_ext_header"), 1);
+    assert_eq!(run.counter(p, "exception_fragment"), 1);
+    assert_eq!(run.counter(p, "nd_advertisements"), 1);
+    assert_eq!(run.counter(p, "icmp_echo_replies"), 1);
+    assert_eq!(run.counter("vip/web6", "packets"), 1);
+    assert_eq!(run.counter("vip/web6", "reply_packets"), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

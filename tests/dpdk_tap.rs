@@ -353,19 +353,18 @@ fn role_port_client() {
 /// A source port whose flow Maglev gives to `want` when the cluster is `backends`
 /// (computed with the balancer's own table, as the engine will).
 fn port_for(backends: &[&str], want: &str, skip: u16) -> u16 {
-    use tickmesh::cluster::maglev;
-    use tickmesh::engine::dpdk::lb::{LbAddressing, LbTable};
+    use tickmesh::engine::dpdk::lb::{flow_hash_v4, LbAddressing, LbTable};
     let cfg = tickmesh::config::parse(&echo_cfg(backends), tickmesh::config::Format::Yaml).unwrap();
     let stats = tickmesh::telemetry::StatsRegistry::new(1);
     let t = LbTable::compile(&cfg, &LbAddressing::default(), 1, &stats).unwrap();
     let vip = &t.vips[0];
-    let (src, dst) = (
-        u32::from_be_bytes([10, 99, 1, 2]),
-        u32::from(*vip.addr.ip()),
-    );
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        panic!("the echo config's VIP is IPv4")
+    };
+    let (src, dst) = (std::net::Ipv4Addr::new(10, 99, 1, 2), *va.ip());
     (skip..60000)
         .find(|&p| {
-            let (c, b) = t.pick(vip, maglev::hash_flow(src, dst, p, 80, 6));
+            let (c, b) = t.pick(vip, flow_hash_v4(src, dst, p, 80, 6));
             t.clusters[c as usize].backends[b as usize].addr.to_string() == want
         })
         .expect("some port maps to each backend")

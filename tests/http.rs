@@ -193,6 +193,11 @@ fn serve(c: TcpStream, name: &str, log: Log, delay: Duration) {
             // A keep-alive answer, then the upstream closes the idle connection (as
             // a keep-alive timeout does).
             std::thread::sleep(Duration::from_millis(50));
+            let _ = w.shutdown(std::net::Shutdown::Both);
+            log.0
+                .lock()
+                .unwrap()
+                .push("CLOSED after /close-after\n".into());
             return;
         }
     }
@@ -513,6 +518,79 @@ fn pipelining(kind: EngineKind) {
     let ls = p.stats.listener("l");
     assert_eq!(ls.get(L::HttpRqTotal), 20);
     assert_eq!(ls.get(L::HttpUpstreamReuse), 19);
+    drop((s, r));
+    open_zero(&p);
+}
+
+/// Data segments the kernel received on the established TCP sockets bound to local
+/// port `port` (`ss`'s `data_segs_in`), summed; `None` when `ss` cannot tell.
+fn data_segs_in(port: u16) -> Option<u64> {
+    let filter = format!("( sport = :{port} )");
+    let out = Command::new("ss")
+        .args(["-tinH", "state", "established", &filter])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut sum = None;
+    for w in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Some(v) = w.strip_prefix("data_segs_in:") {
+            *sum.get_or_insert(0) += v.parse::<u64>().ok()?;
+        }
+    }
+    sum
+}
+
+/// A small message leaves the proxy in one TCP segment: the rewritten head and the
+/// body behind it go out in one send, both ways (sent apart, the peer is woken for a
+/// head it cannot use yet and the body follows a completion later). Counted by the
+/// kernel on the client's socket and on the backend's.
+fn one_segment_per_message(kind: EngineKind) {
+    // Does `ss` report the counter here? (Asked about a connection of our own that
+    // received one byte: `ss` leaves a zero count out.)
+    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut a, _) = probe.accept().unwrap();
+    c.write_all(b"x").unwrap();
+    a.read_exact(&mut [0u8; 1]).unwrap();
+    if data_segs_in(port).is_none() {
+        eprintln!("skipped: `ss -ti` (iproute2) does not report data_segs_in here");
+        return;
+    }
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            "",
+        ),
+    );
+    let (mut s, mut r) = client(p.listener("l"));
+    s.set_nodelay(true).unwrap();
+    const N: u64 = 20;
+    let body = "b".repeat(64);
+    for i in 0..N {
+        let req = format!("POST /seg{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 64\r\n\r\n{body}");
+        s.write_all(req.as_bytes()).unwrap();
+        let resp = read_resp(&mut r).unwrap_or_else(|| panic!("response {i}"));
+        assert_eq!(resp.body, format!("a /seg{i} 64").as_bytes());
+    }
+    let client_port = s.local_addr().unwrap().port();
+    assert_eq!(
+        data_segs_in(client_port),
+        Some(N),
+        "segments carrying the {N} responses to the client"
+    );
+    assert_eq!(
+        data_segs_in(a.addr.port()),
+        Some(N),
+        "segments carrying the {N} requests to the backend"
+    );
+    assert!(a.log.all().iter().all(|e| e.contains("body-len: 64")));
     drop((s, r));
     open_zero(&p);
 }
@@ -1377,9 +1455,24 @@ fn upstream_pool(kind: EngineKind) {
             .unwrap();
         read_resp(r).unwrap()
     };
+    // Waits for the backend's close (a fixed sleep raced a loaded backend thread),
+    // then a little for its FIN to land.
+    let closes = || {
+        c.log
+            .all()
+            .iter()
+            .filter(|e| e.starts_with("CLOSED"))
+            .count()
+    };
+    let closed = |n: usize| {
+        wait_until("the backend to close", Duration::from_secs(5), || {
+            closes() == n
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
-    // Closed 150 ms ago, idle under the check threshold: its EOF is noticed after
+    closed(1);
+    // Closed 100 ms ago, idle under the check threshold: its EOF is noticed after
     // the send, and the GET goes again on a fresh connection.
     let resp = get(&mut s, &mut r, "/c/x");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /x"[..]));
@@ -1388,14 +1481,15 @@ fn upstream_pool(kind: EngineKind) {
     assert_eq!(ls.get(L::HttpRetry), 0, "not a retry");
     // Idle over a second: the check before reuse finds it closed.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(1200));
+    closed(2);
+    std::thread::sleep(Duration::from_millis(1100));
     let resp = get(&mut s, &mut r, "/c/y");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /y"[..]));
     assert_eq!(ls.get(L::HttpUpstreamStale), 2);
     assert_eq!(c.accepted(), 3);
     // A POST is not idempotent: sent once, the stale close is a 502.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    closed(3);
     s.write_all(b"POST /c/z HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         .unwrap();
     assert_eq!(read_resp(&mut r).unwrap().status, 502);
@@ -1412,6 +1506,7 @@ fn upstream_pool(kind: EngineKind) {
 per_engine!(
     binary_with_curl,
     pipelining,
+    one_segment_per_message,
     bad_input,
     upstream_errors,
     weighted_split,

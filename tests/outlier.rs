@@ -226,7 +226,7 @@ fn http_5xx_ejects_and_returns(kind: EngineKind) {
     let d = Daemon::start(
         kind,
         &http_config(&format!(
-            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 3, interval: 100ms, base_ejection_time: 1s, max_ejection_percent: 50}}\n",
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 3, interval: 1s, base_ejection_time: 1s, max_ejection_percent: 50}}\n",
             good.addr, bad.addr
         )),
     );
@@ -256,7 +256,9 @@ fn http_5xx_ejects_and_returns(kind: EngineKind) {
     if t0.elapsed() < Duration::from_millis(900) {
         assert_eq!(bad.requests(), before, "no traffic while ejected");
     }
-    // Back after 1 s (at the next 100 ms interval tick): it gets traffic again.
+    // Back after 1 s (at the next interval tick): it gets traffic again. The interval
+    // is 1 s because each interval spent un-ejected lowers the multiplier: the second
+    // ejection must come within one (at 100 ms a loaded machine missed it).
     wait_until("the endpoint returns", Duration::from_secs(5), || {
         d.health("svc", bad.addr).state == "healthy"
     });

@@ -11,196 +11,15 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::*;
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tickmesh::engine::EngineKind;
 use tickmesh::telemetry::{ListenerCounter as L, UpstreamCounter as U};
-
-// === certificates ===
-
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let p = Pki { dir };
-        p.ca("ca");
-        p.ca("other-ca");
-        p.leaf(
-            "server",
-            "ca",
-            "subjectAltName=DNS:localhost,DNS:orders.internal,IP:127.0.0.1",
-            30,
-        );
-        p.leaf("server2", "ca", "subjectAltName=DNS:billing.internal", 30);
-        p.leaf(
-            "server-new",
-            "ca",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            30,
-        );
-        p.leaf(
-            "gateway",
-            "ca",
-            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
-            30,
-        );
-        p.leaf(
-            "intruder",
-            "ca",
-            "subjectAltName=URI:spiffe://example.org/ns/other/sa/intruder",
-            30,
-        );
-        p.leaf(
-            "foreign",
-            "other-ca",
-            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
-            30,
-        );
-        p.leaf(
-            "expired",
-            "ca",
-            "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway",
-            -1,
-        );
-        p
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn s(&self, name: &str) -> String {
-        self.path(name).display().to_string()
-    }
-
-    fn ca(&self, name: &str) {
-        run(Command::new("openssl").args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &self.s(&format!("{name}.key")),
-            "-out",
-            &self.s(&format!("{name}.pem")),
-        ]));
-    }
-
-    fn leaf(&self, name: &str, ca: &str, ext: &str, days: i32) {
-        let ext_file = self.path(&format!("{name}.ext"));
-        std::fs::write(&ext_file, format!("{ext}\n")).unwrap();
-        run(Command::new("openssl").args([
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &self.s(&format!("{name}.key")),
-            "-out",
-            &self.s(&format!("{name}.csr")),
-        ]));
-        run(Command::new("openssl").args([
-            "x509",
-            "-req",
-            "-in",
-            &self.s(&format!("{name}.csr")),
-            "-CA",
-            &self.s(&format!("{ca}.pem")),
-            "-CAkey",
-            &self.s(&format!("{ca}.key")),
-            "-CAcreateserial",
-            "-days",
-            &days.to_string(),
-            "-extfile",
-            &ext_file.display().to_string(),
-            "-out",
-            &self.s(&format!("{name}.pem")),
-        ]));
-    }
-
-    fn certs(&self, name: &str) -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_file_iter(self.path(&format!("{name}.pem")))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
-    fn key(&self, name: &str) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::from_pem_file(self.path(&format!("{name}.key"))).unwrap()
-    }
-
-    /// A listener terminating TLS with `server`; `extra` goes inside its `tls:` map.
-    fn listener_yaml(&self, extra: &str, backend: SocketAddr, cluster_tls: &str) -> String {
-        format!(
-            "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    cluster: c\n    tls: {{cert: {}, key: {}{extra}}}\nclusters:\n  - {{name: c, endpoints: [\"{backend}\"]{cluster_tls}}}\n",
-            self.s("server.pem"),
-            self.s("server.key"),
-        )
-    }
-
-    fn mtls_extra(&self, mode: &str) -> String {
-        format!(
-            ", client_ca: {}, mode: {mode}, allowed_principals: [\"spiffe://example.org/ns/trading/sa/gateway\"]",
-            self.s("ca.pem")
-        )
-    }
-
-    /// A rustls client trusting our CA, presenting `client` if given.
-    fn client(&self, client: Option<&str>) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in self.certs("ca") {
-            roots.add(c).unwrap();
-        }
-        let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        Arc::new(match client {
-            Some(n) => b.with_client_auth_cert(self.certs(n), self.key(n)).unwrap(),
-            None => b.with_no_client_auth(),
-        })
-    }
-}
 
 // === peers ===
 
@@ -249,22 +68,6 @@ impl Greeter {
     }
 }
 
-/// Handshake through the proxy with a rustls client; returns the stream and session.
-fn tls_connect(
-    addr: SocketAddr,
-    cfg: Arc<rustls::ClientConfig>,
-) -> (TcpStream, rustls::ClientConnection) {
-    let mut s = connect(addr);
-    let mut c =
-        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
-    while c.is_handshaking() {
-        if c.complete_io(&mut s).is_err() {
-            break;
-        }
-    }
-    (s, c)
-}
-
 /// Send a line and read to the end of the stream: Ok(reply) or the rustls/io error.
 fn tls_line(
     addr: SocketAddr,
@@ -277,26 +80,6 @@ fn tls_line(
     let mut got = Vec::new();
     t.read_to_end(&mut got).map_err(|e| e.to_string())?;
     Ok(got)
-}
-
-/// The alert description a server sent as its first (plaintext) record.
-fn read_alert(s: &mut TcpStream) -> Option<u8> {
-    let mut rec = [0u8; 7];
-    s.read_exact(&mut rec).ok()?;
-    (rec[0] == 21).then_some(rec[6])
-}
-
-/// What the client's session fails with next: the (encrypted) alert the server sent,
-/// read past any NewSessionTicket records before it.
-fn alert_after(c: &mut rustls::ClientConnection, s: &mut TcpStream) -> String {
-    for _ in 0..8 {
-        match c.complete_io(s) {
-            Err(e) => return e.to_string(),
-            Ok((0, 0)) => break,
-            Ok(_) => {}
-        }
-    }
-    "no alert".into()
 }
 
 /// `decode_error`, RFC 8446 §6.2.
@@ -391,22 +174,15 @@ fn bad_records(kind: EngineKind) {
     assert!(e.contains("BadRecordMac"), "{e}");
 
     // An oversized record (length beyond 2^14 + 256): record_overflow.
-    let (mut s, mut c) = tls_connect(addr, pki.client(None));
-    let mut rec = vec![23, 3, 3, 0x48, 0x01];
-    rec.resize(5 + 0x4801, 0);
-    let _ = s.write_all(&rec);
     // RFC 8446 §5.2: record_overflow, sealed by the offload engine.
-    let e = alert_after(&mut c, &mut s);
+    let e = oversized_record(addr, pki.client(None));
     assert!(e.contains("RecordOverflow"), "{e}");
     wait_until("record errors", Duration::from_secs(5), || {
         ls.get(L::TlsRecordErrors) == 2
     });
 
     // A truncated record followed by EOF: counted, no clean end passed on.
-    let (mut s, _c) = tls_connect(addr, pki.client(None));
-    s.write_all(&[23, 3, 3, 0, 100, 1, 2, 3]).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let _ = s.read_to_end(&mut Vec::new());
+    truncated_record(addr, pki.client(None));
     wait_until("truncation", Duration::from_secs(5), || {
         ls.get(L::TlsTruncated) == 1
     });

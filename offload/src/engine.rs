@@ -220,8 +220,8 @@ impl Engine {
         let old = slot.session.take();
         slot.generation = slot.generation.wrapping_add(1);
         if let Some(old) = old {
-            self.forget_key(&old.tx);
-            self.forget_key(&old.rx);
+            self.forget_key(old.tx);
+            self.forget_key(old.rx);
         }
         self.free_sessions.push(id.index);
         self.stats.sessions -= 1;
@@ -252,7 +252,7 @@ impl Engine {
                 std::mem::replace(&mut s.rx, key)
             }
         };
-        self.forget_key(&old);
+        self.forget_key(old);
         Ok(())
     }
 
@@ -291,11 +291,17 @@ impl Engine {
         lookup(&mut self.sessions, id)
     }
 
-    /// Drop cached references to `key` from free slots, so a replaced or destroyed key is
-    /// freed now (control side: O(slots)). In-flight jobs keep theirs until reaped.
-    fn forget_key(&mut self, key: &Arc<RecordKey>) {
-        for job in &mut self.free {
-            if job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, key)) {
+    /// Drop cached references to `key` (the session's, handed in) from free slots, so a
+    /// replaced or destroyed key is freed now. In-flight jobs keep theirs until reaped.
+    /// The free list is a stack: the slots this session used last are on top, so the scan
+    /// runs from the top and stops once no other reference is left (O(slots) only while
+    /// jobs under the key are still in flight).
+    fn forget_key(&mut self, key: Arc<RecordKey>) {
+        for job in self.free.iter_mut().rev() {
+            if Arc::strong_count(&key) == 1 {
+                break;
+            }
+            if job.key.as_ref().is_some_and(|k| Arc::ptr_eq(k, &key)) {
                 job.key = None;
             }
         }

@@ -75,6 +75,14 @@ pub enum Workload {
     /// talks TLS to a TLS echo backend, proxies terminate TLS and relay plaintext to the
     /// plain echo backend, `floor` relays the TLS bytes to the TLS echo backend.
     TlsEcho,
+    /// `http1` inside TLS 1.3 (handshake before measuring): `direct` talks TLS to a TLS
+    /// HTTP backend, proxies terminate TLS and speak plain HTTP to the plain backend,
+    /// `floor` relays the TLS bytes to the TLS HTTP backend.
+    Https1,
+    /// A full TLS 1.3 handshake per request: new TCP connection, handshake (no
+    /// resumption), one echo of `--size` bytes inside TLS, close. Targets as for
+    /// `tls-echo`; latency is connect → echo received, throughput is handshakes/s.
+    TlsHandshake,
 }
 
 impl Workload {
@@ -84,17 +92,26 @@ impl Workload {
             Workload::UdpEcho => "udp-echo",
             Workload::Http1 => "http1",
             Workload::TlsEcho => "tls-echo",
+            Workload::Https1 => "https1",
+            Workload::TlsHandshake => "tls-handshake",
         }
     }
     pub fn is_udp(self) -> bool {
         self == Workload::UdpEcho
     }
     pub fn is_tls(self) -> bool {
-        self == Workload::TlsEcho
+        matches!(
+            self,
+            Workload::TlsEcho | Workload::Https1 | Workload::TlsHandshake
+        )
+    }
+    /// HTTP/1.1 requests and responses (in TLS or not).
+    pub fn is_http(self) -> bool {
+        matches!(self, Workload::Http1 | Workload::Https1)
     }
     /// Echo workloads: the reply is the request, byte for byte.
     pub fn is_echo(self) -> bool {
-        self != Workload::Http1
+        !self.is_http()
     }
 }
 

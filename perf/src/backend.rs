@@ -51,7 +51,19 @@ impl Backend {
         cpus: &[usize],
         tls: Arc<ServerConfig>,
     ) -> anyhow::Result<Backend> {
-        Backend::spawn(Workload::TlsEcho, size, addr, cpus, Some(tls))
+        Backend::start_with_tls(Workload::TlsEcho, size, addr, cpus, tls)
+    }
+
+    /// A `workload` backend terminating TLS with `tls` on every connection: echo, or
+    /// HTTP/1.1 as for `http1` (`https1`'s direct target).
+    pub fn start_with_tls(
+        workload: Workload,
+        size: usize,
+        addr: SocketAddr,
+        cpus: &[usize],
+        tls: Arc<ServerConfig>,
+    ) -> anyhow::Result<Backend> {
+        Backend::spawn(workload, size, addr, cpus, Some(tls))
     }
 
     fn spawn(
@@ -142,6 +154,8 @@ fn serve(
     let mut events = vec![EpollEvent::empty(); 64];
     let mut scratch = vec![0u8; BUF];
     let get_body = vec![b'x'; size];
+    // https1: responses in plaintext before rustls seals them (capacity kept).
+    let mut plain = Vec::with_capacity(BUF);
     while !stop.load(Ordering::Relaxed) {
         // Wait in the kernel (20 ms cap so `stop` is seen).
         let n = match ep.wait(&mut events, EpollTimeout::from(20u8)) {
@@ -166,8 +180,13 @@ fn serve(
                 continue;
             };
             let keep = match workload {
-                Workload::Http1 => serve_http(c, size, &get_body, &mut scratch),
-                _ if c.tls.is_some() => serve_tls_echo(c, &mut scratch),
+                _ if c.tls.is_some() => {
+                    let http = workload
+                        .is_http()
+                        .then_some((size, &get_body[..], &mut plain));
+                    serve_tls(c, &mut scratch, http)
+                }
+                w if w.is_http() => serve_http(c, size, &get_body, &mut scratch),
                 _ => serve_echo(c, &mut scratch),
             };
             let keep = keep && flush(c, &ep, i);
@@ -233,11 +252,15 @@ fn accept_all(
     }
 }
 
-/// TLS echo: read records, echo the plaintext, queue the records (handshake messages,
-/// echoes, alerts) in `out` for [`flush`]. Returns false when the connection is done.
-/// Plaintext is drained after every socket read: rustls refuses to read more while its
-/// received-plaintext buffer is full (a request larger than a record or two).
-fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
+/// Plaintext HTTP answers before sealing: (body size, GET body, scratch output).
+type HttpTls<'a> = (usize, &'a [u8], &'a mut Vec<u8>);
+
+/// TLS echo (or, with `http`, TLS HTTP): read records, echo the plaintext (or answer the
+/// requests it completes), queue the records (handshake messages, answers, alerts) in
+/// `out` for [`flush`]. Returns false when the connection is done. Plaintext is drained
+/// after every socket read: rustls refuses to read more while its received-plaintext
+/// buffer is full (a request larger than a record or two).
+fn serve_tls(c: &mut Conn, scratch: &mut [u8], mut http: Option<HttpTls>) -> bool {
     let Some(tls) = c.tls.as_mut() else {
         return false;
     };
@@ -254,7 +277,17 @@ fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
                     c.close_after_flush = true;
                     break;
                 }
-                if !echo_plaintext(tls, scratch, &mut c.out, &mut c.close_after_flush) {
+                let drained = match http {
+                    Some(_) => {
+                        let inbuf = &mut c.inbuf;
+                        drain_plaintext(tls, scratch, &mut c.close_after_flush, |_, d| {
+                            inbuf.extend_from_slice(d);
+                            true
+                        })
+                    }
+                    None => echo_plaintext(tls, scratch, &mut c.out, &mut c.close_after_flush),
+                };
+                if !drained {
                     return false;
                 }
                 if c.close_after_flush {
@@ -266,6 +299,19 @@ fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
             Err(_) => return false,
         }
     }
+    if let Some((size, get_body, plain)) = http.as_mut() {
+        plain.clear();
+        answer_all(
+            &mut c.inbuf,
+            *size,
+            get_body,
+            plain,
+            &mut c.close_after_flush,
+        );
+        if tls.writer().write_all(plain).is_err() {
+            return false;
+        }
+    }
     while tls.wants_write() {
         // Writing into a Vec cannot fail.
         if tls.write_tls(&mut c.out).is_err() {
@@ -275,32 +321,25 @@ fn serve_tls_echo(c: &mut Conn, scratch: &mut [u8]) -> bool {
     open || !c.out.is_empty()
 }
 
-/// Move the plaintext rustls holds back into it as records, queued in `out`. Returns
-/// false on an error that ends the connection without an answer.
-fn echo_plaintext(
+/// Hand the plaintext rustls holds to `sink` (false from it: the connection ends
+/// without an answer); `close_notify` is answered with ours. Returns false when the
+/// sink gave up.
+fn drain_plaintext(
     tls: &mut ServerConnection,
     scratch: &mut [u8],
-    out: &mut Vec<u8>,
     close: &mut bool,
+    mut sink: impl FnMut(&mut ServerConnection, &[u8]) -> bool,
 ) -> bool {
     loop {
         match tls.reader().read(scratch) {
             Ok(0) => {
-                // close_notify: answer with ours.
                 tls.send_close_notify();
                 *close = true;
                 break;
             }
             Ok(n) => {
-                // Sealed records go to `out` right away, so rustls's own send buffer
-                // never fills; `out` holds at most what one request brought.
-                if tls.writer().write_all(&scratch[..n]).is_err() {
+                if !sink(tls, &scratch[..n]) {
                     return false;
-                }
-                while tls.wants_write() {
-                    if tls.write_tls(out).is_err() {
-                        return false;
-                    }
                 }
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -311,6 +350,28 @@ fn echo_plaintext(
         }
     }
     true
+}
+
+/// Move the plaintext rustls holds back into it as records, queued in `out`.
+fn echo_plaintext(
+    tls: &mut ServerConnection,
+    scratch: &mut [u8],
+    out: &mut Vec<u8>,
+    close: &mut bool,
+) -> bool {
+    drain_plaintext(tls, scratch, close, |tls, data| {
+        // Sealed records go to `out` right away, so rustls's own send buffer never
+        // fills; `out` holds at most what one request brought.
+        if tls.writer().write_all(data).is_err() {
+            return false;
+        }
+        while tls.wants_write() {
+            if tls.write_tls(out).is_err() {
+                return false;
+            }
+        }
+        true
+    })
 }
 
 /// Read what is there and queue it back. Returns false when the connection is done.
@@ -341,30 +402,48 @@ fn serve_http(c: &mut Conn, size: usize, get_body: &[u8], scratch: &mut [u8]) ->
             Err(_) => return false,
         }
     }
+    answer_all(
+        &mut c.inbuf,
+        size,
+        get_body,
+        &mut c.out,
+        &mut c.close_after_flush,
+    );
+    open || !c.out.is_empty()
+}
+
+/// Answer every complete request in `inbuf` (pipelining is allowed) into `out`, and
+/// drop what was answered.
+fn answer_all(
+    inbuf: &mut Vec<u8>,
+    size: usize,
+    get_body: &[u8],
+    out: &mut Vec<u8>,
+    close_after_flush: &mut bool,
+) {
     let mut used = 0;
     loop {
-        match answer_http(&c.inbuf[used..], size, get_body, &mut c.out) {
+        match answer_http(&inbuf[used..], size, get_body, out) {
             HttpStep::Answered { consumed, close } => {
                 used += consumed;
                 if close {
-                    c.close_after_flush = true;
+                    *close_after_flush = true;
                     break;
                 }
             }
             HttpStep::NeedMore => break,
             HttpStep::Rejected => {
-                c.close_after_flush = true;
+                *close_after_flush = true;
                 break;
             }
         }
     }
-    c.inbuf.drain(..used);
-    if c.inbuf.len() > BUF {
+    inbuf.drain(..used);
+    if inbuf.len() > BUF {
         // A request that never ends: refuse it.
-        c.out.extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        c.close_after_flush = true;
+        out.extend_from_slice(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        *close_after_flush = true;
     }
-    open || !c.out.is_empty()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -571,7 +650,7 @@ mod tests {
     }
 
     #[test]
-    fn the_tls_backend_echoes_inside_tls_and_refuses_plaintext() {
+    fn the_tls_backends_answer_inside_tls_and_refuse_plaintext() {
         if crate::sys::find_binary("openssl").is_none() {
             eprintln!("SKIP: no openssl CLI to make certificates");
             return;
@@ -602,6 +681,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(!format!("{e:#}").is_empty());
+        // The TLS HTTP backend (https1's direct target) answers inside TLS.
+        let server = certs.server_config().unwrap();
+        let b = Backend::start_with_tls(Workload::Https1, 64, local(), &[0], server).unwrap();
+        for m in [HttpMethod::Get, HttpMethod::Post] {
+            let w = Workload::Https1;
+            crate::loadgen::probe(w, 64, m, b.addr, Some(&client), Duration::from_secs(2))
+                .unwrap_or_else(|e| panic!("{m:?}: {e:#}"));
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod backend;
 pub mod floor;
+pub mod handshake;
 pub mod hist;
 pub mod loadgen;
 pub mod peers;
@@ -100,7 +101,10 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
             Some(p) => SocketAddr::from(([127, 0, 0, 1], p.wrapping_add(2))),
             None => "127.0.0.1:0".parse().expect("literal address"),
         };
-        let b = backend::Backend::start_tls(s.size, addr, &s.cpus.backend, certs.server_config()?)?;
+        let server = certs.server_config()?;
+        // Echo for tls-echo, HTTP for https1.
+        let b =
+            backend::Backend::start_with_tls(s.workload, s.size, addr, &s.cpus.backend, server)?;
         let env = peers::TlsEnv {
             client: certs.client_config()?,
             certs,
@@ -110,7 +114,14 @@ pub fn bench(s: &Settings, a: &BenchArgs, tickmesh_version: &str) -> anyhow::Res
     } else {
         (None, None)
     };
-    let client_tls = tls_env.as_ref().map(|t| t.client.clone());
+    // tls-handshake: the generator's client skips verification and resumption (see
+    // `Certs::handshake_client_config`); readiness probes keep the verifying one.
+    let client_tls = match &tls_env {
+        Some(t) if s.workload == args::Workload::TlsHandshake => {
+            Some(t.certs.handshake_client_config()?)
+        }
+        t => t.as_ref().map(|t| t.client.clone()),
+    };
     let env = peers::PeerEnv {
         settings: s,
         backend: backend.addr,
@@ -326,7 +337,11 @@ fn measure(
     let result = std::thread::scope(|scope| {
         let h = scope.spawn(move || {
             sys::pin_current_thread(&gen_cpus)?;
-            loadgen::run(&spec)
+            if spec.workload == args::Workload::TlsHandshake {
+                handshake::run(&spec)
+            } else {
+                loadgen::run(&spec)
+            }
         });
         while !h.is_finished() {
             bar.tick();

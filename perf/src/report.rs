@@ -392,6 +392,9 @@ fn scenario_title(r: &Report, s: &ScenarioReport) -> String {
 /// ≥ 1.5 × HAProxy's, CPU per request ≤ 0.7 × HAProxy's. Lines only for what was measured.
 /// `tls-echo` has its own (issue 5): at or below HAProxy at every percentile.
 pub fn goals(r: &Report) -> Vec<String> {
+    if r.settings.workload == crate::args::Workload::TlsHandshake {
+        return handshake_goals(&r.scenarios);
+    }
     if r.settings.workload.is_tls() {
         return tls_goals(&r.scenarios);
     }
@@ -484,6 +487,50 @@ fn tls_goals(scenarios: &[ScenarioReport]) -> Vec<String> {
             if !parts.is_empty() {
                 lines.push(format!("{} {tm}: {}", s.scenario, parts.join("; ")));
             }
+        }
+    }
+    lines
+}
+
+/// `tls-handshake` against issue 5's goal: full handshakes per second per proxy core
+/// ≥ 1.3 × HAProxy's (handshakes/s over the proxy's CPU utilization, both measured in
+/// the same run), with the CPU per handshake and the latency beside it.
+fn handshake_goals(scenarios: &[ScenarioReport]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for s in scenarios {
+        let m = |t: Target| {
+            s.targets
+                .iter()
+                .find(|x| x.target == t)
+                .and_then(|x| x.median.clone())
+        };
+        let Some(h) = m(Target::Haproxy) else {
+            continue;
+        };
+        for tm in [Target::TickmeshUring, Target::TickmeshEpoll] {
+            let Some(t) = m(tm) else { continue };
+            let mut parts = Vec::new();
+            let per_core = |f: &Figures| f.cpu_utilization.map(|u| ratio(f.throughput_rps, u));
+            if let (Some(a), Some(b)) = (per_core(&t), per_core(&h)) {
+                parts.push(format!(
+                    "handshakes/s per proxy core {a:.0} vs HAProxy's {b:.0} ({:.2}×, goal ≥ 1.3)",
+                    ratio(a, b)
+                ));
+            }
+            if let (Some(a), Some(b)) = (t.cpu_s_per_1k_requests, h.cpu_s_per_1k_requests) {
+                parts.push(format!(
+                    "CPU per handshake {:.1} vs {:.1} µs ({:.2}×)",
+                    a * 1000.0,
+                    b * 1000.0,
+                    ratio(a, b)
+                ));
+            }
+            parts.push(format!(
+                "connect→echo p50/p99 {:.2}/{:.2}× HAProxy's",
+                ratio(t.p50_ns, h.p50_ns),
+                ratio(t.p99_ns, h.p99_ns)
+            ));
+            lines.push(format!("{} {tm}: {}", s.scenario, parts.join("; ")));
         }
     }
     lines

@@ -145,6 +145,32 @@ impl Certs {
         Ok(Arc::new(cfg))
     }
 
+    /// The `tls-handshake` generator's client: [`SUITE`] and X25519 only, no resumption
+    /// (it keeps no tickets, so every connection is a full handshake), and it does not
+    /// verify the server's certificate chain or `CertificateVerify` signature. Verifying
+    /// (two ECDSA P-256 verifications and a chain walk per handshake) would make the
+    /// client cost more than the server it measures, and the generator — on the other
+    /// CPU with the backend — the bottleneck. The server's work is unchanged: key share,
+    /// signature, Finished. The readiness probe still uses [`Certs::client_config`],
+    /// which verifies, so a target serving the wrong certificate is still caught.
+    pub fn handshake_client_config(&self) -> anyhow::Result<Arc<ClientConfig>> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.retain(|s| s.suite() == SUITE);
+        provider
+            .kx_groups
+            .retain(|g| g.name() == rustls::NamedGroup::X25519);
+        let schemes = provider
+            .signature_verification_algorithms
+            .supported_schemes();
+        let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(schemes)))
+            .with_no_client_auth();
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(cfg))
+    }
+
     /// The TLS echo backend's server (rustls, ring, default suites).
     pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
         let chain = CertificateDer::pem_file_iter(&self.cert)
@@ -160,6 +186,45 @@ impl Certs {
             .with_single_cert(chain, key)
             .context("the bench's certificate and key do not match")?;
         Ok(Arc::new(cfg))
+    }
+}
+
+/// Accepts any server certificate and signature: see [`Certs::handshake_client_config`].
+#[derive(Debug)]
+struct NoVerify(Vec<rustls::SignatureScheme>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.clone()
     }
 }
 

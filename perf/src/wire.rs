@@ -17,13 +17,13 @@ pub const HTTP_HOST: &str = "tickmesh-bench";
 /// Build the request a connection will send, for sequence number 0.
 pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => {
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
             let mut v: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
             v.resize(size.max(SEQ_LEN), b'a');
             v[..SEQ_LEN].copy_from_slice(&0u64.to_le_bytes());
             v
         }
-        Workload::Http1 => match method {
+        Workload::Http1 | Workload::Https1 => match method {
             HttpMethod::Get => {
                 format!("GET /bench HTTP/1.1\r\nHost: {HTTP_HOST}\r\n\r\n").into_bytes()
             }
@@ -42,7 +42,7 @@ pub fn request(workload: Workload, size: usize, method: HttpMethod) -> Vec<u8> {
 /// Stamp `seq` into an echo request (HTTP requests carry none).
 #[inline]
 pub fn stamp(workload: Workload, req: &mut [u8], seq: u64) {
-    if workload != Workload::Http1 {
+    if !workload.is_http() {
         req[..SEQ_LEN].copy_from_slice(&seq.to_le_bytes());
     }
 }
@@ -63,21 +63,23 @@ pub enum Response {
 /// Room a connection's receive buffer needs for one response.
 pub fn response_capacity(workload: Workload, size: usize) -> usize {
     match workload {
-        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho => size.max(SEQ_LEN),
+        Workload::TcpEcho | Workload::UdpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
+            size.max(SEQ_LEN)
+        }
         // Headers of any proxy's response fit in 4 KiB.
-        Workload::Http1 => size + 4096,
+        Workload::Http1 | Workload::Https1 => size + 4096,
     }
 }
 
 /// Judge the bytes received so far for request `seq`.
 pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response {
-    let size = if workload == Workload::Http1 {
+    let size = if workload.is_http() {
         size
     } else {
         size.max(SEQ_LEN)
     };
     match workload {
-        Workload::TcpEcho | Workload::TlsEcho => {
+        Workload::TcpEcho | Workload::TlsEcho | Workload::TlsHandshake => {
             if buf.len() < size {
                 return Response::Partial;
             }
@@ -98,7 +100,7 @@ pub fn check(workload: Workload, buf: &[u8], size: usize, seq: u64) -> Response 
             }
             Response::Done
         }
-        Workload::Http1 => {
+        Workload::Http1 | Workload::Https1 => {
             let mut headers = [httparse::EMPTY_HEADER; 24];
             let mut resp = httparse::Response::new(&mut headers);
             let head_len = match resp.parse(buf) {

@@ -105,6 +105,11 @@ pub struct Route {
     pub response_headers_to_add: Vec<HeaderValueOption>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_headers_to_remove: Vec<String>,
+    /// SPIFFE IDs allowed to use this route (native; Envoy says it with an RBAC filter's
+    /// `principals`): on an mTLS listener, a client whose certificate names none of them
+    /// gets a 403. Empty: every client the listener admits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_principals: Vec<String>,
 }
 
 /// Path (at most one of `prefix`, `path`, `safe_regex`; none means any path), method,

@@ -662,15 +662,6 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         if l.idle_timeout.is_some_and(|t| t.is_zero()) {
             bad(format!("{at}.idle_timeout"), "must be longer than 0".into());
         }
-        if l.forwarding.is_some() && !l.address.is_ipv4() {
-            bad(
-                format!("{at}.forwarding"),
-                format!(
-                    "packet forwarding (DPDK engine) supports IPv4 VIPs only; {} is IPv6",
-                    l.address
-                ),
-            );
-        }
     }
 
     if let Some(n) = &cfg.nic {

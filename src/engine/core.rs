@@ -281,20 +281,18 @@ impl Core {
             let conns = &mut self.conns;
             cr.engine.reap(usize::MAX, |c| {
                 let (slot, gen, side) = crate::tls::conn::untag(c.tag);
-                if let Some(Conn::Tcp(t)) = conns.get_mut(slot as usize) {
-                    if t.gen == gen && !t.is_free() {
-                        t.on_crypto(side, &c);
-                        if touched.last() != Some(&(slot, gen)) {
-                            touched.push((slot, gen));
-                        }
+                if let Some(t) = conns.get_mut(slot as usize) {
+                    if t.gen() == gen
+                        && !t.is_free()
+                        && t.on_crypto(side, &c)
+                        && touched.last() != Some(&(slot, gen))
+                    {
+                        touched.push((slot, gen));
                     }
                 }
             });
             for &(slot, gen) in &touched {
-                self.with_conn(slot, gen, io, |c, cx, io| match c {
-                    Conn::Tcp(t) => t.crypto_done(slot, cx, io),
-                    _ => Step::Continue,
-                });
+                self.with_conn(slot, gen, io, |c, cx, io| c.crypto_done(slot, cx, io));
             }
             self.touched = touched;
         }
@@ -386,9 +384,9 @@ impl Core {
         self.cursors.clear();
         self.cursors.resize(t.clusters.len(), 0);
         // Idle upstream connections are indexed by the old table: closed.
-        let (old, worker) = (&self.table, self.worker);
+        let (old, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         self.http.pool.reset(t.generation, |i| {
-            crate::proxy::http::pool::count_close(old, worker, &i)
+            crate::proxy::http::pool::count_close(old, worker, i, crypto)
         });
         self.table = t;
         let worker = self.worker;
@@ -636,7 +634,7 @@ impl Core {
         }
         self.udp.expire(self.now_ms, self.worker, io);
         if !self.http.pool.is_empty() {
-            let (t, worker) = (&self.table, self.worker);
+            let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
             self.http.pool.expire(
                 self.now_ms,
                 |c| {
@@ -656,7 +654,7 @@ impl Core {
                         }
                     })
                 },
-                |i| crate::proxy::http::pool::count_close(t, worker, &i),
+                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto),
             );
         }
     }
@@ -669,10 +667,10 @@ impl Core {
             self.with_conn(slot, gen, io, |c, cx, io| c.abort(slot, cx, io));
         }
         self.udp.close_all(self.worker, io);
-        let (t, worker) = (&self.table, self.worker);
+        let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         let generation = t.generation;
         self.http.pool.reset(generation, |i| {
-            crate::proxy::http::pool::count_close(t, worker, &i)
+            crate::proxy::http::pool::count_close(t, worker, i, crypto)
         });
         self.sync_accepts(io);
     }

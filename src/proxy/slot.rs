@@ -176,6 +176,25 @@ impl Slot {
         }
     }
 
+    /// A TLS record job of `side` completed. `false`: this kind of slot has no TLS.
+    pub fn on_crypto(&mut self, side: Side, c: &tickmesh_offload::Completion<'_>) -> bool {
+        match self {
+            Slot::Tcp(t) => t.on_crypto(side, c),
+            Slot::Http(h) => h.on_crypto(side, c),
+            Slot::Shadow(_) => return false,
+        }
+        true
+    }
+
+    /// After the worker reaped the offload engine: move what completions produced.
+    pub fn crypto_done(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        match self {
+            Slot::Tcp(t) => t.crypto_done(slot, cx, io),
+            Slot::Http(h) => h.crypto_done(slot, cx, io),
+            Slot::Shadow(_) => Step::Continue,
+        }
+    }
+
     pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
         each!(self, c => c.rearm(slot, side, cx, io))
     }

@@ -743,14 +743,28 @@ pub fn compile(
             }
             (None, _) => None,
         };
-        if tls.is_some() && l.protocol != Protocol::Tcp {
+        let route_principals = http.as_ref().is_some_and(|h| {
+            h.vhosts
+                .iter()
+                .any(|v| v.routes.iter().any(|r| !r.principals.is_empty()))
+        });
+        if route_principals && !tls.as_ref().is_some_and(|t| t.mtls) {
             problems.push(Problem {
                 path: format!("listeners[{i}].tls"),
                 line: None,
                 message: format!(
-                    "TLS is served on tcp listeners only so far, not {}",
-                    l.protocol
+                    "routes of listener `{}` set allowed_principals, which come from client certificates: give the listener tls: with client_ca (mode STRICT or PERMISSIVE)",
+                    l.name
                 ),
+            });
+            continue;
+        }
+        if tls.is_some() && l.protocol == Protocol::Udp {
+            problems.push(Problem {
+                path: format!("listeners[{i}].tls"),
+                line: None,
+                message: "TLS is served on tcp and http listeners, not udp (DTLS is not supported)"
+                    .into(),
             });
             continue;
         }

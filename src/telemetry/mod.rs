@@ -191,14 +191,19 @@ counter_set! {
         DropNoHeadroom => "drop_no_headroom",
         /// Sent to the exception (kernel) port: non-IPv4 ethertypes.
         ExceptionNonIp => "exception_non_ip",
-        /// IPv4 fragments (the balancer does not reassemble).
+        /// IPv4 and IPv6 fragments (the balancer does not reassemble).
         ExceptionFragment => "exception_fragment",
+        /// IPv6 with extension headers before TCP/UDP (the balancer reads L4 right after
+        /// the fixed header).
+        ExceptionIpv6ExtHeader => "exception_ipv6_ext_header",
         /// IPv4 not addressed to a VIP nor a reply from a DNAT backend.
         ExceptionOther => "exception_other",
         /// Frames from the exception port sent out of this port.
         FromException => "from_exception",
         ArpReplies => "arp_replies",
         IcmpEchoReplies => "icmp_echo_replies",
+        /// Neighbor Advertisements answering Solicitations for our IPv6 addresses.
+        NdAdvertisements => "nd_advertisements",
         /// Gauge: live entries in this worker's flow table.
         FlowTableEntries => "flow_table_entries",
         /// A full bucket evicted its least recently seen flow.

@@ -76,6 +76,20 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
+/// SHA-256 of `der`, lowercase hex (ring's digest, through the rustls provider's hash).
+pub fn sha256_hex(der: &[u8]) -> String {
+    use std::fmt::Write;
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let mut out = String::with_capacity(64);
+    if let Some(s) = suite.tls13() {
+        for b in s.common.hash_provider.hash(der).as_ref() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+    out
+}
+
 /// The SPIFFE ID in a certificate's URI SANs, if any (`spiffe://…`).
 pub fn spiffe_id(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;

@@ -20,10 +20,11 @@ use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{client::UnbufferedClientConnection, server::UnbufferedServerConnection};
 use tickmesh_offload::{BackendChoice, Completion, Engine, EngineConfig, SessionParams};
 
-use super::records::{Kernel, RecordError, Records};
+use super::records::{Kernel, RecordBufs, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
 use crate::config::tls::OffloadBackend;
 use crate::proxy::l4::Side;
+use crate::telemetry::ListenerCounter;
 
 /// The first byte of a TLS handshake record (RFC 8446 §5.1, `ContentType.handshake`).
 const HANDSHAKE: u8 = 22;
@@ -69,7 +70,13 @@ pub struct Crypto {
     pub engine: Engine,
     /// Connections (slot, generation) whose submission found the ring full.
     pub waiters: Vec<(u32, u16)>,
+    /// Record buffers of ended connections, for the next hand-over (at most
+    /// [`SPARE_BUFS`]): a connection's full handshake then allocates no record buffers.
+    spare: Vec<RecordBufs>,
 }
+
+/// Record buffer sets a worker keeps for reuse (each [`RecordBufs::SIZE`], ~84 KiB).
+const SPARE_BUFS: usize = 32;
 
 impl Crypto {
     /// Build the worker's engine for the configured backend; one the host cannot offer
@@ -130,8 +137,44 @@ impl Crypto {
         Crypto {
             engine,
             waiters: Vec::with_capacity(1024),
+            spare: Vec::with_capacity(SPARE_BUFS),
         }
     }
+}
+
+impl Sniff {
+    /// The listener counter a sniff verdict lands on (`Tls`: none).
+    pub fn counter(self) -> Option<ListenerCounter> {
+        match self {
+            Sniff::Tls => None,
+            Sniff::Plain => Some(ListenerCounter::TlsPlaintextAccepted),
+            Sniff::Rejected => Some(ListenerCounter::TlsPlaintextRejected),
+        }
+    }
+}
+
+impl FeedError {
+    /// The listener counter a failure of the client's side lands on (`handshaking`: the
+    /// side had not finished its handshake). The same for every proxy.
+    pub fn down_counter(&self, handshaking: bool) -> ListenerCounter {
+        use ListenerCounter as L;
+        match self {
+            FeedError::Tls(rustls::Error::InvalidCertificate(_))
+            | FeedError::Tls(rustls::Error::NoCertificatesPresented) => L::TlsCertRejected,
+            FeedError::Tls(rustls::Error::AlertReceived(_))
+            | FeedError::Record(RecordError::Received(_)) => L::TlsAlertsReceived,
+            FeedError::Record(_) => L::TlsRecordErrors,
+            _ if handshaking => L::TlsHandshakeErrors,
+            _ => L::TlsRecordErrors,
+        }
+    }
+}
+
+/// What the record layers did since the last look: records completed per side (for
+/// `tls_records_offloaded`) and the first failure found.
+pub struct Activity {
+    pub records: [u32; 2],
+    pub error: Option<(Side, FeedError)>,
 }
 
 /// A completion's tag: which connection slot (and generation) and side it belongs to.
@@ -336,6 +379,24 @@ impl Handshake {
     }
 }
 
+/// One side's session parked with its socket (an idle pooled upstream connection):
+/// past its handshake, nothing in flight on the engine, nothing buffered either way.
+#[derive(Debug)]
+pub struct Parked(State);
+
+impl Parked {
+    /// The socket closes while parked: destroy the engine session.
+    pub fn release(self, cr: Option<&mut Crypto>) {
+        if let (State::Rec(r), Some(cr)) = (&self.0, cr) {
+            let _ = cr.engine.destroy_session(r.session());
+        }
+    }
+}
+
+/// A session with records in flight or buffered: it cannot be parked.
+#[derive(Debug, Clone, Copy)]
+pub struct NotQuiet;
+
 #[derive(Debug, Default)]
 pub struct Tls {
     sides: [State; 2],
@@ -345,6 +406,8 @@ pub struct Tls {
     sniffing: bool,
     /// The client's SPIFFE ID, read from its certificate at the end of the handshake.
     identity: Option<Box<str>>,
+    /// SHA-256 of the client's certificate (DER), lowercase hex (XFCC's `Hash=`).
+    cert_hash: Option<Box<str>>,
     /// A fatal error on this side: its alert is flushed, then the connection closes.
     pub failed: Option<Side>,
 }
@@ -531,10 +594,9 @@ impl Tls {
         let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
         let (secrets, kernel, identity) = match conn {
             HsConn::Server(c) => {
-                let id = c
-                    .peer_certificates()
-                    .and_then(|certs| certs.first())
-                    .and_then(|leaf| super::certs::spiffe_id(leaf.as_ref()));
+                let leaf = c.peer_certificates().and_then(|certs| certs.first());
+                self.cert_hash = leaf.map(|l| super::certs::sha256_hex(l.as_ref()).into());
+                let id = leaf.and_then(|l| super::certs::spiffe_id(l.as_ref()));
                 let (s, k) = c
                     .dangerous_into_kernel_connection()
                     .map_err(FeedError::Tls)?;
@@ -569,6 +631,7 @@ impl Tls {
             params.suite,
             &out[out_off..],
             &inbuf[fed.min(inbuf.len())..],
+            cr.spare.pop().unwrap_or_default(),
         ));
         if r.pump(&mut cr.engine, tag) {
             push_waiter(cr, tag);
@@ -605,6 +668,35 @@ impl Tls {
         None
     }
 
+    /// Records completed and the first failure found since the last call; after a
+    /// failure was reported (`failed` set) only the counts.
+    pub fn activity(&mut self) -> Activity {
+        let records = self.take_counts();
+        let error = if self.failed.is_none() {
+            self.take_error()
+        } else {
+            None
+        };
+        Activity { records, error }
+    }
+
+    /// Let every side past its handshake submit what it can to the offload engine.
+    pub fn pump_all(&mut self, slot: u32, gen: u16, cr: &mut Crypto) {
+        for side in [Side::Down, Side::Up] {
+            if self.has(side) && !self.handshaking(side) {
+                self.pump(side, cr, tag(slot, gen, side));
+            }
+        }
+    }
+
+    /// Bytes of plaintext `side`'s sealer can take now (0 without a record layer).
+    pub fn plain_room(&self, side: Side) -> usize {
+        match &self.sides[side.idx()] {
+            State::Rec(r) => r.plain_room(),
+            _ => 0,
+        }
+    }
+
     /// Records each side's engine completed since the last call.
     pub fn take_counts(&mut self) -> [u32; 2] {
         let mut out = [0; 2];
@@ -623,11 +715,47 @@ impl Tls {
             return;
         };
         for s in &mut self.sides {
-            if let State::Rec(r) = s {
+            if let State::Rec(r) = std::mem::take(s) {
                 let _ = cr.engine.destroy_session(r.session());
+                if cr.spare.len() < SPARE_BUFS {
+                    // Within the capacity reserved at start: no reallocation.
+                    cr.spare.extend(r.into_bufs());
+                }
             }
-            *s = State::None;
         }
+    }
+
+    /// Destroy `side`'s engine session and forget the side (its socket is dropped;
+    /// the other side goes on).
+    pub fn release_side(&mut self, side: Side, cr: Option<&mut Crypto>) {
+        if let (State::Rec(r), Some(cr)) = (&self.sides[side.idx()], cr) {
+            let _ = cr.engine.destroy_session(r.session());
+        }
+        self.sides[side.idx()] = State::None;
+    }
+
+    /// Take `side`'s session out to park it with its socket. `Err`: there is one but
+    /// it is not quiet (records in flight or waiting), so the socket cannot be parked;
+    /// `Ok(None)`: the side has no session.
+    pub fn park(&mut self, side: Side) -> Result<Option<Parked>, NotQuiet> {
+        match &self.sides[side.idx()] {
+            State::None => Ok(None),
+            State::Rec(r)
+                if !r.tx_pending()
+                    && !r.rx_busy()
+                    && !r.pending()
+                    && !r.failed()
+                    && !r.peer_closed =>
+            {
+                Ok(Some(Parked(std::mem::take(&mut self.sides[side.idx()]))))
+            }
+            _ => Err(NotQuiet),
+        }
+    }
+
+    /// Continue a parked session on `side` (its socket was attached to this connection).
+    pub fn unpark(&mut self, side: Side, p: Parked) {
+        self.sides[side.idx()] = p.0;
     }
 
     /// `side`'s socket reached EOF.
@@ -708,6 +836,11 @@ impl Tls {
     /// The client's SPIFFE ID from its verified certificate.
     pub fn client_identity(&self) -> Option<&str> {
         self.identity.as_deref()
+    }
+
+    /// The SHA-256 of the client's verified certificate, lowercase hex.
+    pub fn client_cert_hash(&self) -> Option<&str> {
+        self.cert_hash.as_deref()
     }
 
     /// Whether the downstream client may connect (`allowed_principals`).

@@ -52,6 +52,9 @@ pub struct ServerTls {
     pub certs: Vec<CertInfo>,
     /// Every file read, with its modification time then (hot rotation).
     pub files: Vec<FileStamp>,
+    /// The SPIFFE URI SAN of the default certificate, if it has one (the `By=` of
+    /// `x-forwarded-client-cert`).
+    pub uri: Option<Box<str>>,
 }
 
 /// A file and its modification time when read.
@@ -244,6 +247,16 @@ fn roots(path: &Path, at: String) -> Result<Arc<RootCertStore>, Problem> {
     Ok(Arc::new(store))
 }
 
+/// A principal as `allowed_principals` takes it: a SPIFFE ID.
+pub fn check_spiffe(p: &str) -> Result<(), String> {
+    if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
+        return Err(format!(
+            "`{p}` is not a SPIFFE ID (spiffe://trust-domain/path)"
+        ));
+    }
+    Ok(())
+}
+
 /// Compile a listener's `tls:` with its effective mode. `None` for `DISABLE`.
 /// `at` is the field path of the `tls` block (`listeners[0].tls`).
 pub fn build_server(
@@ -260,6 +273,7 @@ pub fn build_server(
     let mut problems = Vec::new();
     let mut pairs = Vec::new();
     let mut infos = Vec::new();
+    let mut uri = None;
     let mut files = vec![stamp(&t.cert), stamp(&t.key)];
     for p in &t.sni_certs {
         files.push(stamp(&p.cert));
@@ -280,6 +294,13 @@ pub fn build_server(
     for (cert, key, path) in all {
         match load_pair(cert, key, &path, &provider) {
             Ok((ck, info)) => {
+                if pairs.is_empty() {
+                    uri = ck
+                        .cert
+                        .first()
+                        .and_then(|leaf| certs::spiffe_id(leaf.as_ref()))
+                        .map(String::into_boxed_str);
+                }
                 pairs.push((info.dns_names.clone(), ck));
                 infos.push(info);
             }
@@ -287,11 +308,8 @@ pub fn build_server(
         }
     }
     for (i, p) in t.allowed_principals.iter().enumerate() {
-        if !p.starts_with("spiffe://") || p.len() <= "spiffe://".len() {
-            problems.push(problem(
-                format!("{at}.allowed_principals[{i}]"),
-                format!("`{p}` is not a SPIFFE ID (spiffe://trust-domain/path)"),
-            ));
+        if let Err(e) = check_spiffe(p) {
+            problems.push(problem(format!("{at}.allowed_principals[{i}]"), e));
         }
     }
     if !t.allowed_principals.is_empty() && t.client_ca.is_none() {
@@ -344,6 +362,7 @@ pub fn build_server(
             .collect(),
         certs: infos,
         files,
+        uri,
     })))
 }
 

@@ -127,6 +127,13 @@ impl Lin {
         self.end == self.start
     }
 
+    /// Forget the contents (a reused buffer starts empty).
+    fn clear(&mut self) {
+        self.start = 0;
+        self.mark = 0;
+        self.end = 0;
+    }
+
     /// Bytes that can still be appended (after compaction).
     #[inline]
     fn room(&self) -> usize {
@@ -160,6 +167,36 @@ impl Lin {
             self.mark = 0;
             self.end = 0;
         }
+    }
+}
+
+/// The four fixed buffers of one record layer. Kept by the worker ([`super::conn::Crypto`])
+/// when a connection ends and handed to the next hand-over, so a full handshake does not
+/// allocate and zero ~84 KiB each time.
+pub struct RecordBufs {
+    rx: Lin,
+    plain: Lin,
+    txp: Lin,
+    txc: Lin,
+}
+
+impl RecordBufs {
+    pub fn new() -> RecordBufs {
+        RecordBufs {
+            rx: Lin::new(RX_CAP),
+            plain: Lin::new(PLAIN_CAP),
+            txp: Lin::new(TXP_CAP),
+            txc: Lin::new(TXC_CAP),
+        }
+    }
+
+    /// Bytes these buffers hold (for the worker's bound on spares).
+    pub const SIZE: usize = RX_CAP + PLAIN_CAP + TXP_CAP + TXC_CAP;
+}
+
+impl Default for RecordBufs {
+    fn default() -> Self {
+        RecordBufs::new()
     }
 }
 
@@ -228,9 +265,10 @@ pub struct Records {
 }
 
 impl Records {
-    /// A record layer for a session already created in `engine`. `pending_out` are
-    /// handshake bytes rustls encoded that the socket has not taken yet; `rx_left` are
-    /// bytes received after the last handshake record.
+    /// A record layer for a session already created in `engine`, on `bufs` (fresh, or
+    /// a spare set from an ended connection: their contents are ignored). `pending_out`
+    /// are handshake bytes rustls encoded that the socket has not taken yet; `rx_left`
+    /// are bytes received after the last handshake record.
     pub fn new(
         kernel: Kernel,
         session: SessionId,
@@ -238,20 +276,35 @@ impl Records {
         suite: CipherSuite,
         pending_out: &[u8],
         rx_left: &[u8],
+        bufs: RecordBufs,
     ) -> Records {
+        let RecordBufs {
+            mut rx,
+            mut plain,
+            mut txp,
+            mut txc,
+        } = bufs;
+        for b in [&mut rx, &mut plain, &mut txp, &mut txc] {
+            b.clear();
+        }
+        if txc.buf.len() < pending_out.len() {
+            // More handshake output than a record buffer (a huge certificate chain the
+            // socket has not taken yet): this connection gets a larger one.
+            txc = Lin::new(pending_out.len());
+        }
         let mut r = Records {
             kernel,
             session,
             fmt: Format::new(version, suite),
-            rx: Lin::new(RX_CAP),
+            rx,
             rx_inflight: 0,
             rx_discard: 0,
-            plain: Lin::new(PLAIN_CAP),
+            plain,
             plain_reserved: 0,
             hs: Vec::new(),
-            txp: Lin::new(TXP_CAP),
+            txp,
             tx_inflight: 0,
-            txc: Lin::new(TXC_CAP.max(pending_out.len())),
+            txc,
             txc_reserved: 0,
             tx_since_update: 0,
             key_update_after: KEY_UPDATE_AFTER,
@@ -275,6 +328,17 @@ impl Records {
 
     pub fn session(&self) -> SessionId {
         self.session
+    }
+
+    /// The connection ended: its buffers, for the next hand-over. `None` when they are
+    /// not the standard sizes (a larger `txc` is not kept).
+    pub fn into_bufs(self) -> Option<RecordBufs> {
+        (self.txc.buf.len() == TXC_CAP).then_some(RecordBufs {
+            rx: self.rx,
+            plain: self.plain,
+            txp: self.txp,
+            txc: self.txc,
+        })
     }
 
     /// Ciphertext from the socket; the caller checked [`Records::may_read`].
@@ -339,6 +403,15 @@ impl Records {
     /// Room to take `n` bytes of plaintext to seal.
     pub fn can_take_plain(&self, n: usize) -> bool {
         !self.dead && !self.close_wanted && self.txp.room() >= n
+    }
+
+    /// How much plaintext [`Records::write_plain`] can take now.
+    pub fn plain_room(&self) -> usize {
+        if self.dead || self.close_wanted {
+            0
+        } else {
+            self.txp.room()
+        }
     }
 
     /// Plaintext to seal towards the peer; the caller checked [`Records::can_take_plain`].

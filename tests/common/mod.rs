@@ -14,6 +14,8 @@ use tickmesh::net::SocketPool;
 use tickmesh::route::{compile, RouteTable, Routes};
 use tickmesh::telemetry::StatsRegistry;
 
+pub mod pki;
+
 pub const WORKERS: usize = 2;
 
 pub struct Proxy {

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::cluster::maglev::{self, Maglev};
@@ -34,6 +34,9 @@ pub trait PacketBuf {
     fn data(&mut self) -> &mut [u8];
     /// Grow the packet by `n` bytes at the front; false (and unchanged) without headroom.
     fn prepend(&mut self, n: usize) -> bool;
+    /// Make the packet `len` bytes long, growing or cutting at the end; false (and
+    /// unchanged) when it cannot grow that far.
+    fn resize(&mut self, len: usize) -> bool;
 }
 
 /// What to do with a frame after [`LbWorker::process`].
@@ -50,13 +53,15 @@ pub enum Verdict {
 /// Engine-level addressing: what the operator passes on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct LbAddressing {
-    /// Addresses the balancer itself answers ARP and ICMP echo for, besides the VIPs
-    /// (e.g. a router address for DNAT backends).
-    pub local_ips: Vec<Ipv4Addr>,
+    /// Addresses the balancer itself answers ARP / Neighbor Solicitation and ICMP echo
+    /// for, besides the VIPs (e.g. a router address for DNAT backends).
+    pub local_ips: Vec<IpAddr>,
     /// Outer source address of IP-in-IP packets (Katran-style DSR).
     pub tunnel_src: Option<Ipv4Addr>,
+    /// Outer source address of IPv6-in-IPv6 packets (DSR for IPv6 VIPs, RFC 2473).
+    pub tunnel_src6: Option<Ipv6Addr>,
     /// Static next hops: IP → MAC.
-    pub neighbors: Vec<(Ipv4Addr, [u8; 6])>,
+    pub neighbors: Vec<(IpAddr, [u8; 6])>,
     /// Next hop for every other destination.
     pub gateway: Option<[u8; 6]>,
 }
@@ -82,28 +87,130 @@ impl Hasher for IntHasher {
 }
 type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
 
-/// (address, port, protocol) packed into one integer.
-#[inline]
-fn pack(ip: Ipv4Addr, port: u16, protocol: u8) -> u64 {
-    (u64::from(u32::from(ip)) << 24) | (u64::from(port) << 8) | u64::from(protocol)
+/// (address, port, protocol) packed into one non-zero integer, from raw (wire-order,
+/// natively loaded) address and port: the packet path builds it from its loads without a
+/// byte swap, `compile` from config through [`raw_ip4`] and [`raw_port`].
+#[inline(always)]
+fn key4(addr: u32, port: u16, protocol: u8) -> u64 {
+    (u64::from(addr) << 24) | (u64::from(port) << 8) | u64::from(protocol)
+}
+
+/// [`key4`] from config values.
+fn key4_of(a: SocketAddr, protocol: u8) -> u64 {
+    key4(raw_ip4(ip4_of(a)), raw_port(a.port()), protocol)
+}
+
+/// The IPv4 address of `a`, or 0.0.0.0 for IPv6 (whose raw IPv4 forms go unused).
+fn ip4_of(a: SocketAddr) -> Ipv4Addr {
+    match a.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// The raw IPv6 address of `a`, or 0 for IPv4.
+fn ip6_of(a: SocketAddr) -> u128 {
+    match a.ip() {
+        IpAddr::V6(ip) => raw_ip6(ip),
+        IpAddr::V4(_) => 0,
+    }
+}
+
+/// An IPv6 VIP/backend key (raw address; port and protocol, never 0).
+#[inline(always)]
+fn key6(addr: u128, port: u16, protocol: u8) -> (u128, u32) {
+    (addr, (u32::from(port) << 8) | u32::from(protocol))
+}
+
+/// Set key for an IPv6 address alone.
+#[inline(always)]
+fn addr_key6(addr: u128) -> (u128, u32) {
+    (addr, 1)
+}
+
+/// Set key for an address alone (raw); never 0.
+#[inline(always)]
+fn addr_key4(addr: u32) -> u64 {
+    u64::from(addr) | 1 << 40
+}
+
+/// `a * b` as 128 bits, high half folded into the low one (foldhash/wyhash's mixer).
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+/// The 5-tuple hash of an IPv4 flow from its raw flow-table keys: two folded multiplies.
+/// It picks the Maglev slot of new flows and the flow-table bucket, so every worker and
+/// every instance of this version agrees on it.
+#[inline(always)]
+fn hash4(k: Key4) -> u64 {
+    fold_mul(
+        fold_mul(k.a ^ 0x243f_6a88_85a3_08d3, k.b ^ 0x1319_8a2e_0370_7344),
+        0x9e37_79b9_7f4a_7c15,
+    )
+}
+
+/// The 5-tuple hash of an IPv6 flow (as [`hash4`], three folded multiplies).
+#[inline(always)]
+fn hash6(k: Key6) -> u64 {
+    let h = fold_mul(
+        k.src as u64 ^ 0x243f_6a88_85a3_08d3,
+        (k.src >> 64) as u64 ^ 0xa409_3822_299f_31d0,
+    );
+    let h = fold_mul(
+        h ^ k.dst as u64,
+        (k.dst >> 64) as u64 ^ 0x082e_fa98_ec4e_6c89,
+    );
+    fold_mul(h ^ k.b, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// The flow-table key of an IPv4 flow from raw fields.
+#[inline(always)]
+fn keys4(src: u32, dst: u32, ports: u32, protocol: u8) -> Key4 {
+    Key4 {
+        a: u64::from(src) | (u64::from(dst) << 32),
+        b: u64::from(ports) | (u64::from(protocol) << 32) | 1 << 63,
+    }
+}
+
+/// The hash the balancer gives the IPv4 flow `src:sport → dst:dport` (for tests and
+/// tools that predict its Maglev choice with [`LbTable::pick`]).
+pub fn flow_hash_v4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, protocol: u8) -> u64 {
+    let (sp, dp) = (sport.to_be_bytes(), dport.to_be_bytes());
+    let ports = u32::from_ne_bytes([sp[0], sp[1], dp[0], dp[1]]);
+    hash4(keys4(raw_ip4(src), raw_ip4(dst), ports, protocol))
 }
 
 #[derive(Debug)]
 pub struct Vip {
     pub name: Arc<str>,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
+    /// `addr` in raw form: IPv4 (0 for IPv6), IPv6 (0 for IPv4), port.
+    raw_ip: u32,
+    raw_ip6: u128,
+    raw_port: u16,
     pub protocol: u8,
     pub forwarding: Forwarding,
     /// Cumulative weights and cluster indices (one entry for a single cluster).
     cumulative: Box<[u32]>,
     clusters: Box<[u32]>,
     pub idle_timeout_ms: u64,
+    /// `idle_timeout_ms` as the flow table's wrapping 32-bit clock can compare it.
+    idle_ms32: u32,
     pub stats: Arc<PacketStats>,
 }
 
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
+    /// `addr` in raw form (what the rewrite stores), as for [`Vip`].
+    raw_ip: u32,
+    raw_ip6: u128,
+    raw_port: u16,
+    /// [`backend_key`] of `addr`, computed once (the flow table compares it per packet).
+    key: u64,
     /// Resolved next hop; `None` counts `drop_no_neighbor`.
     pub mac: Option<[u8; 6]>,
     pub stats: Arc<PacketStats>,
@@ -114,7 +221,7 @@ pub struct LbCluster {
     pub name: Arc<str>,
     pub backends: Box<[Backend]>,
     pub maglev: Maglev,
-    /// Backend address+port → index, for flows surviving a table swap.
+    /// Backend key ([`backend_key`]) → index, for flows surviving a table swap.
     index: IntMap<u64, u16>,
 }
 
@@ -125,14 +232,22 @@ pub struct LbTable {
     pub vips: Box<[Vip]>,
     pub clusters: Box<[LbCluster]>,
     by_vip: KeyMap<u32>,
-    /// VIP addresses and local addresses: answered for ARP and ICMP echo.
-    own_ips: IntMap<u32, ()>,
-    vip_ips: IntMap<u32, ()>,
+    /// VIP addresses and local addresses ([`addr_key4`]): answered for ARP and ICMP echo.
+    own_ips: KeyMap<()>,
+    vip_ips: KeyMap<()>,
     /// DNAT backend (addr, port, proto) → (VIP index, backend cluster, backend index).
     replies: KeyMap<(u32, u32, u16)>,
+    /// The same four for IPv6 ([`key6`], [`addr_key6`]; answered: Neighbor
+    /// Solicitation and ICMPv6 echo).
+    by_vip6: KeyMap6<u32>,
+    own_ips6: KeyMap6<()>,
+    vip_ips6: KeyMap6<()>,
+    replies6: KeyMap6<(u32, u32, u16)>,
     neighbors: IntMap<u32, [u8; 6]>,
+    neighbors6: HashMap<Ipv6Addr, [u8; 6]>,
     gateway: Option<[u8; 6]>,
     tunnel_src: Ipv4Addr,
+    tunnel_src6: Ipv6Addr,
 }
 
 impl LbTable {
@@ -147,16 +262,21 @@ impl LbTable {
     ) -> Result<LbTable, ConfigError> {
         crate::config::validate(cfg)?;
         let mut problems = Vec::new();
-        let neighbors: IntMap<u32, [u8; 6]> = addressing
-            .neighbors
-            .iter()
-            .map(|(ip, mac)| (u32::from(*ip), *mac))
-            .collect();
-        let next_hop = |ip: Ipv4Addr| {
-            neighbors
-                .get(&u32::from(ip))
-                .copied()
-                .or(addressing.gateway)
+        let mut neighbors: IntMap<u32, [u8; 6]> = IntMap::default();
+        let mut neighbors6: HashMap<Ipv6Addr, [u8; 6]> = HashMap::new();
+        for (ip, mac) in &addressing.neighbors {
+            match ip {
+                IpAddr::V4(ip) => neighbors.insert(u32::from(*ip), *mac),
+                IpAddr::V6(ip) => neighbors6.insert(*ip, *mac),
+            };
+        }
+        let next_hop = |ip: IpAddr| {
+            match ip {
+                IpAddr::V4(ip) => neighbors.get(&u32::from(ip)),
+                IpAddr::V6(ip) => neighbors6.get(&ip),
+            }
+            .copied()
+            .or(addressing.gateway)
         };
 
         let mut cluster_index = HashMap::new();
@@ -190,20 +310,39 @@ impl LbTable {
             cluster_index.insert(c.name.as_str(), i as u32);
             let mut backends = Vec::with_capacity(c.endpoints.len());
             for (j, e) in c.endpoints.iter().enumerate() {
-                let Some(SocketAddr::V4(addr)) = e.address.ip() else {
+                let Some(addr) = e.address.ip() else {
                     problems.push(Problem {
                         path: format!("clusters[{i}].endpoints[{j}]"),
                         line: None,
                         message: format!(
-                            "the DPDK engine forwards to IPv4 addresses only; endpoint {} is not one (no IPv6 or DNS names)",
+                            "the DPDK engine forwards to IP addresses only; endpoint {} is a DNS name",
                             e.address
                         ),
                     });
                     continue;
                 };
+                let key = backend_key(&addr);
+                if let Some(other) = backends
+                    .iter()
+                    .find(|b: &&Backend| b.key == key && b.addr != addr)
+                {
+                    problems.push(Problem {
+                        path: format!("clusters[{i}].endpoints[{j}]"),
+                        line: None,
+                        message: format!(
+                            "endpoints {addr} and {} collide in the flow table's 48-bit backend identity (or are the same endpoint twice): remove one",
+                            other.addr
+                        ),
+                    });
+                    continue;
+                }
                 backends.push(Backend {
                     addr,
-                    mac: next_hop(*addr.ip()),
+                    raw_ip: raw_ip4(ip4_of(addr)),
+                    raw_ip6: ip6_of(addr),
+                    raw_port: raw_port(addr.port()),
+                    key,
+                    mac: next_hop(addr.ip()),
                     stats: stats.packets(&format!("backend/{}/{}", c.name, addr)),
                 });
             }
@@ -225,7 +364,7 @@ impl LbTable {
             let index = backends
                 .iter()
                 .enumerate()
-                .map(|(k, b)| (pack(*b.addr.ip(), b.addr.port(), 0), k as u16))
+                .map(|(k, b)| (b.key, k as u16))
                 .collect();
             clusters.push(LbCluster {
                 name: c.name.as_str().into(),
@@ -240,24 +379,22 @@ impl LbTable {
 
         let mut vips = Vec::with_capacity(cfg.listeners.len());
         let mut by_vip: IntMap<u64, u32> = IntMap::default();
-        let mut own_ips = IntMap::default();
-        let mut vip_ips = IntMap::default();
+        let mut own_ips: IntMap<u64, ()> = IntMap::default();
+        let mut vip_ips: IntMap<u64, ()> = IntMap::default();
         let mut replies: IntMap<u64, (u32, u32, u16)> = IntMap::default();
+        let mut by_vip6: HashMap<(u128, u32), u32> = HashMap::new();
+        let mut own_ips6: HashMap<(u128, u32), ()> = HashMap::new();
+        let mut vip_ips6: HashMap<(u128, u32), ()> = HashMap::new();
+        let mut replies6: HashMap<(u128, u32), (u32, u32, u16)> = HashMap::new();
         for ip in &addressing.local_ips {
-            own_ips.insert(u32::from(*ip), ());
+            match ip {
+                IpAddr::V4(ip) => own_ips.insert(addr_key4(raw_ip4(*ip)), ()),
+                IpAddr::V6(ip) => own_ips6.insert(addr_key6(raw_ip6(*ip)), ()),
+            };
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
-            let SocketAddr::V4(addr) = l.address else {
-                problems.push(Problem {
-                    path: format!("listeners[{i}].address"),
-                    line: None,
-                    message: format!(
-                        "the DPDK engine serves IPv4 VIPs only; {} is IPv6",
-                        l.address
-                    ),
-                });
-                continue;
-            };
+            let addr = l.address;
+            let v6 = addr.is_ipv6();
             let protocol = match l.protocol {
                 Protocol::Tcp => PROTO_TCP,
                 Protocol::Udp => PROTO_UDP,
@@ -285,11 +422,34 @@ impl LbTable {
             let forwarding = l.forwarding.unwrap_or_default();
             let vip_index = vips.len() as u32;
             let cl: Box<[u32]> = names.iter().map(|n| cluster_index[n]).collect();
+            // A VIP forwards within its address family (no NAT64, no 4-in-6 tunnels).
+            for &c in cl.iter() {
+                let cluster = &clusters[c as usize];
+                if let Some(b) = cluster.backends.iter().find(|b| b.addr.is_ipv6() != v6) {
+                    problems.push(Problem {
+                        path: format!("listeners[{i}]"),
+                        line: None,
+                        message: format!(
+                            "VIP {addr} is {} but backend {} of cluster `{}` is not: the DPDK engine forwards within one address family",
+                            if v6 { "IPv6" } else { "IPv4" },
+                            b.addr,
+                            cluster.name
+                        ),
+                    });
+                }
+            }
             if forwarding == Forwarding::Dnat {
                 for &c in cl.iter() {
                     for (k, b) in clusters[c as usize].backends.iter().enumerate() {
-                        let key = pack(*b.addr.ip(), b.addr.port(), protocol);
-                        if let Some((other, _, _)) = replies.insert(key, (vip_index, c, k as u16)) {
+                        let previous = if v6 {
+                            replies6.insert(
+                                key6(b.raw_ip6, b.raw_port, protocol),
+                                (vip_index, c, k as u16),
+                            )
+                        } else {
+                            replies.insert(key4_of(b.addr, protocol), (vip_index, c, k as u16))
+                        };
+                        if let Some((other, _, _)) = previous {
                             if other != vip_index {
                                 problems.push(Problem {
                                     path: format!("listeners[{i}]"),
@@ -303,20 +463,37 @@ impl LbTable {
                         }
                     }
                 }
-            } else if addressing.tunnel_src.is_none() {
+            } else if !v6 && addressing.tunnel_src.is_none() {
                 problems.push(Problem {
                     path: format!("listeners[{i}].forwarding"),
                     line: None,
                     message: "ipip forwarding needs the tunnel source address (--dpdk-tunnel-src)"
                         .into(),
                 });
+            } else if v6 && addressing.tunnel_src6.is_none() {
+                problems.push(Problem {
+                    path: format!("listeners[{i}].forwarding"),
+                    line: None,
+                    message: "ipip forwarding of an IPv6 VIP needs the IPv6 tunnel source address (--dpdk-tunnel-src6)"
+                        .into(),
+                });
             }
-            by_vip.insert(pack(*addr.ip(), addr.port(), protocol), vip_index);
-            own_ips.insert(u32::from(*addr.ip()), ());
-            vip_ips.insert(u32::from(*addr.ip()), ());
-            vips.push(Vip {
+            if v6 {
+                let raw = ip6_of(addr);
+                by_vip6.insert(key6(raw, raw_port(addr.port()), protocol), vip_index);
+                own_ips6.insert(addr_key6(raw), ());
+                vip_ips6.insert(addr_key6(raw), ());
+            } else {
+                by_vip.insert(key4_of(addr, protocol), vip_index);
+                own_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
+                vip_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
+            }
+            let mut vip = Vip {
                 name: l.name.as_str().into(),
                 addr,
+                raw_ip: raw_ip4(ip4_of(addr)),
+                raw_ip6: ip6_of(addr),
+                raw_port: raw_port(addr.port()),
                 protocol,
                 forwarding,
                 cumulative: cumulative(&weights),
@@ -330,8 +507,11 @@ impl LbTable {
                     })
                     .as_millis()
                     .min(u128::from(u64::MAX)) as u64,
+                idle_ms32: 0,
                 stats: stats.packets(&format!("vip/{}", l.name)),
-            });
+            };
+            vip.idle_ms32 = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
+            vips.push(vip);
         }
         if !problems.is_empty() {
             return Err(ConfigError { problems });
@@ -341,18 +521,29 @@ impl LbTable {
             vips: vips.into_boxed_slice(),
             clusters: clusters.into_boxed_slice(),
             by_vip: KeyMap::build(&by_vip),
-            own_ips,
-            vip_ips,
+            own_ips: KeyMap::build(&own_ips),
+            vip_ips: KeyMap::build(&vip_ips),
             replies: KeyMap::build(&replies),
+            by_vip6: KeyMap6::build(&by_vip6),
+            own_ips6: KeyMap6::build(&own_ips6),
+            vip_ips6: KeyMap6::build(&vip_ips6),
+            replies6: KeyMap6::build(&replies6),
             neighbors,
+            neighbors6,
             gateway: addressing.gateway,
             tunnel_src: addressing.tunnel_src.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            tunnel_src6: addressing.tunnel_src6.unwrap_or(Ipv6Addr::UNSPECIFIED),
         })
     }
 
     #[inline]
     fn next_hop(&self, ip: Ipv4Addr) -> Option<[u8; 6]> {
         self.neighbors.get(&u32::from(ip)).copied().or(self.gateway)
+    }
+
+    #[inline]
+    fn next_hop6(&self, ip: Ipv6Addr) -> Option<[u8; 6]> {
+        self.neighbors6.get(&ip).copied().or(self.gateway)
     }
 
     /// The backend Maglev gives a new flow of `vip` (by its 5-tuple hash).
@@ -366,31 +557,66 @@ impl LbTable {
 
 // === flow table ===
 
-/// One worker's flow table: set-associative, buckets of [`WAYS`] 32-byte entries, each
-/// bucket one 128-byte aligned block (two cache lines, prefetched together), allocated
-/// once and marked for transparent huge pages (a 4 KiB page per bucket touched would
-/// cost a TLB miss per packet). A full bucket evicts its least recently seen entry
-/// (Katran keeps an LRU for the same reason: bounded memory under a SYN flood).
-pub struct FlowTable {
-    buckets: Box<[Bucket]>,
+/// One worker's flow table for one address family: set-associative, buckets of [`WAYS`]
+/// entries (32 bytes for IPv4 keys, 64 for IPv6), each bucket an aligned block of two or
+/// four cache lines prefetched together, allocated once and marked for transparent huge
+/// pages (a 4 KiB page per bucket touched would cost a TLB miss per packet). A full
+/// bucket evicts its least recently seen entry (Katran keeps an LRU for the same reason:
+/// bounded memory under a SYN flood).
+pub struct FlowTable<K: FlowKey = Key4> {
+    buckets: Box<[Bucket<K>]>,
     mask: usize,
     live: u64,
 }
 
 const WAYS: usize = 4;
 
+/// A flow's exact identity in the table.
+pub trait FlowKey: Copy + Default + PartialEq {
+    /// The all-zero key marks an empty slot; real keys never are.
+    fn is_empty(&self) -> bool;
+}
+
+/// IPv4: addresses in `a`; ports, protocol and a never-zero marker bit in `b` (raw).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Key4 {
+    a: u64,
+    b: u64,
+}
+
+impl FlowKey for Key4 {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.b == 0
+    }
+}
+
+/// IPv6: both addresses (raw) and `b` as for [`Key4`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Key6 {
+    src: u128,
+    dst: u128,
+    b: u64,
+}
+
+impl FlowKey for Key6 {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.b == 0
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(128))]
-struct Bucket([FlowEntry; WAYS]);
+struct Bucket<K: FlowKey>([FlowEntry<K>; WAYS]);
 
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
-struct FlowEntry {
-    /// Source and destination address; 0/0 with `key_b` 0 = empty slot.
-    key_a: u64,
-    /// Ports and protocol, bit 63 set: never 0 for a real flow.
-    key_b: u64,
-    /// The backend's `addr << 16 | port` (bits 0..48) and its cluster index (48..64):
+struct FlowEntry<K: FlowKey> {
+    key: K,
+    /// The backend's identity ([`backend_key`], bits 0..48) and its cluster index (48..64):
     /// how a flow finds its backend again after a table swap.
     backend: u64,
     /// Wrapping millisecond clock of the last packet.
@@ -400,11 +626,26 @@ struct FlowEntry {
     index: u16,
 }
 
+// Entries stay within their cache lines.
+const _: () = assert!(std::mem::size_of::<FlowEntry<Key4>>() == 32);
+const _: () = assert!(std::mem::size_of::<FlowEntry<Key6>>() == 64);
+
 const BACKEND_ADDR_MASK: u64 = (1 << 48) - 1;
 
+/// A backend's identity in 48 bits: exact for IPv4 (`addr << 16 | port`); a hash of
+/// address and port for IPv6, which `compile` checks is unique within each cluster.
 #[inline]
-fn backend_key(a: &SocketAddrV4) -> u64 {
-    (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port())
+fn backend_key(a: &SocketAddr) -> u64 {
+    match a {
+        SocketAddr::V4(a) => (u64::from(u32::from(*a.ip())) << 16) | u64::from(a.port()),
+        SocketAddr::V6(a) => {
+            let v = u128::from(*a.ip());
+            fold_mul(
+                fold_mul(v as u64 ^ 0x6a09_e667_f3bc_c908, (v >> 64) as u64),
+                u64::from(a.port()) | 1 << 32,
+            ) & BACKEND_ADDR_MASK
+        }
+    }
 }
 
 /// What the flow table says about one packet.
@@ -416,12 +657,12 @@ pub enum FlowHit {
 }
 
 /// `n` zeroed buckets, advised to use transparent huge pages before first touch.
-fn alloc_buckets(n: usize) -> Box<[Bucket]> {
-    let layout = std::alloc::Layout::array::<Bucket>(n).expect("flow table size fits memory");
+fn alloc_buckets<K: FlowKey>(n: usize) -> Box<[Bucket<K>]> {
+    let layout = std::alloc::Layout::array::<Bucket<K>>(n).expect("flow table size fits memory");
     // Not `alloc_zeroed`: with this alignment it zeroes (touches) every page at once,
     // before the advice below could apply. Advise first, then zero.
     // SAFETY: the layout has a non-zero size (n >= 1, Bucket is 128 bytes).
-    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket>();
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<Bucket<K>>();
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
@@ -443,9 +684,9 @@ fn alloc_buckets(n: usize) -> Box<[Bucket]> {
     unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(p, n)) }
 }
 
-impl FlowTable {
+impl<K: FlowKey> FlowTable<K> {
     /// `capacity` entries, rounded up to a power of two multiple of the bucket size.
-    pub fn new(capacity: usize) -> FlowTable {
+    pub fn new(capacity: usize) -> FlowTable<K> {
         let buckets = (capacity / WAYS).max(1).next_power_of_two();
         FlowTable {
             buckets: alloc_buckets(buckets),
@@ -462,31 +703,31 @@ impl FlowTable {
         self.buckets.len() * WAYS
     }
 
-    /// Start loading the bucket of `hash` (both of its cache lines).
+    /// Start loading the bucket of `hash` (all of its cache lines).
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        let p = (&self.buckets[hash as usize & self.mask] as *const Bucket).cast::<u8>();
-        prefetch(p);
-        prefetch(p.wrapping_add(64));
+        let p = (&self.buckets[hash as usize & self.mask] as *const Bucket<K>).cast::<u8>();
+        for line in 0..std::mem::size_of::<Bucket<K>>() / 64 {
+            prefetch(p.wrapping_add(line * 64));
+        }
     }
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
     /// backend by address among the VIP's clusters (gone → treated as new).
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn lookup(
         &mut self,
         t: &LbTable,
         vip: &Vip,
-        ka: u64,
-        kb: u64,
+        key: K,
         hash: u64,
         now: u32,
         idle: u32,
     ) -> FlowHit {
         let bucket = &mut self.buckets[hash as usize & self.mask];
         for e in bucket.0.iter_mut() {
-            if e.key_a != ka || e.key_b != kb {
+            if e.key != key {
                 continue;
             }
             if now.wrapping_sub(e.last_ms) > idle {
@@ -500,16 +741,15 @@ impl FlowTable {
                 && t.clusters
                     .get(c as usize)
                     .and_then(|cl| cl.backends.get(usize::from(e.index)))
-                    .is_some_and(|b| backend_key(&b.addr) == addr);
+                    .is_some_and(|b| b.key == addr);
             if !same {
                 // Cluster indices may shift between tables: look for the address in
                 // the clusters this VIP sends to now.
-                let Some((c, i)) = vip.clusters.iter().find_map(|&vc| {
-                    t.clusters[vc as usize]
-                        .index
-                        .get(&(addr << 8))
-                        .map(|&i| (vc, i))
-                }) else {
+                let Some((c, i)) = vip
+                    .clusters
+                    .iter()
+                    .find_map(|&vc| t.clusters[vc as usize].index.get(&addr).map(|&i| (vc, i)))
+                else {
                     return FlowHit::New;
                 };
                 e.backend = addr | (u64::from(c) << 48);
@@ -522,25 +762,15 @@ impl FlowTable {
         FlowHit::New
     }
 
-    /// Remember flow (`ka`, `kb`) → backend `i` of cluster `c`; true if an older flow
-    /// was evicted for it.
+    /// Remember flow `key` → backend `i` of cluster `c`; true if an older flow was
+    /// evicted for it.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        t: &LbTable,
-        ka: u64,
-        kb: u64,
-        hash: u64,
-        now: u32,
-        c: u32,
-        i: u16,
-    ) -> bool {
-        let backend = &t.clusters[c as usize].backends[i as usize].addr;
+    fn insert(&mut self, t: &LbTable, key: K, hash: u64, now: u32, c: u32, i: u16) -> bool {
+        let backend = t.clusters[c as usize].backends[i as usize].key;
         let entry = FlowEntry {
-            key_a: ka,
-            key_b: kb,
-            backend: backend_key(backend) | (u64::from(c) << 48),
+            key,
+            backend: backend | (u64::from(c) << 48),
             last_ms: now,
             epoch: t.generation as u16,
             index: i,
@@ -549,11 +779,11 @@ impl FlowTable {
         // Same key (expired or moved), else an empty slot, else the oldest.
         let mut victim = 0;
         for (w, e) in slots.iter().enumerate() {
-            if e.key_a == ka && e.key_b == kb {
+            if e.key == key {
                 slots[w] = entry;
                 return false;
             }
-            if e.key_b == 0 {
+            if e.key.is_empty() {
                 slots[w] = entry;
                 self.live += 1;
                 return false;
@@ -626,12 +856,63 @@ impl<V: Copy + Default> KeyMap<V> {
     }
 }
 
+/// [`KeyMap`] for IPv6 keys ([`key6`], [`addr_key6`]): the second half is never 0 for
+/// a real key, so 0 marks an empty slot.
+#[derive(Debug)]
+struct KeyMap6<V: Copy> {
+    slots: Box<[(u128, u32, V)]>,
+    mask: usize,
+}
+
+impl<V: Copy + Default> KeyMap6<V> {
+    fn build(items: &HashMap<(u128, u32), V>) -> KeyMap6<V> {
+        let size = (items.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![(0u128, 0u32, V::default()); size].into_boxed_slice();
+        let mask = size - 1;
+        for (&(a, b), &v) in items {
+            debug_assert!(b != 0, "0 marks an empty slot");
+            let mut i = Self::slot(a, b, mask);
+            while slots[i].1 != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = (a, b, v);
+        }
+        KeyMap6 { slots, mask }
+    }
+
+    #[inline]
+    fn slot(a: u128, b: u32, mask: usize) -> usize {
+        (fold_mul(
+            a as u64 ^ u64::from(b),
+            (a >> 64) as u64 ^ 0x9e37_79b9_7f4a_7c15,
+        ) as usize)
+            & mask
+    }
+
+    #[inline]
+    fn get(&self, (a, b): (u128, u32)) -> Option<V> {
+        let mut i = Self::slot(a, b, self.mask);
+        // At most half full: an empty slot always ends the probe.
+        loop {
+            let (ka, kb, v) = self.slots[i];
+            if ka == a && kb == b {
+                return Some(v);
+            }
+            if kb == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
 // === the worker ===
 
 /// One worker's balancer state: its flow table and the counter slot it writes.
 pub struct LbWorker {
     pub worker: usize,
-    pub flows: FlowTable,
+    pub flows: FlowTable<Key4>,
+    pub flows6: FlowTable<Key6>,
     /// Client → backend packets and bytes not yet added to their VIP's and backend's
     /// counters: runs of packets of one (VIP, cluster, backend) are added at once, at the
     /// latest when the burst ends, instead of four counter writes per packet.
@@ -661,6 +942,7 @@ impl LbWorker {
         LbWorker {
             worker,
             flows: FlowTable::new(flow_capacity),
+            flows6: FlowTable::new(flow_capacity),
             pending: Pending::default(),
         }
     }
@@ -674,14 +956,16 @@ impl LbWorker {
         pkt: &mut impl PacketBuf,
         now_ms: u64,
     ) -> Verdict {
-        let v = self.process_one(t, port, pkt, now_ms, None);
+        let v = self.process_one(t, port, pkt, now_ms);
         self.flush(t);
         v
     }
 
     /// [`LbWorker::process`] for a burst of up to [`MAX_BURST`] frames, `verdicts[i]` for
-    /// `pkts[i]`: a first pass hashes every frame's 5-tuple and prefetches its flow-table
-    /// bucket, so the lookups of the second pass find their cache lines loaded.
+    /// `pkts[i]`, in two stages (VPP-style): the first parses every IPv4 TCP/UDP frame
+    /// once into a [`Flow4`], hashes it and prefetches its flow-table bucket; the second
+    /// decides and rewrites, finding those cache lines loaded. Anything else (ARP, ICMP,
+    /// bad or foreign frames) takes the frame-by-frame path in the second stage.
     pub fn process_burst<B: PacketBuf>(
         &mut self,
         t: &LbTable,
@@ -691,15 +975,23 @@ impl LbWorker {
         now_ms: u64,
     ) {
         let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
-        let mut hashes = [None; MAX_BURST];
-        for (p, h) in pkts[..n].iter_mut().zip(hashes.iter_mut()) {
-            *h = peek_flow_hash(p.data());
-            if let Some(h) = *h {
-                self.flows.prefetch(h);
+        let mut flows = [Flow4::default(); MAX_BURST];
+        for (p, f) in pkts[..n].iter_mut().zip(flows.iter_mut()) {
+            let d = p.data();
+            if d.len() >= ETH_HEADER_LEN && be16_at(d, 12) == ETHERTYPE_IPV4 {
+                if let Ok(mut fl) = parse4(d) {
+                    fl.hash = hash4(keys4(fl.src, fl.dst, fl.ports, fl.protocol));
+                    self.flows.prefetch(fl.hash);
+                    *f = fl;
+                }
             }
         }
-        for ((p, v), h) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(hashes) {
-            *v = self.process_one(t, port, p, now_ms, h);
+        for ((p, v), f) in pkts[..n].iter_mut().zip(verdicts.iter_mut()).zip(flows) {
+            *v = if f.protocol != 0 {
+                self.tcp_udp4(t, port, p, f, now_ms)
+            } else {
+                self.process_one(t, port, p, now_ms)
+            };
         }
         self.flush(t);
     }
@@ -733,93 +1025,100 @@ impl LbWorker {
         p.bytes += bytes;
     }
 
-    /// One frame; `hash` is its 5-tuple hash when the caller already has it (the same
-    /// bytes `peek_flow_hash` read, which this function then validates).
-    #[inline]
+    /// One frame, whatever it holds.
+    #[inline(never)]
     fn process_one(
         &mut self,
         t: &LbTable,
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
         now_ms: u64,
-        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let st = port.stats;
         let data = pkt.data();
-        let Ok(eth) = EthernetFrame::new_checked(&mut *data) else {
+        let Ok(eth) = EthernetFrame::new_checked(&*data) else {
             st.inc(w, C::DropTruncated);
             return Verdict::Drop;
         };
         match eth.ethertype() {
-            ETHERTYPE_IPV4 => {}
-            ETHERTYPE_ARP => return self.arp(t, port, data),
+            ETHERTYPE_IPV4 => self.ipv4(t, port, pkt, now_ms),
+            ETHERTYPE_IPV6 => self.ipv6(t, port, pkt, now_ms),
+            ETHERTYPE_ARP => self.arp(t, port, data),
             _ => {
                 st.inc(w, C::ExceptionNonIp);
-                return Verdict::Exception;
+                Verdict::Exception
             }
         }
-        let ip = match Ipv4Packet::new_checked(&data[ETH_HEADER_LEN..]) {
-            Ok(ip) => ip,
-            Err(WireError::Truncated) => {
-                st.inc(w, C::DropTruncated);
-                return Verdict::Drop;
+    }
+
+    /// An IPv4 frame (Ethernet header checked).
+    fn ipv4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        now_ms: u64,
+    ) -> Verdict {
+        let w = self.worker;
+        let st = port.stats;
+        match parse4(pkt.data()) {
+            Ok(mut f) => {
+                f.hash = hash4(keys4(f.src, f.dst, f.ports, f.protocol));
+                self.tcp_udp4(t, port, pkt, f, now_ms)
             }
-            Err(_) => {
-                st.inc(w, C::DropBadIpHeader);
-                return Verdict::Drop;
+            Err(Not4::Drop(c)) => {
+                st.inc(w, c);
+                Verdict::Drop
             }
-        };
-        if !ip.verify_checksum() {
-            st.inc(w, C::DropBadChecksum);
+            Err(Not4::Exception(c)) => {
+                st.inc(w, c);
+                Verdict::Exception
+            }
+            Err(Not4::Icmp { dst, hlen, total }) => {
+                if t.own_ips.get(addr_key4(dst)).is_some() {
+                    return self.icmp_echo(port, pkt.data(), hlen, total);
+                }
+                st.inc(w, C::ExceptionOther);
+                Verdict::Exception
+            }
+        }
+    }
+
+    /// An IPv4 TCP/UDP packet parsed by [`parse4`]: to a VIP, a DNAT reply, or neither.
+    #[inline(always)]
+    fn tcp_udp4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        f: Flow4,
+        now_ms: u64,
+    ) -> Verdict {
+        let w = self.worker;
+        if let Some(v) = t.by_vip.get(key4(f.dst, f.dport, f.protocol)) {
+            return self.forward_to_backend(t, port, pkt, f, v, now_ms);
+        }
+        self.not_to_a_vip4(t, port, pkt.data(), f, w)
+    }
+
+    #[inline(never)]
+    fn not_to_a_vip4(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        data: &mut [u8],
+        f: Flow4,
+        w: usize,
+    ) -> Verdict {
+        if t.vip_ips.get(addr_key4(f.dst)).is_some() {
+            port.stats.inc(w, C::DropUnknownVip);
             return Verdict::Drop;
         }
-        if ip.is_fragment() {
-            st.inc(w, C::ExceptionFragment);
-            return Verdict::Exception;
+        if let Some((v, c, b)) = t.replies.get(key4(f.src, f.sport, f.protocol)) {
+            return self.reply(t, port, data, f, v, c, b);
         }
-        let (src, dst, protocol, hlen, total) = (
-            ip.src(),
-            ip.dst(),
-            ip.protocol(),
-            ip.header_len(),
-            ip.total_len(),
-        );
-        let dst_key = u32::from(dst);
-        if protocol == PROTO_ICMP {
-            if t.own_ips.contains_key(&dst_key) {
-                return self.icmp_echo(port, data, hlen, total);
-            }
-            st.inc(w, C::ExceptionOther);
-            return Verdict::Exception;
-        }
-        if protocol != PROTO_TCP && protocol != PROTO_UDP {
-            st.inc(w, C::ExceptionOther);
-            return Verdict::Exception;
-        }
-        let l4_at = ETH_HEADER_LEN + hlen;
-        let Ok(l4) = L4Header::new_checked(&data[l4_at..ETH_HEADER_LEN + total], protocol) else {
-            st.inc(w, C::DropTruncated);
-            return Verdict::Drop;
-        };
-        let flow = FlowRepr {
-            src,
-            dst,
-            protocol,
-            src_port: l4.src_port(),
-            dst_port: l4.dst_port(),
-        };
-        if let Some(v) = t.by_vip.get(pack(dst, flow.dst_port, protocol)) {
-            return self.forward_to_backend(t, port, pkt, &flow, v, total, now_ms, hash);
-        }
-        if t.vip_ips.contains_key(&dst_key) {
-            st.inc(w, C::DropUnknownVip);
-            return Verdict::Drop;
-        }
-        if let Some((v, c, b)) = t.replies.get(pack(src, flow.src_port, protocol)) {
-            return self.reply(t, port, data, &flow, v, c, b, hlen, total);
-        }
-        st.inc(w, C::ExceptionOther);
+        port.stats.inc(w, C::ExceptionOther);
         Verdict::Exception
     }
 
@@ -829,7 +1128,8 @@ impl LbWorker {
             port.stats.inc(w, C::ExceptionNonIp);
             return Verdict::Exception;
         };
-        if arp.operation() != ARP_REQUEST || !t.own_ips.contains_key(&u32::from(arp.target_ip())) {
+        let target = addr_key4(raw_ip4(arp.target_ip()));
+        if arp.operation() != ARP_REQUEST || t.own_ips.get(target).is_none() {
             port.stats.inc(w, C::ExceptionNonIp);
             return Verdict::Exception;
         }
@@ -861,66 +1161,52 @@ impl LbWorker {
         Verdict::Forward
     }
 
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn forward_to_backend(
         &mut self,
         t: &LbTable,
         port: &PortCtx,
         pkt: &mut impl PacketBuf,
-        f: &FlowRepr,
+        f: Flow4,
         v: u32,
-        total: usize,
         now: u64,
-        hash: Option<u64>,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let hash = hash.unwrap_or_else(|| {
-            maglev::hash_flow(
-                u32::from(f.src),
-                u32::from(f.dst),
-                f.src_port,
-                f.dst_port,
-                f.protocol,
-            )
-        });
-        let ka = (u64::from(u32::from(f.src)) << 32) | u64::from(u32::from(f.dst));
-        let kb = (u64::from(f.src_port) << 32)
-            | (u64::from(f.dst_port) << 16)
-            | u64::from(f.protocol)
-            | 1 << 63;
+        let key = keys4(f.src, f.dst, f.ports, f.protocol);
+        let hash = f.hash;
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
-        let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
-        let (c, b) = match self.flows.lookup(t, vip, ka, kb, hash, now, idle) {
+        let idle = vip.idle_ms32;
+        let (c, b) = match self.flows.lookup(t, vip, key, hash, now, idle) {
             FlowHit::Known(c, b) => (c, b),
             FlowHit::New => {
                 let (c, b) = t.pick(vip, hash);
-                if self.flows.insert(t, ka, kb, hash, now, c, b) {
+                if self.flows.insert(t, key, hash, now, c, b) {
                     port.stats.inc(w, C::FlowEvictions);
                 }
-                port.stats.set(w, C::FlowTableEntries, self.flows.live());
-                vip.stats.inc(w, P::FlowsNew);
-                t.clusters[c as usize].backends[b as usize]
-                    .stats
-                    .inc(w, P::FlowsNew);
-                (c, b)
+                self.new_flow(t, port, vip, c, b)
             }
         };
         let be = &t.clusters[c as usize].backends[b as usize];
-        let (Some(mac), backend) = (be.mac, be.addr) else {
+        let Some(mac) = be.mac else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
         };
+        let total = usize::from(f.total);
         self.count(t, v, c, b, total as u64);
         match vip.forwarding {
             Forwarding::Dnat => {
                 let data = pkt.data();
-                let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_HEADER_LEN..]);
-                ip.set_dst(*backend.ip());
-                let mut l4 = L4Header::new_unchecked(ip.payload_mut(), f.protocol);
-                l4.update_for_addr(f.dst, *backend.ip());
-                l4.set_dst_port(backend.port());
+                ipv4_nat(
+                    &mut data[ETH_HEADER_LEN..],
+                    usize::from(f.hlen),
+                    f.protocol,
+                    Side::Dst,
+                    be.raw_ip,
+                    be.raw_port,
+                );
                 let mut eth = EthernetFrame::new_unchecked(data);
                 eth.set_dst(mac);
                 eth.set_src(port.mac);
@@ -943,11 +1229,28 @@ impl LbWorker {
                     outer_len as u16,
                     PROTO_IPIP,
                     t.tunnel_src,
-                    *backend.ip(),
+                    ip4_of(be.addr),
                 );
             }
         }
         Verdict::Forward
+    }
+
+    /// Count a flow Maglev just placed (new, or its backend left).
+    #[cold]
+    #[inline(never)]
+    fn new_flow(&mut self, t: &LbTable, port: &PortCtx, vip: &Vip, c: u32, b: u16) -> (u32, u16) {
+        let w = self.worker;
+        port.stats.set(
+            w,
+            C::FlowTableEntries,
+            self.flows.live() + self.flows6.live(),
+        );
+        vip.stats.inc(w, P::FlowsNew);
+        t.clusters[c as usize].backends[b as usize]
+            .stats
+            .inc(w, P::FlowsNew);
+        (c, b)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -956,28 +1259,30 @@ impl LbWorker {
         t: &LbTable,
         port: &PortCtx,
         data: &mut [u8],
-        f: &FlowRepr,
+        f: Flow4,
         v: u32,
         c: u32,
         b: u16,
-        _hlen: usize,
-        total: usize,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let Some(mac) = t.next_hop(f.dst) else {
+        let client = Ipv4Addr::from(f.dst.to_ne_bytes());
+        let Some(mac) = t.next_hop(client) else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
         };
-        let mut ip = Ipv4Packet::new_unchecked(&mut data[ETH_HEADER_LEN..]);
-        ip.set_src(*vip.addr.ip());
-        let mut l4 = L4Header::new_unchecked(ip.payload_mut(), f.protocol);
-        l4.update_for_addr(f.src, *vip.addr.ip());
-        l4.set_src_port(vip.addr.port());
+        ipv4_nat(
+            &mut data[ETH_HEADER_LEN..],
+            usize::from(f.hlen),
+            f.protocol,
+            Side::Src,
+            vip.raw_ip,
+            vip.raw_port,
+        );
         let mut eth = EthernetFrame::new_unchecked(data);
         eth.set_dst(mac);
         eth.set_src(port.mac);
-        let bytes = total as u64;
+        let bytes = u64::from(f.total);
         vip.stats.inc(w, P::ReplyPackets);
         vip.stats.add(w, P::ReplyBytes, bytes);
         let backend = &t.clusters[c as usize].backends[b as usize];
@@ -987,24 +1292,81 @@ impl LbWorker {
     }
 }
 
-/// The 5-tuple hash of an IPv4 TCP/UDP frame read at fixed offsets without validation
-/// (only to prefetch; [`LbWorker::process`] checks everything), or `None` when the frame
-/// is too short or not IPv4.
-#[inline]
-fn peek_flow_hash(d: &[u8]) -> Option<u64> {
-    if d.len() < ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN || d[12..14] != [0x08, 0x00] {
-        return None;
+/// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
+/// natively) and passed by value: built from registers, never re-read through memory.
+/// `protocol` 0 marks "not parsed" in [`LbWorker::process_burst`].
+#[derive(Clone, Copy, Default)]
+struct Flow4 {
+    src: u32,
+    dst: u32,
+    /// Both ports as one load, and each alone.
+    ports: u32,
+    sport: u16,
+    dport: u16,
+    protocol: u8,
+    hlen: u8,
+    total: u16,
+    /// [`hash4`] of the flow keys, once computed.
+    hash: u64,
+}
+
+/// Why an IPv4 frame is not a TCP/UDP packet for the balancer, with its counter.
+#[derive(Clone, Copy)]
+enum Not4 {
+    Drop(C),
+    Exception(C),
+    /// ICMP to `dst` (raw): an echo request to us is answered.
+    Icmp {
+        dst: u32,
+        hlen: usize,
+        total: usize,
+    },
+}
+
+#[inline(always)]
+fn be16_at(d: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([d[at], d[at + 1]])
+}
+
+/// Parse and check an Ethernet + IPv4 frame (`d.len() >= ETH_HEADER_LEN`) down to the
+/// TCP/UDP ports: header, lengths, header checksum, fragment, protocol, L4 length.
+#[inline(always)]
+fn parse4(d: &[u8]) -> Result<Flow4, Not4> {
+    let ip = match Ipv4Packet::new_checked(&d[ETH_HEADER_LEN..]) {
+        Ok(ip) => ip,
+        Err(WireError::Truncated) => return Err(Not4::Drop(C::DropTruncated)),
+        Err(_) => return Err(Not4::Drop(C::DropBadIpHeader)),
+    };
+    if !ip.verify_checksum() {
+        return Err(Not4::Drop(C::DropBadChecksum));
     }
-    let l4 = ETH_HEADER_LEN + usize::from(d[ETH_HEADER_LEN] & 0x0f) * 4;
-    let ports = d.get(l4..l4 + 4)?;
-    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
-    Some(maglev::hash_flow(
-        be32(26),
-        be32(30),
-        u16::from_be_bytes([ports[0], ports[1]]),
-        u16::from_be_bytes([ports[2], ports[3]]),
-        d[23],
-    ))
+    if ip.is_fragment() {
+        return Err(Not4::Exception(C::ExceptionFragment));
+    }
+    let (protocol, hlen, total) = (ip.protocol(), ip.header_len(), ip.total_len());
+    let dst = ne32(d, ETH_HEADER_LEN + 16);
+    if protocol == PROTO_ICMP {
+        return Err(Not4::Icmp { dst, hlen, total });
+    }
+    if protocol != PROTO_TCP && protocol != PROTO_UDP {
+        return Err(Not4::Exception(C::ExceptionOther));
+    }
+    let l4_at = ETH_HEADER_LEN + hlen;
+    if L4Header::new_checked(&d[l4_at..ETH_HEADER_LEN + total], protocol).is_err() {
+        return Err(Not4::Drop(C::DropTruncated));
+    }
+    let ports = ne32(d, l4_at);
+    Ok(Flow4 {
+        src: ne32(d, ETH_HEADER_LEN + 12),
+        dst,
+        ports,
+        sport: ne16(d, l4_at),
+        dport: ne16(d, l4_at + 2),
+        protocol,
+        hlen: hlen as u8,
+        total: total as u16,
+        hash: 0,
+    })
 }
 
 /// A heap packet with headroom, standing in for an mbuf in tests, benches and fuzzing.
@@ -1038,6 +1400,10 @@ impl PacketBuf for VecPacket {
         self.start -= n;
         true
     }
+    fn resize(&mut self, len: usize) -> bool {
+        self.buf.resize(self.start + len, 0);
+        true
+    }
 }
 
 /// The fuzz target's body (`fuzz/fuzz_targets/packet.rs`): run `frame` through a fixed
@@ -1057,9 +1423,13 @@ pub fn fuzz_one(frame: &[u8]) {
             .expect("the fuzz fixture config is valid");
         let stats = StatsRegistry::new(1);
         let addressing = LbAddressing {
-            local_ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            local_ips: vec![
+                Ipv4Addr::new(10, 0, 0, 1).into(),
+                "2001:db8::1".parse().expect("a valid address"),
+            ],
             tunnel_src: Some(Ipv4Addr::new(10, 0, 0, 1)),
-            neighbors: vec![(Ipv4Addr::new(10, 1, 0, 1), [2, 0, 0, 0, 1, 1])],
+            tunnel_src6: Some("2001:db8::1".parse().expect("a valid address")),
+            neighbors: vec![(Ipv4Addr::new(10, 1, 0, 1).into(), [2, 0, 0, 0, 1, 1])],
             gateway: Some([2, 0, 0, 0, 0, 0xfe]),
         };
         Fixture {
@@ -1074,12 +1444,21 @@ pub fn fuzz_one(frame: &[u8]) {
         mac: [2, 0, 0, 0, 0, 1],
         stats: &f.port,
     };
-    let l4_before = l4_checksum_ok(frame);
+    let l4_before = l4_checksum_ok(frame).or_else(|| l4_checksum6_ok(frame));
     let mut w = f.worker.lock().unwrap_or_else(|p| p.into_inner());
     if w.process(&f.table, &ctx, &mut pkt, 1) == Verdict::Forward {
         let out = pkt.frame();
         let eth = EthernetFrame::new_checked(out).expect("forwarded frame has an Ethernet header");
-        if eth.ethertype() == ETHERTYPE_IPV4 {
+        if eth.ethertype() == ETHERTYPE_IPV6 {
+            let ip = Ipv6Packet::new_checked(eth.payload()).expect("forwarded IPv6 parses");
+            if ip.next_header() != PROTO_IPV6 {
+                assert_eq!(
+                    l4_checksum6_ok(out),
+                    l4_before,
+                    "the IPv6 TCP/UDP/ICMPv6 checksum survives the rewrite"
+                );
+            }
+        } else if eth.ethertype() == ETHERTYPE_IPV4 {
             let ip = Ipv4Packet::new_checked(eth.payload()).expect("forwarded IPv4 parses");
             assert!(
                 ip.verify_checksum(),
@@ -1120,16 +1499,41 @@ fn l4_checksum_ok(frame: &[u8]) -> Option<bool> {
     Some(l4_checksum(ip.src(), ip.dst(), proto, ip.payload()) == 0)
 }
 
+/// Whether `frame` is IPv6 TCP/UDP/ICMPv6 (no extension headers) whose checksum
+/// verifies; `None` when it is not such a packet. (An answered Neighbor Solicitation or
+/// echo request is a new message: its checksum must verify whenever the request's did.)
+fn l4_checksum6_ok(frame: &[u8]) -> Option<bool> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != ETHERTYPE_IPV6 {
+        return None;
+    }
+    let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+    let nh = ip.next_header();
+    if nh != PROTO_TCP && nh != PROTO_UDP && nh != PROTO_ICMPV6 {
+        return None;
+    }
+    if nh == PROTO_UDP && ip.payload().len() >= 8 && ip.payload()[6..8] == [0, 0] {
+        return None;
+    }
+    let (src, dst) = (ip.src().octets(), ip.dst().octets());
+    Some(l4_checksum6(&src, &dst, nh, ip.payload()) == 0)
+}
+
 const FUZZ_CONFIG: &str = r#"
 listeners:
   - {name: web, address: "10.0.0.100:80", cluster: pool}
   - {name: dns, address: "10.0.0.100:53", protocol: udp, cluster: dnspool}
   - {name: dsr, address: "10.0.0.101:443", cluster: tunnel, forwarding: ipip}
+  - {name: web6, address: "[2001:db8::100]:80", cluster: pool6}
+  - {name: dsr6, address: "[2001:db8::101]:443", cluster: tunnel6, forwarding: ipip}
 clusters:
+  - {name: pool6, endpoints: ["[2001:db8:1::1]:8080", "[2001:db8:1::2]:8080"]}
+  - {name: tunnel6, endpoints: ["[2001:db8:3::1]:443"]}
   - {name: pool, endpoints: ["10.1.0.1:8080", "10.1.0.2:8080"]}
   - {name: dnspool, endpoints: ["10.2.0.1:5353"]}
   - {name: tunnel, endpoints: ["10.3.0.1:443", "10.3.0.2:443"]}
 "#;
 
+mod ipv6;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ pub mod runtime;
 #[cfg(feature = "dpdk")]
 pub use runtime::run;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb::LbAddressing;
 
@@ -56,12 +56,16 @@ pub struct DpdkArgs {
     /// The port (by DPDK name, e.g. `net_tap0`) that hands non-balanced traffic to the kernel.
     #[arg(long, value_name = "NAME")]
     pub dpdk_exception_port: Option<String>,
-    /// An address of the balancer itself: answered for ARP and ICMP echo (repeatable).
+    /// An address of the balancer itself (IPv4 or IPv6): answered for ARP / Neighbor
+    /// Solicitation and ICMP echo (repeatable).
     #[arg(long, value_name = "IP")]
-    pub dpdk_local_ip: Vec<Ipv4Addr>,
-    /// Outer source address for `forwarding: ipip` VIPs.
+    pub dpdk_local_ip: Vec<IpAddr>,
+    /// Outer source address for `forwarding: ipip` IPv4 VIPs.
     #[arg(long, value_name = "IP")]
     pub dpdk_tunnel_src: Option<Ipv4Addr>,
+    /// Outer source address for `forwarding: ipip` IPv6 VIPs (IPv6-in-IPv6).
+    #[arg(long, value_name = "IPV6")]
+    pub dpdk_tunnel_src6: Option<Ipv6Addr>,
     /// A static next hop, `IP=MAC` (repeatable).
     #[arg(long, value_name = "IP=MAC")]
     pub dpdk_neighbor: Vec<String>,
@@ -107,8 +111,8 @@ impl DpdkArgs {
             let (ip, mac) = n
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("--dpdk-neighbor `{n}`: write IP=MAC"))?;
-            let ip: Ipv4Addr = ip.parse().map_err(|_| {
-                anyhow::anyhow!("--dpdk-neighbor `{n}`: `{ip}` is not an IPv4 address")
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                anyhow::anyhow!("--dpdk-neighbor `{n}`: `{ip}` is not an IP address")
             })?;
             let mac = parse_mac(mac).map_err(|e| anyhow::anyhow!("--dpdk-neighbor: {e}"))?;
             neighbors.push((ip, mac));
@@ -122,6 +126,7 @@ impl DpdkArgs {
         Ok(LbAddressing {
             local_ips: self.dpdk_local_ip.clone(),
             tunnel_src: self.dpdk_tunnel_src,
+            tunnel_src6: self.dpdk_tunnel_src6,
             neighbors,
             gateway,
         })

@@ -286,14 +286,35 @@ impl Burst {
         Mbuf(NonNull::new(p).expect("rx burst slots below len are non-null"))
     }
 
-    /// Prefetch mbuf `i`'s packet data (it is going to be parsed soon).
+    /// Prefetch mbuf `i`'s packet data (it is going to be parsed soon); returns its
+    /// length in bytes (0 past the burst's end).
     #[inline]
-    pub fn prefetch(&self, i: usize) {
+    pub fn prefetch(&self, i: usize) -> usize {
         if i < self.len {
-            // SAFETY: a received mbuf below len is valid; computing its data address reads
-            // only the mbuf header, and prefetching any address is harmless.
-            unsafe { prefetch0(mtod(self.bufs[i])) }
+            let m = self.bufs[i];
+            // SAFETY: a received mbuf below len is valid (not yet taken: callers prefetch
+            // before they take); computing its data address reads only the mbuf header,
+            // and prefetching any address is harmless.
+            unsafe {
+                prefetch0(mtod(m));
+                usize::from((*m).data_len)
+            }
+        } else {
+            0
         }
+    }
+
+    /// The received mbufs, in place, for the balancer to rewrite before they are taken
+    /// (no copy of the burst into another container).
+    #[inline]
+    pub fn mbufs_mut(&mut self) -> &mut [Mbuf] {
+        debug_assert!(self.bufs[..self.len].iter().all(|m| !m.is_null()));
+        // SAFETY: `Mbuf` is `repr(transparent)` over `NonNull<rte_mbuf>`, laid out as a
+        // `*mut rte_mbuf`; the first `len` slots hold non-null mbufs this burst owns
+        // (received, none taken yet: callers take only after this borrow ends). The
+        // slice borrows the burst mutably, so no slot is emptied while it lives, and any
+        // `Mbuf` swapped in through it is owned by the burst from then on.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.as_mut_ptr().cast::<Mbuf>(), self.len) }
     }
 
     /// Queue an mbuf for transmission (the burst must not be full: callers flush at BURST).
@@ -384,6 +405,7 @@ fn prefetch0(p: *const u8) {
 }
 
 /// One owned mbuf. Freed on drop unless handed to a TX burst.
+#[repr(transparent)]
 pub struct Mbuf(NonNull<sys::rte_mbuf>);
 
 impl Mbuf {
@@ -416,6 +438,21 @@ impl PacketBuf for Mbuf {
         };
         // SAFETY: owned mbuf; prepend checks headroom and returns NULL without it.
         !unsafe { sys::tm_pktmbuf_prepend(self.0.as_ptr(), n) }.is_null()
+    }
+    fn resize(&mut self, len: usize) -> bool {
+        let Ok(len) = u16::try_from(len) else {
+            return false;
+        };
+        let have = self.len() as u16;
+        // SAFETY: owned single-segment mbuf; append checks tailroom (NULL without it),
+        // trim checks the length (-1 when too long); both keep pkt_len in step.
+        unsafe {
+            if len >= have {
+                !sys::tm_pktmbuf_append(self.0.as_ptr(), len - have).is_null()
+            } else {
+                sys::tm_pktmbuf_trim(self.0.as_ptr(), have - len) == 0
+            }
+        }
     }
 }
 

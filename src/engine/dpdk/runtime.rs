@@ -21,7 +21,7 @@ use dpdk_sys as sys;
 
 use super::eal::{eal_args, Eal};
 use super::lb::{LbAddressing, LbTable, LbWorker, PortCtx, Verdict};
-use super::port::{port_socket, probed_ports, Burst, Mbuf, Mempool, Port, BURST};
+use super::port::{port_socket, probed_ports, Burst, Mempool, Port, BURST};
 use crate::config::{self, Config};
 use crate::control::{ControlPlane, ControlSocket, PacketTables, StagedTables, StateDir};
 use crate::daemon::DaemonOptions;
@@ -385,8 +385,6 @@ fn worker_loop(ctx: &WorkerCtx) {
     let mut rx = Burst::default();
     let mut fwd = Burst::default();
     let mut exc = Burst::default();
-    // Reused every burst: allocated once here, never on the path.
-    let mut pkts: Vec<Mbuf> = Vec::with_capacity(BURST);
     let mut verdicts = [Verdict::Drop; BURST];
     // SAFETY: plain query once the EAL runs.
     let hz = unsafe { sys::rte_get_tsc_hz() };
@@ -409,24 +407,20 @@ fn worker_loop(ctx: &WorkerCtx) {
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
             // Every frame's first cache line at once: the burst's loads overlap.
-            for i in 0..n {
-                rx.prefetch(i);
-            }
             let mut bytes = 0u64;
             for i in 0..n {
-                let m = rx.take(i);
-                bytes += m.len() as u64;
-                pkts.push(m);
+                bytes += rx.prefetch(i) as u64;
             }
-            rx.reset();
-            lb.process_burst(&table, &pctx, &mut pkts, &mut verdicts[..n], now);
-            for (m, v) in pkts.drain(..).zip(verdicts.iter()) {
+            lb.process_burst(&table, &pctx, rx.mbufs_mut(), &mut verdicts[..n], now);
+            for (i, v) in verdicts[..n].iter().enumerate() {
+                let m = rx.take(i);
                 match v {
                     Verdict::Forward => fwd.push(m),
                     Verdict::Exception if ctx.exception.is_some() => exc.push(m),
                     Verdict::Exception | Verdict::Drop => drop(m),
                 }
             }
+            rx.reset();
             stats.add(w, C::RxPackets, n as u64);
             stats.add(w, C::RxBytes, bytes);
             let (sent, sent_bytes, dropped) = fwd.tx(*port, q);
@@ -500,6 +494,9 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
     let Some(vip) = table.vips.first() else {
         bail!("--dpdk-bench-prime needs a listener (VIP) in the config");
     };
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        bail!("--dpdk-bench-prime sends IPv4 frames: make the first listener an IPv4 VIP");
+    };
     let proto = vip.protocol;
     for p in &e.ports {
         wait_link(p)?;
@@ -519,7 +516,7 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
             let mut k = 0;
             while !burst.is_full() && sent + k < n {
                 let i = (sent + k) as u32;
-                let f = bench_frame(p.mac, proto, i, *vip.addr.ip(), vip.addr.port());
+                let f = bench_frame(p.mac, proto, i, *va.ip(), va.port());
                 let m = pool
                     .alloc_frame(&f)
                     .ok_or_else(|| anyhow::anyhow!("mbuf pool exhausted while priming"))?;
@@ -555,6 +552,9 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     let Some(vip) = table.vips.first() else {
         bail!("--dpdk-bench-ping needs a listener (VIP) in the config");
     };
+    let std::net::SocketAddr::V4(va) = vip.addr else {
+        bail!("--dpdk-bench-ping sends IPv4 frames: make the first listener an IPv4 VIP");
+    };
     let Some(p) = e.ports.first() else {
         bail!("--dpdk-bench-ping needs a port");
     };
@@ -572,7 +572,7 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     let mut rx = Burst::default();
     let (warm, mut lost, mut extra) = (1000usize, 0u64, 0u64);
     let frames: Vec<Vec<u8>> = (0..1024u32)
-        .map(|i| bench_frame(p.mac, vip.protocol, i, *vip.addr.ip(), vip.addr.port()))
+        .map(|i| bench_frame(p.mac, vip.protocol, i, *va.ip(), va.port()))
         .collect();
     for i in 0..warm + n {
         let m = pool

@@ -1,5 +1,6 @@
 //! Zero-copy packet views and validated representations for the packet load balancer:
-//! Ethernet II, ARP (RFC 826), IPv4 (RFC 791), ICMP echo (RFC 792), TCP/UDP ports.
+//! Ethernet II, ARP (RFC 826), IPv4 (RFC 791), ICMP echo (RFC 792), IPv6 (RFC 8200), ICMPv6
+//! echo (RFC 4443) and Neighbor Advertisement (RFC 4861), TCP/UDP ports.
 //!
 //! The contract (smoltcp's): a view is made with `new_checked`, which checks every length
 //! its accessors rely on, so no accessor panics on any input afterwards. Views never
@@ -8,9 +9,10 @@
 //! RFC 1624 eqn. 3, so a rewrite never re-reads the payload.
 //!
 //! Not implemented: IPv4 options are carried but never interpreted; VLAN tags are not
-//! parsed (a tagged frame is a non-IPv4 ethertype and goes to the exception path); IPv6.
+//! parsed (a tagged frame is a non-IP ethertype and goes to the exception path); IPv6
+//! extension headers are recognised, not walked.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Why a frame was not understood. Small and `Copy`: returned per packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,66 @@ fn fold(mut sum: u32) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
+}
+
+// Native-order words. RFC 1071 §2(B): the ones'-complement sum is byte-order
+// independent, so the hot path loads header words in the machine's order, sums, updates
+// and stores them back without swapping a byte; only values compared with config (which
+// compile stores in the same raw form) must agree on it.
+
+/// The 4 bytes at `at` as the machine loads them (no byte swap).
+#[inline(always)]
+pub fn ne32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(w)
+}
+
+/// The 2 bytes at `at` as the machine loads them (no byte swap).
+#[inline(always)]
+pub fn ne16(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+
+#[inline(always)]
+pub fn put_ne32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+#[inline(always)]
+pub fn put_ne16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_ne_bytes());
+}
+
+/// An IPv4 address in its raw (wire-order, natively loaded) form, as [`ne32`] reads it.
+#[inline]
+pub fn raw_ip4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// A port in its raw form, as [`ne16`] reads it.
+#[inline]
+pub fn raw_port(p: u16) -> u16 {
+    u16::from_ne_bytes(p.to_be_bytes())
+}
+
+/// Fold a ones'-complement sum kept in 64 bits to 16 bits, branch-free. Words of 32 bits
+/// may be added whole: 2^16 ≡ 1 (mod 2^16 - 1), so a 32-bit word counts as its two
+/// halves.
+#[inline(always)]
+pub fn fold64(s: u64) -> u16 {
+    let s = (s & 0xffff_ffff) + (s >> 32); // < 2^33
+    let s = (s & 0xffff) + (s >> 16); // < 2^17 + 2^16
+    let s = (s & 0xffff) + (s >> 16); // <= 0x10001
+    let s = (s & 0xffff) + (s >> 16); // <= 0xffff
+    s as u16
+}
+
+/// RFC 1624 eqn. 3 over native words: `HC' = ~(~HC + sum(~m) + sum(m'))`, where
+/// `delta` already holds `sum(~m) + sum(m')` (32-bit words may be added whole).
+#[inline(always)]
+pub fn csum_adjust(hc: u16, delta: u64) -> u16 {
+    !fold64(u64::from(!hc) + delta)
 }
 
 /// RFC 1624 eqn. 3: the checksum after one 16-bit word changes from `old` to `new`:
@@ -271,9 +333,23 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn dst(&self) -> Ipv4Addr {
         ip_at(self.buf.as_ref(), 16)
     }
-    #[inline]
+    /// The header checksum verifies (RFC 1071), summed in native 32-bit words (the
+    /// header length is a multiple of 4).
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
-        ones_sum(&self.buf.as_ref()[..self.header_len()]) == 0xffff
+        let b = self.buf.as_ref();
+        let h = self.header_len();
+        let mut s = u64::from(ne32(b, 0))
+            + u64::from(ne32(b, 4))
+            + u64::from(ne32(b, 8))
+            + u64::from(ne32(b, 12))
+            + u64::from(ne32(b, 16));
+        let mut at = IPV4_MIN_HEADER_LEN;
+        while at < h {
+            s += u64::from(ne32(b, at));
+            at += 4;
+        }
+        fold64(s) == 0xffff
     }
     /// The bytes after the header, up to the total length.
     #[inline]
@@ -335,8 +411,239 @@ pub fn emit_ipv4_header(
     b[12..16].copy_from_slice(&src.octets());
     b[16..20].copy_from_slice(&dst.octets());
     put16(b, 10, 0);
-    let c = !ones_sum(&b[..20]);
-    put16(b, 10, c);
+    let s: u64 = (0..20).step_by(4).map(|at| u64::from(ne32(b, at))).sum();
+    put_ne16(b, 10, !fold64(s));
+}
+
+/// Which end of a flow a NAT rewrite changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+/// Rewrite the source or destination address and port of an IPv4 TCP/UDP packet in
+/// place (`ip` starts at the IPv4 header, `hlen` is its length, the L4 header was checked
+/// by [`L4Header::new_checked`]): one RFC 1624 update per checksum for address and port
+/// together. `addr` and `port` are raw ([`raw_ip4`], [`raw_port`]). A UDP checksum of 0
+/// ("none", RFC 768) stays 0; a computed 0 is sent as 0xffff.
+#[inline(always)]
+pub fn ipv4_nat(ip: &mut [u8], hlen: usize, protocol: u8, side: Side, addr: u32, port: u16) {
+    let (a_at, p_at) = match side {
+        Side::Src => (12, hlen),
+        Side::Dst => (16, hlen + 2),
+    };
+    let old_a = ne32(ip, a_at);
+    let old_p = ne16(ip, p_at);
+    let da = u64::from(!old_a) + u64::from(addr);
+    let hc = ne16(ip, 10);
+    put_ne16(ip, 10, csum_adjust(hc, da));
+    put_ne32(ip, a_at, addr);
+    put_ne16(ip, p_at, port);
+    let udp = protocol == PROTO_UDP;
+    let c_at = hlen + if udp { 6 } else { 16 };
+    let lc = ne16(ip, c_at);
+    if udp && lc == 0 {
+        return;
+    }
+    let mut n = csum_adjust(lc, da + u64::from(!old_p) + u64::from(port));
+    if udp && n == 0 {
+        n = 0xffff;
+    }
+    put_ne16(ip, c_at, n);
+}
+
+// === IPv6 (RFC 8200) ===
+
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const IPV6_HEADER_LEN: usize = 40;
+/// IPv6 encapsulated in IPv6 (RFC 2473).
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_IPV6_FRAGMENT: u8 = 44;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// An IPv6 address in its raw form (wire order, natively loaded), as [`ne128`] reads it.
+#[inline]
+pub fn raw_ip6(a: Ipv6Addr) -> u128 {
+    u128::from_ne_bytes(a.octets())
+}
+
+/// The 16 bytes at `at` as the machine loads them.
+#[inline(always)]
+pub fn ne128(b: &[u8], at: usize) -> u128 {
+    let mut w = [0u8; 16];
+    w.copy_from_slice(&b[at..at + 16]);
+    u128::from_ne_bytes(w)
+}
+
+/// Next-header values that are extension headers (RFC 8200 §4, IANA's list): the
+/// balancer does not walk them.
+pub fn is_extension_header(nh: u8) -> bool {
+    matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}
+
+/// An IPv6 packet whose version and payload length were checked.
+#[derive(Debug)]
+pub struct Ipv6Packet<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    /// Checks the 40-byte header is there, version 6, and the payload length fits the
+    /// buffer (trailing Ethernet padding is allowed and ignored).
+    #[inline]
+    pub fn new_checked(buf: T) -> Result<Self, WireError> {
+        let b = buf.as_ref();
+        if b.len() < IPV6_HEADER_LEN {
+            return Err(WireError::Truncated);
+        }
+        if b[0] >> 4 != 6 {
+            return Err(WireError::Malformed);
+        }
+        if IPV6_HEADER_LEN + usize::from(be16(b, 4)) > b.len() {
+            return Err(WireError::Truncated);
+        }
+        Ok(Ipv6Packet { buf })
+    }
+    #[inline]
+    pub fn payload_len(&self) -> usize {
+        usize::from(be16(self.buf.as_ref(), 4))
+    }
+    #[inline]
+    pub fn next_header(&self) -> u8 {
+        self.buf.as_ref()[6]
+    }
+    #[inline]
+    pub fn hop_limit(&self) -> u8 {
+        self.buf.as_ref()[7]
+    }
+    #[inline]
+    pub fn src(&self) -> Ipv6Addr {
+        ip6_at(self.buf.as_ref(), 8)
+    }
+    #[inline]
+    pub fn dst(&self) -> Ipv6Addr {
+        ip6_at(self.buf.as_ref(), 24)
+    }
+    /// The bytes after the fixed header, up to the payload length.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.buf.as_ref()[IPV6_HEADER_LEN..IPV6_HEADER_LEN + self.payload_len()]
+    }
+}
+
+fn ip6_at(b: &[u8], at: usize) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[at..at + 16]);
+    Ipv6Addr::from(o)
+}
+
+/// Write a 40-byte IPv6 header at the start of `b` (`vtf` = version, traffic class and
+/// flow label as one word, host order).
+pub fn emit_ipv6_header(
+    b: &mut [u8],
+    vtf: u32,
+    payload_len: u16,
+    next_header: u8,
+    hop_limit: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) {
+    b[0..4].copy_from_slice(&vtf.to_be_bytes());
+    put16(b, 4, payload_len);
+    b[6] = next_header;
+    b[7] = hop_limit;
+    b[8..24].copy_from_slice(src);
+    b[24..40].copy_from_slice(dst);
+}
+
+/// As [`ipv4_nat`] for IPv6 (no header checksum; the TCP/UDP one covers the addresses
+/// through the pseudo-header, RFC 8200 §8.1). `ip` starts at the IPv6 header, the L4
+/// header follows it directly and was checked; `addr` is raw ([`raw_ip6`]). A UDP
+/// checksum of 0 (invalid over IPv6) is left as it came.
+#[inline(always)]
+pub fn ipv6_nat(ip: &mut [u8], protocol: u8, side: Side, addr: u128, port: u16) {
+    let (a_at, p_at) = match side {
+        Side::Src => (8, IPV6_HEADER_LEN),
+        Side::Dst => (24, IPV6_HEADER_LEN + 2),
+    };
+    let new = addr.to_ne_bytes();
+    let mut delta = 0u64;
+    for k in (0..16).step_by(4) {
+        delta += u64::from(!ne32(ip, a_at + k)) + u64::from(ne32(&new, k));
+    }
+    let old_p = ne16(ip, p_at);
+    ip[a_at..a_at + 16].copy_from_slice(&new);
+    put_ne16(ip, p_at, port);
+    let udp = protocol == PROTO_UDP;
+    let c_at = IPV6_HEADER_LEN + if udp { 6 } else { 16 };
+    let lc = ne16(ip, c_at);
+    if udp && lc == 0 {
+        return;
+    }
+    let mut n = csum_adjust(lc, delta + u64::from(!old_p) + u64::from(port));
+    if udp && n == 0 {
+        n = 0xffff;
+    }
+    put_ne16(ip, c_at, n);
+}
+
+/// The upper-layer checksum of `segment` under the IPv6 pseudo-header (RFC 8200 §8.1),
+/// as for [`l4_checksum`]: over a segment with its checksum in place, 0 means valid.
+pub fn l4_checksum6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 40];
+    pseudo[0..16].copy_from_slice(src);
+    pseudo[16..32].copy_from_slice(dst);
+    pseudo[32..36].copy_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo[39] = next_header;
+    let sum = u32::from(ones_sum(&pseudo)) + u32::from(ones_sum(segment));
+    !fold(sum)
+}
+
+// === ICMPv6 (RFC 4443) and Neighbor Discovery (RFC 4861) ===
+
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// A Neighbor Advertisement with one Target Link-Layer Address option: ICMPv6 bytes.
+pub const ND_ADVERT_LEN: usize = 32;
+/// All-nodes multicast (RFC 4291 §2.7.1), and its Ethernet address (RFC 2464 §7).
+pub const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// Write the Neighbor Advertisement for `target` (RFC 4861 §4.4, §7.2.4) at the start of
+/// `ip` (at least 40 + [`ND_ADVERT_LEN`] bytes): from `target` to `to`, hop limit 255,
+/// Override set, Solicited when answering a node (not DAD), with our `mac` as the Target
+/// Link-Layer Address option, checksum computed.
+pub fn emit_neighbor_advert(
+    ip: &mut [u8],
+    target: &[u8; 16],
+    to: &[u8; 16],
+    solicited: bool,
+    mac: [u8; 6],
+) {
+    emit_ipv6_header(
+        ip,
+        0x6000_0000,
+        ND_ADVERT_LEN as u16,
+        PROTO_ICMPV6,
+        255,
+        target,
+        to,
+    );
+    let m = &mut ip[IPV6_HEADER_LEN..IPV6_HEADER_LEN + ND_ADVERT_LEN];
+    m[0] = ND_NEIGHBOR_ADVERT;
+    m[1] = 0;
+    put16(m, 2, 0);
+    m[4] = if solicited { 0x60 } else { 0x20 }; // S | O, or O alone
+    m[5..8].fill(0);
+    m[8..24].copy_from_slice(target);
+    m[24] = 2; // Target Link-Layer Address
+    m[25] = 1; // 8 bytes
+    m[26..32].copy_from_slice(&mac);
+    let c = l4_checksum6(target, to, PROTO_ICMPV6, m);
+    put16(m, 2, c);
 }
 
 // === TCP / UDP ports ===
@@ -452,16 +759,6 @@ pub fn icmp_echo_to_reply(icmp: &mut [u8]) -> bool {
     let hc = csum_update16(be16(icmp, 2), old, new);
     put16(icmp, 2, hc);
     true
-}
-
-/// What the balancer needs from an IPv4 TCP/UDP packet, parsed once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowRepr {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub protocol: u8,
-    pub src_port: u16,
-    pub dst_port: u16,
 }
 
 #[cfg(test)]

@@ -15,13 +15,15 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::buf::{BufPool, POOL_BUFFERS};
+use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
 use super::core::{Core, Driver, Kind, Token, TICK_MS};
 use super::sys;
 use super::{EngineOptions, Idle};
 use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
 
 const EVENTS: usize = 512;
+/// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
+const QUIET_LAPS: u32 = 32;
 
 /// One connection's requested operations and its sockets' readiness.
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,6 +33,9 @@ struct Ops {
     epoch: [u8; 2],
     readable: [bool; 2],
     writable: [bool; 2],
+    /// An event reported the peer's FIN, a hang-up or an error: a short read no longer
+    /// proves the socket drained (the close is read by the next receive).
+    hup: [bool; 2],
     want_recv: [bool; 2],
     /// By source side: (buffer, offset, length) to write to the other side.
     send: [Option<(BufId, u32, u32)>; 2],
@@ -159,6 +164,13 @@ impl Epoll {
                 } else {
                     o.want_recv[s] = false;
                     if n > 0 {
+                        if (n as usize) < BUF_SIZE && !o.hup[s] {
+                            // A short read drained the socket: the next receive waits
+                            // for its readiness event instead of paying a syscall that
+                            // returns EAGAIN (data arriving after this read raises a
+                            // new edge; HAProxy's raw_sock_to_buf does the same).
+                            o.readable[s] = false;
+                        }
                         self.done.push(Done::Recv(c, side, n, Some(b)));
                     } else {
                         self.free.push(b);
@@ -236,6 +248,7 @@ impl Io for Epoll {
         o.fds[Side::Up.idx()] = fd;
         o.readable[Side::Up.idx()] = false;
         o.writable[Side::Up.idx()] = false;
+        o.hup[Side::Up.idx()] = false;
         if err != 0 && err != libc::EINPROGRESS {
             self.done.push(Done::Connect(c, -err));
             return;
@@ -267,6 +280,7 @@ impl Io for Epoll {
         // Optimistic, as for a new socket: EAGAIN teaches the truth.
         o.readable[s] = true;
         o.writable[s] = true;
+        o.hup[s] = false;
         o.connecting = false;
         if let Err(e) = self.register_as(c, side, fd, libc::EPOLL_CTL_MOD) {
             tracing::warn!("epoll_ctl(MOD) for a pooled upstream socket failed: {e}");
@@ -464,6 +478,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut last_work = Instant::now();
     let mut stop_deadline: Option<Instant> = None;
+    let mut quiet_laps = 0u32;
     loop {
         let timeout = if !io.ready.is_empty() || !io.done.is_empty() || core.crypto_busy() {
             0
@@ -492,6 +507,16 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         } else {
             n as usize
         };
+        // A spinning lap that found nothing skips the batch bookkeeping (the clock read,
+        // the table load), as the uring loop does: it is most of a spinning worker's
+        // time and delays noticing the next event. Every QUIET_LAPS-th empty lap still
+        // runs it, so timers, table swaps and stop wait a few microseconds at most.
+        let nothing = io.ready.is_empty() && io.done.is_empty() && !core.crypto_busy();
+        if n == 0 && timeout == 0 && nothing && quiet_laps < QUIET_LAPS {
+            quiet_laps += 1;
+            continue;
+        }
+        quiet_laps = 0;
         if n > 0 && opts.idle == Idle::Adaptive {
             last_work = Instant::now();
         }
@@ -526,6 +551,9 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
                     let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
                     if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
                         o.readable[side] = true;
+                    }
+                    if bits & (libc::EPOLLRDHUP as u32 | err) != 0 {
+                        o.hup[side] = true;
                     }
                     if bits & (libc::EPOLLOUT as u32 | err) != 0 {
                         o.writable[side] = true;

@@ -33,6 +33,9 @@ const BATCH: usize = 512;
 const BGID: u16 = 0;
 /// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
 const QUIET_LAPS: u32 = 32;
+/// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, kernel 5.19): arm the poll before
+/// the first receive attempt.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 fn builder() -> io_uring::Builder {
     let mut b = IoUring::builder();
@@ -280,6 +283,20 @@ impl Io for Uring {
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(Token::encode(Kind::Recv, side as u8, c.gen, c.slot));
         // SAFETY: the kernel picks the buffer from the ring, whose memory outlives it.
+        unsafe { self.push(e) }
+    }
+
+    #[inline]
+    fn recv_reply(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        // Poll first: without the hint the kernel tries the receive at submission, finds
+        // nothing (the peer has not answered yet) and only then arms its poll.
+        let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
+            .buf_group(BGID)
+            .ioprio(RECVSEND_POLL_FIRST)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(Token::encode(Kind::Recv, side as u8, c.gen, c.slot));
+        // SAFETY: as in `recv`.
         unsafe { self.push(e) }
     }
 

@@ -13,7 +13,9 @@
 //!   side. A head split across receives is gathered in a per-connection buffer capped at
 //!   [`MAX_HEAD`] (the only allocation, on that rare path, kept for the connection).
 //! - **Zero copy for bodies.** Body bytes are sent from the buffer they were received
-//!   in; only a buffer shared by two messages (pipelining) has its first part copied.
+//!   in; only a buffer shared by two messages (pipelining) has its first part copied,
+//!   and a small body (≤ [`COALESCE_MAX`]) that follows a rewritten head is copied
+//!   behind it so both leave in one send.
 //! - **Framing is ours.** Bodies are delimited by the validated framing of
 //!   [`codec`](super::codec): bytes past the end of a response are dropped and the
 //!   upstream connection is not reused.
@@ -46,11 +48,18 @@ use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retr
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 
+mod tls;
+
 /// Buffers queued per direction.
 pub const OUTQ: usize = 8;
 /// Free queue entries needed before a receive is armed: the received buffer plus a
 /// copied slice.
 const RECV_ROOM: usize = 2;
+/// Body bytes up to this size that follow a rewritten head are copied behind it in its
+/// write buffer, so head and body leave in one send (one TCP segment, one completion):
+/// sent apart, the peer wakes for a head it cannot use yet, and the body waits a lap
+/// for the head's send to complete. Larger bodies keep zero copy.
+const COALESCE_MAX: u32 = 4096;
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
 const ETIMEDOUT: i32 = libc::ETIMEDOUT;
@@ -130,6 +139,9 @@ struct OutQ {
     head: u8,
     count: u8,
     inflight: bool,
+    /// Free bytes after the last entry when it is a write buffer filled from its start
+    /// and not yet being sent (0 otherwise): room for [`OutQ::append`].
+    tail_room: u32,
 }
 
 impl OutQ {
@@ -146,6 +158,21 @@ impl OutQ {
         self.offs[i] = off;
         self.lens[i] = len;
         self.count += 1;
+        self.tail_room = 0;
+    }
+
+    /// Copy `len` bytes of buffer `src` from `off` behind the last entry, when that is
+    /// a write buffer not yet being sent with room for them (see [`COALESCE_MAX`]).
+    fn append(&mut self, io: &mut impl Io, src: BufId, off: u32, len: u32) -> bool {
+        if self.count == 0 || len > self.tail_room || len > COALESCE_MAX {
+            return false;
+        }
+        let i = (self.head as usize + self.count as usize - 1) % OUTQ;
+        let end = (self.offs[i] + self.lens[i]) as usize;
+        copy_between(io, src, off as usize, self.bufs[i], end, len as usize);
+        self.lens[i] += len;
+        self.tail_room -= len;
+        true
     }
 
     #[inline]
@@ -175,6 +202,7 @@ impl OutQ {
     }
 
     fn release_all(&mut self, io: &mut impl Io) {
+        self.tail_room = 0;
         while self.count > 0 {
             let h = self.head as usize;
             self.lens[h] = 0;
@@ -259,6 +287,7 @@ impl Writer {
         if let Some(b) = self.cur {
             if self.used > 0 {
                 q.push(b, 0, self.used as u32);
+                q.tail_room = (BUF_SIZE - self.used) as u32;
             } else {
                 io.release(b);
             }
@@ -453,6 +482,8 @@ pub struct Conn {
     ehealth: Option<Arc<crate::cluster::health::EndpointHealth>>,
     /// The hash cookie generated for the current request (sent in `Set-Cookie`).
     set_cookie: Option<[u8; 16]>,
+    /// TLS sessions, when a side speaks TLS (see [`tls`]).
+    tls: Option<Box<tls::Layer>>,
 }
 
 impl Default for Conn {
@@ -526,6 +557,7 @@ impl Default for Conn {
             cstats: None,
             estats: None,
             ehealth: None,
+            tls: None,
         }
     }
 }
@@ -647,6 +679,9 @@ impl Conn {
         l.stats.inc(cx.worker, L::CxTotal);
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
+        if let Some(t) = &l.tls {
+            self.tls = Some(tls::Layer::server(t.clone()));
+        }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
         *cx.open += 1;
@@ -709,12 +744,12 @@ impl Conn {
                 Side::Up => self.ucount(cx.worker, U::BytesReceived, n.into()),
             }
             self.last_ms = cx.now_ms;
-            let wanted = matches!(
-                (self.phase, side),
-                (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
-                    | (Phase::Exchange | Phase::Tunnel, Side::Up)
-            ) || (self.phase == Phase::Flush && side == Side::Down && self.keep_alive);
-            if !wanted || self.pend[s].is_some() {
+            if self.tls_on(side) {
+                if let Some(step) = self.tls_recv(slot, side, (b, n), cx, io) {
+                    return step;
+                }
+            }
+            if !self.wants(side) || self.pend[s].is_some() {
                 // Late data for a finished exchange (a response failed over to a local
                 // one): dropped, and the connection does not persist.
                 io.release(b);
@@ -723,18 +758,7 @@ impl Conn {
                 }
                 return self.drive(slot, cx, io);
             }
-            if side == Side::Down && self.phase == Phase::Head && !self.got_bytes {
-                self.got_bytes = true;
-                self.head_deadline_ms = cx.now_ms + self.header_ms;
-            }
-            if !self.acc.is_empty() {
-                // Appending to a split head (rare path).
-                let data = &io.bytes(b)[..n as usize];
-                self.acc.extend_from_slice(data);
-                io.release(b);
-            } else {
-                self.pend[s] = Some((b, 0, n));
-            }
+            self.land(side, b, n, cx.now_ms, io);
             return self.drive(slot, cx, io);
         }
         if let Some(b) = buf {
@@ -751,6 +775,42 @@ impl Conn {
                 Side::Up => self.ucount(cx.worker, U::UpstreamResets, 1),
             }
         }
+        if self.tls_on(side) {
+            if let Some(step) = self.tls_eof(slot, side, res, cx, io) {
+                return step;
+            }
+        }
+        self.on_eof(slot, side, res, cx, io)
+    }
+
+    /// Whether bytes from `side` are expected in the current phase.
+    fn wants(&self, side: Side) -> bool {
+        matches!(
+            (self.phase, side),
+            (Phase::Head | Phase::Exchange | Phase::Tunnel, Side::Down)
+                | (Phase::Exchange | Phase::Tunnel, Side::Up)
+        ) || (self.phase == Phase::Flush && side == Side::Down && self.keep_alive)
+    }
+
+    /// `n` received bytes in `b` from `side` (expected, nothing pending): pending now.
+    fn land(&mut self, side: Side, b: BufId, n: u32, now_ms: u64, io: &mut impl Io) {
+        if side == Side::Down && self.phase == Phase::Head && !self.got_bytes {
+            self.got_bytes = true;
+            self.head_deadline_ms = now_ms + self.header_ms;
+        }
+        if !self.acc.is_empty() {
+            // Appending to a split head (rare path).
+            let data = &io.bytes(b)[..n as usize];
+            self.acc.extend_from_slice(data);
+            io.release(b);
+        } else {
+            self.pend[side.idx()] = Some((b, 0, n));
+        }
+    }
+
+    /// `side` ended: `res` 0 for a clean end, `-errno` for a failure.
+    fn on_eof(&mut self, slot: u32, side: Side, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let s = side.idx();
         self.eof[s] = true;
         match (self.phase, side) {
             (Phase::Tunnel, _) => {
@@ -818,6 +878,10 @@ impl Conn {
             return Step::Continue;
         }
         if res < 0 {
+            if self.tls_on(from.other()) {
+                // Its socket failed: no close_notify is waited for there.
+                self.reset[from.other().idx()] = true;
+            }
             match from.other() {
                 Side::Down => {
                     self.lcount(cx.worker, L::DownstreamResets, 1);
@@ -850,7 +914,9 @@ impl Conn {
             Side::Up => self.lcount(cx.worker, L::BytesToDownstream, n.into()),
         }
         self.last_ms = cx.now_ms;
-        if let Some(b) = self.out[from.idx()].advance(n) {
+        if self.tls_on(from.other()) {
+            self.tls_sent(from.other(), n, io);
+        } else if let Some(b) = self.out[from.idx()].advance(n) {
             io.release(b);
         }
         self.drive(slot, cx, io)
@@ -883,6 +949,9 @@ impl Conn {
         }
         self.connected = true;
         self.last_ms = cx.now_ms;
+        if let Some(step) = self.tls_start_up(slot, cx, io) {
+            return step; // the cluster's TLS could not start
+        }
         self.drive(slot, cx, io)
     }
 
@@ -898,6 +967,9 @@ impl Conn {
     /// Timeouts: request head, connect, route, idle.
     pub fn on_tick(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         let now = cx.now_ms;
+        if self.tls_lingering() {
+            return self.close(slot, cx, io); // ends the flush at its deadline
+        }
         match self.phase {
             Phase::Head => {
                 let has_bytes = self.got_bytes || self.pend[0].is_some() || !self.acc.is_empty();
@@ -990,6 +1062,9 @@ impl Conn {
     /// Make every step the current state allows: process received bytes, start sends,
     /// arm receives, move between phases.
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.tls_lingering() {
+            return self.close(slot, cx, io);
+        }
         // Bounded: each turn either changes phase or stops; pipelined requests already
         // received are served one per exchange, and an exchange waits for I/O.
         for _ in 0..64 {
@@ -1006,6 +1081,12 @@ impl Conn {
             if step == Step::Free || self.phase == Phase::Free {
                 return Step::Free;
             }
+            // Under TLS: bytes to seal and send, records to read, plaintext to hand up.
+            match self.tls_turn(slot, cx, io) {
+                tls::Turn::Done(step) => return step,
+                tls::Turn::Delivered => continue,
+                tls::Turn::Idle => {}
+            }
             if self.phase == before || self.fallback {
                 return Step::Continue;
             }
@@ -1015,6 +1096,10 @@ impl Conn {
 
     fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
         let s = side.idx();
+        if self.tls_on(side) {
+            // The TLS layer reads the socket and hands decrypted bytes up.
+            return self.tls_want(side);
+        }
         if self.recv_armed[s] || self.eof[s] || self.starved[s] || self.pend[s].is_some() {
             return;
         }
@@ -1023,13 +1108,27 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        io.recv(self.me(slot), side, fd);
+        // An upstream awaiting its response head, or a kept-alive client armed with
+        // its response: both answer what was just sent to them.
+        let reply = match side {
+            Side::Up => self.awaiting_head,
+            Side::Down => self.phase == Phase::Flush,
+        };
+        if reply {
+            io.recv_reply(self.me(slot), side, fd);
+        } else {
+            io.recv(self.me(slot), side, fd);
+        }
     }
 
     fn send_front(&mut self, slot: u32, from: Side, io: &mut impl Io) {
         let to = from.other();
         if to == Side::Up && !self.connected {
             return;
+        }
+        if self.tls_on(to) {
+            // Sealed and sent by the TLS layer (`tls_turn`).
+            return self.tls_take_plain(from, io);
         }
         let fd = self.raw(to);
         let me = self.me(slot);
@@ -1039,6 +1138,10 @@ impl Conn {
         }
         let (b, off, len) = q.front();
         q.inflight = true;
+        if q.count == 1 {
+            // The last entry goes out now: nothing may be appended to it any more.
+            q.tail_room = 0;
+        }
         io.send(me, from, fd, b, off, len);
     }
 
@@ -1064,6 +1167,12 @@ impl Conn {
             }
             Err(e) => self.bad_request(slot, e, cx, io),
         }
+    }
+
+    /// A client whose identity the listener or route does not allow: 403 (counted).
+    fn deny(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        self.lcount(cx.worker, L::TlsPrincipalDenied, 1);
+        self.respond(slot, 403, b"RBAC: access denied\n", cx, io)
     }
 
     fn bad_request(&mut self, slot: u32, e: HttpError, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -1096,10 +1205,12 @@ impl Conn {
         };
         let data = &io.bytes(b)[off as usize..(off + len) as usize];
         if side == Side::Down && self.served == 0 && off == 0 && !looks_like_http1(data) {
-            let has_fallback = self
-                .table
-                .as_ref()
-                .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
+            // Opaque TCP cannot continue a TLS session: a TLS listener answers 400.
+            let has_fallback = !self.tls_listener()
+                && self
+                    .table
+                    .as_ref()
+                    .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
             if has_fallback {
                 self.fallback = true;
                 return Ok(false);
@@ -1203,6 +1314,10 @@ impl Conn {
                 return self.bad_request(slot, HttpError::BodyTooLarge, cx, io);
             }
         }
+        if self.tls.as_deref().is_some_and(|l| !l.t.client_allowed()) {
+            // The listener's `allowed_principals`: an HTTP deny is a 403 (Envoy RBAC's).
+            return self.deny(slot, cx, io);
+        }
         self.pick_up_table(cx);
         // Request target: origin form, or absolute form (RFC 9112 §3.2.2).
         let target = req.target.as_bytes();
@@ -1261,6 +1376,9 @@ impl Conn {
             self.lcount(cx.worker, L::HttpNoRoute, 1);
             return self.respond(slot, 404, b"no route\n", cx, io);
         };
+        if !route.allows(self.tls.as_deref().and_then(tls::Layer::identity)) {
+            return self.deny(slot, cx, io);
+        }
         match &route.action {
             Action::Direct { status, body } => self.respond(slot, *status, body, cx, io),
             Action::Redirect {
@@ -1396,13 +1514,16 @@ impl Conn {
                 // pool is scanned only at the limit).
                 let must_wait = open_cx >= u64::from(cl.breakers.max_connections)
                     && !cx.http.pool.has(table.generation, cluster);
-                let waiting = cl
-                    .stats
-                    .get(U::RqPendingTotal)
-                    .saturating_sub(cl.stats.get(U::RqPendingDone));
-                let can_wait = waiting < u64::from(cl.breakers.max_pending_requests)
-                    && cx.http.pending.len() < super::shadow::MAX_PENDING;
-                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait) {
+                // Summed over workers only when this request would wait.
+                let can_wait = || {
+                    let waiting = cl
+                        .stats
+                        .get(U::RqPendingTotal)
+                        .saturating_sub(cl.stats.get(U::RqPendingDone));
+                    waiting < u64::from(cl.breakers.max_pending_requests)
+                        && cx.http.pending.len() < super::shadow::MAX_PENDING
+                };
+                if active >= u64::from(cl.breakers.max_requests) || (must_wait && !can_wait()) {
                     if must_wait && active < u64::from(cl.breakers.max_requests) {
                         cl.stats.inc(cx.worker, U::RqPendingOverflow);
                     }
@@ -1422,7 +1543,7 @@ impl Conn {
                 }
                 // A connection a failed exchange left behind goes (counted on its
                 // cluster), before the counters switch to this request's cluster.
-                self.drop_up(cx);
+                self.drop_up(cx, io);
                 if !self
                     .cstats
                     .as_ref()
@@ -1520,6 +1641,7 @@ impl Conn {
         attempt: Option<u32>,
         io: &mut impl Io,
     ) -> Result<(), NoRoom> {
+        let tl = self.tls.as_deref();
         let q = &mut self.out[Side::Down.idx()];
         let mut w = Writer::new();
         let r = (|| {
@@ -1538,6 +1660,8 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
+                    // Envoy's SANITIZE_SET: a client's own XFCC never passes.
+                    || n.eq_ignore_ascii_case("x-forwarded-client-cert")
                     || edits.iter().any(|e| e.drops(n))
                 {
                     continue;
@@ -1552,7 +1676,29 @@ impl Conn {
             }
             let mut ip = [0u8; 48];
             w.put(q, io, ip_text(self.peer, &mut ip))?;
-            w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
+            if tl.is_some_and(tls::Layer::client_tls) {
+                w.put(q, io, b"\r\nx-forwarded-proto: https\r\n")?;
+            } else {
+                w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
+            }
+            if let Some(uri) = tl.and_then(tls::Layer::identity) {
+                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
+                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
+                w.put(q, io, b"x-forwarded-client-cert: ")?;
+                if let Some(by) = tl.and_then(tls::Layer::own_uri) {
+                    w.put(q, io, b"By=")?;
+                    w.put(q, io, by.as_bytes())?;
+                    w.put(q, io, b";")?;
+                }
+                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
+                    w.put(q, io, b"Hash=")?;
+                    w.put(q, io, hash.as_bytes())?;
+                    w.put(q, io, b";")?;
+                }
+                w.put(q, io, b"URI=")?;
+                w.put(q, io, uri.as_bytes())?;
+                w.put(q, io, b"\r\n")?;
+            }
             if let Some(id) = request_id {
                 w.header(q, io, b"x-request-id", id)?;
             }
@@ -1676,7 +1822,7 @@ impl Conn {
             }
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);
             if let Some(t) = &self.table {
-                super::pool::count_close(t, cx.worker, &idle);
+                super::pool::count_close(t, cx.worker, idle, cx.crypto);
             }
         }
         None
@@ -1709,6 +1855,9 @@ impl Conn {
             }
         }
         io.attach(self.me(slot), Side::Up, idle.fd.as_raw_fd());
+        if let Some(p) = idle.tls {
+            self.tls_unpark_up(p);
+        }
         self.fds[Side::Up.idx()] = Some(idle.fd);
         self.up_endpoint = idle.endpoint;
         self.up_requests = idle.requests + 1;
@@ -1725,7 +1874,11 @@ impl Conn {
 
     /// The exchange ended with the upstream willing to go on: park its connection in
     /// the worker's pool (nothing is in flight on it).
-    fn park_up(&mut self, slot: u32, cx: &mut Ctx) {
+    fn park_up(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) {
+        let Ok(tls) = self.tls_park_up() else {
+            // Its TLS session is not quiet: the connection cannot be handed on.
+            return self.drop_up(cx, io);
+        };
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1738,14 +1891,17 @@ impl Conn {
             requests: self.up_requests,
             since_ms: cx.now_ms,
             owner: (slot, self.gen),
+            tls,
         };
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
             // The pool serves the worker's table: count with it.
-            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, &old),
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto),
             // A table older than the worker's: closed, counted here.
             Err(idle) => {
-                drop(idle);
+                if let Some(p) = idle.tls {
+                    p.release(cx.crypto.as_mut());
+                }
                 self.ucount(cx.worker, U::CxClosed, 1);
             }
         }
@@ -1753,7 +1909,8 @@ impl Conn {
 
     /// Let go of the upstream connection (nothing is in flight on it between
     /// exchanges).
-    fn drop_up(&mut self, cx: &mut Ctx) {
+    fn drop_up(&mut self, cx: &mut Ctx, io: &mut impl Io) {
+        self.tls_drop_up(cx, io);
         if self.fds[Side::Up.idx()].take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }
@@ -1855,9 +2012,9 @@ impl Conn {
                 self.up_reusable = false;
             }
             if self.up_reusable {
-                self.park_up(slot, cx);
+                self.park_up(slot, cx, io);
             } else {
-                self.drop_up(cx);
+                self.drop_up(cx, io);
             }
             self.route_deadline_ms = 0;
             self.phase = Phase::Flush;
@@ -1895,7 +2052,15 @@ impl Conn {
                 self.replay.extend_from_slice(&data[..n as usize]);
             }
         }
-        if n == len {
+        if self.out[s].append(io, b, off, n) {
+            // Copied behind the head: one send for both.
+            if n == len {
+                io.release(b);
+                self.pend[s] = None;
+            } else {
+                self.pend[s] = Some((b, off + n, len - n));
+            }
+        } else if n == len {
             self.out[s].push(b, off, len);
             self.pend[s] = None;
         } else {
@@ -1903,7 +2068,7 @@ impl Conn {
             let Some(w) = io.take() else {
                 return Err(HttpError::BodyTooLarge);
             };
-            copy_between(io, b, off as usize, w, n as usize);
+            copy_between(io, b, off as usize, w, 0, n as usize);
             self.out[s].push(w, 0, n);
             self.pend[s] = Some((b, off + n, len - n));
         }
@@ -2089,7 +2254,8 @@ impl Conn {
             let open_cx = cl.open_connections();
             let overloaded = active >= u64::from(cl.breakers.max_requests)
                 || open_cx >= u64::from(cl.breakers.max_connections);
-            let copy = if overloaded || cl.endpoints.is_empty() {
+            // Mirrors do not originate TLS: a TLS cluster's shadow is dropped (counted).
+            let copy = if overloaded || cl.endpoints.is_empty() || cl.tls.is_some() {
                 None
             } else {
                 cx.http.take_copy()
@@ -2216,7 +2382,7 @@ impl Conn {
 
     /// The back-off passed and the old upstream socket is quiet: send again.
     fn start_retry(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        self.drop_up(cx);
+        self.drop_up(cx, io);
         self.out[Side::Down.idx()].release_all(io);
         for p in [Side::Up] {
             if let Some((b, _, _)) = self.pend[p.idx()].take() {
@@ -2568,6 +2734,9 @@ impl Conn {
     }
 
     fn close(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.phase != Phase::Closing && self.tls_linger(slot, cx, io) {
+            return Step::Continue; // close_notify and the last records go out first
+        }
         if self.phase != Phase::Closing {
             self.phase = Phase::Closing;
             if self.inflight()
@@ -2606,6 +2775,7 @@ impl Conn {
         self.rq_end(cx.worker);
         self.lcount(cx.worker, L::CxClosed, 1);
         *cx.open -= 1;
+        self.tls_release(cx, io);
         self.acc.clear();
         if self.acc.capacity() > 2 * BUF_SIZE {
             // A huge head once should not pin 64 KiB to the slot forever.
@@ -2645,16 +2815,16 @@ fn add_headers(
     Ok(())
 }
 
-/// Copy `len` bytes from buffer `src` (from `off`) to the start of buffer `dst`.
-fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, len: usize) {
+/// Copy `len` bytes from buffer `src` (from `off`) to buffer `dst` (from `at`).
+fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, at: usize, len: usize) {
     // Two buffers of the pool cannot be borrowed at once through `Io`; go through a
-    // stack block (bodies split this way are the pipelining case only).
+    // stack block (small bodies behind their head, and bodies split by pipelining).
     let mut tmp = [0u8; 1024];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(tmp.len());
         tmp[..n].copy_from_slice(&io.bytes(src)[off + done..off + done + n]);
-        io.bytes_mut(dst)[done..done + n].copy_from_slice(&tmp[..n]);
+        io.bytes_mut(dst)[at + done..at + done + n].copy_from_slice(&tmp[..n]);
         done += n;
     }
 }

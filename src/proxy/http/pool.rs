@@ -40,6 +40,8 @@ pub struct Idle {
     pub since_ms: u64,
     /// The client connection that parked it (slot and generation), preferred on take.
     pub owner: (u32, u16),
+    /// Its TLS session, when the cluster originates TLS (continues on reuse).
+    pub tls: Option<crate::tls::conn::Parked>,
 }
 
 #[derive(Debug)]
@@ -161,8 +163,17 @@ impl Pool {
 
 /// An idle connection of table `t` is closed (dropped with `i`): counted on its
 /// cluster and endpoint there.
-pub fn count_close(t: &crate::route::RouteTable, worker: usize, i: &Idle) {
+/// Its TLS session's engine session is destroyed.
+pub fn count_close(
+    t: &crate::route::RouteTable,
+    worker: usize,
+    i: Idle,
+    crypto: &mut Option<crate::tls::conn::Crypto>,
+) {
     use crate::telemetry::UpstreamCounter::CxClosed;
+    if let Some(p) = i.tls {
+        p.release(crypto.as_mut());
+    }
     if let Some(c) = t.clusters.get(i.cluster as usize) {
         c.stats.inc(worker, CxClosed);
         if let Some(e) = c.endpoints.get(i.endpoint as usize) {
@@ -204,6 +215,7 @@ mod tests {
             requests: 1,
             since_ms,
             owner: (u32::MAX, 0),
+            tls: None,
         }
     }
 

@@ -78,6 +78,12 @@ pub trait Io {
     /// Receive once from `side`'s socket into a pool buffer the engine chooses.
     /// Completes with `-ENOBUFS` when the pool is empty.
     fn recv(&mut self, c: ConnRef, side: Side, fd: RawFd);
+    /// As [`recv`](Io::recv), on a socket whose peer is still answering what was just
+    /// sent to it (an upstream's response, a keep-alive client's next request): its
+    /// bytes are not there yet, so the engine may wait for readiness before trying.
+    fn recv_reply(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        self.recv(c, side, fd)
+    }
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);

@@ -41,7 +41,6 @@ use crate::cluster::health::Outcome;
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 use crate::tls::conn::{self as tlsconn, FeedError, Plain, Sniff, Tls};
-use crate::tls::records::RecordError;
 
 /// Buffers queued per direction before the receive on that side pauses.
 pub const QUEUE: usize = 4;
@@ -642,18 +641,14 @@ impl Conn {
             return Step::Continue;
         }
         if side == Side::Down && t.sniffing() {
-            match t.sniff(io.bytes_mut(b)[0]) {
-                Sniff::Tls => {}
-                Sniff::Rejected => {
-                    // rustls answers the bytes below with its alert.
-                    if let Some(s) = &self.lstats {
-                        s.inc(cx.worker, L::TlsPlaintextRejected);
-                    }
-                }
+            let verdict = t.sniff(io.bytes_mut(b)[0]);
+            if let (Some(k), Some(s)) = (verdict.counter(), &self.lstats) {
+                s.inc(cx.worker, k);
+            }
+            match verdict {
+                // Rejected: rustls answers the bytes below with its alert.
+                Sniff::Tls | Sniff::Rejected => {}
                 Sniff::Plain => {
-                    if let Some(s) = &self.lstats {
-                        s.inc(cx.worker, L::TlsPlaintextAccepted);
-                    }
                     if !t.client_allowed() {
                         // Principals are only known from certificates.
                         io.release(b);
@@ -723,18 +718,7 @@ impl Conn {
     ) -> Step {
         let handshaking = self.tls.as_deref().is_some_and(|t| t.handshaking(side));
         match side {
-            Side::Down => {
-                let k = match &e {
-                    FeedError::Tls(rustls::Error::InvalidCertificate(_))
-                    | FeedError::Tls(rustls::Error::NoCertificatesPresented) => L::TlsCertRejected,
-                    FeedError::Tls(rustls::Error::AlertReceived(_))
-                    | FeedError::Record(RecordError::Received(_)) => L::TlsAlertsReceived,
-                    FeedError::Record(_) => L::TlsRecordErrors,
-                    _ if handshaking => L::TlsHandshakeErrors,
-                    _ => L::TlsRecordErrors,
-                };
-                self.listener_count(cx.worker, k, 1);
-            }
+            Side::Down => self.listener_count(cx.worker, e.down_counter(handshaking), 1),
             Side::Up => self.upstream_count(cx.worker, U::TlsErrors, 1),
         }
         tracing::debug!(side = ?side, error = ?e, "TLS failure");
@@ -753,12 +737,10 @@ impl Conn {
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         self.pump_tls(slot, cx);
         if let Some(t) = self.tls.as_deref_mut() {
-            let [down, up] = t.take_counts();
-            let err = if t.failed.is_none() {
-                t.take_error()
-            } else {
-                None
-            };
+            let tlsconn::Activity {
+                records: [down, up],
+                error: err,
+            } = t.activity();
             if down > 0 {
                 self.listener_count(cx.worker, L::TlsRecordsOffloaded, down.into());
             }
@@ -865,13 +847,8 @@ impl Conn {
 
     /// Let both TLS sides submit what they can to the worker's offload engine.
     fn pump_tls(&mut self, slot: u32, cx: &mut Ctx) {
-        let Some(t) = self.tls.as_deref_mut() else {
-            return;
-        };
-        for side in [Side::Down, Side::Up] {
-            if t.has(side) && !t.handshaking(side) {
-                t.pump(side, cx.crypto(), tlsconn::tag(slot, self.gen, side));
-            }
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.pump_all(slot, self.gen, cx.crypto());
         }
     }
 

@@ -636,9 +636,18 @@ pub struct HttpRoute {
     pub response_headers: HeaderOps,
     /// Local rate limits of a forwarding route (its action's `rate_limits`).
     pub rate_limits: Box<[RateLimitRule]>,
+    /// SPIFFE IDs allowed to use the route; empty: any client.
+    pub principals: Box<[Box<str>]>,
 }
 
 impl HttpRoute {
+    /// Whether a client with this identity (from its certificate) may use the route.
+    #[inline]
+    pub fn allows(&self, identity: Option<&str>) -> bool {
+        self.principals.is_empty()
+            || identity.is_some_and(|id| self.principals.iter().any(|p| **p == *id))
+    }
+
     #[inline]
     pub fn matches(&self, req: &RequestView) -> bool {
         self.matcher.matches(req)
@@ -711,11 +720,58 @@ impl VHost {
 pub struct HttpRoutes {
     pub vhosts: Box<[VHost]>,
     exact: HashMap<Box<[u8]>, u32>,
-    /// `*.example.com` stored as `.example.com`, longest first.
-    suffixes: Box<[(Box<[u8]>, u32)]>,
-    /// `api.*` stored as `api.`, longest first.
-    prefixes: Box<[(Box<[u8]>, u32)]>,
+    /// `*.example.com` stored as `.example.com`.
+    suffixes: Wildcards,
+    /// `api.*` stored as `api.`.
+    prefixes: Wildcards,
     any: Option<u32>,
+}
+
+/// Wildcard domains of one kind, keyed by their literal part. A lookup tries each
+/// literal length present, longest first, as one hash probe (Envoy's longest-wildcard
+/// rule): cost grows with the number of distinct lengths, not of domains.
+#[derive(Debug, Default)]
+struct Wildcards {
+    by_literal: HashMap<Box<[u8]>, u32>,
+    /// Distinct literal lengths, longest first.
+    lens: Box<[usize]>,
+}
+
+impl Wildcards {
+    fn build(mut list: Vec<(Box<[u8]>, u32)>) -> Wildcards {
+        let mut lens: Vec<usize> = list.iter().map(|(l, _)| l.len()).collect();
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        let mut by_literal = HashMap::default();
+        for (lit, vi) in list.drain(..) {
+            // The first virtual host naming a domain keeps it.
+            by_literal.entry(lit).or_insert(vi);
+        }
+        Wildcards {
+            by_literal,
+            lens: lens.into(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    /// The virtual host of the longest literal that ends (`suffix`) or starts `host`;
+    /// the wildcard stands for at least one byte.
+    fn find(&self, host: &[u8], suffix: bool) -> Option<u32> {
+        self.lens
+            .iter()
+            .filter(|&&l| host.len() > l)
+            .find_map(|&l| {
+                let part = if suffix {
+                    &host[host.len() - l..]
+                } else {
+                    &host[..l]
+                };
+                self.by_literal.get(part).copied()
+            })
+    }
 }
 
 /// Longest `Host` we match against (RFC 1035 names are ≤ 253 bytes, plus a port).
@@ -742,18 +798,8 @@ impl HttpRoutes {
             .exact
             .get(h)
             .copied()
-            .or_else(|| {
-                self.suffixes
-                    .iter()
-                    .find(|(s, _)| h.len() > s.len() && h.ends_with(s))
-                    .map(|x| x.1)
-            })
-            .or_else(|| {
-                self.prefixes
-                    .iter()
-                    .find(|(p, _)| h.len() > p.len() && h.starts_with(p))
-                    .map(|x| x.1)
-            })
+            .or_else(|| self.suffixes.find(h, true))
+            .or_else(|| self.prefixes.find(h, false))
             .or(self.any)?;
         Some(&self.vhosts[i as usize])
     }
@@ -835,10 +881,8 @@ pub fn compile(
         c.index = vi;
         compiled.push(c);
     }
-    suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    prefixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-    out.suffixes = suffixes.into();
-    out.prefixes = prefixes.into();
+    out.suffixes = Wildcards::build(suffixes);
+    out.prefixes = Wildcards::build(prefixes);
     out.vhosts = compiled.into();
     Ok(out)
 }
@@ -994,7 +1038,16 @@ fn compile_vhost(
                 .map_err(|e| format!("route {i}: {e}"))?,
             None => Box::default(),
         };
+        for p in &r.allowed_principals {
+            crate::tls::check_spiffe(p)
+                .map_err(|e| format!("route {i}: allowed_principals: {e}"))?;
+        }
         routes.push(HttpRoute {
+            principals: r
+                .allowed_principals
+                .iter()
+                .map(|p| p.as_str().into())
+                .collect(),
             rate_limits,
             name: r.name.as_deref().map(Into::into),
             matcher,

@@ -439,3 +439,43 @@ fn regex_split_at_its_literal_prefix_only_when_the_rest_stands_alone() {
     );
     assert_eq!(split("(/a)"), None);
 }
+
+/// Virtual host choice follows Envoy: exact, then the longest `*.suffix` (the wildcard
+/// stands for at least one character), then the longest `prefix.*`, then `*`; case and a
+/// port in `Host` do not matter. (Two virtual hosts naming one domain is a config error.)
+#[test]
+fn virtual_host_choice_order() {
+    let mut y = String::from("route_configs:\n- name: m\n  virtual_hosts:\n");
+    for (name, domains) in [
+        ("exact", r#"["a.example.com"]"#),
+        ("short-suffix", r#"["*.com"]"#),
+        ("long-suffix", r#"["*.example.com", "*-dash.example.com"]"#),
+        ("prefix", r#"["api.*", "api.internal.*"]"#),
+        ("long-prefix", r#"["api.internal.east.*"]"#),
+        ("any", r#"["*"]"#),
+    ] {
+        y += &format!(
+            "  - name: {name}\n    domains: {domains}\n    routes:\n    - match: {{prefix: /}}\n      direct_response: {{status: 200}}\n"
+        );
+    }
+    let cfg = parse(&y, Format::Yaml).unwrap();
+    let t = compile(&virtual_hosts_for(&cfg, None), &mut Names::default()).unwrap();
+    let name = |host: &str| t.vhost(host.as_bytes()).map(|v| v.name.to_string());
+    for (host, want) in [
+        ("a.example.com", "exact"),
+        ("A.Example.COM:8443", "exact"),
+        ("b.example.com", "long-suffix"),
+        ("x.y.example.com", "long-suffix"),
+        ("my-dash.example.com", "long-suffix"),
+        ("example.com", "short-suffix"),
+        (".com", "any"),
+        ("api.internal.east.1", "long-prefix"),
+        ("api.internal.west", "prefix"),
+        ("api.", "any"),
+        ("api.example.com", "long-suffix"),
+        ("elsewhere.org", "any"),
+        ("[::1]:80", "any"),
+    ] {
+        assert_eq!(name(host).as_deref(), Some(want), "Host: {host}");
+    }
+}

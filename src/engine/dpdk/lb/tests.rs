@@ -74,6 +74,10 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
+fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
 fn config(backends: usize, forwarding: &str) -> Config {
     let eps: Vec<String> = (0..backends)
         .map(|i| format!("\"10.1.{}.{}:8080\"", i / 250, i % 250 + 1))
@@ -97,9 +101,13 @@ clusters:
 
 fn addressing() -> LbAddressing {
     LbAddressing {
-        local_ips: vec![ip("10.0.0.1")],
+        local_ips: vec![ip("10.0.0.1").into(), ip6("2001:db8::1").into()],
         tunnel_src: Some(ip("10.0.0.1")),
-        neighbors: vec![(ip("10.1.0.1"), [0x02, 0, 0, 0, 1, 1])],
+        tunnel_src6: Some(ip6("2001:db8::1")),
+        neighbors: vec![
+            (ip("10.1.0.1").into(), [0x02, 0, 0, 0, 1, 1]),
+            (ip6("2001:db8:1::1").into(), [0x02, 0, 0, 0, 6, 1]),
+        ],
         gateway: Some(GW_MAC),
     }
 }
@@ -327,10 +335,15 @@ fn malformed_frames_are_counted_never_forwarded() {
     assert_eq!(r.run(&frag).0, Verdict::Exception);
     assert_eq!(r.count(C::ExceptionFragment), 1);
 
-    let mut ipv6 = good.clone();
-    ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    assert_eq!(r.run(&ipv6).0, Verdict::Exception);
+    let mut vlan = good.clone();
+    vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+    assert_eq!(r.run(&vlan).0, Verdict::Exception);
     assert_eq!(r.count(C::ExceptionNonIp), 1);
+    // An IPv4 packet behind the IPv6 ethertype is a bad IPv6 header.
+    let mut v6_type = good.clone();
+    v6_type[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    assert_eq!(r.run(&v6_type).0, Verdict::Drop);
+    assert_eq!(r.count(C::DropBadIpHeader), 2);
 
     let unknown_port = frame((ip("192.0.2.7"), 1), (ip("10.0.0.100"), 81), PROTO_TCP, b"");
     assert_eq!(r.run(&unknown_port).0, Verdict::Drop);
@@ -607,8 +620,9 @@ fn fuzz_verdict(_f: &[u8], pkt: &mut VecPacket) -> Verdict {
         let cfg = parse(FUZZ_CONFIG, Format::Yaml).unwrap();
         let stats = StatsRegistry::new(1);
         let a = LbAddressing {
-            local_ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            local_ips: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
             tunnel_src: Some(Ipv4Addr::new(10, 0, 0, 1)),
+            tunnel_src6: Some(ip6("2001:db8::1")),
             neighbors: vec![],
             gateway: Some(GW_MAC),
         };
@@ -642,8 +656,9 @@ fn burst_path_matches_frame_by_frame() {
     }
     let cfg = parse(FUZZ_CONFIG, Format::Yaml).unwrap();
     let a = LbAddressing {
-        local_ips: vec![Ipv4Addr::new(10, 0, 0, 1)],
+        local_ips: vec![Ipv4Addr::new(10, 0, 0, 1).into()],
         tunnel_src: Some(Ipv4Addr::new(10, 0, 0, 1)),
+        tunnel_src6: Some(ip6("2001:db8::1")),
         neighbors: vec![],
         gateway: Some(GW_MAC),
     };
@@ -681,4 +696,327 @@ fn burst_path_matches_frame_by_frame() {
     assert!(one.iter().any(|(_, v)| *v == Verdict::Forward));
     assert_eq!(one, burst);
     assert_eq!(one_stats, burst_stats);
+}
+
+// === IPv6 ===
+
+const V6_CONFIG: &str = r#"
+listeners:
+  - {name: web6, address: "[2001:db8::100]:80", cluster: pool6}
+  - {name: dns6, address: "[2001:db8::100]:53", protocol: udp, cluster: dnspool6}
+  - {name: dsr6, address: "[2001:db8::101]:443", cluster: tunnel6, forwarding: ipip}
+clusters:
+  - {name: pool6, endpoints: ["[2001:db8:1::1]:8080"]}
+  - {name: dnspool6, endpoints: ["[2001:db8:2::1]:5353"]}
+  - {name: tunnel6, endpoints: ["[2001:db8:3::1]:443", "[2001:db8:3::2]:443"]}
+"#;
+
+/// The IPv6 pseudo-header sum check (RFC 8200 §8.1) with the independent RFC 1071 loop.
+fn upper_ok6(ip: &[u8]) -> bool {
+    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let seg = &ip[40..40 + plen];
+    let mut pseudo = ip[8..40].to_vec();
+    pseudo.extend_from_slice(&(plen as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
+    rfc1071(&[&pseudo, seg]) == 0
+}
+
+/// Ethernet + IPv6 + `next` header `body` (its checksum at `csum_at` filled, if any).
+fn frame6_raw(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    hop: u8,
+    mut body: Vec<u8>,
+    csum_at: Option<usize>,
+) -> Vec<u8> {
+    if let Some(at) = csum_at {
+        let mut pseudo = src.octets().to_vec();
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, next]);
+        let c = rfc1071(&[&pseudo, &body]);
+        body[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut f = LB_MAC.to_vec();
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&body);
+    f
+}
+
+fn frame6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = src.1.to_be_bytes().to_vec();
+    l4.extend_from_slice(&dst.1.to_be_bytes());
+    let at = if protocol == PROTO_TCP {
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        16
+    } else {
+        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+        6
+    };
+    l4.extend_from_slice(payload);
+    frame6_raw(src.0, dst.0, protocol, 64, l4, Some(at))
+}
+
+fn v6_rig() -> Rig {
+    Rig::new(&parse(V6_CONFIG, Format::Yaml).unwrap())
+}
+
+#[test]
+fn ipv6_dnat_rewrites_destination_replies_come_back_from_the_vip() {
+    let mut r = v6_rig();
+    let client = (ip6("2001:db8:ff::7"), 40000);
+    let (v, out) = r.run(&frame6(
+        client,
+        (ip6("2001:db8::100"), 80),
+        PROTO_TCP,
+        b"GET /",
+    ));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(
+        &out[0..6],
+        &[2, 0, 0, 0, 6, 1],
+        "the backend's neighbor entry"
+    );
+    assert_eq!(&out[6..12], &LB_MAC);
+    assert_eq!(&out[38..54], &ip6("2001:db8:1::1").octets());
+    assert_eq!(&out[22..38], &client.0.octets());
+    assert_eq!(u16::from_be_bytes([out[56], out[57]]), 8080);
+    assert!(upper_ok6(&out[14..]));
+    // The backend's reply leaves as the VIP, towards the gateway.
+    let (v, out) = r.run(&frame6(
+        (ip6("2001:db8:1::1"), 8080),
+        client,
+        PROTO_TCP,
+        b"200 OK",
+    ));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(&out[0..6], &GW_MAC);
+    assert_eq!(&out[22..38], &ip6("2001:db8::100").octets());
+    assert_eq!(u16::from_be_bytes([out[54], out[55]]), 80);
+    assert!(upper_ok6(&out[14..]));
+    // UDP.
+    let (v, out) = r.run(&frame6(
+        client,
+        (ip6("2001:db8::100"), 53),
+        PROTO_UDP,
+        b"query",
+    ));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(&out[38..54], &ip6("2001:db8:2::1").octets());
+    assert_eq!(u16::from_be_bytes([out[56], out[57]]), 5353);
+    assert!(upper_ok6(&out[14..]));
+    assert_eq!(r.stats.packets("vip/web6").get(P::Packets), 1);
+    assert_eq!(r.stats.packets("vip/web6").get(P::ReplyPackets), 1);
+    // The flow is pinned: a second packet of it takes the flow table.
+    let (_, out2) = r.run(&frame6(
+        client,
+        (ip6("2001:db8::100"), 80),
+        PROTO_TCP,
+        b"more",
+    ));
+    assert_eq!(&out2[38..54], &ip6("2001:db8:1::1").octets());
+    assert_eq!(r.stats.packets("vip/web6").get(P::FlowsNew), 1);
+}
+
+#[test]
+fn ipv6_in_ipv6_encapsulates_to_the_backend_and_leaves_the_inner_packet_alone() {
+    let mut r = v6_rig();
+    let f = frame6(
+        (ip6("2001:db8:ff::7"), 40000),
+        (ip6("2001:db8::101"), 443),
+        PROTO_TCP,
+        b"hello",
+    );
+    let (v, out) = r.run(&f);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(out.len(), f.len() + 40);
+    assert_eq!(&out[0..6], &GW_MAC);
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    assert_eq!(out[14] >> 4, 6);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([out[18], out[19]])),
+        f.len() - 14
+    );
+    assert_eq!(out[20], 41, "next header: IPv6");
+    assert_eq!(&out[22..38], &ip6("2001:db8::1").octets());
+    let dst = &out[38..54];
+    assert!(dst == ip6("2001:db8:3::1").octets() || dst == ip6("2001:db8:3::2").octets());
+    assert_eq!(&out[54..], &f[14..], "inner packet unchanged");
+}
+
+/// A Neighbor Solicitation for `target` from `src` (with a source link-layer address
+/// option unless `src` is unspecified), hop limit `hop`.
+fn solicit(src: Ipv6Addr, target: Ipv6Addr, hop: u8) -> Vec<u8> {
+    let mut body = vec![ND_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&target.octets());
+    if !src.is_unspecified() {
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&CLIENT_MAC);
+    }
+    let t = target.octets();
+    let snm = Ipv6Addr::from([
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(t[13]),
+        u16::from_be_bytes([t[14], t[15]]),
+    ]);
+    frame6_raw(src, snm, PROTO_ICMPV6, hop, body, Some(2))
+}
+
+#[test]
+fn neighbor_solicitations_for_our_addresses_are_answered() {
+    let mut r = v6_rig();
+    let client = ip6("fe80::2");
+    for target in ["2001:db8::100", "2001:db8::1"] {
+        let (v, out) = r.run(&solicit(client, ip6(target), 255));
+        assert_eq!(v, Verdict::Forward, "{target}");
+        assert_eq!(&out[0..6], &CLIENT_MAC);
+        assert_eq!(&out[6..12], &LB_MAC);
+        assert_eq!(out.len(), 14 + 40 + 32);
+        assert_eq!(out[20], PROTO_ICMPV6);
+        assert_eq!(out[21], 255, "hop limit 255 (RFC 4861 §7.1.2)");
+        assert_eq!(&out[22..38], &ip6(target).octets());
+        assert_eq!(&out[38..54], &client.octets());
+        assert_eq!(out[54], ND_NEIGHBOR_ADVERT);
+        assert_eq!(out[58], 0x60, "Solicited and Override");
+        assert_eq!(&out[62..78], &ip6(target).octets());
+        assert_eq!(&out[78..80], &[2, 1], "target link-layer address option");
+        assert_eq!(&out[80..86], &LB_MAC);
+        assert!(upper_ok6(&out[14..]));
+    }
+    // Duplicate Address Detection (from ::, no option): answered to all nodes, grown.
+    let (v, out) = r.run(&solicit(Ipv6Addr::UNSPECIFIED, ip6("2001:db8::100"), 255));
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(&out[0..6], &[0x33, 0x33, 0, 0, 0, 1]);
+    assert_eq!(&out[38..54], &ip6("ff02::1").octets());
+    assert_eq!(out[58], 0x20, "unsolicited: Override only");
+    assert!(upper_ok6(&out[14..]));
+    assert_eq!(r.count(C::NdAdvertisements), 3);
+    // Not ours: the kernel's. Hop limit below 255 or a bad checksum: dropped.
+    assert_eq!(
+        r.run(&solicit(client, ip6("2001:db8::99"), 255)).0,
+        Verdict::Exception
+    );
+    assert_eq!(
+        r.run(&solicit(client, ip6("2001:db8::100"), 64)).0,
+        Verdict::Drop
+    );
+    let mut bad = solicit(client, ip6("2001:db8::100"), 255);
+    bad[60] ^= 1;
+    assert_eq!(r.run(&bad).0, Verdict::Drop);
+    assert_eq!(r.count(C::DropBadIpHeader), 1);
+    assert_eq!(r.count(C::DropBadChecksum), 1);
+}
+
+#[test]
+fn icmpv6_echo_to_a_vip_is_answered() {
+    let mut r = v6_rig();
+    let client = ip6("2001:db8:ff::7");
+    let body = vec![
+        ICMPV6_ECHO_REQUEST,
+        0,
+        0,
+        0,
+        0x12,
+        0x34,
+        0,
+        1,
+        b'p',
+        b'i',
+        b'n',
+        b'g',
+    ];
+    let f = frame6_raw(
+        client,
+        ip6("2001:db8::100"),
+        PROTO_ICMPV6,
+        64,
+        body,
+        Some(2),
+    );
+    let (v, out) = r.run(&f);
+    assert_eq!(v, Verdict::Forward);
+    assert_eq!(&out[0..6], &CLIENT_MAC);
+    assert_eq!(out[54], ICMPV6_ECHO_REPLY);
+    assert_eq!(&out[22..38], &ip6("2001:db8::100").octets());
+    assert_eq!(&out[38..54], &client.octets());
+    assert_eq!(&out[58..], &f[58..], "identifier, sequence and data echoed");
+    assert!(upper_ok6(&out[14..]));
+    assert_eq!(r.count(C::IcmpEchoReplies), 1);
+}
+
+#[test]
+fn malformed_and_unsupported_ipv6_is_counted_never_forwarded() {
+    let mut r = v6_rig();
+    let client = (ip6("2001:db8:ff::7"), 40000);
+    let vip = (ip6("2001:db8::100"), 80);
+    let good = frame6(client, vip, PROTO_TCP, b"x");
+    let mut cases: Vec<(Vec<u8>, Verdict, C)> = Vec::new();
+    cases.push((good[..50].to_vec(), Verdict::Drop, C::DropTruncated));
+    let mut v4 = good.clone();
+    v4[14] = 0x40;
+    cases.push((v4, Verdict::Drop, C::DropBadIpHeader));
+    let mut long = good.clone();
+    long[18..20].copy_from_slice(&200u16.to_be_bytes());
+    cases.push((long, Verdict::Drop, C::DropTruncated));
+    let mut short_tcp = good.clone();
+    short_tcp[18..20].copy_from_slice(&10u16.to_be_bytes());
+    cases.push((short_tcp, Verdict::Drop, C::DropTruncated));
+    let mut hbh = good.clone();
+    hbh[20] = 0; // hop-by-hop options first
+    cases.push((hbh, Verdict::Exception, C::ExceptionIpv6ExtHeader));
+    let mut frag = good.clone();
+    frag[20] = 44;
+    cases.push((frag, Verdict::Exception, C::ExceptionFragment));
+    cases.push((
+        frame6(client, (vip.0, 81), PROTO_TCP, b"?"),
+        Verdict::Drop,
+        C::DropUnknownVip,
+    ));
+    cases.push((
+        frame6(client, (ip6("2001:db8::5"), 22), PROTO_TCP, b"ssh"),
+        Verdict::Exception,
+        C::ExceptionOther,
+    ));
+    let icmp_short = frame6_raw(client.0, vip.0, PROTO_ICMPV6, 255, vec![135, 0], None);
+    cases.push((icmp_short, Verdict::Drop, C::DropTruncated));
+    for (i, (f, want, counter)) in cases.into_iter().enumerate() {
+        let before = r.count(counter);
+        let (v, _) = r.run(&f);
+        assert_eq!(v, want, "case {i}");
+        assert_eq!(r.count(counter), before + 1, "case {i} counted");
+    }
+    assert_eq!(r.count(C::NdAdvertisements), 0);
+}
+
+#[test]
+fn ipv6_vip_with_an_ipv4_backend_is_rejected() {
+    let cfg = parse(
+        r#"
+listeners:
+  - {name: web6, address: "[2001:db8::100]:80", cluster: pool}
+clusters:
+  - {name: pool, endpoints: ["10.1.0.1:8080"]}
+"#,
+        Format::Yaml,
+    )
+    .unwrap();
+    let err = LbTable::compile(&cfg, &addressing(), 1, &StatsRegistry::new(1)).unwrap_err();
+    assert!(err.to_string().contains("one address family"), "{err}");
+    let mut no_src = addressing();
+    no_src.tunnel_src6 = None;
+    let cfg = parse(V6_CONFIG, Format::Yaml).unwrap();
+    let err = LbTable::compile(&cfg, &no_src, 1, &StatsRegistry::new(1)).unwrap_err();
+    assert!(err.to_string().contains("--dpdk-tunnel-src6"), "{err}");
 }

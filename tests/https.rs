@@ -1,0 +1,676 @@
+//! TLS on HTTP listeners, per engine: the HTTP proxy terminates TLS (records through the
+//! offload engine) in STRICT, PERMISSIVE and mTLS modes, with SNI, keep-alive and
+//! pipelining over one session, chunked bodies, 100-continue and an upgrade tunnel; a
+//! client outside `allowed_principals` gets a 403 over its session; the client's
+//! certificate identity goes upstream as `x-forwarded-client-cert`. Real clients: `curl`
+//! and `openssl s_client` (skipped with a message when absent), and rustls for raw bytes.
+//! Bad input: plaintext to a STRICT port, a certificate from another CA, a wrong SPIFFE
+//! ID, a truncated record, an oversized record — each counted, the proxy keeps serving.
+
+#[macro_use]
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::pki::*;
+use common::*;
+use tickmesh::engine::EngineKind;
+use tickmesh::telemetry::ListenerCounter as L;
+
+// === the upstream: answers every request with what it received ===
+
+/// An HTTP/1.1 upstream that answers each request with its head as it arrived and the
+/// length of its body (`Content-Length` or chunked; `Expect: 100-continue` honoured); an
+/// `Upgrade` request gets a 101 and then an echo of raw bytes.
+struct Mirror {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Mirror {
+    fn start() -> Mirror {
+        Mirror::serve(None)
+    }
+
+    /// The same behind TLS (`tls`: the server's config).
+    fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Mirror {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, count) = (heads.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (log, tls) = (log.clone(), tls.clone());
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    let _ = match tls {
+                        None => mirror_conn(c, &log),
+                        Some(cfg) => rustls::ServerConnection::new(cfg)
+                            .map_err(std::io::Error::other)
+                            .and_then(|s| mirror_conn(rustls::StreamOwned::new(s, c), &log)),
+                    };
+                });
+            }
+        });
+        Mirror { addr, heads, conns }
+    }
+
+    fn last(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn mirror_conn(c: impl Read + Write, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut r = BufReader::new(c);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let lower = head.to_ascii_lowercase();
+        log.lock().unwrap().push(head.clone());
+        let value = |name: &str| {
+            lower
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let w = r.get_mut();
+        if value("upgrade:").is_some() {
+            w.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            )?;
+            let mut b = [0u8; 4096];
+            loop {
+                let n = r.read(&mut b)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                r.get_mut().write_all(&b[..n])?;
+            }
+        }
+        if value("expect:").as_deref() == Some("100-continue") {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            w.flush()?;
+        }
+        let mut body = 0usize;
+        if let Some(n) = value("content-length:") {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut b = vec![0; n];
+            r.read_exact(&mut b)?;
+            body = n;
+        } else if value("transfer-encoding:").as_deref() == Some("chunked") {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                let mut b = vec![0; n + 2];
+                r.read_exact(&mut b)?;
+                body += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        let text = format!("{head}body={body}\n");
+        let w = r.get_mut();
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )?;
+        w.flush()?;
+        if value("connection:").as_deref() == Some("close") {
+            return Ok(());
+        }
+    }
+}
+
+// === config and clients ===
+
+/// An http listener on port 0 terminating TLS with the `mesh` certificate; `tls_extra`
+/// goes inside its `tls:` map (`{dir}` names the PKI's folder). Every path goes to the
+/// mirror.
+fn config(pki: &Pki, tls_extra: &str, upstream: SocketAddr) -> String {
+    config_with(pki, "mesh", tls_extra, upstream, "")
+}
+
+/// As [`config`], serving certificate `cert`, with `routes` (YAML list items) before the
+/// catch-all route.
+fn config_with(
+    pki: &Pki,
+    cert: &str,
+    tls_extra: &str,
+    upstream: SocketAddr,
+    routes: &str,
+) -> String {
+    let tls_extra = tls_extra.replace("{dir}", &pki.dir.path().display().to_string());
+    format!(
+        "listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    protocol: http\n    tls: {{cert: {}, key: {}{tls_extra}}}\n\
+         clusters:\n  - {{name: m, endpoints: [\"{upstream}\"]}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n{routes}          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+        pki.s(&format!("{cert}.pem")),
+        pki.s(&format!("{cert}.key")),
+    )
+}
+
+fn mtls(mode: &str) -> String {
+    format!(
+        ", client_ca: {{dir}}/ca.pem, mode: {mode}, allowed_principals: [\"spiffe://example.org/ns/trading/sa/gateway\"]"
+    )
+}
+
+/// curl over https to `localhost` (resolved to the proxy): (exit code, stdout, stderr).
+fn curl(pki: &Pki, addr: SocketAddr, args: &[&str], urls: &[&str]) -> (i32, String, String) {
+    let port = addr.port();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert", &pki.s("ca.pem")])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["--resolve", &format!("billing.internal:{port}:127.0.0.1")])
+        .args(args);
+    for u in urls {
+        cmd.arg(u.replace("PORT", &port.to_string()));
+    }
+    let out = cmd.output().expect("curl runs (scripts/setup installs it)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`curl`] presenting client certificate `name` of the PKI, for `path` on `localhost`;
+/// the output ends with `status=<code>`.
+fn curl_as(
+    pki: &Pki,
+    addr: SocketAddr,
+    name: &str,
+    extra: &[&str],
+    path: &str,
+) -> (i32, String, String) {
+    let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
+    let mut args = vec!["--cert", &cert, "--key", &key, "-w", "status=%{http_code}"];
+    args.extend_from_slice(extra);
+    curl(
+        pki,
+        addr,
+        &args,
+        &[&format!("https://localhost:PORT{path}")],
+    )
+}
+
+fn tools() -> bool {
+    let ok = have("openssl") && have("curl");
+    if !ok {
+        eprintln!("SKIP: needs the openssl and curl commands (scripts/setup installs them)");
+    }
+    ok
+}
+
+/// Read from a session until `want` appears in what came (or the stream ends).
+fn read_until(s: &mut TcpStream, c: &mut rustls::ClientConnection, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut t = rustls::Stream::new(c, s);
+    let mut b = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match t.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The PKI, a mirror upstream, and a proxy terminating TLS in front of it (see
+/// [`config`]); `None` (with a message) without the openssl and curl commands.
+fn setup(kind: EngineKind, tls_extra: &str) -> Option<(Pki, Mirror, Proxy, SocketAddr)> {
+    if !tools() {
+        return None;
+    }
+    let pki = Pki::new();
+    let m = Mirror::start();
+    let p = Proxy::start(kind, &config(&pki, tls_extra, m.addr));
+    let addr = p.listener("l");
+    Some((pki, m, p, addr))
+}
+
+/// One plaintext GET on a new connection: the response, read to the end of its body
+/// (`Content-Length`).
+fn get(addr: SocketAddr, path: &str) -> String {
+    get_on(&mut BufReader::new(connect(addr)), path)
+}
+
+/// As [`get`], on a kept-alive connection.
+fn get_on(r: &mut BufReader<TcpStream>, path: &str) -> String {
+    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return text;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        text.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    let _ = r.read_exact(&mut body);
+    text + &String::from_utf8_lossy(&body)
+}
+
+fn open_zero(p: &Proxy) {
+    wait_until("connections to close", Duration::from_secs(5), || {
+        p.engine().open_connections() == 0
+    });
+}
+
+// === tests (each runs per engine, see the bottom) ===
+
+/// curl over https: one TLS connection carries two requests (keep-alive), the upstream
+/// hears `x-forwarded-proto: https`, records go through the offload engine; SNI picks
+/// the second certificate; chunked upload, 100-continue.
+fn curl_keepalive_sni_bodies(kind: EngineKind) {
+    let sni = ", sni_certs: [{cert: {dir}/server2.pem, key: {dir}/server2.key}]";
+    let Some((pki, _m, p, addr)) = setup(kind, sni) else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-v"],
+        &["https://localhost:PORT/one", "https://localhost:PORT/two"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("GET /one HTTP/1.1") && out.contains("GET /two HTTP/1.1"),
+        "{out}"
+    );
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    assert_eq!(ls.get(L::CxTotal), 1, "both requests on one connection");
+    assert_eq!(ls.get(L::TlsHandshakes), 1);
+    assert!(ls.get(L::TlsRecordsOffloaded) >= 4);
+    // SNI: billing.internal is only in server2's certificate, which curl verifies.
+    let (code, out, err) = curl(&pki, addr, &[], &["https://billing.internal:PORT/b"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GET /b HTTP/1.1"), "{out}");
+    // A chunked upload of 100 KiB, and a 64 KiB body sent after 100-continue.
+    let body = pki.path("body");
+    std::fs::write(&body, payload(1, 100 * 1024)).unwrap();
+    let data = format!("@{}", body.display());
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &data],
+        &["https://localhost:PORT/up"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("body=102400"), "{out}");
+    std::fs::write(&body, payload(2, 64 * 1024)).unwrap();
+    let (code, out, err) = curl(
+        &pki,
+        addr,
+        &["-v", "-H", "Expect: 100-continue", "--data-binary", &data],
+        &["https://localhost:PORT/expect"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("body=65536"), "{out}");
+    assert!(err.contains("100 Continue"), "{err}");
+    open_zero(&p);
+}
+
+/// `openssl s_client` sends two requests in one write: both answered, in order, on
+/// the one session.
+fn openssl_pipelined(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-CAfile",
+            &pki.s("ca.pem"),
+        ])
+        .args(["-connect", &addr.to_string(), "-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (a, b) = (text.find("GET /first"), text.find("GET /second"));
+    assert!(a.is_some() && b.is_some() && a < b, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(p.stats.listener("l").get(L::CxTotal), 1);
+    open_zero(&p);
+}
+
+/// mTLS: the allowed principal passes with `x-forwarded-client-cert` set (a forged one
+/// from the client is dropped); another principal gets a 403 over its session; a
+/// certificate from another CA fails the handshake.
+fn mtls_principals_and_xfcc(kind: EngineKind) {
+    let Some((pki, m, p, addr)) = setup(kind, &mtls("STRICT")) else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    let forged = ["-H", "x-forwarded-client-cert: URI=spiffe://forged"];
+    let (code, out, err) = curl_as(&pki, addr, "gateway", &forged, "/ok");
+    assert_eq!(code, 0, "{err}");
+    // Hash= is the SHA-256 of the client certificate, as openssl computes it.
+    let fp = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            &pki.s("gateway.pem"),
+        ])
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout);
+    let hash = fp
+        .trim()
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    assert_eq!(hash.len(), 64, "{fp}");
+    let xfcc = format!(
+        "x-forwarded-client-cert: By=spiffe://example.org/ns/mesh/sa/proxy;Hash={hash};URI=spiffe://example.org/ns/trading/sa/gateway\r\n"
+    );
+    assert!(out.contains(&xfcc), "{out}");
+    assert!(!out.contains("forged"), "{out}");
+    // Another principal of the same CA: 403 with a body, counted; nothing upstream.
+    let before = m.heads.lock().unwrap().len();
+    let (code, out, err) = curl_as(&pki, addr, "intruder", &[], "/secret");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("RBAC: access denied") && out.contains("status=403"),
+        "{out}"
+    );
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert_eq!(m.heads.lock().unwrap().len(), before);
+    // A certificate from another CA: the handshake fails.
+    let (code, _, _) = curl_as(&pki, addr, "foreign", &[], "/");
+    assert_ne!(code, 0);
+    wait_until("cert rejection counted", Duration::from_secs(5), || {
+        ls.get(L::TlsCertRejected) == 1
+    });
+    // Still serving.
+    let (code, out, _) = curl_as(&pki, addr, "gateway", &[], "/again");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("GET /again") && out.contains("status=200"),
+        "{out}"
+    );
+    open_zero(&p);
+}
+
+/// PERMISSIVE: plaintext HTTP is served as such (`x-forwarded-proto: http`), TLS too.
+fn permissive(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, ", mode: PERMISSIVE") else {
+        return;
+    };
+    let mut s = connect(addr);
+    s.write_all(b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("x-forwarded-proto: http\r\n"), "{got}");
+    let (code, out, err) = curl(&pki, addr, &[], &["https://localhost:PORT/tls"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("x-forwarded-proto: https"), "{out}");
+    let ls = p.stats.listener("l");
+    assert_eq!(ls.get(L::TlsPlaintextAccepted), 1);
+    assert_eq!(ls.get(L::TlsHandshakes), 1);
+    open_zero(&p);
+}
+
+/// An upgrade (101) over TLS becomes a tunnel of decrypted bytes both ways.
+fn upgrade_over_tls(kind: EngineKind) {
+    let Some((pki, _m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let (mut s, mut c) = tls_connect(addr, pki.client(None));
+    c.writer()
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let head = read_until(&mut s, &mut c, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping", "pong pong"] {
+        c.writer().write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_until(&mut s, &mut c, msg), msg);
+    }
+    assert_eq!(p.stats.listener("l").get(L::HttpUpgrades), 1);
+    drop((s, c));
+    open_zero(&p);
+}
+
+/// Bad input: plaintext to a STRICT port (an alert), a truncated record, an oversized
+/// record; each counted, and the proxy keeps serving.
+fn bad_input(kind: EngineKind) {
+    let Some((pki, m, p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let ls = p.stats.listener("l");
+    // Plaintext HTTP: a TLS alert record comes back (decode_error), no response.
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(
+        read_alert(&mut s),
+        Some(50),
+        "an alert record, decode_error"
+    );
+    assert_eq!(ls.get(L::TlsPlaintextRejected), 1);
+    // A request cut inside a record, then EOF: counted as truncation, nothing upstream.
+    let before = m.heads.lock().unwrap().len();
+    truncated_record(addr, pki.client(None));
+    wait_until("truncation counted", Duration::from_secs(5), || {
+        ls.get(L::TlsTruncated) == 1
+    });
+    assert_eq!(m.heads.lock().unwrap().len(), before);
+    // An oversized record: record_overflow.
+    let err = oversized_record(addr, pki.client(None));
+    assert!(err.contains("RecordOverflow"), "{err}");
+    wait_until("record error counted", Duration::from_secs(5), || {
+        ls.get(L::TlsRecordErrors) == 1
+    });
+    // Still serving.
+    let (code, out, err) = curl(&pki, addr, &[], &["https://localhost:PORT/fine"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("GET /fine"), "{out}");
+    assert!(m.last().contains("GET /fine"));
+    open_zero(&p);
+}
+
+/// Per-route `allowed_principals`: `/admin` only for the gateway identity (403 for
+/// others, over their session), the rest for every verified client; a route with
+/// principals on a listener without client certificates is refused at apply.
+fn route_principals(kind: EngineKind) {
+    let Some((pki, m, mut p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let admin = "          - match: {prefix: \"/admin\"}\n            route: {cluster: m}\n            allowed_principals: [\"spiffe://example.org/ns/trading/sa/gateway\"]\n";
+    let bad = config_with(&pki, "mesh", "", m.addr, admin);
+    let cfg = tickmesh::config::parse(&bad, tickmesh::config::Format::Yaml).unwrap();
+    let e = tickmesh::route::compile(&cfg, 9, &p.stats, &mut p.pool)
+        .map(|_| ())
+        .expect_err("refused without client_ca")
+        .to_string();
+    assert!(e.contains("client_ca"), "{e}");
+    p.apply(&config_with(
+        &pki,
+        "mesh",
+        ", client_ca: {dir}/ca.pem",
+        m.addr,
+        admin,
+    ));
+    assert_eq!(p.listener("l"), addr, "the port-0 listener keeps its port");
+    let ls = p.stats.listener("l");
+    let who = |name: &str, path: &str| curl_as(&pki, addr, name, &[], path).1;
+    assert!(who("gateway", "/admin/x").contains("status=200"));
+    let out = who("intruder", "/admin/x");
+    assert!(
+        out.contains("status=403") && out.contains("RBAC: access denied"),
+        "{out}"
+    );
+    assert!(who("intruder", "/public").contains("status=200"));
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert!(!m
+        .heads
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h.contains("/admin") && h.contains("intruder")));
+    open_zero(&p);
+}
+
+/// Certificate rotation by apply: new handshakes get the new certificate, a session
+/// opened before keeps serving requests.
+fn rotation(kind: EngineKind) {
+    let Some((pki, m, mut p, addr)) = setup(kind, "") else {
+        return;
+    };
+    let leaf = |c: &rustls::ClientConnection| c.peer_certificates().unwrap()[0].clone();
+    let (mut s1, mut c1) = tls_connect(addr, pki.client(None));
+    assert_eq!(leaf(&c1), pki.certs("mesh")[0]);
+    let req = b"GET /r HTTP/1.1\r\nHost: a\r\n\r\n";
+    c1.writer().write_all(req).unwrap();
+    assert!(read_until(&mut s1, &mut c1, "body=0\n").contains("GET /r"));
+    p.apply(&config_with(&pki, "server-new", "", m.addr, ""));
+    let (_s2, c2) = tls_connect(addr, pki.client(None));
+    assert_eq!(leaf(&c2), pki.certs("server-new")[0]);
+    c1.writer().write_all(req).unwrap();
+    assert!(read_until(&mut s1, &mut c1, "body=0\n").contains("GET /r"));
+    drop((s1, c1, _s2, c2));
+    open_zero(&p);
+}
+
+/// A plain HTTP listener in front of a TLS cluster: requests go upstream inside TLS
+/// (SNI and CA checked), pooled connections keep their session (two client connections,
+/// one upstream connection and handshake); a certificate that does not match the SNI
+/// fails the handshake: 503 to the client, counted on the cluster.
+fn originate_to_tls_cluster(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let m = Mirror::serve(Some(Arc::new(server)));
+    // An endpoint that hangs up on every connection (a failed handshake).
+    let closer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in closer.incoming() {
+            drop(c);
+        }
+    });
+    let yaml = |sni: &str| {
+        format!(
+            "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+             clusters:\n  - {{name: m, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: {sni}}}}}\n\
+             \x20 - {{name: two, endpoints: [\"{closer_addr}\", \"{m}\"], tls: {{ca: {ca}, sni: {sni}}}}}\n\
+             route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+             \x20         - match: {{prefix: \"/retry\"}}\n            route: {{cluster: two, retry_policy: {{retry_on: connect-failure, num_retries: 2}}}}\n\
+             \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+            m = m.addr,
+            ca = pki.s("ca.pem")
+        )
+    };
+    let mut p = Proxy::start(kind, &yaml("orders.internal"));
+    let addr = p.listener("l");
+    let cs = p.stats.cluster("m");
+    // One client connection, two requests: the second takes the pooled upstream
+    // connection (pools are per worker; one client connection stays on one).
+    let mut client = BufReader::new(connect(addr));
+    for path in ["/a", "/b"] {
+        let text = get_on(&mut client, path);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET {path}")),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        m.conns.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one pooled TLS connection"
+    );
+    assert_eq!(
+        cs.get(tickmesh::telemetry::UpstreamCounter::TlsHandshakes),
+        1
+    );
+    assert!(cs.get(tickmesh::telemetry::UpstreamCounter::TlsRecordsOffloaded) >= 4);
+    assert_eq!(p.stats.listener("l").get(L::HttpUpstreamReuse), 1);
+    // The upstream's certificate does not name billing.internal: 503.
+    // A failed handshake is a connect failure: retried on the next endpoint.
+    for i in 0..4 {
+        let text = get_on(&mut client, &format!("/retry/{i}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    let two = p.stats.cluster("two");
+    assert!(two.get(tickmesh::telemetry::UpstreamCounter::TlsErrors) >= 1);
+    assert!(p.stats.listener("l").get(L::HttpRetry) >= 1);
+    drop(client);
+    p.apply(&yaml("billing.internal"));
+    let got = get(addr, "/c");
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(cs.get(tickmesh::telemetry::UpstreamCounter::TlsErrors) >= 1);
+    open_zero(&p);
+}
+
+per_engine!(
+    originate_to_tls_cluster,
+    route_principals,
+    rotation,
+    curl_keepalive_sni_bodies,
+    openssl_pipelined,
+    mtls_principals_and_xfcc,
+    permissive,
+    upgrade_over_tls,
+    bad_input,
+);
