@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
         let t = compile(&cfg, 1, &own, &mut pool).unwrap();
         let c = &t.clusters[0];
         c.endpoints[1].health.eject(&c.health, 1, 60_000, 60_000);
+        c.refresh_plan(); // as the control plane's health tick does
         let routes = Arc::new(Routes::new(t));
         let mut lb = LbState::new(7);
         let mut cursor = 0u32;
@@ -83,6 +84,39 @@ fn bench(c: &mut Criterion) {
                 black_box(cl.pick(&mut lb, &mut cursor, black_box(src), 0, 0))
             })
         });
+    }
+    // Locality-weighted (2 localities) and two priority levels with one endpoint of the
+    // first ejected: the degraded path reads the published load plan.
+    for (name, yaml) in [
+        (
+            "round_robin/4ep/localities",
+            "clusters:\n  - name: c\n    locality_weights: {a: 1, b: 2}\n    endpoints: [{address: \"127.0.0.1:1\", locality: a}, {address: \"127.0.0.1:2\", locality: a}, {address: \"127.0.0.1:3\", locality: b}, {address: \"127.0.0.1:4\", locality: b}]\n",
+        ),
+        (
+            "round_robin/4ep/2-levels",
+            "clusters:\n  - name: c\n    endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", {address: \"127.0.0.1:3\", priority: 1}, {address: \"127.0.0.1:4\", priority: 1}]\n",
+        ),
+    ] {
+        let cfg = parse(yaml, Format::Yaml).unwrap();
+        for ejected in [false, true] {
+            let own = StatsRegistry::new(1);
+            let t = compile(&cfg, 1, &own, &mut pool).unwrap();
+            if ejected {
+                let c = &t.clusters[0];
+                c.endpoints[0].health.eject(&c.health, 1, 60_000, 60_000);
+                c.refresh_plan();
+            }
+            let routes = Arc::new(Routes::new(t));
+            let mut lb = LbState::new(7);
+            let mut cursor = 0u32;
+            let label = format!("{name}{}", if ejected { "/1-ejected" } else { "" });
+            g.bench_function(label, |b| {
+                b.iter(|| {
+                    let t = routes.load();
+                    black_box(t.clusters[0].pick(&mut lb, &mut cursor, None, 0, 0))
+                })
+            });
+        }
     }
     g.finish();
 }

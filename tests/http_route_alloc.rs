@@ -98,3 +98,58 @@ route_configs:
     }
     assert!(hits > 20, "most lookups route ({hits})");
 }
+
+/// Endpoint picks allocate nothing either: all usable, and degraded (priority load,
+/// locality weights, panic mode) — the plan is read, never built, on a pick.
+#[test]
+fn endpoint_picks_do_not_allocate() {
+    use tickmesh::cluster::LbState;
+    let yaml = r#"
+clusters:
+  - name: prio
+    endpoints:
+      - "127.0.0.1:1"
+      - "127.0.0.1:2"
+      - {address: "127.0.0.1:3", priority: 1}
+  - name: loc
+    lb_policy: least_request
+    locality_weights: {a: 1, b: 2}
+    endpoints:
+      - {address: "127.0.0.1:1", locality: a}
+      - {address: "127.0.0.1:2", locality: b}
+      - {address: "127.0.0.1:3", locality: b}
+  - name: hash
+    lb_policy: maglev
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+"#;
+    let cfg = parse(yaml, Format::Yaml).expect("valid config");
+    let stats = tickmesh::telemetry::StatsRegistry::new(1);
+    let t = tickmesh::route::compile(&cfg, 1, &stats, &mut tickmesh::net::SocketPool::new(1))
+        .expect("compiles");
+    let mut st = LbState::new(1);
+    let mut picks = |rounds: u32| {
+        let mut cur = 0;
+        let before = ALLOCS.with(|a| a.get());
+        for i in 0..rounds {
+            for c in t.clusters.iter() {
+                st.set_key(Some(u64::from(i)));
+                std::hint::black_box(c.pick(&mut st, &mut cur, None, i % 2, 0));
+            }
+        }
+        ALLOCS.with(|a| a.get()) - before
+    };
+    picks(2); // warm-up: the arc-swap reader slot of this thread
+    assert_eq!(picks(300), 0, "all usable");
+    for c in t.clusters.iter() {
+        c.endpoints[0].health.eject(&c.health, 1, 1000, 1000);
+        c.refresh_plan();
+    }
+    picks(2);
+    assert_eq!(picks(300), 0, "one endpoint out");
+    for c in t.clusters.iter() {
+        c.endpoints[1].health.eject(&c.health, 1, 1000, 1000);
+        c.refresh_plan();
+    }
+    picks(2);
+    assert_eq!(picks(300), 0, "panic and failover");
+}

@@ -59,6 +59,9 @@ impl Backend {
     }
 }
 
+/// A `Backend::start` status meaning "500 to nine requests in ten, 200 to the tenth".
+const FLAKY: u16 = 599;
+
 fn answer(c: TcpStream, status: &AtomicU16, requests: &AtomicUsize, checks: &AtomicUsize) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
     let mut w = c.try_clone().unwrap();
@@ -78,7 +81,15 @@ fn answer(c: TcpStream, status: &AtomicU16, requests: &AtomicUsize, checks: &Ato
     } else {
         requests.fetch_add(1, Ordering::SeqCst);
     }
-    let s = status.load(Ordering::SeqCst);
+    let mut s = status.load(Ordering::SeqCst);
+    if s == FLAKY {
+        // 500 to nine requests in ten.
+        s = if requests.load(Ordering::SeqCst) % 10 == 0 {
+            200
+        } else {
+            500
+        };
+    }
     let _ = write!(
         w,
         "HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
@@ -263,6 +274,93 @@ fn http_5xx_ejects_and_returns(kind: EngineKind) {
     assert!(table.contains("ejected (x2"), "{table}");
 }
 
+fn cluster_counter(
+    d: &Daemon,
+    field: fn(&tickmesh::control::protocol::ClusterStatsView) -> u64,
+) -> u64 {
+    let s = d.plane.stats();
+    field(s.clusters.iter().find(|c| c.name == "svc").expect("svc"))
+}
+
+/// Success-rate detection, evaluated each interval from the per-endpoint volumes the
+/// workers count: of three backends, the one answering 500 to nine requests in ten
+/// (success rate 10% against 100% and 100%: mean 70, stdev 42, threshold 70 − 1.0 × 42)
+/// is ejected, takes no traffic while out, and returns after its ejection time.
+fn success_rate_ejects_and_returns(kind: EngineKind) {
+    let good = [Backend::start(200), Backend::start(200)];
+    let bad = Backend::start(FLAKY);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 0, interval: 300ms, base_ejection_time: 1s, max_ejection_percent: 50, success_rate_minimum_hosts: 3, success_rate_request_volume: 10, success_rate_stdev_factor: 1000}}\n",
+            good[0].addr, good[1].addr, bad.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the flaky endpoint is ejected by success rate",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..10 {
+                get(addr, "/a");
+            }
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_success_rate), 1);
+    let h = d.health("svc", bad.addr);
+    assert!(h.success_rate.is_some_and(|r| r < 50.0), "{h:?}");
+    let g = d.health("svc", good[0].addr);
+    assert_eq!(g.state, "healthy");
+    assert!(g.success_rate.is_some_and(|r| r == 100.0), "{g:?}");
+    assert!(d.counter("svc", bad.addr, "rq_error") >= 9);
+    let before = bad.requests();
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/b"), 200, "only the good endpoints serve");
+    }
+    if t0.elapsed() < Duration::from_millis(900) {
+        assert_eq!(bad.requests(), before, "no traffic while ejected");
+    }
+    wait_until("the endpoint returns", Duration::from_secs(5), || {
+        d.health("svc", bad.addr).state == "healthy"
+    });
+    wait_until("traffic returns to it", Duration::from_secs(5), || {
+        get(addr, "/c");
+        bad.requests() > before
+    });
+}
+
+/// Failure-percentage detection (enforced only when asked, as in Envoy): the endpoint
+/// failing 90% of its requests crosses a 50% threshold and is ejected.
+fn failure_percentage_ejects(kind: EngineKind) {
+    let good = Backend::start(200);
+    let bad = Backend::start(FLAKY);
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 0, interval: 200ms, base_ejection_time: 30s, max_ejection_percent: 50, enforcing_success_rate: 0, failure_percentage_threshold: 50, failure_percentage_minimum_hosts: 2, failure_percentage_request_volume: 10, enforcing_failure_percentage: 100}}\n",
+            good.addr, bad.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the failing endpoint is ejected by failure percentage",
+        Duration::from_secs(10),
+        || {
+            for _ in 0..10 {
+                get(addr, "/a");
+            }
+            d.health("svc", bad.addr).state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_failure_percentage), 1);
+    assert_eq!(cluster_counter(&d, |c| c.ejections_success_rate), 0);
+    assert_eq!(d.health("svc", good.addr).state, "healthy");
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(table.contains("1 ejected by failure %"), "{table}");
+}
+
 /// L4: connect failures are gateway errors; the dead endpoint is ejected and new
 /// connections stop trying it (its connect_fail count stops growing).
 fn tcp_connect_failures_eject(kind: EngineKind) {
@@ -405,7 +503,10 @@ spec:
     assert!(
         policy.contains("maglev on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
-            && policy.contains("outlier 5xx 2 (100%)"),
+            && policy.contains("outlier 5xx 2 (100%)")
+            // Istio: outlier detection sets the panic threshold to `minHealthPercent`,
+            // default 0.
+            && policy.contains("panic threshold 0%"),
         "{policy}"
     );
     let (a0, b0) = (a.requests(), b.requests());
@@ -640,7 +741,173 @@ fn priority_failover(kind: EngineKind) {
     assert!(table.contains("(priority 1)"), "{table}");
 }
 
+/// Envoy's panic threshold: with 1 of 3 endpoints passing its check (33% < 50%), the
+/// cluster balances over all three (counted in `lb_healthy_panic`); with the threshold
+/// lowered to 30% by a live apply, only the healthy one serves.
+fn panic_threshold_spreads_load(kind: EngineKind) {
+    let good = Backend::start(200);
+    let sick = [Backend::start(503), Backend::start(503)];
+    let cluster = |threshold: &str| {
+        format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n{threshold}    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}]\n",
+            good.addr, sick[0].addr, sick[1].addr
+        )
+    };
+    let d = Daemon::start(kind, &http_config(&cluster("")));
+    let addr = d.listener();
+    wait_until("both sick endpoints fail", Duration::from_secs(5), || {
+        sick.iter()
+            .all(|b| d.health("svc", b.addr).state == "unhealthy")
+    });
+    // The load plan follows the flags at the next health tick (20 ms).
+    std::thread::sleep(Duration::from_millis(100));
+    let panics = || {
+        let s = d.plane.stats();
+        let c = s.clusters.iter().find(|c| c.name == "svc").expect("svc");
+        c.counters.get("lb_healthy_panic").copied().unwrap_or(0)
+    };
+    let before = sick[0].requests() + sick[1].requests();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        statuses.push(get(addr, "/p"));
+    }
+    let to_sick = sick[0].requests() + sick[1].requests() - before;
+    assert!(
+        to_sick >= 10,
+        "panic mode spreads over all three: {statuses:?}"
+    );
+    assert!(panics() >= 30, "{}", panics());
+    let yaml = http_config(&cluster("    healthy_panic_threshold: 30\n"));
+    d.plane
+        .apply(&yaml, Format::Yaml, false)
+        .unwrap_or_else(|e| panic!("apply: {e:?}"));
+    wait_until("the new plan is published", Duration::from_secs(5), || {
+        let g = d.plane.get(None);
+        g.clusters
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.policy.contains("panic threshold 30%"))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (before, p0) = (sick[0].requests() + sick[1].requests(), panics());
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/q"), 200, "only the healthy endpoint serves");
+    }
+    assert_eq!(sick[0].requests() + sick[1].requests(), before);
+    assert_eq!(panics(), p0);
+}
+
+/// Istio locality failover relative to the proxy's `node.locality`: the endpoint in the
+/// proxy's own locality serves alone; once outlier detection ejects it, the `failover`
+/// region takes the traffic (Istio's panic threshold is 0: no spreading to the ejected).
+fn istio_locality_failover(kind: EngineKind) {
+    let local = Backend::start(200);
+    let remote = Backend::start(200);
+    let mut yaml = http_config(&format!(
+        "  - name: svc\n    endpoints: [{{address: \"{}\", locality: us/a/1}}, {{address: \"{}\", locality: eu/c/1}}]\n",
+        local.addr, remote.addr
+    ));
+    yaml.push_str(
+        "node: {locality: us/a/1}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc}\nspec:\n  host: svc\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, interval: 50ms, baseEjectionTime: 30s, maxEjectionPercent: 100}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us, to: eu}]\n",
+    );
+    let d = Daemon::start(kind, &yaml);
+    let addr = d.listener();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    assert_eq!((local.requests(), remote.requests()), (10, 0));
+    let g = d.plane.get(None);
+    let view = g.clusters.expect("clusters");
+    let svc = view.iter().find(|c| c.name == "svc").expect("svc");
+    assert!(
+        svc.endpoints.iter().any(|e| e.ends_with("(priority 1)")),
+        "{:?}",
+        svc.endpoints
+    );
+    local.status.store(500, Ordering::SeqCst);
+    wait_until(
+        "the local endpoint is ejected",
+        Duration::from_secs(5),
+        || {
+            get(addr, "/");
+            d.health("svc", local.addr).state == "ejected"
+        },
+    );
+    std::thread::sleep(Duration::from_millis(100)); // one health tick: the new plan
+    let before = (local.requests(), remote.requests());
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/"), 200, "the failover region serves");
+    }
+    assert_eq!(local.requests(), before.0);
+    assert_eq!(remote.requests(), before.1 + 10);
+}
+
+/// Istio `consistentHash.httpCookie` with `ttl`: a request without the cookie gets one
+/// generated (`Set-Cookie` on the response, Envoy's shape), and requests that carry it
+/// back stay on the endpoint that answered the first; different clients spread.
+fn generated_hash_cookie_sticks(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpCookie: {{name: sticky, ttl: 60s, path: /}}}}}}}}\n",
+            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    // One raw request; the whole response.
+    let fetch = |headers: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let mut homes = std::collections::HashSet::new();
+    for _client in 0..8 {
+        let before = counts();
+        let first = fetch("");
+        let line = first
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        let value = line
+            .split_once("sticky=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(value.len(), 16, "{line}");
+        assert!(line.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{line}");
+        let after = counts();
+        let home = (0..3).find(|&i| after[i] != before[i]).expect("served");
+        for _ in 0..5 {
+            let r = fetch(&format!("cookie: a=1; sticky=\"{value}\"\r\n"));
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            assert!(
+                !r.to_ascii_lowercase().contains("set-cookie"),
+                "a request with the cookie gets none: {r}"
+            );
+        }
+        let later = counts();
+        assert_eq!(later[home] - after[home], 5, "{after:?} → {later:?}");
+        homes.insert(home);
+    }
+    assert!(homes.len() >= 2, "8 clients spread: {homes:?}");
+}
+
 per_engine!(
+    generated_hash_cookie_sticks,
+    istio_locality_failover,
+    success_rate_ejects_and_returns,
+    failure_percentage_ejects,
+    panic_threshold_spreads_load,
     http_5xx_ejects_and_returns,
     destination_rule_policy_applies,
     subsets_select_by_labels,
@@ -671,8 +938,28 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "enforcing_consecutive_5xx",
         ),
         (
-            "outlier_detection: {success_rate_minimum_hosts: 3}",
-            "success_rate_minimum_hosts",
+            "outlier_detection: {split_external_local_origin_errors: true}",
+            "split_external_local_origin_errors",
+        ),
+        (
+            "outlier_detection: {enforcing_success_rate: 101}",
+            "outlier_detection.enforcing_success_rate",
+        ),
+        (
+            "outlier_detection: {enforcing_failure_percentage: 200}",
+            "outlier_detection.enforcing_failure_percentage",
+        ),
+        (
+            "outlier_detection: {failure_percentage_threshold: 101}",
+            "outlier_detection.failure_percentage_threshold",
+        ),
+        (
+            "outlier_detection: {success_rate_stdev_factor: -1}",
+            "success_rate_stdev_factor",
+        ),
+        (
+            "outlier_detection: {success_rate_request_volume: many}",
+            "success_rate_request_volume",
         ),
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 0, healthy_threshold: 1, http_health_check: {path: /h}}]",
@@ -698,6 +985,19 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "lb_policy: maglev\n    hash_policy: {header: x-user, cookie: s}",
             "exactly one key",
         ),
+        (
+            "lb_policy: maglev\n    hash_policy: {header: x-user, cookie_ttl: 1h}",
+            "they need `cookie`",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {cookie: s, cookie_path: /}",
+            "hash_policy.cookie_path",
+        ),
+        (
+            "lb_policy: maglev\n    hash_policy: {cookie: s, cookie_ttl: 1h, cookie_path: nope}",
+            "is not a cookie path",
+        ),
+        ("healthy_panic_threshold: 101", "healthy_panic_threshold"),
 
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
@@ -737,6 +1037,26 @@ fn malformed_destination_rule_policies_are_errors() {
             "maxEjectionPercent",
         ),
         ("outlierDetection: {interval: 0s}", "interval"),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, path: /}}}",
+            "httpCookie.path",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: 1m, path: \"/a;b\"}}}",
+            "is not a cookie path",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpCookie: {name: s, ttl: forever}}}",
+            "invalid duration `forever`",
+        ),
+        (
+            "outlierDetection: {minHealthPercent: 101}",
+            "outlierDetection.minHealthPercent",
+        ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: true}",
+            "splitExternalLocalOriginErrors",
+        ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",

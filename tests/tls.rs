@@ -880,3 +880,124 @@ per_engine!(
     rotation_under_load,
     control_plane_modes_and_paths,
 );
+
+/// An HTTPS backend (rustls, the `server` certificate) answering every request with the
+/// status currently set; counts requests.
+struct HttpsBackend {
+    addr: SocketAddr,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpsBackend {
+    fn start(pki: &Pki) -> HttpsBackend {
+        use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(pki.certs("server"), pki.key("server"))
+            .unwrap(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(200));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (st, rq) = (status.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                let (cfg, st, rq) = (cfg.clone(), st.clone(), rq.clone());
+                std::thread::spawn(move || {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                    let mut t = rustls::StreamOwned::new(conn, c);
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match t.read(&mut b) {
+                            Ok(0) | Err(_) => return, // e.g. the client refused our cert
+                            Ok(n) => head.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    rq.fetch_add(1, Ordering::SeqCst);
+                    let s = st.load(Ordering::SeqCst);
+                    let _ = write!(
+                        t,
+                        "HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    );
+                    t.conn.send_close_notify();
+                    let _ = t.flush();
+                });
+            }
+        });
+        HttpsBackend {
+            addr,
+            status,
+            requests,
+        }
+    }
+}
+
+/// Active health checks of a cluster that originates TLS go over TLS with the cluster's
+/// own settings: they pass against the right certificate, follow the backend's status,
+/// and fail when the certificate does not carry the configured SNI name.
+#[test]
+fn tls_health_checks_verify_and_follow_the_backend() {
+    use std::sync::atomic::Ordering;
+    use tickmesh::config::Format;
+    use tickmesh::control::{ControlPlane, ControlServer};
+    if !have("openssl") {
+        eprintln!("SKIP tls_health_checks_verify_and_follow_the_backend: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let b = HttpsBackend::start(&pki);
+    let yaml = |sni: &str| {
+        format!(
+            "clusters:\n  - name: c\n    endpoints: [\"{}\"]\n    tls: {{ca: {}, sni: {sni}}}\n    health_checks: [{{timeout: 1s, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}]\n",
+            b.addr,
+            pki.s("ca.pem")
+        )
+    };
+    let cfg = tickmesh::config::parse(&yaml("orders.internal"), Format::Yaml).unwrap();
+    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
+    let dir = tempfile::tempdir().unwrap();
+    let _server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
+        .expect("control socket");
+    let health = || {
+        let s = plane.stats();
+        s.clusters[0].endpoints[0].health.clone()
+    };
+    wait_until("TLS checks pass", Duration::from_secs(10), || {
+        b.requests.load(Ordering::SeqCst) >= 3
+    });
+    let h = health();
+    assert_eq!((h.state.as_str(), h.checks_failed), ("healthy", 0), "{h:?}");
+    b.status.store(503, Ordering::SeqCst);
+    wait_until(
+        "a 503 over TLS fails the check",
+        Duration::from_secs(10),
+        || health().state == "unhealthy",
+    );
+    b.status.store(200, Ordering::SeqCst);
+    wait_until("healthy again", Duration::from_secs(10), || {
+        health().state == "healthy"
+    });
+    // The name the certificate does not carry: verification fails, so does the check,
+    // and the backend never sees a request.
+    plane
+        .apply(&yaml("billing.internal"), Format::Yaml, false)
+        .unwrap_or_else(|e| panic!("apply: {e:?}"));
+    std::thread::sleep(Duration::from_millis(100));
+    let before = b.requests.load(Ordering::SeqCst);
+    wait_until(
+        "an unverifiable backend fails",
+        Duration::from_secs(10),
+        || health().state == "unhealthy",
+    );
+    assert_eq!(b.requests.load(Ordering::SeqCst), before);
+}

@@ -1,9 +1,11 @@
 //! Active HTTP health checks, run by the control plane.
 //!
 //! Owns the probing: one tokio task per (cluster, endpoint) with a check configured,
-//! a real HTTP/1.1 `GET` over TCP every `interval`, and the endpoint's `CHECK_FAILED`
-//! flag in its [`super::health::EndpointHealth`]. Never runs on a worker; workers only
-//! see the flag through `ClusterEntry::pick`.
+//! a real HTTP/1.1 `GET` over TCP every `interval` — over TLS with the cluster's own
+//! `ClientTls` (its CA, SNI name and client certificate) when the cluster originates
+//! TLS — and the endpoint's `CHECK_FAILED` flag in its
+//! [`super::health::EndpointHealth`]. Never runs on a worker; workers only see the flag
+//! through `ClusterEntry::pick`.
 
 use std::time::Duration;
 
@@ -62,6 +64,7 @@ impl CheckPolicy {
 
 struct Probe {
     policy: Arc<CheckPolicy>,
+    tls: Option<Arc<crate::tls::ClientTls>>,
     health: Arc<EndpointHealth>,
     cluster: Arc<ClusterHealth>,
     task: tokio::task::JoinHandle<()>,
@@ -106,7 +109,12 @@ impl Checker {
                 let k = (c.name.clone(), e.address);
                 keep.insert(k.clone());
                 if let Some(p) = self.probes.get(&k) {
-                    if *p.policy == **policy && Arc::ptr_eq(&p.health, &e.health) {
+                    let same_tls = match (&p.tls, &c.tls) {
+                        (None, None) => true,
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        _ => false,
+                    };
+                    if *p.policy == **policy && Arc::ptr_eq(&p.health, &e.health) && same_tls {
                         continue;
                     }
                 }
@@ -118,6 +126,7 @@ impl Checker {
                 health.reset_streak();
                 let task = rt.spawn(probe_loop(
                     policy.clone(),
+                    c.tls.clone(),
                     e.address,
                     health.clone(),
                     cluster.clone(),
@@ -126,6 +135,7 @@ impl Checker {
                     k,
                     Probe {
                         policy,
+                        tls: c.tls.clone(),
                         health,
                         cluster,
                         task,
@@ -154,6 +164,7 @@ impl Drop for Checker {
 
 async fn probe_loop(
     policy: Arc<CheckPolicy>,
+    tls: Option<Arc<crate::tls::ClientTls>>,
     addr: SocketAddr,
     health: Arc<EndpointHealth>,
     cluster: Arc<ClusterHealth>,
@@ -162,9 +173,27 @@ async fn probe_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let ok = match tokio::time::timeout(policy.timeout, check_once(&policy, addr)).await {
+        let result = match &tls {
+            None => tokio::time::timeout(policy.timeout, check_once(&policy, addr)).await,
+            Some(tls) => {
+                // rustls is driven by blocking I/O on the blocking pool, every socket
+                // operation bounded by the check's timeout (no async TLS crate needed).
+                let (p, tls) = (policy.clone(), tls.clone());
+                let job = tokio::task::spawn_blocking(move || check_once_tls(&p, addr, &tls));
+                tokio::time::timeout(policy.timeout, async {
+                    job.await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                })
+                .await
+            }
+        };
+        let ok = match result {
             Ok(Ok(status)) => policy.passes(status),
-            Ok(Err(_)) | Err(_) => false,
+            Ok(Err(e)) => {
+                tracing::debug!("health check of {addr} failed: {e}");
+                false
+            }
+            Err(_) => false,
         };
         let streak = health.check_result(ok);
         let failed = health.flags() & CHECK_FAILED != 0;
@@ -184,14 +213,55 @@ async fn probe_loop(
     }
 }
 
+impl CheckPolicy {
+    /// The check's request.
+    fn request(&self) -> String {
+        format!(
+            "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: tickmesh-health-check\r\nconnection: close\r\n\r\n",
+            self.path, self.host
+        )
+    }
+}
+
+/// One `GET` over a fresh TLS connection made with the cluster's client settings (the
+/// certificate is verified against its CA and SNI name as the data path does); the
+/// response's status code. Blocking; each socket operation is bounded by the timeout.
+fn check_once_tls(
+    p: &CheckPolicy,
+    addr: SocketAddr,
+    tls: &crate::tls::ClientTls,
+) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let s = std::net::TcpStream::connect_timeout(&addr, p.timeout)?;
+    s.set_read_timeout(Some(p.timeout))?;
+    s.set_write_timeout(Some(p.timeout))?;
+    let conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .map_err(std::io::Error::other)?;
+    let mut t = rustls::StreamOwned::new(conn, s);
+    t.write_all(p.request().as_bytes())?;
+    t.flush()?;
+    let mut buf = vec![0u8; MAX_CHECK_RESPONSE];
+    let mut len = 0;
+    loop {
+        let n = t.read(&mut buf[len..])?;
+        len += n;
+        if let Some(status) = status_of(&buf[..len]) {
+            return Ok(status);
+        }
+        if n == 0 || len == buf.len() {
+            return Err(no_status());
+        }
+    }
+}
+
+fn no_status() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP status line")
+}
+
 /// One `GET` over a fresh connection; the response's status code.
 async fn check_once(p: &CheckPolicy, addr: SocketAddr) -> std::io::Result<u16> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    let req = format!(
-        "GET {} HTTP/1.1\r\nhost: {}\r\nuser-agent: tickmesh-health-check\r\nconnection: close\r\n\r\n",
-        p.path, p.host
-    );
-    s.write_all(req.as_bytes()).await?;
+    s.write_all(p.request().as_bytes()).await?;
     let mut buf = vec![0u8; MAX_CHECK_RESPONSE];
     let mut len = 0;
     loop {
@@ -201,10 +271,7 @@ async fn check_once(p: &CheckPolicy, addr: SocketAddr) -> std::io::Result<u16> {
             return Ok(status);
         }
         if n == 0 || len == buf.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "no HTTP status line",
-            ));
+            return Err(no_status());
         }
     }
 }

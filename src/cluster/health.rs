@@ -41,6 +41,35 @@ pub enum Outcome {
     ConnectedFinal,
 }
 
+impl Outcome {
+    /// Whether success-rate and failure-percentage detection count this as a failure
+    /// (Envoy without `split_external_local_origin_errors`: 5xx and local failures).
+    #[inline]
+    pub fn is_error(self) -> bool {
+        match self {
+            Outcome::Status(s) => s >= 500,
+            Outcome::LocalFailure => true,
+            Outcome::ConnectedFinal => false,
+        }
+    }
+}
+
+/// Record an outcome on the endpoint's health and on its volume counters (the worker's
+/// own slot of `stats`, [`crate::telemetry::UpstreamCounter::RqSuccess`] /
+/// [`crate::telemetry::UpstreamCounter::RqError`]). Worker side: lock-free, no
+/// allocation, no shared line written on a success.
+#[inline]
+pub fn record(
+    health: &EndpointHealth,
+    stats: &crate::telemetry::UpstreamStats,
+    worker: usize,
+    o: Outcome,
+) {
+    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+    health.record(o);
+    stats.inc(worker, if o.is_error() { RqError } else { RqSuccess });
+}
+
 /// One endpoint's health. 64-byte aligned so that two endpoints never share a line.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -60,6 +89,13 @@ pub struct EndpointHealth {
     check_streak: AtomicU32,
     checks_total: AtomicU64,
     checks_failed: AtomicU64,
+    /// The volume counters (success, error) at the last interval tick: the next tick's
+    /// volumes are the differences.
+    seen_success: AtomicU64,
+    seen_error: AtomicU64,
+    /// The success rate of the last interval, in hundredths of a percent plus one (0:
+    /// too few requests to count).
+    last_success_rate: AtomicU32,
 }
 
 impl EndpointHealth {
@@ -183,6 +219,27 @@ impl EndpointHealth {
         }
     }
 
+    /// The (success, error) volumes since the last call, given the counters' totals now;
+    /// remembers the totals. Control plane only.
+    pub(crate) fn take_volume(&self, success: u64, error: u64) -> (u64, u64) {
+        let s = success.saturating_sub(self.seen_success.swap(success, Relaxed));
+        let e = error.saturating_sub(self.seen_error.swap(error, Relaxed));
+        (s, e)
+    }
+
+    /// The success rate (percent) of the last interval that had volume enough.
+    pub fn last_success_rate(&self) -> Option<f64> {
+        match self.last_success_rate.load(Relaxed) {
+            0 => None,
+            r => Some(f64::from(r - 1) / 100.0),
+        }
+    }
+
+    pub(crate) fn set_last_success_rate(&self, r: Option<f64>) {
+        self.last_success_rate
+            .store(r.map_or(0, |r| (r * 100.0).round() as u32 + 1), Relaxed);
+    }
+
     pub(crate) fn reset_streak(&self) {
         self.check_streak.store(0, Relaxed);
     }
@@ -208,6 +265,10 @@ pub struct ClusterHealth {
     /// Outlier detection: when the next interval tick is due ([`now_ms`]; 0: not yet
     /// started).
     pub(crate) next_interval_ms: AtomicU64,
+    /// Ejections by success rate and by failure percentage (Envoy's
+    /// `ejections_enforced_success_rate` / `_failure_percentage`).
+    pub(crate) ejections_success_rate: AtomicU64,
+    pub(crate) ejections_failure_percentage: AtomicU64,
 }
 
 impl ClusterHealth {
@@ -228,6 +289,14 @@ impl ClusterHealth {
 
     pub fn ejections_overflow(&self) -> u64 {
         self.ejections_overflow.load(Relaxed)
+    }
+
+    pub fn ejections_success_rate(&self) -> u64 {
+        self.ejections_success_rate.load(Relaxed)
+    }
+
+    pub fn ejections_failure_percentage(&self) -> u64 {
+        self.ejections_failure_percentage.load(Relaxed)
     }
 }
 

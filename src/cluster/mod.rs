@@ -11,6 +11,7 @@ pub mod dns;
 pub mod health;
 pub mod maglev;
 pub mod outlier;
+pub mod priority;
 
 use std::net::SocketAddr;
 

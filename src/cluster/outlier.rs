@@ -21,8 +21,20 @@
 //!   endpoint can always be (Envoy: "will eject at least one host regardless of the
 //!   value"); refused ejections are counted (`ejections_overflow`).
 //!
-//! Not implemented (refused by name when configured): success-rate and
-//! failure-percentage detection, split local/external error counting.
+//! - success rate, at each interval tick: from the volumes the workers counted per
+//!   endpoint since the previous tick (`rq_success`/`rq_error`, per-worker slots summed
+//!   here), the endpoints with at least `success_rate_request_volume` requests are
+//!   compared once there are `success_rate_minimum_hosts` of them; one whose success
+//!   rate is below mean − `success_rate_stdev_factor`/1000 × stdev (population) is
+//!   ejected with the chance `enforcing_success_rate` (default 100%);
+//! - failure percentage, at the same tick: with `failure_percentage_minimum_hosts`
+//!   endpoints having `failure_percentage_request_volume` requests, one whose failures
+//!   reach `failure_percentage_threshold` percent is ejected with the chance
+//!   `enforcing_failure_percentage` (default **0%**, as in Envoy).
+//!   Both eject through the same path (and cap) as consecutive errors.
+//!
+//! Not implemented (refused by name when configured): split local/external error
+//! counting (`split_external_local_origin_errors` and its `*_local_origin_*` fields).
 
 use std::time::Duration;
 
@@ -45,6 +57,20 @@ pub struct OutlierPolicy {
     /// Percent chance that a detected outlier is ejected, per kind.
     pub enforcing_5xx: u32,
     pub enforcing_gateway: u32,
+    pub success_rate: RateDetection,
+    pub failure_percentage: RateDetection,
+}
+
+/// One statistical detection kind (success rate or failure percentage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDetection {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    /// Success rate: the stdev factor × 1000; failure percentage: the threshold in
+    /// percent.
+    pub threshold: u32,
+    /// Percent chance that a detected outlier is ejected (0: the kind is off).
+    pub enforcing: u32,
 }
 
 impl OutlierPolicy {
@@ -64,6 +90,18 @@ impl OutlierPolicy {
                 .enforcing_consecutive_gateway_failure
                 .unwrap_or(0)
                 .min(100),
+            success_rate: RateDetection {
+                minimum_hosts: o.success_rate_minimum_hosts.unwrap_or(5),
+                request_volume: o.success_rate_request_volume.unwrap_or(100),
+                threshold: o.success_rate_stdev_factor.unwrap_or(1900),
+                enforcing: o.enforcing_success_rate.unwrap_or(100).min(100),
+            },
+            failure_percentage: RateDetection {
+                minimum_hosts: o.failure_percentage_minimum_hosts.unwrap_or(5),
+                request_volume: o.failure_percentage_request_volume.unwrap_or(50),
+                threshold: o.failure_percentage_threshold.unwrap_or(85).min(100),
+                enforcing: o.enforcing_failure_percentage.unwrap_or(0).min(100),
+            },
         }
     }
 
@@ -94,20 +132,30 @@ fn chance(percent: u32) -> bool {
 }
 
 /// One health tick for one cluster at `now` ([`super::health::now_ms`]): un-eject at
-/// interval ticks, then eject endpoints over a threshold while the cap allows.
+/// interval ticks and judge the interval's success rates, then eject endpoints over a
+/// threshold while the cap allows. `volume(i)` gives endpoint `i`'s (success, error)
+/// counter totals (read only at interval ticks).
 pub fn sweep<'a>(
     p: &OutlierPolicy,
     cluster: &ClusterHealth,
     endpoints: impl Iterator<Item = &'a EndpointHealth> + Clone,
     now: u64,
+    volume: impl Fn(usize) -> (u64, u64),
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let next = cluster.next_interval_ms.load(Relaxed);
+    let mut interval_tick = false;
     if next == 0 {
         cluster
             .next_interval_ms
             .store(now.saturating_add(p.interval_ms), Relaxed);
+        // The first interval counts from here.
+        for (i, e) in endpoints.clone().enumerate() {
+            let (s, f) = volume(i);
+            e.take_volume(s, f);
+        }
     } else if now >= next {
+        interval_tick = true;
         cluster
             .next_interval_ms
             .store(now.saturating_add(p.interval_ms), Relaxed);
@@ -126,6 +174,66 @@ pub fn sweep<'a>(
         .clone()
         .filter(|e| e.flags() & EJECTED != 0)
         .count() as u64;
+    // Ejects `e` if the chance and the cap allow; counts a refusal by the cap.
+    let mut try_eject = |e: &EndpointHealth, enforce: u32| -> bool {
+        if !chance(enforce) {
+            return false;
+        }
+        let allowed =
+            ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
+        if !allowed {
+            cluster.ejections_overflow.fetch_add(1, Relaxed);
+            return false;
+        }
+        e.eject(cluster, now, p.base_ejection_ms, p.max_ejection_ms);
+        ejected += 1;
+        true
+    };
+    if interval_tick {
+        let rates: Vec<(u64, f64)> = endpoints
+            .clone()
+            .enumerate()
+            .map(|(i, e)| {
+                let (s, f) = volume(i);
+                let (s, f) = e.take_volume(s, f);
+                let n = s + f;
+                (
+                    n,
+                    if n == 0 {
+                        100.0
+                    } else {
+                        100.0 * s as f64 / n as f64
+                    },
+                )
+            })
+            .collect();
+        let sr = &p.success_rate;
+        let sr_threshold = rate_threshold(&rates, sr.request_volume, sr.minimum_hosts)
+            .map(|(mean, stdev)| mean - f64::from(sr.threshold) / 1000.0 * stdev);
+        let fp = &p.failure_percentage;
+        let fp_judged = rate_threshold(&rates, fp.request_volume, fp.minimum_hosts).is_some();
+        for (e, &(n, rate)) in endpoints.clone().zip(&rates) {
+            e.set_last_success_rate((n >= u64::from(sr.request_volume.max(1))).then_some(rate));
+            if e.flags() & EJECTED != 0 {
+                continue;
+            }
+            if let Some(t) = sr_threshold {
+                if n >= u64::from(sr.request_volume) && rate < t {
+                    if try_eject(e, sr.enforcing) {
+                        cluster.ejections_success_rate.fetch_add(1, Relaxed);
+                    }
+                    continue;
+                }
+            }
+            if fp_judged
+                && n >= u64::from(fp.request_volume)
+                && 100.0 - rate >= f64::from(fp.threshold)
+                && try_eject(e, fp.enforcing)
+            {
+                cluster.ejections_failure_percentage.fetch_add(1, Relaxed);
+            }
+        }
+    }
     for e in endpoints {
         if e.flags() & EJECTED != 0 {
             continue;
@@ -133,28 +241,38 @@ pub fn sweep<'a>(
         let Some(enforce) = p.detected(e) else {
             continue;
         };
-        if !chance(enforce) {
-            // Detected, not enforced (Envoy's `enforcing_*`): start counting again.
+        // Detected, whether enforced or refused by the cap (Envoy's `enforcing_*`):
+        // counted once per crossing, so counting starts again.
+        if !try_eject(e, enforce) {
             e.clear_counters();
-            continue;
         }
-        let allowed =
-            ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
-        if !allowed {
-            cluster.ejections_overflow.fetch_add(1, Relaxed);
-            // Counted once per crossing: start the count again.
-            e.clear_counters();
-            continue;
-        }
-        e.eject(cluster, now, p.base_ejection_ms, p.max_ejection_ms);
-        ejected += 1;
     }
+}
+
+/// The mean and population standard deviation of the success rates of the endpoints
+/// with at least `volume` requests, when there are `minimum_hosts` of them.
+fn rate_threshold(rates: &[(u64, f64)], volume: u32, minimum_hosts: u32) -> Option<(f64, f64)> {
+    let judged: Vec<f64> = rates
+        .iter()
+        .filter(|(n, _)| *n >= u64::from(volume) && *n > 0)
+        .map(|(_, r)| *r)
+        .collect();
+    if judged.is_empty() || (judged.len() as u64) < u64::from(minimum_hosts) {
+        return None;
+    }
+    let mean = judged.iter().sum::<f64>() / judged.len() as f64;
+    let var = judged.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>() / judged.len() as f64;
+    Some((mean, var.sqrt()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::health::Outcome;
     use super::*;
+
+    fn none(_: usize) -> (u64, u64) {
+        (0, 0)
+    }
 
     fn policy() -> OutlierPolicy {
         OutlierPolicy::from_config(&OutlierDetection {
@@ -182,6 +300,18 @@ mod tests {
                 max_ejection_percent: 10,
                 enforcing_5xx: 100,
                 enforcing_gateway: 0,
+                success_rate: RateDetection {
+                    minimum_hosts: 5,
+                    request_volume: 100,
+                    threshold: 1900,
+                    enforcing: 100,
+                },
+                failure_percentage: RateDetection {
+                    minimum_hosts: 5,
+                    request_volume: 50,
+                    threshold: 85,
+                    enforcing: 0,
+                },
             }
         );
     }
@@ -199,7 +329,7 @@ mod tests {
         for _ in 0..2 {
             e[0].record(Outcome::LocalFailure);
         }
-        sweep(&quiet, &c, e.iter(), 1);
+        sweep(&quiet, &c, e.iter(), 1, none);
         assert!(e[0].usable(), "detected, enforced at 0%");
         assert_eq!(e[0].consecutive_gateway(), 0, "counting starts again");
         let loud = OutlierPolicy {
@@ -209,7 +339,7 @@ mod tests {
         for _ in 0..2 {
             e[0].record(Outcome::LocalFailure);
         }
-        sweep(&loud, &c, e.iter(), 2);
+        sweep(&loud, &c, e.iter(), 2, none);
         assert!(!e[0].usable());
     }
 
@@ -218,48 +348,48 @@ mod tests {
         let p = policy();
         let c = ClusterHealth::default();
         let eps: Vec<EndpointHealth> = (0..4).map(|_| EndpointHealth::default()).collect();
-        sweep(&p, &c, eps.iter(), 1); // starts the interval clock
+        sweep(&p, &c, eps.iter(), 1, none); // starts the interval clock
         for _ in 0..2 {
             eps[0].record(Outcome::Status(500));
         }
         eps[0].record(Outcome::Status(200)); // breaks the run
         eps[0].record(Outcome::Status(500));
-        sweep(&p, &c, eps.iter(), 10);
+        sweep(&p, &c, eps.iter(), 10, none);
         assert!(eps[0].usable(), "not 3 in a row");
         eps[0].record(Outcome::Status(500));
         eps[0].record(Outcome::Status(500));
-        sweep(&p, &c, eps.iter(), 20);
+        sweep(&p, &c, eps.iter(), 20, none);
         assert!(!eps[0].usable());
         assert_eq!(c.unusable(), 1);
         assert_eq!(eps[0].ejected_until_ms(), 1020);
         // Gateway errors: two connect failures are enough.
         eps[1].record(Outcome::LocalFailure);
         eps[1].record(Outcome::LocalFailure);
-        sweep(&p, &c, eps.iter(), 30);
+        sweep(&p, &c, eps.iter(), 30, none);
         assert!(!eps[1].usable());
         // 50% of 4 = 2 ejected at most: the third is refused and counted.
         for _ in 0..3 {
             eps[2].record(Outcome::Status(503));
         }
-        sweep(&p, &c, eps.iter(), 40);
+        sweep(&p, &c, eps.iter(), 40, none);
         assert!(eps[2].usable());
         assert_eq!(c.ejections_overflow(), 1);
         assert_eq!(eps[2].consecutive_5xx(), 0);
         // Interval ticks: 101 (first sweep after it: 500), then 600 (1010), then 1110.
-        sweep(&p, &c, eps.iter(), 500);
-        sweep(&p, &c, eps.iter(), 1010);
+        sweep(&p, &c, eps.iter(), 500, none);
+        sweep(&p, &c, eps.iter(), 1010, none);
         assert!(!eps[0].usable());
         // Time is up at 1020, but they return only at the next interval tick.
-        sweep(&p, &c, eps.iter(), 1025);
+        sweep(&p, &c, eps.iter(), 1025, none);
         assert!(!eps[0].usable());
-        sweep(&p, &c, eps.iter(), 1115);
+        sweep(&p, &c, eps.iter(), 1115, none);
         assert!(eps[0].usable() && eps[1].usable());
         assert_eq!(c.unusable(), 0);
         // Ejected again: twice the base.
         for _ in 0..3 {
             eps[0].record(Outcome::LocalFailure);
         }
-        sweep(&p, &c, eps.iter(), 1140);
+        sweep(&p, &c, eps.iter(), 1140, none);
         assert_eq!(eps[0].ejected_until_ms(), 1140 + 2000);
         assert_eq!(eps[0].times_ejected(), 2);
     }
@@ -275,7 +405,7 @@ mod tests {
                 e.record(Outcome::Status(500));
             }
         }
-        sweep(&p, &c, eps.iter(), 5);
+        sweep(&p, &c, eps.iter(), 5, none);
         assert_eq!(eps.iter().filter(|e| !e.usable()).count(), 1);
     }
 
@@ -284,15 +414,100 @@ mod tests {
         let p = policy();
         let c = ClusterHealth::default();
         let e = [EndpointHealth::default()];
-        sweep(&p, &c, e.iter(), 1);
+        sweep(&p, &c, e.iter(), 1, none);
         for _ in 0..3 {
             e[0].record(Outcome::Status(502));
         }
-        sweep(&p, &c, e.iter(), 2);
+        sweep(&p, &c, e.iter(), 2, none);
         assert_eq!(e[0].times_ejected(), 1);
-        sweep(&p, &c, e.iter(), 1200); // back
+        sweep(&p, &c, e.iter(), 1200, none); // back
         assert!(e[0].usable());
-        sweep(&p, &c, e.iter(), 1300); // one healthy interval
+        sweep(&p, &c, e.iter(), 1300, none); // one healthy interval
         assert_eq!(e[0].times_ejected(), 0);
+    }
+
+    /// Success rate: five endpoints with 100 requests each per interval, one at 60%
+    /// success: mean 92, stdev 16 → threshold 92 − 1.9 × 16 = 61.6 → it is ejected; an
+    /// endpoint below the request volume is not judged.
+    #[test]
+    fn success_rate_outliers_are_ejected_at_the_interval() {
+        let p = OutlierPolicy::from_config(&OutlierDetection {
+            interval: Some(Duration::from_millis(100)),
+            base_ejection_time: Some(Duration::from_millis(1000)),
+            max_ejection_percent: Some(50),
+            ..OutlierDetection::default()
+        });
+        let c = ClusterHealth::default();
+        let eps: Vec<EndpointHealth> = (0..6).map(|_| EndpointHealth::default()).collect();
+        let counts = std::cell::RefCell::new(vec![(0u64, 0u64); 6]);
+        let vol = |i: usize| counts.borrow()[i];
+        sweep(&p, &c, eps.iter(), 1, vol);
+        {
+            let mut k = counts.borrow_mut();
+            for e in k.iter_mut().take(4) {
+                *e = (100, 0);
+            }
+            k[4] = (60, 40);
+            k[5] = (0, 99); // all failing, but below the volume: not judged
+        }
+        sweep(&p, &c, eps.iter(), 50, vol);
+        assert!(eps.iter().all(|e| e.usable()), "only at interval ticks");
+        sweep(&p, &c, eps.iter(), 101, vol);
+        let out: Vec<bool> = eps.iter().map(|e| !e.usable()).collect();
+        assert_eq!(out, [false, false, false, false, true, false]);
+        assert_eq!(c.ejections_success_rate(), 1);
+        assert_eq!(eps[4].last_success_rate(), Some(60.0));
+        assert_eq!(eps[5].last_success_rate(), None, "below the volume");
+        // The next interval has no volume: nothing judged; it returns after its time.
+        sweep(&p, &c, eps.iter(), 202, vol);
+        sweep(&p, &c, eps.iter(), 1102, vol);
+        assert!(eps[4].usable());
+        // Fewer hosts with volume than the minimum: not judged.
+        {
+            let mut k = counts.borrow_mut();
+            k[0].0 += 100;
+            k[4].1 += 100;
+        }
+        sweep(&p, &c, eps.iter(), 1203, vol);
+        assert!(eps[4].usable(), "2 hosts with volume < 5");
+    }
+
+    /// Failure percentage: enforced only when asked (Envoy's default 0%), then an
+    /// endpoint at or over the threshold is ejected, however the others do.
+    #[test]
+    fn failure_percentage_ejects_over_the_threshold_when_enforced() {
+        let od = |enforce: u32| {
+            OutlierPolicy::from_config(&OutlierDetection {
+                interval: Some(Duration::from_millis(100)),
+                max_ejection_percent: Some(100),
+                enforcing_success_rate: Some(0),
+                failure_percentage_threshold: Some(50),
+                failure_percentage_minimum_hosts: Some(2),
+                failure_percentage_request_volume: Some(10),
+                enforcing_failure_percentage: Some(enforce),
+                ..OutlierDetection::default()
+            })
+        };
+        for (enforce, want) in [(0, [false, false]), (100, [true, true])] {
+            let p = od(enforce);
+            let c = ClusterHealth::default();
+            let eps: Vec<EndpointHealth> = (0..3).map(|_| EndpointHealth::default()).collect();
+            let vol = |i: usize| [(0, 0), (5, 5), (1, 19)][i];
+            sweep(&p, &c, eps.iter(), 1, |_| (0, 0));
+            sweep(&p, &c, eps.iter(), 101, vol);
+            let out = [!eps[1].usable(), !eps[2].usable()];
+            assert_eq!(out, want, "enforcing {enforce}%");
+            assert!(eps[0].usable(), "no volume");
+            assert_eq!(c.ejections_failure_percentage(), u64::from(want[0]) * 2);
+        }
+    }
+
+    #[test]
+    fn rate_statistics() {
+        let r = [(100, 100.0), (100, 100.0), (100, 60.0), (5, 0.0)];
+        let (mean, stdev) = rate_threshold(&r, 10, 3).unwrap();
+        assert!((mean - 86.666).abs() < 0.01 && (stdev - 18.856).abs() < 0.01);
+        assert_eq!(rate_threshold(&r, 10, 4), None);
+        assert_eq!(rate_threshold(&[], 0, 0), None);
     }
 }

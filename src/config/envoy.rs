@@ -62,7 +62,26 @@ pub struct EnvoyCluster {
     /// `V4_ONLY`, `V6_ONLY`, `AUTO`, `V4_PREFERRED`, `ALL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_lookup_family: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_lb_config: Option<CommonLbConfig>,
 }
+
+/// Envoy's `Cluster.CommonLbConfig`: the panic threshold and locality weighting (other
+/// fields, such as `zone_aware_lb_config`, are refused by name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonLbConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_panic_threshold: Option<super::model::Percent>,
+    /// Present (`{}`): balance across localities by their `load_balancing_weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_weighted_lb_config: Option<LocalityWeightedLbConfig>,
+}
+
+/// Envoy's empty `LocalityWeightedLbConfig` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityWeightedLbConfig {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,12 +208,37 @@ impl EnvoyCluster {
             }
         };
         let mut endpoints = Vec::new();
+        let locality_weighted = self
+            .common_lb_config
+            .as_ref()
+            .is_some_and(|c| c.locality_weighted_lb_config.is_some());
+        let mut locality_weights = std::collections::BTreeMap::new();
         for (i, group) in self
             .load_assignment
             .iter()
             .flat_map(|l| l.endpoints.iter())
             .enumerate()
         {
+            let locality = group.locality.as_ref().map(|l| {
+                [&l.region, &l.zone, &l.sub_zone]
+                    .iter()
+                    .filter_map(|x| x.as_deref())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            });
+            if locality_weighted {
+                // Envoy: a locality without a weight takes no traffic.
+                let w = group.load_balancing_weight.unwrap_or(0);
+                let name = locality.clone().unwrap_or_default();
+                if let Some(before) = locality_weights.insert(name.clone(), w) {
+                    if before != w {
+                        return Err((
+                            format!("load_assignment.endpoints[{i}].load_balancing_weight"),
+                            format!("locality `{name}` has weight {before} in an earlier entry and {w} here; give it one weight"),
+                        ));
+                    }
+                }
+            }
             for (j, e) in group.lb_endpoints.iter().enumerate() {
                 let sa = &e.endpoint.address.socket_address;
                 if sa.protocol.as_deref().is_some_and(|p| p != "TCP") {
@@ -231,13 +275,7 @@ impl EnvoyCluster {
                     address,
                     weight: e.load_balancing_weight.unwrap_or(1),
                     priority: group.priority.unwrap_or(0),
-                    locality: group.locality.as_ref().map(|l| {
-                        [&l.region, &l.zone, &l.sub_zone]
-                            .iter()
-                            .filter_map(|x| x.as_deref())
-                            .collect::<Vec<_>>()
-                            .join("/")
-                    }),
+                    locality: locality.clone(),
                 });
             }
         }
@@ -269,6 +307,12 @@ impl EnvoyCluster {
             health_checks: self.health_checks.clone(),
             hash_policy: None,
             tls: None,
+            healthy_panic_threshold: self
+                .common_lb_config
+                .as_ref()
+                .and_then(|c| c.healthy_panic_threshold)
+                .map(|p| p.value),
+            locality_weights,
         })
     }
 }

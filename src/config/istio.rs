@@ -438,6 +438,36 @@ pub struct LoadBalancerSettings {
     pub simple: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_hash: Option<ConsistentHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+}
+
+/// Istio's `LocalityLoadBalancerSetting` (`failoverPriority` is refused by name).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    /// For a proxy in `from`, the share of traffic each `to` locality pattern gets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribute: Vec<LocalityDistribute>,
+    /// For a proxy in region `from`, the region that takes over before all others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityDistribute {
+    pub from: String,
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -531,6 +561,10 @@ pub struct IstioOutlierDetection {
     pub base_ejection_time: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_percent: Option<u32>,
+    /// Istio sets the cluster's panic threshold to this whenever outlier detection is
+    /// configured (default 0: panic mode off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_health_percent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

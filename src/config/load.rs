@@ -220,6 +220,9 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
+                if c.node.is_some() {
+                    out.node = c.node;
+                }
                 // The daemon-wide `offload:` block (was dropped here: every daemon ran
                 // `auto` whatever the file said).
                 if c.offload.is_some() {
@@ -334,6 +337,18 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
         })
     };
 
+    if let Some(n) = &cfg.node {
+        let parts: Vec<&str> = n.locality.split('/').collect();
+        if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.contains('*')) {
+            bad(
+                "node.locality".into(),
+                format!(
+                    "`{}` is not a locality: region, region/zone or region/zone/sub_zone",
+                    n.locality
+                ),
+            );
+        }
+    }
     let mut cluster_names = HashSet::new();
     for (i, c) in cfg.clusters.iter().enumerate() {
         let at = format!("clusters[{i}]");
@@ -396,6 +411,15 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "enforcing_consecutive_gateway_failure",
                     o.enforcing_consecutive_gateway_failure,
                 ),
+                ("enforcing_success_rate", o.enforcing_success_rate),
+                (
+                    "enforcing_failure_percentage",
+                    o.enforcing_failure_percentage,
+                ),
+                (
+                    "failure_percentage_threshold",
+                    o.failure_percentage_threshold,
+                ),
             ] {
                 if let Some(p) = p.filter(|p| *p > 100) {
                     bad(
@@ -450,18 +474,69 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "hashing needs lb_policy maglev or ring_hash".into(),
                 );
             }
+            if (h.cookie_ttl.is_some() || h.cookie_path.is_some()) && h.cookie.is_none() {
+                bad(
+                    format!("{at}.hash_policy"),
+                    "cookie_ttl/cookie_path describe a generated cookie: they need `cookie`".into(),
+                );
+            }
+            if h.cookie_path.is_some() && h.cookie_ttl.is_none() {
+                bad(
+                    format!("{at}.hash_policy.cookie_path"),
+                    "only a generated cookie has a path: set cookie_ttl too".into(),
+                );
+            }
+            if let Some(p) = h
+                .cookie_path
+                .as_deref()
+                .filter(|p| !super::traffic_policy::cookie_path_ok(p))
+            {
+                bad(
+                    format!("{at}.hash_policy.cookie_path"),
+                    format!(
+                        "`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"
+                    ),
+                );
+            }
+        }
+        if let Some(t) = c.healthy_panic_threshold {
+            if !(0.0..=100.0).contains(&t) {
+                bad(
+                    format!("{at}.healthy_panic_threshold"),
+                    format!("{t} is not a percentage 0..=100 (0 disables panic mode)"),
+                );
+            }
+        }
+        if !c.locality_weights.is_empty() {
+            for name in c.locality_weights.keys() {
+                if !c
+                    .endpoints
+                    .iter()
+                    .any(|e| e.locality.as_deref().unwrap_or("") == name)
+                {
+                    bad(
+                        format!("{at}.locality_weights.{name}"),
+                        format!("no endpoint of cluster `{}` has locality `{name}`", c.name),
+                    );
+                }
+            }
+            if let Some((name, w)) = c.locality_weights.iter().find(|(_, &w)| w > 65_535) {
+                bad(
+                    format!("{at}.locality_weights.{name}"),
+                    format!("weight {w} is over 65535"),
+                );
+            }
+            if c.locality_weights.values().all(|&w| w == 0) {
+                bad(
+                    format!("{at}.locality_weights"),
+                    "every weight is 0: no locality would take traffic".into(),
+                );
+            }
         }
         if c.health_checks.len() > 1 {
             bad(
                 format!("{at}.health_checks"),
                 "one health check per cluster is supported".into(),
-            );
-        }
-        if c.tls.is_some() && !c.health_checks.is_empty() {
-            bad(
-                format!("{at}.health_checks"),
-                "health checks are sent in plaintext; a cluster with `tls` cannot be checked yet"
-                    .into(),
             );
         }
         for (j, h) in c.health_checks.iter().enumerate() {

@@ -74,6 +74,9 @@ impl Config {
         if patch.nic.is_some() {
             out.nic = patch.nic.clone();
         }
+        if patch.node.is_some() {
+            out.node = patch.node.clone();
+        }
         out
     }
 

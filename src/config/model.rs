@@ -3,6 +3,7 @@
 //! These are plain data: nothing here is looked at by the data plane. `route::compile`
 //! turns a validated [`Config`] into the immutable runtime snapshot.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +39,18 @@ pub struct Config {
     /// Host NIC tuning (a `tickmesh nic` profile) applied when the daemon starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<NicSettings>,
+    /// This proxy itself (Envoy's `node`): its locality, which Istio
+    /// `localityLbSetting` is relative to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<Node>,
+}
+
+/// The proxy's own identity, as far as load balancing needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// `region`, `region/zone` or `region/zone/sub_zone`.
+    pub locality: String,
 }
 
 /// A NIC profile for the daemon to apply at start and then watch for drift.
@@ -201,6 +214,16 @@ pub struct Cluster {
     /// Originate TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTls>,
+    /// Envoy's `healthy_panic_threshold`, percent (default 50; 0 disables panic mode):
+    /// a priority level with a smaller usable share balances over all its endpoints
+    /// when the levels together cannot take the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_panic_threshold: Option<f64>,
+    /// Locality-weighted balancing (Envoy `locality_weighted_lb_config`): the weight of
+    /// each endpoint `locality` within its priority level. A locality not named here
+    /// takes no traffic, as in Envoy. Empty: off.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locality_weights: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -291,6 +314,32 @@ pub struct OutlierDetection {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_ejection_time: Option<Duration>,
+    /// Success-rate detection (each interval): endpoints with at least
+    /// `success_rate_request_volume` requests in it (default 100) are compared once
+    /// `success_rate_minimum_hosts` of them have (default 5); one whose success rate is
+    /// below mean − `success_rate_stdev_factor`/1000 × stdev (default 1900) is ejected
+    /// with the chance `enforcing_success_rate` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate_stdev_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_success_rate: Option<u32>,
+    /// Failure-percentage detection (each interval): an endpoint with at least
+    /// `failure_percentage_request_volume` requests (default 50), among at least
+    /// `failure_percentage_minimum_hosts` such endpoints (default 5), whose share of
+    /// failures reaches `failure_percentage_threshold` percent (default 85) is ejected
+    /// with the chance `enforcing_failure_percentage` (default **0**, as in Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_threshold: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_minimum_hosts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage_request_volume: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage: Option<u32>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's
@@ -304,6 +353,17 @@ pub struct HashPolicy {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<bool>,
+    /// With `cookie`: a request without the cookie gets one generated (Envoy's and
+    /// Istio's `httpCookie.ttl`): the response carries `Set-Cookie` with this
+    /// `Max-Age` (0: a session cookie) and `cookie_path`.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cookie_ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie_path: Option<String>,
 }
 
 /// Envoy's `HealthCheck` (HTTP checks only): every `interval`, `GET path` with a

@@ -342,6 +342,95 @@ fn genuine_envoy_v3_forms_are_accepted() {
     );
 }
 
+/// Envoy's `common_lb_config`: the panic threshold and locality-weighted balancing with
+/// each locality's `load_balancing_weight` (a locality without one takes no traffic).
+#[test]
+fn envoy_common_lb_config_is_taken() {
+    let text = r#"
+static_resources:
+  clusters:
+  - name: zoned
+    common_lb_config:
+      healthy_panic_threshold: {value: 25.5}
+      locality_weighted_lb_config: {}
+    load_assignment:
+      endpoints:
+      - locality: {region: eu, zone: a}
+        load_balancing_weight: 2
+        lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9001}}}
+      - locality: {region: eu, zone: b}
+        lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9002}}}
+      - locality: {region: eu, zone: a}
+        priority: 1
+        load_balancing_weight: 2
+        lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9003}}}
+"#;
+    let c = parse(text, Format::Yaml).unwrap();
+    let z = &c.clusters[0];
+    assert_eq!(z.healthy_panic_threshold, Some(25.5));
+    assert_eq!(
+        z.locality_weights.iter().collect::<Vec<_>>(),
+        [(&"eu/a".to_string(), &2), (&"eu/b".to_string(), &0)]
+    );
+    // Without `locality_weighted_lb_config` Envoy ignores locality weights, and so do we.
+    let plain = text.replace("      locality_weighted_lb_config: {}\n", "");
+    assert!(parse(&plain, Format::Yaml).unwrap().clusters[0]
+        .locality_weights
+        .is_empty());
+}
+
+#[test]
+fn malformed_lb_settings_are_named() {
+    let envoy = |common: &str, second_weight: u32| {
+        format!(
+            "static_resources:\n  clusters:\n  - name: z\n    common_lb_config: {common}\n    load_assignment:\n      endpoints:\n      - {{locality: {{region: r}}, load_balancing_weight: 1, lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}\n      - {{locality: {{region: r}}, priority: 1, load_balancing_weight: {second_weight}, lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 2}}}}}}}}]}}\n"
+        )
+    };
+    let native = |extra: &str| {
+        format!("clusters:\n  - name: c\n    endpoints: [{{address: \"127.0.0.1:1\", locality: eu/a}}]\n    {extra}\n")
+    };
+    let cases = [
+        (
+            envoy("{zone_aware_lb_config: {}}", 1),
+            "unknown field `zone_aware_lb_config`",
+        ),
+        (
+            envoy("{locality_weighted_lb_config: {}}", 2),
+            "locality `r` has weight 1 in an earlier entry and 2 here",
+        ),
+        (
+            envoy("{healthy_panic_threshold: {value: 101}}", 1),
+            "healthy_panic_threshold",
+        ),
+        (
+            envoy("{healthy_panic_threshold: 50}", 1),
+            "healthy_panic_threshold",
+        ),
+        (native("healthy_panic_threshold: -1"), "not a percentage"),
+        (
+            native("healthy_panic_threshold: half"),
+            "healthy_panic_threshold",
+        ),
+        (
+            native("locality_weights: {eu/b: 1}"),
+            "no endpoint of cluster `c` has locality `eu/b`",
+        ),
+        (native("locality_weights: {eu/a: 0}"), "every weight is 0"),
+        (native("locality_weights: {eu/a: 70000}"), "over 65535"),
+        (native("locality_weights: [eu/a]"), "locality_weights"),
+    ];
+    for (text, want) in cases {
+        let e = err(&text, Format::Yaml).to_string();
+        assert!(
+            e.contains(want),
+            "input {text:?}\n  error: {e}\n  wanted: {want}"
+        );
+    }
+}
+
 #[test]
 fn unsupported_l7_fields_are_named() {
     let cases: &[(&str, &str)] = &[

@@ -14,8 +14,17 @@
 //! An exact name wins over wildcards, a longer wildcard over a shorter one.
 //! Field precedence: what the rule sets replaces the cluster's own setting; what it leaves
 //! out keeps it. A `host|subset` cluster gets the top-level policy, then the subset's.
+//!
+//! Locality load balancing (Istio's, relative to the proxy's `node.locality`; on by
+//! default as in Istio's mesh config, `localityLbSetting.enabled: false` turns it off):
+//! `distribute` sets the cluster's locality weights; otherwise, only when the rule has
+//! outlier detection (Istio: failover without it would never happen), endpoints get
+//! priorities by how much of the proxy's locality they share — same region/zone/sub-zone
+//! 0, same zone 1, same region 2, others 3, and with a `failover` entry for the proxy's
+//! region, regions other than its `to` 4 — renumbered without gaps. This replaces the
+//! endpoints' own priorities, as Istio does.
 
-use super::istio::{DestinationRule, TrafficPolicy};
+use super::istio::{DestinationRule, LocalityLbSetting, TrafficPolicy};
 use super::model::{CircuitBreakers, Cluster, HashPolicy, LbPolicy, OutlierDetection};
 
 const CLUSTER_DOMAIN: &str = "svc.cluster.local";
@@ -104,20 +113,131 @@ pub fn rule_for<'a, 'c>(
 
 /// `c` with the traffic policy of the DestinationRule that governs it applied.
 pub fn effective_cluster(c: &Cluster, rules: &[DestinationRule]) -> Cluster {
+    effective_cluster_at(c, rules, None)
+}
+
+/// [`effective_cluster`] for a proxy at locality `node` (`region/zone/sub_zone`): with
+/// one, the rule's locality load balancing applies too.
+pub fn effective_cluster_at(c: &Cluster, rules: &[DestinationRule], node: Option<&str>) -> Cluster {
     let mut out = c.clone();
     let Some((rule, subset)) = rule_for(rules, &c.name) else {
         return out;
     };
-    if let Some(tp) = &rule.spec.traffic_policy {
+    let subset_tp = subset
+        .and_then(|s| rule.spec.subsets.iter().find(|x| x.name == s))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let tps = [rule.spec.traffic_policy.as_ref(), subset_tp];
+    for tp in tps.iter().flatten() {
         overlay(&mut out, tp);
     }
-    if let Some(tp) = subset
-        .and_then(|s| rule.spec.subsets.iter().find(|x| x.name == s))
-        .and_then(|s| s.traffic_policy.as_ref())
-    {
-        overlay(&mut out, tp);
+    if let Some(node) = node {
+        // The subset's setting replaces the rule's, as every other field does.
+        let setting = tps
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|tp| tp.load_balancer.as_ref()?.locality_lb_setting.as_ref());
+        let outlier = tps
+            .iter()
+            .flatten()
+            .any(|tp| tp.outlier_detection.is_some());
+        if setting.is_none_or(|s| s.enabled != Some(false)) {
+            match setting {
+                Some(s) if !s.distribute.is_empty() => distribute(&mut out, s, node),
+                _ if outlier => failover(&mut out, setting, node),
+                _ => {}
+            }
+        }
     }
     out
+}
+
+/// A `Path` attribute value we may write into `Set-Cookie` as it is.
+pub(super) fn cookie_path_ok(p: &str) -> bool {
+    p.starts_with('/') && p.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';')
+}
+
+/// `region/zone/sub_zone` split in three (missing parts empty).
+fn locality_parts(l: &str) -> [&str; 3] {
+    let mut it = l.splitn(3, '/');
+    [
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+    ]
+}
+
+/// Istio's locality match: each part of `pattern` is `*`, or equal; a missing zone or
+/// sub-zone in the pattern matches any.
+fn locality_match(locality: &str, pattern: &str) -> bool {
+    let (l, p) = (locality_parts(locality), locality_parts(pattern));
+    (p[0] == "*" || p[0] == l[0])
+        && (p[1] == "*" || p[1].is_empty() || p[1] == l[1])
+        && (p[2] == "*" || p[2].is_empty() || p[2] == l[2])
+}
+
+/// Istio `distribute`: the first entry whose `from` matches the proxy decides; each `to`
+/// pattern's share is split over the localities it matches (not matched by an earlier
+/// pattern) by their endpoint weight, rounded up; localities no pattern matches get no
+/// traffic.
+fn distribute(c: &mut Cluster, s: &LocalityLbSetting, node: &str) {
+    let Some(d) = s.distribute.iter().find(|d| locality_match(node, &d.from)) else {
+        return;
+    };
+    let mut original: Vec<(String, u64)> = Vec::new();
+    for e in &c.endpoints {
+        let l = e.locality.clone().unwrap_or_default();
+        match original.iter_mut().find(|(n, _)| *n == l) {
+            Some((_, w)) => *w += u64::from(e.weight.max(1)),
+            None => original.push((l, u64::from(e.weight.max(1)))),
+        }
+    }
+    let mut weights = std::collections::BTreeMap::new();
+    for (pattern, &share) in &d.to {
+        let matched: Vec<&(String, u64)> = original
+            .iter()
+            .filter(|(l, _)| !weights.contains_key(l) && locality_match(l, pattern))
+            .collect();
+        let total: u64 = matched.iter().map(|(_, w)| w).sum();
+        for (l, w) in matched {
+            let wt = (w * u64::from(share)).div_ceil(total.max(1)).min(65_535) as u32;
+            weights.insert(l.clone(), wt);
+        }
+    }
+    for (l, _) in original {
+        weights.entry(l).or_insert(0);
+    }
+    c.locality_weights = weights;
+}
+
+/// Istio's locality failover: priorities by shared locality with the proxy (see the
+/// module doc), renumbered 0.. without gaps.
+fn failover(c: &mut Cluster, s: Option<&LocalityLbSetting>, node: &str) {
+    let me = locality_parts(node);
+    let rules = s.map_or(&[][..], |s| &s.failover[..]);
+    let raw: Vec<u32> = c
+        .endpoints
+        .iter()
+        .map(|e| {
+            let l = locality_parts(e.locality.as_deref().unwrap_or(""));
+            let p = match (l[0] == me[0], l[1] == me[1], l[2] == me[2]) {
+                (true, true, true) => 0,
+                (true, true, false) => 1,
+                (true, false, _) => 2,
+                (false, _, _) => 3,
+            };
+            match rules.iter().find(|f| f.from == me[0]) {
+                Some(f) if p > 2 && l[0] != f.to => 4,
+                _ => p,
+            }
+        })
+        .collect();
+    let mut used = raw.clone();
+    used.sort_unstable();
+    used.dedup();
+    for (e, p) in c.endpoints.iter_mut().zip(raw) {
+        e.priority = used.iter().position(|&u| u == p).unwrap_or(0) as u32;
+    }
 }
 
 fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
@@ -134,6 +254,8 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
                 source_ip: h.use_source_ip.filter(|s| *s),
+                cookie_ttl: h.http_cookie.as_ref().and_then(|k| k.ttl),
+                cookie_path: h.http_cookie.as_ref().and_then(|k| k.path.clone()),
             });
         } else if lb.simple.is_some() {
             c.hash_policy = None;
@@ -194,6 +316,9 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         if let Some(p) = o.max_ejection_percent {
             base.max_ejection_percent = Some(p);
         }
+        // As Istio does: outlier detection sets Envoy's panic threshold to
+        // `minHealthPercent`, which defaults to 0 (no panic mode).
+        c.healthy_panic_threshold = Some(f64::from(o.min_health_percent.unwrap_or(0)));
     }
 }
 
@@ -225,14 +350,20 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
                     );
                 }
-                if h.http_cookie
-                    .as_ref()
-                    .is_some_and(|k| k.ttl.is_some() || k.path.is_some())
-                {
-                    bad(
-                        format!("{at}.loadBalancer.consistentHash.httpCookie"),
-                        "`ttl`/`path` ask the proxy to generate the cookie, which tickmesh does not; hash on an existing cookie by `name` only".into(),
-                    );
+                if let Some(k) = &h.http_cookie {
+                    if k.path.is_some() && k.ttl.is_none() {
+                        bad(
+                            format!("{at}.loadBalancer.consistentHash.httpCookie.path"),
+                            "`path` is for the cookie the proxy generates, which needs `ttl`"
+                                .into(),
+                        );
+                    }
+                    if let Some(p) = k.path.as_deref().filter(|p| !cookie_path_ok(p)) {
+                        bad(
+                            format!("{at}.loadBalancer.consistentHash.httpCookie.path"),
+                            format!("`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"),
+                        );
+                    }
                 }
                 if h.use_source_ip == Some(false) {
                     bad(
@@ -242,6 +373,65 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                 }
             }
             _ => {}
+        }
+    }
+    if let Some(l) = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+    {
+        let at = format!("{at}.loadBalancer.localityLbSetting");
+        if !l.distribute.is_empty() && !l.failover.is_empty() {
+            bad(
+                at.clone(),
+                "set `distribute` or `failover`, not both (as Istio requires)".into(),
+            );
+        }
+        let pattern_ok = |p: &str| {
+            let parts: Vec<&str> = p.split('/').collect();
+            !p.is_empty()
+                && parts.len() <= 3
+                && parts.iter().all(|x| !x.is_empty())
+                // `*` only as the last part.
+                && parts[..parts.len() - 1].iter().all(|x| !x.contains('*'))
+                && parts.last().is_some_and(|x| *x == "*" || !x.contains('*'))
+        };
+        for (i, d) in l.distribute.iter().enumerate() {
+            if !pattern_ok(&d.from) {
+                bad(
+                    format!("{at}.distribute[{i}].from"),
+                    format!(
+                        "`{}` is not a locality (region/zone/sub_zone, `*` last)",
+                        d.from
+                    ),
+                );
+            }
+            for k in d.to.keys().filter(|k| !pattern_ok(k)) {
+                bad(
+                    format!("{at}.distribute[{i}].to"),
+                    format!("`{k}` is not a locality (region/zone/sub_zone, `*` last)"),
+                );
+            }
+            let sum: u64 = d.to.values().map(|&w| u64::from(w)).sum();
+            if sum != 100 {
+                bad(
+                    format!("{at}.distribute[{i}].to"),
+                    format!("weights sum to {sum}, not 100"),
+                );
+            }
+        }
+        for (i, f) in l.failover.iter().enumerate() {
+            if f.from.is_empty() || f.to.is_empty() || f.from.contains('/') || f.to.contains('/') {
+                bad(
+                    format!("{at}.failover[{i}]"),
+                    "`from` and `to` are regions (no `/`)".into(),
+                );
+            } else if f.from == f.to {
+                bad(
+                    format!("{at}.failover[{i}]"),
+                    format!("fails over from `{}` to itself", f.from),
+                );
+            }
         }
     }
     if let Some(pool) = &tp.connection_pool {
@@ -278,11 +468,16 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
         }
     }
     if let Some(o) = &tp.outlier_detection {
-        if let Some(p) = o.max_ejection_percent.filter(|p| *p > 100) {
-            bad(
-                format!("{at}.outlierDetection.maxEjectionPercent"),
-                format!("{p} is over 100"),
-            );
+        for (name, p) in [
+            ("maxEjectionPercent", o.max_ejection_percent),
+            ("minHealthPercent", o.min_health_percent),
+        ] {
+            if let Some(p) = p.filter(|p| *p > 100) {
+                bad(
+                    format!("{at}.outlierDetection.{name}"),
+                    format!("{p} is over 100"),
+                );
+            }
         }
         for (name, d) in [
             ("interval", o.interval),
@@ -313,6 +508,159 @@ mod tests {
         format!(
             "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: {name}{ns}}}\nspec:\n  host: \"{host}\"\n  trafficPolicy:\n{policy}\n"
         )
+    }
+
+    fn zoned() -> Cluster {
+        parse(
+            r#"
+clusters:
+  - name: svc
+    endpoints:
+      - {address: "127.0.0.1:1", locality: us/a/1}
+      - {address: "127.0.0.1:2", locality: us/a/2}
+      - {address: "127.0.0.1:3", locality: us/b/1}
+      - {address: "127.0.0.1:4", locality: eu/c/1, priority: 7}
+      - {address: "127.0.0.1:5", locality: ap/d/1}
+      - {address: "127.0.0.1:6", locality: ap/d/1, weight: 3}
+"#,
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0)
+    }
+
+    fn priorities(c: &Cluster) -> Vec<u32> {
+        c.endpoints.iter().map(|e| e.priority).collect()
+    }
+
+    #[test]
+    fn istio_locality_failover_sets_priorities_by_shared_locality() {
+        let outlier = "    outlierDetection: {consecutive5xxErrors: 3}";
+        let at = |policy: &str, node: Option<&str>| {
+            effective_cluster_at(&zoned(), &rules(&dr("d", "svc", None, policy)), node)
+        };
+        // Istio's default (locality LB on in the mesh) with outlier detection.
+        let c = at(outlier, Some("us/a/1"));
+        assert_eq!(priorities(&c), [0, 1, 2, 3, 3, 3]);
+        // Zone-level proxy locality: sub-zone "" differs from every endpoint's.
+        assert_eq!(priorities(&at(outlier, Some("us/b"))), [1, 1, 0, 2, 2, 2]);
+        // `failover` from the proxy's region: `to` next, every other region after it.
+        let fo = format!(
+            "{outlier}\n    loadBalancer: {{localityLbSetting: {{failover: [{{from: us, to: ap}}]}}}}"
+        );
+        assert_eq!(priorities(&at(&fo, Some("us/a/1"))), [0, 1, 2, 4, 3, 3]);
+        // Gaps renumbered: nothing shares the zone of a proxy in eu/x.
+        assert_eq!(priorities(&at(&fo, Some("eu/x/1"))), [1, 1, 1, 0, 1, 1]);
+        // Off: explicitly disabled, no outlier detection, or no proxy locality.
+        let off = format!(
+            "{outlier}\n    loadBalancer: {{localityLbSetting: {{enabled: false, failover: [{{from: us, to: ap}}]}}}}"
+        );
+        let own = [0, 0, 0, 7, 0, 0];
+        assert_eq!(priorities(&at(&off, Some("us/a/1"))), own);
+        assert_eq!(
+            priorities(&at(
+                "    loadBalancer: {localityLbSetting: {failover: [{from: us, to: ap}]}}",
+                Some("us/a/1")
+            )),
+            own,
+            "Istio applies failover only with outlier detection"
+        );
+        assert_eq!(priorities(&at(outlier, None)), own);
+    }
+
+    #[test]
+    fn istio_locality_distribute_sets_locality_weights() {
+        let policy = r#"    loadBalancer:
+      localityLbSetting:
+        distribute:
+          - from: eu/*
+            to: {"us/*": 100}
+          - from: us/a/*
+            to: {"us/a/*": 80, "ap/d/1": 20}"#;
+        let r = rules(&dr("d", "svc", None, policy));
+        let c = effective_cluster_at(&zoned(), &r, Some("us/a/2"));
+        let w: Vec<(&str, u32)> = c
+            .locality_weights
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        // us/a/* = 80 over two localities of one endpoint each; ap/d/1 gets 20; the rest
+        // nothing.
+        assert_eq!(
+            w,
+            [
+                ("ap/d/1", 20),
+                ("eu/c/1", 0),
+                ("us/a/1", 40),
+                ("us/a/2", 40),
+                ("us/b/1", 0)
+            ]
+        );
+        assert_eq!(
+            priorities(&c),
+            [0, 0, 0, 7, 0, 0],
+            "distribute leaves priorities"
+        );
+        // From eu: all of us, split by endpoint weight (one each), rounded up.
+        let c = effective_cluster_at(&zoned(), &r, Some("eu/c/1"));
+        assert_eq!(c.locality_weights["us/a/1"], 34);
+        assert_eq!(c.locality_weights["us/b/1"], 34);
+        assert_eq!(c.locality_weights["ap/d/1"], 0);
+        // A proxy no `from` matches: untouched.
+        let c = effective_cluster_at(&zoned(), &r, Some("ap/d/1"));
+        assert!(c.locality_weights.is_empty());
+    }
+
+    #[test]
+    fn malformed_locality_settings_are_named() {
+        let cases = [
+            (
+                "    loadBalancer: {localityLbSetting: {distribute: [{from: \"us/*\", to: {\"us/*\": 100}}], failover: [{from: us, to: eu}]}}",
+                "not both",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {distribute: [{from: \"us/*\", to: {\"us/*\": 60}}]}}",
+                "weights sum to 60, not 100",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {distribute: [{from: \"*/a\", to: {\"us/*\": 100}}]}}",
+                "distribute[0].from",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {distribute: [{from: us, to: {\"us//b\": 100}}]}}",
+                "`us//b` is not a locality",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {failover: [{from: us, to: us}]}}",
+                "fails over from `us` to itself",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {failover: [{from: us/a, to: eu}]}}",
+                "are regions",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {failoverPriority: [topology.istio.io/network]}}",
+                "failoverPriority",
+            ),
+            (
+                "    loadBalancer: {localityLbSetting: {enabled: maybe}}",
+                "enabled",
+            ),
+        ];
+        for (policy, want) in cases {
+            let e = parse(&dr("d", "svc", None, policy), Format::Yaml)
+                .expect_err(policy)
+                .to_string();
+            assert!(e.contains(want), "{policy}\n  error: {e}\n  wanted: {want}");
+        }
+        for bad in ["\"\"", "us/a/b/c", "\"us/*\"", "us//a"] {
+            let e = parse(&format!("node: {{locality: {bad}}}\n"), Format::Yaml)
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains("node.locality"), "{bad}: {e}");
+        }
+        parse("node: {locality: us/a/1}\n", Format::Yaml).unwrap();
     }
 
     #[test]
@@ -387,6 +735,24 @@ mod tests {
         assert_eq!(o.interval, Some(Duration::from_secs(30)));
         assert_eq!(o.base_ejection_time, Some(Duration::from_secs(180)));
         assert_eq!(o.max_ejection_percent, Some(50));
+        assert_eq!(
+            e.healthy_panic_threshold,
+            Some(0.0),
+            "Istio: minHealthPercent, default 0"
+        );
+        let mut r = r;
+        if let Some(o) = r[0]
+            .spec
+            .traffic_policy
+            .as_mut()
+            .and_then(|t| t.outlier_detection.as_mut())
+        {
+            o.min_health_percent = Some(30);
+        }
+        assert_eq!(
+            effective_cluster(&c, &r).healthy_panic_threshold,
+            Some(30.0)
+        );
     }
 
     #[test]

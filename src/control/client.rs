@@ -270,10 +270,16 @@ pub fn stats_table(s: &StatsResult) -> String {
         ]
     };
     for cl in &s.clusters {
-        let overflow = match cl.ejections_overflow {
-            0 => String::new(),
-            n => format!("{n} ejection(s) over max%"),
-        };
+        let overflow = [
+            (cl.ejections_overflow, "ejection(s) over max%"),
+            (cl.ejections_success_rate, "ejected by success rate"),
+            (cl.ejections_failure_percentage, "ejected by failure %"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ");
         t.push(upstream(cl.name.clone(), cl.active, &cl.counters, overflow));
         for e in &cl.endpoints {
             let h = &e.health;
@@ -576,6 +582,8 @@ mod tests {
                     priority: 0,
                 }],
                 ejections_overflow: 0,
+                ejections_success_rate: 0,
+                ejections_failure_percentage: 0,
             }],
         };
         let out = stats_table(&s);

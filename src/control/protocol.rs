@@ -273,6 +273,11 @@ pub struct ClusterStatsView {
     /// Ejections outlier detection refused because of `max_ejection_percent`.
     #[serde(default)]
     pub ejections_overflow: u64,
+    /// Ejections by success rate and by failure percentage.
+    #[serde(default)]
+    pub ejections_success_rate: u64,
+    #[serde(default)]
+    pub ejections_failure_percentage: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,7 +295,7 @@ pub struct EndpointStatsView {
 }
 
 /// One endpoint's health as `stats` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointHealthView {
     /// `healthy`, `ejected` (outlier detection), `unhealthy` (failing its active check)
     /// or `ejected,unhealthy`.
@@ -305,6 +310,10 @@ pub struct EndpointHealthView {
     pub ejected_remaining_ms: u64,
     pub checks_total: u64,
     pub checks_failed: u64,
+    /// Success rate (percent) of the last outlier interval with request volume enough
+    /// (`success_rate_request_volume`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<f64>,
 }
 
 #[cfg(test)]

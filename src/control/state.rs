@@ -529,7 +529,11 @@ impl ControlPlane {
         for c in table.clusters.iter() {
             let eps = c.endpoints.iter().map(|e| &*e.health);
             match &c.outlier {
-                Some(p) => outlier::sweep(p, &c.health, eps.clone(), now),
+                Some(p) => outlier::sweep(p, &c.health, eps.clone(), now, |i| {
+                    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+                    let s = &c.endpoints[i].stats;
+                    (s.get(RqSuccess), s.get(RqError))
+                }),
                 // Outlier detection was configured away: nobody stays ejected.
                 None => eps
                     .clone()
@@ -537,6 +541,7 @@ impl ControlPlane {
                     .for_each(|e| e.uneject(&c.health)),
             }
             c.health.recount(eps);
+            c.refresh_plan();
         }
         self.checker
             .lock()
@@ -599,6 +604,8 @@ impl ControlPlane {
                             })
                             .collect(),
                         ejections_overflow: c.health.ejections_overflow(),
+                        ejections_success_rate: c.health.ejections_success_rate(),
+                        ejections_failure_percentage: c.health.ejections_failure_percentage(),
                     }
                 })
                 .collect(),
@@ -869,6 +876,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         },
         checks_total,
         checks_failed,
+        success_rate: h.last_success_rate(),
     }
 }
 
@@ -986,6 +994,34 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     o.base_ejection_ms,
                     o.max_ejection_percent
                 ));
+                let (sr, fp) = (&o.success_rate, &o.failure_percentage);
+                policy.push_str(&format!(
+                    ", success rate stdev×{:.3} ({}%; {} hosts of ≥ {} requests), failure ≥ {}% ({}%; {} hosts of ≥ {} requests)",
+                    f64::from(sr.threshold) / 1000.0,
+                    sr.enforcing,
+                    sr.minimum_hosts,
+                    sr.request_volume,
+                    fp.threshold,
+                    fp.enforcing,
+                    fp.minimum_hosts,
+                    fp.request_volume
+                ));
+            }
+            policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));
+            let localities: Vec<String> = c
+                .levels
+                .iter()
+                .flat_map(|l| {
+                    l.localities.iter().zip(l.locality_weights.iter()).map(|(g, w)| {
+                        match l.priority {
+                            0 => format!("{} {w}", g.name),
+                            p => format!("{} {w} (priority {p})", g.name),
+                        }
+                    })
+                })
+                .collect();
+            if !localities.is_empty() {
+                policy.push_str(&format!("; locality weights {}", localities.join(", ")));
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(

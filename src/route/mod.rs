@@ -18,6 +18,7 @@ pub mod http;
 
 use crate::cluster::health::{ClusterHealth, EndpointHealth};
 use crate::cluster::outlier::OutlierPolicy;
+use crate::cluster::priority::{self, Count, LoadPlan};
 use crate::cluster::{cumulative, dns, weighted, Balancer, LbState};
 use crate::config::istio::MtlsMode;
 use crate::config::{
@@ -119,16 +120,45 @@ pub struct ClusterEntry {
     pub health_check: Option<Arc<crate::cluster::active::CheckPolicy>>,
     /// Consistent hashing of HTTP requests: what the key is.
     pub hash_on: HashOn,
+    /// Cookie hashing that generates the cookie when a request has none (`cookie_ttl`):
+    /// the `Set-Cookie` attributes after the value (`; Max-Age=N; Path=P; HttpOnly`
+    /// and CRLF).
+    pub cookie_attrs: Option<Box<[u8]>>,
     /// Priority levels (Envoy's `priority`), lowest number first, when the endpoints have
-    /// more than one; empty otherwise. `balancer` then spans every endpoint (panic mode).
+    /// more than one or locality weighting is on; empty otherwise (one level: every
+    /// endpoint, `balancer`).
     pub levels: Box<[Level]>,
+    /// Envoy's `healthy_panic_threshold` in percent (0: never panic).
+    pub panic_threshold: f64,
+    /// The spread of traffic over levels and localities under the current health,
+    /// recomputed at compile and by the control plane's health tick
+    /// ([`ClusterEntry::refresh_plan`]), so it lags a flag change by at most one tick
+    /// (20 ms; the pick still skips an unusable endpoint meanwhile). Picks read it only
+    /// while some endpoint is unusable: an `ArcSwap` load, no lock, no allocation.
+    pub plan: ArcSwap<LoadPlan>,
+    /// A cluster of one level without localities: whether it is in panic (the whole
+    /// plan in one word; written with `plan`).
+    pub single_panic: std::sync::atomic::AtomicBool,
 }
 
 /// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
-/// sorted by priority) and their own balancer.
+/// sorted by priority) and their own balancer; with locality weighting, its localities.
 #[derive(Debug)]
 pub struct Level {
     pub priority: u32,
+    pub members: Box<[u32]>,
+    pub balancer: Balancer,
+    /// Locality-weighted balancing: the level's localities (empty: off).
+    pub localities: Box<[LocalityGroup]>,
+    /// Configured weight per locality, and their running sums (all usable).
+    pub locality_weights: Box<[u32]>,
+    pub locality_cumulative: Box<[u32]>,
+}
+
+/// The endpoints of one locality of a level, with their own balancer.
+#[derive(Debug)]
+pub struct LocalityGroup {
+    pub name: Box<str>,
     pub members: Box<[u32]>,
     pub balancer: Balancer,
 }
@@ -204,6 +234,7 @@ impl ClusterEntry {
 
     /// The endpoint for connect attempt `attempt` (0 first): the balancer's choice, then
     /// the following endpoints in order so a retry never repeats the one that failed.
+    /// `None`: no endpoints, or none usable with panic mode disabled.
     #[inline]
     pub fn pick(
         &self,
@@ -224,39 +255,131 @@ impl ClusterEntry {
                 .saturating_sub(s.get_worker(worker, CxClosed as usize))
         };
         let key = st.take_key();
-        let first = if self.levels.is_empty() {
-            match self.pick_in(&self.balancer, None, st, cursor, source, key, active) {
-                Ok(i) | Err(i) => i, // Err: nothing usable, panic mode
-            }
+        // One load of a rarely written word when every endpoint is usable: then level 0
+        // takes all traffic (Envoy: a fully available priority 0) with its static
+        // locality weights, and no endpoint needs checking.
+        let first = if self.health.unusable() == 0 {
+            let (b, members) = self.group(0, None, st, key);
+            map(
+                members,
+                b.pick_salted(st, cursor, source, key, active_in(members, &active), 0),
+            )
         } else {
-            // Priority failover: the first level with a usable endpoint serves; with
-            // none anywhere, every endpoint (panic mode).
-            let mut found = None;
-            for l in self.levels.iter() {
-                if let Ok(i) = self.pick_in(
-                    &l.balancer,
-                    Some(&l.members),
-                    st,
-                    cursor,
-                    source,
-                    key,
-                    active,
-                ) {
-                    found = Some(i);
-                    break;
-                }
-            }
-            match found {
-                Some(i) => i,
-                // (Not the round-robin schedule: the level picks above moved the shared
-                // cursor by a fixed step, which would pin one endpoint.)
-                None if matches!(self.balancer, Balancer::Maglev(_)) => self
-                    .balancer
-                    .pick_salted(st, cursor, source, key, active, 0),
-                None => st.next_u32() as usize % self.endpoints.len(),
-            }
+            self.pick_degraded(st, cursor, source, key, &active, worker)?
         };
         Some(self.endpoint_for_attempt(first, attempt))
+    }
+
+    /// The balancer and member set of level `level` (with locality weighting, of the
+    /// locality drawn by `locality` cumulative weights, or the static ones). The single
+    /// implicit level of a cluster without `levels` is every endpoint.
+    #[inline]
+    fn group(
+        &self,
+        level: usize,
+        locality: Option<&[u32]>,
+        st: &mut LbState,
+        key: Option<u64>,
+    ) -> (&Balancer, Option<&[u32]>) {
+        let Some(l) = self.levels.get(level) else {
+            return (&self.balancer, None);
+        };
+        if l.localities.is_empty() {
+            return (&l.balancer, Some(&l.members));
+        }
+        let cum = match locality {
+            Some(c) if c.last().is_some_and(|&t| t > 0) => c,
+            _ => &l.locality_cumulative,
+        };
+        if cum.last().is_none_or(|&t| t == 0) {
+            // No locality of the level has a weight: Envoy falls back to the level.
+            return (&l.balancer, Some(&l.members));
+        }
+        let g = &l.localities[weighted(cum, draw(st, key, 17))];
+        (&g.balancer, Some(&g.members))
+    }
+
+    /// The whole of level `level`, ignoring localities (panic mode, failover walk).
+    #[inline]
+    fn whole_level(&self, level: usize) -> (&Balancer, Option<&[u32]>) {
+        match self.levels.get(level) {
+            Some(l) => (&l.balancer, Some(&l.members)),
+            None => (&self.balancer, None),
+        }
+    }
+
+    /// A pick while some endpoint is unusable: the level by the published plan's
+    /// priority load; in panic, any endpoint of the level; otherwise a usable one of the
+    /// locality the plan's weights draw. A plan a tick behind the flags may send the pick
+    /// to a set with nothing usable: then the first level with a usable endpoint serves,
+    /// and with none anywhere level 0 in panic (or nothing, with panic disabled).
+    #[cold]
+    fn pick_degraded(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: &impl Fn(usize) -> u64,
+        worker: usize,
+    ) -> Option<usize> {
+        if self.levels.is_empty() {
+            // One level, no localities: the plan is one bit, read without the ArcSwap.
+            if self.single_panic.load(std::sync::atomic::Ordering::Relaxed) {
+                return Some(self.panic_pick(0, st, cursor, source, key, active, worker));
+            }
+            if let Ok(i) = self.pick_in(&self.balancer, None, st, cursor, source, key, active) {
+                return Some(i);
+            }
+            return (self.panic_threshold > 0.0)
+                .then(|| self.panic_pick(0, st, cursor, source, key, active, worker));
+        }
+        let plan = self.plan.load();
+        let level = match plan.level_cumulative.len() {
+            0 | 1 => 0,
+            _ => weighted(&plan.level_cumulative, draw(st, key, 29)),
+        };
+        let level = level.min(self.levels.len().saturating_sub(1));
+        if plan.panic.get(level).copied().unwrap_or(false) {
+            return Some(self.panic_pick(level, st, cursor, source, key, active, worker));
+        }
+        let localities = plan.locality_cumulative.get(level).map(|c| &c[..]);
+        let (b, members) = self.group(level, localities, st, key);
+        if let Ok(i) = self.pick_in(b, members, st, cursor, source, key, active) {
+            return Some(i);
+        }
+        for l in 0..self.levels.len().max(1) {
+            let (b, members) = self.whole_level(l);
+            if let Ok(i) = self.pick_in(b, members, st, cursor, source, key, active) {
+                return Some(i);
+            }
+        }
+        if self.panic_threshold <= 0.0 {
+            return None;
+        }
+        Some(self.panic_pick(0, st, cursor, source, key, active, worker))
+    }
+
+    /// Panic mode: the balancer's choice among every endpoint of `level`, usable or not;
+    /// counted in `lb_healthy_panic`.
+    #[allow(clippy::too_many_arguments)]
+    fn panic_pick(
+        &self,
+        level: usize,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: &impl Fn(usize) -> u64,
+        worker: usize,
+    ) -> usize {
+        self.stats
+            .inc(worker, crate::telemetry::UpstreamCounter::LbHealthyPanic);
+        let (b, members) = self.whole_level(level);
+        map(
+            members,
+            b.pick_salted(st, cursor, source, key, active_in(members, active), 0),
+        )
     }
 
     /// The balancer's choice among one set of endpoints (`members`, or all), skipping
@@ -271,17 +394,60 @@ impl ClusterEntry {
         cursor: &mut u32,
         source: Option<SocketAddr>,
         key: Option<u64>,
-        active: impl Fn(usize) -> u64 + Copy,
+        active: &impl Fn(usize) -> u64,
     ) -> Result<usize, usize> {
-        let map = |j: usize| members.map_or(j, |m| m[j] as usize);
-        let local_active = |j: usize| active(map(j));
+        let local_active = active_in(members, active);
         let j = b.pick_salted(st, cursor, source, key, local_active, 0);
-        // One load of a rarely written word when every endpoint is usable.
-        if self.health.unusable() == 0 || self.endpoints[map(j)].health.usable() {
-            return Ok(map(j));
+        if self.endpoints[map(members, j)].health.usable() {
+            return Ok(map(members, j));
         }
         self.repick(b, members, st, cursor, source, key, j, local_active)
-            .ok_or(map(j))
+            .ok_or(map(members, j))
+    }
+
+    /// Recompute [`ClusterEntry::plan`] from the endpoints' flags; publishes only a
+    /// changed plan. Control plane only (compile, health tick).
+    pub fn refresh_plan(&self) {
+        let plan = self.compute_plan();
+        self.single_panic.store(
+            self.levels.is_empty() && plan.panic.first().copied().unwrap_or(false),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if **self.plan.load() != plan {
+            self.plan.store(Arc::new(plan));
+        }
+    }
+
+    fn compute_plan(&self) -> LoadPlan {
+        let count = |members: &[u32]| Count {
+            usable: members
+                .iter()
+                .filter(|&&i| self.endpoints[i as usize].health.usable())
+                .count() as u32,
+            total: members.len() as u32,
+        };
+        let levels: Vec<Count> = if self.levels.is_empty() {
+            vec![Count {
+                usable: self.endpoints.iter().filter(|e| e.health.usable()).count() as u32,
+                total: self.endpoints.len() as u32,
+            }]
+        } else {
+            self.levels.iter().map(|l| count(&l.members)).collect()
+        };
+        let (load, panic) = priority::priority_load(&levels, self.panic_threshold);
+        LoadPlan {
+            level_cumulative: priority::running(&load),
+            panic: panic.into(),
+            locality_cumulative: self
+                .levels
+                .iter()
+                .map(|l| {
+                    let counts: Vec<Count> =
+                        l.localities.iter().map(|g| count(&g.members)).collect();
+                    priority::locality_weights(&l.locality_weights, &counts)
+                })
+                .collect(),
+        }
     }
 
     /// The hash key of an HTTP request for this cluster's consistent hashing, from its
@@ -300,12 +466,51 @@ impl ClusterEntry {
         Some(crate::cluster::maglev::hash64(v, 0))
     }
 
+    /// A request without the hash cookie on a cluster that generates it: the cookie's
+    /// value (16 hex digits hashed from the client's address and port, as Envoy derives
+    /// it from the connection's addresses) and the request's hash key — the key a later
+    /// request carrying that cookie gets from [`ClusterEntry::request_key`]. No
+    /// allocation.
+    #[inline]
+    pub fn generated_cookie(&self, peer: Option<SocketAddr>) -> Option<(u64, [u8; 16])> {
+        self.cookie_attrs.as_ref()?;
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return None;
+        }
+        let mut b = [0u8; 18];
+        let n = match peer? {
+            SocketAddr::V4(a) => {
+                b[..4].copy_from_slice(&a.ip().octets());
+                b[4..6].copy_from_slice(&a.port().to_be_bytes());
+                6
+            }
+            SocketAddr::V6(a) => {
+                b[..16].copy_from_slice(&a.ip().octets());
+                b[16..].copy_from_slice(&a.port().to_be_bytes());
+                18
+            }
+        };
+        let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
+        let mut hex = [0u8; 16];
+        for (i, d) in hex.iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
+        }
+        Some((crate::cluster::maglev::hash64(&hex, 0), hex))
+    }
+
+    /// The name and attributes of the generated hash cookie's `Set-Cookie`
+    /// (`name="value"attributes`).
+    pub fn set_cookie_parts(&self) -> Option<(&[u8], &[u8])> {
+        match (&self.hash_on, &self.cookie_attrs) {
+            (HashOn::Cookie(name), Some(attrs)) => Some((name.as_bytes(), attrs)),
+            _ => None,
+        }
+    }
+
     /// The balancer chose an ejected or failing endpoint: draw again a few times (so the
     /// others keep their proportions), then walk to the next usable one of the set.
-    /// `None` when none is usable — the caller falls back (next priority level, then
-    /// Envoy's panic mode, which balances over every endpoint rather than failing all
-    /// requests; Envoy enters it below 50% healthy by default, tickmesh only when no
-    /// endpoint at all is usable).
+    /// `None` when none is usable — the caller falls back (the next level with a usable
+    /// endpoint, then panic mode).
     #[cold]
     #[allow(clippy::too_many_arguments)]
     fn repick(
@@ -354,6 +559,32 @@ impl ClusterEntry {
     }
 }
 
+/// Index `j` of a member set (or of all endpoints) as an endpoint index.
+#[inline]
+fn map(members: Option<&[u32]>, j: usize) -> usize {
+    members.map_or(j, |m| m[j] as usize)
+}
+
+/// `active` seen through a member set.
+#[inline]
+fn active_in<'a>(
+    members: Option<&'a [u32]>,
+    active: &'a impl Fn(usize) -> u64,
+) -> impl Fn(usize) -> u64 + Copy + 'a {
+    move |j| active(map(members, j))
+}
+
+/// A number for a level or locality draw: from the request's hash key when it has one
+/// (so a consistent-hash key stays on its level), else random. `salt` decorrelates the
+/// draws of one pick.
+#[inline]
+fn draw(st: &mut LbState, key: Option<u64>, salt: u32) -> u32 {
+    match key {
+        Some(k) => (crate::cluster::maglev::mix64(k ^ u64::from(salt)) >> 32) as u32,
+        None => st.next_u32(),
+    }
+}
+
 impl RouteTable {
     pub fn empty() -> RouteTable {
         RouteTable {
@@ -390,13 +621,35 @@ pub fn compile(
     pool: &mut SocketPool,
 ) -> Result<RouteTable, ConfigError> {
     crate::config::validate(cfg)?;
+    if cfg.node.is_none() {
+        for dr in &cfg.destination_rules {
+            let tps = std::iter::once(dr.spec.traffic_policy.as_ref())
+                .chain(dr.spec.subsets.iter().map(|s| s.traffic_policy.as_ref()));
+            if tps.flatten().any(|tp| {
+                tp.load_balancer
+                    .as_ref()
+                    .and_then(|lb| lb.locality_lb_setting.as_ref())
+                    .is_some_and(|l| l.enabled != Some(false))
+            }) {
+                tracing::warn!(
+                    "DestinationRule `{}` sets localityLbSetting, which is relative to this proxy's locality: \
+                     set `node: {{locality: region/zone/sub_zone}}` for it to apply",
+                    dr.metadata.name
+                );
+            }
+        }
+    }
     let mut index = HashMap::new();
     let mut problems = Vec::new();
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
         let mut entry = build_cluster(
-            &crate::config::traffic_policy::effective_cluster(c, &cfg.destination_rules),
+            &crate::config::traffic_policy::effective_cluster_at(
+                c,
+                &cfg.destination_rules,
+                cfg.node.as_ref().map(|n| n.locality.as_str()),
+            ),
             stats,
         );
         if let Some(t) = &c.tls {
@@ -436,6 +689,7 @@ pub fn compile(
                     stats,
                     rules: &cfg.destination_rules,
                     defined: &cfg.clusters,
+                    node: cfg.node.as_ref().map(|n| n.locality.as_str()),
                     problems: Vec::new(),
                 };
                 let compiled = http::compile(&vhosts, &mut names);
@@ -560,49 +814,91 @@ pub fn compile(
 fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     // A name stands for every address it resolved to (STRICT_DNS), each with the name's
     // weight; until the resolver has an answer it stands for none.
-    let mut resolved: Vec<(SocketAddr, u32, u32)> = c
+    let mut resolved: Vec<(SocketAddr, u32, u32, Option<&str>)> = c
         .endpoints
         .iter()
-        .flat_map(|e| match &e.address {
-            EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority)],
-            EndpointAddress::Dns { host, port } => dns::cached(host, *port)
-                .into_iter()
-                .map(|a| (a, e.weight, e.priority))
-                .collect(),
+        .flat_map(|e| {
+            let loc = e.locality.as_deref();
+            match &e.address {
+                EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority, loc)],
+                EndpointAddress::Dns { host, port } => dns::cached(host, *port)
+                    .into_iter()
+                    .map(|a| (a, e.weight, e.priority, loc))
+                    .collect(),
+            }
         })
         .collect();
     // Grouped by priority (stable), so a retry walking the endpoints in order stays in
     // its level as long as the level lasts.
-    resolved.sort_by_key(|&(_, _, p)| p);
-    let addrs: Vec<SocketAddr> = resolved.iter().map(|(a, _, _)| *a).collect();
-    let weights: Vec<u32> = resolved.iter().map(|(_, w, _)| *w).collect();
-    let mut priorities: Vec<u32> = resolved.iter().map(|(_, _, p)| *p).collect();
+    resolved.sort_by_key(|&(_, _, p, _)| p);
+    let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.0).collect();
+    let weights: Vec<u32> = resolved.iter().map(|e| e.1).collect();
+    let mut priorities: Vec<u32> = resolved.iter().map(|e| e.2).collect();
     priorities.dedup();
-    let levels: Box<[Level]> = if priorities.len() > 1 {
+    let by_locality = !c.locality_weights.is_empty();
+    let build = |members: &[u32]| {
+        let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
+        let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
+        Balancer::build(c.lb_policy, &a, &w)
+    };
+    let levels: Box<[Level]> = if priorities.len() > 1 || by_locality {
         priorities
             .iter()
             .map(|&p| {
                 let members: Box<[u32]> = (0..resolved.len() as u32)
                     .filter(|&i| resolved[i as usize].2 == p)
                     .collect();
-                let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
-                let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
+                // Localities in order of first appearance; an endpoint without one is
+                // in the unnamed locality "".
+                let mut names: Vec<&str> = Vec::new();
+                for &i in members.iter() {
+                    let n = resolved[i as usize].3.unwrap_or("");
+                    if !names.contains(&n) {
+                        names.push(n);
+                    }
+                }
+                let localities: Box<[LocalityGroup]> = if by_locality {
+                    names
+                        .iter()
+                        .map(|&n| {
+                            let m: Box<[u32]> = members
+                                .iter()
+                                .copied()
+                                .filter(|&i| resolved[i as usize].3.unwrap_or("") == n)
+                                .collect();
+                            LocalityGroup {
+                                name: n.into(),
+                                balancer: build(&m),
+                                members: m,
+                            }
+                        })
+                        .collect()
+                } else {
+                    Box::new([])
+                };
+                let locality_weights: Box<[u32]> = localities
+                    .iter()
+                    .map(|g| c.locality_weights.get(&*g.name).copied().unwrap_or(0))
+                    .collect();
                 Level {
                     priority: p,
-                    balancer: Balancer::build(c.lb_policy, &a, &w),
+                    balancer: build(&members),
                     members,
+                    locality_cumulative: priority::running(&locality_weights),
+                    locality_weights,
+                    localities,
                 }
             })
             .collect()
     } else {
         Box::new([])
     };
-    ClusterEntry {
+    let entry = ClusterEntry {
         name: c.name.as_str().into(),
         levels,
         endpoints: resolved
             .iter()
-            .map(|&(address, weight, priority)| EndpointEntry {
+            .map(|&(address, weight, priority, _)| EndpointEntry {
                 address,
                 weight,
                 priority,
@@ -621,6 +917,23 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             }) => HashOn::Cookie(k.as_str().into()),
             _ => HashOn::SourceIp,
         },
+        cookie_attrs: c
+            .hash_policy
+            .as_ref()
+            .filter(|h| h.cookie.is_some())
+            .and_then(|h| {
+                let ttl = h.cookie_ttl?;
+                let mut a = String::new();
+                // Max-Age 0 would delete the cookie: Envoy makes a session cookie.
+                if ttl.as_secs() > 0 {
+                    a.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+                }
+                if let Some(p) = &h.cookie_path {
+                    a.push_str(&format!("; Path={p}"));
+                }
+                a.push_str("; HttpOnly\r\n");
+                Some(a.into_bytes().into_boxed_slice())
+            }),
         health_check: c
             .health_checks
             .first()
@@ -653,15 +966,30 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
                     )
                 }),
             }),
-    }
+        panic_threshold: c
+            .healthy_panic_threshold
+            .unwrap_or(priority::DEFAULT_PANIC_THRESHOLD),
+        plan: ArcSwap::from_pointee(LoadPlan::default()),
+        single_panic: Default::default(),
+    };
+    // Health survives table swaps: the first plan already reflects it.
+    entry.refresh_plan();
+    entry
 }
 
-/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`).
+/// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`),
+/// without the double quotes a value may be wrapped in (§4.1.1), as Envoy reads it.
 fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
-        (&pair[..eq] == name).then(|| &pair[eq + 1..])
+        (&pair[..eq] == name).then(|| {
+            let v = &pair[eq + 1..];
+            match v {
+                [b'"', inner @ .., b'"'] => inner,
+                _ => v,
+            }
+        })
     })
 }
 
@@ -675,6 +1003,8 @@ struct ImplicitClusters<'a> {
     rules: &'a [crate::config::istio::DestinationRule],
     /// The config's clusters: the endpoints a `host|subset` name selects from.
     defined: &'a [Cluster],
+    /// The proxy's locality (`node.locality`), for Istio locality load balancing.
+    node: Option<&'a str>,
     problems: Vec<String>,
 }
 
@@ -690,7 +1020,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 .iter()
                 .find(|c| crate::config::traffic_policy::same_service(&c.name, host));
             if let Some(base) = base {
-                use crate::config::traffic_policy::{effective_cluster, subset_cluster};
+                use crate::config::traffic_policy::{effective_cluster_at, subset_cluster};
                 let c = match subset_cluster(name, base, self.rules) {
                     Ok(c) => c,
                     Err(e) => {
@@ -703,7 +1033,8 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                     }
                 };
                 let i = self.clusters.len() as u32;
-                let mut entry = build_cluster(&effective_cluster(&c, self.rules), self.stats);
+                let mut entry =
+                    build_cluster(&effective_cluster_at(&c, self.rules, self.node), self.stats);
                 // TLS origination carries over from the base cluster.
                 entry.tls = self
                     .index
@@ -748,9 +1079,11 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             health_checks: Vec::new(),
             hash_policy: None,
             tls: None,
+            healthy_panic_threshold: None,
+            locality_weights: Default::default(),
         };
         let i = self.clusters.len() as u32;
-        let c = crate::config::traffic_policy::effective_cluster(&c, self.rules);
+        let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
         self.clusters.push(build_cluster(&c, self.stats));
         self.index.insert(name.to_string(), i);
         i
@@ -857,6 +1190,7 @@ clusters:
             c.endpoints[2]
                 .health
                 .set_flag(h, crate::cluster::health::CHECK_FAILED, true);
+            c.refresh_plan();
             let mut seen = [0; 4];
             let mut cur = 0;
             for i in 0..400u32 {
@@ -872,6 +1206,7 @@ clusters:
             // Everything out: panic mode spreads over all rather than failing.
             c.endpoints[0].health.eject(h, 1, 1000, 1000);
             c.endpoints[3].health.eject(h, 1, 1000, 1000);
+            c.refresh_plan();
             let mut all = [0; 4];
             for i in 0..400u32 {
                 let src = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1));
@@ -915,16 +1250,155 @@ clusters:
         };
         assert_eq!(picks(100), [50, 50, 0, 0], "level 0 only");
         let h = &c.health;
+        // Flags change before the plan (a health tick later): the stale plan still
+        // sends everything to level 0, whose usable endpoint serves.
         c.endpoints[0].health.eject(h, 1, 1000, 1000);
         assert_eq!(picks(100), [0, 100, 0, 0], "what is left of level 0");
+        // Envoy's priority load: level 0 at 50% usable is 70% available → 70/30.
+        c.refresh_plan();
+        let seen = picks(2000);
+        assert_eq!((seen[0], seen[3]), (0, 0), "{seen:?}");
+        assert!((1300..1500).contains(&seen[1]), "≈ 70%: {seen:?}");
         c.endpoints[1].health.eject(h, 1, 1000, 1000);
+        assert_eq!(
+            picks(100),
+            [0, 0, 100, 0],
+            "stale plan: the next usable level"
+        );
+        c.refresh_plan();
         assert_eq!(picks(100), [0, 0, 100, 0], "level 1 takes over");
         c.endpoints[2].health.eject(h, 1, 1000, 1000);
+        c.refresh_plan();
         assert_eq!(picks(100), [0, 0, 0, 100], "then level 2");
         c.endpoints[3].health.eject(h, 1, 1000, 1000);
-        assert!(picks(100).iter().all(|&n| n > 0), "panic mode: everyone");
+        c.refresh_plan();
+        let panics = || {
+            c.stats
+                .get(crate::telemetry::UpstreamCounter::LbHealthyPanic)
+        };
+        let before = panics();
+        let seen = picks(100);
+        assert!(
+            seen[0] > 0 && seen[1] > 0 && seen[2] + seen[3] == 0,
+            "nothing usable: level 0 in panic, as Envoy: {seen:?}"
+        );
+        assert_eq!(panics() - before, 100, "every panic pick is counted");
         c.endpoints[0].health.uneject(h);
+        c.refresh_plan();
         assert_eq!(picks(100), [100, 0, 0, 0], "level 0 is back");
+    }
+
+    fn compiled(yaml: &str) -> RouteTable {
+        let stats = StatsRegistry::new(1);
+        compile(
+            &parse(yaml, Format::Yaml).unwrap(),
+            1,
+            &stats,
+            &mut SocketPool::new(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn panic_threshold_balances_over_all_below_it_and_can_be_disabled() {
+        let t = compiled(
+            r#"
+clusters:
+  - {name: dflt, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: low, healthy_panic_threshold: 20, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+  - {name: off, healthy_panic_threshold: 0, endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]}
+"#,
+        );
+        let mut st = LbState::new(5);
+        for c in t.clusters.iter() {
+            assert_eq!(
+                c.panic_threshold,
+                match &*c.name {
+                    "dflt" => 50.0,
+                    "low" => 20.0,
+                    _ => 0.0,
+                }
+            );
+            for e in &c.endpoints[1..] {
+                e.health.eject(&c.health, 1, 1000, 1000);
+            }
+            c.refresh_plan();
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for _ in 0..400 {
+                seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+            }
+            let panics = c
+                .stats
+                .get(crate::telemetry::UpstreamCounter::LbHealthyPanic);
+            if &*c.name == "dflt" {
+                // 25% usable < 50%: every endpoint takes traffic.
+                assert!(seen.iter().all(|&n| n > 50), "{}: {seen:?}", c.name);
+                assert_eq!(panics, 400);
+            } else {
+                assert_eq!(seen, [400, 0, 0, 0], "{}", c.name);
+                assert_eq!(panics, 0);
+            }
+            c.endpoints[0].health.eject(&c.health, 1, 1000, 1000);
+            c.refresh_plan();
+            let none_usable = c.pick(&mut st, &mut cur, None, 0, 0);
+            if &*c.name == "off" {
+                assert_eq!(none_usable, None, "panic disabled: no endpoint");
+            } else {
+                assert!(none_usable.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn locality_weights_split_and_follow_health() {
+        let t = compiled(
+            r#"
+clusters:
+  - name: loc
+    locality_weights: {"eu/a": 1, "eu/b": 3, "us/c": 0}
+    endpoints:
+      - {address: "127.0.0.1:1", locality: eu/a}
+      - {address: "127.0.0.1:2", locality: eu/b}
+      - {address: "127.0.0.1:3", locality: eu/b}
+      - {address: "127.0.0.1:4", locality: us/c}
+  - name: loc2
+    lb_policy: maglev
+    locality_weights: {"eu/a": 1, "eu/b": 1}
+    endpoints:
+      - {address: "127.0.0.1:1", locality: eu/a}
+      - {address: "127.0.0.1:2", locality: eu/b}
+"#,
+        );
+        let c = &t.clusters[0];
+        let mut st = LbState::new(9);
+        let mut picks = |n: usize| {
+            let mut seen = [0; 4];
+            let mut cur = 0;
+            for _ in 0..n {
+                seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+            }
+            seen
+        };
+        let seen = picks(4000);
+        assert_eq!(seen[3], 0, "weight 0: no traffic");
+        assert!((850..1150).contains(&seen[0]), "eu/a ≈ 25%: {seen:?}");
+        assert!((1300..1700).contains(&seen[1]) && (1300..1700).contains(&seen[2]));
+        // Half of eu/b out: its availability is 70%, so eu/a gets 1/(1 + 2.1) ≈ 32%.
+        c.endpoints[1].health.eject(&c.health, 1, 1000, 1000);
+        c.refresh_plan();
+        let seen = picks(4000);
+        assert_eq!((seen[1], seen[3]), (0, 0), "{seen:?}");
+        assert!((1100..1500).contains(&seen[0]), "eu/a ≈ 32%: {seen:?}");
+        // Consistent hashing draws the locality from the key too: sticky.
+        let m = &t.clusters[1];
+        let key = Some(crate::cluster::maglev::hash64(b"alice", 0));
+        st.set_key(key);
+        let first = m.pick(&mut st, &mut 0, None, 0, 0);
+        for _ in 0..20 {
+            st.set_key(key);
+            assert_eq!(m.pick(&mut st, &mut 0, None, 0, 0), first);
+        }
     }
 
     #[test]
@@ -936,6 +1410,16 @@ clusters:
         assert_eq!(cookie(b"session=", b"session"), Some(&b""[..]));
         assert_eq!(cookie(b"sessionx=1;session2=2", b"session"), None);
         assert_eq!(cookie(b"garbage", b"session"), None);
+        assert_eq!(
+            cookie(b"s=\"ab12\"; t=1", b"s"),
+            Some(&b"ab12"[..]),
+            "quotes dropped"
+        );
+        assert_eq!(
+            cookie(b"s=\"", b"s"),
+            Some(&b"\""[..]),
+            "a lone quote stays"
+        );
         let stats = StatsRegistry::new(1);
         let yaml = r#"
 clusters:

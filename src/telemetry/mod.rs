@@ -158,6 +158,14 @@ counter_set! {
         /// Requests refused because `max_pending_requests` were already waiting (503,
         /// counted in `rq_overflow` too).
         RqPendingOverflow => "rq_pending_overflow",
+        /// Picks made in panic mode: a priority level with too few usable endpoints
+        /// (below `healthy_panic_threshold`) balanced over all of them.
+        LbHealthyPanic => "lb_healthy_panic",
+        /// Per endpoint: exchanges that ended well or badly as outlier detection counts
+        /// them (bad: a 5xx, a connect failure, reset or timeout) — the volumes of
+        /// success-rate and failure-percentage detection.
+        RqSuccess => "rq_success",
+        RqError => "rq_error",
     }
 }
 

@@ -480,6 +480,8 @@ pub struct Conn {
     estats: Option<Arc<UpstreamStats>>,
     /// The current upstream endpoint's health (outlier detection), like `estats`.
     ehealth: Option<Arc<crate::cluster::health::EndpointHealth>>,
+    /// The hash cookie generated for the current request (sent in `Set-Cookie`).
+    set_cookie: Option<[u8; 16]>,
     /// TLS sessions, when a side speaks TLS (see [`tls`]).
     tls: Option<Box<tls::Layer>>,
 }
@@ -527,6 +529,7 @@ impl Default for Conn {
             pending: false,
             up_reused: false,
             lb_key: None,
+            set_cookie: None,
             up_endpoint: 0,
             idempotent: false,
             fresh_only: false,
@@ -930,7 +933,7 @@ impl Conn {
             return self.drive(slot, cx, io);
         }
         if res < 0 {
-            self.outlier(Outcome::LocalFailure);
+            self.outlier(cx.worker, Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
             } else {
@@ -1406,7 +1409,15 @@ impl Conn {
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
                 // Consistent hashing on a header or cookie (`hash_policy`).
-                let hash_key = cl.request_key(|n| req.header(n));
+                let mut hash_key = cl.request_key(|n| req.header(n));
+                // No hash cookie on a cluster that generates it: make one (Set-Cookie).
+                let set_cookie = match hash_key {
+                    None => cl.generated_cookie(self.peer).map(|(k, v)| {
+                        hash_key = Some(k);
+                        v
+                    }),
+                    Some(_) => None,
+                };
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1551,6 +1562,7 @@ impl Conn {
                 // The balancer's hash key (ring hash / Maglev by header or cookie), kept
                 // for a pending request's later connect and for retries.
                 self.lb_key = hash_key;
+                self.set_cookie = set_cookie;
                 if must_wait {
                     // Resumed by the worker's tick (`resume_pending`) once the cluster
                     // has a connection free, or ended by the route timeout.
@@ -2088,7 +2100,7 @@ impl Conn {
             ));
         }
         if !informational {
-            self.outlier(Outcome::Status(res.status));
+            self.outlier(cx.worker, Outcome::Status(res.status));
         }
         if !informational && self.retry_on_status(res.status) && self.retry_admitted(cx) {
             return Err(Fail::Retry);
@@ -2120,6 +2132,14 @@ impl Conn {
             _ => (&no_edits, &no_edits),
         };
         let edits = [route_edits, vh_edits];
+        let cookie = match (&self.table, self.set_cookie) {
+            (Some(t), Some(v)) if !informational => t
+                .clusters
+                .get(self.cluster as usize)
+                .and_then(|c| c.set_cookie_parts())
+                .map(|(name, attrs)| (name, v, attrs)),
+            _ => None,
+        };
         let q = &mut self.out[Side::Up.idx()];
         let mut w = Writer::new();
         let r = (|| {
@@ -2140,6 +2160,14 @@ impl Conn {
             }
             if !informational {
                 add_headers(&mut w, q, io, edits, res.headers)?;
+            }
+            if let Some((name, value, attrs)) = cookie {
+                w.put(q, io, b"set-cookie: ")?;
+                w.put(q, io, name)?;
+                w.put(q, io, b"=\"")?;
+                w.put(q, io, &value)?;
+                w.put(q, io, b"\"")?;
+                w.put(q, io, attrs)?;
             }
             if tunnel {
                 w.put(q, io, b"connection: upgrade\r\n")?;
@@ -2457,9 +2485,9 @@ impl Conn {
 
     /// Tell the current endpoint's outlier detection how an exchange went.
     #[inline]
-    fn outlier(&self, o: Outcome) {
-        if let Some(h) = &self.ehealth {
-            h.record(o);
+    fn outlier(&self, worker: usize, o: Outcome) {
+        if let (Some(h), Some(s)) = (&self.ehealth, &self.estats) {
+            crate::cluster::health::record(h, s, worker, o);
         }
     }
 
@@ -2503,7 +2531,7 @@ impl Conn {
                 && (matches!(cause, Cause::Reset | Cause::Gateway | Cause::PerTry)
                     || (matches!(cause, Cause::None) && status == 504))
             {
-                self.outlier(Outcome::LocalFailure);
+                self.outlier(cx.worker, Outcome::LocalFailure);
             }
         }
         if !matches!(f, Fail::Retry) {

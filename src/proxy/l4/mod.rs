@@ -181,7 +181,8 @@ pub(crate) fn open_upstream<'t>(
         let ep = if *attempt == 0 {
             let mut scratch = 0;
             let cur = cursor(cx.cursors, &mut scratch, cluster as usize);
-            // `n > 0`, so the cluster has endpoints and pick answers.
+            // `None` only when nothing is usable and panic mode is off
+            // (`healthy_panic_threshold: 0`): no upstream.
             *first_endpoint = cl.pick(cx.lb, cur, peer, 0, cx.worker)? as u32;
             *first_endpoint
         } else {

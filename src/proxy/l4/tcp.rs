@@ -321,12 +321,13 @@ impl Conn {
         }
         // Outlier detection: a connect failure is a gateway error; success ends the
         // exchange as far as endpoint health goes.
-        if let Some(h) = self.ehealth.take() {
-            h.record(if res < 0 {
+        if let (Some(h), Some(s)) = (self.ehealth.take(), &self.estats) {
+            let o = if res < 0 {
                 Outcome::LocalFailure
             } else {
                 Outcome::ConnectedFinal
-            });
+            };
+            crate::cluster::health::record(&h, s, cx.worker, o);
         }
         if res < 0 {
             let what = if self.timed_out || res == -ETIMEDOUT {

@@ -254,7 +254,7 @@ impl Conn {
                     return self.drive(slot, cx, io);
                 }
                 let f = if handshaking {
-                    self.outlier(crate::cluster::health::Outcome::LocalFailure);
+                    self.outlier(cx.worker, crate::cluster::health::Outcome::LocalFailure);
                     super::Fail::Status(
                         503,
                         L::HttpNoHealthyUpstream,
