@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::args::Workload;
 use crate::hist::{self, Clock, Schedule};
-use crate::loadgen::{Errors, LoadResult, LoadSpec, Mode};
+use crate::loadgen::{Errors, LoadResult, LoadSpec, Mode, Tally};
 use crate::tls::SERVER_NAME;
 use crate::wire::{self, Response};
 
@@ -59,24 +59,6 @@ enum Step {
     Pending,
     Done,
     Failed(fn(&mut Errors) -> &mut u64, String),
-}
-
-struct Tally {
-    hist: hdrhistogram::Histogram<u64>,
-    lag: hdrhistogram::Histogram<u64>,
-    sent: u64,
-    received: u64,
-    errors: Errors,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn fail(&mut self, measured: bool, kind: fn(&mut Errors) -> &mut u64, what: String) {
-        if measured {
-            *kind(&mut self.errors) += 1;
-        }
-        self.first_error.get_or_insert(what);
-    }
 }
 
 /// Start a non-blocking connect and the client's handshake (its ClientHello is queued
@@ -231,14 +213,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             schedule: None,
         })
         .collect();
-    let mut t = Tally {
-        hist: hist::new_histogram(),
-        lag: hist::new_histogram(),
-        sent: 0,
-        received: 0,
-        errors: Errors::default(),
-        first_error: None,
-    };
+    let mut t = Tally::new();
     let clock = Clock::new();
     let start = clock.now_ns();
     let warm_end = start + spec.warmup.as_nanos() as u64;
@@ -334,29 +309,15 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     // Open loop: slots never started are connections lost, not ones that never existed.
     for s in slots.iter_mut() {
         if let Some(sc) = &mut s.schedule {
-            while sc.next_intended() < end {
-                if sc.take() >= warm_end {
-                    t.sent += 1;
-                    t.fail(
-                        true,
-                        |e| &mut e.timeouts,
-                        "handshakes could not be started before the run ended".into(),
-                    );
-                }
-            }
+            t.count_unsent(
+                sc,
+                end,
+                warm_end,
+                "handshakes could not be started before the run ended",
+            );
         }
     }
-    Ok(LoadResult {
-        hist: t.hist,
-        sent: t.sent,
-        received: t.received,
-        errors: t.errors,
-        reconnects: 0,
-        stale_replies: 0,
-        window: Duration::from_nanos(end - warm_end),
-        first_error: t.first_error,
-        generator_lag: t.lag,
-    })
+    Ok(t.into_result(Duration::from_nanos(end - warm_end)))
 }
 
 fn finish(s: &mut Slot, step: Step, clock: &Clock, t: &mut Tally) {

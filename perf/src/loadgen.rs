@@ -131,25 +131,71 @@ impl Conn {
     }
 }
 
-/// Per-request bookkeeping shared by all connections of one run.
-struct Tally {
-    hist: Histogram<u64>,
-    sent: u64,
-    received: u64,
-    errors: Errors,
-    reconnects: u64,
-    stale: u64,
-    first_error: Option<String>,
-    lag: Histogram<u64>,
+/// Per-request bookkeeping shared by all connections of one run (this generator's and
+/// the handshake generator's).
+pub(crate) struct Tally {
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) errors: Errors,
+    pub(crate) reconnects: u64,
+    pub(crate) stale: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) lag: Histogram<u64>,
 }
 
 impl Tally {
-    fn fail(&mut self, measured: bool, kind: fn(&mut Errors) -> &mut u64, what: String) {
+    pub(crate) fn new() -> Tally {
+        Tally {
+            hist: hist::new_histogram(),
+            sent: 0,
+            received: 0,
+            errors: Errors::default(),
+            reconnects: 0,
+            stale: 0,
+            first_error: None,
+            lag: hist::new_histogram(),
+        }
+    }
+
+    pub(crate) fn fail(&mut self, measured: bool, kind: fn(&mut Errors) -> &mut u64, what: String) {
         if measured {
             *kind(&mut self.errors) += 1;
         }
         if self.first_error.is_none() {
             self.first_error = Some(what);
+        }
+    }
+
+    /// Open loop: the slots of `schedule` never started before `end` are requests lost
+    /// (timeouts), not requests that never existed; those before `warm_end` are not
+    /// measured.
+    pub(crate) fn count_unsent(
+        &mut self,
+        schedule: &mut Schedule,
+        end: u64,
+        warm_end: u64,
+        what: &str,
+    ) {
+        while schedule.next_intended() < end {
+            if schedule.take() >= warm_end {
+                self.sent += 1;
+                self.fail(true, |e| &mut e.timeouts, what.into());
+            }
+        }
+    }
+
+    pub(crate) fn into_result(self, window: Duration) -> LoadResult {
+        LoadResult {
+            hist: self.hist,
+            sent: self.sent,
+            received: self.received,
+            errors: self.errors,
+            reconnects: self.reconnects,
+            stale_replies: self.stale,
+            window,
+            first_error: self.first_error,
+            generator_lag: self.lag,
         }
     }
 }
@@ -226,16 +272,7 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
             last_done_ns: 0,
         });
     }
-    let mut tally = Tally {
-        hist: hist::new_histogram(),
-        sent: 0,
-        received: 0,
-        errors: Errors::default(),
-        reconnects: 0,
-        stale: 0,
-        first_error: None,
-        lag: hist::new_histogram(),
-    };
+    let mut tally = Tally::new();
     let clock = Clock::new();
     let start = clock.now_ns();
     let warm_end = start + spec.warmup.as_nanos() as u64;
@@ -351,30 +388,15 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     // not be replaced) are requests lost, not requests that never existed.
     for c in conns.iter_mut() {
         if let Some(s) = &mut c.schedule {
-            while s.next_intended() < end {
-                if s.take() >= warm_end {
-                    tally.sent += 1;
-                    tally.fail(
-                        true,
-                        |e| &mut e.timeouts,
-                        "requests could not be sent before the run ended".into(),
-                    );
-                }
-            }
+            tally.count_unsent(
+                s,
+                end,
+                warm_end,
+                "requests could not be sent before the run ended",
+            );
         }
     }
-    let window = Duration::from_nanos(end - warm_end);
-    Ok(LoadResult {
-        hist: tally.hist,
-        sent: tally.sent,
-        received: tally.received,
-        errors: tally.errors,
-        reconnects: tally.reconnects,
-        stale_replies: tally.stale,
-        window,
-        first_error: tally.first_error,
-        generator_lag: tally.lag,
-    })
+    Ok(tally.into_result(Duration::from_nanos(end - warm_end)))
 }
 
 #[allow(clippy::too_many_arguments)]
