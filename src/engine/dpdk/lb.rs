@@ -1179,23 +1179,12 @@ impl LbWorker {
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
         let idle = vip.idle_ms32;
-        let (c, b) = match self.flows.lookup(t, vip, key, hash, now, idle) {
-            FlowHit::Known(c, b) => (c, b),
-            FlowHit::New => {
-                let (c, b) = t.pick(vip, hash);
-                if self.flows.insert(t, key, hash, now, c, b) {
-                    port.stats.inc(w, C::FlowEvictions);
-                }
-                self.new_flow(t, port, vip, c, b)
-            }
-        };
-        let be = &t.clusters[c as usize].backends[b as usize];
-        let Some(mac) = be.mac else {
-            port.stats.inc(w, C::DropNoNeighbor);
+        let total = usize::from(f.total);
+        let flows: fn(&mut LbWorker) -> &mut FlowTable<_> = |lb| &mut lb.flows;
+        let Some((be, mac)) = self.place(flows, t, port, v, key, hash, now, idle, total as u64)
+        else {
             return Verdict::Drop;
         };
-        let total = usize::from(f.total);
-        self.count(t, v, c, b, total as u64);
         match vip.forwarding {
             Forwarding::Dnat => {
                 let data = pkt.data();
@@ -1234,6 +1223,43 @@ impl LbWorker {
             }
         }
         Verdict::Forward
+    }
+
+    /// A flow's backend: the one its entry in `flows` holds, or Maglev's pick for a new
+    /// flow (inserted, counted), with `bytes` counted towards it. `None`: the backend's
+    /// next hop is unknown (counted as `drop_no_neighbor`). One body for both families.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn place<'t, K: FlowKey>(
+        &mut self,
+        flows: fn(&mut LbWorker) -> &mut FlowTable<K>,
+        t: &'t LbTable,
+        port: &PortCtx,
+        v: u32,
+        key: K,
+        hash: u64,
+        now: u32,
+        idle: u32,
+        bytes: u64,
+    ) -> Option<(&'t Backend, [u8; 6])> {
+        let vip = &t.vips[v as usize];
+        let (c, b) = match flows(self).lookup(t, vip, key, hash, now, idle) {
+            FlowHit::Known(c, b) => (c, b),
+            FlowHit::New => {
+                let (c, b) = t.pick(vip, hash);
+                if flows(self).insert(t, key, hash, now, c, b) {
+                    port.stats.inc(self.worker, C::FlowEvictions);
+                }
+                self.new_flow(t, port, vip, c, b)
+            }
+        };
+        let be = &t.clusters[c as usize].backends[b as usize];
+        let Some(mac) = be.mac else {
+            port.stats.inc(self.worker, C::DropNoNeighbor);
+            return None;
+        };
+        self.count(t, v, c, b, bytes);
+        Some((be, mac))
     }
 
     /// Count a flow Maglev just placed (new, or its backend left).

@@ -108,23 +108,12 @@ impl LbWorker {
         let hash = hash6(key);
         let now = now as u32;
         let idle = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
-        let (c, b) = match self.flows6.lookup(t, vip, key, hash, now, idle) {
-            FlowHit::Known(c, b) => (c, b),
-            FlowHit::New => {
-                let (c, b) = t.pick(vip, hash);
-                if self.flows6.insert(t, key, hash, now, c, b) {
-                    port.stats.inc(w, C::FlowEvictions);
-                }
-                self.new_flow(t, port, vip, c, b)
-            }
-        };
-        let be = &t.clusters[c as usize].backends[b as usize];
-        let Some(mac) = be.mac else {
-            port.stats.inc(w, C::DropNoNeighbor);
+        let total = IPV6_HEADER_LEN + usize::from(f.plen);
+        let flows: fn(&mut LbWorker) -> &mut FlowTable<_> = |lb| &mut lb.flows6;
+        let Some((be, mac)) = self.place(flows, t, port, v, key, hash, now, idle, total as u64)
+        else {
             return Verdict::Drop;
         };
-        let total = IPV6_HEADER_LEN + usize::from(f.plen);
-        self.count(t, v, c, b, total as u64);
         match vip.forwarding {
             Forwarding::Dnat => {
                 let data = pkt.data();
