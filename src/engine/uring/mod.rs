@@ -31,6 +31,9 @@ const CQ_ENTRIES: u32 = 8192;
 /// Completions handled per batch before the next submit.
 const BATCH: usize = 512;
 const BGID: u16 = 0;
+/// Connect addresses per boxed chunk (see `Uring::addrs`).
+const ADDR_CHUNK: usize = 64;
+type AddrChunk = [(libc::sockaddr_storage, libc::socklen_t); ADDR_CHUNK];
 /// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
 const QUIET_LAPS: u32 = 32;
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, kernel 5.19): arm the poll before
@@ -173,8 +176,12 @@ pub(crate) struct Uring {
     // Field order matters: the ring drops (and stops touching memory) first.
     ring: IoUring,
     bufs: BufRing,
-    /// Connect addresses by connection slot: the kernel reads them asynchronously.
-    addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// Connect addresses by slot, in chunks that never move: the kernel reads an
+    /// address when the SQE is submitted, and a connect pushed earlier in the same lap
+    /// must still point at its own (one growing `Vec` moved them when a burst of new
+    /// connections raised the slab's high-water mark: connects then read garbage and
+    /// failed with EAFNOSUPPORT).
+    addrs: Vec<Box<AddrChunk>>,
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
 }
@@ -251,18 +258,20 @@ impl Io for Uring {
 
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
         let slot = c.slot as usize;
-        if self.addrs.len() <= slot {
-            // Grows with the slab's high-water mark only.
-            self.addrs
-                .resize(slot + 1, crate::engine::sys::to_storage(&addr));
+        let storage = crate::engine::sys::to_storage(&addr);
+        while self.addrs.len() <= slot / ADDR_CHUNK {
+            // Grows with the slab's high-water mark only; a chunk, once boxed, stays put.
+            self.addrs.push(Box::new([storage; ADDR_CHUNK]));
         }
-        self.addrs[slot] = crate::engine::sys::to_storage(&addr);
-        let (ss, len) = &self.addrs[slot];
+        let entry = &mut self.addrs[slot / ADDR_CHUNK][slot % ADDR_CHUNK];
+        *entry = storage;
+        let (ss, len) = &*entry;
         let e = opcode::Connect::new(Fd(fd), (ss as *const libc::sockaddr_storage).cast(), *len)
             .build()
             .user_data(Token::encode(Kind::Connect, 0, c.gen, c.slot));
-        // SAFETY: addrs[slot] is not touched again until this slot's connect completes
-        // (one connect in flight per connection) and lives as long as the ring.
+        // SAFETY: the slot's entry is not touched again until this slot's connect
+        // completes (one connect in flight per connection), and its chunk is boxed: it
+        // never moves and lives as long as the ring.
         unsafe { self.push(e) }
     }
 

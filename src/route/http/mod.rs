@@ -789,19 +789,29 @@ impl HttpRoutes {
         if host.len() > MAX_HOST {
             return self.any.map(|i| &self.vhosts[i as usize]);
         }
-        let mut buf = [0u8; MAX_HOST];
-        let h = &mut buf[..host.len()];
-        h.copy_from_slice(host);
-        h.make_ascii_lowercase();
-        let h: &[u8] = h;
-        let i = self
-            .exact
+        let i = if host.iter().any(u8::is_ascii_uppercase) {
+            // Domains are stored lowercase; a lowercase `Host` (the usual one) is
+            // matched as it is, without the copy.
+            let mut buf = [0u8; MAX_HOST];
+            let h = &mut buf[..host.len()];
+            h.copy_from_slice(host);
+            h.make_ascii_lowercase();
+            self.vhost_index(h)
+        } else {
+            self.vhost_index(host)
+        }?;
+        Some(&self.vhosts[i as usize])
+    }
+
+    /// [`Self::vhost`] for a lowercase name without port.
+    #[inline]
+    fn vhost_index(&self, h: &[u8]) -> Option<u32> {
+        self.exact
             .get(h)
             .copied()
             .or_else(|| self.suffixes.find(h, true))
             .or_else(|| self.prefixes.find(h, false))
-            .or(self.any)?;
-        Some(&self.vhosts[i as usize])
+            .or(self.any)
     }
 
     /// Route a request: its virtual host and first matching route.
