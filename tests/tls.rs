@@ -470,7 +470,8 @@ fn originate_to_openssl(kind: EngineKind) {
             let bad = yaml.replace("sni: orders.internal", "sni: billing.internal");
             let p = Proxy::start(kind, &bad);
             let mut s = connect(p.listener("l"));
-            s.write_all(b"hello\n").unwrap();
+            // The reset may already be there when the client writes: that is the outcome.
+            let _ = s.write_all(b"hello\n");
             let mut got = Vec::new();
             assert!(s.read_to_end(&mut got).is_err() || got.is_empty());
             wait_until("upstream TLS error", Duration::from_secs(5), || {
