@@ -31,7 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::args::Workload;
 use crate::hist::{self, Clock, Schedule};
-use crate::loadgen::{Errors, LoadResult, LoadSpec, Mode, Tally};
+use crate::loadgen::{Errors, LoadResult, LoadSpec, Tally, Window};
 use crate::tls::SERVER_NAME;
 use crate::wire::{self, Response};
 
@@ -215,15 +215,16 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
         .collect();
     let mut t = Tally::new();
     let clock = Clock::new();
-    let start = clock.now_ns();
-    let warm_end = start + spec.warmup.as_nanos() as u64;
-    let end = warm_end + spec.duration.as_nanos() as u64;
-    let timeout_ns = spec.timeout.as_nanos() as u64;
-    let drain_end = end + timeout_ns;
-    if let Mode::Open { rate } = spec.mode {
-        for (i, s) in slots.iter_mut().enumerate() {
-            s.schedule = Some(Schedule::for_connection(start, rate, spec.connections, i));
-        }
+    let window = Window::new(spec, clock.now_ns());
+    let Window {
+        warm_end,
+        end,
+        timeout_ns,
+        drain_end,
+        ..
+    } = window;
+    for (i, s) in slots.iter_mut().enumerate() {
+        s.schedule = window.schedule(spec, i);
     }
     let mut events = vec![EpollEvent::empty(); spec.connections.max(1)];
     loop {
@@ -343,6 +344,7 @@ fn finish(s: &mut Slot, step: Step, clock: &Clock, t: &mut Tally) {
 mod tests {
     use super::*;
     use crate::args::HttpMethod;
+    use crate::loadgen::Mode;
 
     fn spec(target: SocketAddr, cfg: Arc<rustls::ClientConfig>, mode: Mode) -> LoadSpec {
         LoadSpec {

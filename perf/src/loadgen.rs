@@ -131,6 +131,45 @@ impl Conn {
     }
 }
 
+/// One run's time marks on its clock (ns): warm-up until `warm_end`, measurement until
+/// `end`, late replies awaited until `drain_end`. Shared by this generator and the
+/// handshake generator.
+pub(crate) struct Window {
+    pub(crate) start: u64,
+    pub(crate) warm_end: u64,
+    pub(crate) end: u64,
+    pub(crate) timeout_ns: u64,
+    pub(crate) drain_end: u64,
+}
+
+impl Window {
+    pub(crate) fn new(spec: &LoadSpec, start: u64) -> Window {
+        let warm_end = start + spec.warmup.as_nanos() as u64;
+        let end = warm_end + spec.duration.as_nanos() as u64;
+        let timeout_ns = spec.timeout.as_nanos() as u64;
+        Window {
+            start,
+            warm_end,
+            end,
+            timeout_ns,
+            drain_end: end + timeout_ns,
+        }
+    }
+
+    /// Connection `i`'s send schedule in the open loop; none in the closed loop.
+    pub(crate) fn schedule(&self, spec: &LoadSpec, i: usize) -> Option<Schedule> {
+        match spec.mode {
+            Mode::Open { rate } => Some(Schedule::for_connection(
+                self.start,
+                rate,
+                spec.connections,
+                i,
+            )),
+            Mode::Closed => None,
+        }
+    }
+}
+
 /// Per-request bookkeeping shared by all connections of one run (this generator's and
 /// the handshake generator's).
 pub(crate) struct Tally {
@@ -274,15 +313,16 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<LoadResult> {
     }
     let mut tally = Tally::new();
     let clock = Clock::new();
-    let start = clock.now_ns();
-    let warm_end = start + spec.warmup.as_nanos() as u64;
-    let end = warm_end + spec.duration.as_nanos() as u64;
-    let timeout_ns = spec.timeout.as_nanos() as u64;
-    let drain_end = end + timeout_ns;
-    if let Mode::Open { rate } = spec.mode {
-        for (i, c) in conns.iter_mut().enumerate() {
-            c.schedule = Some(Schedule::for_connection(start, rate, spec.connections, i));
-        }
+    let window = Window::new(spec, clock.now_ns());
+    let Window {
+        warm_end,
+        end,
+        timeout_ns,
+        drain_end,
+        ..
+    } = window;
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.schedule = window.schedule(spec, i);
     }
     let mut events = vec![EpollEvent::empty(); spec.connections.max(1)];
     let mut alive = conns.len();
