@@ -906,6 +906,32 @@ impl<V: Copy + Default> KeyMap6<V> {
     }
 }
 
+/// Make room for an outer IP header of `grow` bytes (the outer packet `outer_len` long)
+/// and write the Ethernet header towards `mac`: the frame to write the outer header
+/// into, or `None` — counted as `drop_no_headroom` — when the length does not fit the
+/// outer header's 16-bit field or the mbuf has no headroom. Both families' tunnels.
+#[inline]
+pub(super) fn encapsulate<'p>(
+    pkt: &'p mut impl PacketBuf,
+    grow: usize,
+    outer_len: usize,
+    mac: [u8; 6],
+    port: &PortCtx,
+    w: usize,
+    ethertype: u16,
+) -> Option<&'p mut [u8]> {
+    if outer_len > usize::from(u16::MAX) || !pkt.prepend(grow) {
+        port.stats.inc(w, C::DropNoHeadroom);
+        return None;
+    }
+    let data = pkt.data();
+    let mut eth = EthernetFrame::new_unchecked(&mut *data);
+    eth.set_dst(mac);
+    eth.set_src(port.mac);
+    eth.set_ethertype(ethertype);
+    Some(data)
+}
+
 // === the worker ===
 
 /// One worker's balancer state: its flow table and the counter slot it writes.
@@ -1203,15 +1229,17 @@ impl LbWorker {
             Forwarding::Ipip => {
                 let tos = pkt.data()[ETH_HEADER_LEN + 1];
                 let outer_len = total + IPV4_MIN_HEADER_LEN;
-                if outer_len > usize::from(u16::MAX) || !pkt.prepend(IPV4_MIN_HEADER_LEN) {
-                    port.stats.inc(w, C::DropNoHeadroom);
+                let Some(data) = encapsulate(
+                    pkt,
+                    IPV4_MIN_HEADER_LEN,
+                    outer_len,
+                    mac,
+                    port,
+                    w,
+                    ETHERTYPE_IPV4,
+                ) else {
                     return Verdict::Drop;
-                }
-                let data = pkt.data();
-                let mut eth = EthernetFrame::new_unchecked(&mut *data);
-                eth.set_dst(mac);
-                eth.set_src(port.mac);
-                eth.set_ethertype(ETHERTYPE_IPV4);
+                };
                 emit_ipv4_header(
                     &mut data[ETH_HEADER_LEN..],
                     tos,

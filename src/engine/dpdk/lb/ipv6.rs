@@ -138,15 +138,12 @@ impl LbWorker {
                     pkt.data()[ETH_HEADER_LEN + 3],
                 ]);
                 let vtf = 0x6000_0000 | (inner & 0x0ff0_0000) | (hash as u32 & 0x000f_ffff);
-                if total > usize::from(u16::MAX) || !pkt.prepend(IPV6_HEADER_LEN) {
-                    port.stats.inc(w, C::DropNoHeadroom);
+                // IPv6's payload length excludes the outer header: `total` must fit.
+                let Some(data) =
+                    encapsulate(pkt, IPV6_HEADER_LEN, total, mac, port, w, ETHERTYPE_IPV6)
+                else {
                     return Verdict::Drop;
-                }
-                let data = pkt.data();
-                let mut eth = EthernetFrame::new_unchecked(&mut *data);
-                eth.set_dst(mac);
-                eth.set_src(port.mac);
-                eth.set_ethertype(ETHERTYPE_IPV6);
+                };
                 emit_ipv6_header(
                     &mut data[ETH_HEADER_LEN..],
                     vtf,
