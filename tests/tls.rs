@@ -382,6 +382,98 @@ fn offload_backend_choices(kind: EngineKind) {
     }
 }
 
+/// `offload.backend: ktls`. Without the kernel's `tls` module (this VM) the engine falls
+/// back to the software ring with the reason logged, no connection tries the kernel, and
+/// TLS works through the ring. With the module, each side's keys go to the kernel after
+/// the handshake: every suite of TLS 1.3 and 1.2 (openssl s_client) and a rustls client
+/// get their echo through the kernel, which ends the stream with close_notify (rustls's
+/// `read_to_end` fails on an EOF without one), and the engine opens no record.
+fn ktls_hand_over(kind: EngineKind) {
+    use tickmesh::telemetry::OffloadCounter as O;
+    let probe = tickmesh_offload::ktls::probe();
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let yaml = format!(
+        "offload: {{backend: ktls}}\n{}",
+        pki.listener_yaml("", g.addr, "")
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    assert_eq!(
+        tls_line(addr, pki.client(None), b"k\n").unwrap(),
+        b"echo:k\n"
+    );
+    let ls = p.stats.listener("l");
+    let o = p.stats.offload();
+    if !probe.available {
+        eprintln!(
+            "SKIP ktls_hand_over (kernel part): {}; checked the fallback to the software ring",
+            probe.detail
+        );
+        assert_eq!(
+            o.get(O::Backend),
+            1,
+            "the engine fell back to software-inline"
+        );
+        assert_eq!(ls.get(L::TlsKtlsHandovers), 0);
+        assert_eq!(
+            ls.get(L::TlsKtlsFallbacks),
+            0,
+            "no connection tries a kernel without the module"
+        );
+        assert!(ls.get(L::TlsRecordsOffloaded) >= 2);
+        return;
+    }
+    assert_eq!(o.get(O::Backend), 3, "ktls");
+    assert_eq!(ls.get(L::TlsKtlsHandovers) + ls.get(L::TlsKtlsFallbacks), 1);
+    if !have("openssl") {
+        eprintln!("SKIP ktls_hand_over (openssl part): no openssl CLI");
+        return;
+    }
+    for (version, flag, suite) in [
+        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ] {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                "-quiet",
+                version,
+                flag,
+                suite,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"kernel\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "echo:kernel\n",
+            "{suite}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        ls.get(L::TlsKtlsHandovers) >= 1,
+        "some side went to the kernel"
+    );
+    assert_eq!(ls.get(L::TlsRecordErrors), 0);
+}
+
 fn permissive_sniffs(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
@@ -872,6 +964,7 @@ per_engine!(
     offloaded_records_byte_exact,
     openssl_client_byte_exact,
     offload_backend_choices,
+    ktls_hand_over,
     bad_records,
     permissive_sniffs,
     originate_to_openssl,

@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod conn;
+pub mod kernel;
 pub mod records;
 
 use std::path::Path;

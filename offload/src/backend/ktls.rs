@@ -375,6 +375,29 @@ pub fn recv_record(fd: RawFd, buf: &mut [u8]) -> io::Result<(u8, usize)> {
     Ok((typ, n as usize))
 }
 
+/// Send `out` as it is (before TX is in the kernel: handshake bytes rustls already
+/// protected) on a non-blocking socket, as far as it goes; returns the bytes written.
+#[allow(unsafe_code)]
+pub fn send_raw(fd: RawFd, out: &[u8]) -> usize {
+    let mut done = 0;
+    while done < out.len() {
+        // SAFETY: `out[done..]` is a live buffer of the given length, only read.
+        let n = unsafe {
+            libc::send(
+                fd,
+                out[done..].as_ptr().cast(),
+                out.len() - done,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        done += n as usize;
+    }
+    done
+}
+
 /// Send one record of type `record_type` with `payload` through a kTLS TX socket (the
 /// kernel seals it under the current key): an alert, or a handshake message such as
 /// KeyUpdate. Non-blocking; a short write is reported as `WouldBlock` (control records
