@@ -34,9 +34,21 @@ pub struct Probe {
     pub detail: String,
 }
 
+/// Set to `1` to treat the kernel as having the `tls` module although the list does not
+/// show it (tests on hosts without it: every hand-over then runs until the kernel refuses
+/// the ULP and exercises the per-connection fallback).
+pub const ASSUME_ENV: &str = "TICKMESH_KTLS_ASSUME_AVAILABLE";
+
 /// Look for the `tls` upper-layer protocol.
 pub fn probe() -> Probe {
-    probe_from(std::fs::read_to_string(ULP_LIST))
+    let p = probe_from(std::fs::read_to_string(ULP_LIST));
+    if !p.available && std::env::var(ASSUME_ENV).is_ok_and(|v| v == "1") {
+        return Probe {
+            available: true,
+            detail: format!("assumed available ({ASSUME_ENV}=1) although {}", p.detail),
+        };
+    }
+    p
 }
 
 fn probe_from(list: io::Result<String>) -> Probe {
