@@ -474,6 +474,80 @@ fn ktls_hand_over(kind: EngineKind) {
     assert_eq!(ls.get(L::TlsRecordErrors), 0);
 }
 
+/// `tls.session_tickets`: with tickets (default 2) `openssl s_client -sess_out/-sess_in`
+/// resumes a TLS 1.3 session; with `0` it gets none and the second handshake is full.
+/// TLS 1.2 still resumes by session ID with `0` (the server's cache, as in Envoy).
+fn session_tickets_resume(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP session_tickets_resume: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    let s_client = |addr: SocketAddr, version: &str, flag: &str| -> String {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                // Read on after stdin ends, until the proxy closes (the echo, the tickets).
+                "-ign_eof",
+                version,
+                flag,
+                sess.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"t\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.contains("echo:t"),
+            "{version} {flag} {addr}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // (listener setting, version, tickets expected, resumes)
+    for (setting, version, tickets, resumes) in [
+        ("", "-tls1_3", 2, true),
+        (", session_tickets: 3", "-tls1_3", 3, true),
+        (", session_tickets: 0", "-tls1_3", 0, false),
+        (", session_tickets: 0", "-tls1_2", 0, true),
+    ] {
+        let p = Proxy::start(kind, &pki.listener_yaml(setting, g.addr, ""));
+        let addr = p.listener("l");
+        let _ = std::fs::remove_file(&sess);
+        let first = s_client(addr, version, "-sess_out");
+        assert!(first.contains("New, TLSv1."), "{first}");
+        assert_eq!(
+            first.matches("New Session Ticket arrived").count(),
+            tickets,
+            "{version}{setting}: {first}"
+        );
+        if !resumes {
+            // No ticket, so s_client has no session to keep.
+            assert!(!sess.exists(), "{version}{setting}");
+            continue;
+        }
+        let second = s_client(addr, version, "-sess_in");
+        assert!(
+            second.contains("Reused, TLSv1."),
+            "{version}{setting}: expected a resumed session: {second}"
+        );
+    }
+}
+
 fn permissive_sniffs(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
@@ -965,6 +1039,7 @@ per_engine!(
     openssl_client_byte_exact,
     offload_backend_choices,
     ktls_hand_over,
+    session_tickets_resume,
     bad_records,
     permissive_sniffs,
     originate_to_openssl,

@@ -40,7 +40,17 @@ pub struct ListenerTls {
     /// every verified client. A client not listed is reset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_principals: Vec<String>,
+    /// TLS 1.3 session tickets sent after each full handshake (default 2, at most
+    /// [`MAX_SESSION_TICKETS`]); `0` turns stateless resumption off (TLS 1.2 tickets too),
+    /// like Envoy's `disable_stateless_session_resumption` or HAProxy's `no-tls-tickets`.
+    /// TLS 1.2 session-ID resumption (the server's cache) stays, as in Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<u32>,
 }
+
+/// Most tickets a listener may send per handshake (each is a message to the client and
+/// an encryption on the handshake path; OpenSSL and rustls send 2 by default).
+pub const MAX_SESSION_TICKETS: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
