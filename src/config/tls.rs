@@ -117,3 +117,43 @@ pub enum OffloadBackend {
     Cryptodev,
     Ktls,
 }
+
+/// What an `http` listener does with a request's `x-forwarded-client-cert` header
+/// (Envoy's `forward_client_cert_details`, same names). "mTLS" means the client presented
+/// a certificate the listener verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertDetails {
+    /// Remove the header; send none.
+    Sanitize,
+    /// Pass the client's header on when the connection is mTLS (else remove it).
+    ForwardOnly,
+    /// mTLS: pass the client's header on with this proxy's element appended.
+    AppendForward,
+    /// mTLS: replace the client's header with this proxy's element.
+    SanitizeSet,
+    /// Pass the client's header on whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// Which client-certificate fields this proxy's XFCC element carries besides `By` and
+/// `Hash` (Envoy's `set_current_client_cert_details`, same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertDetails {
+    /// `Subject="…"`: the subject, RFC 2253 order and escaping.
+    #[serde(default)]
+    pub subject: bool,
+    /// `Cert=`: the leaf certificate, URL-encoded PEM.
+    #[serde(default)]
+    pub cert: bool,
+    /// `Chain=`: every certificate the client presented, leaf first, URL-encoded PEM.
+    #[serde(default)]
+    pub chain: bool,
+    /// `DNS=`: one pair per DNS SAN.
+    #[serde(default)]
+    pub dns: bool,
+    /// `URI=`: one pair per URI SAN.
+    #[serde(default)]
+    pub uri: bool,
+}

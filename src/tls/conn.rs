@@ -421,6 +421,10 @@ pub struct Tls {
     /// Sides that finish their handshake stop at `ready` for [`Tls::hand_over_kernel`]
     /// (the relay owns the socket and can hand keys to the kernel).
     kernel_wanted: bool,
+    /// Keep the client's certificate chain after the handshake (for XFCC details).
+    keep_chain: bool,
+    /// The client's verified chain, leaf first, when `keep_chain` (taken by the caller).
+    peer_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl Tls {
@@ -484,6 +488,16 @@ impl Tls {
     #[inline]
     pub fn is_kernel(&self, side: Side) -> bool {
         matches!(self.sides[side.idx()], State::Kernel(_))
+    }
+
+    /// Keep the client's certificate chain past the handshake ([`Tls::take_peer_chain`]).
+    pub fn keep_peer_chain(&mut self, yes: bool) {
+        self.keep_chain = yes;
+    }
+
+    /// The client's verified certificate chain, leaf first (once, when kept).
+    pub fn take_peer_chain(&mut self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.peer_chain.take()
     }
 
     /// Hand keys to the kernel after handshakes (the engine's backend is `ktls`).
@@ -708,6 +722,11 @@ impl Tls {
         let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
         let (secrets, kernel, identity) = match conn {
             HsConn::Server(c) => {
+                if self.keep_chain {
+                    self.peer_chain = c
+                        .peer_certificates()
+                        .map(|certs| certs.iter().map(|d| d.clone().into_owned()).collect());
+                }
                 let leaf = c.peer_certificates().and_then(|certs| certs.first());
                 self.cert_hash = leaf.map(|l| super::certs::sha256_hex(l.as_ref()).into());
                 let id = leaf.and_then(|l| super::certs::spiffe_id(l.as_ref()));

@@ -15,6 +15,7 @@ pub mod certs;
 pub mod conn;
 pub mod kernel;
 pub mod records;
+pub mod xfcc;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -680,7 +680,7 @@ impl Conn {
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(tls::Layer::server(t.clone()));
+            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc));
         }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
@@ -1660,7 +1660,7 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
-                    // Envoy's SANITIZE_SET: a client's own XFCC never passes.
+                    // Written below, as the listener's XFCC policy says.
                     || n.eq_ignore_ascii_case("x-forwarded-client-cert")
                     || edits.iter().any(|e| e.drops(n))
                 {
@@ -1681,22 +1681,31 @@ impl Conn {
             } else {
                 w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
             }
-            if let Some(uri) = tl.and_then(tls::Layer::identity) {
-                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
-                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
-                w.put(q, io, b"x-forwarded-client-cert: ")?;
-                if let Some(by) = tl.and_then(tls::Layer::own_uri) {
-                    w.put(q, io, b"By=")?;
-                    w.put(q, io, by.as_bytes())?;
-                    w.put(q, io, b";")?;
+            // x-forwarded-client-cert (Envoy's forward_client_cert_details): the client's
+            // elements when the policy keeps them, then ours (built at its handshake).
+            let xfcc = self.table.as_deref().map_or_else(Default::default, |t| {
+                t.listeners[self.listener as usize].xfcc
+            });
+            let mtls = tl.is_some_and(|l| l.cert_hash().is_some());
+            let mut sep: &[u8] = b"x-forwarded-client-cert: ";
+            if xfcc.keeps_client_header(mtls) {
+                for h in req.headers {
+                    if h.name.eq_ignore_ascii_case("x-forwarded-client-cert") {
+                        w.put(q, io, sep)?;
+                        w.put(q, io, h.value)?;
+                        sep = b",";
+                    }
                 }
-                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
-                    w.put(q, io, b"Hash=")?;
-                    w.put(q, io, hash.as_bytes())?;
-                    w.put(q, io, b";")?;
-                }
-                w.put(q, io, b"URI=")?;
-                w.put(q, io, uri.as_bytes())?;
+            }
+            if let Some(e) = tl
+                .and_then(tls::Layer::xfcc_element)
+                .filter(|_| xfcc.sets_own(mtls))
+            {
+                w.put(q, io, sep)?;
+                w.put(q, io, e.as_bytes())?;
+                sep = b",";
+            }
+            if sep == b"," {
                 w.put(q, io, b"\r\n")?;
             }
             if let Some(id) = request_id {
