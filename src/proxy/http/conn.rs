@@ -703,7 +703,7 @@ impl Conn {
         let tls = self.tls.take().map(|l| {
             let d = Side::Down.idx();
             let tx_inflight = self.out[Side::Up.idx()].inflight;
-            l.into_carry(self.recv_armed[d], tx_inflight)
+            (*l).into_carry(self.recv_armed[d], tx_inflight)
         });
         self.recv_armed = [false; 2];
         self.out[Side::Up.idx()].inflight = false;

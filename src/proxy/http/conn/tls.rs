@@ -74,15 +74,14 @@ impl Layer {
     /// socket go to the relay (`recv_armed`: a receive is armed on it; `tx_inflight`: the
     /// ciphertext in `tx` towards it is being sent).
     pub(super) fn into_carry(
-        self: Box<Layer>,
+        self,
         recv_armed: bool,
         tx_inflight: bool,
     ) -> crate::proxy::l4::tcp::TlsCarry {
-        let l = *self;
         crate::proxy::l4::tcp::TlsCarry {
-            tls: l.t,
+            tls: self.t,
             recv_armed,
-            tx: l.tx[Side::Down.idx()],
+            tx: self.tx[Side::Down.idx()],
             tx_inflight,
         }
     }
