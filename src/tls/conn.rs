@@ -1015,6 +1015,15 @@ impl Tls {
         }
     }
 
+    /// Take `side`'s rustls half out of its record layer (tests).
+    #[cfg(test)]
+    pub(crate) fn take_kernel(&mut self, side: Side) -> Option<Kernel> {
+        match std::mem::take(&mut self.sides[side.idx()]) {
+            State::Rec(r) => Some(r.into_kernel()),
+            _ => None,
+        }
+    }
+
     /// Set the key-update interval of `side`'s record layer (tests).
     pub fn set_key_update_after(&mut self, side: Side, records: u64) {
         if let State::Rec(r) = &mut self.sides[side.idx()] {

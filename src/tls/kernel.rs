@@ -194,7 +194,8 @@ pub fn install(
     if sent < out.len() {
         return Install::Fallback(Fallback::ShortWrite, kernel, sent);
     }
-    if ktls::attach_ulp(fd).is_err() {
+    // The engine probed the kernel once at start; a refusal here is per socket.
+    if ktls::set_ulp(fd).is_err() {
         // A socket whose ULP attach failed, or one with the ULP and no keys, is still
         // plain TCP: the ring can continue on it.
         return Install::Fallback(Fallback::Ulp, kernel, sent);
@@ -282,6 +283,21 @@ pub fn read_alert(body: &[u8]) -> Result<bool, RecordError> {
 const KEY_UPDATE_NOT_REQUESTED: [u8; 5] = [HS_KEY_UPDATE, 0, 0, 1, 0];
 
 impl KernelSide {
+    /// A side for rustls's half `kernel` (tests of the control-record handling).
+    #[cfg(test)]
+    pub(crate) fn for_test(kernel: Kernel, suite: CipherSuite, version: TlsVersion) -> KernelSide {
+        KernelSide {
+            kernel,
+            suite,
+            version,
+            plain: Vec::new(),
+            plain_off: 0,
+            peer_closed: false,
+            close_sent: false,
+            key_update_owed: false,
+        }
+    }
+
     /// Plaintext waits for the relay.
     #[inline]
     pub fn pending(&self) -> bool {
@@ -326,7 +342,12 @@ impl KernelSide {
                 ))
             }
         };
-        let body = &buf[..n];
+        self.handle(fd, typ, &buf[..n], tx_idle)
+    }
+
+    /// Act on one record the kernel returned with its type (`body`: its content).
+    /// Alerts we answer with go out through `fd`.
+    pub fn handle(&mut self, fd: RawFd, typ: u8, body: &[u8], tx_idle: bool) -> Control {
         match typ {
             ktls::RECORD_ALERT => match read_alert(body) {
                 Ok(true) => {
