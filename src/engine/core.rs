@@ -67,6 +67,8 @@ pub(crate) enum Kind {
     UdpSession = 6,
     /// A TCP socket's readiness (epoll only): aux is the side.
     Sock = 7,
+    /// A multishot receive (io_uring only): aux is the side.
+    RecvMulti = 8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,7 @@ impl Token {
             5 => Kind::UdpListener,
             6 => Kind::UdpSession,
             7 => Kind::Sock,
+            8 => Kind::RecvMulti,
             _ => Kind::Nothing,
         };
         Token {

@@ -1108,13 +1108,14 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        // An upstream awaiting its response head, or a kept-alive client armed with
-        // its response: both answer what was just sent to them.
-        let reply = match side {
-            Side::Up => self.awaiting_head,
-            Side::Down => self.phase == Phase::Flush,
-        };
-        if reply {
+        if side == Side::Down {
+            // The client socket is this connection's until it closes (or it becomes a
+            // TCP relay in the same slot): one multishot receive serves every request.
+            io.recv_multi(self.me(slot), side, fd);
+        } else if self.awaiting_head {
+            // An upstream answering what was just sent to it: its bytes are not there
+            // yet. (Upstream sockets stay single-shot: parked in the pool, nothing may
+            // be armed on them.)
             io.recv_reply(self.me(slot), side, fd);
         } else {
             io.recv(self.me(slot), side, fd);
@@ -2760,6 +2761,7 @@ impl Conn {
                 io.release(b);
             }
         }
+        io.forget(self.me(slot));
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {

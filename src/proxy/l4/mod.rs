@@ -84,6 +84,17 @@ pub trait Io {
     fn recv_reply(&mut self, c: ConnRef, side: Side, fd: RawFd) {
         self.recv(c, side, fd)
     }
+    /// As [`recv`](Io::recv), on a socket that stays this connection's `side` until
+    /// the connection calls [`forget`](Io::forget): the engine may keep one receive
+    /// armed in the kernel across messages (io_uring multishot) and hold what arrives
+    /// before the next ask. To the proxy it is still one completion per call.
+    fn recv_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        self.recv(c, side, fd)
+    }
+    /// Connection `c` is about to close its sockets with nothing of its own in flight:
+    /// the engine drops what it still holds or has armed for `c` (see
+    /// [`recv_multi`](Io::recv_multi)). No completion for `c` follows.
+    fn forget(&mut self, _c: ConnRef) {}
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
