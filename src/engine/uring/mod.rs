@@ -31,7 +31,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
 use super::core::{Core, Driver, Kind, Token, TICK_MS};
 use super::{EngineOptions, Idle};
-use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Slice, Watch};
 
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
@@ -48,6 +48,15 @@ const QUIET_LAPS: u32 = 32;
 const RECVSEND_POLL_FIRST: u16 = 1;
 /// Multishot receive state slots per boxed chunk (see `Uring::multi`).
 const MULTI_CHUNK: usize = 256;
+/// Gathered-send headers per boxed chunk (see `Uring::msgs`).
+const MSG_CHUNK: usize = 64;
+
+/// The `sendmsg` header and iovecs of one gathered send (one per slot and direction:
+/// a connection has at most one send in flight per direction).
+struct Msg {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; 2],
+}
 
 fn builder() -> io_uring::Builder {
     let mut b = IoUring::builder();
@@ -193,6 +202,9 @@ pub(crate) struct Uring {
     addrs: Vec<Box<AddrChunk>>,
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
+    /// Gathered-send headers by slot and direction, in chunks that never move (the
+    /// kernel reads them when the send is issued, possibly after the submit returns).
+    msgs: Vec<Box<[[Msg; 2]; MSG_CHUNK]>>,
     /// Multishot receive state per slot and side, in chunks that grow with the slab's
     /// high-water mark (allocation only then).
     multi: Vec<Box<[[Multi; 2]; MULTI_CHUNK]>>,
@@ -235,6 +247,7 @@ impl Uring {
             bufs,
             addrs: Vec::new(),
             write_free: BufPool::write_ids().collect(),
+            msgs: Vec::new(),
             multi: Vec::new(),
             held: Vec::with_capacity(POOL_BUFFERS),
             ready: Vec::with_capacity(64),
@@ -489,6 +502,48 @@ impl Io for Uring {
             .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
         // SAFETY: the buffer stays in the connection's queue (not in the kernel's ring)
         // until this send completes.
+        unsafe { self.push(e) }
+    }
+
+    fn sendv(&mut self, c: ConnRef, from: Side, fd: RawFd, first: Slice, second: Slice) {
+        let slot = c.slot as usize;
+        while self.msgs.len() <= slot / MSG_CHUNK {
+            // Grows with the slab's high-water mark only; a chunk, once boxed, stays put.
+            self.msgs.push(Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| Msg {
+                    // SAFETY: msghdr and iovec are plain old data; all-zero is valid.
+                    hdr: unsafe { std::mem::zeroed() },
+                    // SAFETY: as above.
+                    iov: unsafe { std::mem::zeroed() },
+                })
+            })));
+        }
+        // SAFETY: off + len ≤ BUF_SIZE for both slices (the proxy sends within what it
+        // received or wrote).
+        let (a, b) = unsafe {
+            (
+                self.bufs.pool.ptr(first.0).add(first.1 as usize),
+                self.bufs.pool.ptr(second.0).add(second.1 as usize),
+            )
+        };
+        let m = &mut self.msgs[slot / MSG_CHUNK][slot % MSG_CHUNK][from.idx()];
+        m.iov[0] = libc::iovec {
+            iov_base: a.cast(),
+            iov_len: first.2 as usize,
+        };
+        m.iov[1] = libc::iovec {
+            iov_base: b.cast(),
+            iov_len: second.2 as usize,
+        };
+        m.hdr.msg_iov = m.iov.as_mut_ptr();
+        m.hdr.msg_iovlen = 2;
+        let e = opcode::SendMsg::new(Fd(fd), &m.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
+        // SAFETY: the header, its iovecs (boxed chunk, never moved, not rewritten until
+        // this direction's send completes: one in flight) and both buffers (in the
+        // connection's queue until the send completes) outlive the operation.
         unsafe { self.push(e) }
     }
 

@@ -17,6 +17,8 @@ use crate::cluster::LbState;
 
 /// Index of a receive buffer in the worker's buffer pool.
 pub type BufId = u16;
+/// Bytes of a pool buffer: (buffer, offset, length).
+pub type Slice = (BufId, u32, u32);
 
 /// One end of a proxied TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,14 @@ pub trait Io {
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
+    /// As [`send`](Io::send), gathering two slices (`(buffer, offset, length)`) into
+    /// one send (a rewritten head and the body behind it: one segment, one
+    /// completion); completes with the count sent from both, in order, which may be
+    /// short. An engine without a gathered send sends `first` only.
+    fn sendv(&mut self, c: ConnRef, from: Side, fd: RawFd, first: Slice, second: Slice) {
+        let _ = second;
+        self.send(c, from, fd, first.0, first.1, first.2)
+    }
     /// Give a buffer back to the pool (receive or write buffer alike).
     fn release(&mut self, buf: BufId);
     /// A write buffer for the proxy to fill (rewritten heads, local responses); `None`
