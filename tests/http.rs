@@ -649,6 +649,57 @@ fn large_body_leaves_with_its_head(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A routing-table swap keeps the pooled upstream connections to endpoints the new
+/// table still has (same cluster, same address), and closes the others.
+fn pool_survives_table_swap(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let a = Backend::start("a");
+    let a2 = Backend::start("a2");
+    let b = Backend::start("b");
+    let cfg = |a_addr: SocketAddr, with_b: bool| {
+        // With b, cluster b comes first: a's index in the table changes.
+        let mut clusters = String::new();
+        let mut routes = String::new();
+        if with_b {
+            clusters += &cluster_yaml("b", &[b.addr], "");
+            routes += &route("/b/", "route: {cluster: b}");
+        }
+        clusters += &cluster_yaml("a", &[a_addr], "");
+        routes += &route("/", "route: {cluster: a}");
+        http_config(0, &clusters, &routes, "")
+    };
+    let mut p = Proxy::start(kind, &cfg(a.addr, false));
+    let (mut s, mut r) = client(p.listener("l"));
+    let mut get = |path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let resp = read_resp(&mut r).unwrap();
+        assert_eq!(resp.status, 200, "{path}");
+        String::from_utf8(resp.body).unwrap()
+    };
+    assert_eq!(get("/1"), "a /1");
+    // A new table that adds a cluster before a (a keeps its name and endpoint, not its
+    // index): the pooled connection to a is reused.
+    p.apply(&cfg(a.addr, true));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(get("/2"), "a /2");
+    assert_eq!(get("/b/3"), "b /b/3");
+    assert_eq!(a.accepted(), 1, "the upstream connection survived the swap");
+    let ca = p.stats.cluster("a");
+    assert_eq!(ca.get(U::CxClosed), 0);
+    // Cluster a's endpoint changes: its pooled connection is closed, a2 serves.
+    p.apply(&cfg(a2.addr, true));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(get("/4"), "a2 /4");
+    assert_eq!((a.accepted(), a2.accepted()), (1, 1));
+    wait_until("the old connection's close to be counted", Duration::from_secs(2), || {
+        ca.get(U::CxClosed) == 1
+    });
+    drop(get);
+    drop((s, r));
+    open_zero(&p);
+}
+
 /// Does `ss` report per-connection segment counts here? (Asked about a connection of
 /// our own that received one byte: `ss` leaves a zero count out.)
 fn ss_reports_segments() -> bool {
@@ -1589,4 +1640,5 @@ per_engine!(
     retry_breakers,
     pending_queue,
     upstream_pool,
+    pool_survives_table_swap,
 );
