@@ -314,6 +314,7 @@ impl Engine {
 
     /// Queue a seal job: `payload` becomes one record of `content_type`. The result (the
     /// full record) arrives in a completion tagged `tag`.
+    #[inline]
     pub fn submit_seal(
         &mut self,
         id: SessionId,
@@ -329,6 +330,7 @@ impl Engine {
     /// Like [`Engine::submit_seal`], but `fill` writes the `len`-byte payload straight into
     /// the job's buffer (saves a copy when the payload comes from a socket read).
     /// `fill` is not called if the job fails before running (e.g. `len` over 2^14).
+    #[inline]
     pub fn submit_seal_with(
         &mut self,
         id: SessionId,
@@ -373,6 +375,7 @@ impl Engine {
 
     /// Queue an open job: `record` is one full record (header included) as received.
     /// The result (content type + plaintext) arrives in a completion tagged `tag`.
+    #[inline]
     pub fn submit_open(
         &mut self,
         id: SessionId,
