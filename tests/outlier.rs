@@ -437,6 +437,53 @@ fn max_ejection_percent_caps(kind: EngineKind) {
     );
 }
 
+/// Split counting (`split_external_local_origin_errors`): connect failures to a dead
+/// endpoint are local-origin failures, not 5xx — with `consecutive_5xx: 1` it would
+/// go at the first one otherwise — and it is ejected by its run of 3 of them, counted
+/// as a local-origin ejection. The volumes show the two origins apart.
+fn split_local_origin_errors_count_apart(kind: EngineKind) {
+    let good = Backend::start(200);
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{dead}\"]\n    outlier_detection: {{consecutive_5xx: 1, split_external_local_origin_errors: true, consecutive_local_origin_failure: 3, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 50}}\n",
+            good.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the dead endpoint is ejected by local-origin failures",
+        Duration::from_secs(10),
+        || {
+            assert_eq!(
+                get(addr, "/a"),
+                200,
+                "the connect moves to the next endpoint"
+            );
+            let h = d.health("svc", dead);
+            assert_eq!(h.consecutive_5xx, 0, "a local failure is no 5xx: {h:?}");
+            h.state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_local_origin), 1);
+    assert!(d.counter("svc", dead, "rq_local_origin_error") >= 3);
+    assert_eq!(d.counter("svc", dead, "rq_error"), 0, "no status came");
+    let served = d.counter("svc", good.addr, "rq_success");
+    assert!(served >= 1);
+    assert_eq!(
+        d.counter("svc", good.addr, "rq_local_origin_success"),
+        served,
+        "each response is a local-origin success too"
+    );
+    assert_eq!(d.health("svc", good.addr).state, "healthy");
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(
+        table.contains("1 ejected by local-origin failures"),
+        "{table}"
+    );
+}
+
 // === DestinationRule traffic policy ===
 
 /// A DestinationRule applied live governs its cluster: round robin before it, sticky
@@ -903,6 +950,7 @@ fn generated_hash_cookie_sticks(kind: EngineKind) {
 }
 
 per_engine!(
+    split_local_origin_errors_count_apart,
     generated_hash_cookie_sticks,
     istio_locality_failover,
     success_rate_ejects_and_returns,
@@ -938,8 +986,32 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "enforcing_consecutive_5xx",
         ),
         (
-            "outlier_detection: {split_external_local_origin_errors: true}",
+            "outlier_detection: {consecutive_local_origin_failure: 3}",
+            "outlier_detection.consecutive_local_origin_failure: takes effect only with `split_external_local_origin_errors: true`",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: false, enforcing_local_origin_success_rate: 0}",
+            "outlier_detection.enforcing_local_origin_success_rate",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_consecutive_local_origin_failure: 101}",
+            "outlier_detection.enforcing_consecutive_local_origin_failure: 101 is over 100",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_failure_percentage_local_origin: 200}",
+            "outlier_detection.enforcing_failure_percentage_local_origin",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: yes please}",
             "split_external_local_origin_errors",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, consecutive_local_origin_failure: -2}",
+            "consecutive_local_origin_failure",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_local_origin_failure: 5}",
+            "enforcing_local_origin_failure",
         ),
         (
             "outlier_detection: {enforcing_success_rate: 101}",
@@ -1054,8 +1126,16 @@ fn malformed_destination_rule_policies_are_errors() {
             "outlierDetection.minHealthPercent",
         ),
         (
-            "outlierDetection: {splitExternalLocalOriginErrors: true}",
+            "outlierDetection: {consecutiveLocalOriginFailures: 3}",
+            "outlierDetection.consecutiveLocalOriginFailures: takes effect only with `splitExternalLocalOriginErrors: true`",
+        ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: 1}",
             "splitExternalLocalOriginErrors",
+        ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailure: 3}",
+            "consecutiveLocalOriginFailure",
         ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
         (

@@ -420,12 +420,51 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "failure_percentage_threshold",
                     o.failure_percentage_threshold,
                 ),
+                (
+                    "enforcing_consecutive_local_origin_failure",
+                    o.enforcing_consecutive_local_origin_failure,
+                ),
+                (
+                    "enforcing_local_origin_success_rate",
+                    o.enforcing_local_origin_success_rate,
+                ),
+                (
+                    "enforcing_failure_percentage_local_origin",
+                    o.enforcing_failure_percentage_local_origin,
+                ),
             ] {
                 if let Some(p) = p.filter(|p| *p > 100) {
                     bad(
                         format!("{at}.outlier_detection.{name}"),
                         format!("{p} is over 100 (a percentage)"),
                     );
+                }
+            }
+            if o.split_external_local_origin_errors != Some(true) {
+                for (name, set) in [
+                    (
+                        "consecutive_local_origin_failure",
+                        o.consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_consecutive_local_origin_failure",
+                        o.enforcing_consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_local_origin_success_rate",
+                        o.enforcing_local_origin_success_rate.is_some(),
+                    ),
+                    (
+                        "enforcing_failure_percentage_local_origin",
+                        o.enforcing_failure_percentage_local_origin.is_some(),
+                    ),
+                ] {
+                    if set {
+                        bad(
+                            format!("{at}.outlier_detection.{name}"),
+                            "takes effect only with `split_external_local_origin_errors: true`; set that too, or remove this field".into(),
+                        );
+                    }
                 }
             }
             for (name, d) in [

@@ -340,6 +340,26 @@ pub struct OutlierDetection {
     pub failure_percentage_request_volume: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcing_failure_percentage: Option<u32>,
+    /// Count local-origin failures (connect failure or timeout, reset or garbage before a
+    /// response, response timeout) apart from HTTP statuses (Envoy default false: a
+    /// local failure counts as a 503). With it, `consecutive_5xx`,
+    /// `consecutive_gateway_failure` and the success-rate / failure-percentage volumes
+    /// count statuses only, and the local-origin fields below judge the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Split counting: consecutive local-origin failures that eject (default 5), with the
+    /// chance `enforcing_consecutive_local_origin_failure` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_local_origin_failure: Option<u32>,
+    /// Split counting: the chance that a local-origin success-rate outlier (judged with
+    /// the `success_rate_*` settings) is ejected (default 100), and a local-origin
+    /// failure-percentage one (`failure_percentage_*` settings; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_local_origin_success_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage_local_origin: Option<u32>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's
