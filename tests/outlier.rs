@@ -949,7 +949,111 @@ fn generated_hash_cookie_sticks(kind: EngineKind) {
     assert!(homes.len() >= 2, "8 clients spread: {homes:?}");
 }
 
+/// Envoy route-level `hash_policy` on a Maglev cluster: a `cookie` with `ttl` is made up
+/// for a client without it (`Set-Cookie` with the route's path) and sticks; a
+/// `query_parameter` keys by its value (spread over the endpoints); the source IP keys
+/// every request from one client to one endpoint.
+fn route_hash_policies_stick(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - {{name: svc, lb_policy: maglev, endpoints: [{}]}}
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{prefix: /c}}
+            route:
+              cluster: svc
+              hash_policy:
+                - header: {{header_name: x-absent}}
+                  terminal: true
+                - cookie: {{name: sticky, ttl: 30s, path: /c}}
+          - match: {{prefix: /q}}
+            route:
+              cluster: svc
+              hash_policy: [{{query_parameter: {{name: user}}, terminal: true}}, {{header: {{header_name: x-noise}}}}]
+          - match: {{prefix: /ip}}
+            route: {{cluster: svc, hash_policy: [{{connection_properties: {{source_ip: true}}}}]}}
+"#,
+            eps.join(", ")
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    let fetch = |path: &str, headers: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    };
+    // Sends `n` requests; the one endpoint that served them all.
+    let home = |n: usize, send: &dyn Fn()| {
+        let before = counts();
+        for _ in 0..n {
+            send();
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "one endpoint: {before:?} → {after:?}");
+        assert_eq!(after[moved[0]] - before[moved[0]], n);
+        moved[0]
+    };
+    // The cookie: made up once, then carried back.
+    for _ in 0..3 {
+        let first = fetch("/c/x", "");
+        let line = first
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        assert!(line.ends_with("; Max-Age=30; Path=/c; HttpOnly"), "{line}");
+        let value = line
+            .split_once("sticky=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| panic!("{line}"));
+        home(4, &|| {
+            let r = fetch("/c/y", &format!("cookie: sticky=\"{value}\"\r\n"));
+            assert!(!r.to_ascii_lowercase().contains("set-cookie"), "{r}");
+        });
+    }
+    // The query parameter (terminal: the varying x-noise header does not count).
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..10 {
+        let noise = std::cell::Cell::new(0);
+        homes.insert(home(4, &|| {
+            noise.set(noise.get() + 1);
+            fetch(
+                &format!("/q?a=1&user=u{user}"),
+                &format!("x-noise: {}\r\n", noise.get()),
+            );
+        }));
+    }
+    assert!(homes.len() >= 2, "10 users spread: {homes:?}");
+    // The source IP: every request from 127.0.0.1 to one endpoint, no cookie set.
+    home(6, &|| {
+        let r = fetch("/ip", "");
+        assert!(!r.to_ascii_lowercase().contains("set-cookie"), "{r}");
+    });
+}
+
 per_engine!(
+    route_hash_policies_stick,
     split_local_origin_errors_count_apart,
     generated_hash_cookie_sticks,
     istio_locality_failover,
@@ -1083,6 +1187,72 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             .expect_err(&format!("{extra} must be refused"));
         let text = e.to_string();
         assert!(text.contains(names), "`{extra}`: {text}");
+    }
+}
+
+#[test]
+fn malformed_route_hash_policies_are_errors_naming_the_field() {
+    let cases = [
+        (
+            "[{filter_state: {key: k}}]",
+            "hash_policy[0].filter_state: hashing on filter state is not supported",
+        ),
+        (
+            "[{header: {header_name: x}, cookie: {name: s}}]",
+            "hash_policy[0]: set exactly one of",
+        ),
+        ("[{terminal: true}]", "hash_policy[0]: set exactly one of"),
+        (
+            "[{header: {header_name: \"bad name\"}}]",
+            "hash_policy[0].header.header_name",
+        ),
+        (
+            "[{header: {header_name: x, regex_rewrite: {}}}]",
+            "regex_rewrite",
+        ),
+        (
+            "[{query_parameter: {name: \"\"}}]",
+            "hash_policy[0].query_parameter.name",
+        ),
+        ("[{query_parameter: {}}]", "name"),
+        (
+            "[{connection_properties: {source_ip: false}}]",
+            "hash_policy[0].connection_properties.source_ip",
+        ),
+        (
+            "[{cookie: {name: s, path: /}}]",
+            "hash_policy[0].cookie.path: only a generated cookie",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h, path: nope}}]",
+            "is not a cookie path",
+        ),
+        (
+            "[{cookie: {name: s, ttl: soon}}]",
+            "invalid duration `soon`",
+        ),
+        (
+            "[{cookie: {name: \"a;b\", ttl: 1h}}]",
+            "hash_policy[0].cookie.name",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h, attributes: [{name: SameSite}]}}]",
+            "attributes",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h}}, {cookie: {name: t, ttl: 1m}}]",
+            "hash_policy[1].cookie.ttl: a route generates at most one hash cookie",
+        ),
+        ("{header: {header_name: x}}", "hash_policy"),
+    ];
+    for (policy, names) in cases {
+        let yaml = format!(
+            "clusters:\n  - {{name: svc, lb_policy: maglev, endpoints: [\"127.0.0.1:1\"]}}\nroute_configs:\n  - name: rc\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: /}}\n            route: {{cluster: svc, hash_policy: {policy}}}\n"
+        );
+        let e = tickmesh::config::parse(&yaml, Format::Yaml)
+            .expect_err(&format!("{policy} must be refused"));
+        let text = e.to_string();
+        assert!(text.contains(names), "`{policy}`: {text}");
     }
 }
 
