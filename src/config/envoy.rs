@@ -10,13 +10,18 @@ use super::model::{
     LbPolicy, OutlierDetection,
 };
 
-/// An Envoy bootstrap document; only `static_resources.clusters` (and route
-/// configurations given on their own) are taken — Envoy listeners are not, use native
-/// listeners.
+/// An Envoy bootstrap document; only `static_resources.clusters` and `node.locality`
+/// (route configurations are given on their own) are taken — Envoy listeners are not,
+/// use native listeners.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     pub static_resources: StaticResources,
+    /// The proxy's locality (the native top-level `node:`), for Istio locality load
+    /// balancing; Envoy's other `node` fields (`id`, `cluster`, `metadata`, …) name
+    /// the proxy to a management server tickmesh does not talk to, and are refused.
+    #[serde(default)]
+    pub node: Option<super::model::Node>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -220,9 +220,7 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
-                if c.node.is_some() {
-                    out.node = c.node;
-                }
+                set_node(out, c.node)?;
                 // The daemon-wide `offload:` block (was dropped here: every daemon ran
                 // `auto` whatever the file said).
                 if c.offload.is_some() {
@@ -237,11 +235,15 @@ impl DocKind {
                 .peer_authentications
                 .push(PeerAuthentication::deserialize(d)?),
             DocKind::EnvoyRouteConfig => out.route_configs.push(RouteConfig::deserialize(d)?),
-            DocKind::EnvoyBootstrap => clusters(
-                Bootstrap::deserialize(d)?.static_resources.clusters,
-                "static_resources.clusters",
-                out,
-            )?,
+            DocKind::EnvoyBootstrap => {
+                let b = Bootstrap::deserialize(d)?;
+                set_node(out, b.node)?;
+                clusters(
+                    b.static_resources.clusters,
+                    "static_resources.clusters",
+                    out,
+                )?
+            }
             DocKind::EnvoyClusterList => {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]
@@ -252,6 +254,24 @@ impl DocKind {
             }
         }
         Ok(())
+    }
+}
+
+/// Take a document's `node` (native, or an Envoy bootstrap's): one locality per config.
+fn set_node<E: serde::de::Error>(
+    out: &mut Config,
+    node: Option<super::model::Node>,
+) -> Result<(), E> {
+    match (&out.node, node) {
+        (_, None) => Ok(()),
+        (Some(a), Some(b)) if a.locality != b.locality => Err(E::custom(format!(
+            "node.locality: `{}` here, `{}` in an earlier document: give the proxy one locality",
+            b.locality, a.locality
+        ))),
+        (_, b) => {
+            out.node = b;
+            Ok(())
+        }
     }
 }
 

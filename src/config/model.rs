@@ -45,12 +45,63 @@ pub struct Config {
     pub node: Option<Node>,
 }
 
-/// The proxy's own identity, as far as load balancing needs it.
+/// The proxy's own identity, as far as load balancing needs it. Also an Envoy
+/// bootstrap's `node` (only its `locality` is taken).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
-    /// `region`, `region/zone` or `region/zone/sub_zone`.
+    /// `region`, `region/zone` or `region/zone/sub_zone`; or Envoy's
+    /// `{region, zone, sub_zone}` (read into the same path form).
+    #[serde(deserialize_with = "locality_path")]
     pub locality: String,
+}
+
+/// A locality as a `region/zone/sub_zone` path or Envoy's `{region, zone, sub_zone}`
+/// message. The message's parts must be a leading run (a zone needs its region, a sub
+/// zone its zone): otherwise the path form could not say which part is which.
+fn locality_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::{Error, MapAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("`region/zone/sub_zone` or {region, zone, sub_zone}")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<String, A::Error> {
+            let l = super::envoy::Locality::deserialize(
+                serde::de::value::MapAccessDeserializer::new(map),
+            )?;
+            let parts = [&l.region, &l.zone, &l.sub_zone].map(|p| p.as_deref().unwrap_or(""));
+            let n = parts
+                .iter()
+                .rposition(|p| !p.is_empty())
+                .map_or(0, |i| i + 1);
+            if n == 0 {
+                return Err(A::Error::custom(
+                    "an empty locality: give at least `region`",
+                ));
+            }
+            let names = ["region", "zone", "sub_zone"];
+            if let Some(i) = parts.iter().position(|p| p.contains('/')) {
+                return Err(A::Error::custom(format!(
+                    "{} `{}` contains `/`",
+                    names[i], parts[i]
+                )));
+            }
+            if let Some(i) = parts[..n].iter().position(|p| p.is_empty()) {
+                return Err(A::Error::custom(format!(
+                    "`{}` is set without `{}`: give the locality from its region down",
+                    names[n - 1],
+                    names[i]
+                )));
+            }
+            Ok(parts[..n].join("/"))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A NIC profile for the daemon to apply at start and then watch for drift.

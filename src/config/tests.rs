@@ -573,3 +573,67 @@ fn offload_cryptodev_driver() {
         "{msg}"
     );
 }
+
+/// An Envoy bootstrap's `node.locality` is the native top-level `node:` (which takes
+/// Envoy's message form too); a bad or conflicting one is an error naming it.
+#[test]
+fn bootstrap_node_locality_is_the_native_node() {
+    let boot = |node: &str| {
+        format!(
+            "node: {node}\nstatic_resources:\n  clusters:\n    - name: c\n      load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n"
+        )
+    };
+    let c = parse(
+        &boot("{locality: {region: us-west, zone: zone1, sub_zone: sub1}}"),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(c.node.unwrap().locality, "us-west/zone1/sub1");
+    assert_eq!(c.clusters[0].name, "c");
+    let c = parse(&boot("{locality: {region: eu}}"), Format::Yaml).unwrap();
+    assert_eq!(c.node.unwrap().locality, "eu");
+    // The native document takes the message form as well, and both agree.
+    let native = parse("node: {locality: {region: eu, zone: a}}\n", Format::Yaml).unwrap();
+    assert_eq!(native.node.unwrap().locality, "eu/a");
+    let both = parse(
+        &format!(
+            "node: {{locality: us-west/zone1}}\n---\n{}",
+            boot("{locality: {region: us-west, zone: zone1}}")
+        ),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(both.node.unwrap().locality, "us-west/zone1");
+    let cases = [
+        ("{locality: {zone: z}}", "`zone` is set without `region`"),
+        (
+            "{locality: {region: r, sub_zone: s}}",
+            "`sub_zone` is set without `zone`",
+        ),
+        ("{locality: {}}", "an empty locality"),
+        ("{locality: {region: \"a/b\"}}", "region `a/b` contains `/`"),
+        ("{locality: {region: r, zonee: z}}", "zonee"),
+        ("{id: sidecar-1, locality: {region: r}}", "id"),
+        ("{locality: [r]}", "locality"),
+    ];
+    for (node, names) in cases {
+        let text = parse(&boot(node), Format::Yaml)
+            .expect_err(node)
+            .to_string();
+        assert!(text.contains(names), "`{node}`: {text}");
+        assert!(text.contains("Envoy bootstrap"), "`{node}`: {text}");
+    }
+    let e = parse(
+        &format!(
+            "node: {{locality: eu}}\n---\n{}",
+            boot("{locality: {region: us}}")
+        ),
+        Format::Yaml,
+    )
+    .expect_err("two localities")
+    .to_string();
+    assert!(
+        e.contains("node.locality: `us` here, `eu` in an earlier document"),
+        "{e}"
+    );
+}
