@@ -668,10 +668,50 @@ pub(crate) mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid duration `{s}` ({e}); write e.g. \"250ms\" or \"5s\""
-            ))
-        })
+        humantime::parse_duration(&s)
+            .or_else(|e| protobuf_seconds(&s).ok_or(e))
+            .map(Some)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration `{s}` ({e}); write e.g. \"250ms\" or \"5s\""
+                ))
+            })
+    }
+
+    /// The protobuf JSON form Envoy configs use for fractions: `0.25s`, `1.5s` (at most
+    /// nine decimals, as `google.protobuf.Duration` has nanoseconds).
+    pub(crate) fn protobuf_seconds(s: &str) -> Option<Duration> {
+        let (whole, frac) = s.strip_suffix('s')?.split_once('.')?;
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(frac) || frac.len() > 9 {
+            return None;
+        }
+        let nanos: u32 = format!("{frac:0<9}").parse().ok()?;
+        Some(Duration::new(whole.parse().ok()?, nanos))
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::opt_duration::protobuf_seconds;
+    use std::time::Duration;
+
+    #[test]
+    fn protobuf_fractional_seconds() {
+        assert_eq!(protobuf_seconds("0.25s"), Some(Duration::from_millis(250)));
+        assert_eq!(protobuf_seconds("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(protobuf_seconds("3.000000001s"), Some(Duration::new(3, 1)));
+        for bad in [
+            "1s",
+            ".5s",
+            "1.s",
+            "1.5",
+            "1.5ms",
+            "-1.5s",
+            "1.0000000001s",
+            "a.5s",
+        ] {
+            assert_eq!(protobuf_seconds(bad), None, "{bad}");
+        }
     }
 }
