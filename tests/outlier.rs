@@ -749,6 +749,56 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
     );
 }
 
+/// Envoy's `successful_active_health_check_uneject_host` (default true): an endpoint
+/// ejected for its 5xx while its active check passes comes back at the next passing
+/// check, long before its 30 s ejection ends (its multiplier kept); with the field
+/// false it stays out.
+fn passing_check_ends_an_ejection(kind: EngineKind) {
+    let a = Backend::start(200);
+    let b = Backend::start(500);
+    let cfg = |uneject: &str| {
+        http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50{uneject}}}\n    health_checks:\n      - {{timeout: 500ms, interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, http_health_check: {{path: /healthz, expected_statuses: [{{start: 200, end: 600}}]}}}}\n",
+            a.addr, b.addr
+        ))
+    };
+    let mut d = Daemon::start(kind, &cfg(""));
+    let addr = d.listener();
+    let ejected = |d: &Daemon| d.health("svc", b.addr).ejections_total;
+    wait_until("b is ejected for its 5xx", Duration::from_secs(5), || {
+        get(addr, "/a");
+        ejected(&d) >= 1
+    });
+    wait_until(
+        "a passing check brings b back",
+        Duration::from_secs(5),
+        || d.health("svc", b.addr).state == "healthy",
+    );
+    let h = d.health("svc", b.addr);
+    assert!(h.times_ejected >= 1, "the multiplier stays: {h:?}");
+    assert!(cluster_counter(&d, |c| c.unejections_by_check) >= 1);
+    // Off: the ejection runs its 30 s.
+    d.plane
+        .apply(
+            &cfg(", successful_active_health_check_uneject_host: false"),
+            Format::Yaml,
+            true,
+        )
+        .expect("applies");
+    let addr = d.listener();
+    let before = ejected(&d);
+    wait_until("b is ejected again", Duration::from_secs(5), || {
+        get(addr, "/b");
+        ejected(&d) > before
+    });
+    let checks = b.checks.load(Ordering::SeqCst);
+    wait_until("checks keep passing", Duration::from_secs(5), || {
+        b.checks.load(Ordering::SeqCst) >= checks + 3
+    });
+    assert_eq!(d.health("svc", b.addr).state, "ejected");
+    d.engine.take();
+}
+
 /// Priority failover: the backup (priority 1) takes traffic only while the primary
 /// fails its health check, and gives it back when the primary recovers.
 fn priority_failover(kind: EngineKind) {
@@ -1053,6 +1103,7 @@ route_configs:
 }
 
 per_engine!(
+    passing_check_ends_an_ejection,
     route_hash_policies_stick,
     split_local_origin_errors_count_apart,
     generated_hash_cookie_sticks,
@@ -1104,6 +1155,10 @@ fn malformed_health_settings_are_errors_naming_the_field() {
         (
             "outlier_detection: {split_external_local_origin_errors: true, enforcing_failure_percentage_local_origin: 200}",
             "outlier_detection.enforcing_failure_percentage_local_origin",
+        ),
+        (
+            "outlier_detection: {successful_active_health_check_uneject_host: maybe}",
+            "successful_active_health_check_uneject_host",
         ),
         (
             "outlier_detection: {split_external_local_origin_errors: yes please}",

@@ -364,6 +364,11 @@ pub struct ClusterHealth {
     pub(crate) ejections_local_origin: AtomicU64,
     pub(crate) ejections_local_origin_success_rate: AtomicU64,
     pub(crate) ejections_local_origin_failure_percentage: AtomicU64,
+    /// The outlier policy's `successful_active_health_check_uneject_host` (false without
+    /// outlier detection), published by each sweep for the active checks.
+    pub(crate) uneject_on_check: AtomicBool,
+    /// Ejections ended early by a passing active check.
+    pub(crate) unejections_by_check: AtomicU64,
 }
 
 impl ClusterHealth {
@@ -392,6 +397,14 @@ impl ClusterHealth {
 
     pub fn ejections_failure_percentage(&self) -> u64 {
         self.ejections_failure_percentage.load(Relaxed)
+    }
+
+    pub fn uneject_on_check(&self) -> bool {
+        self.uneject_on_check.load(Relaxed)
+    }
+
+    pub fn unejections_by_check(&self) -> u64 {
+        self.unejections_by_check.load(Relaxed)
     }
 
     pub fn ejections_local_origin(&self) -> u64 {

@@ -74,6 +74,10 @@ pub struct OutlierPolicy {
     pub failure_percentage: RateDetection,
     /// Envoy's `split_external_local_origin_errors`: the local-origin detection, when on.
     pub local_origin: Option<LocalOriginPolicy>,
+    /// Envoy's `successful_active_health_check_uneject_host` (default true): a passing
+    /// active check ends an ejection ([`super::active`] reads it from the cluster's
+    /// health, where each sweep publishes it).
+    pub uneject_on_check: bool,
 }
 
 /// Split counting's local-origin detection: a consecutive-failure threshold and the
@@ -150,6 +154,9 @@ impl OutlierPolicy {
                 threshold: o.failure_percentage_threshold.unwrap_or(85).min(100),
                 enforcing: o.enforcing_failure_percentage.unwrap_or(0).min(100),
             },
+            uneject_on_check: o
+                .successful_active_health_check_uneject_host
+                .unwrap_or(true),
             local_origin: (o.split_external_local_origin_errors == Some(true)).then(|| {
                 LocalOriginPolicy {
                     consecutive: o.consecutive_local_origin_failure.unwrap_or(5),
@@ -223,6 +230,7 @@ pub fn sweep<'a>(
     for e in endpoints.clone() {
         e.set_split(p.local_origin.is_some());
     }
+    cluster.uneject_on_check.store(p.uneject_on_check, Relaxed);
     let next = cluster.next_interval_ms.load(Relaxed);
     let mut interval_tick = false;
     if next == 0 {
@@ -449,6 +457,7 @@ mod tests {
                     enforcing: 0,
                 },
                 local_origin: None,
+                uneject_on_check: true,
             }
         );
         let split = OutlierPolicy::from_config(&OutlierDetection {

@@ -411,6 +411,11 @@ pub struct OutlierDetection {
     pub enforcing_local_origin_success_rate: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcing_failure_percentage_local_origin: Option<u32>,
+    /// With active health checks: a passing check brings an ejected endpoint back at
+    /// once and clears its error runs (Envoy default true); one failing its check comes
+    /// back when the check turns healthy (`healthy_threshold` passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successful_active_health_check_uneject_host: Option<bool>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's

@@ -286,6 +286,7 @@ pub fn stats_table(s: &StatsResult) -> String {
                 cl.ejections_local_origin_failure_percentage,
                 "ejected by local-origin failure %",
             ),
+            (cl.unejections_by_check, "returned by a passing check"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -599,6 +600,7 @@ mod tests {
                 ejections_local_origin: 0,
                 ejections_local_origin_success_rate: 0,
                 ejections_local_origin_failure_percentage: 0,
+                unejections_by_check: 0,
             }],
         };
         let out = stats_table(&s);

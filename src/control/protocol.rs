@@ -286,6 +286,10 @@ pub struct ClusterStatsView {
     pub ejections_local_origin_success_rate: u64,
     #[serde(default)]
     pub ejections_local_origin_failure_percentage: u64,
+    /// Ejections a passing active health check ended early
+    /// (`successful_active_health_check_uneject_host`).
+    #[serde(default)]
+    pub unejections_by_check: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

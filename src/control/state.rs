@@ -543,12 +543,17 @@ impl ControlPlane {
                 }),
                 // Outlier detection was configured away: nobody stays ejected, and
                 // outcomes count in one bucket again.
-                None => eps.clone().for_each(|e| {
-                    e.set_split(false);
-                    if e.flags() & health::EJECTED != 0 {
-                        e.uneject(&c.health);
-                    }
-                }),
+                None => {
+                    c.health
+                        .uneject_on_check
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    eps.clone().for_each(|e| {
+                        e.set_split(false);
+                        if e.flags() & health::EJECTED != 0 {
+                            e.uneject(&c.health);
+                        }
+                    })
+                }
             }
             c.health.recount(eps);
             c.refresh_plan();
@@ -617,6 +622,7 @@ impl ControlPlane {
                         ejections_success_rate: c.health.ejections_success_rate(),
                         ejections_failure_percentage: c.health.ejections_failure_percentage(),
                         ejections_local_origin: c.health.ejections_local_origin(),
+                        unejections_by_check: c.health.unejections_by_check(),
                         ejections_local_origin_success_rate: c
                             .health
                             .ejections_local_origin_success_rate(),
