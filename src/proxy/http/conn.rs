@@ -1444,16 +1444,9 @@ impl Conn {
                 }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
-                // Consistent hashing on a header or cookie (`hash_policy`).
-                let mut hash_key = cl.request_key(|n| req.header(n));
-                // No hash cookie on a cluster that generates it: make one (Set-Cookie).
-                let set_cookie = match hash_key {
-                    None => cl.generated_cookie(self.peer).map(|(k, v)| {
-                        hash_key = Some(k);
-                        v
-                    }),
-                    Some(_) => None,
-                };
+                // Consistent hashing (the route's or the cluster's `hash_policy`); a
+                // generating hash cookie the request lacks is made up (Set-Cookie).
+                let (hash_key, set_cookie) = cl.hash_key(route.hash.as_deref(), &view, self.peer);
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -2179,9 +2172,7 @@ impl Conn {
         let edits = [route_edits, vh_edits];
         let cookie = match (&self.table, self.set_cookie) {
             (Some(t), Some(v)) if !informational => t
-                .clusters
-                .get(self.cluster as usize)
-                .and_then(|c| c.set_cookie_parts())
+                .hash_cookie(self.listener, self.route_ref, self.cluster)
                 .map(|(name, attrs)| (name, v, attrs)),
             _ => None,
         };
