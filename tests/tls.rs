@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -577,12 +577,8 @@ fn originate_to_openssl(kind: EngineKind) {
     }
     let pki = Pki::new();
     for (version, mtls) in [("-tls1_3", false), ("-tls1_2", false), ("-tls1_3", true)] {
-        let port = dead_addr().port();
         let mut args = vec![
-            "s_server".to_string(),
-            "-rev".into(),
-            "-accept".into(),
-            format!("127.0.0.1:{port}"),
+            "-rev".to_string(),
             "-cert".into(),
             pki.s("server.pem"),
             "-key".into(),
@@ -597,16 +593,7 @@ fn originate_to_openssl(kind: EngineKind) {
                 pki.s("ca.pem"),
             ]);
         }
-        let mut server = Command::new("openssl")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("s_server to listen", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|_| true)
-        });
+        let (mut server, port) = s_server(&args);
         let client = if mtls {
             format!(
                 ", cert: {}, key: {}",
@@ -647,6 +634,49 @@ fn originate_to_openssl(kind: EngineKind) {
         let _ = server.kill();
         let _ = server.wait();
     }
+}
+
+/// `openssl s_server` with `args` on a free loopback port, and that port. A probed port
+/// may be taken by another process before s_server binds it (EADDRINUSE: s_server exits
+/// without listening), and a connect alone could then reach that other process; so
+/// s_server's own `ACCEPT` line (printed once it listens) is awaited, and a server that
+/// exits or stays silent is replaced on a new port — at most 5 ports, 10 s each.
+fn s_server(args: &[String]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    for attempt in 1..=5 {
+        let port = dead_addr().port();
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl runs");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drains s_server's stdout for its whole life (a full pipe would stall it).
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("ACCEPT") => return (child, port),
+                Ok(_) => {}
+                // Exited (its stdout closed) or silent for 10 s.
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("openssl s_server did not listen on port {port} (attempt {attempt} of 5)");
+    }
+    panic!("openssl s_server could not listen on any of 5 ports");
 }
 
 /// `openssl s_client` against tickmesh: every TLS 1.3 and TLS 1.2 ECDHE+AEAD suite,

@@ -178,6 +178,12 @@ counter_set! {
         /// success-rate and failure-percentage detection.
         RqSuccess => "rq_success",
         RqError => "rq_error",
+        /// Per endpoint, with `split_external_local_origin_errors` only: exchanges that
+        /// reached the endpoint (a response, an L4 connection) and those that failed
+        /// locally (connect failure, reset, timeout); `rq_success`/`rq_error` then count
+        /// HTTP statuses only.
+        RqLocalOriginSuccess => "rq_local_origin_success",
+        RqLocalOriginError => "rq_local_origin_error",
     }
 }
 

@@ -437,7 +437,8 @@ impl Conn {
             }
         }
         d.recv_armed = true;
-        io.recv(self.me(slot), side, fd);
+        // Both sockets stay this connection's until it closes.
+        io.recv_multi(self.me(slot), side, fd);
     }
 
     #[inline]
@@ -1066,6 +1067,7 @@ impl Conn {
                 io.release(d.pop());
             }
         }
+        io.forget(self.me(slot));
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {
