@@ -1157,6 +1157,18 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "outlier_detection.enforcing_failure_percentage_local_origin",
         ),
         (
+            "outlier_detection: {max_ejection_time_jitter: soon}",
+            "outlier_detection: invalid duration `soon`",
+        ),
+        (
+            "outlier_detection: {always_eject_one_host: 3}",
+            "always_eject_one_host",
+        ),
+        (
+            "outlier_detection: {monitors: []}",
+            "monitors",
+        ),
+        (
             "outlier_detection: {successful_active_health_check_uneject_host: maybe}",
             "successful_active_health_check_uneject_host",
         ),

@@ -228,10 +228,25 @@ impl EndpointHealth {
     /// Eject until `now + base × times ejected` (capped at `max`); clears the counters.
     /// Control plane only (public for benchmarks and tests).
     pub fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
+        self.eject_for(cluster, now, base_ms, max_ms, 0)
+    }
+
+    /// [`Self::eject`], `jitter_ms` longer (Envoy's `max_ejection_time_jitter` draw).
+    pub(crate) fn eject_for(
+        &self,
+        cluster: &ClusterHealth,
+        now: u64,
+        base_ms: u64,
+        max_ms: u64,
+        jitter_ms: u64,
+    ) {
         let times = self.times_ejected.load(Relaxed).saturating_add(1);
         self.times_ejected.store(times, Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);
-        let for_ms = base_ms.saturating_mul(u64::from(times)).min(max_ms);
+        let for_ms = base_ms
+            .saturating_mul(u64::from(times))
+            .min(max_ms)
+            .saturating_add(jitter_ms);
         self.ejected_at_ms.store(now, Relaxed);
         self.ejected_until_ms
             .store(now.saturating_add(for_ms).max(1), Relaxed);
