@@ -433,7 +433,8 @@ pub struct OutlierDetection {
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's
-/// value, or the client's source address (Istio `consistentHash`).
+/// value, a query parameter's value, or the client's source address (Istio
+/// `consistentHash`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashPolicy {
@@ -443,6 +444,9 @@ pub struct HashPolicy {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<bool>,
+    /// A query parameter's first value (Istio `httpQueryParameterName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
     /// With `cookie`: a request without the cookie gets one generated (Envoy's and
     /// Istio's `httpCookie.ttl`): the response carries `Set-Cookie` with this
     /// `Max-Age` (0: a session cookie) and `cookie_path`.

@@ -254,6 +254,7 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
                 source_ip: h.use_source_ip.filter(|s| *s),
+                query_parameter: h.http_query_parameter_name.clone(),
                 cookie_ttl: h.http_cookie.as_ref().and_then(|k| k.ttl),
                 cookie_path: h.http_cookie.as_ref().and_then(|k| k.path.clone()),
             });
@@ -355,11 +356,18 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                     h.http_header_name.is_some(),
                     h.http_cookie.is_some(),
                     h.use_source_ip.is_some(),
+                    h.http_query_parameter_name.is_some(),
                 ];
                 if keys.iter().filter(|k| **k).count() != 1 {
                     bad(
                         format!("{at}.loadBalancer.consistentHash"),
-                        "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
+                        "give exactly one key: httpHeaderName, httpCookie, httpQueryParameterName or useSourceIp".into(),
+                    );
+                }
+                if h.http_query_parameter_name.as_deref() == Some("") {
+                    bad(
+                        format!("{at}.loadBalancer.consistentHash.httpQueryParameterName"),
+                        "is empty: name the query parameter".into(),
                     );
                 }
                 if let Some(k) = &h.http_cookie {

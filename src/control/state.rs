@@ -994,6 +994,9 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                 (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
                 (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
                 (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+                (Balancer::Maglev(_), HashOn::Query(q)) => {
+                    format!("maglev on query parameter {q}")
+                }
             };
             let b = &c.breakers;
             let mut policy = format!(

@@ -169,6 +169,8 @@ pub enum HashOn {
     SourceIp,
     Header(Box<str>),
     Cookie(Box<str>),
+    /// A query parameter's first value (not percent-decoded).
+    Query(Box<str>),
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -459,7 +461,8 @@ impl ClusterEntry {
             return None;
         }
         let v = match &self.hash_on {
-            HashOn::SourceIp => return None,
+            // The query is not a header: [`ClusterEntry::hash_key`] reads it.
+            HashOn::SourceIp | HashOn::Query(_) => return None,
             HashOn::Header(name) => header(name)?,
             HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
         };
@@ -497,6 +500,12 @@ impl ClusterEntry {
         }
         if let Some(r) = route {
             return r.key(req, peer);
+        }
+        if let HashOn::Query(name) = &self.hash_on {
+            let key = req
+                .query_param(name)
+                .map(|v| crate::cluster::maglev::hash64(v, 0));
+            return (key, None);
         }
         match self.request_key(|n| req.header(n)) {
             Some(k) => (Some(k), None),
@@ -949,6 +958,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             Some(crate::config::HashPolicy {
                 cookie: Some(k), ..
             }) => HashOn::Cookie(k.as_str().into()),
+            Some(crate::config::HashPolicy {
+                query_parameter: Some(q),
+                ..
+            }) => HashOn::Query(q.as_str().into()),
             _ => HashOn::SourceIp,
         },
         cookie_attrs: c
