@@ -382,6 +382,172 @@ fn offload_backend_choices(kind: EngineKind) {
     }
 }
 
+/// `offload.backend: ktls`. Without the kernel's `tls` module (this VM) the engine falls
+/// back to the software ring with the reason logged, no connection tries the kernel, and
+/// TLS works through the ring. With the module, each side's keys go to the kernel after
+/// the handshake: every suite of TLS 1.3 and 1.2 (openssl s_client) and a rustls client
+/// get their echo through the kernel, which ends the stream with close_notify (rustls's
+/// `read_to_end` fails on an EOF without one), and the engine opens no record.
+fn ktls_hand_over(kind: EngineKind) {
+    use tickmesh::telemetry::OffloadCounter as O;
+    let probe = tickmesh_offload::ktls::probe();
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let yaml = format!(
+        "offload: {{backend: ktls}}\n{}",
+        pki.listener_yaml("", g.addr, "")
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    assert_eq!(
+        tls_line(addr, pki.client(None), b"k\n").unwrap(),
+        b"echo:k\n"
+    );
+    let ls = p.stats.listener("l");
+    let o = p.stats.offload();
+    if !probe.available {
+        eprintln!(
+            "SKIP ktls_hand_over (kernel part): {}; checked the fallback to the software ring",
+            probe.detail
+        );
+        assert_eq!(
+            o.get(O::Backend),
+            1,
+            "the engine fell back to software-inline"
+        );
+        assert_eq!(ls.get(L::TlsKtlsHandovers), 0);
+        assert_eq!(
+            ls.get(L::TlsKtlsFallbacks),
+            0,
+            "no connection tries a kernel without the module"
+        );
+        assert!(ls.get(L::TlsRecordsOffloaded) >= 2);
+        return;
+    }
+    assert_eq!(o.get(O::Backend), 3, "ktls");
+    assert_eq!(ls.get(L::TlsKtlsHandovers) + ls.get(L::TlsKtlsFallbacks), 1);
+    if !have("openssl") {
+        eprintln!("SKIP ktls_hand_over (openssl part): no openssl CLI");
+        return;
+    }
+    for (version, flag, suite) in [
+        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ] {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                "-quiet",
+                version,
+                flag,
+                suite,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"kernel\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "echo:kernel\n",
+            "{suite}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        ls.get(L::TlsKtlsHandovers) >= 1,
+        "some side went to the kernel"
+    );
+    assert_eq!(ls.get(L::TlsRecordErrors), 0);
+}
+
+/// `tls.session_tickets`: with tickets (default 2) `openssl s_client -sess_out/-sess_in`
+/// resumes a TLS 1.3 session; with `0` it gets none and the second handshake is full.
+/// TLS 1.2 still resumes by session ID with `0` (the server's cache, as in Envoy).
+fn session_tickets_resume(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP session_tickets_resume: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    let s_client = |addr: SocketAddr, version: &str, flag: &str| -> String {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                // Read on after stdin ends, until the proxy closes (the echo, the tickets).
+                "-ign_eof",
+                version,
+                flag,
+                sess.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"t\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.contains("echo:t"),
+            "{version} {flag} {addr}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // (listener setting, version, tickets expected, resumes)
+    for (setting, version, tickets, resumes) in [
+        ("", "-tls1_3", 2, true),
+        (", session_tickets: 3", "-tls1_3", 3, true),
+        (", session_tickets: 0", "-tls1_3", 0, false),
+        (", session_tickets: 0", "-tls1_2", 0, true),
+    ] {
+        let p = Proxy::start(kind, &pki.listener_yaml(setting, g.addr, ""));
+        let addr = p.listener("l");
+        let _ = std::fs::remove_file(&sess);
+        let first = s_client(addr, version, "-sess_out");
+        assert!(first.contains("New, TLSv1."), "{first}");
+        assert_eq!(
+            first.matches("New Session Ticket arrived").count(),
+            tickets,
+            "{version}{setting}: {first}"
+        );
+        if !resumes {
+            // No ticket, so s_client has no session to keep.
+            assert!(!sess.exists(), "{version}{setting}");
+            continue;
+        }
+        let second = s_client(addr, version, "-sess_in");
+        assert!(
+            second.contains("Reused, TLSv1."),
+            "{version}{setting}: expected a resumed session: {second}"
+        );
+    }
+}
+
 fn permissive_sniffs(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
@@ -902,6 +1068,8 @@ per_engine!(
     offloaded_records_byte_exact,
     openssl_client_byte_exact,
     offload_backend_choices,
+    ktls_hand_over,
+    session_tickets_resume,
     bad_records,
     permissive_sniffs,
     originate_to_openssl,

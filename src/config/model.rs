@@ -173,6 +173,15 @@ pub struct Listener {
     /// Default 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<u64>,
+    /// `http` listeners: what happens to `x-forwarded-client-cert` (Envoy's HCM option of
+    /// the same name). Default `SANITIZE_SET` with `uri` (Istio-like; Envoy's own default
+    /// is `SANITIZE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_client_cert_details: Option<super::tls::ForwardClientCertDetails>,
+    /// `http` listeners with `APPEND_FORWARD` or `SANITIZE_SET`: the client-certificate
+    /// fields of this proxy's element (Envoy's option of the same name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_current_client_cert_details: Option<super::tls::ClientCertDetails>,
 }
 
 /// How the DPDK packet load balancer hands a VIP's packets to the chosen backend.

@@ -70,6 +70,8 @@ pub struct ListenerEntry {
     /// `http` listeners: request head deadline and body limit.
     pub request_header_timeout: Duration,
     pub max_request_body: u64,
+    /// `http` listeners: what happens to `x-forwarded-client-cert`.
+    pub xfcc: crate::tls::xfcc::Xfcc,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -757,6 +759,13 @@ pub fn compile(
             }
             _ => None,
         };
+        let xfcc = match crate::tls::xfcc::compile(l, i) {
+            Ok(x) => x,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
         let (mode, set_by) = crate::tls::effective_mode(
             l.tls.as_ref().and_then(|t| t.mode),
             l.address.port(),
@@ -837,6 +846,7 @@ pub fn compile(
             tls,
             request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
             max_request_body: l.max_request_body.unwrap_or(1 << 30),
+            xfcc,
         });
     }
     if !problems.is_empty() {
