@@ -1403,6 +1403,28 @@ fn malformed_destination_rule_policies_are_errors() {
             "consecutiveLocalOriginFailure",
         ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
+        ("tls: {mode: ISTIO_MUTUAL}", "tls.mode: ISTIO_MUTUAL needs Istio's workload certificates"),
+        ("tls: {mode: STRICT}", "`STRICT` is not a TLS mode"),
+        ("tls: {mode: SIMPLE, sni: a}", "tls.caCertificates: give the CA bundle"),
+        ("tls: {mode: SIMPLE, caCertificates: /ca.pem}", "tls.sni: give the upstream's name"),
+        (
+            "tls: {mode: MUTUAL, caCertificates: /ca.pem, sni: a, clientCertificate: /c.pem}",
+            "MUTUAL needs both clientCertificate and privateKey",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, privateKey: /c.key}",
+            "clientCertificate/privateKey are for mode MUTUAL",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, subjectAltNames: [b]}",
+            "tls.subjectAltNames: `b` is not the sni name",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, insecureSkipVerify: true}",
+            "tls.insecureSkipVerify",
+        ),
+        ("tls: {mode: DISABLE, sni: a}", "mode DISABLE takes no certificates or sni"),
+        ("tls: {mode: SIMPLE, credentialName: secret}", "credentialName"),
         (
             "loadBalancer: {consistentHash: {httpQueryParameterName: \"\"}}",
             "consistentHash.httpQueryParameterName: is empty",

@@ -636,12 +636,13 @@ fn originate_to_openssl(kind: EngineKind) {
     }
 }
 
-/// The same origination from an Envoy cluster: `transport_socket`
-/// `envoy.transport_sockets.tls` with an `UpstreamTlsContext` (SNI, trusted CA, client
-/// certificate) is the native cluster `tls:`; mTLS to `openssl s_server -Verify`.
-fn originate_from_envoy_transport_socket(kind: EngineKind) {
+/// The same origination from an Envoy cluster (`transport_socket`
+/// `envoy.transport_sockets.tls` with an `UpstreamTlsContext`: SNI, trusted CA, client
+/// certificate) and from an Istio DestinationRule (`trafficPolicy.tls` MUTUAL): each is
+/// the native cluster `tls:`; mTLS to `openssl s_server -Verify`.
+fn originate_from_envoy_and_istio_tls(kind: EngineKind) {
     if !have("openssl") {
-        eprintln!("SKIP originate_from_envoy_transport_socket: no openssl CLI");
+        eprintln!("SKIP originate_from_envoy_and_istio_tls: no openssl CLI");
         return;
     }
     let pki = Pki::new();
@@ -686,14 +687,34 @@ static_resources:
         pki.s("gateway.key"),
         pki.s("ca.pem")
     );
-    let p = Proxy::start(kind, &yaml);
-    let mut s = connect(p.listener("l"));
-    s.write_all(b"hello\n").unwrap();
-    let mut got = [0u8; 6];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"olleh\n");
-    assert_eq!(p.stats.cluster("c").get(U::TlsHandshakes), 1);
-    drop(s);
+    let istio = format!(
+        r#"listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: c}}
+clusters:
+  - {{name: c, endpoints: ["127.0.0.1:{port}"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: c}}
+spec:
+  host: c
+  trafficPolicy:
+    tls: {{mode: MUTUAL, sni: orders.internal, caCertificates: {}, clientCertificate: {}, privateKey: {}}}
+"#,
+        pki.s("ca.pem"),
+        pki.s("gateway.pem"),
+        pki.s("gateway.key")
+    );
+    for (form, yaml) in [("envoy", yaml), ("istio", istio)] {
+        let p = Proxy::start(kind, &yaml);
+        let mut s = connect(p.listener("l"));
+        s.write_all(b"hello\n").unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"olleh\n", "{form}");
+        assert_eq!(p.stats.cluster("c").get(U::TlsHandshakes), 1, "{form}");
+        drop(s);
+    }
     let _ = server.kill();
     let _ = server.wait();
 }
@@ -1135,7 +1156,7 @@ per_engine!(
     bad_records,
     permissive_sniffs,
     originate_to_openssl,
-    originate_from_envoy_transport_socket,
+    originate_from_envoy_and_istio_tls,
     openssl_client_suites,
     curl_https,
     sni_picks_certificate,
