@@ -20,7 +20,7 @@ use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
 use super::core::{Core, Driver, Kind, Token, TICK_MS};
 use super::sys;
 use super::{EngineOptions, Idle};
-use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Slice, Watch};
 
 const EVENTS: usize = 512;
 /// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
@@ -40,6 +40,8 @@ struct Ops {
     want_recv: [bool; 2],
     /// By source side: (buffer, offset, length) to write to the other side.
     send: [Option<(BufId, u32, u32)>; 2],
+    /// By source side: a second slice gathered behind `send`'s in the same call.
+    send2: [Option<(BufId, u32, u32)>; 2],
     connecting: bool,
     queued: bool,
 }
@@ -185,11 +187,21 @@ impl Epoll {
                     // SAFETY: the buffer belongs to this connection's queue until the
                     // send completes; off + len ≤ BUF_SIZE.
                     let data = unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
-                    let n = sys::send(o.fds[dst], data);
+                    let n = match o.send2[s] {
+                        Some((b2, off2, len2)) => {
+                            // SAFETY: as above, for the second slice.
+                            let more = unsafe {
+                                &self.pool.slice(b2)[off2 as usize..(off2 + len2) as usize]
+                            };
+                            sys::send2(o.fds[dst], data, more)
+                        }
+                        None => sys::send(o.fds[dst], data),
+                    };
                     if n == -libc::EAGAIN {
                         o.writable[dst] = false;
                     } else {
                         o.send[s] = None;
+                        o.send2[s] = None;
                         self.done.push(Done::Send(c, side, n));
                     }
                 }
@@ -301,7 +313,17 @@ impl Io for Epoll {
 
     #[inline]
     fn send(&mut self, c: ConnRef, from: Side, _fd: RawFd, buf: BufId, off: u32, len: u32) {
-        self.ops[c.slot as usize].send[from.idx()] = Some((buf, off, len));
+        let o = &mut self.ops[c.slot as usize];
+        o.send[from.idx()] = Some((buf, off, len));
+        o.send2[from.idx()] = None;
+        self.enqueue(c.slot);
+    }
+
+    #[inline]
+    fn sendv(&mut self, c: ConnRef, from: Side, _fd: RawFd, first: Slice, second: Slice) {
+        let o = &mut self.ops[c.slot as usize];
+        o.send[from.idx()] = Some(first);
+        o.send2[from.idx()] = Some(second);
         self.enqueue(c.slot);
     }
 
@@ -347,6 +369,7 @@ impl Io for Epoll {
                 o.want_recv[side.idx()] = false;
                 // The send that writes to this side.
                 o.send[side.other().idx()] = None;
+                o.send2[side.other().idx()] = None;
             }
         }
         if fds[Side::Up.idx()] >= 0 {
