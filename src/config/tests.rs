@@ -785,7 +785,7 @@ fn envoy_upstream_tls_context_is_the_cluster_tls() {
             "inline_string",
         ),
         (
-            tls(&format!("sni: a, common_tls_context: {{validation_context: {{trusted_ca: {{filename: /ca.pem}}, match_typed_subject_alt_names: []}}}}")),
+            tls("sni: a, common_tls_context: {validation_context: {trusted_ca: {filename: /ca.pem}, match_typed_subject_alt_names: []}}"),
             "match_typed_subject_alt_names",
         ),
         (

@@ -401,11 +401,11 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
         ) {
             (true, true, true) | (false, false, false) => {}
             (true, _, _) => bad(
-                format!("{at}"),
+                at.clone(),
                 "MUTUAL needs both clientCertificate and privateKey".into(),
             ),
             (false, _, _) => bad(
-                format!("{at}"),
+                at.clone(),
                 "clientCertificate/privateKey are for mode MUTUAL".into(),
             ),
         }
@@ -417,7 +417,7 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
         }
         if t.mode == "DISABLE" && (t.ca_certificates.is_some() || t.sni.is_some()) {
             bad(
-                format!("{at}"),
+                at.clone(),
                 "mode DISABLE takes no certificates or sni".into(),
             );
         }
