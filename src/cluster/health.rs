@@ -99,8 +99,8 @@ pub struct EndpointHealth {
     consecutive_local_origin: AtomicU32,
     // Written by the control plane only.
     /// Envoy's `split_external_local_origin_errors` for this endpoint's cluster: read by
-    /// the workers at each outcome (same line as the counters), set by each outlier
-    /// sweep from the current table.
+    /// the workers at each outcome (same line as the counters), set before a table is
+    /// published (`Routes::store`) and by each outlier sweep from the current table.
     split: AtomicBool,
     flags: AtomicU8,
     times_ejected: AtomicU32,

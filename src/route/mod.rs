@@ -1202,6 +1202,7 @@ pub struct Routes(ArcSwap<RouteTable>);
 
 impl Routes {
     pub fn new(t: RouteTable) -> Self {
+        t.prime_health();
         Routes(ArcSwap::from_pointee(t))
     }
 
@@ -1217,7 +1218,22 @@ impl Routes {
     }
 
     pub fn store(&self, t: RouteTable) {
+        t.prime_health();
         self.0.store(Arc::new(t))
+    }
+}
+
+impl RouteTable {
+    /// Before publication: each endpoint learns whether its cluster counts outcomes
+    /// split by origin, so the first exchanges under this table count as it says (each
+    /// health tick then keeps it so, [`crate::cluster::outlier::sweep`]).
+    fn prime_health(&self) {
+        for c in self.clusters.iter() {
+            let split = c.outlier.is_some_and(|p| p.local_origin.is_some());
+            for e in c.endpoints.iter() {
+                e.health.set_split(split);
+            }
+        }
     }
 }
 
