@@ -773,6 +773,52 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
     );
 }
 
+/// A TCP health check (Envoy `tcp_health_check: {}`) on an L4 cluster: the endpoint
+/// nothing listens on is taken out after `unhealthy_threshold` failed connects, and
+/// connections stop trying it; the live one passes its checks.
+fn tcp_checks_take_out_a_dead_endpoint(kind: EngineKind) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
+clusters:
+  - name: svc
+    endpoints: ["{dead}", "{}"]
+    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]
+"#,
+            echo.addr
+        ),
+    );
+    wait_until(
+        "the dead endpoint fails its checks",
+        Duration::from_secs(5),
+        || d.health("svc", dead).state == "unhealthy",
+    );
+    wait_until("the live one passes", Duration::from_secs(5), || {
+        let h = d.health("svc", echo.addr);
+        h.checks_total >= 2 && h.checks_failed == 0 && h.state == "healthy"
+    });
+    let fails = d.counter("svc", dead, "connect_fail");
+    let addr = d.listener();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+    }
+    assert_eq!(
+        d.counter("svc", dead, "connect_fail"),
+        fails,
+        "a failing endpoint is not tried"
+    );
+}
+
 /// Envoy's `successful_active_health_check_uneject_host` (default true): an endpoint
 /// ejected for its 5xx while its active check passes comes back at the next passing
 /// check, long before its 30 s ejection ends (its multiplier kept); with the field
@@ -1127,6 +1173,7 @@ route_configs:
 }
 
 per_engine!(
+    tcp_checks_take_out_a_dead_endpoint,
     passing_check_ends_an_ejection,
     route_hash_policies_stick,
     split_local_origin_errors_count_apart,
@@ -1237,8 +1284,16 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "path",
         ),
         (
-            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]",
-            "tcp_health_check",
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}, http_health_check: {path: /h}}]",
+            "health_checks[0]: give exactly one of http_health_check, tcp_health_check",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}]",
+            "health_checks[0]: give exactly one of",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: \"00\"}}}]",
+            "send",
         ),
         (
             "health_checks: [{timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h}}]",

@@ -481,8 +481,18 @@ pub struct HealthCheck {
     pub interval: Option<Duration>,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
-    pub http_health_check: HttpHealthCheck,
+    /// Exactly one of the two kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_health_check: Option<TcpHealthCheck>,
 }
+
+/// Envoy's `TcpHealthCheck` without payloads: the check passes when a connection is
+/// made (`send`/`receive` are refused by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1071,8 +1071,12 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(
-                    "; check GET {} every {} ({} down, {} up)",
-                    h.path,
+                    "; check {} every {} ({} down, {} up)",
+                    if h.tcp {
+                        "TCP connect".to_string()
+                    } else {
+                        format!("GET {}", h.path)
+                    },
                     humantime::format_duration(h.interval),
                     h.unhealthy_threshold,
                     h.healthy_threshold
