@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::health::{ClusterHealth, EndpointHealth, CHECK_FAILED};
+use super::health::{ClusterHealth, EndpointHealth, CHECK_FAILED, EJECTED};
 use crate::config::HealthCheck;
 
 /// Largest response head read from a checked endpoint; only its status line matters.
@@ -202,6 +202,17 @@ async fn probe_loop(
         } else {
             !ok && streak >= policy.unhealthy_threshold
         };
+        // Envoy's `successful_active_health_check_uneject_host`: a pass ends an
+        // outlier ejection — at once, or when a failing check turns healthy. Same
+        // (current-thread) runtime as the health tick: no race on the flags.
+        if ok && (!failed || change) && health.flags() & EJECTED != 0 && cluster.uneject_on_check()
+        {
+            health.uneject(&cluster);
+            cluster
+                .unejections_by_check
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("health check of {addr} passed: outlier ejection ended");
+        }
         if change {
             health.set_flag(&cluster, CHECK_FAILED, !failed);
             health.reset_streak();

@@ -565,6 +565,13 @@ pub struct IstioOutlierDetection {
     /// configured (default 0: panic mode off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<u32>,
+    /// Envoy's `split_external_local_origin_errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Envoy's `consecutive_local_origin_failure` (enforced at 100%); needs
+    /// `splitExternalLocalOriginErrors: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

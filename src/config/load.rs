@@ -220,9 +220,7 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
-                if c.node.is_some() {
-                    out.node = c.node;
-                }
+                set_node(out, c.node)?;
                 // The daemon-wide `offload:` block (was dropped here: every daemon ran
                 // `auto` whatever the file said).
                 if c.offload.is_some() {
@@ -237,11 +235,15 @@ impl DocKind {
                 .peer_authentications
                 .push(PeerAuthentication::deserialize(d)?),
             DocKind::EnvoyRouteConfig => out.route_configs.push(RouteConfig::deserialize(d)?),
-            DocKind::EnvoyBootstrap => clusters(
-                Bootstrap::deserialize(d)?.static_resources.clusters,
-                "static_resources.clusters",
-                out,
-            )?,
+            DocKind::EnvoyBootstrap => {
+                let b = Bootstrap::deserialize(d)?;
+                set_node(out, b.node)?;
+                clusters(
+                    b.static_resources.clusters,
+                    "static_resources.clusters",
+                    out,
+                )?
+            }
             DocKind::EnvoyClusterList => {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]
@@ -252,6 +254,24 @@ impl DocKind {
             }
         }
         Ok(())
+    }
+}
+
+/// Take a document's `node` (native, or an Envoy bootstrap's): one locality per config.
+fn set_node<E: serde::de::Error>(
+    out: &mut Config,
+    node: Option<super::model::Node>,
+) -> Result<(), E> {
+    match (&out.node, node) {
+        (_, None) => Ok(()),
+        (Some(a), Some(b)) if a.locality != b.locality => Err(E::custom(format!(
+            "node.locality: `{}` here, `{}` in an earlier document: give the proxy one locality",
+            b.locality, a.locality
+        ))),
+        (_, b) => {
+            out.node = b;
+            Ok(())
+        }
     }
 }
 
@@ -420,12 +440,51 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "failure_percentage_threshold",
                     o.failure_percentage_threshold,
                 ),
+                (
+                    "enforcing_consecutive_local_origin_failure",
+                    o.enforcing_consecutive_local_origin_failure,
+                ),
+                (
+                    "enforcing_local_origin_success_rate",
+                    o.enforcing_local_origin_success_rate,
+                ),
+                (
+                    "enforcing_failure_percentage_local_origin",
+                    o.enforcing_failure_percentage_local_origin,
+                ),
             ] {
                 if let Some(p) = p.filter(|p| *p > 100) {
                     bad(
                         format!("{at}.outlier_detection.{name}"),
                         format!("{p} is over 100 (a percentage)"),
                     );
+                }
+            }
+            if o.split_external_local_origin_errors != Some(true) {
+                for (name, set) in [
+                    (
+                        "consecutive_local_origin_failure",
+                        o.consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_consecutive_local_origin_failure",
+                        o.enforcing_consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_local_origin_success_rate",
+                        o.enforcing_local_origin_success_rate.is_some(),
+                    ),
+                    (
+                        "enforcing_failure_percentage_local_origin",
+                        o.enforcing_failure_percentage_local_origin.is_some(),
+                    ),
+                ] {
+                    if set {
+                        bad(
+                            format!("{at}.outlier_detection.{name}"),
+                            "takes effect only with `split_external_local_origin_errors: true`; set that too, or remove this field".into(),
+                        );
+                    }
                 }
             }
             for (name, d) in [

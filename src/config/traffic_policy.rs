@@ -316,6 +316,18 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         if let Some(p) = o.max_ejection_percent {
             base.max_ejection_percent = Some(p);
         }
+        // As Istio does: success-rate detection (not in Istio's API) is off, and so is
+        // the local-origin one under split counting; a local-origin failure count is
+        // enforced.
+        base.enforcing_success_rate = Some(0);
+        if o.split_external_local_origin_errors == Some(true) {
+            base.split_external_local_origin_errors = Some(true);
+            if let Some(n) = o.consecutive_local_origin_failures.filter(|n| *n > 0) {
+                base.consecutive_local_origin_failure = Some(n);
+                base.enforcing_consecutive_local_origin_failure = Some(100);
+            }
+            base.enforcing_local_origin_success_rate = Some(0);
+        }
         // As Istio does: outlier detection sets Envoy's panic threshold to
         // `minHealthPercent`, which defaults to 0 (no panic mode).
         c.healthy_panic_threshold = Some(f64::from(o.min_health_percent.unwrap_or(0)));
@@ -478,6 +490,14 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                     format!("{p} is over 100"),
                 );
             }
+        }
+        if o.consecutive_local_origin_failures.is_some()
+            && o.split_external_local_origin_errors != Some(true)
+        {
+            bad(
+                format!("{at}.outlierDetection.consecutiveLocalOriginFailures"),
+                "takes effect only with `splitExternalLocalOriginErrors: true`; set that too, or remove this field".into(),
+            );
         }
         for (name, d) in [
             ("interval", o.interval),
@@ -755,6 +775,40 @@ clusters:
         );
     }
 
+    /// Istio's mapping of split counting: `consecutiveLocalOriginFailures` enforced at
+    /// 100%, local-origin success rate off, and success-rate detection off whenever a
+    /// rule sets outlier detection.
+    #[test]
+    fn istio_split_local_origin_errors_map_as_istio_does() {
+        let dr = |od: &str| {
+            rules(&format!("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: c\n  trafficPolicy:\n    outlierDetection: {od}\n"))
+        };
+        let c = parse(
+            "clusters: [{name: c, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let o = effective_cluster(
+            &c,
+            &dr("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 7}"),
+        )
+        .outlier_detection
+        .unwrap();
+        assert_eq!(o.split_external_local_origin_errors, Some(true));
+        assert_eq!(o.consecutive_local_origin_failure, Some(7));
+        assert_eq!(o.enforcing_consecutive_local_origin_failure, Some(100));
+        assert_eq!(o.enforcing_local_origin_success_rate, Some(0));
+        assert_eq!(o.enforcing_success_rate, Some(0));
+        let o = effective_cluster(&c, &dr("{consecutive5xxErrors: 3}"))
+            .outlier_detection
+            .unwrap();
+        assert_eq!(o.split_external_local_origin_errors, None);
+        assert_eq!(o.consecutive_local_origin_failure, None);
+        assert_eq!(o.enforcing_success_rate, Some(0));
+    }
+
     #[test]
     fn new_cluster_fields_round_trip_through_yaml() {
         let yaml = r#"
@@ -765,7 +819,7 @@ clusters:
     endpoints:
       - "127.0.0.1:1"
       - {address: "127.0.0.1:2", priority: 1, labels: {version: v2}}
-    outlier_detection: {consecutive_gateway_failure: 3, enforcing_consecutive_gateway_failure: 100, max_ejection_time: 1m}
+    outlier_detection: {consecutive_gateway_failure: 3, enforcing_consecutive_gateway_failure: 100, max_ejection_time: 1m, split_external_local_origin_errors: true, consecutive_local_origin_failure: 4, enforcing_failure_percentage_local_origin: 50}
     health_checks:
       - {timeout: 1s, interval: 2s, unhealthy_threshold: 3, healthy_threshold: 2, http_health_check: {path: /h, host: svc, expected_statuses: [{start: 200, end: 300}]}}
 "#;

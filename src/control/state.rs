@@ -530,15 +530,30 @@ impl ControlPlane {
             let eps = c.endpoints.iter().map(|e| &*e.health);
             match &c.outlier {
                 Some(p) => outlier::sweep(p, &c.health, eps.clone(), now, |i| {
-                    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+                    use crate::telemetry::UpstreamCounter::{
+                        RqError, RqLocalOriginError, RqLocalOriginSuccess, RqSuccess,
+                    };
                     let s = &c.endpoints[i].stats;
-                    (s.get(RqSuccess), s.get(RqError))
+                    outlier::Volumes {
+                        success: s.get(RqSuccess),
+                        error: s.get(RqError),
+                        local_success: s.get(RqLocalOriginSuccess),
+                        local_error: s.get(RqLocalOriginError),
+                    }
                 }),
-                // Outlier detection was configured away: nobody stays ejected.
-                None => eps
-                    .clone()
-                    .filter(|e| e.flags() & health::EJECTED != 0)
-                    .for_each(|e| e.uneject(&c.health)),
+                // Outlier detection was configured away: nobody stays ejected, and
+                // outcomes count in one bucket again.
+                None => {
+                    c.health
+                        .uneject_on_check
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    eps.clone().for_each(|e| {
+                        e.set_split(false);
+                        if e.flags() & health::EJECTED != 0 {
+                            e.uneject(&c.health);
+                        }
+                    })
+                }
             }
             c.health.recount(eps);
             c.refresh_plan();
@@ -606,6 +621,14 @@ impl ControlPlane {
                         ejections_overflow: c.health.ejections_overflow(),
                         ejections_success_rate: c.health.ejections_success_rate(),
                         ejections_failure_percentage: c.health.ejections_failure_percentage(),
+                        ejections_local_origin: c.health.ejections_local_origin(),
+                        unejections_by_check: c.health.unejections_by_check(),
+                        ejections_local_origin_success_rate: c
+                            .health
+                            .ejections_local_origin_success_rate(),
+                        ejections_local_origin_failure_percentage: c
+                            .health
+                            .ejections_local_origin_failure_percentage(),
                     }
                 })
                 .collect(),
@@ -867,6 +890,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         state: state.into(),
         consecutive_5xx: h.consecutive_5xx(),
         consecutive_gateway_errors: h.consecutive_gateway(),
+        consecutive_local_origin_failures: h.consecutive_local_origin(),
         times_ejected: h.times_ejected(),
         ejections_total: h.ejections_total(),
         ejected_remaining_ms: if f & health::EJECTED != 0 {
@@ -877,6 +901,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         checks_total,
         checks_failed,
         success_rate: h.last_success_rate(),
+        local_origin_success_rate: h.last_local_success_rate(),
     }
 }
 
@@ -1006,6 +1031,15 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     fp.minimum_hosts,
                     fp.request_volume
                 ));
+                if let Some(l) = &o.local_origin {
+                    policy.push_str(&format!(
+                        ", split local origin: {} in a row ({}%), success rate {}%, failure {}%",
+                        l.consecutive,
+                        l.enforcing_consecutive,
+                        l.enforcing_success_rate,
+                        l.enforcing_failure_percentage
+                    ));
+                }
             }
             policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));
             let localities: Vec<String> = c

@@ -70,6 +70,8 @@ pub struct ListenerEntry {
     /// `http` listeners: request head deadline and body limit.
     pub request_header_timeout: Duration,
     pub max_request_body: u64,
+    /// `http` listeners: what happens to `x-forwarded-client-cert`.
+    pub xfcc: crate::tls::xfcc::Xfcc,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -467,8 +469,7 @@ impl ClusterEntry {
     }
 
     /// A request without the hash cookie on a cluster that generates it: the cookie's
-    /// value (16 hex digits hashed from the client's address and port, as Envoy derives
-    /// it from the connection's addresses) and the request's hash key — the key a later
+    /// value ([`generated_cookie_value`]) and the request's hash key — the key a later
     /// request carrying that cookie gets from [`ClusterEntry::request_key`]. No
     /// allocation.
     #[inline]
@@ -477,25 +478,35 @@ impl ClusterEntry {
         if !matches!(self.balancer, Balancer::Maglev(_)) {
             return None;
         }
-        let mut b = [0u8; 18];
-        let n = match peer? {
-            SocketAddr::V4(a) => {
-                b[..4].copy_from_slice(&a.ip().octets());
-                b[4..6].copy_from_slice(&a.port().to_be_bytes());
-                6
-            }
-            SocketAddr::V6(a) => {
-                b[..16].copy_from_slice(&a.ip().octets());
-                b[16..].copy_from_slice(&a.port().to_be_bytes());
-                18
-            }
-        };
-        let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
-        let mut hex = [0u8; 16];
-        for (i, d) in hex.iter_mut().enumerate() {
-            *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
-        }
+        let hex = generated_cookie_value(peer)?;
         Some((crate::cluster::maglev::hash64(&hex, 0), hex))
+    }
+
+    /// The balancer's hash key for an HTTP request to this cluster and, when a hash
+    /// cookie was made up for it, the cookie's value (for `Set-Cookie`). The route's
+    /// `hash_policy` decides when it has one, else the cluster's own (`hash_policy`,
+    /// Istio `consistentHash`); only consistent-hashing clusters hash. `None` key: the
+    /// client's source IP is hashed (Envoy would pick at random). No allocation.
+    #[inline]
+    pub fn hash_key(
+        &self,
+        route: Option<&http::hash::RouteHash>,
+        req: &http::RequestView,
+        peer: Option<SocketAddr>,
+    ) -> (Option<u64>, Option<[u8; 16]>) {
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return (None, None);
+        }
+        if let Some(r) = route {
+            return r.key(req, peer);
+        }
+        match self.request_key(|n| req.header(n)) {
+            Some(k) => (Some(k), None),
+            None => match self.generated_cookie(peer) {
+                Some((k, v)) => (Some(k), Some(v)),
+                None => (None, None),
+            },
+        }
     }
 
     /// The name and attributes of the generated hash cookie's `Set-Cookie`
@@ -586,6 +597,31 @@ fn draw(st: &mut LbState, key: Option<u64>, salt: u32) -> u32 {
 }
 
 impl RouteTable {
+    /// The name and attributes of the hash cookie an HTTP request generated
+    /// (`Set-Cookie`): its route's (`route_ref`: virtual host and route index on
+    /// `listener`) when the route hashes, else its cluster's.
+    pub fn hash_cookie(
+        &self,
+        listener: u32,
+        route_ref: Option<(u32, u32)>,
+        cluster: u32,
+    ) -> Option<(&[u8], &[u8])> {
+        let route = route_ref.and_then(|(vi, ri)| {
+            self.listeners
+                .get(listener as usize)?
+                .http
+                .as_ref()?
+                .vhosts
+                .get(vi as usize)?
+                .routes
+                .get(ri as usize)
+        });
+        match route.and_then(|r| r.hash.as_deref()) {
+            Some(h) => h.set_cookie_parts(),
+            None => self.clusters.get(cluster as usize)?.set_cookie_parts(),
+        }
+    }
+
     pub fn empty() -> RouteTable {
         RouteTable {
             generation: 0,
@@ -714,6 +750,13 @@ pub fn compile(
             }
             _ => None,
         };
+        let xfcc = match crate::tls::xfcc::compile(l, i) {
+            Ok(x) => x,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
         let (mode, set_by) = crate::tls::effective_mode(
             l.tls.as_ref().and_then(|t| t.mode),
             l.address.port(),
@@ -794,6 +837,7 @@ pub fn compile(
             tls,
             request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
             max_request_body: l.max_request_body.unwrap_or(1 << 30),
+            xfcc,
         });
     }
     if !problems.is_empty() {
@@ -922,17 +966,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .as_ref()
             .filter(|h| h.cookie.is_some())
             .and_then(|h| {
-                let ttl = h.cookie_ttl?;
-                let mut a = String::new();
-                // Max-Age 0 would delete the cookie: Envoy makes a session cookie.
-                if ttl.as_secs() > 0 {
-                    a.push_str(&format!("; Max-Age={}", ttl.as_secs()));
-                }
-                if let Some(p) = &h.cookie_path {
-                    a.push_str(&format!("; Path={p}"));
-                }
-                a.push_str("; HttpOnly\r\n");
-                Some(a.into_bytes().into_boxed_slice())
+                Some(http::hash::cookie_attributes(
+                    h.cookie_ttl?,
+                    h.cookie_path.as_deref(),
+                ))
             }),
         health_check: c
             .health_checks
@@ -979,7 +1016,32 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
 
 /// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`),
 /// without the double quotes a value may be wrapped in (§4.1.1), as Envoy reads it.
-fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+/// A generated hash cookie's value: 16 hex digits hashed from the client's address and
+/// port (as Envoy derives it from the connection's addresses). No allocation.
+pub(crate) fn generated_cookie_value(peer: Option<SocketAddr>) -> Option<[u8; 16]> {
+    let mut b = [0u8; 18];
+    let n = match peer? {
+        SocketAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.ip().octets());
+            b[4..6].copy_from_slice(&a.port().to_be_bytes());
+            6
+        }
+        SocketAddr::V6(a) => {
+            b[..16].copy_from_slice(&a.ip().octets());
+            b[16..].copy_from_slice(&a.port().to_be_bytes());
+            18
+        }
+    };
+    let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
+    let mut hex = [0u8; 16];
+    for (i, d) in hex.iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
+    }
+    Some(hex)
+}
+
+/// The value of cookie `name` in a `Cookie` header (quotes dropped).
+pub(crate) fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;

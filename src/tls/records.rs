@@ -85,7 +85,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    fn update(
+    pub(super) fn update(
         &mut self,
         dir: Direction,
     ) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {

@@ -128,6 +128,7 @@ fn listener_tls(dir: &Path, cert: &str, key: &str) -> ListenerTls {
         client_ca: None,
         mode: None,
         allowed_principals: vec![],
+        session_tickets: None,
     }
 }
 
@@ -547,5 +548,53 @@ fn post_handshake_messages_are_checked() {
             assert_eq!(t.read_plain(Down, &mut out), conn::Plain::Closed, "{name}");
         }
         t.release(Some(&mut cr));
+    }
+}
+
+/// `session_tickets`: the count reaches rustls, 0 turns tickets off, too many is an
+/// apply error naming the field, and a value that is not a count does not parse.
+#[test]
+fn session_tickets_knob() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !self_signed(d, "a") {
+        eprintln!("SKIP session_tickets_knob: the openssl CLI is not available");
+        return;
+    }
+    let at = "listeners[0].tls";
+    let mut t = listener_tls(d, "a.pem", "a.key");
+    let built = |t: &ListenerTls| build_server(t, MtlsMode::Strict, at).unwrap().unwrap();
+    let s = built(&t);
+    assert_eq!(s.config.send_tls13_tickets, 2, "rustls's default");
+    assert!(s.config.ticketer.enabled());
+    t.session_tickets = Some(5);
+    assert_eq!(built(&t).config.send_tls13_tickets, 5);
+    t.session_tickets = Some(0);
+    let s = built(&t);
+    assert_eq!(s.config.send_tls13_tickets, 0);
+    assert!(!s.config.ticketer.enabled(), "no TLS 1.2 tickets either");
+    t.session_tickets = Some(17);
+    let e = errors(build_server(&t, MtlsMode::Strict, at));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].0, "listeners[0].tls.session_tickets");
+    assert!(e[0].1.contains("more than the 16 allowed"), "{}", e[0].1);
+
+    let yaml = |v: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:7443\n    cluster: c\n    tls: {{cert: /a, key: /b, session_tickets: {v}}}\nclusters:\n  - {{name: c, endpoints: [\"127.0.0.1:9\"]}}\n"
+        )
+    };
+    let cfg = crate::config::parse(&yaml("3"), crate::config::Format::Yaml).unwrap();
+    assert_eq!(
+        cfg.listeners[0].tls.as_ref().unwrap().session_tickets,
+        Some(3)
+    );
+    for bad in ["-1", "two", "1.5", "[2]", "4294967296"] {
+        let e = crate::config::parse(&yaml(bad), crate::config::Format::Yaml).expect_err(bad);
+        let text = format!("{e}");
+        assert!(
+            text.contains("line 5: listeners[0].tls.session_tickets:"),
+            "{bad}: {text}"
+        );
     }
 }

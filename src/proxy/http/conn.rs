@@ -710,7 +710,7 @@ impl Conn {
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(tls::Layer::server(t.clone()));
+            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc));
         }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
@@ -1444,16 +1444,9 @@ impl Conn {
                 }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
-                // Consistent hashing on a header or cookie (`hash_policy`).
-                let mut hash_key = cl.request_key(|n| req.header(n));
-                // No hash cookie on a cluster that generates it: make one (Set-Cookie).
-                let set_cookie = match hash_key {
-                    None => cl.generated_cookie(self.peer).map(|(k, v)| {
-                        hash_key = Some(k);
-                        v
-                    }),
-                    Some(_) => None,
-                };
+                // Consistent hashing (the route's or the cluster's `hash_policy`); a
+                // generating hash cookie the request lacks is made up (Set-Cookie).
+                let (hash_key, set_cookie) = cl.hash_key(route.hash.as_deref(), &view, self.peer);
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1696,7 +1689,7 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
-                    // Envoy's SANITIZE_SET: a client's own XFCC never passes.
+                    // Written below, as the listener's XFCC policy says.
                     || n.eq_ignore_ascii_case("x-forwarded-client-cert")
                     || edits.iter().any(|e| e.drops(n))
                 {
@@ -1717,22 +1710,31 @@ impl Conn {
             } else {
                 w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
             }
-            if let Some(uri) = tl.and_then(tls::Layer::identity) {
-                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
-                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
-                w.put(q, io, b"x-forwarded-client-cert: ")?;
-                if let Some(by) = tl.and_then(tls::Layer::own_uri) {
-                    w.put(q, io, b"By=")?;
-                    w.put(q, io, by.as_bytes())?;
-                    w.put(q, io, b";")?;
+            // x-forwarded-client-cert (Envoy's forward_client_cert_details): the client's
+            // elements when the policy keeps them, then ours (built at its handshake).
+            let xfcc = self.table.as_deref().map_or_else(Default::default, |t| {
+                t.listeners[self.listener as usize].xfcc
+            });
+            let mtls = tl.is_some_and(|l| l.cert_hash().is_some());
+            let mut sep: &[u8] = b"x-forwarded-client-cert: ";
+            if xfcc.keeps_client_header(mtls) {
+                for h in req.headers {
+                    if h.name.eq_ignore_ascii_case("x-forwarded-client-cert") {
+                        w.put(q, io, sep)?;
+                        w.put(q, io, h.value)?;
+                        sep = b",";
+                    }
                 }
-                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
-                    w.put(q, io, b"Hash=")?;
-                    w.put(q, io, hash.as_bytes())?;
-                    w.put(q, io, b";")?;
-                }
-                w.put(q, io, b"URI=")?;
-                w.put(q, io, uri.as_bytes())?;
+            }
+            if let Some(e) = tl
+                .and_then(tls::Layer::xfcc_element)
+                .filter(|_| xfcc.sets_own(mtls))
+            {
+                w.put(q, io, sep)?;
+                w.put(q, io, e.as_bytes())?;
+                sep = b",";
+            }
+            if sep == b"," {
                 w.put(q, io, b"\r\n")?;
             }
             if let Some(id) = request_id {
@@ -2170,9 +2172,7 @@ impl Conn {
         let edits = [route_edits, vh_edits];
         let cookie = match (&self.table, self.set_cookie) {
             (Some(t), Some(v)) if !informational => t
-                .clusters
-                .get(self.cluster as usize)
-                .and_then(|c| c.set_cookie_parts())
+                .hash_cookie(self.listener, self.route_ref, self.cluster)
                 .map(|(name, attrs)| (name, v, attrs)),
             _ => None,
         };

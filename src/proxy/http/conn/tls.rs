@@ -27,6 +27,7 @@ use super::{Conn, Phase};
 use crate::proxy::l4::{BufId, Ctx, Io, Side, Step};
 use crate::telemetry::{ListenerCounter as L, UpstreamCounter as U};
 use crate::tls::conn::{self as tlsconn, Activity, FeedError, Plain, Tls};
+use crate::tls::xfcc::Xfcc;
 use crate::tls::ServerTls;
 
 /// How long a closing client connection may take to flush its last records and
@@ -43,11 +44,19 @@ pub(super) struct Layer {
     tx: [Option<(BufId, u32, u32)>; 2],
     /// Closing gracefully: give up flushing at this time.
     linger_until: Option<u64>,
+    /// The listener's `x-forwarded-client-cert` policy.
+    xfcc: Xfcc,
+    /// This proxy's XFCC element for the client, built when its handshake ended.
+    xfcc_element: Option<Box<str>>,
 }
 
 impl Layer {
-    pub fn server(s: Arc<ServerTls>) -> Box<Layer> {
-        Layer::with(Tls::server(s))
+    pub fn server(s: Arc<ServerTls>, xfcc: Xfcc) -> Box<Layer> {
+        let mut t = Tls::server(s);
+        t.keep_peer_chain(xfcc.sets_own(true));
+        let mut l = Layer::with(t);
+        l.xfcc = xfcc;
+        l
     }
 
     fn with(t: Box<Tls>) -> Box<Layer> {
@@ -56,7 +65,19 @@ impl Layer {
             want: [false; 2],
             tx: [None; 2],
             linger_until: None,
+            xfcc: Xfcc::default(),
+            xfcc_element: None,
         })
+    }
+
+    /// The client's handshake ended: build this proxy's XFCC element once, if the
+    /// listener sets one and the client presented a verified certificate.
+    fn client_verified(&mut self) {
+        if let Some(chain) = self.t.take_peer_chain() {
+            let by = self.own_uri();
+            self.xfcc_element = crate::tls::xfcc::element(by, &chain, self.xfcc.details)
+                .map(String::into_boxed_str);
+        }
     }
 }
 
@@ -80,6 +101,11 @@ impl Layer {
     /// The URI SAN of the listener's certificate (`By=` of `x-forwarded-client-cert`).
     pub fn own_uri(&self) -> Option<&str> {
         self.t.server.as_deref().and_then(|s| s.uri.as_deref())
+    }
+
+    /// This proxy's `x-forwarded-client-cert` element for the client (mTLS only).
+    pub fn xfcc_element(&self) -> Option<&str> {
+        self.xfcc_element.as_deref()
     }
 }
 
@@ -189,7 +215,12 @@ impl Conn {
         match r {
             Ok(false) => {}
             Ok(true) => match side {
-                Side::Down => self.lcount(cx.worker, L::TlsHandshakes, 1),
+                Side::Down => {
+                    if let Some(l) = self.tls.as_deref_mut() {
+                        l.client_verified();
+                    }
+                    self.lcount(cx.worker, L::TlsHandshakes, 1)
+                }
                 Side::Up => self.ucount(cx.worker, U::TlsHandshakes, 1),
             },
             Err(e) => return Some(self.tls_broke(slot, (side, e), cx, io)),
