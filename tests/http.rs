@@ -692,9 +692,11 @@ fn pool_survives_table_swap(kind: EngineKind) {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(get("/4"), "a2 /4");
     assert_eq!((a.accepted(), a2.accepted()), (1, 1));
-    wait_until("the old connection's close to be counted", Duration::from_secs(2), || {
-        ca.get(U::CxClosed) == 1
-    });
+    wait_until(
+        "the old connection's close to be counted",
+        Duration::from_secs(2),
+        || ca.get(U::CxClosed) == 1,
+    );
     drop(get);
     drop((s, r));
     open_zero(&p);

@@ -356,7 +356,11 @@ mod tests {
             |i| closed.push((i.cluster, i.endpoint)),
         );
         closed.sort();
-        assert_eq!(closed, vec![(0, 1), (1, 0)], "old indices of the closed ones");
+        assert_eq!(
+            closed,
+            vec![(0, 1), (1, 0)],
+            "old indices of the closed ones"
+        );
         assert_eq!(p.len(), 2);
         assert!(p.take(0, 1, 0, (0, 0)).is_none(), "old generation");
         assert!(p.take(1, 0, 0, (0, 0)).is_none(), "old indices");
