@@ -702,6 +702,30 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
         1,
         "{before:?} → {after:?}"
     );
+    // And through a query parameter (Istio `httpQueryParameterName`).
+    d.plane
+        .apply(
+            &format!(
+                "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpQueryParameterName: user}}}}}}\n",
+                http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+            ),
+            Format::Yaml,
+            true,
+        )
+        .expect("applies");
+    let addr = d.listener();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..10 {
+        let before = counts();
+        for i in 0..4 {
+            assert_eq!(get(addr, &format!("/q?page={i}&user=u{user}")), 200);
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "u{user}: {before:?} → {after:?}");
+        homes.insert(moved[0]);
+    }
+    assert!(homes.len() >= 2, "10 users spread: {homes:?}");
     d.engine.take();
 }
 
@@ -1157,6 +1181,18 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "outlier_detection.enforcing_failure_percentage_local_origin",
         ),
         (
+            "outlier_detection: {max_ejection_time_jitter: soon}",
+            "outlier_detection: invalid duration `soon`",
+        ),
+        (
+            "outlier_detection: {always_eject_one_host: 3}",
+            "always_eject_one_host",
+        ),
+        (
+            "outlier_detection: {monitors: []}",
+            "monitors",
+        ),
+        (
             "outlier_detection: {successful_active_health_check_uneject_host: maybe}",
             "successful_active_health_check_uneject_host",
         ),
@@ -1229,6 +1265,10 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "is not a cookie path",
         ),
         ("healthy_panic_threshold: 101", "healthy_panic_threshold"),
+        (
+            "lb_policy: maglev\n    hash_policy: {query_parameter: u, header: x}",
+            "exactly one key",
+        ),
 
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
@@ -1363,6 +1403,40 @@ fn malformed_destination_rule_policies_are_errors() {
             "consecutiveLocalOriginFailure",
         ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
+        ("tls: {mode: ISTIO_MUTUAL}", "tls.mode: ISTIO_MUTUAL needs Istio's workload certificates"),
+        ("tls: {mode: STRICT}", "`STRICT` is not a TLS mode"),
+        ("tls: {mode: SIMPLE, sni: a}", "tls.caCertificates: give the CA bundle"),
+        ("tls: {mode: SIMPLE, caCertificates: /ca.pem}", "tls.sni: give the upstream's name"),
+        (
+            "tls: {mode: MUTUAL, caCertificates: /ca.pem, sni: a, clientCertificate: /c.pem}",
+            "MUTUAL needs both clientCertificate and privateKey",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, privateKey: /c.key}",
+            "clientCertificate/privateKey are for mode MUTUAL",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, subjectAltNames: [b]}",
+            "tls.subjectAltNames: `b` is not the sni name",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, insecureSkipVerify: true}",
+            "tls.insecureSkipVerify",
+        ),
+        ("tls: {mode: DISABLE, sni: a}", "mode DISABLE takes no certificates or sni"),
+        ("tls: {mode: SIMPLE, credentialName: secret}", "credentialName"),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: \"\"}}",
+            "consistentHash.httpQueryParameterName: is empty",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: u, useSourceIp: true}}",
+            "give exactly one key",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: [u]}}",
+            "httpQueryParameterName",
+        ),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "loadBalancer",

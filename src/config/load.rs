@@ -505,11 +505,13 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 h.header.is_some(),
                 h.cookie.is_some(),
                 h.source_ip == Some(true),
+                h.query_parameter.is_some(),
             ];
             if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
                 bad(
                     format!("{at}.hash_policy"),
-                    "give exactly one key: header, cookie or source_ip: true".into(),
+                    "give exactly one key: header, cookie, query_parameter or source_ip: true"
+                        .into(),
                 );
             }
             if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
