@@ -697,7 +697,6 @@ fn pool_survives_table_swap(kind: EngineKind) {
         Duration::from_secs(2),
         || ca.get(U::CxClosed) == 1,
     );
-    drop(get);
     drop((s, r));
     open_zero(&p);
 }

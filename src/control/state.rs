@@ -179,7 +179,10 @@ impl ControlPlane {
                 pool,
                 store,
             }),
-            routes: Arc::new(Routes::new(table)),
+            routes: Arc::new({
+                count_split_as(&table);
+                Routes::new(table)
+            }),
             stats,
             dns_due,
             rotation_failed: Mutex::new(None),
@@ -381,6 +384,7 @@ impl ControlPlane {
                 )));
             }
         }
+        count_split_as(&table);
         self.routes.store(table);
         if let Some(s) = staged {
             s.publish();
@@ -458,6 +462,7 @@ impl ControlPlane {
             &self.stats,
             &mut st.pool,
         )?;
+        count_split_as(&table);
         self.routes.store(table);
         self.stats.prune();
         st.pool.prune();
@@ -1170,3 +1175,16 @@ fn upstream_active(r: &CounterReport) -> u64 {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+/// Tell each endpoint whether its outcomes count split by origin under `table`'s policy,
+/// before workers see the table (the health tick keeps it so afterwards): counted by the
+/// tick alone, exchanges in the first tick after an apply were counted unsplit
+/// (`rq_success` without `rq_local_origin_success`).
+fn count_split_as(table: &route::RouteTable) {
+    for c in table.clusters.iter() {
+        let on = c.outlier.as_ref().is_some_and(|p| p.local_origin.is_some());
+        for e in c.endpoints.iter() {
+            e.health.set_split(on);
+        }
+    }
+}
