@@ -380,6 +380,81 @@ fn openssl_pipelined(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A TLS-terminating http listener with a `cluster` (its TCP fallback): a client whose
+/// decrypted bytes are not HTTP/1.x is relayed as opaque TCP inside the same TLS session
+/// (counted `sniffed_tcp`), HTTP clients are still served, and the listener's
+/// `allowed_principals` hold for the fallback too (a reset, as on a TCP listener).
+fn tls_tcp_fallback(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let m = Mirror::start();
+    let echo = Echo::start();
+    let cfg = config(&pki, &mtls("STRICT"), m.addr)
+        .replace("    tls: {", "    cluster: e\n    tls: {")
+        .replace(
+            "clusters:\n",
+            &format!(
+                "clusters:\n  - {{name: e, endpoints: [\"{}\"]}}\n",
+                echo.addr
+            ),
+        );
+    let p = Proxy::start(kind, &cfg);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let client = |name: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pki.certs("ca") {
+            roots.add(c).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(pki.certs(name), pki.key(name))
+            .unwrap(),
+        )
+    };
+    // Not HTTP: echoed through the fallback, in both directions, inside the session.
+    let (mut s, mut c) = tls_connect(addr, client("gateway"));
+    let mut t = rustls::Stream::new(&mut c, &mut s);
+    for msg in [&b"\x00\x01binary hello\n"[..], &[7u8; 50_000][..]] {
+        t.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        t.read_exact(&mut got).unwrap();
+        assert!(got == msg, "echo differs: {:?}", &got[..got.len().min(40)]);
+    }
+    t.conn.send_close_notify();
+    t.flush().unwrap();
+    let mut rest = Vec::new();
+    t.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(ls.get(L::SniffedTcp), 1);
+    // HTTP on the same listener still reaches the routes.
+    let (code, out, err) = curl_as(&pki, addr, "gateway", &[], "/ok");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("GET /ok HTTP/1.1") && out.contains("status=200"),
+        "{out}"
+    );
+    // A principal the listener does not allow is reset, not relayed.
+    let accepted = echo.accepted();
+    let (mut s, mut c) = tls_connect(addr, client("intruder"));
+    let mut t = rustls::Stream::new(&mut c, &mut s);
+    let _ = t.write_all(b"\x00sneak\n");
+    let mut got = Vec::new();
+    assert!(
+        t.read_to_end(&mut got).is_err() || got.is_empty(),
+        "{got:?}"
+    );
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert_eq!(echo.accepted(), accepted, "nothing reached the fallback");
+}
+
 /// `%XX` back to bytes (test side of XFCC's URL-encoded PEM).
 fn url_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -858,6 +933,7 @@ per_engine!(
     openssl_pipelined,
     mtls_principals_and_xfcc,
     xfcc_modes_and_details,
+    tls_tcp_fallback,
     permissive,
     upgrade_over_tls,
     bad_input,

@@ -999,6 +999,9 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                 (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
                 (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
                 (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+                (Balancer::Maglev(_), HashOn::Query(q)) => {
+                    format!("maglev on query parameter {q}")
+                }
             };
             let b = &c.breakers;
             let mut policy = format!(
@@ -1036,6 +1039,15 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     fp.minimum_hosts,
                     fp.request_volume
                 ));
+                if o.jitter_ms > 0 {
+                    policy.push_str(&format!(", ejection jitter ≤ {}ms", o.jitter_ms));
+                }
+                if !o.always_eject_one {
+                    policy.push_str(", the cap holds for the first ejection");
+                }
+                if !o.uneject_on_check {
+                    policy.push_str(", a passing check does not end an ejection");
+                }
                 if let Some(l) = &o.local_origin {
                     policy.push_str(&format!(
                         ", split local origin: {} in a row ({}%), success rate {}%, failure {}%",
@@ -1064,8 +1076,12 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(
-                    "; check GET {} every {} ({} down, {} up)",
-                    h.path,
+                    "; check {} every {} ({} down, {} up)",
+                    if h.tcp {
+                        "TCP connect".to_string()
+                    } else {
+                        format!("GET {}", h.path)
+                    },
                     humantime::format_duration(h.interval),
                     h.unhealthy_threshold,
                     h.healthy_threshold

@@ -7,7 +7,10 @@
 //! reports the handshake done, its traffic secrets are extracted
 //! (`dangerous_into_kernel_connection`, the kTLS hand-over), a crypto session is created
 //! in the worker's [`Crypto`] engine, and from then on every record of that side is a
-//! seal or open job on the engine's rings.
+//! seal or open job on the engine's rings. With the `ktls` backend (L4 relay only: it
+//! owns the sockets) a side stops at `ready` instead and the relay calls
+//! [`Tls::hand_over_kernel`]: the keys go to the socket ([`super::kernel`]) and the side
+//! becomes plaintext to the relay (`has` is false for it), or it falls back to the engine.
 //!
 //! Owns the sessions and their per-side flags; the relay (`proxy::l4::tcp`) owns the
 //! sockets and the queues. Never blocks and never does I/O itself. Memory stays bounded:
@@ -1012,6 +1015,15 @@ impl Tls {
         match self.client_identity() {
             Some(id) => s.principals.iter().any(|p| **p == *id),
             None => false,
+        }
+    }
+
+    /// Take `side`'s rustls half out of its record layer (tests).
+    #[cfg(test)]
+    pub(crate) fn take_kernel(&mut self, side: Side) -> Option<Kernel> {
+        match std::mem::take(&mut self.sides[side.idx()]) {
+            State::Rec(r) => Some(r.into_kernel()),
+            _ => None,
         }
     }
 

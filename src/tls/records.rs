@@ -330,6 +330,12 @@ impl Records {
         self.session
     }
 
+    /// rustls's half (tests that drive it without the engine).
+    #[cfg(test)]
+    pub(crate) fn into_kernel(self) -> Kernel {
+        self.kernel
+    }
+
     /// The connection ended: its buffers, for the next hand-over. `None` when they are
     /// not the standard sizes (a larger `txc` is not kept).
     pub fn into_bufs(self) -> Option<RecordBufs> {

@@ -96,12 +96,18 @@ pub enum KtlsError {
 }
 
 /// Attach the `tls` ULP to a connected TCP socket. Call once, before [`install_keys`].
-#[allow(unsafe_code)]
 pub fn attach_ulp(fd: RawFd) -> Result<(), KtlsError> {
     let p = probe();
     if !p.available {
         return Err(KtlsError::Unavailable(p.detail));
     }
+    set_ulp(fd)
+}
+
+/// [`attach_ulp`] without the probe, for callers that probed once at start (a kernel
+/// without the module answers `ENOENT`, reported as [`KtlsError::Ulp`]).
+#[allow(unsafe_code)]
+pub fn set_ulp(fd: RawFd) -> Result<(), KtlsError> {
     let name = b"tls";
     // SAFETY: `name` is a live 3-byte buffer for the duration of the call and its exact
     // length is passed; the kernel copies it. An invalid fd yields EBADF, not UB.

@@ -405,6 +405,8 @@ pub struct Fallback {
     pub data: Option<(BufId, u32, u32)>,
     pub listener: usize,
     pub table: Arc<RouteTable>,
+    /// A TLS listener: the client's session and its socket operations in flight.
+    pub tls: Option<crate::proxy::l4::tcp::TlsCarry>,
 }
 
 /// One HTTP client connection.
@@ -728,6 +730,13 @@ impl Conn {
         let fd = self.fds[Side::Down.idx()].take()?;
         let table = self.table.take()?;
         let data = self.pend[Side::Down.idx()].take();
+        let tls = self.tls.take().map(|l| {
+            let d = Side::Down.idx();
+            let tx_inflight = self.out[Side::Up.idx()].inflight;
+            (*l).into_carry(self.recv_armed[d], tx_inflight)
+        });
+        self.recv_armed = [false; 2];
+        self.out[Side::Up.idx()].inflight = false;
         self.lcount(cx.worker, L::SniffedTcp, 1);
         // The worker's open count stays: the relay closes (and uncounts) it.
         let listener = self.listener as usize;
@@ -739,6 +748,7 @@ impl Conn {
             data,
             listener,
             table,
+            tls,
         })
     }
 
@@ -1241,12 +1251,12 @@ impl Conn {
         };
         let data = &io.bytes(b)[off as usize..(off + len) as usize];
         if side == Side::Down && self.served == 0 && off == 0 && !looks_like_http1(data) {
-            // Opaque TCP cannot continue a TLS session: a TLS listener answers 400.
-            let has_fallback = !self.tls_listener()
-                && self
-                    .table
-                    .as_ref()
-                    .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
+            // Not HTTP/1.x: the listener's `cluster` takes it as opaque TCP (a TLS
+            // session moves to the relay with its socket); without one, 400.
+            let has_fallback = self
+                .table
+                .as_ref()
+                .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
             if has_fallback {
                 self.fallback = true;
                 return Ok(false);

@@ -60,6 +60,20 @@ enum Phase {
     Closing,
 }
 
+/// A TLS client connection an HTTP listener hands over as opaque TCP: the session (past
+/// its handshake, possibly with decrypted bytes still inside) and the operations in
+/// flight on the client's socket, which complete into the relay.
+#[derive(Debug)]
+pub struct TlsCarry {
+    pub tls: Box<Tls>,
+    /// A receive is armed on the client's socket.
+    pub recv_armed: bool,
+    /// Ciphertext towards the client (buffer, offset, remaining length) …
+    pub tx: Option<(BufId, u32, u32)>,
+    /// … and whether its send is in flight.
+    pub tx_inflight: bool,
+}
+
 /// Bytes read from one side waiting to be written to the other.
 #[derive(Debug, Default)]
 struct Dir {
@@ -242,13 +256,15 @@ impl Conn {
 
     /// Continue a connection an HTTP listener sniffed as not HTTP/1.x: the client
     /// socket is already adopted and counted; `data` (buffer, offset, length) is what was
-    /// read from it, sent upstream first.
+    /// read from it (decrypted, with TLS), sent upstream first; `tls` the client's session
+    /// when the listener terminates TLS.
     #[allow(clippy::too_many_arguments)]
     pub fn open_fallback(
         &mut self,
         slot: u32,
         down: OwnedFd,
         data: Option<(BufId, u32, u32)>,
+        tls: Option<TlsCarry>,
         table: &Arc<RouteTable>,
         listener: usize,
         cx: &mut Ctx,
@@ -270,6 +286,23 @@ impl Conn {
             let d = &mut self.dirs[Side::Down.idx()];
             d.push(b, off + len);
             d.off = off;
+        }
+        if let Some(c) = tls {
+            // The HTTP side's operations complete here: its receive on the client, and
+            // its ciphertext send (bytes towards the client live in `dirs[Up]`).
+            let allowed = c.tls.client_allowed();
+            self.tls = Some(c.tls);
+            self.dirs[Side::Down.idx()].recv_armed = c.recv_armed;
+            if let Some((b, off, len)) = c.tx {
+                let d = &mut self.dirs[Side::Up.idx()];
+                d.push(b, off + len);
+                d.off = off;
+                d.send_inflight = c.tx_inflight;
+            }
+            if !allowed {
+                // The listener's principals hold for opaque TCP too (HTTP would 403).
+                return self.deny(slot, cx, io);
+            }
         }
         let Some(target) = l.target.as_ref() else {
             l.stats.inc(cx.worker, L::NoUpstream);

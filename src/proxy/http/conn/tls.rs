@@ -70,6 +70,22 @@ impl Layer {
         })
     }
 
+    /// Sniffing chose opaque TCP: the session and what is in flight on the client's
+    /// socket go to the relay (`recv_armed`: a receive is armed on it; `tx_inflight`: the
+    /// ciphertext in `tx` towards it is being sent).
+    pub(super) fn into_carry(
+        self,
+        recv_armed: bool,
+        tx_inflight: bool,
+    ) -> crate::proxy::l4::tcp::TlsCarry {
+        crate::proxy::l4::tcp::TlsCarry {
+            tls: self.t,
+            recv_armed,
+            tx: self.tx[Side::Down.idx()],
+            tx_inflight,
+        }
+    }
+
     /// The client's handshake ended: build this proxy's XFCC element once, if the
     /// listener sets one and the client presented a verified certificate.
     fn client_verified(&mut self) {
@@ -126,12 +142,6 @@ impl Conn {
         self.tls
             .as_deref()
             .is_some_and(|l| l.t.has(side) || (side == Side::Down && l.t.sniffing()))
-    }
-
-    /// The listener terminates TLS (whatever the client chose).
-    #[inline]
-    pub(super) fn tls_listener(&self) -> bool {
-        self.tls.as_deref().is_some_and(|l| l.t.server.is_some())
     }
 
     /// The HTTP side wants bytes from TLS side `side` (its `arm_recv`).
