@@ -697,7 +697,6 @@ fn pool_survives_table_swap(kind: EngineKind) {
         Duration::from_secs(2),
         || ca.get(U::CxClosed) == 1,
     );
-    drop(get);
     drop((s, r));
     open_zero(&p);
 }
@@ -1014,7 +1013,7 @@ fn header_edits(kind: EngineKind) {
 fn retries(kind: EngineKind) {
     let a = Backend::start("a");
     let policy = "retry_policy: {retry_on: \"5xx,connect-failure\", num_retries: 2, \
-                  per_try_timeout: 300ms, retry_back_off: {base_interval: 10ms, max_interval: 50ms}}";
+                  per_try_timeout: 800ms, retry_back_off: {base_interval: 10ms, max_interval: 50ms}}";
     let routes = [
         route("/dead", &format!("route: {{cluster: dead, {policy}}}")),
         route("/", &format!("route: {{cluster: a, {policy}}}")),
@@ -1060,14 +1059,16 @@ fn retries(kind: EngineKind) {
         .iter()
         .filter(|e| e.contains("/retry-post"))
         .all(|e| e.contains("body-len: 5")));
-    // A per-try timeout: the slow first attempt is abandoned.
+    // A per-try timeout: the slow first attempt (2 s) is abandoned. The timeout leaves a
+    // loaded 2-core CI box room for the quick attempts: at 300 ms one of them
+    // could time out too (suspected cause of one failed count below, not reproduced).
     let t = Instant::now();
     s.write_all(b"GET /retry-slow HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
     let resp = read_resp(&mut r).unwrap();
     assert_eq!(resp.status, 200);
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
+        t.elapsed() < Duration::from_millis(1900),
         "took {:?}",
         t.elapsed()
     );

@@ -702,6 +702,30 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
         1,
         "{before:?} → {after:?}"
     );
+    // And through a query parameter (Istio `httpQueryParameterName`).
+    d.plane
+        .apply(
+            &format!(
+                "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpQueryParameterName: user}}}}}}\n",
+                http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+            ),
+            Format::Yaml,
+            true,
+        )
+        .expect("applies");
+    let addr = d.listener();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..10 {
+        let before = counts();
+        for i in 0..4 {
+            assert_eq!(get(addr, &format!("/q?page={i}&user=u{user}")), 200);
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "u{user}: {before:?} → {after:?}");
+        homes.insert(moved[0]);
+    }
+    assert!(homes.len() >= 2, "10 users spread: {homes:?}");
     d.engine.take();
 }
 
@@ -746,6 +770,52 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
     assert!(
         h.checks_failed >= 2 && h.checks_total > h.checks_failed,
         "{h:?}"
+    );
+}
+
+/// A TCP health check (Envoy `tcp_health_check: {}`) on an L4 cluster: the endpoint
+/// nothing listens on is taken out after `unhealthy_threshold` failed connects, and
+/// connections stop trying it; the live one passes its checks.
+fn tcp_checks_take_out_a_dead_endpoint(kind: EngineKind) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
+clusters:
+  - name: svc
+    endpoints: ["{dead}", "{}"]
+    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]
+"#,
+            echo.addr
+        ),
+    );
+    wait_until(
+        "the dead endpoint fails its checks",
+        Duration::from_secs(5),
+        || d.health("svc", dead).state == "unhealthy",
+    );
+    wait_until("the live one passes", Duration::from_secs(5), || {
+        let h = d.health("svc", echo.addr);
+        h.checks_total >= 2 && h.checks_failed == 0 && h.state == "healthy"
+    });
+    let fails = d.counter("svc", dead, "connect_fail");
+    let addr = d.listener();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+    }
+    assert_eq!(
+        d.counter("svc", dead, "connect_fail"),
+        fails,
+        "a failing endpoint is not tried"
     );
 }
 
@@ -1103,6 +1173,7 @@ route_configs:
 }
 
 per_engine!(
+    tcp_checks_take_out_a_dead_endpoint,
     passing_check_ends_an_ejection,
     route_hash_policies_stick,
     split_local_origin_errors_count_apart,
@@ -1157,6 +1228,18 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "outlier_detection.enforcing_failure_percentage_local_origin",
         ),
         (
+            "outlier_detection: {max_ejection_time_jitter: soon}",
+            "outlier_detection: invalid duration `soon`",
+        ),
+        (
+            "outlier_detection: {always_eject_one_host: 3}",
+            "always_eject_one_host",
+        ),
+        (
+            "outlier_detection: {monitors: []}",
+            "monitors",
+        ),
+        (
             "outlier_detection: {successful_active_health_check_uneject_host: maybe}",
             "successful_active_health_check_uneject_host",
         ),
@@ -1201,8 +1284,16 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "path",
         ),
         (
-            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]",
-            "tcp_health_check",
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}, http_health_check: {path: /h}}]",
+            "health_checks[0]: give exactly one of http_health_check, tcp_health_check",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}]",
+            "health_checks[0]: give exactly one of",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: \"00\"}}}]",
+            "send",
         ),
         (
             "health_checks: [{timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h}}]",
@@ -1229,6 +1320,10 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "is not a cookie path",
         ),
         ("healthy_panic_threshold: 101", "healthy_panic_threshold"),
+        (
+            "lb_policy: maglev\n    hash_policy: {query_parameter: u, header: x}",
+            "exactly one key",
+        ),
 
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
@@ -1363,6 +1458,40 @@ fn malformed_destination_rule_policies_are_errors() {
             "consecutiveLocalOriginFailure",
         ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
+        ("tls: {mode: ISTIO_MUTUAL}", "tls.mode: ISTIO_MUTUAL needs Istio's workload certificates"),
+        ("tls: {mode: STRICT}", "`STRICT` is not a TLS mode"),
+        ("tls: {mode: SIMPLE, sni: a}", "tls.caCertificates: give the CA bundle"),
+        ("tls: {mode: SIMPLE, caCertificates: /ca.pem}", "tls.sni: give the upstream's name"),
+        (
+            "tls: {mode: MUTUAL, caCertificates: /ca.pem, sni: a, clientCertificate: /c.pem}",
+            "MUTUAL needs both clientCertificate and privateKey",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, privateKey: /c.key}",
+            "clientCertificate/privateKey are for mode MUTUAL",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, subjectAltNames: [b]}",
+            "tls.subjectAltNames: `b` is not the sni name",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, insecureSkipVerify: true}",
+            "tls.insecureSkipVerify",
+        ),
+        ("tls: {mode: DISABLE, sni: a}", "mode DISABLE takes no certificates or sni"),
+        ("tls: {mode: SIMPLE, credentialName: secret}", "credentialName"),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: \"\"}}",
+            "consistentHash.httpQueryParameterName: is empty",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: u, useSourceIp: true}}",
+            "give exactly one key",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: [u]}}",
+            "httpQueryParameterName",
+        ),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "loadBalancer",

@@ -636,6 +636,89 @@ fn originate_to_openssl(kind: EngineKind) {
     }
 }
 
+/// The same origination from an Envoy cluster (`transport_socket`
+/// `envoy.transport_sockets.tls` with an `UpstreamTlsContext`: SNI, trusted CA, client
+/// certificate) and from an Istio DestinationRule (`trafficPolicy.tls` MUTUAL): each is
+/// the native cluster `tls:`; mTLS to `openssl s_server -Verify`.
+fn originate_from_envoy_and_istio_tls(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP originate_from_envoy_and_istio_tls: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let args: Vec<String> = [
+        "-rev",
+        "-cert",
+        &pki.s("server.pem"),
+        "-key",
+        &pki.s("server.key"),
+        "-Verify",
+        "1",
+        "-CAfile",
+        &pki.s("ca.pem"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut server, port) = s_server(&args);
+    let yaml = format!(
+        r#"listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: c}}
+---
+static_resources:
+  clusters:
+  - name: c
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: orders.internal
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: {}}}
+            private_key: {{filename: {}}}
+          validation_context:
+            trusted_ca: {{filename: {}}}
+"#,
+        pki.s("gateway.pem"),
+        pki.s("gateway.key"),
+        pki.s("ca.pem")
+    );
+    let istio = format!(
+        r#"listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: c}}
+clusters:
+  - {{name: c, endpoints: ["127.0.0.1:{port}"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: c}}
+spec:
+  host: c
+  trafficPolicy:
+    tls: {{mode: MUTUAL, sni: orders.internal, caCertificates: {}, clientCertificate: {}, privateKey: {}}}
+"#,
+        pki.s("ca.pem"),
+        pki.s("gateway.pem"),
+        pki.s("gateway.key")
+    );
+    for (form, yaml) in [("envoy", yaml), ("istio", istio)] {
+        let p = Proxy::start(kind, &yaml);
+        let mut s = connect(p.listener("l"));
+        s.write_all(b"hello\n").unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"olleh\n", "{form}");
+        assert_eq!(p.stats.cluster("c").get(U::TlsHandshakes), 1, "{form}");
+        drop(s);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
 /// `openssl s_server` with `args` on a free loopback port, and that port. A probed port
 /// may be taken by another process before s_server binds it (EADDRINUSE: s_server exits
 /// without listening), and a connect alone could then reach that other process; so
@@ -1073,6 +1156,7 @@ per_engine!(
     bad_records,
     permissive_sniffs,
     originate_to_openssl,
+    originate_from_envoy_and_istio_tls,
     openssl_client_suites,
     curl_https,
     sni_picks_certificate,

@@ -453,7 +453,8 @@ impl Engine {
     // === data side: progress and completion ===
 
     /// Ring the doorbell and let the backend make progress: hands submitted jobs to the
-    /// backend (one burst) and collects up to one batch of finished jobs. Returns the
+    /// backend (one burst) and collects up to one batch of finished jobs (a backend that
+    /// runs jobs at submission has put them on the completion ring already). Returns the
     /// number of completions now waiting to be reaped. Never blocks.
     pub fn poll(&mut self) -> usize {
         if !self.sq.is_empty() {

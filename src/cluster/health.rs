@@ -99,8 +99,8 @@ pub struct EndpointHealth {
     consecutive_local_origin: AtomicU32,
     // Written by the control plane only.
     /// Envoy's `split_external_local_origin_errors` for this endpoint's cluster: read by
-    /// the workers at each outcome (same line as the counters), set by each outlier
-    /// sweep from the current table.
+    /// the workers at each outcome (same line as the counters), set before a table is
+    /// published (`Routes::store`) and by each outlier sweep from the current table.
     split: AtomicBool,
     flags: AtomicU8,
     times_ejected: AtomicU32,
@@ -228,10 +228,25 @@ impl EndpointHealth {
     /// Eject until `now + base × times ejected` (capped at `max`); clears the counters.
     /// Control plane only (public for benchmarks and tests).
     pub fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
+        self.eject_for(cluster, now, base_ms, max_ms, 0)
+    }
+
+    /// [`Self::eject`], `jitter_ms` longer (Envoy's `max_ejection_time_jitter` draw).
+    pub(crate) fn eject_for(
+        &self,
+        cluster: &ClusterHealth,
+        now: u64,
+        base_ms: u64,
+        max_ms: u64,
+        jitter_ms: u64,
+    ) {
         let times = self.times_ejected.load(Relaxed).saturating_add(1);
         self.times_ejected.store(times, Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);
-        let for_ms = base_ms.saturating_mul(u64::from(times)).min(max_ms);
+        let for_ms = base_ms
+            .saturating_mul(u64::from(times))
+            .min(max_ms)
+            .saturating_add(jitter_ms);
         self.ejected_at_ms.store(now, Relaxed);
         self.ejected_until_ms
             .store(now.saturating_add(for_ms).max(1), Relaxed);

@@ -19,7 +19,12 @@
 //!   endpoint spends un-ejected lowers its ejection multiplier by one;
 //! - at most `max_ejection_percent` (default 10) of the cluster is ejected at once, but one
 //!   endpoint can always be (Envoy: "will eject at least one host regardless of the
-//!   value"); refused ejections are counted (`ejections_overflow`).
+//!   value"; `always_eject_one_host: false` makes the cap hold for it too, as Envoy ≥
+//!   1.31 does by default); refused ejections are counted (`ejections_overflow`);
+//! - each ejection lasts a random 0..=`max_ejection_time_jitter` longer;
+//! - with active health checks, a passing check ends an ejection early
+//!   (`successful_active_health_check_uneject_host`, default true; see
+//!   [`super::active`]).
 //!
 //! - success rate, at each interval tick: from the volumes the workers counted per
 //!   endpoint since the previous tick (`rq_success`/`rq_error`, per-worker slots summed
@@ -78,6 +83,10 @@ pub struct OutlierPolicy {
     /// active check ends an ejection ([`super::active`] reads it from the cluster's
     /// health, where each sweep publishes it).
     pub uneject_on_check: bool,
+    /// Random extra ejection time, 0..=this (Envoy `max_ejection_time_jitter`).
+    pub jitter_ms: u64,
+    /// One endpoint may be ejected whatever `max_ejection_percent` says.
+    pub always_eject_one: bool,
 }
 
 /// Split counting's local-origin detection: a consecutive-failure threshold and the
@@ -157,6 +166,8 @@ impl OutlierPolicy {
             uneject_on_check: o
                 .successful_active_health_check_uneject_host
                 .unwrap_or(true),
+            jitter_ms: o.max_ejection_time_jitter.map_or(0, ms),
+            always_eject_one: o.always_eject_one_host.unwrap_or(true),
             local_origin: (o.split_external_local_origin_errors == Some(true)).then(|| {
                 LocalOriginPolicy {
                     consecutive: o.consecutive_local_origin_failure.unwrap_or(5),
@@ -205,13 +216,14 @@ impl OutlierPolicy {
 
 /// A percent chance (control plane only; not for anything secret).
 fn chance(percent: u32) -> bool {
+    percent >= 100 || random() % 100 < u64::from(percent)
+}
+
+/// A random number (control plane only; not for anything secret).
+fn random() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    if percent >= 100 {
-        return true;
-    }
-    let r = super::maglev::mix64(super::health::now_ms() ^ SEQ.fetch_add(1, Relaxed) << 20);
-    r % 100 < u64::from(percent)
+    super::maglev::mix64(super::health::now_ms() ^ SEQ.fetch_add(1, Relaxed) << 20)
 }
 
 /// One health tick for one cluster at `now` ([`super::health::now_ms`]): un-eject at
@@ -268,13 +280,17 @@ pub fn sweep<'a>(
         if !chance(enforce) {
             return false;
         }
-        let allowed =
-            ejected == 0 || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
+        let allowed = (ejected == 0 && p.always_eject_one)
+            || (ejected + 1) * 100 <= total * u64::from(p.max_ejection_percent);
         if !allowed {
             cluster.ejections_overflow.fetch_add(1, Relaxed);
             return false;
         }
-        e.eject(cluster, now, p.base_ejection_ms, p.max_ejection_ms);
+        let jitter = match p.jitter_ms {
+            0 => 0,
+            j => random() % (j + 1),
+        };
+        e.eject_for(cluster, now, p.base_ejection_ms, p.max_ejection_ms, jitter);
         ejected += 1;
         true
     };
@@ -458,6 +474,8 @@ mod tests {
                 },
                 local_origin: None,
                 uneject_on_check: true,
+                jitter_ms: 0,
+                always_eject_one: true,
             }
         );
         let split = OutlierPolicy::from_config(&OutlierDetection {
@@ -566,6 +584,42 @@ mod tests {
         }
         sweep(&p, &c, eps.iter(), 5, none);
         assert_eq!(eps.iter().filter(|e| !e.usable()).count(), 1);
+    }
+
+    /// `always_eject_one_host: false` (Envoy ≥ 1.31's default): the cap holds for the
+    /// first ejection too; the jitter lengthens an ejection by at most itself.
+    #[test]
+    fn the_cap_can_hold_for_the_first_ejection_and_jitter_is_bounded() {
+        let mut p = policy();
+        p.max_ejection_percent = 10;
+        p.always_eject_one = false;
+        let c = ClusterHealth::default();
+        let eps: Vec<EndpointHealth> = (0..2).map(|_| EndpointHealth::default()).collect();
+        for _ in 0..3 {
+            eps[0].record(Outcome::Status(500));
+        }
+        sweep(&p, &c, eps.iter(), 5, none);
+        assert!(eps[0].usable(), "10% of 2 endpoints is none");
+        assert_eq!(c.ejections_overflow(), 1);
+        p.always_eject_one = true;
+        p.jitter_ms = 500;
+        let mut extras = std::collections::HashSet::new();
+        for round in 0..20u64 {
+            let now = 10_000 * (round + 1);
+            for _ in 0..3 {
+                eps[0].record(Outcome::Status(500));
+            }
+            sweep(&p, &c, eps.iter(), now, none);
+            assert!(!eps[0].usable());
+            let extra = eps[0].ejected_until_ms() - now - 1000 * u64::from(eps[0].times_ejected());
+            assert!(extra <= 500, "{extra}");
+            extras.insert(extra);
+            eps[0].uneject(&c);
+            while eps[0].times_ejected() > 0 {
+                eps[0].forgive_one();
+            }
+        }
+        assert!(extras.len() > 1, "jittered: {extras:?}");
     }
 
     #[test]

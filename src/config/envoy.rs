@@ -77,6 +77,127 @@ pub struct EnvoyCluster {
     /// `common_http_protocol_options.max_requests_per_connection`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// `envoy.transport_sockets.tls` with an `UpstreamTlsContext`: the native cluster
+    /// `tls:` (originate TLS); `envoy.transport_sockets.raw_buffer`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_socket: Option<TransportSocket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocket {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_config: Option<UpstreamTlsContext>,
+}
+
+const UPSTREAM_TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// Envoy's `UpstreamTlsContext`, as far as the native cluster `tls:` goes: the SNI name
+/// (which tickmesh also verifies the certificate against), the CA bundle and a client
+/// certificate, all from files. Everything else (`tls_params`, `alpn_protocols`,
+/// subject-alt-name matchers, inline or SDS secrets) is refused by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    #[serde(rename = "@type", default, skip_serializing_if = "Option::is_none")]
+    pub type_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_tls_context: Option<CommonTlsContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonTlsContext {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_context: Option<ValidationContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub certificate_chain: DataSource,
+    pub private_key: DataSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationContext {
+    pub trusted_ca: DataSource,
+}
+
+/// Envoy's `DataSource`: a file only (`inline_string`, `inline_bytes` and
+/// `environment_variable` are refused by name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub filename: std::path::PathBuf,
+}
+
+impl TransportSocket {
+    /// The native cluster TLS (`None`: plaintext), or the field that cannot be taken.
+    fn to_native(&self) -> Result<Option<super::tls::ClusterTls>, (String, String)> {
+        let at = "transport_socket";
+        match self.name.as_str() {
+            "envoy.transport_sockets.raw_buffer" | "raw_buffer" => {
+                return match self.typed_config {
+                    None => Ok(None),
+                    Some(_) => Err((
+                        format!("{at}.typed_config"),
+                        "raw_buffer takes no typed_config".into(),
+                    )),
+                }
+            }
+            "envoy.transport_sockets.tls" | "tls" => {}
+            other => {
+                return Err((
+                    format!("{at}.name"),
+                    format!("transport socket `{other}` is not supported (envoy.transport_sockets.tls, envoy.transport_sockets.raw_buffer)"),
+                ))
+            }
+        }
+        let at = format!("{at}.typed_config");
+        let Some(t) = &self.typed_config else {
+            return Err((at, "give the UpstreamTlsContext".into()));
+        };
+        if let Some(u) = t.type_url.as_deref().filter(|u| *u != UPSTREAM_TLS_CONTEXT) {
+            return Err((
+                format!("{at}.@type"),
+                format!("`{u}` is not {UPSTREAM_TLS_CONTEXT}"),
+            ));
+        }
+        let Some(sni) = t.sni.clone().filter(|s| !s.is_empty()) else {
+            return Err((
+                format!("{at}.sni"),
+                "give the upstream's name: tickmesh sends it and verifies the certificate against it".into(),
+            ));
+        };
+        let common = t.common_tls_context.as_ref();
+        let Some(v) = common.and_then(|c| c.validation_context.as_ref()) else {
+            return Err((
+                format!("{at}.common_tls_context.validation_context.trusted_ca"),
+                "give the CA bundle: tickmesh always verifies upstream certificates (Envoy would not without it)".into(),
+            ));
+        };
+        let certs = common.map_or(&[][..], |c| &c.tls_certificates[..]);
+        if certs.len() > 1 {
+            return Err((
+                format!("{at}.common_tls_context.tls_certificates"),
+                "one client certificate per cluster is supported".into(),
+            ));
+        }
+        Ok(Some(super::tls::ClusterTls {
+            ca: v.trusted_ca.filename.clone(),
+            sni,
+            cert: certs.first().map(|c| c.certificate_chain.filename.clone()),
+            key: certs.first().map(|c| c.private_key.filename.clone()),
+        }))
+    }
 }
 
 /// The one protocol-options extension taken.
@@ -400,6 +521,10 @@ impl EnvoyCluster {
                 })
                 .max_requests_per_connection = Some(n);
         }
+        let tls = match &self.transport_socket {
+            Some(t) => t.to_native()?,
+            None => None,
+        };
         let outlier_detection = self.outlier_detection.clone();
         Ok(Cluster {
             name: self.name.clone(),
@@ -414,7 +539,7 @@ impl EnvoyCluster {
             outlier_detection,
             health_checks: self.health_checks.clone(),
             hash_policy: None,
-            tls: None,
+            tls,
             healthy_panic_threshold: self
                 .common_lb_config
                 .as_ref()

@@ -505,11 +505,13 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 h.header.is_some(),
                 h.cookie.is_some(),
                 h.source_ip == Some(true),
+                h.query_parameter.is_some(),
             ];
             if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
                 bad(
                     format!("{at}.hash_policy"),
-                    "give exactly one key: header, cookie or source_ip: true".into(),
+                    "give exactly one key: header, cookie, query_parameter or source_ip: true"
+                        .into(),
                 );
             }
             if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
@@ -929,14 +931,25 @@ fn check_health_check(
             );
         }
     }
-    let p = &h.http_health_check.path;
+    let http = match (&h.http_health_check, &h.tcp_health_check) {
+        (Some(http), None) => http,
+        (None, Some(_)) => return,
+        _ => {
+            bad(
+                at.to_string(),
+                "give exactly one of http_health_check, tcp_health_check".into(),
+            );
+            return;
+        }
+    };
+    let p = &http.path;
     if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
         bad(
             format!("{at}.http_health_check.path"),
             format!("`{p}` is not an absolute request path (it must start with `/`, without spaces or control characters)"),
         );
     }
-    if let Some(host) = &h.http_health_check.host {
+    if let Some(host) = &http.host {
         if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
             bad(
                 format!("{at}.http_health_check.host"),
@@ -944,7 +957,7 @@ fn check_health_check(
             );
         }
     }
-    for (k, r) in h.http_health_check.expected_statuses.iter().enumerate() {
+    for (k, r) in http.expected_statuses.iter().enumerate() {
         if !(100..=600).contains(&r.start) || !(100..=600).contains(&r.end) || r.start >= r.end {
             bad(
                 format!("{at}.http_health_check.expected_statuses[{k}]"),

@@ -425,10 +425,25 @@ pub struct OutlierDetection {
     /// back when the check turns healthy (`healthy_threshold` passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successful_active_health_check_uneject_host: Option<bool>,
+    /// Each ejection lasts a random extra 0..=this (Envoy default 0), so endpoints
+    /// ejected together do not return together.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time_jitter: Option<Duration>,
+    /// Unset: one endpoint can always be ejected whatever `max_ejection_percent` says
+    /// (Envoy's documented rule before 1.31). `true`: the same, said explicitly (Envoy
+    /// ≥ 1.31). `false`: the cap holds even for the first ejection (Envoy ≥ 1.31's
+    /// default: 10% of a 2-endpoint cluster ejects nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always_eject_one_host: Option<bool>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's
-/// value, or the client's source address (Istio `consistentHash`).
+/// value, a query parameter's value, or the client's source address (Istio
+/// `consistentHash`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashPolicy {
@@ -438,6 +453,9 @@ pub struct HashPolicy {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<bool>,
+    /// A query parameter's first value (Istio `httpQueryParameterName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
     /// With `cookie`: a request without the cookie gets one generated (Envoy's and
     /// Istio's `httpCookie.ttl`): the response carries `Set-Cookie` with this
     /// `Max-Age` (0: a session cookie) and `cookie_path`.
@@ -463,8 +481,18 @@ pub struct HealthCheck {
     pub interval: Option<Duration>,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
-    pub http_health_check: HttpHealthCheck,
+    /// Exactly one of the two kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_health_check: Option<TcpHealthCheck>,
 }
+
+/// Envoy's `TcpHealthCheck` without payloads: the check passes when a connection is
+/// made (`send`/`receive` are refused by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -729,3 +729,88 @@ fn envoy_http_protocol_options_are_taken() {
         assert!(e.contains(names), "{names}: {e}");
     }
 }
+
+/// An Envoy cluster's `transport_socket` (`UpstreamTlsContext`) is the native `tls:`;
+/// what it cannot say is refused by name.
+#[test]
+fn envoy_upstream_tls_context_is_the_cluster_tls() {
+    let cluster = |ts: &str| {
+        format!(
+            "static_resources:\n  clusters:\n  - name: c\n    load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n    transport_socket: {ts}\n"
+        )
+    };
+    let tls = |ctx: &str| {
+        cluster(&format!(
+            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {ctx}}}}}"
+        ))
+    };
+    let c = parse(
+        &tls("sni: a.internal, common_tls_context: {tls_certificates: [{certificate_chain: {filename: /c.pem}, private_key: {filename: /c.key}}], validation_context: {trusted_ca: {filename: /ca.pem}}}"),
+        Format::Yaml,
+    )
+    .unwrap()
+    .clusters
+    .remove(0);
+    let t = c.tls.unwrap();
+    assert_eq!(t.sni, "a.internal");
+    assert_eq!(t.ca, std::path::PathBuf::from("/ca.pem"));
+    assert_eq!(t.cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+    assert_eq!(t.key.as_deref(), Some(std::path::Path::new("/c.key")));
+    let plain = parse(
+        &cluster("{name: envoy.transport_sockets.raw_buffer}"),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(plain.clusters[0].tls.is_none());
+    let ca = "validation_context: {trusted_ca: {filename: /ca.pem}}";
+    let cases = [
+        (
+            tls(&format!("common_tls_context: {{{ca}}}")),
+            "transport_socket.typed_config.sni: give the upstream's name",
+        ),
+        (
+            tls("sni: a"),
+            "validation_context.trusted_ca: give the CA bundle",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, alpn_protocols: [h2]}}")),
+            "alpn_protocols",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, tls_params: {{}}}}")),
+            "tls_params",
+        ),
+        (
+            tls("sni: a, common_tls_context: {validation_context: {trusted_ca: {inline_string: x}}}"),
+            "inline_string",
+        ),
+        (
+            tls("sni: a, common_tls_context: {validation_context: {trusted_ca: {filename: /ca.pem}, match_typed_subject_alt_names: []}}"),
+            "match_typed_subject_alt_names",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, tls_certificates: [{{certificate_chain: {{filename: /a}}, private_key: {{filename: /b}}}}, {{certificate_chain: {{filename: /c}}, private_key: {{filename: /d}}}}]}}")),
+            "one client certificate per cluster",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, sni: a}}"),
+            "typed_config.@type",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.alts}"),
+            "transport socket `envoy.transport_sockets.alts` is not supported",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.tls}"),
+            "give the UpstreamTlsContext",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.raw_buffer, typed_config: {sni: a}}"),
+            "raw_buffer takes no typed_config",
+        ),
+    ];
+    for (text, names) in cases {
+        let e = parse(&text, Format::Yaml).expect_err(names).to_string();
+        assert!(e.contains(names), "{names}: {e}");
+    }
+}

@@ -241,6 +241,23 @@ fn failover(c: &mut Cluster, s: Option<&LocalityLbSetting>, node: &str) {
 }
 
 fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
+    if let Some(t) = &tp.tls {
+        match t.mode.as_str() {
+            "DISABLE" => c.tls = None,
+            "SIMPLE" | "MUTUAL" => {
+                if let (Some(ca), Some(sni)) = (&t.ca_certificates, &t.sni) {
+                    let mutual = t.mode == "MUTUAL";
+                    c.tls = Some(super::tls::ClusterTls {
+                        ca: ca.clone(),
+                        sni: sni.clone(),
+                        cert: t.client_certificate.clone().filter(|_| mutual),
+                        key: t.private_key.clone().filter(|_| mutual),
+                    });
+                }
+            }
+            _ => {} // refused by validation
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         match lb.simple.as_deref() {
             Some("ROUND_ROBIN") => c.lb_policy = LbPolicy::RoundRobin,
@@ -254,6 +271,7 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
                 source_ip: h.use_source_ip.filter(|s| *s),
+                query_parameter: h.http_query_parameter_name.clone(),
                 cookie_ttl: h.http_cookie.as_ref().and_then(|k| k.ttl),
                 cookie_path: h.http_cookie.as_ref().and_then(|k| k.path.clone()),
             });
@@ -336,6 +354,74 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
 
 /// Problems in one traffic policy (`at` is its field path).
 pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, String)) {
+    if let Some(t) = &tp.tls {
+        let at = format!("{at}.tls");
+        match t.mode.as_str() {
+            "DISABLE" | "SIMPLE" | "MUTUAL" => {}
+            "ISTIO_MUTUAL" => bad(
+                format!("{at}.mode"),
+                "ISTIO_MUTUAL needs Istio's workload certificates, which tickmesh does not have: use MUTUAL with clientCertificate, privateKey and caCertificates".into(),
+            ),
+            m => bad(
+                format!("{at}.mode"),
+                format!("`{m}` is not a TLS mode (DISABLE, SIMPLE, MUTUAL)"),
+            ),
+        }
+        if matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL") {
+            if t.ca_certificates.is_none() {
+                bad(
+                    format!("{at}.caCertificates"),
+                    "give the CA bundle: tickmesh always verifies the upstream certificate".into(),
+                );
+            }
+            if t.sni.as_deref().unwrap_or("").is_empty() {
+                bad(
+                    format!("{at}.sni"),
+                    "give the upstream's name: tickmesh sends it and verifies the certificate against it".into(),
+                );
+            }
+            if let Some(n) = t
+                .subject_alt_names
+                .iter()
+                .find(|n| Some(n.as_str()) != t.sni.as_deref())
+            {
+                bad(
+                    format!("{at}.subjectAltNames"),
+                    format!(
+                        "`{n}` is not the sni name: the certificate is verified against `sni` only"
+                    ),
+                );
+            }
+        }
+        let mutual = t.mode == "MUTUAL";
+        match (
+            mutual,
+            t.client_certificate.is_some(),
+            t.private_key.is_some(),
+        ) {
+            (true, true, true) | (false, false, false) => {}
+            (true, _, _) => bad(
+                at.clone(),
+                "MUTUAL needs both clientCertificate and privateKey".into(),
+            ),
+            (false, _, _) => bad(
+                at.clone(),
+                "clientCertificate/privateKey are for mode MUTUAL".into(),
+            ),
+        }
+        if t.insecure_skip_verify == Some(true) {
+            bad(
+                format!("{at}.insecureSkipVerify"),
+                "tickmesh always verifies upstream certificates".into(),
+            );
+        }
+        if t.mode == "DISABLE" && (t.ca_certificates.is_some() || t.sni.is_some()) {
+            bad(
+                at.clone(),
+                "mode DISABLE takes no certificates or sni".into(),
+            );
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         if let Some(s) = lb.simple.as_deref() {
             if !["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"].contains(&s) {
@@ -355,11 +441,18 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                     h.http_header_name.is_some(),
                     h.http_cookie.is_some(),
                     h.use_source_ip.is_some(),
+                    h.http_query_parameter_name.is_some(),
                 ];
                 if keys.iter().filter(|k| **k).count() != 1 {
                     bad(
                         format!("{at}.loadBalancer.consistentHash"),
-                        "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
+                        "give exactly one key: httpHeaderName, httpCookie, httpQueryParameterName or useSourceIp".into(),
+                    );
+                }
+                if h.http_query_parameter_name.as_deref() == Some("") {
+                    bad(
+                        format!("{at}.loadBalancer.consistentHash.httpQueryParameterName"),
+                        "is empty: name the query parameter".into(),
                     );
                 }
                 if let Some(k) = &h.http_cookie {
@@ -807,6 +900,47 @@ clusters:
         assert_eq!(o.split_external_local_origin_errors, None);
         assert_eq!(o.consecutive_local_origin_failure, None);
         assert_eq!(o.enforcing_success_rate, Some(0));
+    }
+
+    /// Istio `trafficPolicy.tls`: SIMPLE and MUTUAL are the cluster's `tls:`, DISABLE
+    /// removes one the cluster had.
+    #[test]
+    fn destination_rule_tls_sets_the_cluster_tls() {
+        let dr = |tls: &str| {
+            rules(&format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: c\n  trafficPolicy:\n    tls: {tls}\n"))
+        };
+        let c = parse(
+            "clusters: [{name: c, endpoints: [\"127.0.0.1:1\"], tls: {ca: /old.pem, sni: old}}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let t = effective_cluster(
+            &c,
+            &dr("{mode: MUTUAL, caCertificates: /ca.pem, sni: a.internal, clientCertificate: /c.pem, privateKey: /c.key, subjectAltNames: [a.internal]}"),
+        )
+        .tls
+        .unwrap();
+        assert_eq!(
+            (
+                t.ca.to_str(),
+                t.sni.as_str(),
+                t.cert.as_deref(),
+                t.key.as_deref()
+            ),
+            (
+                Some("/ca.pem"),
+                "a.internal",
+                Some(std::path::Path::new("/c.pem")),
+                Some(std::path::Path::new("/c.key"))
+            )
+        );
+        let t = effective_cluster(&c, &dr("{mode: SIMPLE, caCertificates: /ca.pem, sni: b}"))
+            .tls
+            .unwrap();
+        assert_eq!((t.sni.as_str(), t.cert), ("b", None));
+        assert!(effective_cluster(&c, &dr("{mode: DISABLE}")).tls.is_none());
     }
 
     #[test]

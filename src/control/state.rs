@@ -179,7 +179,10 @@ impl ControlPlane {
                 pool,
                 store,
             }),
-            routes: Arc::new(Routes::new(table)),
+            routes: Arc::new({
+                count_split_as(&table);
+                Routes::new(table)
+            }),
             stats,
             dns_due,
             rotation_failed: Mutex::new(None),
@@ -381,6 +384,7 @@ impl ControlPlane {
                 )));
             }
         }
+        count_split_as(&table);
         self.routes.store(table);
         if let Some(s) = staged {
             s.publish();
@@ -458,6 +462,7 @@ impl ControlPlane {
             &self.stats,
             &mut st.pool,
         )?;
+        count_split_as(&table);
         self.routes.store(table);
         self.stats.prune();
         st.pool.prune();
@@ -994,6 +999,9 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                 (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
                 (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
                 (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+                (Balancer::Maglev(_), HashOn::Query(q)) => {
+                    format!("maglev on query parameter {q}")
+                }
             };
             let b = &c.breakers;
             let mut policy = format!(
@@ -1031,6 +1039,15 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     fp.minimum_hosts,
                     fp.request_volume
                 ));
+                if o.jitter_ms > 0 {
+                    policy.push_str(&format!(", ejection jitter ≤ {}ms", o.jitter_ms));
+                }
+                if !o.always_eject_one {
+                    policy.push_str(", the cap holds for the first ejection");
+                }
+                if !o.uneject_on_check {
+                    policy.push_str(", a passing check does not end an ejection");
+                }
                 if let Some(l) = &o.local_origin {
                     policy.push_str(&format!(
                         ", split local origin: {} in a row ({}%), success rate {}%, failure {}%",
@@ -1059,8 +1076,12 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(
-                    "; check GET {} every {} ({} down, {} up)",
-                    h.path,
+                    "; check {} every {} ({} down, {} up)",
+                    if h.tcp {
+                        "TCP connect".to_string()
+                    } else {
+                        format!("GET {}", h.path)
+                    },
                     humantime::format_duration(h.interval),
                     h.unhealthy_threshold,
                     h.healthy_threshold
@@ -1154,3 +1175,16 @@ fn upstream_active(r: &CounterReport) -> u64 {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+/// Tell each endpoint whether its outcomes count split by origin under `table`'s policy,
+/// before workers see the table (the health tick keeps it so afterwards): counted by the
+/// tick alone, exchanges in the first tick after an apply were counted unsplit
+/// (`rq_success` without `rq_local_origin_success`).
+fn count_split_as(table: &route::RouteTable) {
+    for c in table.clusters.iter() {
+        let on = c.outlier.as_ref().is_some_and(|p| p.local_origin.is_some());
+        for e in c.endpoints.iter() {
+            e.health.set_split(on);
+        }
+    }
+}

@@ -171,6 +171,8 @@ pub enum HashOn {
     SourceIp,
     Header(Box<str>),
     Cookie(Box<str>),
+    /// A query parameter's first value (not percent-decoded).
+    Query(Box<str>),
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -461,7 +463,8 @@ impl ClusterEntry {
             return None;
         }
         let v = match &self.hash_on {
-            HashOn::SourceIp => return None,
+            // The query is not a header: [`ClusterEntry::hash_key`] reads it.
+            HashOn::SourceIp | HashOn::Query(_) => return None,
             HashOn::Header(name) => header(name)?,
             HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
         };
@@ -499,6 +502,12 @@ impl ClusterEntry {
         }
         if let Some(r) = route {
             return r.key(req, peer);
+        }
+        if let HashOn::Query(name) = &self.hash_on {
+            let key = req
+                .query_param(name)
+                .map(|v| crate::cluster::maglev::hash64(v, 0));
+            return (key, None);
         }
         match self.request_key(|n| req.header(n)) {
             Some(k) => (Some(k), None),
@@ -680,16 +689,20 @@ pub fn compile(
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
-        let mut entry = build_cluster(
-            &crate::config::traffic_policy::effective_cluster_at(
-                c,
-                &cfg.destination_rules,
-                cfg.node.as_ref().map(|n| n.locality.as_str()),
-            ),
-            stats,
+        let effective = crate::config::traffic_policy::effective_cluster_at(
+            c,
+            &cfg.destination_rules,
+            cfg.node.as_ref().map(|n| n.locality.as_str()),
         );
-        if let Some(t) = &c.tls {
-            match crate::tls::build_client(t, &format!("clusters[{i}].tls")) {
+        let mut entry = build_cluster(&effective, stats);
+        // The cluster's own `tls:`, or a DestinationRule's `trafficPolicy.tls`.
+        if let Some(t) = &effective.tls {
+            let at = if effective.tls == c.tls {
+                format!("clusters[{i}].tls")
+            } else {
+                format!("DestinationRule trafficPolicy.tls of cluster `{}`", c.name)
+            };
+            match crate::tls::build_client(t, &at) {
                 Ok(t) => entry.tls = Some(t),
                 Err(p) => problems.extend(p),
             }
@@ -959,6 +972,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             Some(crate::config::HashPolicy {
                 cookie: Some(k), ..
             }) => HashOn::Cookie(k.as_str().into()),
+            Some(crate::config::HashPolicy {
+                query_parameter: Some(q),
+                ..
+            }) => HashOn::Query(q.as_str().into()),
             _ => HashOn::SourceIp,
         },
         cookie_attrs: c
@@ -1095,13 +1112,18 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                     }
                 };
                 let i = self.clusters.len() as u32;
-                let mut entry =
-                    build_cluster(&effective_cluster_at(&c, self.rules, self.node), self.stats);
-                // TLS origination carries over from the base cluster.
-                entry.tls = self
-                    .index
-                    .get(&base.name)
-                    .and_then(|&b| self.clusters[b as usize].tls.clone());
+                let effective = effective_cluster_at(&c, self.rules, self.node);
+                let mut entry = build_cluster(&effective, self.stats);
+                // TLS origination carries over from the base cluster, unless the
+                // subset's policy says otherwise.
+                let base_tls = effective_cluster_at(base, self.rules, self.node).tls;
+                entry.tls = if effective.tls == base_tls {
+                    self.index
+                        .get(&base.name)
+                        .and_then(|&b| self.clusters[b as usize].tls.clone())
+                } else {
+                    self.client_tls(name, effective.tls.as_ref())
+                };
                 self.clusters.push(entry);
                 self.index.insert(name.to_string(), i);
                 return i;
@@ -1146,9 +1168,31 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
-        self.clusters.push(build_cluster(&c, self.stats));
+        let mut entry = build_cluster(&c, self.stats);
+        entry.tls = self.client_tls(name, c.tls.as_ref());
+        self.clusters.push(entry);
         self.index.insert(name.to_string(), i);
         i
+    }
+}
+
+impl ImplicitClusters<'_> {
+    /// TLS origination a DestinationRule gives a cluster the routes made (`None`: none,
+    /// or a problem recorded).
+    fn client_tls(
+        &mut self,
+        name: &str,
+        t: Option<&crate::config::tls::ClusterTls>,
+    ) -> Option<Arc<crate::tls::ClientTls>> {
+        let at = format!("DestinationRule trafficPolicy.tls of cluster `{name}`");
+        match crate::tls::build_client(t?, &at) {
+            Ok(t) => Some(t),
+            Err(p) => {
+                self.problems
+                    .extend(p.into_iter().map(|p| format!("{}: {}", p.path, p.message)));
+                None
+            }
+        }
     }
 }
 
@@ -1158,6 +1202,7 @@ pub struct Routes(ArcSwap<RouteTable>);
 
 impl Routes {
     pub fn new(t: RouteTable) -> Self {
+        t.prime_health();
         Routes(ArcSwap::from_pointee(t))
     }
 
@@ -1173,7 +1218,22 @@ impl Routes {
     }
 
     pub fn store(&self, t: RouteTable) {
+        t.prime_health();
         self.0.store(Arc::new(t))
+    }
+}
+
+impl RouteTable {
+    /// Before publication: each endpoint learns whether its cluster counts outcomes
+    /// split by origin, so the first exchanges under this table count as it says (each
+    /// health tick then keeps it so, [`crate::cluster::outlier::sweep`]).
+    fn prime_health(&self) {
+        for c in self.clusters.iter() {
+            let split = c.outlier.is_some_and(|p| p.local_origin.is_some());
+            for e in c.endpoints.iter() {
+                e.health.set_split(split);
+            }
+        }
     }
 }
 
@@ -1226,6 +1286,91 @@ clusters:
         let e = compile(&cfg(port), 1, &stats, &mut SocketPool::new(1)).unwrap_err();
         assert_eq!(e.problems[0].path, "listeners[0].address");
         assert!(e.to_string().contains("cannot bind"), "{e}");
+    }
+
+    /// A DestinationRule's `trafficPolicy.tls` is built at apply like a cluster's own
+    /// `tls:` — for defined, subset and implicit (DNS-named) clusters — and a file it
+    /// names that is missing is an error naming the rule's cluster.
+    #[test]
+    fn destination_rule_tls_is_built_and_checked_at_apply() {
+        let stats = StatsRegistry::new(1);
+        let yaml = |ca: &str| {
+            format!(
+                r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - {{name: c, endpoints: [{{address: "127.0.0.1:1", labels: {{v: "1"}}}}]}}
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - {{match: {{prefix: /s}}, route: {{cluster: "c|one"}}}}
+          - {{match: {{prefix: /}}, route: {{cluster: "localhost:8443"}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: c}}
+spec:
+  host: c
+  trafficPolicy: {{tls: {{mode: SIMPLE, sni: c.internal, caCertificates: {ca}}}}}
+  subsets: [{{name: one, labels: {{v: "1"}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: l}}
+spec:
+  host: localhost
+  trafficPolicy: {{tls: {{mode: SIMPLE, sni: l.internal, caCertificates: {ca}}}}}
+"#
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout"])
+            .arg(dir.path().join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            eprintln!("SKIP destination_rule_tls_is_built_and_checked_at_apply: no openssl CLI");
+            return;
+        }
+        let cfg = crate::config::parse(
+            &yaml(&ca.display().to_string()),
+            crate::config::Format::Yaml,
+        )
+        .unwrap();
+        let t = compile(&cfg, 1, &stats, &mut SocketPool::new(1)).unwrap();
+        for name in ["c", "c|one", "localhost:8443"] {
+            let (_, c) = t.cluster(name).unwrap_or_else(|| panic!("{name}"));
+            assert!(c.tls.is_some(), "{name} originates TLS");
+        }
+        let cfg = crate::config::parse(&yaml("/nonexistent/ca.pem"), crate::config::Format::Yaml)
+            .unwrap();
+        let e = compile(&cfg, 2, &stats, &mut SocketPool::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DestinationRule trafficPolicy.tls of cluster `c`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("DestinationRule trafficPolicy.tls of cluster `localhost:8443`"),
+            "{e}"
+        );
     }
 
     #[test]

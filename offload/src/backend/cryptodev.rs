@@ -425,6 +425,18 @@ pub struct Cryptodev {
     cpu: Box<CpuBurst>,
 }
 
+/// `RTE_BAD_IOVA`: no IOVA (software PMDs use the virtual address).
+const BAD_IOVA: u64 = u64::MAX;
+
+/// `iova + off`, keeping "no IOVA" as it is.
+fn iova_at(iova: u64, off: usize) -> u64 {
+    if iova == BAD_IOVA {
+        BAD_IOVA
+    } else {
+        iova.wrapping_add(off as u64)
+    }
+}
+
 /// Most jobs in one `rte_cryptodev_sym_cpu_crypto_process` call.
 const CPU_BURST: usize = 64;
 
@@ -664,7 +676,7 @@ impl Cryptodev {
         if self.iova_is_va {
             p as u64
         } else {
-            u64::MAX // RTE_BAD_IOVA
+            BAD_IOVA
         }
     }
 
@@ -751,7 +763,7 @@ impl Cryptodev {
             a.data.offset = plan.data.start as u32;
             a.data.length = plan.data.len() as u32;
             a.digest.data = data.add(plan.tag_at);
-            a.digest.phys_addr = iova + plan.tag_at as u64;
+            a.digest.phys_addr = iova_at(iova, plan.tag_at);
             a.aad.data = priv_.add(PRIV_AAD);
             a.aad.phys_addr = (*op).phys_addr + (self.priv_offset + PRIV_AAD) as u64;
         }
@@ -863,13 +875,13 @@ impl Cryptodev {
             // in `c.jobs`, and the plan checked every range against its length.
             c.vec[k] = sys::rte_crypto_vec {
                 base: buf.wrapping_add(plan.data.start).cast(),
-                iova: iova.wrapping_add(plan.data.start as u64),
+                iova: iova_at(iova, plan.data.start),
                 len: plan.data.len() as u32,
                 tot_len: plan.data.len() as u32,
             };
             c.digest_ptr[k] = sys::rte_crypto_va_iova_ptr {
                 va: buf.wrapping_add(plan.tag_at).cast(),
-                iova: iova.wrapping_add(plan.tag_at as u64),
+                iova: iova_at(iova, plan.tag_at),
             };
             c.iv[k][..12].copy_from_slice(&plan.nonce);
             let aad = plan.aad();

@@ -174,10 +174,11 @@ fn no_hardware_reason() -> &'static str {
 fn cryptodev_backend(slots: usize) -> Result<Selected, BackendError> {
     let dev = cryptodev::Cryptodev::open(slots).map_err(BackendError::Cryptodev)?;
     let driver = dev.driver().to_string();
+    let path = dev.data_path();
     Ok(Selected {
         backend: Box::new(dev),
         kind: BackendKind::Cryptodev,
-        reason: format!("configured: cryptodev ({driver}, one queue pair)"),
+        reason: format!("configured: cryptodev ({driver}, one queue pair, data path {path})"),
         ktls: false,
     })
 }

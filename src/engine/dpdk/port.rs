@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use dpdk_sys as sys;
 
 use super::eal::strerror;
-use super::lb::PacketBuf;
+use super::lb::{PacketBuf, Verdict};
 
 pub const BURST: usize = 32;
 pub const RX_DESC: u16 = 1024;
@@ -286,22 +286,57 @@ impl Burst {
         Mbuf(NonNull::new(p).expect("rx burst slots below len are non-null"))
     }
 
-    /// Prefetch mbuf `i`'s packet data (it is going to be parsed soon); returns its
-    /// length in bytes (0 past the burst's end).
+    /// Prefetch mbuf `i`'s packet data (it is going to be parsed soon); nothing past
+    /// the burst's end.
     #[inline]
-    pub fn prefetch(&self, i: usize) -> usize {
+    pub fn prefetch(&self, i: usize) {
         if i < self.len {
             let m = self.bufs[i];
             // SAFETY: a received mbuf below len is valid (not yet taken: callers prefetch
             // before they take); computing its data address reads only the mbuf header,
             // and prefetching any address is harmless.
-            unsafe {
-                prefetch0(mtod(m));
-                usize::from((*m).data_len)
-            }
-        } else {
-            0
+            unsafe { prefetch0(mtod(m)) }
         }
+    }
+
+    /// Apply the balancer's verdicts (`verdicts[i]` for frame `i`) to this received
+    /// burst: the frames to forward stay, in order, at the front — the burst itself is
+    /// then sent, no second array — frames for the kernel move to `exception` (freed
+    /// when there is no exception port) and dropped ones are freed.
+    #[inline]
+    pub fn keep_forwarded(&mut self, verdicts: &[Verdict], mut exception: Option<&mut Burst>) {
+        let n = self.len.min(verdicts.len());
+        let mut k = 0;
+        for (i, v) in verdicts[..n].iter().enumerate() {
+            let m = self.bufs[i];
+            match v {
+                Verdict::Forward => {
+                    self.bufs[k] = m;
+                    k += 1;
+                }
+                Verdict::Exception if exception.is_some() => {
+                    if let Some(e) = exception.as_deref_mut() {
+                        // Never full: `e` is sent after every received burst, and a
+                        // burst holds at most BURST frames.
+                        debug_assert!(e.len < BURST);
+                        e.bufs[e.len] = m;
+                        e.len += 1;
+                    }
+                }
+                // SAFETY: a received mbuf this burst owns, leaving it: freed exactly once
+                // (its slot is past the new length or overwritten below).
+                _ => unsafe { sys::tm_pktmbuf_free(m) },
+            }
+        }
+        // Slots past `n` (verdicts shorter than the burst: not expected) are freed too.
+        for &m in &self.bufs[n..self.len] {
+            // SAFETY: as above, owned and leaving the burst.
+            unsafe { sys::tm_pktmbuf_free(m) }
+        }
+        for m in &mut self.bufs[k..self.len] {
+            *m = std::ptr::null_mut();
+        }
+        self.len = k;
     }
 
     /// The received mbufs, in place, for the balancer to rewrite before they are taken
@@ -340,13 +375,20 @@ impl Burst {
     /// (sent packets, sent bytes, dropped).
     #[inline]
     pub fn tx(&mut self, port: u16, queue: u16) -> (u64, u64, u64) {
-        if self.len == 0 {
-            return (0, 0, 0);
-        }
         let mut bytes = 0u64;
         for &m in &self.bufs[..self.len] {
             // SAFETY: queued mbufs are valid until handed to the driver below.
             bytes += u64::from(unsafe { (*m).pkt_len });
+        }
+        self.tx_counted(port, queue, bytes)
+    }
+
+    /// [`Burst::tx`] when the caller already knows the burst's `bytes` (the balancer
+    /// measured them): no second pass over the mbufs.
+    #[inline]
+    pub fn tx_counted(&mut self, port: u16, queue: u16, bytes: u64) -> (u64, u64, u64) {
+        if self.len == 0 {
+            return (0, 0, 0);
         }
         // SAFETY: this worker owns TX queue `queue` on `port`; the driver takes ownership of
         // the first `sent` mbufs.

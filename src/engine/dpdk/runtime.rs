@@ -407,23 +407,16 @@ fn worker_loop(ctx: &WorkerCtx) {
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
             // Every frame's first cache line at once: the burst's loads overlap.
-            let mut bytes = 0u64;
             for i in 0..n {
-                bytes += rx.prefetch(i) as u64;
+                rx.prefetch(i);
             }
-            lb.process_burst(&table, &pctx, rx.mbufs_mut(), &mut verdicts[..n], now);
-            for (i, v) in verdicts[..n].iter().enumerate() {
-                let m = rx.take(i);
-                match v {
-                    Verdict::Forward => fwd.push(m),
-                    Verdict::Exception if ctx.exception.is_some() => exc.push(m),
-                    Verdict::Exception | Verdict::Drop => drop(m),
-                }
-            }
-            rx.reset();
+            let (bytes, fwd_bytes) =
+                lb.process_burst(&table, &pctx, rx.mbufs_mut(), &mut verdicts[..n], now);
+            // The received burst becomes the TX burst in place.
+            rx.keep_forwarded(&verdicts[..n], ctx.exception.is_some().then_some(&mut exc));
             stats.add(w, C::RxPackets, n as u64);
             stats.add(w, C::RxBytes, bytes);
-            let (sent, sent_bytes, dropped) = fwd.tx(*port, q);
+            let (sent, sent_bytes, dropped) = rx.tx_counted(*port, q, fwd_bytes);
             stats.add(w, C::TxPackets, sent);
             stats.add(w, C::TxBytes, sent_bytes);
             stats.add(w, C::DropTxFull, dropped);

@@ -40,8 +40,6 @@ struct Ops {
     want_recv: [bool; 2],
     /// By source side: (buffer, offset, length) to write to the other side.
     send: [Option<(BufId, u32, u32)>; 2],
-    /// By source side: a second slice gathered behind `send`'s in the same call.
-    send2: [Option<(BufId, u32, u32)>; 2],
     connecting: bool,
     queued: bool,
 }
@@ -60,6 +58,9 @@ pub(crate) struct Epoll {
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
     ops: Vec<Ops>,
+    /// By slot and source side: a second slice gathered behind `Ops::send`'s in the
+    /// same `sendmsg` (kept apart so `Ops` stays small).
+    second: Vec<[Option<Slice>; 2]>,
     /// The token each socket was last registered with, by descriptor number (so a
     /// pooled socket taken back by the slot that registered it costs no syscall).
     tokens: Vec<u64>,
@@ -86,6 +87,7 @@ impl Epoll {
             free: (0..POOL_BUFFERS as BufId).rev().collect(),
             write_free: BufPool::write_ids().collect(),
             ops: Vec::new(),
+            second: Vec::new(),
             tokens: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
@@ -187,7 +189,8 @@ impl Epoll {
                     // SAFETY: the buffer belongs to this connection's queue until the
                     // send completes; off + len ≤ BUF_SIZE.
                     let data = unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
-                    let n = match o.send2[s] {
+                    let second = self.second.get(slot as usize).and_then(|x| x[s]);
+                    let n = match second {
                         Some((b2, off2, len2)) => {
                             // SAFETY: as above, for the second slice.
                             let more = unsafe {
@@ -201,7 +204,9 @@ impl Epoll {
                         o.writable[dst] = false;
                     } else {
                         o.send[s] = None;
-                        o.send2[s] = None;
+                        if let Some(x) = self.second.get_mut(slot as usize) {
+                            x[s] = None;
+                        }
                         self.done.push(Done::Send(c, side, n));
                     }
                 }
@@ -313,17 +318,22 @@ impl Io for Epoll {
 
     #[inline]
     fn send(&mut self, c: ConnRef, from: Side, _fd: RawFd, buf: BufId, off: u32, len: u32) {
-        let o = &mut self.ops[c.slot as usize];
-        o.send[from.idx()] = Some((buf, off, len));
-        o.send2[from.idx()] = None;
+        self.ops[c.slot as usize].send[from.idx()] = Some((buf, off, len));
+        if let Some(x) = self.second.get_mut(c.slot as usize) {
+            x[from.idx()] = None;
+        }
         self.enqueue(c.slot);
     }
 
     #[inline]
     fn sendv(&mut self, c: ConnRef, from: Side, _fd: RawFd, first: Slice, second: Slice) {
-        let o = &mut self.ops[c.slot as usize];
-        o.send[from.idx()] = Some(first);
-        o.send2[from.idx()] = Some(second);
+        let slot = c.slot as usize;
+        self.ops[slot].send[from.idx()] = Some(first);
+        if self.second.len() <= slot {
+            // Grows with the slab's high-water mark only.
+            self.second.resize(slot + 1, [None; 2]);
+        }
+        self.second[slot][from.idx()] = Some(second);
         self.enqueue(c.slot);
     }
 
@@ -369,7 +379,9 @@ impl Io for Epoll {
                 o.want_recv[side.idx()] = false;
                 // The send that writes to this side.
                 o.send[side.other().idx()] = None;
-                o.send2[side.other().idx()] = None;
+                if let Some(x) = self.second.get_mut(c.slot as usize) {
+                    x[side.other().idx()] = None;
+                }
             }
         }
         if fds[Side::Up.idx()] >= 0 {

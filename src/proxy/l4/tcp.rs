@@ -437,8 +437,15 @@ impl Conn {
             }
         }
         d.recv_armed = true;
-        // Both sockets stay this connection's until it closes.
-        io.recv_multi(self.me(slot), side, fd);
+        if self.tls.is_some() {
+            // Single-shot: a handshake may end in a kTLS hand-over, which needs nothing
+            // armed on the socket (a multishot receive could take records raw).
+            io.recv(self.me(slot), side, fd);
+        } else {
+            // Both sockets stay this connection's until it closes: one multishot
+            // receive each serves every message.
+            io.recv_multi(self.me(slot), side, fd);
+        }
     }
 
     #[inline]
