@@ -39,6 +39,7 @@ use dpdk_sys as sys;
 use super::{Backend, BackendKind};
 use crate::error::JobError;
 use crate::job::{Job, Op};
+use crate::record::AeadPlan;
 use crate::record::{DeviceKey, MAX_RECORD, TAG_LEN};
 use crate::suite::{CipherSuite, Direction, SessionError, TlsVersion, TrafficKeys};
 
@@ -680,10 +681,11 @@ impl Cryptodev {
         }
     }
 
-    /// Frame the job and write it into a free op and its mbuf. Returns the op index and
-    /// the job, or `None` when the job finished without the device (a failed check, or a
-    /// key in software): it is then in `done`.
-    fn prepare(&mut self, mut job: Box<Job>) -> Option<(u32, Box<Job>)> {
+    /// The job's device session and framing plan (both data paths start here), or
+    /// `None` when the job finished without the device and is already in `done`: its
+    /// session is gone, its key has no device session (suite not offered: software, per
+    /// key), or the framing check failed.
+    fn plan(&mut self, mut job: Box<Job>) -> Option<(Box<Job>, *mut c_void, AeadPlan)> {
         let j: &mut Job = &mut job;
         let Some(key) = j.key.as_deref() else {
             j.result = Err(JobError::SessionGone);
@@ -691,7 +693,6 @@ impl Cryptodev {
             return None;
         };
         let Some(sess) = key.device().and_then(|d| d.downcast_ref::<DevSession>()) else {
-            // This key has no device session (suite not offered): software, per key.
             job.run_software();
             self.done.push_back(job);
             return None;
@@ -701,14 +702,21 @@ impl Cryptodev {
             Op::Seal => key.plan_seal(j.seq, j.content_type, &mut j.buf, j.input_len),
             Op::Open => key.plan_open(j.seq, &j.buf, j.input_len),
         };
-        let plan = match planned {
-            Ok(p) => p,
+        match planned {
+            Ok(plan) => Some((job, sess, plan)),
             Err(e) => {
                 job.result = Err(e);
                 self.done.push_back(job);
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Frame the job and write it into a free op and its mbuf. Returns the op index and
+    /// the job, or `None` when the job finished without the device (a failed check, or a
+    /// key in software): it is then in `done`.
+    fn prepare(&mut self, job: Box<Job>) -> Option<(u32, Box<Job>)> {
+        let (mut job, sess, plan) = self.plan(job)?;
         let Some(i) = self.free_ops.pop() else {
             // One op per slot: cannot happen; fail the job rather than lose it.
             job.result = Err(JobError::Crypto);
@@ -838,30 +846,9 @@ impl Cryptodev {
     /// `done` (handed back by `dequeue`). Takes the whole burst.
     fn run_cpu(&mut self, sq: &mut VecDeque<Box<Job>>) -> usize {
         let taken = sq.len();
-        while let Some(mut job) = sq.pop_front() {
-            let j: &mut Job = &mut job;
-            let Some(key) = j.key.as_deref() else {
-                j.result = Err(JobError::SessionGone);
-                self.done.push_back(job);
+        while let Some(job) = sq.pop_front() {
+            let Some((mut job, sess, plan)) = self.plan(job) else {
                 continue;
-            };
-            let Some(sess) = key.device().and_then(|d| d.downcast_ref::<DevSession>()) else {
-                job.run_software();
-                self.done.push_back(job);
-                continue;
-            };
-            let sess = sess.sess;
-            let planned = match j.op {
-                Op::Seal => key.plan_seal(j.seq, j.content_type, &mut j.buf, j.input_len),
-                Op::Open => key.plan_open(j.seq, &j.buf, j.input_len),
-            };
-            let plan = match planned {
-                Ok(p) => p,
-                Err(e) => {
-                    job.result = Err(e);
-                    self.done.push_back(job);
-                    continue;
-                }
             };
             if self.cpu.sess != sess || self.cpu.jobs.len() == CPU_BURST {
                 self.flush_cpu();
