@@ -99,6 +99,7 @@ fn build() -> Result<(), String> {
         .allowlist_type("rte_eth_stats")
         .allowlist_type("rte_crypto_.*")
         .allowlist_type("rte_cryptodev_.*")
+        .allowlist_var("RTE_CRYPTODEV_FF_.*")
         .allowlist_var("RTE_MAX_ETHPORTS")
         .allowlist_var("RTE_MAX_LCORE")
         .allowlist_var("RTE_ETHER_ADDR_LEN")

@@ -42,3 +42,10 @@ void tm_crypto_op_free(struct rte_crypto_op *op) { rte_crypto_op_free(op); }
 int tm_crypto_op_attach_sym_session(struct rte_crypto_op *op, void *sess)
 { return rte_crypto_op_attach_sym_session(op, sess); }
 struct rte_crypto_sym_op *tm_crypto_op_sym(struct rte_crypto_op *op) { return op->sym; }
+
+void tm_pktmbuf_attach_extbuf(struct rte_mbuf *m, void *buf_addr, rte_iova_t buf_iova,
+                              uint16_t buf_len, struct rte_mbuf_ext_shared_info *shinfo)
+{ rte_pktmbuf_attach_extbuf(m, buf_addr, buf_iova, buf_len, shinfo); }
+void tm_pktmbuf_detach(struct rte_mbuf *m) { rte_pktmbuf_detach(m); }
+void tm_mbuf_ext_refcnt_set(struct rte_mbuf_ext_shared_info *shinfo, uint16_t value)
+{ rte_mbuf_ext_refcnt_set(shinfo, value); }

@@ -59,4 +59,11 @@ int tm_crypto_op_attach_sym_session(struct rte_crypto_op *op, void *sess);
 /* `rte_crypto_op.sym` is a zero-length union: the symmetric op follows the struct. */
 struct rte_crypto_sym_op *tm_crypto_op_sym(struct rte_crypto_op *op);
 
+/* External-buffer mbufs (rte_mbuf.h, static inline): a crypto op works on a job's own
+ * buffer instead of a copy in the mbuf's data room. */
+void tm_pktmbuf_attach_extbuf(struct rte_mbuf *m, void *buf_addr, rte_iova_t buf_iova,
+                              uint16_t buf_len, struct rte_mbuf_ext_shared_info *shinfo);
+void tm_pktmbuf_detach(struct rte_mbuf *m);
+void tm_mbuf_ext_refcnt_set(struct rte_mbuf_ext_shared_info *shinfo, uint16_t value);
+
 #endif

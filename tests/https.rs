@@ -380,6 +380,268 @@ fn openssl_pipelined(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A TLS-terminating http listener with a `cluster` (its TCP fallback): a client whose
+/// decrypted bytes are not HTTP/1.x is relayed as opaque TCP inside the same TLS session
+/// (counted `sniffed_tcp`), HTTP clients are still served, and the listener's
+/// `allowed_principals` hold for the fallback too (a reset, as on a TCP listener).
+fn tls_tcp_fallback(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let m = Mirror::start();
+    let echo = Echo::start();
+    let cfg = config(&pki, &mtls("STRICT"), m.addr)
+        .replace("    tls: {", "    cluster: e\n    tls: {")
+        .replace(
+            "clusters:\n",
+            &format!(
+                "clusters:\n  - {{name: e, endpoints: [\"{}\"]}}\n",
+                echo.addr
+            ),
+        );
+    let p = Proxy::start(kind, &cfg);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let client = |name: &str| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pki.certs("ca") {
+            roots.add(c).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(pki.certs(name), pki.key(name))
+            .unwrap(),
+        )
+    };
+    // Not HTTP: echoed through the fallback, in both directions, inside the session.
+    let (mut s, mut c) = tls_connect(addr, client("gateway"));
+    let mut t = rustls::Stream::new(&mut c, &mut s);
+    for msg in [&b"\x00\x01binary hello\n"[..], &[7u8; 50_000][..]] {
+        t.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        t.read_exact(&mut got).unwrap();
+        assert!(got == msg, "echo differs: {:?}", &got[..got.len().min(40)]);
+    }
+    t.conn.send_close_notify();
+    t.flush().unwrap();
+    let mut rest = Vec::new();
+    t.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(ls.get(L::SniffedTcp), 1);
+    // HTTP on the same listener still reaches the routes.
+    let (code, out, err) = curl_as(&pki, addr, "gateway", &[], "/ok");
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("GET /ok HTTP/1.1") && out.contains("status=200"),
+        "{out}"
+    );
+    // A principal the listener does not allow is reset, not relayed.
+    let accepted = echo.accepted();
+    let (mut s, mut c) = tls_connect(addr, client("intruder"));
+    let mut t = rustls::Stream::new(&mut c, &mut s);
+    let _ = t.write_all(b"\x00sneak\n");
+    let mut got = Vec::new();
+    assert!(
+        t.read_to_end(&mut got).is_err() || got.is_empty(),
+        "{got:?}"
+    );
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    assert_eq!(echo.accepted(), accepted, "nothing reached the fallback");
+}
+
+/// `%XX` back to bytes (test side of XFCC's URL-encoded PEM).
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// Envoy's XFCC options with curl --cert: `SANITIZE_SET` with every detail (Subject in
+/// RFC 2253 as openssl prints it, Cert/Chain as the client's PEM file URL-encoded, one
+/// `DNS=` per DNS SAN, URI), `SANITIZE`, `FORWARD_ONLY` (kept only for mTLS clients),
+/// `APPEND_FORWARD`, `ALWAYS_FORWARD_ONLY` (kept for a client without a certificate too).
+fn xfcc_modes_and_details(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    // A client whose subject needs escaping, with two DNS SANs and a SPIFFE ID.
+    let ext = pki.path("detailed.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway,DNS:a.example,DNS:b.example\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-subj", "/C=US/O=Tick, Mesh/CN=detailed client"])
+        .args([
+            "-keyout",
+            &pki.s("detailed.key"),
+            "-out",
+            &pki.s("detailed.csr"),
+        ]));
+    run(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &pki.s("detailed.csr"),
+        "-CA",
+        &pki.s("ca.pem"),
+        "-CAkey",
+        &pki.s("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &ext.display().to_string(),
+        "-out",
+        &pki.s("detailed.pem"),
+    ]));
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let subject = openssl(&[
+        "x509",
+        "-noout",
+        "-subject",
+        "-nameopt",
+        "RFC2253",
+        "-in",
+        &pki.s("detailed.pem"),
+    ]);
+    let subject = subject.strip_prefix("subject=").unwrap().to_string();
+    assert_eq!(subject, "CN=detailed client,O=Tick\\, Mesh,C=US");
+    let fp = openssl(&[
+        "x509",
+        "-noout",
+        "-fingerprint",
+        "-sha256",
+        "-in",
+        &pki.s("detailed.pem"),
+    ]);
+    let hash = fp
+        .rsplit('=')
+        .next()
+        .unwrap()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    let pem = std::fs::read_to_string(pki.path("detailed.pem")).unwrap();
+
+    let m = Mirror::start();
+    let start = |listener: &str, tls_extra: &str| {
+        let cfg = config(&pki, tls_extra, m.addr)
+            .replace("    tls: {", &format!("{listener}    tls: {{"));
+        let p = Proxy::start(kind, &cfg);
+        let addr = p.listener("l");
+        (p, addr)
+    };
+    let forged = "By=spiffe://upstream;URI=spiffe://forged";
+    let xfcc_of = |out: &str| -> Option<String> {
+        out.lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-client-cert: "))
+            .map(|v| v.trim_end().to_string())
+    };
+    let ask = |addr, cert: Option<&str>| {
+        let h = format!("x-forwarded-client-cert: {forged}");
+        let (code, out, err) = match cert {
+            Some(c) => curl_as(&pki, addr, c, &["-H", &h], "/x"),
+            None => curl(&pki, addr, &["-H", &h], &["https://localhost:PORT/x"]),
+        };
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("status=200") || cert.is_none(), "{out}");
+        xfcc_of(&out)
+    };
+    let mtls = ", client_ca: {dir}/ca.pem";
+    let by = "By=spiffe://example.org/ns/mesh/sa/proxy";
+
+    // SANITIZE_SET with every detail: ours only, in Envoy's key order.
+    let (_p, addr) = start(
+        "    forward_client_cert_details: SANITIZE_SET\n    set_current_client_cert_details: {subject: true, cert: true, chain: true, dns: true, uri: true}\n",
+        mtls,
+    );
+    let got = ask(addr, Some("detailed")).expect("an XFCC header");
+    let pairs: Vec<&str> = got.split(';').collect();
+    assert_eq!(pairs[0], by, "{got}");
+    assert_eq!(pairs[1], format!("Hash={hash}"), "{got}");
+    let cert = pairs[2].strip_prefix("Cert=").expect("Cert=");
+    assert!(
+        !cert.contains(['\n', '/', '+', '=', ' ']),
+        "URL-encoded: {cert}"
+    );
+    assert_eq!(url_decode(cert), pem, "Cert= is the client's PEM");
+    let chain = pairs[3].strip_prefix("Chain=").expect("Chain=");
+    // curl (OpenSSL) completes the chain from --cacert: leaf, then the CA.
+    let ca = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
+    assert_eq!(
+        url_decode(chain),
+        format!("{pem}{ca}"),
+        "Chain= is what the client sent"
+    );
+    assert_eq!(pairs[4], format!("Subject=\"{subject}\""), "{got}");
+    assert_eq!(
+        &pairs[5..],
+        [
+            "URI=spiffe://example.org/ns/trading/sa/gateway",
+            "DNS=a.example",
+            "DNS=b.example"
+        ],
+        "{got}"
+    );
+    drop(_p);
+
+    // SANITIZE: nothing goes upstream.
+    let (_p, addr) = start("    forward_client_cert_details: SANITIZE\n", mtls);
+    assert_eq!(ask(addr, Some("detailed")), None);
+    drop(_p);
+
+    // FORWARD_ONLY: the client's header as it came (mTLS).
+    let (_p, addr) = start("    forward_client_cert_details: FORWARD_ONLY\n", mtls);
+    assert_eq!(ask(addr, Some("gateway")).as_deref(), Some(forged));
+    drop(_p);
+
+    // APPEND_FORWARD with Envoy's default details: By and Hash after the client's.
+    let (_p, addr) = start("    forward_client_cert_details: APPEND_FORWARD\n", mtls);
+    assert_eq!(
+        ask(addr, Some("detailed")),
+        Some(format!("{forged},{by};Hash={hash}"))
+    );
+    drop(_p);
+
+    // Without a client certificate (no client_ca): FORWARD_ONLY drops the client's
+    // header, ALWAYS_FORWARD_ONLY keeps it.
+    let (_p, addr) = start("    forward_client_cert_details: FORWARD_ONLY\n", "");
+    assert_eq!(ask(addr, None), None);
+    drop(_p);
+    let (_p, addr) = start("    forward_client_cert_details: ALWAYS_FORWARD_ONLY\n", "");
+    assert_eq!(ask(addr, None).as_deref(), Some(forged));
+}
+
 /// mTLS: the allowed principal passes with `x-forwarded-client-cert` set (a forged one
 /// from the client is dropped); another principal gets a 403 over its session; a
 /// certificate from another CA fails the handshake.
@@ -670,6 +932,8 @@ per_engine!(
     curl_keepalive_sni_bodies,
     openssl_pipelined,
     mtls_principals_and_xfcc,
+    xfcc_modes_and_details,
+    tls_tcp_fallback,
     permissive,
     upgrade_over_tls,
     bad_input,

@@ -437,6 +437,53 @@ fn max_ejection_percent_caps(kind: EngineKind) {
     );
 }
 
+/// Split counting (`split_external_local_origin_errors`): connect failures to a dead
+/// endpoint are local-origin failures, not 5xx — with `consecutive_5xx: 1` it would
+/// go at the first one otherwise — and it is ejected by its run of 3 of them, counted
+/// as a local-origin ejection. The volumes show the two origins apart.
+fn split_local_origin_errors_count_apart(kind: EngineKind) {
+    let good = Backend::start(200);
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{dead}\"]\n    outlier_detection: {{consecutive_5xx: 1, split_external_local_origin_errors: true, consecutive_local_origin_failure: 3, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 50}}\n",
+            good.addr
+        )),
+    );
+    let addr = d.listener();
+    wait_until(
+        "the dead endpoint is ejected by local-origin failures",
+        Duration::from_secs(10),
+        || {
+            assert_eq!(
+                get(addr, "/a"),
+                200,
+                "the connect moves to the next endpoint"
+            );
+            let h = d.health("svc", dead);
+            assert_eq!(h.consecutive_5xx, 0, "a local failure is no 5xx: {h:?}");
+            h.state == "ejected"
+        },
+    );
+    assert_eq!(cluster_counter(&d, |c| c.ejections_local_origin), 1);
+    assert!(d.counter("svc", dead, "rq_local_origin_error") >= 3);
+    assert_eq!(d.counter("svc", dead, "rq_error"), 0, "no status came");
+    let served = d.counter("svc", good.addr, "rq_success");
+    assert!(served >= 1);
+    assert_eq!(
+        d.counter("svc", good.addr, "rq_local_origin_success"),
+        served,
+        "each response is a local-origin success too"
+    );
+    assert_eq!(d.health("svc", good.addr).state, "healthy");
+    let table = tickmesh::control::client::stats_table(&d.plane.stats());
+    assert!(
+        table.contains("1 ejected by local-origin failures"),
+        "{table}"
+    );
+}
+
 // === DestinationRule traffic policy ===
 
 /// A DestinationRule applied live governs its cluster: round robin before it, sticky
@@ -655,6 +702,30 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
         1,
         "{before:?} → {after:?}"
     );
+    // And through a query parameter (Istio `httpQueryParameterName`).
+    d.plane
+        .apply(
+            &format!(
+                "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpQueryParameterName: user}}}}}}\n",
+                http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+            ),
+            Format::Yaml,
+            true,
+        )
+        .expect("applies");
+    let addr = d.listener();
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..10 {
+        let before = counts();
+        for i in 0..4 {
+            assert_eq!(get(addr, &format!("/q?page={i}&user=u{user}")), 200);
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "u{user}: {before:?} → {after:?}");
+        homes.insert(moved[0]);
+    }
+    assert!(homes.len() >= 2, "10 users spread: {homes:?}");
     d.engine.take();
 }
 
@@ -700,6 +771,102 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
         h.checks_failed >= 2 && h.checks_total > h.checks_failed,
         "{h:?}"
     );
+}
+
+/// A TCP health check (Envoy `tcp_health_check: {}`) on an L4 cluster: the endpoint
+/// nothing listens on is taken out after `unhealthy_threshold` failed connects, and
+/// connections stop trying it; the live one passes its checks.
+fn tcp_checks_take_out_a_dead_endpoint(kind: EngineKind) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
+clusters:
+  - name: svc
+    endpoints: ["{dead}", "{}"]
+    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]
+"#,
+            echo.addr
+        ),
+    );
+    wait_until(
+        "the dead endpoint fails its checks",
+        Duration::from_secs(5),
+        || d.health("svc", dead).state == "unhealthy",
+    );
+    wait_until("the live one passes", Duration::from_secs(5), || {
+        let h = d.health("svc", echo.addr);
+        h.checks_total >= 2 && h.checks_failed == 0 && h.state == "healthy"
+    });
+    let fails = d.counter("svc", dead, "connect_fail");
+    let addr = d.listener();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+    }
+    assert_eq!(
+        d.counter("svc", dead, "connect_fail"),
+        fails,
+        "a failing endpoint is not tried"
+    );
+}
+
+/// Envoy's `successful_active_health_check_uneject_host` (default true): an endpoint
+/// ejected for its 5xx while its active check passes comes back at the next passing
+/// check, long before its 30 s ejection ends (its multiplier kept); with the field
+/// false it stays out.
+fn passing_check_ends_an_ejection(kind: EngineKind) {
+    let a = Backend::start(200);
+    let b = Backend::start(500);
+    let cfg = |uneject: &str| {
+        http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\"]\n    outlier_detection: {{consecutive_5xx: 2, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50{uneject}}}\n    health_checks:\n      - {{timeout: 500ms, interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, http_health_check: {{path: /healthz, expected_statuses: [{{start: 200, end: 600}}]}}}}\n",
+            a.addr, b.addr
+        ))
+    };
+    let mut d = Daemon::start(kind, &cfg(""));
+    let addr = d.listener();
+    let ejected = |d: &Daemon| d.health("svc", b.addr).ejections_total;
+    wait_until("b is ejected for its 5xx", Duration::from_secs(5), || {
+        get(addr, "/a");
+        ejected(&d) >= 1
+    });
+    wait_until(
+        "a passing check brings b back",
+        Duration::from_secs(5),
+        || d.health("svc", b.addr).state == "healthy",
+    );
+    let h = d.health("svc", b.addr);
+    assert!(h.times_ejected >= 1, "the multiplier stays: {h:?}");
+    assert!(cluster_counter(&d, |c| c.unejections_by_check) >= 1);
+    // Off: the ejection runs its 30 s.
+    d.plane
+        .apply(
+            &cfg(", successful_active_health_check_uneject_host: false"),
+            Format::Yaml,
+            true,
+        )
+        .expect("applies");
+    let addr = d.listener();
+    let before = ejected(&d);
+    wait_until("b is ejected again", Duration::from_secs(5), || {
+        get(addr, "/b");
+        ejected(&d) > before
+    });
+    let checks = b.checks.load(Ordering::SeqCst);
+    wait_until("checks keep passing", Duration::from_secs(5), || {
+        b.checks.load(Ordering::SeqCst) >= checks + 3
+    });
+    assert_eq!(d.health("svc", b.addr).state, "ejected");
+    d.engine.take();
 }
 
 /// Priority failover: the backup (priority 1) takes traffic only while the primary
@@ -902,7 +1069,114 @@ fn generated_hash_cookie_sticks(kind: EngineKind) {
     assert!(homes.len() >= 2, "8 clients spread: {homes:?}");
 }
 
+/// Envoy route-level `hash_policy` on a Maglev cluster: a `cookie` with `ttl` is made up
+/// for a client without it (`Set-Cookie` with the route's path) and sticks; a
+/// `query_parameter` keys by its value (spread over the endpoints); the source IP keys
+/// every request from one client to one endpoint.
+fn route_hash_policies_stick(kind: EngineKind) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let d = Daemon::start(
+        kind,
+        &format!(
+            r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - {{name: svc, lb_policy: maglev, endpoints: [{}]}}
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{prefix: /c}}
+            route:
+              cluster: svc
+              hash_policy:
+                - header: {{header_name: x-absent}}
+                  terminal: true
+                - cookie: {{name: sticky, ttl: 30s, path: /c}}
+          - match: {{prefix: /q}}
+            route:
+              cluster: svc
+              hash_policy: [{{query_parameter: {{name: user}}, terminal: true}}, {{header: {{header_name: x-noise}}}}]
+          - match: {{prefix: /ip}}
+            route: {{cluster: svc, hash_policy: [{{connection_properties: {{source_ip: true}}}}]}}
+"#,
+            eps.join(", ")
+        ),
+    );
+    let addr = d.listener();
+    let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
+    let fetch = |path: &str, headers: &str| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
+    };
+    // Sends `n` requests; the one endpoint that served them all.
+    let home = |n: usize, send: &dyn Fn()| {
+        let before = counts();
+        for _ in 0..n {
+            send();
+        }
+        let after = counts();
+        let moved: Vec<usize> = (0..3).filter(|&i| after[i] != before[i]).collect();
+        assert_eq!(moved.len(), 1, "one endpoint: {before:?} → {after:?}");
+        assert_eq!(after[moved[0]] - before[moved[0]], n);
+        moved[0]
+    };
+    // The cookie: made up once, then carried back.
+    for _ in 0..3 {
+        let first = fetch("/c/x", "");
+        let line = first
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        assert!(line.ends_with("; Max-Age=30; Path=/c; HttpOnly"), "{line}");
+        let value = line
+            .split_once("sticky=\"")
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| panic!("{line}"));
+        home(4, &|| {
+            let r = fetch("/c/y", &format!("cookie: sticky=\"{value}\"\r\n"));
+            assert!(!r.to_ascii_lowercase().contains("set-cookie"), "{r}");
+        });
+    }
+    // The query parameter (terminal: the varying x-noise header does not count).
+    let mut homes = std::collections::HashSet::new();
+    for user in 0..10 {
+        let noise = std::cell::Cell::new(0);
+        homes.insert(home(4, &|| {
+            noise.set(noise.get() + 1);
+            fetch(
+                &format!("/q?a=1&user=u{user}"),
+                &format!("x-noise: {}\r\n", noise.get()),
+            );
+        }));
+    }
+    assert!(homes.len() >= 2, "10 users spread: {homes:?}");
+    // The source IP: every request from 127.0.0.1 to one endpoint, no cookie set.
+    home(6, &|| {
+        let r = fetch("/ip", "");
+        assert!(!r.to_ascii_lowercase().contains("set-cookie"), "{r}");
+    });
+}
+
 per_engine!(
+    tcp_checks_take_out_a_dead_endpoint,
+    passing_check_ends_an_ejection,
+    route_hash_policies_stick,
+    split_local_origin_errors_count_apart,
     generated_hash_cookie_sticks,
     istio_locality_failover,
     success_rate_ejects_and_returns,
@@ -938,8 +1212,48 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "enforcing_consecutive_5xx",
         ),
         (
-            "outlier_detection: {split_external_local_origin_errors: true}",
+            "outlier_detection: {consecutive_local_origin_failure: 3}",
+            "outlier_detection.consecutive_local_origin_failure: takes effect only with `split_external_local_origin_errors: true`",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: false, enforcing_local_origin_success_rate: 0}",
+            "outlier_detection.enforcing_local_origin_success_rate",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_consecutive_local_origin_failure: 101}",
+            "outlier_detection.enforcing_consecutive_local_origin_failure: 101 is over 100",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_failure_percentage_local_origin: 200}",
+            "outlier_detection.enforcing_failure_percentage_local_origin",
+        ),
+        (
+            "outlier_detection: {max_ejection_time_jitter: soon}",
+            "outlier_detection: invalid duration `soon`",
+        ),
+        (
+            "outlier_detection: {always_eject_one_host: 3}",
+            "always_eject_one_host",
+        ),
+        (
+            "outlier_detection: {monitors: []}",
+            "monitors",
+        ),
+        (
+            "outlier_detection: {successful_active_health_check_uneject_host: maybe}",
+            "successful_active_health_check_uneject_host",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: yes please}",
             "split_external_local_origin_errors",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, consecutive_local_origin_failure: -2}",
+            "consecutive_local_origin_failure",
+        ),
+        (
+            "outlier_detection: {split_external_local_origin_errors: true, enforcing_local_origin_failure: 5}",
+            "enforcing_local_origin_failure",
         ),
         (
             "outlier_detection: {enforcing_success_rate: 101}",
@@ -970,8 +1284,16 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "path",
         ),
         (
-            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]",
-            "tcp_health_check",
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}, http_health_check: {path: /h}}]",
+            "health_checks[0]: give exactly one of http_health_check, tcp_health_check",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1}]",
+            "health_checks[0]: give exactly one of",
+        ),
+        (
+            "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {send: {text: \"00\"}}}]",
+            "send",
         ),
         (
             "health_checks: [{timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h}}]",
@@ -998,6 +1320,10 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             "is not a cookie path",
         ),
         ("healthy_panic_threshold: 101", "healthy_panic_threshold"),
+        (
+            "lb_policy: maglev\n    hash_policy: {query_parameter: u, header: x}",
+            "exactly one key",
+        ),
 
         (
             "health_checks: [{interval: 1s, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {path: /h, expected_statuses: [{start: 300, end: 200}]}}]",
@@ -1011,6 +1337,72 @@ fn malformed_health_settings_are_errors_naming_the_field() {
             .expect_err(&format!("{extra} must be refused"));
         let text = e.to_string();
         assert!(text.contains(names), "`{extra}`: {text}");
+    }
+}
+
+#[test]
+fn malformed_route_hash_policies_are_errors_naming_the_field() {
+    let cases = [
+        (
+            "[{filter_state: {key: k}}]",
+            "hash_policy[0].filter_state: hashing on filter state is not supported",
+        ),
+        (
+            "[{header: {header_name: x}, cookie: {name: s}}]",
+            "hash_policy[0]: set exactly one of",
+        ),
+        ("[{terminal: true}]", "hash_policy[0]: set exactly one of"),
+        (
+            "[{header: {header_name: \"bad name\"}}]",
+            "hash_policy[0].header.header_name",
+        ),
+        (
+            "[{header: {header_name: x, regex_rewrite: {}}}]",
+            "regex_rewrite",
+        ),
+        (
+            "[{query_parameter: {name: \"\"}}]",
+            "hash_policy[0].query_parameter.name",
+        ),
+        ("[{query_parameter: {}}]", "name"),
+        (
+            "[{connection_properties: {source_ip: false}}]",
+            "hash_policy[0].connection_properties.source_ip",
+        ),
+        (
+            "[{cookie: {name: s, path: /}}]",
+            "hash_policy[0].cookie.path: only a generated cookie",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h, path: nope}}]",
+            "is not a cookie path",
+        ),
+        (
+            "[{cookie: {name: s, ttl: soon}}]",
+            "invalid duration `soon`",
+        ),
+        (
+            "[{cookie: {name: \"a;b\", ttl: 1h}}]",
+            "hash_policy[0].cookie.name",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h, attributes: [{name: SameSite}]}}]",
+            "attributes",
+        ),
+        (
+            "[{cookie: {name: s, ttl: 1h}}, {cookie: {name: t, ttl: 1m}}]",
+            "hash_policy[1].cookie.ttl: a route generates at most one hash cookie",
+        ),
+        ("{header: {header_name: x}}", "hash_policy"),
+    ];
+    for (policy, names) in cases {
+        let yaml = format!(
+            "clusters:\n  - {{name: svc, lb_policy: maglev, endpoints: [\"127.0.0.1:1\"]}}\nroute_configs:\n  - name: rc\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: /}}\n            route: {{cluster: svc, hash_policy: {policy}}}\n"
+        );
+        let e = tickmesh::config::parse(&yaml, Format::Yaml)
+            .expect_err(&format!("{policy} must be refused"));
+        let text = e.to_string();
+        assert!(text.contains(names), "`{policy}`: {text}");
     }
 }
 
@@ -1054,10 +1446,52 @@ fn malformed_destination_rule_policies_are_errors() {
             "outlierDetection.minHealthPercent",
         ),
         (
-            "outlierDetection: {splitExternalLocalOriginErrors: true}",
+            "outlierDetection: {consecutiveLocalOriginFailures: 3}",
+            "outlierDetection.consecutiveLocalOriginFailures: takes effect only with `splitExternalLocalOriginErrors: true`",
+        ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: 1}",
             "splitExternalLocalOriginErrors",
         ),
+        (
+            "outlierDetection: {splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailure: 3}",
+            "consecutiveLocalOriginFailure",
+        ),
         ("loadBalancer: {simple: PASSTHROUGH}", "PASSTHROUGH"),
+        ("tls: {mode: ISTIO_MUTUAL}", "tls.mode: ISTIO_MUTUAL needs Istio's workload certificates"),
+        ("tls: {mode: STRICT}", "`STRICT` is not a TLS mode"),
+        ("tls: {mode: SIMPLE, sni: a}", "tls.caCertificates: give the CA bundle"),
+        ("tls: {mode: SIMPLE, caCertificates: /ca.pem}", "tls.sni: give the upstream's name"),
+        (
+            "tls: {mode: MUTUAL, caCertificates: /ca.pem, sni: a, clientCertificate: /c.pem}",
+            "MUTUAL needs both clientCertificate and privateKey",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, privateKey: /c.key}",
+            "clientCertificate/privateKey are for mode MUTUAL",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, subjectAltNames: [b]}",
+            "tls.subjectAltNames: `b` is not the sni name",
+        ),
+        (
+            "tls: {mode: SIMPLE, caCertificates: /ca.pem, sni: a, insecureSkipVerify: true}",
+            "tls.insecureSkipVerify",
+        ),
+        ("tls: {mode: DISABLE, sni: a}", "mode DISABLE takes no certificates or sni"),
+        ("tls: {mode: SIMPLE, credentialName: secret}", "credentialName"),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: \"\"}}",
+            "consistentHash.httpQueryParameterName: is empty",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: u, useSourceIp: true}}",
+            "give exactly one key",
+        ),
+        (
+            "loadBalancer: {consistentHash: {httpQueryParameterName: [u]}}",
+            "httpQueryParameterName",
+        ),
         (
             "loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}",
             "loadBalancer",

@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -382,6 +382,172 @@ fn offload_backend_choices(kind: EngineKind) {
     }
 }
 
+/// `offload.backend: ktls`. Without the kernel's `tls` module (this VM) the engine falls
+/// back to the software ring with the reason logged, no connection tries the kernel, and
+/// TLS works through the ring. With the module, each side's keys go to the kernel after
+/// the handshake: every suite of TLS 1.3 and 1.2 (openssl s_client) and a rustls client
+/// get their echo through the kernel, which ends the stream with close_notify (rustls's
+/// `read_to_end` fails on an EOF without one), and the engine opens no record.
+fn ktls_hand_over(kind: EngineKind) {
+    use tickmesh::telemetry::OffloadCounter as O;
+    let probe = tickmesh_offload::ktls::probe();
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let yaml = format!(
+        "offload: {{backend: ktls}}\n{}",
+        pki.listener_yaml("", g.addr, "")
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    assert_eq!(
+        tls_line(addr, pki.client(None), b"k\n").unwrap(),
+        b"echo:k\n"
+    );
+    let ls = p.stats.listener("l");
+    let o = p.stats.offload();
+    if !probe.available {
+        eprintln!(
+            "SKIP ktls_hand_over (kernel part): {}; checked the fallback to the software ring",
+            probe.detail
+        );
+        assert_eq!(
+            o.get(O::Backend),
+            1,
+            "the engine fell back to software-inline"
+        );
+        assert_eq!(ls.get(L::TlsKtlsHandovers), 0);
+        assert_eq!(
+            ls.get(L::TlsKtlsFallbacks),
+            0,
+            "no connection tries a kernel without the module"
+        );
+        assert!(ls.get(L::TlsRecordsOffloaded) >= 2);
+        return;
+    }
+    assert_eq!(o.get(O::Backend), 3, "ktls");
+    assert_eq!(ls.get(L::TlsKtlsHandovers) + ls.get(L::TlsKtlsFallbacks), 1);
+    if !have("openssl") {
+        eprintln!("SKIP ktls_hand_over (openssl part): no openssl CLI");
+        return;
+    }
+    for (version, flag, suite) in [
+        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    ] {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                "-quiet",
+                version,
+                flag,
+                suite,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"kernel\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "echo:kernel\n",
+            "{suite}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        ls.get(L::TlsKtlsHandovers) >= 1,
+        "some side went to the kernel"
+    );
+    assert_eq!(ls.get(L::TlsRecordErrors), 0);
+}
+
+/// `tls.session_tickets`: with tickets (default 2) `openssl s_client -sess_out/-sess_in`
+/// resumes a TLS 1.3 session; with `0` it gets none and the second handshake is full.
+/// TLS 1.2 still resumes by session ID with `0` (the server's cache, as in Envoy).
+fn session_tickets_resume(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP session_tickets_resume: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    let s_client = |addr: SocketAddr, version: &str, flag: &str| -> String {
+        let mut child = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.s("ca.pem"),
+                "-verify_return_error",
+                // Read on after stdin ends, until the proxy closes (the echo, the tickets).
+                "-ign_eof",
+                version,
+                flag,
+                sess.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"t\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            text.contains("echo:t"),
+            "{version} {flag} {addr}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // (listener setting, version, tickets expected, resumes)
+    for (setting, version, tickets, resumes) in [
+        ("", "-tls1_3", 2, true),
+        (", session_tickets: 3", "-tls1_3", 3, true),
+        (", session_tickets: 0", "-tls1_3", 0, false),
+        (", session_tickets: 0", "-tls1_2", 0, true),
+    ] {
+        let p = Proxy::start(kind, &pki.listener_yaml(setting, g.addr, ""));
+        let addr = p.listener("l");
+        let _ = std::fs::remove_file(&sess);
+        let first = s_client(addr, version, "-sess_out");
+        assert!(first.contains("New, TLSv1."), "{first}");
+        assert_eq!(
+            first.matches("New Session Ticket arrived").count(),
+            tickets,
+            "{version}{setting}: {first}"
+        );
+        if !resumes {
+            // No ticket, so s_client has no session to keep.
+            assert!(!sess.exists(), "{version}{setting}");
+            continue;
+        }
+        let second = s_client(addr, version, "-sess_in");
+        assert!(
+            second.contains("Reused, TLSv1."),
+            "{version}{setting}: expected a resumed session: {second}"
+        );
+    }
+}
+
 fn permissive_sniffs(kind: EngineKind) {
     let pki = Pki::new();
     let g = Greeter::start();
@@ -411,12 +577,8 @@ fn originate_to_openssl(kind: EngineKind) {
     }
     let pki = Pki::new();
     for (version, mtls) in [("-tls1_3", false), ("-tls1_2", false), ("-tls1_3", true)] {
-        let port = dead_addr().port();
         let mut args = vec![
-            "s_server".to_string(),
-            "-rev".into(),
-            "-accept".into(),
-            format!("127.0.0.1:{port}"),
+            "-rev".to_string(),
             "-cert".into(),
             pki.s("server.pem"),
             "-key".into(),
@@ -431,16 +593,7 @@ fn originate_to_openssl(kind: EngineKind) {
                 pki.s("ca.pem"),
             ]);
         }
-        let mut server = Command::new("openssl")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_until("s_server to listen", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok_and(|_| true)
-        });
+        let (mut server, port) = s_server(&args);
         let client = if mtls {
             format!(
                 ", cert: {}, key: {}",
@@ -481,6 +634,132 @@ fn originate_to_openssl(kind: EngineKind) {
         let _ = server.kill();
         let _ = server.wait();
     }
+}
+
+/// The same origination from an Envoy cluster (`transport_socket`
+/// `envoy.transport_sockets.tls` with an `UpstreamTlsContext`: SNI, trusted CA, client
+/// certificate) and from an Istio DestinationRule (`trafficPolicy.tls` MUTUAL): each is
+/// the native cluster `tls:`; mTLS to `openssl s_server -Verify`.
+fn originate_from_envoy_and_istio_tls(kind: EngineKind) {
+    if !have("openssl") {
+        eprintln!("SKIP originate_from_envoy_and_istio_tls: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let args: Vec<String> = [
+        "-rev",
+        "-cert",
+        &pki.s("server.pem"),
+        "-key",
+        &pki.s("server.key"),
+        "-Verify",
+        "1",
+        "-CAfile",
+        &pki.s("ca.pem"),
+    ]
+    .map(String::from)
+    .to_vec();
+    let (mut server, port) = s_server(&args);
+    let yaml = format!(
+        r#"listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: c}}
+---
+static_resources:
+  clusters:
+  - name: c
+    load_assignment:
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: orders.internal
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: {}}}
+            private_key: {{filename: {}}}
+          validation_context:
+            trusted_ca: {{filename: {}}}
+"#,
+        pki.s("gateway.pem"),
+        pki.s("gateway.key"),
+        pki.s("ca.pem")
+    );
+    let istio = format!(
+        r#"listeners:
+  - {{name: l, address: "127.0.0.1:0", cluster: c}}
+clusters:
+  - {{name: c, endpoints: ["127.0.0.1:{port}"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: c}}
+spec:
+  host: c
+  trafficPolicy:
+    tls: {{mode: MUTUAL, sni: orders.internal, caCertificates: {}, clientCertificate: {}, privateKey: {}}}
+"#,
+        pki.s("ca.pem"),
+        pki.s("gateway.pem"),
+        pki.s("gateway.key")
+    );
+    for (form, yaml) in [("envoy", yaml), ("istio", istio)] {
+        let p = Proxy::start(kind, &yaml);
+        let mut s = connect(p.listener("l"));
+        s.write_all(b"hello\n").unwrap();
+        let mut got = [0u8; 6];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"olleh\n", "{form}");
+        assert_eq!(p.stats.cluster("c").get(U::TlsHandshakes), 1, "{form}");
+        drop(s);
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `openssl s_server` with `args` on a free loopback port, and that port. A probed port
+/// may be taken by another process before s_server binds it (EADDRINUSE: s_server exits
+/// without listening), and a connect alone could then reach that other process; so
+/// s_server's own `ACCEPT` line (printed once it listens) is awaited, and a server that
+/// exits or stays silent is replaced on a new port — at most 5 ports, 10 s each.
+fn s_server(args: &[String]) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    for attempt in 1..=5 {
+        let port = dead_addr().port();
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl runs");
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drains s_server's stdout for its whole life (a full pipe would stall it).
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("ACCEPT") => return (child, port),
+                Ok(_) => {}
+                // Exited (its stdout closed) or silent for 10 s.
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("openssl s_server did not listen on port {port} (attempt {attempt} of 5)");
+    }
+    panic!("openssl s_server could not listen on any of 5 ports");
 }
 
 /// `openssl s_client` against tickmesh: every TLS 1.3 and TLS 1.2 ECDHE+AEAD suite,
@@ -872,9 +1151,12 @@ per_engine!(
     offloaded_records_byte_exact,
     openssl_client_byte_exact,
     offload_backend_choices,
+    ktls_hand_over,
+    session_tickets_resume,
     bad_records,
     permissive_sniffs,
     originate_to_openssl,
+    originate_from_envoy_and_istio_tls,
     openssl_client_suites,
     curl_https,
     sni_picks_certificate,

@@ -1,7 +1,9 @@
 //! Records per second through the DPDK cryptodev backend (crypto_openssl and
 //! crypto_aesni_gcm virtual devices, `--no-huge`) vs the software backend inline, for 64 B
 //! and 1 KiB records, seal and open, AES-128-GCM TLS 1.3, batch 32 with up to 64 jobs in
-//! flight. Variants run in alternating short bursts (noisy shared host); medians printed.
+//! flight. Each driver runs on each data path it can take (copy; zero copy: external mbuf
+//! buffers, CPU crypto in place). Variants run in alternating short bursts (noisy shared
+//! host); medians printed.
 //!
 //! `cargo bench -p tickmesh-offload --features dpdk --bench cryptodev`
 //! (`CRYPTODEV_ROUNDS` sets the rounds; without `--features dpdk` it says so and exits).
@@ -14,7 +16,7 @@ fn main() {
 #[cfg(feature = "dpdk")]
 fn main() {
     use std::time::Instant;
-    use tickmesh_offload::backend::cryptodev::{set_driver, Driver};
+    use tickmesh_offload::backend::cryptodev::{set_data_path, set_driver, DataPath, Driver};
     use tickmesh_offload::*;
 
     const BATCH: usize = 32;
@@ -24,8 +26,12 @@ fn main() {
         .unwrap_or(9);
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
 
-    let make = |choice: BackendChoice, driver: Option<Driver>| -> Option<(Engine, SessionId)> {
+    let make = |choice: BackendChoice,
+                driver: Option<Driver>,
+                path: Option<DataPath>|
+     -> Option<(Engine, SessionId)> {
         set_driver(driver);
+        set_data_path(path);
         let mut e = match Engine::new(EngineConfig {
             backend: choice,
             slots: BATCH * 2,
@@ -52,14 +58,23 @@ fn main() {
         Some((e, id))
     };
     let mut variants: Vec<(&str, Engine, SessionId)> = Vec::new();
-    if let Some((e, id)) = make(BackendChoice::Software, None) {
+    if let Some((e, id)) = make(BackendChoice::Software, None, None) {
         variants.push(("software-inline", e, id));
     }
-    for (name, d) in [
-        ("cryptodev-openssl", Driver::Openssl),
-        ("cryptodev-aesni-gcm", Driver::AesniGcm),
+    // Each driver on each data path it can take: the copy path (what hardware devices
+    // get, and what every device got before zero copy) against the zero-copy ones.
+    for (name, d, path) in [
+        ("openssl/copy", Driver::Openssl, DataPath::Copy),
+        ("openssl/extbuf", Driver::Openssl, DataPath::ExternalBuffer),
+        ("aesni-gcm/copy", Driver::AesniGcm, DataPath::Copy),
+        (
+            "aesni-gcm/extbuf",
+            Driver::AesniGcm,
+            DataPath::ExternalBuffer,
+        ),
+        ("aesni-gcm/cpu", Driver::AesniGcm, DataPath::CpuCrypto),
     ] {
-        if let Some((e, id)) = make(BackendChoice::Cryptodev, Some(d)) {
+        if let Some((e, id)) = make(BackendChoice::Cryptodev, Some(d), Some(path)) {
             variants.push((name, e, id));
         }
     }
@@ -113,7 +128,7 @@ fn main() {
         }
         // Opens: records sealed by software at rx sequence numbers 0.. of each variant.
         for (k, (_, e, id)) in variants.iter_mut().enumerate() {
-            let mut sw = make(BackendChoice::Software, None).unwrap();
+            let mut sw = make(BackendChoice::Software, None, None).unwrap();
             for _ in 0..rounds {
                 let (_, rx) = e.sequence_numbers(*id).unwrap();
                 // Bring the reference session to the same sequence number.

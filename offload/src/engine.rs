@@ -102,6 +102,8 @@ pub struct Engine {
     kind: BackendKind,
     reason: String,
     ktls: bool,
+    /// The backend runs jobs on the caller's CPU: run them at submission ([`Engine::queue`]).
+    at_submit: bool,
     cfg: EngineConfig,
     sessions: Vec<SessionSlot>,
     free_sessions: Vec<u32>,
@@ -126,6 +128,7 @@ impl Engine {
         }
         let sel = backend::select(cfg.backend, cfg.slots, cfg.batch)?;
         Ok(Engine {
+            at_submit: sel.backend.runs_at_submit(),
             backend: sel.backend,
             kind: sel.kind,
             reason: sel.reason,
@@ -311,6 +314,7 @@ impl Engine {
 
     /// Queue a seal job: `payload` becomes one record of `content_type`. The result (the
     /// full record) arrives in a completion tagged `tag`.
+    #[inline]
     pub fn submit_seal(
         &mut self,
         id: SessionId,
@@ -326,6 +330,7 @@ impl Engine {
     /// Like [`Engine::submit_seal`], but `fill` writes the `len`-byte payload straight into
     /// the job's buffer (saves a copy when the payload comes from a socket read).
     /// `fill` is not called if the job fails before running (e.g. `len` over 2^14).
+    #[inline]
     pub fn submit_seal_with(
         &mut self,
         id: SessionId,
@@ -362,7 +367,7 @@ impl Engine {
                 let off = s.tx.payload_offset();
                 set_key(&mut job, &s.tx);
                 fill(&mut job.buf[off..off + len]);
-                self.sq.push_back(job);
+                self.queue(job);
             }
         }
         Ok(())
@@ -370,6 +375,7 @@ impl Engine {
 
     /// Queue an open job: `record` is one full record (header included) as received.
     /// The result (content type + plaintext) arrives in a completion tagged `tag`.
+    #[inline]
     pub fn submit_open(
         &mut self,
         id: SessionId,
@@ -399,10 +405,24 @@ impl Engine {
                 s.rx_seq += 1;
                 set_key(&mut job, &s.rx);
                 job.buf[..record.len()].copy_from_slice(record);
-                self.sq.push_back(job);
+                self.queue(job);
             }
         }
         Ok(())
+    }
+
+    /// Hand a framed job on: to the submission ring, or — for a backend that runs jobs on
+    /// the caller's CPU anyway — run it now, while the bytes just copied into its slot are
+    /// still in L1, and put it straight on the completion ring. Either way the caller sees
+    /// it only through `poll`/`reap`, in the same order.
+    #[inline]
+    fn queue(&mut self, mut job: Box<Job>) {
+        if self.at_submit {
+            job.run_software();
+            self.cq.push_back(job);
+        } else {
+            self.sq.push_back(job);
+        }
     }
 
     /// Check the session and its budget and take a free slot. Returns the slot and the
@@ -433,7 +453,8 @@ impl Engine {
     // === data side: progress and completion ===
 
     /// Ring the doorbell and let the backend make progress: hands submitted jobs to the
-    /// backend (one burst) and collects up to one batch of finished jobs. Returns the
+    /// backend (one burst) and collects up to one batch of finished jobs (a backend that
+    /// runs jobs at submission has put them on the completion ring already). Returns the
     /// number of completions now waiting to be reaped. Never blocks.
     pub fn poll(&mut self) -> usize {
         if !self.sq.is_empty() {

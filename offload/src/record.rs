@@ -220,6 +220,7 @@ impl RecordKey {
 
     /// Seal the payload already placed at `buf[self.payload_offset()..][..payload_len]`
     /// into a full record starting at `buf[0]`. Returns the record length.
+    #[inline]
     pub fn seal_in_place(
         &self,
         seq: u64,
@@ -330,14 +331,21 @@ impl RecordKey {
         if body_len < TAG_LEN + 1 {
             return Err(JobError::Truncated);
         }
-        let mut aad = [0u8; HEADER_LEN];
-        aad.copy_from_slice(&record[..HEADER_LEN]);
+        // ring's `open_in_place` wrapper (tag split, tag copy, a CPU-feature lookup) is not
+        // inlined here and cost ~50 instructions per record; splitting the tag ourselves
+        // lets the separate-tag call inline, and the header is the AAD where it lies.
+        let (body, tag) = record.split_at_mut(record_len - TAG_LEN);
+        let (header, ciphertext) = body.split_at_mut(HEADER_LEN);
+        let mut received = [0u8; TAG_LEN];
+        received.copy_from_slice(tag);
         let plain_len = self
             .aead
-            .open_in_place(
+            .open_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(self.nonce(seq)),
-                aead::Aad::from(aad),
-                &mut record[HEADER_LEN..],
+                aead::Aad::from(&*header),
+                aead::Tag::from(received),
+                ciphertext,
+                0..,
             )
             .map_err(|_| JobError::BadRecordMac)?
             .len();
@@ -452,6 +460,7 @@ impl RecordKey {
 
     /// Open the full record in `buf[..record_len]` in place. Returns the inner content
     /// type and where the plaintext now lies in `buf`.
+    #[inline]
     pub fn open_in_place(
         &self,
         seq: u64,

@@ -132,6 +132,28 @@ pub enum Layout {
     Shared,
 }
 
+/// What tickmesh's workers do when idle (its `--idle`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TickmeshIdle {
+    /// Never sleep.
+    Spin,
+    /// Spin for `--tickmesh-spin-us`, then wait in the kernel until work arrives.
+    Adaptive,
+    /// Wait in the kernel at once.
+    Park,
+}
+
+impl TickmeshIdle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickmeshIdle::Spin => "spin",
+            TickmeshIdle::Adaptive => "adaptive",
+            TickmeshIdle::Park => "park",
+        }
+    }
+}
+
 /// How load is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
@@ -348,6 +370,12 @@ pub struct BenchArgs {
     /// Worker threads/processes of every proxy.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub proxy_workers: u32,
+    /// tickmesh's idle policy [default: spin in the split layout, park in the shared one].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub tickmesh_idle: Option<TickmeshIdle>,
+    /// tickmesh's spin time before waiting, with `--tickmesh-idle adaptive`.
+    #[arg(long, value_name = "MICROS", default_value_t = 50)]
+    pub tickmesh_spin_us: u64,
     /// Write report.json, report.md and the latency plots (SVG, PNG) here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -388,6 +416,9 @@ pub struct Settings {
     pub layout: Layout,
     pub cpus: CpuPlan,
     pub proxy_workers: u32,
+    /// tickmesh's `--idle` (resolved from the layout when not given).
+    pub tickmesh_idle: TickmeshIdle,
+    pub tickmesh_spin_us: u64,
     pub quick: bool,
 }
 
@@ -467,6 +498,11 @@ impl Settings {
             layout: a.layout,
             cpus,
             proxy_workers: a.proxy_workers,
+            tickmesh_idle: a.tickmesh_idle.unwrap_or(match a.layout {
+                Layout::Split => TickmeshIdle::Spin,
+                Layout::Shared => TickmeshIdle::Park,
+            }),
+            tickmesh_spin_us: a.tickmesh_spin_us,
             quick: a.quick,
         })
     }

@@ -278,7 +278,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
             } else {
                 "epoll"
             };
-            let idle = if spinning { "spin" } else { "park" };
+            let idle = s.tickmesh_idle.as_str();
+            let spin_us = s.tickmesh_spin_us.to_string();
             let config = if let (true, Some(t)) = (http, &env.tls) {
                 tickmesh_https_config(listen, env.backend, &t.certs)
             } else if http {
@@ -300,6 +301,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 workers.to_string(),
                 "--idle".into(),
                 idle.into(),
+                "--spin-us".into(),
+                spin_us.clone(),
                 "--control".into(),
                 dir.join("control.sock").display().to_string(),
                 "--state-dir".into(),
@@ -307,7 +310,11 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
             ];
             let info = PeerInfo {
                 settings: vec![
-                    format!("engine {engine}, {workers} worker(s), idle {idle}"),
+                    if idle == "adaptive" {
+                        format!("engine {engine}, {workers} worker(s), idle adaptive (spin {spin_us} µs, then wait)")
+                    } else {
+                        format!("engine {engine}, {workers} worker(s), idle {idle}")
+                    },
                     if http && env.tls.is_some() {
                         "HTTP listener terminating TLS (rustls handshake; records on the worker's offload engine, `offload.backend: software`), one catch-all route → plaintext HTTP to a one-endpoint cluster".into()
                     } else if http {

@@ -3,7 +3,8 @@
 //! Owns the probing: one tokio task per (cluster, endpoint) with a check configured,
 //! a real HTTP/1.1 `GET` over TCP every `interval` — over TLS with the cluster's own
 //! `ClientTls` (its CA, SNI name and client certificate) when the cluster originates
-//! TLS — and the endpoint's `CHECK_FAILED` flag in its
+//! TLS — or, for a TCP check, a connect (no TLS handshake) — and the endpoint's
+//! `CHECK_FAILED` flag in its
 //! [`super::health::EndpointHealth`]. Never runs on a worker; workers only see the flag
 //! through `ClusterEntry::pick`.
 
@@ -21,6 +22,9 @@ pub struct CheckPolicy {
     pub host: String,
     /// Half-open ranges `[start, end)` of statuses that pass (default: 200 only).
     pub expected: Vec<(u16, u16)>,
+    /// A TCP check (Envoy `tcp_health_check` without payloads): a connection made within
+    /// the timeout passes; `path`, `host` and `expected` are unused.
+    pub tcp: bool,
 }
 
 use std::collections::HashMap;
@@ -29,7 +33,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::health::{ClusterHealth, EndpointHealth, CHECK_FAILED};
+use super::health::{ClusterHealth, EndpointHealth, CHECK_FAILED, EJECTED};
 use crate::config::HealthCheck;
 
 /// Largest response head read from a checked endpoint; only its status line matters.
@@ -37,8 +41,14 @@ const MAX_CHECK_RESPONSE: usize = 4096;
 
 impl CheckPolicy {
     pub fn from_config(h: &HealthCheck, cluster: &str) -> CheckPolicy {
-        let http = &h.http_health_check;
+        let none = crate::config::HttpHealthCheck {
+            path: "/".into(),
+            host: None,
+            expected_statuses: Vec::new(),
+        };
+        let http = h.http_health_check.as_ref().unwrap_or(&none);
         CheckPolicy {
+            tcp: h.tcp_health_check.is_some(),
             // validate() requires both; the defaults only guard a config built in code.
             timeout: h.timeout.unwrap_or(Duration::from_secs(1)),
             interval: h.interval.unwrap_or(Duration::from_secs(5)),
@@ -174,6 +184,13 @@ async fn probe_loop(
     loop {
         tick.tick().await;
         let result = match &tls {
+            // Connected: a pass (status 0 stands for "no HTTP status").
+            _ if policy.tcp => {
+                tokio::time::timeout(policy.timeout, async {
+                    tokio::net::TcpStream::connect(addr).await.map(|_| 0)
+                })
+                .await
+            }
             None => tokio::time::timeout(policy.timeout, check_once(&policy, addr)).await,
             Some(tls) => {
                 // rustls is driven by blocking I/O on the blocking pool, every socket
@@ -188,6 +205,7 @@ async fn probe_loop(
             }
         };
         let ok = match result {
+            Ok(Ok(_)) if policy.tcp => true,
             Ok(Ok(status)) => policy.passes(status),
             Ok(Err(e)) => {
                 tracing::debug!("health check of {addr} failed: {e}");
@@ -202,6 +220,17 @@ async fn probe_loop(
         } else {
             !ok && streak >= policy.unhealthy_threshold
         };
+        // Envoy's `successful_active_health_check_uneject_host`: a pass ends an
+        // outlier ejection — at once, or when a failing check turns healthy. Same
+        // (current-thread) runtime as the health tick: no race on the flags.
+        if ok && (!failed || change) && health.flags() & EJECTED != 0 && cluster.uneject_on_check()
+        {
+            health.uneject(&cluster);
+            cluster
+                .unejections_by_check
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("health check of {addr} passed: outlier ejection ended");
+        }
         if change {
             health.set_flag(&cluster, CHECK_FAILED, !failed);
             health.reset_streak();

@@ -14,6 +14,7 @@
 //! recounted every health tick), so a pick that reads 0 may skip every per-endpoint
 //! check: with nothing ejected a pick reads one extra word.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicU8;
@@ -31,10 +32,10 @@ pub const CHECK_FAILED: u8 = 2;
 pub enum Outcome {
     /// An HTTP response with this status.
     Status(u16),
-    /// A failure of our own making towards the endpoint: connect refused or timed out,
-    /// reset or garbage before a response, response timeout. Envoy (without
-    /// `split_external_local_origin_errors`) counts these as a 503: a 5xx and a gateway
-    /// error.
+    /// A failure of our own making towards the endpoint (a local-origin error): connect
+    /// refused or timed out, reset or garbage before a response, response timeout.
+    /// Envoy without `split_external_local_origin_errors` counts these as a 503: a 5xx
+    /// and a gateway error; with it, as local-origin failures only.
     LocalFailure,
     /// An L4 connection was established: the end of that exchange as far as health goes
     /// (Envoy's `LocalOriginConnectSuccessFinal`, the TCP proxy's success).
@@ -55,8 +56,12 @@ impl Outcome {
 }
 
 /// Record an outcome on the endpoint's health and on its volume counters (the worker's
-/// own slot of `stats`, [`crate::telemetry::UpstreamCounter::RqSuccess`] /
-/// [`crate::telemetry::UpstreamCounter::RqError`]). Worker side: lock-free, no
+/// own slot of `stats`). Without split counting every outcome is one
+/// [`crate::telemetry::UpstreamCounter::RqSuccess`] or `RqError`; with it (Envoy's
+/// `split_external_local_origin_errors`) those count HTTP statuses only (the external
+/// origin), and `RqLocalOriginSuccess` / `RqLocalOriginError` count how the exchange
+/// went at the connection level: a response (or an L4 connection) is a local-origin
+/// success, a [`Outcome::LocalFailure`] a local-origin error. Worker side: lock-free, no
 /// allocation, no shared line written on a success.
 #[inline]
 pub fn record(
@@ -65,9 +70,22 @@ pub fn record(
     worker: usize,
     o: Outcome,
 ) {
-    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+    use crate::telemetry::UpstreamCounter::{
+        RqError, RqLocalOriginError, RqLocalOriginSuccess, RqSuccess,
+    };
     health.record(o);
-    stats.inc(worker, if o.is_error() { RqError } else { RqSuccess });
+    if !health.split() {
+        stats.inc(worker, if o.is_error() { RqError } else { RqSuccess });
+        return;
+    }
+    match o {
+        Outcome::Status(s) => {
+            stats.inc(worker, if s >= 500 { RqError } else { RqSuccess });
+            stats.inc(worker, RqLocalOriginSuccess);
+        }
+        Outcome::ConnectedFinal => stats.inc(worker, RqLocalOriginSuccess),
+        Outcome::LocalFailure => stats.inc(worker, RqLocalOriginError),
+    }
 }
 
 /// One endpoint's health. 64-byte aligned so that two endpoints never share a line.
@@ -77,7 +95,13 @@ pub struct EndpointHealth {
     // Written by workers.
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
+    /// Split counting only: consecutive local-origin failures.
+    consecutive_local_origin: AtomicU32,
     // Written by the control plane only.
+    /// Envoy's `split_external_local_origin_errors` for this endpoint's cluster: read by
+    /// the workers at each outcome (same line as the counters), set before a table is
+    /// published (`Routes::store`) and by each outlier sweep from the current table.
+    split: AtomicBool,
     flags: AtomicU8,
     times_ejected: AtomicU32,
     ejections_total: AtomicU64,
@@ -93,16 +117,37 @@ pub struct EndpointHealth {
     /// volumes are the differences.
     seen_success: AtomicU64,
     seen_error: AtomicU64,
+    /// The same for the local-origin volumes (split counting).
+    seen_local_success: AtomicU64,
+    seen_local_error: AtomicU64,
     /// The success rate of the last interval, in hundredths of a percent plus one (0:
-    /// too few requests to count).
+    /// too few requests to count); and the local-origin one (split counting).
     last_success_rate: AtomicU32,
+    last_local_success_rate: AtomicU32,
 }
 
 impl EndpointHealth {
     /// Record an outcome (worker side). Lock-free; writes only after an error, or on the
     /// first success after errors.
+    ///
+    /// Split counting (Envoy's `split_external_local_origin_errors`): a status counts
+    /// towards the 5xx and gateway runs only and ends a local-origin run (the connection
+    /// served); a local failure counts towards the local-origin run only; an L4
+    /// connection ends a local-origin run and leaves the others alone.
     #[inline]
     pub fn record(&self, o: Outcome) {
+        if self.split.load(Relaxed) {
+            match o {
+                Outcome::Status(s) => {
+                    bump_or_clear(&self.consecutive_5xx, s >= 500);
+                    bump_or_clear(&self.consecutive_gateway, matches!(s, 502..=504));
+                    bump_or_clear(&self.consecutive_local_origin, false);
+                }
+                Outcome::ConnectedFinal => bump_or_clear(&self.consecutive_local_origin, false),
+                Outcome::LocalFailure => bump_or_clear(&self.consecutive_local_origin, true),
+            }
+            return;
+        }
         let (five_xx, gateway) = match o {
             Outcome::Status(s) if s >= 500 => (true, matches!(s, 502..=504)),
             Outcome::Status(_) | Outcome::ConnectedFinal => (false, false),
@@ -110,6 +155,12 @@ impl EndpointHealth {
         };
         bump_or_clear(&self.consecutive_5xx, five_xx);
         bump_or_clear(&self.consecutive_gateway, gateway);
+    }
+
+    /// Whether outcomes are counted split by origin (external / local).
+    #[inline]
+    pub fn split(&self) -> bool {
+        self.split.load(Relaxed)
     }
 
     /// Whether picks may choose this endpoint.
@@ -128,6 +179,10 @@ impl EndpointHealth {
 
     pub fn consecutive_gateway(&self) -> u32 {
         self.consecutive_gateway.load(Relaxed)
+    }
+
+    pub fn consecutive_local_origin(&self) -> u32 {
+        self.consecutive_local_origin.load(Relaxed)
     }
 
     pub fn times_ejected(&self) -> u32 {
@@ -173,10 +228,25 @@ impl EndpointHealth {
     /// Eject until `now + base × times ejected` (capped at `max`); clears the counters.
     /// Control plane only (public for benchmarks and tests).
     pub fn eject(&self, cluster: &ClusterHealth, now: u64, base_ms: u64, max_ms: u64) {
+        self.eject_for(cluster, now, base_ms, max_ms, 0)
+    }
+
+    /// [`Self::eject`], `jitter_ms` longer (Envoy's `max_ejection_time_jitter` draw).
+    pub(crate) fn eject_for(
+        &self,
+        cluster: &ClusterHealth,
+        now: u64,
+        base_ms: u64,
+        max_ms: u64,
+        jitter_ms: u64,
+    ) {
         let times = self.times_ejected.load(Relaxed).saturating_add(1);
         self.times_ejected.store(times, Relaxed);
         self.ejections_total.fetch_add(1, Relaxed);
-        let for_ms = base_ms.saturating_mul(u64::from(times)).min(max_ms);
+        let for_ms = base_ms
+            .saturating_mul(u64::from(times))
+            .min(max_ms)
+            .saturating_add(jitter_ms);
         self.ejected_at_ms.store(now, Relaxed);
         self.ejected_until_ms
             .store(now.saturating_add(for_ms).max(1), Relaxed);
@@ -201,6 +271,16 @@ impl EndpointHealth {
     pub(crate) fn clear_counters(&self) {
         self.consecutive_5xx.store(0, Relaxed);
         self.consecutive_gateway.store(0, Relaxed);
+        self.consecutive_local_origin.store(0, Relaxed);
+    }
+
+    /// Switch split counting on or off (control plane, from the current table). A switch
+    /// starts every run again: the runs counted so far meant something else.
+    pub fn set_split(&self, on: bool) {
+        if self.split.load(Relaxed) != on {
+            self.split.store(on, Relaxed);
+            self.clear_counters();
+        }
     }
 
     /// One active check's result; returns the streak of results of this kind.
@@ -227,6 +307,13 @@ impl EndpointHealth {
         (s, e)
     }
 
+    /// [`Self::take_volume`] for the local-origin volumes (split counting).
+    pub(crate) fn take_local_volume(&self, success: u64, error: u64) -> (u64, u64) {
+        let s = success.saturating_sub(self.seen_local_success.swap(success, Relaxed));
+        let e = error.saturating_sub(self.seen_local_error.swap(error, Relaxed));
+        (s, e)
+    }
+
     /// The success rate (percent) of the last interval that had volume enough.
     pub fn last_success_rate(&self) -> Option<f64> {
         match self.last_success_rate.load(Relaxed) {
@@ -236,13 +323,29 @@ impl EndpointHealth {
     }
 
     pub(crate) fn set_last_success_rate(&self, r: Option<f64>) {
-        self.last_success_rate
-            .store(r.map_or(0, |r| (r * 100.0).round() as u32 + 1), Relaxed);
+        self.last_success_rate.store(encode_rate(r), Relaxed);
+    }
+
+    /// The local-origin success rate (percent) of the last interval that had volume
+    /// enough (split counting only).
+    pub fn last_local_success_rate(&self) -> Option<f64> {
+        match self.last_local_success_rate.load(Relaxed) {
+            0 => None,
+            r => Some(f64::from(r - 1) / 100.0),
+        }
+    }
+
+    pub(crate) fn set_last_local_success_rate(&self, r: Option<f64>) {
+        self.last_local_success_rate.store(encode_rate(r), Relaxed);
     }
 
     pub(crate) fn reset_streak(&self) {
         self.check_streak.store(0, Relaxed);
     }
+}
+
+fn encode_rate(r: Option<f64>) -> u32 {
+    r.map_or(0, |r| (r * 100.0).round() as u32 + 1)
 }
 
 #[inline]
@@ -269,6 +372,18 @@ pub struct ClusterHealth {
     /// `ejections_enforced_success_rate` / `_failure_percentage`).
     pub(crate) ejections_success_rate: AtomicU64,
     pub(crate) ejections_failure_percentage: AtomicU64,
+    /// Split counting: ejections by consecutive local-origin failures, by local-origin
+    /// success rate and by local-origin failure percentage (Envoy's
+    /// `ejections_enforced_consecutive_local_origin_failure`, `_local_origin_success_rate`,
+    /// `_local_origin_failure_percentage`).
+    pub(crate) ejections_local_origin: AtomicU64,
+    pub(crate) ejections_local_origin_success_rate: AtomicU64,
+    pub(crate) ejections_local_origin_failure_percentage: AtomicU64,
+    /// The outlier policy's `successful_active_health_check_uneject_host` (false without
+    /// outlier detection), published by each sweep for the active checks.
+    pub(crate) uneject_on_check: AtomicBool,
+    /// Ejections ended early by a passing active check.
+    pub(crate) unejections_by_check: AtomicU64,
 }
 
 impl ClusterHealth {
@@ -298,6 +413,26 @@ impl ClusterHealth {
     pub fn ejections_failure_percentage(&self) -> u64 {
         self.ejections_failure_percentage.load(Relaxed)
     }
+
+    pub fn uneject_on_check(&self) -> bool {
+        self.uneject_on_check.load(Relaxed)
+    }
+
+    pub fn unejections_by_check(&self) -> u64 {
+        self.unejections_by_check.load(Relaxed)
+    }
+
+    pub fn ejections_local_origin(&self) -> u64 {
+        self.ejections_local_origin.load(Relaxed)
+    }
+
+    pub fn ejections_local_origin_success_rate(&self) -> u64 {
+        self.ejections_local_origin_success_rate.load(Relaxed)
+    }
+
+    pub fn ejections_local_origin_failure_percentage(&self) -> u64 {
+        self.ejections_local_origin_failure_percentage.load(Relaxed)
+    }
 }
 
 /// Milliseconds on the process's health clock (monotonic; starts near 1, never 0).
@@ -326,6 +461,85 @@ mod tests {
         h.record(Outcome::LocalFailure);
         h.record(Outcome::ConnectedFinal);
         assert_eq!((h.consecutive_5xx(), h.consecutive_gateway()), (0, 0));
+    }
+
+    #[test]
+    fn split_counting_keeps_local_failures_apart() {
+        let h = EndpointHealth::default();
+        h.record(Outcome::Status(500));
+        h.set_split(true);
+        assert_eq!(h.consecutive_5xx(), 0, "a switch starts the runs again");
+        h.record(Outcome::LocalFailure);
+        h.record(Outcome::LocalFailure);
+        assert_eq!(
+            (
+                h.consecutive_5xx(),
+                h.consecutive_gateway(),
+                h.consecutive_local_origin()
+            ),
+            (0, 0, 2)
+        );
+        h.record(Outcome::Status(503));
+        assert_eq!(
+            (
+                h.consecutive_5xx(),
+                h.consecutive_gateway(),
+                h.consecutive_local_origin()
+            ),
+            (1, 1, 0),
+            "a response: the connection served"
+        );
+        h.record(Outcome::LocalFailure);
+        assert_eq!((h.consecutive_5xx(), h.consecutive_local_origin()), (1, 1));
+        h.record(Outcome::ConnectedFinal);
+        assert_eq!((h.consecutive_5xx(), h.consecutive_local_origin()), (1, 0));
+        h.record(Outcome::Status(200));
+        assert_eq!(h.consecutive_5xx(), 0);
+        h.set_split(false);
+        h.record(Outcome::LocalFailure);
+        assert_eq!(
+            (
+                h.consecutive_5xx(),
+                h.consecutive_gateway(),
+                h.consecutive_local_origin()
+            ),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn split_volumes_count_each_origin() {
+        use crate::telemetry::UpstreamCounter::{
+            RqError, RqLocalOriginError, RqLocalOriginSuccess, RqSuccess,
+        };
+        let stats = crate::telemetry::UpstreamStats::new(1);
+        let h = EndpointHealth::default();
+        let all = |s: &crate::telemetry::UpstreamStats| {
+            [
+                s.get(RqSuccess),
+                s.get(RqError),
+                s.get(RqLocalOriginSuccess),
+                s.get(RqLocalOriginError),
+            ]
+        };
+        for o in [
+            Outcome::Status(200),
+            Outcome::Status(502),
+            Outcome::LocalFailure,
+        ] {
+            record(&h, &stats, 0, o);
+        }
+        assert_eq!(all(&stats), [1, 2, 0, 0], "one bucket");
+        h.set_split(true);
+        for o in [
+            Outcome::Status(200),
+            Outcome::Status(502),
+            Outcome::LocalFailure,
+            Outcome::ConnectedFinal,
+        ] {
+            record(&h, &stats, 0, o);
+        }
+        assert_eq!(all(&stats), [2, 3, 3, 1], "statuses apart from connections");
     }
 
     #[test]

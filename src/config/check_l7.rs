@@ -323,20 +323,91 @@ fn check_route(r: &Route, at: &str, bad: &mut Bad) {
         for (i, rl) in a.rate_limits.iter().enumerate() {
             check_rate_limit(rl, &format!("{at}.rate_limits[{i}]"), bad);
         }
+        let mut generating = 0;
         for (i, h) in a.hash_policy.iter().enumerate() {
+            let at = format!("{at}.hash_policy[{i}]");
             let n = [
                 h.header.is_some(),
                 h.cookie.is_some(),
                 h.connection_properties.is_some(),
+                h.query_parameter.is_some(),
+                h.filter_state.is_some(),
             ]
             .iter()
             .filter(|x| **x)
             .count();
             if n != 1 {
                 bad(
-                    format!("{at}.hash_policy[{i}]"),
-                    "set exactly one of header, cookie, connection_properties".into(),
+                    at.clone(),
+                    "set exactly one of header, cookie, connection_properties, query_parameter"
+                        .into(),
                 );
+            }
+            if h.filter_state.is_some() {
+                bad(
+                    format!("{at}.filter_state"),
+                    "hashing on filter state is not supported (tickmesh has no filter state); hash on a header, cookie, query_parameter or the source IP".into(),
+                );
+            }
+            if let Some(hh) = &h.header {
+                if hh.header_name.is_empty() || !hh.header_name.bytes().all(is_tchar) {
+                    bad(
+                        format!("{at}.header.header_name"),
+                        format!("`{}` is not a header name", hh.header_name),
+                    );
+                }
+            }
+            if let Some(q) = &h.query_parameter {
+                if q.name.is_empty() {
+                    bad(
+                        format!("{at}.query_parameter.name"),
+                        "is empty: name the query parameter".into(),
+                    );
+                }
+            }
+            if h.connection_properties
+                .as_ref()
+                .is_some_and(|c| !c.source_ip)
+            {
+                bad(
+                    format!("{at}.connection_properties.source_ip"),
+                    "is false: this policy would hash nothing; remove it or set true".into(),
+                );
+            }
+            if let Some(c) = &h.cookie {
+                if c.name.is_empty() || !c.name.bytes().all(is_tchar) {
+                    bad(
+                        format!("{at}.cookie.name"),
+                        format!("`{}` is not a cookie name", c.name),
+                    );
+                }
+                if c.path.is_some() && c.ttl.is_none() {
+                    bad(
+                        format!("{at}.cookie.path"),
+                        "only a generated cookie has a path: set ttl too".into(),
+                    );
+                }
+                if let Some(p) = c
+                    .path
+                    .as_deref()
+                    .filter(|p| !super::traffic_policy::cookie_path_ok(p))
+                {
+                    bad(
+                        format!("{at}.cookie.path"),
+                        format!(
+                            "`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"
+                        ),
+                    );
+                }
+                if c.ttl.is_some() {
+                    generating += 1;
+                    if generating == 2 {
+                        bad(
+                            format!("{at}.cookie.ttl"),
+                            "a route generates at most one hash cookie: give ttl to one cookie policy".into(),
+                        );
+                    }
+                }
             }
         }
     }
@@ -515,4 +586,10 @@ fn check_destination_rule(dr: &DestinationRule, at: &str, bad: &mut Bad) {
             super::traffic_policy::check(tp, &format!("{sat}.trafficPolicy"), bad);
         }
     }
+}
+
+/// RFC 9110 §5.6.2 `tchar`: the bytes of a header field name or a cookie name
+/// (RFC 6265 §4.1.1 `token`).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

@@ -10,13 +10,18 @@ use super::model::{
     LbPolicy, OutlierDetection,
 };
 
-/// An Envoy bootstrap document; only `static_resources.clusters` (and route
-/// configurations given on their own) are taken — Envoy listeners are not, use native
-/// listeners.
+/// An Envoy bootstrap document; only `static_resources.clusters` and `node.locality`
+/// (route configurations are given on their own) are taken — Envoy listeners are not,
+/// use native listeners.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     pub static_resources: StaticResources,
+    /// The proxy's locality (the native top-level `node:`), for Istio locality load
+    /// balancing; Envoy's other `node` fields (`id`, `cluster`, `metadata`, …) name
+    /// the proxy to a management server tickmesh does not talk to, and are refused.
+    #[serde(default)]
+    pub node: Option<super::model::Node>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +69,176 @@ pub struct EnvoyCluster {
     pub dns_lookup_family: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_lb_config: Option<CommonLbConfig>,
+    /// Only `envoy.extensions.upstreams.http.v3.HttpProtocolOptions` (read in
+    /// [`EnvoyCluster::to_native`], so that another extension is refused by its name).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub typed_extension_protocol_options: std::collections::BTreeMap<String, serde_yaml::Value>,
+    /// Envoy's deprecated cluster-level form of
+    /// `common_http_protocol_options.max_requests_per_connection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    /// `envoy.transport_sockets.tls` with an `UpstreamTlsContext`: the native cluster
+    /// `tls:` (originate TLS); `envoy.transport_sockets.raw_buffer`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_socket: Option<TransportSocket>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocket {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_config: Option<UpstreamTlsContext>,
+}
+
+const UPSTREAM_TLS_CONTEXT: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+
+/// Envoy's `UpstreamTlsContext`, as far as the native cluster `tls:` goes: the SNI name
+/// (which tickmesh also verifies the certificate against), the CA bundle and a client
+/// certificate, all from files. Everything else (`tls_params`, `alpn_protocols`,
+/// subject-alt-name matchers, inline or SDS secrets) is refused by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsContext {
+    #[serde(rename = "@type", default, skip_serializing_if = "Option::is_none")]
+    pub type_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_tls_context: Option<CommonTlsContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonTlsContext {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_context: Option<ValidationContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    pub certificate_chain: DataSource,
+    pub private_key: DataSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationContext {
+    pub trusted_ca: DataSource,
+}
+
+/// Envoy's `DataSource`: a file only (`inline_string`, `inline_bytes` and
+/// `environment_variable` are refused by name).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub filename: std::path::PathBuf,
+}
+
+impl TransportSocket {
+    /// The native cluster TLS (`None`: plaintext), or the field that cannot be taken.
+    fn to_native(&self) -> Result<Option<super::tls::ClusterTls>, (String, String)> {
+        let at = "transport_socket";
+        match self.name.as_str() {
+            "envoy.transport_sockets.raw_buffer" | "raw_buffer" => {
+                return match self.typed_config {
+                    None => Ok(None),
+                    Some(_) => Err((
+                        format!("{at}.typed_config"),
+                        "raw_buffer takes no typed_config".into(),
+                    )),
+                }
+            }
+            "envoy.transport_sockets.tls" | "tls" => {}
+            other => {
+                return Err((
+                    format!("{at}.name"),
+                    format!("transport socket `{other}` is not supported (envoy.transport_sockets.tls, envoy.transport_sockets.raw_buffer)"),
+                ))
+            }
+        }
+        let at = format!("{at}.typed_config");
+        let Some(t) = &self.typed_config else {
+            return Err((at, "give the UpstreamTlsContext".into()));
+        };
+        if let Some(u) = t.type_url.as_deref().filter(|u| *u != UPSTREAM_TLS_CONTEXT) {
+            return Err((
+                format!("{at}.@type"),
+                format!("`{u}` is not {UPSTREAM_TLS_CONTEXT}"),
+            ));
+        }
+        let Some(sni) = t.sni.clone().filter(|s| !s.is_empty()) else {
+            return Err((
+                format!("{at}.sni"),
+                "give the upstream's name: tickmesh sends it and verifies the certificate against it".into(),
+            ));
+        };
+        let common = t.common_tls_context.as_ref();
+        let Some(v) = common.and_then(|c| c.validation_context.as_ref()) else {
+            return Err((
+                format!("{at}.common_tls_context.validation_context.trusted_ca"),
+                "give the CA bundle: tickmesh always verifies upstream certificates (Envoy would not without it)".into(),
+            ));
+        };
+        let certs = common.map_or(&[][..], |c| &c.tls_certificates[..]);
+        if certs.len() > 1 {
+            return Err((
+                format!("{at}.common_tls_context.tls_certificates"),
+                "one client certificate per cluster is supported".into(),
+            ));
+        }
+        Ok(Some(super::tls::ClusterTls {
+            ca: v.trusted_ca.filename.clone(),
+            sni,
+            cert: certs.first().map(|c| c.certificate_chain.filename.clone()),
+            key: certs.first().map(|c| c.private_key.filename.clone()),
+        }))
+    }
+}
+
+/// The one protocol-options extension taken.
+pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Envoy's `HttpProtocolOptions` for upstream HTTP: the idle expiry and request cap of
+/// pooled connections; HTTP/1.1 only (`explicit_http_config.http_protocol_options`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProtocolOptions {
+    #[serde(default, rename = "@type")]
+    pub type_url: Option<String>,
+    #[serde(default)]
+    pub common_http_protocol_options: Option<CommonHttpProtocolOptions>,
+    #[serde(default)]
+    pub explicit_http_config: Option<ExplicitHttpConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonHttpProtocolOptions {
+    /// Envoy: an idle pooled connection is closed after this (default 1 h; 0 would
+    /// disable the expiry, which tickmesh's pools do not offer: refused).
+    #[serde(default, with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// `explicit_http_config`: `http_protocol_options` (HTTP/1.1, with no options set) is
+/// what tickmesh speaks upstream; HTTP/2 and HTTP/3 are refused by name.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplicitHttpConfig {
+    pub http_protocol_options: Http1Options,
+}
+
+/// Envoy's `Http1ProtocolOptions`: none of its fields is taken.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http1Options {}
 
 /// Envoy's `Cluster.CommonLbConfig`: the panic threshold and locality weighting (other
 /// fields, such as `zone_aware_lb_config`, are refused by name).
@@ -292,6 +466,65 @@ impl EnvoyCluster {
                     retry_budget: t.retry_budget.clone(),
                 })
         });
+        let mut circuit_breakers = circuit_breakers;
+        let mut idle_timeout = None;
+        let mut per_connection = self.max_requests_per_connection;
+        for (key, v) in &self.typed_extension_protocol_options {
+            let at = format!("typed_extension_protocol_options.{key}");
+            if key != HTTP_PROTOCOL_OPTIONS {
+                return Err((
+                    at,
+                    format!("this extension is not supported (only {HTTP_PROTOCOL_OPTIONS})"),
+                ));
+            }
+            let o: HttpProtocolOptions =
+                serde_yaml::from_value(v.clone()).map_err(|e| (at.clone(), e.to_string()))?;
+            if let Some(t) = o.type_url.as_deref() {
+                if t != format!("type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}") {
+                    return Err((
+                        format!("{at}.@type"),
+                        format!("`{t}` is not type.googleapis.com/{HTTP_PROTOCOL_OPTIONS}"),
+                    ));
+                }
+            }
+            if let Some(c) = &o.common_http_protocol_options {
+                if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+                    return Err((
+                        format!("{at}.common_http_protocol_options.idle_timeout"),
+                        "0 (no idle expiry) is not supported: pooled connections are closed when idle; give a duration".into(),
+                    ));
+                }
+                idle_timeout = c.idle_timeout.or(idle_timeout);
+                if let Some(n) = c.max_requests_per_connection {
+                    if self.max_requests_per_connection.is_some_and(|m| m != n) {
+                        return Err((
+                            format!(
+                                "{at}.common_http_protocol_options.max_requests_per_connection"
+                            ),
+                            "differs from the cluster's max_requests_per_connection: give one"
+                                .into(),
+                        ));
+                    }
+                    per_connection = Some(n);
+                }
+            }
+        }
+        if let Some(n) = per_connection {
+            circuit_breakers
+                .get_or_insert(CircuitBreakers {
+                    max_connections: None,
+                    max_pending_requests: None,
+                    max_requests: None,
+                    max_retries: None,
+                    max_requests_per_connection: None,
+                    retry_budget: None,
+                })
+                .max_requests_per_connection = Some(n);
+        }
+        let tls = match &self.transport_socket {
+            Some(t) => t.to_native()?,
+            None => None,
+        };
         let outlier_detection = self.outlier_detection.clone();
         Ok(Cluster {
             name: self.name.clone(),
@@ -301,12 +534,12 @@ impl EnvoyCluster {
             connect_timeout: self.connect_timeout,
             max_connect_attempts: None,
             dns_refresh_rate: self.dns_refresh_rate,
-            idle_timeout: None,
+            idle_timeout,
             circuit_breakers,
             outlier_detection,
             health_checks: self.health_checks.clone(),
             hash_policy: None,
-            tls: None,
+            tls,
             healthy_panic_threshold: self
                 .common_lb_config
                 .as_ref()

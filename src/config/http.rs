@@ -488,6 +488,8 @@ pub struct GenericKeyAction {
 }
 
 /// Envoy `RouteAction.HashPolicy` (for ring-hash / Maglev clusters): one of the fields.
+/// The route's policies are evaluated in order and their hashes combined (Envoy's
+/// rotate-and-xor); a `terminal` policy that produced a hash ends the evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashPolicy {
@@ -497,6 +499,11 @@ pub struct HashPolicy {
     pub cookie: Option<HashCookie>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_properties: Option<HashConnection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<HashQueryParameter>,
+    /// Envoy's `filter_state` key: tickmesh has no filter state; refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter_state: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub terminal: bool,
 }
@@ -507,16 +514,32 @@ pub struct HashHeader {
     pub header_name: String,
 }
 
+/// A cookie's value; with `ttl`, a request without the cookie gets one generated (its
+/// response carries `Set-Cookie` with `Max-Age` = ttl, 0: a session cookie, and `path`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashCookie {
     pub name: String,
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashConnection {
     pub source_ip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashQueryParameter {
+    pub name: String,
 }
 
 /// Header matchers as Envoy's list or the seed's `{name: {exact: v}}` map.

@@ -428,6 +428,32 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<IstioOutlierDetection>,
+    /// TLS towards the destination (Istio `ClientTLSSettings`): `SIMPLE`/`MUTUAL` become
+    /// the cluster's `tls:`, `DISABLE` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// Istio's `ClientTLSSettings`, from files (`credentialName` secrets, `caCrl` and
+/// `ISTIO_MUTUAL`'s workload certificates are not available here: refused).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<std::path::PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Only the `sni` name itself: the certificate is verified against `sni`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -479,6 +505,8 @@ pub struct ConsistentHash {
     pub http_cookie: Option<HttpCookie>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_source_ip: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_query_parameter_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -565,6 +593,13 @@ pub struct IstioOutlierDetection {
     /// configured (default 0: panic mode off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<u32>,
+    /// Envoy's `split_external_local_origin_errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Envoy's `consecutive_local_origin_failure` (enforced at 100%); needs
+    /// `splitExternalLocalOriginErrors: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failures: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

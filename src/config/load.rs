@@ -220,9 +220,7 @@ impl DocKind {
                 if c.nic.is_some() {
                     out.nic = c.nic;
                 }
-                if c.node.is_some() {
-                    out.node = c.node;
-                }
+                set_node(out, c.node)?;
                 // The daemon-wide `offload:` block (was dropped here: every daemon ran
                 // `auto` whatever the file said).
                 if c.offload.is_some() {
@@ -237,11 +235,15 @@ impl DocKind {
                 .peer_authentications
                 .push(PeerAuthentication::deserialize(d)?),
             DocKind::EnvoyRouteConfig => out.route_configs.push(RouteConfig::deserialize(d)?),
-            DocKind::EnvoyBootstrap => clusters(
-                Bootstrap::deserialize(d)?.static_resources.clusters,
-                "static_resources.clusters",
-                out,
-            )?,
+            DocKind::EnvoyBootstrap => {
+                let b = Bootstrap::deserialize(d)?;
+                set_node(out, b.node)?;
+                clusters(
+                    b.static_resources.clusters,
+                    "static_resources.clusters",
+                    out,
+                )?
+            }
             DocKind::EnvoyClusterList => {
                 #[derive(serde::Deserialize)]
                 #[serde(deny_unknown_fields)]
@@ -252,6 +254,24 @@ impl DocKind {
             }
         }
         Ok(())
+    }
+}
+
+/// Take a document's `node` (native, or an Envoy bootstrap's): one locality per config.
+fn set_node<E: serde::de::Error>(
+    out: &mut Config,
+    node: Option<super::model::Node>,
+) -> Result<(), E> {
+    match (&out.node, node) {
+        (_, None) => Ok(()),
+        (Some(a), Some(b)) if a.locality != b.locality => Err(E::custom(format!(
+            "node.locality: `{}` here, `{}` in an earlier document: give the proxy one locality",
+            b.locality, a.locality
+        ))),
+        (_, b) => {
+            out.node = b;
+            Ok(())
+        }
     }
 }
 
@@ -420,12 +440,51 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                     "failure_percentage_threshold",
                     o.failure_percentage_threshold,
                 ),
+                (
+                    "enforcing_consecutive_local_origin_failure",
+                    o.enforcing_consecutive_local_origin_failure,
+                ),
+                (
+                    "enforcing_local_origin_success_rate",
+                    o.enforcing_local_origin_success_rate,
+                ),
+                (
+                    "enforcing_failure_percentage_local_origin",
+                    o.enforcing_failure_percentage_local_origin,
+                ),
             ] {
                 if let Some(p) = p.filter(|p| *p > 100) {
                     bad(
                         format!("{at}.outlier_detection.{name}"),
                         format!("{p} is over 100 (a percentage)"),
                     );
+                }
+            }
+            if o.split_external_local_origin_errors != Some(true) {
+                for (name, set) in [
+                    (
+                        "consecutive_local_origin_failure",
+                        o.consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_consecutive_local_origin_failure",
+                        o.enforcing_consecutive_local_origin_failure.is_some(),
+                    ),
+                    (
+                        "enforcing_local_origin_success_rate",
+                        o.enforcing_local_origin_success_rate.is_some(),
+                    ),
+                    (
+                        "enforcing_failure_percentage_local_origin",
+                        o.enforcing_failure_percentage_local_origin.is_some(),
+                    ),
+                ] {
+                    if set {
+                        bad(
+                            format!("{at}.outlier_detection.{name}"),
+                            "takes effect only with `split_external_local_origin_errors: true`; set that too, or remove this field".into(),
+                        );
+                    }
                 }
             }
             for (name, d) in [
@@ -446,11 +505,13 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 h.header.is_some(),
                 h.cookie.is_some(),
                 h.source_ip == Some(true),
+                h.query_parameter.is_some(),
             ];
             if keys.iter().filter(|k| **k).count() != 1 || h.source_ip == Some(false) {
                 bad(
                     format!("{at}.hash_policy"),
-                    "give exactly one key: header, cookie or source_ip: true".into(),
+                    "give exactly one key: header, cookie, query_parameter or source_ip: true"
+                        .into(),
                 );
             }
             if let Some(name) = h.header.as_ref().or(h.cookie.as_ref()) {
@@ -870,14 +931,25 @@ fn check_health_check(
             );
         }
     }
-    let p = &h.http_health_check.path;
+    let http = match (&h.http_health_check, &h.tcp_health_check) {
+        (Some(http), None) => http,
+        (None, Some(_)) => return,
+        _ => {
+            bad(
+                at.to_string(),
+                "give exactly one of http_health_check, tcp_health_check".into(),
+            );
+            return;
+        }
+    };
+    let p = &http.path;
     if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
         bad(
             format!("{at}.http_health_check.path"),
             format!("`{p}` is not an absolute request path (it must start with `/`, without spaces or control characters)"),
         );
     }
-    if let Some(host) = &h.http_health_check.host {
+    if let Some(host) = &http.host {
         if host.is_empty() || host.bytes().any(|b| b <= b' ' || b == 0x7f) {
             bad(
                 format!("{at}.http_health_check.host"),
@@ -885,7 +957,7 @@ fn check_health_check(
             );
         }
     }
-    for (k, r) in h.http_health_check.expected_statuses.iter().enumerate() {
+    for (k, r) in http.expected_statuses.iter().enumerate() {
         if !(100..=600).contains(&r.start) || !(100..=600).contains(&r.end) || r.start >= r.end {
             bad(
                 format!("{at}.http_health_check.expected_statuses[{k}]"),

@@ -45,12 +45,63 @@ pub struct Config {
     pub node: Option<Node>,
 }
 
-/// The proxy's own identity, as far as load balancing needs it.
+/// The proxy's own identity, as far as load balancing needs it. Also an Envoy
+/// bootstrap's `node` (only its `locality` is taken).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
-    /// `region`, `region/zone` or `region/zone/sub_zone`.
+    /// `region`, `region/zone` or `region/zone/sub_zone`; or Envoy's
+    /// `{region, zone, sub_zone}` (read into the same path form).
+    #[serde(deserialize_with = "locality_path")]
     pub locality: String,
+}
+
+/// A locality as a `region/zone/sub_zone` path or Envoy's `{region, zone, sub_zone}`
+/// message. The message's parts must be a leading run (a zone needs its region, a sub
+/// zone its zone): otherwise the path form could not say which part is which.
+fn locality_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::{Error, MapAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("`region/zone/sub_zone` or {region, zone, sub_zone}")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<String, A::Error> {
+            let l = super::envoy::Locality::deserialize(
+                serde::de::value::MapAccessDeserializer::new(map),
+            )?;
+            let parts = [&l.region, &l.zone, &l.sub_zone].map(|p| p.as_deref().unwrap_or(""));
+            let n = parts
+                .iter()
+                .rposition(|p| !p.is_empty())
+                .map_or(0, |i| i + 1);
+            if n == 0 {
+                return Err(A::Error::custom(
+                    "an empty locality: give at least `region`",
+                ));
+            }
+            let names = ["region", "zone", "sub_zone"];
+            if let Some(i) = parts.iter().position(|p| p.contains('/')) {
+                return Err(A::Error::custom(format!(
+                    "{} `{}` contains `/`",
+                    names[i], parts[i]
+                )));
+            }
+            if let Some(i) = parts[..n].iter().position(|p| p.is_empty()) {
+                return Err(A::Error::custom(format!(
+                    "`{}` is set without `{}`: give the locality from its region down",
+                    names[n - 1],
+                    names[i]
+                )));
+            }
+            Ok(parts[..n].join("/"))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// A NIC profile for the daemon to apply at start and then watch for drift.
@@ -122,6 +173,15 @@ pub struct Listener {
     /// Default 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_body: Option<u64>,
+    /// `http` listeners: what happens to `x-forwarded-client-cert` (Envoy's HCM option of
+    /// the same name). Default `SANITIZE_SET` with `uri` (Istio-like; Envoy's own default
+    /// is `SANITIZE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_client_cert_details: Option<super::tls::ForwardClientCertDetails>,
+    /// `http` listeners with `APPEND_FORWARD` or `SANITIZE_SET`: the client-certificate
+    /// fields of this proxy's element (Envoy's option of the same name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_current_client_cert_details: Option<super::tls::ClientCertDetails>,
 }
 
 /// How the DPDK packet load balancer hands a VIP's packets to the chosen backend.
@@ -340,10 +400,50 @@ pub struct OutlierDetection {
     pub failure_percentage_request_volume: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcing_failure_percentage: Option<u32>,
+    /// Count local-origin failures (connect failure or timeout, reset or garbage before a
+    /// response, response timeout) apart from HTTP statuses (Envoy default false: a
+    /// local failure counts as a 503). With it, `consecutive_5xx`,
+    /// `consecutive_gateway_failure` and the success-rate / failure-percentage volumes
+    /// count statuses only, and the local-origin fields below judge the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_external_local_origin_errors: Option<bool>,
+    /// Split counting: consecutive local-origin failures that eject (default 5), with the
+    /// chance `enforcing_consecutive_local_origin_failure` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_local_origin_failure: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_consecutive_local_origin_failure: Option<u32>,
+    /// Split counting: the chance that a local-origin success-rate outlier (judged with
+    /// the `success_rate_*` settings) is ejected (default 100), and a local-origin
+    /// failure-percentage one (`failure_percentage_*` settings; default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_local_origin_success_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcing_failure_percentage_local_origin: Option<u32>,
+    /// With active health checks: a passing check brings an ejected endpoint back at
+    /// once and clears its error runs (Envoy default true); one failing its check comes
+    /// back when the check turns healthy (`healthy_threshold` passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successful_active_health_check_uneject_host: Option<bool>,
+    /// Each ejection lasts a random extra 0..=this (Envoy default 0), so endpoints
+    /// ejected together do not return together.
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection_time_jitter: Option<Duration>,
+    /// Unset: one endpoint can always be ejected whatever `max_ejection_percent` says
+    /// (Envoy's documented rule before 1.31). `true`: the same, said explicitly (Envoy
+    /// ≥ 1.31). `false`: the cap holds even for the first ejection (Envoy ≥ 1.31's
+    /// default: 10% of a 2-endpoint cluster ejects nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub always_eject_one_host: Option<bool>,
 }
 
 /// The key of consistent hashing: exactly one of a request header's value, a cookie's
-/// value, or the client's source address (Istio `consistentHash`).
+/// value, a query parameter's value, or the client's source address (Istio
+/// `consistentHash`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HashPolicy {
@@ -353,6 +453,9 @@ pub struct HashPolicy {
     pub cookie: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<bool>,
+    /// A query parameter's first value (Istio `httpQueryParameterName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_parameter: Option<String>,
     /// With `cookie`: a request without the cookie gets one generated (Envoy's and
     /// Istio's `httpCookie.ttl`): the response carries `Set-Cookie` with this
     /// `Max-Age` (0: a session cookie) and `cookie_path`.
@@ -378,8 +481,18 @@ pub struct HealthCheck {
     pub interval: Option<Duration>,
     pub unhealthy_threshold: u32,
     pub healthy_threshold: u32,
-    pub http_health_check: HttpHealthCheck,
+    /// Exactly one of the two kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_health_check: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_health_check: Option<TcpHealthCheck>,
 }
+
+/// Envoy's `TcpHealthCheck` without payloads: the check passes when a connection is
+/// made (`send`/`receive` are refused by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -597,10 +710,50 @@ pub(crate) mod opt_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Some).map_err(|e| {
-            de::Error::custom(format!(
-                "invalid duration `{s}` ({e}); write e.g. \"250ms\" or \"5s\""
-            ))
-        })
+        humantime::parse_duration(&s)
+            .or_else(|e| protobuf_seconds(&s).ok_or(e))
+            .map(Some)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration `{s}` ({e}); write e.g. \"250ms\" or \"5s\""
+                ))
+            })
+    }
+
+    /// The protobuf JSON form Envoy configs use for fractions: `0.25s`, `1.5s` (at most
+    /// nine decimals, as `google.protobuf.Duration` has nanoseconds).
+    pub(crate) fn protobuf_seconds(s: &str) -> Option<Duration> {
+        let (whole, frac) = s.strip_suffix('s')?.split_once('.')?;
+        let digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(frac) || frac.len() > 9 {
+            return None;
+        }
+        let nanos: u32 = format!("{frac:0<9}").parse().ok()?;
+        Some(Duration::new(whole.parse().ok()?, nanos))
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::opt_duration::protobuf_seconds;
+    use std::time::Duration;
+
+    #[test]
+    fn protobuf_fractional_seconds() {
+        assert_eq!(protobuf_seconds("0.25s"), Some(Duration::from_millis(250)));
+        assert_eq!(protobuf_seconds("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(protobuf_seconds("3.000000001s"), Some(Duration::new(3, 1)));
+        for bad in [
+            "1s",
+            ".5s",
+            "1.s",
+            "1.5",
+            "1.5ms",
+            "-1.5s",
+            "1.0000000001s",
+            "a.5s",
+        ] {
+            assert_eq!(protobuf_seconds(bad), None, "{bad}");
+        }
     }
 }

@@ -573,3 +573,244 @@ fn offload_cryptodev_driver() {
         "{msg}"
     );
 }
+
+/// An Envoy bootstrap's `node.locality` is the native top-level `node:` (which takes
+/// Envoy's message form too); a bad or conflicting one is an error naming it.
+#[test]
+fn bootstrap_node_locality_is_the_native_node() {
+    let boot = |node: &str| {
+        format!(
+            "node: {node}\nstatic_resources:\n  clusters:\n    - name: c\n      load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n"
+        )
+    };
+    let c = parse(
+        &boot("{locality: {region: us-west, zone: zone1, sub_zone: sub1}}"),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(c.node.unwrap().locality, "us-west/zone1/sub1");
+    assert_eq!(c.clusters[0].name, "c");
+    let c = parse(&boot("{locality: {region: eu}}"), Format::Yaml).unwrap();
+    assert_eq!(c.node.unwrap().locality, "eu");
+    // The native document takes the message form as well, and both agree.
+    let native = parse("node: {locality: {region: eu, zone: a}}\n", Format::Yaml).unwrap();
+    assert_eq!(native.node.unwrap().locality, "eu/a");
+    let both = parse(
+        &format!(
+            "node: {{locality: us-west/zone1}}\n---\n{}",
+            boot("{locality: {region: us-west, zone: zone1}}")
+        ),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(both.node.unwrap().locality, "us-west/zone1");
+    let cases = [
+        ("{locality: {zone: z}}", "`zone` is set without `region`"),
+        (
+            "{locality: {region: r, sub_zone: s}}",
+            "`sub_zone` is set without `zone`",
+        ),
+        ("{locality: {}}", "an empty locality"),
+        ("{locality: {region: \"a/b\"}}", "region `a/b` contains `/`"),
+        ("{locality: {region: r, zonee: z}}", "zonee"),
+        ("{id: sidecar-1, locality: {region: r}}", "id"),
+        ("{locality: [r]}", "locality"),
+    ];
+    for (node, names) in cases {
+        let text = parse(&boot(node), Format::Yaml)
+            .expect_err(node)
+            .to_string();
+        assert!(text.contains(names), "`{node}`: {text}");
+        assert!(text.contains("Envoy bootstrap"), "`{node}`: {text}");
+    }
+    let e = parse(
+        &format!(
+            "node: {{locality: eu}}\n---\n{}",
+            boot("{locality: {region: us}}")
+        ),
+        Format::Yaml,
+    )
+    .expect_err("two localities")
+    .to_string();
+    assert!(
+        e.contains("node.locality: `us` here, `eu` in an earlier document"),
+        "{e}"
+    );
+}
+
+/// Envoy's upstream `HttpProtocolOptions` (`typed_extension_protocol_options`) set the
+/// pool's idle expiry and the requests per connection; the deprecated cluster-level
+/// `max_requests_per_connection` too; protobuf fractional seconds read.
+#[test]
+fn envoy_http_protocol_options_are_taken() {
+    let cluster = |extra: &str| {
+        format!(
+            "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 0.25s\n    load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n{extra}"
+        )
+    };
+    let text = cluster(
+        r#"    circuit_breakers: {thresholds: [{max_connections: 9}]}
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        common_http_protocol_options: {idle_timeout: 1.5s, max_requests_per_connection: 7}
+        explicit_http_config: {http_protocol_options: {}}
+"#,
+    );
+    let c = parse(&text, Format::Yaml).unwrap().clusters.remove(0);
+    assert_eq!(
+        c.connect_timeout,
+        Some(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(c.idle_timeout, Some(std::time::Duration::from_millis(1500)));
+    let b = c.circuit_breakers.unwrap();
+    assert_eq!(
+        (b.max_connections, b.max_requests_per_connection),
+        (Some(9), Some(7))
+    );
+    let c = parse(
+        &cluster("    max_requests_per_connection: 1\n"),
+        Format::Yaml,
+    )
+    .unwrap()
+    .clusters
+    .remove(0);
+    assert_eq!(
+        c.circuit_breakers.unwrap().max_requests_per_connection,
+        Some(1)
+    );
+    assert_eq!(c.idle_timeout, None);
+    let opts = |o: &str| {
+        cluster(&format!(
+            "    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {o}\n"
+        ))
+    };
+    let cases = [
+        (
+            opts("{common_http_protocol_options: {idle_timeout: 0s}}"),
+            "common_http_protocol_options.idle_timeout: 0 (no idle expiry) is not supported",
+        ),
+        (
+            opts("{common_http_protocol_options: {idle_timeout: forever}}"),
+            "invalid duration `forever`",
+        ),
+        (
+            opts("{common_http_protocol_options: {max_headers_count: 50}}"),
+            "max_headers_count",
+        ),
+        (
+            opts("{explicit_http_config: {http2_protocol_options: {}}}"),
+            "http2_protocol_options",
+        ),
+        (
+            opts("{explicit_http_config: {http_protocol_options: {accept_http_10: true}}}"),
+            "accept_http_10",
+        ),
+        (
+            opts("{\"@type\": type.googleapis.com/envoy.config.core.v3.Http2ProtocolOptions}"),
+            "HttpProtocolOptions.@type",
+        ),
+        (
+            opts("{upstream_http_protocol_options: {auto_sni: true}}"),
+            "upstream_http_protocol_options",
+        ),
+        (
+            cluster("    typed_extension_protocol_options:\n      envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: {}\n"),
+            "typed_extension_protocol_options.envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions: this extension is not supported",
+        ),
+        (
+            cluster("    max_requests_per_connection: 2\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions: {common_http_protocol_options: {max_requests_per_connection: 3}}\n"),
+            "differs from the cluster's max_requests_per_connection",
+        ),
+        (cluster("    max_requests_per_connection: many\n"), "max_requests_per_connection"),
+    ];
+    for (text, names) in cases {
+        let e = parse(&text, Format::Yaml).expect_err(names).to_string();
+        assert!(e.contains(names), "{names}: {e}");
+    }
+}
+
+/// An Envoy cluster's `transport_socket` (`UpstreamTlsContext`) is the native `tls:`;
+/// what it cannot say is refused by name.
+#[test]
+fn envoy_upstream_tls_context_is_the_cluster_tls() {
+    let cluster = |ts: &str| {
+        format!(
+            "static_resources:\n  clusters:\n  - name: c\n    load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n    transport_socket: {ts}\n"
+        )
+    };
+    let tls = |ctx: &str| {
+        cluster(&format!(
+            "{{name: envoy.transport_sockets.tls, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext, {ctx}}}}}"
+        ))
+    };
+    let c = parse(
+        &tls("sni: a.internal, common_tls_context: {tls_certificates: [{certificate_chain: {filename: /c.pem}, private_key: {filename: /c.key}}], validation_context: {trusted_ca: {filename: /ca.pem}}}"),
+        Format::Yaml,
+    )
+    .unwrap()
+    .clusters
+    .remove(0);
+    let t = c.tls.unwrap();
+    assert_eq!(t.sni, "a.internal");
+    assert_eq!(t.ca, std::path::PathBuf::from("/ca.pem"));
+    assert_eq!(t.cert.as_deref(), Some(std::path::Path::new("/c.pem")));
+    assert_eq!(t.key.as_deref(), Some(std::path::Path::new("/c.key")));
+    let plain = parse(
+        &cluster("{name: envoy.transport_sockets.raw_buffer}"),
+        Format::Yaml,
+    )
+    .unwrap();
+    assert!(plain.clusters[0].tls.is_none());
+    let ca = "validation_context: {trusted_ca: {filename: /ca.pem}}";
+    let cases = [
+        (
+            tls(&format!("common_tls_context: {{{ca}}}")),
+            "transport_socket.typed_config.sni: give the upstream's name",
+        ),
+        (
+            tls("sni: a"),
+            "validation_context.trusted_ca: give the CA bundle",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, alpn_protocols: [h2]}}")),
+            "alpn_protocols",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, tls_params: {{}}}}")),
+            "tls_params",
+        ),
+        (
+            tls("sni: a, common_tls_context: {validation_context: {trusted_ca: {inline_string: x}}}"),
+            "inline_string",
+        ),
+        (
+            tls("sni: a, common_tls_context: {validation_context: {trusted_ca: {filename: /ca.pem}, match_typed_subject_alt_names: []}}"),
+            "match_typed_subject_alt_names",
+        ),
+        (
+            tls(&format!("sni: a, common_tls_context: {{{ca}, tls_certificates: [{{certificate_chain: {{filename: /a}}, private_key: {{filename: /b}}}}, {{certificate_chain: {{filename: /c}}, private_key: {{filename: /d}}}}]}}")),
+            "one client certificate per cluster",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, sni: a}}"),
+            "typed_config.@type",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.alts}"),
+            "transport socket `envoy.transport_sockets.alts` is not supported",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.tls}"),
+            "give the UpstreamTlsContext",
+        ),
+        (
+            cluster("{name: envoy.transport_sockets.raw_buffer, typed_config: {sni: a}}"),
+            "raw_buffer takes no typed_config",
+        ),
+    ];
+    for (text, names) in cases {
+        let e = parse(&text, Format::Yaml).expect_err(names).to_string();
+        assert!(e.contains(names), "{names}: {e}");
+    }
+}

@@ -40,7 +40,17 @@ pub struct ListenerTls {
     /// every verified client. A client not listed is reset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_principals: Vec<String>,
+    /// TLS 1.3 session tickets sent after each full handshake (default 2, at most
+    /// [`MAX_SESSION_TICKETS`]); `0` turns stateless resumption off (TLS 1.2 tickets too),
+    /// like Envoy's `disable_stateless_session_resumption` or HAProxy's `no-tls-tickets`.
+    /// TLS 1.2 session-ID resumption (the server's cache) stays, as in Envoy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tickets: Option<u32>,
 }
+
+/// Most tickets a listener may send per handshake (each is a message to the client and
+/// an encryption on the handshake path; OpenSSL and rustls send 2 by default).
+pub const MAX_SESSION_TICKETS: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,4 +116,44 @@ pub enum OffloadBackend {
     SoftwareThreaded,
     Cryptodev,
     Ktls,
+}
+
+/// What an `http` listener does with a request's `x-forwarded-client-cert` header
+/// (Envoy's `forward_client_cert_details`, same names). "mTLS" means the client presented
+/// a certificate the listener verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertDetails {
+    /// Remove the header; send none.
+    Sanitize,
+    /// Pass the client's header on when the connection is mTLS (else remove it).
+    ForwardOnly,
+    /// mTLS: pass the client's header on with this proxy's element appended.
+    AppendForward,
+    /// mTLS: replace the client's header with this proxy's element.
+    SanitizeSet,
+    /// Pass the client's header on whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// Which client-certificate fields this proxy's XFCC element carries besides `By` and
+/// `Hash` (Envoy's `set_current_client_cert_details`, same names).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertDetails {
+    /// `Subject="…"`: the subject, RFC 2253 order and escaping.
+    #[serde(default)]
+    pub subject: bool,
+    /// `Cert=`: the leaf certificate, URL-encoded PEM.
+    #[serde(default)]
+    pub cert: bool,
+    /// `Chain=`: every certificate the client presented, leaf first, URL-encoded PEM.
+    #[serde(default)]
+    pub chain: bool,
+    /// `DNS=`: one pair per DNS SAN.
+    #[serde(default)]
+    pub dns: bool,
+    /// `URI=`: one pair per URI SAN.
+    #[serde(default)]
+    pub uri: bool,
 }

@@ -241,6 +241,23 @@ fn failover(c: &mut Cluster, s: Option<&LocalityLbSetting>, node: &str) {
 }
 
 fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
+    if let Some(t) = &tp.tls {
+        match t.mode.as_str() {
+            "DISABLE" => c.tls = None,
+            "SIMPLE" | "MUTUAL" => {
+                if let (Some(ca), Some(sni)) = (&t.ca_certificates, &t.sni) {
+                    let mutual = t.mode == "MUTUAL";
+                    c.tls = Some(super::tls::ClusterTls {
+                        ca: ca.clone(),
+                        sni: sni.clone(),
+                        cert: t.client_certificate.clone().filter(|_| mutual),
+                        key: t.private_key.clone().filter(|_| mutual),
+                    });
+                }
+            }
+            _ => {} // refused by validation
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         match lb.simple.as_deref() {
             Some("ROUND_ROBIN") => c.lb_policy = LbPolicy::RoundRobin,
@@ -254,6 +271,7 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
                 source_ip: h.use_source_ip.filter(|s| *s),
+                query_parameter: h.http_query_parameter_name.clone(),
                 cookie_ttl: h.http_cookie.as_ref().and_then(|k| k.ttl),
                 cookie_path: h.http_cookie.as_ref().and_then(|k| k.path.clone()),
             });
@@ -316,6 +334,18 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         if let Some(p) = o.max_ejection_percent {
             base.max_ejection_percent = Some(p);
         }
+        // As Istio does: success-rate detection (not in Istio's API) is off, and so is
+        // the local-origin one under split counting; a local-origin failure count is
+        // enforced.
+        base.enforcing_success_rate = Some(0);
+        if o.split_external_local_origin_errors == Some(true) {
+            base.split_external_local_origin_errors = Some(true);
+            if let Some(n) = o.consecutive_local_origin_failures.filter(|n| *n > 0) {
+                base.consecutive_local_origin_failure = Some(n);
+                base.enforcing_consecutive_local_origin_failure = Some(100);
+            }
+            base.enforcing_local_origin_success_rate = Some(0);
+        }
         // As Istio does: outlier detection sets Envoy's panic threshold to
         // `minHealthPercent`, which defaults to 0 (no panic mode).
         c.healthy_panic_threshold = Some(f64::from(o.min_health_percent.unwrap_or(0)));
@@ -324,6 +354,74 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
 
 /// Problems in one traffic policy (`at` is its field path).
 pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, String)) {
+    if let Some(t) = &tp.tls {
+        let at = format!("{at}.tls");
+        match t.mode.as_str() {
+            "DISABLE" | "SIMPLE" | "MUTUAL" => {}
+            "ISTIO_MUTUAL" => bad(
+                format!("{at}.mode"),
+                "ISTIO_MUTUAL needs Istio's workload certificates, which tickmesh does not have: use MUTUAL with clientCertificate, privateKey and caCertificates".into(),
+            ),
+            m => bad(
+                format!("{at}.mode"),
+                format!("`{m}` is not a TLS mode (DISABLE, SIMPLE, MUTUAL)"),
+            ),
+        }
+        if matches!(t.mode.as_str(), "SIMPLE" | "MUTUAL") {
+            if t.ca_certificates.is_none() {
+                bad(
+                    format!("{at}.caCertificates"),
+                    "give the CA bundle: tickmesh always verifies the upstream certificate".into(),
+                );
+            }
+            if t.sni.as_deref().unwrap_or("").is_empty() {
+                bad(
+                    format!("{at}.sni"),
+                    "give the upstream's name: tickmesh sends it and verifies the certificate against it".into(),
+                );
+            }
+            if let Some(n) = t
+                .subject_alt_names
+                .iter()
+                .find(|n| Some(n.as_str()) != t.sni.as_deref())
+            {
+                bad(
+                    format!("{at}.subjectAltNames"),
+                    format!(
+                        "`{n}` is not the sni name: the certificate is verified against `sni` only"
+                    ),
+                );
+            }
+        }
+        let mutual = t.mode == "MUTUAL";
+        match (
+            mutual,
+            t.client_certificate.is_some(),
+            t.private_key.is_some(),
+        ) {
+            (true, true, true) | (false, false, false) => {}
+            (true, _, _) => bad(
+                at.clone(),
+                "MUTUAL needs both clientCertificate and privateKey".into(),
+            ),
+            (false, _, _) => bad(
+                at.clone(),
+                "clientCertificate/privateKey are for mode MUTUAL".into(),
+            ),
+        }
+        if t.insecure_skip_verify == Some(true) {
+            bad(
+                format!("{at}.insecureSkipVerify"),
+                "tickmesh always verifies upstream certificates".into(),
+            );
+        }
+        if t.mode == "DISABLE" && (t.ca_certificates.is_some() || t.sni.is_some()) {
+            bad(
+                at.clone(),
+                "mode DISABLE takes no certificates or sni".into(),
+            );
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         if let Some(s) = lb.simple.as_deref() {
             if !["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"].contains(&s) {
@@ -343,11 +441,18 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                     h.http_header_name.is_some(),
                     h.http_cookie.is_some(),
                     h.use_source_ip.is_some(),
+                    h.http_query_parameter_name.is_some(),
                 ];
                 if keys.iter().filter(|k| **k).count() != 1 {
                     bad(
                         format!("{at}.loadBalancer.consistentHash"),
-                        "give exactly one key: httpHeaderName, httpCookie or useSourceIp".into(),
+                        "give exactly one key: httpHeaderName, httpCookie, httpQueryParameterName or useSourceIp".into(),
+                    );
+                }
+                if h.http_query_parameter_name.as_deref() == Some("") {
+                    bad(
+                        format!("{at}.loadBalancer.consistentHash.httpQueryParameterName"),
+                        "is empty: name the query parameter".into(),
                     );
                 }
                 if let Some(k) = &h.http_cookie {
@@ -478,6 +583,14 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                     format!("{p} is over 100"),
                 );
             }
+        }
+        if o.consecutive_local_origin_failures.is_some()
+            && o.split_external_local_origin_errors != Some(true)
+        {
+            bad(
+                format!("{at}.outlierDetection.consecutiveLocalOriginFailures"),
+                "takes effect only with `splitExternalLocalOriginErrors: true`; set that too, or remove this field".into(),
+            );
         }
         for (name, d) in [
             ("interval", o.interval),
@@ -755,6 +868,81 @@ clusters:
         );
     }
 
+    /// Istio's mapping of split counting: `consecutiveLocalOriginFailures` enforced at
+    /// 100%, local-origin success rate off, and success-rate detection off whenever a
+    /// rule sets outlier detection.
+    #[test]
+    fn istio_split_local_origin_errors_map_as_istio_does() {
+        let dr = |od: &str| {
+            rules(&format!("apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: c\n  trafficPolicy:\n    outlierDetection: {od}\n"))
+        };
+        let c = parse(
+            "clusters: [{name: c, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let o = effective_cluster(
+            &c,
+            &dr("{splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 7}"),
+        )
+        .outlier_detection
+        .unwrap();
+        assert_eq!(o.split_external_local_origin_errors, Some(true));
+        assert_eq!(o.consecutive_local_origin_failure, Some(7));
+        assert_eq!(o.enforcing_consecutive_local_origin_failure, Some(100));
+        assert_eq!(o.enforcing_local_origin_success_rate, Some(0));
+        assert_eq!(o.enforcing_success_rate, Some(0));
+        let o = effective_cluster(&c, &dr("{consecutive5xxErrors: 3}"))
+            .outlier_detection
+            .unwrap();
+        assert_eq!(o.split_external_local_origin_errors, None);
+        assert_eq!(o.consecutive_local_origin_failure, None);
+        assert_eq!(o.enforcing_success_rate, Some(0));
+    }
+
+    /// Istio `trafficPolicy.tls`: SIMPLE and MUTUAL are the cluster's `tls:`, DISABLE
+    /// removes one the cluster had.
+    #[test]
+    fn destination_rule_tls_sets_the_cluster_tls() {
+        let dr = |tls: &str| {
+            rules(&format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: c\n  trafficPolicy:\n    tls: {tls}\n"))
+        };
+        let c = parse(
+            "clusters: [{name: c, endpoints: [\"127.0.0.1:1\"], tls: {ca: /old.pem, sni: old}}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let t = effective_cluster(
+            &c,
+            &dr("{mode: MUTUAL, caCertificates: /ca.pem, sni: a.internal, clientCertificate: /c.pem, privateKey: /c.key, subjectAltNames: [a.internal]}"),
+        )
+        .tls
+        .unwrap();
+        assert_eq!(
+            (
+                t.ca.to_str(),
+                t.sni.as_str(),
+                t.cert.as_deref(),
+                t.key.as_deref()
+            ),
+            (
+                Some("/ca.pem"),
+                "a.internal",
+                Some(std::path::Path::new("/c.pem")),
+                Some(std::path::Path::new("/c.key"))
+            )
+        );
+        let t = effective_cluster(&c, &dr("{mode: SIMPLE, caCertificates: /ca.pem, sni: b}"))
+            .tls
+            .unwrap();
+        assert_eq!((t.sni.as_str(), t.cert), ("b", None));
+        assert!(effective_cluster(&c, &dr("{mode: DISABLE}")).tls.is_none());
+    }
+
     #[test]
     fn new_cluster_fields_round_trip_through_yaml() {
         let yaml = r#"
@@ -765,7 +953,7 @@ clusters:
     endpoints:
       - "127.0.0.1:1"
       - {address: "127.0.0.1:2", priority: 1, labels: {version: v2}}
-    outlier_detection: {consecutive_gateway_failure: 3, enforcing_consecutive_gateway_failure: 100, max_ejection_time: 1m}
+    outlier_detection: {consecutive_gateway_failure: 3, enforcing_consecutive_gateway_failure: 100, max_ejection_time: 1m, split_external_local_origin_errors: true, consecutive_local_origin_failure: 4, enforcing_failure_percentage_local_origin: 50}
     health_checks:
       - {timeout: 1s, interval: 2s, unhealthy_threshold: 3, healthy_threshold: 2, http_health_check: {path: /h, host: svc, expected_statuses: [{start: 200, end: 300}]}}
 "#;

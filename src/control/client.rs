@@ -274,6 +274,19 @@ pub fn stats_table(s: &StatsResult) -> String {
             (cl.ejections_overflow, "ejection(s) over max%"),
             (cl.ejections_success_rate, "ejected by success rate"),
             (cl.ejections_failure_percentage, "ejected by failure %"),
+            (
+                cl.ejections_local_origin,
+                "ejected by local-origin failures",
+            ),
+            (
+                cl.ejections_local_origin_success_rate,
+                "ejected by local-origin success rate",
+            ),
+            (
+                cl.ejections_local_origin_failure_percentage,
+                "ejected by local-origin failure %",
+            ),
+            (cl.unejections_by_check, "returned by a passing check"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -584,6 +597,10 @@ mod tests {
                 ejections_overflow: 0,
                 ejections_success_rate: 0,
                 ejections_failure_percentage: 0,
+                ejections_local_origin: 0,
+                ejections_local_origin_success_rate: 0,
+                ejections_local_origin_failure_percentage: 0,
+                unejections_by_check: 0,
             }],
         };
         let out = stats_table(&s);

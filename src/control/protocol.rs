@@ -278,6 +278,18 @@ pub struct ClusterStatsView {
     pub ejections_success_rate: u64,
     #[serde(default)]
     pub ejections_failure_percentage: u64,
+    /// Split counting (`split_external_local_origin_errors`): ejections by consecutive
+    /// local-origin failures, local-origin success rate and failure percentage.
+    #[serde(default)]
+    pub ejections_local_origin: u64,
+    #[serde(default)]
+    pub ejections_local_origin_success_rate: u64,
+    #[serde(default)]
+    pub ejections_local_origin_failure_percentage: u64,
+    /// Ejections a passing active health check ended early
+    /// (`successful_active_health_check_uneject_host`).
+    #[serde(default)]
+    pub unejections_by_check: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,6 +314,9 @@ pub struct EndpointHealthView {
     pub state: String,
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: u32,
+    /// Split counting only (0 otherwise).
+    #[serde(default)]
+    pub consecutive_local_origin_failures: u32,
     /// The current ejection multiplier (decays while healthy) and every ejection so far.
     pub times_ejected: u32,
     pub ejections_total: u64,
@@ -314,6 +329,9 @@ pub struct EndpointHealthView {
     /// (`success_rate_request_volume`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success_rate: Option<f64>,
+    /// Split counting: the local-origin success rate of the same interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_origin_success_rate: Option<f64>,
 }
 
 #[cfg(test)]

@@ -179,7 +179,10 @@ impl ControlPlane {
                 pool,
                 store,
             }),
-            routes: Arc::new(Routes::new(table)),
+            routes: Arc::new({
+                count_split_as(&table);
+                Routes::new(table)
+            }),
             stats,
             dns_due,
             rotation_failed: Mutex::new(None),
@@ -381,6 +384,7 @@ impl ControlPlane {
                 )));
             }
         }
+        count_split_as(&table);
         self.routes.store(table);
         if let Some(s) = staged {
             s.publish();
@@ -458,6 +462,7 @@ impl ControlPlane {
             &self.stats,
             &mut st.pool,
         )?;
+        count_split_as(&table);
         self.routes.store(table);
         self.stats.prune();
         st.pool.prune();
@@ -530,15 +535,30 @@ impl ControlPlane {
             let eps = c.endpoints.iter().map(|e| &*e.health);
             match &c.outlier {
                 Some(p) => outlier::sweep(p, &c.health, eps.clone(), now, |i| {
-                    use crate::telemetry::UpstreamCounter::{RqError, RqSuccess};
+                    use crate::telemetry::UpstreamCounter::{
+                        RqError, RqLocalOriginError, RqLocalOriginSuccess, RqSuccess,
+                    };
                     let s = &c.endpoints[i].stats;
-                    (s.get(RqSuccess), s.get(RqError))
+                    outlier::Volumes {
+                        success: s.get(RqSuccess),
+                        error: s.get(RqError),
+                        local_success: s.get(RqLocalOriginSuccess),
+                        local_error: s.get(RqLocalOriginError),
+                    }
                 }),
-                // Outlier detection was configured away: nobody stays ejected.
-                None => eps
-                    .clone()
-                    .filter(|e| e.flags() & health::EJECTED != 0)
-                    .for_each(|e| e.uneject(&c.health)),
+                // Outlier detection was configured away: nobody stays ejected, and
+                // outcomes count in one bucket again.
+                None => {
+                    c.health
+                        .uneject_on_check
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    eps.clone().for_each(|e| {
+                        e.set_split(false);
+                        if e.flags() & health::EJECTED != 0 {
+                            e.uneject(&c.health);
+                        }
+                    })
+                }
             }
             c.health.recount(eps);
             c.refresh_plan();
@@ -606,6 +626,14 @@ impl ControlPlane {
                         ejections_overflow: c.health.ejections_overflow(),
                         ejections_success_rate: c.health.ejections_success_rate(),
                         ejections_failure_percentage: c.health.ejections_failure_percentage(),
+                        ejections_local_origin: c.health.ejections_local_origin(),
+                        unejections_by_check: c.health.unejections_by_check(),
+                        ejections_local_origin_success_rate: c
+                            .health
+                            .ejections_local_origin_success_rate(),
+                        ejections_local_origin_failure_percentage: c
+                            .health
+                            .ejections_local_origin_failure_percentage(),
                     }
                 })
                 .collect(),
@@ -867,6 +895,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         state: state.into(),
         consecutive_5xx: h.consecutive_5xx(),
         consecutive_gateway_errors: h.consecutive_gateway(),
+        consecutive_local_origin_failures: h.consecutive_local_origin(),
         times_ejected: h.times_ejected(),
         ejections_total: h.ejections_total(),
         ejected_remaining_ms: if f & health::EJECTED != 0 {
@@ -877,6 +906,7 @@ fn health_view(h: &health::EndpointHealth, now: u64) -> EndpointHealthView {
         checks_total,
         checks_failed,
         success_rate: h.last_success_rate(),
+        local_origin_success_rate: h.last_local_success_rate(),
     }
 }
 
@@ -969,6 +999,9 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                 (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
                 (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
                 (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
+                (Balancer::Maglev(_), HashOn::Query(q)) => {
+                    format!("maglev on query parameter {q}")
+                }
             };
             let b = &c.breakers;
             let mut policy = format!(
@@ -1006,6 +1039,24 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                     fp.minimum_hosts,
                     fp.request_volume
                 ));
+                if o.jitter_ms > 0 {
+                    policy.push_str(&format!(", ejection jitter ≤ {}ms", o.jitter_ms));
+                }
+                if !o.always_eject_one {
+                    policy.push_str(", the cap holds for the first ejection");
+                }
+                if !o.uneject_on_check {
+                    policy.push_str(", a passing check does not end an ejection");
+                }
+                if let Some(l) = &o.local_origin {
+                    policy.push_str(&format!(
+                        ", split local origin: {} in a row ({}%), success rate {}%, failure {}%",
+                        l.consecutive,
+                        l.enforcing_consecutive,
+                        l.enforcing_success_rate,
+                        l.enforcing_failure_percentage
+                    ));
+                }
             }
             policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));
             let localities: Vec<String> = c
@@ -1025,8 +1076,12 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
             }
             if let Some(h) = &c.health_check {
                 policy.push_str(&format!(
-                    "; check GET {} every {} ({} down, {} up)",
-                    h.path,
+                    "; check {} every {} ({} down, {} up)",
+                    if h.tcp {
+                        "TCP connect".to_string()
+                    } else {
+                        format!("GET {}", h.path)
+                    },
                     humantime::format_duration(h.interval),
                     h.unhealthy_threshold,
                     h.healthy_threshold
@@ -1120,3 +1175,16 @@ fn upstream_active(r: &CounterReport) -> u64 {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;
+
+/// Tell each endpoint whether its outcomes count split by origin under `table`'s policy,
+/// before workers see the table (the health tick keeps it so afterwards): counted by the
+/// tick alone, exchanges in the first tick after an apply were counted unsplit
+/// (`rq_success` without `rq_local_origin_success`).
+fn count_split_as(table: &route::RouteTable) {
+    for c in table.clusters.iter() {
+        let on = c.outlier.as_ref().is_some_and(|p| p.local_origin.is_some());
+        for e in c.endpoints.iter() {
+            e.health.set_split(on);
+        }
+    }
+}

@@ -67,6 +67,8 @@ pub(crate) enum Kind {
     UdpSession = 6,
     /// A TCP socket's readiness (epoll only): aux is the side.
     Sock = 7,
+    /// A multishot receive (io_uring only): aux is the side.
+    RecvMulti = 8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,7 @@ impl Token {
             5 => Kind::UdpListener,
             6 => Kind::UdpSession,
             7 => Kind::Sock,
+            8 => Kind::RecvMulti,
             _ => Kind::Nothing,
         };
         Token {
@@ -383,11 +386,31 @@ impl Core {
         }
         self.cursors.clear();
         self.cursors.resize(t.clusters.len(), 0);
-        // Idle upstream connections are indexed by the old table: closed.
+        // Idle upstream connections are indexed by the old table: those to an endpoint
+        // the new one still has (same cluster name, address and TLS settings) are
+        // re-indexed and kept, the rest closed.
         let (old, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
-        self.http.pool.reset(t.generation, |i| {
-            crate::proxy::http::pool::count_close(old, worker, i, crypto)
-        });
+        if self.http.pool.is_empty() {
+            self.http.pool.reset(t.generation, |_| {});
+        } else {
+            // Control-plane pace: allocates (a name index, a cache per endpoint seen).
+            let by_name: std::collections::HashMap<&str, usize> = t
+                .clusters
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (&*c.name, i))
+                .collect();
+            let mut seen = std::collections::HashMap::new();
+            self.http.pool.carry(
+                t.generation,
+                |c, e| {
+                    *seen
+                        .entry((c, e))
+                        .or_insert_with(|| pool_place(old, &t, &by_name, c, e))
+                },
+                |i| crate::proxy::http::pool::count_close(old, worker, i, crypto),
+            );
+        }
         self.table = t;
         let worker = self.worker;
         self.udp.set_listeners(
@@ -735,6 +758,32 @@ impl Core {
         }
         self.udp_spare.clear();
     }
+}
+
+/// Where endpoint `e` of cluster `c` of `old` sits in `new` (cluster, endpoint
+/// indices): `None` when the cluster (by name) or the endpoint (by address) is gone, or
+/// the cluster's TLS origination changed (a pooled connection carries its old session).
+fn pool_place(
+    old: &RouteTable,
+    new: &RouteTable,
+    by_name: &std::collections::HashMap<&str, usize>,
+    c: u32,
+    e: u32,
+) -> Option<(u32, u32)> {
+    let oc = old.clusters.get(c as usize)?;
+    let addr = oc.endpoints.get(e as usize)?.address;
+    let i = *by_name.get(&*oc.name)?;
+    let nc = &new.clusters[i];
+    let same_tls = match (&oc.tls, &nc.tls) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    if !same_tls {
+        return None;
+    }
+    let j = nc.endpoints.iter().position(|x| x.address == addr)?;
+    Some((i as u32, j as u32))
 }
 
 /// Count of open connections/sessions across workers.

@@ -40,6 +40,28 @@ pub fn send(fd: RawFd, buf: &[u8]) -> i32 {
     ret(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) })
 }
 
+/// `sendmsg(2)` of `a` then `b` in one call (no SIGPIPE).
+#[inline]
+pub fn send2(fd: RawFd, a: &[u8], b: &[u8]) -> i32 {
+    let mut iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut libc::c_void,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = 2;
+    // SAFETY: msg points at two iovecs over slices valid for reads for the call; the
+    // kernel only reads them.
+    ret(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) })
+}
+
 /// `recvfrom(2)`: the datagram's length and sender.
 #[inline]
 pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> (i32, Option<SocketAddr>) {

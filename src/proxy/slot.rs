@@ -129,7 +129,7 @@ impl Slot {
         let Slot::Tcp(t) = self else {
             unreachable!("just assigned")
         };
-        t.open_fallback(slot, f.fd, f.data, &f.table, f.listener, cx, io)
+        t.open_fallback(slot, f.fd, f.data, f.tls, &f.table, f.listener, cx, io)
     }
 
     pub fn on_connect(&mut self, slot: u32, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -157,7 +157,8 @@ impl Slot {
         cx: &mut Ctx,
         io: &mut impl Io,
     ) -> Step {
-        each!(self, c => c.on_send(slot, from, res, cx, io))
+        let step = each!(self, c => c.on_send(slot, from, res, cx, io));
+        self.after(slot, step, cx, io)
     }
 
     pub fn on_tick(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -187,15 +188,18 @@ impl Slot {
     }
 
     /// After the worker reaped the offload engine: move what completions produced.
+    /// (Decrypted bytes may reach an HTTP connection here and send it to the relay.)
     pub fn crypto_done(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        match self {
+        let step = match self {
             Slot::Tcp(t) => t.crypto_done(slot, cx, io),
             Slot::Http(h) => h.crypto_done(slot, cx, io),
             Slot::Shadow(_) => Step::Continue,
-        }
+        };
+        self.after(slot, step, cx, io)
     }
 
     pub fn rearm(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        each!(self, c => c.rearm(slot, side, cx, io))
+        let step = each!(self, c => c.rearm(slot, side, cx, io));
+        self.after(slot, step, cx, io)
     }
 }

@@ -70,6 +70,8 @@ pub struct ListenerEntry {
     /// `http` listeners: request head deadline and body limit.
     pub request_header_timeout: Duration,
     pub max_request_body: u64,
+    /// `http` listeners: what happens to `x-forwarded-client-cert`.
+    pub xfcc: crate::tls::xfcc::Xfcc,
 }
 
 /// Where a listener's connections go (its L4 route).
@@ -169,6 +171,8 @@ pub enum HashOn {
     SourceIp,
     Header(Box<str>),
     Cookie(Box<str>),
+    /// A query parameter's first value (not percent-decoded).
+    Query(Box<str>),
 }
 
 /// Per-cluster limits an HTTP request checks before it goes upstream; over them it is
@@ -459,7 +463,8 @@ impl ClusterEntry {
             return None;
         }
         let v = match &self.hash_on {
-            HashOn::SourceIp => return None,
+            // The query is not a header: [`ClusterEntry::hash_key`] reads it.
+            HashOn::SourceIp | HashOn::Query(_) => return None,
             HashOn::Header(name) => header(name)?,
             HashOn::Cookie(name) => cookie(header("cookie")?, name.as_bytes())?,
         };
@@ -467,8 +472,7 @@ impl ClusterEntry {
     }
 
     /// A request without the hash cookie on a cluster that generates it: the cookie's
-    /// value (16 hex digits hashed from the client's address and port, as Envoy derives
-    /// it from the connection's addresses) and the request's hash key — the key a later
+    /// value ([`generated_cookie_value`]) and the request's hash key — the key a later
     /// request carrying that cookie gets from [`ClusterEntry::request_key`]. No
     /// allocation.
     #[inline]
@@ -477,25 +481,41 @@ impl ClusterEntry {
         if !matches!(self.balancer, Balancer::Maglev(_)) {
             return None;
         }
-        let mut b = [0u8; 18];
-        let n = match peer? {
-            SocketAddr::V4(a) => {
-                b[..4].copy_from_slice(&a.ip().octets());
-                b[4..6].copy_from_slice(&a.port().to_be_bytes());
-                6
-            }
-            SocketAddr::V6(a) => {
-                b[..16].copy_from_slice(&a.ip().octets());
-                b[16..].copy_from_slice(&a.port().to_be_bytes());
-                18
-            }
-        };
-        let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
-        let mut hex = [0u8; 16];
-        for (i, d) in hex.iter_mut().enumerate() {
-            *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
-        }
+        let hex = generated_cookie_value(peer)?;
         Some((crate::cluster::maglev::hash64(&hex, 0), hex))
+    }
+
+    /// The balancer's hash key for an HTTP request to this cluster and, when a hash
+    /// cookie was made up for it, the cookie's value (for `Set-Cookie`). The route's
+    /// `hash_policy` decides when it has one, else the cluster's own (`hash_policy`,
+    /// Istio `consistentHash`); only consistent-hashing clusters hash. `None` key: the
+    /// client's source IP is hashed (Envoy would pick at random). No allocation.
+    #[inline]
+    pub fn hash_key(
+        &self,
+        route: Option<&http::hash::RouteHash>,
+        req: &http::RequestView,
+        peer: Option<SocketAddr>,
+    ) -> (Option<u64>, Option<[u8; 16]>) {
+        if !matches!(self.balancer, Balancer::Maglev(_)) {
+            return (None, None);
+        }
+        if let Some(r) = route {
+            return r.key(req, peer);
+        }
+        if let HashOn::Query(name) = &self.hash_on {
+            let key = req
+                .query_param(name)
+                .map(|v| crate::cluster::maglev::hash64(v, 0));
+            return (key, None);
+        }
+        match self.request_key(|n| req.header(n)) {
+            Some(k) => (Some(k), None),
+            None => match self.generated_cookie(peer) {
+                Some((k, v)) => (Some(k), Some(v)),
+                None => (None, None),
+            },
+        }
     }
 
     /// The name and attributes of the generated hash cookie's `Set-Cookie`
@@ -586,6 +606,31 @@ fn draw(st: &mut LbState, key: Option<u64>, salt: u32) -> u32 {
 }
 
 impl RouteTable {
+    /// The name and attributes of the hash cookie an HTTP request generated
+    /// (`Set-Cookie`): its route's (`route_ref`: virtual host and route index on
+    /// `listener`) when the route hashes, else its cluster's.
+    pub fn hash_cookie(
+        &self,
+        listener: u32,
+        route_ref: Option<(u32, u32)>,
+        cluster: u32,
+    ) -> Option<(&[u8], &[u8])> {
+        let route = route_ref.and_then(|(vi, ri)| {
+            self.listeners
+                .get(listener as usize)?
+                .http
+                .as_ref()?
+                .vhosts
+                .get(vi as usize)?
+                .routes
+                .get(ri as usize)
+        });
+        match route.and_then(|r| r.hash.as_deref()) {
+            Some(h) => h.set_cookie_parts(),
+            None => self.clusters.get(cluster as usize)?.set_cookie_parts(),
+        }
+    }
+
     pub fn empty() -> RouteTable {
         RouteTable {
             generation: 0,
@@ -644,16 +689,20 @@ pub fn compile(
     let mut clusters: Vec<ClusterEntry> = Vec::with_capacity(cfg.clusters.len());
     for (i, c) in cfg.clusters.iter().enumerate() {
         index.insert(c.name.clone(), clusters.len() as u32);
-        let mut entry = build_cluster(
-            &crate::config::traffic_policy::effective_cluster_at(
-                c,
-                &cfg.destination_rules,
-                cfg.node.as_ref().map(|n| n.locality.as_str()),
-            ),
-            stats,
+        let effective = crate::config::traffic_policy::effective_cluster_at(
+            c,
+            &cfg.destination_rules,
+            cfg.node.as_ref().map(|n| n.locality.as_str()),
         );
-        if let Some(t) = &c.tls {
-            match crate::tls::build_client(t, &format!("clusters[{i}].tls")) {
+        let mut entry = build_cluster(&effective, stats);
+        // The cluster's own `tls:`, or a DestinationRule's `trafficPolicy.tls`.
+        if let Some(t) = &effective.tls {
+            let at = if effective.tls == c.tls {
+                format!("clusters[{i}].tls")
+            } else {
+                format!("DestinationRule trafficPolicy.tls of cluster `{}`", c.name)
+            };
+            match crate::tls::build_client(t, &at) {
                 Ok(t) => entry.tls = Some(t),
                 Err(p) => problems.extend(p),
             }
@@ -713,6 +762,13 @@ pub fn compile(
                 }
             }
             _ => None,
+        };
+        let xfcc = match crate::tls::xfcc::compile(l, i) {
+            Ok(x) => x,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
         };
         let (mode, set_by) = crate::tls::effective_mode(
             l.tls.as_ref().and_then(|t| t.mode),
@@ -794,6 +850,7 @@ pub fn compile(
             tls,
             request_header_timeout: l.request_header_timeout.unwrap_or(Duration::from_secs(10)),
             max_request_body: l.max_request_body.unwrap_or(1 << 30),
+            xfcc,
         });
     }
     if !problems.is_empty() {
@@ -915,6 +972,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             Some(crate::config::HashPolicy {
                 cookie: Some(k), ..
             }) => HashOn::Cookie(k.as_str().into()),
+            Some(crate::config::HashPolicy {
+                query_parameter: Some(q),
+                ..
+            }) => HashOn::Query(q.as_str().into()),
             _ => HashOn::SourceIp,
         },
         cookie_attrs: c
@@ -922,17 +983,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .as_ref()
             .filter(|h| h.cookie.is_some())
             .and_then(|h| {
-                let ttl = h.cookie_ttl?;
-                let mut a = String::new();
-                // Max-Age 0 would delete the cookie: Envoy makes a session cookie.
-                if ttl.as_secs() > 0 {
-                    a.push_str(&format!("; Max-Age={}", ttl.as_secs()));
-                }
-                if let Some(p) = &h.cookie_path {
-                    a.push_str(&format!("; Path={p}"));
-                }
-                a.push_str("; HttpOnly\r\n");
-                Some(a.into_bytes().into_boxed_slice())
+                Some(http::hash::cookie_attributes(
+                    h.cookie_ttl?,
+                    h.cookie_path.as_deref(),
+                ))
             }),
         health_check: c
             .health_checks
@@ -979,7 +1033,32 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
 
 /// The value of cookie `name` in a `Cookie` header (RFC 6265 §4.2.1: `a=b; c=d`),
 /// without the double quotes a value may be wrapped in (§4.1.1), as Envoy reads it.
-fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
+/// A generated hash cookie's value: 16 hex digits hashed from the client's address and
+/// port (as Envoy derives it from the connection's addresses). No allocation.
+pub(crate) fn generated_cookie_value(peer: Option<SocketAddr>) -> Option<[u8; 16]> {
+    let mut b = [0u8; 18];
+    let n = match peer? {
+        SocketAddr::V4(a) => {
+            b[..4].copy_from_slice(&a.ip().octets());
+            b[4..6].copy_from_slice(&a.port().to_be_bytes());
+            6
+        }
+        SocketAddr::V6(a) => {
+            b[..16].copy_from_slice(&a.ip().octets());
+            b[16..].copy_from_slice(&a.port().to_be_bytes());
+            18
+        }
+    };
+    let h = crate::cluster::maglev::hash64(&b[..n], 0x636f_6f6b_6965);
+    let mut hex = [0u8; 16];
+    for (i, d) in hex.iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
+    }
+    Some(hex)
+}
+
+/// The value of cookie `name` in a `Cookie` header (quotes dropped).
+pub(crate) fn cookie<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     header.split(|&b| b == b';').find_map(|pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;
@@ -1033,13 +1112,18 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                     }
                 };
                 let i = self.clusters.len() as u32;
-                let mut entry =
-                    build_cluster(&effective_cluster_at(&c, self.rules, self.node), self.stats);
-                // TLS origination carries over from the base cluster.
-                entry.tls = self
-                    .index
-                    .get(&base.name)
-                    .and_then(|&b| self.clusters[b as usize].tls.clone());
+                let effective = effective_cluster_at(&c, self.rules, self.node);
+                let mut entry = build_cluster(&effective, self.stats);
+                // TLS origination carries over from the base cluster, unless the
+                // subset's policy says otherwise.
+                let base_tls = effective_cluster_at(base, self.rules, self.node).tls;
+                entry.tls = if effective.tls == base_tls {
+                    self.index
+                        .get(&base.name)
+                        .and_then(|&b| self.clusters[b as usize].tls.clone())
+                } else {
+                    self.client_tls(name, effective.tls.as_ref())
+                };
                 self.clusters.push(entry);
                 self.index.insert(name.to_string(), i);
                 return i;
@@ -1084,9 +1168,31 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
-        self.clusters.push(build_cluster(&c, self.stats));
+        let mut entry = build_cluster(&c, self.stats);
+        entry.tls = self.client_tls(name, c.tls.as_ref());
+        self.clusters.push(entry);
         self.index.insert(name.to_string(), i);
         i
+    }
+}
+
+impl ImplicitClusters<'_> {
+    /// TLS origination a DestinationRule gives a cluster the routes made (`None`: none,
+    /// or a problem recorded).
+    fn client_tls(
+        &mut self,
+        name: &str,
+        t: Option<&crate::config::tls::ClusterTls>,
+    ) -> Option<Arc<crate::tls::ClientTls>> {
+        let at = format!("DestinationRule trafficPolicy.tls of cluster `{name}`");
+        match crate::tls::build_client(t?, &at) {
+            Ok(t) => Some(t),
+            Err(p) => {
+                self.problems
+                    .extend(p.into_iter().map(|p| format!("{}: {}", p.path, p.message)));
+                None
+            }
+        }
     }
 }
 
@@ -1096,6 +1202,7 @@ pub struct Routes(ArcSwap<RouteTable>);
 
 impl Routes {
     pub fn new(t: RouteTable) -> Self {
+        t.prime_health();
         Routes(ArcSwap::from_pointee(t))
     }
 
@@ -1111,7 +1218,22 @@ impl Routes {
     }
 
     pub fn store(&self, t: RouteTable) {
+        t.prime_health();
         self.0.store(Arc::new(t))
+    }
+}
+
+impl RouteTable {
+    /// Before publication: each endpoint learns whether its cluster counts outcomes
+    /// split by origin, so the first exchanges under this table count as it says (each
+    /// health tick then keeps it so, [`crate::cluster::outlier::sweep`]).
+    fn prime_health(&self) {
+        for c in self.clusters.iter() {
+            let split = c.outlier.is_some_and(|p| p.local_origin.is_some());
+            for e in c.endpoints.iter() {
+                e.health.set_split(split);
+            }
+        }
     }
 }
 
@@ -1164,6 +1286,91 @@ clusters:
         let e = compile(&cfg(port), 1, &stats, &mut SocketPool::new(1)).unwrap_err();
         assert_eq!(e.problems[0].path, "listeners[0].address");
         assert!(e.to_string().contains("cannot bind"), "{e}");
+    }
+
+    /// A DestinationRule's `trafficPolicy.tls` is built at apply like a cluster's own
+    /// `tls:` — for defined, subset and implicit (DNS-named) clusters — and a file it
+    /// names that is missing is an error naming the rule's cluster.
+    #[test]
+    fn destination_rule_tls_is_built_and_checked_at_apply() {
+        let stats = StatsRegistry::new(1);
+        let yaml = |ca: &str| {
+            format!(
+                r#"
+listeners:
+  - {{name: web, address: "127.0.0.1:0", protocol: http}}
+clusters:
+  - {{name: c, endpoints: [{{address: "127.0.0.1:1", labels: {{v: "1"}}}}]}}
+route_configs:
+  - name: rc
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - {{match: {{prefix: /s}}, route: {{cluster: "c|one"}}}}
+          - {{match: {{prefix: /}}, route: {{cluster: "localhost:8443"}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: c}}
+spec:
+  host: c
+  trafficPolicy: {{tls: {{mode: SIMPLE, sni: c.internal, caCertificates: {ca}}}}}
+  subsets: [{{name: one, labels: {{v: "1"}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: l}}
+spec:
+  host: localhost
+  trafficPolicy: {{tls: {{mode: SIMPLE, sni: l.internal, caCertificates: {ca}}}}}
+"#
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout"])
+            .arg(dir.path().join("ca.key"))
+            .arg("-out")
+            .arg(&ca)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            eprintln!("SKIP destination_rule_tls_is_built_and_checked_at_apply: no openssl CLI");
+            return;
+        }
+        let cfg = crate::config::parse(
+            &yaml(&ca.display().to_string()),
+            crate::config::Format::Yaml,
+        )
+        .unwrap();
+        let t = compile(&cfg, 1, &stats, &mut SocketPool::new(1)).unwrap();
+        for name in ["c", "c|one", "localhost:8443"] {
+            let (_, c) = t.cluster(name).unwrap_or_else(|| panic!("{name}"));
+            assert!(c.tls.is_some(), "{name} originates TLS");
+        }
+        let cfg = crate::config::parse(&yaml("/nonexistent/ca.pem"), crate::config::Format::Yaml)
+            .unwrap();
+        let e = compile(&cfg, 2, &stats, &mut SocketPool::new(1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("DestinationRule trafficPolicy.tls of cluster `c`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("DestinationRule trafficPolicy.tls of cluster `localhost:8443`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -73,6 +73,12 @@ counter_set! {
         TlsTruncated => "tls_truncated",
         /// Client records sealed or opened by the offload engine (not by rustls).
         TlsRecordsOffloaded => "tls_records_offloaded",
+        /// Client sides whose keys went to the kernel after the handshake (kTLS).
+        TlsKtlsHandovers => "tls_ktls_handovers",
+        /// Client sides kept on the offload engine although kTLS was on (why: debug log).
+        TlsKtlsFallbacks => "tls_ktls_fallbacks",
+        /// Clients that sent a TLS 1.3 KeyUpdate this kernel cannot follow (closed).
+        TlsKtlsRekeyUnsupported => "tls_ktls_rekey_unsupported",
         /// HTTP listeners: requests whose head was parsed.
         HttpRqTotal => "http_rq_total",
         /// Responses sent downstream, by class (local ones included).
@@ -138,6 +144,12 @@ counter_set! {
         TlsErrors => "tls_errors",
         /// Upstream records sealed or opened by the offload engine (not by rustls).
         TlsRecordsOffloaded => "tls_records_offloaded",
+        /// Upstream sides whose keys went to the kernel after the handshake (kTLS).
+        TlsKtlsHandovers => "tls_ktls_handovers",
+        /// Upstream sides kept on the offload engine although kTLS was on.
+        TlsKtlsFallbacks => "tls_ktls_fallbacks",
+        /// Upstreams that sent a TLS 1.3 KeyUpdate this kernel cannot follow (closed).
+        TlsKtlsRekeyUnsupported => "tls_ktls_rekey_unsupported",
         /// HTTP requests sent to this cluster, and those finished (active = the
         /// difference, for circuit breaking).
         RqTotal => "rq_total",
@@ -166,6 +178,12 @@ counter_set! {
         /// success-rate and failure-percentage detection.
         RqSuccess => "rq_success",
         RqError => "rq_error",
+        /// Per endpoint, with `split_external_local_origin_errors` only: exchanges that
+        /// reached the endpoint (a response, an L4 connection) and those that failed
+        /// locally (connect failure, reset, timeout); `rq_success`/`rq_error` then count
+        /// HTTP statuses only.
+        RqLocalOriginSuccess => "rq_local_origin_success",
+        RqLocalOriginError => "rq_local_origin_error",
     }
 }
 

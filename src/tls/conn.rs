@@ -7,19 +7,24 @@
 //! reports the handshake done, its traffic secrets are extracted
 //! (`dangerous_into_kernel_connection`, the kTLS hand-over), a crypto session is created
 //! in the worker's [`Crypto`] engine, and from then on every record of that side is a
-//! seal or open job on the engine's rings.
+//! seal or open job on the engine's rings. With the `ktls` backend (L4 relay only: it
+//! owns the sockets) a side stops at `ready` instead and the relay calls
+//! [`Tls::hand_over_kernel`]: the keys go to the socket ([`super::kernel`]) and the side
+//! becomes plaintext to the relay (`has` is false for it), or it falls back to the engine.
 //!
 //! Owns the sessions and their per-side flags; the relay (`proxy::l4::tcp`) owns the
 //! sockets and the queues. Never blocks and never does I/O itself. Memory stays bounded:
 //! the handshake buffers are dropped at the hand-over; the record layer's buffers are
 //! fixed (see `records`), and the relay reads a side only when they have room.
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 use rustls::{client::UnbufferedClientConnection, server::UnbufferedServerConnection};
 use tickmesh_offload::{BackendChoice, Completion, Engine, EngineConfig, SessionParams};
 
+use super::kernel::{Control, Fallback, Install, KernelSide};
 use super::records::{Kernel, RecordBufs, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
 use crate::config::tls::OffloadBackend;
@@ -209,6 +214,8 @@ struct Handshake {
     dead: bool,
     eof: bool,
     end_reported: bool,
+    /// Done, waiting for [`Tls::hand_over_kernel`] (kTLS sides only).
+    ready: bool,
 }
 
 #[derive(Default)]
@@ -217,6 +224,8 @@ enum State {
     None,
     Hs(Box<Handshake>),
     Rec(Box<Records>),
+    /// The kernel protects this side's records: to the relay it is a plaintext side.
+    Kernel(Box<KernelSide>),
 }
 
 impl std::fmt::Debug for State {
@@ -225,6 +234,7 @@ impl std::fmt::Debug for State {
             State::None => "None",
             State::Hs(_) => "Handshake",
             State::Rec(_) => "Records",
+            State::Kernel(_) => "Kernel",
         })
     }
 }
@@ -296,6 +306,7 @@ impl Handshake {
             dead: false,
             eof: false,
             end_reported: false,
+            ready: false,
         })
     }
 
@@ -410,6 +421,13 @@ pub struct Tls {
     cert_hash: Option<Box<str>>,
     /// A fatal error on this side: its alert is flushed, then the connection closes.
     pub failed: Option<Side>,
+    /// Sides that finish their handshake stop at `ready` for [`Tls::hand_over_kernel`]
+    /// (the relay owns the socket and can hand keys to the kernel).
+    kernel_wanted: bool,
+    /// Keep the client's certificate chain after the handshake (for XFCC details).
+    keep_chain: bool,
+    /// The client's verified chain, leaf first, when `keep_chain` (taken by the caller).
+    peer_chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl Tls {
@@ -462,9 +480,87 @@ impl Tls {
         verdict
     }
 
+    /// `side` has a TLS layer the relay must pass bytes through (a kernel side does not:
+    /// its socket carries plaintext).
     #[inline]
     pub fn has(&self, side: Side) -> bool {
-        !matches!(self.sides[side.idx()], State::None)
+        !matches!(self.sides[side.idx()], State::None | State::Kernel(_))
+    }
+
+    /// The kernel protects `side`'s records.
+    #[inline]
+    pub fn is_kernel(&self, side: Side) -> bool {
+        matches!(self.sides[side.idx()], State::Kernel(_))
+    }
+
+    /// Keep the client's certificate chain past the handshake ([`Tls::take_peer_chain`]).
+    pub fn keep_peer_chain(&mut self, yes: bool) {
+        self.keep_chain = yes;
+    }
+
+    /// The client's verified certificate chain, leaf first (once, when kept).
+    pub fn take_peer_chain(&mut self) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        self.peer_chain.take()
+    }
+
+    /// Hand keys to the kernel after handshakes (the engine's backend is `ktls`).
+    pub fn want_kernel(&mut self, yes: bool) {
+        self.kernel_wanted = yes;
+    }
+
+    /// `side`'s handshake is done and waits for [`Tls::hand_over_kernel`].
+    pub fn kernel_ready(&self, side: Side) -> bool {
+        matches!(&self.sides[side.idx()], State::Hs(h) if h.ready)
+    }
+
+    fn kernel_side(&mut self, side: Side) -> Option<&mut KernelSide> {
+        match &mut self.sides[side.idx()] {
+            State::Kernel(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// A receive on kernel side `side` failed with `EIO` (a non-data record is next):
+    /// read and act on it. `tx_idle`: nothing queued or in flight towards `side`.
+    pub fn kernel_control(&mut self, side: Side, fd: RawFd, tx_idle: bool) -> Control {
+        match self.kernel_side(side) {
+            Some(k) => k.control(fd, tx_idle),
+            None => Control::Empty,
+        }
+    }
+
+    /// Send a KeyUpdate `side`'s peer asked for and we could not send at once (call when
+    /// nothing is queued or in flight towards `side`).
+    pub fn kernel_settle(&mut self, side: Side, fd: RawFd) -> Control {
+        match self.kernel_side(side) {
+            Some(k) if k.key_update_owed => k.settle(fd),
+            _ => Control::Again,
+        }
+    }
+
+    /// `side` is a kernel side that owes its peer a KeyUpdate.
+    pub fn kernel_owes(&self, side: Side) -> bool {
+        matches!(&self.sides[side.idx()], State::Kernel(k) if k.key_update_owed)
+    }
+
+    /// Send `close_notify` on kernel side `side` (once; nothing for other sides).
+    pub fn kernel_close(&mut self, side: Side, fd: RawFd) {
+        if let Some(k) = self.kernel_side(side) {
+            k.close(fd);
+        }
+    }
+
+    /// The peer of kernel side `side` sent `close_notify` (its EOF is clean).
+    pub fn kernel_peer_closed(&self, side: Side) -> bool {
+        matches!(&self.sides[side.idx()], State::Kernel(k) if k.peer_closed)
+    }
+
+    /// A receive on kernel side `side` failed with `-errno`: the record error it stands
+    /// for (its alert sent), or `None` when it is a socket error.
+    pub fn kernel_record_error(&mut self, side: Side, fd: RawFd, errno: i32) -> Option<FeedError> {
+        self.kernel_side(side)?
+            .record_error(fd, errno)
+            .map(FeedError::Record)
     }
 
     /// The side's handshake is not finished (or not started: still sniffing).
@@ -480,6 +576,7 @@ impl Tls {
             State::None => false,
             State::Hs(h) => !h.pending_out().is_empty(),
             State::Rec(r) => r.wants_write(),
+            State::Kernel(_) => false,
         }
     }
 
@@ -499,6 +596,7 @@ impl Tls {
             State::None => false,
             State::Hs(h) => h.eof && !h.end_reported,
             State::Rec(r) => r.pending(),
+            State::Kernel(k) => k.pending(),
         }
     }
 
@@ -517,6 +615,8 @@ impl Tls {
             State::None => false,
             State::Hs(h) => h.eof || h.dead,
             State::Rec(r) => r.peer_closed || r.socket_eof,
+            // The relay sees the socket's EOF itself.
+            State::Kernel(_) => false,
         }
     }
 
@@ -524,9 +624,9 @@ impl Tls {
     pub fn may_read(&self, side: Side, n: usize) -> bool {
         match &self.sides[side.idx()] {
             State::Rec(r) => r.may_read(n),
-            State::Hs(h) => !h.dead,
+            State::Hs(h) => !h.dead && !h.ready,
             // A plaintext side: its bytes go to the other side's sealer.
-            State::None => self.can_take_plain(side.other(), n),
+            State::None | State::Kernel(_) => self.can_take_plain(side.other(), n),
         }
     }
 
@@ -536,6 +636,7 @@ impl Tls {
             State::Rec(r) => r.can_take_plain(n),
             State::Hs(_) => false,
             State::None => true,
+            State::Kernel(k) => k.can_take_plain(),
         }
     }
 
@@ -549,7 +650,7 @@ impl Tls {
     ) -> Result<bool, FeedError> {
         let i = side.idx();
         match &mut self.sides[i] {
-            State::None => Ok(false),
+            State::None | State::Kernel(_) => Ok(false),
             State::Rec(r) => {
                 if !r.failed() && !r.peer_closed && !r.may_read(data.len()) {
                     return Err(FeedError::Overrun);
@@ -561,7 +662,7 @@ impl Tls {
                 Ok(false)
             }
             State::Hs(h) => {
-                if h.dead {
+                if h.dead || h.ready {
                     return Ok(false);
                 }
                 if h.inbuf.len() + data.len() > 256 * 1024 {
@@ -572,28 +673,63 @@ impl Tls {
                 if !h.advance().map_err(FeedError::Tls)? {
                     return Ok(false);
                 }
-                self.hand_over(side, cr, tag).map(|()| true)
+                if self.kernel_wanted {
+                    h.ready = true;
+                    return Ok(true);
+                }
+                self.hand_over(side, cr, tag, None).map(|_| true)
             }
         }
     }
 
-    /// The handshake of `side` is done: move its record protection to the engine.
-    fn hand_over(&mut self, side: Side, cr: &mut Crypto, tag: u64) -> Result<(), FeedError> {
+    /// The handshake of `side` ended and it is [`Tls::kernel_ready`]: hand its keys to
+    /// the kernel on socket `fd` when the engine's backend is `ktls` and the side allows it
+    /// (`idle`: nothing queued or in flight towards the socket); otherwise to the engine.
+    /// `Ok(Some(_))`: it went to the engine although kTLS was wanted, and why.
+    pub fn hand_over_kernel(
+        &mut self,
+        side: Side,
+        fd: RawFd,
+        idle: bool,
+        cr: &mut Crypto,
+        tag: u64,
+    ) -> Result<Option<Fallback>, FeedError> {
+        if !self.kernel_ready(side) {
+            return Ok(None);
+        }
+        let kernel = cr.engine.ktls_enabled().then_some((fd, idle));
+        self.hand_over(side, cr, tag, kernel)
+    }
+
+    /// The handshake of `side` is done: move its record protection to the kernel (with
+    /// `kernel = Some((fd, idle))`, see [`Tls::hand_over_kernel`]) or to the engine.
+    fn hand_over(
+        &mut self,
+        side: Side,
+        cr: &mut Crypto,
+        tag: u64,
+        kernel_to: Option<(RawFd, bool)>,
+    ) -> Result<Option<Fallback>, FeedError> {
         let i = side.idx();
         let State::Hs(h) = std::mem::take(&mut self.sides[i]) else {
-            return Ok(());
+            return Ok(None);
         };
         let Handshake {
             conn,
             inbuf,
             fed,
             out,
-            out_off,
+            mut out_off,
             ..
         } = *h;
         let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
         let (secrets, kernel, identity) = match conn {
             HsConn::Server(c) => {
+                if self.keep_chain {
+                    self.peer_chain = c
+                        .peer_certificates()
+                        .map(|certs| certs.iter().map(|d| d.clone().into_owned()).collect());
+                }
                 let leaf = c.peer_certificates().and_then(|certs| certs.first());
                 self.cert_hash = leaf.map(|l| super::certs::sha256_hex(l.as_ref()).into());
                 let id = leaf.and_then(|l| super::certs::spiffe_id(l.as_ref()));
@@ -618,6 +754,27 @@ impl Tls {
         };
         let version = tickmesh_offload::rustls_keys::tls_version(version)
             .ok_or_else(|| general("negotiated a TLS version the offload engine does not serve"))?;
+        let mut kernel = kernel;
+        let mut fallback = None;
+        if let Some((fd, idle)) = kernel_to {
+            let left = &inbuf[fed.min(inbuf.len())..];
+            match super::kernel::install(fd, idle, version, &secrets, kernel, &out[out_off..], left)
+            {
+                Install::Done(k) => {
+                    self.sides[i] = State::Kernel(k);
+                    return Ok(None);
+                }
+                Install::Fallback(why, k, sent) => {
+                    tracing::debug!(side = ?side, reason = why.reason(), "kTLS hand-over fell back to the offload engine");
+                    kernel = k;
+                    out_off += sent;
+                    fallback = Some(why);
+                }
+                Install::Broken(e) => {
+                    return Err(general(&format!("kernel TLS took TX but not RX: {e}")));
+                }
+            }
+        }
         let params = SessionParams::from_rustls(version, &secrets, IN_FLIGHT_LIMIT)
             .map_err(|e| general(&format!("offload session: {e}")))?;
         let session = cr
@@ -637,7 +794,7 @@ impl Tls {
             push_waiter(cr, tag);
         }
         self.sides[i] = State::Rec(r);
-        Ok(())
+        Ok(fallback)
     }
 
     /// Submit what `side`'s record layer can submit (after completions freed room).
@@ -761,7 +918,7 @@ impl Tls {
     /// `side`'s socket reached EOF.
     pub fn eof(&mut self, side: Side) {
         match &mut self.sides[side.idx()] {
-            State::None => {}
+            State::None | State::Kernel(_) => {}
             State::Hs(h) => h.eof = true,
             State::Rec(r) => r.socket_eof = true,
         }
@@ -779,6 +936,10 @@ impl Tls {
                     Plain::Empty
                 }
             }
+            State::Kernel(k) => match k.read_plain(out) {
+                Some(n) => Plain::Data(n),
+                None => Plain::Empty,
+            },
             State::Rec(r) => match r.read_plain(out) {
                 Some(0) if r.closed_cleanly() => Plain::Closed,
                 Some(0) => Plain::Truncated,
@@ -798,7 +959,7 @@ impl Tls {
     /// Bytes for `side`'s socket into `out`; 0 when there are none.
     pub fn write_tls(&mut self, side: Side, out: &mut [u8]) -> usize {
         match &mut self.sides[side.idx()] {
-            State::None => 0,
+            State::None | State::Kernel(_) => 0,
             State::Hs(h) => {
                 let p = h.pending_out();
                 let n = p.len().min(out.len());
@@ -854,6 +1015,15 @@ impl Tls {
         match self.client_identity() {
             Some(id) => s.principals.iter().any(|p| **p == *id),
             None => false,
+        }
+    }
+
+    /// Take `side`'s rustls half out of its record layer (tests).
+    #[cfg(test)]
+    pub(crate) fn take_kernel(&mut self, side: Side) -> Option<Kernel> {
+        match std::mem::take(&mut self.sides[side.idx()]) {
+            State::Rec(r) => Some(r.into_kernel()),
+            _ => None,
         }
     }
 

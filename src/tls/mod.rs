@@ -13,7 +13,9 @@
 
 pub mod certs;
 pub mod conn;
+pub mod kernel;
 pub mod records;
+pub mod xfcc;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::config::istio::{MtlsMode, PeerAuthentication};
-use crate::config::tls::{ClusterTls, ListenerTls};
+use crate::config::tls::{ClusterTls, ListenerTls, MAX_SESSION_TICKETS};
 use crate::config::Problem;
 
 pub use certs::CertInfo;
@@ -312,6 +314,12 @@ pub fn build_server(
             problems.push(problem(format!("{at}.allowed_principals[{i}]"), e));
         }
     }
+    if let Some(n) = t.session_tickets.filter(|n| *n > MAX_SESSION_TICKETS) {
+        problems.push(problem(
+            format!("{at}.session_tickets"),
+            format!("{n} tickets per handshake is more than the {MAX_SESSION_TICKETS} allowed (0 turns tickets off; the default is 2)"),
+        ));
+    }
     if !t.allowed_principals.is_empty() && t.client_ca.is_none() {
         problems.push(problem(
             format!("{at}.allowed_principals"),
@@ -349,8 +357,18 @@ pub fn build_server(
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { pairs }));
     // The traffic secrets move to the offload engine after the handshake.
     config.enable_secret_extraction = true;
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| vec![problem(at.to_string(), format!("session tickets: {e}"))])?;
+    match t.session_tickets {
+        // Off: rustls's default ticketer issues none (TLS 1.2), and no TLS 1.3 ticket is
+        // sent; the session-ID cache (TLS 1.2) still resumes, as Envoy's option leaves it.
+        Some(0) => config.send_tls13_tickets = 0,
+        n => {
+            config.ticketer = rustls::crypto::ring::Ticketer::new()
+                .map_err(|e| vec![problem(at.to_string(), format!("session tickets: {e}"))])?;
+            if let Some(n) = n {
+                config.send_tls13_tickets = n as usize;
+            }
+        }
+    }
     Ok(Some(Arc::new(ServerTls {
         config: Arc::new(config),
         mode,

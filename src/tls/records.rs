@@ -85,7 +85,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    fn update(
+    pub(super) fn update(
         &mut self,
         dir: Direction,
     ) -> Result<(u64, rustls::ConnectionTrafficSecrets), rustls::Error> {
@@ -328,6 +328,12 @@ impl Records {
 
     pub fn session(&self) -> SessionId {
         self.session
+    }
+
+    /// rustls's half (tests that drive it without the engine).
+    #[cfg(test)]
+    pub(crate) fn into_kernel(self) -> Kernel {
+        self.kernel
     }
 
     /// The connection ended: its buffers, for the next hand-over. `None` when they are

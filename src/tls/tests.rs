@@ -128,6 +128,7 @@ fn listener_tls(dir: &Path, cert: &str, key: &str) -> ListenerTls {
         client_ca: None,
         mode: None,
         allowed_principals: vec![],
+        session_tickets: None,
     }
 }
 
@@ -548,4 +549,135 @@ fn post_handshake_messages_are_checked() {
         }
         t.release(Some(&mut cr));
     }
+}
+
+/// `session_tickets`: the count reaches rustls, 0 turns tickets off, too many is an
+/// apply error naming the field, and a value that is not a count does not parse.
+#[test]
+fn session_tickets_knob() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    if !self_signed(d, "a") {
+        eprintln!("SKIP session_tickets_knob: the openssl CLI is not available");
+        return;
+    }
+    let at = "listeners[0].tls";
+    let mut t = listener_tls(d, "a.pem", "a.key");
+    let built = |t: &ListenerTls| build_server(t, MtlsMode::Strict, at).unwrap().unwrap();
+    let s = built(&t);
+    assert_eq!(s.config.send_tls13_tickets, 2, "rustls's default");
+    assert!(s.config.ticketer.enabled());
+    t.session_tickets = Some(5);
+    assert_eq!(built(&t).config.send_tls13_tickets, 5);
+    t.session_tickets = Some(0);
+    let s = built(&t);
+    assert_eq!(s.config.send_tls13_tickets, 0);
+    assert!(!s.config.ticketer.enabled(), "no TLS 1.2 tickets either");
+    t.session_tickets = Some(17);
+    let e = errors(build_server(&t, MtlsMode::Strict, at));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].0, "listeners[0].tls.session_tickets");
+    assert!(e[0].1.contains("more than the 16 allowed"), "{}", e[0].1);
+
+    let yaml = |v: &str| {
+        format!(
+            "listeners:\n  - name: l\n    address: 127.0.0.1:7443\n    cluster: c\n    tls: {{cert: /a, key: /b, session_tickets: {v}}}\nclusters:\n  - {{name: c, endpoints: [\"127.0.0.1:9\"]}}\n"
+        )
+    };
+    let cfg = crate::config::parse(&yaml("3"), crate::config::Format::Yaml).unwrap();
+    assert_eq!(
+        cfg.listeners[0].tls.as_ref().unwrap().session_tickets,
+        Some(3)
+    );
+    for bad in ["-1", "two", "1.5", "[2]", "4294967296"] {
+        let e = crate::config::parse(&yaml(bad), crate::config::Format::Yaml).expect_err(bad);
+        let text = format!("{e}");
+        assert!(
+            text.contains("line 5: listeners[0].tls.session_tickets:"),
+            "{bad}: {text}"
+        );
+    }
+}
+
+/// A kernel-TLS side's control records (what `recvmsg` returns with a record type), on a
+/// real rustls half after a real handshake; alerts we answer with go out through a plain
+/// loopback socket (TCP ignores the record-type cmsg, so the peer reads them raw).
+#[test]
+fn kernel_side_control_records() {
+    use super::kernel::{Control, KernelSide};
+    use super::records::{alert, JobErrorKind, RecordError};
+    use crate::proxy::l4::Side::Down;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut t, _cr, c)) = handshaken(dir.path()) else {
+        return;
+    };
+    let version = match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => tickmesh_offload::TlsVersion::Tls13,
+        _ => tickmesh_offload::TlsVersion::Tls12,
+    };
+    assert_eq!(version, tickmesh_offload::TlsVersion::Tls13);
+    let kernel = t.take_kernel(Down).expect("a record layer");
+    let mut k = KernelSide::for_test(kernel, tickmesh_offload::CipherSuite::Aes256Gcm, version);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut peer, _) = l.accept().unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let fd = ours.as_raw_fd();
+    let mut sent = |k: &mut KernelSide| -> [u8; 2] {
+        assert!(k.close_sent);
+        k.close_sent = false;
+        let mut a = [0u8; 2];
+        peer.read_exact(&mut a).unwrap();
+        a
+    };
+    const ALERT: u8 = 21;
+    const HANDSHAKE: u8 = 22;
+    // close_notify ends the stream; user_canceled is ignored; a fatal alert fails
+    // without an answer.
+    assert_eq!(k.handle(fd, ALERT, &[1, 0], true), Control::Closed);
+    assert!(k.peer_closed);
+    assert_eq!(k.handle(fd, ALERT, &[1, 90], true), Control::Again);
+    assert_eq!(
+        k.handle(fd, ALERT, &[2, 42], true),
+        Control::Failed(RecordError::Received(42))
+    );
+    assert!(!k.close_sent);
+    // A malformed alert, a malformed handshake message, a ticket from a client, a
+    // HelloRequest on TLS 1.3 and an unknown record type: each answered with its alert.
+    for (typ, body, desc) in [
+        (ALERT, &[1u8][..], alert::DECODE_ERROR),
+        (HANDSHAKE, &[24, 0, 0, 1, 5][..], alert::DECODE_ERROR),
+        (HANDSHAKE, &[24, 0][..], alert::DECODE_ERROR),
+        (HANDSHAKE, &[4, 0, 0, 0][..], alert::UNEXPECTED_MESSAGE),
+        (HANDSHAKE, &[0, 0, 0, 0][..], alert::UNEXPECTED_MESSAGE),
+        (99, &[1, 2][..], alert::UNEXPECTED_MESSAGE),
+    ] {
+        match k.handle(fd, typ, body, true) {
+            Control::Failed(RecordError::Sent(d, _)) => assert_eq!(d, desc, "{typ} {body:?}"),
+            other => panic!("{typ} {body:?}: {other:?}"),
+        }
+        assert_eq!(sent(&mut k), [2, desc], "{typ} {body:?}");
+    }
+    // Data returned by the control read is kept for the relay.
+    assert_eq!(k.handle(fd, 23, b"late data", true), Control::Again);
+    assert!(k.pending());
+    let mut out = [0u8; 4];
+    assert_eq!(k.read_plain(&mut out), Some(4));
+    let mut rest = [0u8; 16];
+    assert_eq!(k.read_plain(&mut rest), Some(5));
+    assert_eq!(&rest[..5], b" data");
+    assert!(!k.pending() && k.read_plain(&mut rest).is_none());
+    // A KeyUpdate takes rustls's next key; a socket that cannot take it (here: no ULP)
+    // fails the connection rather than reading on under the old key.
+    let r = k.handle(fd, HANDSHAKE, &[24, 0, 0, 1, 1], false);
+    assert_eq!(
+        r,
+        Control::Failed(RecordError::Sent(
+            alert::INTERNAL_ERROR,
+            JobErrorKind::Internal
+        ))
+    );
 }

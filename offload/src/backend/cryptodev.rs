@@ -16,10 +16,15 @@
 //! failed op is the job's [`JobError`]. A key the device cannot take (suite not offered,
 //! session pool full) runs in software, per key.
 //!
-//! Data moves by copy: the job's record bytes are copied into the op's mbuf and the result
-//! copied back (≈ 2 × record length of `memcpy` per job). Zero copy — attaching the job
-//! buffer to the mbuf as an external buffer with its IOVA — is later work; it needs job
-//! buffers in DMA-able (hugepage) memory for real devices.
+//! How the bytes reach the device ([`DataPath`], chosen per device from its feature flags,
+//! logged with the reason): a PMD that offers CPU crypto (`crypto_aesni_gcm`) runs
+//! `rte_cryptodev_sym_cpu_crypto_process` on the job buffers in place — no op, no mbuf, no
+//! copy; another software PMD (`crypto_openssl`) gets ops whose mbuf carries the job buffer
+//! as an external buffer (`rte_pktmbuf_attach_extbuf`), so it reads and writes the record
+//! where it lies; a hardware device (`RTE_CRYPTODEV_FF_HW_ACCELERATED`) gets the record
+//! copied into the op's own mbuf and the result copied back, because it DMAs from
+//! IOVA-contiguous registered memory and job buffers are process heap (registering them
+//! with `rte_extmem_register` + `rte_dev_dma_map` is later work).
 
 #![allow(unsafe_code)]
 
@@ -71,11 +76,68 @@ impl std::str::FromStr for Driver {
 /// Environment variable naming the driver (`crypto_openssl` or `crypto_aesni_gcm`).
 pub const DRIVER_ENV: &str = "TICKMESH_CRYPTODEV";
 
+/// How record bytes reach the crypto device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataPath {
+    /// `rte_cryptodev_sym_cpu_crypto_process` on the job buffers in place, one call per
+    /// run of jobs under the same key (PMDs with `RTE_CRYPTODEV_FF_SYM_CPU_CRYPTO`, e.g.
+    /// crypto_aesni_gcm). Synchronous on this CPU, like the software backend; zero copy.
+    CpuCrypto,
+    /// Ops whose mbuf carries the job buffer as an external buffer: the device reads and
+    /// writes the record in place. For software PMDs (no `RTE_CRYPTODEV_FF_HW_ACCELERATED`),
+    /// which address data by virtual address; zero copy.
+    ExternalBuffer,
+    /// The record copied into the op's own mbuf and the result copied back (hardware
+    /// devices: DMA needs registered, IOVA-contiguous memory).
+    Copy,
+}
+
+impl DataPath {
+    pub const ALL: [DataPath; 3] = [
+        DataPath::CpuCrypto,
+        DataPath::ExternalBuffer,
+        DataPath::Copy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataPath::CpuCrypto => "cpu-crypto",
+            DataPath::ExternalBuffer => "external-buffer",
+            DataPath::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DataPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu-crypto" | "cpu" => Ok(DataPath::CpuCrypto),
+            "external-buffer" | "extbuf" => Ok(DataPath::ExternalBuffer),
+            "copy" => Ok(DataPath::Copy),
+            other => Err(format!(
+                "unknown cryptodev data path {other:?}: expected cpu-crypto, external-buffer or copy"
+            )),
+        }
+    }
+}
+
+/// Environment variable forcing the data path (`cpu-crypto`, `external-buffer`, `copy`);
+/// a path the device cannot take falls back to what it can, logged.
+pub const DATA_PATH_ENV: &str = "TICKMESH_CRYPTODEV_DATA";
+
 /// Process-wide state: the EAL (started here, by the host, or not at all) and the
 /// configured driver. Control side only.
 struct Global {
     eal: EalState,
     driver: Option<Driver>,
+    data_path: Option<DataPath>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +153,7 @@ enum EalState {
 static GLOBAL: Mutex<Global> = Mutex::new(Global {
     eal: EalState::NotStarted,
     driver: None,
+    data_path: None,
 });
 /// Serialises device hot-plug and teardown: DPDK's device lists are not thread-safe, and
 /// engines start and stop on different threads (control side only).
@@ -105,10 +168,23 @@ static DEVICE_SEQ: AtomicU32 = AtomicU32::new(0);
 /// Ops the devices of this process completed (one relaxed add per dequeued burst).
 static DEVICE_OPS: AtomicU64 = AtomicU64::new(0);
 
+/// Ops completed per data path (same order as [`DataPath::ALL`]).
+static PATH_OPS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
 /// How many ops crypto devices of this process have completed (tests and diagnostics:
 /// proves records went through the device and not the per-key software fallback).
 pub fn device_ops() -> u64 {
     DEVICE_OPS.load(Ordering::Relaxed)
+}
+
+/// How many of those went through `path` (tests: proves which data path served them).
+pub fn data_path_ops(path: DataPath) -> u64 {
+    PATH_OPS[path as usize].load(Ordering::Relaxed)
+}
+
+fn count_ops(path: DataPath, n: usize) {
+    DEVICE_OPS.fetch_add(n as u64, Ordering::Relaxed);
+    PATH_OPS[path as usize].fetch_add(n as u64, Ordering::Relaxed);
 }
 
 fn global() -> std::sync::MutexGuard<'static, Global> {
@@ -131,6 +207,12 @@ pub fn eal_started_here() -> bool {
 /// `crypto_aesni_gcm` if its PMD loads, else `crypto_openssl`).
 pub fn set_driver(driver: Option<Driver>) {
     global().driver = driver;
+}
+
+/// Force the data path of devices made from now on (`None`: `$TICKMESH_CRYPTODEV_DATA`,
+/// else the best the device offers). A path a device cannot take is logged and replaced.
+pub fn set_data_path(path: Option<DataPath>) {
+    global().data_path = path;
 }
 
 /// Whether `auto` should consider cryptodev: the EAL already runs in this process, or the
@@ -332,6 +414,108 @@ pub struct Cryptodev {
     /// Op start → private area.
     priv_offset: usize,
     pool_warned: bool,
+    path: DataPath,
+    /// External-buffer path: one shared-info block per op (its mbuf points at it while a
+    /// job buffer is attached). Boxed slice: addresses never move.
+    shinfo: Box<[sys::rte_mbuf_ext_shared_info]>,
+    /// The IOVA of a job buffer is its virtual address (EAL in IOVA-as-VA mode); else the
+    /// external-buffer path passes `RTE_BAD_IOVA` (software PMDs read the virtual address).
+    iova_is_va: bool,
+    /// CPU-crypto path: the jobs of one call and its argument arrays.
+    cpu: Box<CpuBurst>,
+}
+
+/// `RTE_BAD_IOVA`: no IOVA (software PMDs use the virtual address).
+const BAD_IOVA: u64 = u64::MAX;
+
+/// `iova + off`, keeping "no IOVA" as it is.
+fn iova_at(iova: u64, off: usize) -> u64 {
+    if iova == BAD_IOVA {
+        BAD_IOVA
+    } else {
+        iova.wrapping_add(off as u64)
+    }
+}
+
+/// Most jobs in one `rte_cryptodev_sym_cpu_crypto_process` call.
+const CPU_BURST: usize = 64;
+
+/// Argument arrays of one CPU-crypto call, allocated once per backend.
+struct CpuBurst {
+    #[allow(clippy::vec_box)]
+    jobs: Vec<Box<Job>>,
+    sess: *mut c_void,
+    vec: [sys::rte_crypto_vec; CPU_BURST],
+    sgl: [sys::rte_crypto_sgl; CPU_BURST],
+    iv: [[u8; 16]; CPU_BURST],
+    aad: [[u8; 16]; CPU_BURST],
+    iv_ptr: [sys::rte_crypto_va_iova_ptr; CPU_BURST],
+    aad_ptr: [sys::rte_crypto_va_iova_ptr; CPU_BURST],
+    digest_ptr: [sys::rte_crypto_va_iova_ptr; CPU_BURST],
+    status: [i32; CPU_BURST],
+}
+
+impl CpuBurst {
+    fn new() -> Box<CpuBurst> {
+        // SAFETY: the arrays are plain C structs of pointers and integers, for which
+        // all-zero is a valid (empty) value; every entry a call uses is set before it.
+        let (vec, sgl, iv_ptr, aad_ptr, digest_ptr) = unsafe {
+            (
+                std::mem::zeroed(),
+                std::mem::zeroed(),
+                std::mem::zeroed(),
+                std::mem::zeroed(),
+                std::mem::zeroed(),
+            )
+        };
+        Box::new(CpuBurst {
+            jobs: Vec::with_capacity(CPU_BURST),
+            sess: std::ptr::null_mut(),
+            vec,
+            sgl,
+            iv: [[0; 16]; CPU_BURST],
+            aad: [[0; 16]; CPU_BURST],
+            iv_ptr,
+            aad_ptr,
+            digest_ptr,
+            status: [0; CPU_BURST],
+        })
+    }
+}
+
+/// The job buffer belongs to its job, not to the mbuf: nothing to free on detach.
+unsafe extern "C" fn keep_job_buffer(_addr: *mut c_void, _opaque: *mut c_void) {}
+
+/// Which data path a device gets: the best it offers, or what the operator forced if the
+/// device can take it. Returns the path and why (for the log).
+fn choose_path(flags: u64, wanted: Option<DataPath>) -> (DataPath, String) {
+    let cpu = flags & u64::from(sys::RTE_CRYPTODEV_FF_SYM_CPU_CRYPTO) != 0;
+    let hw = flags & u64::from(sys::RTE_CRYPTODEV_FF_HW_ACCELERATED) != 0;
+    let (best, why) = if cpu {
+        (
+            DataPath::CpuCrypto,
+            "the PMD offers CPU crypto: records are processed in place, zero copy",
+        )
+    } else if !hw {
+        (
+            DataPath::ExternalBuffer,
+            "a software PMD: ops carry the job buffers as external mbuf buffers, zero copy",
+        )
+    } else {
+        (DataPath::Copy, "a hardware device DMAs from registered memory and job buffers are heap: records are copied into its mbufs")
+    };
+    match wanted {
+        None => (best, why.to_string()),
+        Some(DataPath::CpuCrypto) if !cpu => (
+            best,
+            format!("cpu-crypto was asked for but the PMD does not offer it; {why}"),
+        ),
+        Some(DataPath::ExternalBuffer) if hw => (
+            DataPath::Copy,
+            "external-buffer was asked for but a hardware device needs registered DMA memory: records are copied".to_string(),
+        ),
+        Some(p) => (p, format!("{p} as configured")),
+    }
 }
 
 // SAFETY: the raw pointers are this backend's own ops/mbufs (no one else touches them)
@@ -382,25 +566,44 @@ impl Cryptodev {
                 Err(_) => vec![Driver::AesniGcm, Driver::Openssl],
             },
         };
+        let wanted = match g.data_path {
+            Some(p) => Some(p),
+            None => match std::env::var(DATA_PATH_ENV) {
+                Ok(s) => Some(s.parse::<DataPath>()?),
+                Err(_) => None,
+            },
+        };
         let mut errors = Vec::new();
         if g.eal == EalState::Host {
             // The DPDK engine's EAL may have probed crypto devices (`--dpdk-vdev
             // crypto_aesni_gcm0`, a QAT or mlx5 PCI device): use a free one first.
             if let Some(dev) = Device::claim(slots, &mut errors) {
-                return Cryptodev::with_device(dev, slots);
+                return Cryptodev::with_device(dev, slots, wanted);
             }
         }
         for driver in drivers {
             match Device::open(driver, slots) {
-                Ok(dev) => return Cryptodev::with_device(dev, slots),
+                Ok(dev) => return Cryptodev::with_device(dev, slots, wanted),
                 Err(e) => errors.push(e),
             }
         }
         Err(errors.join("; "))
     }
 
-    fn with_device(dev: Device, slots: usize) -> Result<Cryptodev, String> {
+    fn with_device(
+        dev: Device,
+        slots: usize,
+        wanted: Option<DataPath>,
+    ) -> Result<Cryptodev, String> {
         let dev = Arc::new(dev);
+        // SAFETY: `info` is plain data the call fills for a valid device id.
+        let flags = unsafe {
+            let mut info: sys::rte_cryptodev_info = std::mem::zeroed();
+            sys::rte_cryptodev_info_get(dev.id, &mut info);
+            info.feature_flags
+        };
+        let (path, why) = choose_path(flags, wanted);
+        tracing::info!(driver = %dev.driver, data_path = %path, "cryptodev data path: {why}");
         let mut ops = Vec::with_capacity(slots);
         let mut mbufs = Vec::with_capacity(slots);
         let mut priv_offset = 0;
@@ -444,12 +647,37 @@ impl Cryptodev {
             mbufs,
             priv_offset,
             pool_warned: false,
+            path,
+            shinfo: (0..slots)
+                .map(|_| sys::rte_mbuf_ext_shared_info {
+                    free_cb: Some(keep_job_buffer),
+                    fcb_opaque: std::ptr::null_mut(),
+                    ..Default::default()
+                })
+                .collect(),
+            // SAFETY: a plain query of the running EAL.
+            iova_is_va: unsafe { sys::rte_eal_iova_mode() } == sys::rte_iova_mode::RTE_IOVA_VA,
+            cpu: CpuBurst::new(),
         })
     }
 
     /// The PMD driving this backend's device (`crypto_openssl`, `crypto_aesni_gcm`, …).
     pub fn driver(&self) -> &str {
         &self.dev.driver
+    }
+
+    /// How record bytes reach this backend's device.
+    pub fn data_path(&self) -> DataPath {
+        self.path
+    }
+
+    /// The IOVA the device gets for a job buffer address (see `iova_is_va`).
+    fn iova_of(&self, p: *const u8) -> u64 {
+        if self.iova_is_va {
+            p as u64
+        } else {
+            BAD_IOVA
+        }
     }
 
     /// Frame the job and write it into a free op and its mbuf. Returns the op index and
@@ -488,20 +716,38 @@ impl Cryptodev {
             return None;
         };
         let (op, m) = (self.ops[i as usize], self.mbufs[i as usize]);
-        // What goes into the device: the header and payload (seal) or the whole record
-        // (open). Copy in — see the module note on zero copy.
-        let copy_len = match job.op {
-            Op::Seal => plan.tag_at,
-            Op::Open => plan.tag_at + TAG_LEN,
-        };
+        // What the device works on: the header and payload (seal) or the whole record
+        // (open), from the buffer's start.
+        let data_len = plan.tag_at + TAG_LEN;
+        let zero_copy = self.path == DataPath::ExternalBuffer;
+        let buf = job.buf.as_mut_ptr();
+        let buf_iova = self.iova_of(buf);
+        let shinfo: *mut sys::rte_mbuf_ext_shared_info = &mut self.shinfo[i as usize];
         // SAFETY: `op` and `m` are this backend's own, not in the device (index `i` was
-        // free). The mbuf holds MAX_RECORD data bytes and copy_len ≤ MAX_RECORD (the plan
-        // checked every length against the job buffer of that size). The private area
-        // has PRIV_SIZE bytes at priv_offset.
+        // free); `m` is direct (never attached, or detached in `complete`). The job
+        // buffer is MAX_RECORD bytes (fits the mbuf's u16 length) and stays where it is
+        // while the job waits in `inflight` (a boxed slice never moves); nothing else
+        // touches it until `complete`. data_len ≤ MAX_RECORD (the plan checked every
+        // length against that buffer). The private area has PRIV_SIZE bytes at
+        // priv_offset.
         unsafe {
-            let data = sys::tm_pktmbuf_mtod(m) as *mut u8;
-            std::ptr::copy_nonoverlapping(job.buf.as_ptr(), data, copy_len);
-            let iova = (*m).buf_iova + u64::from((*m).data_off);
+            let (data, iova) = if zero_copy {
+                // The device works on the job buffer itself.
+                sys::tm_mbuf_ext_refcnt_set(shinfo, 1);
+                sys::tm_pktmbuf_attach_extbuf(m, buf.cast(), buf_iova, MAX_RECORD as u16, shinfo);
+                (*m).data_len = data_len as u16;
+                (*m).pkt_len = data_len as u32;
+                (buf, buf_iova)
+            } else {
+                // Copy in; `complete` copies the result back.
+                let data = sys::tm_pktmbuf_mtod(m) as *mut u8;
+                let copy_len = match job.op {
+                    Op::Seal => plan.tag_at,
+                    Op::Open => plan.tag_at + TAG_LEN,
+                };
+                std::ptr::copy_nonoverlapping(buf, data, copy_len);
+                (data, (*m).buf_iova + u64::from((*m).data_off))
+            };
             let priv_ = (op as *mut u8).add(self.priv_offset);
             std::ptr::copy_nonoverlapping(plan.nonce.as_ptr(), priv_.add(PRIV_IV), 12);
             let aad = plan.aad();
@@ -517,7 +763,7 @@ impl Cryptodev {
             a.data.offset = plan.data.start as u32;
             a.data.length = plan.data.len() as u32;
             a.digest.data = data.add(plan.tag_at);
-            a.digest.phys_addr = iova + plan.tag_at as u64;
+            a.digest.phys_addr = iova_at(iova, plan.tag_at);
             a.aad.data = priv_.add(PRIV_AAD);
             a.aad.phys_addr = (*op).phys_addr + (self.priv_offset + PRIV_AAD) as u64;
         }
@@ -535,7 +781,7 @@ impl Cryptodev {
         Some((i, job))
     }
 
-    /// A completed op: copy the result back and finish the job.
+    /// A completed op: copy the result back (copy path) and finish the job.
     fn complete(&mut self, op: *mut sys::rte_crypto_op) -> Option<Box<Job>> {
         // SAFETY: `op` came back from the device and is one of ours; its private area
         // holds the index written in `prepare`.
@@ -551,7 +797,18 @@ impl Cryptodev {
         self.free_ops.push(i);
         let m = self.mbufs[i as usize];
         let (start, len) = (job.out_start, job.out_len);
+        let zero_copy = self.path == DataPath::ExternalBuffer;
+        if zero_copy {
+            // SAFETY: `m` had the job buffer attached in `prepare` and the device has
+            // handed the op back; detaching restores its own buffer (the free callback
+            // does nothing: the job owns its buffer).
+            unsafe { sys::tm_pktmbuf_detach(m) };
+        }
+        count_ops(self.path, 1);
         job.result = match u32::from(status) {
+            sys::rte_crypto_op_status::RTE_CRYPTO_OP_STATUS_SUCCESS if zero_copy => {
+                finish(&mut job, start, len)
+            }
             sys::rte_crypto_op_status::RTE_CRYPTO_OP_STATUS_SUCCESS => {
                 // SAFETY: start + len ≤ MAX_RECORD (set by `prepare` from a checked
                 // plan); the mbuf data and the job buffer are both MAX_RECORD long.
@@ -571,6 +828,124 @@ impl Cryptodev {
             _ => Err(JobError::Crypto),
         };
         Some(job)
+    }
+}
+
+impl Cryptodev {
+    /// CPU-crypto path: frame every job of the burst in its own buffer and process runs
+    /// of jobs under the same device session with one
+    /// `rte_cryptodev_sym_cpu_crypto_process` call each, in place. Finished jobs go to
+    /// `done` (handed back by `dequeue`). Takes the whole burst.
+    fn run_cpu(&mut self, sq: &mut VecDeque<Box<Job>>) -> usize {
+        let taken = sq.len();
+        while let Some(mut job) = sq.pop_front() {
+            let j: &mut Job = &mut job;
+            let Some(key) = j.key.as_deref() else {
+                j.result = Err(JobError::SessionGone);
+                self.done.push_back(job);
+                continue;
+            };
+            let Some(sess) = key.device().and_then(|d| d.downcast_ref::<DevSession>()) else {
+                job.run_software();
+                self.done.push_back(job);
+                continue;
+            };
+            let sess = sess.sess;
+            let planned = match j.op {
+                Op::Seal => key.plan_seal(j.seq, j.content_type, &mut j.buf, j.input_len),
+                Op::Open => key.plan_open(j.seq, &j.buf, j.input_len),
+            };
+            let plan = match planned {
+                Ok(p) => p,
+                Err(e) => {
+                    job.result = Err(e);
+                    self.done.push_back(job);
+                    continue;
+                }
+            };
+            if self.cpu.sess != sess || self.cpu.jobs.len() == CPU_BURST {
+                self.flush_cpu();
+                self.cpu.sess = sess;
+            }
+            let buf = job.buf.as_mut_ptr();
+            let iova = self.iova_of(buf);
+            let c = &mut *self.cpu;
+            let k = c.jobs.len();
+            // Pointers into the job buffer: it stays put (boxed slice) while the job sits
+            // in `c.jobs`, and the plan checked every range against its length.
+            c.vec[k] = sys::rte_crypto_vec {
+                base: buf.wrapping_add(plan.data.start).cast(),
+                iova: iova_at(iova, plan.data.start),
+                len: plan.data.len() as u32,
+                tot_len: plan.data.len() as u32,
+            };
+            c.digest_ptr[k] = sys::rte_crypto_va_iova_ptr {
+                va: buf.wrapping_add(plan.tag_at).cast(),
+                iova: iova_at(iova, plan.tag_at),
+            };
+            c.iv[k][..12].copy_from_slice(&plan.nonce);
+            let aad = plan.aad();
+            c.aad[k][..aad.len()].copy_from_slice(aad);
+            (job.out_start, job.out_len) = match job.op {
+                Op::Seal => (plan.data.start, plan.tag_at + TAG_LEN - plan.data.start),
+                Op::Open => (plan.data.start, plan.data.len()),
+            };
+            c.jobs.push(job);
+        }
+        self.flush_cpu();
+        taken
+    }
+
+    /// Process the jobs gathered in `cpu` (one device session) and move them to `done`.
+    fn flush_cpu(&mut self) {
+        let c = &mut *self.cpu;
+        let n = c.jobs.len();
+        if n == 0 {
+            return;
+        }
+        for k in 0..n {
+            c.sgl[k] = sys::rte_crypto_sgl {
+                vec: &mut c.vec[k],
+                num: 1,
+            };
+            c.iv_ptr[k] = sys::rte_crypto_va_iova_ptr {
+                va: c.iv[k].as_mut_ptr().cast(),
+                iova: 0,
+            };
+            c.aad_ptr[k] = sys::rte_crypto_va_iova_ptr {
+                va: c.aad[k].as_mut_ptr().cast(),
+                iova: 0,
+            };
+            c.status[k] = 0;
+        }
+        // SAFETY: every array holds `n` initialised entries (set above and in `run_cpu`)
+        // pointing into job buffers that are alive and untouched during the call (owned
+        // by `c.jobs`) or into `c` itself; `sess` is a live session of this device (the
+        // jobs hold its key); the PMD processes in place (dest_sgl NULL) and writes at
+        // most `n` statuses.
+        // The return value counts successes; the per-job statuses below say which.
+        unsafe {
+            let mut v: sys::rte_crypto_sym_vec = std::mem::zeroed();
+            v.num = n as u32;
+            v.src_sgl = c.sgl.as_mut_ptr();
+            v.dest_sgl = std::ptr::null_mut();
+            v.iv = c.iv_ptr.as_mut_ptr();
+            v.digest = c.digest_ptr.as_mut_ptr();
+            v.__bindgen_anon_1.aad = c.aad_ptr.as_mut_ptr();
+            v.status = c.status.as_mut_ptr();
+            let ofs = sys::rte_crypto_sym_ofs { raw: 0 };
+            sys::rte_cryptodev_sym_cpu_crypto_process(self.dev.id, c.sess, ofs, &mut v);
+        }
+        count_ops(DataPath::CpuCrypto, n);
+        for (k, mut job) in c.jobs.drain(..).enumerate() {
+            let (start, len) = (job.out_start, job.out_len);
+            job.result = match c.status[k] {
+                0 => finish(&mut job, start, len),
+                libc::EBADMSG => Err(JobError::BadRecordMac),
+                _ => Err(JobError::Crypto),
+            };
+            self.done.push_back(job);
+        }
     }
 }
 
@@ -598,6 +973,9 @@ impl Backend for Cryptodev {
     }
 
     fn enqueue(&mut self, sq: &mut VecDeque<Box<Job>>) -> usize {
+        if self.path == DataPath::CpuCrypto {
+            return self.run_cpu(sq);
+        }
         let mut taken = 0;
         while !sq.is_empty() && !self.free_ops.is_empty() {
             self.burst.clear();
@@ -665,9 +1043,6 @@ impl Backend for Cryptodev {
                 self.burst.set_len(usize::from(got));
                 usize::from(got)
             };
-            if got > 0 {
-                DEVICE_OPS.fetch_add(got as u64, Ordering::Relaxed);
-            }
             for k in 0..got {
                 let op = self.burst[k];
                 if let Some(job) = self.complete(op) {
@@ -931,6 +1306,51 @@ fn driver_name(id: u8) -> String {
             CStr::from_ptr(info.driver_name)
                 .to_string_lossy()
                 .into_owned()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CPU: u64 = sys::RTE_CRYPTODEV_FF_SYM_CPU_CRYPTO as u64;
+    const HW: u64 = sys::RTE_CRYPTODEV_FF_HW_ACCELERATED as u64;
+
+    /// The best path a device offers, and forced paths it cannot take replaced by one it
+    /// can (never external buffers on hardware: DMA needs registered memory).
+    #[test]
+    fn data_path_follows_the_device_flags() {
+        let best = |flags| choose_path(flags, None).0;
+        assert_eq!(best(CPU), DataPath::CpuCrypto);
+        assert_eq!(best(0), DataPath::ExternalBuffer);
+        assert_eq!(best(HW), DataPath::Copy);
+        let forced = |flags, p| choose_path(flags, Some(p)).0;
+        assert_eq!(forced(0, DataPath::CpuCrypto), DataPath::ExternalBuffer);
+        assert_eq!(forced(HW, DataPath::CpuCrypto), DataPath::Copy);
+        assert_eq!(forced(HW, DataPath::ExternalBuffer), DataPath::Copy);
+        assert_eq!(forced(CPU, DataPath::Copy), DataPath::Copy);
+        assert_eq!(
+            forced(CPU, DataPath::ExternalBuffer),
+            DataPath::ExternalBuffer
+        );
+        assert!(choose_path(0, Some(DataPath::CpuCrypto))
+            .1
+            .contains("does not offer it"));
+    }
+
+    #[test]
+    fn data_path_names_parse_and_bad_ones_are_explained() {
+        for p in DataPath::ALL {
+            assert_eq!(p.name().parse::<DataPath>(), Ok(p));
+        }
+        assert_eq!("extbuf".parse::<DataPath>(), Ok(DataPath::ExternalBuffer));
+        for bad in ["", "zero-copy", "COPY", "cpu crypto"] {
+            let e = bad.parse::<DataPath>().unwrap_err();
+            assert!(
+                e.contains("expected cpu-crypto, external-buffer or copy"),
+                "{e}"
+            );
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The software backend: the same ring, served by `ring`'s AEADs on the CPU.
 //!
-//! Two modes. [`Inline`] runs jobs inside the caller's `Engine::poll`, at most one batch
-//! per call, so the poll loop keeps its latency budget. [`Threaded`] hands jobs to a
+//! Two modes. [`Inline`] runs jobs on the caller's CPU: the engine runs each one as it is
+//! submitted (`Backend::runs_at_submit`), while its bytes are still in L1, and completes
+//! it through the completion ring; driven through `enqueue`/`dequeue` instead, it runs at
+//! most one batch per `dequeue`, so a poll loop keeps its latency budget. [`Threaded`] hands jobs to a
 //! dedicated crypto thread through two bounded lock-free SPSC queues (crossbeam
 //! `ArrayQueue`): the worker never waits for it. The crypto thread spins, then yields,
 //! then parks briefly when idle; the worker wakes it (one `unpark`) only if it parked.
@@ -78,6 +80,10 @@ impl Backend for Inline {
 
     fn in_device(&self) -> usize {
         self.pending.len()
+    }
+
+    fn runs_at_submit(&self) -> bool {
+        true
     }
 }
 
@@ -291,6 +297,31 @@ mod tests {
         job.content_type = ContentType::ApplicationData;
         job.input_len = 100;
         job
+    }
+
+    /// Driven through the trait (the engine runs its jobs at submission instead), the
+    /// inline backend runs at most `max` jobs per `dequeue`, in order, and loses none.
+    #[test]
+    fn inline_dequeue_runs_at_most_one_batch() {
+        let keys = TrafficKeys::new(CipherSuite::Aes128Gcm, &[1; 16], [2; 12], 0).unwrap();
+        let key =
+            Arc::new(RecordKey::new(CipherSuite::Aes128Gcm, TlsVersion::Tls13, &keys).unwrap());
+        let mut b = Inline::new(8);
+        assert!(b.runs_at_submit());
+        let mut sq: VecDeque<Box<Job>> = (0..5).map(|i| seal_job(&key, i)).collect();
+        assert_eq!(b.enqueue(&mut sq), 5);
+        sq.extend((5..8).map(|i| seal_job(&key, i)));
+        assert_eq!(b.enqueue(&mut sq), 3);
+        let mut cq = VecDeque::with_capacity(8);
+        assert_eq!(b.dequeue(&mut cq, 3), 3);
+        assert_eq!(b.in_device(), 5);
+        assert_eq!(b.dequeue(&mut cq, 8), 5);
+        assert_eq!(b.in_device(), 0);
+        let seqs: Vec<u64> = cq.iter().map(|j| j.seq).collect();
+        assert_eq!(seqs, (0..8).collect::<Vec<_>>());
+        assert!(cq
+            .iter()
+            .all(|j| j.result.is_ok() && j.out_len == 5 + 100 + 17));
     }
 
     /// A crypto thread that never runs (as on a host where it never gets a CPU): the

@@ -20,7 +20,7 @@ use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
 use super::core::{Core, Driver, Kind, Token, TICK_MS};
 use super::sys;
 use super::{EngineOptions, Idle};
-use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Slice, Watch};
 
 const EVENTS: usize = 512;
 /// Empty spinning laps between two runs of the batch bookkeeping (see `run`).
@@ -58,6 +58,9 @@ pub(crate) struct Epoll {
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
     ops: Vec<Ops>,
+    /// By slot and source side: a second slice gathered behind `Ops::send`'s in the
+    /// same `sendmsg` (kept apart so `Ops` stays small).
+    second: Vec<[Option<Slice>; 2]>,
     /// The token each socket was last registered with, by descriptor number (so a
     /// pooled socket taken back by the slot that registered it costs no syscall).
     tokens: Vec<u64>,
@@ -84,6 +87,7 @@ impl Epoll {
             free: (0..POOL_BUFFERS as BufId).rev().collect(),
             write_free: BufPool::write_ids().collect(),
             ops: Vec::new(),
+            second: Vec::new(),
             tokens: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
@@ -185,11 +189,24 @@ impl Epoll {
                     // SAFETY: the buffer belongs to this connection's queue until the
                     // send completes; off + len ≤ BUF_SIZE.
                     let data = unsafe { &self.pool.slice(b)[off as usize..(off + len) as usize] };
-                    let n = sys::send(o.fds[dst], data);
+                    let second = self.second.get(slot as usize).and_then(|x| x[s]);
+                    let n = match second {
+                        Some((b2, off2, len2)) => {
+                            // SAFETY: as above, for the second slice.
+                            let more = unsafe {
+                                &self.pool.slice(b2)[off2 as usize..(off2 + len2) as usize]
+                            };
+                            sys::send2(o.fds[dst], data, more)
+                        }
+                        None => sys::send(o.fds[dst], data),
+                    };
                     if n == -libc::EAGAIN {
                         o.writable[dst] = false;
                     } else {
                         o.send[s] = None;
+                        if let Some(x) = self.second.get_mut(slot as usize) {
+                            x[s] = None;
+                        }
                         self.done.push(Done::Send(c, side, n));
                     }
                 }
@@ -302,6 +319,21 @@ impl Io for Epoll {
     #[inline]
     fn send(&mut self, c: ConnRef, from: Side, _fd: RawFd, buf: BufId, off: u32, len: u32) {
         self.ops[c.slot as usize].send[from.idx()] = Some((buf, off, len));
+        if let Some(x) = self.second.get_mut(c.slot as usize) {
+            x[from.idx()] = None;
+        }
+        self.enqueue(c.slot);
+    }
+
+    #[inline]
+    fn sendv(&mut self, c: ConnRef, from: Side, _fd: RawFd, first: Slice, second: Slice) {
+        let slot = c.slot as usize;
+        self.ops[slot].send[from.idx()] = Some(first);
+        if self.second.len() <= slot {
+            // Grows with the slab's high-water mark only.
+            self.second.resize(slot + 1, [None; 2]);
+        }
+        self.second[slot][from.idx()] = Some(second);
         self.enqueue(c.slot);
     }
 
@@ -347,6 +379,9 @@ impl Io for Epoll {
                 o.want_recv[side.idx()] = false;
                 // The send that writes to this side.
                 o.send[side.other().idx()] = None;
+                if let Some(x) = self.second.get_mut(c.slot as usize) {
+                    x[side.other().idx()] = None;
+                }
             }
         }
         if fds[Side::Up.idx()] >= 0 {

@@ -1,15 +1,22 @@
 //! The io_uring engine: one ring per worker, set up `SINGLE_ISSUER | DEFER_TASKRUN`
 //! (PLATFORM.md: default flags cost ≈ 20 µs more per round trip; SQPOLL is not used —
-//! it needs a core of its own). Multishot accept per listener socket, single-shot
-//! receives that pick a buffer from the worker's provided-buffer ring, sends straight
-//! from that buffer (no copy), all submitted in one `io_uring_enter` per loop.
+//! it needs a core of its own). Multishot accept per listener socket; receives pick a
+//! buffer from the worker's provided-buffer ring — multishot on sockets a connection
+//! keeps for its life ([`Io::recv_multi`]: armed once, not once per message), single-shot
+//! elsewhere (a pooled upstream socket must have nothing armed when it is parked); sends
+//! go straight from the buffer (no copy); all submitted in one `io_uring_enter` per loop.
 //!
-//! Owns the ring, the buffer ring and the connect addresses; the proxy logic lives in
-//! `proxy::l4` and the worker logic in `engine::core`. Invariants: a buffer is either in
-//! the kernel's ring, or owned by exactly one connection's queue; memory the kernel may
-//! touch (buffers, buffer ring, sockaddrs) lives until the ring is dropped, which
-//! happens first (field order). Receives are single-shot, one per side at a time, so a
-//! connection never holds more than its bounded queue (backpressure).
+//! Owns the ring, the buffer ring, the connect addresses and the multishot receive
+//! state; the proxy logic lives in `proxy::l4` and the worker logic in `engine::core`.
+//! Invariants: a buffer is either in the kernel's ring, held here for a connection that
+//! has not asked for it yet, or owned by exactly one connection's queue; memory the
+//! kernel may touch (buffers, buffer ring, sockaddrs) lives until the ring is dropped,
+//! which happens first (field order). The proxy sees one receive completion per ask,
+//! single-shot or multishot alike, so a connection's queue stays bounded; a multishot
+//! receive that completes while its connection has not asked is held, and the first such
+//! completion cancels it (backpressure: a connection holds at most its queue plus the
+//! few completions the kernel posted before the cancel took effect; the pool bound holds
+//! regardless, since every held completion owns a pool buffer or ends the multishot).
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,7 +31,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 use super::buf::{BufPool, BUF_SIZE, POOL_BUFFERS};
 use super::core::{Core, Driver, Kind, Token, TICK_MS};
 use super::{EngineOptions, Idle};
-use crate::proxy::l4::{BufId, ConnRef, Io, Side, Watch};
+use crate::proxy::l4::{BufId, ConnRef, Io, Side, Slice, Watch};
 
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
@@ -39,6 +46,17 @@ const QUIET_LAPS: u32 = 32;
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, kernel 5.19): arm the poll before
 /// the first receive attempt.
 const RECVSEND_POLL_FIRST: u16 = 1;
+/// Multishot receive state slots per boxed chunk (see `Uring::multi`).
+const MULTI_CHUNK: usize = 256;
+/// Gathered-send headers per boxed chunk (see `Uring::msgs`).
+const MSG_CHUNK: usize = 64;
+
+/// The `sendmsg` header and iovecs of one gathered send (one per slot and direction:
+/// a connection has at most one send in flight per direction).
+struct Msg {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; 2],
+}
 
 fn builder() -> io_uring::Builder {
     let mut b = IoUring::builder();
@@ -184,6 +202,40 @@ pub(crate) struct Uring {
     addrs: Vec<Box<AddrChunk>>,
     /// Write buffers not held by a proxy.
     write_free: Vec<BufId>,
+    /// Gathered-send headers by slot and direction, in chunks that never move (the
+    /// kernel reads them when the send is issued, possibly after the submit returns).
+    msgs: Vec<Box<[[Msg; 2]; MSG_CHUNK]>>,
+    /// Multishot receive state per slot and side, in chunks that grow with the slab's
+    /// high-water mark (allocation only then).
+    multi: Vec<Box<[[Multi; 2]; MULTI_CHUNK]>>,
+    /// Multishot completions that arrived before their connection asked, in arrival
+    /// order: (slot, generation, side, result, flags). Each owns a pool buffer or ends
+    /// its multishot, so the list stays within the pool plus two per slot; preallocated
+    /// for the pool (growing past that is a control-rate event: many connections ending
+    /// at once while backpressured).
+    held: Vec<(u32, u16, u8, i32, u32)>,
+    /// Completions handed out of `held` on an ask, delivered later in the same lap (a
+    /// completion is never delivered from inside the proxy's own call).
+    ready: Vec<(u32, u16, Side, i32, Option<BufId>)>,
+}
+
+/// One socket's multishot receive, as the engine tracks it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Multi {
+    /// The state belongs to this tenant of the slot and this socket.
+    live: bool,
+    gen: u16,
+    fd: RawFd,
+    /// A multishot receive is in the kernel (its final completion has not arrived).
+    armed: bool,
+    /// The connection asked and got nothing yet: the next completion is its.
+    wanted: bool,
+    /// We asked the kernel to cancel it (the connection did not keep up).
+    cancelling: bool,
+    /// The connection cancelled its operations (closing, abandoning the socket).
+    dropped: bool,
+    /// Completions in `Uring::held` for this socket.
+    held: u16,
 }
 
 impl Uring {
@@ -195,7 +247,73 @@ impl Uring {
             bufs,
             addrs: Vec::new(),
             write_free: BufPool::write_ids().collect(),
+            msgs: Vec::new(),
+            multi: Vec::new(),
+            held: Vec::with_capacity(POOL_BUFFERS),
+            ready: Vec::with_capacity(64),
         })
+    }
+
+    /// The multishot state of `slot`'s `side` (grown to the slot on first use).
+    #[inline]
+    fn multi_mut(&mut self, slot: u32, side: Side) -> &mut Multi {
+        let slot = slot as usize;
+        while self.multi.len() <= slot / MULTI_CHUNK {
+            self.multi
+                .push(Box::new([[Multi::default(); 2]; MULTI_CHUNK]));
+        }
+        &mut self.multi[slot / MULTI_CHUNK][slot % MULTI_CHUNK][side.idx()]
+    }
+
+    #[inline]
+    fn multi_get(&self, slot: u32, side: Side) -> Option<&Multi> {
+        let slot = slot as usize;
+        self.multi
+            .get(slot / MULTI_CHUNK)
+            .map(|c| &c[slot % MULTI_CHUNK][side.idx()])
+    }
+
+    /// Whether `c`'s `side` has live multishot state on `fd` (a plain `recv` on such a
+    /// socket must go through it: two receives armed on one socket would split its
+    /// bytes between them).
+    #[inline]
+    fn multi_on(&self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        self.multi_get(c.slot, side)
+            .is_some_and(|m| m.live && m.gen == c.gen && m.fd == fd)
+    }
+
+    fn arm_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        let e = opcode::RecvMulti::new(Fd(fd), BGID)
+            .build()
+            .user_data(Token::encode(Kind::RecvMulti, side as u8, c.gen, c.slot));
+        // SAFETY: the kernel picks each buffer from the ring, whose memory outlives it.
+        unsafe { self.push(e) }
+    }
+
+    fn cancel_multi(&mut self, c: ConnRef, side: Side) {
+        let e = opcode::AsyncCancel::new(Token::encode(Kind::RecvMulti, side as u8, c.gen, c.slot))
+            .build()
+            .user_data(Token::NOTHING);
+        // SAFETY: no pointers.
+        unsafe { self.push(e) }
+    }
+
+    /// Give back the held completions of `c`'s `side` (its connection no longer wants
+    /// them).
+    fn drop_held(&mut self, c: ConnRef, side: Side) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let (slot, gen, s, _, flags) = self.held[i];
+            if slot == c.slot && gen == c.gen && s == side as u8 {
+                self.held.remove(i);
+                if let Some(b) = cqueue::buffer_select(flags) {
+                    self.release(b);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.multi_mut(c.slot, side).held = 0;
     }
 
     /// Queue an entry, flushing the submission queue first if it is full.
@@ -286,6 +404,9 @@ impl Io for Uring {
 
     #[inline]
     fn recv(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        if self.multi_on(c, side, fd) {
+            return self.recv_multi(c, side, fd);
+        }
         let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
             .buf_group(BGID)
             .build()
@@ -297,6 +418,9 @@ impl Io for Uring {
 
     #[inline]
     fn recv_reply(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        if self.multi_on(c, side, fd) {
+            return self.recv_multi(c, side, fd);
+        }
         // Poll first: without the hint the kernel tries the receive at submission, finds
         // nothing (the peer has not answered yet) and only then arms its poll.
         let e = opcode::Recv::new(Fd(fd), std::ptr::null_mut(), BUF_SIZE as u32)
@@ -309,6 +433,65 @@ impl Io for Uring {
         unsafe { self.push(e) }
     }
 
+    fn recv_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        let m = *self.multi_mut(c.slot, side);
+        if !(m.live && m.gen == c.gen && m.fd == fd) {
+            // A new tenant (or socket): the previous one forgot its state, so nothing
+            // of it is held; a final completion still on its way carries the old
+            // generation and is dropped.
+            *self.multi_mut(c.slot, side) = Multi {
+                live: true,
+                gen: c.gen,
+                fd,
+                ..Multi::default()
+            };
+        } else if m.held > 0 {
+            // What arrived before the ask, oldest first.
+            if let Some(i) = self
+                .held
+                .iter()
+                .position(|h| h.0 == c.slot && h.1 == c.gen && h.2 == side as u8)
+            {
+                let (_, _, _, res, flags) = self.held.remove(i);
+                self.multi_mut(c.slot, side).held -= 1;
+                self.ready
+                    .push((c.slot, c.gen, side, res, cqueue::buffer_select(flags)));
+                return;
+            }
+            debug_assert!(false, "multishot held count without a held completion");
+            self.multi_mut(c.slot, side).held = 0;
+        }
+        let m = self.multi_mut(c.slot, side);
+        m.wanted = true;
+        if !m.armed {
+            m.armed = true;
+            m.cancelling = false;
+            m.dropped = false;
+            self.arm_multi(c, side, fd);
+        }
+    }
+
+    fn forget(&mut self, c: ConnRef) {
+        for side in [Side::Down, Side::Up] {
+            let Some(m) = self.multi_get(c.slot, side).copied() else {
+                return;
+            };
+            if !(m.live && m.gen == c.gen) {
+                continue;
+            }
+            if m.armed && !m.cancelling && !m.dropped {
+                // By user data, not by fd: the connection closes the socket right after
+                // this (the kernel's own reference keeps it open until the cancel runs,
+                // at the next submit).
+                self.cancel_multi(c, side);
+            }
+            if m.held > 0 {
+                self.drop_held(c, side);
+            }
+            self.multi_mut(c.slot, side).live = false;
+        }
+    }
+
     #[inline]
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32) {
         // SAFETY: off + len ≤ BUF_SIZE (the proxy sends within what it received).
@@ -319,6 +502,48 @@ impl Io for Uring {
             .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
         // SAFETY: the buffer stays in the connection's queue (not in the kernel's ring)
         // until this send completes.
+        unsafe { self.push(e) }
+    }
+
+    fn sendv(&mut self, c: ConnRef, from: Side, fd: RawFd, first: Slice, second: Slice) {
+        let slot = c.slot as usize;
+        while self.msgs.len() <= slot / MSG_CHUNK {
+            // Grows with the slab's high-water mark only; a chunk, once boxed, stays put.
+            self.msgs.push(Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| Msg {
+                    // SAFETY: msghdr and iovec are plain old data; all-zero is valid.
+                    hdr: unsafe { std::mem::zeroed() },
+                    // SAFETY: as above.
+                    iov: unsafe { std::mem::zeroed() },
+                })
+            })));
+        }
+        // SAFETY: off + len ≤ BUF_SIZE for both slices (the proxy sends within what it
+        // received or wrote).
+        let (a, b) = unsafe {
+            (
+                self.bufs.pool.ptr(first.0).add(first.1 as usize),
+                self.bufs.pool.ptr(second.0).add(second.1 as usize),
+            )
+        };
+        let m = &mut self.msgs[slot / MSG_CHUNK][slot % MSG_CHUNK][from.idx()];
+        m.iov[0] = libc::iovec {
+            iov_base: a.cast(),
+            iov_len: first.2 as usize,
+        };
+        m.iov[1] = libc::iovec {
+            iov_base: b.cast(),
+            iov_len: second.2 as usize,
+        };
+        m.hdr.msg_iov = m.iov.as_mut_ptr();
+        m.hdr.msg_iovlen = 2;
+        let e = opcode::SendMsg::new(Fd(fd), &m.hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(Token::encode(Kind::Send, from as u8, c.gen, c.slot));
+        // SAFETY: the header, its iovecs (boxed chunk, never moved, not rewritten until
+        // this direction's send completes: one in flight) and both buffers (in the
+        // connection's queue until the send completes) outlive the operation.
         unsafe { self.push(e) }
     }
 
@@ -354,7 +579,20 @@ impl Io for Uring {
         self.bufs.available > 0
     }
 
-    fn cancel_all(&mut self, _c: ConnRef, fds: [RawFd; 2]) -> bool {
+    fn cancel_all(&mut self, c: ConnRef, fds: [RawFd; 2]) -> bool {
+        for side in [Side::Down, Side::Up] {
+            let Some(m) = self.multi_get(c.slot, side).copied() else {
+                break;
+            };
+            if m.live && m.gen == c.gen && m.fd >= 0 && fds.contains(&m.fd) {
+                // The connection waits only for what it asked; held completions and
+                // the cancelled multishot's unasked ones are dropped.
+                self.multi_mut(c.slot, side).dropped = true;
+                if m.held > 0 {
+                    self.drop_held(c, side);
+                }
+            }
+        }
         for fd in fds {
             if fd >= 0 {
                 let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
@@ -423,7 +661,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     let mut quiet_laps = 0u32;
     loop {
         // Submit what the last batch queued, then wait or poll for completions.
-        let ready = !io.ring.completion().is_empty() || core.crypto_busy();
+        let ready = !io.ring.completion().is_empty() || core.crypto_busy() || !io.ready.is_empty();
         let idle_wait = match opts.idle {
             Idle::Spin => false,
             Idle::Adaptive => !ready && last_work.elapsed() >= opts.spin,
@@ -439,7 +677,11 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
             // it delayed noticing the next completion. Every QUIET_LAPS-th empty lap
             // still runs it, so timers, table swaps, stop and starved receives wait
             // a few microseconds at most.
-            if io.ring.completion().is_empty() && !core.crypto_busy() && quiet_laps < QUIET_LAPS {
+            if io.ring.completion().is_empty()
+                && !core.crypto_busy()
+                && io.ready.is_empty()
+                && quiet_laps < QUIET_LAPS
+            {
                 quiet_laps += 1;
                 continue;
             }
@@ -447,6 +689,8 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         }
         // After the wait: what it returned is handled with the newest table.
         core.begin_batch(io);
+        // Starved receives retried there may have been answered from held completions.
+        deliver_ready(core, io);
         if core.stopping() {
             let now = Instant::now();
             let deadline = *stop_deadline.get_or_insert_with(|| {
@@ -470,7 +714,9 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         for &(ud, res, flags) in &cqes {
             dispatch(core, io, ud, res, flags);
         }
+        deliver_ready(core, io);
         core.poll_crypto(io);
+        deliver_ready(core, io);
         core.end_batch();
     }
 }
@@ -490,6 +736,7 @@ fn dispatch(core: &mut Core, io: &mut Uring, ud: u64, res: i32, flags: u32) {
             }
             core.on_recv(t.slot, t.gen, Side::from_idx(t.aux as usize), res, buf, io)
         }
+        Kind::RecvMulti => on_multi(core, io, t, res, flags),
         Kind::Send => core.on_send(t.slot, t.gen, Side::from_idx(t.aux as usize), res, io),
         Kind::UdpListener | Kind::UdpSession => {
             let w = if t.kind == Kind::UdpListener {
@@ -507,4 +754,75 @@ fn dispatch(core: &mut Core, io: &mut Uring, ud: u64, res: i32, flags: u32) {
             core.on_udp_ready(w, more, io)
         }
     }
+}
+
+/// A multishot receive completed: hand it to its connection if it asked, else hold it
+/// (and cancel the multishot: the connection is not keeping up).
+fn on_multi(core: &mut Core, io: &mut Uring, t: Token, res: i32, flags: u32) {
+    let side = Side::from_idx(t.aux as usize);
+    let buf = cqueue::buffer_select(flags);
+    if buf.is_some() {
+        io.bufs.available -= 1;
+    }
+    let more = cqueue::more(flags);
+    let c = ConnRef {
+        slot: t.slot,
+        gen: t.gen,
+    };
+    let m = match io.multi_get(t.slot, side) {
+        Some(m) if m.live && m.gen == t.gen => *m,
+        _ => {
+            // A forgotten socket's last completions.
+            if let Some(b) = buf {
+                io.release(b);
+            }
+            return;
+        }
+    };
+    if !more {
+        io.multi_mut(t.slot, side).armed = false;
+    }
+    if !more && res == -libc::ECANCELED && !m.dropped {
+        // Our own backpressure cancel took effect; re-arm if the connection asked since.
+        let fd = m.fd;
+        let st = io.multi_mut(t.slot, side);
+        st.cancelling = false;
+        if st.wanted {
+            st.armed = true;
+            io.arm_multi(c, side, fd);
+        }
+        return;
+    }
+    if m.wanted {
+        io.multi_mut(t.slot, side).wanted = false;
+        core.on_recv(t.slot, t.gen, side, res, buf, io);
+        return;
+    }
+    if m.dropped {
+        // The connection cancelled and does not wait for this one.
+        if let Some(b) = buf {
+            io.release(b);
+        }
+        return;
+    }
+    // Not asked for: hold it, in order, until the connection asks.
+    io.held.push((t.slot, t.gen, side as u8, res, flags));
+    let st = io.multi_mut(t.slot, side);
+    st.held += 1;
+    if more && !st.cancelling {
+        st.cancelling = true;
+        io.cancel_multi(c, side);
+    }
+}
+
+/// Completions handed out of the held list by asks during the lap.
+fn deliver_ready(core: &mut Core, io: &mut Uring) {
+    // Each delivery may ask again and queue one more; the held list bounds the rounds.
+    let mut i = 0;
+    while i < io.ready.len() {
+        let (slot, gen, side, res, buf) = io.ready[i];
+        i += 1;
+        core.on_recv(slot, gen, side, res, buf, io);
+    }
+    io.ready.clear();
 }

@@ -15,7 +15,8 @@
 //! - **Zero copy for bodies.** Body bytes are sent from the buffer they were received
 //!   in; only a buffer shared by two messages (pipelining) has its first part copied,
 //!   and a small body (≤ [`COALESCE_MAX`]) that follows a rewritten head is copied
-//!   behind it so both leave in one send.
+//!   behind it so both leave in one send; a larger one leaves in the same send
+//!   gathered from its own buffer ([`Io::sendv`]: the front two queue entries).
 //! - **Framing is ours.** Bodies are delimited by the validated framing of
 //!   [`codec`](super::codec): bytes past the end of a response are dropped and the
 //!   upstream connection is not reused.
@@ -58,7 +59,8 @@ const RECV_ROOM: usize = 2;
 /// Body bytes up to this size that follow a rewritten head are copied behind it in its
 /// write buffer, so head and body leave in one send (one TCP segment, one completion):
 /// sent apart, the peer wakes for a head it cannot use yet, and the body waits a lap
-/// for the head's send to complete. Larger bodies keep zero copy.
+/// for the head's send to complete. Larger bodies keep zero copy and are gathered into
+/// the head's send instead ([`Io::sendv`]).
 const COALESCE_MAX: u32 = 4096;
 /// Envoy's default route timeout.
 const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
@@ -194,6 +196,34 @@ impl OutQ {
         self.head = ((h + 1) % OUTQ) as u8;
         self.count -= 1;
         Some(self.bufs[h])
+    }
+
+    /// The second entry, when there is one (gathered behind the front in one send).
+    #[inline]
+    fn second(&self) -> Option<(BufId, u32, u32)> {
+        if self.count < 2 {
+            return None;
+        }
+        let i = (self.head as usize + 1) % OUTQ;
+        Some((self.bufs[i], self.offs[i], self.lens[i]))
+    }
+
+    /// A send of the front (and maybe the second) entry put out `n` bytes: drop what
+    /// is done, giving its buffers back.
+    fn sent(&mut self, mut n: u32, io: &mut impl Io) {
+        while self.count > 0 {
+            let h = self.head as usize;
+            let k = n.min(self.lens[h]);
+            n -= k;
+            if let Some(b) = self.advance(k) {
+                io.release(b);
+            } else {
+                break;
+            }
+            if n == 0 {
+                break;
+            }
+        }
     }
 
     #[inline]
@@ -375,6 +405,8 @@ pub struct Fallback {
     pub data: Option<(BufId, u32, u32)>,
     pub listener: usize,
     pub table: Arc<RouteTable>,
+    /// A TLS listener: the client's session and its socket operations in flight.
+    pub tls: Option<crate::proxy::l4::tcp::TlsCarry>,
 }
 
 /// One HTTP client connection.
@@ -680,7 +712,7 @@ impl Conn {
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(tls::Layer::server(t.clone()));
+            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc));
         }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
@@ -698,6 +730,13 @@ impl Conn {
         let fd = self.fds[Side::Down.idx()].take()?;
         let table = self.table.take()?;
         let data = self.pend[Side::Down.idx()].take();
+        let tls = self.tls.take().map(|l| {
+            let d = Side::Down.idx();
+            let tx_inflight = self.out[Side::Up.idx()].inflight;
+            (*l).into_carry(self.recv_armed[d], tx_inflight)
+        });
+        self.recv_armed = [false; 2];
+        self.out[Side::Up.idx()].inflight = false;
         self.lcount(cx.worker, L::SniffedTcp, 1);
         // The worker's open count stays: the relay closes (and uncounts) it.
         let listener = self.listener as usize;
@@ -709,6 +748,7 @@ impl Conn {
             data,
             listener,
             table,
+            tls,
         })
     }
 
@@ -916,8 +956,8 @@ impl Conn {
         self.last_ms = cx.now_ms;
         if self.tls_on(from.other()) {
             self.tls_sent(from.other(), n, io);
-        } else if let Some(b) = self.out[from.idx()].advance(n) {
-            io.release(b);
+        } else {
+            self.out[from.idx()].sent(n, io);
         }
         self.drive(slot, cx, io)
     }
@@ -1108,13 +1148,14 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        // An upstream awaiting its response head, or a kept-alive client armed with
-        // its response: both answer what was just sent to them.
-        let reply = match side {
-            Side::Up => self.awaiting_head,
-            Side::Down => self.phase == Phase::Flush,
-        };
-        if reply {
+        if side == Side::Down {
+            // The client socket is this connection's until it closes (or it becomes a
+            // TCP relay in the same slot): one multishot receive serves every request.
+            io.recv_multi(self.me(slot), side, fd);
+        } else if self.awaiting_head {
+            // An upstream answering what was just sent to it: its bytes are not there
+            // yet. (Upstream sockets stay single-shot: parked in the pool, nothing may
+            // be armed on them.)
             io.recv_reply(self.me(slot), side, fd);
         } else {
             io.recv(self.me(slot), side, fd);
@@ -1138,11 +1179,16 @@ impl Conn {
         }
         let (b, off, len) = q.front();
         q.inflight = true;
-        if q.count == 1 {
+        if q.count <= 2 {
             // The last entry goes out now: nothing may be appended to it any more.
             q.tail_room = 0;
         }
-        io.send(me, from, fd, b, off, len);
+        match q.second() {
+            // A head and the body behind it (larger than COALESCE_MAX, so not copied
+            // into the head's buffer) leave together: one segment, one completion.
+            Some(second) => io.sendv(me, from, fd, (b, off, len), second),
+            None => io.send(me, from, fd, b, off, len),
+        }
     }
 
     fn drive_head(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -1205,12 +1251,12 @@ impl Conn {
         };
         let data = &io.bytes(b)[off as usize..(off + len) as usize];
         if side == Side::Down && self.served == 0 && off == 0 && !looks_like_http1(data) {
-            // Opaque TCP cannot continue a TLS session: a TLS listener answers 400.
-            let has_fallback = !self.tls_listener()
-                && self
-                    .table
-                    .as_ref()
-                    .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
+            // Not HTTP/1.x: the listener's `cluster` takes it as opaque TCP (a TLS
+            // session moves to the relay with its socket); without one, 400.
+            let has_fallback = self
+                .table
+                .as_ref()
+                .is_some_and(|t| t.listeners[self.listener as usize].target.is_some());
             if has_fallback {
                 self.fallback = true;
                 return Ok(false);
@@ -1408,16 +1454,9 @@ impl Conn {
                 }
                 let cluster = target.pick(cx.lb.next_u32());
                 let cl = &table.clusters[cluster as usize];
-                // Consistent hashing on a header or cookie (`hash_policy`).
-                let mut hash_key = cl.request_key(|n| req.header(n));
-                // No hash cookie on a cluster that generates it: make one (Set-Cookie).
-                let set_cookie = match hash_key {
-                    None => cl.generated_cookie(self.peer).map(|(k, v)| {
-                        hash_key = Some(k);
-                        v
-                    }),
-                    Some(_) => None,
-                };
+                // Consistent hashing (the route's or the cluster's `hash_policy`); a
+                // generating hash cookie the request lacks is made up (Set-Cookie).
+                let (hash_key, set_cookie) = cl.hash_key(route.hash.as_deref(), &view, self.peer);
                 if cl.endpoints.is_empty() {
                     self.lcount(cx.worker, L::HttpNoHealthyUpstream, 1);
                     return self.respond(slot, 503, b"no healthy upstream\n", cx, io);
@@ -1660,7 +1699,7 @@ impl Conn {
                 let keep_upgrade = self.upgrade_req && n.eq_ignore_ascii_case("upgrade");
                 if (hop_by_hop(n) || connection_listed(req.headers, n)) && !keep_upgrade
                     || n.eq_ignore_ascii_case("x-forwarded-proto")
-                    // Envoy's SANITIZE_SET: a client's own XFCC never passes.
+                    // Written below, as the listener's XFCC policy says.
                     || n.eq_ignore_ascii_case("x-forwarded-client-cert")
                     || edits.iter().any(|e| e.drops(n))
                 {
@@ -1681,22 +1720,31 @@ impl Conn {
             } else {
                 w.put(q, io, b"\r\nx-forwarded-proto: http\r\n")?;
             }
-            if let Some(uri) = tl.and_then(tls::Layer::identity) {
-                // Envoy's SANITIZE_SET shape: `By=` the listener's URI SAN, `Hash=` the
-                // client certificate's SHA-256, `URI=` the client's SPIFFE ID.
-                w.put(q, io, b"x-forwarded-client-cert: ")?;
-                if let Some(by) = tl.and_then(tls::Layer::own_uri) {
-                    w.put(q, io, b"By=")?;
-                    w.put(q, io, by.as_bytes())?;
-                    w.put(q, io, b";")?;
+            // x-forwarded-client-cert (Envoy's forward_client_cert_details): the client's
+            // elements when the policy keeps them, then ours (built at its handshake).
+            let xfcc = self.table.as_deref().map_or_else(Default::default, |t| {
+                t.listeners[self.listener as usize].xfcc
+            });
+            let mtls = tl.is_some_and(|l| l.cert_hash().is_some());
+            let mut sep: &[u8] = b"x-forwarded-client-cert: ";
+            if xfcc.keeps_client_header(mtls) {
+                for h in req.headers {
+                    if h.name.eq_ignore_ascii_case("x-forwarded-client-cert") {
+                        w.put(q, io, sep)?;
+                        w.put(q, io, h.value)?;
+                        sep = b",";
+                    }
                 }
-                if let Some(hash) = tl.and_then(tls::Layer::cert_hash) {
-                    w.put(q, io, b"Hash=")?;
-                    w.put(q, io, hash.as_bytes())?;
-                    w.put(q, io, b";")?;
-                }
-                w.put(q, io, b"URI=")?;
-                w.put(q, io, uri.as_bytes())?;
+            }
+            if let Some(e) = tl
+                .and_then(tls::Layer::xfcc_element)
+                .filter(|_| xfcc.sets_own(mtls))
+            {
+                w.put(q, io, sep)?;
+                w.put(q, io, e.as_bytes())?;
+                sep = b",";
+            }
+            if sep == b"," {
                 w.put(q, io, b"\r\n")?;
             }
             if let Some(id) = request_id {
@@ -2134,9 +2182,7 @@ impl Conn {
         let edits = [route_edits, vh_edits];
         let cookie = match (&self.table, self.set_cookie) {
             (Some(t), Some(v)) if !informational => t
-                .clusters
-                .get(self.cluster as usize)
-                .and_then(|c| c.set_cookie_parts())
+                .hash_cookie(self.listener, self.route_ref, self.cluster)
                 .map(|(name, attrs)| (name, v, attrs)),
             _ => None,
         };
@@ -2760,6 +2806,7 @@ impl Conn {
                 io.release(b);
             }
         }
+        io.forget(self.me(slot));
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {

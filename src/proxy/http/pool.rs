@@ -11,7 +11,8 @@
 //!
 //! Invariants: at most [`MAX_IDLE`] entries (the oldest is evicted when full); every
 //! entry belongs to the worker's current routing table (`generation`): a new table
-//! flushes the pool, so cluster and endpoint indices stay meaningful. Counting a closed
+//! re-indexes the connections to endpoints it still has ([`Pool::carry`]) and closes
+//! the rest, so cluster and endpoint indices stay meaningful. Counting a closed
 //! connection is the caller's business (it has the table). Never allocates after
 //! construction, never blocks; the only syscall is the liveness peek on reuse of a
 //! connection idle longer than [`CHECK_AFTER_MS`] (see [`alive`]).
@@ -83,6 +84,32 @@ impl Pool {
     /// the old table), and the pool serves `generation` from now on.
     pub fn reset(&mut self, generation: u64, mut closed: impl FnMut(Idle)) {
         for i in self.idle.drain(..) {
+            closed(i);
+        }
+        self.generation = generation;
+    }
+
+    /// A new routing table: each idle connection that `place` finds a place for in it
+    /// (its cluster and endpoint indices there) is kept under them; the others are
+    /// handed to `closed` (indices of the old table). The pool serves `generation` from
+    /// now on. Order (and so LIFO reuse and expiry) is kept.
+    pub fn carry(
+        &mut self,
+        generation: u64,
+        mut place: impl FnMut(u32, u32) -> Option<(u32, u32)>,
+        mut closed: impl FnMut(Idle),
+    ) {
+        let mut kept = 0;
+        for i in 0..self.idle.len() {
+            let (c, e) = (self.idle[i].cluster, self.idle[i].endpoint);
+            if let Some((c, e)) = place(c, e) {
+                self.idle[i].cluster = c;
+                self.idle[i].endpoint = e;
+                self.idle.swap(kept, i);
+                kept += 1;
+            }
+        }
+        for i in self.idle.drain(kept..) {
             closed(i);
         }
         self.generation = generation;
@@ -307,6 +334,39 @@ mod tests {
         );
         assert_eq!(closed, 4, "cluster 0 entries at 4, 6, 8, 10");
         assert!(p.idle.iter().all(|i| i.cluster == 1 || i.since_ms > 10));
+    }
+
+    #[test]
+    fn a_new_table_keeps_endpoints_it_still_has() {
+        let mut p = Pool::with_capacity(8);
+        let mut keep = Vec::new();
+        for (c, e) in [(0, 0), (0, 1), (1, 0), (0, 0)] {
+            let (fd, peer) = sock();
+            keep.push(peer);
+            p.park(0, idle(fd, c, e, 0)).unwrap();
+        }
+        // Cluster 0 moved to index 1 and lost endpoint 1; cluster 1 is gone.
+        let mut closed = Vec::new();
+        p.carry(
+            1,
+            |c, e| match (c, e) {
+                (0, 0) => Some((1, 0)),
+                _ => None,
+            },
+            |i| closed.push((i.cluster, i.endpoint)),
+        );
+        closed.sort();
+        assert_eq!(
+            closed,
+            vec![(0, 1), (1, 0)],
+            "old indices of the closed ones"
+        );
+        assert_eq!(p.len(), 2);
+        assert!(p.take(0, 1, 0, (0, 0)).is_none(), "old generation");
+        assert!(p.take(1, 0, 0, (0, 0)).is_none(), "old indices");
+        assert!(p.take(1, 1, 0, (0, 0)).is_some());
+        assert!(p.take(1, 1, 0, (0, 0)).is_some());
+        assert!(p.is_empty());
     }
 
     #[test]

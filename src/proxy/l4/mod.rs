@@ -17,6 +17,8 @@ use crate::cluster::LbState;
 
 /// Index of a receive buffer in the worker's buffer pool.
 pub type BufId = u16;
+/// Bytes of a pool buffer: (buffer, offset, length).
+pub type Slice = (BufId, u32, u32);
 
 /// One end of a proxied TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,9 +86,28 @@ pub trait Io {
     fn recv_reply(&mut self, c: ConnRef, side: Side, fd: RawFd) {
         self.recv(c, side, fd)
     }
+    /// As [`recv`](Io::recv), on a socket that stays this connection's `side` until
+    /// the connection calls [`forget`](Io::forget): the engine may keep one receive
+    /// armed in the kernel across messages (io_uring multishot) and hold what arrives
+    /// before the next ask. To the proxy it is still one completion per call.
+    fn recv_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        self.recv(c, side, fd)
+    }
+    /// Connection `c` is about to close its sockets with nothing of its own in flight:
+    /// the engine drops what it still holds or has armed for `c` (see
+    /// [`recv_multi`](Io::recv_multi)). No completion for `c` follows.
+    fn forget(&mut self, _c: ConnRef) {}
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);
+    /// As [`send`](Io::send), gathering two slices (`(buffer, offset, length)`) into
+    /// one send (a rewritten head and the body behind it: one segment, one
+    /// completion); completes with the count sent from both, in order, which may be
+    /// short. An engine without a gathered send sends `first` only.
+    fn sendv(&mut self, c: ConnRef, from: Side, fd: RawFd, first: Slice, second: Slice) {
+        let _ = second;
+        self.send(c, from, fd, first.0, first.1, first.2)
+    }
     /// Give a buffer back to the pool (receive or write buffer alike).
     fn release(&mut self, buf: BufId);
     /// A write buffer for the proxy to fill (rewritten heads, local responses); `None`

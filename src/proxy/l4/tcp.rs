@@ -41,6 +41,7 @@ use crate::cluster::health::Outcome;
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
 use crate::tls::conn::{self as tlsconn, FeedError, Plain, Sniff, Tls};
+use crate::tls::kernel::Control;
 
 /// Buffers queued per direction before the receive on that side pauses.
 pub const QUEUE: usize = 4;
@@ -57,6 +58,20 @@ enum Phase {
     Connecting,
     Proxying,
     Closing,
+}
+
+/// A TLS client connection an HTTP listener hands over as opaque TCP: the session (past
+/// its handshake, possibly with decrypted bytes still inside) and the operations in
+/// flight on the client's socket, which complete into the relay.
+#[derive(Debug)]
+pub struct TlsCarry {
+    pub tls: Box<Tls>,
+    /// A receive is armed on the client's socket.
+    pub recv_armed: bool,
+    /// Ciphertext towards the client (buffer, offset, remaining length) …
+    pub tx: Option<(BufId, u32, u32)>,
+    /// … and whether its send is in flight.
+    pub tx_inflight: bool,
 }
 
 /// Bytes read from one side waiting to be written to the other.
@@ -229,7 +244,9 @@ impl Conn {
         }
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(Tls::server(t.clone()));
+            let mut tls = Tls::server(t.clone());
+            tls.want_kernel(cx.crypto().engine.ktls_enabled());
+            self.tls = Some(tls);
             self.phase = Phase::Handshaking;
             self.arm_recv(slot, Side::Down, io);
             return Step::Continue;
@@ -239,13 +256,15 @@ impl Conn {
 
     /// Continue a connection an HTTP listener sniffed as not HTTP/1.x: the client
     /// socket is already adopted and counted; `data` (buffer, offset, length) is what was
-    /// read from it, sent upstream first.
+    /// read from it (decrypted, with TLS), sent upstream first; `tls` the client's session
+    /// when the listener terminates TLS.
     #[allow(clippy::too_many_arguments)]
     pub fn open_fallback(
         &mut self,
         slot: u32,
         down: OwnedFd,
         data: Option<(BufId, u32, u32)>,
+        tls: Option<TlsCarry>,
         table: &Arc<RouteTable>,
         listener: usize,
         cx: &mut Ctx,
@@ -267,6 +286,23 @@ impl Conn {
             let d = &mut self.dirs[Side::Down.idx()];
             d.push(b, off + len);
             d.off = off;
+        }
+        if let Some(c) = tls {
+            // The HTTP side's operations complete here: its receive on the client, and
+            // its ciphertext send (bytes towards the client live in `dirs[Up]`).
+            let allowed = c.tls.client_allowed();
+            self.tls = Some(c.tls);
+            self.dirs[Side::Down.idx()].recv_armed = c.recv_armed;
+            if let Some((b, off, len)) = c.tx {
+                let d = &mut self.dirs[Side::Up.idx()];
+                d.push(b, off + len);
+                d.off = off;
+                d.send_inflight = c.tx_inflight;
+            }
+            if !allowed {
+                // The listener's principals hold for opaque TCP too (HTTP would 403).
+                return self.deny(slot, cx, io);
+            }
         }
         let Some(target) = l.target.as_ref() else {
             l.stats.inc(cx.worker, L::NoUpstream);
@@ -349,7 +385,9 @@ impl Conn {
             .and_then(|t| t.clusters.get(self.cluster as usize)?.tls.clone());
         self.last_ms = cx.now_ms;
         if let Some(ct) = origin {
+            let ktls = cx.crypto().engine.ktls_enabled();
             let t = self.tls.get_or_insert_with(Tls::empty);
+            t.want_kernel(ktls);
             if t.start_client(&ct).is_err() {
                 self.upstream_count(cx.worker, U::TlsErrors, 1);
                 return self.close(slot, cx, io);
@@ -399,7 +437,8 @@ impl Conn {
             }
         }
         d.recv_armed = true;
-        io.recv(self.me(slot), side, fd);
+        // Both sockets stay this connection's until it closes.
+        io.recv_multi(self.me(slot), side, fd);
     }
 
     #[inline]
@@ -467,6 +506,15 @@ impl Conn {
         if res == 0 {
             self.dirs[side.idx()].eof = true;
             if let Some(t) = self.tls.as_deref_mut() {
+                if t.is_kernel(side) && !t.kernel_peer_closed(side) {
+                    // The kernel side ended without close_notify: possibly truncated.
+                    self.reset[side.other().idx()] = true;
+                    match side {
+                        Side::Down => self.listener_count(cx.worker, L::TlsTruncated, 1),
+                        Side::Up => self.upstream_count(cx.worker, U::TlsErrors, 1),
+                    }
+                    return self.drive(slot, cx, io);
+                }
                 if t.has(side) {
                     // Decrypted bytes before the EOF still go out; the reader then
                     // tells a clean close from a truncation.
@@ -480,6 +528,9 @@ impl Conn {
             self.dirs[side.idx()].starved = true;
             cx.starved.push((slot, side));
             return Step::Continue;
+        }
+        if self.tls.as_deref().is_some_and(|t| t.is_kernel(side)) {
+            return self.kernel_recv_error(slot, side, -res, cx, io);
         }
         // The source failed (typically ECONNRESET): pass the reset on.
         match side {
@@ -564,6 +615,10 @@ impl Conn {
         }
         let d = &self.dirs[from.idx()];
         if d.eof && !d.shut && d.count == 0 && !d.send_inflight {
+            if let (Some(t), Some(fd)) = (self.tls.as_deref_mut(), &self.fds[dst.idx()]) {
+                // A kernel side's stream ends with close_notify, sealed by the kernel.
+                t.kernel_close(dst, fd.as_raw_fd());
+            }
             if let Some(fd) = &self.fds[from.other().idx()] {
                 // ENOTCONN if the peer already went away; the close below covers it.
                 let _ = SockRef::from(fd).shutdown(std::net::Shutdown::Write);
@@ -667,6 +722,9 @@ impl Conn {
             match r {
                 Ok(false) => {}
                 Ok(true) => {
+                    if let Some(step) = self.kernel_hand_over(slot, side, cx, io) {
+                        return step;
+                    }
                     if let Step::Free = self.handshake_done(slot, side, cx, io) {
                         return Step::Free;
                     }
@@ -680,6 +738,110 @@ impl Conn {
             self.dirs[side.idx()].push(b, n);
         }
         self.drive(slot, cx, io)
+    }
+
+    /// Nothing is queued or being sent towards `side`'s socket.
+    fn tx_idle(&self, side: Side) -> bool {
+        let d = &self.dirs[side.other().idx()];
+        d.count == 0 && !d.send_inflight
+    }
+
+    /// `side`'s handshake just ended (no receive armed on it): with kTLS on, hand its keys
+    /// to the kernel, or count why it stays on the engine. `Some` when the connection
+    /// ended.
+    fn kernel_hand_over(
+        &mut self,
+        slot: u32,
+        side: Side,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
+        let (fd, idle) = (self.raw(side), self.tx_idle(side));
+        let t = self.tls.as_deref_mut()?;
+        if !t.kernel_ready(side) {
+            return None;
+        }
+        let tag = tlsconn::tag(slot, self.gen, side);
+        let (l, u) = match t.hand_over_kernel(side, fd, idle, cx.crypto(), tag) {
+            Ok(None) if t.is_kernel(side) => (L::TlsKtlsHandovers, U::TlsKtlsHandovers),
+            Ok(None) => return None,
+            Ok(Some(_)) => (L::TlsKtlsFallbacks, U::TlsKtlsFallbacks),
+            Err(e) => return Some(self.tls_failed(slot, side, e, cx, io)),
+        };
+        match side {
+            Side::Down => self.listener_count(cx.worker, l, 1),
+            Side::Up => self.upstream_count(cx.worker, u, 1),
+        }
+        None
+    }
+
+    /// A receive on kernel side `side` failed with `errno`: `EIO` is a control record
+    /// (alert, ticket, KeyUpdate), `EBADMSG`/`EMSGSIZE`/`EINVAL` a bad record, the rest
+    /// a socket error (reset passed on).
+    fn kernel_recv_error(
+        &mut self,
+        slot: u32,
+        side: Side,
+        errno: i32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let (fd, idle) = (self.raw(side), self.tx_idle(side));
+        let Some(t) = self.tls.as_deref_mut() else {
+            return self.close(slot, cx, io);
+        };
+        if errno == libc::EIO {
+            let c = t.kernel_control(side, fd, idle);
+            return match self.kernel_outcome(slot, side, c, cx, io) {
+                Some(step) => step,
+                None => self.drive(slot, cx, io),
+            };
+        }
+        if let Some(e) = t.kernel_record_error(side, fd, errno) {
+            return self.tls_failed(slot, side, e, cx, io);
+        }
+        match side {
+            Side::Down => self.listener_count(cx.worker, L::DownstreamResets, 1),
+            Side::Up => self.upstream_count(cx.worker, U::UpstreamResets, 1),
+        }
+        self.reset[side.other().idx()] = true;
+        self.close(slot, cx, io)
+    }
+
+    /// Act on what a kernel side's control record meant. `None`: carry on.
+    fn kernel_outcome(
+        &mut self,
+        slot: u32,
+        side: Side,
+        c: Control,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
+        match c {
+            Control::Again | Control::Empty => None,
+            Control::Closed => {
+                // close_notify: the stream ends here, cleanly; what follows is not read.
+                self.dirs[side.idx()].eof = true;
+                Some(self.drive(slot, cx, io))
+            }
+            Control::Failed(e) => Some(self.tls_failed(slot, side, FeedError::Record(e), cx, io)),
+            Control::RekeyUnsupported => {
+                match side {
+                    Side::Down => self.listener_count(cx.worker, L::TlsKtlsRekeyUnsupported, 1),
+                    Side::Up => self.upstream_count(cx.worker, U::TlsKtlsRekeyUnsupported, 1),
+                }
+                tracing::info!(
+                    side = ?side,
+                    "peer sent a TLS 1.3 KeyUpdate; this kernel cannot take new kTLS keys (needs Linux 6.14): closing"
+                );
+                let fd = self.raw(side);
+                if let Some(t) = self.tls.as_deref_mut() {
+                    t.kernel_close(side, fd);
+                }
+                self.reset[side.other().idx()] = true;
+                Some(self.close(slot, cx, io))
+            }
+        }
     }
 
     fn handshake_done(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -735,6 +897,18 @@ impl Conn {
     /// Move bytes through the TLS layer as far as queues allow, send, propagate ends,
     /// and re-arm receives.
     fn drive(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        for side in [Side::Down, Side::Up] {
+            if self.tls.as_deref().is_some_and(|t| t.kernel_owes(side)) && self.tx_idle(side) {
+                let fd = self.raw(side);
+                let c = self
+                    .tls
+                    .as_deref_mut()
+                    .map_or(Control::Again, |t| t.kernel_settle(side, fd));
+                if let Some(step) = self.kernel_outcome(slot, side, c, cx, io) {
+                    return step;
+                }
+            }
+        }
         self.pump_tls(slot, cx);
         if let Some(t) = self.tls.as_deref_mut() {
             let tlsconn::Activity {
@@ -811,7 +985,7 @@ impl Conn {
             if t.failed.is_some()
                 || !t.pending(from)
                 || t.handshaking(dst)
-                || (t.has(dst) && !t.can_take_plain(dst, BUF_SIZE))
+                || !t.can_take_plain(dst, BUF_SIZE)
             {
                 break;
             }
@@ -893,6 +1067,7 @@ impl Conn {
                 io.release(d.pop());
             }
         }
+        io.forget(self.me(slot));
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {

@@ -24,6 +24,7 @@ use crate::cluster::weighted;
 use crate::config::http::{HeaderMatcher, RouteConfig, StringMatch, VirtualHost};
 use crate::config::Config;
 
+pub mod hash;
 pub mod ratelimit;
 use ratelimit::RateLimitRule;
 
@@ -638,6 +639,8 @@ pub struct HttpRoute {
     pub rate_limits: Box<[RateLimitRule]>,
     /// SPIFFE IDs allowed to use the route; empty: any client.
     pub principals: Box<[Box<str>]>,
+    /// A forwarding route's `hash_policy` (consistent hashing key), when it has one.
+    pub hash: Option<Box<hash::RouteHash>>,
 }
 
 impl HttpRoute {
@@ -1052,7 +1055,14 @@ fn compile_vhost(
             crate::tls::check_spiffe(p)
                 .map_err(|e| format!("route {i}: allowed_principals: {e}"))?;
         }
+        let hash = match &r.route {
+            Some(a) => hash::RouteHash::compile(&a.hash_policy)
+                .map_err(|e| format!("route {i}: {e}"))?
+                .map(Box::new),
+            None => None,
+        };
         routes.push(HttpRoute {
+            hash,
             principals: r
                 .allowed_principals
                 .iter()

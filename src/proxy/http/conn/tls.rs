@@ -27,6 +27,7 @@ use super::{Conn, Phase};
 use crate::proxy::l4::{BufId, Ctx, Io, Side, Step};
 use crate::telemetry::{ListenerCounter as L, UpstreamCounter as U};
 use crate::tls::conn::{self as tlsconn, Activity, FeedError, Plain, Tls};
+use crate::tls::xfcc::Xfcc;
 use crate::tls::ServerTls;
 
 /// How long a closing client connection may take to flush its last records and
@@ -43,11 +44,19 @@ pub(super) struct Layer {
     tx: [Option<(BufId, u32, u32)>; 2],
     /// Closing gracefully: give up flushing at this time.
     linger_until: Option<u64>,
+    /// The listener's `x-forwarded-client-cert` policy.
+    xfcc: Xfcc,
+    /// This proxy's XFCC element for the client, built when its handshake ended.
+    xfcc_element: Option<Box<str>>,
 }
 
 impl Layer {
-    pub fn server(s: Arc<ServerTls>) -> Box<Layer> {
-        Layer::with(Tls::server(s))
+    pub fn server(s: Arc<ServerTls>, xfcc: Xfcc) -> Box<Layer> {
+        let mut t = Tls::server(s);
+        t.keep_peer_chain(xfcc.sets_own(true));
+        let mut l = Layer::with(t);
+        l.xfcc = xfcc;
+        l
     }
 
     fn with(t: Box<Tls>) -> Box<Layer> {
@@ -56,7 +65,35 @@ impl Layer {
             want: [false; 2],
             tx: [None; 2],
             linger_until: None,
+            xfcc: Xfcc::default(),
+            xfcc_element: None,
         })
+    }
+
+    /// Sniffing chose opaque TCP: the session and what is in flight on the client's
+    /// socket go to the relay (`recv_armed`: a receive is armed on it; `tx_inflight`: the
+    /// ciphertext in `tx` towards it is being sent).
+    pub(super) fn into_carry(
+        self,
+        recv_armed: bool,
+        tx_inflight: bool,
+    ) -> crate::proxy::l4::tcp::TlsCarry {
+        crate::proxy::l4::tcp::TlsCarry {
+            tls: self.t,
+            recv_armed,
+            tx: self.tx[Side::Down.idx()],
+            tx_inflight,
+        }
+    }
+
+    /// The client's handshake ended: build this proxy's XFCC element once, if the
+    /// listener sets one and the client presented a verified certificate.
+    fn client_verified(&mut self) {
+        if let Some(chain) = self.t.take_peer_chain() {
+            let by = self.own_uri();
+            self.xfcc_element = crate::tls::xfcc::element(by, &chain, self.xfcc.details)
+                .map(String::into_boxed_str);
+        }
     }
 }
 
@@ -81,6 +118,11 @@ impl Layer {
     pub fn own_uri(&self) -> Option<&str> {
         self.t.server.as_deref().and_then(|s| s.uri.as_deref())
     }
+
+    /// This proxy's `x-forwarded-client-cert` element for the client (mTLS only).
+    pub fn xfcc_element(&self) -> Option<&str> {
+        self.xfcc_element.as_deref()
+    }
 }
 
 /// What a turn of the TLS layer did.
@@ -100,12 +142,6 @@ impl Conn {
         self.tls
             .as_deref()
             .is_some_and(|l| l.t.has(side) || (side == Side::Down && l.t.sniffing()))
-    }
-
-    /// The listener terminates TLS (whatever the client chose).
-    #[inline]
-    pub(super) fn tls_listener(&self) -> bool {
-        self.tls.as_deref().is_some_and(|l| l.t.server.is_some())
     }
 
     /// The HTTP side wants bytes from TLS side `side` (its `arm_recv`).
@@ -189,7 +225,12 @@ impl Conn {
         match r {
             Ok(false) => {}
             Ok(true) => match side {
-                Side::Down => self.lcount(cx.worker, L::TlsHandshakes, 1),
+                Side::Down => {
+                    if let Some(l) = self.tls.as_deref_mut() {
+                        l.client_verified();
+                    }
+                    self.lcount(cx.worker, L::TlsHandshakes, 1)
+                }
                 Side::Up => self.ucount(cx.worker, U::TlsHandshakes, 1),
             },
             Err(e) => return Some(self.tls_broke(slot, (side, e), cx, io)),
