@@ -15,10 +15,10 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
 
-/// RFC 1071 over the concatenation of `parts` (a textbook loop, not `wire`'s code).
-pub use tickmesh::engine::dpdk::testing::rfc1071 as csum;
 /// The upper-layer checksum of the IPv6 packet at `ip` verifies (RFC 8200 §8.1).
 pub use tickmesh::engine::dpdk::testing::checksum6_valid;
+/// RFC 1071 over the concatenation of `parts` (a textbook loop, not `wire`'s code).
+pub use tickmesh::engine::dpdk::testing::rfc1071 as csum;
 
 pub fn ipv4_header(
     total: usize,
@@ -229,7 +229,15 @@ pub fn frame6_raw(
     body: Vec<u8>,
     csum_at: Option<usize>,
 ) -> Vec<u8> {
-    tickmesh::engine::dpdk::testing::frame6_raw((LB_MAC, CLIENT_MAC), src, dst, next, hop, body, csum_at)
+    tickmesh::engine::dpdk::testing::frame6_raw(
+        (LB_MAC, CLIENT_MAC),
+        src,
+        dst,
+        next,
+        hop,
+        body,
+        csum_at,
+    )
 }
 
 /// An Ethernet + IPv6 + TCP (6) or UDP (17) frame with a valid checksum.

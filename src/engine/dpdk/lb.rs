@@ -1490,7 +1490,10 @@ fn fast4(d: &[u8]) -> Option<Flow4> {
     let protocol = h[23];
     let tcp = protocol == PROTO_TCP;
     let l4_min: u16 = if tcp { 20 } else { 8 };
-    let sum = u64::from(w(14)) + u64::from(w(18)) + u64::from(w(22)) + u64::from(w(26))
+    let sum = u64::from(w(14))
+        + u64::from(w(18))
+        + u64::from(w(22))
+        + u64::from(w(26))
         + u64::from(w(30));
     let ok = eth_ok
         & (tcp | (protocol == PROTO_UDP))

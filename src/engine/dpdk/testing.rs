@@ -90,10 +90,16 @@ mod tests {
     /// RFC 1071 §3's worked example: words 0001 f203 f4f5 f6f7 sum to ddf2 (complemented).
     #[test]
     fn rfc1071_example_and_odd_length() {
-        assert_eq!(rfc1071(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), !0xddf2);
+        assert_eq!(
+            rfc1071(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]),
+            !0xddf2
+        );
         // An odd trailing byte is padded with zero on the right.
         assert_eq!(rfc1071(&[&[0x12]]), rfc1071(&[&[0x12, 0x00]]));
-        assert_eq!(rfc1071(&[&[0x00, 0x01], &[0xf2, 0x03]]), rfc1071(&[&[0, 1, 0xf2, 3]]));
+        assert_eq!(
+            rfc1071(&[&[0x00, 0x01], &[0xf2, 0x03]]),
+            rfc1071(&[&[0, 1, 0xf2, 3]])
+        );
     }
 
     #[test]

@@ -712,7 +712,15 @@ fn frame6_raw(
     body: Vec<u8>,
     csum_at: Option<usize>,
 ) -> Vec<u8> {
-    crate::engine::dpdk::testing::frame6_raw((LB_MAC, CLIENT_MAC), src, dst, next, hop, body, csum_at)
+    crate::engine::dpdk::testing::frame6_raw(
+        (LB_MAC, CLIENT_MAC),
+        src,
+        dst,
+        next,
+        hop,
+        body,
+        csum_at,
+    )
 }
 
 fn frame6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), protocol: u8, payload: &[u8]) -> Vec<u8> {
