@@ -16,7 +16,9 @@ pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
 
 /// The upper-layer checksum of the IPv6 packet at `ip` verifies (RFC 8200 §8.1).
-pub use tickmesh::engine::dpdk::testing::checksum6_valid;
+pub fn checksum6_valid(ip: &[u8]) -> bool {
+    tickmesh::engine::dpdk::testing::checksum6_valid(ip)
+}
 /// RFC 1071 over the concatenation of `parts` (a textbook loop, not `wire`'s code).
 pub use tickmesh::engine::dpdk::testing::rfc1071 as csum;
 

@@ -1474,8 +1474,8 @@ fn parse4(d: &[u8]) -> Result<Flow4, Not4> {
 /// length (a UDP frame is padded to the 60-byte Ethernet minimum anyway).
 const FAST4_MIN: usize = ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN + 20;
 
-/// [`parse4`] for the common case only, with one branch: Ethernet + IPv4 without options
-/// + TCP/UDP, header checksum valid, not a fragment, lengths consistent. `None` for
+/// [`parse4`] for the common case only, with one branch: Ethernet, IPv4 without options
+/// and TCP/UDP, header checksum valid, not a fragment, lengths consistent. `None` for
 /// anything else (including what parse4 accepts with options): the caller takes the
 /// full path, which tells the cases apart and counts them. Where it answers, it agrees
 /// with parse4 field for field (the burst-equivalence test holds it to that).
