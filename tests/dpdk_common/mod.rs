@@ -15,26 +15,12 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 1];
 
-/// RFC 1071 over the concatenation of `parts` (not the project's implementation).
-pub fn csum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u64;
-    let mut odd: Option<u8> = None;
-    for p in parts {
-        for &b in *p {
-            match odd.take() {
-                Some(hi) => sum += (u64::from(hi) << 8) | u64::from(b),
-                None => odd = Some(b),
-            }
-        }
-    }
-    if let Some(hi) = odd {
-        sum += u64::from(hi) << 8;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// The upper-layer checksum of the IPv6 packet at `ip` verifies (RFC 8200 §8.1).
+pub fn checksum6_valid(ip: &[u8]) -> bool {
+    tickmesh::engine::dpdk::testing::checksum6_valid(ip)
 }
+/// RFC 1071 over the concatenation of `parts` (a textbook loop, not `wire`'s code).
+pub use tickmesh::engine::dpdk::testing::rfc1071 as csum;
 
 pub fn ipv4_header(
     total: usize,
@@ -234,33 +220,26 @@ pub fn run_pcap(dir: &Path, config: &str, extra: &[&str], expect_out: usize) -> 
     }
 }
 
-/// An Ethernet + IPv6 frame carrying `body` as `next` header (hop limit `hop`); when
-/// `csum_at` is given, the upper-layer checksum at that offset of `body` is filled.
+/// An Ethernet + IPv6 frame (to net_pcap0, from the client) carrying `body` as `next`
+/// header (hop limit `hop`); when `csum_at` is given, the upper-layer checksum at that
+/// offset of `body` is filled. The shared builder with these tests' MACs.
 pub fn frame6_raw(
     src: std::net::Ipv6Addr,
     dst: std::net::Ipv6Addr,
     next: u8,
     hop: u8,
-    mut body: Vec<u8>,
+    body: Vec<u8>,
     csum_at: Option<usize>,
 ) -> Vec<u8> {
-    if let Some(at) = csum_at {
-        let mut pseudo = src.octets().to_vec();
-        pseudo.extend_from_slice(&dst.octets());
-        pseudo.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, next]);
-        let c = csum(&[&pseudo, &body]);
-        body[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    let mut f = LB_MAC.to_vec();
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[next, hop]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&body);
-    f
+    tickmesh::engine::dpdk::testing::frame6_raw(
+        (LB_MAC, CLIENT_MAC),
+        src,
+        dst,
+        next,
+        hop,
+        body,
+        csum_at,
+    )
 }
 
 /// An Ethernet + IPv6 + TCP (6) or UDP (17) frame with a valid checksum.
@@ -270,25 +249,5 @@ pub fn frame6(
     proto: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut l4 = src.1.to_be_bytes().to_vec();
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    let at = if proto == 6 {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-        16
-    } else {
-        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-        6
-    };
-    l4.extend_from_slice(payload);
-    frame6_raw(src.0, dst.0, proto, 64, l4, Some(at))
-}
-
-/// The upper-layer checksum of the IPv6 packet at `ip` verifies (RFC 8200 §8.1).
-pub fn checksum6_valid(ip: &[u8]) -> bool {
-    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    let mut pseudo = ip[8..40].to_vec();
-    pseudo.extend_from_slice(&(plen as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
-    csum(&[&pseudo, &ip[40..40 + plen]]) == 0
+    tickmesh::engine::dpdk::testing::frame6((LB_MAC, CLIENT_MAC), src, dst, proto, payload)
 }

@@ -7,6 +7,8 @@
 //! feature `dpdk` and are the only places here with `unsafe`.
 
 pub mod lb;
+#[doc(hidden)]
+pub mod testing;
 pub mod wire;
 
 #[cfg(feature = "dpdk")]

@@ -480,6 +480,20 @@ fn wait_link(p: &Port) -> anyhow::Result<()> {
     }
 }
 
+/// Poll `p`'s receive queue 0 once (freeing whatever came) before sending on it: a
+/// net_memif client hands its peer the receive buffers (server-to-client ring
+/// descriptors) only from its RX burst. Without them a server that forwards the first
+/// frames straight back (testpmd io) finds no room and drops every one — which made the
+/// two-process memif bench look as if the client's frames never arrived.
+fn arm_rx(p: &Port) {
+    let mut rx = Burst::default();
+    let n = rx.rx(p.id, 0);
+    for i in 0..n {
+        drop(rx.take(i));
+    }
+    rx.reset();
+}
+
 /// Benchmark priming: `n` distinct TCP flows to the first VIP, sent once out of every
 /// data port. On a loopback device they come back and circulate through the balancer.
 fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
@@ -493,6 +507,7 @@ fn prime(e: &DpdkEngine, n: usize) -> anyhow::Result<()> {
     let proto = vip.protocol;
     for p in &e.ports {
         wait_link(p)?;
+        arm_rx(p);
     }
     let mut total = 0;
     for p in &e.ports {
@@ -560,6 +575,7 @@ fn ping(e: &DpdkEngine, n: usize) -> anyhow::Result<String> {
     let hz = unsafe { sys::rte_get_tsc_hz() };
     let tsc = || unsafe { sys::tm_get_tsc_cycles() };
     wait_link(p)?;
+    arm_rx(p);
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .context("latency histogram")?;
     let mut rx = Burst::default();

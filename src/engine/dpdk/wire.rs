@@ -804,7 +804,16 @@ mod tests {
             s as u16
         };
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut vals = vec![0, 1, 0xfffe, 0xffff, 0x1_0000, 0x1_fffe, 0xffff_ffff, u64::MAX / 2];
+        let mut vals = vec![
+            0,
+            1,
+            0xfffe,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            u64::MAX / 2,
+        ];
         vals.extend((0..64).map(|i| 1u64 << i));
         for _ in 0..200_000 {
             x ^= x << 13;

@@ -5,21 +5,9 @@ const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
-/// An independent checksum (plain RFC 1071 loop), so rewrites are not checked with the
-/// code that made them.
-fn rfc1071(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.concat();
-    let mut sum = 0u64;
-    for i in (0..bytes.len()).step_by(2) {
-        let hi = u64::from(bytes[i]) << 8;
-        let lo = bytes.get(i + 1).copied().map_or(0, u64::from);
-        sum += hi | lo;
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+/// An independent checksum (plain RFC 1071 loop, not `wire`'s), so rewrites are not
+/// checked with the code that made them.
+use crate::engine::dpdk::testing::rfc1071;
 
 pub(crate) fn frame(
     src: (Ipv4Addr, u16),
@@ -712,56 +700,31 @@ clusters:
 "#;
 
 /// The IPv6 pseudo-header sum check (RFC 8200 §8.1) with the independent RFC 1071 loop.
-fn upper_ok6(ip: &[u8]) -> bool {
-    let plen = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-    let seg = &ip[40..40 + plen];
-    let mut pseudo = ip[8..40].to_vec();
-    pseudo.extend_from_slice(&(plen as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
-    rfc1071(&[&pseudo, seg]) == 0
-}
+use crate::engine::dpdk::testing::checksum6_valid as upper_ok6;
 
-/// Ethernet + IPv6 + `next` header `body` (its checksum at `csum_at` filled, if any).
+/// Ethernet (to us, from the client) + IPv6 + `next` header `body` (its checksum at
+/// `csum_at` filled, if any): the shared builder with this file's MACs.
 fn frame6_raw(
     src: Ipv6Addr,
     dst: Ipv6Addr,
     next: u8,
     hop: u8,
-    mut body: Vec<u8>,
+    body: Vec<u8>,
     csum_at: Option<usize>,
 ) -> Vec<u8> {
-    if let Some(at) = csum_at {
-        let mut pseudo = src.octets().to_vec();
-        pseudo.extend_from_slice(&dst.octets());
-        pseudo.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, next]);
-        let c = rfc1071(&[&pseudo, &body]);
-        body[at..at + 2].copy_from_slice(&c.to_be_bytes());
-    }
-    let mut f = LB_MAC.to_vec();
-    f.extend_from_slice(&CLIENT_MAC);
-    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    f.extend_from_slice(&[next, hop]);
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    f.extend_from_slice(&body);
-    f
+    crate::engine::dpdk::testing::frame6_raw(
+        (LB_MAC, CLIENT_MAC),
+        src,
+        dst,
+        next,
+        hop,
+        body,
+        csum_at,
+    )
 }
 
 fn frame6(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let mut l4 = src.1.to_be_bytes().to_vec();
-    l4.extend_from_slice(&dst.1.to_be_bytes());
-    let at = if protocol == PROTO_TCP {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-        16
-    } else {
-        l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-        6
-    };
-    l4.extend_from_slice(payload);
-    frame6_raw(src.0, dst.0, protocol, 64, l4, Some(at))
+    crate::engine::dpdk::testing::frame6((LB_MAC, CLIENT_MAC), src, dst, protocol, payload)
 }
 
 fn v6_rig() -> Rig {
