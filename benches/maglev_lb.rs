@@ -73,22 +73,25 @@ fn syn(src_port: u16) -> Vec<u8> {
     f
 }
 
-fn packet(c: &mut Criterion) {
-    let eps: Vec<String> = (1..=16).map(|i| format!("\"10.1.0.{i}:8080\"")).collect();
-    let cfg = parse(
-        &format!(
-            "listeners:\n  - {{name: web, address: \"10.0.0.100:80\", cluster: pool}}\nclusters:\n  - {{name: pool, endpoints: [{}]}}\n",
-            eps.join(", ")
-        ),
-        Format::Yaml,
-    )
-    .unwrap();
+/// The balancer table of `yaml` (one worker, a gateway MAC for the next hop) and the
+/// registry its counters live in.
+fn lb_table(yaml: &str) -> (StatsRegistry, LbTable) {
+    let cfg = parse(yaml, Format::Yaml).expect("the bench's config parses");
     let stats = StatsRegistry::new(1);
     let addressing = LbAddressing {
         gateway: Some([2, 0, 0, 0, 0, 0xfe]),
         ..Default::default()
     };
-    let table = LbTable::compile(&cfg, &addressing, 1, &stats).unwrap();
+    let table = LbTable::compile(&cfg, &addressing, 1, &stats).expect("the bench's table compiles");
+    (stats, table)
+}
+
+fn packet(c: &mut Criterion) {
+    let eps: Vec<String> = (1..=16).map(|i| format!("\"10.1.0.{i}:8080\"")).collect();
+    let (stats, table) = lb_table(&format!(
+        "listeners:\n  - {{name: web, address: \"10.0.0.100:80\", cluster: pool}}\nclusters:\n  - {{name: pool, endpoints: [{}]}}\n",
+        eps.join(", ")
+    ));
     let port = stats.port("bench");
     let ctx = PortCtx {
         mac: [2, 0, 0, 0, 0, 1],
@@ -139,17 +142,9 @@ fn ack(src: [u8; 4], sport: u16) -> Vec<u8> {
 /// Frames are walked in order, 32 at a time; the flow table has the engine's default
 /// size. Reported per burst: divide by 32 for the cost per packet.
 fn burst(c: &mut Criterion) {
-    let cfg = parse(
+    let (stats, table) = lb_table(
         "listeners:\n  - {name: loop, address: \"10.0.0.100:80\", cluster: self}\nclusters:\n  - {name: self, endpoints: [\"10.0.0.100:80\"]}\n",
-        Format::Yaml,
-    )
-    .unwrap();
-    let stats = StatsRegistry::new(1);
-    let addressing = LbAddressing {
-        gateway: Some([2, 0, 0, 0, 0, 0xfe]),
-        ..Default::default()
-    };
-    let table = LbTable::compile(&cfg, &addressing, 1, &stats).unwrap();
+    );
     let port = stats.port("bench");
     let ctx = PortCtx {
         mac: [2, 0, 0, 0, 0, 1],
