@@ -408,7 +408,7 @@ impl Core {
                         .entry((c, e))
                         .or_insert_with(|| pool_place(old, &t, &by_name, c, e))
                 },
-                |i| crate::proxy::http::pool::count_close(old, worker, i, crypto),
+                |i| crate::proxy::http::pool::count_close(old, worker, i, crypto, io),
             );
         }
         self.table = t;
@@ -658,6 +658,13 @@ impl Core {
         self.udp.expire(self.now_ms, self.worker, io);
         if !self.http.pool.is_empty() {
             let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
+            // Connections the engine saw die while parked (their upstream closed them,
+            // or sent bytes nobody asked for) are closed now, not at their next take.
+            self.http.pool.sweep(
+                io,
+                |io, i| io.parked_alive(i.fd.as_raw_fd()) == Some(false),
+                |io, i| crate::proxy::http::pool::count_close(t, worker, i, crypto, io),
+            );
             self.http.pool.expire(
                 self.now_ms,
                 |c| {
@@ -677,7 +684,7 @@ impl Core {
                         }
                     })
                 },
-                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto),
+                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto, io),
             );
         }
     }
@@ -693,7 +700,7 @@ impl Core {
         let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         let generation = t.generation;
         self.http.pool.reset(generation, |i| {
-            crate::proxy::http::pool::count_close(t, worker, i, crypto)
+            crate::proxy::http::pool::count_close(t, worker, i, crypto, io)
         });
         self.sync_accepts(io);
     }

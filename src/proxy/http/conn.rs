@@ -969,10 +969,12 @@ impl Conn {
         }
         if self.phase != Phase::Exchange {
             // The exchange already failed over to a local response.
+            io.drop_socket(self.raw(Side::Up));
             self.fds[Side::Up.idx()] = None;
             return self.drive(slot, cx, io);
         }
         if res < 0 {
+            io.drop_socket(self.raw(Side::Up));
             self.outlier(cx.worker, Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
@@ -1148,18 +1150,11 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        if side == Side::Down {
-            // The client socket is this connection's until it closes (or it becomes a
-            // TCP relay in the same slot): one multishot receive serves every request.
-            io.recv_multi(self.me(slot), side, fd);
-        } else if self.awaiting_head {
-            // An upstream answering what was just sent to it: its bytes are not there
-            // yet. (Upstream sockets stay single-shot: parked in the pool, nothing may
-            // be armed on them.)
-            io.recv_reply(self.me(slot), side, fd);
-        } else {
-            io.recv(self.me(slot), side, fd);
-        }
+        // The client socket is this connection's until it closes (or it becomes a
+        // TCP relay in the same slot), a plain upstream socket until it is parked (its
+        // receive stays armed in the pool, where anything arriving kills it — see
+        // `park_up`), dropped or closed: one multishot receive serves every message.
+        io.recv_multi(self.me(slot), side, fd);
     }
 
     fn send_front(&mut self, slot: u32, from: Side, io: &mut impl Io) {
@@ -1787,7 +1782,7 @@ impl Conn {
             if let Some(ep) = picked {
                 self.first_endpoint = ep as u32;
                 if !self.fresh_only {
-                    if let Some(idle) = self.take_pooled(slot, ep, cx) {
+                    if let Some(idle) = self.take_pooled(slot, ep, cx, io) {
                         return self.attach_pooled(slot, idle, cx, io);
                     }
                 }
@@ -1859,18 +1854,29 @@ impl Conn {
 
     /// An idle pooled connection to endpoint `ep` of the current cluster that is still
     /// open; ones found closed are dropped (counted) on the way.
-    fn take_pooled(&mut self, slot: u32, ep: usize, cx: &mut Ctx) -> Option<Idle> {
+    fn take_pooled(
+        &mut self,
+        slot: u32,
+        ep: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Idle> {
         let gen = self.up_generation;
         let owner = (slot, self.gen);
         while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32, owner) {
-            // Only a connection idle a while costs the check (a syscall): a busy
-            // keep-alive path never pays it.
-            if cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd) {
+            // An engine that kept the socket's receive armed while it idled knows of a
+            // close or stray bytes without a syscall. Otherwise (and as a second look
+            // for one idle a while) only a connection idle a while costs the check (a
+            // syscall): a busy keep-alive path never pays it.
+            let fd = idle.fd.as_raw_fd();
+            if io.parked_alive(fd) != Some(false)
+                && (cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd))
+            {
                 return Some(idle);
             }
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);
             if let Some(t) = &self.table {
-                super::pool::count_close(t, cx.worker, idle, cx.crypto);
+                super::pool::count_close(t, cx.worker, idle, cx.crypto, io);
             }
         }
         None
@@ -1927,6 +1933,16 @@ impl Conn {
             // Its TLS session is not quiet: the connection cannot be handed on.
             return self.drop_up(cx, io);
         };
+        let up = self.raw(Side::Up);
+        if up >= 0 && !io.park(self.me(slot), Side::Up, up) {
+            // The upstream already closed it or sent bytes past the response: the
+            // next request must not find it in the pool.
+            self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+            if let Some(p) = tls {
+                p.release(cx.crypto.as_mut());
+            }
+            return self.drop_up(cx, io);
+        }
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1944,9 +1960,10 @@ impl Conn {
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
             // The pool serves the worker's table: count with it.
-            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto),
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto, io),
             // A table older than the worker's: closed, counted here.
             Err(idle) => {
+                io.drop_socket(idle.fd.as_raw_fd());
                 if let Some(p) = idle.tls {
                     p.release(cx.crypto.as_mut());
                 }
@@ -1959,6 +1976,7 @@ impl Conn {
     /// exchanges).
     fn drop_up(&mut self, cx: &mut Ctx, io: &mut impl Io) {
         self.tls_drop_up(cx, io);
+        io.drop_socket(self.raw(Side::Up));
         if self.fds[Side::Up.idx()].take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }
@@ -2806,7 +2824,7 @@ impl Conn {
                 io.release(b);
             }
         }
-        io.forget(self.me(slot));
+        io.forget(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)]);
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {
