@@ -32,7 +32,8 @@ impl Log {
 }
 
 /// A thread-per-connection HTTP/1.1 server. Paths choose its behaviour:
-/// `/garbage` answers bytes that are not HTTP, `/slow` waits 3 s, `/chunked` answers a
+/// `/garbage` answers bytes that are not HTTP, `/shadow-close` (backend `shadow` only)
+/// a body delimited by closing, `/slow` waits 3 s, `/chunked` answers a
 /// chunked body, `/upgrade` switches protocols and echoes, `/close` answers a body
 /// delimited by closing; anything else answers `<name> <path>` with a length.
 struct Backend {
@@ -156,6 +157,10 @@ fn serve(c: TcpStream, name: &str, log: Log, delay: Duration) {
             "/chunked" => {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
                     .to_string()
+            }
+            "/shadow-close" if name == "shadow" => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil close");
+                return;
             }
             "/close" => {
                 let _ = w.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil close");
@@ -1225,6 +1230,13 @@ fn mirror_percentage(kind: EngineKind) {
         shadow_seen() == ls.get(L::HttpMirrored)
     });
     assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    // Shadows frame their responses and park their connections: a few carry them all.
+    assert!(
+        shadow.accepted() <= 16,
+        "{} shadow connections for {} mirrors",
+        shadow.accepted(),
+        ls.get(L::HttpMirrored)
+    );
     assert!(
         ls.get(L::HttpMirrorDropped) <= 1 + N / 100,
         "in-flight cap hit {} times",
@@ -1711,7 +1723,63 @@ fn parked_stray_bytes(kind: EngineKind) {
     assert_eq!(c.accepted(), 2);
 }
 
+/// Shadows frame their responses (length, chunked, interim-free) and park their
+/// connections in the worker's pool: serial mirrors share one shadow connection; a
+/// response delimited by closing is not pooled; on uring a shadow connection the
+/// upstream closes while parked is never handed to the next mirror.
+fn mirror_pooled(kind: EngineKind) {
+    let a = Backend::start("a");
+    let shadow = Backend::start("shadow");
+    let routes = route(
+        "/",
+        "route: {cluster: a, request_mirror_policies: [{cluster: shadow}]}",
+    );
+    let clusters = cluster_yaml("a", &[a.addr], "") + &cluster_yaml("shadow", &[shadow.addr], "");
+    let p = Proxy::start(kind, &http_config(0, &clusters, &routes, ""));
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let cs = p.stats.cluster("shadow");
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let (mut s, mut r) = client(addr);
+    let mut n = 0u64;
+    let mut get = |path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(read_resp(&mut r).unwrap().status, 200);
+        n += 1;
+        // The shadow ends (and parks its connection) before the next one starts.
+        wait_until("the shadow to finish", Duration::from_secs(5), || {
+            cs.get(U::RqDone) == n
+        });
+    };
+    for i in 0..10 {
+        get(if i % 2 == 0 { "/chunked" } else { "/len" });
+    }
+    assert_eq!(shadow.accepted(), 1, "one shadow connection for 10 mirrors");
+    assert_eq!(ls.get(L::HttpMirrored), 10);
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    // Delimited by closing: read to its end by nobody, the connection is not kept.
+    get("/shadow-close");
+    get("/after-close");
+    assert_eq!(shadow.accepted(), 2);
+    if kind == EngineKind::Uring {
+        get("/close-after");
+        wait_until("the backend to close", Duration::from_secs(5), || {
+            shadow.log.all().iter().any(|e| e.starts_with("CLOSED"))
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        get("/fresh");
+        assert_eq!(shadow.accepted(), 3, "a fresh connection after the close");
+    }
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    let seen = shadow.log.all();
+    assert_eq!(seen.iter().filter(|e| e.starts_with("GET ")).count() as u64, n);
+    drop((s, r));
+    open_zero(&p);
+}
+
 per_engine!(
+    mirror_pooled,
     parked_stray_bytes,
     binary_with_curl,
     pipelining,

@@ -230,6 +230,16 @@ pub fn count_close(
     }
 }
 
+/// Whether a connection just taken from the pool may carry a request: an engine that
+/// kept its receive armed while it idled has seen nothing arrive on it (no syscall);
+/// one idle [`CHECK_AFTER_MS`] or longer also passes [`alive`] (a busy keep-alive path
+/// never pays that syscall).
+pub fn usable(i: &Idle, now_ms: u64, io: &impl crate::proxy::l4::Io) -> bool {
+    use std::os::fd::AsRawFd;
+    io.parked_alive(i.fd.as_raw_fd()) != Some(false)
+        && (now_ms.saturating_sub(i.since_ms) < CHECK_AFTER_MS || alive(&i.fd))
+}
+
 /// Whether an idle connection can carry a request: a non-blocking peek finds nothing
 /// to read (`EAGAIN`). End of stream (the upstream closed it), stray bytes or an error
 /// mean it cannot.
