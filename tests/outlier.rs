@@ -223,6 +223,15 @@ fn l4_config(dead: SocketAddr, live: SocketAddr, policy: &str) -> String {
     )
 }
 
+/// An echo backend, a dead address, and a daemon whose L4 listener balances over both
+/// with `policy` ([`l4_config`]).
+fn dead_and_echo(kind: EngineKind, policy: &str) -> (Echo, SocketAddr, Daemon) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(kind, &l4_config(dead, echo.addr, policy));
+    (echo, dead, d)
+}
+
 /// `ping` through the L4 listener at `addr` on a fresh connection, echoed back.
 fn ping(addr: SocketAddr, why: &str) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -422,15 +431,9 @@ fn failure_percentage_ejects(kind: EngineKind) {
 /// L4: connect failures are gateway errors; the dead endpoint is ejected and new
 /// connections stop trying it (its connect_fail count stops growing).
 fn tcp_connect_failures_eject(kind: EngineKind) {
-    let echo = Echo::start();
-    let dead = dead_addr();
-    let d = Daemon::start(
+    let (echo, dead, d) = dead_and_echo(
         kind,
-        &l4_config(
-            dead,
-            echo.addr,
-            "outlier_detection: {consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}",
-        ),
+        "outlier_detection: {consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}",
     );
     let addr = d.listener();
     let round_trip = || ping(addr, "the relay retries the next endpoint");
@@ -821,15 +824,9 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
 /// nothing listens on is taken out after `unhealthy_threshold` failed connects, and
 /// connections stop trying it; the live one passes its checks.
 fn tcp_checks_take_out_a_dead_endpoint(kind: EngineKind) {
-    let echo = Echo::start();
-    let dead = dead_addr();
-    let d = Daemon::start(
+    let (echo, dead, d) = dead_and_echo(
         kind,
-        &l4_config(
-            dead,
-            echo.addr,
-            "health_checks: [{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {}}]",
-        ),
+        "health_checks: [{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {}}]",
     );
     wait_until(
         "the dead endpoint fails its checks",
