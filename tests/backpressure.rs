@@ -181,7 +181,8 @@ fn http_backpressure_bounds_memory(kind: EngineKind) {
     );
     let p = Proxy::start(kind, &yaml);
     let mut s = connect(p.listener("l"));
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = rss_bytes();
     let w0 = written.load(Ordering::Relaxed);
@@ -233,7 +234,8 @@ fn http_backpressure_bounds_memory(kind: EngineKind) {
         }
         got += n as u64;
     }
-    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     line.clear();
     r.read_line(&mut line).unwrap();
     assert!(line.starts_with("HTTP/1.1 200"), "{line}");
@@ -247,7 +249,10 @@ fn http_backpressure_bounds_memory(kind: EngineKind) {
     let mut next = [0u8; 4];
     r.read_exact(&mut next).unwrap();
     assert_eq!(&next, b"next");
-    assert!(server.join().unwrap(), "the next request on the pooled connection");
+    assert!(
+        server.join().unwrap(),
+        "the next request on the pooled connection"
+    );
     eprintln!(
         "http backpressure {kind:?}: stalled at {} KiB written by the backend, RSS {} -> {} KiB; {} MiB delivered intact",
         w1 >> 10,

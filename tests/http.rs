@@ -1614,7 +1614,12 @@ fn upstream_pool(kind: EngineKind) {
         // The close was seen while parked: the POST went on a fresh connection.
         assert_eq!(status, 200);
         assert_eq!(c.accepted(), 4);
-        let posted = c.log.all().iter().filter(|e| e.starts_with("POST /z")).count();
+        let posted = c
+            .log
+            .all()
+            .iter()
+            .filter(|e| e.starts_with("POST /z"))
+            .count();
         assert_eq!(posted, 1, "sent once");
     } else {
         // Sent once into the closed connection: the stale close is a 502.
@@ -1639,7 +1644,10 @@ fn upstream_pool(kind: EngineKind) {
 fn parked_stray_bytes(kind: EngineKind) {
     let c = Backend::start("c");
     let clusters = cluster_yaml("c", &[c.addr], "");
-    let p = Proxy::start(kind, &http_config(0, &clusters, &route("/", "route: {cluster: c}"), ""));
+    let p = Proxy::start(
+        kind,
+        &http_config(0, &clusters, &route("/", "route: {cluster: c}"), ""),
+    );
     let addr = p.listener("l");
     let ls = p.stats.listener("l");
     let (mut s, mut r) = client(addr);
@@ -1650,7 +1658,9 @@ fn parked_stray_bytes(kind: EngineKind) {
     };
     let has = |what: &str| c.log.all().iter().any(|e| e.starts_with(what));
     assert_eq!(get("/stray-after").body, b"c /stray-after");
-    wait_until("the stray bytes", Duration::from_secs(5), || has("STRAY sent"));
+    wait_until("the stray bytes", Duration::from_secs(5), || {
+        has("STRAY sent")
+    });
     if kind == EngineKind::Uring {
         wait_until(
             "the proxy to close the connection that got stray bytes",
@@ -1728,7 +1738,10 @@ fn mirror_pooled(kind: EngineKind) {
     }
     assert_eq!(ls.get(L::HttpMirrorFailed), 0);
     let seen = shadow.log.all();
-    assert_eq!(seen.iter().filter(|e| e.starts_with("GET ")).count() as u64, n);
+    assert_eq!(
+        seen.iter().filter(|e| e.starts_with("GET ")).count() as u64,
+        n
+    );
     drop((s, r));
     open_zero(&p);
 }
