@@ -593,6 +593,10 @@ impl Core {
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
                 job.estats
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                if let crate::proxy::http::shadow::Upstream::Pooled(i) = &job.up {
+                    // The engine may still watch it from its time in the pool.
+                    io.drop_socket(i.fd.as_raw_fd());
+                }
                 self.http.give_back(job.data);
                 continue;
             };

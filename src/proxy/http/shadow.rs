@@ -9,7 +9,8 @@
 //!
 //! What a shadow must never do: delay, change or fail the primary exchange. The primary
 //! only copies its request (kept anyway for retries, up to the replay cap) into a
-//! [`Worker`] buffer and queues a [`Job`] with an already-created socket; everything else
+//! [`Worker`] buffer and queues a [`Job`] with its connection (a new socket, or an idle
+//! one from the pool); everything else
 //! happens in the shadow's own slot. A shadow's response head is parsed (a status line
 //! is success, whatever the status) and its body framed and discarded; a connection
 //! whose response ended cleanly with keep-alive goes back to the worker's pool of idle
