@@ -548,7 +548,7 @@ spec:
     let view = g.clusters.expect("clusters as compiled");
     let policy = &view.iter().find(|c| c.name == "svc").expect("svc").policy;
     assert!(
-        policy.contains("maglev on source ip")
+        policy.contains("ring_hash on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
             && policy.contains("outlier 5xx 2 (100%)")
             // Istio: outlier detection sets the panic threshold to `minHealthPercent`,

@@ -459,7 +459,7 @@ impl ClusterEntry {
     /// address is used, as for L4). No allocation.
     #[inline]
     pub fn request_key<'h>(&self, header: impl Fn(&str) -> Option<&'h [u8]>) -> Option<u64> {
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return None;
         }
         let v = match &self.hash_on {
@@ -478,7 +478,7 @@ impl ClusterEntry {
     #[inline]
     pub fn generated_cookie(&self, peer: Option<SocketAddr>) -> Option<(u64, [u8; 16])> {
         self.cookie_attrs.as_ref()?;
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return None;
         }
         let hex = generated_cookie_value(peer)?;
@@ -497,7 +497,7 @@ impl ClusterEntry {
         req: &http::RequestView,
         peer: Option<SocketAddr>,
     ) -> (Option<u64>, Option<[u8; 16]>) {
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return (None, None);
         }
         if let Some(r) = route {
@@ -893,10 +893,11 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     let mut priorities: Vec<u32> = resolved.iter().map(|e| e.2).collect();
     priorities.dedup();
     let by_locality = !c.locality_weights.is_empty();
+    let lb = crate::cluster::LbOptions::of(c);
     let build = |members: &[u32]| {
         let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
         let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
-        Balancer::build(c.lb_policy, &a, &w)
+        Balancer::build_with(&lb, &a, &w)
     };
     let levels: Box<[Level]> = if priorities.len() > 1 || by_locality {
         priorities
@@ -992,7 +993,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .health_checks
             .first()
             .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
-        balancer: Balancer::build(c.lb_policy, &addrs, &weights),
+        balancer: Balancer::build_with(&lb, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
@@ -1165,6 +1166,9 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             tls: None,
             healthy_panic_threshold: None,
             locality_weights: Default::default(),
+            ring_hash_lb_config: None,
+            maglev_lb_config: None,
+            least_request_lb_config: None,
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
