@@ -493,7 +493,10 @@ mod tests {
         };
         for (bias, want) in [(0.0, 2.0 / 3.0), (1.0, 1.0 / 3.0), (2.0, 1.0 / 9.0)] {
             let got = share(bias);
-            assert!((got - want).abs() < 0.015, "bias {bias}: {got}, want {want}");
+            assert!(
+                (got - want).abs() < 0.015,
+                "bias {bias}: {got}, want {want}"
+            );
         }
         // Idle endpoints: the static weights.
         let h = histogram(&least_request(&[2, 1], 2, 1.0), 2, 30_000, &|_| 0);
@@ -547,7 +550,10 @@ mod tests {
             for _ in 0..20_000 {
                 h[b.pick(&mut st, &mut 0, None, |_| 0)] += 1;
             }
-            assert!(h.iter().all(|&c| (4_000..6_000).contains(&c)), "{policy:?} {h:?}");
+            assert!(
+                h.iter().all(|&c| (4_000..6_000).contains(&c)),
+                "{policy:?} {h:?}"
+            );
         }
     }
 

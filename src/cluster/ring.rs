@@ -133,7 +133,10 @@ pub fn murmur_hash2(key: &[u8], seed: u64) -> u64 {
     let tail = words.remainder();
     if !tail.is_empty() {
         // The tail bytes little-endian, the last byte most significant.
-        let data = tail.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+        let data = tail
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
         hash ^= data;
         hash = hash.wrapping_mul(MUL);
     }
@@ -195,7 +198,13 @@ mod tests {
     #[test]
     fn hash_function_changes_the_placement_not_the_shares() {
         let a = ring(4, &[1; 4], 1000, MAX_RING_SIZE, RingHashFunction::XxHash);
-        let b = ring(4, &[1; 4], 1000, MAX_RING_SIZE, RingHashFunction::MurmurHash2);
+        let b = ring(
+            4,
+            &[1; 4],
+            1000,
+            MAX_RING_SIZE,
+            RingHashFunction::MurmurHash2,
+        );
         assert_eq!(a.len(), b.len());
         assert_ne!(a.hosts(), b.hosts());
         for r in [&a, &b] {

@@ -926,7 +926,11 @@ fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(Str
         belongs("maglev_lb_config", LbPolicy::Maglev, "maglev");
     }
     if c.least_request_lb_config.is_some() {
-        belongs("least_request_lb_config", LbPolicy::LeastRequest, "least_request");
+        belongs(
+            "least_request_lb_config",
+            LbPolicy::LeastRequest,
+            "least_request",
+        );
     }
     if let Some(r) = &c.ring_hash_lb_config {
         let at = format!("{at}.ring_hash_lb_config");
@@ -937,7 +941,10 @@ fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(Str
             match v {
                 Some(0) => bad(
                     format!("{at}.{name}"),
-                    format!("0 leaves no room on the ring: give 1..={}", ring::MAX_RING_SIZE),
+                    format!(
+                        "0 leaves no room on the ring: give 1..={}",
+                        ring::MAX_RING_SIZE
+                    ),
                 ),
                 Some(n) if n > ring::MAX_RING_SIZE => bad(
                     format!("{at}.{name}"),

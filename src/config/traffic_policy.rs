@@ -509,8 +509,7 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         "give one hash algorithm: `ringHash` or `maglev`".into(),
                     );
                 }
-                if h.minimum_ring_size.is_some() && (h.ring_hash.is_some() || h.maglev.is_some())
-                {
+                if h.minimum_ring_size.is_some() && (h.ring_hash.is_some() || h.maglev.is_some()) {
                     bad(
                         format!("{ch}.minimumRingSize"),
                         "deprecated spelling of `ringHash.minimumRingSize`: give one of them"
@@ -1014,6 +1013,58 @@ clusters:
             .unwrap();
         assert_eq!((t.sni.as_str(), t.cert), ("b", None));
         assert!(effective_cluster(&c, &dr("{mode: DISABLE}")).tls.is_none());
+    }
+
+    #[test]
+    fn istio_hash_algorithms_set_the_balancer_settings() {
+        let c = parse(
+            "clusters: [{name: x, lb_policy: least_request, least_request_lb_config: {choice_count: 3}, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let dr = |lb: &str| {
+            rules(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: x\n  trafficPolicy:\n    loadBalancer: {lb}\n"
+            ))
+        };
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {httpHeaderName: u, ringHash: {minimumRingSize: 4096}}}"),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::RingHash);
+        assert_eq!(
+            e.ring_hash_lb_config.and_then(|r| r.minimum_ring_size),
+            Some(4096)
+        );
+        assert!(
+            e.least_request_lb_config.is_none(),
+            "no longer least request"
+        );
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {useSourceIp: true, minimumRingSize: 128}}"),
+        );
+        assert_eq!(
+            e.ring_hash_lb_config.and_then(|r| r.minimum_ring_size),
+            Some(128),
+            "the deprecated spelling"
+        );
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {useSourceIp: true, maglev: {tableSize: 131071}}}"),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::Maglev);
+        assert_eq!(e.maglev_lb_config.and_then(|m| m.table_size), Some(131_071));
+        // `simple: LEAST_REQUEST` keeps the cluster's own least-request settings.
+        let e = effective_cluster(&c, &dr("{simple: LEAST_REQUEST}"));
+        assert_eq!(
+            e.least_request_lb_config.and_then(|l| l.choice_count),
+            Some(3)
+        );
+        let e = effective_cluster(&c, &dr("{simple: RANDOM}"));
+        assert!(e.least_request_lb_config.is_none());
     }
 
     #[test]

@@ -488,8 +488,11 @@ impl ClusterEntry {
     /// The balancer's hash key for an HTTP request to this cluster and, when a hash
     /// cookie was made up for it, the cookie's value (for `Set-Cookie`). The route's
     /// `hash_policy` decides when it has one, else the cluster's own (`hash_policy`,
-    /// Istio `consistentHash`); only consistent-hashing clusters hash. `None` key: the
-    /// client's source IP is hashed (Envoy would pick at random). No allocation.
+    /// Istio `consistentHash`); only consistent-hashing clusters hash. A policy that
+    /// finds no key in the request gets a random one: Envoy picks a random host then
+    /// (hashing the client's address instead would pin all of one client's key-less
+    /// requests to one endpoint). `None` key: the cluster hashes the source address
+    /// (its policy, or the native default). No allocation.
     #[inline]
     pub fn hash_key(
         &self,
@@ -501,19 +504,21 @@ impl ClusterEntry {
             return (None, None);
         }
         if let Some(r) = route {
-            return r.key(req, peer);
+            let (key, made) = r.key(req, peer);
+            return (Some(key.unwrap_or_else(no_key)), made);
         }
         if let HashOn::Query(name) = &self.hash_on {
             let key = req
                 .query_param(name)
-                .map(|v| crate::cluster::maglev::hash64(v, 0));
-            return (key, None);
+                .map_or_else(no_key, |v| crate::cluster::maglev::hash64(v, 0));
+            return (Some(key), None);
         }
         match self.request_key(|n| req.header(n)) {
             Some(k) => (Some(k), None),
             None => match self.generated_cookie(peer) {
                 Some((k, v)) => (Some(k), Some(v)),
-                None => (None, None),
+                None if matches!(self.hash_on, HashOn::SourceIp) => (None, None),
+                None => (Some(no_key()), None),
             },
         }
     }
@@ -1056,6 +1061,28 @@ pub(crate) fn generated_cookie_value(peer: Option<SocketAddr>) -> Option<[u8; 16
         *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
     }
     Some(hex)
+}
+
+/// A random hash key for a request whose hash policy found nothing to hash (Envoy: a
+/// random host). The proxy asks for the key before its pick, away from the worker's
+/// `LbState`, so a generator of the worker's thread serves: no lock, no allocation,
+/// no memory shared with another worker.
+fn no_key() -> u64 {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            // First use on this thread: seeded from the process's hashing keys.
+            x = std::collections::hash_map::RandomState::new().hash_one(0x7469_636b_u64) | 1;
+        }
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        crate::cluster::maglev::mix64(x)
+    })
 }
 
 /// The value of cookie `name` in a `Cookie` header (quotes dropped).
