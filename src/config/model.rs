@@ -592,12 +592,14 @@ pub enum LbPolicy {
     #[default]
     #[serde(alias = "ROUND_ROBIN")]
     RoundRobin,
-    /// Power of two choices on active connections.
+    /// Envoy's least request: N choices on active connections (equal weights), or
+    /// weights scaled by load (`least_request_lb_config`).
     #[serde(alias = "LEAST_REQUEST")]
     LeastRequest,
     #[serde(alias = "RANDOM")]
     Random,
-    /// Consistent hashing on the client's source address.
+    /// Maglev consistent hashing (`hash_policy`, default the client's source address;
+    /// `maglev_lb_config`).
     #[serde(alias = "MAGLEV")]
     Maglev,
     /// Envoy's ring hash (Karger et al.'s consistent hashing): points on a sorted ring,
