@@ -14,6 +14,8 @@
 //! hashed with the configured [`RingHashFunction`], so two proxies with the same
 //! endpoints build the same ring.
 
+use std::io::Write;
+
 use crate::config::RingHashFunction;
 
 /// Envoy's default `minimum_ring_size`.
@@ -59,8 +61,8 @@ impl Ring {
             while current < target {
                 key.clear();
                 key.extend_from_slice(k);
-                key.push(b'_');
-                key.extend_from_slice(n.to_string().as_bytes());
+                // Writing into a Vec cannot fail.
+                let _ = write!(key, "_{n}");
                 points.push((hash(function, &key), i as u16));
                 n += 1;
                 current += 1.0;
