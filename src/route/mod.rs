@@ -1360,21 +1360,7 @@ spec:
         };
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout"])
-            .arg(dir.path().join("ca.key"))
-            .arg("-out")
-            .arg(&ca)
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let made = crate::tls::tests::self_signed(dir.path(), "ca");
         if !made {
             eprintln!("SKIP destination_rule_tls_is_built_and_checked_at_apply: no openssl CLI");
             return;
