@@ -596,7 +596,7 @@ spec:
     let view = g.clusters.expect("clusters as compiled");
     let policy = &view.iter().find(|c| c.name == "svc").expect("svc").policy;
     assert!(
-        policy.contains("maglev on source ip")
+        policy.contains("ring_hash on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
             && policy.contains("outlier 5xx 2 (100%)")
             // Istio: outlier detection sets the panic threshold to `minHealthPercent`,
@@ -725,6 +725,18 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
     assert!(
         homes.len() >= 2,
         "12 users spread over the endpoints: {homes:?}"
+    );
+    // No `x-user`: nothing to hash, so a random endpoint per request as in Envoy (the
+    // source address, one for every request here, would pin them all to one).
+    let before = counts();
+    for _ in 0..30 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    let after = counts();
+    let served = (0..3).filter(|&i| after[i] != before[i]).count();
+    assert!(
+        served >= 2,
+        "key-less requests spread: {before:?} → {after:?}"
     );
     // The same through a cookie, set natively on the cluster.
     let mut d = d;
@@ -1492,6 +1504,34 @@ fn malformed_destination_rule_policies_are_errors() {
         (
             "connectionPool: {tcp: {maxConnections: 0}}",
             "maxConnections",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 0}}}",
+            "consistentHash.ringHash.minimumRingSize: 0 is not a ring size",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 9000000}}",
+            "consistentHash.minimumRingSize: 9000000 is not a ring size",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}",
+            "consistentHash.maglev.tableSize: 1000 is not a prime",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {}, maglev: {}}}",
+            "give one hash algorithm",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64, ringHash: {minimumRingSize: 64}}}",
+            "consistentHash.minimumRingSize: deprecated spelling",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {maximumRingSize: 64}}}",
+            "unknown field `maximumRingSize`",
+        ),
+        (
+            "loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}",
+            "warmupDurationSecs",
         ),
         (
             "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",

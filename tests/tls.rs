@@ -1243,3 +1243,75 @@ fn tls_health_checks_verify_and_follow_the_backend() {
     );
     assert_eq!(b.requests.load(Ordering::SeqCst), before);
 }
+
+/// A TCP health check (`tcp_health_check: {}`) of a cluster that originates TLS does
+/// the TLS handshake with the cluster's settings: it passes against a certificate that
+/// verifies (sending no request), fails when the certificate does not carry the SNI
+/// name, and fails against an endpoint that accepts TCP but does not speak TLS — where
+/// a bare connect would pass both.
+#[test]
+fn tls_tcp_health_checks_complete_the_handshake() {
+    use std::sync::atomic::Ordering;
+    use tickmesh::config::Format;
+    use tickmesh::control::{ControlPlane, ControlServer};
+    if !have("openssl") {
+        eprintln!("SKIP tls_tcp_health_checks_complete_the_handshake: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let b = HttpsBackend::start(&pki);
+    // Accepts and answers garbage: TCP up, no TLS.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in plain.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(b"SSH-2.0-not-tls\r\n");
+        }
+    });
+    let yaml = |addr: std::net::SocketAddr, sni: &str| {
+        format!(
+            "clusters:\n  - name: c\n    endpoints: [\"{addr}\"]\n    tls: {{ca: {}, sni: {sni}}}\n    health_checks: [{{timeout: 1s, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]\n",
+            pki.s("ca.pem")
+        )
+    };
+    let cfg = tickmesh::config::parse(&yaml(b.addr, "orders.internal"), Format::Yaml).unwrap();
+    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
+    let dir = tempfile::tempdir().unwrap();
+    let _server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
+        .expect("control socket");
+    let health = || {
+        let s = plane.stats();
+        s.clusters[0].endpoints[0].health.clone()
+    };
+    wait_until("TLS TCP checks pass", Duration::from_secs(10), || {
+        health().checks_total >= 3
+    });
+    let h = health();
+    assert_eq!((h.state.as_str(), h.checks_failed), ("healthy", 0), "{h:?}");
+    assert_eq!(
+        b.requests.load(Ordering::SeqCst),
+        0,
+        "a TCP check sends no request"
+    );
+    for (addr, sni, why) in [
+        (
+            b.addr,
+            "billing.internal",
+            "a certificate without the SNI name",
+        ),
+        (
+            plain_addr,
+            "orders.internal",
+            "an endpoint that does not speak TLS",
+        ),
+    ] {
+        plane
+            .apply(&yaml(addr, sni), Format::Yaml, false)
+            .unwrap_or_else(|e| panic!("apply: {e:?}"));
+        wait_until(why, Duration::from_secs(10), || {
+            let h = health();
+            h.state == "unhealthy" && h.checks_failed >= 2
+        });
+    }
+}
