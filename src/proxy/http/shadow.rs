@@ -204,6 +204,8 @@ pub struct Shadow {
     starved: bool,
     /// The response (or the failure) was counted and the request is done.
     settled: bool,
+    /// A response head arrived: the mirror succeeded, whatever follows.
+    answered: bool,
     /// What is left of the response body once its head arrived (`None`: waiting for
     /// the head, gathered in `data`).
     resp: Option<Left>,
@@ -414,7 +416,7 @@ impl Shadow {
         let Some((b, n)) = got else {
             // The end of the stream (or an error): the end of a response delimited by
             // closing, or a failure when no response head came.
-            if !self.settled {
+            if !self.answered {
                 self.ucount(cx.worker, U::UpstreamResets, 1);
                 return self.fail(slot, cx, io);
             }
@@ -462,8 +464,9 @@ impl Shadow {
                 self.data.drain(..repr.len);
                 continue;
             }
-            // The shadow answered: that is all a mirror counts.
-            self.settle(cx.worker);
+            // The shadow answered: that is all a mirror counts (the request is done
+            // for the cluster when its response ended, or the connection closed).
+            self.answered = true;
             let mut left = Left::of(repr.body);
             let until_close = matches!(left, Left::UntilClose);
             self.keep = repr.keep_alive && status != 101 && !until_close;
@@ -562,7 +565,7 @@ impl Shadow {
     }
 
     fn fail(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        if !self.settled {
+        if !self.settled && !self.answered {
             if let Some(s) = &self.lstats {
                 s.inc(cx.worker, L::HttpMirrorFailed);
             }
