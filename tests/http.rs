@@ -1503,8 +1503,8 @@ fn pending_queue(kind: EngineKind) {
 
 /// The worker's upstream pool: client connections that each send one request share
 /// upstream connections; idle ones expire; a pooled connection the upstream closed is
-/// noticed (before reuse when it idled a while, else by its EOF, and the idempotent
-/// request goes again on a fresh one); a non-idempotent request is never sent twice.
+/// noticed while it idles (whatever the idle time; the next request, idempotent or
+/// not, goes on a fresh connection and is sent once).
 fn upstream_pool(kind: EngineKind) {
     let a = Backend::start("a");
     let b = Backend::start("b");
@@ -1574,59 +1574,38 @@ fn upstream_pool(kind: EngineKind) {
         });
         std::thread::sleep(Duration::from_millis(100));
     };
-    // uring keeps a parked connection's receive armed: the upstream's close is seen
-    // while the connection idles and it is closed then (by the worker's next sweep,
-    // or by the next take, which counts it stale) — the next request, POST or not,
-    // goes on a fresh connection. epoll checks a connection idle over a second
-    // before reuse; a younger one is found closed by its EOF after the send.
-    let uring = kind == EngineKind::Uring;
+    // Both engines watch a parked connection (uring keeps its receive armed, epoll its
+    // registration): the upstream's close is seen while the connection idles and it is
+    // closed then (by the worker's next sweep, or by the next take, which counts it
+    // stale) — the next request, POST or not, goes on a fresh connection, however
+    // short the idle.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
     closed(1);
     let resp = get(&mut s, &mut r, "/c/x");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /x"[..]));
-    if uring {
-        assert!(ls.get(L::HttpUpstreamStale) <= 1);
-    } else {
-        // Closed 100 ms ago, idle under the check threshold: its EOF is noticed
-        // after the send, and the GET goes again on a fresh connection.
-        assert_eq!(ls.get(L::HttpUpstreamStale), 1);
-    }
+    assert!(ls.get(L::HttpUpstreamStale) <= 1);
     assert_eq!(c.accepted(), 2);
     assert_eq!(ls.get(L::HttpRetry), 0, "not a retry");
-    // Idle over a second: the check before reuse finds it closed.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
     closed(2);
-    std::thread::sleep(Duration::from_millis(1100));
     let resp = get(&mut s, &mut r, "/c/y");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /y"[..]));
-    if !uring {
-        assert_eq!(ls.get(L::HttpUpstreamStale), 2);
-    }
     assert_eq!(c.accepted(), 3);
-    // A POST is not idempotent: never sent twice.
+    // A POST is not idempotent: never sent twice. The close was seen while parked:
+    // the POST goes on a fresh connection, once.
     assert_eq!(get(&mut s, &mut r, "/c/close-after").status, 200);
     closed(3);
-    let stale = ls.get(L::HttpUpstreamStale);
     s.write_all(b"POST /c/z HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         .unwrap();
-    let status = read_resp(&mut r).unwrap().status;
-    if uring {
-        // The close was seen while parked: the POST went on a fresh connection.
-        assert_eq!(status, 200);
-        assert_eq!(c.accepted(), 4);
-        let posted = c
-            .log
-            .all()
-            .iter()
-            .filter(|e| e.starts_with("POST /z"))
-            .count();
-        assert_eq!(posted, 1, "sent once");
-    } else {
-        // Sent once into the closed connection: the stale close is a 502.
-        assert_eq!(status, 502);
-        assert_eq!(ls.get(L::HttpUpstreamStale), stale);
-        assert!(!c.log.all().iter().any(|e| e.starts_with("POST /z")));
-    }
+    assert_eq!(read_resp(&mut r).unwrap().status, 200);
+    assert_eq!(c.accepted(), 4);
+    let posted = c
+        .log
+        .all()
+        .iter()
+        .filter(|e| e.starts_with("POST /z"))
+        .count();
+    assert_eq!(posted, 1, "sent once");
     drop((s, r));
     open_zero(&p);
     let ca = p.stats.cluster("c");
@@ -1636,11 +1615,10 @@ fn upstream_pool(kind: EngineKind) {
 }
 
 /// A pooled connection on which the upstream sends bytes while it idles (shaped like a
-/// response nobody asked for) is closed and never reused: uring sees them at once (the
-/// receive stays armed in the pool) and the worker closes the connection without
-/// waiting for a request; epoll's check before reusing a connection idle over a second
-/// finds them. Either way the next request goes on a fresh connection and its client
-/// gets its own answer.
+/// response nobody asked for) is closed and never reused: both engines see them at once
+/// (uring's receive stays armed in the pool, epoll's registration does) and the worker
+/// closes the connection without waiting for a request; the next request goes on a
+/// fresh connection and its client gets its own answer.
 fn parked_stray_bytes(kind: EngineKind) {
     let c = Backend::start("c");
     let clusters = cluster_yaml("c", &[c.addr], "");
@@ -1661,15 +1639,11 @@ fn parked_stray_bytes(kind: EngineKind) {
     wait_until("the stray bytes", Duration::from_secs(5), || {
         has("STRAY sent")
     });
-    if kind == EngineKind::Uring {
-        wait_until(
-            "the proxy to close the connection that got stray bytes",
-            Duration::from_secs(2),
-            || has("STRAY closed by the proxy"),
-        );
-    } else {
-        std::thread::sleep(Duration::from_millis(1100));
-    }
+    wait_until(
+        "the proxy to close the connection that got stray bytes",
+        Duration::from_secs(2),
+        || has("STRAY closed by the proxy"),
+    );
     let resp = get("/next");
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"c /next"[..]));
     assert_eq!(c.accepted(), 2, "a fresh connection");
@@ -1677,9 +1651,11 @@ fn parked_stray_bytes(kind: EngineKind) {
         has("STRAY closed") || has("STRAY connection reused")
     });
     assert!(has("STRAY closed by the proxy"), "{:?}", c.log.all());
-    if kind == EngineKind::Epoll {
-        assert_eq!(ls.get(L::HttpUpstreamStale), 1, "found by the check");
-    }
+    assert_eq!(
+        ls.get(L::HttpUpstreamStale),
+        0,
+        "closed while parked, never taken"
+    );
     assert_eq!(ls.get(L::HttpRetry), 0);
     // The pool still works: the fresh connection carries the next requests.
     for i in 0..5 {
@@ -1690,8 +1666,8 @@ fn parked_stray_bytes(kind: EngineKind) {
 
 /// Shadows frame their responses (length, chunked, interim-free) and park their
 /// connections in the worker's pool: serial mirrors share one shadow connection; a
-/// response delimited by closing is not pooled; on uring a shadow connection the
-/// upstream closes while parked is never handed to the next mirror.
+/// response delimited by closing is not pooled; a shadow connection the upstream
+/// closes while parked is never handed to the next mirror.
 fn mirror_pooled(kind: EngineKind) {
     let a = Backend::start("a");
     let shadow = Backend::start("shadow");
@@ -1727,15 +1703,13 @@ fn mirror_pooled(kind: EngineKind) {
     get("/shadow-close");
     get("/after-close");
     assert_eq!(shadow.accepted(), 2);
-    if kind == EngineKind::Uring {
-        get("/close-after");
-        wait_until("the backend to close", Duration::from_secs(5), || {
-            shadow.log.all().iter().any(|e| e.starts_with("CLOSED"))
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        get("/fresh");
-        assert_eq!(shadow.accepted(), 3, "a fresh connection after the close");
-    }
+    get("/close-after");
+    wait_until("the backend to close", Duration::from_secs(5), || {
+        shadow.log.all().iter().any(|e| e.starts_with("CLOSED"))
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    get("/fresh");
+    assert_eq!(shadow.accepted(), 3, "a fresh connection after the close");
     assert_eq!(ls.get(L::HttpMirrorFailed), 0);
     let seen = shadow.log.all();
     assert_eq!(
