@@ -227,6 +227,36 @@ impl Epoll {
         }
     }
 
+    /// A readiness event for a connection's socket (or a parked one).
+    fn sock_event(&mut self, bits: u32, token: u64, t: Token) {
+        let read_side = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if !self.parked_fds.is_empty() && bits & read_side != 0 {
+            // Something arrived: on a parked socket it marks it dead (the tick closes
+            // it). A pure EPOLLOUT edge (acknowledged bytes freeing send space)
+            // changes nothing for it.
+            self.note_parked(token, t);
+        }
+        let side = (t.aux & 1) as usize;
+        let epoch = t.aux >> 1;
+        let Some(o) = self.ops.get_mut(t.slot as usize) else {
+            return;
+        };
+        if o.gen != t.gen || o.epoch[side] != epoch {
+            return;
+        }
+        let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
+            o.readable[side] = true;
+        }
+        if bits & (libc::EPOLLRDHUP as u32 | err) != 0 {
+            o.hup[side] = true;
+        }
+        if bits & (libc::EPOLLOUT as u32 | err) != 0 {
+            o.writable[side] = true;
+        }
+        self.enqueue(t.slot);
+    }
+
     /// Run the operations a connection asked for that its sockets are ready for.
     fn service(&mut self, slot: u32) {
         let o = &mut self.ops[slot as usize];
@@ -719,35 +749,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
             let t = Token::decode(token);
             match t.kind {
                 Kind::Accept => accept_all(core, io, t.slot),
-                Kind::Sock => {
-                    let read_side =
-                        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
-                    if !io.parked_fds.is_empty() && bits & read_side != 0 {
-                        // Something arrived: on a parked socket it marks it dead (the
-                        // tick closes it). A pure EPOLLOUT edge (acknowledged bytes
-                        // freeing send space) changes nothing for it.
-                        io.note_parked(token, t);
-                    }
-                    let side = (t.aux & 1) as usize;
-                    let epoch = t.aux >> 1;
-                    let Some(o) = io.ops.get_mut(t.slot as usize) else {
-                        continue;
-                    };
-                    if o.gen != t.gen || o.epoch[side] != epoch {
-                        continue;
-                    }
-                    let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-                    if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
-                        o.readable[side] = true;
-                    }
-                    if bits & (libc::EPOLLRDHUP as u32 | err) != 0 {
-                        o.hup[side] = true;
-                    }
-                    if bits & (libc::EPOLLOUT as u32 | err) != 0 {
-                        o.writable[side] = true;
-                    }
-                    io.enqueue(t.slot);
-                }
+                Kind::Sock => io.sock_event(bits, token, t),
                 Kind::UdpListener => core.on_udp_ready(Watch::Listener(t.slot), true, io),
                 Kind::UdpSession => core.on_udp_ready(Watch::Session(t.slot, t.gen), true, io),
                 _ => {}
@@ -769,5 +771,79 @@ mod tests {
     fn per_connection_ops_stay_small() {
         let size = std::mem::size_of::<Ops>();
         assert!(size <= 56, "epoll Ops grew to {size} bytes");
+    }
+
+    /// Events waiting on the engine's epoll set, handled as `run` handles sockets'.
+    fn pump(e: &mut Epoll) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: `events` is valid for 16 entries.
+        let n = unsafe { libc::epoll_wait(e.ep.as_raw_fd(), events.as_mut_ptr(), 16, 200) };
+        for ev in &events[..n.max(0) as usize] {
+            let (bits, token) = (ev.events, ev.u64);
+            e.sock_event(bits, token, Token::decode(token));
+        }
+    }
+
+    /// Parked sockets: a read-side event marks one dead (also under a token its
+    /// parking connection no longer names), the others stay alive; taking, dropping
+    /// and re-registering keep the bookkeeping consistent; bytes already waiting at
+    /// park time refuse the park.
+    #[test]
+    fn parked_sockets_die_on_events() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let ours = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            ours.set_nonblocking(true).unwrap();
+            (ours, l.accept().unwrap().0)
+        };
+        let mut e = Epoll::new().unwrap();
+        let (a, mut pa) = pair();
+        let (b, _pb) = pair();
+        let (c, mut pc) = pair();
+        let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        let (ca, cb, cc) = (
+            ConnRef { slot: 0, gen: 1 },
+            ConnRef { slot: 1, gen: 1 },
+            ConnRef { slot: 2, gen: 1 },
+        );
+        e.adopt(ca, fa);
+        e.adopt(cb, fb);
+        e.adopt(cc, fc);
+        pump(&mut e);
+        // Bytes nobody asked for wait on c: refused.
+        pc.write_all(b"stray").unwrap();
+        pump(&mut e);
+        assert!(!e.park(cc, Side::Down, fc));
+        assert_eq!(e.parked_alive(fc), None);
+        assert!(e.park(ca, Side::Down, fa));
+        assert!(e.park(cb, Side::Down, fb));
+        assert_eq!(
+            (e.parked_alive(fa), e.parked_alive(fb)),
+            (Some(true), Some(true))
+        );
+        // a's connection moves on (a new generation in its slot): the event on a
+        // carries a token nobody names any more, and still finds it.
+        e.adopt(ConnRef { slot: 0, gen: 2 }, -1);
+        pa.write_all(b"x").unwrap();
+        pump(&mut e);
+        assert_eq!(
+            (e.parked_alive(fa), e.parked_alive(fb)),
+            (Some(false), Some(true))
+        );
+        e.drop_socket(fa);
+        assert_eq!((e.parked_alive(fa), e.parked_alive(fb)), (None, Some(true)));
+        // Taken back by its own connection: no longer watched as parked.
+        e.attach(cb, Side::Down, fb);
+        assert_eq!(e.parked_alive(fb), None);
+        assert!(e.parked_fds.is_empty());
+        // Parked again, then its number registered afresh (as a closed descriptor's
+        // reused number is: the close took it out of the set).
+        assert!(e.park(cb, Side::Down, fb));
+        e.ctl(libc::EPOLL_CTL_DEL, fb, 0, 0).unwrap();
+        e.adopt(ConnRef { slot: 3, gen: 1 }, fb);
+        assert_eq!(e.parked_alive(fb), None);
+        assert!(e.parked_fds.is_empty());
     }
 }
