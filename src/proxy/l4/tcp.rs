@@ -770,9 +770,7 @@ impl Conn {
         }
         let tag = tlsconn::tag(slot, self.gen, side);
         let (l, u) = match t.hand_over_kernel(side, fd, idle, cx.crypto(), tag) {
-            Ok(None) if t.is_kernel(side) => (L::TlsKtlsHandovers, U::TlsKtlsHandovers),
-            Ok(None) => return None,
-            Ok(Some(_)) => (L::TlsKtlsFallbacks, U::TlsKtlsFallbacks),
+            Ok(h) => h.and_then(tlsconn::HandOver::counters)?,
             Err(e) => return Some(self.tls_failed(slot, side, e, cx, io)),
         };
         match side {
@@ -797,15 +795,15 @@ impl Conn {
         let Some(t) = self.tls.as_deref_mut() else {
             return self.close(slot, cx, io);
         };
-        if errno == libc::EIO {
-            let c = t.kernel_control(side, fd, idle);
-            return match self.kernel_outcome(slot, side, c, cx, io) {
-                Some(step) => step,
-                None => self.drive(slot, cx, io),
-            };
-        }
-        if let Some(e) = t.kernel_record_error(side, fd, errno) {
-            return self.tls_failed(slot, side, e, cx, io);
+        match t.kernel_recv_failed(side, fd, errno, idle) {
+            tlsconn::KernelRecv::Control(c) => {
+                return match self.kernel_outcome(slot, side, c, cx, io) {
+                    Some(step) => step,
+                    None => self.drive(slot, cx, io),
+                };
+            }
+            tlsconn::KernelRecv::Record(e) => return self.tls_failed(slot, side, e, cx, io),
+            tlsconn::KernelRecv::Socket => {}
         }
         match side {
             Side::Down => self.listener_count(cx.worker, L::DownstreamResets, 1),
