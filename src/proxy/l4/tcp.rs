@@ -437,13 +437,15 @@ impl Conn {
             }
         }
         d.recv_armed = true;
-        if self.tls.is_some() {
-            // Single-shot: a handshake may end in a kTLS hand-over, which needs nothing
-            // armed on the socket (a multishot receive could take records raw).
+        if self.tls.as_deref().is_some_and(|t| t.handshaking(side)) {
+            // Single-shot during the handshake: it may end in a kTLS hand-over, which
+            // needs nothing armed on the socket (a multishot receive could take records
+            // raw). The hand-over runs in the receive that ended the handshake.
             io.recv(self.me(slot), side, fd);
         } else {
             // Both sockets stay this connection's until it closes: one multishot
-            // receive each serves every message.
+            // receive each serves every message (past the handshake, TLS sides too:
+            // records on the ring, or plaintext from the kernel).
             io.recv_multi(self.me(slot), side, fd);
         }
     }

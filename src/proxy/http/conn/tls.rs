@@ -738,9 +738,17 @@ impl Conn {
                 && !t.rx_busy(side)
                 && t.may_read(side, crate::proxy::l4::tcp::BUF_SIZE)
         };
+        // The client's socket past its handshake keeps one multishot receive, as
+        // without TLS (the handshake stays single-shot: a kTLS hand-over needs nothing
+        // armed; upstream sockets stay single-shot for the pool).
+        let multi = side == Side::Down && !t.handshaking(side);
         if read {
             self.recv_armed[s] = true;
-            io.recv(self.me(slot), side, fd);
+            if multi {
+                io.recv_multi(self.me(slot), side, fd);
+            } else {
+                io.recv(self.me(slot), side, fd);
+            }
         }
     }
 
