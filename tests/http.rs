@@ -325,6 +325,22 @@ fn open_zero(p: &Proxy) {
     );
 }
 
+/// Backend `a` and a proxy whose one route sends everything to it; `listener_extra`
+/// goes into the listener's map.
+fn proxy_to_a(kind: EngineKind, listener_extra: &str) -> (Backend, Proxy) {
+    let a = Backend::start("a");
+    let p = Proxy::start(
+        kind,
+        &http_config(
+            0,
+            &cluster_yaml("a", &[a.addr], ""),
+            &route("/", "route: {cluster: a}"),
+            listener_extra,
+        ),
+    );
+    (a, p)
+}
+
 // === tests (each runs per engine, see the bottom) ===
 
 /// The real binary, curl as the client: forward with rewritten headers, bodies both
@@ -484,16 +500,7 @@ fn binary_with_curl(kind: EngineKind) {
 /// Pipelined requests on one connection are answered in order; the upstream
 /// connection is reused.
 fn pipelining(kind: EngineKind) {
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            "",
-        ),
-    );
+    let (a, p) = proxy_to_a(kind, "");
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
     let mut batch = Vec::new();
@@ -555,30 +562,9 @@ fn data_segs_in(port: u16) -> Option<u64> {
 /// head it cannot use yet and the body follows a completion later). Counted by the
 /// kernel on the client's socket and on the backend's.
 fn one_segment_per_message(kind: EngineKind) {
-    // Does `ss` report the counter here? (Asked about a connection of our own that
-    // received one byte: `ss` leaves a zero count out.)
-    let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let (mut a, _) = probe.accept().unwrap();
-    c.write_all(b"x").unwrap();
-    a.read_exact(&mut [0u8; 1]).unwrap();
-    if data_segs_in(port).is_none() {
-        eprintln!("skipped: `ss -ti` (iproute2) does not report data_segs_in here");
+    let Some((a, p, mut s, mut r)) = segment_counted(kind) else {
         return;
-    }
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            "",
-        ),
-    );
-    let (mut s, mut r) = client(p.listener("l"));
-    s.set_nodelay(true).unwrap();
+    };
     const N: u64 = 20;
     let body = "b".repeat(64);
     for i in 0..N {
@@ -587,17 +573,7 @@ fn one_segment_per_message(kind: EngineKind) {
         let resp = read_resp(&mut r).unwrap_or_else(|| panic!("response {i}"));
         assert_eq!(resp.body, format!("a /seg{i} 64").as_bytes());
     }
-    let client_port = s.local_addr().unwrap().port();
-    assert_eq!(
-        data_segs_in(client_port),
-        Some(N),
-        "segments carrying the {N} responses to the client"
-    );
-    assert_eq!(
-        data_segs_in(a.addr.port()),
-        Some(N),
-        "segments carrying the {N} requests to the backend"
-    );
+    assert_one_segment_each(&s, &a, N);
     assert!(a.log.all().iter().all(|e| e.contains("body-len: 64")));
     drop((s, r));
     open_zero(&p);
@@ -607,22 +583,9 @@ fn one_segment_per_message(kind: EngineKind) {
 /// threshold) still leaves with it: one gathered send (sendmsg with two iovecs), one
 /// segment per message both ways.
 fn large_body_leaves_with_its_head(kind: EngineKind) {
-    if !ss_reports_segments() {
-        eprintln!("skipped: `ss -ti` (iproute2) does not report data_segs_in here");
+    let Some((a, p, mut s, mut r)) = segment_counted(kind) else {
         return;
-    }
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            "",
-        ),
-    );
-    let (mut s, mut r) = client(p.listener("l"));
-    s.set_nodelay(true).unwrap();
+    };
     const N: u64 = 20;
     let body = "b".repeat(8192);
     for i in 0..N {
@@ -633,17 +596,7 @@ fn large_body_leaves_with_its_head(kind: EngineKind) {
         assert_eq!(resp.body.len(), 8192);
         assert!(resp.body.iter().all(|&c| c == b'z'));
     }
-    let client_port = s.local_addr().unwrap().port();
-    assert_eq!(
-        data_segs_in(client_port),
-        Some(N),
-        "segments carrying the {N} responses to the client"
-    );
-    assert_eq!(
-        data_segs_in(a.addr.port()),
-        Some(N),
-        "segments carrying the {N} requests to the backend"
-    );
+    assert_one_segment_each(&s, &a, N);
     assert!(a.log.all().iter().all(|e| e.contains("body-len: 8192")));
     drop((s, r));
     open_zero(&p);
@@ -713,18 +666,38 @@ fn ss_reports_segments() -> bool {
     data_segs_in(port).is_some()
 }
 
+/// For the one-segment tests: backend `a`, a proxy routing to it and a `TCP_NODELAY`
+/// client connection; `None` (with a message) where `ss` cannot count segments.
+fn segment_counted(kind: EngineKind) -> Option<(Backend, Proxy, TcpStream, BufReader<TcpStream>)> {
+    if !ss_reports_segments() {
+        eprintln!("skipped: `ss -ti` (iproute2) does not report data_segs_in here");
+        return None;
+    }
+    let (a, p) = proxy_to_a(kind, "");
+    let (s, r) = client(p.listener("l"));
+    s.set_nodelay(true).unwrap();
+    Some((a, p, s, r))
+}
+
+/// `n` messages each way went as `n` data segments: the responses to the client
+/// (counted on its socket `s`) and the requests to backend `a`.
+fn assert_one_segment_each(s: &TcpStream, a: &Backend, n: u64) {
+    let client_port = s.local_addr().unwrap().port();
+    assert_eq!(
+        data_segs_in(client_port),
+        Some(n),
+        "segments carrying the {n} responses to the client"
+    );
+    assert_eq!(
+        data_segs_in(a.addr.port()),
+        Some(n),
+        "segments carrying the {n} requests to the backend"
+    );
+}
+
 /// Each bad input gets its status, and the proxy keeps serving with nothing leaked.
 fn bad_input(kind: EngineKind) {
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            ", max_request_body: 100",
-        ),
-    );
+    let (_a, p) = proxy_to_a(kind, ", max_request_body: 100");
     let addr = p.listener("l");
     let mut big_head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big_head.resize(70 * 1024, b'a');
@@ -895,16 +868,7 @@ fn sniff_fallback(kind: EngineKind) {
 
 /// `Connection: upgrade` answered with 101 becomes a tunnel both ways.
 fn upgrade_tunnel(kind: EngineKind) {
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            "",
-        ),
-    );
+    let (a, p) = proxy_to_a(kind, "");
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
     s.write_all(
@@ -932,16 +896,7 @@ fn upgrade_tunnel(kind: EngineKind) {
 
 /// A client that never finishes its head gets 408 after the header timeout.
 fn header_timeout(kind: EngineKind) {
-    let a = Backend::start("a");
-    let p = Proxy::start(
-        kind,
-        &http_config(
-            0,
-            &cluster_yaml("a", &[a.addr], ""),
-            &route("/", "route: {cluster: a}"),
-            ", request_header_timeout: 200ms",
-        ),
-    );
+    let (_a, p) = proxy_to_a(kind, ", request_header_timeout: 200ms");
     let addr = p.listener("l");
     let (mut s, mut r) = client(addr);
     let t = Instant::now();

@@ -403,24 +403,8 @@ fn tls_tcp_fallback(kind: EngineKind) {
     let p = Proxy::start(kind, &cfg);
     let addr = p.listener("l");
     let ls = p.stats.listener("l");
-    let client = |name: &str| {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in pki.certs("ca") {
-            roots.add(c).unwrap();
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(pki.certs(name), pki.key(name))
-            .unwrap(),
-        )
-    };
     // Not HTTP: echoed through the fallback, in both directions, inside the session.
-    let (mut s, mut c) = tls_connect(addr, client("gateway"));
+    let (mut s, mut c) = tls_connect(addr, pki.client(Some("gateway")));
     let mut t = rustls::Stream::new(&mut c, &mut s);
     for msg in [&b"\x00\x01binary hello\n"[..], &[7u8; 50_000][..]] {
         t.write_all(msg).unwrap();
@@ -443,7 +427,7 @@ fn tls_tcp_fallback(kind: EngineKind) {
     );
     // A principal the listener does not allow is reset, not relayed.
     let accepted = echo.accepted();
-    let (mut s, mut c) = tls_connect(addr, client("intruder"));
+    let (mut s, mut c) = tls_connect(addr, pki.client(Some("intruder")));
     let mut t = rustls::Stream::new(&mut c, &mut s);
     let _ = t.write_all(b"\x00sneak\n");
     let mut got = Vec::new();
@@ -482,46 +466,13 @@ fn xfcc_modes_and_details(kind: EngineKind) {
     }
     let pki = Pki::new();
     // A client whose subject needs escaping, with two DNS SANs and a SPIFFE ID.
-    let ext = pki.path("detailed.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway,DNS:a.example,DNS:b.example\n",
-    )
-    .unwrap();
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-subj", "/C=US/O=Tick, Mesh/CN=detailed client"])
-        .args([
-            "-keyout",
-            &pki.s("detailed.key"),
-            "-out",
-            &pki.s("detailed.csr"),
-        ]));
-    run(Command::new("openssl").args([
-        "x509",
-        "-req",
-        "-in",
-        &pki.s("detailed.csr"),
-        "-CA",
-        &pki.s("ca.pem"),
-        "-CAkey",
-        &pki.s("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        &ext.display().to_string(),
-        "-out",
-        &pki.s("detailed.pem"),
-    ]));
+    pki.leaf_with_subject(
+        "detailed",
+        "ca",
+        "/C=US/O=Tick, Mesh/CN=detailed client",
+        "subjectAltName=URI:spiffe://example.org/ns/trading/sa/gateway,DNS:a.example,DNS:b.example",
+        2,
+    );
     let openssl = |args: &[&str]| {
         let o = Command::new("openssl").args(args).output().unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()

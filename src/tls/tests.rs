@@ -96,8 +96,9 @@ fn openssl(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A self-signed certificate and key named `name` in `dir`; `false` without openssl.
-fn self_signed(dir: &Path, name: &str) -> bool {
+/// A self-signed certificate and key named `name` in `dir` (`name.pem`, `name.key`); `false`
+/// without openssl. Other modules' tests use it for a CA file.
+pub(crate) fn self_signed(dir: &Path, name: &str) -> bool {
     let p = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
     openssl(&[
         "req",

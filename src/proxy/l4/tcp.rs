@@ -236,7 +236,7 @@ impl Conn {
         self.cluster = target.pick(cx.lb.next_u32()) as u32;
         let cl = &table.clusters[self.cluster as usize];
         self.cstats = Some(cl.stats.clone());
-        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+        if cl.balancer.is_hashing() {
             // Maglev hashes the client address; only then is getpeername worth a syscall.
             self.peer = self.fds[0]
                 .as_ref()
@@ -311,7 +311,7 @@ impl Conn {
         self.cluster = target.pick(cx.lb.next_u32()) as u32;
         let cl = &table.clusters[self.cluster as usize];
         self.cstats = Some(cl.stats.clone());
-        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+        if cl.balancer.is_hashing() {
             self.peer = self.fds[0]
                 .as_ref()
                 .and_then(|f| crate::net::peer_addr(f).ok());
