@@ -14,13 +14,14 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::https::*;
 use common::pki::*;
 use common::*;
 use tickmesh::engine::EngineKind;
@@ -145,92 +146,24 @@ fn hand_over_or_fall_back(kind: EngineKind) {
 
 // === HTTP ===
 
-/// An HTTP/1.1 upstream (plaintext, or TLS with `tls`) answering each GET with the
-/// request head it received as the body; keeps connections alive.
-struct Mirror {
-    addr: SocketAddr,
-    conns: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl Mirror {
-    fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Mirror {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let (count, log) = (conns.clone(), heads.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { return };
-                count.fetch_add(1, Ordering::Relaxed);
-                let (tls, log) = (tls.clone(), log.clone());
-                std::thread::spawn(move || {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                    let _ = match tls {
-                        None => mirror(c, &log),
-                        Some(cfg) => rustls::ServerConnection::new(cfg)
-                            .map_err(std::io::Error::other)
-                            .and_then(|s| mirror(rustls::StreamOwned::new(s, c), &log)),
-                    };
-                });
-            }
-        });
-        Mirror { addr, conns, heads }
-    }
-}
-
-fn mirror(c: impl Read + Write, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
-    let mut r = BufReader::new(c);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        log.lock().unwrap().push(head.clone());
-        let w = r.get_mut();
-        write!(
-            w,
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{head}",
-            head.len()
-        )?;
-        w.flush()?;
-    }
-}
-
-fn tools(test: &str) -> bool {
-    let ok = have("curl") && have("openssl");
-    if !ok {
-        eprintln!("SKIP {test}: needs the curl and openssl commands (scripts/setup installs them)");
-    }
-    ok
-}
-
-/// curl over https to `localhost` (resolved to the proxy) presenting client certificate
-/// `name`: (exit code, stdout with `status=<code>` after each response, stderr).
-fn curl_as(pki: &Pki, addr: SocketAddr, name: &str, urls: &[&str]) -> (i32, String, String) {
-    let port = addr.port();
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert", &pki.s("ca.pem")])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .args(["--cert", &pki.s(&format!("{name}.pem"))])
-        .args(["--key", &pki.s(&format!("{name}.key"))])
-        .args(["-w", "status=%{http_code}\n"])
-        .args(urls.iter().map(|u| format!("https://localhost:{port}{u}")))
-        .output()
-        .expect("curl runs (scripts/setup installs it)");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// curl over https presenting client certificate `name`, several URLs on one connection:
+/// (exit code, stdout with `status=<code>` after each response, stderr).
+fn curl_urls(pki: &Pki, addr: SocketAddr, name: &str, paths: &[&str]) -> (i32, String, String) {
+    let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("https://localhost:PORT{p}"))
+        .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let args = [
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-w",
+        "status=%{http_code}\n",
+    ];
+    curl(pki, addr, &args, &urls)
 }
 
 /// An mTLS HTTP listener with `offload.backend: ktls`: curl (TLS 1.3, two requests on
@@ -239,27 +172,21 @@ fn curl_as(pki: &Pki, addr: SocketAddr, name: &str, urls: &[&str]) -> (i32, Stri
 /// drives XFCC and `allowed_principals` (403); every client side counts one attempt
 /// (hand-over or fallback), and without the module the ring did the records.
 fn http_listener_hand_over_or_fall_back(kind: EngineKind) {
-    if !tools("http_listener_hand_over_or_fall_back") {
+    if !tools() {
         return;
     }
     let real = kernel_tls("http_listener_hand_over_or_fall_back");
     let pki = Pki::new();
-    let m = Mirror::start(None);
+    let m = Mirror::start();
     let yaml = format!(
-        "offload: {{backend: ktls}}\n\
-         listeners:\n  - name: l\n    address: \"127.0.0.1:0\"\n    protocol: http\n    tls: {{cert: {}, key: {}{}}}\n\
-         clusters:\n  - {{name: m, endpoints: [\"{}\"]}}\n\
-         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
-        pki.s("mesh.pem"),
-        pki.s("mesh.key"),
-        pki.mtls_extra("STRICT"),
-        m.addr
+        "offload: {{backend: ktls}}\n{}",
+        config(&pki, &mtls("STRICT"), m.addr)
     );
     let p = Proxy::start(kind, &yaml);
     let addr = p.listener("l");
     let ls = p.stats.listener("l");
     // curl: one TLS 1.3 connection, two requests.
-    let (code, out, err) = curl_as(&pki, addr, "gateway", &["/a", "/b"]);
+    let (code, out, err) = curl_urls(&pki, addr, "gateway", &["/a", "/b"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.matches("status=200").count(), 2, "{out}");
     assert!(out.contains("GET /a ") && out.contains("GET /b "), "{out}");
@@ -271,7 +198,7 @@ fn http_listener_hand_over_or_fall_back(kind: EngineKind) {
     assert_eq!(ls.get(L::HttpUpstreamReuse), 1, "keep-alive upstream");
     // Another principal of the same CA: 403 over its session, nothing upstream.
     let before = m.heads.lock().unwrap().len();
-    let (code, out, err) = curl_as(&pki, addr, "intruder", &["/secret"]);
+    let (code, out, err) = curl_as(&pki, addr, "intruder", &[], "/secret");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("status=403"), "{out}");
     assert_eq!(m.heads.lock().unwrap().len(), before);
@@ -350,7 +277,7 @@ fn http_listener_hand_over_or_fall_back(kind: EngineKind) {
 /// the next request (one upstream connection, one handshake, one attempt); a cluster
 /// whose certificate does not match the SNI still fails as a connect failure (503).
 fn http_origination_hand_over_or_fall_back(kind: EngineKind) {
-    if !tools("http_origination_hand_over_or_fall_back") {
+    if !tools() {
         return;
     }
     let real = kernel_tls("http_origination_hand_over_or_fall_back");
@@ -363,7 +290,7 @@ fn http_origination_hand_over_or_fall_back(kind: EngineKind) {
     .with_no_client_auth()
     .with_single_cert(pki.certs("server"), pki.key("server"))
     .unwrap();
-    let m = Mirror::start(Some(Arc::new(server)));
+    let m = Mirror::serve(Some(Arc::new(server)));
     let yaml = |sni: &str| {
         format!(
             "offload: {{backend: ktls}}\n\
