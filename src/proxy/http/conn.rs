@@ -715,7 +715,8 @@ impl Conn {
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc));
+            let ktls = cx.crypto().engine.ktls_enabled();
+            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc, ktls));
         }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
@@ -811,6 +812,9 @@ impl Conn {
             self.starved[s] = true;
             cx.starved.push((slot, side));
             return Step::Continue;
+        }
+        if let Some(step) = self.tls_kernel_end(slot, side, res, cx, io) {
+            return step; // a control record, a bad record or a truncation under kTLS
         }
         if res < 0 {
             match side {
@@ -1141,7 +1145,7 @@ impl Conn {
 
     fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
         let s = side.idx();
-        if self.tls_on(side) {
+        if self.tls_reads(side) {
             // The TLS layer reads the socket and hands decrypted bytes up.
             return self.tls_want(side);
         }
@@ -1168,6 +1172,9 @@ impl Conn {
         if self.tls_on(to) {
             // Sealed and sent by the TLS layer (`tls_turn`).
             return self.tls_take_plain(from, io);
+        }
+        if self.tls_holds(to) {
+            return; // a kernel side owes a KeyUpdate first (`tls_turn` sends it)
         }
         let fd = self.raw(to);
         let me = self.me(slot);
