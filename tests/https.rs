@@ -609,7 +609,132 @@ fn originate_to_tls_cluster(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Mirrors to TLS clusters: the shadow originates TLS (SNI and CA of its cluster), the
+/// TLS backend hears the copy with the `-shadow` host; serial mirrors share one pooled
+/// TLS shadow connection (one handshake); a mirror percentage is still drawn and counted;
+/// a shadow cluster whose certificate does not verify, or that hangs up during the
+/// handshake, is a counted failure (cluster `tls_errors`, `http_mirror_failed`) while
+/// every primary answers.
+fn mirror_to_tls_cluster(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let shadow = Mirror::serve(Some(Arc::new(server)));
+    let primary = Mirror::start();
+    let closer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closer_addr = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in closer.incoming() {
+            drop(c);
+        }
+    });
+    let ca = pki.s("ca.pem");
+    let half = "runtime_fraction: {default_value: {numerator: 50, denominator: HUNDRED}}";
+    let yaml = format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: a, endpoints: [\"{a}\"]}}\n\
+         \x20 - {{name: s, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         \x20 - {{name: bad, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: billing.internal}}}}\n\
+         \x20 - {{name: gone, endpoints: [\"{closer_addr}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/half\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: s, {half}}}]}}\n\
+         \x20         - match: {{prefix: \"/bad\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: bad}}]}}\n\
+         \x20         - match: {{prefix: \"/gone\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: gone}}]}}\n\
+         \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n",
+        a = primary.addr,
+        m = shadow.addr,
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let cs = p.stats.cluster("s");
+    let seen = || shadow.heads.lock().unwrap().len() as u64;
+    // Serial mirrors: each shadow ends (and parks its TLS connection) before the next.
+    let mut client = BufReader::new(connect(addr));
+    for i in 0..10u64 {
+        let text = get_on(&mut client, &format!("/s/{i}"));
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET /s/{i}")),
+            "{text}"
+        );
+        wait_until("the TLS shadow to finish", Duration::from_secs(5), || {
+            cs.get(U::RqDone) == i + 1
+        });
+    }
+    let last = shadow.last();
+    assert!(last.starts_with("GET /s/9 HTTP/1.1\r\n"), "{last}");
+    assert!(last.contains("Host: x-shadow\r\n"), "{last}");
+    assert_eq!(seen(), 10);
+    assert_eq!(
+        shadow.conns.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one pooled TLS shadow connection for 10 mirrors"
+    );
+    assert_eq!(cs.get(U::TlsHandshakes), 1);
+    assert!(
+        cs.get(U::TlsRecordsOffloaded) >= 20,
+        "records on the engine"
+    );
+    assert_eq!(ls.get(L::HttpMirrored), 10);
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    // 50% of 200 requests: drawn and counted as without TLS; every copy arrives.
+    const N: u64 = 200;
+    for i in 0..N {
+        let text = get_on(&mut client, &format!("/half/{i}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    let chosen = ls.get(L::HttpMirrored) + ls.get(L::HttpMirrorDropped) - 10;
+    let share = chosen as f64 / N as f64;
+    assert!((0.3..=0.7).contains(&share), "mirrored share {share}");
+    wait_until("the shadow copies", Duration::from_secs(10), || {
+        seen() == ls.get(L::HttpMirrored)
+    });
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    // Failing shadows: a certificate that does not name the SNI, a hang-up during the
+    // handshake. The primary answers at once each time.
+    let bad = p.stats.cluster("bad");
+    let gone = p.stats.cluster("gone");
+    for i in 0..3 {
+        for path in ["/bad", "/gone"] {
+            let t = std::time::Instant::now();
+            let text = get_on(&mut client, &format!("{path}/{i}"));
+            assert!(
+                text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET {path}/{i}")),
+                "{text}"
+            );
+            assert!(t.elapsed() < Duration::from_millis(500), "{path} waited");
+        }
+    }
+    wait_until("the failed shadows", Duration::from_secs(5), || {
+        ls.get(L::HttpMirrorFailed) == 6
+    });
+    assert_eq!(bad.get(U::TlsErrors), 3);
+    assert_eq!(bad.get(U::TlsHandshakes), 0);
+    assert!(gone.get(U::TlsErrors) >= 3);
+    assert_eq!(
+        seen(),
+        ls.get(L::HttpMirrored) - 6,
+        "no failed copy arrived"
+    );
+    // The pooled shadow connection still serves.
+    let text = get_on(&mut client, "/s/after");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    wait_until("the last shadow", Duration::from_secs(5), || {
+        shadow.last().starts_with("GET /s/after ")
+    });
+    drop(client);
+    open_zero(&p);
+}
+
 per_engine!(
+    mirror_to_tls_cluster,
     originate_to_tls_cluster,
     route_principals,
     rotation,

@@ -605,9 +605,12 @@ impl Core {
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
                 job.estats
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
-                if let crate::proxy::http::shadow::Upstream::Pooled(i) = &job.up {
+                if let crate::proxy::http::shadow::Upstream::Pooled(i) = job.up {
                     // The engine may still watch it from its time in the pool.
                     io.drop_socket(i.fd.as_raw_fd());
+                    if let Some(p) = i.tls {
+                        p.release(self.crypto.as_mut());
+                    }
                 }
                 self.http.give_back(job.data);
                 continue;

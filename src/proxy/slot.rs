@@ -177,12 +177,12 @@ impl Slot {
         }
     }
 
-    /// A TLS record job of `side` completed. `false`: this kind of slot has no TLS.
+    /// A TLS record job of `side` completed (every kind of slot may carry TLS).
     pub fn on_crypto(&mut self, side: Side, c: &tickmesh_offload::Completion<'_>) -> bool {
         match self {
             Slot::Tcp(t) => t.on_crypto(side, c),
             Slot::Http(h) => h.on_crypto(side, c),
-            Slot::Shadow(_) => return false,
+            Slot::Shadow(s) => s.on_crypto(side, c),
         }
         true
     }
@@ -193,7 +193,7 @@ impl Slot {
         let step = match self {
             Slot::Tcp(t) => t.crypto_done(slot, cx, io),
             Slot::Http(h) => h.crypto_done(slot, cx, io),
-            Slot::Shadow(_) => Step::Continue,
+            Slot::Shadow(s) => s.crypto_done(slot, cx, io),
         };
         self.after(slot, step, cx, io)
     }

@@ -396,6 +396,11 @@ impl Handshake {
 pub struct Parked(State);
 
 impl Parked {
+    /// The kernel holds this session's keys (a kTLS side): its socket carries plaintext.
+    pub fn is_kernel(&self) -> bool {
+        matches!(self.0, State::Kernel(_))
+    }
+
     /// The socket closes while parked: destroy the engine session (a kernel side's
     /// keys go with its socket).
     pub fn release(self, cr: Option<&mut Crypto>) {

@@ -125,12 +125,13 @@ pub fn mirror_conn(c: impl Read + Write, log: &Mutex<Vec<String>>) -> std::io::R
             }
         }
         let text = format!("{head}body={body}\n");
-        let w = r.get_mut();
-        write!(
-            w,
+        // One write: pieces written apart meet Nagle and a delayed ACK (40 ms each).
+        let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
             text.len()
-        )?;
+        );
+        let w = r.get_mut();
+        w.write_all(resp.as_bytes())?;
         w.flush()?;
         if value("connection:").as_deref() == Some("close") {
             return Ok(());
@@ -254,7 +255,9 @@ pub fn get(addr: SocketAddr, path: &str) -> String {
 
 /// As [`get`], on a kept-alive connection.
 pub fn get_on(r: &mut BufReader<TcpStream>, path: &str) -> String {
-    write!(r.get_mut(), "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // One write (a formatted write goes out in pieces: Nagle and delayed ACKs).
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    r.get_mut().write_all(req.as_bytes()).unwrap();
     let mut text = String::new();
     let mut len = 0;
     loop {

@@ -2325,8 +2325,7 @@ impl Conn {
             let open_cx = cl.open_connections();
             let overloaded = active >= u64::from(cl.breakers.max_requests)
                 || open_cx >= u64::from(cl.breakers.max_connections);
-            // Mirrors do not originate TLS: a TLS cluster's shadow is dropped (counted).
-            let copy = if overloaded || cl.endpoints.is_empty() || cl.tls.is_some() {
+            let copy = if overloaded || cl.endpoints.is_empty() {
                 None
             } else {
                 cx.http.take_copy()
@@ -2347,6 +2346,14 @@ impl Conn {
             let mut up = None;
             if let Some(ep) = picked {
                 while let Some(idle) = cx.http.pool.take(table.generation, c, ep as u32, NO_OWNER) {
+                    if idle.tls.as_ref().is_some_and(|p| p.is_kernel()) {
+                        // Shadows keep TLS records on the offload engine: a kernel-TLS
+                        // connection goes back for client connections; a new one is made.
+                        if let Err(i) | Ok(Some(i)) = cx.http.pool.park(table.generation, idle) {
+                            super::pool::count_close(table, cx.worker, i, cx.crypto, io);
+                        }
+                        break;
+                    }
                     if usable(&idle, cx.now_ms, io) {
                         lstats.inc(cx.worker, L::HttpUpstreamReuse);
                         up = Some(Upstream::Pooled(idle));
@@ -2390,6 +2397,8 @@ impl Conn {
                         endpoint: ep as u32,
                         max_requests: cl.breakers.max_requests_per_connection,
                         head_request,
+                        // An `Arc` clone per mirrored request to a TLS cluster.
+                        tls: cl.tls.clone(),
                     })
                 }
                 _ => {

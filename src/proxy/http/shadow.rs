@@ -15,7 +15,19 @@
 //! is success, whatever the status) and its body framed and discarded; a connection
 //! whose response ended cleanly with keep-alive goes back to the worker's pool of idle
 //! upstream connections, which shadows take from like client connections do.
-//! (Shadows do not originate TLS: a mirror to a TLS cluster is dropped and counted.)
+//!
+//! TLS clusters: a shadow originates TLS with the cluster's client config (SNI, CA,
+//! client certificate) through the same session type as the primaries' upstream side
+//! ([`crate::tls::conn::Tls`]: rustls handshake, then records sealed and opened on the
+//! worker's offload engine), and parks its session with the socket in the pool
+//! ([`Tls::park`]), so shadows and client connections take each other's TLS connections.
+//! Only the socket glue is the shadow's own: its request is written into the sealer
+//! straight from its copy, ciphertext goes out through its one write buffer, and
+//! decrypted bytes are framed as on a plaintext connection. A shadow's sessions stay on
+//! the offload engine (no kTLS hand-over); a pooled connection whose session the kernel
+//! holds is left for client connections. A failed handshake (bad certificate, reset,
+//! timeout: bounded by the cluster's connect timeout) or record counts in the cluster's
+//! `tls_errors` and as a failed mirror; the primary never sees it.
 //!
 //! Bounds: at most [`MAX_SHADOWS`] shadows per worker exist at once (queued or running);
 //! further mirrors are dropped and counted (`http_mirror_dropped`). Each running shadow
@@ -35,6 +47,8 @@ use super::pool::Idle;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+use crate::tls::conn::{self as tlsconn, Activity, FeedError, Plain, Tls};
+use crate::tls::ClientTls;
 
 use super::ratelimit::Limiter;
 
@@ -74,6 +88,9 @@ pub struct Job {
     pub max_requests: u32,
     /// A HEAD request: its response has no body whatever its headers say.
     pub head_request: bool,
+    /// The cluster originates TLS with this client config (a fresh connection
+    /// handshakes; a pooled one continues its parked session).
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 /// The HTTP state of one worker shared by its connections.
@@ -218,8 +235,15 @@ pub struct Shadow {
     /// Requests sent on the connection, this one included.
     requests: u32,
     head_request: bool,
+    connect_timeout_ms: u64,
     connect_deadline_ms: u64,
+    /// The TLS handshake must end by then (the connect timeout, from the connect).
+    handshake_deadline_ms: u64,
     deadline_ms: u64,
+    /// The upstream side's TLS session (TLS clusters), shared type with the primaries'.
+    tls: Option<Box<Tls>>,
+    /// TLS: the whole request went into the sealer (`data` gathers the response now).
+    req_sealed: bool,
     lstats: Option<Arc<ListenerStats>>,
     cstats: Option<Arc<UpstreamStats>>,
     estats: Option<Arc<UpstreamStats>>,
@@ -265,6 +289,7 @@ impl Shadow {
             max_requests: job.max_requests,
             requests,
             head_request: job.head_request,
+            connect_timeout_ms: job.connect_timeout_ms.max(1),
             connect_deadline_ms: cx.now_ms + job.connect_timeout_ms.max(1),
             deadline_ms: if job.timeout_ms == 0 {
                 u64::MAX
@@ -286,6 +311,14 @@ impl Shadow {
         io.adopt(me, -1);
         match job.up {
             Upstream::Fresh(fd) => {
+                if let Some(origin) = &job.tls {
+                    let mut t = Tls::empty();
+                    if let Err(e) = t.start_client(origin) {
+                        self.fd = Some(fd);
+                        return self.tls_failed(slot, FeedError::Tls(e), cx, io);
+                    }
+                    self.tls = Some(t);
+                }
                 io.connect(me, fd.as_raw_fd(), job.addr);
                 self.fd = Some(fd);
                 self.connect_inflight = true;
@@ -294,7 +327,15 @@ impl Shadow {
             Upstream::Pooled(idle) => {
                 io.attach(me, Side::Up, idle.fd.as_raw_fd());
                 self.fd = Some(idle.fd);
-                self.send_more(slot, cx, io)
+                match idle.tls {
+                    Some(p) => {
+                        let mut t = Tls::empty();
+                        t.unpark(Side::Up, p);
+                        self.tls = Some(t);
+                        self.tls_turn(slot, cx, io)
+                    }
+                    None => self.send_more(slot, cx, io),
+                }
             }
         }
     }
@@ -312,6 +353,10 @@ impl Shadow {
             };
             self.ucount(cx.worker, k, 1);
             return self.fail(slot, cx, io);
+        }
+        if self.tls.is_some() {
+            self.handshake_deadline_ms = cx.now_ms + self.connect_timeout_ms;
+            return self.tls_turn(slot, cx, io);
         }
         self.send_more(slot, cx, io)
     }
@@ -383,6 +428,9 @@ impl Shadow {
             let n = (res as u32).min(left);
             self.wbuf = Some((b, off + n, left - n));
         }
+        if self.tls.is_some() {
+            return self.tls_sent(slot, cx, io);
+        }
         self.send_more(slot, cx, io)
     }
 
@@ -413,16 +461,43 @@ impl Shadow {
             cx.starved.push((slot, side));
             return Step::Continue;
         }
+        if self.tls.is_some() {
+            return self.tls_recv(slot, res, got, cx, io);
+        }
         let Some((b, n)) = got else {
             // The end of the stream (or an error): the end of a response delimited by
             // closing, or a failure when no response head came.
-            if !self.answered {
-                self.ucount(cx.worker, U::UpstreamResets, 1);
-                return self.fail(slot, cx, io);
-            }
-            return self.close(slot, cx, io);
+            return self.ended(slot, cx, io);
         };
         self.ucount(cx.worker, U::BytesReceived, n as u64);
+        if let Some(step) = self.response_bytes(slot, b, n, cx, io) {
+            return step;
+        }
+        self.arm_recv(slot, io);
+        Step::Continue
+    }
+
+    /// The response's stream ended (or broke): the end of a response delimited by
+    /// closing, or a failure when no response head came.
+    fn ended(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !self.answered {
+            self.ucount(cx.worker, U::UpstreamResets, 1);
+            return self.fail(slot, cx, io);
+        }
+        self.keep = false;
+        self.close(slot, cx, io)
+    }
+
+    /// `n` bytes of the response (plaintext) in buffer `b`, released here: frame them.
+    /// `Some`: the shadow is done with (finished, failed, or closing).
+    fn response_bytes(
+        &mut self,
+        slot: u32,
+        b: BufId,
+        n: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
         match self.resp.as_mut() {
             Some(left) => {
                 let r = left.feed(&io.bytes(b)[..n], u64::MAX);
@@ -430,22 +505,21 @@ impl Shadow {
                 if r.map_or(true, |k| k < n) {
                     // Bad framing, or bytes past the response's end: not reused.
                     self.keep = false;
-                    return self.close(slot, cx, io);
+                    return Some(self.close(slot, cx, io));
                 }
             }
             None => {
                 self.data.extend_from_slice(&io.bytes(b)[..n]);
                 io.release(b);
                 if let Some(step) = self.on_head_bytes(slot, cx, io) {
-                    return step;
+                    return Some(step);
                 }
             }
         }
         if self.resp.is_some_and(|l| l.done()) {
-            return self.finish(slot, cx, io);
+            return Some(self.finish(slot, cx, io));
         }
-        self.arm_recv(slot, io);
-        Step::Continue
+        None
     }
 
     /// Bytes of the response head arrived (gathered in `data`): parse it when whole.
@@ -491,10 +565,27 @@ impl Shadow {
     /// another request, then free the slot.
     fn finish(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
         let fd = self.raw();
-        let reuse = self.keep
+        let mut reuse = self.keep
             && fd >= 0
-            && (self.max_requests == 0 || self.requests < self.max_requests)
-            && io.park(self.me(slot), Side::Up, fd);
+            && !self.inflight()
+            && (self.max_requests == 0 || self.requests < self.max_requests);
+        // A TLS session goes with its socket when it is quiet (nothing in flight on
+        // the engine, nothing buffered either way; as for primaries).
+        let mut tls = None;
+        if reuse {
+            if let Some(t) = self.tls.as_deref_mut() {
+                match t.park(Side::Up) {
+                    Ok(p) => tls = p,
+                    Err(tlsconn::NotQuiet) => reuse = false,
+                }
+            }
+        }
+        reuse = reuse && io.park(self.me(slot), Side::Up, fd);
+        if !reuse {
+            if let Some(p) = tls.take() {
+                p.release(cx.crypto.as_mut());
+            }
+        }
         if reuse {
             if let Some(fd) = self.fd.take() {
                 let idle = Idle {
@@ -504,7 +595,7 @@ impl Shadow {
                     requests: self.requests,
                     since_ms: cx.now_ms,
                     owner: (u32::MAX, 0),
-                    tls: None,
+                    tls,
                 };
                 match cx.http.pool.park(self.generation, idle) {
                     Ok(None) => {}
@@ -514,12 +605,220 @@ impl Shadow {
                     Err(idle) => {
                         // Parked for a table the worker no longer serves.
                         io.drop_socket(idle.fd.as_raw_fd());
+                        if let Some(p) = idle.tls {
+                            p.release(cx.crypto.as_mut());
+                        }
                         self.ucount(cx.worker, U::CxClosed, 1);
                     }
                 }
             }
         }
         self.close(slot, cx, io)
+    }
+
+    // === TLS (clusters with `tls:`) ===
+
+    /// A record job of the session completed (the worker reaps and calls this; it may
+    /// not submit from here). [`Shadow::crypto_done`] follows.
+    pub fn on_crypto(&mut self, side: Side, c: &tickmesh_offload::Completion<'_>) {
+        if let Some(t) = self.tls.as_deref_mut() {
+            t.complete(side, c);
+        }
+    }
+
+    /// After reaping: move what the completions produced, submit more.
+    pub fn crypto_done(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if !self.live || self.tls.is_none() {
+            return Step::Continue;
+        }
+        self.tls_turn(slot, cx, io)
+    }
+
+    /// A receive on a TLS shadow's socket ended: ciphertext into the session (`got`),
+    /// or the end of the stream.
+    fn tls_recv(
+        &mut self,
+        slot: u32,
+        res: i32,
+        got: Option<(BufId, usize)>,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        let tag = tlsconn::tag(slot, self.gen, Side::Up);
+        let Some((b, n)) = got else {
+            let handshaking = self.tls.as_deref().is_some_and(|t| t.handshaking(Side::Up));
+            if res < 0 || handshaking || !self.req_sealed {
+                // A reset, or an end before the request was even sealed.
+                if handshaking {
+                    self.ucount(cx.worker, U::TlsErrors, 1);
+                }
+                return self.ended(slot, cx, io);
+            }
+            // What is still in the session is read first, then its end (clean or not).
+            if let Some(t) = self.tls.as_deref_mut() {
+                t.eof(Side::Up);
+            }
+            return self.tls_turn(slot, cx, io);
+        };
+        self.ucount(cx.worker, U::BytesReceived, n as u64);
+        let cr = cx.crypto();
+        let Some(t) = self.tls.as_deref_mut() else {
+            io.release(b);
+            return self.close(slot, cx, io);
+        };
+        let r = t.feed(Side::Up, &io.bytes(b)[..n], cr, tag);
+        io.release(b);
+        match r {
+            Ok(false) => {}
+            Ok(true) => self.ucount(cx.worker, U::TlsHandshakes, 1),
+            Err(e) => return self.tls_failed(slot, e, cx, io),
+        }
+        self.tls_turn(slot, cx, io)
+    }
+
+    /// Ciphertext went out (the write buffer's offset and length moved already).
+    fn tls_sent(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        match self.wbuf {
+            Some((b, off, left)) if left > 0 => {
+                self.send_inflight = true;
+                io.send(self.me(slot), Side::Down, self.raw(), b, off, left);
+                Step::Continue
+            }
+            Some((b, _, _)) => {
+                self.wbuf = None;
+                io.release(b);
+                self.tls_turn(slot, cx, io)
+            }
+            None => self.tls_turn(slot, cx, io),
+        }
+    }
+
+    /// The session failed (handshake: protocol or certificate; records): counted on the
+    /// cluster, the mirror fails (or, answered already, the connection is not kept).
+    fn tls_failed(&mut self, slot: u32, e: FeedError, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        tracing::debug!(error = ?e, "shadow TLS failure");
+        self.ucount(cx.worker, U::TlsErrors, 1);
+        if self.tls.as_deref().is_some_and(|t| t.handshaking(Side::Up)) {
+            self.ucount(cx.worker, U::ConnectFail, 1);
+        }
+        self.keep = false;
+        self.fail(slot, cx, io)
+    }
+
+    /// One turn of the TLS shadow after each event: count records, move the request
+    /// into the sealer, submit jobs, send ciphertext, frame decrypted bytes, read the
+    /// socket when the session has room and wants bytes.
+    fn tls_turn(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        if self.closing {
+            return self.close(slot, cx, io);
+        }
+        let up = Side::Up;
+        let tag = tlsconn::tag(slot, self.gen, up);
+        let (me, fd) = (self.me(slot), self.raw());
+        let Some(t) = self.tls.as_deref_mut() else {
+            return Step::Continue;
+        };
+        let Activity { records, error } = t.activity();
+        if records[up.idx()] > 0 {
+            self.ucount(cx.worker, U::TlsRecordsOffloaded, records[up.idx()].into());
+        }
+        if let Some((_, e)) = error {
+            return self.tls_failed(slot, e, cx, io);
+        }
+        let Some(t) = self.tls.as_deref_mut() else {
+            return Step::Continue;
+        };
+        // The request goes into the sealer straight from its copy, as far as it has room.
+        if !self.req_sealed && !self.connect_inflight && !t.handshaking(up) {
+            let n = t.plain_room(up).min(self.data.len() - self.sent);
+            if n > 0 {
+                t.write_plain(up, &self.data[self.sent..self.sent + n]);
+                self.sent += n;
+            }
+            if self.sent == self.data.len() {
+                // All of it is in the session: the copy's buffer gathers the response head.
+                self.req_sealed = true;
+                self.data.clear();
+            }
+        }
+        t.pump(up, cx.crypto(), tag);
+        if !self.send_inflight && !self.connect_inflight && self.wbuf.is_none() && t.wants_write(up)
+        {
+            let Some(b) = io.take() else {
+                return self.tls_starve(slot, cx);
+            };
+            let n = t.write_tls(up, io.bytes_mut(b)) as u32;
+            if n == 0 {
+                io.release(b);
+            } else {
+                self.wbuf = Some((b, 0, n));
+                self.send_inflight = true;
+                io.send(me, Side::Down, fd, b, 0, n);
+            }
+        }
+        // Decrypted bytes of the response: framed as on a plaintext connection. Bounded:
+        // each pass takes a receive buffer's worth, and the session holds a few at most.
+        for _ in 0..64 {
+            let Some(t) = self.tls.as_deref_mut() else {
+                return Step::Continue;
+            };
+            if !self.req_sealed || !t.pending(up) {
+                break;
+            }
+            let Some(b) = io.take() else {
+                return self.tls_starve(slot, cx);
+            };
+            match t.read_plain(up, io.bytes_mut(b)) {
+                Plain::Data(n) => {
+                    if let Some(step) = self.response_bytes(slot, b, n, cx, io) {
+                        return step;
+                    }
+                }
+                Plain::Empty => {
+                    io.release(b);
+                    break;
+                }
+                Plain::Closed => {
+                    io.release(b);
+                    return self.ended(slot, cx, io);
+                }
+                Plain::Truncated => {
+                    io.release(b);
+                    // Cut short without close_notify: as a reset.
+                    self.ucount(cx.worker, U::TlsErrors, 1);
+                    return self.ended(slot, cx, io);
+                }
+            }
+        }
+        let Some(t) = self.tls.as_deref() else {
+            return Step::Continue;
+        };
+        if self.recv_armed || self.starved || self.connect_inflight || fd < 0 {
+            return Step::Continue;
+        }
+        if t.failed.is_some() || t.peer_closed(up) {
+            return Step::Continue;
+        }
+        let read = if t.handshaking(up) {
+            t.may_read(up, BUF_SIZE)
+        } else {
+            !t.pending(up) && !t.rx_busy(up) && t.may_read(up, BUF_SIZE)
+        };
+        if read {
+            // Single-shot: the socket may be parked (or hand over) when the response ends.
+            self.recv_armed = true;
+            io.recv(me, up, fd);
+        }
+        Step::Continue
+    }
+
+    /// No spare pool buffer: wait on the worker's starved list (`rearm` turns again).
+    fn tls_starve(&mut self, slot: u32, cx: &mut Ctx) -> Step {
+        if !self.starved {
+            self.starved = true;
+            cx.starved.push((slot, Side::Up));
+        }
+        Step::Continue
     }
 
     pub fn rearm(&mut self, slot: u32, _side: Side, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -529,6 +828,9 @@ impl Shadow {
         }
         if self.closing {
             return self.close(slot, cx, io);
+        }
+        if self.tls.is_some() {
+            return self.tls_turn(slot, cx, io);
         }
         self.arm_recv(slot, io);
         Step::Continue
@@ -541,6 +843,12 @@ impl Shadow {
         let now = cx.now_ms;
         if self.connect_inflight && now >= self.connect_deadline_ms {
             self.ucount(cx.worker, U::ConnectTimeout, 1);
+            return self.fail(slot, cx, io);
+        }
+        let handshaking = self.tls.as_deref().is_some_and(|t| t.handshaking(Side::Up));
+        if handshaking && !self.connect_inflight && now >= self.handshake_deadline_ms {
+            self.ucount(cx.worker, U::ConnectTimeout, 1);
+            self.ucount(cx.worker, U::TlsErrors, 1);
             return self.fail(slot, cx, io);
         }
         if now >= self.deadline_ms {
@@ -593,6 +901,10 @@ impl Shadow {
         }
         if let Some((b, _, _)) = self.wbuf.take() {
             io.release(b);
+        }
+        if let Some(mut t) = self.tls.take() {
+            // Jobs still in flight complete for a generation that is gone: dropped.
+            t.release(cx.crypto.as_mut());
         }
         io.drop_socket(self.raw());
         if self.fd.take().is_some() {
