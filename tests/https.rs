@@ -733,8 +733,96 @@ fn mirror_to_tls_cluster(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// Shadows and primaries share the worker's pool of TLS connections (one session type):
+/// a route whose primary and mirror both go to one mTLS cluster makes at most two upstream
+/// connections for ten serial requests, each with one handshake; the cluster's client
+/// certificate goes with the shadow's handshake (the upstream requires one). A shadow
+/// cluster without a client certificate is refused by that upstream after the handshake
+/// (its alert ends the session): a counted mirror failure, the primary answers.
+fn mirror_tls_pool_shared_mtls(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let pki = Pki::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki.certs("ca") {
+        roots.add(c).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.certs("server"), pki.key("server"))
+        .unwrap();
+    let m = Mirror::serve(Some(Arc::new(server)));
+    let primary = Mirror::start();
+    let (ca, cert, key) = (pki.s("ca.pem"), pki.s("gateway.pem"), pki.s("gateway.key"));
+    let yaml = format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: a, endpoints: [\"{a}\"]}}\n\
+         \x20 - {{name: s, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: orders.internal, cert: {cert}, key: {key}}}}}\n\
+         \x20 - {{name: anon, endpoints: [\"{m}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/anon\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: anon}}]}}\n\
+         \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: s, request_mirror_policies: [{{cluster: s}}]}}\n",
+        a = primary.addr,
+        m = m.addr,
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let cs = p.stats.cluster("s");
+    let mut client = BufReader::new(connect(addr));
+    for i in 0..10u64 {
+        let text = get_on(&mut client, &format!("/both/{i}"));
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET /both/{i}")),
+            "{text}"
+        );
+        // The primary's request and its shadow are both done (both parked).
+        wait_until(
+            "the exchange and its shadow",
+            Duration::from_secs(5),
+            || cs.get(U::RqDone) == 2 * (i + 1),
+        );
+    }
+    let heads = m.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 20, "{heads:?}");
+    assert_eq!(
+        heads
+            .iter()
+            .filter(|h| h.contains("Host: x-shadow\r\n"))
+            .count(),
+        10
+    );
+    let conns = m.conns.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert!(conns <= 2, "{conns} upstream connections for 20 requests");
+    assert_eq!(cs.get(U::TlsHandshakes), conns);
+    assert_eq!(ls.get(L::HttpMirrorFailed), 0);
+    assert!(ls.get(L::HttpUpstreamReuse) >= 18 - 2);
+    // No client certificate: the upstream refuses it after the client's Finished.
+    let anon = p.stats.cluster("anon");
+    for i in 0..2 {
+        let text = get_on(&mut client, &format!("/anon/{i}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    wait_until("the refused shadows", Duration::from_secs(5), || {
+        ls.get(L::HttpMirrorFailed) == 2
+    });
+    assert_eq!(anon.get(U::TlsErrors), 2);
+    assert_eq!(m.heads.lock().unwrap().len(), 20, "no refused copy arrived");
+    drop(client);
+    open_zero(&p);
+}
+
 per_engine!(
     mirror_to_tls_cluster,
+    mirror_tls_pool_shared_mtls,
     originate_to_tls_cluster,
     route_principals,
     rotation,
