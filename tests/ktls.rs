@@ -8,7 +8,8 @@
 //! then continues on the offload engine's ring: the per-connection fallback, end to end.
 //! The same for HTTP listeners terminating TLS (curl and `openssl s_client` as clients,
 //! mTLS with principals and XFCC, keep-alive) and for an HTTP proxy originating TLS to a
-//! cluster (pooled upstream connection reused). Its own binary because the variable is
+//! cluster (pooled upstream connection reused), whose mirrors to a TLS cluster stay on the
+//! engine. Its own binary because the variable is
 //! process-wide.
 
 #[macro_use]
@@ -351,8 +352,76 @@ fn http_origination_hand_over_or_fall_back(kind: EngineKind) {
     });
 }
 
+/// Mirrors to a TLS cluster with `offload.backend: ktls`: shadows keep their records on
+/// the offload engine (no hand-over attempt on their side), serial mirrors share one
+/// pooled shadow connection, and the primary (a kTLS-originating cluster, tried once)
+/// is untouched.
+fn http_mirror_to_tls_cluster_stays_on_engine(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let _ = kernel_tls("http_mirror_to_tls_cluster_stays_on_engine");
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let server = Arc::new(server);
+    let (m, s) = (
+        Mirror::serve(Some(server.clone())),
+        Mirror::serve(Some(server)),
+    );
+    let ca = pki.s("ca.pem");
+    let yaml = format!(
+        "offload: {{backend: ktls}}\n\
+         listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: m, endpoints: [\"{}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         \x20 - {{name: s, endpoints: [\"{}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m, request_mirror_policies: [{{cluster: s}}]}}\n",
+        m.addr, s.addr,
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let (ms, ss) = (p.stats.cluster("m"), p.stats.cluster("s"));
+    let mut client = std::io::BufReader::new(connect(addr));
+    for i in 0..5u64 {
+        let text = get_on(&mut client, &format!("/k/{i}"));
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        wait_until("the shadow", Duration::from_secs(5), || {
+            ss.get(U::RqDone) == i + 1
+        });
+    }
+    assert_eq!(s.heads.lock().unwrap().len(), 5);
+    assert_eq!(
+        s.conns.load(Ordering::Relaxed),
+        1,
+        "one pooled shadow connection"
+    );
+    assert_eq!(ss.get(U::TlsHandshakes), 1);
+    assert_eq!(
+        ss.get(U::TlsKtlsHandovers) + ss.get(U::TlsKtlsFallbacks),
+        0,
+        "shadows do not try the kernel"
+    );
+    assert!(
+        ss.get(U::TlsRecordsOffloaded) >= 10,
+        "the engine sealed and opened"
+    );
+    assert_eq!(ms.get(U::TlsKtlsHandovers) + ms.get(U::TlsKtlsFallbacks), 1);
+    assert_eq!(p.stats.listener("l").get(L::HttpMirrorFailed), 0);
+    drop(client);
+    wait_until("connections to close", Duration::from_secs(5), || {
+        p.engine().open_connections() == 0
+    });
+}
+
 per_engine!(
     hand_over_or_fall_back,
+    http_mirror_to_tls_cluster_stays_on_engine,
     http_listener_hand_over_or_fall_back,
     http_origination_hand_over_or_fall_back,
 );
