@@ -820,8 +820,107 @@ fn mirror_tls_pool_shared_mtls(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A TLS upstream answering each request badly, by its path: `/garbage` not HTTP,
+/// `/trunc` a body cut short by a socket close without `close_notify`, `/raw` a
+/// malformed record (not sealed with the session's keys).
+fn bad_tls_upstream(cfg: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut s = rustls::ServerConnection::new(cfg).unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match rustls::Stream::new(&mut s, &mut c).read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let mut t = rustls::Stream::new(&mut s, &mut c);
+                if head.contains(" /garbage") {
+                    let _ = t.write_all(b"NOT HTTP AT ALL\r\n\r\n");
+                    let _ = t.flush();
+                    std::thread::sleep(Duration::from_millis(200));
+                } else if head.contains(" /trunc") {
+                    let _ = t.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort");
+                    let _ = t.flush();
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                } else {
+                    // An application-data record too short to carry a tag.
+                    let _ = c.write_all(b"\x17\x03\x03\x00\x05hello");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Bad responses from a TLS shadow cluster: not HTTP (a failed mirror), a body cut
+/// short without `close_notify` (answered, so not a failed mirror, but a TLS error and
+/// the connection is not kept), a malformed record (a failed mirror and a TLS error).
+/// Every primary answers; the proxy keeps mirroring.
+fn mirror_tls_bad_responses(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let evil = bad_tls_upstream(Arc::new(server));
+    let primary = Mirror::start();
+    let ca = pki.s("ca.pem");
+    let yaml = format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: a, endpoints: [\"{a}\"]}}\n\
+         \x20 - {{name: evil, endpoints: [\"{evil}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: evil}}]}}\n",
+        a = primary.addr,
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    let es = p.stats.cluster("evil");
+    let mut client = BufReader::new(connect(addr));
+    let expect = [
+        ("/garbage", 1, 0),
+        ("/trunc", 1, 1),
+        ("/raw", 2, 2),
+        ("/garbage/again", 3, 2),
+    ];
+    for (n, (path, failed, tls_errors)) in expect.into_iter().enumerate() {
+        let text = get_on(&mut client, path);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.contains(&format!("GET {path} ")),
+            "{text}"
+        );
+        wait_until(path, Duration::from_secs(5), || {
+            es.get(U::RqDone) == n as u64 + 1
+        });
+        wait_until(path, Duration::from_secs(5), || {
+            ls.get(L::HttpMirrorFailed) == failed && es.get(U::TlsErrors) == tls_errors
+        });
+    }
+    assert_eq!(es.get(U::TlsHandshakes), 4, "no bad connection was kept");
+    assert_eq!(ls.get(L::HttpMirrored), 4);
+    drop(client);
+    open_zero(&p);
+}
+
 per_engine!(
     mirror_to_tls_cluster,
+    mirror_tls_bad_responses,
     mirror_tls_pool_shared_mtls,
     originate_to_tls_cluster,
     route_principals,

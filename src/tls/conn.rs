@@ -683,6 +683,18 @@ impl Tls {
         }
     }
 
+    /// Whether `side`'s socket should be read now, by the one policy every HTTP TLS glue
+    /// uses (client and upstream sides of a connection, shadows): during the handshake
+    /// when it can take bytes; after it when the reader `wants` bytes, nothing decrypted
+    /// waits, no record is still being opened, and the record layer has room for `n`.
+    pub fn should_read(&self, side: Side, wants: bool, n: usize) -> bool {
+        if self.handshaking(side) {
+            self.may_read(side, n)
+        } else {
+            wants && !self.pending(side) && !self.rx_busy(side) && self.may_read(side, n)
+        }
+    }
+
     /// `n` bytes of plaintext could be handed to `side` for sealing now.
     pub fn can_take_plain(&self, side: Side, n: usize) -> bool {
         match &self.sides[side.idx()] {

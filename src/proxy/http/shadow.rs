@@ -242,6 +242,9 @@ pub struct Shadow {
     deadline_ms: u64,
     /// The upstream side's TLS session (TLS clusters), shared type with the primaries'.
     tls: Option<Box<Tls>>,
+    /// The session box of the slot's last TLS shadow, emptied, for the next one (a
+    /// pooled TLS shadow then allocates nothing).
+    spare_tls: Option<Box<Tls>>,
     /// TLS: the whole request went into the sealer (`data` gathers the response now).
     req_sealed: bool,
     lstats: Option<Arc<ListenerStats>>,
@@ -281,6 +284,7 @@ impl Shadow {
         *self = Shadow {
             gen: self.gen,
             pos: self.pos,
+            spare_tls: self.spare_tls.take(),
             live: true,
             data: job.data,
             generation: job.generation,
@@ -312,7 +316,7 @@ impl Shadow {
         match job.up {
             Upstream::Fresh(fd) => {
                 if let Some(origin) = &job.tls {
-                    let mut t = Tls::empty();
+                    let mut t = self.spare_tls.take().unwrap_or_default();
                     if let Err(e) = t.start_client(origin) {
                         self.fd = Some(fd);
                         return self.tls_failed(slot, FeedError::Tls(e), cx, io);
@@ -329,7 +333,7 @@ impl Shadow {
                 self.fd = Some(idle.fd);
                 match idle.tls {
                     Some(p) => {
-                        let mut t = Tls::empty();
+                        let mut t = self.spare_tls.take().unwrap_or_default();
                         t.unpark(Side::Up, p);
                         self.tls = Some(t);
                         self.tls_turn(slot, cx, io)
@@ -799,12 +803,8 @@ impl Shadow {
         if t.failed.is_some() || t.peer_closed(up) {
             return Step::Continue;
         }
-        let read = if t.handshaking(up) {
-            t.may_read(up, BUF_SIZE)
-        } else {
-            !t.pending(up) && !t.rx_busy(up) && t.may_read(up, BUF_SIZE)
-        };
-        if read {
+        // A shadow always wants the response's bytes.
+        if t.should_read(up, true, BUF_SIZE) {
             // Single-shot: the socket may be parked (or hand over) when the response ends.
             self.recv_armed = true;
             io.recv(me, up, fd);
@@ -905,6 +905,8 @@ impl Shadow {
         if let Some(mut t) = self.tls.take() {
             // Jobs still in flight complete for a generation that is gone: dropped.
             t.release(cx.crypto.as_mut());
+            *t = Tls::default();
+            self.spare_tls = Some(t);
         }
         io.drop_socket(self.raw());
         if self.fd.take().is_some() {
