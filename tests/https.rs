@@ -865,7 +865,8 @@ fn bad_tls_upstream(cfg: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
 /// Bad responses from a TLS shadow cluster: not HTTP (a failed mirror), a body cut
 /// short without `close_notify` (answered, so not a failed mirror, but a TLS error and
 /// the connection is not kept), a malformed record (a failed mirror and a TLS error).
-/// Every primary answers; the proxy keeps mirroring.
+/// A handshake that never ends fails at the cluster's connect timeout. Every primary
+/// answers; the proxy keeps mirroring.
 fn mirror_tls_bad_responses(kind: EngineKind) {
     use tickmesh::telemetry::UpstreamCounter as U;
     let pki = Pki::new();
@@ -879,12 +880,23 @@ fn mirror_tls_bad_responses(kind: EngineKind) {
     .unwrap();
     let evil = bad_tls_upstream(Arc::new(server));
     let primary = Mirror::start();
+    // Accepts and never answers: the handshake is bounded by the connect timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().take(8) {
+            held.push(c);
+        }
+    });
     let ca = pki.s("ca.pem");
     let yaml = format!(
         "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
          clusters:\n  - {{name: a, endpoints: [\"{a}\"]}}\n\
          \x20 - {{name: evil, endpoints: [\"{evil}\"], tls: {{ca: {ca}, sni: orders.internal}}}}\n\
+         \x20 - {{name: silent, endpoints: [\"{silent_addr}\"], connect_timeout: 200ms, tls: {{ca: {ca}, sni: orders.internal}}}}\n\
          route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/silent\"}}\n            route: {{cluster: a, timeout: 20s, request_mirror_policies: [{{cluster: silent}}]}}\n\
          \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: evil}}]}}\n",
         a = primary.addr,
     );
@@ -914,6 +926,17 @@ fn mirror_tls_bad_responses(kind: EngineKind) {
     }
     assert_eq!(es.get(U::TlsHandshakes), 4, "no bad connection was kept");
     assert_eq!(ls.get(L::HttpMirrored), 4);
+    // A handshake that never ends fails at the cluster's connect timeout (200 ms), not
+    // at the route's (20 s).
+    let ss = p.stats.cluster("silent");
+    let t = std::time::Instant::now();
+    let text = get_on(&mut client, "/silent");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    wait_until("the silent shadow", Duration::from_secs(5), || {
+        ls.get(L::HttpMirrorFailed) == 4
+    });
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!((ss.get(U::ConnectTimeout), ss.get(U::TlsErrors)), (1, 1));
     drop(client);
     open_zero(&p);
 }
