@@ -961,6 +961,13 @@ fn mirror_tls_bad_responses(kind: EngineKind) {
     });
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!((ss.get(U::ConnectTimeout), ss.get(U::TlsErrors)), (1, 1));
+    // No engine session outlives its failed shadow.
+    use tickmesh::telemetry::OffloadCounter as O;
+    let o = p.stats.offload();
+    assert!(o.get(O::RecordsOpened) >= 2);
+    wait_until("sessions released", Duration::from_secs(5), || {
+        o.get(O::Sessions) == 0
+    });
     drop(client);
     open_zero(&p);
 }
