@@ -964,10 +964,10 @@ fn mirror_tls_bad_responses(kind: EngineKind) {
     // No engine session outlives its failed shadow.
     use tickmesh::telemetry::OffloadCounter as O;
     let o = p.stats.offload();
-    assert!(o.get(O::RecordsOpened) >= 2);
     wait_until("sessions released", Duration::from_secs(5), || {
         o.get(O::Sessions) == 0
     });
+    assert!(o.get(O::RecordsOpened) >= 2);
     drop(client);
     open_zero(&p);
 }

@@ -730,14 +730,8 @@ impl Conn {
         if t.failed.is_some() || t.peer_closed(side) {
             return;
         }
-        let read = if t.handshaking(side) {
-            t.may_read(side, crate::proxy::l4::tcp::BUF_SIZE)
-        } else {
-            l.want[s]
-                && !t.pending(side)
-                && !t.rx_busy(side)
-                && t.may_read(side, crate::proxy::l4::tcp::BUF_SIZE)
-        };
+        // The read policy shadows share ([`Tls::should_read`]).
+        let read = t.should_read(side, l.want[s], crate::proxy::l4::tcp::BUF_SIZE);
         // The client's socket past its handshake keeps one multishot receive, as
         // without TLS (the handshake stays single-shot: a kTLS hand-over needs nothing
         // armed; upstream sockets stay single-shot for the pool).
