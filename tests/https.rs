@@ -744,24 +744,7 @@ fn mirror_to_tls_cluster(kind: EngineKind) {
 fn mirror_tls_pool_shared_mtls(kind: EngineKind) {
     use tickmesh::telemetry::UpstreamCounter as U;
     let pki = Pki::new();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in pki.certs("ca") {
-        roots.add(c).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(pki.certs("server"), pki.key("server"))
-        .unwrap();
-    let m = Mirror::serve(Some(Arc::new(server)));
+    let m = Mirror::serve(Some(mtls_server(&pki)));
     let primary = Mirror::start();
     let (ca, cert, key) = (pki.s("ca.pem"), pki.s("gateway.pem"), pki.s("gateway.key"));
     let yaml = format!(
@@ -972,8 +955,69 @@ fn mirror_tls_bad_responses(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A TLS server config requiring a client certificate from the test CA (`server` cert).
+fn mtls_server(pki: &Pki) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pki.certs("ca") {
+        roots.add(c).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(pki.certs("server"), pki.key("server"))
+            .unwrap(),
+    )
+}
+
+/// The mirror cluster's TLS from an Istio `DestinationRule` (`trafficPolicy.tls` MUTUAL,
+/// as a mesh sets it): the shadow presents the client certificate the upstream requires.
+fn mirror_tls_from_istio_destination_rule(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    let pki = Pki::new();
+    let m = Mirror::serve(Some(mtls_server(&pki)));
+    let primary = Mirror::start();
+    let yaml = format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: a, endpoints: [\"{a}\"]}}\n  - {{name: s, endpoints: [\"{m}\"]}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: a, request_mirror_policies: [{{cluster: s}}]}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: s}}\nspec:\n  host: s\n  trafficPolicy:\n\
+         \x20   tls: {{mode: MUTUAL, sni: orders.internal, caCertificates: {ca}, clientCertificate: {cert}, privateKey: {key}}}\n",
+        a = primary.addr,
+        m = m.addr,
+        ca = pki.s("ca.pem"),
+        cert = pki.s("gateway.pem"),
+        key = pki.s("gateway.key"),
+    );
+    let p = Proxy::start(kind, &yaml);
+    let cs = p.stats.cluster("s");
+    let text = get(p.listener("l"), "/istio");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    wait_until("the shadow", Duration::from_secs(5), || {
+        cs.get(U::RqDone) == 1
+    });
+    assert!(
+        m.last().starts_with("GET /istio HTTP/1.1\r\n"),
+        "{}",
+        m.last()
+    );
+    assert_eq!(cs.get(U::TlsHandshakes), 1);
+    assert_eq!(p.stats.listener("l").get(L::HttpMirrorFailed), 0);
+    open_zero(&p);
+}
+
 per_engine!(
     mirror_to_tls_cluster,
+    mirror_tls_from_istio_destination_rule,
     mirror_tls_bad_responses,
     mirror_tls_pool_shared_mtls,
     originate_to_tls_cluster,
