@@ -420,7 +420,7 @@ impl Core {
                         .entry((c, e))
                         .or_insert_with(|| pool_place(old, &t, &by_name, c, e))
                 },
-                |i| crate::proxy::http::pool::count_close(old, worker, i, crypto),
+                |i| crate::proxy::http::pool::count_close(old, worker, i, crypto, io),
             );
         }
         self.table = t;
@@ -605,6 +605,10 @@ impl Core {
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
                 job.estats
                     .inc(self.worker, crate::telemetry::UpstreamCounter::CxClosed);
+                if let crate::proxy::http::shadow::Upstream::Pooled(i) = &job.up {
+                    // The engine may still watch it from its time in the pool.
+                    io.drop_socket(i.fd.as_raw_fd());
+                }
                 self.http.give_back(job.data);
                 continue;
             };
@@ -670,6 +674,13 @@ impl Core {
         self.udp.expire(self.now_ms, self.worker, io);
         if !self.http.pool.is_empty() {
             let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
+            // Connections the engine saw die while parked (their upstream closed them,
+            // or sent bytes nobody asked for) are closed now, not at their next take.
+            self.http.pool.sweep(
+                io,
+                |io, i| io.parked_alive(i.fd.as_raw_fd()) == Some(false),
+                |io, i| crate::proxy::http::pool::count_close(t, worker, i, crypto, io),
+            );
             self.http.pool.expire(
                 self.now_ms,
                 |c| {
@@ -689,7 +700,7 @@ impl Core {
                         }
                     })
                 },
-                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto),
+                |i| crate::proxy::http::pool::count_close(t, worker, i, crypto, io),
             );
         }
     }
@@ -705,7 +716,7 @@ impl Core {
         let (t, worker, crypto) = (&self.table, self.worker, &mut self.crypto);
         let generation = t.generation;
         self.http.pool.reset(generation, |i| {
-            crate::proxy::http::pool::count_close(t, worker, i, crypto)
+            crate::proxy::http::pool::count_close(t, worker, i, crypto, io)
         });
         self.sync_accepts(io);
     }

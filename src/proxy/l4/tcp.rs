@@ -1074,7 +1074,7 @@ impl Conn {
                 io.release(d.pop());
             }
         }
-        io.forget(self.me(slot));
+        io.forget(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)]);
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {
