@@ -37,6 +37,14 @@ pub trait PacketBuf {
     /// Make the packet `len` bytes long, growing or cutting at the end; false (and
     /// unchanged) when it cannot grow that far.
     fn resize(&mut self, len: usize) -> bool;
+    /// Whether the receiving NIC found the IPv4 header checksum valid. Only `true` when
+    /// it says so (an mbuf's RTE_MBUF_F_RX_IP_CKSUM_GOOD): then the fast path skips its
+    /// own check. Anything else ("bad", "unknown", no such NIC) is checked in software,
+    /// which also counts the bad ones.
+    #[inline(always)]
+    fn ip_checksum_good(&self) -> bool {
+        false
+    }
 }
 
 /// What to do with a frame after [`LbWorker::process`].
@@ -200,6 +208,10 @@ pub struct Vip {
     /// `idle_timeout_ms` as the flow table's wrapping 32-bit clock can compare it.
     idle_ms32: u32,
     pub stats: Arc<PacketStats>,
+    /// The backends of `clusters`, cluster after cluster, as the packet path reads them
+    /// (flow entries of this VIP index it), and where each cluster's run starts.
+    hot: Box<[Hot]>,
+    hot_base: Box<[u16]>,
 }
 
 #[derive(Debug)]
@@ -216,8 +228,8 @@ pub struct Backend {
     pub stats: Arc<PacketStats>,
 }
 
-/// A backend as the packet path reads it: everything a flow-table hit needs to rewrite
-/// and count a packet, in one cache line of [`LbTable`]'s flat array (indexed by the
+/// A backend of a VIP as the packet path reads it: everything a flow-table hit needs to
+/// rewrite and count a packet, in one cache line of the VIP's flat array (indexed by the
 /// flow entry), instead of a walk through the cluster's and backend's structures.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
@@ -230,6 +242,11 @@ pub struct Hot {
     cluster: u32,
     index: u16,
     raw_port: u16,
+    /// IPv4 DNAT from the VIP to this backend, as RFC 1624 deltas folded to 16 bits
+    /// once here: the IPv4 header's (address) and the TCP/UDP checksum's (address and
+    /// port), so the rewrite adds one word with one end-around carry per checksum.
+    d_ip: u16,
+    d_l4: u16,
     /// Resolved next hop; `None` counts `drop_no_neighbor`.
     mac: Option<[u8; 6]>,
 }
@@ -243,8 +260,6 @@ pub struct LbCluster {
     pub maglev: Maglev,
     /// Backend key ([`backend_key`]) → index, for flows surviving a table swap.
     index: IntMap<u64, u16>,
-    /// Where this cluster's backends start in [`LbTable`]'s hot array (in order).
-    hot_base: u16,
 }
 
 /// One compiled generation of the balancer's configuration.
@@ -253,8 +268,6 @@ pub struct LbTable {
     pub generation: u64,
     pub vips: Box<[Vip]>,
     pub clusters: Box<[LbCluster]>,
-    /// Every cluster's backends, cluster after cluster ([`LbCluster::hot_base`]).
-    hot: Box<[Hot]>,
     by_vip: KeyMap<u32>,
     /// VIP addresses and local addresses ([`addr_key4`]): answered for ARP and ICMP echo.
     own_ips: KeyMap<()>,
@@ -305,7 +318,6 @@ impl LbTable {
 
         let mut cluster_index = HashMap::new();
         let mut clusters: Vec<LbCluster> = Vec::with_capacity(cfg.clusters.len());
-        let mut hot: Vec<Hot> = Vec::new();
         // Flow entries keep a cluster and a backend index in 16 bits each.
         if cfg.clusters.len() > usize::from(u16::MAX) {
             problems.push(Problem {
@@ -391,34 +403,11 @@ impl LbTable {
                 .enumerate()
                 .map(|(k, b)| (b.key, k as u16))
                 .collect();
-            let base = hot.len();
-            hot.extend(backends.iter().enumerate().map(|(k, b)| Hot {
-                key: b.key,
-                raw_ip6: b.raw_ip6,
-                raw_ip: b.raw_ip,
-                cluster: clusters.len() as u32,
-                index: k as u16,
-                raw_port: b.raw_port,
-                mac: b.mac,
-            }));
             clusters.push(LbCluster {
                 name: c.name.as_str().into(),
                 maglev: Maglev::build(&refs, weights, size),
                 backends: backends.into_boxed_slice(),
                 index,
-                hot_base: base.min(usize::from(u16::MAX)) as u16,
-            });
-        }
-        // Flow entries name their backend by its index in the hot array, in 16 bits.
-        if hot.len() > usize::from(u16::MAX) {
-            problems.push(Problem {
-                path: "clusters".into(),
-                line: None,
-                message: format!(
-                    "the DPDK engine balances at most {} endpoints in all clusters together; this config has {}: split the VIPs over several balancer instances",
-                    u16::MAX,
-                    hot.len()
-                ),
             });
         }
         if !problems.is_empty() {
@@ -536,6 +525,45 @@ impl LbTable {
                 own_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
                 vip_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
             }
+            let (vip_ip, vip_port) = (raw_ip4(ip4_of(addr)), raw_port(addr.port()));
+            let mut hot = Vec::new();
+            let mut hot_base = Vec::with_capacity(cl.len());
+            for &c in cl.iter() {
+                hot_base.push(hot.len().min(usize::from(u16::MAX)) as u16);
+                hot.extend(
+                    clusters[c as usize]
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(k, b)| {
+                            let d_ip = u64::from(!vip_ip) + u64::from(b.raw_ip);
+                            Hot {
+                                key: b.key,
+                                raw_ip6: b.raw_ip6,
+                                raw_ip: b.raw_ip,
+                                cluster: c,
+                                index: k as u16,
+                                raw_port: b.raw_port,
+                                d_ip: fold64(d_ip),
+                                d_l4: fold64(d_ip + u64::from(!vip_port) + u64::from(b.raw_port)),
+                                mac: b.mac,
+                            }
+                        }),
+                );
+            }
+            // Flow entries name their backend by its index in the VIP's array, in 16 bits.
+            if hot.len() > usize::from(u16::MAX) {
+                problems.push(Problem {
+                    path: format!("listeners[{i}]"),
+                    line: None,
+                    message: format!(
+                        "the DPDK engine balances a VIP over at most {} endpoints; `{}` has {} in its clusters together",
+                        u16::MAX,
+                        l.name,
+                        hot.len()
+                    ),
+                });
+            }
             let mut vip = Vip {
                 name: l.name.as_str().into(),
                 addr,
@@ -557,6 +585,8 @@ impl LbTable {
                     .min(u128::from(u64::MAX)) as u64,
                 idle_ms32: 0,
                 stats: stats.packets(&format!("vip/{}", l.name)),
+                hot: hot.into_boxed_slice(),
+                hot_base: hot_base.into_boxed_slice(),
             };
             vip.idle_ms32 = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
             vips.push(vip);
@@ -568,7 +598,6 @@ impl LbTable {
             generation,
             vips: vips.into_boxed_slice(),
             clusters: clusters.into_boxed_slice(),
-            hot: hot.into_boxed_slice(),
             by_vip: KeyMap::build(&by_vip),
             own_ips: KeyMap::build(&own_ips),
             vip_ips: KeyMap::build(&vip_ips),
@@ -603,11 +632,12 @@ impl LbTable {
         (c, b)
     }
 
-    /// [`LbTable::pick`] as an index into the hot array.
+    /// [`LbTable::pick`] as an index into the VIP's hot array.
     #[inline]
     fn pick_hot(&self, vip: &Vip, hash: u64) -> u16 {
-        let (c, b) = self.pick(vip, hash);
-        self.clusters[c as usize].hot_base + b
+        let k = weighted(&vip.cumulative, (hash >> 32) as u32);
+        let c = vip.clusters[k];
+        vip.hot_base[k] + self.clusters[c as usize].maglev.lookup(hash) as u16
     }
 
     /// The full record of a hot backend (its counters).
@@ -775,12 +805,12 @@ impl<K: FlowKey> FlowTable<K> {
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
     /// backend by address among the VIP's clusters (gone → treated as new). A hit is the
-    /// backend's index in the hot array and its entry there.
+    /// backend's index in the VIP's hot array and its entry there.
     #[inline(always)]
     fn lookup<'t>(
         &mut self,
-        t: &'t LbTable,
-        vip: &Vip,
+        t: &LbTable,
+        vip: &'t Vip,
         key: K,
         hash: u64,
         now: u32,
@@ -795,7 +825,7 @@ impl<K: FlowKey> FlowTable<K> {
         // Same epoch: the index is right unless the 16-bit epoch wrapped, which the
         // identity check (on the line the rewrite reads anyway) catches.
         if e.epoch == t.generation as u16 {
-            if let Some(h) = t.hot.get(usize::from(e.hot)) {
+            if let Some(h) = vip.hot.get(usize::from(e.hot)) {
                 if h.key == e.backend {
                     return Some((e.hot, h));
                 }
@@ -808,22 +838,28 @@ impl<K: FlowKey> FlowTable<K> {
     /// this VIP sends to now (cluster and backend indices may shift between tables).
     #[cold]
     #[inline(never)]
-    fn refind<'t>(e: &mut FlowEntry<K>, t: &'t LbTable, vip: &Vip) -> Option<(u16, &'t Hot)> {
-        let h = vip.clusters.iter().find_map(|&vc| {
-            let cl = &t.clusters[vc as usize];
-            cl.index.get(&e.backend).map(|&i| cl.hot_base + i)
-        })?;
+    fn refind<'t>(e: &mut FlowEntry<K>, t: &LbTable, vip: &'t Vip) -> Option<(u16, &'t Hot)> {
+        let h = vip
+            .clusters
+            .iter()
+            .zip(vip.hot_base.iter())
+            .find_map(|(&vc, &base)| {
+                let cl = &t.clusters[vc as usize];
+                cl.index.get(&e.backend).map(|&i| base + i)
+            })?;
         e.hot = h;
         e.epoch = t.generation as u16;
-        Some((h, &t.hot[usize::from(h)]))
+        Some((h, &vip.hot[usize::from(h)]))
     }
 
-    /// Remember flow `key` → hot backend `h`; true if an older flow was evicted for it.
+    /// Remember flow `key` → backend `h` of `vip`'s hot array; true if an older flow was
+    /// evicted for it.
     #[inline]
-    fn insert(&mut self, t: &LbTable, key: K, hash: u64, now: u32, h: u16) -> bool {
+    #[allow(clippy::too_many_arguments)]
+    fn insert(&mut self, t: &LbTable, vip: &Vip, key: K, hash: u64, now: u32, h: u16) -> bool {
         let entry = FlowEntry {
             key,
-            backend: t.hot[usize::from(h)].key,
+            backend: vip.hot[usize::from(h)].key,
             last_ms: now,
             epoch: t.generation as u16,
             hot: h,
@@ -1068,9 +1104,10 @@ impl LbWorker {
         let mut vip_cache: (u64, Option<u32>) = (0, None);
         for i in 0..n + LOOKAHEAD {
             if i < n {
+                let checked = pkts[i].ip_checksum_good();
                 let d = pkts[i].data();
                 rx_bytes += d.len() as u64;
-                let f = match fast4(d) {
+                let f = match fast4(d, checked) {
                     Some(mut f) => {
                         f.hash = hash4(f.key);
                         self.flows.prefetch(f.hash);
@@ -1122,7 +1159,7 @@ impl LbWorker {
         let vip = &t.vips[p.vip as usize];
         vip.stats.add(w, P::Packets, p.packets);
         vip.stats.add(w, P::Bytes, p.bytes);
-        let b = t.backend(&t.hot[usize::from(p.hot)]);
+        let b = t.backend(&vip.hot[usize::from(p.hot)]);
         b.stats.add(w, P::Packets, p.packets);
         b.stats.add(w, P::Bytes, p.bytes);
     }
@@ -1309,7 +1346,7 @@ impl LbWorker {
                     // The common frame (no IP options, at least a TCP header's worth):
                     // a fixed-size view, so every offset below is checked at compile time.
                     Some(h) if plain => {
-                        dnat4_plain(h, f, be.raw_ip, be.raw_port, mac, port.mac);
+                        dnat4_plain(h, f, be, mac, port.mac);
                     }
                     _ => {
                         ipv4_nat(
@@ -1392,14 +1429,14 @@ impl LbWorker {
         flows: fn(&mut LbWorker) -> &mut FlowTable<K>,
         t: &'t LbTable,
         port: &PortCtx,
-        vip: &Vip,
+        vip: &'t Vip,
         key: K,
         hash: u64,
         now: u32,
     ) -> (u16, &'t Hot) {
         let w = self.worker;
         let h = t.pick_hot(vip, hash);
-        if flows(self).insert(t, key, hash, now, h) {
+        if flows(self).insert(t, vip, key, hash, now, h) {
             port.stats.inc(w, C::FlowEvictions);
         }
         port.stats.set(
@@ -1407,7 +1444,7 @@ impl LbWorker {
             C::FlowTableEntries,
             self.flows.live() + self.flows6.live(),
         );
-        let hb = &t.hot[usize::from(h)];
+        let hb = &vip.hot[usize::from(h)];
         vip.stats.inc(w, P::FlowsNew);
         t.backend(hb).stats.inc(w, P::FlowsNew);
         (h, hb)
@@ -1559,13 +1596,14 @@ fn parse4(d: &[u8]) -> Result<Flow4, Not4> {
 /// length (a UDP frame is padded to the 60-byte Ethernet minimum anyway).
 const FAST4_MIN: usize = ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN + 20;
 
-/// [`parse4`] for the common case only, with one branch: Ethernet, IPv4 without options
-/// and TCP/UDP, header checksum valid, not a fragment, lengths consistent. `None` for
-/// anything else (including what parse4 accepts with options): the caller takes the
-/// full path, which tells the cases apart and counts them. Where it answers, it agrees
-/// with parse4 field for field (the burst-equivalence test holds it to that).
+/// [`parse4`] for the common case only: Ethernet, IPv4 without options and TCP/UDP,
+/// header checksum valid (`checked`: the NIC verified it), not a fragment, lengths
+/// consistent. `None` for anything else (including what parse4 accepts with options):
+/// the caller takes the full path, which tells the cases apart and counts them. Where
+/// it answers, it agrees with parse4 field for field (the burst-equivalence test holds
+/// it to that).
 #[inline(always)]
-fn fast4(d: &[u8]) -> Option<Flow4> {
+fn fast4(d: &[u8], checked: bool) -> Option<Flow4> {
     let h: &[u8; FAST4_MIN] = d.first_chunk()?;
     let w = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     // Ethertype 0x0800, version 4, IHL 5 (bytes 12..15).
@@ -1575,19 +1613,25 @@ fn fast4(d: &[u8]) -> Option<Flow4> {
     let protocol = h[23];
     let tcp = protocol == PROTO_TCP;
     let l4_min: u16 = if tcp { 20 } else { 8 };
-    let sum = u64::from(w(14))
-        + u64::from(w(18))
-        + u64::from(w(22))
-        + u64::from(w(26))
-        + u64::from(w(30));
     let ok = eth_ok
         & (tcp | (protocol == PROTO_UDP))
         & (frag == 0)
         & (total >= IPV4_MIN_HEADER_LEN as u16 + l4_min)
-        & (usize::from(total) + ETH_HEADER_LEN <= d.len())
-        & (fold64(sum) == 0xffff);
+        & (usize::from(total) + ETH_HEADER_LEN <= d.len());
     if !ok {
         return None;
+    }
+    // The NIC checked the header already (per port: a predictable branch), or the
+    // ones'-complement sum of the 20 bytes, five 32-bit words, must fold to 0xffff.
+    if !checked {
+        let sum = u64::from(w(14))
+            + u64::from(w(18))
+            + u64::from(w(22))
+            + u64::from(w(26))
+            + u64::from(w(30));
+        if fold64(sum) != 0xffff {
+            return None;
+        }
     }
     Some(Flow4::new(
         w(26),
@@ -1600,41 +1644,40 @@ fn fast4(d: &[u8]) -> Option<Flow4> {
 }
 
 /// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
-/// first 20 bytes) to `addr:port` (raw), sent from `src_mac` to `dst_mac`: [`ipv4_nat`]
-/// with every offset fixed and the old address and port taken from `f` (what the frame
-/// holds) instead of re-read.
+/// first 20 bytes) to the VIP's backend `be`, sent from `src_mac` to `dst_mac`:
+/// [`ipv4_nat`] with every offset fixed and the checksum deltas precomputed (the frame's
+/// destination is the VIP's address and port: that is how its VIP was found).
 #[inline(always)]
-fn dnat4_plain(
-    h: &mut [u8; FAST4_MIN],
-    f: Flow4,
-    addr: u32,
-    port: u16,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-) {
+fn dnat4_plain(h: &mut [u8; FAST4_MIN], f: Flow4, be: &Hot, dst_mac: [u8; 6], src_mac: [u8; 6]) {
     const IP: usize = ETH_HEADER_LEN;
     const L4: usize = IP + IPV4_MIN_HEADER_LEN;
-    let da = u64::from(!f.dst()) + u64::from(addr);
     let hc = u16::from_ne_bytes([h[IP + 10], h[IP + 11]]);
-    h[IP + 10..IP + 12].copy_from_slice(&csum_adjust(hc, da).to_ne_bytes());
-    h[IP + 16..IP + 20].copy_from_slice(&addr.to_ne_bytes());
-    h[L4 + 2..L4 + 4].copy_from_slice(&port.to_ne_bytes());
-    let dl4 = da + u64::from(!f.dport()) + u64::from(port);
+    h[IP + 10..IP + 12].copy_from_slice(&csum_adjust16(hc, be.d_ip).to_ne_bytes());
+    h[IP + 16..IP + 20].copy_from_slice(&be.raw_ip.to_ne_bytes());
+    h[L4 + 2..L4 + 4].copy_from_slice(&be.raw_port.to_ne_bytes());
     if f.protocol() == PROTO_UDP {
         let lc = u16::from_ne_bytes([h[L4 + 6], h[L4 + 7]]);
         // RFC 768: a UDP checksum of 0 means "none" and stays 0; a computed 0 is sent
         // as 0xffff.
         if lc != 0 {
-            let n = csum_adjust(lc, dl4);
+            let n = csum_adjust16(lc, be.d_l4);
             let n = if n == 0 { 0xffff } else { n };
             h[L4 + 6..L4 + 8].copy_from_slice(&n.to_ne_bytes());
         }
     } else {
         let lc = u16::from_ne_bytes([h[L4 + 16], h[L4 + 17]]);
-        h[L4 + 16..L4 + 18].copy_from_slice(&csum_adjust(lc, dl4).to_ne_bytes());
+        h[L4 + 16..L4 + 18].copy_from_slice(&csum_adjust16(lc, be.d_l4).to_ne_bytes());
     }
     h[0..6].copy_from_slice(&dst_mac);
     h[6..12].copy_from_slice(&src_mac);
+}
+
+/// RFC 1624 eqn. 3 with the delta already folded to 16 bits: `~(~HC + d)`, where the
+/// sum of two 16-bit words carries at most once (add, then add the carry back).
+#[inline(always)]
+fn csum_adjust16(hc: u16, d: u16) -> u16 {
+    let (s, carry) = (!hc).overflowing_add(d);
+    !s.wrapping_add(u16::from(carry))
 }
 
 /// A heap packet with headroom, standing in for an mbuf in tests, benches and fuzzing.
