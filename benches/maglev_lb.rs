@@ -162,8 +162,10 @@ fn burst(c: &mut Criterion) {
             .collect();
         let mut verdicts = [Verdict::Drop; 32];
         let mut at = 0usize;
+        let mut ran = false;
         c.bench_function(&format!("lb_burst32_{flows}_flows"), |b| {
             b.iter_custom(|iters| {
+                ran = true;
                 let t0 = thread_cpu_time();
                 for _ in 0..iters {
                     let end = (at + 32).min(flows);
@@ -180,7 +182,8 @@ fn burst(c: &mut Criterion) {
                 thread_cpu_time() - t0
             })
         });
-        assert!(verdicts.iter().all(|v| *v == Verdict::Forward));
+        // (A bench the command line filtered out never ran.)
+        assert!(!ran || verdicts.iter().all(|v| *v == Verdict::Forward));
     }
 }
 
