@@ -42,7 +42,13 @@ fn bench(c: &mut Criterion) {
     let stats = StatsRegistry::new(1);
     let mut pool = SocketPool::new(1);
     let mut g = c.benchmark_group("route_lookup");
-    for policy in ["round_robin", "least_request", "random", "maglev"] {
+    for policy in [
+        "round_robin",
+        "least_request",
+        "random",
+        "maglev",
+        "ring_hash",
+    ] {
         for (endpoints, weighted) in [(3, false), (100, true)] {
             let cfg = parse(&config(policy, endpoints, weighted), Format::Yaml).unwrap();
             let routes = Arc::new(Routes::new(compile(&cfg, 1, &stats, &mut pool).unwrap()));

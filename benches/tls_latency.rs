@@ -1,4 +1,5 @@
-//! Round-trip latency of a small echo through the proxy: direct (no proxy), plain L4,
+//! Round-trip latency of a small echo through the proxy: direct (no proxy), direct TLS
+//! (the same client to a rustls echo server: TLS at both ends, no proxy), plain L4,
 //! TLS-terminating (TLS 1.3, AES-128-GCM; rustls handshake, records on the worker's
 //! offload engine), and HAProxy terminating TLS the same way (OpenSSL; when `haproxy` is
 //! installed) — one connection, closed loop, targets interleaved in rounds so a noisy host
@@ -7,7 +8,9 @@
 //! `cargo bench --bench tls_latency` (env `ROUNDS`, `ITERS`, `SIZE`, `ENGINE=uring|epoll`,
 //! `HAPROXY_BUSY=1` to give HAProxy `busy-polling`: only with a spare CPU).
 //! Needs the `openssl` CLI for the test certificate. Prints the median over rounds of
-//! each round's p50/p90/p99 in µs.
+//! each round's p50/p90/p99 in µs, and what TLS adds at p50: over plain L4 (client's and
+//! proxy's record work), and the proxy's share estimated by taking off half of what TLS
+//! adds between two rustls ends (the client's seal + open).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,6 +44,48 @@ fn echo_backend() -> SocketAddr {
                 let mut b = [0u8; 16384];
                 while let Ok(n) = c.read(&mut b) {
                     if n == 0 || c.write_all(&b[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A rustls server echoing plaintext (TLS 1.3 at both ends, no proxy).
+fn tls_echo_backend(cert: &str, key: &str) -> SocketAddr {
+    use rustls::pki_types::PrivateKeyDer;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { return };
+            let _ = c.set_nodelay(true);
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                    return;
+                };
+                let mut s = rustls::StreamOwned::new(conn, c);
+                let mut b = [0u8; 16384];
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 || s.write_all(&b[..n]).is_err() || s.flush().is_err() {
                         return;
                     }
                 }
@@ -219,6 +264,11 @@ fn main() {
         s
     };
     let mut direct = plain(backend);
+    let mut direct_tls = rustls::StreamOwned::new(
+        rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
+            .unwrap(),
+        plain(tls_echo_backend(&p("c.pem"), &p("k.pem"))),
+    );
     let mut l4 = plain(addr("plain"));
     let mut tls = rustls::StreamOwned::new(
         rustls::ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap())
@@ -264,17 +314,23 @@ fn main() {
             plain(SocketAddr::from(([127, 0, 0, 1], haproxy_port))),
         )
     });
-    let mut names = vec!["direct", "tickmesh L4", "tickmesh TLS-terminating"];
+    let mut names = vec![
+        "direct",
+        "direct TLS (rustls both ends)",
+        "tickmesh L4",
+        "tickmesh TLS-terminating",
+    ];
     if hap.is_some() {
         names.push("HAProxy TLS-terminating");
     }
     let mut res: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
     for _ in 0..rounds {
         res[0].push(measure(&mut direct, iters, size));
-        res[1].push(measure(&mut l4, iters, size));
-        res[2].push(measure(&mut tls, iters, size));
+        res[1].push(measure(&mut direct_tls, iters, size));
+        res[2].push(measure(&mut l4, iters, size));
+        res[3].push(measure(&mut tls, iters, size));
         if let Some(h) = hap.as_mut() {
-            res[3].push(measure(h, iters, size));
+            res[4].push(measure(h, iters, size));
         }
     }
     if let Some(mut h) = haproxy {
@@ -294,5 +350,17 @@ fn main() {
             m(|r| r.2)
         );
     }
+    // Per round (the targets of a round ran back to back), then the median.
+    let added: Vec<(f64, f64)> = (0..rounds)
+        .map(|r| {
+            let over_l4 = res[3][r].0 - res[2][r].0;
+            (over_l4, over_l4 - (res[1][r].0 - res[0][r].0) / 2.0)
+        })
+        .collect();
+    println!(
+        "TLS over plain L4 at p50 (median of rounds): {:.1} µs; the proxy's share (minus half of direct TLS − direct): {:.1} µs",
+        median(added.iter().map(|a| a.0).collect()),
+        median(added.iter().map(|a| a.1).collect())
+    );
     engine.shutdown(Duration::from_millis(100));
 }

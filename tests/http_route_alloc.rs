@@ -120,20 +120,45 @@ clusters:
       - {address: "127.0.0.1:3", locality: b}
   - name: hash
     lb_policy: maglev
+    maglev_lb_config: {table_size: 131071}
+    hash_policy: {header: x-user}
     endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+  - name: ring
+    lb_policy: ring_hash
+    ring_hash_lb_config: {minimum_ring_size: 4096, hash_function: MURMUR_HASH_2}
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+  - name: lr-weighted
+    lb_policy: least_request
+    least_request_lb_config: {choice_count: 3, active_request_bias: {default_value: 0.5}}
+    endpoints: [{address: "127.0.0.1:1", weight: 1}, {address: "127.0.0.1:2", weight: 3}, "127.0.0.1:3"]
+  - name: lr-equal
+    lb_policy: least_request
+    least_request_lb_config: {choice_count: 4}
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
 "#;
     let cfg = parse(yaml, Format::Yaml).expect("valid config");
     let stats = tickmesh::telemetry::StatsRegistry::new(1);
     let t = tickmesh::route::compile(&cfg, 1, &stats, &mut tickmesh::net::SocketPool::new(1))
         .expect("compiles");
     let mut st = LbState::new(1);
+    let keyless = RequestView {
+        method: b"GET",
+        path: b"/",
+        query: b"",
+        host: b"svc",
+        headers: &[],
+    };
     let mut picks = |rounds: u32| {
         let mut cur = 0;
         let before = ALLOCS.with(|a| a.get());
         for i in 0..rounds {
             for c in t.clusters.iter() {
-                st.set_key(Some(u64::from(i)));
+                // A request without the hash header: a random key (every other round),
+                // else a fixed one; a key-less pick with no source draws at random too.
+                let (key, _) = c.hash_key(None, &keyless, None);
+                st.set_key(if i % 2 == 0 { key } else { Some(u64::from(i)) });
                 std::hint::black_box(c.pick(&mut st, &mut cur, None, i % 2, 0));
+                std::hint::black_box(c.pick(&mut st, &mut cur, None, 0, 0));
             }
         }
         ALLOCS.with(|a| a.get()) - before

@@ -6,14 +6,22 @@
 //! tries the hand-over for real — rustls's last handshake bytes go out raw, records that
 //! came with the client's Finished are opened — until the kernel refuses the ULP, and
 //! then continues on the offload engine's ring: the per-connection fallback, end to end.
-//! Its own binary because the variable is process-wide.
+//! The same for HTTP listeners terminating TLS (curl and `openssl s_client` as clients,
+//! mTLS with principals and XFCC, keep-alive) and for an HTTP proxy originating TLS to a
+//! cluster (pooled upstream connection reused). Its own binary because the variable is
+//! process-wide.
 
 #[macro_use]
 mod common;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
+use common::https::*;
 use common::pki::*;
 use common::*;
 use tickmesh::engine::EngineKind;
@@ -39,7 +47,9 @@ fn client(
     )
 }
 
-fn hand_over_or_fall_back(kind: EngineKind) {
+/// Whether the kernel has the `tls` ULP; without it, sets the test hook so every
+/// connection tries the hand-over up to the kernel's refusal (and says so).
+fn kernel_tls(test: &str) -> bool {
     // The kernel's own list (the probe would also see the variable another test set).
     let real = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
         .is_ok_and(|l| l.split_whitespace().any(|u| u == "tls"));
@@ -47,11 +57,16 @@ fn hand_over_or_fall_back(kind: EngineKind) {
         // SAFETY of the test: every test in this binary sets the same value.
         std::env::set_var(tickmesh_offload::ktls::ASSUME_ENV, "1");
         eprintln!(
-            "NOTE hand_over_or_fall_back: no kernel tls module here; the hand-over runs until \
-             the kernel refuses the ULP, then the ring takes over (the kernel path itself is \
-             only exercised on hosts with the module)"
+            "NOTE {test}: no kernel tls module here; the hand-over runs until the kernel \
+             refuses the ULP, then the ring takes over (the kernel path itself is only \
+             exercised on hosts with the module)"
         );
     }
+    real
+}
+
+fn hand_over_or_fall_back(kind: EngineKind) {
+    let real = kernel_tls("hand_over_or_fall_back");
     let pki = Pki::new();
     let echo = Echo::start();
     // A terminates TLS in front of the echo server.
@@ -129,4 +144,215 @@ fn hand_over_or_fall_back(kind: EngineKind) {
     }
 }
 
-per_engine!(hand_over_or_fall_back);
+// === HTTP ===
+
+/// curl over https presenting client certificate `name`, several URLs on one connection:
+/// (exit code, stdout with `status=<code>` after each response, stderr).
+fn curl_urls(pki: &Pki, addr: SocketAddr, name: &str, paths: &[&str]) -> (i32, String, String) {
+    let (cert, key) = (pki.s(&format!("{name}.pem")), pki.s(&format!("{name}.key")));
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|p| format!("https://localhost:PORT{p}"))
+        .collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let args = [
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "-w",
+        "status=%{http_code}\n",
+    ];
+    curl(pki, addr, &args, &urls)
+}
+
+/// An mTLS HTTP listener with `offload.backend: ktls`: curl (TLS 1.3, two requests on
+/// one connection) and `openssl s_client` (TLS 1.2, two pipelined requests) are served
+/// over sessions that tried the kernel hand-over; the identity from the handshake still
+/// drives XFCC and `allowed_principals` (403); every client side counts one attempt
+/// (hand-over or fallback), and without the module the ring did the records.
+fn http_listener_hand_over_or_fall_back(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let real = kernel_tls("http_listener_hand_over_or_fall_back");
+    let pki = Pki::new();
+    let m = Mirror::start();
+    let yaml = format!(
+        "offload: {{backend: ktls}}\n{}",
+        config(&pki, &mtls("STRICT"), m.addr)
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let ls = p.stats.listener("l");
+    // curl: one TLS 1.3 connection, two requests.
+    let (code, out, err) = curl_urls(&pki, addr, "gateway", &["/a", "/b"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("status=200").count(), 2, "{out}");
+    assert!(out.contains("GET /a ") && out.contains("GET /b "), "{out}");
+    assert!(out.contains("x-forwarded-proto: https\r\n"), "{out}");
+    assert!(
+        out.contains(";URI=spiffe://example.org/ns/trading/sa/gateway\r\n"),
+        "XFCC from the handshake's identity: {out}"
+    );
+    assert_eq!(ls.get(L::HttpUpstreamReuse), 1, "keep-alive upstream");
+    // Another principal of the same CA: 403 over its session, nothing upstream.
+    let before = m.heads.lock().unwrap().len();
+    let (code, out, err) = curl_as(&pki, addr, "intruder", &[], "/secret");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("status=403"), "{out}");
+    assert_eq!(m.heads.lock().unwrap().len(), before);
+    assert_eq!(ls.get(L::TlsPrincipalDenied), 1);
+    // openssl s_client, TLS 1.2: two pipelined requests, the second closing.
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .args([
+            "-CAfile",
+            &pki.s("ca.pem"),
+            "-verify_return_error",
+            "-quiet",
+            "-tls1_2",
+        ])
+        .args([
+            "-cert",
+            &pki.s("gateway.pem"),
+            "-key",
+            &pki.s("gateway.key"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // Bounded: the proxy closes after the second response, which ends s_client.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(
+        text.contains("GET /one ") && text.contains("GET /two "),
+        "{text}"
+    );
+    wait_until("connections to close", Duration::from_secs(5), || {
+        p.engine().open_connections() == 0
+    });
+    let tried = ls.get(L::TlsKtlsHandovers) + ls.get(L::TlsKtlsFallbacks);
+    assert_eq!(
+        tried, 3,
+        "every client side tried the kernel (module here: {real})"
+    );
+    assert_eq!(ls.get(L::TlsHandshakes), 3);
+    assert_eq!(ls.get(L::TlsRecordErrors), 0);
+    assert_eq!(ls.get(L::TlsTruncated), 0);
+    if !real {
+        assert_eq!(
+            ls.get(L::TlsKtlsFallbacks),
+            3,
+            "the kernel refused every ULP here"
+        );
+        assert!(
+            ls.get(L::TlsRecordsOffloaded) >= 10,
+            "the ring did the records"
+        );
+    }
+}
+
+/// An HTTP proxy originating TLS to a cluster with `offload.backend: ktls`: the
+/// upstream side tries the hand-over once, its connection parks in the pool and serves
+/// the next request (one upstream connection, one handshake, one attempt); a cluster
+/// whose certificate does not match the SNI still fails as a connect failure (503).
+fn http_origination_hand_over_or_fall_back(kind: EngineKind) {
+    if !tools() {
+        return;
+    }
+    let real = kernel_tls("http_origination_hand_over_or_fall_back");
+    let pki = Pki::new();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(pki.certs("server"), pki.key("server"))
+    .unwrap();
+    let m = Mirror::serve(Some(Arc::new(server)));
+    let yaml = |sni: &str| {
+        format!(
+            "offload: {{backend: ktls}}\n\
+             listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+             clusters:\n  - {{name: m, endpoints: [\"{}\"], tls: {{ca: {}, sni: {sni}}}}}\n\
+             route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n          - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+            m.addr,
+            pki.s("ca.pem")
+        )
+    };
+    let mut p = Proxy::start(kind, &yaml("orders.internal"));
+    let addr = p.listener("l");
+    let cs = p.stats.cluster("m");
+    // curl in plaintext: two requests on one client connection.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "status=%{http_code}\n"])
+        .arg(format!("http://{addr}/a"))
+        .arg(format!("http://{addr}/b"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("status=200").count(), 2, "{text}");
+    assert!(
+        text.contains("GET /a ") && text.contains("GET /b "),
+        "{text}"
+    );
+    assert_eq!(
+        m.conns.load(Ordering::Relaxed),
+        1,
+        "one pooled TLS connection"
+    );
+    assert_eq!(p.stats.listener("l").get(L::HttpUpstreamReuse), 1);
+    assert_eq!(cs.get(U::TlsHandshakes), 1);
+    let tried = cs.get(U::TlsKtlsHandovers) + cs.get(U::TlsKtlsFallbacks);
+    assert_eq!(
+        tried, 1,
+        "the originating side tried the kernel once (module here: {real})"
+    );
+    if !real {
+        assert_eq!(cs.get(U::TlsKtlsFallbacks), 1);
+        assert!(
+            cs.get(U::TlsRecordsOffloaded) >= 4,
+            "the ring did the records"
+        );
+    }
+    // The certificate does not name billing.internal: a failed handshake, 503.
+    p.apply(&yaml("billing.internal"));
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "status=%{http_code}\n"])
+        .arg(format!("http://{addr}/c"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status=503"), "{text}");
+    assert!(p.stats.cluster("m").get(U::TlsErrors) >= 1);
+    wait_until("connections to close", Duration::from_secs(5), || {
+        p.engine().open_connections() == 0
+    });
+}
+
+per_engine!(
+    hand_over_or_fall_back,
+    http_listener_hand_over_or_fall_back,
+    http_origination_hand_over_or_fall_back,
+);

@@ -215,6 +215,73 @@ route_configs:
     )
 }
 
+/// An L4 listener `l` to cluster `svc` of a `dead` endpoint and a `live` one, with
+/// `policy` (one line of the cluster's map, e.g. its `outlier_detection`).
+fn l4_config(dead: SocketAddr, live: SocketAddr, policy: &str) -> String {
+    format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", cluster: svc}}\nclusters:\n  - name: svc\n    endpoints: [\"{dead}\", \"{live}\"]\n    {policy}\n"
+    )
+}
+
+/// An echo backend, a dead address, and a daemon whose L4 listener balances over both
+/// with `policy` ([`l4_config`]).
+fn dead_and_echo(kind: EngineKind, policy: &str) -> (Echo, SocketAddr, Daemon) {
+    let echo = Echo::start();
+    let dead = dead_addr();
+    let d = Daemon::start(kind, &l4_config(dead, echo.addr, policy));
+    (echo, dead, d)
+}
+
+/// `ping` through the L4 listener at `addr` on a fresh connection, echoed back.
+fn ping(addr: SocketAddr, why: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping", "{why}");
+}
+
+/// Three backends answering 200, and their addresses as a YAML flow list's items.
+fn three_backends() -> (Vec<Backend>, String) {
+    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    (backends, eps.join(", "))
+}
+
+/// [`http_config`] with cluster `svc` of the endpoints `eps` (a flow list's items).
+fn svc_config(eps: &str) -> String {
+    http_config(&format!("  - name: svc\n    endpoints: [{eps}]\n"))
+}
+
+/// One request on a fresh connection; the whole response.
+fn response(addr: SocketAddr, path: &str, headers: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The `Set-Cookie` line of a response and the value of its `sticky` cookie.
+fn sticky_cookie(response: &str) -> (&str, String) {
+    let line = response
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no Set-Cookie: {response}"));
+    let value = line
+        .split_once("sticky=\"")
+        .and_then(|(_, v)| v.split_once('"'))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("{line}"));
+    (line, value)
+}
+
 // === passive outlier detection ===
 
 /// A backend that answers 500 is ejected after `consecutive_5xx` of them, takes no
@@ -364,31 +431,12 @@ fn failure_percentage_ejects(kind: EngineKind) {
 /// L4: connect failures are gateway errors; the dead endpoint is ejected and new
 /// connections stop trying it (its connect_fail count stops growing).
 fn tcp_connect_failures_eject(kind: EngineKind) {
-    let echo = Echo::start();
-    let dead = dead_addr();
-    let d = Daemon::start(
+    let (echo, dead, d) = dead_and_echo(
         kind,
-        &format!(
-            r#"
-listeners:
-  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
-clusters:
-  - name: svc
-    endpoints: ["{dead}", "{}"]
-    outlier_detection: {{consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}}
-"#,
-            echo.addr
-        ),
+        "outlier_detection: {consecutive_gateway_failure: 2, enforcing_consecutive_gateway_failure: 100, interval: 50ms, base_ejection_time: 30s}",
     );
     let addr = d.listener();
-    let round_trip = || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ping", "the relay retries the next endpoint");
-    };
+    let round_trip = || ping(addr, "the relay retries the next endpoint");
     wait_until(
         "the dead endpoint is ejected",
         Duration::from_secs(5),
@@ -548,7 +596,7 @@ spec:
     let view = g.clusters.expect("clusters as compiled");
     let policy = &view.iter().find(|c| c.name == "svc").expect("svc").policy;
     assert!(
-        policy.contains("maglev on source ip")
+        policy.contains("ring_hash on source ip")
             && policy.contains("max connections 77, pending 5, requests 66, retries 2")
             && policy.contains("outlier 5xx 2 (100%)")
             // Istio: outlier detection sets the panic threshold to `minHealthPercent`,
@@ -645,13 +693,12 @@ spec:
 /// Consistent hashing on a header (a DestinationRule's `httpHeaderName`) and on a cookie
 /// (native `hash_policy`): one key always reaches one endpoint, different keys spread.
 fn hash_on_header_and_cookie(kind: EngineKind) {
-    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let (backends, eps) = three_backends();
     let d = Daemon::start(
         kind,
         &format!(
             "{}---\napiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}\n",
-            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+            svc_config(&eps)
         ),
     );
     let addr = d.listener();
@@ -679,11 +726,23 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
         homes.len() >= 2,
         "12 users spread over the endpoints: {homes:?}"
     );
+    // No `x-user`: nothing to hash, so a random endpoint per request as in Envoy (the
+    // source address, one for every request here, would pin them all to one).
+    let before = counts();
+    for _ in 0..30 {
+        assert_eq!(get(addr, "/"), 200);
+    }
+    let after = counts();
+    let served = (0..3).filter(|&i| after[i] != before[i]).count();
+    assert!(
+        served >= 2,
+        "key-less requests spread: {before:?} → {after:?}"
+    );
     // The same through a cookie, set natively on the cluster.
     let mut d = d;
     let cfg = format!(
         "  - name: svc\n    lb_policy: maglev\n    hash_policy: {{cookie: session}}\n    endpoints: [{}]\n",
-        eps.join(", ")
+        eps
     );
     d.plane
         .apply(&http_config(&cfg), Format::Yaml, true)
@@ -707,7 +766,7 @@ fn hash_on_header_and_cookie(kind: EngineKind) {
         .apply(
             &format!(
                 "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpQueryParameterName: user}}}}}}\n",
-                http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+                svc_config(&eps)
             ),
             Format::Yaml,
             true,
@@ -777,21 +836,9 @@ fn active_checks_follow_the_backend(kind: EngineKind) {
 /// nothing listens on is taken out after `unhealthy_threshold` failed connects, and
 /// connections stop trying it; the live one passes its checks.
 fn tcp_checks_take_out_a_dead_endpoint(kind: EngineKind) {
-    let echo = Echo::start();
-    let dead = dead_addr();
-    let d = Daemon::start(
+    let (echo, dead, d) = dead_and_echo(
         kind,
-        &format!(
-            r#"
-listeners:
-  - {{name: l, address: "127.0.0.1:0", cluster: svc}}
-clusters:
-  - name: svc
-    endpoints: ["{dead}", "{}"]
-    health_checks: [{{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]
-"#,
-            echo.addr
-        ),
+        "health_checks: [{timeout: 500ms, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {}}]",
     );
     wait_until(
         "the dead endpoint fails its checks",
@@ -805,12 +852,7 @@ clusters:
     let fails = d.counter("svc", dead, "connect_fail");
     let addr = d.listener();
     for _ in 0..10 {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"ping").unwrap();
-        let mut b = [0u8; 4];
-        s.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"ping");
+        ping(addr, "the echo answers through the relay");
     }
     assert_eq!(
         d.counter("svc", dead, "connect_fail"),
@@ -1013,43 +1055,23 @@ fn istio_locality_failover(kind: EngineKind) {
 /// generated (`Set-Cookie` on the response, Envoy's shape), and requests that carry it
 /// back stay on the endpoint that answered the first; different clients spread.
 fn generated_hash_cookie_sticks(kind: EngineKind) {
-    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let (backends, eps) = three_backends();
     let d = Daemon::start(
         kind,
         &format!(
             "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{httpCookie: {{name: sticky, ttl: 60s, path: /}}}}}}}}\n",
-            http_config(&format!("  - name: svc\n    endpoints: [{}]\n", eps.join(", ")))
+            svc_config(&eps)
         ),
     );
     let addr = d.listener();
     let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
     // One raw request; the whole response.
-    let fetch = |headers: &str| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    };
+    let fetch = |headers: &str| response(addr, "/", headers);
     let mut homes = std::collections::HashSet::new();
     for _client in 0..8 {
         let before = counts();
         let first = fetch("");
-        let line = first
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
-        let value = line
-            .split_once("sticky=\"")
-            .and_then(|(_, v)| v.split_once('"'))
-            .map(|(v, _)| v.to_string())
-            .unwrap_or_else(|| panic!("{line}"));
+        let (line, value) = sticky_cookie(&first);
         assert_eq!(value.len(), 16, "{line}");
         assert!(line.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{line}");
         let after = counts();
@@ -1074,8 +1096,7 @@ fn generated_hash_cookie_sticks(kind: EngineKind) {
 /// `query_parameter` keys by its value (spread over the endpoints); the source IP keys
 /// every request from one client to one endpoint.
 fn route_hash_policies_stick(kind: EngineKind) {
-    let backends: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
-    let eps: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let (backends, eps) = three_backends();
     let d = Daemon::start(
         kind,
         &format!(
@@ -1104,21 +1125,13 @@ route_configs:
           - match: {{prefix: /ip}}
             route: {{cluster: svc, hash_policy: [{{connection_properties: {{source_ip: true}}}}]}}
 "#,
-            eps.join(", ")
+            eps
         ),
     );
     let addr = d.listener();
     let counts = || backends.iter().map(|b| b.requests()).collect::<Vec<_>>();
     let fetch = |path: &str, headers: &str| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: svc\r\n{headers}connection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
+        let out = response(addr, path, headers);
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");
         out
     };
@@ -1137,16 +1150,8 @@ route_configs:
     // The cookie: made up once, then carried back.
     for _ in 0..3 {
         let first = fetch("/c/x", "");
-        let line = first
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-            .unwrap_or_else(|| panic!("no Set-Cookie: {first}"));
+        let (line, value) = sticky_cookie(&first);
         assert!(line.ends_with("; Max-Age=30; Path=/c; HttpOnly"), "{line}");
-        let value = line
-            .split_once("sticky=\"")
-            .and_then(|(_, v)| v.split_once('"'))
-            .map(|(v, _)| v.to_string())
-            .unwrap_or_else(|| panic!("{line}"));
         home(4, &|| {
             let r = fetch("/c/y", &format!("cookie: sticky=\"{value}\"\r\n"));
             assert!(!r.to_ascii_lowercase().contains("set-cookie"), "{r}");
@@ -1501,6 +1506,34 @@ fn malformed_destination_rule_policies_are_errors() {
             "maxConnections",
         ),
         (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 0}}}",
+            "consistentHash.ringHash.minimumRingSize: 0 is not a ring size",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 9000000}}",
+            "consistentHash.minimumRingSize: 9000000 is not a ring size",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}}",
+            "consistentHash.maglev.tableSize: 1000 is not a prime",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {}, maglev: {}}}",
+            "give one hash algorithm",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 64, ringHash: {minimumRingSize: 64}}}",
+            "consistentHash.minimumRingSize: deprecated spelling",
+        ),
+        (
+            "loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {maximumRingSize: 64}}}",
+            "unknown field `maximumRingSize`",
+        ),
+        (
+            "loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}",
+            "warmupDurationSecs",
+        ),
+        (
             "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",
             "h2UpgradePolicy",
         ),
@@ -1527,9 +1560,10 @@ fn tickmesh_stats_shows_an_ejection() {
     let cfg = dir.path().join("tickmesh.yaml");
     std::fs::write(
         &cfg,
-        format!(
-            "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", cluster: svc}}\nclusters:\n  - name: svc\n    endpoints: [\"{dead}\", \"{}\"]\n    outlier_detection: {{consecutive_gateway_failure: 1, enforcing_consecutive_gateway_failure: 100, base_ejection_time: 1m}}\n",
-            echo.addr
+        l4_config(
+            dead,
+            echo.addr,
+            "outlier_detection: {consecutive_gateway_failure: 1, enforcing_consecutive_gateway_failure: 100, base_ejection_time: 1m}",
         ),
     )
     .unwrap();

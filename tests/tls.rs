@@ -75,11 +75,89 @@ fn tls_line(
     line: &[u8],
 ) -> Result<Vec<u8>, String> {
     let (mut s, mut c) = tls_connect(addr, cfg);
-    let mut t = rustls::Stream::new(&mut c, &mut s);
+    exchange(&mut c, &mut s, line)
+}
+
+/// On an established session: send `line`, read to the end of the stream.
+fn exchange(
+    c: &mut rustls::ClientConnection,
+    s: &mut std::net::TcpStream,
+    line: &[u8],
+) -> Result<Vec<u8>, String> {
+    let mut t = rustls::Stream::new(c, s);
     t.write_all(line).map_err(|e| e.to_string())?;
     let mut got = Vec::new();
     t.read_to_end(&mut got).map_err(|e| e.to_string())?;
     Ok(got)
+}
+
+/// A Pki, a Greeter, and a proxy whose listener `l` terminates TLS in front of it with
+/// `extra(&pki)` in its `tls:` map; and that listener's address.
+fn greeter_behind_tls(
+    kind: EngineKind,
+    extra: impl FnOnce(&Pki) -> String,
+) -> (Pki, Greeter, Proxy, SocketAddr) {
+    let pki = Pki::new();
+    let g = Greeter::start();
+    let p = Proxy::start(kind, &pki.listener_yaml(&extra(&pki), g.addr, ""));
+    let addr = p.listener("l");
+    (pki, g, p, addr)
+}
+
+/// `openssl s_client` to `addr`, verifying the proxy's certificate (SNI `localhost`)
+/// against our CA; the caller adds its own arguments and stdio.
+fn s_client_to(addr: SocketAddr, pki: &Pki) -> Command {
+    let mut c = Command::new("openssl");
+    c.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "localhost",
+        "-CAfile",
+        &pki.s("ca.pem"),
+        "-verify_return_error",
+    ]);
+    c
+}
+
+/// The TLS 1.3 suites and the TLS 1.2 ECDHE+AEAD suites tickmesh offers, as
+/// `openssl s_client` arguments: (version, suite flag, suite).
+const SUITES: [(&str, &str, &str); 6] = [
+    ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+    ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+    ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+    ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
+];
+
+/// An engine on the control plane's routes, and the address of its listener `l`.
+fn engine_on(
+    kind: EngineKind,
+    plane: &tickmesh::control::ControlPlane,
+) -> (tickmesh::engine::Engine, SocketAddr) {
+    use tickmesh::engine::{Engine, EngineOptions, Idle};
+    let engine = Engine::start(
+        EngineOptions {
+            kind,
+            workers: WORKERS,
+            pin: false,
+            idle: Idle::Adaptive,
+            spin: Duration::from_micros(20),
+        },
+        plane.routes(),
+    )
+    .unwrap();
+    let addr = plane
+        .routes()
+        .load()
+        .listener("l")
+        .unwrap()
+        .1
+        .sockets
+        .address;
+    (engine, addr)
 }
 
 /// `decode_error`, RFC 8446 §6.2.
@@ -88,13 +166,7 @@ const DECODE_ERROR: u8 = 50;
 // === tests (each runs per engine, see the bottom) ===
 
 fn terminate_and_mtls(kind: EngineKind) {
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let p = Proxy::start(
-        kind,
-        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
-    );
-    let addr = p.listener("l");
+    let (pki, _g, p, addr) = greeter_behind_tls(kind, |pki| pki.mtls_extra("STRICT"));
     let ls = p.stats.listener("l");
     // The allowed principal gets through, both ways, and the stream ends cleanly.
     let got = tls_line(addr, pki.client(Some("gateway")), b"ping\n").unwrap();
@@ -104,11 +176,10 @@ fn terminate_and_mtls(kind: EngineKind) {
     let cfg = pki.client(Some("gateway"));
     for want in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
         let (mut s, mut c) = tls_connect(addr, cfg.clone());
-        let mut t = rustls::Stream::new(&mut c, &mut s);
-        t.write_all(b"again\n").unwrap();
-        let mut got = Vec::new();
-        t.read_to_end(&mut got).unwrap();
-        assert_eq!(got, b"echo:again\n");
+        assert_eq!(
+            exchange(&mut c, &mut s, b"again\n").unwrap(),
+            b"echo:again\n"
+        );
         assert_eq!(c.handshake_kind(), Some(want));
     }
     // No client certificate: refused during the handshake.
@@ -146,10 +217,7 @@ fn terminate_and_mtls(kind: EngineKind) {
 }
 
 fn bad_records(kind: EngineKind) {
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let p = Proxy::start(kind, &pki.listener_yaml("", g.addr, ""));
-    let addr = p.listener("l");
+    let (pki, _g, p, addr) = greeter_behind_tls(kind, |_| String::new());
     let ls = p.stats.listener("l");
 
     // Plaintext to a STRICT port: an alert, no upstream.
@@ -302,19 +370,8 @@ fn openssl_client_byte_exact(kind: EngineKind) {
     let addr = p.listener("l");
     for version in ["-tls1_3", "-tls1_2"] {
         let before = p.stats.listener("l").get(L::TlsRecordsOffloaded);
-        let mut child = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr.to_string(),
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &pki.s("ca.pem"),
-                "-verify_return_error",
-                "-quiet",
-                version,
-            ])
+        let mut child = s_client_to(addr, &pki)
+            .args(["-quiet", version])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -430,29 +487,9 @@ fn ktls_hand_over(kind: EngineKind) {
         eprintln!("SKIP ktls_hand_over (openssl part): no openssl CLI");
         return;
     }
-    for (version, flag, suite) in [
-        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
-        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
-        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
-    ] {
-        let mut child = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &addr.to_string(),
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &pki.s("ca.pem"),
-                "-verify_return_error",
-                "-quiet",
-                version,
-                flag,
-                suite,
-            ])
+    for (version, flag, suite) in SUITES {
+        let mut child = s_client_to(addr, &pki)
+            .args(["-quiet", version, flag, suite])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -487,16 +524,8 @@ fn session_tickets_resume(kind: EngineKind) {
     let dir = tempfile::tempdir().unwrap();
     let sess = dir.path().join("sess.pem");
     let s_client = |addr: SocketAddr, version: &str, flag: &str| -> String {
-        let mut child = Command::new("openssl")
+        let mut child = s_client_to(addr, &pki)
             .args([
-                "s_client",
-                "-connect",
-                &addr.to_string(),
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &pki.s("ca.pem"),
-                "-verify_return_error",
                 // Read on after stdin ends, until the proxy closes (the echo, the tickets).
                 "-ign_eof",
                 version,
@@ -549,11 +578,9 @@ fn session_tickets_resume(kind: EngineKind) {
 }
 
 fn permissive_sniffs(kind: EngineKind) {
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let extra = format!(", client_ca: {}, mode: PERMISSIVE", pki.s("ca.pem"));
-    let p = Proxy::start(kind, &pki.listener_yaml(&extra, g.addr, ""));
-    let addr = p.listener("l");
+    let (pki, _g, p, addr) = greeter_behind_tls(kind, |pki| {
+        format!(", client_ca: {}, mode: PERMISSIVE", pki.s("ca.pem"))
+    });
     let mut s = connect(addr);
     s.write_all(b"plain\n").unwrap();
     let mut got = Vec::new();
@@ -769,24 +796,10 @@ fn openssl_client_suites(kind: EngineKind) {
         eprintln!("SKIP openssl_client_suites: no openssl CLI");
         return;
     }
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let p = Proxy::start(
-        kind,
-        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
-    );
-    let addr = p.listener("l");
+    let (pki, _g, p, addr) = greeter_behind_tls(kind, |pki| pki.mtls_extra("STRICT"));
     let s_client = |version: &str, suite_flag: &str, suite: &str| {
-        let mut child = Command::new("openssl")
+        let mut child = s_client_to(addr, &pki)
             .args([
-                "s_client",
-                "-connect",
-                &addr.to_string(),
-                "-servername",
-                "localhost",
-                "-CAfile",
-                &pki.s("ca.pem"),
-                "-verify_return_error",
                 "-quiet",
                 "-cert",
                 &pki.s("gateway.pem"),
@@ -804,14 +817,7 @@ fn openssl_client_suites(kind: EngineKind) {
         child.stdin.take().unwrap().write_all(b"suite\n").unwrap();
         child.wait_with_output().unwrap()
     };
-    for (version, flag, suite) in [
-        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
-        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
-        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"),
-        ("-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"),
-    ] {
+    for (version, flag, suite) in SUITES {
         let out = s_client(version, flag, suite);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
@@ -838,13 +844,7 @@ fn curl_https(kind: EngineKind) {
         eprintln!("SKIP curl_https: no curl");
         return;
     }
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let p = Proxy::start(
-        kind,
-        &pki.listener_yaml(&pki.mtls_extra("STRICT"), g.addr, ""),
-    );
-    let addr = p.listener("l");
+    let (pki, _g, p, addr) = greeter_behind_tls(kind, |pki| pki.mtls_extra("STRICT"));
     for v in ["--tlsv1.2 --tls-max 1.2", "--tlsv1.3"] {
         let mut args: Vec<String> = vec![
             "-sS".into(),
@@ -871,15 +871,13 @@ fn curl_https(kind: EngineKind) {
 }
 
 fn sni_picks_certificate(kind: EngineKind) {
-    let pki = Pki::new();
-    let g = Greeter::start();
-    let extra = format!(
-        ", sni_certs: [{{cert: {}, key: {}}}]",
-        pki.s("server2.pem"),
-        pki.s("server2.key")
-    );
-    let p = Proxy::start(kind, &pki.listener_yaml(&extra, g.addr, ""));
-    let addr = p.listener("l");
+    let (pki, _g, _p, addr) = greeter_behind_tls(kind, |pki| {
+        format!(
+            ", sni_certs: [{{cert: {}, key: {}}}]",
+            pki.s("server2.pem"),
+            pki.s("server2.key")
+        )
+    });
     for (name, want) in [("billing.internal", "server2"), ("localhost", "server")] {
         let mut s = connect(addr);
         let mut c = rustls::ClientConnection::new(
@@ -901,7 +899,6 @@ fn sni_picks_certificate(kind: EngineKind) {
 fn rotation_under_load(kind: EngineKind) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tickmesh::control::ControlPlane;
-    use tickmesh::engine::{Engine, EngineOptions, Idle};
 
     let pki = Pki::new();
     let g = Greeter::start();
@@ -920,25 +917,7 @@ fn rotation_under_load(kind: EngineKind) {
     );
     let cfg = tickmesh::config::parse(&yaml, tickmesh::config::Format::Yaml).unwrap();
     let plane = ControlPlane::new(WORKERS, cfg, 1, None, false).unwrap();
-    let engine = Engine::start(
-        EngineOptions {
-            kind,
-            workers: WORKERS,
-            pin: false,
-            idle: Idle::Adaptive,
-            spin: Duration::from_micros(20),
-        },
-        plane.routes(),
-    )
-    .unwrap();
-    let addr = plane
-        .routes()
-        .load()
-        .listener("l")
-        .unwrap()
-        .1
-        .sockets
-        .address;
+    let (engine, addr) = engine_on(kind, &plane);
     let leaf_of = |cfg| {
         let (_s, c) = tls_connect(addr, cfg);
         c.peer_certificates().unwrap()[0].clone()
@@ -998,11 +977,10 @@ fn rotation_under_load(kind: EngineKind) {
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 
-    let mut t = rustls::Stream::new(&mut c, &mut s);
-    t.write_all(b"still\n").unwrap();
-    let mut got = Vec::new();
-    t.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"echo:still\n");
+    assert_eq!(
+        exchange(&mut c, &mut s, b"still\n").unwrap(),
+        b"echo:still\n"
+    );
 
     assert_eq!(
         failed.load(Ordering::Relaxed),
@@ -1027,7 +1005,6 @@ fn rotation_under_load(kind: EngineKind) {
 fn control_plane_modes_and_paths(kind: EngineKind) {
     use tickmesh::config::Format;
     use tickmesh::control::ControlPlane;
-    use tickmesh::engine::{Engine, EngineOptions, Idle};
 
     let pki = Pki::new();
     let g = Greeter::start();
@@ -1050,25 +1027,7 @@ fn control_plane_modes_and_paths(kind: EngineKind) {
     );
     let cfg = tickmesh::config::parse(&yaml, Format::Yaml).unwrap();
     let plane = ControlPlane::new(WORKERS, cfg, 1, None, false).unwrap();
-    let engine = Engine::start(
-        EngineOptions {
-            kind,
-            workers: WORKERS,
-            pin: false,
-            idle: Idle::Adaptive,
-            spin: Duration::from_micros(20),
-        },
-        plane.routes(),
-    )
-    .unwrap();
-    let addr = plane
-        .routes()
-        .load()
-        .listener("l")
-        .unwrap()
-        .1
-        .sockets
-        .address;
+    let (engine, addr) = engine_on(kind, &plane);
     port.set(addr.port());
     plane
         .apply(&listener("server", "server"), Format::Yaml, false)
@@ -1283,4 +1242,76 @@ fn tls_health_checks_verify_and_follow_the_backend() {
         || health().state == "unhealthy",
     );
     assert_eq!(b.requests.load(Ordering::SeqCst), before);
+}
+
+/// A TCP health check (`tcp_health_check: {}`) of a cluster that originates TLS does
+/// the TLS handshake with the cluster's settings: it passes against a certificate that
+/// verifies (sending no request), fails when the certificate does not carry the SNI
+/// name, and fails against an endpoint that accepts TCP but does not speak TLS — where
+/// a bare connect would pass both.
+#[test]
+fn tls_tcp_health_checks_complete_the_handshake() {
+    use std::sync::atomic::Ordering;
+    use tickmesh::config::Format;
+    use tickmesh::control::{ControlPlane, ControlServer};
+    if !have("openssl") {
+        eprintln!("SKIP tls_tcp_health_checks_complete_the_handshake: no openssl CLI");
+        return;
+    }
+    let pki = Pki::new();
+    let b = HttpsBackend::start(&pki);
+    // Accepts and answers garbage: TCP up, no TLS.
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let plain_addr = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in plain.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(b"SSH-2.0-not-tls\r\n");
+        }
+    });
+    let yaml = |addr: std::net::SocketAddr, sni: &str| {
+        format!(
+            "clusters:\n  - name: c\n    endpoints: [\"{addr}\"]\n    tls: {{ca: {}, sni: {sni}}}\n    health_checks: [{{timeout: 1s, interval: 50ms, unhealthy_threshold: 2, healthy_threshold: 1, tcp_health_check: {{}}}}]\n",
+            pki.s("ca.pem")
+        )
+    };
+    let cfg = tickmesh::config::parse(&yaml(b.addr, "orders.internal"), Format::Yaml).unwrap();
+    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
+    let dir = tempfile::tempdir().unwrap();
+    let _server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
+        .expect("control socket");
+    let health = || {
+        let s = plane.stats();
+        s.clusters[0].endpoints[0].health.clone()
+    };
+    wait_until("TLS TCP checks pass", Duration::from_secs(10), || {
+        health().checks_total >= 3
+    });
+    let h = health();
+    assert_eq!((h.state.as_str(), h.checks_failed), ("healthy", 0), "{h:?}");
+    assert_eq!(
+        b.requests.load(Ordering::SeqCst),
+        0,
+        "a TCP check sends no request"
+    );
+    for (addr, sni, why) in [
+        (
+            b.addr,
+            "billing.internal",
+            "a certificate without the SNI name",
+        ),
+        (
+            plain_addr,
+            "orders.internal",
+            "an endpoint that does not speak TLS",
+        ),
+    ] {
+        plane
+            .apply(&yaml(addr, sni), Format::Yaml, false)
+            .unwrap_or_else(|e| panic!("apply: {e:?}"));
+        wait_until(why, Duration::from_secs(10), || {
+            let h = health();
+            h.state == "unhealthy" && h.checks_failed >= 2
+        });
+    }
 }

@@ -166,6 +166,12 @@ impl Engine {
         s
     }
 
+    /// Sessions alive (a field read, for callers that poll it per batch).
+    #[inline]
+    pub fn sessions(&self) -> u64 {
+        self.stats.sessions
+    }
+
     /// Jobs submitted and not yet reaped.
     pub fn in_flight(&self) -> usize {
         self.cfg.slots - self.free.len()

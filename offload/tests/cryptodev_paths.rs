@@ -23,16 +23,25 @@ fn software_engine() -> Engine {
     engine_with(BackendChoice::Software, 64, 64)
 }
 
-fn device_engine(driver: Driver, path: DataPath) -> Result<Engine, EngineError> {
+/// The cryptodev engine on `driver` with `path` forced, or `None` (said on stderr) when the
+/// device cannot start here.
+fn device_engine(driver: Driver, path: DataPath) -> Option<Engine> {
     set_driver(Some(driver));
     set_data_path(Some(path));
-    Engine::new(EngineConfig {
+    let made: Result<Engine, EngineError> = Engine::new(EngineConfig {
         backend: BackendChoice::Cryptodev,
         slots: 64,
         batch: 32,
         default_in_flight_limit: 64,
         max_sessions: 16,
+    });
+    made.map_err(|e| {
+        eprintln!(
+            "SKIP {} {path}: the cryptodev backend cannot start: {e}",
+            driver.name()
+        )
     })
+    .ok()
 }
 
 fn path_counts() -> [u64; 3] {
@@ -51,15 +60,8 @@ fn every_data_path_is_byte_identical_and_reports_bad_records() {
     let mut ran_zero_copy = 0;
     for driver in [Driver::Openssl, Driver::AesniGcm] {
         for path in DataPath::ALL {
-            let mut dev = match device_engine(driver, path) {
-                Ok(e) => e,
-                Err(e) => {
-                    eprintln!(
-                        "SKIP {} {path}: the cryptodev backend cannot start: {e}",
-                        driver.name()
-                    );
-                    continue;
-                }
+            let Some(mut dev) = device_engine(driver, path) else {
+                continue;
             };
             // CPU crypto is offered by crypto_aesni_gcm only; crypto_openssl falls back to
             // the best path it has (external buffers: a software PMD).
@@ -138,15 +140,8 @@ fn zero_copy_paths_keep_many_jobs_in_flight() {
         (Driver::AesniGcm, DataPath::CpuCrypto),
         (Driver::Openssl, DataPath::ExternalBuffer),
     ] {
-        let mut dev = match device_engine(driver, path) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!(
-                    "SKIP {} {path}: the cryptodev backend cannot start: {e}",
-                    driver.name()
-                );
-                continue;
-            }
+        let Some(mut dev) = device_engine(driver, path) else {
+            continue;
         };
         let mut sw = software_engine();
         let suite = CipherSuite::Aes128Gcm;

@@ -1,12 +1,12 @@
-//! Active HTTP health checks, run by the control plane.
+//! Active health checks (HTTP and TCP), run by the control plane.
 //!
 //! Owns the probing: one tokio task per (cluster, endpoint) with a check configured,
-//! a real HTTP/1.1 `GET` over TCP every `interval` — over TLS with the cluster's own
-//! `ClientTls` (its CA, SNI name and client certificate) when the cluster originates
-//! TLS — or, for a TCP check, a connect (no TLS handshake) — and the endpoint's
-//! `CHECK_FAILED` flag in its
-//! [`super::health::EndpointHealth`]. Never runs on a worker; workers only see the flag
-//! through `ClusterEntry::pick`.
+//! a real HTTP/1.1 `GET` over TCP every `interval` — or, for a TCP check, a connect —
+//! and the endpoint's `CHECK_FAILED` flag in its [`super::health::EndpointHealth`].
+//! When the cluster originates TLS both go over TLS with the cluster's own `ClientTls`
+//! (its CA, SNI name and client certificate): the `GET` is sent inside it, and a TCP
+//! check passes only once the handshake completed. Never runs on a worker; workers only
+//! see the flag through `ClusterEntry::pick`.
 
 use std::time::Duration;
 
@@ -184,6 +184,19 @@ async fn probe_loop(
     loop {
         tick.tick().await;
         let result = match &tls {
+            // A TCP check of a cluster that originates TLS connects as the data path
+            // does: the handshake with the cluster's CA, SNI name and client
+            // certificate must complete (Envoy runs its TCP check over the cluster's
+            // transport socket). Blocking rustls on the blocking pool, as below.
+            Some(tls) if policy.tcp => {
+                let (p, tls) = (policy.clone(), tls.clone());
+                let job = tokio::task::spawn_blocking(move || handshake_tls(&p, addr, &tls));
+                tokio::time::timeout(policy.timeout, async {
+                    job.await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+                })
+                .await
+            }
             // Connected: a pass (status 0 stands for "no HTTP status").
             _ if policy.tcp => {
                 tokio::time::timeout(policy.timeout, async {
@@ -250,6 +263,31 @@ impl CheckPolicy {
             self.path, self.host
         )
     }
+}
+
+/// A fresh TLS connection made with the cluster's client settings, handshake
+/// completed (the certificate verified against its CA and SNI name), then closed with
+/// `close_notify`; 0 ("no HTTP status") on success. Blocking; each socket operation
+/// is bounded by the timeout.
+fn handshake_tls(
+    p: &CheckPolicy,
+    addr: SocketAddr,
+    tls: &crate::tls::ClientTls,
+) -> std::io::Result<u16> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, p.timeout)?;
+    s.set_read_timeout(Some(p.timeout))?;
+    s.set_write_timeout(Some(p.timeout))?;
+    let mut conn = rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+        .map_err(std::io::Error::other)?;
+    // Each round trip either makes progress or fails (an EOF mid-handshake is an
+    // error from rustls), so the loop is bounded by the handshake's few flights.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut s)?;
+    }
+    conn.send_close_notify();
+    // The peer may already have gone: the check passed with the handshake.
+    let _ = conn.complete_io(&mut s);
+    Ok(0)
 }
 
 /// One `GET` over a fresh TLS connection made with the cluster's client settings (the

@@ -8,6 +8,27 @@
 /// Default table size: a prime well above 100 × the backends we expect, as §3.4 advises.
 pub const DEFAULT_TABLE_SIZE: usize = 65_537;
 
+/// Envoy's largest `maglev_lb_config.table_size` (a prime).
+pub const MAX_TABLE_SIZE: u64 = 5_000_011;
+
+/// Trial division; for table sizes (≤ [`MAX_TABLE_SIZE`]: ≤ 2237 divisions).
+pub fn is_prime(n: u64) -> bool {
+    if n < 4 {
+        return n >= 2;
+    }
+    if n % 2 == 0 {
+        return false;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
 /// A built lookup table: slot → backend index.
 #[derive(Debug, Clone)]
 pub struct Maglev {
@@ -16,9 +37,10 @@ pub struct Maglev {
 
 impl Maglev {
     /// Build for backends identified by `keys` (stable names, e.g. their addresses) with
-    /// `weights` (≥ 1). `size` must be prime and larger than the number of backends.
+    /// `weights` (≥ 1). `size` must be prime (so every skip walks the whole table);
+    /// with fewer slots than backends some backends get none.
     pub fn build(keys: &[&[u8]], weights: &[u32], size: usize) -> Maglev {
-        assert!(!keys.is_empty() && keys.len() == weights.len() && keys.len() < size);
+        assert!(!keys.is_empty() && keys.len() == weights.len() && size >= 2);
         assert!(keys.len() <= u16::MAX as usize);
         let n = keys.len();
         let m = size as u64;
@@ -119,6 +141,22 @@ mod tests {
     fn build(k: &[Vec<u8>], w: &[u32]) -> Maglev {
         let refs: Vec<&[u8]> = k.iter().map(|k| k.as_slice()).collect();
         Maglev::build(&refs, w, DEFAULT_TABLE_SIZE)
+    }
+
+    #[test]
+    fn primes() {
+        let small: Vec<u64> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(DEFAULT_TABLE_SIZE as u64) && is_prime(MAX_TABLE_SIZE));
+        assert!(is_prime(655_373) && !is_prime(65_536) && !is_prime(4_999_997));
+    }
+
+    #[test]
+    fn a_table_smaller_than_the_backends_still_builds() {
+        let k = keys(10);
+        let refs: Vec<&[u8]> = k.iter().map(|k| k.as_slice()).collect();
+        let t = Maglev::build(&refs, &[1; 10], 7);
+        assert_eq!(t.table().len(), 7);
     }
 
     #[test]

@@ -12,11 +12,13 @@ pub mod health;
 pub mod maglev;
 pub mod outlier;
 pub mod priority;
+pub mod ring;
 
 use std::net::SocketAddr;
 
-use crate::config::LbPolicy;
+use crate::config::{LbPolicy, RingHashFunction};
 use maglev::Maglev;
+use ring::Ring;
 
 /// The precomputed part of a load-balancing policy.
 #[derive(Debug, Clone)]
@@ -26,26 +28,97 @@ pub enum Balancer {
     RoundRobin {
         schedule: Box<[u16]>,
     },
-    /// Power of two choices on active connections per weight.
+    /// Envoy's least request. Equal weights: `choices` endpoints drawn at random, the
+    /// one with the fewest active requests wins. Different weights: each endpoint's
+    /// share is `weight / (active + 1)^bias` ([`least_loaded_weighted`]).
     LeastRequest {
         cumulative: Box<[u32]>,
+        choices: u32,
+        bias: f64,
+        equal_weights: bool,
     },
     Random {
         cumulative: Box<[u32]>,
     },
-    /// Consistent hashing keyed by the client's source IP.
+    /// Consistent hashing, one array read per pick.
     Maglev(Box<Maglev>),
+    /// Consistent hashing on Envoy's ring, one binary search per pick.
+    RingHash(Box<Ring>),
 }
 
 /// Largest round-robin schedule we unroll; heavier weight sets are scaled down to fit.
 const MAX_SCHEDULE: u64 = 1 << 16;
 
+/// Candidates a weighted least-request pick draws before it settles for the least
+/// loaded of them (see [`least_loaded_weighted`]).
+const MAX_LOAD_DRAWS: u32 = 16;
+
+/// A cluster's policy and its policy-specific settings (Envoy's `*_lb_config`),
+/// defaults filled in. Built once per cluster on the control plane.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LbOptions {
+    pub policy: LbPolicy,
+    pub min_ring_size: u64,
+    pub max_ring_size: u64,
+    pub ring_hash_function: RingHashFunction,
+    /// `None`: 65537, or 655373 for clusters beyond ~650 endpoints.
+    pub maglev_table_size: Option<u64>,
+    pub choice_count: u32,
+    pub active_request_bias: f64,
+}
+
+impl LbOptions {
+    /// `policy` with Envoy's defaults.
+    pub fn new(policy: LbPolicy) -> Self {
+        LbOptions {
+            policy,
+            min_ring_size: ring::DEFAULT_MIN_RING_SIZE,
+            max_ring_size: ring::MAX_RING_SIZE,
+            ring_hash_function: RingHashFunction::XxHash,
+            maglev_table_size: None,
+            choice_count: 2,
+            active_request_bias: 1.0,
+        }
+    }
+
+    /// A validated cluster's options.
+    pub fn of(c: &crate::config::Cluster) -> Self {
+        let mut o = LbOptions::new(c.lb_policy);
+        if let Some(r) = &c.ring_hash_lb_config {
+            o.min_ring_size = r.minimum_ring_size.unwrap_or(o.min_ring_size);
+            o.max_ring_size = r.maximum_ring_size.unwrap_or(o.max_ring_size);
+            o.ring_hash_function = r.hash_function.unwrap_or_default();
+        }
+        o.maglev_table_size = c.maglev_lb_config.as_ref().and_then(|m| m.table_size);
+        if let Some(l) = &c.least_request_lb_config {
+            o.choice_count = l.choice_count.unwrap_or(o.choice_count);
+            if let Some(b) = &l.active_request_bias {
+                o.active_request_bias = b.default_value;
+            }
+        }
+        o
+    }
+}
+
 impl Balancer {
+    /// Build for a cluster's endpoints with the policy's defaults.
+    pub fn build(policy: LbPolicy, endpoints: &[SocketAddr], weights: &[u32]) -> Balancer {
+        Balancer::build_with(&LbOptions::new(policy), endpoints, weights)
+    }
+
     /// Build for a cluster's endpoints. An empty cluster gets an empty round-robin
     /// schedule; callers check for no endpoints before picking.
-    pub fn build(policy: LbPolicy, endpoints: &[SocketAddr], weights: &[u32]) -> Balancer {
+    pub fn build_with(o: &LbOptions, endpoints: &[SocketAddr], weights: &[u32]) -> Balancer {
         debug_assert_eq!(endpoints.len(), weights.len());
-        match policy {
+        // Consistent hashing keys an endpoint by its address as text ("1.2.3.4:80",
+        // "[::1]:80"), as Envoy does, so the same endpoints give the same table.
+        let names = || -> Vec<Vec<u8>> {
+            endpoints
+                .iter()
+                .map(|e| e.to_string().into_bytes())
+                .collect()
+        };
+        match o.policy {
             _ if endpoints.is_empty() => Balancer::RoundRobin {
                 schedule: Box::new([]),
             },
@@ -54,25 +127,53 @@ impl Balancer {
             },
             LbPolicy::LeastRequest => Balancer::LeastRequest {
                 cumulative: cumulative(weights),
+                choices: o.choice_count.max(1),
+                bias: o.active_request_bias.max(0.0),
+                equal_weights: weights.iter().all(|&w| w.max(1) == weights[0].max(1)),
             },
             LbPolicy::Random => Balancer::Random {
                 cumulative: cumulative(weights),
             },
-            // Ring hash is served by the Maglev table: both are consistent hashing, and
-            // Maglev's lookup is one array read instead of a ring search.
-            LbPolicy::Maglev | LbPolicy::RingHash => {
-                let keys: Vec<Vec<u8>> = endpoints
-                    .iter()
-                    .map(|e| e.to_string().into_bytes())
-                    .collect();
+            LbPolicy::Maglev => {
+                let keys = names();
                 let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                let size = if endpoints.len() * 100 < maglev::DEFAULT_TABLE_SIZE {
-                    maglev::DEFAULT_TABLE_SIZE
-                } else {
-                    655_373 // prime; for clusters beyond ~650 endpoints
+                let size = match o.maglev_table_size {
+                    Some(n) => n as usize,
+                    None if endpoints.len() * 100 < maglev::DEFAULT_TABLE_SIZE => {
+                        maglev::DEFAULT_TABLE_SIZE
+                    }
+                    None => 655_373, // prime; for clusters beyond ~650 endpoints
                 };
                 Balancer::Maglev(Box::new(Maglev::build(&refs, weights, size)))
             }
+            LbPolicy::RingHash => {
+                let keys = names();
+                let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+                Balancer::RingHash(Box::new(Ring::build(
+                    &refs,
+                    weights,
+                    o.min_ring_size,
+                    o.max_ring_size,
+                    o.ring_hash_function,
+                )))
+            }
+        }
+    }
+
+    /// Consistent hashing: a pick follows the request's hash key (or source address).
+    #[inline]
+    pub fn is_hashing(&self) -> bool {
+        matches!(self, Balancer::Maglev(_) | Balancer::RingHash(_))
+    }
+
+    /// The policy's config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balancer::RoundRobin { .. } => "round_robin",
+            Balancer::LeastRequest { .. } => "least_request",
+            Balancer::Random { .. } => "random",
+            Balancer::Maglev(_) => "maglev",
+            Balancer::RingHash(_) => "ring_hash",
         }
     }
 
@@ -109,36 +210,91 @@ impl Balancer {
                 schedule[i] as usize
             }
             Balancer::Random { cumulative } => weighted(cumulative, st.next_u32()),
-            Balancer::LeastRequest { cumulative } => {
-                let a = weighted(cumulative, st.next_u32());
-                let b = weighted(cumulative, st.next_u32());
-                let weight = |i: usize| {
-                    u64::from(cumulative[i] - if i == 0 { 0 } else { cumulative[i - 1] })
-                };
-                // Compare active/weight without division: a_active * w_b vs b_active * w_a.
-                if active(a) * weight(b) <= active(b) * weight(a) {
-                    a
+            Balancer::LeastRequest {
+                cumulative,
+                choices,
+                bias,
+                equal_weights,
+            } => {
+                if *equal_weights {
+                    // Envoy's N choices: uniform draws, the first of the least busy.
+                    let n = cumulative.len() as u32;
+                    let mut best = (st.next_u32() % n) as usize;
+                    let mut least = active(best);
+                    for _ in 1..*choices {
+                        let c = (st.next_u32() % n) as usize;
+                        let a = active(c);
+                        if a < least {
+                            (best, least) = (c, a);
+                        }
+                    }
+                    best
                 } else {
-                    b
+                    least_loaded_weighted(cumulative, *bias, st, &active)
                 }
             }
-            Balancer::Maglev(m) => {
+            Balancer::Maglev(_) | Balancer::RingHash(_) => {
                 let h = match (key, source) {
                     (Some(k), _) => k,
-                    (None, source) => match source {
-                        Some(SocketAddr::V4(s)) => maglev::hash64(&s.ip().octets(), 0),
-                        Some(SocketAddr::V6(s)) => maglev::hash64(&s.ip().octets(), 0),
-                        None => u64::from(st.next_u32()),
-                    },
+                    (None, Some(SocketAddr::V4(s))) => maglev::hash64(&s.ip().octets(), 0),
+                    (None, Some(SocketAddr::V6(s))) => maglev::hash64(&s.ip().octets(), 0),
+                    // Nothing to hash: a random point, as Envoy does.
+                    (None, None) => random_key(st),
                 };
-                m.lookup(if salt == 0 {
+                let h = if salt == 0 {
                     h
                 } else {
                     maglev::mix64(h ^ salt)
-                })
+                };
+                match self {
+                    Balancer::Maglev(m) => m.lookup(h),
+                    Balancer::RingHash(r) => r.lookup(h),
+                    _ => unreachable!("matched as consistent hashing above"),
+                }
             }
         }
     }
+}
+
+/// A uniformly random 64-bit hash key from the worker's generator.
+#[inline]
+pub fn random_key(st: &mut LbState) -> u64 {
+    (u64::from(st.next_u32()) << 32) | u64::from(st.next_u32())
+}
+
+/// Least request with unequal weights: endpoint `i` is chosen with probability
+/// proportional to `weight_i / (active_i + 1)^bias` (Envoy's formula; bias 0 ignores
+/// load). Done by rejection: draw by static weight, keep the draw with probability
+/// `(active + 1)^-bias`, which leaves exactly that distribution. When every draw of
+/// [`MAX_LOAD_DRAWS`] is rejected (all candidates busy), the least loaded of them wins,
+/// so a pick stays O(1) however loaded the cluster is.
+#[inline]
+fn least_loaded_weighted(
+    cumulative: &[u32],
+    bias: f64,
+    st: &mut LbState,
+    active: &impl Fn(usize) -> u64,
+) -> usize {
+    let mut best = (0usize, -1.0f64);
+    for _ in 0..MAX_LOAD_DRAWS {
+        let i = weighted(cumulative, st.next_u32());
+        if bias == 0.0 {
+            return i;
+        }
+        let load = active(i) as f64 + 1.0;
+        let keep = if bias == 1.0 {
+            1.0 / load
+        } else {
+            load.powf(-bias)
+        };
+        if f64::from(st.next_u32()) < keep * 4_294_967_296.0 {
+            return i;
+        }
+        if keep > best.1 {
+            best = (i, keep);
+        }
+    }
+    best.0
 }
 
 /// The endpoint index that cumulative weight `r % total` falls into.
@@ -299,6 +455,106 @@ mod tests {
         }
         let h = histogram(&b, 4, 40_000, &|_| 0);
         assert!(h.iter().all(|&c| (9_000..11_000).contains(&c)), "{h:?}");
+    }
+
+    fn least_request(weights: &[u32], choices: u32, bias: f64) -> Balancer {
+        let o = LbOptions {
+            choice_count: choices,
+            active_request_bias: bias,
+            ..LbOptions::new(LbPolicy::LeastRequest)
+        };
+        Balancer::build_with(&o, &addrs(weights.len()), weights)
+    }
+
+    #[test]
+    fn choice_count_sets_how_hard_load_is_avoided() {
+        // Endpoint 0 is busy. One choice is plain random (1/3 of picks); with N
+        // choices it wins only when all N draws land on it: (1/3)^N.
+        let busy = |i: usize| if i == 0 { 100 } else { 1 };
+        let share = |choices| {
+            let h = histogram(&least_request(&[1; 3], choices, 1.0), 3, 30_000, &busy);
+            h[0] as f64 / 30_000.0
+        };
+        let (one, two, five) = (share(1), share(2), share(5));
+        assert!((0.31..0.356).contains(&one), "1 choice: {one}");
+        assert!((0.095..0.127).contains(&two), "2 choices: {two}");
+        assert!(five < 0.01, "5 choices: {five}");
+    }
+
+    #[test]
+    fn active_request_bias_scales_weights_by_load() {
+        // Weights 2:1, endpoint 0 has 3 active requests, endpoint 1 none. Envoy's
+        // weight / (active + 1)^bias gives endpoint 0: bias 0 → 2/3, bias 1 →
+        // (2/4)/(2/4 + 1) = 1/3, bias 2 → (2/16)/(2/16 + 1) = 1/9.
+        let load = |i: usize| if i == 0 { 3 } else { 0 };
+        let share = |bias| {
+            let h = histogram(&least_request(&[2, 1], 2, bias), 2, 40_000, &load);
+            h[0] as f64 / 40_000.0
+        };
+        for (bias, want) in [(0.0, 2.0 / 3.0), (1.0, 1.0 / 3.0), (2.0, 1.0 / 9.0)] {
+            let got = share(bias);
+            assert!(
+                (got - want).abs() < 0.015,
+                "bias {bias}: {got}, want {want}"
+            );
+        }
+        // Idle endpoints: the static weights.
+        let h = histogram(&least_request(&[2, 1], 2, 1.0), 2, 30_000, &|_| 0);
+        assert!((h[0] as f64 / 30_000.0 - 2.0 / 3.0).abs() < 0.015, "{h:?}");
+    }
+
+    #[test]
+    fn ring_size_and_table_size_shape_the_balancer() {
+        let ring = |min, f| {
+            let o = LbOptions {
+                min_ring_size: min,
+                ring_hash_function: f,
+                ..LbOptions::new(LbPolicy::RingHash)
+            };
+            match Balancer::build_with(&o, &addrs(4), &[1; 4]) {
+                Balancer::RingHash(r) => r,
+                other => unreachable!("{other:?}"),
+            }
+        };
+        assert_eq!(ring(1024, RingHashFunction::XxHash).len(), 1024);
+        assert_eq!(ring(64, RingHashFunction::XxHash).len(), 64);
+        assert_ne!(
+            ring(64, RingHashFunction::XxHash).hosts(),
+            ring(64, RingHashFunction::MurmurHash2).hosts()
+        );
+        let o = LbOptions {
+            maglev_table_size: Some(131_071),
+            ..LbOptions::new(LbPolicy::Maglev)
+        };
+        match Balancer::build_with(&o, &addrs(4), &[1; 4]) {
+            Balancer::Maglev(m) => assert_eq!(m.table().len(), 131_071),
+            other => unreachable!("{other:?}"),
+        }
+        // A ring-hash pick is sticky per source and spreads sources evenly.
+        let b = Balancer::build(LbPolicy::RingHash, &addrs(4), &[1; 4]);
+        let mut st = LbState::new(3);
+        let src = |p| Some(SocketAddr::from(([10, 9, 8, 7], p)));
+        let first = b.pick(&mut st, &mut 0, src(1), |_| 0);
+        assert!((2..50).all(|p| b.pick(&mut st, &mut 0, src(p), |_| 0) == first));
+        let h = histogram(&b, 4, 40_000, &|_| 0);
+        assert!(h.iter().all(|&c| (8_000..12_000).contains(&c)), "{h:?}");
+    }
+
+    #[test]
+    fn nothing_to_hash_picks_at_random() {
+        // No key and no source address: Envoy's random point on the ring / table.
+        for policy in [LbPolicy::RingHash, LbPolicy::Maglev] {
+            let b = Balancer::build(policy, &addrs(4), &[1; 4]);
+            let mut st = LbState::new(9);
+            let mut h = [0u32; 4];
+            for _ in 0..20_000 {
+                h[b.pick(&mut st, &mut 0, None, |_| 0)] += 1;
+            }
+            assert!(
+                h.iter().all(|&c| (4_000..6_000).contains(&c)),
+                "{policy:?} {h:?}"
+            );
+        }
     }
 
     #[test]

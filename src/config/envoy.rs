@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{
     opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, HealthCheck,
-    LbPolicy, OutlierDetection,
+    LbPolicy, LeastRequestLbConfig, MaglevLbConfig, OutlierDetection, RingHashLbConfig,
 };
 
 /// An Envoy bootstrap document; only `static_resources.clusters` and `node.locality`
@@ -81,6 +81,16 @@ pub struct EnvoyCluster {
     /// `tls:` (originate TLS); `envoy.transport_sockets.raw_buffer`: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport_socket: Option<TransportSocket>,
+    /// `RING_HASH` clusters; Envoy's fields, so the native type serves (checked with
+    /// the native cluster: the error names the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    /// `MAGLEV` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_lb_config: Option<MaglevLbConfig>,
+    /// `LEAST_REQUEST` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub least_request_lb_config: Option<LeastRequestLbConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -546,6 +556,9 @@ impl EnvoyCluster {
                 .and_then(|c| c.healthy_panic_threshold)
                 .map(|p| p.value),
             locality_weights,
+            ring_hash_lb_config: self.ring_hash_lb_config.clone(),
+            maglev_lb_config: self.maglev_lb_config.clone(),
+            least_request_lb_config: self.least_request_lb_config.clone(),
         })
     }
 }

@@ -507,6 +507,29 @@ pub struct ConsistentHash {
     pub use_source_ip: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_query_parameter_name: Option<String>,
+    /// Istio's `hashAlgorithm`, one of: Envoy's ring hash (the default) with its minimum
+    /// size, or Maglev with its table size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<IstioRingHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<IstioMaglev>,
+    /// Istio's deprecated spelling of `ringHash.minimumRingSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioRingHash {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioMaglev {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -594,6 +594,7 @@ pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
                 );
             }
         }
+        check_lb_config(c, &at, &mut bad);
         if c.health_checks.len() > 1 {
             bad(
                 format!("{at}.health_checks"),
@@ -903,6 +904,103 @@ fn locate_in_table(
         });
     }
     span.map(|s| line_of(text, s.start))
+}
+
+/// A cluster's policy-specific balancer settings: each belongs to its own `lb_policy`
+/// (set on another it would be silently ignored) and stays within Envoy's ranges.
+fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(String, String)) {
+    use super::model::LbPolicy;
+    use crate::cluster::{maglev, ring};
+    let mut belongs = |field: &str, policy: LbPolicy, name: &str| {
+        if c.lb_policy != policy {
+            bad(
+                format!("{at}.{field}"),
+                format!("applies to lb_policy {name} only; this cluster's is not {name}"),
+            );
+        }
+    };
+    if c.ring_hash_lb_config.is_some() {
+        belongs("ring_hash_lb_config", LbPolicy::RingHash, "ring_hash");
+    }
+    if c.maglev_lb_config.is_some() {
+        belongs("maglev_lb_config", LbPolicy::Maglev, "maglev");
+    }
+    if c.least_request_lb_config.is_some() {
+        belongs(
+            "least_request_lb_config",
+            LbPolicy::LeastRequest,
+            "least_request",
+        );
+    }
+    if let Some(r) = &c.ring_hash_lb_config {
+        let at = format!("{at}.ring_hash_lb_config");
+        for (name, v) in [
+            ("minimum_ring_size", r.minimum_ring_size),
+            ("maximum_ring_size", r.maximum_ring_size),
+        ] {
+            match v {
+                Some(0) => bad(
+                    format!("{at}.{name}"),
+                    format!(
+                        "0 leaves no room on the ring: give 1..={}",
+                        ring::MAX_RING_SIZE
+                    ),
+                ),
+                Some(n) if n > ring::MAX_RING_SIZE => bad(
+                    format!("{at}.{name}"),
+                    format!("{n} is over {} (Envoy's limit)", ring::MAX_RING_SIZE),
+                ),
+                _ => {}
+            }
+        }
+        let min = r.minimum_ring_size.unwrap_or(ring::DEFAULT_MIN_RING_SIZE);
+        let max = r.maximum_ring_size.unwrap_or(ring::MAX_RING_SIZE);
+        if min > max {
+            bad(
+                format!("{at}.minimum_ring_size"),
+                format!("minimum_ring_size {min} is larger than maximum_ring_size {max}"),
+            );
+        }
+    }
+    if let Some(n) = c.maglev_lb_config.as_ref().and_then(|m| m.table_size) {
+        let at = format!("{at}.maglev_lb_config.table_size");
+        if n > maglev::MAX_TABLE_SIZE {
+            bad(
+                at,
+                format!("{n} is over {} (Envoy's limit)", maglev::MAX_TABLE_SIZE),
+            );
+        } else if !maglev::is_prime(n) {
+            bad(
+                at,
+                format!("{n} is not a prime: Maglev needs a prime table size (e.g. 65537, 131071, 655373)"),
+            );
+        } else if n <= c.endpoints.len() as u64 {
+            bad(
+                at,
+                format!(
+                    "{n} slots cannot hold {} endpoints: give a prime well above 100 × the endpoints",
+                    c.endpoints.len()
+                ),
+            );
+        }
+    }
+    if let Some(l) = &c.least_request_lb_config {
+        let at = format!("{at}.least_request_lb_config");
+        if let Some(n) = l.choice_count.filter(|&n| n < 2) {
+            bad(
+                format!("{at}.choice_count"),
+                format!("{n}: must be at least 2 (Envoy's rule; one choice is lb_policy random)"),
+            );
+        }
+        if let Some(b) = &l.active_request_bias {
+            if !(b.default_value.is_finite() && b.default_value >= 0.0) {
+                bad(
+                    format!("{at}.active_request_bias.default_value"),
+                    format!("{} is not a finite number ≥ 0", b.default_value),
+                );
+            }
+        }
+    }
 }
 
 /// An active health check: Envoy requires every one of these fields.

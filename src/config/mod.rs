@@ -17,7 +17,8 @@ pub mod traffic_policy;
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
     CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, HashPolicy,
-    HealthCheck, HttpHealthCheck, LbPolicy, Listener, NicSettings, OutlierDetection, Protocol,
+    HealthCheck, HttpHealthCheck, LbPolicy, LeastRequestLbConfig, Listener, MaglevLbConfig,
+    NicSettings, OutlierDetection, Protocol, RingHashFunction, RingHashLbConfig, RuntimeDouble,
     StatusRange, WeightedCluster,
 };
 

@@ -284,6 +284,79 @@ pub struct Cluster {
     /// takes no traffic, as in Envoy. Empty: off.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub locality_weights: BTreeMap<String, u32>,
+    /// `ring_hash` clusters: the ring's size bounds and hash function (Envoy's
+    /// `ring_hash_lb_config`, same fields and defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash_lb_config: Option<RingHashLbConfig>,
+    /// `maglev` clusters: the lookup table size (Envoy's `maglev_lb_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev_lb_config: Option<MaglevLbConfig>,
+    /// `least_request` clusters: choices per pick and the active-request bias (Envoy's
+    /// `least_request_lb_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub least_request_lb_config: Option<LeastRequestLbConfig>,
+}
+
+/// Envoy's `Cluster.RingHashLbConfig`: every endpoint gets a number of points on the ring
+/// proportional to its weight; the ring has at least `minimum_ring_size` points (default
+/// 1024) and at most `maximum_ring_size` (default 8M, Envoy's cap too).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingHashLbConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_ring_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_ring_size: Option<u64>,
+    /// How ring points are placed: `XX_HASH` (default) or `MURMUR_HASH_2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_function: Option<RingHashFunction>,
+}
+
+/// The hash that places an endpoint's points on the ring, keyed as Envoy keys them
+/// (`"address:port_N"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RingHashFunction {
+    /// xxHash64, seed 0.
+    #[default]
+    #[serde(rename = "XX_HASH", alias = "xx_hash")]
+    XxHash,
+    /// libstdc++'s 64-bit `std::hash<std::string>` (a MurmurHash2 variant), as Envoy's.
+    #[serde(rename = "MURMUR_HASH_2", alias = "murmur_hash_2")]
+    MurmurHash2,
+}
+
+/// Envoy's `Cluster.MaglevLbConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaglevLbConfig {
+    /// A prime ≤ 5000011 (default 65537): a larger table moves fewer keys when the
+    /// endpoints change and balances weights more finely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u64>,
+}
+
+/// Envoy's `Cluster.LeastRequestLbConfig` (`slow_start_config` is refused by name).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeastRequestLbConfig {
+    /// Endpoints drawn per pick when all weights are equal, the least busy wins (default
+    /// 2; Envoy requires ≥ 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice_count: Option<u32>,
+    /// When weights differ, each endpoint's share is `weight / (active + 1)^bias`
+    /// (default 1.0; 0 ignores load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_request_bias: Option<RuntimeDouble>,
+}
+
+/// Envoy's `core.v3.RuntimeDouble`. tickmesh has no runtime layer, so `default_value`
+/// always applies — which is what Envoy does while the runtime lacks the key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeDouble {
+    pub default_value: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,16 +592,18 @@ pub enum LbPolicy {
     #[default]
     #[serde(alias = "ROUND_ROBIN")]
     RoundRobin,
-    /// Power of two choices on active connections.
+    /// Envoy's least request: N choices on active connections (equal weights), or
+    /// weights scaled by load (`least_request_lb_config`).
     #[serde(alias = "LEAST_REQUEST")]
     LeastRequest,
     #[serde(alias = "RANDOM")]
     Random,
-    /// Consistent hashing on the client's source address.
+    /// Maglev consistent hashing (`hash_policy`, default the client's source address;
+    /// `maglev_lb_config`).
     #[serde(alias = "MAGLEV")]
     Maglev,
-    /// Envoy's ring hash; served by the same consistent-hash table as Maglev (its
-    /// key-movement property is what users rely on, and Maglev's lookup is one read).
+    /// Envoy's ring hash (Karger et al.'s consistent hashing): points on a sorted ring,
+    /// a lookup is a binary search ([`crate::cluster::ring`]).
     #[serde(alias = "RING_HASH")]
     RingHash,
 }

@@ -814,3 +814,166 @@ fn envoy_upstream_tls_context_is_the_cluster_tls() {
         assert!(e.contains(names), "{names}: {e}");
     }
 }
+
+/// Envoy's per-policy settings, as Envoy v3 writes them, reach the native cluster.
+#[test]
+fn envoy_lb_policy_configs_are_taken() {
+    let ep = "load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9001}}}}]}]}";
+    let text = format!(
+        r#"
+static_resources:
+  clusters:
+  - name: ring
+    lb_policy: RING_HASH
+    ring_hash_lb_config:
+      minimum_ring_size: 4096
+      maximum_ring_size: 65536
+      hash_function: MURMUR_HASH_2
+    {ep}
+  - name: mag
+    lb_policy: MAGLEV
+    maglev_lb_config: {{table_size: 131071}}
+    {ep}
+  - name: lr
+    lb_policy: LEAST_REQUEST
+    least_request_lb_config:
+      choice_count: 3
+      active_request_bias: {{default_value: 0.5, runtime_key: upstream.lr_bias}}
+    {ep}
+"#
+    );
+    let c = parse(&text, Format::Yaml).unwrap();
+    assert_eq!(
+        c.clusters[0].ring_hash_lb_config,
+        Some(RingHashLbConfig {
+            minimum_ring_size: Some(4096),
+            maximum_ring_size: Some(65536),
+            hash_function: Some(RingHashFunction::MurmurHash2),
+        })
+    );
+    assert_eq!(
+        c.clusters[1].maglev_lb_config,
+        Some(MaglevLbConfig {
+            table_size: Some(131_071)
+        })
+    );
+    let lr = c.clusters[2].least_request_lb_config.as_ref().unwrap();
+    assert_eq!(lr.choice_count, Some(3));
+    assert_eq!(lr.active_request_bias.as_ref().unwrap().default_value, 0.5);
+    // The native shape is the same, and round-trips through `get -o yaml`.
+    let back = serde_yaml::to_string(&c).unwrap();
+    assert!(back.contains("hash_function: MURMUR_HASH_2"), "{back}");
+    assert_eq!(parse(&back, Format::Yaml).unwrap().clusters, c.clusters);
+    let native = parse(
+        "clusters:\n  - {name: r, lb_policy: ring_hash, ring_hash_lb_config: {minimum_ring_size: 64, hash_function: xx_hash}, endpoints: [\"127.0.0.1:1\"]}\n",
+        Format::Yaml,
+    )
+    .unwrap();
+    assert_eq!(
+        native.clusters[0]
+            .ring_hash_lb_config
+            .as_ref()
+            .and_then(|r| r.hash_function),
+        Some(RingHashFunction::XxHash)
+    );
+}
+
+#[test]
+fn malformed_lb_policy_configs_are_named() {
+    let envoy = |policy: &str, block: &str| {
+        format!("static_resources:\n  clusters:\n  - name: z\n    lb_policy: {policy}\n    {block}\n    load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n")
+    };
+    let native = |policy: &str, block: &str| {
+        format!("clusters:\n  - name: c\n    lb_policy: {policy}\n    endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n    {block}\n")
+    };
+    let cases = [
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {minimum_ring_size: 0}"),
+            "ring_hash_lb_config.minimum_ring_size: 0 leaves no room",
+        ),
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {maximum_ring_size: 0}"),
+            "ring_hash_lb_config.maximum_ring_size: 0 leaves no room",
+        ),
+        (
+            envoy(
+                "RING_HASH",
+                "ring_hash_lb_config: {minimum_ring_size: 4096, maximum_ring_size: 1024}",
+            ),
+            "ring_hash_lb_config.minimum_ring_size: minimum_ring_size 4096 is larger than maximum_ring_size 1024",
+        ),
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {minimum_ring_size: 9000000}"),
+            "minimum_ring_size: 9000000 is over 8388608",
+        ),
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {hash_function: CITY_HASH}"),
+            "hash_function: unknown variant `CITY_HASH`",
+        ),
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {minimum_ring_size: big}"),
+            "ring_hash_lb_config.minimum_ring_size",
+        ),
+        (
+            envoy("RING_HASH", "ring_hash_lb_config: {use_hostname_for_hashing: true}"),
+            "unknown field `use_hostname_for_hashing`",
+        ),
+        (
+            envoy("MAGLEV", "maglev_lb_config: {table_size: 65536}"),
+            "maglev_lb_config.table_size: 65536 is not a prime",
+        ),
+        (
+            envoy("MAGLEV", "maglev_lb_config: {table_size: 0}"),
+            "maglev_lb_config.table_size: 0 is not a prime",
+        ),
+        (
+            envoy("MAGLEV", "maglev_lb_config: {table_size: 5000101}"),
+            "maglev_lb_config.table_size: 5000101 is over 5000011",
+        ),
+        (
+            native("maglev", "maglev_lb_config: {table_size: 2}"),
+            "2 slots cannot hold 2 endpoints",
+        ),
+        (
+            envoy("LEAST_REQUEST", "least_request_lb_config: {choice_count: 1}"),
+            "least_request_lb_config.choice_count: 1: must be at least 2",
+        ),
+        (
+            envoy("LEAST_REQUEST", "least_request_lb_config: {choice_count: 0}"),
+            "least_request_lb_config.choice_count: 0: must be at least 2",
+        ),
+        (
+            envoy(
+                "LEAST_REQUEST",
+                "least_request_lb_config: {active_request_bias: {default_value: -1}}",
+            ),
+            "active_request_bias.default_value: -1 is not a finite number",
+        ),
+        (
+            envoy(
+                "LEAST_REQUEST",
+                "least_request_lb_config: {slow_start_config: {slow_start_window: 10s}}",
+            ),
+            "unknown field `slow_start_config`",
+        ),
+        (
+            envoy("ROUND_ROBIN", "ring_hash_lb_config: {minimum_ring_size: 64}"),
+            "ring_hash_lb_config: applies to lb_policy ring_hash only",
+        ),
+        (
+            native("round_robin", "least_request_lb_config: {choice_count: 3}"),
+            "clusters[0].least_request_lb_config: applies to lb_policy least_request only",
+        ),
+        (
+            native("ring_hash", "maglev_lb_config: {table_size: 65537}"),
+            "maglev_lb_config: applies to lb_policy maglev only",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text, Format::Yaml).to_string();
+        assert!(
+            e.contains(want),
+            "input {text:?}\n  error: {e}\n  wanted: {want}"
+        );
+    }
+}

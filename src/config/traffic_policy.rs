@@ -259,14 +259,46 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
         }
     }
     if let Some(lb) = &tp.load_balancer {
-        match lb.simple.as_deref() {
-            Some("ROUND_ROBIN") => c.lb_policy = LbPolicy::RoundRobin,
-            Some("LEAST_REQUEST" | "LEAST_CONN") => c.lb_policy = LbPolicy::LeastRequest,
-            Some("RANDOM") => c.lb_policy = LbPolicy::Random,
-            _ => {} // refused by validation
+        let policy = match lb.simple.as_deref() {
+            Some("ROUND_ROBIN") => Some(LbPolicy::RoundRobin),
+            Some("LEAST_REQUEST" | "LEAST_CONN") => Some(LbPolicy::LeastRequest),
+            Some("RANDOM") => Some(LbPolicy::Random),
+            _ => None, // refused by validation
+        };
+        if let Some(p) = policy {
+            if p != c.lb_policy {
+                // The cluster's own settings were for the policy the rule replaces.
+                c.least_request_lb_config = None;
+            }
+            c.lb_policy = p;
+            c.ring_hash_lb_config = None;
+            c.maglev_lb_config = None;
         }
         if let Some(h) = &lb.consistent_hash {
-            c.lb_policy = LbPolicy::RingHash;
+            c.least_request_lb_config = None;
+            if let Some(m) = &h.maglev {
+                c.lb_policy = LbPolicy::Maglev;
+                c.ring_hash_lb_config = None;
+                c.maglev_lb_config = Some(super::model::MaglevLbConfig {
+                    table_size: m.table_size,
+                });
+            } else {
+                let min = h
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(h.minimum_ring_size);
+                if c.lb_policy != LbPolicy::RingHash {
+                    c.ring_hash_lb_config = None;
+                }
+                c.lb_policy = LbPolicy::RingHash;
+                c.maglev_lb_config = None;
+                if let Some(n) = min {
+                    c.ring_hash_lb_config
+                        .get_or_insert_with(Default::default)
+                        .minimum_ring_size = Some(n);
+                }
+            }
             c.hash_policy = Some(HashPolicy {
                 header: h.http_header_name.clone(),
                 cookie: h.http_cookie.as_ref().map(|k| k.name.clone()),
@@ -467,6 +499,46 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
                         bad(
                             format!("{at}.loadBalancer.consistentHash.httpCookie.path"),
                             format!("`{p}` is not a cookie path (starts with `/`, no `;`, no control bytes)"),
+                        );
+                    }
+                }
+                let ch = format!("{at}.loadBalancer.consistentHash");
+                if h.ring_hash.is_some() && h.maglev.is_some() {
+                    bad(
+                        ch.clone(),
+                        "give one hash algorithm: `ringHash` or `maglev`".into(),
+                    );
+                }
+                if h.minimum_ring_size.is_some() && (h.ring_hash.is_some() || h.maglev.is_some()) {
+                    bad(
+                        format!("{ch}.minimumRingSize"),
+                        "deprecated spelling of `ringHash.minimumRingSize`: give one of them"
+                            .into(),
+                    );
+                }
+                let ring_min = h
+                    .ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .map(|n| (format!("{ch}.ringHash.minimumRingSize"), n))
+                    .or(h
+                        .minimum_ring_size
+                        .map(|n| (format!("{ch}.minimumRingSize"), n)));
+                if let Some((path, n)) = ring_min {
+                    let max = crate::cluster::ring::MAX_RING_SIZE;
+                    if n == 0 || n > max {
+                        bad(path, format!("{n} is not a ring size 1..={max}"));
+                    }
+                }
+                if let Some(n) = h.maglev.as_ref().and_then(|m| m.table_size) {
+                    let path = format!("{ch}.maglev.tableSize");
+                    let max = crate::cluster::maglev::MAX_TABLE_SIZE;
+                    if n > max {
+                        bad(path, format!("{n} is over {max} (Envoy's limit)"));
+                    } else if !crate::cluster::maglev::is_prime(n) {
+                        bad(
+                            path,
+                            format!("{n} is not a prime: Maglev needs a prime table size (e.g. 65537, 131071)"),
                         );
                     }
                 }
@@ -941,6 +1013,58 @@ clusters:
             .unwrap();
         assert_eq!((t.sni.as_str(), t.cert), ("b", None));
         assert!(effective_cluster(&c, &dr("{mode: DISABLE}")).tls.is_none());
+    }
+
+    #[test]
+    fn istio_hash_algorithms_set_the_balancer_settings() {
+        let c = parse(
+            "clusters: [{name: x, lb_policy: least_request, least_request_lb_config: {choice_count: 3}, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let dr = |lb: &str| {
+            rules(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: x\n  trafficPolicy:\n    loadBalancer: {lb}\n"
+            ))
+        };
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {httpHeaderName: u, ringHash: {minimumRingSize: 4096}}}"),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::RingHash);
+        assert_eq!(
+            e.ring_hash_lb_config.and_then(|r| r.minimum_ring_size),
+            Some(4096)
+        );
+        assert!(
+            e.least_request_lb_config.is_none(),
+            "no longer least request"
+        );
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {useSourceIp: true, minimumRingSize: 128}}"),
+        );
+        assert_eq!(
+            e.ring_hash_lb_config.and_then(|r| r.minimum_ring_size),
+            Some(128),
+            "the deprecated spelling"
+        );
+        let e = effective_cluster(
+            &c,
+            &dr("{consistentHash: {useSourceIp: true, maglev: {tableSize: 131071}}}"),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::Maglev);
+        assert_eq!(e.maglev_lb_config.and_then(|m| m.table_size), Some(131_071));
+        // `simple: LEAST_REQUEST` keeps the cluster's own least-request settings.
+        let e = effective_cluster(&c, &dr("{simple: LEAST_REQUEST}"));
+        assert_eq!(
+            e.least_request_lb_config.and_then(|l| l.choice_count),
+            Some(3)
+        );
+        let e = effective_cluster(&c, &dr("{simple: RANDOM}"));
+        assert!(e.least_request_lb_config.is_none());
     }
 
     #[test]

@@ -986,22 +986,17 @@ fn resolve_names(cfg: &Config, due: &Mutex<HashMap<(String, u16), Instant>>) {
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 
 fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
-    use crate::cluster::Balancer;
     use crate::route::HashOn;
     table
         .clusters
         .iter()
         .map(|c| {
-            let lb = match (&c.balancer, &c.hash_on) {
-                (Balancer::RoundRobin { .. }, _) => "round_robin".to_string(),
-                (Balancer::LeastRequest { .. }, _) => "least_request".into(),
-                (Balancer::Random { .. }, _) => "random".into(),
-                (Balancer::Maglev(_), HashOn::SourceIp) => "maglev on source ip".into(),
-                (Balancer::Maglev(_), HashOn::Header(h)) => format!("maglev on header {h}"),
-                (Balancer::Maglev(_), HashOn::Cookie(k)) => format!("maglev on cookie {k}"),
-                (Balancer::Maglev(_), HashOn::Query(q)) => {
-                    format!("maglev on query parameter {q}")
-                }
+            let lb = match &c.hash_on {
+                _ if !c.balancer.is_hashing() => c.balancer.name().to_string(),
+                HashOn::SourceIp => format!("{} on source ip", c.balancer.name()),
+                HashOn::Header(h) => format!("{} on header {h}", c.balancer.name()),
+                HashOn::Cookie(k) => format!("{} on cookie {k}", c.balancer.name()),
+                HashOn::Query(q) => format!("{} on query parameter {q}", c.balancer.name()),
             };
             let b = &c.breakers;
             let mut policy = format!(

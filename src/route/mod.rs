@@ -459,7 +459,7 @@ impl ClusterEntry {
     /// address is used, as for L4). No allocation.
     #[inline]
     pub fn request_key<'h>(&self, header: impl Fn(&str) -> Option<&'h [u8]>) -> Option<u64> {
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return None;
         }
         let v = match &self.hash_on {
@@ -478,7 +478,7 @@ impl ClusterEntry {
     #[inline]
     pub fn generated_cookie(&self, peer: Option<SocketAddr>) -> Option<(u64, [u8; 16])> {
         self.cookie_attrs.as_ref()?;
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return None;
         }
         let hex = generated_cookie_value(peer)?;
@@ -488,8 +488,11 @@ impl ClusterEntry {
     /// The balancer's hash key for an HTTP request to this cluster and, when a hash
     /// cookie was made up for it, the cookie's value (for `Set-Cookie`). The route's
     /// `hash_policy` decides when it has one, else the cluster's own (`hash_policy`,
-    /// Istio `consistentHash`); only consistent-hashing clusters hash. `None` key: the
-    /// client's source IP is hashed (Envoy would pick at random). No allocation.
+    /// Istio `consistentHash`); only consistent-hashing clusters hash. A policy that
+    /// finds no key in the request gets a random one: Envoy picks a random host then
+    /// (hashing the client's address instead would pin all of one client's key-less
+    /// requests to one endpoint). `None` key: the cluster hashes the source address
+    /// (its policy, or the native default). No allocation.
     #[inline]
     pub fn hash_key(
         &self,
@@ -497,23 +500,25 @@ impl ClusterEntry {
         req: &http::RequestView,
         peer: Option<SocketAddr>,
     ) -> (Option<u64>, Option<[u8; 16]>) {
-        if !matches!(self.balancer, Balancer::Maglev(_)) {
+        if !self.balancer.is_hashing() {
             return (None, None);
         }
         if let Some(r) = route {
-            return r.key(req, peer);
+            let (key, made) = r.key(req, peer);
+            return (Some(key.unwrap_or_else(no_key)), made);
         }
         if let HashOn::Query(name) = &self.hash_on {
             let key = req
                 .query_param(name)
-                .map(|v| crate::cluster::maglev::hash64(v, 0));
-            return (key, None);
+                .map_or_else(no_key, |v| crate::cluster::maglev::hash64(v, 0));
+            return (Some(key), None);
         }
         match self.request_key(|n| req.header(n)) {
             Some(k) => (Some(k), None),
             None => match self.generated_cookie(peer) {
                 Some((k, v)) => (Some(k), Some(v)),
-                None => (None, None),
+                None if matches!(self.hash_on, HashOn::SourceIp) => (None, None),
+                None => (Some(no_key()), None),
             },
         }
     }
@@ -893,10 +898,11 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     let mut priorities: Vec<u32> = resolved.iter().map(|e| e.2).collect();
     priorities.dedup();
     let by_locality = !c.locality_weights.is_empty();
+    let lb = crate::cluster::LbOptions::of(c);
     let build = |members: &[u32]| {
         let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
         let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
-        Balancer::build(c.lb_policy, &a, &w)
+        Balancer::build_with(&lb, &a, &w)
     };
     let levels: Box<[Level]> = if priorities.len() > 1 || by_locality {
         priorities
@@ -992,7 +998,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .health_checks
             .first()
             .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
-        balancer: Balancer::build(c.lb_policy, &addrs, &weights),
+        balancer: Balancer::build_with(&lb, &addrs, &weights),
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
@@ -1055,6 +1061,28 @@ pub(crate) fn generated_cookie_value(peer: Option<SocketAddr>) -> Option<[u8; 16
         *d = b"0123456789abcdef"[(h >> (60 - 4 * i) & 0xf) as usize];
     }
     Some(hex)
+}
+
+/// A random hash key for a request whose hash policy found nothing to hash (Envoy: a
+/// random host). The proxy asks for the key before its pick, away from the worker's
+/// `LbState`, so a generator of the worker's thread serves: no lock, no allocation,
+/// no memory shared with another worker.
+fn no_key() -> u64 {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            // First use on this thread: seeded from the process's hashing keys.
+            x = std::collections::hash_map::RandomState::new().hash_one(0x7469_636b_u64) | 1;
+        }
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        crate::cluster::maglev::mix64(x)
+    })
 }
 
 /// The value of cookie `name` in a `Cookie` header (quotes dropped).
@@ -1165,6 +1193,9 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             tls: None,
             healthy_panic_threshold: None,
             locality_weights: Default::default(),
+            ring_hash_lb_config: None,
+            maglev_lb_config: None,
+            least_request_lb_config: None,
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
@@ -1329,21 +1360,7 @@ spec:
         };
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=ca", "-keyout"])
-            .arg(dir.path().join("ca.key"))
-            .arg("-out")
-            .arg(&ca)
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let made = crate::tls::tests::self_signed(dir.path(), "ca");
         if !made {
             eprintln!("SKIP destination_rule_tls_is_built_and_checked_at_apply: no openssl CLI");
             return;

@@ -29,7 +29,7 @@ use super::records::{Kernel, RecordBufs, RecordError, Records};
 use super::{ClientTls, Mode, ServerTls};
 use crate::config::tls::OffloadBackend;
 use crate::proxy::l4::Side;
-use crate::telemetry::ListenerCounter;
+use crate::telemetry::{ListenerCounter, UpstreamCounter};
 
 /// The first byte of a TLS handshake record (RFC 8446 §5.1, `ContentType.handshake`).
 const HANDSHAKE: u8 = 22;
@@ -396,7 +396,8 @@ impl Handshake {
 pub struct Parked(State);
 
 impl Parked {
-    /// The socket closes while parked: destroy the engine session.
+    /// The socket closes while parked: destroy the engine session (a kernel side's
+    /// keys go with its socket).
     pub fn release(self, cr: Option<&mut Crypto>) {
         if let (State::Rec(r), Some(cr)) = (&self.0, cr) {
             let _ = cr.engine.destroy_session(r.session());
@@ -407,6 +408,53 @@ impl Parked {
 /// A session with records in flight or buffered: it cannot be parked.
 #[derive(Debug, Clone, Copy)]
 pub struct NotQuiet;
+
+/// What a kTLS hand-over attempt ([`Tls::hand_over_kernel`]) did with a side whose
+/// handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// The kernel protects the side's records now.
+    Kernel,
+    /// The engine's backend is not `ktls`: the side is on the engine, nothing tried.
+    Engine,
+    /// The hand-over was tried and the side stays on the engine, for this reason.
+    Fallback(Fallback),
+}
+
+impl HandOver {
+    /// The counters an attempt lands on (listener's, cluster's): `None` when nothing
+    /// was tried.
+    pub fn counters(self) -> Option<(ListenerCounter, UpstreamCounter)> {
+        match self {
+            HandOver::Kernel => Some((
+                ListenerCounter::TlsKtlsHandovers,
+                UpstreamCounter::TlsKtlsHandovers,
+            )),
+            HandOver::Fallback(_) => Some((
+                ListenerCounter::TlsKtlsFallbacks,
+                UpstreamCounter::TlsKtlsFallbacks,
+            )),
+            HandOver::Engine => None,
+        }
+    }
+}
+
+/// What a failed receive on a kernel side means ([`Tls::kernel_recv_failed`]).
+#[derive(Debug)]
+pub enum KernelRecv {
+    /// A control record was read and acted on.
+    Control(Control),
+    /// A bad record: its alert was sent; the side failed.
+    Record(FeedError),
+    /// Not about records (a reset): handled as on a plaintext socket.
+    Socket,
+}
+
+/// Whether a kernel side may be parked with its idle socket: nothing of its peer's
+/// waits to be read, neither end has closed, no KeyUpdate is owed.
+fn kernel_quiet(k: &KernelSide) -> bool {
+    !k.pending() && !k.peer_closed && !k.close_sent && !k.key_update_owed
+}
 
 #[derive(Debug, Default)]
 pub struct Tls {
@@ -522,7 +570,7 @@ impl Tls {
 
     /// A receive on kernel side `side` failed with `EIO` (a non-data record is next):
     /// read and act on it. `tx_idle`: nothing queued or in flight towards `side`.
-    pub fn kernel_control(&mut self, side: Side, fd: RawFd, tx_idle: bool) -> Control {
+    fn kernel_control(&mut self, side: Side, fd: RawFd, tx_idle: bool) -> Control {
         match self.kernel_side(side) {
             Some(k) => k.control(fd, tx_idle),
             None => Control::Empty,
@@ -557,7 +605,7 @@ impl Tls {
 
     /// A receive on kernel side `side` failed with `-errno`: the record error it stands
     /// for (its alert sent), or `None` when it is a socket error.
-    pub fn kernel_record_error(&mut self, side: Side, fd: RawFd, errno: i32) -> Option<FeedError> {
+    fn kernel_record_error(&mut self, side: Side, fd: RawFd, errno: i32) -> Option<FeedError> {
         self.kernel_side(side)?
             .record_error(fd, errno)
             .map(FeedError::Record)
@@ -684,8 +732,9 @@ impl Tls {
 
     /// The handshake of `side` ended and it is [`Tls::kernel_ready`]: hand its keys to
     /// the kernel on socket `fd` when the engine's backend is `ktls` and the side allows it
-    /// (`idle`: nothing queued or in flight towards the socket); otherwise to the engine.
-    /// `Ok(Some(_))`: it went to the engine although kTLS was wanted, and why.
+    /// (`idle`: no ciphertext queued or in flight towards the socket; no receive may be
+    /// armed on it); otherwise to the engine. The one hand-over of every proxy (L4 relay,
+    /// HTTP client and upstream sides). `Ok(None)`: the side was not waiting for one.
     pub fn hand_over_kernel(
         &mut self,
         side: Side,
@@ -693,12 +742,56 @@ impl Tls {
         idle: bool,
         cr: &mut Crypto,
         tag: u64,
-    ) -> Result<Option<Fallback>, FeedError> {
+    ) -> Result<Option<HandOver>, FeedError> {
         if !self.kernel_ready(side) {
             return Ok(None);
         }
-        let kernel = cr.engine.ktls_enabled().then_some((fd, idle));
-        self.hand_over(side, cr, tag, kernel)
+        let wanted = cr.engine.ktls_enabled();
+        let kernel = wanted.then_some((fd, idle));
+        let fallback = self.hand_over(side, cr, tag, kernel)?;
+        Ok(Some(match fallback {
+            Some(why) => HandOver::Fallback(why),
+            None if self.is_kernel(side) => HandOver::Kernel,
+            None => HandOver::Engine,
+        }))
+    }
+
+    /// A receive on kernel side `side` failed with `errno` (`tx_idle`: nothing queued or
+    /// in flight towards it). `EIO` is a control record, read and acted on here; `EBADMSG`,
+    /// `EMSGSIZE`, `EINVAL` a bad record (alert sent); anything else a socket error.
+    /// Shared by every proxy with kernel sides.
+    pub fn kernel_recv_failed(
+        &mut self,
+        side: Side,
+        fd: RawFd,
+        errno: i32,
+        tx_idle: bool,
+    ) -> KernelRecv {
+        if errno == libc::EIO {
+            return KernelRecv::Control(self.kernel_control(side, fd, tx_idle));
+        }
+        match self.kernel_record_error(side, fd, errno) {
+            Some(e) => KernelRecv::Record(e),
+            None => KernelRecv::Socket,
+        }
+    }
+
+    /// Kernel side `side`'s socket reached EOF: `Some(true)` when the peer's
+    /// `close_notify` came first (a clean end), `Some(false)` when it did not (possibly a
+    /// truncation attack: the stream must not look complete), `None` for other sides.
+    pub fn kernel_eof(&self, side: Side) -> Option<bool> {
+        match &self.sides[side.idx()] {
+            State::Kernel(k) => Some(k.peer_closed),
+            _ => None,
+        }
+    }
+
+    /// `side`'s records are protected by this proxy, on the engine or in the kernel
+    /// (after the handshake; `has` is false for a kernel side, whose socket carries
+    /// plaintext to the proxy).
+    #[inline]
+    pub fn protected(&self, side: Side) -> bool {
+        !matches!(self.sides[side.idx()], State::None)
     }
 
     /// The handshake of `side` is done: move its record protection to the kernel (with
@@ -906,6 +999,10 @@ impl Tls {
             {
                 Ok(Some(Parked(std::mem::take(&mut self.sides[side.idx()]))))
             }
+            // The kernel keeps the keys and sequence numbers with the socket.
+            State::Kernel(k) if kernel_quiet(k) => {
+                Ok(Some(Parked(std::mem::take(&mut self.sides[side.idx()]))))
+            }
             _ => Err(NotQuiet),
         }
     }
@@ -1025,6 +1122,12 @@ impl Tls {
             State::Rec(r) => Some(r.into_kernel()),
             _ => None,
         }
+    }
+
+    /// Make `side` a kernel side (tests).
+    #[cfg(test)]
+    pub(crate) fn put_kernel(&mut self, side: Side, k: KernelSide) {
+        self.sides[side.idx()] = State::Kernel(Box::new(k));
     }
 
     /// Set the key-update interval of `side`'s record layer (tests).

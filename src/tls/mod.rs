@@ -477,4 +477,4 @@ pub fn build_client(t: &ClusterTls, at: &str) -> Result<Arc<ClientTls>, Vec<Prob
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

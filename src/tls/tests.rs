@@ -96,8 +96,9 @@ fn openssl(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A self-signed certificate and key named `name` in `dir`; `false` without openssl.
-fn self_signed(dir: &Path, name: &str) -> bool {
+/// A self-signed certificate and key named `name` in `dir` (`name.pem`, `name.key`); `false`
+/// without openssl. Other modules' tests use it for a CA file.
+pub(crate) fn self_signed(dir: &Path, name: &str) -> bool {
     let p = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
     openssl(&[
         "req",
@@ -680,4 +681,89 @@ fn kernel_side_control_records() {
             JobErrorKind::Internal
         ))
     );
+}
+
+/// What the proxies share about kernel sides: the counters a hand-over attempt lands on,
+/// what a failed receive means (`EIO` a control record, `EBADMSG` a bad record answered
+/// with `bad_record_mac`, a reset a socket error), a clean end only after
+/// `close_notify`, and parking with the socket only when quiet.
+#[test]
+fn kernel_sides_in_the_proxies() {
+    use super::conn::{HandOver, KernelRecv, Tls};
+    use super::kernel::{Control, Fallback, KernelSide};
+    use super::records::{alert, JobErrorKind, RecordError};
+    use crate::proxy::l4::Side::{Down, Up};
+    use crate::telemetry::{ListenerCounter as L, UpstreamCounter as U};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    assert_eq!(
+        HandOver::Kernel.counters(),
+        Some((L::TlsKtlsHandovers, U::TlsKtlsHandovers))
+    );
+    for why in [Fallback::Busy, Fallback::Ulp, Fallback::PartialRecord] {
+        assert_eq!(
+            HandOver::Fallback(why).counters(),
+            Some((L::TlsKtlsFallbacks, U::TlsKtlsFallbacks))
+        );
+    }
+    assert_eq!(
+        HandOver::Engine.counters(),
+        None,
+        "nothing tried, nothing counted"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mut hs, _cr, _c)) = handshaken(dir.path()) else {
+        return;
+    };
+    let kernel = hs.take_kernel(Down).expect("a record layer");
+    let side = KernelSide::for_test(
+        kernel,
+        tickmesh_offload::CipherSuite::Aes256Gcm,
+        tickmesh_offload::TlsVersion::Tls13,
+    );
+    let mut t = Tls::empty();
+    t.put_kernel(Up, side);
+    assert!(t.is_kernel(Up) && t.protected(Up) && !t.has(Up));
+    assert!(!t.protected(Down) && t.kernel_eof(Down).is_none());
+    assert_eq!(t.kernel_eof(Up), Some(false), "an EOF without close_notify");
+
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ours = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let (mut peer, _) = l.accept().unwrap();
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let fd = ours.as_raw_fd();
+    // EIO with no record to read (TCP here): nothing ready, nothing sent.
+    assert!(matches!(
+        t.kernel_recv_failed(Up, fd, libc::EIO, true),
+        KernelRecv::Control(Control::Empty)
+    ));
+    assert!(matches!(
+        t.kernel_recv_failed(Up, fd, libc::ECONNRESET, true),
+        KernelRecv::Socket
+    ));
+    // Quiet: parks with its socket, and comes back as the same kernel side.
+    let parked = t.park(Up).expect("quiet").expect("a session");
+    assert!(!t.is_kernel(Up));
+    t.unpark(Up, parked);
+    assert!(t.is_kernel(Up));
+    // EBADMSG: the kernel could not open a record; bad_record_mac goes to the peer.
+    match t.kernel_recv_failed(Up, fd, libc::EBADMSG, true) {
+        KernelRecv::Record(super::conn::FeedError::Record(RecordError::Sent(d, k))) => {
+            assert_eq!(d, alert::BAD_RECORD_MAC);
+            assert!(matches!(k, JobErrorKind::Job(_)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut a = [0u8; 2];
+    peer.read_exact(&mut a).unwrap();
+    assert_eq!(
+        a,
+        [2, alert::BAD_RECORD_MAC],
+        "TCP ignores the record type: raw"
+    );
+    assert!(t.park(Up).is_err(), "our alert went out: not reusable");
 }

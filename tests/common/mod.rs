@@ -14,6 +14,7 @@ use tickmesh::net::SocketPool;
 use tickmesh::route::{compile, RouteTable, Routes};
 use tickmesh::telemetry::StatsRegistry;
 
+pub mod https;
 pub mod pki;
 
 pub const WORKERS: usize = 2;

@@ -116,17 +116,21 @@ impl Pki {
     }
 
     pub fn leaf(&self, name: &str, ca: &str, ext: &str, days: i32) {
+        self.leaf_with_subject(name, ca, &format!("/CN={name}"), ext, days);
+    }
+
+    /// As [`Pki::leaf`], with the certificate's subject given (openssl `-subj` form).
+    pub fn leaf_with_subject(&self, name: &str, ca: &str, subject: &str, ext: &str, days: i32) {
         let ext_file = self.path(&format!("{name}.ext"));
         std::fs::write(&ext_file, format!("{ext}\n")).unwrap();
         let (key, csr) = (
             self.s(&format!("{name}.key")),
             self.s(&format!("{name}.csr")),
         );
-        let subject = format!("/CN={name}");
         run(Command::new("openssl")
             .arg("req")
             .args(EC_KEY)
-            .args(["-subj", &subject, "-keyout", &key, "-out", &csr]));
+            .args(["-subj", subject, "-keyout", &key, "-out", &csr]));
         run(Command::new("openssl").args([
             "x509",
             "-req",

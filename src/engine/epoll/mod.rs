@@ -10,6 +10,13 @@
 //! arriving later raises a new edge, so no event is lost); a completion is delivered after
 //! the call that requested it has returned (never re-entrantly); each registration
 //! carries an epoch so an event for a socket closed earlier in the batch is ignored.
+//!
+//! A pooled upstream socket stays registered while it idles in the worker's pool
+//! ([`Io::park`]): a read-side event on it from then on (bytes, FIN, hang-up, error)
+//! marks it dead, with no syscall, and the worker's tick closes it ([`Io::parked_alive`]).
+//! Its registration still carries the token of the connection that parked it; a parked
+//! socket is known by descriptor number and that token together, so a reused number
+//! (re-registered under another token) is never taken for it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +51,18 @@ struct Ops {
     queued: bool,
 }
 
+/// What the engine knows of a socket idling in the worker's pool, by descriptor number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Park {
+    /// Not parked (or not watched while parked).
+    #[default]
+    No,
+    /// Parked; nothing arrived since.
+    Alive,
+    /// Parked, and bytes, an end of stream or an error arrived: never to be reused.
+    Dead,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Done {
     Connect(ConnRef, i32),
@@ -64,6 +83,13 @@ pub(crate) struct Epoll {
     /// The token each socket was last registered with, by descriptor number (so a
     /// pooled socket taken back by the slot that registered it costs no syscall).
     tokens: Vec<u64>,
+    /// By descriptor number: whether the socket is parked and alive (see [`Park`]),
+    /// and its index in `parked_fds`.
+    parks: Vec<(Park, u32)>,
+    /// The parked sockets, unordered: searched (by registration token) only for an
+    /// event whose token no longer names its connection's socket (rare: a socket whose
+    /// parking connection moved on, or one closed earlier in the batch).
+    parked_fds: Vec<RawFd>,
     ready: Vec<u32>,
     done: Vec<Done>,
 }
@@ -89,6 +115,8 @@ impl Epoll {
             ops: Vec::new(),
             second: Vec::new(),
             tokens: Vec::new(),
+            parks: Vec::new(),
+            parked_fds: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
         })
@@ -124,8 +152,70 @@ impl Epoll {
                 self.tokens.resize(i + 1, 0);
             }
             self.tokens[i] = tok;
+            // A fresh registration: whatever was parked under this number is gone.
+            self.unpark(fd);
         }
         Ok(())
+    }
+
+    /// Start watching parked socket `fd` (registered, so `tokens` names it).
+    fn park_fd(&mut self, fd: RawFd) {
+        let i = fd as usize;
+        if self.parks.len() <= i {
+            // Grows with the highest descriptor number only.
+            self.parks.resize(i + 1, (Park::No, 0));
+        }
+        self.parks[i] = (Park::Alive, self.parked_fds.len() as u32);
+        // Grows with the pool's high-water mark only.
+        self.parked_fds.push(fd);
+    }
+
+    /// Stop watching `fd` as a parked socket (taken, closed, or re-registered).
+    fn unpark(&mut self, fd: RawFd) {
+        let Some(&(state, at)) = self.parks.get(fd as usize) else {
+            return;
+        };
+        if state == Park::No {
+            return;
+        }
+        self.parks[fd as usize] = (Park::No, 0);
+        self.parked_fds.swap_remove(at as usize);
+        if let Some(&moved) = self.parked_fds.get(at as usize) {
+            self.parks[moved as usize].1 = at;
+        }
+    }
+
+    /// A read-side event (bytes, FIN, hang-up, error) under registration `token`: if
+    /// it is a parked socket's, that socket is dead.
+    fn note_parked(&mut self, token: u64, t: Token) {
+        let (side, epoch) = ((t.aux & 1) as usize, t.aux >> 1);
+        let named = self
+            .ops
+            .get(t.slot as usize)
+            .filter(|o| o.gen == t.gen && o.epoch[side] == epoch)
+            .map(|o| o.fds[side])
+            .filter(|&fd| fd >= 0 && self.tokens.get(fd as usize) == Some(&token));
+        let fd = match named {
+            // The connection's own socket (parked or not): no search.
+            Some(fd) => fd,
+            None => {
+                let tokens = &self.tokens;
+                match self
+                    .parked_fds
+                    .iter()
+                    .copied()
+                    .find(|&fd| tokens.get(fd as usize) == Some(&token))
+                {
+                    Some(fd) => fd,
+                    None => return,
+                }
+            }
+        };
+        if let Some(p) = self.parks.get_mut(fd as usize) {
+            if p.0 == Park::Alive {
+                p.0 = Park::Dead;
+            }
+        }
     }
 
     #[inline]
@@ -135,6 +225,36 @@ impl Epoll {
             o.queued = true;
             self.ready.push(slot);
         }
+    }
+
+    /// A readiness event for a connection's socket (or a parked one).
+    fn sock_event(&mut self, bits: u32, token: u64, t: Token) {
+        let read_side = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if !self.parked_fds.is_empty() && bits & read_side != 0 {
+            // Something arrived: on a parked socket it marks it dead (the tick closes
+            // it). A pure EPOLLOUT edge (acknowledged bytes freeing send space)
+            // changes nothing for it.
+            self.note_parked(token, t);
+        }
+        let side = (t.aux & 1) as usize;
+        let epoch = t.aux >> 1;
+        let Some(o) = self.ops.get_mut(t.slot as usize) else {
+            return;
+        };
+        if o.gen != t.gen || o.epoch[side] != epoch {
+            return;
+        }
+        let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
+            o.readable[side] = true;
+        }
+        if bits & (libc::EPOLLRDHUP as u32 | err) != 0 {
+            o.hup[side] = true;
+        }
+        if bits & (libc::EPOLLOUT as u32 | err) != 0 {
+            o.writable[side] = true;
+        }
+        self.enqueue(t.slot);
     }
 
     /// Run the operations a connection asked for that its sockets are ready for.
@@ -285,6 +405,13 @@ impl Io for Epoll {
     }
 
     fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        debug_assert!(
+            self.parks
+                .get(fd as usize)
+                .is_none_or(|p| p.0 != Park::Dead),
+            "a dead parked socket was handed out"
+        );
+        self.unpark(fd);
         let s = side.idx();
         let o = &self.ops[c.slot as usize];
         let current = sock_token(c, side, o.epoch[s]);
@@ -302,6 +429,53 @@ impl Io for Epoll {
         o.connecting = false;
         if let Err(e) = self.register_as(c, side, fd, libc::EPOLL_CTL_MOD) {
             tracing::warn!("epoll_ctl(MOD) for a pooled upstream socket failed: {e}");
+        }
+    }
+
+    fn park(&mut self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        self.unpark(fd);
+        let s = side.idx();
+        let Some(o) = self.ops.get_mut(c.slot as usize) else {
+            return true;
+        };
+        let own = o.gen == c.gen
+            && o.fds[s] == fd
+            && fd >= 0
+            && self.tokens.get(fd as usize) == Some(&sock_token(c, side, o.epoch[s]));
+        if !own {
+            // Not registered under `c` (never expected): hand it over unwatched (the
+            // pool's own check applies).
+            return true;
+        }
+        if o.hup[s] || o.want_recv[s] {
+            // An end of stream already reported, or a receive still asked: not reusable.
+            return false;
+        }
+        if o.readable[s] {
+            // Readiness not disproved since the last read (it filled the buffer, or an
+            // event arrived after it): one peek settles whether bytes nobody asked
+            // for wait. Rare: the last read of a response is short and clears it.
+            let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            match socket2::SockRef::from(&sys_fd(fd)).peek(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => o.readable[s] = false,
+                _ => return false,
+            }
+        }
+        self.park_fd(fd);
+        true
+    }
+
+    fn parked_alive(&self, fd: RawFd) -> Option<bool> {
+        match self.parks.get(fd as usize).map(|p| p.0) {
+            Some(Park::Alive) => Some(true),
+            Some(Park::Dead) => Some(false),
+            _ => None,
+        }
+    }
+
+    fn drop_socket(&mut self, fd: RawFd) {
+        if fd >= 0 {
+            self.unpark(fd);
         }
     }
 
@@ -575,27 +749,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
             let t = Token::decode(token);
             match t.kind {
                 Kind::Accept => accept_all(core, io, t.slot),
-                Kind::Sock => {
-                    let side = (t.aux & 1) as usize;
-                    let epoch = t.aux >> 1;
-                    let Some(o) = io.ops.get_mut(t.slot as usize) else {
-                        continue;
-                    };
-                    if o.gen != t.gen || o.epoch[side] != epoch {
-                        continue;
-                    }
-                    let err = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
-                    if bits & ((libc::EPOLLIN | libc::EPOLLRDHUP) as u32 | err) != 0 {
-                        o.readable[side] = true;
-                    }
-                    if bits & (libc::EPOLLRDHUP as u32 | err) != 0 {
-                        o.hup[side] = true;
-                    }
-                    if bits & (libc::EPOLLOUT as u32 | err) != 0 {
-                        o.writable[side] = true;
-                    }
-                    io.enqueue(t.slot);
-                }
+                Kind::Sock => io.sock_event(bits, token, t),
                 Kind::UdpListener => core.on_udp_ready(Watch::Listener(t.slot), true, io),
                 Kind::UdpSession => core.on_udp_ready(Watch::Session(t.slot, t.gen), true, io),
                 _ => {}
@@ -617,5 +771,79 @@ mod tests {
     fn per_connection_ops_stay_small() {
         let size = std::mem::size_of::<Ops>();
         assert!(size <= 56, "epoll Ops grew to {size} bytes");
+    }
+
+    /// Events waiting on the engine's epoll set, handled as `run` handles sockets'.
+    fn pump(e: &mut Epoll) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: `events` is valid for 16 entries.
+        let n = unsafe { libc::epoll_wait(e.ep.as_raw_fd(), events.as_mut_ptr(), 16, 200) };
+        for ev in &events[..n.max(0) as usize] {
+            let (bits, token) = (ev.events, ev.u64);
+            e.sock_event(bits, token, Token::decode(token));
+        }
+    }
+
+    /// Parked sockets: a read-side event marks one dead (also under a token its
+    /// parking connection no longer names), the others stay alive; taking, dropping
+    /// and re-registering keep the bookkeeping consistent; bytes already waiting at
+    /// park time refuse the park.
+    #[test]
+    fn parked_sockets_die_on_events() {
+        use std::io::Write;
+        use std::net::{TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let pair = || {
+            let ours = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            ours.set_nonblocking(true).unwrap();
+            (ours, l.accept().unwrap().0)
+        };
+        let mut e = Epoll::new().unwrap();
+        let (a, mut pa) = pair();
+        let (b, _pb) = pair();
+        let (c, mut pc) = pair();
+        let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        let (ca, cb, cc) = (
+            ConnRef { slot: 0, gen: 1 },
+            ConnRef { slot: 1, gen: 1 },
+            ConnRef { slot: 2, gen: 1 },
+        );
+        e.adopt(ca, fa);
+        e.adopt(cb, fb);
+        e.adopt(cc, fc);
+        pump(&mut e);
+        // Bytes nobody asked for wait on c: refused.
+        pc.write_all(b"stray").unwrap();
+        pump(&mut e);
+        assert!(!e.park(cc, Side::Down, fc));
+        assert_eq!(e.parked_alive(fc), None);
+        assert!(e.park(ca, Side::Down, fa));
+        assert!(e.park(cb, Side::Down, fb));
+        assert_eq!(
+            (e.parked_alive(fa), e.parked_alive(fb)),
+            (Some(true), Some(true))
+        );
+        // a's connection moves on (a new generation in its slot): the event on a
+        // carries a token nobody names any more, and still finds it.
+        e.adopt(ConnRef { slot: 0, gen: 2 }, -1);
+        pa.write_all(b"x").unwrap();
+        pump(&mut e);
+        assert_eq!(
+            (e.parked_alive(fa), e.parked_alive(fb)),
+            (Some(false), Some(true))
+        );
+        e.drop_socket(fa);
+        assert_eq!((e.parked_alive(fa), e.parked_alive(fb)), (None, Some(true)));
+        // Taken back by its own connection: no longer watched as parked.
+        e.attach(cb, Side::Down, fb);
+        assert_eq!(e.parked_alive(fb), None);
+        assert!(e.parked_fds.is_empty());
+        // Parked again, then its number registered afresh (as a closed descriptor's
+        // reused number is: the close took it out of the set).
+        assert!(e.park(cb, Side::Down, fb));
+        e.ctl(libc::EPOLL_CTL_DEL, fb, 0, 0).unwrap();
+        e.adopt(ConnRef { slot: 3, gen: 1 }, fb);
+        assert_eq!(e.parked_alive(fb), None);
+        assert!(e.parked_fds.is_empty());
     }
 }

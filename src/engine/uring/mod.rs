@@ -2,13 +2,19 @@
 //! (PLATFORM.md: default flags cost ≈ 20 µs more per round trip; SQPOLL is not used —
 //! it needs a core of its own). Multishot accept per listener socket; receives pick a
 //! buffer from the worker's provided-buffer ring — multishot on sockets a connection
-//! keeps for its life ([`Io::recv_multi`]: armed once, not once per message), single-shot
-//! elsewhere (a pooled upstream socket must have nothing armed when it is parked); sends
+//! keeps across messages ([`Io::recv_multi`]: armed once, not once per message — the
+//! client socket, both L4 sides, a plain-TCP HTTP upstream, whose receive stays armed
+//! while the socket idles in the worker's pool: [`Io::park`]), single-shot elsewhere; sends
 //! go straight from the buffer (no copy); all submitted in one `io_uring_enter` per loop.
 //!
 //! Owns the ring, the buffer ring, the connect addresses and the multishot receive
 //! state; the proxy logic lives in `proxy::l4` and the worker logic in `engine::core`.
-//! Invariants: a buffer is either in the kernel's ring, held here for a connection that
+//! Multishot state is kept per socket (by fd number, with a generation per number so a
+//! late completion of a closed socket never lands on its successor), not per connection:
+//! a pooled upstream socket carries its armed receive from the connection that parked it
+//! to the one that takes it. Whatever completes on a parked socket (bytes, end of stream,
+//! error) marks it dead; the pool asks before reuse ([`Io::parked_alive`]), and nobody
+//! ever receives those bytes. Invariants: a buffer is either in the kernel's ring, held here for a connection that
 //! has not asked for it yet, or owned by exactly one connection's queue; memory the
 //! kernel may touch (buffers, buffer ring, sockaddrs) lives until the ring is dropped,
 //! which happens first (field order). The proxy sees one receive completion per ask,
@@ -46,7 +52,7 @@ const QUIET_LAPS: u32 = 32;
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, kernel 5.19): arm the poll before
 /// the first receive attempt.
 const RECVSEND_POLL_FIRST: u16 = 1;
-/// Multishot receive state slots per boxed chunk (see `Uring::multi`).
+/// Multishot receive states (by fd number) per boxed chunk (see `Uring::multi`).
 const MULTI_CHUNK: usize = 256;
 /// Gathered-send headers per boxed chunk (see `Uring::msgs`).
 const MSG_CHUNK: usize = 64;
@@ -205,12 +211,12 @@ pub(crate) struct Uring {
     /// Gathered-send headers by slot and direction, in chunks that never move (the
     /// kernel reads them when the send is issued, possibly after the submit returns).
     msgs: Vec<Box<[[Msg; 2]; MSG_CHUNK]>>,
-    /// Multishot receive state per slot and side, in chunks that grow with the slab's
-    /// high-water mark (allocation only then).
-    multi: Vec<Box<[[Multi; 2]; MULTI_CHUNK]>>,
+    /// Multishot receive state by socket fd number, in chunks that grow with the
+    /// highest fd seen (allocation only then).
+    multi: Vec<Box<[Multi; MULTI_CHUNK]>>,
     /// Multishot completions that arrived before their connection asked, in arrival
-    /// order: (slot, generation, side, result, flags). Each owns a pool buffer or ends
-    /// its multishot, so the list stays within the pool plus two per slot; preallocated
+    /// order: (fd, state generation, unused, result, flags). Each owns a pool buffer or
+    /// ends its multishot, so the list stays within the pool plus one per socket; preallocated
     /// for the pool (growing past that is a control-rate event: many connections ending
     /// at once while backpressured).
     held: Vec<(u32, u16, u8, i32, u32)>,
@@ -220,12 +226,19 @@ pub(crate) struct Uring {
 }
 
 /// One socket's multishot receive, as the engine tracks it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Multi {
-    /// The state belongs to this tenant of the slot and this socket.
+    /// The state belongs to the socket now open under this fd number.
     live: bool,
+    /// Bumped each time a state starts on this fd number (it is in the tokens).
     gen: u16,
-    fd: RawFd,
+    /// The connection and side whose receives these are (stale while parked).
+    owner: ConnRef,
+    side: Side,
+    /// The socket idles in the pool: nobody asks; anything that arrives kills it.
+    parked: bool,
+    /// Something arrived while parked: the socket must not be handed out again.
+    dead: bool,
     /// A multishot receive is in the kernel (its final completion has not arrived).
     armed: bool,
     /// The connection asked and got nothing yet: the next completion is its.
@@ -236,6 +249,31 @@ struct Multi {
     dropped: bool,
     /// Completions in `Uring::held` for this socket.
     held: u16,
+}
+
+impl Default for Multi {
+    fn default() -> Multi {
+        Multi {
+            live: false,
+            gen: 0,
+            owner: ConnRef { slot: 0, gen: 0 },
+            side: Side::Down,
+            parked: false,
+            dead: false,
+            armed: false,
+            wanted: false,
+            cancelling: false,
+            dropped: false,
+            held: 0,
+        }
+    }
+}
+
+impl Multi {
+    #[inline]
+    fn owned_by(&self, c: ConnRef, side: Side) -> bool {
+        self.live && !self.parked && self.owner == c && self.side == side
+    }
 }
 
 impl Uring {
@@ -254,23 +292,24 @@ impl Uring {
         })
     }
 
-    /// The multishot state of `slot`'s `side` (grown to the slot on first use).
+    /// The multishot state of socket `fd` (the table grown to it on first use).
     #[inline]
-    fn multi_mut(&mut self, slot: u32, side: Side) -> &mut Multi {
-        let slot = slot as usize;
-        while self.multi.len() <= slot / MULTI_CHUNK {
-            self.multi
-                .push(Box::new([[Multi::default(); 2]; MULTI_CHUNK]));
+    fn multi_mut(&mut self, fd: RawFd) -> &mut Multi {
+        let i = fd.max(0) as usize;
+        while self.multi.len() <= i / MULTI_CHUNK {
+            // Grows with the highest fd number only.
+            self.multi.push(Box::new([Multi::default(); MULTI_CHUNK]));
         }
-        &mut self.multi[slot / MULTI_CHUNK][slot % MULTI_CHUNK][side.idx()]
+        &mut self.multi[i / MULTI_CHUNK][i % MULTI_CHUNK]
     }
 
     #[inline]
-    fn multi_get(&self, slot: u32, side: Side) -> Option<&Multi> {
-        let slot = slot as usize;
-        self.multi
-            .get(slot / MULTI_CHUNK)
-            .map(|c| &c[slot % MULTI_CHUNK][side.idx()])
+    fn multi_get(&self, fd: RawFd) -> Option<&Multi> {
+        if fd < 0 {
+            return None;
+        }
+        let i = fd as usize;
+        self.multi.get(i / MULTI_CHUNK).map(|c| &c[i % MULTI_CHUNK])
     }
 
     /// Whether `c`'s `side` has live multishot state on `fd` (a plain `recv` on such a
@@ -278,33 +317,36 @@ impl Uring {
     /// bytes between them).
     #[inline]
     fn multi_on(&self, c: ConnRef, side: Side, fd: RawFd) -> bool {
-        self.multi_get(c.slot, side)
-            .is_some_and(|m| m.live && m.gen == c.gen && m.fd == fd)
+        self.multi_get(fd).is_some_and(|m| m.owned_by(c, side))
     }
 
-    fn arm_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+    fn multi_token(fd: RawFd, gen: u16) -> u64 {
+        Token::encode(Kind::RecvMulti, 0, gen, fd as u32)
+    }
+
+    fn arm_multi(&mut self, fd: RawFd, gen: u16) {
         let e = opcode::RecvMulti::new(Fd(fd), BGID)
             .build()
-            .user_data(Token::encode(Kind::RecvMulti, side as u8, c.gen, c.slot));
+            .user_data(Self::multi_token(fd, gen));
         // SAFETY: the kernel picks each buffer from the ring, whose memory outlives it.
         unsafe { self.push(e) }
     }
 
-    fn cancel_multi(&mut self, c: ConnRef, side: Side) {
-        let e = opcode::AsyncCancel::new(Token::encode(Kind::RecvMulti, side as u8, c.gen, c.slot))
+    fn cancel_multi(&mut self, fd: RawFd, gen: u16) {
+        let e = opcode::AsyncCancel::new(Self::multi_token(fd, gen))
             .build()
             .user_data(Token::NOTHING);
         // SAFETY: no pointers.
         unsafe { self.push(e) }
     }
 
-    /// Give back the held completions of `c`'s `side` (its connection no longer wants
-    /// them).
-    fn drop_held(&mut self, c: ConnRef, side: Side) {
+    /// Give back the held completions of socket `fd` (nobody will ask for them).
+    fn drop_held(&mut self, fd: RawFd) {
+        let gen = self.multi_mut(fd).gen;
         let mut i = 0;
         while i < self.held.len() {
-            let (slot, gen, s, _, flags) = self.held[i];
-            if slot == c.slot && gen == c.gen && s == side as u8 {
+            let (f, g, _, _, flags) = self.held[i];
+            if f == fd as u32 && g == gen {
                 self.held.remove(i);
                 if let Some(b) = cqueue::buffer_select(flags) {
                     self.release(b);
@@ -313,7 +355,27 @@ impl Uring {
                 i += 1;
             }
         }
-        self.multi_mut(c.slot, side).held = 0;
+        self.multi_mut(fd).held = 0;
+    }
+
+    /// Socket `fd`'s state ends (the socket closes, or another tenant of the number
+    /// starts): its multishot is cancelled, its held completions dropped; completions
+    /// still on their way carry the old generation and are dropped on arrival.
+    fn end_multi(&mut self, fd: RawFd) {
+        let m = *self.multi_mut(fd);
+        if !m.live {
+            return;
+        }
+        if m.armed && !m.cancelling && !m.dropped {
+            // By user data, not by fd: the socket closes right after this (the
+            // kernel's own reference keeps it open until the cancel runs, at the next
+            // submit), and its number may be reused by then.
+            self.cancel_multi(fd, m.gen);
+        }
+        if m.held > 0 {
+            self.drop_held(fd);
+        }
+        self.multi_mut(fd).live = false;
     }
 
     /// Queue an entry, flushing the submission queue first if it is full.
@@ -371,8 +433,19 @@ impl Uring {
 impl Io for Uring {
     fn adopt(&mut self, _c: ConnRef, _fd: RawFd) {}
 
-    // Completions carry the issuing slot in their own tokens: nothing to move.
-    fn attach(&mut self, _c: ConnRef, _side: Side, _fd: RawFd) {}
+    // Completions carry the issuing slot in their own tokens: nothing to move but a
+    // parked socket's receive state, which now answers `c`.
+    fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd) {
+        if let Some(m) = self.multi_get(fd).copied() {
+            if m.live && m.parked {
+                debug_assert!(!m.dead, "a dead parked socket was handed out");
+                let st = self.multi_mut(fd);
+                st.parked = false;
+                st.owner = c;
+                st.side = side;
+            }
+        }
+    }
 
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr) {
         let slot = c.slot as usize;
@@ -434,15 +507,19 @@ impl Io for Uring {
     }
 
     fn recv_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
-        let m = *self.multi_mut(c.slot, side);
-        if !(m.live && m.gen == c.gen && m.fd == fd) {
-            // A new tenant (or socket): the previous one forgot its state, so nothing
-            // of it is held; a final completion still on its way carries the old
-            // generation and is dropped.
-            *self.multi_mut(c.slot, side) = Multi {
+        let m = *self.multi_mut(fd);
+        if !m.owned_by(c, side) {
+            if m.live {
+                // Not this connection's: the previous socket under this number closed
+                // without `forget`/`drop_socket` (a bug; nothing of it must leak here).
+                debug_assert!(false, "multishot state of a socket closed unannounced");
+                self.end_multi(fd);
+            }
+            *self.multi_mut(fd) = Multi {
                 live: true,
-                gen: c.gen,
-                fd,
+                gen: m.gen.wrapping_add(1),
+                owner: c,
+                side,
                 ..Multi::default()
             };
         } else if m.held > 0 {
@@ -450,45 +527,71 @@ impl Io for Uring {
             if let Some(i) = self
                 .held
                 .iter()
-                .position(|h| h.0 == c.slot && h.1 == c.gen && h.2 == side as u8)
+                .position(|h| h.0 == fd as u32 && h.1 == m.gen)
             {
                 let (_, _, _, res, flags) = self.held.remove(i);
-                self.multi_mut(c.slot, side).held -= 1;
+                self.multi_mut(fd).held -= 1;
                 self.ready
                     .push((c.slot, c.gen, side, res, cqueue::buffer_select(flags)));
                 return;
             }
             debug_assert!(false, "multishot held count without a held completion");
-            self.multi_mut(c.slot, side).held = 0;
+            self.multi_mut(fd).held = 0;
         }
-        let m = self.multi_mut(c.slot, side);
+        let m = self.multi_mut(fd);
         m.wanted = true;
         if !m.armed {
             m.armed = true;
             m.cancelling = false;
             m.dropped = false;
-            self.arm_multi(c, side, fd);
+            let gen = m.gen;
+            self.arm_multi(fd, gen);
         }
     }
 
-    fn forget(&mut self, c: ConnRef) {
-        for side in [Side::Down, Side::Up] {
-            let Some(m) = self.multi_get(c.slot, side).copied() else {
-                return;
-            };
-            if !(m.live && m.gen == c.gen) {
-                continue;
+    fn forget(&mut self, c: ConnRef, fds: [RawFd; 2]) {
+        for fd in fds {
+            if self
+                .multi_get(fd)
+                .is_some_and(|m| m.live && !m.parked && m.owner == c)
+            {
+                self.end_multi(fd);
             }
-            if m.armed && !m.cancelling && !m.dropped {
-                // By user data, not by fd: the connection closes the socket right after
-                // this (the kernel's own reference keeps it open until the cancel runs,
-                // at the next submit).
-                self.cancel_multi(c, side);
-            }
-            if m.held > 0 {
-                self.drop_held(c, side);
-            }
-            self.multi_mut(c.slot, side).live = false;
+        }
+    }
+
+    fn park(&mut self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        let Some(m) = self.multi_get(fd).copied() else {
+            return true;
+        };
+        if !m.owned_by(c, side) {
+            // Never received through a multishot (a TLS upstream): the pool checks it.
+            return true;
+        }
+        if m.held > 0 || m.wanted {
+            // Bytes or an end of stream nobody asked for (or a receive still asked):
+            // not reusable.
+            return false;
+        }
+        if !m.armed || m.cancelling || m.dropped {
+            // Nothing watches it while parked: hand it over unwatched (the pool's
+            // own check applies).
+            self.end_multi(fd);
+            return true;
+        }
+        self.multi_mut(fd).parked = true;
+        true
+    }
+
+    fn parked_alive(&self, fd: RawFd) -> Option<bool> {
+        self.multi_get(fd)
+            .filter(|m| m.live && m.parked)
+            .map(|m| !m.dead)
+    }
+
+    fn drop_socket(&mut self, fd: RawFd) {
+        if fd >= 0 {
+            self.end_multi(fd);
         }
     }
 
@@ -580,16 +683,16 @@ impl Io for Uring {
     }
 
     fn cancel_all(&mut self, c: ConnRef, fds: [RawFd; 2]) -> bool {
-        for side in [Side::Down, Side::Up] {
-            let Some(m) = self.multi_get(c.slot, side).copied() else {
-                break;
+        for fd in fds {
+            let Some(m) = self.multi_get(fd).copied() else {
+                continue;
             };
-            if m.live && m.gen == c.gen && m.fd >= 0 && fds.contains(&m.fd) {
+            if m.live && !m.parked && m.owner == c {
                 // The connection waits only for what it asked; held completions and
                 // the cancelled multishot's unasked ones are dropped.
-                self.multi_mut(c.slot, side).dropped = true;
+                self.multi_mut(fd).dropped = true;
                 if m.held > 0 {
-                    self.drop_held(c, side);
+                    self.drop_held(fd);
                 }
             }
         }
@@ -757,22 +860,19 @@ fn dispatch(core: &mut Core, io: &mut Uring, ud: u64, res: i32, flags: u32) {
 }
 
 /// A multishot receive completed: hand it to its connection if it asked, else hold it
-/// (and cancel the multishot: the connection is not keeping up).
+/// (and cancel the multishot: the connection is not keeping up); on a parked socket,
+/// mark the socket dead.
 fn on_multi(core: &mut Core, io: &mut Uring, t: Token, res: i32, flags: u32) {
-    let side = Side::from_idx(t.aux as usize);
+    let fd = t.slot as RawFd;
     let buf = cqueue::buffer_select(flags);
     if buf.is_some() {
         io.bufs.available -= 1;
     }
     let more = cqueue::more(flags);
-    let c = ConnRef {
-        slot: t.slot,
-        gen: t.gen,
-    };
-    let m = match io.multi_get(t.slot, side) {
+    let m = match io.multi_get(fd) {
         Some(m) if m.live && m.gen == t.gen => *m,
         _ => {
-            // A forgotten socket's last completions.
+            // A closed socket's last completions.
             if let Some(b) = buf {
                 io.release(b);
             }
@@ -780,22 +880,38 @@ fn on_multi(core: &mut Core, io: &mut Uring, t: Token, res: i32, flags: u32) {
         }
     };
     if !more {
-        io.multi_mut(t.slot, side).armed = false;
+        io.multi_mut(fd).armed = false;
     }
+    if m.parked {
+        // Idle in the pool: an end of stream, an error or bytes nobody asked for —
+        // the socket is done for. Nothing is kept; the pool closes it on its next look.
+        if let Some(b) = buf {
+            io.release(b);
+        }
+        let st = io.multi_mut(fd);
+        st.dead = true;
+        if !more {
+            st.cancelling = false;
+        } else if !st.cancelling {
+            st.cancelling = true;
+            io.cancel_multi(fd, t.gen);
+        }
+        return;
+    }
+    let (c, side) = (m.owner, m.side);
     if !more && res == -libc::ECANCELED && !m.dropped {
         // Our own backpressure cancel took effect; re-arm if the connection asked since.
-        let fd = m.fd;
-        let st = io.multi_mut(t.slot, side);
+        let st = io.multi_mut(fd);
         st.cancelling = false;
         if st.wanted {
             st.armed = true;
-            io.arm_multi(c, side, fd);
+            io.arm_multi(fd, t.gen);
         }
         return;
     }
     if m.wanted {
-        io.multi_mut(t.slot, side).wanted = false;
-        core.on_recv(t.slot, t.gen, side, res, buf, io);
+        io.multi_mut(fd).wanted = false;
+        core.on_recv(c.slot, c.gen, side, res, buf, io);
         return;
     }
     if m.dropped {
@@ -806,12 +922,12 @@ fn on_multi(core: &mut Core, io: &mut Uring, t: Token, res: i32, flags: u32) {
         return;
     }
     // Not asked for: hold it, in order, until the connection asks.
-    io.held.push((t.slot, t.gen, side as u8, res, flags));
-    let st = io.multi_mut(t.slot, side);
+    io.held.push((fd as u32, t.gen, 0, res, flags));
+    let st = io.multi_mut(fd);
     st.held += 1;
     if more && !st.cancelling {
         st.cancelling = true;
-        io.cancel_multi(c, side);
+        io.cancel_multi(fd, t.gen);
     }
 }
 

@@ -40,14 +40,17 @@ use std::time::Duration;
 use socket2::SockRef;
 
 use super::codec::{self, Body, ChunkDecoder, HttpError, MAX_HEAD, MAX_HEADERS};
-use super::pool::{alive, Idle, CHECK_AFTER_MS};
-use super::shadow::{shadow_head, Job};
+use super::pool::{usable, Idle};
+use super::shadow::{shadow_head, Job, Upstream};
 use crate::cluster::health::Outcome;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{cursor, ms, open_upstream, BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::route::http::{Action, Append, HeaderOps, HttpRoute, RequestView, Retry, VHost};
 use crate::route::RouteTable;
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
+
+/// The pool owner of shadows' connections: no client connection gets them back first.
+const NO_OWNER: (u32, u16) = (u32::MAX, 0);
 
 mod tls;
 
@@ -87,7 +90,7 @@ enum Phase {
 
 /// What remains of a body.
 #[derive(Debug, Clone, Copy)]
-enum Left {
+pub(super) enum Left {
     Done,
     Len(u64),
     Chunked(ChunkDecoder),
@@ -95,7 +98,7 @@ enum Left {
 }
 
 impl Left {
-    fn of(b: Body) -> Left {
+    pub(super) fn of(b: Body) -> Left {
         match b {
             Body::None => Left::Done,
             Body::Length(n) => Left::Len(n),
@@ -104,12 +107,12 @@ impl Left {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         matches!(self, Left::Done)
     }
 
     /// How many bytes of `data` belong to this body; becomes `Done` at its end.
-    fn feed(&mut self, data: &[u8], limit: u64) -> Result<usize, HttpError> {
+    pub(super) fn feed(&mut self, data: &[u8], limit: u64) -> Result<usize, HttpError> {
         match self {
             Left::Done => Ok(0),
             Left::Len(n) => {
@@ -712,7 +715,8 @@ impl Conn {
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
         if let Some(t) = &l.tls {
-            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc));
+            let ktls = cx.crypto().engine.ktls_enabled();
+            self.tls = Some(tls::Layer::server(t.clone(), l.xfcc, ktls));
         }
         io.adopt(self.me(slot), down.as_raw_fd());
         self.fds[Side::Down.idx()] = Some(down);
@@ -808,6 +812,9 @@ impl Conn {
             self.starved[s] = true;
             cx.starved.push((slot, side));
             return Step::Continue;
+        }
+        if let Some(step) = self.tls_kernel_end(slot, side, res, cx, io) {
+            return step; // a control record, a bad record or a truncation under kTLS
         }
         if res < 0 {
             match side {
@@ -969,10 +976,12 @@ impl Conn {
         }
         if self.phase != Phase::Exchange {
             // The exchange already failed over to a local response.
+            io.drop_socket(self.raw(Side::Up));
             self.fds[Side::Up.idx()] = None;
             return self.drive(slot, cx, io);
         }
         if res < 0 {
+            io.drop_socket(self.raw(Side::Up));
             self.outlier(cx.worker, Outcome::LocalFailure);
             let what = if self.timed_out || res == -ETIMEDOUT {
                 U::ConnectTimeout
@@ -1136,7 +1145,7 @@ impl Conn {
 
     fn arm_recv(&mut self, slot: u32, side: Side, io: &mut impl Io) {
         let s = side.idx();
-        if self.tls_on(side) {
+        if self.tls_reads(side) {
             // The TLS layer reads the socket and hands decrypted bytes up.
             return self.tls_want(side);
         }
@@ -1148,18 +1157,11 @@ impl Conn {
             return;
         }
         self.recv_armed[s] = true;
-        if side == Side::Down {
-            // The client socket is this connection's until it closes (or it becomes a
-            // TCP relay in the same slot): one multishot receive serves every request.
-            io.recv_multi(self.me(slot), side, fd);
-        } else if self.awaiting_head {
-            // An upstream answering what was just sent to it: its bytes are not there
-            // yet. (Upstream sockets stay single-shot: parked in the pool, nothing may
-            // be armed on them.)
-            io.recv_reply(self.me(slot), side, fd);
-        } else {
-            io.recv(self.me(slot), side, fd);
-        }
+        // The client socket is this connection's until it closes (or it becomes a
+        // TCP relay in the same slot), a plain upstream socket until it is parked (its
+        // receive stays armed in the pool, where anything arriving kills it — see
+        // `park_up`), dropped or closed: one multishot receive serves every message.
+        io.recv_multi(self.me(slot), side, fd);
     }
 
     fn send_front(&mut self, slot: u32, from: Side, io: &mut impl Io) {
@@ -1170,6 +1172,9 @@ impl Conn {
         if self.tls_on(to) {
             // Sealed and sent by the TLS layer (`tls_turn`).
             return self.tls_take_plain(from, io);
+        }
+        if self.tls_holds(to) {
+            return; // a kernel side owes a KeyUpdate first (`tls_turn` sends it)
         }
         let fd = self.raw(to);
         let me = self.me(slot);
@@ -1787,7 +1792,7 @@ impl Conn {
             if let Some(ep) = picked {
                 self.first_endpoint = ep as u32;
                 if !self.fresh_only {
-                    if let Some(idle) = self.take_pooled(slot, ep, cx) {
+                    if let Some(idle) = self.take_pooled(slot, ep, cx, io) {
                         return self.attach_pooled(slot, idle, cx, io);
                     }
                 }
@@ -1859,18 +1864,26 @@ impl Conn {
 
     /// An idle pooled connection to endpoint `ep` of the current cluster that is still
     /// open; ones found closed are dropped (counted) on the way.
-    fn take_pooled(&mut self, slot: u32, ep: usize, cx: &mut Ctx) -> Option<Idle> {
+    fn take_pooled(
+        &mut self,
+        slot: u32,
+        ep: usize,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Idle> {
         let gen = self.up_generation;
         let owner = (slot, self.gen);
         while let Some(idle) = cx.http.pool.take(gen, self.cluster, ep as u32, owner) {
-            // Only a connection idle a while costs the check (a syscall): a busy
-            // keep-alive path never pays it.
-            if cx.now_ms.saturating_sub(idle.since_ms) < CHECK_AFTER_MS || alive(&idle.fd) {
+            // An engine that kept the socket's receive armed while it idled knows of a
+            // close or stray bytes without a syscall. Otherwise (and as a second look
+            // for one idle a while) only a connection idle a while costs the check (a
+            // syscall): a busy keep-alive path never pays it.
+            if usable(&idle, cx.now_ms, io) {
                 return Some(idle);
             }
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);
             if let Some(t) = &self.table {
-                super::pool::count_close(t, cx.worker, idle, cx.crypto);
+                super::pool::count_close(t, cx.worker, idle, cx.crypto, io);
             }
         }
         None
@@ -1927,6 +1940,16 @@ impl Conn {
             // Its TLS session is not quiet: the connection cannot be handed on.
             return self.drop_up(cx, io);
         };
+        let up = self.raw(Side::Up);
+        if up >= 0 && !io.park(self.me(slot), Side::Up, up) {
+            // The upstream already closed it or sent bytes past the response: the
+            // next request must not find it in the pool.
+            self.lcount(cx.worker, L::HttpUpstreamStale, 1);
+            if let Some(p) = tls {
+                p.release(cx.crypto.as_mut());
+            }
+            return self.drop_up(cx, io);
+        }
         let Some(fd) = self.fds[Side::Up.idx()].take() else {
             return;
         };
@@ -1944,9 +1967,10 @@ impl Conn {
         match cx.http.pool.park(self.up_generation, idle) {
             Ok(None) => {}
             // The pool serves the worker's table: count with it.
-            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto),
+            Ok(Some(old)) => super::pool::count_close(cx.table, cx.worker, old, cx.crypto, io),
             // A table older than the worker's: closed, counted here.
             Err(idle) => {
+                io.drop_socket(idle.fd.as_raw_fd());
                 if let Some(p) = idle.tls {
                     p.release(cx.crypto.as_mut());
                 }
@@ -1959,6 +1983,7 @@ impl Conn {
     /// exchanges).
     fn drop_up(&mut self, cx: &mut Ctx, io: &mut impl Io) {
         self.tls_drop_up(cx, io);
+        io.drop_socket(self.raw(Side::Up));
         if self.fds[Side::Up.idx()].take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }
@@ -1983,7 +2008,7 @@ impl Conn {
             }
         }
         if self.mirror_n > 0 && self.req.done() {
-            self.start_mirrors(cx);
+            self.start_mirrors(cx, io);
         }
         if !self.req.done() && self.out[0].room() >= RECV_ROOM {
             self.arm_recv(slot, Side::Down, io);
@@ -2280,7 +2305,7 @@ impl Conn {
 
     /// The request is whole: queue a shadow copy for each mirror chosen. Never fails
     /// the primary; what cannot be mirrored is counted.
-    fn start_mirrors(&mut self, cx: &mut Ctx) {
+    fn start_mirrors(&mut self, cx: &mut Ctx, io: &mut impl Io) {
         let n = std::mem::take(&mut self.mirror_n) as usize;
         if !self.replayable {
             self.lcount(cx.worker, L::HttpMirrorDropped, n as u64);
@@ -2313,21 +2338,61 @@ impl Conn {
             shadow_head(&self.replay[..self.replay_head], &mut data);
             data.extend_from_slice(b"\r\n");
             data.extend_from_slice(&self.replay[self.replay_head..]);
-            let (mut attempt, mut first) = (0u8, 0u32);
-            match open_upstream(cl, c, &mut attempt, &mut first, self.peer, cx) {
+            // The balancer picks the endpoint; an idle connection to it in the
+            // worker's pool carries the shadow when there is one (shadows park theirs
+            // there too), else a new socket.
+            let mut scratch = 0;
+            let cur = cursor(cx.cursors, &mut scratch, c as usize);
+            let picked = cl.pick(cx.lb, cur, self.peer, 0, cx.worker);
+            let mut up = None;
+            if let Some(ep) = picked {
+                while let Some(idle) = cx.http.pool.take(table.generation, c, ep as u32, NO_OWNER) {
+                    if usable(&idle, cx.now_ms, io) {
+                        lstats.inc(cx.worker, L::HttpUpstreamReuse);
+                        up = Some(Upstream::Pooled(idle));
+                        break;
+                    }
+                    lstats.inc(cx.worker, L::HttpUpstreamStale);
+                    super::pool::count_close(table, cx.worker, idle, cx.crypto, io);
+                }
+                if up.is_none() {
+                    let e = &cl.endpoints[ep];
+                    match crate::net::upstream_tcp_socket(&e.address) {
+                        Ok(fd) => {
+                            e.stats.inc(cx.worker, U::CxTotal);
+                            cl.stats.inc(cx.worker, U::CxTotal);
+                            up = Some(Upstream::Fresh(fd));
+                        }
+                        Err(_) => {
+                            e.stats.inc(cx.worker, U::Errors);
+                            cl.stats.inc(cx.worker, U::Errors);
+                        }
+                    }
+                }
+            }
+            match (picked, up) {
                 // Two `Arc` clones per mirrored request (the shadow counts on the
-                // cluster and endpoint it connects to); mirrors are not the common path.
-                Some((e, fd)) => cx.http.jobs.push(Job {
-                    fd,
-                    addr: e.address,
-                    data,
-                    connect_timeout_ms: ms(cl.connect_timeout),
-                    timeout_ms: self.mirror_ms,
-                    lstats: lstats.clone(),
-                    cstats: cl.stats.clone(),
-                    estats: e.stats.clone(),
-                }),
-                None => {
+                // cluster and endpoint it uses); mirrors are not the common path.
+                (Some(ep), Some(up)) => {
+                    let e = &cl.endpoints[ep];
+                    let head_request = self.replay.starts_with(b"HEAD ");
+                    cx.http.jobs.push(Job {
+                        up,
+                        addr: e.address,
+                        data,
+                        connect_timeout_ms: ms(cl.connect_timeout),
+                        timeout_ms: self.mirror_ms,
+                        lstats: lstats.clone(),
+                        cstats: cl.stats.clone(),
+                        estats: e.stats.clone(),
+                        generation: table.generation,
+                        cluster: c,
+                        endpoint: ep as u32,
+                        max_requests: cl.breakers.max_requests_per_connection,
+                        head_request,
+                    })
+                }
+                _ => {
                     cx.http.give_back(data);
                     lstats.inc(cx.worker, L::HttpMirrorFailed);
                 }
@@ -2806,7 +2871,7 @@ impl Conn {
                 io.release(b);
             }
         }
-        io.forget(self.me(slot));
+        io.forget(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)]);
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {

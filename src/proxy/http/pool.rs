@@ -169,6 +169,24 @@ impl Pool {
         Some(self.idle.remove(newest?))
     }
 
+    /// Hand every connection `dead` judges unusable (the engine saw its upstream close
+    /// it or send bytes while it idled) to `closed`; both get `ctx` (the engine).
+    pub fn sweep<C: ?Sized>(
+        &mut self,
+        ctx: &mut C,
+        dead: impl Fn(&C, &Idle) -> bool,
+        mut closed: impl FnMut(&mut C, Idle),
+    ) {
+        let mut i = 0;
+        while i < self.idle.len() {
+            if dead(ctx, &self.idle[i]) {
+                closed(ctx, self.idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Hand every connection idle for at least `idle_ms(cluster)` to `closed`.
     pub fn expire(
         &mut self,
@@ -189,15 +207,18 @@ impl Pool {
 }
 
 /// An idle connection of table `t` is closed (dropped with `i`): counted on its
-/// cluster and endpoint there.
-/// Its TLS session's engine session is destroyed.
+/// cluster and endpoint there. The engine lets go of the receive it kept armed on it;
+/// its TLS session's engine session is destroyed.
 pub fn count_close(
     t: &crate::route::RouteTable,
     worker: usize,
     i: Idle,
     crypto: &mut Option<crate::tls::conn::Crypto>,
+    io: &mut impl crate::proxy::l4::Io,
 ) {
     use crate::telemetry::UpstreamCounter::CxClosed;
+    use std::os::fd::AsRawFd;
+    io.drop_socket(i.fd.as_raw_fd());
     if let Some(p) = i.tls {
         p.release(crypto.as_mut());
     }
@@ -207,6 +228,16 @@ pub fn count_close(
             e.stats.inc(worker, CxClosed);
         }
     }
+}
+
+/// Whether a connection just taken from the pool may carry a request: an engine that
+/// kept its receive armed while it idled has seen nothing arrive on it (no syscall);
+/// one idle [`CHECK_AFTER_MS`] or longer also passes [`alive`] (a busy keep-alive path
+/// never pays that syscall).
+pub fn usable(i: &Idle, now_ms: u64, io: &impl crate::proxy::l4::Io) -> bool {
+    use std::os::fd::AsRawFd;
+    io.parked_alive(i.fd.as_raw_fd()) != Some(false)
+        && (now_ms.saturating_sub(i.since_ms) < CHECK_AFTER_MS || alive(&i.fd))
 }
 
 /// Whether an idle connection can carry a request: a non-blocking peek finds nothing

@@ -9,13 +9,19 @@
 //!
 //! What a shadow must never do: delay, change or fail the primary exchange. The primary
 //! only copies its request (kept anyway for retries, up to the replay cap) into a
-//! [`Worker`] buffer and queues a [`Job`] with an already-created socket; everything else
-//! happens in the shadow's own slot. A shadow's response is read only as far as its
-//! first bytes (`HTTP/1.` is success) and then the connection is closed.
+//! [`Worker`] buffer and queues a [`Job`] with its connection (a new socket, or an idle
+//! one from the pool); everything else
+//! happens in the shadow's own slot. A shadow's response head is parsed (a status line
+//! is success, whatever the status) and its body framed and discarded; a connection
+//! whose response ended cleanly with keep-alive goes back to the worker's pool of idle
+//! upstream connections, which shadows take from like client connections do.
+//! (Shadows do not originate TLS: a mirror to a TLS cluster is dropped and counted.)
 //!
 //! Bounds: at most [`MAX_SHADOWS`] shadows per worker exist at once (queued or running);
 //! further mirrors are dropped and counted (`http_mirror_dropped`). Each running shadow
-//! holds at most one pool write buffer and one receive buffer. Request copies are
+//! holds at most one pool write buffer and one receive buffer; a response head is
+//! gathered in the request copy's buffer once the request went out (up to
+//! `codec::MAX_HEAD`). Request copies are
 //! `Vec`s whose capacity the worker keeps for the next shadow, so the steady state does
 //! not allocate; copies above [`KEEP_CAPACITY`] are let go when they come back.
 
@@ -23,6 +29,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use super::codec::{parse_response, MAX_HEADERS};
+use super::conn::Left;
+use super::pool::Idle;
 use crate::proxy::l4::tcp::BUF_SIZE;
 use crate::proxy::l4::{BufId, ConnRef, Ctx, Io, Side, Step};
 use crate::telemetry::{ListenerCounter as L, ListenerStats, UpstreamCounter as U, UpstreamStats};
@@ -36,10 +45,17 @@ pub const MAX_PENDING: usize = 4096;
 /// Request copies larger than this are not kept for reuse.
 const KEEP_CAPACITY: usize = 64 * 1024;
 
-/// A shadow request ready to start: its socket (counted on the cluster and endpoint
-/// already, as [`open_upstream`](crate::proxy::l4::open_upstream) does) and its bytes.
+/// How a shadow reaches its endpoint.
+pub enum Upstream {
+    /// A new socket to connect (counted on the cluster and endpoint already).
+    Fresh(OwnedFd),
+    /// An idle connection taken from the worker's pool (checked usable).
+    Pooled(Idle),
+}
+
+/// A shadow request ready to start: its connection and its bytes.
 pub struct Job {
-    pub fd: OwnedFd,
+    pub up: Upstream,
     pub addr: SocketAddr,
     /// The whole request: head with the `-shadow` host, then the body.
     pub data: Vec<u8>,
@@ -49,6 +65,15 @@ pub struct Job {
     pub lstats: Arc<ListenerStats>,
     pub cstats: Arc<UpstreamStats>,
     pub estats: Arc<UpstreamStats>,
+    /// Where the connection is parked afterwards: the pool's table generation, the
+    /// cluster and endpoint indices there, the cluster's `max_requests_per_connection`
+    /// (0: no limit).
+    pub generation: u64,
+    pub cluster: u32,
+    pub endpoint: u32,
+    pub max_requests: u32,
+    /// A HEAD request: its response has no body whatever its headers say.
+    pub head_request: bool,
 }
 
 /// The HTTP state of one worker shared by its connections.
@@ -179,6 +204,20 @@ pub struct Shadow {
     starved: bool,
     /// The response (or the failure) was counted and the request is done.
     settled: bool,
+    /// A response head arrived: the mirror succeeded, whatever follows.
+    answered: bool,
+    /// What is left of the response body once its head arrived (`None`: waiting for
+    /// the head, gathered in `data`).
+    resp: Option<Left>,
+    /// The connection may be parked when the response ends.
+    keep: bool,
+    generation: u64,
+    cluster: u32,
+    endpoint: u32,
+    max_requests: u32,
+    /// Requests sent on the connection, this one included.
+    requests: u32,
+    head_request: bool,
     connect_deadline_ms: u64,
     deadline_ms: u64,
     lstats: Option<Arc<ListenerStats>>,
@@ -211,11 +250,21 @@ impl Shadow {
     /// Start a queued shadow in slot `slot`.
     pub fn open(&mut self, slot: u32, job: Job, cx: &mut Ctx, io: &mut impl Io) -> Step {
         debug_assert!(!self.live);
+        let requests = match &job.up {
+            Upstream::Fresh(_) => 1,
+            Upstream::Pooled(i) => i.requests.saturating_add(1),
+        };
         *self = Shadow {
             gen: self.gen,
             pos: self.pos,
             live: true,
             data: job.data,
+            generation: job.generation,
+            cluster: job.cluster,
+            endpoint: job.endpoint,
+            max_requests: job.max_requests,
+            requests,
+            head_request: job.head_request,
             connect_deadline_ms: cx.now_ms + job.connect_timeout_ms.max(1),
             deadline_ms: if job.timeout_ms == 0 {
                 u64::MAX
@@ -235,10 +284,19 @@ impl Shadow {
         let me = self.me(slot);
         // A shadow has no client socket: this only registers the slot with the engine.
         io.adopt(me, -1);
-        io.connect(me, job.fd.as_raw_fd(), job.addr);
-        self.fd = Some(job.fd);
-        self.connect_inflight = true;
-        Step::Continue
+        match job.up {
+            Upstream::Fresh(fd) => {
+                io.connect(me, fd.as_raw_fd(), job.addr);
+                self.fd = Some(fd);
+                self.connect_inflight = true;
+                Step::Continue
+            }
+            Upstream::Pooled(idle) => {
+                io.attach(me, Side::Up, idle.fd.as_raw_fd());
+                self.fd = Some(idle.fd);
+                self.send_more(slot, cx, io)
+            }
+        }
     }
 
     pub fn on_connect(&mut self, slot: u32, res: i32, cx: &mut Ctx, io: &mut impl Io) -> Step {
@@ -289,6 +347,8 @@ impl Shadow {
         if let Some((b, _, _)) = self.wbuf.take() {
             io.release(b);
         }
+        // The request went out whole: its copy's buffer gathers the response head.
+        self.data.clear();
         self.arm_recv(slot, io);
         Step::Continue
     }
@@ -298,7 +358,8 @@ impl Shadow {
             return;
         }
         self.recv_armed = true;
-        io.recv(self.me(slot), Side::Up, self.raw());
+        // The socket is the shadow's until it parks or closes it (see `close`).
+        io.recv_multi(self.me(slot), Side::Up, self.raw());
     }
 
     pub fn on_send(
@@ -336,13 +397,13 @@ impl Shadow {
         io: &mut impl Io,
     ) -> Step {
         self.recv_armed = false;
-        let answered = match buf {
+        let got = match buf {
+            Some(b) if res > 0 && !self.closing => Some((b, res as usize)),
             Some(b) => {
-                let ok = res > 0 && io.bytes(b)[..res as usize].starts_with(b"HTTP/1.");
                 io.release(b);
-                ok
+                None
             }
-            None => false,
+            None => None,
         };
         if self.closing {
             return self.close(slot, cx, io);
@@ -352,17 +413,112 @@ impl Shadow {
             cx.starved.push((slot, side));
             return Step::Continue;
         }
-        if res > 0 {
-            self.ucount(cx.worker, U::BytesReceived, res as u64);
-        }
-        if !answered {
-            if res <= 0 {
+        let Some((b, n)) = got else {
+            // The end of the stream (or an error): the end of a response delimited by
+            // closing, or a failure when no response head came.
+            if !self.answered {
                 self.ucount(cx.worker, U::UpstreamResets, 1);
+                return self.fail(slot, cx, io);
             }
-            return self.fail(slot, cx, io);
+            return self.close(slot, cx, io);
+        };
+        self.ucount(cx.worker, U::BytesReceived, n as u64);
+        match self.resp.as_mut() {
+            Some(left) => {
+                let r = left.feed(&io.bytes(b)[..n], u64::MAX);
+                io.release(b);
+                if r.map_or(true, |k| k < n) {
+                    // Bad framing, or bytes past the response's end: not reused.
+                    self.keep = false;
+                    return self.close(slot, cx, io);
+                }
+            }
+            None => {
+                self.data.extend_from_slice(&io.bytes(b)[..n]);
+                io.release(b);
+                if let Some(step) = self.on_head_bytes(slot, cx, io) {
+                    return step;
+                }
+            }
         }
-        // The shadow answered: that is all a mirror wants to know.
-        self.settle(cx.worker);
+        if self.resp.is_some_and(|l| l.done()) {
+            return self.finish(slot, cx, io);
+        }
+        self.arm_recv(slot, io);
+        Step::Continue
+    }
+
+    /// Bytes of the response head arrived (gathered in `data`): parse it when whole.
+    /// `Some`: the shadow is done with (failed, or closing).
+    fn on_head_bytes(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Option<Step> {
+        // Interim (1xx) responses are skipped; each pass drops one.
+        for _ in 0..8 {
+            let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let head = match parse_response(&self.data, &mut hs, self.head_request) {
+                Err(_) => return Some(self.fail(slot, cx, io)),
+                Ok(None) => return None,
+                Ok(Some(r)) => (r.status, r.repr),
+            };
+            let (status, repr) = head;
+            if (100..200).contains(&status) && status != 101 {
+                self.data.drain(..repr.len);
+                continue;
+            }
+            // The shadow answered: that is all a mirror counts (the request is done
+            // for the cluster when its response ended, or the connection closed).
+            self.answered = true;
+            let mut left = Left::of(repr.body);
+            let until_close = matches!(left, Left::UntilClose);
+            self.keep = repr.keep_alive && status != 101 && !until_close;
+            if !self.keep {
+                // Its body is not wanted, and the connection is not kept.
+                return Some(self.close(slot, cx, io));
+            }
+            let rest = &self.data[repr.len..];
+            let whole = left.feed(rest, u64::MAX).is_ok_and(|k| k == rest.len());
+            self.data.clear();
+            self.resp = Some(left);
+            if !whole {
+                self.keep = false;
+                return Some(self.close(slot, cx, io));
+            }
+            return None;
+        }
+        Some(self.fail(slot, cx, io))
+    }
+
+    /// The response ended: park the connection in the worker's pool when it may carry
+    /// another request, then free the slot.
+    fn finish(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
+        let fd = self.raw();
+        let reuse = self.keep
+            && fd >= 0
+            && (self.max_requests == 0 || self.requests < self.max_requests)
+            && io.park(self.me(slot), Side::Up, fd);
+        if reuse {
+            if let Some(fd) = self.fd.take() {
+                let idle = Idle {
+                    fd,
+                    cluster: self.cluster,
+                    endpoint: self.endpoint,
+                    requests: self.requests,
+                    since_ms: cx.now_ms,
+                    owner: (u32::MAX, 0),
+                    tls: None,
+                };
+                match cx.http.pool.park(self.generation, idle) {
+                    Ok(None) => {}
+                    Ok(Some(old)) => {
+                        super::pool::count_close(cx.table, cx.worker, old, cx.crypto, io)
+                    }
+                    Err(idle) => {
+                        // Parked for a table the worker no longer serves.
+                        io.drop_socket(idle.fd.as_raw_fd());
+                        self.ucount(cx.worker, U::CxClosed, 1);
+                    }
+                }
+            }
+        }
         self.close(slot, cx, io)
     }
 
@@ -409,7 +565,7 @@ impl Shadow {
     }
 
     fn fail(&mut self, slot: u32, cx: &mut Ctx, io: &mut impl Io) -> Step {
-        if !self.settled {
+        if !self.settled && !self.answered {
             if let Some(s) = &self.lstats {
                 s.inc(cx.worker, L::HttpMirrorFailed);
             }
@@ -438,6 +594,7 @@ impl Shadow {
         if let Some((b, _, _)) = self.wbuf.take() {
             io.release(b);
         }
+        io.drop_socket(self.raw());
         if self.fd.take().is_some() {
             self.ucount(cx.worker, U::CxClosed, 1);
         }

@@ -71,8 +71,10 @@ pub trait Io {
     /// Start a non-blocking connect of `fd` to `addr`.
     fn connect(&mut self, c: ConnRef, fd: RawFd, addr: SocketAddr);
     /// Connection `c` now uses `fd`, already connected, for `side` (an idle pooled
-    /// upstream connection another slot may have used before). Nothing is in flight on
-    /// `fd`. A readiness engine re-registers it for `c` unless it already is.
+    /// upstream connection another slot may have used before). Nothing the proxy asked
+    /// is in flight on `fd`. A readiness engine re-registers it for `c` unless it
+    /// already is; a completion engine moves the receive it kept armed while the
+    /// socket was parked (see [`park`](Io::park)) to `c`.
     fn attach(&mut self, c: ConnRef, side: Side, fd: RawFd);
     /// Abandon the connect in flight. `true`: it is gone now (no completion will come);
     /// `false`: its completion (likely `-ECANCELED`) will still arrive.
@@ -87,16 +89,36 @@ pub trait Io {
         self.recv(c, side, fd)
     }
     /// As [`recv`](Io::recv), on a socket that stays this connection's `side` until
-    /// the connection calls [`forget`](Io::forget): the engine may keep one receive
-    /// armed in the kernel across messages (io_uring multishot) and hold what arrives
-    /// before the next ask. To the proxy it is still one completion per call.
+    /// the connection calls [`forget`](Io::forget), [`park`](Io::park) or
+    /// [`drop_socket`](Io::drop_socket): the engine may keep one receive armed in the
+    /// kernel across messages (io_uring multishot) and hold what arrives before the
+    /// next ask. To the proxy it is still one completion per call.
     fn recv_multi(&mut self, c: ConnRef, side: Side, fd: RawFd) {
         self.recv(c, side, fd)
     }
-    /// Connection `c` is about to close its sockets with nothing of its own in flight:
-    /// the engine drops what it still holds or has armed for `c` (see
-    /// [`recv_multi`](Io::recv_multi)). No completion for `c` follows.
-    fn forget(&mut self, _c: ConnRef) {}
+    /// Connection `c` is about to close its sockets `fds` (`-1` = none) with nothing
+    /// of its own in flight: the engine drops what it still holds or has armed for
+    /// them (see [`recv_multi`](Io::recv_multi)). No completion for `c` follows.
+    fn forget(&mut self, _c: ConnRef, _fds: [RawFd; 2]) {}
+    /// Connection `c` hands its `side` socket `fd` (nothing asked of it in flight) to
+    /// the worker's pool of idle connections. The engine may keep its receive armed
+    /// while it idles: whatever arrives from then on (bytes, end of stream, error)
+    /// marks it dead, to be seen by [`parked_alive`](Io::parked_alive); the next
+    /// connection to use it calls [`attach`](Io::attach). `false`: it is dead already
+    /// (something arrived that `c` never asked for): the caller lets it go with
+    /// [`drop_socket`](Io::drop_socket) instead.
+    fn park(&mut self, _c: ConnRef, _side: Side, _fd: RawFd) -> bool {
+        true
+    }
+    /// Of a parked socket: `Some(alive)` when the engine watches it (no syscall
+    /// needed), `None` when it does not (the caller checks the socket itself).
+    fn parked_alive(&self, _fd: RawFd) -> Option<bool> {
+        None
+    }
+    /// Socket `fd` (a connection's, with nothing asked of it in flight, or a parked
+    /// one) is about to close outside [`forget`](Io::forget): the engine drops what it
+    /// holds or has armed on it. No completion for it follows.
+    fn drop_socket(&mut self, _fd: RawFd) {}
     /// Send `len` bytes of pool buffer `buf` from `off` on `fd` (the socket opposite
     /// `from`); completes with the count sent, which may be short.
     fn send(&mut self, c: ConnRef, from: Side, fd: RawFd, buf: BufId, off: u32, len: u32);

@@ -236,7 +236,7 @@ impl Conn {
         self.cluster = target.pick(cx.lb.next_u32()) as u32;
         let cl = &table.clusters[self.cluster as usize];
         self.cstats = Some(cl.stats.clone());
-        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+        if cl.balancer.is_hashing() {
             // Maglev hashes the client address; only then is getpeername worth a syscall.
             self.peer = self.fds[0]
                 .as_ref()
@@ -311,7 +311,7 @@ impl Conn {
         self.cluster = target.pick(cx.lb.next_u32()) as u32;
         let cl = &table.clusters[self.cluster as usize];
         self.cstats = Some(cl.stats.clone());
-        if matches!(cl.balancer, crate::cluster::Balancer::Maglev(_)) {
+        if cl.balancer.is_hashing() {
             self.peer = self.fds[0]
                 .as_ref()
                 .and_then(|f| crate::net::peer_addr(f).ok());
@@ -437,13 +437,15 @@ impl Conn {
             }
         }
         d.recv_armed = true;
-        if self.tls.is_some() {
-            // Single-shot: a handshake may end in a kTLS hand-over, which needs nothing
-            // armed on the socket (a multishot receive could take records raw).
+        if self.tls.as_deref().is_some_and(|t| t.handshaking(side)) {
+            // Single-shot during the handshake: it may end in a kTLS hand-over, which
+            // needs nothing armed on the socket (a multishot receive could take records
+            // raw). The hand-over runs in the receive that ended the handshake.
             io.recv(self.me(slot), side, fd);
         } else {
             // Both sockets stay this connection's until it closes: one multishot
-            // receive each serves every message.
+            // receive each serves every message (past the handshake, TLS sides too:
+            // records on the ring, or plaintext from the kernel).
             io.recv_multi(self.me(slot), side, fd);
         }
     }
@@ -770,9 +772,7 @@ impl Conn {
         }
         let tag = tlsconn::tag(slot, self.gen, side);
         let (l, u) = match t.hand_over_kernel(side, fd, idle, cx.crypto(), tag) {
-            Ok(None) if t.is_kernel(side) => (L::TlsKtlsHandovers, U::TlsKtlsHandovers),
-            Ok(None) => return None,
-            Ok(Some(_)) => (L::TlsKtlsFallbacks, U::TlsKtlsFallbacks),
+            Ok(h) => h.and_then(tlsconn::HandOver::counters)?,
             Err(e) => return Some(self.tls_failed(slot, side, e, cx, io)),
         };
         match side {
@@ -797,15 +797,15 @@ impl Conn {
         let Some(t) = self.tls.as_deref_mut() else {
             return self.close(slot, cx, io);
         };
-        if errno == libc::EIO {
-            let c = t.kernel_control(side, fd, idle);
-            return match self.kernel_outcome(slot, side, c, cx, io) {
-                Some(step) => step,
-                None => self.drive(slot, cx, io),
-            };
-        }
-        if let Some(e) = t.kernel_record_error(side, fd, errno) {
-            return self.tls_failed(slot, side, e, cx, io);
+        match t.kernel_recv_failed(side, fd, errno, idle) {
+            tlsconn::KernelRecv::Control(c) => {
+                return match self.kernel_outcome(slot, side, c, cx, io) {
+                    Some(step) => step,
+                    None => self.drive(slot, cx, io),
+                };
+            }
+            tlsconn::KernelRecv::Record(e) => return self.tls_failed(slot, side, e, cx, io),
+            tlsconn::KernelRecv::Socket => {}
         }
         match side {
             Side::Down => self.listener_count(cx.worker, L::DownstreamResets, 1),
@@ -1074,7 +1074,7 @@ impl Conn {
                 io.release(d.pop());
             }
         }
-        io.forget(self.me(slot));
+        io.forget(self.me(slot), [self.raw(Side::Down), self.raw(Side::Up)]);
         for s in [Side::Down, Side::Up] {
             if let Some(fd) = self.fds[s.idx()].take() {
                 if self.reset[s.idx()] {

@@ -17,16 +17,30 @@
 //!   sends what is left (bounded by [`LINGER_MS`]); a TLS failure sends the alert rustls or
 //!   the record layer queued, counts it (as on L4: [`crate::tls::conn::FeedError`]), and
 //!   closes.
+//! - **Kernel TLS** (`offload.backend: ktls`). A side whose handshake ends is handed to
+//!   the kernel by the same hand-over as the L4 relay's ([`Tls::hand_over_kernel`], from
+//!   the receive that ended the handshake, so nothing is armed on the socket); counted
+//!   as a hand-over or, when it stays on the engine, a fallback with its reason. A kernel
+//!   side is a plaintext side to the HTTP state machine (`tls_on` is false for it) except
+//!   for: plaintext that came with the handshake (handed up before its socket is read
+//!   again), receive errors (`EIO`: a control record — alert, ticket, KeyUpdate — read
+//!   here; `EBADMSG`/`EMSGSIZE`/`EINVAL`: a bad record), an EOF without `close_notify`
+//!   (a truncation, as on the ring), a KeyUpdate owed to the peer (sent once nothing is in
+//!   flight towards it; plaintext waits until then) and `close_notify` at a graceful
+//!   close. A kernel upstream side parks in the pool with its socket like a ring side.
+//!   Identity, XFCC and principals come from the handshake, before the hand-over.
 //!
 //! Never blocks; allocates per connection only (the session, at accept or connect);
-//! nothing per record.
+//! nothing per record. The kernel paths make one syscall per control record or close,
+//! never per application record.
 
 use std::sync::Arc;
 
 use super::{Conn, Phase};
 use crate::proxy::l4::{BufId, Ctx, Io, Side, Step};
 use crate::telemetry::{ListenerCounter as L, UpstreamCounter as U};
-use crate::tls::conn::{self as tlsconn, Activity, FeedError, Plain, Tls};
+use crate::tls::conn::{self as tlsconn, Activity, FeedError, HandOver, KernelRecv, Plain, Tls};
+use crate::tls::kernel::Control;
 use crate::tls::xfcc::Xfcc;
 use crate::tls::ServerTls;
 
@@ -51,9 +65,12 @@ pub(super) struct Layer {
 }
 
 impl Layer {
-    pub fn server(s: Arc<ServerTls>, xfcc: Xfcc) -> Box<Layer> {
+    /// Terminate TLS from the client; `ktls`: the worker's engine hands keys to the
+    /// kernel after handshakes.
+    pub fn server(s: Arc<ServerTls>, xfcc: Xfcc, ktls: bool) -> Box<Layer> {
         let mut t = Tls::server(s);
         t.keep_peer_chain(xfcc.sets_own(true));
+        t.want_kernel(ktls);
         let mut l = Layer::with(t);
         l.xfcc = xfcc;
         l
@@ -101,7 +118,7 @@ impl Layer {
     /// The client's request came through a TLS session (`X-Forwarded-Proto: https`).
     #[inline]
     pub fn client_tls(&self) -> bool {
-        self.t.has(Side::Down)
+        self.t.protected(Side::Down)
     }
 
     /// The client's SPIFFE ID, from its verified certificate.
@@ -142,6 +159,29 @@ impl Conn {
         self.tls
             .as_deref()
             .is_some_and(|l| l.t.has(side) || (side == Side::Down && l.t.sniffing()))
+    }
+
+    /// The TLS layer hands `side`'s bytes up: a TLS side, or a kernel side with
+    /// plaintext from its handshake still in hand (its socket is read once that is out).
+    #[inline]
+    pub(super) fn tls_reads(&self, side: Side) -> bool {
+        self.tls_on(side) || self.tls_kernel_pending(side)
+    }
+
+    #[inline]
+    fn tls_kernel_pending(&self, side: Side) -> bool {
+        self.tls
+            .as_deref()
+            .is_some_and(|l| l.t.is_kernel(side) && l.t.pending(side))
+    }
+
+    /// Plaintext towards kernel side `to` must wait (a KeyUpdate is owed first, or our
+    /// `close_notify` or alert went out).
+    #[inline]
+    pub(super) fn tls_holds(&self, to: Side) -> bool {
+        self.tls
+            .as_deref()
+            .is_some_and(|l| l.t.is_kernel(to) && !l.t.can_take_plain(to, 0))
     }
 
     /// The HTTP side wants bytes from TLS side `side` (its `arm_recv`).
@@ -224,18 +264,154 @@ impl Conn {
         io.release(b);
         match r {
             Ok(false) => {}
-            Ok(true) => match side {
-                Side::Down => {
-                    if let Some(l) = self.tls.as_deref_mut() {
-                        l.client_verified();
-                    }
-                    self.lcount(cx.worker, L::TlsHandshakes, 1)
+            Ok(true) => {
+                // With kTLS the keys go to the kernel first (the identity and the
+                // client's chain are read from the handshake there).
+                if let Some(step) = self.tls_hand_over(slot, side, cx, io) {
+                    return Some(step);
                 }
-                Side::Up => self.ucount(cx.worker, U::TlsHandshakes, 1),
-            },
+                match side {
+                    Side::Down => {
+                        if let Some(l) = self.tls.as_deref_mut() {
+                            l.client_verified();
+                        }
+                        self.lcount(cx.worker, L::TlsHandshakes, 1)
+                    }
+                    Side::Up => self.ucount(cx.worker, U::TlsHandshakes, 1),
+                }
+            }
             Err(e) => return Some(self.tls_broke(slot, (side, e), cx, io)),
         }
         Some(self.drive(slot, cx, io))
+    }
+
+    /// `side`'s handshake just ended in a receive (nothing is armed on its socket): with
+    /// kTLS, hand its keys to the kernel, or count why it stays on the engine. `Some`: the
+    /// connection took this step (the session could not continue anywhere).
+    fn tls_hand_over(
+        &mut self,
+        slot: u32,
+        side: Side,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
+        let fd = self.raw(side);
+        let tag = tlsconn::tag(slot, self.gen, side);
+        let queue_busy = self.out[side.other().idx()].inflight;
+        let l = self.tls.as_deref_mut()?;
+        // Plaintext queued for the side may wait: it is sealed by whoever takes over.
+        let idle = !queue_busy && l.tx[side.idx()].is_none();
+        match l.t.hand_over_kernel(side, fd, idle, cx.crypto(), tag) {
+            Ok(h) => {
+                if let Some((lc, uc)) = h.and_then(HandOver::counters) {
+                    match side {
+                        Side::Down => self.lcount(cx.worker, lc, 1),
+                        Side::Up => self.ucount(cx.worker, uc, 1),
+                    }
+                }
+                None
+            }
+            Err(e) => Some(self.tls_broke(slot, (side, e), cx, io)),
+        }
+    }
+
+    /// A receive on a kernel side ended (`res` 0 or `-errno`, not `ENOBUFS`). `None`: not
+    /// a kernel side, or an ending the caller handles as on a plaintext socket (a clean
+    /// EOF after `close_notify`, a reset).
+    pub(super) fn tls_kernel_end(
+        &mut self,
+        slot: u32,
+        side: Side,
+        res: i32,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Option<Step> {
+        let fd = self.raw(side);
+        let tx_idle = !self.out[side.other().idx()].inflight;
+        let l = self.tls.as_deref_mut()?;
+        let clean = l.t.kernel_eof(side)?;
+        if res == 0 {
+            if clean {
+                return None;
+            }
+            // The socket ended without close_notify: possibly truncated, so the stream
+            // must not look complete (as on the ring).
+            match side {
+                Side::Down => self.lcount(cx.worker, L::TlsTruncated, 1),
+                Side::Up => self.ucount(cx.worker, U::TlsErrors, 1),
+            }
+            return Some(self.on_eof(slot, side, -libc::ECONNRESET, cx, io));
+        }
+        match l.t.kernel_recv_failed(side, fd, -res, tx_idle) {
+            KernelRecv::Control(c) => Some(self.tls_kernel_control(slot, side, c, cx, io)),
+            KernelRecv::Record(e) => Some(self.tls_broke(slot, (side, e), cx, io)),
+            KernelRecv::Socket => None,
+        }
+    }
+
+    /// Act on what a kernel side's control record meant.
+    fn tls_kernel_control(
+        &mut self,
+        slot: u32,
+        side: Side,
+        c: Control,
+        cx: &mut Ctx,
+        io: &mut impl Io,
+    ) -> Step {
+        match c {
+            // A ticket, a KeyUpdate, data after all: read on.
+            Control::Again | Control::Empty => self.drive(slot, cx, io),
+            // close_notify: the stream ends here, cleanly; what follows is not read.
+            Control::Closed => self.on_eof(slot, side, 0, cx, io),
+            Control::Failed(e) => self.tls_broke(slot, (side, FeedError::Record(e)), cx, io),
+            Control::RekeyUnsupported => {
+                tracing::info!(
+                    side = ?side,
+                    "peer sent a TLS 1.3 KeyUpdate; this kernel cannot take new kTLS keys (needs Linux 6.14): closing"
+                );
+                let fd = self.raw(side);
+                if let Some(l) = self.tls.as_deref_mut() {
+                    l.t.kernel_close(side, fd);
+                }
+                match side {
+                    Side::Down => {
+                        self.lcount(cx.worker, L::TlsKtlsRekeyUnsupported, 1);
+                        self.reset[Side::Up.idx()] = true;
+                        self.close(slot, cx, io)
+                    }
+                    Side::Up => {
+                        self.ucount(cx.worker, U::TlsKtlsRekeyUnsupported, 1);
+                        let e = rustls::Error::General("kernel TLS cannot take new keys".into());
+                        self.tls_broke(slot, (side, FeedError::Tls(e)), cx, io)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernel part of a TLS turn for kernel side `side`: send a KeyUpdate owed to its
+    /// peer once nothing is in flight towards it, and hand up plaintext from its
+    /// handshake.
+    fn tls_kernel_turn(&mut self, slot: u32, side: Side, cx: &mut Ctx, io: &mut impl Io) -> Turn {
+        let fd = self.raw(side);
+        let tx_idle = !self.out[side.other().idx()].inflight;
+        let Some(l) = self.tls.as_deref_mut() else {
+            return Turn::Idle;
+        };
+        if fd >= 0 && tx_idle && l.t.kernel_owes(side) {
+            let c = l.t.kernel_settle(side, fd);
+            if c != Control::Again {
+                return Turn::Done(self.tls_kernel_control(slot, side, c, cx, io));
+            }
+            if !self.tls_holds(side) {
+                // The plaintext that waited for it may go now.
+                self.send_front(slot, side.other(), io);
+            }
+        }
+        if self.tls_kernel_pending(side) {
+            return self.tls_deliver(slot, side, cx, io);
+        }
+        Turn::Idle
     }
 
     /// The socket of TLS side `side` ended (`res` 0, or `-errno`). An upstream that
@@ -347,7 +523,9 @@ impl Conn {
             .as_ref()
             .and_then(|t| t.clusters.get(self.cluster as usize))
             .and_then(|c| c.tls.clone())?;
+        let ktls = cx.crypto().engine.ktls_enabled();
         let l = self.tls.get_or_insert_with(|| Layer::with(Tls::empty()));
+        l.t.want_kernel(ktls);
         if l.t.start_client(&origin).is_ok() {
             return None;
         }
@@ -416,6 +594,13 @@ impl Conn {
         let mut delivered = false;
         for side in [Side::Down, Side::Up] {
             if !self.tls_on(side) {
+                if self.tls.as_deref().is_some_and(|l| l.t.is_kernel(side)) {
+                    match self.tls_kernel_turn(slot, side, cx, io) {
+                        Turn::Idle => {}
+                        Turn::Delivered => delivered = true,
+                        done @ Turn::Done(_) => return done,
+                    }
+                }
                 continue;
             }
             self.tls_flush(slot, side, cx, io);
@@ -553,9 +738,17 @@ impl Conn {
                 && !t.rx_busy(side)
                 && t.may_read(side, crate::proxy::l4::tcp::BUF_SIZE)
         };
+        // The client's socket past its handshake keeps one multishot receive, as
+        // without TLS (the handshake stays single-shot: a kTLS hand-over needs nothing
+        // armed; upstream sockets stay single-shot for the pool).
+        let multi = side == Side::Down && !t.handshaking(side);
         if read {
             self.recv_armed[s] = true;
-            io.recv(self.me(slot), side, fd);
+            if multi {
+                io.recv_multi(self.me(slot), side, fd);
+            } else {
+                io.recv(self.me(slot), side, fd);
+            }
         }
     }
 
@@ -565,9 +758,24 @@ impl Conn {
         let gen = self.gen;
         let now = cx.now_ms;
         let down = Side::Down;
+        let fd = self.raw(down);
+        let sending = self.out[Side::Up.idx()].inflight;
         let Some(l) = self.tls.as_deref_mut() else {
             return false;
         };
+        if l.t.is_kernel(down) {
+            if self.reset[down.idx()] || fd < 0 || l.t.failed.is_some() {
+                return false;
+            }
+            if sending && l.linger_until.is_none_or(|t| now < t) {
+                // The last plaintext is still on its way into the socket: close_notify
+                // must follow it, not overtake it.
+                l.linger_until.get_or_insert(now + LINGER_MS);
+                return true;
+            }
+            l.t.kernel_close(down, fd);
+            return false;
+        }
         if self.reset[down.idx()]
             || self.fds[down.idx()].is_none()
             || !l.t.has(down)
