@@ -393,11 +393,10 @@ impl LbTable {
             let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
             let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
             let weights = &weights[..backends.len().min(weights.len())];
-            let size = if backends.len() * 100 < maglev::DEFAULT_TABLE_SIZE {
-                maglev::DEFAULT_TABLE_SIZE
-            } else {
-                655_373
-            };
+            // Maglev whatever the cluster's `lb_policy`, but its `maglev_lb_config`
+            // table size is honoured.
+            let configured = c.maglev_lb_config.as_ref().and_then(|m| m.table_size);
+            let size = maglev::table_size(configured, backends.len());
             let index = backends
                 .iter()
                 .enumerate()

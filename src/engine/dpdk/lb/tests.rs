@@ -1089,3 +1089,22 @@ fn random_ipv6_rewrites_keep_checksums_exactly_as_valid() {
         assert_eq!(&out[22..38], &to_vip.0.octets());
     }
 }
+
+/// A cluster's `maglev_lb_config.table_size` sizes the packet balancer's table too (the
+/// balancer is Maglev whatever the policy; the size is the operator's to choose).
+#[test]
+fn maglev_table_size_is_honoured() {
+    let stats = StatsRegistry::new(1);
+    let mut cfg = config(3, "dnat");
+    let t = LbTable::compile(&cfg, &addressing(), 1, &stats).unwrap();
+    assert_eq!(
+        t.clusters[0].maglev.table().len(),
+        maglev::DEFAULT_TABLE_SIZE
+    );
+    cfg.clusters[0].lb_policy = crate::config::LbPolicy::Maglev;
+    cfg.clusters[0].maglev_lb_config = Some(crate::config::MaglevLbConfig {
+        table_size: Some(131_071),
+    });
+    let t = LbTable::compile(&cfg, &addressing(), 2, &stats).unwrap();
+    assert_eq!(t.clusters[0].maglev.table().len(), 131_071);
+}
