@@ -11,6 +11,17 @@ pub const DEFAULT_TABLE_SIZE: usize = 65_537;
 /// Envoy's largest `maglev_lb_config.table_size` (a prime).
 pub const MAX_TABLE_SIZE: u64 = 5_000_011;
 
+/// The table size for `endpoints` backends: the configured one (validated prime) if any,
+/// else [`DEFAULT_TABLE_SIZE`], or the prime 655,373 beyond ~650 backends (so the table
+/// stays over 100 × the backends).
+pub fn table_size(configured: Option<u64>, endpoints: usize) -> usize {
+    match configured {
+        Some(n) => n as usize,
+        None if endpoints * 100 < DEFAULT_TABLE_SIZE => DEFAULT_TABLE_SIZE,
+        None => 655_373,
+    }
+}
+
 /// Trial division; for table sizes (≤ [`MAX_TABLE_SIZE`]: ≤ 2237 divisions).
 pub fn is_prime(n: u64) -> bool {
     if n < 4 {

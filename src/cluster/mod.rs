@@ -137,13 +137,7 @@ impl Balancer {
             LbPolicy::Maglev => {
                 let keys = names();
                 let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                let size = match o.maglev_table_size {
-                    Some(n) => n as usize,
-                    None if endpoints.len() * 100 < maglev::DEFAULT_TABLE_SIZE => {
-                        maglev::DEFAULT_TABLE_SIZE
-                    }
-                    None => 655_373, // prime; for clusters beyond ~650 endpoints
-                };
+                let size = maglev::table_size(o.maglev_table_size, endpoints.len());
                 Balancer::Maglev(Box::new(Maglev::build(&refs, weights, size)))
             }
             LbPolicy::RingHash => {

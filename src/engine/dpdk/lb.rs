@@ -37,6 +37,14 @@ pub trait PacketBuf {
     /// Make the packet `len` bytes long, growing or cutting at the end; false (and
     /// unchanged) when it cannot grow that far.
     fn resize(&mut self, len: usize) -> bool;
+    /// Whether the receiving NIC found the IPv4 header checksum valid. Only `true` when
+    /// it says so (an mbuf's RTE_MBUF_F_RX_IP_CKSUM_GOOD): then the fast path skips its
+    /// own check. Anything else ("bad", "unknown", no such NIC) is checked in software,
+    /// which also counts the bad ones.
+    #[inline(always)]
+    fn ip_checksum_good(&self) -> bool {
+        false
+    }
 }
 
 /// What to do with a frame after [`LbWorker::process`].
@@ -200,6 +208,10 @@ pub struct Vip {
     /// `idle_timeout_ms` as the flow table's wrapping 32-bit clock can compare it.
     idle_ms32: u32,
     pub stats: Arc<PacketStats>,
+    /// The backends of `clusters`, cluster after cluster, as the packet path reads them
+    /// (flow entries of this VIP index it), and where each cluster's run starts.
+    hot: Box<[Hot]>,
+    hot_base: Box<[u16]>,
 }
 
 #[derive(Debug)]
@@ -215,6 +227,31 @@ pub struct Backend {
     pub mac: Option<[u8; 6]>,
     pub stats: Arc<PacketStats>,
 }
+
+/// A backend of a VIP as the packet path reads it: everything a flow-table hit needs to
+/// rewrite and count a packet, in one cache line of the VIP's flat array (indexed by the
+/// flow entry), instead of a walk through the cluster's and backend's structures.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Hot {
+    /// [`backend_key`] of the backend: checked against the flow entry's.
+    key: u64,
+    raw_ip6: u128,
+    raw_ip: u32,
+    /// Its cluster and its index there (where its counters are).
+    cluster: u32,
+    index: u16,
+    raw_port: u16,
+    /// IPv4 DNAT from the VIP to this backend, as RFC 1624 deltas folded to 16 bits
+    /// once here: the IPv4 header's (address) and the TCP/UDP checksum's (address and
+    /// port), so the rewrite adds one word with one end-around carry per checksum.
+    d_ip: u16,
+    d_l4: u16,
+    /// Resolved next hop; `None` counts `drop_no_neighbor`.
+    mac: Option<[u8; 6]>,
+}
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 64);
 
 #[derive(Debug)]
 pub struct LbCluster {
@@ -280,7 +317,7 @@ impl LbTable {
         };
 
         let mut cluster_index = HashMap::new();
-        let mut clusters = Vec::with_capacity(cfg.clusters.len());
+        let mut clusters: Vec<LbCluster> = Vec::with_capacity(cfg.clusters.len());
         // Flow entries keep a cluster and a backend index in 16 bits each.
         if cfg.clusters.len() > usize::from(u16::MAX) {
             problems.push(Problem {
@@ -356,11 +393,10 @@ impl LbTable {
             let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
             let weights: Vec<u32> = c.endpoints.iter().map(|e| e.weight).collect();
             let weights = &weights[..backends.len().min(weights.len())];
-            let size = if backends.len() * 100 < maglev::DEFAULT_TABLE_SIZE {
-                maglev::DEFAULT_TABLE_SIZE
-            } else {
-                655_373
-            };
+            // Maglev whatever the cluster's `lb_policy`, but its `maglev_lb_config`
+            // table size is honoured.
+            let configured = c.maglev_lb_config.as_ref().and_then(|m| m.table_size);
+            let size = maglev::table_size(configured, backends.len());
             let index = backends
                 .iter()
                 .enumerate()
@@ -488,6 +524,45 @@ impl LbTable {
                 own_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
                 vip_ips.insert(addr_key4(raw_ip4(ip4_of(addr))), ());
             }
+            let (vip_ip, vip_port) = (raw_ip4(ip4_of(addr)), raw_port(addr.port()));
+            let mut hot = Vec::new();
+            let mut hot_base = Vec::with_capacity(cl.len());
+            for &c in cl.iter() {
+                hot_base.push(hot.len().min(usize::from(u16::MAX)) as u16);
+                hot.extend(
+                    clusters[c as usize]
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(k, b)| {
+                            let d_ip = u64::from(!vip_ip) + u64::from(b.raw_ip);
+                            Hot {
+                                key: b.key,
+                                raw_ip6: b.raw_ip6,
+                                raw_ip: b.raw_ip,
+                                cluster: c,
+                                index: k as u16,
+                                raw_port: b.raw_port,
+                                d_ip: fold64(d_ip),
+                                d_l4: fold64(d_ip + u64::from(!vip_port) + u64::from(b.raw_port)),
+                                mac: b.mac,
+                            }
+                        }),
+                );
+            }
+            // Flow entries name their backend by its index in the VIP's array, in 16 bits.
+            if hot.len() > usize::from(u16::MAX) {
+                problems.push(Problem {
+                    path: format!("listeners[{i}]"),
+                    line: None,
+                    message: format!(
+                        "the DPDK engine balances a VIP over at most {} endpoints; `{}` has {} in its clusters together",
+                        u16::MAX,
+                        l.name,
+                        hot.len()
+                    ),
+                });
+            }
             let mut vip = Vip {
                 name: l.name.as_str().into(),
                 addr,
@@ -509,6 +584,8 @@ impl LbTable {
                     .min(u128::from(u64::MAX)) as u64,
                 idle_ms32: 0,
                 stats: stats.packets(&format!("vip/{}", l.name)),
+                hot: hot.into_boxed_slice(),
+                hot_base: hot_base.into_boxed_slice(),
             };
             vip.idle_ms32 = vip.idle_timeout_ms.min(u64::from(u32::MAX / 2)) as u32;
             vips.push(vip);
@@ -552,6 +629,20 @@ impl LbTable {
         let c = vip.clusters[weighted(&vip.cumulative, (hash >> 32) as u32)];
         let b = self.clusters[c as usize].maglev.lookup(hash) as u16;
         (c, b)
+    }
+
+    /// [`LbTable::pick`] as an index into the VIP's hot array.
+    #[inline]
+    fn pick_hot(&self, vip: &Vip, hash: u64) -> u16 {
+        let k = weighted(&vip.cumulative, (hash >> 32) as u32);
+        let c = vip.clusters[k];
+        vip.hot_base[k] + self.clusters[c as usize].maglev.lookup(hash) as u16
+    }
+
+    /// The full record of a hot backend (its counters).
+    #[inline]
+    fn backend(&self, h: &Hot) -> &Backend {
+        &self.clusters[h.cluster as usize].backends[usize::from(h.index)]
     }
 }
 
@@ -616,21 +707,20 @@ struct Bucket<K: FlowKey>([FlowEntry<K>; WAYS]);
 #[repr(C)]
 struct FlowEntry<K: FlowKey> {
     key: K,
-    /// The backend's identity ([`backend_key`], bits 0..48) and its cluster index (48..64):
-    /// how a flow finds its backend again after a table swap.
+    /// The backend's identity ([`backend_key`]): how a flow finds its backend again
+    /// after a table swap.
     backend: u64,
     /// Wrapping millisecond clock of the last packet.
     last_ms: u32,
-    /// Low bits of the table epoch `index` was resolved in.
+    /// Low bits of the table epoch `hot` was resolved in.
     epoch: u16,
-    index: u16,
+    /// The backend's index in that table's hot array.
+    hot: u16,
 }
 
 // Entries stay within their cache lines.
 const _: () = assert!(std::mem::size_of::<FlowEntry<Key4>>() == 32);
 const _: () = assert!(std::mem::size_of::<FlowEntry<Key6>>() == 64);
-
-const BACKEND_ADDR_MASK: u64 = (1 << 48) - 1;
 
 /// A backend's identity in 48 bits: exact for IPv4 (`addr << 16 | port`); a hash of
 /// address and port for IPv6, which `compile` checks is unique within each cluster.
@@ -643,7 +733,7 @@ fn backend_key(a: &SocketAddr) -> u64 {
             fold_mul(
                 fold_mul(v as u64 ^ 0x6a09_e667_f3bc_c908, (v >> 64) as u64),
                 u64::from(a.port()) | 1 << 32,
-            ) & BACKEND_ADDR_MASK
+            ) & ((1 << 48) - 1)
         }
     }
 }
@@ -713,64 +803,65 @@ impl<K: FlowKey> FlowTable<K> {
     }
 
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
-    /// backend by address among the VIP's clusters (gone → treated as new). A hit is
-    /// (cluster, backend index, the backend itself).
+    /// backend by address among the VIP's clusters (gone → treated as new). A hit is the
+    /// backend's index in the VIP's hot array and its entry there.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn lookup<'t>(
         &mut self,
-        t: &'t LbTable,
-        vip: &Vip,
+        t: &LbTable,
+        vip: &'t Vip,
         key: K,
         hash: u64,
         now: u32,
         idle: u32,
-    ) -> Option<(u32, u16, &'t Backend)> {
+    ) -> Option<(u16, &'t Hot)> {
         let bucket = &mut self.buckets[hash as usize & self.mask];
         let e = bucket.0.iter_mut().find(|e| e.key == key)?;
         if now.wrapping_sub(e.last_ms) > idle {
             return None; // expired: re-pick (insert overwrites it)
         }
-        let addr = e.backend & BACKEND_ADDR_MASK;
-        let c = (e.backend >> 48) as u32;
         e.last_ms = now;
         // Same epoch: the index is right unless the 16-bit epoch wrapped, which the
-        // address check (on data the rewrite reads anyway) catches.
+        // identity check (on the line the rewrite reads anyway) catches.
         if e.epoch == t.generation as u16 {
-            if let Some(be) = t
-                .clusters
-                .get(c as usize)
-                .and_then(|cl| cl.backends.get(usize::from(e.index)))
-            {
-                if be.key == addr {
-                    return Some((c, e.index, be));
+            if let Some(h) = vip.hot.get(usize::from(e.hot)) {
+                if h.key == e.backend {
+                    return Some((e.hot, h));
                 }
             }
         }
-        // Cluster indices may shift between tables: look for the address in the
-        // clusters this VIP sends to now.
-        let (c, i) = vip
-            .clusters
-            .iter()
-            .find_map(|&vc| t.clusters[vc as usize].index.get(&addr).map(|&i| (vc, i)))?;
-        e.backend = addr | (u64::from(c) << 48);
-        e.index = i;
-        e.epoch = t.generation as u16;
-        Some((c, i, &t.clusters[c as usize].backends[usize::from(i)]))
+        Self::refind(e, t, vip)
     }
 
-    /// Remember flow `key` → backend `i` of cluster `c`; true if an older flow was
+    /// A hit resolved in another table: look for the backend's address in the clusters
+    /// this VIP sends to now (cluster and backend indices may shift between tables).
+    #[cold]
+    #[inline(never)]
+    fn refind<'t>(e: &mut FlowEntry<K>, t: &LbTable, vip: &'t Vip) -> Option<(u16, &'t Hot)> {
+        let h = vip
+            .clusters
+            .iter()
+            .zip(vip.hot_base.iter())
+            .find_map(|(&vc, &base)| {
+                let cl = &t.clusters[vc as usize];
+                cl.index.get(&e.backend).map(|&i| base + i)
+            })?;
+        e.hot = h;
+        e.epoch = t.generation as u16;
+        Some((h, &vip.hot[usize::from(h)]))
+    }
+
+    /// Remember flow `key` → backend `h` of `vip`'s hot array; true if an older flow was
     /// evicted for it.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn insert(&mut self, t: &LbTable, key: K, hash: u64, now: u32, c: u32, i: u16) -> bool {
-        let backend = t.clusters[c as usize].backends[i as usize].key;
+    fn insert(&mut self, t: &LbTable, vip: &Vip, key: K, hash: u64, now: u32, h: u16) -> bool {
         let entry = FlowEntry {
             key,
-            backend: backend | (u64::from(c) << 48),
+            backend: vip.hot[usize::from(h)].key,
             last_ms: now,
             epoch: t.generation as u16,
-            index: i,
+            hot: h,
         };
         let slots = &mut self.buckets[hash as usize & self.mask].0;
         // Same key (expired or moved), else an empty slot, else the oldest.
@@ -947,8 +1038,8 @@ pub struct LbWorker {
 #[derive(Clone, Copy, Default)]
 struct Pending {
     vip: u32,
-    cluster: u32,
-    backend: u16,
+    /// The backend's index in the hot array.
+    hot: u16,
     packets: u64,
     bytes: u64,
 }
@@ -1012,11 +1103,12 @@ impl LbWorker {
         let mut vip_cache: (u64, Option<u32>) = (0, None);
         for i in 0..n + LOOKAHEAD {
             if i < n {
+                let checked = pkts[i].ip_checksum_good();
                 let d = pkts[i].data();
                 rx_bytes += d.len() as u64;
-                let f = match fast4(d) {
+                let f = match fast4(d, checked) {
                     Some(mut f) => {
-                        f.hash = hash4(keys4(f.src, f.dst, f.ports, f.protocol));
+                        f.hash = hash4(f.key);
                         self.flows.prefetch(f.hash);
                         f
                     }
@@ -1032,13 +1124,14 @@ impl LbWorker {
             }
             let f = self.scratch[j];
             let p = &mut pkts[j];
-            let v = if f.protocol != 0 {
-                let k = key4(f.dst, f.dport, f.protocol);
+            let v = if !f.key.is_empty() {
+                let k = key4(f.dst(), f.dport(), f.protocol());
                 if k != vip_cache.0 {
                     vip_cache = (k, t.by_vip.get(k));
                 }
                 match vip_cache.1 {
-                    Some(v) => self.forward_to_backend(t, port, p, f, v, now_ms),
+                    // fast4 frames have no IP options.
+                    Some(v) => self.forward_to_backend(t, port, p, f, v, now_ms, true),
                     None => self.not_to_a_vip4(t, port, p.data(), f, self.worker),
                 }
             } else {
@@ -1065,20 +1158,20 @@ impl LbWorker {
         let vip = &t.vips[p.vip as usize];
         vip.stats.add(w, P::Packets, p.packets);
         vip.stats.add(w, P::Bytes, p.bytes);
-        let b = &t.clusters[p.cluster as usize].backends[usize::from(p.backend)];
+        let b = t.backend(&vip.hot[usize::from(p.hot)]);
         b.stats.add(w, P::Packets, p.packets);
         b.stats.add(w, P::Bytes, p.bytes);
     }
 
     /// Count one client → backend packet (see [`LbWorker::flush`]).
     #[inline]
-    fn count(&mut self, t: &LbTable, vip: u32, cluster: u32, backend: u16, bytes: u64) {
+    fn count(&mut self, t: &LbTable, vip: u32, hot: u16, bytes: u64) {
         let p = &self.pending;
-        if p.packets > 0 && (p.vip, p.cluster, p.backend) != (vip, cluster, backend) {
+        if p.packets > 0 && (p.vip, p.hot) != (vip, hot) {
             self.flush(t);
         }
         let p = &mut self.pending;
-        (p.vip, p.cluster, p.backend) = (vip, cluster, backend);
+        (p.vip, p.hot) = (vip, hot);
         p.packets += 1;
         p.bytes += bytes;
     }
@@ -1122,7 +1215,7 @@ impl LbWorker {
         let st = port.stats;
         match parse4(pkt.data()) {
             Ok(mut f) => {
-                f.hash = hash4(keys4(f.src, f.dst, f.ports, f.protocol));
+                f.hash = hash4(f.key);
                 self.tcp_udp4(t, port, pkt, f, now_ms)
             }
             Err(Not4::Drop(c)) => {
@@ -1154,8 +1247,9 @@ impl LbWorker {
         now_ms: u64,
     ) -> Verdict {
         let w = self.worker;
-        if let Some(v) = t.by_vip.get(key4(f.dst, f.dport, f.protocol)) {
-            return self.forward_to_backend(t, port, pkt, f, v, now_ms);
+        if let Some(v) = t.by_vip.get(key4(f.dst(), f.dport(), f.protocol())) {
+            let plain = usize::from(f.hlen) == IPV4_MIN_HEADER_LEN;
+            return self.forward_to_backend(t, port, pkt, f, v, now_ms, plain);
         }
         self.not_to_a_vip4(t, port, pkt.data(), f, w)
     }
@@ -1169,11 +1263,11 @@ impl LbWorker {
         f: Flow4,
         w: usize,
     ) -> Verdict {
-        if t.vip_ips.get(addr_key4(f.dst)).is_some() {
+        if t.vip_ips.get(addr_key4(f.dst())).is_some() {
             port.stats.inc(w, C::DropUnknownVip);
             return Verdict::Drop;
         }
-        if let Some((v, c, b)) = t.replies.get(key4(f.src, f.sport, f.protocol)) {
+        if let Some((v, c, b)) = t.replies.get(key4(f.src(), f.sport(), f.protocol())) {
             return self.reply(t, port, data, f, v, c, b);
         }
         port.stats.inc(w, C::ExceptionOther);
@@ -1219,6 +1313,8 @@ impl LbWorker {
         Verdict::Forward
     }
 
+    /// Forward a TCP/UDP packet to `v`'s backend for its flow. `plain`: the IPv4 header
+    /// has no options (the caller knows; [`fast4`] takes only such frames).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn forward_to_backend(
@@ -1229,17 +1325,16 @@ impl LbWorker {
         f: Flow4,
         v: u32,
         now: u64,
+        plain: bool,
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let key = keys4(f.src, f.dst, f.ports, f.protocol);
-        let hash = f.hash;
         // The flow table keeps a wrapping 32-bit millisecond clock.
         let now = now as u32;
         let idle = vip.idle_ms32;
         let total = usize::from(f.total);
         let flows: fn(&mut LbWorker) -> &mut FlowTable<_> = |lb| &mut lb.flows;
-        let Some((be, mac)) = self.place(flows, t, port, v, key, hash, now, idle, total as u64)
+        let Some((be, mac)) = self.place(flows, t, port, v, f.key, f.hash, now, idle, total as u64)
         else {
             return Verdict::Drop;
         };
@@ -1249,26 +1344,14 @@ impl LbWorker {
                 match data.first_chunk_mut::<FAST4_MIN>() {
                     // The common frame (no IP options, at least a TCP header's worth):
                     // a fixed-size view, so every offset below is checked at compile time.
-                    Some(h) if usize::from(f.hlen) == IPV4_MIN_HEADER_LEN => {
-                        let ip: &mut [u8; FAST4_MIN - ETH_HEADER_LEN] = h
-                            .last_chunk_mut()
-                            .expect("FAST4_MIN is longer than the Ethernet header");
-                        ipv4_nat(
-                            ip,
-                            IPV4_MIN_HEADER_LEN,
-                            f.protocol,
-                            Side::Dst,
-                            be.raw_ip,
-                            be.raw_port,
-                        );
-                        h[0..6].copy_from_slice(&mac);
-                        h[6..12].copy_from_slice(&port.mac);
+                    Some(h) if plain => {
+                        dnat4_plain(h, f, be, mac, port.mac);
                     }
                     _ => {
                         ipv4_nat(
                             &mut data[ETH_HEADER_LEN..],
                             usize::from(f.hlen),
-                            f.protocol,
+                            f.protocol(),
                             Side::Dst,
                             be.raw_ip,
                             be.raw_port,
@@ -1299,7 +1382,7 @@ impl LbWorker {
                     outer_len as u16,
                     PROTO_IPIP,
                     t.tunnel_src,
-                    ip4_of(be.addr),
+                    Ipv4Addr::from(be.raw_ip.to_ne_bytes()),
                 );
             }
         }
@@ -1322,41 +1405,48 @@ impl LbWorker {
         now: u32,
         idle: u32,
         bytes: u64,
-    ) -> Option<(&'t Backend, [u8; 6])> {
+    ) -> Option<(&'t Hot, [u8; 6])> {
         let vip = &t.vips[v as usize];
-        let (c, b, be) = match flows(self).lookup(t, vip, key, hash, now, idle) {
+        let (h, hb) = match flows(self).lookup(t, vip, key, hash, now, idle) {
             Some(hit) => hit,
-            None => {
-                let (c, b) = t.pick(vip, hash);
-                if flows(self).insert(t, key, hash, now, c, b) {
-                    port.stats.inc(self.worker, C::FlowEvictions);
-                }
-                self.new_flow(t, port, vip, c, b);
-                (c, b, &t.clusters[c as usize].backends[usize::from(b)])
-            }
+            None => self.new_flow(flows, t, port, vip, key, hash, now),
         };
-        let Some(mac) = be.mac else {
+        let Some(mac) = hb.mac else {
             port.stats.inc(self.worker, C::DropNoNeighbor);
             return None;
         };
-        self.count(t, v, c, b, bytes);
-        Some((be, mac))
+        self.count(t, v, h, bytes);
+        Some((hb, mac))
     }
 
-    /// Count a flow Maglev just placed (new, or its backend left).
+    /// Place a new flow (or one whose backend left) by Maglev, remember and count it.
     #[cold]
     #[inline(never)]
-    fn new_flow(&mut self, t: &LbTable, port: &PortCtx, vip: &Vip, c: u32, b: u16) {
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow<'t, K: FlowKey>(
+        &mut self,
+        flows: fn(&mut LbWorker) -> &mut FlowTable<K>,
+        t: &'t LbTable,
+        port: &PortCtx,
+        vip: &'t Vip,
+        key: K,
+        hash: u64,
+        now: u32,
+    ) -> (u16, &'t Hot) {
         let w = self.worker;
+        let h = t.pick_hot(vip, hash);
+        if flows(self).insert(t, vip, key, hash, now, h) {
+            port.stats.inc(w, C::FlowEvictions);
+        }
         port.stats.set(
             w,
             C::FlowTableEntries,
             self.flows.live() + self.flows6.live(),
         );
+        let hb = &vip.hot[usize::from(h)];
         vip.stats.inc(w, P::FlowsNew);
-        t.clusters[c as usize].backends[b as usize]
-            .stats
-            .inc(w, P::FlowsNew);
+        t.backend(hb).stats.inc(w, P::FlowsNew);
+        (h, hb)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1372,7 +1462,7 @@ impl LbWorker {
     ) -> Verdict {
         let w = self.worker;
         let vip = &t.vips[v as usize];
-        let client = Ipv4Addr::from(f.dst.to_ne_bytes());
+        let client = Ipv4Addr::from(f.dst().to_ne_bytes());
         let Some(mac) = t.next_hop(client) else {
             port.stats.inc(w, C::DropNoNeighbor);
             return Verdict::Drop;
@@ -1380,7 +1470,7 @@ impl LbWorker {
         ipv4_nat(
             &mut data[ETH_HEADER_LEN..],
             usize::from(f.hlen),
-            f.protocol,
+            f.protocol(),
             Side::Src,
             vip.raw_ip,
             vip.raw_port,
@@ -1400,20 +1490,55 @@ impl LbWorker {
 
 /// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
 /// natively) and passed by value: built from registers, never re-read through memory.
-/// `protocol` 0 marks "not parsed" in [`LbWorker::process_burst`].
+/// The 5-tuple is kept as the flow-table key it is looked up by (four words per frame
+/// in [`LbWorker::process_burst`]'s scratch, not nine fields); an empty key marks "not
+/// parsed" there.
 #[derive(Clone, Copy, Default)]
 struct Flow4 {
-    src: u32,
-    dst: u32,
-    /// Both ports as one load, and each alone.
-    ports: u32,
-    sport: u16,
-    dport: u16,
-    protocol: u8,
-    hlen: u8,
-    total: u16,
-    /// [`hash4`] of the flow keys, once computed.
+    key: Key4,
+    /// [`hash4`] of `key`, once computed.
     hash: u64,
+    total: u16,
+    hlen: u8,
+}
+
+impl Flow4 {
+    #[inline(always)]
+    fn new(src: u32, dst: u32, ports: u32, protocol: u8, hlen: u8, total: u16) -> Flow4 {
+        Flow4 {
+            key: keys4(src, dst, ports, protocol),
+            hash: 0,
+            total,
+            hlen,
+        }
+    }
+    #[inline(always)]
+    fn src(&self) -> u32 {
+        self.key.a as u32
+    }
+    #[inline(always)]
+    fn dst(&self) -> u32 {
+        (self.key.a >> 32) as u32
+    }
+    /// Both ports as loaded together.
+    #[inline(always)]
+    fn ports(&self) -> u32 {
+        self.key.b as u32
+    }
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        let p = self.ports().to_ne_bytes();
+        u16::from_ne_bytes([p[0], p[1]])
+    }
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        let p = self.ports().to_ne_bytes();
+        u16::from_ne_bytes([p[2], p[3]])
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        (self.key.b >> 32) as u8
+    }
 }
 
 /// Why an IPv4 frame is not a TCP/UDP packet for the balancer, with its counter.
@@ -1456,31 +1581,28 @@ fn parse4(d: &[u8]) -> Result<Flow4, Not4> {
     if L4Header::new_checked(&d[l4_at..ETH_HEADER_LEN + total], protocol).is_err() {
         return Err(Not4::Drop(C::DropTruncated));
     }
-    let ports = ne32(d, l4_at);
-    Ok(Flow4 {
-        src: ne32(d, ETH_HEADER_LEN + 12),
+    Ok(Flow4::new(
+        ne32(d, ETH_HEADER_LEN + 12),
         dst,
-        ports,
-        sport: ne16(d, l4_at),
-        dport: ne16(d, l4_at + 2),
+        ne32(d, l4_at),
         protocol,
-        hlen: hlen as u8,
-        total: total as u16,
-        hash: 0,
-    })
+        hlen as u8,
+        total as u16,
+    ))
 }
 
 /// The shortest frame [`fast4`] takes: Ethernet + IPv4 without options + a TCP header's
 /// length (a UDP frame is padded to the 60-byte Ethernet minimum anyway).
 const FAST4_MIN: usize = ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN + 20;
 
-/// [`parse4`] for the common case only, with one branch: Ethernet, IPv4 without options
-/// and TCP/UDP, header checksum valid, not a fragment, lengths consistent. `None` for
-/// anything else (including what parse4 accepts with options): the caller takes the
-/// full path, which tells the cases apart and counts them. Where it answers, it agrees
-/// with parse4 field for field (the burst-equivalence test holds it to that).
+/// [`parse4`] for the common case only: Ethernet, IPv4 without options and TCP/UDP,
+/// header checksum valid (`checked`: the NIC verified it), not a fragment, lengths
+/// consistent. `None` for anything else (including what parse4 accepts with options):
+/// the caller takes the full path, which tells the cases apart and counts them. Where
+/// it answers, it agrees with parse4 field for field (the burst-equivalence test holds
+/// it to that).
 #[inline(always)]
-fn fast4(d: &[u8]) -> Option<Flow4> {
+fn fast4(d: &[u8], checked: bool) -> Option<Flow4> {
     let h: &[u8; FAST4_MIN] = d.first_chunk()?;
     let w = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     // Ethertype 0x0800, version 4, IHL 5 (bytes 12..15).
@@ -1490,32 +1612,71 @@ fn fast4(d: &[u8]) -> Option<Flow4> {
     let protocol = h[23];
     let tcp = protocol == PROTO_TCP;
     let l4_min: u16 = if tcp { 20 } else { 8 };
-    let sum = u64::from(w(14))
-        + u64::from(w(18))
-        + u64::from(w(22))
-        + u64::from(w(26))
-        + u64::from(w(30));
     let ok = eth_ok
         & (tcp | (protocol == PROTO_UDP))
         & (frag == 0)
         & (total >= IPV4_MIN_HEADER_LEN as u16 + l4_min)
-        & (usize::from(total) + ETH_HEADER_LEN <= d.len())
-        & (fold64(sum) == 0xffff);
+        & (usize::from(total) + ETH_HEADER_LEN <= d.len());
     if !ok {
         return None;
     }
-    let l4 = ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN;
-    Some(Flow4 {
-        src: w(26),
-        dst: w(30),
-        ports: w(l4),
-        sport: u16::from_ne_bytes([h[l4], h[l4 + 1]]),
-        dport: u16::from_ne_bytes([h[l4 + 2], h[l4 + 3]]),
+    // The NIC checked the header already (per port: a predictable branch), or the
+    // ones'-complement sum of the 20 bytes, five 32-bit words, must fold to 0xffff.
+    if !checked {
+        let sum = u64::from(w(14))
+            + u64::from(w(18))
+            + u64::from(w(22))
+            + u64::from(w(26))
+            + u64::from(w(30));
+        if fold64(sum) != 0xffff {
+            return None;
+        }
+    }
+    Some(Flow4::new(
+        w(26),
+        w(30),
+        w(ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN),
         protocol,
-        hlen: IPV4_MIN_HEADER_LEN as u8,
+        IPV4_MIN_HEADER_LEN as u8,
         total,
-        hash: 0,
-    })
+    ))
+}
+
+/// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
+/// first 20 bytes) to the VIP's backend `be`, sent from `src_mac` to `dst_mac`:
+/// [`ipv4_nat`] with every offset fixed and the checksum deltas precomputed (the frame's
+/// destination is the VIP's address and port: that is how its VIP was found).
+#[inline(always)]
+fn dnat4_plain(h: &mut [u8; FAST4_MIN], f: Flow4, be: &Hot, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+    const IP: usize = ETH_HEADER_LEN;
+    const L4: usize = IP + IPV4_MIN_HEADER_LEN;
+    let hc = u16::from_ne_bytes([h[IP + 10], h[IP + 11]]);
+    h[IP + 10..IP + 12].copy_from_slice(&csum_adjust16(hc, be.d_ip).to_ne_bytes());
+    h[IP + 16..IP + 20].copy_from_slice(&be.raw_ip.to_ne_bytes());
+    h[L4 + 2..L4 + 4].copy_from_slice(&be.raw_port.to_ne_bytes());
+    if f.protocol() == PROTO_UDP {
+        let lc = u16::from_ne_bytes([h[L4 + 6], h[L4 + 7]]);
+        // RFC 768: a UDP checksum of 0 means "none" and stays 0; a computed 0 is sent
+        // as 0xffff.
+        if lc != 0 {
+            let n = csum_adjust16(lc, be.d_l4);
+            let n = if n == 0 { 0xffff } else { n };
+            h[L4 + 6..L4 + 8].copy_from_slice(&n.to_ne_bytes());
+        }
+    } else {
+        let lc = u16::from_ne_bytes([h[L4 + 16], h[L4 + 17]]);
+        h[L4 + 16..L4 + 18].copy_from_slice(&csum_adjust16(lc, be.d_l4).to_ne_bytes());
+    }
+    h[0..6].copy_from_slice(&dst_mac);
+    h[6..12].copy_from_slice(&src_mac);
+}
+
+/// RFC 1624 eqn. 3 with the delta already folded to 16 bits: `~(~HC + d)`, where the
+/// sum of two 16-bit words carries at most once (add, then add the carry back).
+#[inline(always)]
+fn csum_adjust16(hc: u16, d: u16) -> u16 {
+    let (s, carry) = (!hc).overflowing_add(d);
+    !s.wrapping_add(u16::from(carry))
 }
 
 /// A heap packet with headroom, standing in for an mbuf in tests, benches and fuzzing.

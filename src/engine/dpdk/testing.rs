@@ -1,11 +1,30 @@
 //! Frame builders shared by the balancer's unit tests (`lb/tests.rs`) and the DPDK
-//! integration tests (`tests/dpdk_common`): one place that writes test frames.
+//! integration tests (`tests/dpdk_common`): one place that writes test frames. Also the
+//! thread CPU clock `benches/maglev_lb.rs` measures the burst path with.
 //!
 //! Test support only, never the data path: it allocates freely. Its checksum is a plain
 //! RFC 1071 loop written apart from [`super::wire`], so that rewrites are never checked
 //! with the code that made them (do not "simplify" it into a call to `wire`).
 
 use std::net::Ipv6Addr;
+use std::time::Duration;
+
+/// CPU time the calling thread has run (`CLOCK_THREAD_CPUTIME_ID`). On a shared machine
+/// the wall clock also counts the time other processes held the core; this does not
+/// (as `scripts/bench-dpdk`'s task-clock figures).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a Linux constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(
+        rc, 0,
+        "clock_gettime(CLOCK_THREAD_CPUTIME_ID) exists on Linux"
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// RFC 1071 over the concatenation of `parts`: the Internet checksum, as a textbook loop.
 pub fn rfc1071(parts: &[&[u8]]) -> u16 {

@@ -686,6 +686,67 @@ fn burst_path_matches_frame_by_frame() {
     assert_eq!(one_stats, burst_stats);
 }
 
+/// A packet the "NIC" flagged: RTE_MBUF_F_RX_IP_CKSUM_GOOD when `good`.
+struct Flagged {
+    pkt: VecPacket,
+    good: bool,
+}
+
+impl PacketBuf for Flagged {
+    fn data(&mut self) -> &mut [u8] {
+        self.pkt.data()
+    }
+    fn prepend(&mut self, n: usize) -> bool {
+        self.pkt.prepend(n)
+    }
+    fn resize(&mut self, len: usize) -> bool {
+        self.pkt.resize(len)
+    }
+    fn ip_checksum_good(&self) -> bool {
+        self.good
+    }
+}
+
+/// The burst path trusts a NIC that verified the IPv4 header checksum (no second check
+/// in software); without that flag a bad header is still caught and counted.
+#[test]
+fn burst_skips_the_header_check_the_nic_did() {
+    let mut r = Rig::new(&config(1, "dnat"));
+    let mut f = frame(
+        (ip("192.0.2.7"), 40000),
+        (ip("10.0.0.100"), 80),
+        PROTO_TCP,
+        b"x",
+    );
+    f[24] ^= 0x10; // header checksum now wrong
+    let ctx = PortCtx {
+        mac: LB_MAC,
+        stats: &r.port,
+    };
+    let mut pkts = [
+        Flagged {
+            pkt: VecPacket::new(&f, 64),
+            good: true,
+        },
+        Flagged {
+            pkt: VecPacket::new(&f, 64),
+            good: false,
+        },
+    ];
+    let mut verdicts = [Verdict::Drop; 2];
+    r.worker
+        .process_burst(&r.table, &ctx, &mut pkts, &mut verdicts, 1);
+    assert_eq!(verdicts, [Verdict::Forward, Verdict::Drop]);
+    assert_eq!(r.count(C::DropBadChecksum), 1);
+    // Rewritten as any other frame: to the backend, the header checksum updated in
+    // step (exactly as wrong as it came in), the TCP checksum valid.
+    let out = pkts[0].pkt.frame();
+    assert_eq!(&out[30..34], &[10, 1, 0, 1]);
+    assert_ne!(rfc1071(&[&f[14..34]]), 0);
+    assert_eq!(rfc1071(&[&out[14..34]]), rfc1071(&[&f[14..34]]));
+    assert_eq!(l4_checksum_ok(out), Some(true));
+}
+
 // === IPv6 ===
 
 const V6_CONFIG: &str = r#"
@@ -1027,4 +1088,23 @@ fn random_ipv6_rewrites_keep_checksums_exactly_as_valid() {
         assert!(upper_ok6(&out[14..]), "reply {i}");
         assert_eq!(&out[22..38], &to_vip.0.octets());
     }
+}
+
+/// A cluster's `maglev_lb_config.table_size` sizes the packet balancer's table too (the
+/// balancer is Maglev whatever the policy; the size is the operator's to choose).
+#[test]
+fn maglev_table_size_is_honoured() {
+    let stats = StatsRegistry::new(1);
+    let mut cfg = config(3, "dnat");
+    let t = LbTable::compile(&cfg, &addressing(), 1, &stats).unwrap();
+    assert_eq!(
+        t.clusters[0].maglev.table().len(),
+        maglev::DEFAULT_TABLE_SIZE
+    );
+    cfg.clusters[0].lb_policy = crate::config::LbPolicy::Maglev;
+    cfg.clusters[0].maglev_lb_config = Some(crate::config::MaglevLbConfig {
+        table_size: Some(131_071),
+    });
+    let t = LbTable::compile(&cfg, &addressing(), 2, &stats).unwrap();
+    assert_eq!(t.clusters[0].maglev.table().len(), 131_071);
 }
