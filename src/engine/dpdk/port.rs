@@ -291,19 +291,6 @@ impl Burst {
         Mbuf(NonNull::new(p).expect("rx burst slots below len are non-null"))
     }
 
-    /// Prefetch mbuf `i`'s packet data (it is going to be parsed soon); nothing past
-    /// the burst's end.
-    #[inline]
-    pub fn prefetch(&self, i: usize) {
-        if i < self.len {
-            let m = self.bufs[i];
-            // SAFETY: a received mbuf below len is valid (not yet taken: callers prefetch
-            // before they take); computing its data address reads only the mbuf header,
-            // and prefetching any address is harmless.
-            unsafe { prefetch0(mtod(m)) }
-        }
-    }
-
     /// Apply the balancer's verdicts (`verdicts[i]` for frame `i`) to this received
     /// burst: the frames to forward stay, in order, at the front — the burst itself is
     /// then sent, no second array — frames for the kernel move to `exception` (freed
@@ -492,6 +479,12 @@ impl PacketBuf for Mbuf {
         };
         // SAFETY: owned mbuf; prepend checks headroom and returns NULL without it.
         !unsafe { sys::tm_pktmbuf_prepend(self.0.as_ptr(), n) }.is_null()
+    }
+    #[inline(always)]
+    fn prefetch(&self) {
+        // SAFETY: an owned, valid mbuf; computing its data address reads only the mbuf
+        // header, and prefetching any address is harmless.
+        unsafe { prefetch0(mtod(self.0.as_ptr())) }
     }
     #[inline(always)]
     fn ip_checksum_good(&self) -> bool {

@@ -369,10 +369,11 @@ unsafe extern "C" fn lcore_entry(arg: *mut std::os::raw::c_void) -> std::os::raw
     0
 }
 
-fn now_ms(hz: u64) -> u64 {
+/// Milliseconds of the TSC, given its ticks per millisecond (worked out once).
+fn now_ms(ticks_per_ms: u64) -> u64 {
     // SAFETY: reading the TSC has no preconditions.
     let c = unsafe { sys::tm_get_tsc_cycles() };
-    c / (hz / 1000).max(1)
+    c / ticks_per_ms
 }
 
 // A burst never exceeds what the balancer takes at once.
@@ -387,9 +388,9 @@ fn worker_loop(ctx: &WorkerCtx) {
     let mut exc = Burst::default();
     let mut verdicts = [Verdict::Drop; BURST];
     // SAFETY: plain query once the EAL runs.
-    let hz = unsafe { sys::rte_get_tsc_hz() };
+    let ticks_per_ms = (unsafe { sys::rte_get_tsc_hz() } / 1000).max(1);
     let spin_ms = ctx.spin.as_millis() as u64;
-    let mut last_work = now_ms(hz);
+    let mut last_work = now_ms(ticks_per_ms);
     while !STOP.load(Ordering::Relaxed) {
         // `tickmesh nic set dpdk:PORT rings|...` parks workers while it stops the port.
         if super::portctl::PAUSE.load(Ordering::Relaxed) {
@@ -397,7 +398,7 @@ fn worker_loop(ctx: &WorkerCtx) {
             continue;
         }
         let table = ctx.tables.load();
-        let now = now_ms(hz);
+        let now = now_ms(ticks_per_ms);
         let mut work = 0usize;
         for (port, mac, stats) in &ctx.data {
             let n = rx.rx(*port, q);
@@ -406,14 +407,14 @@ fn worker_loop(ctx: &WorkerCtx) {
             }
             work += n;
             let pctx = PortCtx { mac: *mac, stats };
-            // Every frame's first cache line at once: the burst's loads overlap.
-            for i in 0..n {
-                rx.prefetch(i);
-            }
-            let (bytes, fwd_bytes) =
+            // (The balancer prefetches each frame's data a few frames ahead of its parse.)
+            let (bytes, fwd_bytes, forwarded) =
                 lb.process_burst(&table, &pctx, rx.mbufs_mut(), &mut verdicts[..n], now);
-            // The received burst becomes the TX burst in place.
-            rx.keep_forwarded(&verdicts[..n], ctx.exception.is_some().then_some(&mut exc));
+            // The received burst becomes the TX burst in place; when every frame is
+            // forwarded (the common burst) it already is.
+            if forwarded < n {
+                rx.keep_forwarded(&verdicts[..n], ctx.exception.is_some().then_some(&mut exc));
+            }
             stats.add(w, C::RxPackets, n as u64);
             stats.add(w, C::RxBytes, bytes);
             let (sent, sent_bytes, dropped) = rx.tx_counted(*port, q, fwd_bytes);
