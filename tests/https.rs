@@ -539,15 +539,8 @@ fn originate_to_tls_cluster(kind: EngineKind) {
         return;
     }
     let pki = Pki::new();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.certs("server"), pki.key("server"))
-    .unwrap();
-    let m = Mirror::serve(Some(Arc::new(server)));
+    let server = pki.server("server");
+    let m = Mirror::serve(Some(server));
     // An endpoint that hangs up on every connection (a failed handshake).
     let closer = TcpListener::bind("127.0.0.1:0").unwrap();
     let closer_addr = closer.local_addr().unwrap();
@@ -618,15 +611,8 @@ fn originate_to_tls_cluster(kind: EngineKind) {
 fn mirror_to_tls_cluster(kind: EngineKind) {
     use tickmesh::telemetry::UpstreamCounter as U;
     let pki = Pki::new();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.certs("server"), pki.key("server"))
-    .unwrap();
-    let shadow = Mirror::serve(Some(Arc::new(server)));
+    let server = pki.server("server");
+    let shadow = Mirror::serve(Some(server));
     let primary = Mirror::start();
     let closer = TcpListener::bind("127.0.0.1:0").unwrap();
     let closer_addr = closer.local_addr().unwrap();
@@ -877,15 +863,8 @@ fn bad_tls_upstream(cfg: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
 fn mirror_tls_bad_responses(kind: EngineKind) {
     use tickmesh::telemetry::UpstreamCounter as U;
     let pki = Pki::new();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.certs("server"), pki.key("server"))
-    .unwrap();
-    let evil = bad_tls_upstream(Arc::new(server));
+    let server = pki.server("server");
+    let evil = bad_tls_upstream(server);
     let primary = Mirror::start();
     // Accepts and never answers: the handshake is bounded by the connect timeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();

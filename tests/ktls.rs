@@ -283,15 +283,8 @@ fn http_origination_hand_over_or_fall_back(kind: EngineKind) {
     }
     let real = kernel_tls("http_origination_hand_over_or_fall_back");
     let pki = Pki::new();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.certs("server"), pki.key("server"))
-    .unwrap();
-    let m = Mirror::serve(Some(Arc::new(server)));
+    let server = pki.server("server");
+    let m = Mirror::serve(Some(server));
     let yaml = |sni: &str| {
         format!(
             "offload: {{backend: ktls}}\n\
@@ -362,15 +355,7 @@ fn http_mirror_to_tls_cluster_stays_on_engine(kind: EngineKind) {
     }
     let _ = kernel_tls("http_mirror_to_tls_cluster_stays_on_engine");
     let pki = Pki::new();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(pki.certs("server"), pki.key("server"))
-    .unwrap();
-    let server = Arc::new(server);
+    let server = pki.server("server");
     let (m, s) = (
         Mirror::serve(Some(server.clone())),
         Mirror::serve(Some(server)),

@@ -1139,16 +1139,7 @@ struct HttpsBackend {
 impl HttpsBackend {
     fn start(pki: &Pki) -> HttpsBackend {
         use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-        let cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(pki.certs("server"), pki.key("server"))
-            .unwrap(),
-        );
+        let cfg = pki.server("server");
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));

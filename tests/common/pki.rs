@@ -177,6 +177,20 @@ impl Pki {
         )
     }
 
+    /// A rustls server presenting `name`'s certificate, asking no client certificate.
+    pub fn server(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.certs(name), self.key(name))
+            .unwrap(),
+        )
+    }
+
     /// A rustls client trusting our CA, presenting `client` if given.
     pub fn client(&self, client: Option<&str>) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
