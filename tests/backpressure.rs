@@ -38,6 +38,33 @@ fn offered_bytes() -> u64 {
         << 20
 }
 
+/// With a client that reads nothing, after the pipe had half a second to fill: over the
+/// next half second the backend writes nothing more (`written` counts its bytes), less
+/// than 64 MiB went out in all, and the process's memory stays within 2 MiB. Returns the
+/// bytes written and the RSS before and after.
+fn assert_stalled(written: &AtomicU64) -> (u64, u64, u64) {
+    std::thread::sleep(Duration::from_millis(500));
+    let rss0 = rss_bytes();
+    let w0 = written.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let w1 = written.load(Ordering::Relaxed);
+    let rss1 = rss_bytes();
+    assert!(
+        w1 < 64 << 20,
+        "backend wrote {w1} bytes into a client that reads nothing"
+    );
+    assert_eq!(
+        w0, w1,
+        "the backend kept writing while the client did not read"
+    );
+    assert!(
+        rss1 < rss0 + (2 << 20),
+        "memory grew by {} KiB while stalled",
+        (rss1 - rss0) >> 10
+    );
+    (w1, rss0, rss1)
+}
+
 /// The upstream sends a large stream while the client stops reading for a second: the
 /// proxy must stop reading the upstream (the backend's writes stall) and its memory must
 /// not grow with what is offered; when the client resumes, every byte arrives in order.
@@ -69,26 +96,8 @@ fn backpressure_bounds_memory(kind: EngineKind) {
     );
     let mut s = connect(p.listener("l"));
     // Let the pipe fill, then watch it stay full.
-    std::thread::sleep(Duration::from_millis(500));
-    let rss0 = rss_bytes();
-    let w0 = written.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
-    let w1 = written.load(Ordering::Relaxed);
-    let rss1 = rss_bytes();
     // In flight: kernel buffers of three sockets plus the proxy's ≤ 64 KiB queue.
-    assert!(
-        w1 < 64 << 20,
-        "backend wrote {w1} bytes into a client that reads nothing"
-    );
-    assert_eq!(
-        w0, w1,
-        "the backend kept writing while the client did not read"
-    );
-    assert!(
-        rss1 < rss0 + (2 << 20),
-        "memory grew by {} KiB while stalled",
-        (rss1 - rss0) >> 10
-    );
+    let (w1, rss0, rss1) = assert_stalled(&written);
     // Resume: everything arrives, in order.
     let chunk = payload(99, 1 << 20);
     let mut got = 0u64;
@@ -183,25 +192,7 @@ fn http_backpressure_bounds_memory(kind: EngineKind) {
     let mut s = connect(p.listener("l"));
     s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let rss0 = rss_bytes();
-    let w0 = written.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_millis(500));
-    let w1 = written.load(Ordering::Relaxed);
-    let rss1 = rss_bytes();
-    assert!(
-        w1 < 64 << 20,
-        "backend wrote {w1} bytes into a client that reads nothing"
-    );
-    assert_eq!(
-        w0, w1,
-        "the backend kept writing while the client did not read"
-    );
-    assert!(
-        rss1 < rss0 + (2 << 20),
-        "memory grew by {} KiB while stalled",
-        (rss1 - rss0) >> 10
-    );
+    let (w1, rss0, rss1) = assert_stalled(&written);
     // Resume: the head, then every body byte in order.
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut line = String::new();
