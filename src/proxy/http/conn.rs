@@ -2895,8 +2895,9 @@ impl Conn {
         }
         self.rq_end(cx.worker);
         self.lcount(cx.worker, L::CxClosed, 1);
-        *cx.open -= 1;
+        // Counts first: whoever sees the connection gone sees its records counted.
         self.tls_release(cx, io);
+        *cx.open -= 1;
         self.acc.clear();
         if self.acc.capacity() > 2 * BUF_SIZE {
             // A huge head once should not pin 64 KiB to the slot forever.

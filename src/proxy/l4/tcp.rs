@@ -1088,10 +1088,19 @@ impl Conn {
         if self.estats.is_some() {
             self.upstream_count(cx.worker, U::CxClosed, 1);
         }
-        *cx.open -= 1;
-        if let Some(t) = self.tls.as_deref_mut() {
+        if let Some(mut t) = self.tls.take() {
+            // Records completed since the last turn (the closing turn's own) still
+            // count, before the connection is seen gone.
+            let [down, up] = t.take_counts();
+            if down > 0 {
+                self.listener_count(cx.worker, L::TlsRecordsOffloaded, down.into());
+            }
+            if up > 0 {
+                self.upstream_count(cx.worker, U::TlsRecordsOffloaded, up.into());
+            }
             t.release(cx.crypto.as_mut());
         }
+        *cx.open -= 1;
         self.tls = None;
         self.table = None;
         self.lstats = None;

@@ -561,7 +561,11 @@ impl Conn {
             io.release(b);
         }
         l.want[Side::Up.idx()] = false;
+        let up = l.t.take_counts()[Side::Up.idx()];
         l.t.release_side(Side::Up, cx.crypto.as_mut());
+        if up > 0 {
+            self.ucount(cx.worker, U::TlsRecordsOffloaded, up.into());
+        }
     }
 
     /// One turn of the TLS layer, after each step of the HTTP state machine: count what
@@ -807,6 +811,14 @@ impl Conn {
         let Some(mut l) = self.tls.take() else {
             return;
         };
+        // Records completed since the last turn (the closing turn's own) still count.
+        let [down, up] = l.t.take_counts();
+        if down > 0 {
+            self.lcount(cx.worker, L::TlsRecordsOffloaded, down.into());
+        }
+        if up > 0 {
+            self.ucount(cx.worker, U::TlsRecordsOffloaded, up.into());
+        }
         for b in l.tx.iter_mut().filter_map(Option::take) {
             io.release(b.0);
         }
