@@ -38,6 +38,22 @@ fn offered_bytes() -> u64 {
         << 20
 }
 
+/// `bytes`, which start at stream offset `at`, are the repeating pattern `chunk`
+/// (compared slice by slice: memcmp).
+fn assert_pattern(bytes: &[u8], at: u64, chunk: &[u8]) {
+    let mut done = 0;
+    while done < bytes.len() {
+        let off = ((at + done as u64) % chunk.len() as u64) as usize;
+        let k = (bytes.len() - done).min(chunk.len() - off);
+        assert!(
+            bytes[done..done + k] == chunk[off..off + k],
+            "bytes differ near offset {}",
+            at + done as u64
+        );
+        done += k;
+    }
+}
+
 /// With a client that reads nothing, after the pipe had half a second to fill: over the
 /// next half second the backend writes nothing more (`written` counts its bytes), less
 /// than 64 MiB went out in all, and the process's memory stays within 2 MiB. Returns the
@@ -107,18 +123,7 @@ fn backpressure_bounds_memory(kind: EngineKind) {
         if n == 0 {
             break;
         }
-        // Compare against the repeating 1 MiB pattern, slice by slice (memcmp).
-        let mut done = 0;
-        while done < n {
-            let off = ((got + done as u64) % chunk.len() as u64) as usize;
-            let k = (n - done).min(chunk.len() - off);
-            assert!(
-                buf[done..done + k] == chunk[off..off + k],
-                "bytes differ near offset {}",
-                got + done as u64
-            );
-            done += k;
-        }
+        assert_pattern(&buf[..n], got, &chunk);
         got += n as u64;
     }
     server.join().unwrap();
@@ -212,17 +217,7 @@ fn http_backpressure_bounds_memory(kind: EngineKind) {
         let want = ((total - got) as usize).min(buf.len());
         let n = r.read(&mut buf[..want]).unwrap();
         assert!(n > 0, "the body ended at {got} of {total}");
-        let mut done = 0;
-        while done < n {
-            let off = ((got + done as u64) % chunk.len() as u64) as usize;
-            let k = (n - done).min(chunk.len() - off);
-            assert!(
-                buf[done..done + k] == chunk[off..off + k],
-                "bytes differ near offset {}",
-                got + done as u64
-            );
-            done += k;
-        }
+        assert_pattern(&buf[..n], got, &chunk);
         got += n as u64;
     }
     s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
