@@ -1180,6 +1180,30 @@ impl HttpsBackend {
     }
 }
 
+/// A control plane serving `cfg` (its active health checks run) with its control socket
+/// in a temporary directory; keep all three alive for the test.
+fn checking_plane(
+    cfg: tickmesh::config::Config,
+) -> (
+    Arc<tickmesh::control::ControlPlane>,
+    tickmesh::control::ControlServer,
+    tempfile::TempDir,
+) {
+    use tickmesh::control::{ControlPlane, ControlServer};
+    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
+        .expect("control socket");
+    (plane, server, dir)
+}
+
+/// The health of the first cluster's first endpoint, as `tickmesh stats` shows it.
+fn first_endpoint_health(
+    plane: &tickmesh::control::ControlPlane,
+) -> tickmesh::control::protocol::EndpointHealthView {
+    plane.stats().clusters[0].endpoints[0].health.clone()
+}
+
 /// Active health checks of a cluster that originates TLS go over TLS with the cluster's
 /// own settings: they pass against the right certificate, follow the backend's status,
 /// and fail when the certificate does not carry the configured SNI name.
@@ -1187,7 +1211,6 @@ impl HttpsBackend {
 fn tls_health_checks_verify_and_follow_the_backend() {
     use std::sync::atomic::Ordering;
     use tickmesh::config::Format;
-    use tickmesh::control::{ControlPlane, ControlServer};
     if !have("openssl") {
         eprintln!("SKIP tls_health_checks_verify_and_follow_the_backend: no openssl CLI");
         return;
@@ -1202,14 +1225,8 @@ fn tls_health_checks_verify_and_follow_the_backend() {
         )
     };
     let cfg = tickmesh::config::parse(&yaml("orders.internal"), Format::Yaml).unwrap();
-    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
-    let dir = tempfile::tempdir().unwrap();
-    let _server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
-        .expect("control socket");
-    let health = || {
-        let s = plane.stats();
-        s.clusters[0].endpoints[0].health.clone()
-    };
+    let (plane, _server, _dir) = checking_plane(cfg);
+    let health = || first_endpoint_health(&plane);
     wait_until("TLS checks pass", Duration::from_secs(10), || {
         b.requests.load(Ordering::SeqCst) >= 3
     });
@@ -1249,7 +1266,6 @@ fn tls_health_checks_verify_and_follow_the_backend() {
 fn tls_tcp_health_checks_complete_the_handshake() {
     use std::sync::atomic::Ordering;
     use tickmesh::config::Format;
-    use tickmesh::control::{ControlPlane, ControlServer};
     if !have("openssl") {
         eprintln!("SKIP tls_tcp_health_checks_complete_the_handshake: no openssl CLI");
         return;
@@ -1272,14 +1288,8 @@ fn tls_tcp_health_checks_complete_the_handshake() {
         )
     };
     let cfg = tickmesh::config::parse(&yaml(b.addr, "orders.internal"), Format::Yaml).unwrap();
-    let plane = Arc::new(ControlPlane::new(1, cfg, 1, None, false).expect("config serves"));
-    let dir = tempfile::tempdir().unwrap();
-    let _server = ControlServer::start(&dir.path().join("control.sock"), plane.clone())
-        .expect("control socket");
-    let health = || {
-        let s = plane.stats();
-        s.clusters[0].endpoints[0].health.clone()
-    };
+    let (plane, _server, _dir) = checking_plane(cfg);
+    let health = || first_endpoint_health(&plane);
     wait_until("TLS TCP checks pass", Duration::from_secs(10), || {
         health().checks_total >= 3
     });

@@ -875,6 +875,16 @@ impl Conn {
         self.close(slot, cx, io)
     }
 
+    /// Count TLS records the offload engine completed, per side.
+    fn count_records(&self, worker: usize, [down, up]: [u32; 2]) {
+        if down > 0 {
+            self.listener_count(worker, L::TlsRecordsOffloaded, down.into());
+        }
+        if up > 0 {
+            self.upstream_count(worker, U::TlsRecordsOffloaded, up.into());
+        }
+    }
+
     /// `side`'s peer broke TLS: count it, flush the alert rustls queued, then close
     /// (the other side with a reset: its stream did not end cleanly).
     fn tls_failed(
@@ -922,12 +932,7 @@ impl Conn {
                 records: [down, up],
                 error: err,
             } = t.activity();
-            if down > 0 {
-                self.listener_count(cx.worker, L::TlsRecordsOffloaded, down.into());
-            }
-            if up > 0 {
-                self.upstream_count(cx.worker, U::TlsRecordsOffloaded, up.into());
-            }
+            self.count_records(cx.worker, [down, up]);
             if let Some((side, e)) = err {
                 return self.tls_failed(slot, side, e, cx, io);
             }
@@ -1092,12 +1097,7 @@ impl Conn {
             // Records completed since the last turn (the closing turn's own) still
             // count, before the connection is seen gone.
             let [down, up] = t.take_counts();
-            if down > 0 {
-                self.listener_count(cx.worker, L::TlsRecordsOffloaded, down.into());
-            }
-            if up > 0 {
-                self.upstream_count(cx.worker, U::TlsRecordsOffloaded, up.into());
-            }
+            self.count_records(cx.worker, [down, up]);
             t.release(cx.crypto.as_mut());
         }
         *cx.open -= 1;

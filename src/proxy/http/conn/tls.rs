@@ -563,8 +563,16 @@ impl Conn {
         l.want[Side::Up.idx()] = false;
         let up = l.t.take_counts()[Side::Up.idx()];
         l.t.release_side(Side::Up, cx.crypto.as_mut());
+        self.tls_count_records(cx.worker, [0, up]);
+    }
+
+    /// Count TLS records the offload engine completed, per side (down, up).
+    fn tls_count_records(&self, worker: usize, [down, up]: [u32; 2]) {
+        if down > 0 {
+            self.lcount(worker, L::TlsRecordsOffloaded, down.into());
+        }
         if up > 0 {
-            self.ucount(cx.worker, U::TlsRecordsOffloaded, up.into());
+            self.ucount(worker, U::TlsRecordsOffloaded, up.into());
         }
     }
 
@@ -577,12 +585,7 @@ impl Conn {
             return Turn::Idle;
         };
         let Activity { records, error } = l.t.activity();
-        if records[0] > 0 {
-            self.lcount(cx.worker, L::TlsRecordsOffloaded, records[0].into());
-        }
-        if records[1] > 0 {
-            self.ucount(cx.worker, U::TlsRecordsOffloaded, records[1].into());
-        }
+        self.tls_count_records(cx.worker, records);
         if let Some((side, e)) = error {
             return Turn::Done(self.tls_broke(slot, (side, e), cx, io));
         }
@@ -812,13 +815,8 @@ impl Conn {
             return;
         };
         // Records completed since the last turn (the closing turn's own) still count.
-        let [down, up] = l.t.take_counts();
-        if down > 0 {
-            self.lcount(cx.worker, L::TlsRecordsOffloaded, down.into());
-        }
-        if up > 0 {
-            self.ucount(cx.worker, U::TlsRecordsOffloaded, up.into());
-        }
+        let records = l.t.take_counts();
+        self.tls_count_records(cx.worker, records);
         for b in l.tx.iter_mut().filter_map(Option::take) {
             io.release(b.0);
         }
