@@ -343,19 +343,37 @@ async fn check_once(p: &CheckPolicy, addr: SocketAddr) -> std::io::Result<u16> {
     }
 }
 
-/// The status of a response whose status line is complete (`HTTP/1.x NNN ...\r\n`).
-fn status_of(b: &[u8]) -> Option<u16> {
-    let end = b.windows(2).position(|w| w == b"\r\n")?;
-    let line = std::str::from_utf8(&b[..end]).ok()?;
-    let mut parts = line.split(' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return Some(0);
+/// The final status of a response once its final status line is complete
+/// (`HTTP/1.x NNN ...`, ending in CRLF or a bare LF as RFC 9112 §2.2 allows); interim
+/// (1xx but 101) heads before it are skipped whole (RFC 9110 §15.2: a client must parse
+/// them even unasked). `Some(0)`: not an HTTP/1.x status line. `None`: read more.
+pub(crate) fn status_of(mut b: &[u8]) -> Option<u16> {
+    use crate::proxy::http::{codec, conn};
+    loop {
+        b = &b[codec::skip_empty_lines(b)..];
+        let end = b.iter().position(|&c| c == b'\n')?;
+        let line = &b[..end];
+        let status = status_line(line.strip_suffix(b"\r").unwrap_or(line));
+        if !(100..200).contains(&status) || status == 101 {
+            return Some(status);
+        }
+        b = &b[conn::head_end(b)?..];
     }
-    let code = parts.next()?;
-    match code.parse::<u16>() {
-        Ok(c) if code.len() == 3 => Some(c),
-        _ => Some(0),
+}
+
+/// The status of one status line, 0 when it is not `HTTP/1.x` and a status (three
+/// digits, 100 or more: RFC 9110 §15).
+fn status_line(line: &[u8]) -> u16 {
+    let mut parts = line.split(|&c| c == b' ');
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return 0;
+    };
+    if !version.starts_with(b"HTTP/1.") || code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+        return 0;
+    }
+    match code.iter().fold(0, |n, &d| n * 10 + u16::from(d - b'0')) {
+        s @ 100.. => s,
+        _ => 0,
     }
 }
 

@@ -324,8 +324,22 @@ fn toml_error(text: &str, e: toml::de::Error) -> ConfigError {
         problems: vec![Problem {
             path: String::new(),
             line,
-            message: e.message().trim().to_string(),
+            message: toml_message(&e),
         }],
+    }
+}
+
+/// `toml` leaves the message of some syntax errors empty (a text ending in `name =`);
+/// its full rendering still says what was expected where.
+fn toml_message(e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let full = e.to_string();
+    match full.trim() {
+        "" => "invalid TOML".to_string(),
+        f => f.to_string(),
     }
 }
 

@@ -8,6 +8,8 @@
 //! Invariant: a rejected request changes nothing (table, config, generation, state file).
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod persist;
 pub mod protocol;
 mod server;

@@ -149,7 +149,7 @@ pub fn parse_request<'b, 'h>(
     headers: &'h mut [Header<'b>],
 ) -> Result<Option<Request<'b, 'h>>, HttpError> {
     // RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request.
-    let skip = leading_crlf(buf);
+    let skip = skip_empty_lines(buf);
     let mut req = httparse::Request::new(headers);
     let status = req.parse(&buf[skip..]).map_err(map_err)?;
     let len = match status {
@@ -201,12 +201,18 @@ pub fn parse_request<'b, 'h>(
     }))
 }
 
-fn leading_crlf(buf: &[u8]) -> usize {
+/// Bytes of the empty lines (CRLF or bare LF) at the start of `buf`, which precede a
+/// start line (RFC 9112 §2.2) and which `httparse` skips too: every reader of a head
+/// (the codec, the connection's head finder, sniffing) must skip the same ones.
+pub(crate) fn skip_empty_lines(buf: &[u8]) -> usize {
     let mut i = 0;
-    while i < 4 && i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n') {
-        i += 1;
+    loop {
+        match buf.get(i..i + 2) {
+            Some(b"\r\n") => i += 2,
+            _ if buf.get(i) == Some(&b'\n') => i += 1,
+            _ => return i,
+        }
     }
-    i
 }
 
 /// Parse a response head; `head_request` and the status decide whether a body follows.
@@ -225,6 +231,11 @@ pub fn parse_response<'b, 'h>(
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return Err(HttpError::BadResponse);
     };
+    // `httparse` takes any three digits; RFC 9110 §15 defines 100-599 (we pass on what
+    // lies above, as the classes' first codes). Below 100 there is no status to forward.
+    if status < 100 || len > MAX_HEAD {
+        return Err(HttpError::BadResponse);
+    }
     let headers: &'h [Header<'b>] = res.headers;
     let (mut body, keep_alive, upgrade) =
         framing(headers, minor, true).map_err(|_| HttpError::BadResponse)?;

@@ -377,26 +377,32 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Whether the first bytes of a connection look like an HTTP/1.x request (sniffing):
-/// a method of up to 16 uppercase letters and a space. A TLS ClientHello (0x16 …), the
-/// HTTP/2 preface (`PRI * HTTP/2.0`) and other protocols (`SSH-2.0-…`) do not. Bytes that
-/// end inside a plausible method count as HTTP.
+/// empty lines, then a method shaped like the IANA registry's (an uppercase letter, then
+/// up to 19 more uppercase letters or `-`: `VERSION-CONTROL`, `UPDATEREDIRECTREF`) and a
+/// space. A TLS ClientHello (0x16 …), the HTTP/2 preface (`PRI * HTTP/2.0`) and other
+/// protocols (`SSH-2.0-…`) do not. Bytes that end inside a plausible method, or before
+/// one, count as HTTP.
 pub fn looks_like_http1(data: &[u8]) -> bool {
     const H2: &[u8] = b"PRI * HTTP/2.0\r\n";
     let n = data.len().min(H2.len());
     if n >= 3 && data[..n] == H2[..n] {
         return false;
     }
-    let skip = data
-        .iter()
-        .take(4)
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
-    let rest = &data[skip..];
-    let letters = rest.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    if letters == 0 || letters > 16 {
+    let rest = &data[codec::skip_empty_lines(data)..];
+    if rest.is_empty() || rest == b"\r" {
+        return true;
+    }
+    if !rest[0].is_ascii_uppercase() {
         return false;
     }
-    match rest.get(letters) {
+    let len = rest
+        .iter()
+        .take_while(|&&b| b.is_ascii_uppercase() || b == b'-')
+        .count();
+    if len > 20 {
+        return false;
+    }
+    match rest.get(len) {
         None => true,
         Some(&b) => b == b' ',
     }
@@ -2952,8 +2958,9 @@ fn copy_between(io: &mut impl Io, src: BufId, off: usize, dst: BufId, at: usize,
 }
 
 /// The end of a head (after its empty line) at the start of `data`, if complete.
-fn head_end(data: &[u8]) -> Option<usize> {
-    let mut i = 0;
+pub(crate) fn head_end(data: &[u8]) -> Option<usize> {
+    // Empty lines before the start line are not the end of a head (the codec skips them).
+    let mut i = codec::skip_empty_lines(data);
     while i < data.len() {
         let nl = data[i..].iter().position(|&b| b == b'\n')? + i;
         match data.get(nl + 1) {
