@@ -147,7 +147,7 @@ fn proxy(
 
 fn client(addr: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let r = BufReader::new(s.try_clone().unwrap());
     (s, r)
 }
@@ -301,7 +301,7 @@ fn endless_response(kind: EngineKind) {
 }
 
 /// An upstream that sends interim responses and never a final one: the client gets a
-/// bounded number of them, then a 502, with no route timeout set to save it.
+/// bounded number of them (32), then a 502, long before the default route timeout.
 fn interim_flood(kind: EngineKind) {
     let bad = Upstream::start(serve_1xx_flood);
     let (_good, p) = proxy(kind, bad.addr, "", "");
@@ -323,7 +323,9 @@ fn interim_flood(kind: EngineKind) {
         "after {interim} interim responses, in {:?}",
         t.elapsed()
     );
+    assert_eq!(interim, 32);
     assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(p.stats.listener("l").get(L::HttpBadGateway), 1);
     drop((s, r));
     still_serves(addr);
     all_freed(&p);

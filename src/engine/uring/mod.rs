@@ -366,10 +366,14 @@ impl Uring {
         if !m.live {
             return;
         }
-        if m.armed && !m.cancelling && !m.dropped {
+        if m.armed && !m.cancelling {
             // By user data, not by fd: the socket closes right after this (the
             // kernel's own reference keeps it open until the cancel runs, at the next
-            // submit), and its number may be reused by then.
+            // submit), and its number may be reused by then. Also when the connection
+            // dropped it (`cancel_all`): that cancel goes by fd at the next submit, and
+            // the fd may be closed by then (the connection's own operations can end in
+            // the same lap) — it then finds nothing, and the armed multishot would keep
+            // the socket open for ever (a client never saw its connection close).
             self.cancel_multi(fd, m.gen);
         }
         if m.held > 0 {

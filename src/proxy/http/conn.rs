@@ -88,6 +88,10 @@ enum Phase {
     Closing,
 }
 
+/// Interim (1xx) responses passed on per request before the upstream is a bad gateway
+/// (a `100 Continue`, a few `103 Early Hints` or `102 Processing` are what servers send).
+const MAX_INTERIM: u8 = 32;
+
 /// What remains of a body.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Left {
@@ -445,6 +449,8 @@ pub struct Conn {
     timed_out: bool,
     /// Waiting for the upstream's response head.
     awaiting_head: bool,
+    /// Interim (1xx) responses forwarded for this request (bounded: [`MAX_INTERIM`]).
+    interim: u8,
     /// The client connection persists after this exchange.
     keep_alive: bool,
     client_minor: u8,
@@ -548,6 +554,7 @@ impl Default for Conn {
             connected: false,
             timed_out: false,
             awaiting_head: false,
+            interim: 0,
             keep_alive: true,
             client_minor: 1,
             head_req: false,
@@ -1552,6 +1559,7 @@ impl Conn {
                     cx.now_ms + route_ms
                 };
                 self.awaiting_head = true;
+                self.interim = 0;
                 self.resp = Left::Done;
                 self.phase = Phase::Exchange;
                 // Circuit breaking (see `Breakers`): active requests, and connections
@@ -2169,6 +2177,19 @@ impl Conn {
             }
         };
         let informational = (100..200).contains(&res.status);
+        if informational && res.status != 101 {
+            // An upstream that sends interim responses without end would hold the
+            // client (and a route without timeout) for ever.
+            self.interim = self.interim.saturating_add(1);
+            if self.interim > MAX_INTERIM {
+                return Err(Fail::Status(
+                    502,
+                    L::HttpBadGateway,
+                    "upstream sent too many interim responses\n",
+                    Cause::Gateway,
+                ));
+            }
+        }
         let tunnel = res.status == 101 && self.upgrade_req && res.repr.upgrade;
         if res.status == 101 && !tunnel {
             return Err(Fail::Status(
