@@ -105,7 +105,13 @@ pub fn parse_only(text: &str, format: Format) -> Result<Config, ConfigError> {
     let mut out = Config::default();
     match format {
         Format::Yaml => {
+            // A second pass over the same documents, kept in step with the first: each
+            // is read again into its typed shape, so errors keep their line numbers.
+            // (Asking a fresh pass for document `i` would re-parse all before it: an
+            // apply of a few thousand documents took minutes.)
+            let mut typed = serde_yaml::Deserializer::from_str(text);
             for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+                let again = typed.next();
                 let value =
                     serde_yaml::Value::deserialize(doc).map_err(|e| yaml_error(text, e, None))?;
                 let keys: Vec<&str> = match &value {
@@ -121,9 +127,8 @@ pub fn parse_only(text: &str, format: Format) -> Result<Config, ConfigError> {
                             message: m,
                         }],
                     })?;
-                // Deserialize the same document again into its typed shape, so errors keep
-                // their line numbers. (The iterator yields it again; it cannot be missing.)
-                let Some(doc) = serde_yaml::Deserializer::from_str(text).nth(i) else {
+                // The second pass yields this document too; it cannot be missing.
+                let Some(doc) = again else {
                     continue;
                 };
                 kind.read(doc, &mut out)
