@@ -141,6 +141,16 @@ pub struct ClusterEntry {
     /// A cluster of one level without localities: whether it is in panic (the whole
     /// plan in one word; written with `plan`).
     pub single_panic: std::sync::atomic::AtomicBool,
+    /// Slow start of joining endpoints (`round_robin`/`least_request`): picks thin the
+    /// balancer's choices by the endpoints' published scales while
+    /// `health.slow_starting()` is not 0 ([`crate::cluster::slow_start`]).
+    pub slow_start: Option<crate::cluster::slow_start::SlowStart>,
+    /// Consistent hashing with bounded loads (Envoy's `hash_balance_factor` / 100; 0:
+    /// unbounded): an endpoint already serving more than this times its weighted share of
+    /// the set's active connections is passed over for the key's next choice.
+    pub hash_balance: f64,
+    /// Consistent hashing places endpoints by host name (`use_hostname_for_hashing`).
+    pub hash_by_name: bool,
 }
 
 /// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
@@ -266,7 +276,15 @@ impl ClusterEntry {
             let (b, members) = self.group(0, None, st, key);
             map(
                 members,
-                b.pick_salted(st, cursor, source, key, active_in(members, &active), 0),
+                self.choose(
+                    b,
+                    members,
+                    st,
+                    cursor,
+                    source,
+                    key,
+                    active_in(members, &active),
+                ),
             )
         } else {
             self.pick_degraded(st, cursor, source, key, &active, worker)?
@@ -382,7 +400,15 @@ impl ClusterEntry {
         let (b, members) = self.whole_level(level);
         map(
             members,
-            b.pick_salted(st, cursor, source, key, active_in(members, active), 0),
+            self.choose(
+                b,
+                members,
+                st,
+                cursor,
+                source,
+                key,
+                active_in(members, active),
+            ),
         )
     }
 
@@ -401,12 +427,114 @@ impl ClusterEntry {
         active: &impl Fn(usize) -> u64,
     ) -> Result<usize, usize> {
         let local_active = active_in(members, active);
-        let j = b.pick_salted(st, cursor, source, key, local_active, 0);
+        let j = self.choose(b, members, st, cursor, source, key, local_active);
         if self.endpoints[map(members, j)].health.usable() {
             return Ok(map(members, j));
         }
         self.repick(b, members, st, cursor, source, key, j, local_active)
             .ok_or(map(members, j))
+    }
+
+    /// The balancer's choice within one set of endpoints (`members`, or all; the result
+    /// indexes the set): the plain pick, unless some endpoint is in slow start (one
+    /// relaxed load to know) or loads are bounded — both cold paths. No allocation.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        if self.slow_start.is_some() && self.health.slow_starting() != 0 {
+            return self.choose_slow(b, members, st, cursor, source, key, active);
+        }
+        if self.hash_balance > 0.0 && b.is_hashing() {
+            return self.choose_bounded(b, members, st, cursor, source, key, active);
+        }
+        b.pick_salted(st, cursor, source, key, active, 0)
+    }
+
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn choose_slow(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        let scale = |j: usize| self.endpoints[map(members, j)].health.slow_start_scale();
+        b.pick_scaled(st, cursor, source, key, active, scale)
+    }
+
+    /// Bounded loads (Envoy's `hash_balance_factor`, after Mirrokni et al.): the key's
+    /// endpoint unless it already has at least `factor × (total + 1) × weight / weights`
+    /// active connections (this worker's count, what least request reads); then the
+    /// key's next choices (deterministic jumps through the ring / table, as the salted
+    /// picks draw them) until one has room; when none of [`BOUNDED_PROBES`] has, the
+    /// least overloaded of them. O(set size) for the total, like Envoy's.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn choose_bounded(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        let n = members.map_or(self.endpoints.len(), <[u32]>::len);
+        let weight = |j: usize| f64::from(self.endpoints[map(members, j)].weight.max(1));
+        let (mut total, mut weights) = (0u64, 0f64);
+        for j in 0..n {
+            total += active(j);
+            weights += weight(j);
+        }
+        // One key for every probe: a key-less request draws a random point once.
+        let key = match (key, source) {
+            (Some(k), _) => Some(k),
+            (None, Some(_)) => None,
+            (None, None) => Some(crate::cluster::random_key(st)),
+        };
+        let room = self.hash_balance * (total as f64 + 1.0) / weights;
+        let mut best = (0usize, f64::MAX);
+        for salt in 0..BOUNDED_PROBES {
+            let j = b.pick_salted(st, cursor, source, key, active, salt);
+            let cap = (room * weight(j)).ceil();
+            let load = active(j) as f64;
+            if load < cap {
+                return j;
+            }
+            if load / cap < best.1 {
+                best = (j, load / cap);
+            }
+        }
+        best.0
+    }
+
+    /// Recompute the endpoints' slow-start scales at `now` ([`crate::cluster::health::now_ms`])
+    /// and publish how many are scaled. Control plane only (compile, health tick).
+    pub fn refresh_slow_start(&self, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let eps = self.endpoints.iter().map(|e| &*e.health);
+        let scaled = match &self.slow_start {
+            Some(s) => s.refresh(eps, now),
+            None => {
+                crate::cluster::slow_start::clear(eps, now);
+                0
+            }
+        };
+        self.health.slow_starting.store(scaled, Relaxed);
     }
 
     /// Recompute [`ClusterEntry::plan`] from the endpoints' flags; publishes only a
@@ -583,6 +711,9 @@ impl ClusterEntry {
             .unwrap_or(plain)
     }
 }
+
+/// Next choices a bounded-load pick tries before it takes the least overloaded.
+const BOUNDED_PROBES: u64 = 16;
 
 /// Index `j` of a member set (or of all endpoints) as an endpoint index.
 #[inline]
@@ -876,33 +1007,54 @@ pub fn compile(
 fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     // A name stands for every address it resolved to (STRICT_DNS), each with the name's
     // weight; until the resolver has an answer it stands for none.
-    let mut resolved: Vec<(SocketAddr, u32, u32, Option<&str>)> = c
+    // The last element: which configured endpoint, and which of its addresses.
+    type Resolved<'a> = (SocketAddr, u32, u32, Option<&'a str>, (usize, usize));
+    let mut resolved: Vec<Resolved> = c
         .endpoints
         .iter()
-        .flat_map(|e| {
+        .enumerate()
+        .flat_map(|(n, e)| {
             let loc = e.locality.as_deref();
             match &e.address {
-                EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority, loc)],
+                EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority, loc, (n, 0))],
                 EndpointAddress::Dns { host, port } => dns::cached(host, *port)
                     .into_iter()
-                    .map(|a| (a, e.weight, e.priority, loc))
+                    .enumerate()
+                    .map(|(k, a)| (a, e.weight, e.priority, loc, (n, k)))
                     .collect(),
             }
         })
         .collect();
     // Grouped by priority (stable), so a retry walking the endpoints in order stays in
     // its level as long as the level lasts.
-    resolved.sort_by_key(|&(_, _, p, _)| p);
-    let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.0).collect();
+    resolved.sort_by_key(|&(_, _, p, _, _)| p);
     let weights: Vec<u32> = resolved.iter().map(|e| e.1).collect();
     let mut priorities: Vec<u32> = resolved.iter().map(|e| e.2).collect();
     priorities.dedup();
     let by_locality = !c.locality_weights.is_empty();
     let lb = crate::cluster::LbOptions::of(c);
+    // What consistent hashing places each address by: its text ("1.2.3.4:80", as
+    // Envoy), or with `use_hostname_for_hashing` its host name, so an address change
+    // moves no key. A name answering several addresses (Envoy: not valid) keys the
+    // second and later ones of its sorted answer `name#k`.
+    let keys: Vec<Vec<u8>> = resolved
+        .iter()
+        .map(|&(a, _, _, _, (n, k))| {
+            let name = lb
+                .use_hostname_for_hashing
+                .then(|| crate::cluster::hash_name(&c.endpoints[n]))
+                .flatten();
+            match name {
+                Some(h) if k == 0 => h.into_bytes(),
+                Some(h) => format!("{h}#{k}").into_bytes(),
+                None => a.to_string().into_bytes(),
+            }
+        })
+        .collect();
     let build = |members: &[u32]| {
-        let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
+        let k: Vec<Vec<u8>> = members.iter().map(|&i| keys[i as usize].clone()).collect();
         let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
-        Balancer::build_with(&lb, &a, &w)
+        Balancer::build_named(&lb, &k, &w)
     };
     let levels: Box<[Level]> = if priorities.len() > 1 || by_locality {
         priorities
@@ -961,7 +1113,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         levels,
         endpoints: resolved
             .iter()
-            .map(|&(address, weight, priority, _)| EndpointEntry {
+            .map(|&(address, weight, priority, _, _)| EndpointEntry {
                 address,
                 weight,
                 priority,
@@ -998,7 +1150,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .health_checks
             .first()
             .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
-        balancer: Balancer::build_with(&lb, &addrs, &weights),
+        balancer: Balancer::build_named(&lb, &keys, &weights),
+        slow_start: lb.slow_start,
+        hash_balance: f64::from(lb.hash_balance_factor) / 100.0,
+        hash_by_name: lb.use_hostname_for_hashing,
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
@@ -1032,8 +1187,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         plan: ArcSwap::from_pointee(LoadPlan::default()),
         single_panic: Default::default(),
     };
-    // Health survives table swaps: the first plan already reflects it.
+    // Health survives table swaps: the first plan already reflects it, and the first
+    // scales (a new endpoint's slow start begins now).
     entry.refresh_plan();
+    entry.refresh_slow_start(crate::cluster::health::now_ms());
     entry
 }
 
@@ -1181,6 +1338,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 priority: 0,
                 locality: None,
                 labels: Default::default(),
+                hostname: None,
             }],
             connect_timeout: None,
             max_connect_attempts: None,
@@ -1196,6 +1354,8 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             ring_hash_lb_config: None,
             maglev_lb_config: None,
             least_request_lb_config: None,
+            round_robin_lb_config: None,
+            consistent_hashing_lb_config: None,
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
