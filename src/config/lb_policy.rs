@@ -323,12 +323,14 @@ fn read(policy: LbPolicy, v: serde_yaml::Value, at: &str) -> Result<LbChoice, Ba
                 None | Some("DEFAULT_HASH") => None,
                 Some("XX_HASH") => Some(RingHashFunction::XxHash),
                 Some("MURMUR_HASH_2") => Some(RingHashFunction::MurmurHash2),
-                Some(other) => return Err((
-                    format!("{at}.hash_function"),
-                    format!(
+                Some(other) => {
+                    return Err((
+                        format!("{at}.hash_function"),
+                        format!(
                         "`{other}` is not a hash function (DEFAULT_HASH, XX_HASH, MURMUR_HASH_2)"
                     ),
-                )),
+                    ))
+                }
             };
             out.ring_hash = Some(RingHashLbConfig {
                 minimum_ring_size: c.minimum_ring_size,

@@ -1164,6 +1164,90 @@ clusters:
         assert!(e.least_request_lb_config.is_none());
     }
 
+    /// Istio's warmup (and its deprecated `warmupDurationSecs`) is Envoy's slow start on
+    /// the cluster's round-robin or least-request policy; bad values are named.
+    #[test]
+    fn istio_warmup_is_slow_start() {
+        let c = parse(
+            "clusters: [{name: x, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let e = effective_cluster(
+            &c,
+            &rules(&dr(
+                "r",
+                "x",
+                None,
+                "    loadBalancer: {warmupDurationSecs: 60s}",
+            )),
+        );
+        let s = e
+            .round_robin_lb_config
+            .and_then(|r| r.slow_start_config)
+            .expect("slow start");
+        assert_eq!(s.slow_start_window, Some(Duration::from_secs(60)));
+        assert!(s.aggression.is_none() && s.min_weight_percent.is_none());
+        let e = effective_cluster(
+            &c,
+            &rules(&dr(
+                "r",
+                "x",
+                None,
+                "    loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 30s, minimumPercent: 20, aggression: 1.5}}",
+            )),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::LeastRequest);
+        let s = e
+            .least_request_lb_config
+            .and_then(|l| l.slow_start_config)
+            .expect("slow start");
+        assert_eq!(s.slow_start_window, Some(Duration::from_secs(30)));
+        assert_eq!(s.aggression.map(|a| a.default_value), Some(1.5));
+        assert_eq!(s.min_weight_percent.map(|p| p.value), Some(20.0));
+        for (policy, want) in [
+            (
+                "    loadBalancer: {warmupDurationSecs: 60s, warmup: {duration: 30s}}",
+                "loadBalancer.warmupDurationSecs: deprecated spelling of `warmup.duration`",
+            ),
+            (
+                "    loadBalancer: {warmup: {minimumPercent: 5}}",
+                "loadBalancer.warmup.duration: is required",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, minimumPercent: 120}}",
+                "loadBalancer.warmup.minimumPercent: 120 is not a percentage",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, aggression: 0}}",
+                "loadBalancer.warmup.aggression: 0 is not a finite number > 0",
+            ),
+            (
+                "    loadBalancer: {simple: RANDOM, warmupDurationSecs: 10s}",
+                "loadBalancer.warmupDurationSecs: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+            ),
+            (
+                "    loadBalancer: {consistentHash: {useSourceIp: true}, warmup: {duration: 10s}}",
+                "loadBalancer.warmup: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+            ),
+            (
+                "    loadBalancer: {warmupDurationSecs: soon}",
+                "invalid duration `soon`",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, ramp: linear}}",
+                "unknown field `ramp`",
+            ),
+        ] {
+            let e = parse(&dr("r", "x", None, policy), Format::Yaml)
+                .expect_err(policy)
+                .to_string();
+            assert!(e.contains(want), "{policy}\n  error: {e}\n  wanted: {want}");
+        }
+    }
+
     #[test]
     fn new_cluster_fields_round_trip_through_yaml() {
         let yaml = r#"

@@ -1853,4 +1853,122 @@ clusters:
         let second = c.pick(&mut st, &mut cur, None, 1, 0).unwrap();
         assert_ne!(first, second);
     }
+
+    /// Slow start: an endpoint that joined later takes `scale` of its share while the
+    /// others are past their window, round robin and least request alike; past its own
+    /// window it takes its full share and picks leave the slow path.
+    #[test]
+    fn slow_start_thins_a_joining_endpoint() {
+        for (policy, block) in [
+            ("round_robin", "round_robin_lb_config"),
+            ("least_request", "least_request_lb_config"),
+        ] {
+            let t = compiled(&format!(
+                "clusters:\n  - {{name: s, lb_policy: {policy}, {block}: {{slow_start_config: {{slow_start_window: 10s}}}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}}\n"
+            ));
+            let c = &t.clusters[0];
+            let t0 = crate::cluster::health::now_ms() + 100_000;
+            // Endpoints 0 and 1 joined long ago; endpoint 2 joins at t0.
+            c.endpoints[0].health.restart_slow_start(1);
+            c.endpoints[1].health.restart_slow_start(1);
+            c.endpoints[2].health.restart_slow_start(t0);
+            let mut st = LbState::new(5);
+            let mut cur = 0;
+            let mut share = |at: u64| {
+                c.refresh_slow_start(at);
+                let mut seen = [0u32; 3];
+                for _ in 0..30_000 {
+                    seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+                }
+                f64::from(seen[2]) / 30_000.0
+            };
+            // 0.5 s in: max(10%, 1 s / 10 s) = 10% weight → 0.1 / 2.1 of the picks.
+            let early = share(t0 + 500);
+            assert!((early - 0.1 / 2.1).abs() < 0.01, "{policy}: {early}");
+            assert_eq!(c.health.slow_starting(), 1);
+            // Half way: 50% → 0.5 / 2.5.
+            let half = share(t0 + 5_000);
+            assert!((half - 0.2).abs() < 0.015, "{policy}: {half}");
+            // Past the window: a third, and no endpoint scaled.
+            let after = share(t0 + 10_000);
+            assert!((after - 1.0 / 3.0).abs() < 0.015, "{policy}: {after}");
+            assert_eq!(c.health.slow_starting(), 0);
+        }
+    }
+
+    /// Bounded loads: a key stays on its endpoint until that endpoint has more than
+    /// `hash_balance_factor`% of its share of the active connections; then it moves.
+    #[test]
+    fn hash_balance_factor_moves_keys_off_an_overloaded_endpoint() {
+        use crate::telemetry::UpstreamCounter::CxTotal;
+        for policy in ["maglev", "ring_hash"] {
+            let t = compiled(&format!(
+                "clusters:\n  - {{name: h, lb_policy: {policy}, consistent_hashing_lb_config: {{hash_balance_factor: 150}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}}\n"
+            ));
+            let c = &t.clusters[0];
+            let mut st = LbState::new(7);
+            let mut pick = |k: u64| {
+                st.set_key(Some(k));
+                c.pick(&mut st, &mut 0, None, 0, 0).unwrap()
+            };
+            let home = pick(42);
+            assert!(
+                (0..20).all(|_| pick(42) == home),
+                "{policy}: sticky while idle"
+            );
+            // Home has 2 of 4 active: cap ceil(1.5 × 5 / 3) = 3, still room.
+            c.endpoints[home].stats.add(0, CxTotal, 2);
+            c.endpoints[(home + 1) % 3].stats.add(0, CxTotal, 1);
+            c.endpoints[(home + 2) % 3].stats.add(0, CxTotal, 1);
+            assert_eq!(pick(42), home, "{policy}: within its bound");
+            // Home has 10 of 12: over ceil(1.5 × 13 / 3) = 7; the key moves, and stays
+            // on its next choice.
+            c.endpoints[home].stats.add(0, CxTotal, 8);
+            let moved = pick(42);
+            assert_ne!(
+                moved, home,
+                "{policy}: an overloaded endpoint is passed over"
+            );
+            assert!((0..20).all(|_| pick(42) == moved), "{policy}");
+        }
+        // Unbounded (no factor): the key stays whatever the load.
+        let t = compiled(
+            "clusters:\n  - {name: h, lb_policy: maglev, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\"]}\n",
+        );
+        let c = &t.clusters[0];
+        let mut st = LbState::new(7);
+        st.set_key(Some(42));
+        let home = c.pick(&mut st, &mut 0, None, 0, 0).unwrap();
+        c.endpoints[home].stats.add(0, CxTotal, 100);
+        st.set_key(Some(42));
+        assert_eq!(c.pick(&mut st, &mut 0, None, 0, 0), Some(home));
+    }
+
+    /// `use_hostname_for_hashing`: keys follow host names, so new addresses for the
+    /// same names move no key (by address, some keys move).
+    #[test]
+    fn hashing_by_host_name_survives_address_changes() {
+        let yaml = |base: u16, by_name: bool| {
+            format!(
+                "clusters:\n  - {{name: h, lb_policy: ring_hash, consistent_hashing_lb_config: {{use_hostname_for_hashing: {by_name}}}, endpoints: [{{address: \"127.0.0.1:{}\", hostname: a}}, {{address: \"127.0.0.1:{}\", hostname: b}}, {{address: \"127.0.0.1:{}\", hostname: c}}]}}\n",
+                base,
+                base + 1,
+                base + 2
+            )
+        };
+        let owners = |yaml: String| -> Vec<usize> {
+            let t = compiled(&yaml);
+            let mut st = LbState::new(1);
+            (0..500u64)
+                .map(|k| {
+                    st.set_key(Some(crate::cluster::maglev::mix64(k)));
+                    t.clusters[0].pick(&mut st, &mut 0, None, 0, 0).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(owners(yaml(1000, true)), owners(yaml(2000, true)));
+        assert_ne!(owners(yaml(1000, false)), owners(yaml(2000, false)));
+        let t = compiled(&yaml(1000, true));
+        assert!(t.clusters[0].hash_by_name);
+    }
 }
