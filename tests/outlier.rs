@@ -1177,7 +1177,103 @@ route_configs:
     });
 }
 
+// === slow start ===
+
+/// An Envoy cluster whose typed-extension `load_balancing_policy` is round robin with
+/// slow start (`window`, aggression 0.25: t^4, floor 10%), over `eps`.
+fn slow_start_cluster(eps: &[SocketAddr], window: &str) -> String {
+    let eps: Vec<String> = eps
+        .iter()
+        .map(|a| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"static_resources:
+  clusters:
+  - name: svc
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: acme.weighted_least_latency
+          typed_config: {{"@type": type.googleapis.com/acme.lb.v1.LeastLatency}}
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.round_robin
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+            slow_start_config:
+              slow_start_window: {window}
+              aggression: {{default_value: 0.25}}
+              min_weight_percent: {{value: 10}}
+    load_assignment: {{endpoints: [{{lb_endpoints: [{}]}}]}}
+"#,
+        eps.join(", ")
+    )
+}
+
+/// Slow start end to end: a third endpoint added over the control socket (an Envoy
+/// cluster with a typed-extension round-robin policy) gets far less than its third of
+/// the requests early in its window — 10% of its weight: 0.1 / 2.1 ≈ 5% — and its full
+/// third once the window has passed, counted at the backends.
+fn slow_start_ramps_a_new_endpoint(kind: EngineKind) {
+    let b: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let window = Duration::from_secs(2);
+    let routes = http_config("").replace("clusters:\n\n", "");
+    let first = format!(
+        "{routes}---\n{}",
+        slow_start_cluster(&[b[0].addr, b[1].addr], "2s")
+    );
+    let d = Daemon::start(kind, &first);
+    let addr = d.listener();
+    // The first two join at start: let their own window pass.
+    std::thread::sleep(window + Duration::from_millis(200));
+    let sock = d._dir.path().join("control.sock");
+    let apply = tickmesh::control::protocol::Request::Apply {
+        config: slow_start_cluster(&[b[0].addr, b[1].addr, b[2].addr], "2s"),
+        format: Format::Yaml,
+        prune: false,
+    };
+    let r = tickmesh::control::client::request(&sock, &apply).expect("the control socket answers");
+    assert!(r.ok, "apply over the control socket: {r:?}");
+    let joined = Instant::now();
+    // Bounded: 150 requests or 700 ms, well inside the new endpoint's first second.
+    let share = |b: &[Backend], n: usize, within: Duration| {
+        let before: Vec<usize> = b.iter().map(Backend::requests).collect();
+        let start = Instant::now();
+        let mut sent = 0;
+        while sent < n && start.elapsed() < within {
+            assert_eq!(get(addr, "/s"), 200);
+            sent += 1;
+        }
+        let got: Vec<usize> = b.iter().zip(&before).map(|(x, b0)| x.requests() - b0).collect();
+        (got[2] as f64 / sent.max(1) as f64, got, sent)
+    };
+    let (early, got, sent) = share(&b, 150, Duration::from_millis(700));
+    assert!(sent >= 40, "too few requests to judge: {sent}");
+    assert!(
+        early < 0.15,
+        "early in its window the new endpoint gets ≈ 5%, not its third: {got:?} of {sent}"
+    );
+    let view = d.plane.get(None).clusters.unwrap_or_default();
+    assert!(
+        view.iter().any(|c| c.policy.contains("slow start 2s")),
+        "{view:?}"
+    );
+    let rest = (window + Duration::from_millis(300)).saturating_sub(joined.elapsed());
+    std::thread::sleep(rest);
+    let (late, got, sent) = share(&b, 150, Duration::from_secs(5));
+    assert!(
+        (0.25..0.42).contains(&late),
+        "past its window the new endpoint gets its third: {got:?} of {sent}"
+    );
+}
+
 per_engine!(
+    slow_start_ramps_a_new_endpoint,
     tcp_checks_take_out_a_dead_endpoint,
     passing_check_ends_an_ejection,
     route_hash_policies_stick,
