@@ -1249,7 +1249,11 @@ fn slow_start_ramps_a_new_endpoint(kind: EngineKind) {
             assert_eq!(get(addr, "/s"), 200);
             sent += 1;
         }
-        let got: Vec<usize> = b.iter().zip(&before).map(|(x, b0)| x.requests() - b0).collect();
+        let got: Vec<usize> = b
+            .iter()
+            .zip(&before)
+            .map(|(x, b0)| x.requests() - b0)
+            .collect();
         (got[2] as f64 / sent.max(1) as f64, got, sent)
     };
     let (early, got, sent) = share(&b, 150, Duration::from_millis(700));

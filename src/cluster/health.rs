@@ -237,7 +237,8 @@ impl EndpointHealth {
     }
 
     /// Start the endpoint's slow start again (an active check turned it healthy).
-    pub(crate) fn restart_slow_start(&self, now: u64) {
+    /// Control plane only (public for tests).
+    pub fn restart_slow_start(&self, now: u64) {
         self.slow_start_since_ms.store(now.max(1), Relaxed);
     }
 
