@@ -1630,8 +1630,12 @@ fn malformed_destination_rule_policies_are_errors() {
             "unknown field `maximumRingSize`",
         ),
         (
-            "loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}",
-            "warmupDurationSecs",
+            "loadBalancer: {simple: RANDOM, warmupDurationSecs: 10s}",
+            "loadBalancer.warmupDurationSecs: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+        ),
+        (
+            "loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 10s, aggression: -1}}",
+            "loadBalancer.warmup.aggression: -1 is not a finite number > 0",
         ),
         (
             "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",
