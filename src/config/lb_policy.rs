@@ -340,7 +340,7 @@ fn read(policy: LbPolicy, v: serde_yaml::Value, at: &str) -> Result<LbChoice, Ba
             .filter(|r| *r != RingHashLbConfig::default());
             let deprecated = (c.use_hostname_for_hashing.is_some()
                 || c.hash_balance_factor.is_some())
-            .then(|| ConsistentHashingLbConfig {
+            .then_some(ConsistentHashingLbConfig {
                 use_hostname_for_hashing: c.use_hostname_for_hashing,
                 hash_balance_factor: c.hash_balance_factor,
             });
