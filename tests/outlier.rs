@@ -1276,7 +1276,59 @@ fn slow_start_ramps_a_new_endpoint(kind: EngineKind) {
     );
 }
 
+// === bounded loads ===
+
+/// Envoy's `hash_balance_factor` end to end: every connection from 127.0.0.1 hashes to
+/// one endpoint of a Maglev cluster keyed on the source address; with the factor, once
+/// that endpoint holds 150% of its share of the open connections the next ones go on
+/// to the key's next choices, so 12 held connections spread, none holding more than its
+/// bound; without it all 12 land on one.
+fn bounded_loads_spread_one_source(kind: EngineKind) {
+    let run = |factor: &str| -> Vec<usize> {
+        let echo: Vec<Echo> = (0..3).map(|_| Echo::start()).collect();
+        let eps: Vec<String> = echo.iter().map(|e| format!("\"{}\"", e.addr)).collect();
+        let d = Daemon::start(
+            kind,
+            &format!(
+                "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", cluster: svc}}\nclusters:\n  - name: svc\n    lb_policy: maglev\n    endpoints: [{}]\n{factor}",
+                eps.join(", ")
+            ),
+        );
+        let addr = d.listener();
+        // Held open: each counts as an active connection of its endpoint.
+        let held: Vec<TcpStream> = (0..12)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"ping").unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"ping", "connection {i}");
+                s
+            })
+            .collect();
+        let got = echo.iter().map(Echo::accepted).collect();
+        drop(held);
+        got
+    };
+    let unbounded = run("");
+    assert!(
+        unbounded.contains(&12),
+        "one source, one key, one endpoint: {unbounded:?}"
+    );
+    let bounded = run("    consistent_hashing_lb_config: {hash_balance_factor: 150}\n");
+    assert_eq!(bounded.iter().sum::<usize>(), 12, "{bounded:?}");
+    // Counts are per worker (2, each with about half of the connections): a worker's
+    // endpoint is full at ceil(1.5 × (the worker's open + 1) / 3), 3 of 6 — the key's
+    // first next choice takes the rest. Whatever the split, no endpoint gets 9.
+    assert!(
+        bounded.iter().filter(|&&n| n > 0).count() >= 2 && bounded.iter().all(|&n| n <= 8),
+        "the load spreads within the bound: {bounded:?}"
+    );
+}
+
 per_engine!(
+    bounded_loads_spread_one_source,
     slow_start_ramps_a_new_endpoint,
     tcp_checks_take_out_a_dead_endpoint,
     passing_check_ends_an_ejection,
