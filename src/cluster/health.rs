@@ -231,9 +231,13 @@ impl EndpointHealth {
 
     /// Stamp the start of the endpoint's slow start if it has none (it just joined).
     pub(crate) fn stamp_joined(&self, now: u64) {
-        let _ = self
-            .slow_start_since_ms
-            .compare_exchange(0, now.max(1), Relaxed, Relaxed);
+        // Read first: the tick calls this on every endpoint, and a write (even a failed
+        // compare-exchange) would take the line the workers read from them.
+        if self.slow_start_since_ms.load(Relaxed) == 0 {
+            let _ = self
+                .slow_start_since_ms
+                .compare_exchange(0, now.max(1), Relaxed, Relaxed);
+        }
     }
 
     /// Start the endpoint's slow start again (an active check turned it healthy).
@@ -249,7 +253,10 @@ impl EndpointHealth {
         } else {
             scale.max(1)
         };
-        self.slow_start_scale.store(v, Relaxed);
+        // Unchanged (the common case, every tick): no write to the workers' line.
+        if self.slow_start_scale.load(Relaxed) != v {
+            self.slow_start_scale.store(v, Relaxed);
+        }
     }
 
     /// Set or clear a flag, keeping the cluster's unusable count an upper bound: it is

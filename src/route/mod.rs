@@ -534,7 +534,9 @@ impl ClusterEntry {
                 0
             }
         };
-        self.health.slow_starting.store(scaled, Relaxed);
+        if self.health.slow_starting.load(Relaxed) != scaled {
+            self.health.slow_starting.store(scaled, Relaxed);
+        }
     }
 
     /// Recompute [`ClusterEntry::plan`] from the endpoints' flags; publishes only a
