@@ -4,7 +4,8 @@
 //! A [`Balancer`] is immutable and built on the control plane when a route table is
 //! compiled; a pick takes the worker's own [`LbState`] (random generator, round-robin
 //! cursor), so picking never locks, never allocates, and never touches another worker's
-//! memory except to read the endpoint counters for `least_request`.
+//! memory except to read the endpoint counters for `least_request` (and bounded-load
+//! hashing) and the slow-start scales the control plane publishes ([`slow_start`]).
 
 pub mod active;
 pub mod dns;
