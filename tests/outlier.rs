@@ -1215,6 +1215,70 @@ fn slow_start_cluster(eps: &[SocketAddr], window: &str) -> String {
     )
 }
 
+/// Up to `n` requests (and at most `within`) through `addr`: the share the last of
+/// `b` served, what each served, and how many were sent.
+fn last_share(
+    addr: SocketAddr,
+    b: &[Backend],
+    n: usize,
+    within: Duration,
+) -> (f64, Vec<usize>, usize) {
+    let before: Vec<usize> = b.iter().map(Backend::requests).collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n && start.elapsed() < within {
+        assert_eq!(get(addr, "/s"), 200);
+        sent += 1;
+    }
+    let got: Vec<usize> = b
+        .iter()
+        .zip(&before)
+        .map(|(x, b0)| x.requests() - b0)
+        .collect();
+    (got[b.len() - 1] as f64 / sent.max(1) as f64, got, sent)
+}
+
+/// With active health checks, an endpoint that turns healthy again starts its slow
+/// start anew (Envoy re-enters slow start on unhealthy → healthy): it joined with the
+/// others, long past its window, yet takes ≈ 5% just after it recovers, its third later.
+fn slow_start_again_after_a_failed_check(kind: EngineKind) {
+    let b: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n    round_robin_lb_config: {{slow_start_config: {{slow_start_window: 2s, aggression: {{default_value: 0.25}}}}}}\n    health_checks:\n      - {{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}\n",
+            b[0].addr, b[1].addr, b[2].addr
+        )),
+    );
+    let addr = d.listener();
+    let started = Instant::now();
+    b[2].status.store(503, Ordering::SeqCst);
+    wait_until("the third fails its check", Duration::from_secs(5), || {
+        d.health("svc", b[2].addr).state == "unhealthy"
+    });
+    // Everyone's first window passes while it is out.
+    std::thread::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed()));
+    b[2].status.store(200, Ordering::SeqCst);
+    wait_until("the third is healthy again", Duration::from_secs(5), || {
+        d.health("svc", b[2].addr).state == "healthy"
+    });
+    let back = Instant::now();
+    // The scales follow at the next health tick (20 ms).
+    std::thread::sleep(Duration::from_millis(60));
+    let (early, got, sent) = last_share(addr, &b, 150, Duration::from_millis(800));
+    assert!(sent >= 30, "too few requests to judge: {sent}");
+    assert!(
+        early < 0.2,
+        "just back from a failed check it ramps up again: {got:?} of {sent}"
+    );
+    std::thread::sleep(Duration::from_millis(2300).saturating_sub(back.elapsed()));
+    let (late, got, sent) = last_share(addr, &b, 150, Duration::from_secs(5));
+    assert!(
+        (0.25..0.42).contains(&late),
+        "past the new window its third: {got:?} of {sent}"
+    );
+}
+
 /// Slow start end to end: a third endpoint added over the control socket (an Envoy
 /// cluster with a typed-extension round-robin policy) gets far less than its third of
 /// the requests early in its window — 10% of its weight: 0.1 / 2.1 ≈ 5% — and its full
@@ -1240,22 +1304,7 @@ fn slow_start_ramps_a_new_endpoint(kind: EngineKind) {
     let r = tickmesh::control::client::request(&sock, &apply).expect("the control socket answers");
     assert!(r.ok, "apply over the control socket: {r:?}");
     let joined = Instant::now();
-    // Bounded in count and time.
-    let share = |b: &[Backend], n: usize, within: Duration| {
-        let before: Vec<usize> = b.iter().map(Backend::requests).collect();
-        let start = Instant::now();
-        let mut sent = 0;
-        while sent < n && start.elapsed() < within {
-            assert_eq!(get(addr, "/s"), 200);
-            sent += 1;
-        }
-        let got: Vec<usize> = b
-            .iter()
-            .zip(&before)
-            .map(|(x, b0)| x.requests() - b0)
-            .collect();
-        (got[2] as f64 / sent.max(1) as f64, got, sent)
-    };
+    let share = |b: &[Backend], n: usize, within: Duration| last_share(addr, b, n, within);
     // Until 1.1 s into the window the scale is the 10% floor ((t / 2 s)^4 below it).
     let (early, got, sent) = share(&b, 150, Duration::from_millis(800));
     assert!(sent >= 30, "too few requests to judge: {sent}");
@@ -1329,6 +1378,7 @@ fn bounded_loads_spread_one_source(kind: EngineKind) {
 }
 
 per_engine!(
+    slow_start_again_after_a_failed_check,
     bounded_loads_spread_one_source,
     slow_start_ramps_a_new_endpoint,
     tcp_checks_take_out_a_dead_endpoint,
