@@ -1080,6 +1080,7 @@ static_resources:
             consistent_hashing_lb_config: {{use_hostname_for_hashing: true, hash_balance_factor: 150}}
     {ep}
   - name: mag
+    lb_policy: LOAD_BALANCING_POLICY_CONFIG
     load_balancing_policy:
       policies:
       - typed_extension_config: {{name: m, typed_config: {{"@type": {mag}, table_size: 131071}}}}
@@ -1175,6 +1176,14 @@ fn malformed_load_balancing_policies_are_named() {
         (
             one("{\"@type\": type.googleapis.com/acme.Wrr}"),
             "load_balancing_policy.policies: no policy of the list is supported (`type.googleapis.com/acme.Wrr`)",
+        ),
+        (
+            "static_resources:\n  clusters:\n  - name: z\n    load_balancing_policy: {policies: [{typed_extension_config: {name: acme.p2c}}]}\n".to_string(),
+            "no policy of the list is supported (`acme.p2c`)",
+        ),
+        (
+            "static_resources:\n  clusters:\n  - name: z\n    lb_policy: LOAD_BALANCING_POLICY_CONFIG\n".to_string(),
+            "lb_policy `LOAD_BALANCING_POLICY_CONFIG` is not supported",
         ),
         (
             one("{choice_count: 3}"),
