@@ -352,9 +352,60 @@ pub fn request_one(data: &[u8]) {
             String::from_utf8_lossy(&shadow)
         );
     }
+    routing_inputs(&req);
     // The body that follows, fed whole and split.
     let rest = &data[r.len..];
     framing_is_split_invariant(r.body, rest, salt % (rest.len() + 1));
+}
+
+/// The values routing and hash policies take from a request (query parameters, cookies,
+/// headers): each found value lies inside the bytes it was taken from, and every
+/// parameter or cookie the request names is found.
+fn routing_inputs(req: &codec::Request) {
+    use crate::route::http::RequestView;
+    let within = |outer: &[u8], inner: &[u8]| {
+        let (o, i) = (outer.as_ptr() as usize, inner.as_ptr() as usize);
+        assert!(
+            i >= o && i + inner.len() <= o + outer.len(),
+            "a value outside its source"
+        );
+    };
+    let target = req.target.as_bytes();
+    let query = target
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(&target[target.len()..], |i| &target[i + 1..]);
+    let view = RequestView {
+        method: req.method.as_bytes(),
+        path: target,
+        query,
+        host: req.header("host").unwrap_or_default(),
+        headers: req.headers,
+    };
+    for kv in query.split(|&b| b == b'&') {
+        let k = kv.split(|&b| b == b'=').next().unwrap_or_default();
+        if let Ok(name) = std::str::from_utf8(k) {
+            let v = view
+                .query_param(name)
+                .expect("a named query parameter is found");
+            within(query, v);
+        }
+    }
+    for h in req.headers {
+        assert!(view.header(h.name).is_some());
+        if !h.name.eq_ignore_ascii_case("cookie") {
+            continue;
+        }
+        for pair in h.value.split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            let name = &pair[..eq];
+            let v = crate::route::cookie(h.value, name).expect("a named cookie is found");
+            within(h.value, v);
+        }
+    }
 }
 
 // === sniffing ===
