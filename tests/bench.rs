@@ -330,6 +330,11 @@ fn busy_cores_are_read_from_tickmesh_and_haproxy() {
         h.contains("stats socket ") && h.contains("busy-polling"),
         "{h}"
     );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("`busy cores`") && md.contains("Idle_pct"),
+        "{md}"
+    );
     if target(s, "haproxy")["clean_runs"] == 1 && target(s, "tickmesh-epoll")["clean_runs"] == 1 {
         assert!(text.contains("req/s per busy core"), "{text}");
     }

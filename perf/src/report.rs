@@ -669,6 +669,29 @@ pub fn markdown(r: &Report) -> String {
         st.proxy_workers,
         st.request_timeout.as_secs_f64()
     );
+    let _ = writeln!(
+        md,
+        "`busy cores`: the proxy's working time in cores — tickmesh `spin`: its loop-turn meter (turns that submitted or completed I/O, syscall included); HAProxy `busy-polling`: 1 − `Idle_pct`; both × the CPU share the spinner got; sleeping proxies (nginx, HAProxy without busy-polling, tickmesh `park`): CPU time. `req/s per busy core` = throughput ÷ busy cores (median of runs). `gen+backend CPU`: the bench process's CPU time ÷ wall time. Details: perf/README.md.\n"
+    );
+    let notes: Vec<String> = r
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.targets.iter().flat_map(move |t| {
+                t.runs.iter().filter_map(move |run| {
+                    run.busy_note.as_ref().map(|n| {
+                        format!(
+                            "- {} {} run {}: no busy cores: {n}",
+                            s.scenario, t.target, run.run
+                        )
+                    })
+                })
+            })
+        })
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "{}\n", notes.join("\n"));
+    }
     for s in &r.scenarios {
         let _ = writeln!(md, "## {}\n", scenario_title(r, s));
         let _ = writeln!(
