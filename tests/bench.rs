@@ -146,6 +146,16 @@ fn tiny_bench_reports_every_request_and_the_schema() {
             assert!(run["rss_kib"].as_u64().unwrap() > 0, "{name}: {run}");
         }
         assert!(target(s, "direct")["runs"][0]["proxy_cpu_s"].is_null());
+        // Spinning tickmesh workers report their busy time (a share of a core that did
+        // work); the floor keeps no such count.
+        for &name in &names[2..] {
+            let run = &target(s, name)["runs"][0];
+            let busy = run["proxy_busy_cores"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: no busy cores: {run}"));
+            assert!(busy > 0.0 && busy <= 1.05, "{name}: busy {busy}: {run}");
+        }
+        assert!(target(s, "floor")["runs"][0]["proxy_busy_cores"].is_null());
     }
     // Open loop ran at half of closed:2's rate.
     let closed = target(&scenarios[1], "direct")["runs"][0]["throughput_rps"]
@@ -269,6 +279,67 @@ fn unknown_targets_and_workloads_list_the_valid_ones() {
 /// `--workload tls-echo`: every target (direct to the TLS echo backend, the floor
 /// relaying TLS bytes, tickmesh terminating on its offload ring, HAProxy and nginx
 /// terminating with OpenSSL) answers every request, and the report says how TLS was set up.
+/// Busy cores for both spinners, each read its own way: tickmesh's `worker_loops`
+/// counters and HAProxy's `Idle_pct` (which needs ≥ 1.25 s of load for a sample); the
+/// goal line puts the per-busy-core rates side by side.
+#[test]
+fn busy_cores_are_read_from_tickmesh_and_haproxy() {
+    let have_haproxy = ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .any(|d| Path::new(d).join("haproxy").is_file());
+    if !have_haproxy {
+        eprintln!("SKIP busy_cores_are_read_from_tickmesh_and_haproxy: no haproxy (scripts/setup --bench)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text, r) = bench(
+        dir.path(),
+        &[
+            "--workload",
+            "http1",
+            "--targets",
+            "tickmesh-epoll,haproxy",
+            "--scenarios",
+            "closed:4",
+            "--runs",
+            "1",
+            "--duration",
+            "1500ms",
+            "--warmup",
+            "200ms",
+        ],
+    );
+    assert!(ok, "{text}");
+    let s = &r["scenarios"][0];
+    for name in ["tickmesh-epoll", "haproxy"] {
+        let t = target(s, name);
+        let run = &t["runs"][0];
+        let busy = run["proxy_busy_cores"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name}: no busy cores ({}): {run}", run["busy_note"]));
+        assert!(busy > 0.0 && busy <= 1.05, "{name}: busy {busy}");
+        if t["clean_runs"] == 1 {
+            assert!(
+                t["median"]["per_busy_core_rps"].as_f64().unwrap() > 0.0,
+                "{t}"
+            );
+        }
+    }
+    let h = r["peers"]["haproxy"]["config"].as_str().unwrap();
+    assert!(
+        h.contains("stats socket ") && h.contains("busy-polling"),
+        "{h}"
+    );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("`busy cores`") && md.contains("Idle_pct"),
+        "{md}"
+    );
+    if target(s, "haproxy")["clean_runs"] == 1 && target(s, "tickmesh-epoll")["clean_runs"] == 1 {
+        assert!(text.contains("req/s per busy core"), "{text}");
+    }
+}
+
 #[test]
 fn tls_echo_runs_end_to_end_through_every_target() {
     tls_end_to_end("tls-echo", "TLS echo backend");

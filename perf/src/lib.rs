@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod backend;
+pub mod busy;
 pub mod floor;
 pub mod handshake;
 pub mod hist;
@@ -334,6 +335,8 @@ fn measure(
     // CPU is read around the measured window only: the generator reports when warm-up
     // ends through this channel.
     let cpu_start = sys::cpu_ns(&pids);
+    let load_cpu_start = sys::self_cpu_ns();
+    let mut busy = peer.busy.clone().map(busy::BusyWatch::start);
     let result = std::thread::scope(|scope| {
         let h = scope.spawn(move || {
             sys::pin_current_thread(&gen_cpus)?;
@@ -345,12 +348,22 @@ fn measure(
         });
         while !h.is_finished() {
             bar.tick();
+            if let Some(b) = busy.as_mut() {
+                b.tick();
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         h.join()
             .map_err(|_| anyhow::anyhow!("the load generator panicked"))?
     });
     let cpu_end = sys::cpu_ns(&pids);
+    let load_cpu = sys::self_cpu_ns().saturating_sub(load_cpu_start);
+    let busy_end = busy.as_mut().map(|b| {
+        let elapsed = (s.warmup + s.duration).as_secs_f64();
+        let util =
+            (!pids.is_empty()).then(|| cpu_end.saturating_sub(cpu_start) as f64 / 1e9 / elapsed);
+        (b.finish(util), b.note.take())
+    });
     let mem = (!pids.is_empty()).then(|| sys::memory_kib(&pids));
     let alive = peer.check_alive();
     let r = result?;
@@ -400,6 +413,9 @@ fn measure(
         proxy_cpu_s: cpu_s,
         cpu_s_per_1k_requests: per_1k,
         cpu_utilization: util,
+        load_cpu_utilization: Some(load_cpu as f64 / 1e9 / elapsed.as_secs_f64()),
+        proxy_busy_cores: busy_end.as_ref().and_then(|b| b.0),
+        busy_note: busy_end.and_then(|b| b.1),
         rss_kib: mem.map(|m| m.0),
         hwm_kib: mem.map(|m| m.1),
         generator_lag_ns: (!r.generator_lag.is_empty()).then(|| report::Lag {

@@ -64,6 +64,8 @@ pub struct Peer {
     pub target: Target,
     pub listen: SocketAddr,
     pub info: PeerInfo,
+    /// Where its busy time comes from (`None`: not known — `direct`, the floor).
+    pub busy: Option<crate::busy::BusySource>,
     child: Option<Child>,
     stderr: Option<PathBuf>,
 }
@@ -224,6 +226,7 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 settings,
                 ..PeerInfo::default()
             },
+            busy: None,
             child: None,
             stderr: None,
         });
@@ -241,7 +244,7 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let spinning = s.layout == Layout::Split;
     let workers = s.proxy_workers;
-    let (bin, args, info) = match target {
+    let (bin, args, info, busy) = match target {
         Target::Direct => unreachable!("handled above"),
         Target::Floor => {
             let bin = locate_tickmesh(env.tickmesh_bin.as_deref())?;
@@ -268,6 +271,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 bin,
                 vec!["bench".into(), "--internal-floor".into(), spec.to_arg()],
                 info,
+                // Spins (split layout) and keeps no count of its work.
+                (!spinning).then_some(crate::busy::BusySource::CpuTime),
             )
         }
         Target::TickmeshUring | Target::TickmeshEpoll => {
@@ -328,13 +333,23 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 config: Some(config),
                 ..PeerInfo::default()
             };
-            (bin, args, info)
+            // Spinning: its turn meter; parked: its CPU time; adaptive mixes both.
+            let busy = match idle {
+                "spin" => Some(crate::busy::BusySource::Tickmesh {
+                    control: dir.join("control.sock"),
+                    workers,
+                }),
+                "park" => Some(crate::busy::BusySource::CpuTime),
+                _ => None,
+            };
+            (bin, args, info, busy)
         }
         Target::Haproxy => {
             if udp {
                 bail!("HAProxy does not proxy UDP (its UDP support is limited to syslog/DNS frontends): udp-echo skips it");
             }
             let bin = need_binary("haproxy")?;
+            let stats = dir.join("haproxy.sock");
             let (config, settings) = haproxy_config(
                 listen,
                 env.backend,
@@ -342,6 +357,7 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 workers,
                 spinning,
                 env.tls.as_ref().map(|t| t.certs.combined.as_path()),
+                Some(&stats),
             );
             let cfg_path = dir.join("haproxy.cfg");
             fs::write(&cfg_path, &config)?;
@@ -350,10 +366,19 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 config: Some(config),
                 ..PeerInfo::default()
             };
+            let busy = if spinning {
+                crate::busy::BusySource::Haproxy {
+                    socket: stats,
+                    threads: workers,
+                }
+            } else {
+                crate::busy::BusySource::CpuTime
+            };
             (
                 bin,
                 vec!["-db".into(), "-f".into(), cfg_path.display().to_string()],
                 info,
+                Some(busy),
             )
         }
         Target::Nginx => {
@@ -384,7 +409,8 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
                 "-c".into(),
                 cfg_path.display().to_string(),
             ];
-            (bin, args, info)
+            // Sleeps in epoll_wait when idle: its CPU time is its work.
+            (bin, args, info, Some(crate::busy::BusySource::CpuTime))
         }
     };
     let stderr_path = dir.join("stderr.log");
@@ -404,6 +430,7 @@ pub fn start(target: Target, env: &PeerEnv) -> anyhow::Result<Peer> {
         target,
         listen,
         info,
+        busy,
         child: Some(child),
         stderr: Some(stderr_path),
     };
@@ -525,6 +552,7 @@ pub fn haproxy_config(
     workers: u32,
     busy_polling: bool,
     tls_pem: Option<&Path>,
+    stats_socket: Option<&Path>,
 ) -> (String, Vec<String>) {
     let http = workload.is_http();
     let mut settings = vec![
@@ -541,6 +569,12 @@ pub fn haproxy_config(
     c += &format!("    nbthread {workers}\n    maxconn 4096\n");
     if busy_polling {
         c += "    busy-polling\n";
+    }
+    if let Some(p) = stats_socket {
+        // Read for `Idle_pct` (its busy time) a few times a second; never on the
+        // request path.
+        c += &format!("    stats socket {} mode 600 level user\n", p.display());
+        settings.push("stats socket (the bench reads Idle_pct from `show info`)".into());
     }
     c += "\ndefaults\n";
     if http {
@@ -649,7 +683,7 @@ mod tests {
             t.contains("backend: software") && t.contains("route: {cluster: backend}"),
             "{t}"
         );
-        let (h, _) = haproxy_config(l, b, Workload::Https1, 1, true, Some(&certs.combined));
+        let (h, _) = haproxy_config(l, b, Workload::Https1, 1, true, Some(&certs.combined), None);
         assert!(
             h.contains("mode http") && h.contains("bind 127.0.0.1:7000 ssl crt /c/combined.pem"),
             "{h}"
@@ -666,7 +700,15 @@ mod tests {
     fn configs_name_the_addresses_and_tuning() {
         let l: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let (h, s) = haproxy_config(l, b, Workload::TcpEcho, 2, true, None);
+        let (h, s) = haproxy_config(
+            l,
+            b,
+            Workload::TcpEcho,
+            2,
+            true,
+            None,
+            Some(Path::new("/tmp/x/h.sock")),
+        );
         assert!(
             h.contains("busy-polling")
                 && h.contains("nbthread 2")
@@ -674,7 +716,8 @@ mod tests {
         );
         assert!(h.contains("server backend 127.0.0.1:9000") && h.contains("mode tcp"));
         assert!(s.iter().any(|l| l.contains("busy-polling")));
-        let (h, _) = haproxy_config(l, b, Workload::Http1, 1, false, None);
+        assert!(h.contains("stats socket /tmp/x/h.sock mode 600"), "{h}");
+        let (h, _) = haproxy_config(l, b, Workload::Http1, 1, false, None, None);
         assert!(!h.contains("busy-polling") && h.contains("http-reuse always"));
         let (n, _) = nginx_config(l, b, Workload::UdpEcho, 1, Path::new("/tmp/x"), None);
         assert!(n.contains("listen 127.0.0.1:7000 udp;") && n.contains("ngx_stream_module.so"));
@@ -696,6 +739,7 @@ mod tests {
             1,
             true,
             Some(Path::new("/c/leaf-with-key.pem")),
+            None,
         );
         assert!(
             h.contains("bind 127.0.0.1:7000 ssl crt /c/leaf-with-key.pem"),

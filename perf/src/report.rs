@@ -92,6 +92,14 @@ pub struct RunRecord {
     pub cpu_s_per_1k_requests: Option<f64>,
     /// Proxy CPU time ÷ wall time (1.0 = one core busy).
     pub cpu_utilization: Option<f64>,
+    /// The generator's and backend's CPU time (this process) ÷ wall time: near the
+    /// number of CPUs they have, they — not the proxy — set the pace.
+    pub load_cpu_utilization: Option<f64>,
+    /// The cores' worth of the proxy's time that did work (see `busy`): a spinning
+    /// proxy's CPU time is a whole core whatever the load, this is not.
+    pub proxy_busy_cores: Option<f64>,
+    /// Why `proxy_busy_cores` is missing, when a source was expected.
+    pub busy_note: Option<String>,
     pub rss_kib: Option<u64>,
     pub hwm_kib: Option<u64>,
     /// Open loop: the generator's own send delay (see `loadgen::LoadResult`), ns.
@@ -125,6 +133,9 @@ impl RunRecord {
             proxy_cpu_s: None,
             cpu_s_per_1k_requests: None,
             cpu_utilization: None,
+            load_cpu_utilization: None,
+            proxy_busy_cores: None,
+            busy_note: None,
             rss_kib: None,
             hwm_kib: None,
             generator_lag_ns: None,
@@ -145,6 +156,13 @@ pub struct Figures {
     pub throughput_rps: f64,
     pub cpu_s_per_1k_requests: Option<f64>,
     pub cpu_utilization: Option<f64>,
+    /// Median of the runs' `load_cpu_utilization`.
+    pub load_cpu_utilization: Option<f64>,
+    /// Median of the runs' `proxy_busy_cores`.
+    pub busy_cores: Option<f64>,
+    /// Median of the runs' throughput ÷ busy cores: requests per second per core of
+    /// the proxy's *working* time (its capacity per core, as far as the load showed it).
+    pub per_busy_core_rps: Option<f64>,
     pub rss_kib: Option<f64>,
     pub hwm_kib: Option<f64>,
 }
@@ -203,6 +221,13 @@ impl TargetResult {
                 throughput_rps: med(&clean, |r| Some(r.throughput_rps)).unwrap_or(0.0),
                 cpu_s_per_1k_requests: med(&clean, |r| r.cpu_s_per_1k_requests),
                 cpu_utilization: med(&clean, |r| r.cpu_utilization),
+                load_cpu_utilization: med(&clean, |r| r.load_cpu_utilization),
+                busy_cores: med(&clean, |r| r.proxy_busy_cores),
+                per_busy_core_rps: med(&clean, |r| {
+                    r.proxy_busy_cores
+                        .filter(|&b| b > 0.0)
+                        .map(|b| r.throughput_rps / b)
+                }),
                 rss_kib: med(&clean, |r| r.rss_kib.map(|v| v as f64)),
                 hwm_kib: med(&clean, |r| r.hwm_kib.map(|v| v as f64)),
             };
@@ -322,6 +347,9 @@ fn rows(s: &ScenarioReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "max µs",
         "req/s",
         "CPU ms/1k req",
+        "busy cores",
+        "req/s per busy core",
+        "gen+backend CPU",
         "RSS MiB",
         "+p50 µs vs direct",
         "p50 ×floor",
@@ -356,6 +384,11 @@ fn rows(s: &ScenarioReport) -> (Vec<&'static str>, Vec<Vec<String>>) {
             format!("{:.0}", m.throughput_rps),
             m.cpu_s_per_1k_requests
                 .map_or("–".into(), |v| format!("{:.3}", v * 1000.0)),
+            m.busy_cores.map_or("–".into(), |v| format!("{v:.3}")),
+            m.per_busy_core_rps
+                .map_or("–".into(), |v| format!("{v:.0}")),
+            m.load_cpu_utilization
+                .map_or("–".into(), |v| format!("{v:.2}")),
             m.rss_kib
                 .map_or("–".into(), |v| format!("{:.1}", v / 1024.0)),
             t.added_latency_ns
@@ -430,6 +463,12 @@ pub fn goals(r: &Report) -> Vec<String> {
                 if let (Some(a), Some(b)) = (per_core(tmm), per_core(h)) {
                     parts.push(format!(
                         "throughput per proxy core {:.2}× HAProxy's (goal ≥ 1.5)",
+                        ratio(a, b)
+                    ));
+                }
+                if let (Some(a), Some(b)) = (tmm.per_busy_core_rps, h.per_busy_core_rps) {
+                    parts.push(format!(
+                        "req/s per busy core {a:.0} vs HAProxy's {b:.0} ({:.2}×)",
                         ratio(a, b)
                     ));
                 }
@@ -576,7 +615,7 @@ pub fn table(r: &Report) -> String {
     if !g.is_empty() {
         let _ = writeln!(
             out,
-            "\nAgainst the goals (medians; spinning proxies use a whole core whatever the load):"
+            "\nAgainst the goals (medians; spinning proxies use a whole core whatever the load: \"per proxy core\" divides by CPU time, \"per busy core\" by the time the proxy spent working — see perf/README.md):"
         );
         for l in g {
             let _ = writeln!(out, "  {l}");
@@ -630,6 +669,29 @@ pub fn markdown(r: &Report) -> String {
         st.proxy_workers,
         st.request_timeout.as_secs_f64()
     );
+    let _ = writeln!(
+        md,
+        "`busy cores`: the proxy's working time in cores — tickmesh `spin`: its loop-turn meter (turns that submitted or completed I/O, syscall included); HAProxy `busy-polling`: 1 − `Idle_pct`; both × the CPU share the spinner got; sleeping proxies (nginx, HAProxy without busy-polling, tickmesh `park`): CPU time. `req/s per busy core` = throughput ÷ busy cores (median of runs). `gen+backend CPU`: the bench process's CPU time ÷ wall time. Details: perf/README.md.\n"
+    );
+    let notes: Vec<String> = r
+        .scenarios
+        .iter()
+        .flat_map(|s| {
+            s.targets.iter().flat_map(move |t| {
+                t.runs.iter().filter_map(move |run| {
+                    run.busy_note.as_ref().map(|n| {
+                        format!(
+                            "- {} {} run {}: no busy cores: {n}",
+                            s.scenario, t.target, run.run
+                        )
+                    })
+                })
+            })
+        })
+        .collect();
+    if !notes.is_empty() {
+        let _ = writeln!(md, "{}\n", notes.join("\n"));
+    }
     for s in &r.scenarios {
         let _ = writeln!(md, "## {}\n", scenario_title(r, s));
         let _ = writeln!(

@@ -84,6 +84,20 @@ pub fn cpu_ns(pids: &[u32]) -> u64 {
     total
 }
 
+/// CPU time of this process (user + system, every thread including those that ended),
+/// ns: the generator's and backend's work in a run.
+pub fn self_cpu_ns() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                tv.tv_sec() as u64 * 1_000_000_000 + tv.tv_usec() as u64 * 1000
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(0)
+}
+
 /// Resident memory of the processes, summed: (VmRSS, VmHWM) in KiB.
 pub fn memory_kib(pids: &[u32]) -> (u64, u64) {
     let (mut rss, mut hwm) = (0, 0);

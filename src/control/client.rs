@@ -372,6 +372,32 @@ pub fn stats_table(s: &StatsResult) -> String {
         out.push_str(&packet_tables(s));
     }
 
+    if let Some(wl) = &s.worker_loops {
+        // Since the worker started; `tickmesh bench` takes the difference over its window.
+        out.push_str(
+            "
+worker loops: busy share of wall time since start (turns that did work)
+",
+        );
+        let mut t = vec![row(&["WORKER", "BUSY", "BUSY_S", "UP_S", "EVENTS/TURN"])];
+        for (w, m) in wl.per_worker.iter().enumerate() {
+            let (busy, clock) = (c(m, "busy_ns"), c(m, "clock_ns"));
+            let turns = c(m, "busy_turns");
+            t.push(vec![
+                format!("W{w}"),
+                format!("{:.1}%", busy as f64 * 100.0 / clock.max(1) as f64),
+                format!("{:.3}", busy as f64 / 1e9),
+                format!("{:.3}", clock as f64 / 1e9),
+                if turns == 0 {
+                    "–".into()
+                } else {
+                    format!("{:.2}", c(m, "events") as f64 / turns as f64)
+                },
+            ]);
+        }
+        out.push_str(&table(&t, 1));
+    }
+
     if s.workers > 1 {
         out.push_str("\nconnections per worker (total)\n");
         let mut head = vec!["NAME".to_string()];
@@ -568,6 +594,12 @@ mod tests {
                 },
             ],
             offload: None,
+            worker_loops: Some(crate::control::protocol::WorkerLoopsView {
+                per_worker: vec![
+                    m(&[("busy_ns", 250_000_000), ("clock_ns", 1_000_000_000)]),
+                    m(&[("busy_ns", 0), ("clock_ns", 1_000_000_000)]),
+                ],
+            }),
             listeners: vec![ListenerStatsView {
                 name: "orders".into(),
                 protocol: crate::config::Protocol::Tcp,
@@ -623,6 +655,11 @@ mod tests {
         assert!(orders.contains("123456"), "{out}");
         assert!(out.contains("  127.0.0.1:9000"), "{out}");
         assert!(out.contains("ejected (x1, 2.5s left)"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("W0") && l.contains("25.0%") && l.contains("0.250")),
+            "{out}"
+        );
         assert!(
             lines
                 .iter()

@@ -216,6 +216,17 @@ pub struct StatsResult {
     /// The TLS record offload engines (once a worker served TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<OffloadView>,
+    /// The socket engines' worker loops: busy time (turns that did work) against the
+    /// worker's clock, per worker (`busy_ns`, `clock_ns`, `busy_turns`, `events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_loops: Option<WorkerLoopsView>,
+}
+
+/// The worker loops' busy time: a poll-mode worker uses a whole core whatever the load;
+/// `busy_ns ÷ clock_ns` is the share of it that did work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLoopsView {
+    pub per_worker: Vec<CounterMap>,
 }
 
 /// One packet-engine counter block, summed and per worker (= per queue pair).

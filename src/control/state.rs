@@ -639,6 +639,7 @@ impl ControlPlane {
                 })
                 .collect(),
             offload: self.offload_view(),
+            worker_loops: self.worker_loops_view(),
             certificates: {
                 let warn = self.expiry_warning();
                 crate::tls::table_certs(&table)
@@ -670,6 +671,17 @@ impl ControlPlane {
                 None => Vec::new(),
             },
         }
+    }
+
+    /// The worker loops' busy time, once a worker published it (socket engines).
+    fn worker_loops_view(&self) -> Option<super::protocol::WorkerLoopsView> {
+        let r = self.stats.worker_loops().report();
+        if r.get("clock_ns") == 0 {
+            return None;
+        }
+        Some(super::protocol::WorkerLoopsView {
+            per_worker: per_worker(&r),
+        })
     }
 
     /// The offload engines' counters, once any worker built one.

@@ -188,6 +188,8 @@ pub(crate) struct Core {
     crypto_published: tickmesh_offload::EngineStats,
     /// The clock (ms) of the last publication of `crypto_published`.
     crypto_published_ms: u64,
+    /// The loop's busy time (the engine loop marks its turns).
+    pub busy: super::busy::BusyMeter,
 }
 
 impl Core {
@@ -221,6 +223,7 @@ impl Core {
             touched: Vec::with_capacity(1024),
             crypto_published: Default::default(),
             crypto_published_ms: u64::MAX,
+            busy: super::busy::BusyMeter::new(),
         }
     }
 
@@ -246,6 +249,9 @@ impl Core {
         if self.now_ms >= self.next_tick_ms {
             self.next_tick_ms = self.now_ms + TICK_MS;
             self.tick(io);
+        }
+        if let Some(block) = &self.table.worker_stats {
+            self.busy.publish(block, self.worker, self.now_ms);
         }
         // At most the entries present now: a TLS connection whose retry finds no spare
         // buffer pushes itself back at once and waits for the next batch.
@@ -363,10 +369,17 @@ impl Core {
     }
 
     /// Read the clock; engines call this after waiting, before dispatching what the
-    /// wait returned (activity must be stamped with the time it happened).
+    /// wait returned (activity must be stamped with the time it happened). The busy
+    /// meter's tick counter (read once per turn anyway) stands in for a clock read per
+    /// batch once calibrated — a `clock_gettime` per busy turn was ≈ 3% of a worker's
+    /// samples at closed:16 (perf, http1). Never goes back.
     #[inline]
     pub fn update_clock(&mut self) {
-        self.now_ms = self.clock.elapsed().as_millis() as u64;
+        let ms = match self.busy.now_ns() {
+            Some(ns) => ns / 1_000_000,
+            None => self.clock.elapsed().as_millis() as u64,
+        };
+        self.now_ms = self.now_ms.max(ms);
     }
 
     /// A new table: keep the listeners it still has, arm the new ones, disarm and

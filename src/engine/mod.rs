@@ -13,6 +13,7 @@
 //! invariant.
 
 pub(crate) mod buf;
+pub(crate) mod busy;
 pub(crate) mod core;
 pub mod dpdk;
 pub(crate) mod epoll;

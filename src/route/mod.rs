@@ -49,6 +49,8 @@ pub struct RouteTable {
     pub offload_driver: Option<crate::config::tls::CryptodevDriver>,
     /// Where workers publish their offload engine's counters (`None`: empty table).
     pub offload_stats: Option<Arc<crate::telemetry::OffloadStats>>,
+    /// Where workers publish their loop's busy time (`None`: empty table).
+    pub worker_stats: Option<Arc<crate::telemetry::WorkerStats>>,
 }
 
 #[derive(Debug)]
@@ -777,6 +779,7 @@ impl RouteTable {
             offload: Default::default(),
             offload_driver: None,
             offload_stats: None,
+            worker_stats: None,
         }
     }
 
@@ -1003,6 +1006,7 @@ pub fn compile(
         offload: cfg.offload.as_ref().map(|o| o.backend).unwrap_or_default(),
         offload_driver: cfg.offload.as_ref().and_then(|o| o.cryptodev_driver),
         offload_stats: Some(stats.offload()),
+        worker_stats: Some(stats.worker_loops()),
     })
 }
 

@@ -266,6 +266,23 @@ counter_set! {
     }
 }
 
+counter_set! {
+    /// The worker loops themselves (socket engines), per worker: how much of the wall
+    /// time went to turns that did work (`engine::busy`). A spinning worker's CPU time
+    /// is always a whole core; this is what it spent working.
+    WorkerCounter {
+        /// Time in turns that submitted or completed at least one operation (ns).
+        BusyNs => "busy_ns",
+        /// The worker's clock when `busy_ns` was published (ns since it started):
+        /// busy fraction over a window = Δbusy_ns ÷ Δclock_ns.
+        ClockNs => "clock_ns",
+        /// Turns that did work.
+        BusyTurns => "busy_turns",
+        /// Completions (io_uring) or readiness events (epoll) handled.
+        Events => "events",
+    }
+}
+
 const SLOT_WORDS: usize = 16; // 128 bytes: two cache lines, so adjacent prefetch can't share.
 
 /// One block of counters: `workers` slots of `K::NAMES.len()` words, each slot padded.
@@ -384,6 +401,7 @@ pub type UpstreamStats = Counters<UpstreamCounter>;
 pub type PortStats = Counters<PortCounter>;
 pub type PacketStats = Counters<PacketCounter>;
 pub type OffloadStats = Counters<OffloadCounter>;
+pub type WorkerStats = Counters<WorkerCounter>;
 
 /// Hands out counter blocks by resource name so that they survive config changes.
 /// Control-plane only.
@@ -406,6 +424,7 @@ struct RegistryMaps {
     ports: HashMap<String, Arc<PortStats>>,
     packets: HashMap<String, Arc<PacketStats>>,
     offload: Option<Arc<OffloadStats>>,
+    worker_loops: Option<Arc<WorkerStats>>,
 }
 
 impl StatsRegistry {
@@ -486,6 +505,14 @@ impl StatsRegistry {
     pub fn offload(&self) -> Arc<OffloadStats> {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         m.offload
+            .get_or_insert_with(|| Arc::new(Counters::new(self.workers)))
+            .clone()
+    }
+
+    /// The worker loops' busy time (one block for the daemon).
+    pub fn worker_loops(&self) -> Arc<WorkerStats> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.worker_loops
             .get_or_insert_with(|| Arc::new(Counters::new(self.workers)))
             .clone()
     }

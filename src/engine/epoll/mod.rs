@@ -717,6 +717,10 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         } else {
             n as usize
         };
+        if timeout != 0 {
+            // Asleep in the kernel is not busy.
+            core.busy.woke();
+        }
         // A spinning lap that found nothing skips the batch bookkeeping (the clock read,
         // the table load), as the uring loop does: it is most of a spinning worker's
         // time and delays noticing the next event. Every QUIET_LAPS-th empty lap still
@@ -724,6 +728,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         let nothing = io.ready.is_empty() && io.done.is_empty() && !core.crypto_busy();
         if n == 0 && timeout == 0 && nothing && quiet_laps < QUIET_LAPS {
             quiet_laps += 1;
+            core.busy.lap(false, 0);
             continue;
         }
         quiet_laps = 0;
@@ -759,6 +764,8 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
         core.poll_crypto(io);
         flush(core, io);
         core.end_batch();
+        // The whole turn, its epoll_wait and the recv/send it made, when it had work.
+        core.busy.lap(n > 0 || !nothing, n);
     }
 }
 

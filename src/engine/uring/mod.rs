@@ -769,6 +769,8 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
     loop {
         // Submit what the last batch queued, then wait or poll for completions.
         let ready = !io.ring.completion().is_empty() || core.crypto_busy() || !io.ready.is_empty();
+        // A turn that submits is busy (the sends run inside this enter).
+        let submitting = !io.ring.submission().is_empty();
         let idle_wait = match opts.idle {
             Idle::Spin => false,
             Idle::Adaptive => !ready && last_work.elapsed() >= opts.spin,
@@ -776,6 +778,9 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         };
         if idle_wait {
             io.wait(tick)?;
+            // Asleep in the kernel is not busy (what this enter submitted is lost to
+            // the count: a small undercount in park/adaptive modes only).
+            core.busy.woke();
             quiet_laps = 0;
         } else {
             io.poll()?;
@@ -790,6 +795,7 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
                 && quiet_laps < QUIET_LAPS
             {
                 quiet_laps += 1;
+                core.busy.lap(submitting, 0);
                 continue;
             }
             quiet_laps = 0;
@@ -825,6 +831,8 @@ pub(crate) fn run(core: &mut Core, io: &mut Uring, opts: &EngineOptions) -> io::
         core.poll_crypto(io);
         deliver_ready(core, io);
         core.end_batch();
+        core.busy
+            .lap(submitting || ready || !cqes.is_empty(), cqes.len());
     }
 }
 

@@ -521,6 +521,10 @@ pub struct Conn {
     header_ms: u64,
     max_body: u64,
     peer: Option<SocketAddr>,
+    /// `peer`'s address as `X-Forwarded-For` text, formatted once per connection
+    /// (formatting it per request was ≈ 0.4% of a worker's samples).
+    peer_text: [u8; 48],
+    peer_len: u8,
     table: Option<Arc<RouteTable>>,
     lstats: Option<Arc<ListenerStats>>,
     cstats: Option<Arc<UpstreamStats>>,
@@ -600,6 +604,8 @@ impl Default for Conn {
             header_ms: 0,
             max_body: 0,
             peer: None,
+            peer_text: [0; 48],
+            peer_len: 0,
             table: None,
             lstats: None,
             cstats: None,
@@ -724,6 +730,11 @@ impl Conn {
         let _ = crate::net::set_nodelay(&down);
         // One getpeername per connection, for X-Forwarded-For.
         self.peer = crate::net::peer_addr(&down).ok();
+        let mut text = [0u8; 48];
+        let n = ip_text(self.peer, &mut text).len();
+        self.peer_text = text;
+        // ≤ 48: `ip_text` writes into the 48-byte buffer.
+        self.peer_len = n as u8;
         l.stats.inc(cx.worker, L::CxTotal);
         self.lstats = Some(l.stats.clone());
         self.table = Some(table.clone());
@@ -1732,8 +1743,7 @@ impl Conn {
                 w.put(q, io, v)?;
                 w.put(q, io, b", ")?;
             }
-            let mut ip = [0u8; 48];
-            w.put(q, io, ip_text(self.peer, &mut ip))?;
+            w.put(q, io, &self.peer_text[..self.peer_len as usize])?;
             if tl.is_some_and(tls::Layer::client_tls) {
                 w.put(q, io, b"\r\nx-forwarded-proto: https\r\n")?;
             } else {
@@ -3038,14 +3048,15 @@ fn new_request_id(cx: &mut Ctx) -> [u8; 36] {
 }
 
 /// The client's address as text (no port), for `X-Forwarded-For`.
+/// Written into `buf` (also "unknown" without an address).
 fn ip_text(peer: Option<SocketAddr>, buf: &mut [u8; 48]) -> &[u8] {
     use std::io::Write;
-    let Some(p) = peer else {
-        return b"unknown";
-    };
     let mut c = std::io::Cursor::new(&mut buf[..]);
     // 48 bytes hold any IPv4 or IPv6 text form (at most 45).
-    let _ = write!(c, "{}", p.ip());
+    let _ = match peer {
+        Some(p) => write!(c, "{}", p.ip()),
+        None => c.write_all(b"unknown"),
+    };
     let n = c.position() as usize;
     &buf[..n]
 }
@@ -3071,6 +3082,19 @@ mod tests {
         assert!(!looks_like_http1(b"SSH-2.0-OpenSSH_9.2"));
         assert!(looks_like_http1(b"DELE"));
         assert!(!looks_like_http1(b"\x00\x01binary"));
+    }
+
+    #[test]
+    fn client_addresses_as_forwarded_text() {
+        let mut b = [0u8; 48];
+        assert_eq!(ip_text("10.1.2.3:80".parse().ok(), &mut b), b"10.1.2.3");
+        assert_eq!(ip_text("[::1]:80".parse().ok(), &mut b), b"::1");
+        let long: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1"
+            .parse()
+            .unwrap();
+        assert_eq!(ip_text(Some(long), &mut b).len(), 39);
+        assert_eq!(ip_text(None, &mut b), b"unknown");
+        assert_eq!(&b[..7], b"unknown");
     }
 
     #[test]
