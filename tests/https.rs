@@ -716,9 +716,9 @@ impl Talker {
         };
         let secrets = conn.dangerous_extract_secrets().map_err(tls)?;
         let key_iv = |s: S| match s {
-            S::Aes128Gcm { key, iv } | S::Aes256Gcm { key, iv } | S::Chacha20Poly1305 { key, iv } => {
-                Ok((key, iv))
-            }
+            S::Aes128Gcm { key, iv }
+            | S::Aes256Gcm { key, iv }
+            | S::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
             _ => Err(other("unexpected suite")),
         };
         let ((mut tx_seq, tx), (mut rx_seq, rx)) = (secrets.tx, secrets.rx);
@@ -841,24 +841,32 @@ fn pooled_tls_upstream_hears_its_peer(kind: EngineKind) {
     late("/keyupdate");
     get("/after-keyupdate");
     get("/again");
-    assert_eq!(t.conns(), 1, "the connection that heard the KeyUpdate was reused");
+    assert_eq!(
+        t.conns(),
+        1,
+        "the connection that heard the KeyUpdate was reused"
+    );
     assert_eq!(cs.get(U::CxClosed), 0);
     let conns = t.conns();
     let closed = cs.get(U::CxClosed);
     // close_notify + FIN while idle: closed while parked.
     get("/close");
     late("/close");
-    wait_until("the parked connection to close", Duration::from_secs(2), || {
-        cs.get(U::CxClosed) == closed + 1
-    });
+    wait_until(
+        "the parked connection to close",
+        Duration::from_secs(2),
+        || cs.get(U::CxClosed) == closed + 1,
+    );
     get("/after-close");
     assert_eq!(t.conns(), conns + 1);
     // A response nobody asked for: closed while parked, never read as the next answer.
     get("/stray");
     late("/stray");
-    wait_until("the parked connection to close", Duration::from_secs(2), || {
-        cs.get(U::CxClosed) == closed + 2
-    });
+    wait_until(
+        "the parked connection to close",
+        Duration::from_secs(2),
+        || cs.get(U::CxClosed) == closed + 2,
+    );
     get("/after-stray");
     assert_eq!(t.conns(), conns + 2);
     // A NewSessionTicket to the idle connection: kept, and it carries the next requests.
@@ -866,11 +874,24 @@ fn pooled_tls_upstream_hears_its_peer(kind: EngineKind) {
     late("/ticket");
     get("/after-ticket");
     get("/after-ticket-2");
-    assert_eq!(t.conns(), conns + 2, "the connection that heard the ticket was reused");
+    assert_eq!(
+        t.conns(),
+        conns + 2,
+        "the connection that heard the ticket was reused"
+    );
     assert_eq!(cs.get(U::CxClosed), closed + 2);
     assert!(t.has("GET /after-ticket-2"));
-    assert!(!t.log.lock().unwrap().iter().any(|e| e.starts_with("UNEXPECTED")));
-    assert_eq!(ls.get(L::HttpUpstreamStale), 0, "closed while parked, never taken");
+    assert!(!t
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.starts_with("UNEXPECTED")));
+    assert_eq!(
+        ls.get(L::HttpUpstreamStale),
+        0,
+        "closed while parked, never taken"
+    );
     assert_eq!(ls.get(L::HttpRetry), 0);
     assert_eq!(cs.get(U::TlsErrors), 0);
     drop(client);

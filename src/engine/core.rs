@@ -360,9 +360,13 @@ impl Core {
     /// Close the parked connection on `fd` (counted on its cluster and endpoint).
     fn close_parked(&mut self, fd: RawFd, io: &mut impl Driver) {
         match self.http.pool.remove_fd(fd) {
-            Some(i) => {
-                crate::proxy::http::pool::count_close(&self.table, self.worker, i, &mut self.crypto, io)
-            }
+            Some(i) => crate::proxy::http::pool::count_close(
+                &self.table,
+                self.worker,
+                i,
+                &mut self.crypto,
+                io,
+            ),
             // Not in the pool (never expected): the engine must not keep watching it.
             None => io.drop_socket(fd),
         }

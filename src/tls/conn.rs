@@ -393,8 +393,12 @@ impl Handshake {
         let fed = self.fed.min(self.inbuf.len());
         let buf = &mut self.inbuf[..fed];
         let _ = match &mut self.conn {
-            HsConn::Server(c) => status(c.process_tls_records(buf), &mut self.out, &mut self.out_end),
-            HsConn::Client(c) => status(c.process_tls_records(buf), &mut self.out, &mut self.out_end),
+            HsConn::Server(c) => {
+                status(c.process_tls_records(buf), &mut self.out, &mut self.out_end)
+            }
+            HsConn::Client(c) => {
+                status(c.process_tls_records(buf), &mut self.out, &mut self.out_end)
+            }
         };
     }
 
@@ -965,8 +969,15 @@ impl Tls {
         let mut fallback = None;
         if let Some((fd, idle)) = kernel_to {
             let left = &inbuf[fed.min(inbuf.len())..];
-            match super::kernel::install(fd, idle, version, &secrets, kernel, &out[out_off..out_end], left)
-            {
+            match super::kernel::install(
+                fd,
+                idle,
+                version,
+                &secrets,
+                kernel,
+                &out[out_off..out_end],
+                left,
+            ) {
                 Install::Done(k) => {
                     self.sides[i] = State::Kernel(k);
                     return Ok(None);
