@@ -572,7 +572,8 @@ impl Io for Uring {
             return true;
         };
         if !m.owned_by(c, side) {
-            // Never received through a multishot (a TLS upstream): the pool checks it.
+            // Never received through a multishot (a TLS shadow's upstream): the pool
+            // checks it.
             return true;
         }
         if m.held > 0 || m.wanted {
