@@ -124,6 +124,49 @@ fn bench(c: &mut Criterion) {
             });
         }
     }
+    // Slow start (one endpoint of three ramping: the picks thin by published scales) and
+    // bounded-load consistent hashing (the set's active connections summed per pick).
+    for (name, yaml) in [
+        (
+            "round_robin/3ep/slow-start",
+            "clusters:\n  - {name: c, round_robin_lb_config: {slow_start_config: {slow_start_window: 600s}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}\n",
+        ),
+        (
+            "least_request/3ep/slow-start",
+            "clusters:\n  - {name: c, lb_policy: least_request, least_request_lb_config: {slow_start_config: {slow_start_window: 600s}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}\n",
+        ),
+        (
+            "maglev/3ep/bounded-150",
+            "clusters:\n  - {name: c, lb_policy: maglev, consistent_hashing_lb_config: {hash_balance_factor: 150}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}\n",
+        ),
+        (
+            "ring_hash/3ep/bounded-150",
+            "clusters:\n  - {name: c, lb_policy: ring_hash, consistent_hashing_lb_config: {hash_balance_factor: 150}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}\n",
+        ),
+    ] {
+        let cfg = parse(yaml, Format::Yaml).unwrap();
+        let own = StatsRegistry::new(1);
+        let t = compile(&cfg, 1, &own, &mut pool).unwrap();
+        let c = &t.clusters[0];
+        if c.slow_start.is_some() {
+            // Two endpoints long past their window, the third 30 s into it.
+            let now = tickmesh::cluster::health::now_ms() + 3_600_000;
+            c.endpoints[0].health.restart_slow_start(1);
+            c.endpoints[1].health.restart_slow_start(1);
+            c.endpoints[2].health.restart_slow_start(now - 30_000);
+            c.refresh_slow_start(now);
+        }
+        let routes = Arc::new(Routes::new(t));
+        let mut lb = LbState::new(7);
+        let mut cursor = 0u32;
+        let src = Some("10.1.2.3:40000".parse().unwrap());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let t = routes.load();
+                black_box(t.clusters[0].pick(&mut lb, &mut cursor, black_box(src), 0, 0))
+            })
+        });
+    }
     g.finish();
 }
 

@@ -135,11 +135,32 @@ clusters:
     lb_policy: least_request
     least_request_lb_config: {choice_count: 4}
     endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+  - name: rr-slow
+    round_robin_lb_config: {slow_start_config: {slow_start_window: 60s}}
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+  - name: lr-slow
+    lb_policy: least_request
+    least_request_lb_config: {slow_start_config: {slow_start_window: 60s, aggression: {default_value: 2}}}
+    endpoints: ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+  - name: bounded
+    lb_policy: maglev
+    consistent_hashing_lb_config: {hash_balance_factor: 125, use_hostname_for_hashing: true}
+    endpoints: [{address: "127.0.0.1:1", hostname: a}, {address: "127.0.0.1:2", hostname: b}]
 "#;
     let cfg = parse(yaml, Format::Yaml).expect("valid config");
     let stats = tickmesh::telemetry::StatsRegistry::new(1);
     let t = tickmesh::route::compile(&cfg, 1, &stats, &mut tickmesh::net::SocketPool::new(1))
         .expect("compiles");
+    // One endpoint of each slow-start cluster joined just now, the others long ago:
+    // its picks take the slow path (the scales published, as the health tick does).
+    let now = tickmesh::cluster::health::now_ms() + 120_000;
+    for c in t.clusters.iter().filter(|c| c.slow_start.is_some()) {
+        c.endpoints[0].health.restart_slow_start(1);
+        c.endpoints[1].health.restart_slow_start(1);
+        c.endpoints[2].health.restart_slow_start(now);
+        c.refresh_slow_start(now + 500);
+        assert_eq!(c.health.slow_starting(), 1, "{}", c.name);
+    }
     let mut st = LbState::new(1);
     let keyless = RequestView {
         method: b"GET",

@@ -1177,7 +1177,210 @@ route_configs:
     });
 }
 
+// === slow start ===
+
+/// An Envoy cluster whose typed-extension `load_balancing_policy` is round robin with
+/// slow start (`window`, aggression 0.25: t^4, floor 10%), over `eps`.
+fn slow_start_cluster(eps: &[SocketAddr], window: &str) -> String {
+    let eps: Vec<String> = eps
+        .iter()
+        .map(|a| {
+            format!(
+                "{{endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}}}",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"static_resources:
+  clusters:
+  - name: svc
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: acme.weighted_least_latency
+          typed_config: {{"@type": type.googleapis.com/acme.lb.v1.LeastLatency}}
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.round_robin
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+            slow_start_config:
+              slow_start_window: {window}
+              aggression: {{default_value: 0.25}}
+              min_weight_percent: {{value: 10}}
+    load_assignment: {{endpoints: [{{lb_endpoints: [{}]}}]}}
+"#,
+        eps.join(", ")
+    )
+}
+
+/// Up to `n` requests (and at most `within`) through `addr`: the share the last of
+/// `b` served, what each served, and how many were sent.
+fn last_share(
+    addr: SocketAddr,
+    b: &[Backend],
+    n: usize,
+    within: Duration,
+) -> (f64, Vec<usize>, usize) {
+    let before: Vec<usize> = b.iter().map(Backend::requests).collect();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n && start.elapsed() < within {
+        assert_eq!(get(addr, "/s"), 200);
+        sent += 1;
+    }
+    let got: Vec<usize> = b
+        .iter()
+        .zip(&before)
+        .map(|(x, b0)| x.requests() - b0)
+        .collect();
+    (got[b.len() - 1] as f64 / sent.max(1) as f64, got, sent)
+}
+
+/// With active health checks, an endpoint that turns healthy again starts its slow
+/// start anew (Envoy re-enters slow start on unhealthy → healthy): it joined with the
+/// others, long past its window, yet takes ≈ 5% just after it recovers, its third later.
+fn slow_start_again_after_a_failed_check(kind: EngineKind) {
+    let b: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let d = Daemon::start(
+        kind,
+        &http_config(&format!(
+            "  - name: svc\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n    round_robin_lb_config: {{slow_start_config: {{slow_start_window: 2s, aggression: {{default_value: 0.25}}}}}}\n    health_checks:\n      - {{timeout: 500ms, interval: 50ms, unhealthy_threshold: 1, healthy_threshold: 1, http_health_check: {{path: /healthz}}}}\n",
+            b[0].addr, b[1].addr, b[2].addr
+        )),
+    );
+    let addr = d.listener();
+    let started = Instant::now();
+    b[2].status.store(503, Ordering::SeqCst);
+    wait_until("the third fails its check", Duration::from_secs(5), || {
+        d.health("svc", b[2].addr).state == "unhealthy"
+    });
+    // Everyone's first window passes while it is out.
+    std::thread::sleep(Duration::from_millis(2300).saturating_sub(started.elapsed()));
+    b[2].status.store(200, Ordering::SeqCst);
+    wait_until("the third is healthy again", Duration::from_secs(5), || {
+        d.health("svc", b[2].addr).state == "healthy"
+    });
+    let back = Instant::now();
+    // The scales follow at the next health tick (20 ms).
+    std::thread::sleep(Duration::from_millis(60));
+    let (early, got, sent) = last_share(addr, &b, 150, Duration::from_millis(800));
+    assert!(sent >= 30, "too few requests to judge: {sent}");
+    assert!(
+        early < 0.2,
+        "just back from a failed check it ramps up again: {got:?} of {sent}"
+    );
+    std::thread::sleep(Duration::from_millis(2300).saturating_sub(back.elapsed()));
+    let (late, got, sent) = last_share(addr, &b, 150, Duration::from_secs(5));
+    assert!(
+        (0.25..0.42).contains(&late),
+        "past the new window its third: {got:?} of {sent}"
+    );
+}
+
+/// Slow start end to end: a third endpoint added over the control socket (an Envoy
+/// cluster with a typed-extension round-robin policy) gets far less than its third of
+/// the requests early in its window — 10% of its weight: 0.1 / 2.1 ≈ 5% — and its full
+/// third once the window has passed, counted at the backends.
+fn slow_start_ramps_a_new_endpoint(kind: EngineKind) {
+    let b: Vec<Backend> = (0..3).map(|_| Backend::start(200)).collect();
+    let window = Duration::from_secs(2);
+    let routes = http_config("").replace("clusters:\n\n", "");
+    let first = format!(
+        "{routes}---\n{}",
+        slow_start_cluster(&[b[0].addr, b[1].addr], "2s")
+    );
+    let d = Daemon::start(kind, &first);
+    let addr = d.listener();
+    // The first two join at start: let their own window pass.
+    std::thread::sleep(window + Duration::from_millis(200));
+    let sock = d._dir.path().join("control.sock");
+    let apply = tickmesh::control::protocol::Request::Apply {
+        config: slow_start_cluster(&[b[0].addr, b[1].addr, b[2].addr], "2s"),
+        format: Format::Yaml,
+        prune: false,
+    };
+    let r = tickmesh::control::client::request(&sock, &apply).expect("the control socket answers");
+    assert!(r.ok, "apply over the control socket: {r:?}");
+    let joined = Instant::now();
+    let share = |b: &[Backend], n: usize, within: Duration| last_share(addr, b, n, within);
+    // Until 1.1 s into the window the scale is the 10% floor ((t / 2 s)^4 below it).
+    let (early, got, sent) = share(&b, 150, Duration::from_millis(800));
+    assert!(sent >= 30, "too few requests to judge: {sent}");
+    assert!(
+        early < 0.2,
+        "early in its window the new endpoint gets ≈ 5%, not its third: {got:?} of {sent}"
+    );
+    let view = d.plane.get(None).clusters.unwrap_or_default();
+    assert!(
+        view.iter().any(|c| c.policy.contains("slow start 2s")),
+        "{view:?}"
+    );
+    let rest = (window + Duration::from_millis(300)).saturating_sub(joined.elapsed());
+    std::thread::sleep(rest);
+    let (late, got, sent) = share(&b, 150, Duration::from_secs(5));
+    assert!(
+        (0.25..0.42).contains(&late),
+        "past its window the new endpoint gets its third: {got:?} of {sent}"
+    );
+}
+
+// === bounded loads ===
+
+/// Envoy's `hash_balance_factor` end to end: every connection from 127.0.0.1 hashes to
+/// one endpoint of a Maglev cluster keyed on the source address; with the factor, once
+/// that endpoint holds 150% of its share of the open connections the next ones go on
+/// to the key's next choices, so 12 held connections spread, none holding more than its
+/// bound; without it all 12 land on one.
+fn bounded_loads_spread_one_source(kind: EngineKind) {
+    let run = |factor: &str| -> Vec<usize> {
+        let echo: Vec<Echo> = (0..3).map(|_| Echo::start()).collect();
+        let eps: Vec<String> = echo.iter().map(|e| format!("\"{}\"", e.addr)).collect();
+        let d = Daemon::start(
+            kind,
+            &format!(
+                "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", cluster: svc}}\nclusters:\n  - name: svc\n    lb_policy: maglev\n    endpoints: [{}]\n{factor}",
+                eps.join(", ")
+            ),
+        );
+        let addr = d.listener();
+        // Held open: each counts as an active connection of its endpoint.
+        let held: Vec<TcpStream> = (0..12)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"ping").unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"ping", "connection {i}");
+                s
+            })
+            .collect();
+        let got = echo.iter().map(Echo::accepted).collect();
+        drop(held);
+        got
+    };
+    let unbounded = run("");
+    assert!(
+        unbounded.contains(&12),
+        "one source, one key, one endpoint: {unbounded:?}"
+    );
+    let bounded = run("    consistent_hashing_lb_config: {hash_balance_factor: 150}\n");
+    assert_eq!(bounded.iter().sum::<usize>(), 12, "{bounded:?}");
+    // Counts are per worker (2, each with about half of the connections): a worker's
+    // endpoint is full at ceil(1.5 × (the worker's open + 1) / 3), 3 of 6 — the key's
+    // first next choice takes the rest. Whatever the split, no endpoint gets 9.
+    assert!(
+        bounded.iter().filter(|&&n| n > 0).count() >= 2 && bounded.iter().all(|&n| n <= 8),
+        "the load spreads within the bound: {bounded:?}"
+    );
+}
+
 per_engine!(
+    slow_start_again_after_a_failed_check,
+    bounded_loads_spread_one_source,
+    slow_start_ramps_a_new_endpoint,
     tcp_checks_take_out_a_dead_endpoint,
     passing_check_ends_an_ejection,
     route_hash_policies_stick,
@@ -1530,8 +1733,12 @@ fn malformed_destination_rule_policies_are_errors() {
             "unknown field `maximumRingSize`",
         ),
         (
-            "loadBalancer: {simple: LEAST_REQUEST, warmupDurationSecs: 10s}",
-            "warmupDurationSecs",
+            "loadBalancer: {simple: RANDOM, warmupDurationSecs: 10s}",
+            "loadBalancer.warmupDurationSecs: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+        ),
+        (
+            "loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 10s, aggression: -1}}",
+            "loadBalancer.warmup.aggression: -1 is not a finite number > 0",
         ),
         (
             "connectionPool: {http: {h2UpgradePolicy: UPGRADE}}",

@@ -245,6 +245,11 @@ async fn probe_loop(
             tracing::info!("health check of {addr} passed: outlier ejection ended");
         }
         if change {
+            if failed {
+                // Healthy again: a slow-start cluster ramps it up anew (Envoy's
+                // slow start re-entered on an unhealthy → healthy transition).
+                health.restart_slow_start(super::health::now_ms());
+            }
             health.set_flag(&cluster, CHECK_FAILED, !failed);
             health.reset_streak();
             tracing::info!(

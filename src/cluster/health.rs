@@ -124,6 +124,14 @@ pub struct EndpointHealth {
     /// too few requests to count); and the local-origin one (split counting).
     last_success_rate: AtomicU32,
     last_local_success_rate: AtomicU32,
+    /// Slow start ([`super::slow_start`]): when the endpoint joined its cluster or, with
+    /// active checks, last turned healthy ([`now_ms`]; 0: not stamped yet — the next
+    /// compile or tick stamps it).
+    slow_start_since_ms: AtomicU64,
+    /// Its weight scale now, in 1/[`super::slow_start::FULL`] (0: full weight, not in
+    /// slow start). Read by the workers' picks while the cluster's
+    /// `ClusterHealth::slow_starting` is not 0.
+    slow_start_scale: AtomicU32,
 }
 
 impl EndpointHealth {
@@ -204,7 +212,52 @@ impl EndpointHealth {
         )
     }
 
+    /// The endpoint's slow-start weight scale in 1/[`super::slow_start::FULL`]; `FULL`
+    /// when it is not in slow start.
+    #[inline]
+    pub fn slow_start_scale(&self) -> u32 {
+        match self.slow_start_scale.load(Relaxed) {
+            0 => super::slow_start::FULL,
+            s => s,
+        }
+    }
+
+    /// When its slow start began ([`now_ms`]; 0: not stamped yet).
+    pub fn slow_start_since_ms(&self) -> u64 {
+        self.slow_start_since_ms.load(Relaxed)
+    }
+
     // === control plane only ===
+
+    /// Stamp the start of the endpoint's slow start if it has none (it just joined).
+    pub(crate) fn stamp_joined(&self, now: u64) {
+        // Read first: the tick calls this on every endpoint, and a write (even a failed
+        // compare-exchange) would take the line the workers read from them.
+        if self.slow_start_since_ms.load(Relaxed) == 0 {
+            let _ = self
+                .slow_start_since_ms
+                .compare_exchange(0, now.max(1), Relaxed, Relaxed);
+        }
+    }
+
+    /// Start the endpoint's slow start again (an active check turned it healthy).
+    /// Control plane only (public for tests).
+    pub fn restart_slow_start(&self, now: u64) {
+        self.slow_start_since_ms.store(now.max(1), Relaxed);
+    }
+
+    /// Publish the endpoint's weight scale (`FULL` or more: full weight).
+    pub(crate) fn set_slow_start_scale(&self, scale: u32) {
+        let v = if scale >= super::slow_start::FULL {
+            0
+        } else {
+            scale.max(1)
+        };
+        // Unchanged (the common case, every tick): no write to the workers' line.
+        if self.slow_start_scale.load(Relaxed) != v {
+            self.slow_start_scale.store(v, Relaxed);
+        }
+    }
 
     /// Set or clear a flag, keeping the cluster's unusable count an upper bound: it is
     /// raised before an endpoint becomes unusable and lowered after it is usable again.
@@ -384,12 +437,21 @@ pub struct ClusterHealth {
     pub(crate) uneject_on_check: AtomicBool,
     /// Ejections ended early by a passing active check.
     pub(crate) unejections_by_check: AtomicU64,
+    /// Endpoints whose weight is scaled down by slow start now (0: picks skip the
+    /// per-endpoint scales). Written by the control plane with the scales.
+    pub(crate) slow_starting: AtomicU32,
 }
 
 impl ClusterHealth {
     #[inline]
     pub fn unusable(&self) -> u32 {
         self.unusable.load(Relaxed)
+    }
+
+    /// Endpoints in slow start now (one relaxed load per pick of a slow-start cluster).
+    #[inline]
+    pub fn slow_starting(&self) -> u32 {
+        self.slow_starting.load(Relaxed)
     }
 
     /// Set the unusable count from the endpoints of the current table (an endpoint that

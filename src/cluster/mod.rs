@@ -4,7 +4,8 @@
 //! A [`Balancer`] is immutable and built on the control plane when a route table is
 //! compiled; a pick takes the worker's own [`LbState`] (random generator, round-robin
 //! cursor), so picking never locks, never allocates, and never touches another worker's
-//! memory except to read the endpoint counters for `least_request`.
+//! memory except to read the endpoint counters for `least_request` (and bounded-load
+//! hashing) and the slow-start scales the control plane publishes ([`slow_start`]).
 
 pub mod active;
 pub mod dns;
@@ -13,6 +14,7 @@ pub mod maglev;
 pub mod outlier;
 pub mod priority;
 pub mod ring;
+pub mod slow_start;
 
 use std::net::SocketAddr;
 
@@ -65,6 +67,12 @@ pub struct LbOptions {
     pub maglev_table_size: Option<u64>,
     pub choice_count: u32,
     pub active_request_bias: f64,
+    /// `round_robin`/`least_request`: slow start ([`slow_start`]).
+    pub slow_start: Option<slow_start::SlowStart>,
+    /// `ring_hash`/`maglev`: bounded loads, percent of the average (0: unbounded).
+    pub hash_balance_factor: u32,
+    /// `ring_hash`/`maglev`: endpoints are placed by host name ([`hash_name`]).
+    pub use_hostname_for_hashing: bool,
 }
 
 impl LbOptions {
@@ -78,6 +86,9 @@ impl LbOptions {
             maglev_table_size: None,
             choice_count: 2,
             active_request_bias: 1.0,
+            slow_start: None,
+            hash_balance_factor: 0,
+            use_hostname_for_hashing: false,
         }
     }
 
@@ -96,7 +107,38 @@ impl LbOptions {
                 o.active_request_bias = b.default_value;
             }
         }
+        let slow = match c.lb_policy {
+            LbPolicy::RoundRobin => c
+                .round_robin_lb_config
+                .as_ref()
+                .and_then(|r| r.slow_start_config.as_ref()),
+            LbPolicy::LeastRequest => c
+                .least_request_lb_config
+                .as_ref()
+                .and_then(|r| r.slow_start_config.as_ref()),
+            _ => None,
+        };
+        o.slow_start = slow.and_then(slow_start::SlowStart::of);
+        if let Some(h) = c
+            .consistent_hashing_lb_config
+            .as_ref()
+            .filter(|_| matches!(c.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev))
+        {
+            o.hash_balance_factor = h.hash_balance_factor.unwrap_or(0);
+            o.use_hostname_for_hashing = h.use_hostname_for_hashing.unwrap_or(false);
+        }
         o
+    }
+}
+
+/// The host name a consistent-hash cluster with `use_hostname_for_hashing` places an
+/// endpoint by: its `hostname`, else its `strict_dns` name (Envoy: the host's hostname,
+/// the DNS name for STRICT_DNS). `None`: it has neither.
+pub fn hash_name(e: &crate::config::Endpoint) -> Option<String> {
+    match (&e.hostname, &e.address) {
+        (Some(h), _) => Some(h.clone()),
+        (None, crate::config::EndpointAddress::Dns { host, .. }) => Some(host.to_ascii_lowercase()),
+        (None, crate::config::EndpointAddress::Ip(_)) => None,
     }
 }
 
@@ -109,17 +151,26 @@ impl Balancer {
     /// Build for a cluster's endpoints. An empty cluster gets an empty round-robin
     /// schedule; callers check for no endpoints before picking.
     pub fn build_with(o: &LbOptions, endpoints: &[SocketAddr], weights: &[u32]) -> Balancer {
-        debug_assert_eq!(endpoints.len(), weights.len());
         // Consistent hashing keys an endpoint by its address as text ("1.2.3.4:80",
         // "[::1]:80"), as Envoy does, so the same endpoints give the same table.
-        let names = || -> Vec<Vec<u8>> {
-            endpoints
+        let names: Vec<Vec<u8>> = match o.policy {
+            LbPolicy::Maglev | LbPolicy::RingHash => endpoints
                 .iter()
                 .map(|e| e.to_string().into_bytes())
-                .collect()
+                .collect(),
+            _ => vec![Vec::new(); endpoints.len()],
         };
+        Balancer::build_named(o, &names, weights)
+    }
+
+    /// Build for endpoints known by the keys consistent hashing places them by (their
+    /// address as text, or their host name with `use_hostname_for_hashing`); other
+    /// policies look only at how many there are.
+    pub fn build_named(o: &LbOptions, keys: &[Vec<u8>], weights: &[u32]) -> Balancer {
+        debug_assert_eq!(keys.len(), weights.len());
+        let names = || keys.to_vec();
         match o.policy {
-            _ if endpoints.is_empty() => Balancer::RoundRobin {
+            _ if keys.is_empty() => Balancer::RoundRobin {
                 schedule: Box::new([]),
             },
             LbPolicy::RoundRobin => Balancer::RoundRobin {
@@ -137,7 +188,7 @@ impl Balancer {
             LbPolicy::Maglev => {
                 let keys = names();
                 let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                let size = maglev::table_size(o.maglev_table_size, endpoints.len());
+                let size = maglev::table_size(o.maglev_table_size, keys.len());
                 Balancer::Maglev(Box::new(Maglev::build(&refs, weights, size)))
             }
             LbPolicy::RingHash => {
@@ -224,7 +275,7 @@ impl Balancer {
                     }
                     best
                 } else {
-                    least_loaded_weighted(cumulative, *bias, st, &active)
+                    least_loaded_weighted(cumulative, *bias, st, &active, |_| slow_start::FULL)
                 }
             }
             Balancer::Maglev(_) | Balancer::RingHash(_) => {
@@ -250,6 +301,49 @@ impl Balancer {
     }
 }
 
+impl Balancer {
+    /// A pick while some endpoints are in slow start: the policy's choice thinned by
+    /// each endpoint's weight scale (`scale(i)`, in 1/[`slow_start::FULL`]), so endpoint
+    /// `i` gets `weight × scale` of the traffic (see [`slow_start`]). Round robin keeps
+    /// its schedule and skips a turn with probability `1 - scale`; least request (equal
+    /// weights or not, as Envoy once a host is in slow start) draws by weight and keeps
+    /// a draw with probability `scale × (active + 1)^-bias`. At most
+    /// [`slow_start::MAX_DRAWS`] draws: then the best-scaled one drawn. Other policies
+    /// have no slow start (refused by validation) and pick as usual. No allocation.
+    #[inline]
+    pub fn pick_scaled(
+        &self,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64,
+        scale: impl Fn(usize) -> u32,
+    ) -> usize {
+        match self {
+            Balancer::RoundRobin { schedule } => {
+                let mut best = (0usize, 0u32);
+                for _ in 0..slow_start::MAX_DRAWS {
+                    let i = schedule[*cursor as usize % schedule.len()] as usize;
+                    *cursor = cursor.wrapping_add(1);
+                    let s = scale(i);
+                    if slow_start::keep(s, st.next_u32()) {
+                        return i;
+                    }
+                    if s > best.1 {
+                        best = (i, s);
+                    }
+                }
+                best.0
+            }
+            Balancer::LeastRequest {
+                cumulative, bias, ..
+            } => least_loaded_weighted(cumulative, *bias, st, &active, scale),
+            _ => self.pick_salted(st, cursor, source, key, active, 0),
+        }
+    }
+}
+
 /// A uniformly random 64-bit hash key from the worker's generator.
 #[inline]
 pub fn random_key(st: &mut LbState) -> u64 {
@@ -257,29 +351,39 @@ pub fn random_key(st: &mut LbState) -> u64 {
 }
 
 /// Least request with unequal weights: endpoint `i` is chosen with probability
-/// proportional to `weight_i / (active_i + 1)^bias` (Envoy's formula; bias 0 ignores
-/// load). Done by rejection: draw by static weight, keep the draw with probability
-/// `(active + 1)^-bias`, which leaves exactly that distribution. When every draw of
-/// [`MAX_LOAD_DRAWS`] is rejected (all candidates busy), the least loaded of them wins,
-/// so a pick stays O(1) however loaded the cluster is.
+/// proportional to `weight_i × scale_i / (active_i + 1)^bias` (Envoy's formula, with
+/// the slow-start scale, [`slow_start::FULL`] outside slow start; bias 0 ignores load).
+/// Done by rejection: draw by static weight, keep the draw with probability
+/// `scale × (active + 1)^-bias`, which leaves exactly that distribution. When every draw
+/// of [`MAX_LOAD_DRAWS`] is rejected (all candidates busy), the best of them wins, so a
+/// pick stays O(1) however loaded the cluster is.
 #[inline]
 fn least_loaded_weighted(
     cumulative: &[u32],
     bias: f64,
     st: &mut LbState,
     active: &impl Fn(usize) -> u64,
+    scale: impl Fn(usize) -> u32,
 ) -> usize {
     let mut best = (0usize, -1.0f64);
     for _ in 0..MAX_LOAD_DRAWS {
         let i = weighted(cumulative, st.next_u32());
-        if bias == 0.0 {
+        let s = scale(i);
+        if bias == 0.0 && s >= slow_start::FULL {
             return i;
         }
         let load = active(i) as f64 + 1.0;
-        let keep = if bias == 1.0 {
+        let keep = if bias == 0.0 {
+            1.0
+        } else if bias == 1.0 {
             1.0 / load
         } else {
             load.powf(-bias)
+        };
+        let keep = if s >= slow_start::FULL {
+            keep
+        } else {
+            keep * f64::from(s) / f64::from(slow_start::FULL)
         };
         if f64::from(st.next_u32()) < keep * 4_294_967_296.0 {
             return i;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    opt_duration, CircuitBreakers, Cluster, Discovery, Endpoint, EndpointAddress, HealthCheck,
-    LbPolicy, LeastRequestLbConfig, MaglevLbConfig, OutlierDetection, RingHashLbConfig,
+    opt_duration, CircuitBreakers, Cluster, ConsistentHashingLbConfig, Discovery, Endpoint,
+    EndpointAddress, HealthCheck, LbPolicy, LeastRequestLbConfig, MaglevLbConfig, OutlierDetection,
+    RingHashLbConfig, RoundRobinLbConfig,
 };
 
 /// An Envoy bootstrap document; only `static_resources.clusters` and `node.locality`
@@ -91,6 +92,14 @@ pub struct EnvoyCluster {
     /// `LEAST_REQUEST` clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub least_request_lb_config: Option<LeastRequestLbConfig>,
+    /// `ROUND_ROBIN` clusters (slow start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_robin_lb_config: Option<RoundRobinLbConfig>,
+    /// The typed-extension form of the balancer choice (Envoy ≥ 1.24); when set it
+    /// replaces `lb_policy` and the `*_lb_config` fields, as in Envoy
+    /// ([`super::lb_policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancing_policy: Option<super::lb_policy::LoadBalancingPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +269,9 @@ pub struct CommonLbConfig {
     /// Present (`{}`): balance across localities by their `load_balancing_weight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_weighted_lb_config: Option<LocalityWeightedLbConfig>,
+    /// `RING_HASH`/`MAGLEV`: hash endpoints by host name; bounded loads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hashing_lb_config: Option<ConsistentHashingLbConfig>,
 }
 
 /// Envoy's empty `LocalityWeightedLbConfig` message.
@@ -323,6 +335,9 @@ pub struct EndpointMetadata {
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     pub address: Address,
+    /// The endpoint's host name (what `use_hostname_for_hashing` hashes on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,6 +399,8 @@ impl EnvoyCluster {
             Some("RANDOM") => LbPolicy::Random,
             Some("MAGLEV") => LbPolicy::Maglev,
             Some("RING_HASH") => LbPolicy::RingHash,
+            // `load_balancing_policy` replaces it (Envoy's LOAD_BALANCING_POLICY_CONFIG).
+            Some(_) if self.load_balancing_policy.is_some() => LbPolicy::RoundRobin,
             Some(other) => {
                 return Err((
                     "lb_policy".into(),
@@ -391,11 +408,28 @@ impl EnvoyCluster {
                 ))
             }
         };
+        let legacy = super::lb_policy::LbChoice {
+            policy: lb_policy,
+            ring_hash: self.ring_hash_lb_config.clone(),
+            maglev: self.maglev_lb_config.clone(),
+            least_request: self.least_request_lb_config.clone(),
+            round_robin: self.round_robin_lb_config.clone(),
+            consistent_hashing: self
+                .common_lb_config
+                .as_ref()
+                .and_then(|c| c.consistent_hashing_lb_config.clone()),
+            locality_weighted: false,
+        };
+        let lb = match &self.load_balancing_policy {
+            Some(p) => p.choice(&self.name, &self.legacy_lb_fields())?,
+            None => legacy,
+        };
         let mut endpoints = Vec::new();
-        let locality_weighted = self
-            .common_lb_config
-            .as_ref()
-            .is_some_and(|c| c.locality_weighted_lb_config.is_some());
+        let locality_weighted = lb.locality_weighted
+            || self
+                .common_lb_config
+                .as_ref()
+                .is_some_and(|c| c.locality_weighted_lb_config.is_some());
         let mut locality_weights = std::collections::BTreeMap::new();
         for (i, group) in self
             .load_assignment
@@ -455,6 +489,7 @@ impl EnvoyCluster {
                         .unwrap_or_default();
                 }
                 endpoints.push(Endpoint {
+                    hostname: e.endpoint.hostname.clone().filter(|h| !h.is_empty()),
                     labels,
                     address,
                     weight: e.load_balancing_weight.unwrap_or(1),
@@ -539,7 +574,7 @@ impl EnvoyCluster {
         Ok(Cluster {
             name: self.name.clone(),
             discovery,
-            lb_policy,
+            lb_policy: lb.policy,
             endpoints,
             connect_timeout: self.connect_timeout,
             max_connect_attempts: None,
@@ -556,9 +591,42 @@ impl EnvoyCluster {
                 .and_then(|c| c.healthy_panic_threshold)
                 .map(|p| p.value),
             locality_weights,
-            ring_hash_lb_config: self.ring_hash_lb_config.clone(),
-            maglev_lb_config: self.maglev_lb_config.clone(),
-            least_request_lb_config: self.least_request_lb_config.clone(),
+            ring_hash_lb_config: lb.ring_hash,
+            maglev_lb_config: lb.maglev,
+            least_request_lb_config: lb.least_request,
+            round_robin_lb_config: lb.round_robin,
+            consistent_hashing_lb_config: lb.consistent_hashing,
         })
+    }
+
+    /// The legacy balancer fields this cluster sets, which `load_balancing_policy`
+    /// overrides.
+    fn legacy_lb_fields(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let set = [
+            ("lb_policy", self.lb_policy.is_some()),
+            ("ring_hash_lb_config", self.ring_hash_lb_config.is_some()),
+            ("maglev_lb_config", self.maglev_lb_config.is_some()),
+            (
+                "least_request_lb_config",
+                self.least_request_lb_config.is_some(),
+            ),
+            (
+                "round_robin_lb_config",
+                self.round_robin_lb_config.is_some(),
+            ),
+            (
+                "common_lb_config.consistent_hashing_lb_config",
+                self.common_lb_config
+                    .as_ref()
+                    .is_some_and(|c| c.consistent_hashing_lb_config.is_some()),
+            ),
+        ];
+        for (name, on) in set {
+            if on {
+                out.push(name);
+            }
+        }
+        out
     }
 }

@@ -466,6 +466,34 @@ pub struct LoadBalancerSettings {
     pub consistent_hash: Option<ConsistentHash>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_lb_setting: Option<LocalityLbSetting>,
+    /// Slow start of new endpoints for this long (Istio's deprecated spelling of
+    /// `warmup.duration`): Envoy's `slow_start_window` with its defaults.
+    #[serde(
+        default,
+        with = "super::model::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub warmup_duration_secs: Option<std::time::Duration>,
+    /// Slow start of new endpoints (Istio's `WarmupConfiguration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+}
+
+/// Istio's `WarmupConfiguration`: Envoy's `slow_start_window`, `min_weight_percent` and
+/// `aggression`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Warmup {
+    #[serde(
+        default,
+        with = "super::model::opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub duration: Option<std::time::Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<f64>,
 }
 
 /// Istio's `LocalityLoadBalancerSetting` (`failoverPriority` is refused by name).

@@ -932,6 +932,9 @@ fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(Str
             "least_request",
         );
     }
+    if c.round_robin_lb_config.is_some() {
+        belongs("round_robin_lb_config", LbPolicy::RoundRobin, "round_robin");
+    }
     if let Some(r) = &c.ring_hash_lb_config {
         let at = format!("{at}.ring_hash_lb_config");
         for (name, v) in [
@@ -984,6 +987,58 @@ fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(Str
             );
         }
     }
+    if c.consistent_hashing_lb_config.is_some()
+        && !matches!(c.lb_policy, LbPolicy::RingHash | LbPolicy::Maglev)
+    {
+        bad(
+            format!("{at}.consistent_hashing_lb_config"),
+            "applies to lb_policy ring_hash or maglev only; this cluster's is neither".into(),
+        );
+    }
+    if let Some(ch) = &c.consistent_hashing_lb_config {
+        let at = format!("{at}.consistent_hashing_lb_config");
+        if let Some(f) = ch.hash_balance_factor.filter(|&f| f < 100) {
+            bad(
+                format!("{at}.hash_balance_factor"),
+                format!("{f} is below 100: it is a percentage of the average load (≥ 100; typically 120..200)"),
+            );
+        }
+        if ch.use_hostname_for_hashing == Some(true) {
+            let mut names = HashSet::new();
+            for (j, e) in c.endpoints.iter().enumerate() {
+                match crate::cluster::hash_name(e) {
+                    None => bad(
+                        format!("{at}.use_hostname_for_hashing"),
+                        format!("endpoint {j} ({}) has no host name: give it `hostname`, or make the cluster strict_dns with a name", e.address),
+                    ),
+                    Some(n) if !names.insert(n.clone()) => bad(
+                        format!("{at}.use_hostname_for_hashing"),
+                        format!("host name `{n}` names two endpoints: they would share every key"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let slow = [
+        (
+            "round_robin_lb_config",
+            c.round_robin_lb_config
+                .as_ref()
+                .and_then(|r| r.slow_start_config.as_ref()),
+        ),
+        (
+            "least_request_lb_config",
+            c.least_request_lb_config
+                .as_ref()
+                .and_then(|r| r.slow_start_config.as_ref()),
+        ),
+    ];
+    for (field, s) in slow {
+        if let Some(s) = s {
+            check_slow_start(s, &format!("{at}.{field}.slow_start_config"), &mut *bad);
+        }
+    }
     if let Some(l) = &c.least_request_lb_config {
         let at = format!("{at}.least_request_lb_config");
         if let Some(n) = l.choice_count.filter(|&n| n < 2) {
@@ -999,6 +1054,44 @@ fn check_lb_config(c: &super::model::Cluster, at: &str, bad: &mut impl FnMut(Str
                     format!("{} is not a finite number ≥ 0", b.default_value),
                 );
             }
+        }
+    }
+}
+
+/// Envoy's `SlowStartConfig`: a window, an aggression > 0, a percentage.
+fn check_slow_start(
+    s: &super::model::SlowStartConfig,
+    at: &str,
+    bad: &mut impl FnMut(String, String),
+) {
+    match s.slow_start_window {
+        None => bad(
+            format!("{at}.slow_start_window"),
+            "is required: without a window there is no slow start (e.g. \"30s\")".into(),
+        ),
+        Some(w) if w.is_zero() || w.as_secs() > 24 * 3600 => bad(
+            format!("{at}.slow_start_window"),
+            "must be between 1ms and 24h".into(),
+        ),
+        Some(_) => {}
+    }
+    if let Some(a) = &s.aggression {
+        if !(a.default_value.is_finite() && a.default_value > 0.0) {
+            bad(
+                format!("{at}.aggression.default_value"),
+                format!(
+                    "{} is not a finite number > 0 (1.0 ramps linearly)",
+                    a.default_value
+                ),
+            );
+        }
+    }
+    if let Some(p) = &s.min_weight_percent {
+        if !(0.0..=100.0).contains(&p.value) {
+            bad(
+                format!("{at}.min_weight_percent.value"),
+                format!("{} is not a percentage 0..=100", p.value),
+            );
         }
     }
 }

@@ -9,6 +9,7 @@ mod check_l7;
 pub mod envoy;
 pub mod http;
 pub mod istio;
+pub mod lb_policy;
 mod load;
 mod model;
 pub mod tls;
@@ -16,10 +17,11 @@ pub mod traffic_policy;
 
 pub use load::{locate, parse, parse_only, validate, ConfigError, Format, Problem};
 pub use model::{
-    CircuitBreakers, Cluster, Config, Discovery, Endpoint, EndpointAddress, Forwarding, HashPolicy,
-    HealthCheck, HttpHealthCheck, LbPolicy, LeastRequestLbConfig, Listener, MaglevLbConfig,
-    NicSettings, OutlierDetection, Protocol, RingHashFunction, RingHashLbConfig, RuntimeDouble,
-    StatusRange, WeightedCluster,
+    CircuitBreakers, Cluster, Config, ConsistentHashingLbConfig, Discovery, Endpoint,
+    EndpointAddress, Forwarding, HashPolicy, HealthCheck, HttpHealthCheck, LbPolicy,
+    LeastRequestLbConfig, Listener, MaglevLbConfig, NicSettings, OutlierDetection, Percent,
+    Protocol, RingHashFunction, RingHashLbConfig, RoundRobinLbConfig, RuntimeDouble,
+    SlowStartConfig, StatusRange, WeightedCluster,
 };
 
 /// The config `tickmesh run` serves when given none and nothing is persisted.

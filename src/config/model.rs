@@ -291,10 +291,17 @@ pub struct Cluster {
     /// `maglev` clusters: the lookup table size (Envoy's `maglev_lb_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_lb_config: Option<MaglevLbConfig>,
-    /// `least_request` clusters: choices per pick and the active-request bias (Envoy's
-    /// `least_request_lb_config`).
+    /// `least_request` clusters: choices per pick, the active-request bias and slow
+    /// start (Envoy's `least_request_lb_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub least_request_lb_config: Option<LeastRequestLbConfig>,
+    /// `round_robin` clusters: slow start (Envoy's `round_robin_lb_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_robin_lb_config: Option<RoundRobinLbConfig>,
+    /// `ring_hash`/`maglev` clusters: what endpoints are hashed by and bounded loads
+    /// (Envoy's `common_lb_config.consistent_hashing_lb_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hashing_lb_config: Option<ConsistentHashingLbConfig>,
 }
 
 /// Envoy's `Cluster.RingHashLbConfig`: every endpoint gets a number of points on the ring
@@ -335,7 +342,7 @@ pub struct MaglevLbConfig {
     pub table_size: Option<u64>,
 }
 
-/// Envoy's `Cluster.LeastRequestLbConfig` (`slow_start_config` is refused by name).
+/// Envoy's `Cluster.LeastRequestLbConfig`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeastRequestLbConfig {
@@ -347,6 +354,53 @@ pub struct LeastRequestLbConfig {
     /// (default 1.0; 0 ignores load).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_request_bias: Option<RuntimeDouble>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_config: Option<SlowStartConfig>,
+}
+
+/// Envoy's `Cluster.RoundRobinLbConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundRobinLbConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_config: Option<SlowStartConfig>,
+}
+
+/// Envoy's `SlowStartConfig`: an endpoint that joins the cluster (or, with active
+/// health checks, turns healthy) takes `weight × max(min_weight_percent,
+/// time_factor^(1/aggression))` during `slow_start_window`, where `time_factor` is
+/// `max(seconds since it joined, 1) / window seconds` ([`crate::cluster::slow_start`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowStartConfig {
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slow_start_window: Option<Duration>,
+    /// Default 1.0 (linear ramp); must be > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggression: Option<RuntimeDouble>,
+    /// Default 10%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_weight_percent: Option<Percent>,
+}
+
+/// Envoy's `CommonLbConfig.ConsistentHashingLbConfig` (its `hash_policy` is refused by
+/// name: give the route's or the cluster's `hash_policy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistentHashingLbConfig {
+    /// Place endpoints on the ring / table by their host name (a `strict_dns` name or the
+    /// endpoint's `hostname`) instead of their address, so a changed address does not
+    /// move keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_hostname_for_hashing: Option<bool>,
+    /// Bounded loads, ≥ 100: a key whose endpoint has more than this percentage of the
+    /// cluster's average active requests goes on to the next endpoint of the ring/table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_balance_factor: Option<u32>,
 }
 
 /// Envoy's `core.v3.RuntimeDouble`. tickmesh has no runtime layer, so `default_value`
@@ -622,6 +676,9 @@ pub struct Endpoint {
     /// Workload labels; a DestinationRule subset selects the endpoints whose labels
     /// include all of its own.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The endpoint's host name (Envoy's `Endpoint.hostname`): consistent hashing keys
+    /// the endpoint by it with `use_hostname_for_hashing`.
+    pub hostname: Option<String>,
 }
 
 impl Endpoint {
@@ -632,6 +689,7 @@ impl Endpoint {
             priority: 0,
             locality: None,
             labels: Default::default(),
+            hostname: None,
         }
     }
 }
@@ -686,6 +744,7 @@ impl Serialize for Endpoint {
             && self.priority == 0
             && self.locality.is_none()
             && self.labels.is_empty()
+            && self.hostname.is_none()
         {
             return s.collect_str(&self.address);
         }
@@ -703,6 +762,9 @@ impl Serialize for Endpoint {
         }
         if !self.labels.is_empty() {
             m.serialize_entry("labels", &self.labels)?;
+        }
+        if let Some(h) = &self.hostname {
+            m.serialize_entry("hostname", h)?;
         }
         m.end()
     }
@@ -730,6 +792,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     priority: 0,
                     locality: None,
                     labels: Default::default(),
+                    hostname: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Endpoint, A::Error> {
@@ -742,6 +805,7 @@ impl<'de> Deserialize<'de> for Endpoint {
                     priority: 0,
                     locality: None,
                     labels: Default::default(),
+                    hostname: None,
                 };
                 let mut have_address = false;
                 while let Some(key) = map.next_key::<String>()? {
@@ -754,10 +818,14 @@ impl<'de> Deserialize<'de> for Endpoint {
                         "priority" => e.priority = map.next_value()?,
                         "locality" => e.locality = Some(map.next_value()?),
                         "labels" => e.labels = map.next_value()?,
+                        "hostname" => e.hostname = Some(map.next_value()?),
                         other => {
                             return Err(de::Error::unknown_field(
                                 other,
-                                &["address", "weight", "priority", "locality", "labels"],
+                                &[
+                                    "address", "weight", "priority", "locality", "labels",
+                                    "hostname",
+                                ],
                             ))
                         }
                     }

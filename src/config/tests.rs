@@ -952,9 +952,54 @@ fn malformed_lb_policy_configs_are_named() {
         (
             envoy(
                 "LEAST_REQUEST",
-                "least_request_lb_config: {slow_start_config: {slow_start_window: 10s}}",
+                "least_request_lb_config: {slow_start_config: {aggression: {default_value: 1}}}",
             ),
-            "unknown field `slow_start_config`",
+            "least_request_lb_config.slow_start_config.slow_start_window: is required",
+        ),
+        (
+            envoy(
+                "ROUND_ROBIN",
+                "round_robin_lb_config: {slow_start_config: {slow_start_window: 10s, aggression: {default_value: 0}}}",
+            ),
+            "round_robin_lb_config.slow_start_config.aggression.default_value: 0 is not a finite number > 0",
+        ),
+        (
+            envoy(
+                "ROUND_ROBIN",
+                "round_robin_lb_config: {slow_start_config: {slow_start_window: 10s, min_weight_percent: {value: 150}}}",
+            ),
+            "slow_start_config.min_weight_percent.value: 150 is not a percentage",
+        ),
+        (
+            envoy(
+                "ROUND_ROBIN",
+                "round_robin_lb_config: {slow_start_config: {slow_start_window: soon}}",
+            ),
+            "invalid duration `soon`",
+        ),
+        (
+            envoy("RANDOM", "round_robin_lb_config: {slow_start_config: {slow_start_window: 10s}}"),
+            "round_robin_lb_config: applies to lb_policy round_robin only",
+        ),
+        (
+            envoy("RING_HASH", "common_lb_config: {consistent_hashing_lb_config: {hash_balance_factor: 99}}"),
+            "consistent_hashing_lb_config.hash_balance_factor: 99 is below 100",
+        ),
+        (
+            envoy("RING_HASH", "common_lb_config: {consistent_hashing_lb_config: {use_hostname_for_hashing: true}}"),
+            "use_hostname_for_hashing: endpoint 0 (127.0.0.1:1) has no host name",
+        ),
+        (
+            envoy("ROUND_ROBIN", "common_lb_config: {consistent_hashing_lb_config: {hash_balance_factor: 150}}"),
+            "consistent_hashing_lb_config: applies to lb_policy ring_hash or maglev only",
+        ),
+        (
+            envoy("MAGLEV", "common_lb_config: {consistent_hashing_lb_config: {hash_policy: [{header: {header_name: x}}]}}"),
+            "unknown field `hash_policy`",
+        ),
+        (
+            native("maglev", "consistent_hashing_lb_config: {hash_balance_factor: many}"),
+            "hash_balance_factor",
         ),
         (
             envoy("ROUND_ROBIN", "ring_hash_lb_config: {minimum_ring_size: 64}"),
@@ -976,4 +1021,255 @@ fn malformed_lb_policy_configs_are_named() {
             "input {text:?}\n  error: {e}\n  wanted: {want}"
         );
     }
+}
+
+/// Envoy's typed-extension balancer choice: each built-in policy and its typed config
+/// reach the native fields; the first supported entry wins; it replaces `lb_policy`.
+#[test]
+fn envoy_load_balancing_policy_is_taken() {
+    let ep = "load_assignment: {endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9001}}, hostname: a.example}}]}]}";
+    let t = |pkg: &str, msg: &str| {
+        format!("type.googleapis.com/envoy.extensions.load_balancing_policies.{pkg}.v3.{msg}")
+    };
+    let text = format!(
+        r#"
+static_resources:
+  clusters:
+  - name: rr
+    lb_policy: LEAST_REQUEST
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: custom.wrr
+          typed_config: {{"@type": type.googleapis.com/acme.lb.Wrr, knob: 3}}
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.round_robin
+          typed_config:
+            "@type": {rr}
+            slow_start_config:
+              slow_start_window: 30s
+              aggression: {{default_value: 2.0, runtime_key: a}}
+              min_weight_percent: {{value: 5}}
+            locality_lb_config: {{locality_weighted_lb_config: {{}}}}
+      - typed_extension_config:
+          name: envoy.load_balancing_policies.random
+          typed_config: {{"@type": {random}}}
+    load_assignment: {{endpoints: [{{load_balancing_weight: 1, lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 9001}}}}, hostname: a.example}}}}]}}]}}
+  - name: lr
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: lr
+          typed_config:
+            "@type": {lr}
+            choice_count: 4
+            active_request_bias: {{default_value: 0.5}}
+            selection_method: N_CHOICES
+            slow_start_config: {{slow_start_window: 10s}}
+    {ep}
+  - name: ring
+    lb_policy: ROUND_ROBIN
+    load_balancing_policy:
+      policies:
+      - typed_extension_config:
+          name: ring
+          typed_config:
+            "@type": {ring}
+            hash_function: MURMUR_HASH_2
+            minimum_ring_size: 64
+            consistent_hashing_lb_config: {{use_hostname_for_hashing: true, hash_balance_factor: 150}}
+    {ep}
+  - name: mag
+    lb_policy: LOAD_BALANCING_POLICY_CONFIG
+    load_balancing_policy:
+      policies:
+      - typed_extension_config: {{name: m, typed_config: {{"@type": {mag}, table_size: 131071}}}}
+    {ep}
+  - name: byname
+    load_balancing_policy:
+      policies:
+      - typed_extension_config: {{name: envoy.load_balancing_policies.random}}
+    {ep}
+"#,
+        rr = t("round_robin", "RoundRobin"),
+        random = t("random", "Random"),
+        lr = t("least_request", "LeastRequest"),
+        ring = t("ring_hash", "RingHash"),
+        mag = t("maglev", "Maglev"),
+    );
+    let c = parse(&text, Format::Yaml).unwrap_or_else(|e| panic!("{e}"));
+    let rr = &c.clusters[0];
+    assert_eq!(
+        rr.lb_policy,
+        LbPolicy::RoundRobin,
+        "the policy replaces lb_policy"
+    );
+    let ss = rr
+        .round_robin_lb_config
+        .as_ref()
+        .and_then(|r| r.slow_start_config.as_ref())
+        .expect("slow start");
+    assert_eq!(
+        ss.slow_start_window,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(ss.aggression.as_ref().map(|a| a.default_value), Some(2.0));
+    assert_eq!(ss.min_weight_percent.map(|p| p.value), Some(5.0));
+    assert_eq!(rr.endpoints[0].hostname.as_deref(), Some("a.example"));
+    assert!(!rr.locality_weights.is_empty(), "locality weighting is on");
+    let lr = &c.clusters[1];
+    assert_eq!(lr.lb_policy, LbPolicy::LeastRequest);
+    let l = lr.least_request_lb_config.as_ref().unwrap();
+    assert_eq!(l.choice_count, Some(4));
+    assert_eq!(l.active_request_bias.as_ref().unwrap().default_value, 0.5);
+    assert!(l.slow_start_config.is_some());
+    let ring = &c.clusters[2];
+    assert_eq!(ring.lb_policy, LbPolicy::RingHash);
+    assert_eq!(
+        ring.ring_hash_lb_config,
+        Some(RingHashLbConfig {
+            minimum_ring_size: Some(64),
+            maximum_ring_size: None,
+            hash_function: Some(RingHashFunction::MurmurHash2),
+        })
+    );
+    assert_eq!(
+        ring.consistent_hashing_lb_config,
+        Some(ConsistentHashingLbConfig {
+            use_hostname_for_hashing: Some(true),
+            hash_balance_factor: Some(150),
+        })
+    );
+    assert_eq!(c.clusters[3].lb_policy, LbPolicy::Maglev);
+    assert_eq!(
+        c.clusters[3]
+            .maglev_lb_config
+            .as_ref()
+            .and_then(|m| m.table_size),
+        Some(131_071)
+    );
+    assert_eq!(c.clusters[4].lb_policy, LbPolicy::Random);
+    // The compiled result is the native shape, and reads back the same.
+    let back = serde_yaml::to_string(&c).unwrap();
+    assert!(back.contains("slow_start_window: 30s"), "{back}");
+    assert!(back.contains("hostname: a.example"), "{back}");
+    assert_eq!(parse(&back, Format::Yaml).unwrap().clusters, c.clusters);
+}
+
+#[test]
+fn malformed_load_balancing_policies_are_named() {
+    let t = |pkg: &str, msg: &str| {
+        format!("type.googleapis.com/envoy.extensions.load_balancing_policies.{pkg}.v3.{msg}")
+    };
+    let one = |typed: &str| {
+        format!("static_resources:\n  clusters:\n  - name: z\n    load_balancing_policy:\n      policies:\n      - typed_extension_config:\n          name: p\n          typed_config: {typed}\n    load_assignment: {{endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}}}}}]}}]}}\n")
+    };
+    let rr = t("round_robin", "RoundRobin");
+    let lr = t("least_request", "LeastRequest");
+    let ring = t("ring_hash", "RingHash");
+    let mag = t("maglev", "Maglev");
+    let cases = [
+        (
+            "static_resources:\n  clusters:\n  - name: z\n    load_balancing_policy: {policies: []}\n".to_string(),
+            "load_balancing_policy.policies: is empty",
+        ),
+        (
+            one("{\"@type\": type.googleapis.com/acme.Wrr}"),
+            "load_balancing_policy.policies: no policy of the list is supported (`type.googleapis.com/acme.Wrr`)",
+        ),
+        (
+            "static_resources:\n  clusters:\n  - name: z\n    load_balancing_policy: {policies: [{typed_extension_config: {name: acme.p2c}}]}\n".to_string(),
+            "no policy of the list is supported (`acme.p2c`)",
+        ),
+        (
+            "static_resources:\n  clusters:\n  - name: z\n    lb_policy: LOAD_BALANCING_POLICY_CONFIG\n".to_string(),
+            "lb_policy `LOAD_BALANCING_POLICY_CONFIG` is not supported",
+        ),
+        (
+            one("{choice_count: 3}"),
+            "policies[0].typed_extension_config.typed_config.@type: is missing",
+        ),
+        (
+            one(&format!("{{\"@type\": {lr}, choice_count: three}}")),
+            "policies[0].typed_extension_config.typed_config.choice_count: invalid type: string \"three\", expected u32",
+        ),
+        (
+            one(&format!("{{\"@type\": {lr}, choice_count: 1}}")),
+            "least_request_lb_config.choice_count: 1: must be at least 2",
+        ),
+        (
+            one(&format!("{{\"@type\": {lr}, selection_method: FULL_SCAN}}")),
+            "typed_config.selection_method: `FULL_SCAN` is not supported",
+        ),
+        (
+            one(&format!("{{\"@type\": {rr}, slow_start_config: {{slow_start_window: 5s, aggression: {{default_value: -1}}}}}}")),
+            "slow_start_config.aggression.default_value: -1 is not a finite number > 0",
+        ),
+        (
+            one(&format!("{{\"@type\": {rr}, slow_start_config: {{slow_start_window: 5s, min_weight_percent: {{value: 101}}}}}}")),
+            "min_weight_percent.value: 101 is not a percentage 0..=100",
+        ),
+        (
+            one(&format!("{{\"@type\": {rr}, locality_lb_config: {{zone_aware_lb_config: {{}}}}}}")),
+            "unknown field `zone_aware_lb_config`",
+        ),
+        (
+            one(&format!("{{\"@type\": {rr}, shuffle: true}}")),
+            "unknown field `shuffle`",
+        ),
+        (
+            one(&format!("{{\"@type\": {ring}, hash_function: CITY_HASH}}")),
+            "typed_config.hash_function: `CITY_HASH` is not a hash function",
+        ),
+        (
+            one(&format!("{{\"@type\": {ring}, consistent_hashing_lb_config: {{hash_balance_factor: 50}}}}")),
+            "consistent_hashing_lb_config.hash_balance_factor: 50 is below 100",
+        ),
+        (
+            one(&format!("{{\"@type\": {ring}, hash_balance_factor: 120, consistent_hashing_lb_config: {{hash_balance_factor: 150}}}}")),
+            "give them once",
+        ),
+        (
+            one(&format!("{{\"@type\": {mag}, table_size: 65536}}")),
+            "maglev_lb_config.table_size: 65536 is not a prime",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text, Format::Yaml).to_string();
+        assert!(
+            e.contains(want),
+            "input {text:?}\n  error: {e}\n  wanted: {want}"
+        );
+    }
+}
+
+/// Slow start and consistent-hashing settings in the native shape (Envoy's names).
+#[test]
+fn native_slow_start_and_hashing_options() {
+    let c = parse(
+        r#"
+clusters:
+  - name: a
+    type: strict_dns
+    lb_policy: maglev
+    consistent_hashing_lb_config: {use_hostname_for_hashing: true, hash_balance_factor: 125}
+    endpoints: ["one.example:80", {address: "127.0.0.1:81", hostname: two.example}]
+  - name: b
+    lb_policy: round_robin
+    round_robin_lb_config: {slow_start_config: {slow_start_window: 2s}}
+    endpoints: ["127.0.0.1:80"]
+"#,
+        Format::Yaml,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.clusters[0].endpoints[1].hostname.as_deref(),
+        Some("two.example")
+    );
+    let dup = err(
+        "clusters:\n  - {name: a, lb_policy: ring_hash, consistent_hashing_lb_config: {use_hostname_for_hashing: true}, endpoints: [{address: \"127.0.0.1:1\", hostname: x}, {address: \"127.0.0.1:2\", hostname: x}]}\n",
+        Format::Yaml,
+    )
+    .to_string();
+    assert!(dup.contains("host name `x` names two endpoints"), "{dup}");
 }

@@ -152,6 +152,81 @@ pub fn effective_cluster_at(c: &Cluster, rules: &[DestinationRule], node: Option
     out
 }
 
+/// Istio's `warmup` (or `warmupDurationSecs`) as Envoy's slow start.
+fn warmup(lb: &super::istio::LoadBalancerSettings) -> Option<super::model::SlowStartConfig> {
+    use super::model::{Percent, RuntimeDouble, SlowStartConfig};
+    if let Some(w) = &lb.warmup {
+        return Some(SlowStartConfig {
+            slow_start_window: w.duration,
+            aggression: w.aggression.map(|a| RuntimeDouble {
+                default_value: a,
+                runtime_key: None,
+            }),
+            min_weight_percent: w.minimum_percent.map(|value| Percent { value }),
+        });
+    }
+    lb.warmup_duration_secs.map(|d| SlowStartConfig {
+        slow_start_window: Some(d),
+        ..SlowStartConfig::default()
+    })
+}
+
+/// Istio's warmup settings: one spelling, a duration, a percentage, an aggression > 0,
+/// and a policy with slow start (ROUND_ROBIN, LEAST_REQUEST).
+fn check_warmup(
+    lb: &super::istio::LoadBalancerSettings,
+    at: &str,
+    bad: &mut dyn FnMut(String, String),
+) {
+    let field = match (&lb.warmup, &lb.warmup_duration_secs) {
+        (None, None) => return,
+        (Some(_), Some(_)) => {
+            bad(
+                format!("{at}.warmupDurationSecs"),
+                "deprecated spelling of `warmup.duration`: give one of them".into(),
+            );
+            return;
+        }
+        (Some(_), None) => "warmup",
+        (None, Some(_)) => "warmupDurationSecs",
+    };
+    if lb.consistent_hash.is_some() || lb.simple.as_deref() == Some("RANDOM") {
+        bad(
+            format!("{at}.{field}"),
+            "slow start applies to ROUND_ROBIN and LEAST_REQUEST only (Envoy's rule)".into(),
+        );
+    }
+    let duration = match &lb.warmup {
+        Some(w) => w.duration,
+        None => lb.warmup_duration_secs,
+    };
+    let dpath = match &lb.warmup {
+        Some(_) => format!("{at}.warmup.duration"),
+        None => format!("{at}.warmupDurationSecs"),
+    };
+    match duration {
+        None => bad(dpath, "is required (e.g. \"60s\")".into()),
+        Some(d) if d.is_zero() || d.as_secs() > 24 * 3600 => {
+            bad(dpath, "must be between 1ms and 24h".into())
+        }
+        Some(_) => {}
+    }
+    if let Some(w) = &lb.warmup {
+        if let Some(p) = w.minimum_percent.filter(|p| !(0.0..=100.0).contains(p)) {
+            bad(
+                format!("{at}.warmup.minimumPercent"),
+                format!("{p} is not a percentage 0..=100"),
+            );
+        }
+        if let Some(a) = w.aggression.filter(|a| !(a.is_finite() && *a > 0.0)) {
+            bad(
+                format!("{at}.warmup.aggression"),
+                format!("{a} is not a finite number > 0 (1.0 ramps linearly)"),
+            );
+        }
+    }
+}
+
 /// A `Path` attribute value we may write into `Set-Cookie` as it is.
 pub(super) fn cookie_path_ok(p: &str) -> bool {
     p.starts_with('/') && p.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b';')
@@ -269,13 +344,16 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
             if p != c.lb_policy {
                 // The cluster's own settings were for the policy the rule replaces.
                 c.least_request_lb_config = None;
+                c.round_robin_lb_config = None;
             }
             c.lb_policy = p;
             c.ring_hash_lb_config = None;
             c.maglev_lb_config = None;
+            c.consistent_hashing_lb_config = None;
         }
         if let Some(h) = &lb.consistent_hash {
             c.least_request_lb_config = None;
+            c.round_robin_lb_config = None;
             if let Some(m) = &h.maglev {
                 c.lb_policy = LbPolicy::Maglev;
                 c.ring_hash_lb_config = None;
@@ -309,6 +387,24 @@ fn overlay(c: &mut Cluster, tp: &TrafficPolicy) {
             });
         } else if lb.simple.is_some() {
             c.hash_policy = None;
+        }
+        if let Some(w) = warmup(lb) {
+            match c.lb_policy {
+                LbPolicy::RoundRobin => {
+                    c.round_robin_lb_config
+                        .get_or_insert_with(Default::default)
+                        .slow_start_config = Some(w)
+                }
+                LbPolicy::LeastRequest => {
+                    c.least_request_lb_config
+                        .get_or_insert_with(Default::default)
+                        .slow_start_config = Some(w)
+                }
+                other => tracing::warn!(
+                    "cluster `{}`: a DestinationRule's loadBalancer.warmup applies to ROUND_ROBIN and LEAST_REQUEST; this cluster balances {other:?}, so it has no slow start",
+                    c.name
+                ),
+            }
         }
     }
     if let Some(pool) = &tp.connection_pool {
@@ -455,6 +551,7 @@ pub(super) fn check(tp: &TrafficPolicy, at: &str, bad: &mut dyn FnMut(String, St
         }
     }
     if let Some(lb) = &tp.load_balancer {
+        check_warmup(lb, &format!("{at}.loadBalancer"), &mut *bad);
         if let Some(s) = lb.simple.as_deref() {
             if !["ROUND_ROBIN", "LEAST_REQUEST", "LEAST_CONN", "RANDOM"].contains(&s) {
                 bad(
@@ -1065,6 +1162,90 @@ clusters:
         );
         let e = effective_cluster(&c, &dr("{simple: RANDOM}"));
         assert!(e.least_request_lb_config.is_none());
+    }
+
+    /// Istio's warmup (and its deprecated `warmupDurationSecs`) is Envoy's slow start on
+    /// the cluster's round-robin or least-request policy; bad values are named.
+    #[test]
+    fn istio_warmup_is_slow_start() {
+        let c = parse(
+            "clusters: [{name: x, endpoints: [\"127.0.0.1:1\"]}]",
+            Format::Yaml,
+        )
+        .unwrap()
+        .clusters
+        .remove(0);
+        let e = effective_cluster(
+            &c,
+            &rules(&dr(
+                "r",
+                "x",
+                None,
+                "    loadBalancer: {warmupDurationSecs: 60s}",
+            )),
+        );
+        let s = e
+            .round_robin_lb_config
+            .and_then(|r| r.slow_start_config)
+            .expect("slow start");
+        assert_eq!(s.slow_start_window, Some(Duration::from_secs(60)));
+        assert!(s.aggression.is_none() && s.min_weight_percent.is_none());
+        let e = effective_cluster(
+            &c,
+            &rules(&dr(
+                "r",
+                "x",
+                None,
+                "    loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 30s, minimumPercent: 20, aggression: 1.5}}",
+            )),
+        );
+        assert_eq!(e.lb_policy, LbPolicy::LeastRequest);
+        let s = e
+            .least_request_lb_config
+            .and_then(|l| l.slow_start_config)
+            .expect("slow start");
+        assert_eq!(s.slow_start_window, Some(Duration::from_secs(30)));
+        assert_eq!(s.aggression.map(|a| a.default_value), Some(1.5));
+        assert_eq!(s.min_weight_percent.map(|p| p.value), Some(20.0));
+        for (policy, want) in [
+            (
+                "    loadBalancer: {warmupDurationSecs: 60s, warmup: {duration: 30s}}",
+                "loadBalancer.warmupDurationSecs: deprecated spelling of `warmup.duration`",
+            ),
+            (
+                "    loadBalancer: {warmup: {minimumPercent: 5}}",
+                "loadBalancer.warmup.duration: is required",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, minimumPercent: 120}}",
+                "loadBalancer.warmup.minimumPercent: 120 is not a percentage",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, aggression: 0}}",
+                "loadBalancer.warmup.aggression: 0 is not a finite number > 0",
+            ),
+            (
+                "    loadBalancer: {simple: RANDOM, warmupDurationSecs: 10s}",
+                "loadBalancer.warmupDurationSecs: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+            ),
+            (
+                "    loadBalancer: {consistentHash: {useSourceIp: true}, warmup: {duration: 10s}}",
+                "loadBalancer.warmup: slow start applies to ROUND_ROBIN and LEAST_REQUEST only",
+            ),
+            (
+                "    loadBalancer: {warmupDurationSecs: soon}",
+                "invalid duration `soon`",
+            ),
+            (
+                "    loadBalancer: {warmup: {duration: 10s, ramp: linear}}",
+                "unknown field `ramp`",
+            ),
+        ] {
+            let e = parse(&dr("r", "x", None, policy), Format::Yaml)
+                .expect_err(policy)
+                .to_string();
+            assert!(e.contains(want), "{policy}\n  error: {e}\n  wanted: {want}");
+        }
     }
 
     #[test]

@@ -562,6 +562,7 @@ impl ControlPlane {
             }
             c.health.recount(eps);
             c.refresh_plan();
+            c.refresh_slow_start(now);
         }
         self.checker
             .lock()
@@ -1052,6 +1053,24 @@ fn cluster_views(table: &RouteTable) -> Vec<ClusterView> {
                         l.enforcing_failure_percentage
                     ));
                 }
+            }
+            if c.balancer.is_hashing() && c.hash_by_name {
+                policy.push_str("; endpoints hashed by host name");
+            }
+            if c.hash_balance > 0.0 {
+                policy.push_str(&format!(
+                    "; bounded loads {}% of the average",
+                    (c.hash_balance * 100.0).round()
+                ));
+            }
+            if let Some(s) = &c.slow_start {
+                policy.push_str(&format!(
+                    "; slow start {} (aggression {}, min weight {}%), {} endpoint(s) ramping",
+                    humantime::format_duration(std::time::Duration::from_millis(s.window_ms)),
+                    s.aggression,
+                    s.min_weight * 100.0,
+                    c.health.slow_starting()
+                ));
             }
             policy.push_str(&format!("; panic threshold {}%", c.panic_threshold));
             let localities: Vec<String> = c

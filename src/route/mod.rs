@@ -141,6 +141,16 @@ pub struct ClusterEntry {
     /// A cluster of one level without localities: whether it is in panic (the whole
     /// plan in one word; written with `plan`).
     pub single_panic: std::sync::atomic::AtomicBool,
+    /// Slow start of joining endpoints (`round_robin`/`least_request`): picks thin the
+    /// balancer's choices by the endpoints' published scales while
+    /// `health.slow_starting()` is not 0 ([`crate::cluster::slow_start`]).
+    pub slow_start: Option<crate::cluster::slow_start::SlowStart>,
+    /// Consistent hashing with bounded loads (Envoy's `hash_balance_factor` / 100; 0:
+    /// unbounded): an endpoint already serving more than this times its weighted share of
+    /// the set's active connections is passed over for the key's next choice.
+    pub hash_balance: f64,
+    /// Consistent hashing places endpoints by host name (`use_hostname_for_hashing`).
+    pub hash_by_name: bool,
 }
 
 /// One priority level: its endpoints (indices into `ClusterEntry::endpoints`, which are
@@ -266,7 +276,15 @@ impl ClusterEntry {
             let (b, members) = self.group(0, None, st, key);
             map(
                 members,
-                b.pick_salted(st, cursor, source, key, active_in(members, &active), 0),
+                self.choose(
+                    b,
+                    members,
+                    st,
+                    cursor,
+                    source,
+                    key,
+                    active_in(members, &active),
+                ),
             )
         } else {
             self.pick_degraded(st, cursor, source, key, &active, worker)?
@@ -382,7 +400,15 @@ impl ClusterEntry {
         let (b, members) = self.whole_level(level);
         map(
             members,
-            b.pick_salted(st, cursor, source, key, active_in(members, active), 0),
+            self.choose(
+                b,
+                members,
+                st,
+                cursor,
+                source,
+                key,
+                active_in(members, active),
+            ),
         )
     }
 
@@ -401,12 +427,116 @@ impl ClusterEntry {
         active: &impl Fn(usize) -> u64,
     ) -> Result<usize, usize> {
         let local_active = active_in(members, active);
-        let j = b.pick_salted(st, cursor, source, key, local_active, 0);
+        let j = self.choose(b, members, st, cursor, source, key, local_active);
         if self.endpoints[map(members, j)].health.usable() {
             return Ok(map(members, j));
         }
         self.repick(b, members, st, cursor, source, key, j, local_active)
             .ok_or(map(members, j))
+    }
+
+    /// The balancer's choice within one set of endpoints (`members`, or all; the result
+    /// indexes the set): the plain pick, unless some endpoint is in slow start (one
+    /// relaxed load to know) or loads are bounded — both cold paths. No allocation.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn choose(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        if self.slow_start.is_some() && self.health.slow_starting() != 0 {
+            return self.choose_slow(b, members, st, cursor, source, key, active);
+        }
+        if self.hash_balance > 0.0 && b.is_hashing() {
+            return self.choose_bounded(b, members, st, cursor, source, key, active);
+        }
+        b.pick_salted(st, cursor, source, key, active, 0)
+    }
+
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn choose_slow(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        let scale = |j: usize| self.endpoints[map(members, j)].health.slow_start_scale();
+        b.pick_scaled(st, cursor, source, key, active, scale)
+    }
+
+    /// Bounded loads (Envoy's `hash_balance_factor`, after Mirrokni et al.): the key's
+    /// endpoint unless it already has at least `factor × (total + 1) × weight / weights`
+    /// active connections (this worker's count, what least request reads); then the
+    /// key's next choices (deterministic jumps through the ring / table, as the salted
+    /// picks draw them) until one has room; when none of [`BOUNDED_PROBES`] has, the
+    /// least overloaded of them. O(set size) for the total, like Envoy's.
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn choose_bounded(
+        &self,
+        b: &Balancer,
+        members: Option<&[u32]>,
+        st: &mut LbState,
+        cursor: &mut u32,
+        source: Option<SocketAddr>,
+        key: Option<u64>,
+        active: impl Fn(usize) -> u64 + Copy,
+    ) -> usize {
+        let n = members.map_or(self.endpoints.len(), <[u32]>::len);
+        let weight = |j: usize| f64::from(self.endpoints[map(members, j)].weight.max(1));
+        let (mut total, mut weights) = (0u64, 0f64);
+        for j in 0..n {
+            total += active(j);
+            weights += weight(j);
+        }
+        // One key for every probe: a key-less request draws a random point once.
+        let key = match (key, source) {
+            (Some(k), _) => Some(k),
+            (None, Some(_)) => None,
+            (None, None) => Some(crate::cluster::random_key(st)),
+        };
+        let room = self.hash_balance * (total as f64 + 1.0) / weights;
+        let mut best = (0usize, f64::MAX);
+        for salt in 0..BOUNDED_PROBES {
+            let j = b.pick_salted(st, cursor, source, key, active, salt);
+            let cap = (room * weight(j)).ceil();
+            let load = active(j) as f64;
+            if load < cap {
+                return j;
+            }
+            if load / cap < best.1 {
+                best = (j, load / cap);
+            }
+        }
+        best.0
+    }
+
+    /// Recompute the endpoints' slow-start scales at `now` ([`crate::cluster::health::now_ms`])
+    /// and publish how many are scaled. Control plane only (compile, health tick).
+    pub fn refresh_slow_start(&self, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let eps = self.endpoints.iter().map(|e| &*e.health);
+        let scaled = match &self.slow_start {
+            Some(s) => s.refresh(eps, now),
+            None => {
+                crate::cluster::slow_start::clear(eps, now);
+                0
+            }
+        };
+        if self.health.slow_starting.load(Relaxed) != scaled {
+            self.health.slow_starting.store(scaled, Relaxed);
+        }
     }
 
     /// Recompute [`ClusterEntry::plan`] from the endpoints' flags; publishes only a
@@ -583,6 +713,9 @@ impl ClusterEntry {
             .unwrap_or(plain)
     }
 }
+
+/// Next choices a bounded-load pick tries before it takes the least overloaded.
+const BOUNDED_PROBES: u64 = 16;
 
 /// Index `j` of a member set (or of all endpoints) as an endpoint index.
 #[inline]
@@ -876,33 +1009,54 @@ pub fn compile(
 fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
     // A name stands for every address it resolved to (STRICT_DNS), each with the name's
     // weight; until the resolver has an answer it stands for none.
-    let mut resolved: Vec<(SocketAddr, u32, u32, Option<&str>)> = c
+    // The last element: which configured endpoint, and which of its addresses.
+    type Resolved<'a> = (SocketAddr, u32, u32, Option<&'a str>, (usize, usize));
+    let mut resolved: Vec<Resolved> = c
         .endpoints
         .iter()
-        .flat_map(|e| {
+        .enumerate()
+        .flat_map(|(n, e)| {
             let loc = e.locality.as_deref();
             match &e.address {
-                EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority, loc)],
+                EndpointAddress::Ip(a) => vec![(*a, e.weight, e.priority, loc, (n, 0))],
                 EndpointAddress::Dns { host, port } => dns::cached(host, *port)
                     .into_iter()
-                    .map(|a| (a, e.weight, e.priority, loc))
+                    .enumerate()
+                    .map(|(k, a)| (a, e.weight, e.priority, loc, (n, k)))
                     .collect(),
             }
         })
         .collect();
     // Grouped by priority (stable), so a retry walking the endpoints in order stays in
     // its level as long as the level lasts.
-    resolved.sort_by_key(|&(_, _, p, _)| p);
-    let addrs: Vec<SocketAddr> = resolved.iter().map(|e| e.0).collect();
+    resolved.sort_by_key(|&(_, _, p, _, _)| p);
     let weights: Vec<u32> = resolved.iter().map(|e| e.1).collect();
     let mut priorities: Vec<u32> = resolved.iter().map(|e| e.2).collect();
     priorities.dedup();
     let by_locality = !c.locality_weights.is_empty();
     let lb = crate::cluster::LbOptions::of(c);
+    // What consistent hashing places each address by: its text ("1.2.3.4:80", as
+    // Envoy), or with `use_hostname_for_hashing` its host name, so an address change
+    // moves no key. A name answering several addresses (Envoy: not valid) keys the
+    // second and later ones of its sorted answer `name#k`.
+    let keys: Vec<Vec<u8>> = resolved
+        .iter()
+        .map(|&(a, _, _, _, (n, k))| {
+            let name = lb
+                .use_hostname_for_hashing
+                .then(|| crate::cluster::hash_name(&c.endpoints[n]))
+                .flatten();
+            match name {
+                Some(h) if k == 0 => h.into_bytes(),
+                Some(h) => format!("{h}#{k}").into_bytes(),
+                None => a.to_string().into_bytes(),
+            }
+        })
+        .collect();
     let build = |members: &[u32]| {
-        let a: Vec<SocketAddr> = members.iter().map(|&i| addrs[i as usize]).collect();
+        let k: Vec<Vec<u8>> = members.iter().map(|&i| keys[i as usize].clone()).collect();
         let w: Vec<u32> = members.iter().map(|&i| weights[i as usize]).collect();
-        Balancer::build_with(&lb, &a, &w)
+        Balancer::build_named(&lb, &k, &w)
     };
     let levels: Box<[Level]> = if priorities.len() > 1 || by_locality {
         priorities
@@ -961,7 +1115,7 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         levels,
         endpoints: resolved
             .iter()
-            .map(|&(address, weight, priority, _)| EndpointEntry {
+            .map(|&(address, weight, priority, _, _)| EndpointEntry {
                 address,
                 weight,
                 priority,
@@ -998,7 +1152,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
             .health_checks
             .first()
             .map(|h| Arc::new(crate::cluster::active::CheckPolicy::from_config(h, &c.name))),
-        balancer: Balancer::build_with(&lb, &addrs, &weights),
+        balancer: Balancer::build_named(&lb, &keys, &weights),
+        slow_start: lb.slow_start,
+        hash_balance: f64::from(lb.hash_balance_factor) / 100.0,
+        hash_by_name: lb.use_hostname_for_hashing,
         connect_timeout: c.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         max_connect_attempts: c.max_connect_attempts.unwrap_or(DEFAULT_CONNECT_ATTEMPTS),
         idle_timeout: c.idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
@@ -1032,8 +1189,10 @@ fn build_cluster(c: &Cluster, stats: &StatsRegistry) -> ClusterEntry {
         plan: ArcSwap::from_pointee(LoadPlan::default()),
         single_panic: Default::default(),
     };
-    // Health survives table swaps: the first plan already reflects it.
+    // Health survives table swaps: the first plan already reflects it, and the first
+    // scales (a new endpoint's slow start begins now).
     entry.refresh_plan();
+    entry.refresh_slow_start(crate::cluster::health::now_ms());
     entry
 }
 
@@ -1181,6 +1340,7 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
                 priority: 0,
                 locality: None,
                 labels: Default::default(),
+                hostname: None,
             }],
             connect_timeout: None,
             max_connect_attempts: None,
@@ -1196,6 +1356,8 @@ impl http::ClusterIndex for ImplicitClusters<'_> {
             ring_hash_lb_config: None,
             maglev_lb_config: None,
             least_request_lb_config: None,
+            round_robin_lb_config: None,
+            consistent_hashing_lb_config: None,
         };
         let i = self.clusters.len() as u32;
         let c = crate::config::traffic_policy::effective_cluster_at(&c, self.rules, self.node);
@@ -1692,5 +1854,123 @@ clusters:
         cur = 0;
         let second = c.pick(&mut st, &mut cur, None, 1, 0).unwrap();
         assert_ne!(first, second);
+    }
+
+    /// Slow start: an endpoint that joined later takes `scale` of its share while the
+    /// others are past their window, round robin and least request alike; past its own
+    /// window it takes its full share and picks leave the slow path.
+    #[test]
+    fn slow_start_thins_a_joining_endpoint() {
+        for (policy, block) in [
+            ("round_robin", "round_robin_lb_config"),
+            ("least_request", "least_request_lb_config"),
+        ] {
+            let t = compiled(&format!(
+                "clusters:\n  - {{name: s, lb_policy: {policy}, {block}: {{slow_start_config: {{slow_start_window: 10s}}}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}}\n"
+            ));
+            let c = &t.clusters[0];
+            let t0 = crate::cluster::health::now_ms() + 100_000;
+            // Endpoints 0 and 1 joined long ago; endpoint 2 joins at t0.
+            c.endpoints[0].health.restart_slow_start(1);
+            c.endpoints[1].health.restart_slow_start(1);
+            c.endpoints[2].health.restart_slow_start(t0);
+            let mut st = LbState::new(5);
+            let mut cur = 0;
+            let mut share = |at: u64| {
+                c.refresh_slow_start(at);
+                let mut seen = [0u32; 3];
+                for _ in 0..30_000 {
+                    seen[c.pick(&mut st, &mut cur, None, 0, 0).unwrap()] += 1;
+                }
+                f64::from(seen[2]) / 30_000.0
+            };
+            // 0.5 s in: max(10%, 1 s / 10 s) = 10% weight → 0.1 / 2.1 of the picks.
+            let early = share(t0 + 500);
+            assert!((early - 0.1 / 2.1).abs() < 0.01, "{policy}: {early}");
+            assert_eq!(c.health.slow_starting(), 1);
+            // Half way: 50% → 0.5 / 2.5.
+            let half = share(t0 + 5_000);
+            assert!((half - 0.2).abs() < 0.015, "{policy}: {half}");
+            // Past the window: a third, and no endpoint scaled.
+            let after = share(t0 + 10_000);
+            assert!((after - 1.0 / 3.0).abs() < 0.015, "{policy}: {after}");
+            assert_eq!(c.health.slow_starting(), 0);
+        }
+    }
+
+    /// Bounded loads: a key stays on its endpoint until that endpoint has more than
+    /// `hash_balance_factor`% of its share of the active connections; then it moves.
+    #[test]
+    fn hash_balance_factor_moves_keys_off_an_overloaded_endpoint() {
+        use crate::telemetry::UpstreamCounter::CxTotal;
+        for policy in ["maglev", "ring_hash"] {
+            let t = compiled(&format!(
+                "clusters:\n  - {{name: h, lb_policy: {policy}, consistent_hashing_lb_config: {{hash_balance_factor: 150}}, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]}}\n"
+            ));
+            let c = &t.clusters[0];
+            let mut st = LbState::new(7);
+            let mut pick = |k: u64| {
+                st.set_key(Some(k));
+                c.pick(&mut st, &mut 0, None, 0, 0).unwrap()
+            };
+            let home = pick(42);
+            assert!(
+                (0..20).all(|_| pick(42) == home),
+                "{policy}: sticky while idle"
+            );
+            // Home has 2 of 4 active: cap ceil(1.5 × 5 / 3) = 3, still room.
+            c.endpoints[home].stats.add(0, CxTotal, 2);
+            c.endpoints[(home + 1) % 3].stats.add(0, CxTotal, 1);
+            c.endpoints[(home + 2) % 3].stats.add(0, CxTotal, 1);
+            assert_eq!(pick(42), home, "{policy}: within its bound");
+            // Home has 10 of 12: over ceil(1.5 × 13 / 3) = 7; the key moves, and stays
+            // on its next choice.
+            c.endpoints[home].stats.add(0, CxTotal, 8);
+            let moved = pick(42);
+            assert_ne!(
+                moved, home,
+                "{policy}: an overloaded endpoint is passed over"
+            );
+            assert!((0..20).all(|_| pick(42) == moved), "{policy}");
+        }
+        // Unbounded (no factor): the key stays whatever the load.
+        let t = compiled(
+            "clusters:\n  - {name: h, lb_policy: maglev, endpoints: [\"127.0.0.1:1\", \"127.0.0.1:2\"]}\n",
+        );
+        let c = &t.clusters[0];
+        let mut st = LbState::new(7);
+        st.set_key(Some(42));
+        let home = c.pick(&mut st, &mut 0, None, 0, 0).unwrap();
+        c.endpoints[home].stats.add(0, CxTotal, 100);
+        st.set_key(Some(42));
+        assert_eq!(c.pick(&mut st, &mut 0, None, 0, 0), Some(home));
+    }
+
+    /// `use_hostname_for_hashing`: keys follow host names, so new addresses for the
+    /// same names move no key (by address, some keys move).
+    #[test]
+    fn hashing_by_host_name_survives_address_changes() {
+        let yaml = |base: u16, by_name: bool| {
+            format!(
+                "clusters:\n  - {{name: h, lb_policy: ring_hash, consistent_hashing_lb_config: {{use_hostname_for_hashing: {by_name}}}, endpoints: [{{address: \"127.0.0.1:{}\", hostname: a}}, {{address: \"127.0.0.1:{}\", hostname: b}}, {{address: \"127.0.0.1:{}\", hostname: c}}]}}\n",
+                base,
+                base + 1,
+                base + 2
+            )
+        };
+        let owners = |yaml: String| -> Vec<usize> {
+            let t = compiled(&yaml);
+            let mut st = LbState::new(1);
+            (0..500u64)
+                .map(|k| {
+                    st.set_key(Some(crate::cluster::maglev::mix64(k)));
+                    t.clusters[0].pick(&mut st, &mut 0, None, 0, 0).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(owners(yaml(1000, true)), owners(yaml(2000, true)));
+        assert_ne!(owners(yaml(1000, false)), owners(yaml(2000, false)));
+        let t = compiled(&yaml(1000, true));
+        assert!(t.clusters[0].hash_by_name);
     }
 }
