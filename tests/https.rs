@@ -602,6 +602,302 @@ fn originate_to_tls_cluster(kind: EngineKind) {
     open_zero(&p);
 }
 
+/// A TLS upstream (rustls, TLS 1.3) answering `GET PATH` with `PATH` that speaks again
+/// 150 ms after some responses, while the proxy's connection idles in its pool:
+/// `/keyupdate` sends a KeyUpdate asking for ours (rustls `refresh_traffic_keys`, "to roll
+/// keys when it is known a connection will be idle"), `/close` sends `close_notify` and
+/// FIN, `/stray` sends a response nobody asked for. `log` says what it did.
+struct Talker {
+    addr: std::net::SocketAddr,
+    conns: Arc<std::sync::atomic::AtomicUsize>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Talker {
+    fn start(cfg: Arc<rustls::ServerConfig>) -> Talker {
+        // `/ticket` continues the session outside rustls (see `by_hand`).
+        let mut c = (*cfg).clone();
+        c.enable_secret_extraction = true;
+        let cfg = Arc::new(c);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (n, lg) = (conns.clone(), log.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (cfg, lg) = (cfg.clone(), lg.clone());
+                std::thread::spawn(move || {
+                    let r = Talker::talk(c, cfg, &lg);
+                    lg.lock().unwrap().push(format!("END {r:?}"));
+                });
+            }
+        });
+        Talker { addr, conns, log }
+    }
+
+    fn talk(
+        sock: std::net::TcpStream,
+        cfg: Arc<rustls::ServerConfig>,
+        log: &std::sync::Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let conn = rustls::ServerConnection::new(cfg).map_err(std::io::Error::other)?;
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let end = loop {
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                got.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            got.drain(..end);
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().unwrap().push(format!("GET {path}"));
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            );
+            s.write_all(resp.as_bytes())?;
+            s.flush()?;
+            if path == "/ticket" {
+                return Talker::by_hand(s, log);
+            }
+            let late = ["/keyupdate", "/close", "/stray"].contains(&path.as_str());
+            if late {
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            match path.as_str() {
+                "/keyupdate" => s
+                    .conn
+                    .refresh_traffic_keys()
+                    .map_err(std::io::Error::other)?,
+                "/close" => s.conn.send_close_notify(),
+                "/stray" => s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray")?,
+                _ => {}
+            }
+            while s.conn.wants_write() {
+                s.conn.write_tls(&mut s.sock)?;
+            }
+            if late {
+                log.lock().unwrap().push(format!("LATE {path} sent"));
+            }
+            if path == "/close" {
+                s.sock.shutdown(std::net::Shutdown::Write)?;
+            }
+        }
+    }
+
+    /// `/ticket`: rustls cannot send a NewSessionTicket after the handshake, so the
+    /// session goes on by hand with its extracted secrets: a ticket 150 ms after the
+    /// response (the proxy's connection idles in its pool then), then every request is
+    /// answered in records sealed here.
+    fn by_hand(
+        s: rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+        log: &std::sync::Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        use rustls::crypto::cipher::{InboundOpaqueMessage, OutboundChunks, OutboundPlainMessage};
+        use rustls::{ConnectionTrafficSecrets as S, ContentType, ProtocolVersion};
+        let other = |m: &str| std::io::Error::other(m.to_string());
+        let tls = std::io::Error::other::<rustls::Error>;
+        let rustls::StreamOwned { conn, mut sock } = s;
+        let Some(rustls::SupportedCipherSuite::Tls13(suite)) = conn.negotiated_cipher_suite()
+        else {
+            return Err(other("not TLS 1.3"));
+        };
+        let secrets = conn.dangerous_extract_secrets().map_err(tls)?;
+        let key_iv = |s: S| match s {
+            S::Aes128Gcm { key, iv }
+            | S::Aes256Gcm { key, iv }
+            | S::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+            _ => Err(other("unexpected suite")),
+        };
+        let ((mut tx_seq, tx), (mut rx_seq, rx)) = (secrets.tx, secrets.rx);
+        let (k, iv) = key_iv(tx)?;
+        let mut enc = suite.aead_alg.encrypter(k, iv);
+        let (k, iv) = key_iv(rx)?;
+        let mut dec = suite.aead_alg.decrypter(k, iv);
+        let mut seal = |typ: ContentType, data: &[u8]| -> std::io::Result<Vec<u8>> {
+            let m = OutboundPlainMessage {
+                typ,
+                version: ProtocolVersion::TLSv1_2,
+                payload: OutboundChunks::Single(data),
+            };
+            let r = enc.encrypt(m, tx_seq).map_err(tls)?;
+            tx_seq += 1;
+            Ok(r.encode())
+        };
+        std::thread::sleep(Duration::from_millis(150));
+        // NewSessionTicket (RFC 8446 §4.6.1): lifetime, age_add, nonce, ticket, no
+        // extensions.
+        let ticket = [
+            &[4u8, 0, 0, 53][..],
+            &3600u32.to_be_bytes(),
+            &7u32.to_be_bytes(),
+            &[8],
+            &[1; 8],
+            &[0, 32],
+            &[2; 32],
+            &[0, 0],
+        ]
+        .concat();
+        sock.write_all(&seal(ContentType::Handshake, &ticket)?)?;
+        log.lock().unwrap().push("LATE /ticket sent".into());
+        let mut got = Vec::new();
+        loop {
+            let mut hdr = [0u8; 5];
+            if sock.read_exact(&mut hdr).is_err() {
+                return Ok(());
+            }
+            let mut body = vec![0; usize::from(u16::from_be_bytes([hdr[3], hdr[4]]))];
+            sock.read_exact(&mut body)?;
+            let outer = ContentType::ApplicationData;
+            let m = dec
+                .decrypt(
+                    InboundOpaqueMessage::new(outer, ProtocolVersion::TLSv1_2, &mut body),
+                    rx_seq,
+                )
+                .map_err(tls)?;
+            rx_seq += 1;
+            match m.typ {
+                ContentType::ApplicationData => got.extend_from_slice(m.payload),
+                ContentType::Alert => return Ok(()),
+                t => log.lock().unwrap().push(format!("UNEXPECTED {t:?}")),
+            }
+            while let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..i + 4]).to_string();
+                got.drain(..i + 4);
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                log.lock().unwrap().push(format!("GET {path}"));
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                    path.len()
+                );
+                sock.write_all(&seal(ContentType::ApplicationData, resp.as_bytes())?)?;
+            }
+        }
+    }
+
+    fn has(&self, what: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|e| e == what)
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Pooled TLS upstream connections stay watched while they idle: a KeyUpdate the upstream
+/// sends to the idle connection is taken by its session (uring keeps its multishot receive
+/// armed in the pool, epoll its registration; the worker's session opens the record: the
+/// connection is reused, our KeyUpdate answer goes first); a `close_notify` + FIN, or a response nobody asked
+/// for, closes it while it idles (not taken, not counted stale), and the next request
+/// goes on a fresh connection with its own answer; a NewSessionTicket sent to the idle
+/// connection is kept by its session and the connection reused.
+fn pooled_tls_upstream_hears_its_peer(kind: EngineKind) {
+    use tickmesh::telemetry::UpstreamCounter as U;
+    if !tools() {
+        return;
+    }
+    let pki = Pki::new();
+    let t = Talker::start(pki.server("server"));
+    let yaml = format!(
+        "listeners:\n  - {{name: l, address: \"127.0.0.1:0\", protocol: http}}\n\
+         clusters:\n  - {{name: m, endpoints: [\"{}\"], tls: {{ca: {}, sni: orders.internal}}}}\n\
+         route_configs:\n  - name: rc\n    virtual_hosts:\n      - name: vh\n        domains: [\"*\"]\n        routes:\n\
+         \x20         - match: {{prefix: \"/\"}}\n            route: {{cluster: m}}\n",
+        t.addr,
+        pki.s("ca.pem")
+    );
+    let p = Proxy::start(kind, &yaml);
+    let addr = p.listener("l");
+    let (cs, ls) = (p.stats.cluster("m"), p.stats.listener("l"));
+    let mut client = BufReader::new(connect(addr));
+    let mut get = |path: &str| {
+        let text = get_on(&mut client, path);
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with(path),
+            "{path}: {text}"
+        );
+    };
+    let late = |path: &str| {
+        wait_until(path, Duration::from_secs(5), || {
+            t.has(&format!("LATE {path} sent"))
+        });
+        // Loopback delivers at once; the worker looks at once (uring) or within a tick.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // A KeyUpdate to the idle connection.
+    get("/keyupdate");
+    late("/keyupdate");
+    get("/after-keyupdate");
+    get("/again");
+    assert_eq!(
+        t.conns(),
+        1,
+        "the connection that heard the KeyUpdate was reused"
+    );
+    assert_eq!(cs.get(U::CxClosed), 0);
+    let conns = t.conns();
+    let closed = cs.get(U::CxClosed);
+    // close_notify + FIN while idle: closed while parked.
+    get("/close");
+    late("/close");
+    wait_until(
+        "the parked connection to close",
+        Duration::from_secs(2),
+        || cs.get(U::CxClosed) == closed + 1,
+    );
+    get("/after-close");
+    assert_eq!(t.conns(), conns + 1);
+    // A response nobody asked for: closed while parked, never read as the next answer.
+    get("/stray");
+    late("/stray");
+    wait_until(
+        "the parked connection to close",
+        Duration::from_secs(2),
+        || cs.get(U::CxClosed) == closed + 2,
+    );
+    get("/after-stray");
+    assert_eq!(t.conns(), conns + 2);
+    // A NewSessionTicket to the idle connection: kept, and it carries the next requests.
+    get("/ticket");
+    late("/ticket");
+    get("/after-ticket");
+    get("/after-ticket-2");
+    assert_eq!(
+        t.conns(),
+        conns + 2,
+        "the connection that heard the ticket was reused"
+    );
+    assert_eq!(cs.get(U::CxClosed), closed + 2);
+    assert!(t.has("GET /after-ticket-2"));
+    assert!(!t
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| e.starts_with("UNEXPECTED")));
+    assert_eq!(
+        ls.get(L::HttpUpstreamStale),
+        0,
+        "closed while parked, never taken"
+    );
+    assert_eq!(ls.get(L::HttpRetry), 0);
+    assert_eq!(cs.get(U::TlsErrors), 0);
+    drop(client);
+    open_zero(&p);
+}
+
 /// Mirrors to TLS clusters: the shadow originates TLS (SNI and CA of its cluster), the
 /// TLS backend hears the copy with the `-shadow` host; serial mirrors share one pooled
 /// TLS shadow connection (one handshake); a mirror percentage is still drawn and counted;
@@ -1000,6 +1296,7 @@ per_engine!(
     mirror_tls_bad_responses,
     mirror_tls_pool_shared_mtls,
     originate_to_tls_cluster,
+    pooled_tls_upstream_hears_its_peer,
     route_principals,
     rotation,
     curl_keepalive_sni_bodies,

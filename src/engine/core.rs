@@ -184,6 +184,8 @@ pub(crate) struct Core {
     crypto: Option<crate::tls::conn::Crypto>,
     /// Connections that got completions in the current reap (slot, generation).
     touched: Vec<(u32, u16)>,
+    /// Parked sessions (by socket) that got completions in the current reap.
+    touched_parked: Vec<RawFd>,
     /// The offload counters last published (published again only when they change).
     crypto_published: tickmesh_offload::EngineStats,
     /// The clock (ms) of the last publication of `crypto_published`.
@@ -221,6 +223,7 @@ impl Core {
             pending_spare: Vec::with_capacity(crate::proxy::http::shadow::MAX_PENDING),
             crypto: None,
             touched: Vec::with_capacity(1024),
+            touched_parked: Vec::with_capacity(64),
             crypto_published: Default::default(),
             crypto_published_ms: u64::MAX,
             busy: super::busy::BusyMeter::new(),
@@ -291,7 +294,20 @@ impl Core {
             // Waiters retry first: the reap below frees ring slots for them.
             touched.append(&mut cr.waiters);
             let conns = &mut self.conns;
+            let (pool, parked) = (&mut self.http.pool, &mut self.touched_parked);
             cr.engine.reap(usize::MAX, |c| {
+                if c.tag & crate::tls::conn::PARKED_TAG != 0 {
+                    // A parked session judging what its peer sent while it idled.
+                    let fd = c.tag as u32 as RawFd;
+                    if let Some(p) = pool.find_fd(fd).and_then(|i| i.tls.as_mut()) {
+                        if p.complete(&c) && !parked.contains(&fd) {
+                            // Bounded by the pool's size; rare (a peer speaking to an
+                            // idle connection).
+                            parked.push(fd);
+                        }
+                    }
+                    return;
+                }
                 let (slot, gen, side) = crate::tls::conn::untag(c.tag);
                 if let Some(t) = conns.get_mut(slot as usize) {
                     if t.gen() == gen
@@ -307,8 +323,59 @@ impl Core {
                 self.with_conn(slot, gen, io, |c, cx, io| c.crypto_done(slot, cx, io));
             }
             self.touched = touched;
+            while let Some(fd) = self.touched_parked.pop() {
+                self.settle_parked(fd, io);
+            }
         }
         self.publish_crypto();
+    }
+
+    /// Bytes arrived on parked socket `fd` (see [`Io::park_session`]): its session
+    /// opens their records on the engine; the pool entry is judged when they complete
+    /// ([`Core::settle_parked`]). A session that cannot take them is closed now. The
+    /// buffer goes back to the engine here.
+    pub fn on_parked_bytes(&mut self, fd: RawFd, buf: BufId, len: u32, io: &mut impl Driver) {
+        let tag = crate::tls::conn::parked_tag(fd);
+        let kept = match (self.http.pool.find_fd(fd), self.crypto.as_mut()) {
+            (Some(i), Some(cr)) => i.tls.as_mut().is_some_and(|p| {
+                let b = io.bytes(buf);
+                p.absorb(&b[..(len as usize).min(b.len())], cr, tag).is_ok()
+            }),
+            _ => false,
+        };
+        io.release(buf);
+        if !kept {
+            self.close_parked(fd, io);
+        }
+    }
+
+    /// A parked session's jobs completed: keep the connection (tickets, KeyUpdate), or
+    /// close it (plaintext nobody asked for, `close_notify`, an alert, a bad record).
+    fn settle_parked(&mut self, fd: RawFd, io: &mut impl Driver) {
+        use crate::tls::conn::Settled;
+        let tag = crate::tls::conn::parked_tag(fd);
+        let verdict = match (self.http.pool.find_fd(fd), self.crypto.as_mut()) {
+            (Some(i), Some(cr)) => i.tls.as_mut().map_or(Settled::Dead, |p| p.settle(cr, tag)),
+            _ => return,
+        };
+        if verdict == Settled::Dead {
+            self.close_parked(fd, io);
+        }
+    }
+
+    /// Close the parked connection on `fd` (counted on its cluster and endpoint).
+    fn close_parked(&mut self, fd: RawFd, io: &mut impl Driver) {
+        match self.http.pool.remove_fd(fd) {
+            Some(i) => crate::proxy::http::pool::count_close(
+                &self.table,
+                self.worker,
+                i,
+                &mut self.crypto,
+                io,
+            ),
+            // Not in the pool (never expected): the engine must not keep watching it.
+            None => io.drop_socket(fd),
+        }
     }
 
     /// Copy the engine's counters to the shared block `stats` reads (when they changed:

@@ -208,9 +208,12 @@ struct Handshake {
     /// Received bytes; `[..fed]` were given to rustls (it may still hold some).
     inbuf: Vec<u8>,
     fed: usize,
-    /// Encoded handshake records waiting for the socket.
+    /// Encoded handshake records waiting for the socket: `out[out_off..out_end]`. The
+    /// vector keeps its length (zeroed once, when it grows): rustls encodes in place
+    /// after `out_end`, so a handshake message costs no clearing of fresh room.
     out: Vec<u8>,
     out_off: usize,
+    out_end: usize,
     dead: bool,
     eof: bool,
     end_reported: bool,
@@ -259,11 +262,14 @@ fn first_record_end(b: &[u8]) -> usize {
     b.len()
 }
 
-fn handle<Data>(st: ConnectionState<'_, '_, Data>, out: &mut Vec<u8>) -> Progress {
+fn handle<Data>(st: ConnectionState<'_, '_, Data>, out: &mut Vec<u8>, end: &mut usize) -> Progress {
     match st {
         ConnectionState::EncodeTlsData(mut e) => {
-            let at = out.len();
-            out.resize(at + 4096, 0);
+            let at = *end;
+            if out.len() - at < 1024 {
+                // A flight's messages are small; one 4 KiB step fits most handshakes.
+                out.resize(at + 4096, 0);
+            }
             let n = match e.encode(&mut out[at..]) {
                 Ok(n) => n,
                 Err(EncodeError::InsufficientSize(s)) => {
@@ -272,7 +278,7 @@ fn handle<Data>(st: ConnectionState<'_, '_, Data>, out: &mut Vec<u8>) -> Progres
                 }
                 Err(_) => 0,
             };
-            out.truncate(at + n);
+            *end = at + n;
             Progress::Again
         }
         ConnectionState::TransmitTlsData(t) => {
@@ -291,18 +297,21 @@ fn handle<Data>(st: ConnectionState<'_, '_, Data>, out: &mut Vec<u8>) -> Progres
 fn status<Data>(
     s: UnbufferedStatus<'_, '_, Data>,
     out: &mut Vec<u8>,
+    end: &mut usize,
 ) -> (usize, Result<Progress, rustls::Error>) {
-    (s.discard, s.state.map(|st| handle(st, out)))
+    (s.discard, s.state.map(|st| handle(st, out, end)))
 }
 
 impl Handshake {
     fn new(conn: HsConn) -> Box<Handshake> {
         Box::new(Handshake {
             conn,
-            inbuf: Vec::new(),
+            // A ClientHello or a server's first flight fits: no growth steps.
+            inbuf: Vec::with_capacity(2048),
             fed: 0,
             out: Vec::new(),
             out_off: 0,
+            out_end: 0,
             dead: false,
             eof: false,
             end_reported: false,
@@ -327,12 +336,16 @@ impl Handshake {
                 self.fed
             };
             let (discard, r) = match &mut self.conn {
-                HsConn::Server(c) => {
-                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
-                }
-                HsConn::Client(c) => {
-                    status(c.process_tls_records(&mut self.inbuf[..end]), &mut self.out)
-                }
+                HsConn::Server(c) => status(
+                    c.process_tls_records(&mut self.inbuf[..end]),
+                    &mut self.out,
+                    &mut self.out_end,
+                ),
+                HsConn::Client(c) => status(
+                    c.process_tls_records(&mut self.inbuf[..end]),
+                    &mut self.out,
+                    &mut self.out_end,
+                ),
             };
             self.fed = end;
             self.inbuf.drain(..discard);
@@ -380,13 +393,17 @@ impl Handshake {
         let fed = self.fed.min(self.inbuf.len());
         let buf = &mut self.inbuf[..fed];
         let _ = match &mut self.conn {
-            HsConn::Server(c) => status(c.process_tls_records(buf), &mut self.out),
-            HsConn::Client(c) => status(c.process_tls_records(buf), &mut self.out),
+            HsConn::Server(c) => {
+                status(c.process_tls_records(buf), &mut self.out, &mut self.out_end)
+            }
+            HsConn::Client(c) => {
+                status(c.process_tls_records(buf), &mut self.out, &mut self.out_end)
+            }
         };
     }
 
     fn pending_out(&self) -> &[u8] {
-        &self.out[self.out_off..]
+        &self.out[self.out_off..self.out_end]
     }
 }
 
@@ -409,6 +426,89 @@ impl Parked {
         }
     }
 }
+
+impl Parked {
+    /// Bytes that arrived on the parked socket (its peer speaks while the connection
+    /// idles: a late NewSessionTicket, a KeyUpdate — or something that ends it): their
+    /// records go to the engine under `tag` ([`parked_tag`] of the socket) and are judged
+    /// by [`Parked::settle`] once opened. `Err`: the session cannot take them (a kernel
+    /// side, no room, the ring full): the connection is done for.
+    pub fn absorb(&mut self, data: &[u8], cr: &mut Crypto, tag: u64) -> Result<(), NotQuiet> {
+        let State::Rec(r) = &mut self.0 else {
+            return Err(NotQuiet);
+        };
+        if r.failed() || r.peer_closed || !r.may_read(data.len()) {
+            return Err(NotQuiet);
+        }
+        r.feed(data);
+        if r.pump(&mut cr.engine, tag) {
+            // Ring full: not worth a waiter list of its own for an idle connection.
+            return Err(NotQuiet);
+        }
+        Ok(())
+    }
+
+    /// A job submitted by [`Parked::absorb`] or [`Parked::settle`] completed. `false`:
+    /// not this session's (a closed socket's late completion under a reused number).
+    pub fn complete(&mut self, c: &Completion<'_>) -> bool {
+        match &mut self.0 {
+            State::Rec(r) if r.session() == c.session => {
+                r.complete(c);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Jobs of this session are on the engine: it must not be handed out (their
+    /// completions come back to the pool, not to a connection).
+    pub fn busy(&self) -> bool {
+        matches!(&self.0, State::Rec(r) if r.jobs_in_flight())
+    }
+
+    /// After completions: submit what follows (records behind a KeyUpdate under the new
+    /// key, our answer to a KeyUpdate that asked for one) and judge the session.
+    /// Post-handshake messages (tickets, KeyUpdate) keep it; plaintext (a response
+    /// nobody asked for), `close_notify`, an alert or a bad record end it.
+    pub fn settle(&mut self, cr: &mut Crypto, tag: u64) -> Settled {
+        let State::Rec(r) = &mut self.0 else {
+            return Settled::Quiet;
+        };
+        if !r.failed() && r.pump(&mut cr.engine, tag) {
+            return Settled::Dead;
+        }
+        if r.failed() || r.peer_closed || r.socket_eof || r.pending() {
+            Settled::Dead
+        } else if r.jobs_in_flight() || r.rx_busy() {
+            Settled::Busy
+        } else {
+            // What the session owes its peer (a KeyUpdate answer) waits in its record
+            // buffer and leaves first when the next connection sends.
+            Settled::Quiet
+        }
+    }
+}
+
+/// What a parked session made of bytes its peer sent while it idled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Records are still on the engine.
+    Busy,
+    /// Only post-handshake messages: the connection may be reused.
+    Quiet,
+    /// The connection cannot be reused.
+    Dead,
+}
+
+/// The tag of a parked session's jobs: [`PARKED_TAG`] plus the socket's descriptor (a
+/// parked connection has no connection slot; the worker finds it in its pool).
+#[inline]
+pub fn parked_tag(fd: RawFd) -> u64 {
+    PARKED_TAG | u64::from(fd as u32)
+}
+
+/// The bit that marks a parked session's tag (see [`parked_tag`]); [`tag`] never sets it.
+pub const PARKED_TAG: u64 = 1 << 63;
 
 /// A session with records in flight or buffered: it cannot be parked.
 #[derive(Debug, Clone, Copy)]
@@ -830,6 +930,7 @@ impl Tls {
             fed,
             out,
             mut out_off,
+            out_end,
             ..
         } = *h;
         let general = |m: &str| FeedError::Tls(rustls::Error::General(m.into()));
@@ -868,8 +969,15 @@ impl Tls {
         let mut fallback = None;
         if let Some((fd, idle)) = kernel_to {
             let left = &inbuf[fed.min(inbuf.len())..];
-            match super::kernel::install(fd, idle, version, &secrets, kernel, &out[out_off..], left)
-            {
+            match super::kernel::install(
+                fd,
+                idle,
+                version,
+                &secrets,
+                kernel,
+                &out[out_off..out_end],
+                left,
+            ) {
                 Install::Done(k) => {
                     self.sides[i] = State::Kernel(k);
                     return Ok(None);
@@ -896,7 +1004,7 @@ impl Tls {
             session,
             version,
             params.suite,
-            &out[out_off..],
+            &out[out_off..out_end],
             &inbuf[fed.min(inbuf.len())..],
             cr.spare.pop().unwrap_or_default(),
         ));
@@ -1079,9 +1187,9 @@ impl Tls {
                 let n = p.len().min(out.len());
                 out[..n].copy_from_slice(&p[..n]);
                 h.out_off += n;
-                if h.out_off == h.out.len() {
-                    h.out.clear();
+                if h.out_off == h.out_end {
                     h.out_off = 0;
+                    h.out_end = 0;
                 }
                 n
             }

@@ -369,6 +369,11 @@ impl Records {
         !self.plain.is_empty() || (self.stream_ended() && !self.end_reported)
     }
 
+    /// Jobs of this side are on the engine (either direction).
+    pub fn jobs_in_flight(&self) -> bool {
+        self.rx_inflight > 0 || self.tx_inflight > 0
+    }
+
     /// Received records are still being opened (or wait for room to be).
     pub fn rx_busy(&self) -> bool {
         self.rx_inflight > 0 || self.rx_rekey || (!self.dead && self.has_complete_record())

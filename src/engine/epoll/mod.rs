@@ -13,7 +13,10 @@
 //!
 //! A pooled upstream socket stays registered while it idles in the worker's pool
 //! ([`Io::park`]): a read-side event on it from then on (bytes, FIN, hang-up, error)
-//! marks it dead, with no syscall, and the worker's tick closes it ([`Io::parked_alive`]).
+//! marks it dead, with no syscall, and the worker's tick closes it ([`Io::parked_alive`]);
+//! one parked with a session ([`Io::park_session`]: a TLS upstream on the offload engine)
+//! has its bytes read and handed to the worker (`Core::on_parked_bytes`: a late ticket or
+//! KeyUpdate keeps it), only an end of stream, hang-up or error kill it.
 //! Its registration still carries the token of the connection that parked it; a parked
 //! socket is known by descriptor number and that token together, so a reused number
 //! (re-registered under another token) is never taken for it.
@@ -61,6 +64,10 @@ enum Park {
     Alive,
     /// Parked, and bytes, an end of stream or an error arrived: never to be reused.
     Dead,
+    /// Parked with a session that may hear from its peer while idle
+    /// ([`Io::park_session`]): bytes are read and handed to the worker; an end of
+    /// stream, a hang-up or an error still make it `Dead`.
+    Session,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +97,8 @@ pub(crate) struct Epoll {
     /// event whose token no longer names its connection's socket (rare: a socket whose
     /// parking connection moved on, or one closed earlier in the batch).
     parked_fds: Vec<RawFd>,
+    /// `Session` sockets with bytes to read (handed to the worker after the events).
+    parked_bytes: Vec<RawFd>,
     ready: Vec<u32>,
     done: Vec<Done>,
 }
@@ -117,6 +126,7 @@ impl Epoll {
             tokens: Vec::new(),
             parks: Vec::new(),
             parked_fds: Vec::new(),
+            parked_bytes: Vec::new(),
             ready: Vec::with_capacity(4096),
             done: Vec::with_capacity(4096),
         })
@@ -185,9 +195,11 @@ impl Epoll {
         }
     }
 
-    /// A read-side event (bytes, FIN, hang-up, error) under registration `token`: if
-    /// it is a parked socket's, that socket is dead.
-    fn note_parked(&mut self, token: u64, t: Token) {
+    /// A read-side event (`bits`: bytes, FIN, hang-up, error) under registration
+    /// `token`: if it is a parked socket's, that socket is dead — unless it is parked
+    /// with a session and only bytes arrived: they are read for the worker after the
+    /// events ([`drain_parked`]).
+    fn note_parked(&mut self, token: u64, t: Token, bits: u32) {
         let (side, epoch) = ((t.aux & 1) as usize, t.aux >> 1);
         let named = self
             .ops
@@ -211,9 +223,18 @@ impl Epoll {
                 }
             }
         };
+        let ends = (libc::EPOLLRDHUP | libc::EPOLLERR | libc::EPOLLHUP) as u32;
         if let Some(p) = self.parks.get_mut(fd as usize) {
-            if p.0 == Park::Alive {
-                p.0 = Park::Dead;
+            match p.0 {
+                Park::Alive => p.0 = Park::Dead,
+                Park::Session if bits & ends != 0 => p.0 = Park::Dead,
+                Park::Session => {
+                    if !self.parked_bytes.contains(&fd) {
+                        // Bounded by the parked sockets (grows to their high-water mark).
+                        self.parked_bytes.push(fd);
+                    }
+                }
+                Park::No | Park::Dead => {}
             }
         }
     }
@@ -234,7 +255,7 @@ impl Epoll {
             // Something arrived: on a parked socket it marks it dead (the tick closes
             // it). A pure EPOLLOUT edge (acknowledged bytes freeing send space)
             // changes nothing for it.
-            self.note_parked(token, t);
+            self.note_parked(token, t, bits);
         }
         let side = (t.aux & 1) as usize;
         let epoch = t.aux >> 1;
@@ -465,9 +486,21 @@ impl Io for Epoll {
         true
     }
 
+    fn park_session(&mut self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        if !self.park(c, side, fd) {
+            return false;
+        }
+        if let Some(p) = self.parks.get_mut(fd as usize) {
+            if p.0 == Park::Alive {
+                p.0 = Park::Session;
+            }
+        }
+        true
+    }
+
     fn parked_alive(&self, fd: RawFd) -> Option<bool> {
         match self.parks.get(fd as usize).map(|p| p.0) {
-            Some(Park::Alive) => Some(true),
+            Some(Park::Alive | Park::Session) => Some(true),
             Some(Park::Dead) => Some(false),
             _ => None,
         }
@@ -760,12 +793,46 @@ pub(crate) fn run(core: &mut Core, io: &mut Epoll, opts: &EngineOptions) -> io::
                 _ => {}
             }
         }
+        if !io.parked_bytes.is_empty() {
+            drain_parked(core, io);
+        }
         flush(core, io);
         core.poll_crypto(io);
         flush(core, io);
         core.end_batch();
         // The whole turn, its epoll_wait and the recv/send it made, when it had work.
         core.busy.lap(n > 0 || !nothing, n);
+    }
+}
+
+/// Read what arrived on sockets parked with a session and hand it to the worker
+/// (`Core::on_parked_bytes`), which keeps or closes each. Off the request path: only
+/// when a parked connection's peer speaks (a late ticket, a KeyUpdate).
+fn drain_parked(core: &mut Core, io: &mut Epoll) {
+    while let Some(fd) = io.parked_bytes.pop() {
+        // A few reads at most: a session's peer has little to say while it idles.
+        for _ in 0..4 {
+            if io.parks.get(fd as usize).map(|p| p.0) != Some(Park::Session) {
+                break; // closed, taken or dead meanwhile
+            }
+            let Some(b) = io.free.pop() else {
+                io.parks[fd as usize].0 = Park::Dead;
+                break;
+            };
+            // SAFETY: b came off the free list: nothing else refers to it.
+            let n = sys::recv(fd, unsafe { io.pool.slice_mut(b) });
+            if n <= 0 {
+                io.free.push(b);
+                if n != -libc::EAGAIN {
+                    io.parks[fd as usize].0 = Park::Dead;
+                }
+                break;
+            }
+            core.on_parked_bytes(fd, b, n as u32, io);
+            if (n as usize) < BUF_SIZE {
+                break; // drained (a new edge reports more)
+            }
+        }
     }
 }
 

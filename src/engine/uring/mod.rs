@@ -14,7 +14,9 @@
 //! a pooled upstream socket carries its armed receive from the connection that parked it
 //! to the one that takes it. Whatever completes on a parked socket (bytes, end of stream,
 //! error) marks it dead; the pool asks before reuse ([`Io::parked_alive`]), and nobody
-//! ever receives those bytes. Invariants: a buffer is either in the kernel's ring, held here for a connection that
+//! ever receives those bytes — except on a socket parked with a session
+//! ([`Io::park_session`]: a TLS upstream on the offload engine), whose bytes go to the
+//! worker at once (`Core::on_parked_bytes`: a late ticket or KeyUpdate keeps it). Invariants: a buffer is either in the kernel's ring, held here for a connection that
 //! has not asked for it yet, or owned by exactly one connection's queue; memory the
 //! kernel may touch (buffers, buffer ring, sockaddrs) lives until the ring is dropped,
 //! which happens first (field order). The proxy sees one receive completion per ask,
@@ -239,6 +241,9 @@ struct Multi {
     parked: bool,
     /// Something arrived while parked: the socket must not be handed out again.
     dead: bool,
+    /// Parked with a session that may hear from its peer while idle ([`Io::park_session`]):
+    /// bytes go to the worker instead of killing the socket.
+    session: bool,
     /// A multishot receive is in the kernel (its final completion has not arrived).
     armed: bool,
     /// The connection asked and got nothing yet: the next completion is its.
@@ -260,6 +265,7 @@ impl Default for Multi {
             side: Side::Down,
             parked: false,
             dead: false,
+            session: false,
             armed: false,
             wanted: false,
             cancelling: false,
@@ -445,6 +451,7 @@ impl Io for Uring {
                 debug_assert!(!m.dead, "a dead parked socket was handed out");
                 let st = self.multi_mut(fd);
                 st.parked = false;
+                st.session = false;
                 st.owner = c;
                 st.side = side;
             }
@@ -569,7 +576,8 @@ impl Io for Uring {
             return true;
         };
         if !m.owned_by(c, side) {
-            // Never received through a multishot (a TLS upstream): the pool checks it.
+            // Never received through a multishot (a TLS shadow's upstream): the pool
+            // checks it.
             return true;
         }
         if m.held > 0 || m.wanted {
@@ -584,6 +592,21 @@ impl Io for Uring {
             return true;
         }
         self.multi_mut(fd).parked = true;
+        true
+    }
+
+    fn park_session(&mut self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        let watched = self.multi_get(fd).is_some_and(|m| m.owned_by(c, side));
+        if !self.park(c, side, fd) {
+            return false;
+        }
+        if watched {
+            if let Some(m) = self.multi_get(fd).copied() {
+                if m.live && m.parked {
+                    self.multi_mut(fd).session = true;
+                }
+            }
+        }
         true
     }
 
@@ -893,6 +916,23 @@ fn on_multi(core: &mut Core, io: &mut Uring, t: Token, res: i32, flags: u32) {
     };
     if !more {
         io.multi_mut(fd).armed = false;
+    }
+    if m.parked && m.session && res > 0 && !m.dead {
+        if let Some(b) = buf {
+            // Idle in the pool with a session (TLS): its peer may speak while it idles
+            // (a late ticket, a KeyUpdate). The worker's session judges the bytes; it
+            // closes the connection itself (`drop_socket` ends this state) if they end it.
+            core.on_parked_bytes(fd, b, res as u32, io);
+            let st = io.multi_mut(fd);
+            if st.live && st.gen == t.gen && st.parked && !st.armed && !st.dead {
+                // The kernel ended the multishot (it may, e.g. when the buffer ring ran
+                // low): keep watching.
+                st.armed = true;
+                st.cancelling = false;
+                io.arm_multi(fd, t.gen);
+            }
+            return;
+        }
     }
     if m.parked {
         // Idle in the pool: an end of stream, an error or bytes nobody asked for —

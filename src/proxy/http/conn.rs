@@ -1965,7 +1965,17 @@ impl Conn {
             return self.drop_up(cx, io);
         };
         let up = self.raw(Side::Up);
-        if up >= 0 && !io.park(self.me(slot), Side::Up, up) {
+        // A session on the offload engine stays watched while parked and may hear its
+        // peer's tickets or KeyUpdates there (the worker's session judges them); a plain
+        // socket (or a kernel-TLS one, whose control records the pool cannot read) dies
+        // on anything that arrives.
+        let parked = up < 0
+            || if tls.as_ref().is_some_and(|p| !p.is_kernel()) {
+                io.park_session(self.me(slot), Side::Up, up)
+            } else {
+                io.park(self.me(slot), Side::Up, up)
+            };
+        if !parked {
             // The upstream already closed it or sent bytes past the response: the
             // next request must not find it in the pool.
             self.lcount(cx.worker, L::HttpUpstreamStale, 1);

@@ -158,7 +158,12 @@ impl Pool {
                 }
                 budget -= 1;
             }
-            if e.cluster == cluster && e.endpoint == endpoint {
+            // A session still judging what its peer sent while it idled is not handed
+            // out (its jobs' completions come back to the pool).
+            if e.cluster == cluster
+                && e.endpoint == endpoint
+                && !e.tls.as_ref().is_some_and(|p| p.busy())
+            {
                 if e.owner == owner {
                     newest = Some(i);
                     break;
@@ -167,6 +172,20 @@ impl Pool {
             }
         }
         Some(self.idle.remove(newest?))
+    }
+
+    /// The parked connection on socket `fd` (a linear search: for the rare event of a
+    /// parked connection's peer speaking, never per request).
+    pub fn find_fd(&mut self, fd: std::os::fd::RawFd) -> Option<&mut Idle> {
+        use std::os::fd::AsRawFd;
+        self.idle.iter_mut().find(|i| i.fd.as_raw_fd() == fd)
+    }
+
+    /// Take the parked connection on socket `fd` out (to close it).
+    pub fn remove_fd(&mut self, fd: std::os::fd::RawFd) -> Option<Idle> {
+        use std::os::fd::AsRawFd;
+        let at = self.idle.iter().position(|i| i.fd.as_raw_fd() == fd)?;
+        Some(self.idle.remove(at))
     }
 
     /// Hand every connection `dead` judges unusable (the engine saw its upstream close

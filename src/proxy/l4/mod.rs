@@ -110,6 +110,14 @@ pub trait Io {
     fn park(&mut self, _c: ConnRef, _side: Side, _fd: RawFd) -> bool {
         true
     }
+    /// As [`park`](Io::park), for a socket whose session may still hear from its peer
+    /// while it idles (a TLS session on the offload engine: a late NewSessionTicket, a
+    /// KeyUpdate). Bytes that arrive then do not kill it: the engine hands them to the
+    /// worker (`Core::on_parked_bytes`), whose session judges them; an end of stream or
+    /// an error still does. An engine that cannot hand bytes over parks it as `park` does.
+    fn park_session(&mut self, c: ConnRef, side: Side, fd: RawFd) -> bool {
+        self.park(c, side, fd)
+    }
     /// Of a parked socket: `Some(alive)` when the engine watches it (no syscall
     /// needed), `None` when it does not (the caller checks the socket itself).
     fn parked_alive(&self, _fd: RawFd) -> Option<bool> {

@@ -739,10 +739,11 @@ impl Conn {
         }
         // The read policy shadows share ([`Tls::should_read`]).
         let read = t.should_read(side, l.want[s], crate::proxy::l4::tcp::BUF_SIZE);
-        // The client's socket past its handshake keeps one multishot receive, as
-        // without TLS (the handshake stays single-shot: a kTLS hand-over needs nothing
-        // armed; upstream sockets stay single-shot for the pool).
-        let multi = side == Side::Down && !t.handshaking(side);
+        // A socket past its handshake keeps one multishot receive, as without TLS (the
+        // handshake stays single-shot: a kTLS hand-over needs nothing armed). An
+        // upstream socket's stays armed while it idles in the pool, where its session
+        // hears late tickets and KeyUpdates (`park_up`, `Io::park_session`).
+        let multi = !t.handshaking(side);
         if read {
             self.recv_armed[s] = true;
             if multi {
