@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -789,23 +790,6 @@ impl<K: FlowKey> FlowTable<K> {
         self.buckets.len() * WAYS
     }
 
-    /// Start loading the bucket of `hash`: its first cache line only. `insert` fills
-    /// ways in order, so with the table sized well above the flows in flight (the
-    /// default) nearly every flow sits in the first line; one prefetch per frame instead
-    /// of one per line (each costs an issue slot and a miss buffer when the table is
-    /// cold). A flow in a later way pays a demand load.
-    #[inline]
-    pub fn prefetch(&self, hash: u64) {
-        // Address arithmetic only (no reference, no bounds check): `mask` keeps the index
-        // inside the table anyway, and a prefetch never faults.
-        let p = self
-            .buckets
-            .as_ptr()
-            .wrapping_add(hash as usize & self.mask)
-            .cast::<u8>();
-        prefetch(p);
-    }
-
     /// Look up a flow; on a hit refresh its age and, after a table swap, re-find its
     /// backend by address among the VIP's clusters (gone → treated as new). A hit is the
     /// backend's index in the VIP's hot array and its entry there.
@@ -1035,8 +1019,6 @@ pub struct LbWorker {
     /// counters: runs of packets of one (VIP, cluster, backend) are added at once, at the
     /// latest when the burst ends, instead of four counter writes per packet.
     pending: Pending,
-    /// [`LbWorker::process_burst`]'s parsed frames (kept here, not zeroed per burst).
-    scratch: [Flow4; MAX_BURST],
 }
 
 #[derive(Clone, Copy, Default)]
@@ -1046,6 +1028,43 @@ struct Pending {
     hot: u16,
     packets: u64,
     bytes: u64,
+}
+
+impl Pending {
+    /// Count one packet of `bytes` towards (`vip`, `hot`): two additions while the run
+    /// goes on.
+    #[inline(always)]
+    fn count(&mut self, t: &LbTable, w: usize, vip: u32, hot: u16, bytes: u64) {
+        if (self.vip, self.hot) != (vip, hot) {
+            self.start(t, w, vip, hot);
+        }
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    /// Flush the run and start one for (`vip`, `hot`): out of line, so a run's packets
+    /// keep the fast path's registers.
+    #[cold]
+    #[inline(never)]
+    fn start(&mut self, t: &LbTable, w: usize, vip: u32, hot: u16) {
+        self.flush(t, w);
+        (self.vip, self.hot) = (vip, hot);
+    }
+
+    /// Add the run to its VIP's and backend's counters (worker `w`'s slots) and clear it.
+    #[inline]
+    fn flush(&mut self, t: &LbTable, w: usize) {
+        let p = std::mem::take(self);
+        if p.packets == 0 {
+            return;
+        }
+        let vip = &t.vips[p.vip as usize];
+        vip.stats.add(w, P::Packets, p.packets);
+        vip.stats.add(w, P::Bytes, p.bytes);
+        let b = t.backend(&vip.hot[usize::from(p.hot)]);
+        b.stats.add(w, P::Packets, p.packets);
+        b.stats.add(w, P::Bytes, p.bytes);
+    }
 }
 
 /// Most frames [`LbWorker::process_burst`] takes at once.
@@ -1064,7 +1083,6 @@ impl LbWorker {
             flows: FlowTable::new(flow_capacity),
             flows6: FlowTable::new(flow_capacity),
             pending: Pending::default(),
-            scratch: [Flow4::default(); MAX_BURST],
         }
     }
 
@@ -1088,10 +1106,14 @@ impl LbWorker {
     /// at most `LOOKAHEAD` buckets are in flight (a whole burst's worth would overrun the
     /// core's miss buffers when the table is larger than the cache). Only the common case
     /// — Ethernet + 20-byte IPv4 header + TCP/UDP, valid, not a fragment — is parsed in
-    /// the first stage ([`fast4`], one branch); everything else (ARP, ICMP, options,
-    /// IPv6, bad frames) goes frame by frame through [`LbWorker::process`]'s path, out of
-    /// line. Returns (bytes received, bytes of the frames to forward as they leave,
-    /// how many frames are to be forwarded).
+    /// the first stage ([`fast4`]); everything else (ARP, ICMP, options, IPv6, bad
+    /// frames) goes frame by frame through [`LbWorker::process`]'s path, out of line. In
+    /// the second stage only a DNAT frame of an established flow (the steady state) is
+    /// decided inline ([`established`]); a new, expired or moved flow, a missing next
+    /// hop, an IP-in-IP VIP or a frame to no VIP takes the full path for that frame
+    /// ([`LbWorker::forward_slow`], [`LbWorker::not_to_a_vip4`]), which repeats the
+    /// lookup and so decides exactly as `process` would. Returns (bytes received, bytes
+    /// of the frames to forward as they leave, how many frames are to be forwarded).
     pub fn process_burst<B: PacketBuf>(
         &mut self,
         t: &LbTable,
@@ -1105,56 +1127,107 @@ impl LbWorker {
         // (a window, not the whole burst at once: the loads overlap without queueing).
         const PREFETCH: usize = 8;
         let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
+        let (pkts, verdicts) = (&mut pkts[..n], &mut verdicts[..n]);
+        let ahead = LOOKAHEAD.min(n);
         let (mut rx_bytes, mut fwd_bytes, mut forwarded) = (0u64, 0u64, 0usize);
         for p in &pkts[..n.min(PREFETCH)] {
             p.prefetch();
         }
+        // Written in the first stage before the second reads it (`ahead` iterations
+        // later); never read past `n`. Uninitialised: no per-burst clearing.
+        let mut scratch = [const { MaybeUninit::<Parsed>::uninit() }; MAX_BURST];
+        // Per-burst values held in locals (registers or the stack, never reloaded through
+        // `self` or `t` after a store into a frame could have changed them).
+        let now = now_ms as u32;
+        let epoch = t.generation as u16;
+        let mask = self.flows.mask;
+        let mut buckets = self.flows.buckets.as_mut_ptr();
         // A one-entry cache of the VIP map: consecutive frames mostly go to one VIP.
-        // (key4 is never 0 for TCP/UDP, so 0 matches nothing.)
-        let mut vip_cache: (u64, Option<u32>) = (0, None);
-        for i in 0..n + LOOKAHEAD {
+        // (A probe of a TCP/UDP frame is never 0, so the empty cache matches nothing.)
+        let mut vc = VipCache {
+            probe: 0,
+            v: 0,
+            vip: None,
+        };
+        for i in 0..n + ahead {
             if i < n {
                 if i + PREFETCH < n {
                     pkts[i + PREFETCH].prefetch();
                 }
-                let checked = pkts[i].ip_checksum_good();
-                let d = pkts[i].data();
+                let p = &mut pkts[i];
+                let checked = p.ip_checksum_good();
+                let d = p.data();
                 rx_bytes += d.len() as u64;
-                let f = match fast4(d, checked) {
-                    Some(mut f) => {
-                        f.hash = hash4(f.key);
-                        self.flows.prefetch(f.hash);
-                        f
+                let s = match fast4(d, checked) {
+                    Some((key, total)) => {
+                        let hash = hash4(key);
+                        // The bucket's first cache line only: `insert` fills ways in
+                        // order, so with the table sized well above the flows in flight
+                        // (the default) nearly every flow sits in the first line; one
+                        // prefetch per frame instead of one per line (each costs an issue
+                        // slot and a miss buffer when the table is cold). A flow in a
+                        // later way pays a demand load. (Address arithmetic only: a
+                        // prefetch never faults.)
+                        prefetch(buckets.wrapping_add(hash as usize & mask).cast());
+                        Parsed { key, hash, total }
                     }
-                    None => Flow4::default(),
+                    None => Parsed::SLOW,
                 };
-                self.scratch[i] = f;
+                scratch[i].write(s);
             }
-            let Some(j) = i.checked_sub(LOOKAHEAD) else {
+            let Some(j) = i.checked_sub(ahead) else {
                 continue;
             };
-            if j >= n {
-                break;
+            // SAFETY: entry j (< n) was written at iteration j of this loop (above), and
+            // `ahead` >= 1 iterations have passed since.
+            let s = unsafe { scratch[j].assume_init() };
+            if s.key.is_empty() {
+                let v = self.process_one(t, port, &mut pkts[j], now_ms);
+                buckets = self.flows.buckets.as_mut_ptr();
+                verdicts[j] = v;
+                if v == Verdict::Forward {
+                    fwd_bytes += pkts[j].data().len() as u64;
+                    forwarded += 1;
+                }
+                continue;
             }
-            let f = self.scratch[j];
-            let p = &mut pkts[j];
-            let v = if !f.key.is_empty() {
-                let k = key4(f.dst(), f.dport(), f.protocol());
-                if k != vip_cache.0 {
-                    vip_cache = (k, t.by_vip.get(k));
+            let probe = vip_probe(s.key);
+            if probe != vc.probe {
+                vc = VipCache::fill(t, probe, s.key);
+            }
+            let Some(vip) = vc.vip else {
+                verdicts[j] = self.not_to_a_vip4(t, port, pkts[j].data(), s.flow(), self.worker);
+                buckets = self.flows.buckets.as_mut_ptr();
+                if verdicts[j] == Verdict::Forward {
+                    fwd_bytes += pkts[j].data().len() as u64;
+                    forwarded += 1;
                 }
-                match vip_cache.1 {
-                    // fast4 frames have no IP options.
-                    Some(v) => self.forward_to_backend(t, port, p, f, v, now_ms, true),
-                    None => self.not_to_a_vip4(t, port, p.data(), f, self.worker),
-                }
-            } else {
-                self.process_one(t, port, p, now_ms)
+                continue;
             };
+            // SAFETY: `buckets` points at this worker's flow table, re-derived after every
+            // call that could have used the table through `self` (the table's allocation
+            // never changes size or place after `FlowTable::new`); `hash & mask` is below
+            // its length (a power of two, `mask + 1`). No other reference to the bucket
+            // lives while this one does: it ends before the next call through `self`.
+            let bucket = unsafe { &mut *buckets.add(s.hash as usize & mask) };
+            if let Some((h, be, mac)) = established(bucket, s.key, vip, now, epoch) {
+                let d = pkts[j].data();
+                // (fast4 took this frame, so it is that long.)
+                if let Some(frame) = d.first_chunk_mut::<FAST4_MIN>() {
+                    self.pending
+                        .count(t, self.worker, vc.v, h, u64::from(s.total));
+                    dnat4_plain(frame, (s.key.b >> 32) as u8, be, mac, port.mac);
+                    verdicts[j] = Verdict::Forward;
+                    fwd_bytes += d.len() as u64;
+                    forwarded += 1;
+                    continue;
+                }
+            }
+            let v = self.forward_slow(t, port, &mut pkts[j], s.flow(), vc.v, now_ms);
+            buckets = self.flows.buckets.as_mut_ptr();
             verdicts[j] = v;
             if v == Verdict::Forward {
-                // As it leaves: a tunnel grew it.
-                fwd_bytes += p.data().len() as u64;
+                fwd_bytes += pkts[j].data().len() as u64;
                 forwarded += 1;
             }
         }
@@ -1162,33 +1235,31 @@ impl LbWorker {
         (rx_bytes, fwd_bytes, forwarded)
     }
 
+    /// [`LbWorker::forward_to_backend`] out of line, for the burst path's frames that are
+    /// not an established DNAT flow (new, expired, moved, no next hop, IP-in-IP).
+    #[inline(never)]
+    fn forward_slow(
+        &mut self,
+        t: &LbTable,
+        port: &PortCtx,
+        pkt: &mut impl PacketBuf,
+        f: Flow4,
+        v: u32,
+        now_ms: u64,
+    ) -> Verdict {
+        self.forward_to_backend(t, port, pkt, f, v, now_ms, true)
+    }
+
     /// Add the pending run to its VIP's and backend's counters.
     #[inline]
     fn flush(&mut self, t: &LbTable) {
-        let p = std::mem::take(&mut self.pending);
-        if p.packets == 0 {
-            return;
-        }
-        let w = self.worker;
-        let vip = &t.vips[p.vip as usize];
-        vip.stats.add(w, P::Packets, p.packets);
-        vip.stats.add(w, P::Bytes, p.bytes);
-        let b = t.backend(&vip.hot[usize::from(p.hot)]);
-        b.stats.add(w, P::Packets, p.packets);
-        b.stats.add(w, P::Bytes, p.bytes);
+        self.pending.flush(t, self.worker);
     }
 
     /// Count one client → backend packet (see [`LbWorker::flush`]).
     #[inline]
     fn count(&mut self, t: &LbTable, vip: u32, hot: u16, bytes: u64) {
-        let p = &self.pending;
-        if p.packets > 0 && (p.vip, p.hot) != (vip, hot) {
-            self.flush(t);
-        }
-        let p = &mut self.pending;
-        (p.vip, p.hot) = (vip, hot);
-        p.packets += 1;
-        p.bytes += bytes;
+        self.pending.count(t, self.worker, vip, hot, bytes);
     }
 
     /// One frame, whatever it holds.
@@ -1360,7 +1431,7 @@ impl LbWorker {
                     // The common frame (no IP options, at least a TCP header's worth):
                     // a fixed-size view, so every offset below is checked at compile time.
                     Some(h) if plain => {
-                        dnat4_plain(h, f, be, mac, port.mac);
+                        dnat4_plain(h, f.protocol(), be, mac, port.mac);
                     }
                     _ => {
                         ipv4_nat(
@@ -1503,11 +1574,106 @@ impl LbWorker {
     }
 }
 
+/// A frame as [`LbWorker::process_burst`]'s first stage leaves it for the second: the
+/// flow key, its hash and the IP total length (three words). An empty key marks a frame
+/// [`fast4`] did not take.
+#[derive(Clone, Copy)]
+struct Parsed {
+    key: Key4,
+    hash: u64,
+    total: u16,
+}
+
+impl Parsed {
+    const SLOW: Parsed = Parsed {
+        key: Key4 { a: 0, b: 0 },
+        hash: 0,
+        total: 0,
+    };
+
+    /// The frame as [`parse4`] would have described it (fast4 frames have no options).
+    #[inline(always)]
+    fn flow(&self) -> Flow4 {
+        Flow4 {
+            key: self.key,
+            hash: self.hash,
+            total: self.total,
+            hlen: IPV4_MIN_HEADER_LEN as u8,
+        }
+    }
+}
+
+/// The VIP of the last frame a burst looked up: its probe ([`vip_probe`]), index and
+/// entry (`None`: that destination is no VIP).
+#[derive(Clone, Copy)]
+struct VipCache<'t> {
+    probe: u64,
+    v: u32,
+    vip: Option<&'t Vip>,
+}
+
+impl<'t> VipCache<'t> {
+    /// Look `key`'s destination up in the VIP map (on a change of VIP only).
+    #[cold]
+    #[inline(never)]
+    fn fill(t: &'t LbTable, probe: u64, key: Key4) -> VipCache<'t> {
+        let f = Flow4 {
+            key,
+            hash: 0,
+            total: 0,
+            hlen: 0,
+        };
+        let v = t.by_vip.get(key4(f.dst(), f.dport(), f.protocol()));
+        VipCache {
+            probe,
+            v: v.unwrap_or(0),
+            vip: v.map(|v| &t.vips[v as usize]),
+        }
+    }
+}
+
+/// An IPv4 flow's destination address, port and protocol as one integer, unique per
+/// (address, port, protocol) and never 0 for TCP/UDP: what [`VipCache`] compares.
+#[inline(always)]
+fn vip_probe(k: Key4) -> u64 {
+    (k.a >> 32) | ((k.b & 0x00ff_ffff_0000) << 16)
+}
+
+/// The steady state of a flow, decided inline by the burst path: `key` has an entry in
+/// `bucket` that has not expired, was resolved in this table (`epoch`), whose backend is
+/// still the one at its index in `vip`'s hot array and has a next hop, and `vip`
+/// forwards by DNAT. Refreshes the entry's age and returns the backend's index, entry
+/// and MAC. `None` for everything else, without changing anything: the caller then
+/// takes [`LbWorker::forward_to_backend`], which looks the flow up again and handles
+/// the case (and agrees with this on every case this takes).
+#[inline(always)]
+fn established<'t>(
+    bucket: &mut Bucket<Key4>,
+    key: Key4,
+    vip: &'t Vip,
+    now: u32,
+    epoch: u16,
+) -> Option<(u16, &'t Hot, [u8; 6])> {
+    let e = bucket.0.iter_mut().find(|e| e.key == key)?;
+    if now.wrapping_sub(e.last_ms) > vip.idle_ms32
+        || e.epoch != epoch
+        || vip.forwarding != Forwarding::Dnat
+    {
+        return None;
+    }
+    let h = vip.hot.get(usize::from(e.hot))?;
+    if h.key != e.backend {
+        return None;
+    }
+    let mac = h.mac?;
+    e.last_ms = now;
+    Some((e.hot, h, mac))
+}
+
 /// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
 /// natively) and passed by value: built from registers, never re-read through memory.
-/// The 5-tuple is kept as the flow-table key it is looked up by (four words per frame
-/// in [`LbWorker::process_burst`]'s scratch, not nine fields); an empty key marks "not
-/// parsed" there.
+/// The 5-tuple is kept as the flow-table key it is looked up by (two words, not five
+/// fields).
 #[derive(Clone, Copy, Default)]
 struct Flow4 {
     key: Key4,
@@ -1614,47 +1780,74 @@ const FAST4_MIN: usize = ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN + 20;
 /// header checksum valid (`checked`: the NIC verified it), not a fragment, lengths
 /// consistent. `None` for anything else (including what parse4 accepts with options):
 /// the caller takes the full path, which tells the cases apart and counts them. Where
-/// it answers, it agrees with parse4 field for field (the burst-equivalence test holds
-/// it to that).
+/// it answers (the flow key and the IP total length), it agrees with parse4 field for
+/// field (the burst-equivalence test holds it to that).
+///
+/// Five loads after the length check (Ethernet type with version and IHL; the first
+/// eight header bytes; TTL, protocol and checksum; both addresses; both ports), every
+/// condition evaluated without a branch and tested once. The header checksum is summed
+/// in 64-bit words with end-around carries (RFC 1071 §2(C): any word size sums alike),
+/// the address word serving the flow key as well.
 #[inline(always)]
-fn fast4(d: &[u8], checked: bool) -> Option<Flow4> {
+fn fast4(d: &[u8], checked: bool) -> Option<(Key4, u16)> {
     let h: &[u8; FAST4_MIN] = d.first_chunk()?;
-    let w = |at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    // Ethertype 0x0800, version 4, IHL 5 (bytes 12..15).
-    let eth_ok = u32::from_le_bytes([h[12], h[13], h[14], 0]) == 0x0045_0008;
-    let total = u16::from_be_bytes([h[16], h[17]]);
-    let frag = u16::from_be_bytes([h[20], h[21]]) & 0x3fff;
-    let protocol = h[23];
+    let le32 = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let le64 = |at: usize| {
+        u64::from_le_bytes([
+            h[at],
+            h[at + 1],
+            h[at + 2],
+            h[at + 3],
+            h[at + 4],
+            h[at + 5],
+            h[at + 6],
+            h[at + 7],
+        ])
+    };
+    // Bytes 12..15: ethertype 0x0800, version 4, IHL 5 (the TOS byte is ignored).
+    let eth_ok = le32(ETH_HEADER_LEN - 2) & 0x00ff_ffff == 0x0045_0008;
+    let head = le64(ETH_HEADER_LEN); // version/IHL, TOS, total length, id, flags/fragment
+    let ttl_proto = le32(ETH_HEADER_LEN + 8); // TTL, protocol, header checksum
+    let addrs = le64(ETH_HEADER_LEN + 12); // source, destination
+    let ports = le32(ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN);
+    let total = (head >> 16) as u16;
+    let total = total.swap_bytes();
+    // More-fragments flag and fragment offset (the 0x3fff of the big-endian word).
+    let frag = (head >> 48) as u16 & 0xff3f;
+    let protocol = (ttl_proto >> 8) as u8;
     let tcp = protocol == PROTO_TCP;
     let l4_min: u16 = if tcp { 20 } else { 8 };
+    // The ones'-complement sum of the 20 header bytes must fold to 0xffff; a NIC that
+    // checked the header already spares the test (per port: a predictable value).
+    let (sum, c1) = head.overflowing_add(addrs);
+    let (sum, c2) = sum.overflowing_add(u64::from(ttl_proto) + u64::from(c1));
+    // (With a carry out, the wrapped sum is below 2^33: adding it back cannot carry.)
+    let sum = sum + u64::from(c2);
     let ok = eth_ok
         & (tcp | (protocol == PROTO_UDP))
         & (frag == 0)
         & (total >= IPV4_MIN_HEADER_LEN as u16 + l4_min)
-        & (usize::from(total) + ETH_HEADER_LEN <= d.len());
+        & (usize::from(total) + ETH_HEADER_LEN <= d.len())
+        & (checked | (fold64(sum) == 0xffff));
     if !ok {
         return None;
     }
-    // The NIC checked the header already (per port: a predictable branch), or the
-    // ones'-complement sum of the 20 bytes, five 32-bit words, must fold to 0xffff.
-    if !checked {
-        let sum = u64::from(w(14))
-            + u64::from(w(18))
-            + u64::from(w(22))
-            + u64::from(w(26))
-            + u64::from(w(30));
-        if fold64(sum) != 0xffff {
-            return None;
+    // The key as `keys4` builds it from the raw (wire-order) fields: on a little-endian
+    // machine the loads above are those fields as loaded natively.
+    let key = if cfg!(target_endian = "little") {
+        Key4 {
+            a: addrs,
+            b: u64::from(ports) | (u64::from(protocol) << 32) | 1 << 63,
         }
-    }
-    Some(Flow4::new(
-        w(26),
-        w(30),
-        w(ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN),
-        protocol,
-        IPV4_MIN_HEADER_LEN as u8,
-        total,
-    ))
+    } else {
+        keys4(
+            ne32(h, ETH_HEADER_LEN + 12),
+            ne32(h, ETH_HEADER_LEN + 16),
+            ne32(h, ETH_HEADER_LEN + IPV4_MIN_HEADER_LEN),
+            protocol,
+        )
+    };
+    Some((key, total))
 }
 
 /// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
@@ -1662,14 +1855,20 @@ fn fast4(d: &[u8], checked: bool) -> Option<Flow4> {
 /// [`ipv4_nat`] with every offset fixed and the checksum deltas precomputed (the frame's
 /// destination is the VIP's address and port: that is how its VIP was found).
 #[inline(always)]
-fn dnat4_plain(h: &mut [u8; FAST4_MIN], f: Flow4, be: &Hot, dst_mac: [u8; 6], src_mac: [u8; 6]) {
+fn dnat4_plain(
+    h: &mut [u8; FAST4_MIN],
+    protocol: u8,
+    be: &Hot,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+) {
     const IP: usize = ETH_HEADER_LEN;
     const L4: usize = IP + IPV4_MIN_HEADER_LEN;
     let hc = u16::from_ne_bytes([h[IP + 10], h[IP + 11]]);
     h[IP + 10..IP + 12].copy_from_slice(&csum_adjust16(hc, be.d_ip).to_ne_bytes());
     h[IP + 16..IP + 20].copy_from_slice(&be.raw_ip.to_ne_bytes());
     h[L4 + 2..L4 + 4].copy_from_slice(&be.raw_port.to_ne_bytes());
-    if f.protocol() == PROTO_UDP {
+    if protocol == PROTO_UDP {
         let lc = u16::from_ne_bytes([h[L4 + 6], h[L4 + 7]]);
         // RFC 768: a UDP checksum of 0 means "none" and stays 0; a computed 0 is sent
         // as 0xffff.
