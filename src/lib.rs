@@ -12,6 +12,8 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod net;
 pub mod nic;
 pub mod proxy;

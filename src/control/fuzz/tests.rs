@@ -2,21 +2,7 @@
 //! replayed (every cut of it), then seeded mutations, every `cargo test`.
 
 use super::*;
-
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the committed corpus {}: {e}", dir.display()))
-        .map(|e| e.expect("a corpus entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| std::fs::read(p).expect("a corpus file"))
-        .collect()
-}
+use crate::fuzz_corpus::Mutations;
 
 /// Tokens the mutator splices in: the bytes YAML, TOML and JSON structure turns on.
 const TOKENS: &[&[u8]] = &[
@@ -53,40 +39,14 @@ const TOKENS: &[&[u8]] = &[
 ];
 
 fn exercise(target: &str, n: usize, keep_first: bool, one: fn(&[u8])) {
-    let seeds = corpus(target);
-    assert!(seeds.len() >= 4, "{target}: corpus too small");
-    for s in &seeds {
+    let m = Mutations {
+        count: n,
+        keep_first,
         // Cuts every few bytes: a config text is longer than an HTTP head.
-        for cut in (0..=s.len()).step_by(3) {
-            one(&s[..cut]);
-        }
-    }
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
+        cut_step: 3,
+        tokens: TOKENS,
     };
-    let from = usize::from(keep_first);
-    for _ in 0..n {
-        let mut m = seeds[(next() % seeds.len() as u64) as usize].clone();
-        for _ in 0..next() % 4 + 1 {
-            let i = from + (next() as usize) % (m.len().saturating_sub(from) + 1);
-            match next() % 4 {
-                0 if i < m.len() => m[i] = next() as u8,
-                1 if i < m.len() => {
-                    m.remove(i);
-                }
-                2 => {
-                    let t = TOKENS[(next() % TOKENS.len() as u64) as usize];
-                    m.splice(i..i, t.iter().copied());
-                }
-                _ => m.insert(i, next() as u8),
-            }
-        }
-        one(&m);
-    }
+    crate::fuzz_corpus::exercise(target, &m, one);
 }
 
 #[test]

@@ -3,23 +3,7 @@
 //! `cargo test`. Plus one regression test per bug the oracles found, named after it.
 
 use super::*;
-
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("the committed corpus {}: {e}", dir.display()))
-        .map(|e| e.expect("a corpus entry").path())
-        .collect();
-    files.sort();
-    let seeds: Vec<Vec<u8>> = files
-        .iter()
-        .map(|p| std::fs::read(p).expect("a corpus file"))
-        .collect();
-    assert!(seeds.len() >= 4, "{target}: corpus too small");
-    seeds
-}
+use crate::fuzz_corpus::Mutations;
 
 /// Tokens the mutator splices in: the bytes HTTP framing turns on.
 const TOKENS: &[&[u8]] = &[
@@ -46,57 +30,15 @@ const TOKENS: &[&[u8]] = &[
     b"VERSION-CONTROL ",
 ];
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, seed: &[u8], keep_first: bool) -> Vec<u8> {
-    let mut m = seed.to_vec();
-    let from = usize::from(keep_first);
-    for _ in 0..rng.below(4) + 1 {
-        let i = from + rng.below(m.len().saturating_sub(from) + 1);
-        match rng.below(5) {
-            0 if i < m.len() => m[i] = rng.next() as u8,
-            1 if i < m.len() => {
-                m.remove(i);
-            }
-            2 => m.insert(i, rng.next() as u8),
-            3 => {
-                let t = TOKENS[rng.below(TOKENS.len())];
-                m.splice(i..i, t.iter().copied());
-            }
-            _ => m.truncate(i.max(from)),
-        }
-    }
-    m
-}
-
 /// Every seed, every cut of it, then `n` seeded mutations through `one`.
 fn exercise(target: &str, n: usize, keep_first: bool, one: fn(&[u8])) {
-    let seeds = corpus(target);
-    for s in &seeds {
-        for cut in 0..=s.len() {
-            one(&s[..cut]);
-        }
-    }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    for _ in 0..n {
-        let s = &seeds[rng.below(seeds.len())];
-        one(&mutate(&mut rng, s, keep_first));
-    }
+    let m = Mutations {
+        count: n,
+        keep_first,
+        cut_step: 1,
+        tokens: TOKENS,
+    };
+    crate::fuzz_corpus::exercise(target, &m, one);
 }
 
 #[test]
