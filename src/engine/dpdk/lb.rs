@@ -723,6 +723,21 @@ struct FlowEntry<K: FlowKey> {
     hot: u16,
 }
 
+impl<K: FlowKey> FlowEntry<K> {
+    /// The entry's backend (index in `vip`'s hot array, and its entry there) when it was
+    /// resolved in the table of `epoch` and that index still names it. Same epoch: the
+    /// index is right unless the 16-bit epoch wrapped, which the identity check (on the
+    /// line the rewrite reads anyway) catches. `None`: resolve it again.
+    #[inline(always)]
+    fn current<'t>(&self, vip: &'t Vip, epoch: u16) -> Option<(u16, &'t Hot)> {
+        if self.epoch != epoch {
+            return None;
+        }
+        let h = vip.hot.get(usize::from(self.hot))?;
+        (h.key == self.backend).then_some((self.hot, h))
+    }
+}
+
 // Entries stay within their cache lines.
 const _: () = assert!(std::mem::size_of::<FlowEntry<Key4>>() == 32);
 const _: () = assert!(std::mem::size_of::<FlowEntry<Key6>>() == 64);
@@ -809,14 +824,8 @@ impl<K: FlowKey> FlowTable<K> {
             return None; // expired: re-pick (insert overwrites it)
         }
         e.last_ms = now;
-        // Same epoch: the index is right unless the 16-bit epoch wrapped, which the
-        // identity check (on the line the rewrite reads anyway) catches.
-        if e.epoch == t.generation as u16 {
-            if let Some(h) = vip.hot.get(usize::from(e.hot)) {
-                if h.key == e.backend {
-                    return Some((e.hot, h));
-                }
-            }
+        if let Some(hit) = e.current(vip, t.generation as u16) {
+            return Some(hit);
         }
         Self::refind(e, t, vip)
     }
@@ -1655,19 +1664,13 @@ fn established<'t>(
     epoch: u16,
 ) -> Option<(u16, &'t Hot, [u8; 6])> {
     let e = bucket.0.iter_mut().find(|e| e.key == key)?;
-    if now.wrapping_sub(e.last_ms) > vip.idle_ms32
-        || e.epoch != epoch
-        || vip.forwarding != Forwarding::Dnat
-    {
+    if now.wrapping_sub(e.last_ms) > vip.idle_ms32 || vip.forwarding != Forwarding::Dnat {
         return None;
     }
-    let h = vip.hot.get(usize::from(e.hot))?;
-    if h.key != e.backend {
-        return None;
-    }
+    let (hot, h) = e.current(vip, epoch)?;
     let mac = h.mac?;
     e.last_ms = now;
-    Some((e.hot, h, mac))
+    Some((hot, h, mac))
 }
 
 /// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
