@@ -168,7 +168,7 @@ impl Balancer {
     /// policies look only at how many there are.
     pub fn build_named(o: &LbOptions, keys: &[Vec<u8>], weights: &[u32]) -> Balancer {
         debug_assert_eq!(keys.len(), weights.len());
-        let names = || keys.to_vec();
+        let refs = || -> Vec<&[u8]> { keys.iter().map(Vec::as_slice).collect() };
         match o.policy {
             _ if keys.is_empty() => Balancer::RoundRobin {
                 schedule: Box::new([]),
@@ -186,14 +186,12 @@ impl Balancer {
                 cumulative: cumulative(weights),
             },
             LbPolicy::Maglev => {
-                let keys = names();
-                let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                let size = maglev::table_size(o.maglev_table_size, keys.len());
+                let refs = refs();
+                let size = maglev::table_size(o.maglev_table_size, refs.len());
                 Balancer::Maglev(Box::new(Maglev::build(&refs, weights, size)))
             }
             LbPolicy::RingHash => {
-                let keys = names();
-                let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+                let refs = refs();
                 Balancer::RingHash(Box::new(Ring::build(
                     &refs,
                     weights,
