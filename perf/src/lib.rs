@@ -358,12 +358,11 @@ fn measure(
     });
     let cpu_end = sys::cpu_ns(&pids);
     let load_cpu = sys::self_cpu_ns().saturating_sub(load_cpu_start);
-    let busy_end = busy.as_mut().map(|b| {
-        let elapsed = (s.warmup + s.duration).as_secs_f64();
-        let util =
-            (!pids.is_empty()).then(|| cpu_end.saturating_sub(cpu_start) as f64 / 1e9 / elapsed);
-        (b.finish(util), b.note.take())
-    });
+    // CPU over warm-up + window + drain (what the generator ran), and that ÷ wall time.
+    let elapsed = s.warmup + s.duration;
+    let cpu = (!pids.is_empty()).then(|| cpu_end.saturating_sub(cpu_start) as f64 / 1e9);
+    let util = cpu.map(|c| c / elapsed.as_secs_f64());
+    let busy_end = busy.as_mut().map(|b| (b.finish(util), b.note.take()));
     let mem = (!pids.is_empty()).then(|| sys::memory_kib(&pids));
     let alive = peer.check_alive();
     let r = result?;
@@ -382,20 +381,12 @@ fn measure(
         });
     }
     let latency = hist::Summary::of(&r.hist);
-    // CPU over warm-up + window + drain, charged to the requests of the whole time the
-    // generator ran: approximated by scaling the window's requests by elapsed/window.
-    let elapsed = s.warmup + s.duration;
-    let (cpu_s, per_1k, util) = if pids.is_empty() {
-        (None, None, None)
-    } else {
-        let cpu = (cpu_end.saturating_sub(cpu_start)) as f64 / 1e9;
+    // The CPU is charged to the requests of the whole time the generator ran:
+    // approximated by scaling the window's requests by elapsed/window.
+    let per_1k = cpu.and_then(|cpu| {
         let reqs_all = r.received as f64 * elapsed.as_secs_f64() / r.window.as_secs_f64();
-        (
-            Some(cpu),
-            (reqs_all > 0.0).then(|| cpu / reqs_all * 1000.0),
-            Some(cpu / elapsed.as_secs_f64()),
-        )
-    };
+        (reqs_all > 0.0).then(|| cpu / reqs_all * 1000.0)
+    });
     let rec = RunRecord {
         run,
         clean: error.is_none() && errors_total == 0 && accounted && r.received > 0,
@@ -410,7 +401,7 @@ fn measure(
         window_s: r.window.as_secs_f64(),
         throughput_rps: hist::rate(r.received, r.window),
         latency,
-        proxy_cpu_s: cpu_s,
+        proxy_cpu_s: cpu,
         cpu_s_per_1k_requests: per_1k,
         cpu_utilization: util,
         load_cpu_utilization: Some(load_cpu as f64 / 1e9 / elapsed.as_secs_f64()),
