@@ -38,7 +38,9 @@ struct Reused {
     frame: Vec<u8>,
     buf: Vec<u8>,
 }
-impl PacketBuf for Reused {
+// SAFETY: the data is the heap buffer of `buf`, which nothing changes while the balancer
+// holds the frame (prepend and resize refuse).
+unsafe impl PacketBuf for Reused {
     fn data(&mut self) -> &mut [u8] {
         &mut self.buf
     }

@@ -31,7 +31,16 @@ use super::wire::*;
 
 /// A packet buffer the balancer can rewrite and grow at the front (an mbuf, or a `Vec`
 /// in tests and fuzzing).
-pub trait PacketBuf {
+///
+/// # Safety
+///
+/// The burst path keeps the address and length [`PacketBuf::data`] returned for a frame
+/// and writes through them later in the same burst, after it has called `data` on other
+/// frames of the burst (never on this one) and without moving any of them. An
+/// implementation must therefore return memory outside the value itself (the mbuf's
+/// buffer, a heap allocation) that stays where it is, that long, and that no other
+/// frame's `data` aliases, until `prepend` or `resize` is called on that frame.
+pub unsafe trait PacketBuf {
     fn data(&mut self) -> &mut [u8];
     /// Grow the packet by `n` bytes at the front; false (and unchanged) without headroom.
     fn prepend(&mut self, n: usize) -> bool;
@@ -154,15 +163,15 @@ fn fold_mul(a: u64, b: u64) -> u64 {
     (r as u64) ^ ((r >> 64) as u64)
 }
 
-/// The 5-tuple hash of an IPv4 flow from its raw flow-table keys: two folded multiplies.
-/// It picks the Maglev slot of new flows and the flow-table bucket, so every worker and
-/// every instance of this version agrees on it.
+/// The 5-tuple hash of an IPv4 flow from its raw flow-table keys: one folded multiply of
+/// the two key words, each first XOR-ed with its own constant (foldhash's two-word
+/// mixer; both halves of the 128-bit product fold in, so every key bit reaches the low
+/// bits the flow-table bucket takes and the Maglev slot `hash % 65,537`). It picks the
+/// Maglev slot of new flows and the flow-table bucket, so every worker and every
+/// instance of this version agrees on it.
 #[inline(always)]
 fn hash4(k: Key4) -> u64 {
-    fold_mul(
-        fold_mul(k.a ^ 0x243f_6a88_85a3_08d3, k.b ^ 0x1319_8a2e_0370_7344),
-        0x9e37_79b9_7f4a_7c15,
-    )
+    fold_mul(k.a ^ 0x243f_6a88_85a3_08d3, k.b ^ 0x1319_8a2e_0370_7344)
 }
 
 /// The 5-tuple hash of an IPv6 flow (as [`hash4`], three folded multiplies).
@@ -239,9 +248,17 @@ pub struct Backend {
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 pub struct Hot {
+    raw_ip6: u128,
     /// [`backend_key`] of the backend: checked against the flow entry's.
     key: u64,
-    raw_ip6: u128,
+    /// `key` when the backend has a next hop, else `u64::MAX` (never a backend key, which
+    /// has 48 bits): the burst path's one comparison says "this entry's backend, and
+    /// forwardable" (a flow to a backend without a next hop takes the full path, which
+    /// counts `drop_no_neighbor`).
+    fast_key: u64,
+    /// The next hop's MAC in the first six bytes of a native-order word, the other two
+    /// zero: OR-ed with the source MAC's first two bytes, one store writes both.
+    mac64: u64,
     raw_ip: u32,
     /// Its cluster and its index there (where its counters are).
     cluster: u32,
@@ -543,6 +560,8 @@ impl LbTable {
                             let d_ip = u64::from(!vip_ip) + u64::from(b.raw_ip);
                             Hot {
                                 key: b.key,
+                                fast_key: if b.mac.is_some() { b.key } else { u64::MAX },
+                                mac64: mac_word(b.mac.unwrap_or_default(), [0; 2]),
                                 raw_ip6: b.raw_ip6,
                                 raw_ip: b.raw_ip,
                                 cluster: c,
@@ -1151,13 +1170,14 @@ impl LbWorker {
         let epoch = t.generation as u16;
         let mask = self.flows.mask;
         let mut buckets = self.flows.buckets.as_mut_ptr();
+        // The port's MAC as the rewrite stores it (see [`mac_word`]).
+        let (src_lo, src_hi) = (
+            mac_word([0; 6], [port.mac[0], port.mac[1]]),
+            u32::from_ne_bytes([port.mac[2], port.mac[3], port.mac[4], port.mac[5]]),
+        );
         // A one-entry cache of the VIP map: consecutive frames mostly go to one VIP.
         // (A probe of a TCP/UDP frame is never 0, so the empty cache matches nothing.)
-        let mut vc = VipCache {
-            probe: 0,
-            v: 0,
-            vip: None,
-        };
+        let mut vc = VipCache::EMPTY;
         for i in 0..n + ahead {
             if i < n {
                 if i + PREFETCH < n {
@@ -1169,7 +1189,7 @@ impl LbWorker {
                 rx_bytes += d.len() as u64;
                 let s = match fast4(d, checked) {
                     Some((key, total)) => {
-                        let hash = hash4(key);
+                        let bucket = hash4(key) as usize & mask;
                         // The bucket's first cache line only: `insert` fills ways in
                         // order, so with the table sized well above the flows in flight
                         // (the default) nearly every flow sits in the first line; one
@@ -1177,8 +1197,14 @@ impl LbWorker {
                         // slot and a miss buffer when the table is cold). A flow in a
                         // later way pays a demand load. (Address arithmetic only: a
                         // prefetch never faults.)
-                        prefetch(buckets.wrapping_add(hash as usize & mask).cast());
-                        Parsed { key, hash, total }
+                        prefetch(buckets.wrapping_add(bucket).cast());
+                        Parsed {
+                            key,
+                            data: d.as_mut_ptr(),
+                            bucket: bucket as u32,
+                            len: d.len() as u32,
+                            total,
+                        }
                     }
                     None => Parsed::SLOW,
                 };
@@ -1204,35 +1230,34 @@ impl LbWorker {
             if probe != vc.probe {
                 vc = VipCache::fill(t, probe, s.key);
             }
-            let Some(vip) = vc.vip else {
-                verdicts[j] = self.not_to_a_vip4(t, port, pkts[j].data(), s.flow(), self.worker);
-                buckets = self.flows.buckets.as_mut_ptr();
-                if verdicts[j] == Verdict::Forward {
-                    fwd_bytes += pkts[j].data().len() as u64;
-                    forwarded += 1;
-                }
-                continue;
-            };
-            // SAFETY: `buckets` points at this worker's flow table, re-derived after every
-            // call that could have used the table through `self` (the table's allocation
-            // never changes size or place after `FlowTable::new`); `hash & mask` is below
-            // its length (a power of two, `mask + 1`). No other reference to the bucket
-            // lives while this one does: it ends before the next call through `self`.
-            let bucket = unsafe { &mut *buckets.add(s.hash as usize & mask) };
-            if let Some((h, be, mac)) = established(bucket, s.key, vip, now, epoch) {
-                let d = pkts[j].data();
-                // (fast4 took this frame, so it is that long.)
-                if let Some(frame) = d.first_chunk_mut::<FAST4_MIN>() {
+            if vc.dnat {
+                // SAFETY: `buckets` points at this worker's flow table, re-derived after
+                // every call that could have used the table through `self` (the table's
+                // allocation never changes size or place after `FlowTable::new`);
+                // `s.bucket` is `hash & mask`, below its length (a power of two, `mask +
+                // 1`). No other reference to the bucket lives while this one does: it
+                // ends before the next call through `self`.
+                let bucket = unsafe { &mut *buckets.add(s.bucket as usize) };
+                if let Some((h, be)) = established(bucket, s.key, vc.hot, vc.idle, now, epoch) {
+                    // SAFETY: `s.data` is the start of frame j's data as stage 1 read it
+                    // (fast4 took it, so it is at least FAST4_MIN bytes long); since then
+                    // only other frames' `data` was called, and nothing moved or grew a
+                    // frame: by `PacketBuf`'s contract the bytes are still there, and no
+                    // other reference to them lives.
+                    let frame = unsafe { &mut *s.data.cast::<[u8; FAST4_MIN]>() };
                     self.pending
                         .count(t, self.worker, vc.v, h, u64::from(s.total));
-                    dnat4_plain(frame, (s.key.b >> 32) as u8, be, mac, port.mac);
+                    dnat4(frame, (s.key.b >> 32) as u8, be, be.mac64 | src_lo, src_hi);
                     verdicts[j] = Verdict::Forward;
-                    fwd_bytes += d.len() as u64;
+                    fwd_bytes += u64::from(s.len);
                     forwarded += 1;
                     continue;
                 }
             }
-            let v = self.forward_slow(t, port, &mut pkts[j], s.flow(), vc.v, now_ms);
+            let v = match vc.vip {
+                Some(_) => self.forward_slow(t, port, &mut pkts[j], s.flow(), vc.v, now_ms),
+                None => self.not_to_a_vip4(t, port, pkts[j].data(), s.flow(), self.worker),
+            };
             buckets = self.flows.buckets.as_mut_ptr();
             verdicts[j] = v;
             if v == Verdict::Forward {
@@ -1440,7 +1465,9 @@ impl LbWorker {
                     // The common frame (no IP options, at least a TCP header's worth):
                     // a fixed-size view, so every offset below is checked at compile time.
                     Some(h) if plain => {
-                        dnat4_plain(h, f.protocol(), be, mac, port.mac);
+                        let src = port.mac;
+                        let eth8 = u32::from_ne_bytes([src[2], src[3], src[4], src[5]]);
+                        dnat4(h, f.protocol(), be, mac_word(mac, [src[0], src[1]]), eth8);
                     }
                     _ => {
                         ipv4_nat(
@@ -1584,19 +1611,23 @@ impl LbWorker {
 }
 
 /// A frame as [`LbWorker::process_burst`]'s first stage leaves it for the second: the
-/// flow key, its hash and the IP total length (three words). An empty key marks a frame
-/// [`fast4`] did not take.
+/// flow key, where the frame's data is and how long, its flow-table bucket and the IP
+/// total length. An empty key marks a frame [`fast4`] did not take.
 #[derive(Clone, Copy)]
 struct Parsed {
     key: Key4,
-    hash: u64,
+    data: *mut u8,
+    bucket: u32,
+    len: u32,
     total: u16,
 }
 
 impl Parsed {
     const SLOW: Parsed = Parsed {
         key: Key4 { a: 0, b: 0 },
-        hash: 0,
+        data: std::ptr::null_mut(),
+        bucket: 0,
+        len: 0,
         total: 0,
     };
 
@@ -1605,7 +1636,7 @@ impl Parsed {
     fn flow(&self) -> Flow4 {
         Flow4 {
             key: self.key,
-            hash: self.hash,
+            hash: hash4(self.key),
             total: self.total,
             hlen: IPV4_MIN_HEADER_LEN as u8,
         }
@@ -1613,15 +1644,29 @@ impl Parsed {
 }
 
 /// The VIP of the last frame a burst looked up: its probe ([`vip_probe`]), index and
-/// entry (`None`: that destination is no VIP).
+/// entry (`None`: that destination is no VIP), and for a DNAT VIP (`dnat`) what the
+/// burst path's established-flow check reads (its hot array and idle timeout), held in
+/// registers rather than re-read through the VIP.
 #[derive(Clone, Copy)]
 struct VipCache<'t> {
     probe: u64,
     v: u32,
     vip: Option<&'t Vip>,
+    dnat: bool,
+    idle: u32,
+    hot: &'t [Hot],
 }
 
 impl<'t> VipCache<'t> {
+    const EMPTY: VipCache<'static> = VipCache {
+        probe: 0,
+        v: 0,
+        vip: None,
+        dnat: false,
+        idle: 0,
+        hot: &[],
+    };
+
     /// Look `key`'s destination up in the VIP map (on a change of VIP only).
     #[cold]
     #[inline(never)]
@@ -1633,10 +1678,14 @@ impl<'t> VipCache<'t> {
             hlen: 0,
         };
         let v = t.by_vip.get(key4(f.dst(), f.dport(), f.protocol()));
+        let vip = v.map(|v| &t.vips[v as usize]);
         VipCache {
             probe,
             v: v.unwrap_or(0),
-            vip: v.map(|v| &t.vips[v as usize]),
+            vip,
+            dnat: vip.is_some_and(|vip| vip.forwarding == Forwarding::Dnat),
+            idle: vip.map_or(0, |vip| vip.idle_ms32),
+            hot: vip.map_or(&[], |vip| &vip.hot),
         }
     }
 }
@@ -1648,29 +1697,32 @@ fn vip_probe(k: Key4) -> u64 {
     (k.a >> 32) | ((k.b & 0x00ff_ffff_0000) << 16)
 }
 
-/// The steady state of a flow, decided inline by the burst path: `key` has an entry in
-/// `bucket` that has not expired, was resolved in this table (`epoch`), whose backend is
-/// still the one at its index in `vip`'s hot array and has a next hop, and `vip`
-/// forwards by DNAT. Refreshes the entry's age and returns the backend's index, entry
-/// and MAC. `None` for everything else, without changing anything: the caller then
-/// takes [`LbWorker::forward_to_backend`], which looks the flow up again and handles
-/// the case (and agrees with this on every case this takes).
+/// The steady state of a flow, decided inline by the burst path for a DNAT VIP: `key`
+/// has an entry in `bucket` that has not expired (`idle`), was resolved in this table
+/// (`epoch`), and whose backend is still the one at its index in the VIP's `hot` array
+/// and has a next hop ([`Hot::fast_key`]). Refreshes the entry's age and returns the
+/// backend's index and entry. `None` for everything else, without changing anything:
+/// the caller then takes [`LbWorker::forward_to_backend`], which looks the flow up again
+/// and handles the case (and agrees with this on every case this takes).
 #[inline(always)]
 fn established<'t>(
     bucket: &mut Bucket<Key4>,
     key: Key4,
-    vip: &'t Vip,
+    hot: &'t [Hot],
+    idle: u32,
     now: u32,
     epoch: u16,
-) -> Option<(u16, &'t Hot, [u8; 6])> {
+) -> Option<(u16, &'t Hot)> {
     let e = bucket.0.iter_mut().find(|e| e.key == key)?;
-    if now.wrapping_sub(e.last_ms) > vip.idle_ms32 || vip.forwarding != Forwarding::Dnat {
+    if now.wrapping_sub(e.last_ms) > idle || e.epoch != epoch {
         return None;
     }
-    let (hot, h) = e.current(vip, epoch)?;
-    let mac = h.mac?;
+    let h = hot.get(usize::from(e.hot))?;
+    if h.fast_key != e.backend {
+        return None;
+    }
     e.last_ms = now;
-    Some((hot, h, mac))
+    Some((e.hot, h))
 }
 
 /// What the balancer reads from an IPv4 TCP/UDP packet, raw (wire order, loaded
@@ -1853,18 +1905,22 @@ fn fast4(d: &[u8], checked: bool) -> Option<(Key4, u16)> {
     Some((key, total))
 }
 
-/// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
-/// first 20 bytes) to the VIP's backend `be`, sent from `src_mac` to `dst_mac`:
-/// [`ipv4_nat`] with every offset fixed and the checksum deltas precomputed (the frame's
-/// destination is the VIP's address and port: that is how its VIP was found).
+/// Bytes 0..8 of an Ethernet header to `dst` from a source MAC starting with `src01`, as
+/// one native-order word (bytes 8..12 are the source MAC's last four).
 #[inline(always)]
-fn dnat4_plain(
-    h: &mut [u8; FAST4_MIN],
-    protocol: u8,
-    be: &Hot,
-    dst_mac: [u8; 6],
-    src_mac: [u8; 6],
-) {
+fn mac_word(dst: [u8; 6], src01: [u8; 2]) -> u64 {
+    u64::from_ne_bytes([
+        dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src01[0], src01[1],
+    ])
+}
+
+/// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
+/// first 20 bytes) to the VIP's backend `be`, with the Ethernet addresses `eth0` (bytes
+/// 0..8, [`mac_word`]) and `eth8` (bytes 8..12): [`ipv4_nat`] with every offset fixed and
+/// the checksum deltas precomputed (the frame's destination is the VIP's address and
+/// port: that is how its VIP was found).
+#[inline(always)]
+fn dnat4(h: &mut [u8; FAST4_MIN], protocol: u8, be: &Hot, eth0: u64, eth8: u32) {
     const IP: usize = ETH_HEADER_LEN;
     const L4: usize = IP + IPV4_MIN_HEADER_LEN;
     let hc = u16::from_ne_bytes([h[IP + 10], h[IP + 11]]);
@@ -1884,8 +1940,8 @@ fn dnat4_plain(
         let lc = u16::from_ne_bytes([h[L4 + 16], h[L4 + 17]]);
         h[L4 + 16..L4 + 18].copy_from_slice(&csum_adjust16(lc, be.d_l4).to_ne_bytes());
     }
-    h[0..6].copy_from_slice(&dst_mac);
-    h[6..12].copy_from_slice(&src_mac);
+    h[0..8].copy_from_slice(&eth0.to_ne_bytes());
+    h[8..12].copy_from_slice(&eth8.to_ne_bytes());
 }
 
 /// RFC 1624 eqn. 3 with the delta already folded to 16 bits: `~(~HC + d)`, where the
@@ -1916,7 +1972,8 @@ impl VecPacket {
     }
 }
 
-impl PacketBuf for VecPacket {
+// SAFETY: the data is the Vec's heap buffer, which only `prepend`/`resize` change.
+unsafe impl PacketBuf for VecPacket {
     fn data(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..]
     }

@@ -464,7 +464,9 @@ impl Mbuf {
     }
 }
 
-impl PacketBuf for Mbuf {
+// SAFETY: `data` is the mbuf's own data buffer (not inside the `Mbuf` handle), which
+// stays put until the mbuf is freed, prepended to or resized; no two mbufs share one.
+unsafe impl PacketBuf for Mbuf {
     #[inline]
     fn data(&mut self) -> &mut [u8] {
         let m = self.0.as_ptr();

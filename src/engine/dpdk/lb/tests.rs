@@ -692,7 +692,8 @@ struct Flagged {
     good: bool,
 }
 
-impl PacketBuf for Flagged {
+// SAFETY: the data is the inner VecPacket's (a heap buffer only prepend/resize change).
+unsafe impl PacketBuf for Flagged {
     fn data(&mut self) -> &mut [u8] {
         self.pkt.data()
     }
