@@ -1129,16 +1129,17 @@ impl LbWorker {
     }
 
     /// [`LbWorker::process`] for a burst of up to [`MAX_BURST`] frames, `verdicts[i]` for
-    /// `pkts[i]`, software-pipelined (VPP-style): frame `i + LOOKAHEAD` is parsed, hashed
-    /// and its flow-table bucket prefetched while frame `i` is decided and rewritten, so
-    /// at most `LOOKAHEAD` buckets are in flight (a whole burst's worth would overrun the
-    /// core's miss buffers when the table is larger than the cache). Only the common case
-    /// — Ethernet + 20-byte IPv4 header + TCP/UDP, valid, not a fragment — is parsed in
-    /// the first stage ([`fast4`]); everything else (ARP, ICMP, options, IPv6, bad
-    /// frames) goes frame by frame through [`LbWorker::process`]'s path, out of line. In
-    /// the second stage only a DNAT frame of an established flow (the steady state) is
-    /// decided inline ([`established`]); a new, expired or moved flow, a missing next
-    /// hop, an IP-in-IP VIP or a frame to no VIP takes the full path for that frame
+    /// `pkts[i]`, software-pipelined (VPP-style) in chunks of [`CHUNK`] frames: the next
+    /// chunk is parsed, hashed and its flow-table buckets prefetched, then the current
+    /// chunk is decided and rewritten, so at most two chunks' buckets are in flight (a
+    /// whole burst's worth would overrun the core's miss buffers when the table is larger
+    /// than the cache), and each stage's loop keeps its own few values in registers. Only
+    /// the common case — Ethernet + 20-byte IPv4 header + TCP/UDP, valid, not a fragment —
+    /// is parsed in the first stage ([`fast4`]); everything else (ARP, ICMP, options,
+    /// IPv6, bad frames) goes frame by frame through [`LbWorker::process`]'s path, out of
+    /// line. In the second stage only a DNAT frame of an established flow (the steady
+    /// state) is decided inline ([`established`]); a new, expired or moved flow, a missing
+    /// next hop, an IP-in-IP VIP or a frame to no VIP takes the full path for that frame
     /// ([`LbWorker::forward_slow`], [`LbWorker::not_to_a_vip4`]), which repeats the
     /// lookup and so decides exactly as `process` would. Returns (bytes received, bytes
     /// of the frames to forward as they leave, how many frames are to be forwarded).
@@ -1150,19 +1151,13 @@ impl LbWorker {
         verdicts: &mut [Verdict],
         now_ms: u64,
     ) -> (u64, u64, usize) {
-        const LOOKAHEAD: usize = 8;
-        // Frames' data is prefetched this far ahead of their parse, in the same pass
-        // (a window, not the whole burst at once: the loads overlap without queueing).
-        const PREFETCH: usize = 8;
         let n = pkts.len().min(verdicts.len()).min(MAX_BURST);
         let (pkts, verdicts) = (&mut pkts[..n], &mut verdicts[..n]);
-        let ahead = LOOKAHEAD.min(n);
-        let (mut rx_bytes, mut fwd_bytes, mut forwarded) = (0u64, 0u64, 0usize);
         for p in &pkts[..n.min(PREFETCH)] {
             p.prefetch();
         }
-        // Written in the first stage before the second reads it (`ahead` iterations
-        // later); never read past `n`. Uninitialised: no per-burst clearing.
+        // Frames [0, parsed) are described here (stage 1 writes an entry before stage 2
+        // reads it; never read past `parsed`). Uninitialised: no per-burst clearing.
         let mut scratch = [const { MaybeUninit::<Parsed>::uninit() }; MAX_BURST];
         // Per-burst values held in locals (registers or the stack, never reloaded through
         // `self` or `t` after a store into a frame could have changed them).
@@ -1178,92 +1173,67 @@ impl LbWorker {
         // A one-entry cache of the VIP map: consecutive frames mostly go to one VIP.
         // (A probe of a TCP/UDP frame is never 0, so the empty cache matches nothing.)
         let mut vc = VipCache::EMPTY;
-        for i in 0..n + ahead {
-            if i < n {
-                if i + PREFETCH < n {
-                    pkts[i + PREFETCH].prefetch();
-                }
-                let p = &mut pkts[i];
-                let checked = p.ip_checksum_good();
-                let d = p.data();
-                rx_bytes += d.len() as u64;
-                let s = match fast4(d, checked) {
-                    Some((key, total)) => {
-                        let bucket = hash4(key) as usize & mask;
-                        // The bucket's first cache line only: `insert` fills ways in
-                        // order, so with the table sized well above the flows in flight
-                        // (the default) nearly every flow sits in the first line; one
-                        // prefetch per frame instead of one per line (each costs an issue
-                        // slot and a miss buffer when the table is cold). A flow in a
-                        // later way pays a demand load. (Address arithmetic only: a
-                        // prefetch never faults.)
-                        prefetch(buckets.wrapping_add(bucket).cast());
-                        Parsed {
-                            key,
-                            data: d.as_mut_ptr(),
-                            bucket: bucket as u32,
-                            len: d.len() as u32,
-                            total,
-                        }
+        let (mut fwd_bytes, mut forwarded) = (0u64, 0usize);
+        let mut rx_bytes = parse_chunk(pkts, &mut scratch, 0, mask, buckets);
+        let mut at = 0;
+        while at < n {
+            let next = (at + CHUNK).min(n);
+            // (Address arithmetic only: the first stage prefetches through `buckets`.)
+            rx_bytes += parse_chunk(pkts, &mut scratch, next, mask, buckets);
+            for j in at..next {
+                // SAFETY: entry j (< next <= parsed) was written by the parse_chunk call
+                // that covered it (the one before this loop or the previous round's).
+                let s = unsafe { scratch[j].assume_init() };
+                if s.key.is_empty() {
+                    let v = self.process_one(t, port, &mut pkts[j], now_ms);
+                    buckets = self.flows.buckets.as_mut_ptr();
+                    verdicts[j] = v;
+                    if v == Verdict::Forward {
+                        fwd_bytes += pkts[j].data().len() as u64;
+                        forwarded += 1;
                     }
-                    None => Parsed::SLOW,
+                    continue;
+                }
+                let probe = vip_probe(s.key);
+                if probe != vc.probe {
+                    vc = VipCache::fill(t, probe, s.key);
+                }
+                if vc.dnat {
+                    // SAFETY: `buckets` points at this worker's flow table, re-derived
+                    // after every call that could have used the table through `self` (the
+                    // table's allocation never changes size or place after
+                    // `FlowTable::new`); `s.bucket` is `hash & mask`, below its length (a
+                    // power of two, `mask + 1`). No other reference to the bucket lives
+                    // while this one does: it ends before the next call through `self`.
+                    let bucket = unsafe { &mut *buckets.add(s.bucket as usize) };
+                    if let Some((h, be)) = established(bucket, s.key, vc.hot, vc.idle, now, epoch) {
+                        // SAFETY: `s.data` is the start of frame j's data as stage 1 read
+                        // it (fast4 took it, so it is at least FAST4_MIN bytes long);
+                        // since then only other frames' `data` was called, and nothing
+                        // moved or grew a frame: by `PacketBuf`'s contract the bytes are
+                        // still there, and no other reference to them lives.
+                        let frame = unsafe { &mut *s.data.cast::<[u8; FAST4_MIN]>() };
+                        self.pending
+                            .count(t, self.worker, vc.v, h, u64::from(s.total));
+                        dnat4(frame, (s.key.b >> 32) as u8, be, be.mac64 | src_lo, src_hi);
+                        verdicts[j] = Verdict::Forward;
+                        fwd_bytes += u64::from(s.len);
+                        forwarded += 1;
+                        continue;
+                    }
+                }
+                let v = match vc.vip {
+                    Some(_) => self.forward_slow(t, port, &mut pkts[j], s.flow(), vc.v, now_ms),
+                    None => self.not_to_a_vip4(t, port, pkts[j].data(), s.flow(), self.worker),
                 };
-                scratch[i].write(s);
-            }
-            let Some(j) = i.checked_sub(ahead) else {
-                continue;
-            };
-            // SAFETY: entry j (< n) was written at iteration j of this loop (above), and
-            // `ahead` >= 1 iterations have passed since.
-            let s = unsafe { scratch[j].assume_init() };
-            if s.key.is_empty() {
-                let v = self.process_one(t, port, &mut pkts[j], now_ms);
                 buckets = self.flows.buckets.as_mut_ptr();
                 verdicts[j] = v;
                 if v == Verdict::Forward {
                     fwd_bytes += pkts[j].data().len() as u64;
                     forwarded += 1;
                 }
-                continue;
             }
-            let probe = vip_probe(s.key);
-            if probe != vc.probe {
-                vc = VipCache::fill(t, probe, s.key);
-            }
-            if vc.dnat {
-                // SAFETY: `buckets` points at this worker's flow table, re-derived after
-                // every call that could have used the table through `self` (the table's
-                // allocation never changes size or place after `FlowTable::new`);
-                // `s.bucket` is `hash & mask`, below its length (a power of two, `mask +
-                // 1`). No other reference to the bucket lives while this one does: it
-                // ends before the next call through `self`.
-                let bucket = unsafe { &mut *buckets.add(s.bucket as usize) };
-                if let Some((h, be)) = established(bucket, s.key, vc.hot, vc.idle, now, epoch) {
-                    // SAFETY: `s.data` is the start of frame j's data as stage 1 read it
-                    // (fast4 took it, so it is at least FAST4_MIN bytes long); since then
-                    // only other frames' `data` was called, and nothing moved or grew a
-                    // frame: by `PacketBuf`'s contract the bytes are still there, and no
-                    // other reference to them lives.
-                    let frame = unsafe { &mut *s.data.cast::<[u8; FAST4_MIN]>() };
-                    self.pending
-                        .count(t, self.worker, vc.v, h, u64::from(s.total));
-                    dnat4(frame, (s.key.b >> 32) as u8, be, be.mac64 | src_lo, src_hi);
-                    verdicts[j] = Verdict::Forward;
-                    fwd_bytes += u64::from(s.len);
-                    forwarded += 1;
-                    continue;
-                }
-            }
-            let v = match vc.vip {
-                Some(_) => self.forward_slow(t, port, &mut pkts[j], s.flow(), vc.v, now_ms),
-                None => self.not_to_a_vip4(t, port, pkts[j].data(), s.flow(), self.worker),
-            };
-            buckets = self.flows.buckets.as_mut_ptr();
-            verdicts[j] = v;
-            if v == Verdict::Forward {
-                fwd_bytes += pkts[j].data().len() as u64;
-                forwarded += 1;
-            }
+            at = next;
         }
         self.flush(t);
         (rx_bytes, fwd_bytes, forwarded)
@@ -1610,6 +1580,60 @@ impl LbWorker {
     }
 }
 
+/// Frames [`LbWorker::process_burst`] parses (stage 1) ahead of deciding them (stage 2).
+const CHUNK: usize = 8;
+
+/// How far ahead of its parse a frame's data is prefetched, in the same pass (a window,
+/// not the whole burst at once: the loads overlap without queueing).
+const PREFETCH: usize = 8;
+
+/// Stage 1 of [`LbWorker::process_burst`] for frames `from..from + CHUNK` (those that
+/// exist): [`fast4`], the flow hash, a prefetch of the bucket's first cache line, and
+/// the result in `scratch`; returns the bytes received. The bucket prefetch is address
+/// arithmetic on `buckets` only (a prefetch never faults, whatever the address), so a
+/// stale pointer would do no harm.
+#[inline(always)]
+fn parse_chunk<B: PacketBuf>(
+    pkts: &mut [B],
+    scratch: &mut [MaybeUninit<Parsed>; MAX_BURST],
+    from: usize,
+    mask: usize,
+    buckets: *mut Bucket<Key4>,
+) -> u64 {
+    let n = pkts.len().min(MAX_BURST);
+    let mut rx_bytes = 0;
+    for i in from..(from + CHUNK).min(n) {
+        if i + PREFETCH < n {
+            pkts[i + PREFETCH].prefetch();
+        }
+        let p = &mut pkts[i];
+        let checked = p.ip_checksum_good();
+        let d = p.data();
+        rx_bytes += d.len() as u64;
+        let s = match fast4(d, checked) {
+            Some((key, total)) => {
+                let bucket = hash4(key) as usize & mask;
+                // The bucket's first cache line only: `insert` fills ways in order, so
+                // with the table sized well above the flows in flight (the default)
+                // nearly every flow sits in the first line; one prefetch per frame
+                // instead of one per line (each costs an issue slot and a miss buffer
+                // when the table is cold). A flow in a later way pays a demand load.
+                prefetch(buckets.wrapping_add(bucket).cast());
+                Parsed {
+                    key,
+                    data: d.as_mut_ptr(),
+                    bucket: bucket as u32,
+                    len: d.len() as u32,
+                    total,
+                }
+            }
+            None => Parsed::SLOW,
+        };
+        scratch[i].write(s);
+    }
+    rx_bytes
+}
+
 /// A frame as [`LbWorker::process_burst`]'s first stage leaves it for the second: the
 /// flow key, where the frame's data is and how long, its flow-table bucket and the IP
 /// total length. An empty key marks a frame [`fast4`] did not take.
@@ -1870,20 +1894,22 @@ fn fast4(d: &[u8], checked: bool) -> Option<(Key4, u16)> {
     // More-fragments flag and fragment offset (the 0x3fff of the big-endian word).
     let frag = (head >> 48) as u16 & 0xff3f;
     let protocol = (ttl_proto >> 8) as u8;
-    let tcp = protocol == PROTO_TCP;
-    let l4_min: u16 = if tcp { 20 } else { 8 };
     // The ones'-complement sum of the 20 header bytes must fold to 0xffff; a NIC that
     // checked the header already spares the test (per port: a predictable value).
     let (sum, c1) = head.overflowing_add(addrs);
     let (sum, c2) = sum.overflowing_add(u64::from(ttl_proto) + u64::from(c1));
     // (With a carry out, the wrapped sum is below 2^33: adding it back cannot carry.)
+    // Not 0: `head` holds the version/IHL byte, and end-around sums of non-zero words
+    // never are.
     let sum = sum + u64::from(c2);
+    // One minimum length for both protocols, a TCP header's (a UDP datagram with fewer
+    // than 12 payload bytes takes the full path, which tells it apart).
     let ok = eth_ok
-        & (tcp | (protocol == PROTO_UDP))
+        & ((protocol == PROTO_TCP) | (protocol == PROTO_UDP))
         & (frag == 0)
-        & (total >= IPV4_MIN_HEADER_LEN as u16 + l4_min)
+        & (usize::from(total) >= FAST4_MIN - ETH_HEADER_LEN)
         & (usize::from(total) + ETH_HEADER_LEN <= d.len())
-        & (checked | (fold64(sum) == 0xffff));
+        & (checked | folds_to_ffff(sum));
     if !ok {
         return None;
     }
@@ -1912,6 +1938,20 @@ fn mac_word(dst: [u8; 6], src01: [u8; 2]) -> u64 {
     u64::from_ne_bytes([
         dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], src01[0], src01[1],
     ])
+}
+
+/// Whether the non-zero ones'-complement sum `sum` (kept in 64 bits, carries added back)
+/// folds to 0xffff, without folding it: 2^16 ≡ 1 (mod 0xffff), so `sum` ≡ its 16-bit
+/// fold, which is in 1..=0xffff, and the fold is 0xffff exactly when 0xffff divides
+/// `sum`. Divisibility by an odd constant is one multiply by its inverse mod 2^64 and
+/// one comparison (Granlund & Montgomery, "Division by invariant integers using
+/// multiplication", 1994, §9).
+#[inline(always)]
+fn folds_to_ffff(sum: u64) -> bool {
+    /// The inverse of 0xffff modulo 2^64.
+    const INV: u64 = 0xfffe_fffe_fffe_ffff;
+    const _: () = assert!(INV.wrapping_mul(0xffff) == 1);
+    sum.wrapping_mul(INV) <= u64::MAX / 0xffff
 }
 
 /// DNAT of a frame [`fast4`] parsed (`h`: Ethernet + option-less IPv4 + the L4 header's
