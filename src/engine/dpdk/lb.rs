@@ -213,6 +213,8 @@ pub struct Vip {
     raw_ip: u32,
     raw_ip6: u128,
     raw_port: u16,
+    /// [`vip_probe`] of the frames to this VIP (IPv4; 0 for IPv6).
+    probe: u64,
     pub protocol: u8,
     pub forwarding: Forwarding,
     /// Cumulative weights and cluster indices (one entry for a single cluster).
@@ -593,6 +595,13 @@ impl LbTable {
                 raw_ip: raw_ip4(ip4_of(addr)),
                 raw_ip6: ip6_of(addr),
                 raw_port: raw_port(addr.port()),
+                probe: if v6 {
+                    0
+                } else {
+                    let p = raw_port(addr.port()).to_ne_bytes();
+                    let ports = u32::from_ne_bytes([0, 0, p[0], p[1]]);
+                    vip_probe(keys4(0, raw_ip4(ip4_of(addr)), ports, protocol))
+                },
                 protocol,
                 forwarding,
                 cumulative: cumulative(&weights),
@@ -1047,6 +1056,9 @@ pub struct LbWorker {
     /// counters: runs of packets of one (VIP, cluster, backend) are added at once, at the
     /// latest when the burst ends, instead of four counter writes per packet.
     pending: Pending,
+    /// The last VIP a burst's frames went to ([`vip_probe`], index), for the next burst
+    /// to start with (checked against the table it gets: see [`VipCache::resume`]).
+    vip_hint: (u64, u32),
 }
 
 #[derive(Clone, Copy, Default)]
@@ -1064,19 +1076,25 @@ impl Pending {
     #[inline(always)]
     fn count(&mut self, t: &LbTable, w: usize, vip: u32, hot: u16, bytes: u64) {
         if (self.vip, self.hot) != (vip, hot) {
-            self.start(t, w, vip, hot);
+            *self = self.restart(t, w, vip, hot);
         }
         self.packets += 1;
         self.bytes += bytes;
     }
 
     /// Flush the run and start one for (`vip`, `hot`): out of line, so a run's packets
-    /// keep the fast path's registers.
+    /// keep the fast path's registers, and by value, so a run kept in a local never has
+    /// its address taken (and can live in registers).
     #[cold]
     #[inline(never)]
-    fn start(&mut self, t: &LbTable, w: usize, vip: u32, hot: u16) {
+    fn restart(mut self, t: &LbTable, w: usize, vip: u32, hot: u16) -> Pending {
         self.flush(t, w);
-        (self.vip, self.hot) = (vip, hot);
+        Pending {
+            vip,
+            hot,
+            packets: 0,
+            bytes: 0,
+        }
     }
 
     /// Add the run to its VIP's and backend's counters (worker `w`'s slots) and clear it.
@@ -1111,6 +1129,7 @@ impl LbWorker {
             flows: FlowTable::new(flow_capacity),
             flows6: FlowTable::new(flow_capacity),
             pending: Pending::default(),
+            vip_hint: (0, 0),
         }
     }
 
@@ -1172,7 +1191,10 @@ impl LbWorker {
         );
         // A one-entry cache of the VIP map: consecutive frames mostly go to one VIP.
         // (A probe of a TCP/UDP frame is never 0, so the empty cache matches nothing.)
-        let mut vc = VipCache::EMPTY;
+        let mut vc = VipCache::resume(t, self.vip_hint);
+        // The inline path's counting run, a local (the out-of-line paths count into
+        // `self.pending`); both are added to the counters before the burst returns.
+        let mut run = Pending::default();
         let (mut fwd_bytes, mut forwarded) = (0u64, 0usize);
         let mut rx_bytes = parse_chunk(pkts, &mut scratch, 0, mask, buckets);
         let mut at = 0;
@@ -1213,8 +1235,7 @@ impl LbWorker {
                         // moved or grew a frame: by `PacketBuf`'s contract the bytes are
                         // still there, and no other reference to them lives.
                         let frame = unsafe { &mut *s.data.cast::<[u8; FAST4_MIN]>() };
-                        self.pending
-                            .count(t, self.worker, vc.v, h, u64::from(s.total));
+                        run.count(t, self.worker, vc.v, h, u64::from(s.total));
                         dnat4(frame, (s.key.b >> 32) as u8, be, be.mac64 | src_lo, src_hi);
                         verdicts[j] = Verdict::Forward;
                         fwd_bytes += u64::from(s.len);
@@ -1235,6 +1256,10 @@ impl LbWorker {
             }
             at = next;
         }
+        if vc.vip.is_some() {
+            self.vip_hint = (vc.probe, vc.v);
+        }
+        run.flush(t, self.worker);
         self.flush(t);
         (rx_bytes, fwd_bytes, forwarded)
     }
@@ -1702,6 +1727,23 @@ impl<'t> VipCache<'t> {
             hlen: 0,
         };
         let v = t.by_vip.get(key4(f.dst(), f.dport(), f.protocol()));
+        VipCache::of(t, probe, v)
+    }
+
+    /// The cache as a previous burst left it ([`LbWorker::vip_hint`]: probe, VIP index),
+    /// if that index names a VIP with that probe in `t` (which may be another table):
+    /// then the VIP map would give that index too (no two listeners share an address
+    /// and protocol). Empty otherwise.
+    #[inline]
+    fn resume(t: &'t LbTable, (probe, v): (u64, u32)) -> VipCache<'t> {
+        match t.vips.get(v as usize) {
+            Some(vip) if probe != 0 && vip.probe == probe => VipCache::of(t, probe, Some(v)),
+            _ => VipCache::EMPTY,
+        }
+    }
+
+    #[inline(always)]
+    fn of(t: &'t LbTable, probe: u64, v: Option<u32>) -> VipCache<'t> {
         let vip = v.map(|v| &t.vips[v as usize]);
         VipCache {
             probe,
@@ -1718,7 +1760,15 @@ impl<'t> VipCache<'t> {
 /// (address, port, protocol) and never 0 for TCP/UDP: what [`VipCache`] compares.
 #[inline(always)]
 fn vip_probe(k: Key4) -> u64 {
-    (k.a >> 32) | ((k.b & 0x00ff_ffff_0000) << 16)
+    if cfg!(target_endian = "little") {
+        // Destination port (bytes 2..4 of the port word) and protocol: bits 16..40.
+        (k.a >> 32) | ((k.b & 0x00ff_ffff_0000) << 16)
+    } else {
+        let p = (k.b as u32).to_ne_bytes();
+        (k.a >> 32)
+            | (u64::from(u16::from_ne_bytes([p[2], p[3]])) << 32)
+            | (((k.b >> 32) & 0xff) << 48)
+    }
 }
 
 /// The steady state of a flow, decided inline by the burst path for a DNAT VIP: `key`

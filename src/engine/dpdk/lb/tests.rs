@@ -1109,3 +1109,83 @@ fn maglev_table_size_is_honoured() {
     let t = LbTable::compile(&cfg, &addressing(), 2, &stats).unwrap();
     assert_eq!(t.clusters[0].maglev.table().len(), 131_071);
 }
+
+/// fast4's header-checksum test (divisibility by 0xffff) agrees with folding the sum,
+/// on the edge values and 200,000 pseudo-random non-zero sums.
+#[test]
+fn folds_to_ffff_matches_the_fold() {
+    let mut vals = vec![
+        1,
+        0xfffe,
+        0xffff,
+        0x1_0000,
+        0x1_fffe,
+        0xffff_ffff,
+        0xffff_0000_ffff,
+        u64::MAX,
+        u64::MAX - 1,
+        0x0001_0001_0001_0001,
+    ];
+    let mut x = 0x243f_6a88_85a3_08d3u64;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        vals.push(x);
+        // Near multiples of 0xffff, where a wrong test would show.
+        vals.push((x >> 17) * 0xffff);
+        vals.push((x >> 17) * 0xffff + 1);
+    }
+    for s in vals.into_iter().filter(|&s| s != 0) {
+        assert_eq!(folds_to_ffff(s), fold64(s) == 0xffff, "sum {s:#x}");
+    }
+}
+
+/// A VIP remembered from an earlier burst is used only if the table the next burst gets
+/// still has that VIP at that index: after a swap to a table where the index names
+/// another VIP, frames go where that table says.
+#[test]
+fn vip_hint_does_not_outlive_its_table() {
+    let one = "listeners:\n  - {name: a, address: \"10.0.0.100:80\", cluster: x}\n  - {name: b, address: \"10.0.0.101:80\", cluster: y}\nclusters:\n  - {name: x, endpoints: [\"10.1.0.1:8080\"]}\n  - {name: y, endpoints: [\"10.2.0.1:8080\"]}\n";
+    // The same VIPs in the other order (b at index 0).
+    let two = "listeners:\n  - {name: b, address: \"10.0.0.101:80\", cluster: y}\n  - {name: a, address: \"10.0.0.100:80\", cluster: x}\nclusters:\n  - {name: x, endpoints: [\"10.1.0.1:8080\"]}\n  - {name: y, endpoints: [\"10.2.0.1:8080\"]}\n";
+    let stats = StatsRegistry::new(1);
+    let a = LbAddressing {
+        gateway: Some(GW_MAC),
+        ..Default::default()
+    };
+    let t1 = LbTable::compile(&parse(one, Format::Yaml).unwrap(), &a, 1, &stats).unwrap();
+    let t2 = LbTable::compile(&parse(two, Format::Yaml).unwrap(), &a, 2, &stats).unwrap();
+    let port = stats.port("p");
+    let ctx = PortCtx {
+        mac: LB_MAC,
+        stats: &port,
+    };
+    let mut w = LbWorker::new(0, 64);
+    let to_a = frame(
+        (ip("192.0.2.7"), 40000),
+        (ip("10.0.0.100"), 80),
+        PROTO_TCP,
+        b"x",
+    );
+    let to_b = frame(
+        (ip("192.0.2.7"), 40001),
+        (ip("10.0.0.101"), 80),
+        PROTO_TCP,
+        b"x",
+    );
+    let mut verdicts = [Verdict::Drop; 1];
+    // Each burst after the first finds the previous burst's VIP index naming another VIP.
+    for (t, f, backend) in [
+        (&t1, &to_a, [10, 1, 0, 1]),
+        (&t2, &to_a, [10, 1, 0, 1]),
+        (&t1, &to_a, [10, 1, 0, 1]),
+        (&t2, &to_b, [10, 2, 0, 1]),
+        (&t1, &to_b, [10, 2, 0, 1]),
+    ] {
+        let mut pkts = [VecPacket::new(f, 64)];
+        w.process_burst(t, &ctx, &mut pkts, &mut verdicts, 1);
+        assert_eq!(verdicts[0], Verdict::Forward);
+        assert_eq!(pkts[0].frame()[30..34], backend);
+    }
+}
