@@ -498,3 +498,56 @@ fn tls_handshake_runs_end_to_end() {
         assert!(md.contains("handshakes/s per proxy core"), "{md}");
     }
 }
+
+/// `--tickmesh-offload`: the TLS records run on the backend asked for, and the report says
+/// which; a backend the binary lacks stops the target with a message naming both instead
+/// of measuring the software fallback under the wrong name.
+#[test]
+fn tls_runs_on_the_requested_offload_backend() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!(
+            "SKIP tls_runs_on_the_requested_offload_backend: no openssl CLI for certificates"
+        );
+        return;
+    }
+    let args = |backend: &'static str| {
+        [
+            "--workload",
+            "tls-echo",
+            "--targets",
+            "tickmesh-epoll",
+            "--scenarios",
+            "closed:1",
+            "--runs",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--tickmesh-offload",
+            backend,
+        ]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text, r) = bench(dir.path(), &args("software-threaded"));
+    assert!(ok, "{text}");
+    assert_eq!(r["settings"]["tickmesh_offload"], "software-threaded");
+    let settings = r["peers"]["tickmesh-epoll"]["settings"].to_string();
+    assert!(
+        settings.contains("offload backend in use (tickmesh stats): software-threaded"),
+        "{settings}"
+    );
+    let run = &target(&r["scenarios"][0], "tickmesh-epoll")["runs"][0];
+    assert!(run["received"].as_u64().unwrap() > 10, "{run}");
+
+    // Without DPDK in the binary, cryptodev falls back to software: named, not measured.
+    if !cfg!(feature = "dpdk") {
+        let dir = tempfile::tempdir().unwrap();
+        let (ok, text, _) = bench(dir.path(), &args("cryptodev"));
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("runs its TLS records on `software-inline`, not the requested `offload.backend: cryptodev`"),
+            "{text}"
+        );
+    }
+}

@@ -165,6 +165,21 @@ fn rewrites_answers_and_rejects_through_net_pcap() {
     assert_eq!(run.counter("vip/web", "packets"), 1);
     assert_eq!(run.counter("vip/web", "reply_packets"), 1);
     assert_eq!(run.counter("backend/pool/10.1.0.1:8080", "flows_new"), 1);
+    // Busy time: every frame received is an event of a busy turn; the worker parks when
+    // idle (`--idle park`), and time asleep is never busy.
+    let loops = &run.counters["worker_loops"]["total"];
+    let get = |k: &str| {
+        loops[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no worker_loops.{k}: {}", run.stdout))
+    };
+    assert_eq!(get("events"), frames.len() as u64);
+    assert!(get("busy_turns") >= 1);
+    assert!(get("busy_ns") > 0);
+    assert!(
+        get("busy_ns") * 2 < get("clock_ns"),
+        "a parked worker's sleep counted busy: {loops}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -154,6 +154,42 @@ impl TickmeshIdle {
     }
 }
 
+/// Where tickmesh seals and opens TLS records (its config's `offload.backend`) in the TLS
+/// workloads.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TickmeshOffload {
+    /// `ring` AEADs inline in the worker's poll loop.
+    Software,
+    /// `ring` AEADs on a crypto thread per worker.
+    SoftwareThreaded,
+    /// DPDK cryptodev (a binary built with `--features dpdk`; a virtual crypto device
+    /// when the host has no accelerator).
+    Cryptodev,
+    /// The kernel's TLS (needs the `tls` module).
+    Ktls,
+}
+
+impl TickmeshOffload {
+    /// The config's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickmeshOffload::Software => "software",
+            TickmeshOffload::SoftwareThreaded => "software-threaded",
+            TickmeshOffload::Cryptodev => "cryptodev",
+            TickmeshOffload::Ktls => "ktls",
+        }
+    }
+
+    /// How `tickmesh stats` names it once a worker runs it.
+    pub fn stats_name(self) -> &'static str {
+        match self {
+            TickmeshOffload::Software => "software-inline",
+            other => other.as_str(),
+        }
+    }
+}
+
 /// How load is offered.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
@@ -376,6 +412,10 @@ pub struct BenchArgs {
     /// tickmesh's spin time before waiting, with `--tickmesh-idle adaptive`.
     #[arg(long, value_name = "MICROS", default_value_t = 50)]
     pub tickmesh_spin_us: u64,
+    /// tickmesh's TLS record offload backend in the TLS workloads; the run fails if
+    /// tickmesh falls back to another (e.g. cryptodev in a binary without DPDK).
+    #[arg(long, value_enum, value_name = "BACKEND", default_value_t = TickmeshOffload::Software)]
+    pub tickmesh_offload: TickmeshOffload,
     /// Write report.json, report.md and the latency plots (SVG, PNG) here.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -419,6 +459,7 @@ pub struct Settings {
     /// tickmesh's `--idle` (resolved from the layout when not given).
     pub tickmesh_idle: TickmeshIdle,
     pub tickmesh_spin_us: u64,
+    pub tickmesh_offload: TickmeshOffload,
     pub quick: bool,
 }
 
@@ -503,6 +544,7 @@ impl Settings {
                 Layout::Shared => TickmeshIdle::Park,
             }),
             tickmesh_spin_us: a.tickmesh_spin_us,
+            tickmesh_offload: a.tickmesh_offload,
             quick: a.quick,
         })
     }

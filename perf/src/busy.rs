@@ -228,6 +228,30 @@ pub fn parse_tickmesh_busy(text: &str) -> anyhow::Result<Vec<(u64, u64)>> {
         .collect()
 }
 
+/// tickmesh's `stats`: the offload backend of each worker (`none` before its first TLS
+/// connection).
+pub fn tickmesh_offload_backends(control: &Path) -> anyhow::Result<Vec<String>> {
+    let text = ask(control, "{\"op\":\"stats\"}\n")?;
+    parse_offload_backends(&text)
+}
+
+/// The `offload.backends` of a `stats` response line (empty: no worker built one).
+pub fn parse_offload_backends(text: &str) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| anyhow::anyhow!("malformed stats answer ({e}): {}", clip(text)))?;
+    if v.get("ok").and_then(|o| o.as_bool()) != Some(true) {
+        anyhow::bail!("stats refused: {}", clip(text));
+    }
+    Ok(v.pointer("/result/offload/backends")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// HAProxy's `show info` → `Idle_pct`.
 pub fn haproxy_idle_pct(socket: &Path) -> anyhow::Result<f64> {
     parse_idle_pct(&ask(socket, "show info\n")?)
@@ -287,6 +311,23 @@ mod tests {
             .contains("malformed"));
         let partial = r#"{"ok":true,"result":{"worker_loops":{"per_worker":[{"busy_ns":5}]}}}"#;
         assert!(parse_tickmesh_busy(partial).is_err());
+    }
+
+    #[test]
+    fn offload_backends_are_read_or_refused() {
+        let ok = r#"{"ok":true,"result":{"offload":{"backends":["software-inline","none"],"counters":{},"per_worker":[]}}}"#;
+        assert_eq!(
+            parse_offload_backends(ok).unwrap(),
+            vec!["software-inline".to_string(), "none".to_string()]
+        );
+        // No worker built an engine yet: no offload block at all.
+        assert!(parse_offload_backends(r#"{"ok":true,"result":{}}"#)
+            .unwrap()
+            .is_empty());
+        let e = parse_offload_backends(r#"{"ok":false,"error":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("stats refused"), "{e}");
+        let e = parse_offload_backends("{").unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
     }
 
     #[test]

@@ -128,10 +128,18 @@ impl BusyMeter {
     /// Publish into `worker`'s slot, at most once per millisecond of `now_ms`.
     #[inline]
     pub fn publish(&mut self, block: &WorkerStats, worker: usize, now_ms: u64) {
-        if now_ms == self.published_ms || worker >= block.workers() {
+        if now_ms == self.published_ms {
             return;
         }
         self.published_ms = now_ms;
+        self.flush(block, worker);
+    }
+
+    /// Publish into `worker`'s slot now (a worker's last publication, as it stops).
+    pub fn flush(&mut self, block: &WorkerStats, worker: usize) {
+        if worker >= block.workers() {
+            return;
+        }
         self.calibrate();
         let (busy_ns, clock_ns) = self.totals();
         block.set(worker, W::BusyNs, busy_ns);

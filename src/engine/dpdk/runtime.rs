@@ -25,8 +25,9 @@ use super::port::{port_socket, probed_ports, Burst, Mempool, Port, BURST};
 use crate::config::{self, Config};
 use crate::control::{ControlPlane, ControlSocket, PacketTables, StagedTables, StateDir};
 use crate::daemon::DaemonOptions;
+use crate::engine::busy::BusyMeter;
 use crate::engine::{EngineOptions, Idle};
-use crate::telemetry::{PortCounter as C, PortStats, StatsRegistry};
+use crate::telemetry::{PortCounter as C, PortStats, StatsRegistry, WorkerStats};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static RELOAD: AtomicBool = AtomicBool::new(false);
@@ -105,6 +106,8 @@ struct WorkerCtx {
     flows: usize,
     idle: Idle,
     spin: Duration,
+    /// The worker loops' busy time (`tickmesh stats` → `worker_loops`, and the exit report).
+    loops: Arc<WorkerStats>,
 }
 
 /// `tickmesh run --engine dpdk`: the daemon with the DPDK engine. The config comes from
@@ -247,6 +250,7 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
             flows: d.dpdk_flows,
             idle: opts.idle,
             spin: opts.spin,
+            loops: stats.worker_loops(),
         })
         .collect();
 
@@ -390,15 +394,26 @@ fn worker_loop(ctx: &WorkerCtx) {
     // SAFETY: plain query once the EAL runs.
     let ticks_per_ms = (unsafe { sys::rte_get_tsc_hz() } / 1000).max(1);
     let spin_ms = ctx.spin.as_millis() as u64;
-    let mut last_work = now_ms(ticks_per_ms);
+    // Busy time as testpmd's `--record-core-cycles` and the socket engines count it: a
+    // turn that received anything counts whole (its empty polls of other ports and its
+    // TX included), an empty turn does not. The meter's one tick read per turn is also
+    // the worker's clock once calibrated (≤ 1 ms in), so a turn reads the TSC once.
+    let mut busy = BusyMeter::new();
+    let origin_ms = now_ms(ticks_per_ms);
+    let mut now = origin_ms;
+    let mut last_work = now;
     while !STOP.load(Ordering::Relaxed) {
         // `tickmesh nic set dpdk:PORT rings|...` parks workers while it stops the port.
         if super::portctl::PAUSE.load(Ordering::Relaxed) {
             super::portctl::park();
+            busy.woke();
             continue;
         }
         let table = ctx.tables.load();
-        let now = now_ms(ticks_per_ms);
+        now = match busy.now_ns() {
+            Some(ns) => now.max(origin_ms + ns / 1_000_000),
+            None => now_ms(ticks_per_ms),
+        };
         let mut work = 0usize;
         for (port, mac, stats) in &ctx.data {
             let n = rx.rx(*port, q);
@@ -446,6 +461,8 @@ fn worker_loop(ctx: &WorkerCtx) {
                 }
             }
         }
+        busy.lap(work > 0, work);
+        busy.publish(&ctx.loops, w, now);
         if work > 0 {
             last_work = now;
             continue;
@@ -456,9 +473,14 @@ fn worker_loop(ctx: &WorkerCtx) {
             Idle::Adaptive if now.saturating_sub(last_work) < spin_ms.max(1) => {
                 std::hint::spin_loop()
             }
-            _ => std::thread::sleep(Duration::from_micros(100)),
+            _ => {
+                std::thread::sleep(Duration::from_micros(100));
+                busy.woke();
+            }
         }
     }
+    // The last millisecond too: the exit report divides busy time by packets.
+    busy.flush(&ctx.loops, w);
 }
 
 /// Wait (bounded) until `p`'s link is up: a net_memif port needs its peer to connect.
@@ -686,5 +708,10 @@ fn report(e: &DpdkEngine, stats: &StatsRegistry, ran: Duration) -> String {
             )
         })
         .collect();
-    serde_json::json!({"engine": "dpdk", "run_seconds": ran.as_secs_f64(), "counters": counters, "ports": hw}).to_string()
+    let loops = stats.worker_loops().report();
+    let loops = serde_json::json!({
+        "total": loops.totals.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+        "per_queue": loops.per_worker,
+    });
+    serde_json::json!({"engine": "dpdk", "run_seconds": ran.as_secs_f64(), "counters": counters, "ports": hw, "worker_loops": loops}).to_string()
 }
