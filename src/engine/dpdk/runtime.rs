@@ -152,6 +152,8 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         .dpdk_file_prefix
         .clone()
         .unwrap_or_else(|| format!("tickmesh-{}", std::process::id()));
+    // The CPUs the process may use, before the EAL pins this thread to the main lcore.
+    let process_cpus = CpuSet::of_this_thread();
     let eal = Eal::init(eal_args(d, workers, &prefix), d.dpdk_no_huge)?;
     // SAFETY: EAL is running; plain query.
     let lcores = unsafe { sys::rte_lcore_count() } as usize;
@@ -254,6 +256,10 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         })
         .collect();
 
+    // The threads that are not workers (control socket, SIGHUP reload, port control)
+    // start on the CPUs outside the lcores, as DPDK places its own control threads: born
+    // on the main lcore they would inherit its pin and preempt worker 0 at every tick.
+    let placement = process_cpus.and_then(|all| ControlPlacement::enter(&all));
     let server = socket.serve(plane.clone())?;
     // Reload thread (not an lcore): SIGHUP re-applies --config through the control plane
     // (validated, persisted, a new generation — as `tickmesh apply --prune` would);
@@ -283,6 +289,8 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         &STOP,
     );
 
+    // Back on the main lcore's CPU: worker 0 runs on this thread.
+    drop(placement);
     if let Some(n) = d.dpdk_bench_prime {
         prime(&engine, n)?;
     }
@@ -371,6 +379,79 @@ unsafe extern "C" fn lcore_entry(arg: *mut std::os::raw::c_void) -> std::os::raw
     let ctx = unsafe { Box::from_raw(arg.cast::<WorkerCtx>()) };
     worker_loop(&ctx);
     0
+}
+
+/// A CPU affinity mask (`sched_getaffinity`/`sched_setaffinity` of the calling thread).
+#[derive(Clone, Copy)]
+struct CpuSet(libc::cpu_set_t);
+
+impl CpuSet {
+    /// The calling thread's affinity; `None` if the kernel refuses to say (then nothing
+    /// is moved).
+    fn of_this_thread() -> Option<CpuSet> {
+        // SAFETY: an all-zero cpu_set_t is a valid empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: pid 0 is the calling thread; the size is the set's own.
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        (rc == 0).then_some(CpuSet(set))
+    }
+
+    /// Pin the calling thread to this set (best effort: a refusal leaves it where it is).
+    fn apply(&self) -> bool {
+        // SAFETY: pid 0 is the calling thread; the set is initialised.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) == 0 }
+    }
+
+    fn is_empty(&self) -> bool {
+        // SAFETY: plain read of an initialised set.
+        unsafe { libc::CPU_COUNT(&self.0) == 0 }
+    }
+
+    fn remove(&mut self, cpu: usize) {
+        // SAFETY: CPU_CLR ignores CPUs beyond the set's size.
+        unsafe { libc::CPU_CLR(cpu, &mut self.0) }
+    }
+}
+
+/// While alive, the main thread runs on the process's CPUs minus the lcores' (all of
+/// them when the lcores take every CPU), so the threads it spawns start there; dropped,
+/// it is pinned back to the main lcore.
+struct ControlPlacement {
+    main_lcore: CpuSet,
+}
+
+impl ControlPlacement {
+    fn enter(process: &CpuSet) -> Option<ControlPlacement> {
+        let main_lcore = CpuSet::of_this_thread()?;
+        let mut control = *process;
+        // SAFETY: EAL is running; lcore queries from the main lcore.
+        let mut l = unsafe { sys::rte_get_next_lcore(u32::MAX, 0, 0) };
+        while l < sys::RTE_MAX_LCORE {
+            // SAFETY: `l` is an enabled lcore id, below RTE_MAX_LCORE.
+            let cpu = unsafe { sys::rte_lcore_to_cpu_id(l as i32) };
+            if cpu >= 0 {
+                control.remove(cpu as usize);
+            }
+            // SAFETY: as above.
+            l = unsafe { sys::rte_get_next_lcore(l, 0, 0) };
+        }
+        if control.is_empty() {
+            tracing::info!(
+                "dpdk: the lcores take every CPU of this process: control threads share them"
+            );
+            control = *process;
+        }
+        control.apply().then_some(ControlPlacement { main_lcore })
+    }
+}
+
+impl Drop for ControlPlacement {
+    fn drop(&mut self) {
+        if !self.main_lcore.apply() {
+            tracing::warn!("dpdk: cannot pin the main lcore's thread back to its CPU");
+        }
+    }
 }
 
 /// Milliseconds of the TSC, given its ticks per millisecond (worked out once).
