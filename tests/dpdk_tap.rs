@@ -396,6 +396,59 @@ impl Drop for CtlNamespaces {
 /// established before it stays on its backend although Maglev now gives its 5-tuple to
 /// the new one; a new flow goes to the new backend; `tickmesh stats` shows the port,
 /// VIP and backend counters; SIGHUP re-applies the edited `--config`.
+/// `Cpus_allowed_list` of /proc/`path`/status, as CPU numbers ("0-2,5" → 0, 1, 2, 5).
+fn allowed_cpus(path: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// The daemon's control threads (control socket, SIGHUP reload, port control) run on
+/// CPUs outside the worker lcore's, when the process has any: worker 0 (the main
+/// thread) keeps its CPU to itself.
+fn control_threads_leave_the_worker_cpu(pid: u32) {
+    if allowed_cpus(std::path::Path::new("/proc/self")).len() < 2 {
+        eprintln!("SKIP control-thread placement check: this process has one CPU");
+        return;
+    }
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let worker = allowed_cpus(&proc);
+    assert_eq!(
+        worker.len(),
+        1,
+        "worker 0 is pinned to its lcore's CPU: {worker:?}"
+    );
+    let mut seen = 0;
+    for task in std::fs::read_dir(proc.join("task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if ["tickmesh-contro", "tm-dpdk-hup", "tm-dpdk-nic"].contains(&comm) {
+            seen += 1;
+            let cpus = allowed_cpus(&task.path());
+            assert!(
+                !cpus.contains(&worker[0]),
+                "{comm} may run on worker 0's CPU {}: {cpus:?}",
+                worker[0]
+            );
+        }
+    }
+    assert!(
+        seen >= 3,
+        "control threads not found under {}",
+        proc.display()
+    );
+}
+
 #[test]
 fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
     if [
@@ -501,6 +554,7 @@ fn control_socket_apply_moves_new_flows_and_keeps_established_ones() {
         let _ = lb.wait();
         panic!("the balancer did not start: {}", log.join().unwrap());
     }
+    control_threads_leave_the_worker_cpu(lb.id());
     must(&[
         "ip",
         "-n",
