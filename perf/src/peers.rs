@@ -455,7 +455,9 @@ fn check_offload(
     let used = crate::busy::tickmesh_offload_backends(control)
         .with_context(|| format!("{}: reading its offload backend", peer.target))?;
     let used: Vec<String> = used.into_iter().filter(|b| b != "none").collect();
-    if used.iter().any(|b| b == wanted.stats_name()) {
+    // Every worker that built an engine (the others have seen no TLS yet) runs the one
+    // asked for.
+    if !used.is_empty() && used.iter().all(|b| b == wanted.stats_name()) {
         peer.info.settings.push(format!(
             "offload backend in use (tickmesh stats): {}",
             used.join(", ")
