@@ -198,17 +198,27 @@ fn ask(path: &Path, line: &str) -> anyhow::Result<String> {
 
 /// tickmesh's `stats`: (busy_ns, clock_ns) per worker.
 pub fn tickmesh_busy(control: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
-    let text = ask(control, "{\"op\":\"stats\"}\n")?;
-    parse_tickmesh_busy(&text)
+    parse_tickmesh_busy(&ask_stats(control)?)
 }
 
-/// The `worker_loops` of a `stats` response line.
-pub fn parse_tickmesh_busy(text: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+/// One `stats` request on tickmesh's control socket; the answer line.
+fn ask_stats(control: &Path) -> anyhow::Result<String> {
+    ask(control, "{\"op\":\"stats\"}\n")
+}
+
+/// A `stats` answer line as JSON, refused by name when malformed or not `ok`.
+fn stats_answer(text: &str) -> anyhow::Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(text.trim())
         .map_err(|e| anyhow::anyhow!("malformed stats answer ({e}): {}", clip(text)))?;
     if v.get("ok").and_then(|o| o.as_bool()) != Some(true) {
         anyhow::bail!("stats refused: {}", clip(text));
     }
+    Ok(v)
+}
+
+/// The `worker_loops` of a `stats` response line.
+pub fn parse_tickmesh_busy(text: &str) -> anyhow::Result<Vec<(u64, u64)>> {
+    let v = stats_answer(text)?;
     let per = v
         .pointer("/result/worker_loops/per_worker")
         .and_then(|p| p.as_array())
@@ -231,18 +241,13 @@ pub fn parse_tickmesh_busy(text: &str) -> anyhow::Result<Vec<(u64, u64)>> {
 /// tickmesh's `stats`: the offload backend of each worker (`none` before its first TLS
 /// connection).
 pub fn tickmesh_offload_backends(control: &Path) -> anyhow::Result<Vec<String>> {
-    let text = ask(control, "{\"op\":\"stats\"}\n")?;
-    parse_offload_backends(&text)
+    parse_offload_backends(&ask_stats(control)?)
 }
 
 /// The `offload.backends` of a `stats` response line (empty: no worker built one).
 pub fn parse_offload_backends(text: &str) -> anyhow::Result<Vec<String>> {
-    let v: serde_json::Value = serde_json::from_str(text.trim())
-        .map_err(|e| anyhow::anyhow!("malformed stats answer ({e}): {}", clip(text)))?;
-    if v.get("ok").and_then(|o| o.as_bool()) != Some(true) {
-        anyhow::bail!("stats refused: {}", clip(text));
-    }
-    Ok(v.pointer("/result/offload/backends")
+    Ok(stats_answer(text)?
+        .pointer("/result/offload/backends")
         .and_then(|p| p.as_array())
         .map(|a| {
             a.iter()
