@@ -264,8 +264,8 @@ fn worker_main(
     }
 }
 
-/// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Vec<usize> {
+/// The CPUs the calling thread may run on, in order (empty if the kernel will not say).
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -279,10 +279,18 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 fn pin_to(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; pid 0 is the calling thread.
+    pin_to_cpus(&[cpu])
+}
+
+/// Pin the calling thread to `cpus` (threads it spawns afterwards inherit the mask).
+pub(crate) fn pin_to_cpus(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET ignores CPUs beyond the set's size; pid 0
+    // is the calling thread.
     let r = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if r == 0 {

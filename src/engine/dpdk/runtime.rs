@@ -26,7 +26,7 @@ use crate::config::{self, Config};
 use crate::control::{ControlPlane, ControlSocket, PacketTables, StagedTables, StateDir};
 use crate::daemon::DaemonOptions;
 use crate::engine::busy::BusyMeter;
-use crate::engine::{EngineOptions, Idle};
+use crate::engine::{allowed_cpus, pin_to_cpus, EngineOptions, Idle};
 use crate::telemetry::{PortCounter as C, PortStats, StatsRegistry, WorkerStats};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -153,7 +153,7 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("tickmesh-{}", std::process::id()));
     // The CPUs the process may use, before the EAL pins this thread to the main lcore.
-    let process_cpus = CpuSet::of_this_thread();
+    let process_cpus = allowed_cpus();
     let eal = Eal::init(eal_args(d, workers, &prefix), d.dpdk_no_huge)?;
     // SAFETY: EAL is running; plain query.
     let lcores = unsafe { sys::rte_lcore_count() } as usize;
@@ -259,7 +259,7 @@ pub fn run(args: &crate::cli::RunArgs) -> anyhow::Result<()> {
     // The threads that are not workers (control socket, SIGHUP reload, port control)
     // start on the CPUs outside the lcores, as DPDK places its own control threads: born
     // on the main lcore they would inherit its pin and preempt worker 0 at every tick.
-    let placement = process_cpus.and_then(|all| ControlPlacement::enter(&all));
+    let placement = ControlPlacement::enter(&process_cpus);
     let server = socket.serve(plane.clone())?;
     // Reload thread (not an lcore): SIGHUP re-applies --config through the control plane
     // (validated, persisted, a new generation — as `tickmesh apply --prune` would);
@@ -381,75 +381,53 @@ unsafe extern "C" fn lcore_entry(arg: *mut std::os::raw::c_void) -> std::os::raw
     0
 }
 
-/// A CPU affinity mask (`sched_getaffinity`/`sched_setaffinity` of the calling thread).
-#[derive(Clone, Copy)]
-struct CpuSet(libc::cpu_set_t);
-
-impl CpuSet {
-    /// The calling thread's affinity; `None` if the kernel refuses to say (then nothing
-    /// is moved).
-    fn of_this_thread() -> Option<CpuSet> {
-        // SAFETY: an all-zero cpu_set_t is a valid empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: pid 0 is the calling thread; the size is the set's own.
-        let rc =
-            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-        (rc == 0).then_some(CpuSet(set))
-    }
-
-    /// Pin the calling thread to this set (best effort: a refusal leaves it where it is).
-    fn apply(&self) -> bool {
-        // SAFETY: pid 0 is the calling thread; the set is initialised.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) == 0 }
-    }
-
-    fn is_empty(&self) -> bool {
-        // SAFETY: plain read of an initialised set.
-        unsafe { libc::CPU_COUNT(&self.0) == 0 }
-    }
-
-    fn remove(&mut self, cpu: usize) {
-        // SAFETY: CPU_CLR ignores CPUs beyond the set's size.
-        unsafe { libc::CPU_CLR(cpu, &mut self.0) }
-    }
-}
-
 /// While alive, the main thread runs on the process's CPUs minus the lcores' (all of
 /// them when the lcores take every CPU), so the threads it spawns start there; dropped,
 /// it is pinned back to the main lcore.
 struct ControlPlacement {
-    main_lcore: CpuSet,
+    main_lcore: Vec<usize>,
 }
 
 impl ControlPlacement {
-    fn enter(process: &CpuSet) -> Option<ControlPlacement> {
-        let main_lcore = CpuSet::of_this_thread()?;
-        let mut control = *process;
+    /// `process`: the CPUs the process had before the EAL pinned this thread (empty:
+    /// unknown, and nothing is moved).
+    fn enter(process: &[usize]) -> Option<ControlPlacement> {
+        let main_lcore = allowed_cpus();
+        if process.is_empty() || main_lcore.is_empty() {
+            return None;
+        }
+        let mut lcore_cpus = Vec::new();
         // SAFETY: EAL is running; lcore queries from the main lcore.
         let mut l = unsafe { sys::rte_get_next_lcore(u32::MAX, 0, 0) };
         while l < sys::RTE_MAX_LCORE {
             // SAFETY: `l` is an enabled lcore id, below RTE_MAX_LCORE.
             let cpu = unsafe { sys::rte_lcore_to_cpu_id(l as i32) };
-            if cpu >= 0 {
-                control.remove(cpu as usize);
+            if let Ok(cpu) = usize::try_from(cpu) {
+                lcore_cpus.push(cpu);
             }
             // SAFETY: as above.
             l = unsafe { sys::rte_get_next_lcore(l, 0, 0) };
         }
+        let mut control: Vec<usize> = process
+            .iter()
+            .copied()
+            .filter(|c| !lcore_cpus.contains(c))
+            .collect();
         if control.is_empty() {
             tracing::info!(
                 "dpdk: the lcores take every CPU of this process: control threads share them"
             );
-            control = *process;
+            control = process.to_vec();
         }
-        control.apply().then_some(ControlPlacement { main_lcore })
+        pin_to_cpus(&control).ok()?;
+        Some(ControlPlacement { main_lcore })
     }
 }
 
 impl Drop for ControlPlacement {
     fn drop(&mut self) {
-        if !self.main_lcore.apply() {
-            tracing::warn!("dpdk: cannot pin the main lcore's thread back to its CPU");
+        if let Err(e) = pin_to_cpus(&self.main_lcore) {
+            tracing::warn!("dpdk: cannot pin the main lcore's thread back to its CPU: {e}");
         }
     }
 }
@@ -766,18 +744,20 @@ fn mac_str(m: &[u8; 6]) -> String {
 /// Counters as JSON: every port/VIP/backend block (totals and per queue) and the driver's
 /// own port counters.
 fn report(e: &DpdkEngine, stats: &StatsRegistry, ran: Duration) -> String {
-    let mut counters = serde_json::Map::new();
-    for (name, r) in stats.packet_reports() {
+    // One counter block: its totals and its per-worker (= per queue) slots.
+    let block = |r: &crate::telemetry::CounterReport| {
         let totals: serde_json::Map<String, serde_json::Value> = r
             .totals
             .iter()
             .map(|(k, v)| (k.clone(), (*v).into()))
             .collect();
-        counters.insert(
-            name,
-            serde_json::json!({"total": totals, "per_queue": r.per_worker}),
-        );
-    }
+        serde_json::json!({"total": totals, "per_queue": r.per_worker})
+    };
+    let counters: serde_json::Map<String, serde_json::Value> = stats
+        .packet_reports()
+        .iter()
+        .map(|(name, r)| (name.clone(), block(r)))
+        .collect();
     let hw: serde_json::Map<String, serde_json::Value> = e
         .ports
         .iter()
@@ -789,10 +769,6 @@ fn report(e: &DpdkEngine, stats: &StatsRegistry, ran: Duration) -> String {
             )
         })
         .collect();
-    let loops = stats.worker_loops().report();
-    let loops = serde_json::json!({
-        "total": loops.totals.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
-        "per_queue": loops.per_worker,
-    });
+    let loops = block(&stats.worker_loops().report());
     serde_json::json!({"engine": "dpdk", "run_seconds": ran.as_secs_f64(), "counters": counters, "ports": hw, "worker_loops": loops}).to_string()
 }
